@@ -1,0 +1,165 @@
+"""Self-impact corrections: how an agent's update accounts for the signal it created itself.
+
+The naive mean field feeds agent i the average field theta_i and sets m_i = f(theta_i). In
+the stochastic economy the field fluctuates (which seller i draws, which spin that seller
+draws), and a response averaged over those fluctuations is not the response to the average.
+To second order (Plefka; the kinetic TAP equations of Roudi & Hertz 2011 and Kappen &
+Spanjers 2000) the average is reproduced by the Onsager reaction term:
+
+    m_i = f(theta_i - beta_i sigma_i^2 m_i),
+
+implicit in the new m_i, with sigma_i^2 the per-component variance of agent i's field.
+Everything in it is agent i's own: its field, its temperature, and the statistics of its own
+row (docs/model.md derives sigma_i^2). Forms, by the names a scenario uses:
+
+- ``none``: m_i = f(theta_i), the first-order (naive) kinetic mean field;
+- ``tap``: the implicit equation above, solved per agent by safeguarded Newton along
+  theta_i (the response is isotropic, so m_i is parallel to theta_i and only its length is
+  unknown); for d = 1 and fixed couplings it is exactly
+  m_i = tanh(beta (h_i + sum_j J_ij m_j) - beta^2 m_i sum_j J_ij^2 (1 - m_j^2));
+- ``ffn``: m_i = f(theta_i - MLP_p(x_i, V_i, kappa_i)), a two-layer network per population on
+  the agent's state, the variance V_i of what it receives, and its own-impact weight
+  kappa_i = sum_j alpha_ij^2, with weights from the scenario, a file or a fit.
+
+Corrections are mean-field devices: the sampled mode draws every choice and needs none.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from econspin.response import SpinResponse
+
+NEWTON_ITERATIONS = 40
+
+
+@dataclass(frozen=True)
+class FieldContext:
+    """What a correction may use, all of agent i's own. Shapes: (B, N) unless noted.
+
+    Attributes:
+        field: theta_i, the naive field, (B, N, d).
+        state: x_i, the agent's state before the update, (B, N, d).
+        temperature: T_i.
+        field_variance: sigma_i^2, per-component variance of the field.
+        choice_variance: V_i, variance of what i receives over its own choice.
+        impact: kappa_i = sum_j alpha_ij^2 (mean over markets).
+        response: the spin response f.
+    """
+
+    field: torch.Tensor
+    state: torch.Tensor
+    temperature: torch.Tensor
+    field_variance: torch.Tensor
+    choice_variance: torch.Tensor
+    impact: torch.Tensor
+    response: SpinResponse
+
+
+class SelfImpactCorrection:
+    """Base: the new mean state of every agent (the caller keeps the rows of its population)."""
+
+    name = "base"
+
+    def update(self, context: FieldContext) -> torch.Tensor:
+        raise NotImplementedError
+
+
+CORRECTIONS: dict[str, type[SelfImpactCorrection]] = {}
+
+
+def register_correction(name: str) -> Callable[[type], type]:
+    """Class decorator: make a correction available under the name a scenario uses."""
+
+    def decorate(cls: type) -> type:
+        cls.name = name
+        CORRECTIONS[name] = cls
+        return cls
+
+    return decorate
+
+
+@register_correction("none")
+class NoCorrection(SelfImpactCorrection):
+    """The naive (first-order) kinetic mean field, m_i = f(theta_i)."""
+
+    def update(self, context):
+        return context.response.mean(context.field, context.temperature)
+
+
+@register_correction("tap")
+class TapCorrection(SelfImpactCorrection):
+    """The Onsager reaction term, m_i = f(theta_i - beta_i sigma_i^2 m_i), solved per agent."""
+
+    def update(self, context):
+        response, temperature = context.response, context.temperature
+        norm = torch.linalg.vector_norm(context.field, dim=-1)
+        direction = context.field / torch.where(norm > 0, norm, torch.ones_like(norm)).unsqueeze(-1)
+        finite = (temperature > 0) & torch.isfinite(temperature)
+        safe_temperature = torch.where(finite, temperature, torch.ones_like(temperature))
+        reaction = torch.where(finite, context.field_variance / safe_temperature, torch.zeros_like(norm))
+        length = solve_reaction(response, norm, reaction, temperature)
+        return length.unsqueeze(-1) * direction
+
+
+def solve_reaction(response: SpinResponse, norm, reaction, temperature) -> torch.Tensor:
+    """The root mu >= 0 of mu = g(|theta| - a mu, T), a = sigma^2 / T >= 0.
+
+    F(mu) = mu - g(|theta| - a mu) increases in mu and changes sign on [0, g(|theta|)], so a
+    Newton step that leaves the bracket is replaced by bisection. The solve runs without
+    autograd; one last Newton step with the slope held fixed carries the gradient of the
+    implicit function theorem, d mu = -dF / F'(mu).
+    """
+    with torch.no_grad():
+        low = torch.zeros_like(norm)
+        high = response.magnitude(norm, temperature)
+        length = high.clone()
+        for _ in range(NEWTON_ITERATIONS):
+            residual = length - response.magnitude(norm - reaction * length, temperature)
+            slope = 1.0 + reaction * response.slope(norm - reaction * length, temperature)
+            low = torch.where(residual < 0, length, low)
+            high = torch.where(residual > 0, length, high)
+            step = length - residual / slope
+            inside = (step > low) & (step < high) & torch.isfinite(step)
+            length = torch.where(inside, step, 0.5 * (low + high))
+        slope = 1.0 + reaction * response.slope(norm - reaction * length, temperature)
+        slope = torch.where(torch.isfinite(slope), slope, torch.ones_like(slope))
+    residual = length - response.magnitude(norm - reaction * length, temperature)
+    return length - residual / slope
+
+
+@register_correction("ffn")
+class FeedForwardCorrection(SelfImpactCorrection):
+    """m_i = f(theta_i - W2 gelu(W1 [x_i, V_i, kappa_i] + b1) + b2), weights per batch element.
+
+    Weights: w1 (B, d + 2, hidden), b1 (B, hidden), w2 (B, hidden, d), b2 (B, d).
+    """
+
+    def __init__(self, w1, b1, w2, b2):
+        self.w1, self.b1, self.w2, self.b2 = w1, b1, w2, b2
+
+    def shift(self, context: FieldContext) -> torch.Tensor:
+        """The correction subtracted from the field, (B, N, d)."""
+        features = torch.cat(
+            [context.state, context.choice_variance.unsqueeze(-1), context.impact.unsqueeze(-1)], dim=-1
+        )
+        hidden = torch.nn.functional.gelu(torch.einsum("bnf,bfh->bnh", features, self.w1) + self.b1[:, None])
+        return torch.einsum("bnh,bhd->bnd", hidden, self.w2) + self.b2[:, None]
+
+    def update(self, context):
+        return context.response.mean(context.field - self.shift(context), context.temperature)
+
+
+def feed_forward_weights(dimension: int, hidden: int, scale: float, generator: torch.Generator, dtype):
+    """Random ffn weights: w1 ~ N(0, 1/(d+2)), w2 ~ N(0, scale^2 / hidden), zero biases."""
+    w1 = torch.randn(dimension + 2, hidden, generator=generator, dtype=torch.float64) / (dimension + 2) ** 0.5
+    w2 = torch.randn(hidden, dimension, generator=generator, dtype=torch.float64) * scale / hidden**0.5
+    return {
+        "w1": w1.to(dtype),
+        "b1": torch.zeros(hidden, dtype=dtype),
+        "w2": w2.to(dtype),
+        "b2": torch.zeros(dimension, dtype=dtype),
+    }

@@ -1,0 +1,178 @@
+"""The market: MODEL.md steps 1-5, computed in blocks of buyer rows.
+
+For every head (market) h, buyer i and seller j:
+
+    q_i = W_Q^{p(i)} x_i,  k_j = W_K^{p(j)} x_j,  v_j = W_V^{p(j)} x_j,
+    u_ij = q_i . k_j / sqrt(d_k) + gamma log(w_j / mean w),  u_ij = -inf unless i may buy from j,
+    alpha_ij = softmax_j(u_ij / T_i)                                   (logit choice),
+    F_ij = (s_i / H) alpha_ij   (expected)   or   (s_i / H) [j = c_i]  (sampled),
+    R_j = sum_i F_ij,           a_i = sum_h sum_j alpha_ij v_j W_O^h   (or v_{c_i} W_O^h).
+
+Buyer i may buy from j when j's population sells, j != i, and the trade network (if any)
+has the edge i -> j. Rows are processed in blocks of ``rows_per_block`` buyers, so memory is
+O(B H rows N) and never the full N x N matrix; a single block of all N rows is the dense
+path. Money flows are accumulated in float64 from rows renormalised to sum to one, so that
+sum_j R_j = sum_i s_i to rounding in float64 whatever the state's precision.
+
+With fixed couplings (the kinetic Ising special case) there is no trade: a_i = sum_j J_ij x_j.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from econspin.choice import logit_rows, sample_choice
+from econspin.economy import Economy, rows_per_block
+from econspin.state import State
+
+
+@dataclass(frozen=True)
+class MarketOutcome:
+    """One round of trade. Shapes (B, N) unless noted.
+
+    Attributes:
+        received: (B, N, d) what each buyer receives, a_i, heads mapped back by W_O and summed.
+        revenue: float64 R_j.
+        spending: float64 s_i (zero for buyers with nobody to buy from).
+        entropy: normalised entropy of each buyer's row, mean over heads.
+        surplus: inclusive value of each buyer's row, mean over heads.
+        field_variance: per-component variance of a_i under sampled choice and sellers'
+            spin fluctuations, sum_h [V_ih + sum_j alpha_ij c_j |W_V W_O|_F^2] / d
+            (with couplings: sum_j J_ij^2 c_j), c_j = (R^2 - |x_j|^2) / d.
+        choice_variance: V_i = sum_h sum_j alpha_ij |u_j|^2 - |a_ih|^2 (u_j = v_j W_O^h).
+        impact: kappa_i = sum_j alpha_ij^2, mean over heads.
+    """
+
+    received: torch.Tensor
+    revenue: torch.Tensor
+    spending: torch.Tensor
+    entropy: torch.Tensor
+    surplus: torch.Tensor
+    field_variance: torch.Tensor
+    choice_variance: torch.Tensor
+    impact: torch.Tensor
+
+
+def spin_variance(states: torch.Tensor, radius: float) -> torch.Tensor:
+    """c_j = (R^2 - |x_j|^2) / d, the per-component variance of a spin of mean x_j (isotropic)."""
+    d = states.shape[-1]
+    return ((radius**2 - (states**2).sum(-1)) / d).clamp(min=0.0)
+
+
+def project(states: torch.Tensor, weights: torch.Tensor, population: torch.Tensor) -> torch.Tensor:
+    """Per-population projection: (B, N, d) with weights (B, P, H, d, e) -> (B, H, N, e)."""
+    projected = None
+    for index in range(weights.shape[1]):
+        mask = (population == index).to(states.dtype)[None, None, :, None]
+        term = torch.einsum("bnd,bhde->bhne", states, weights[:, index]) * mask
+        projected = term if projected is None else projected + term
+    return projected
+
+
+def budgets(state: State, economy: Economy) -> torch.Tensor:
+    """s_i: sigma_i w_i (share rule) or the unit where w_i allows (unit rule); buyers only."""
+    buyer = economy.buyer.to(torch.float64)
+    if economy.spend_rule == "unit":
+        spend = torch.where(state.money >= economy.unit, economy.unit, 0.0)
+    else:
+        spend = economy.spend.to(torch.float64) * state.money
+    return spend * buyer
+
+
+def trade(state: State, economy: Economy, generators: list[torch.Generator]) -> MarketOutcome:
+    """Steps 1-5 of a round for every buyer, block by block; see the module docstring."""
+    if economy.couplings is not None:
+        return _fixed_couplings(state, economy)
+    x, population = state.states, economy.population
+    batch, agents, d = x.shape
+    heads, key_dimension = economy.heads, economy.query.shape[-1]
+    query = project(x, economy.query, population)
+    key = project(x, economy.key, population)
+    value = project(x, economy.value, population)
+    delivered = torch.einsum("bhne,bhed->bhnd", value, economy.output)  # v_j W_O^h, (B, H, N, d)
+    gain = torch.einsum("bphde,bhef->bphdf", economy.value, economy.output).pow(2).sum((-1, -2))
+    seller_noise = spin_variance(x, economy.radius)[:, None, :] * gain[:, population].transpose(1, 2)
+    seller_moments = torch.stack([(delivered**2).sum(-1), seller_noise], dim=-1)  # (B, H, N, 2)
+
+    mean_money = state.money.mean(dim=1, keepdim=True).clamp(min=1e-300)
+    premium = torch.log((state.money / mean_money).clamp(min=1e-12)).to(x.dtype)
+    column_bias = (economy.visibility[:, None] * premium)[:, None, None, :]
+    spend = budgets(state, economy)
+    sampled = economy.mode == "sampled"
+    if sampled:
+        uniforms = torch.stack(
+            [torch.rand(heads, agents, generator=g, device=x.device, dtype=torch.float64) for g in generators]
+        )
+    columns = torch.arange(agents, device=x.device)
+    revenue = torch.zeros(batch, agents, dtype=torch.float64, device=x.device)
+    pieces: dict[str, list[torch.Tensor]] = {key: [] for key in ("received", "spending", "entropy", "surplus",
+                                                                 "field_variance", "choice_variance", "impact")}
+    block = rows_per_block(economy)
+    for start in range(0, agents, block):
+        rows = slice(start, min(start + block, agents))
+        allowed = economy.seller[None, :] & (columns[rows, None] != columns[None, :])
+        if economy.trade_mask is not None:
+            allowed = allowed & economy.trade_mask[rows]
+        allowed = allowed[None, None]  # (1, 1, rows, N)
+        utilities = torch.einsum("bhce,bhne->bhcn", query[:, :, rows], key) / math.sqrt(key_dimension)
+        utilities = utilities + column_bias
+        temperature = state.temperature[:, None, rows, None]
+        choice_rows = logit_rows(utilities, allowed, temperature)
+        alpha = choice_rows.probabilities
+        has_partner = allowed.any(dim=-1)[0, 0]
+        row_spend = spend[:, rows] * has_partner
+        share = (row_spend / heads)[:, None, :]  # (B, 1, rows)
+        if sampled:
+            choice = sample_choice(alpha, uniforms[:, :, rows])
+            chosen = choice >= 0
+            index = choice.clamp(min=0)
+            got = torch.gather(delivered, 2, index[..., None].expand(-1, -1, -1, d))
+            received = (got * chosen[..., None]).sum(1)
+            for head in range(heads):
+                revenue = revenue.scatter_add(1, index[:, head], share[:, 0] * chosen[:, head])
+            zeros = torch.zeros_like(row_spend, dtype=x.dtype)
+            field_variance = choice_variance = impact = zeros
+        else:
+            per_head = torch.einsum("bhcn,bhnd->bhcd", alpha, delivered)
+            received = per_head.sum(1)
+            moments = torch.einsum("bhcn,bhnk->bhck", alpha, seller_moments)
+            choice_per_head = moments[..., 0] - (per_head**2).sum(-1)
+            choice_variance = choice_per_head.sum(1)
+            field_variance = (choice_per_head + moments[..., 1]).sum(1) / d
+            impact = (alpha**2).sum(-1).mean(1)
+            flows = alpha.double()
+            total = flows.sum(-1)
+            weight = share / torch.where(total > 0, total, torch.ones_like(total))
+            revenue = revenue + torch.einsum("bhcn,bhc->bn", flows, weight)
+        buyer = economy.buyer[rows].to(x.dtype)
+        pieces["received"].append(received * buyer[None, :, None])
+        pieces["spending"].append(row_spend)
+        pieces["entropy"].append(choice_rows.entropy.mean(1))
+        pieces["surplus"].append(choice_rows.inclusive_value.mean(1))
+        pieces["field_variance"].append(field_variance * buyer)
+        pieces["choice_variance"].append(choice_variance * buyer)
+        pieces["impact"].append(impact * buyer)
+    joined = {key: torch.cat(values, dim=1) for key, values in pieces.items()}
+    return MarketOutcome(revenue=revenue, **joined)
+
+
+def _fixed_couplings(state: State, economy: Economy) -> MarketOutcome:
+    x = state.states
+    couplings = economy.couplings
+    received = torch.einsum("bij,bjd->bid", couplings, x)
+    field_variance = torch.einsum("bij,bj->bi", couplings**2, spin_variance(x, economy.radius))
+    zeros = torch.zeros_like(state.money)
+    zero_rows = torch.zeros_like(state.temperature)
+    return MarketOutcome(
+        received=received,
+        revenue=zeros,
+        spending=zeros,
+        entropy=zero_rows,
+        surplus=zero_rows,
+        field_variance=field_variance,
+        choice_variance=zero_rows,
+        impact=zero_rows,
+    )

@@ -1,0 +1,114 @@
+"""Observables by name: each a function (state, economy) -> one value per batch element.
+
+The round does not compute them; a run asks for them after each round, by the names below
+(the columns of the metrics table). ``wealth_share_<population>`` exists for each
+population of the economy.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from econspin.economy import Economy
+from econspin.state import State
+
+Metric = Callable[[State, Economy], torch.Tensor]
+METRICS: dict[str, Metric] = {}
+
+
+def register_metric(name: str) -> Callable[[Metric], Metric]:
+    """Decorator: add an observable under ``name``."""
+
+    def decorate(function: Metric) -> Metric:
+        METRICS[name] = function
+        return function
+
+    return decorate
+
+
+def revenue_shares(state: State, economy: Economy) -> torch.Tensor:
+    """R_j / sum R over sellers, (B, S); NaN where nothing was sold."""
+    revenue = state.revenue[:, economy.seller]
+    total = revenue.sum(dim=1, keepdim=True)
+    return revenue / torch.where(total > 0, total, torch.full_like(total, float("nan")))
+
+
+@register_metric("hhi")
+def herfindahl_hirschman_index(state: State, economy: Economy) -> torch.Tensor:
+    """sum_j (R_j / sum R)^2 over sellers: 1/S for equal shares, 1 for a monopoly."""
+    return (revenue_shares(state, economy) ** 2).sum(dim=1)
+
+
+@register_metric("cr4")
+def four_firm_concentration(state: State, economy: Economy) -> torch.Tensor:
+    """Revenue share of the four largest sellers."""
+    shares = revenue_shares(state, economy)
+    return shares.topk(min(4, shares.shape[1]), dim=1).values.sum(dim=1)
+
+
+@register_metric("gini")
+def gini(state: State, economy: Economy) -> torch.Tensor:
+    """Gini coefficient of money, sum_i (2i - N - 1) w_(i) / (N sum w) over sorted w."""
+    money = state.money.sort(dim=1).values
+    count = money.shape[1]
+    rank = torch.arange(1, count + 1, dtype=money.dtype, device=money.device)
+    total = money.sum(dim=1)
+    safe = torch.where(total > 0, total, torch.ones_like(total))
+    value = ((2 * rank - count - 1) * money).sum(dim=1) / (count * safe)
+    return torch.where(total > 0, value, torch.zeros_like(value))
+
+
+def _buyer_mean(values: torch.Tensor, economy: Economy) -> torch.Tensor:
+    buyer = economy.buyer
+    if not bool(buyer.any()):
+        return torch.full(values.shape[:1], float("nan"), dtype=values.dtype, device=values.device)
+    return values[:, buyer].mean(dim=1)
+
+
+@register_metric("attention_entropy")
+def attention_entropy(state: State, economy: Economy) -> torch.Tensor:
+    """Mean over buyers of the entropy of alpha_i. / log(allowed partners): 1 is uniform."""
+    return _buyer_mean(state.entropy, economy)
+
+
+@register_metric("surplus")
+def surplus(state: State, economy: Economy) -> torch.Tensor:
+    """Mean over buyers of the inclusive value T_i log sum_j exp(u_ij / T_i)."""
+    return _buyer_mean(state.surplus, economy)
+
+
+@register_metric("total_wealth")
+def total_wealth(state: State, economy: Economy) -> torch.Tensor:
+    """sum_i w_i, constant in a closed economy."""
+    return state.money.sum(dim=1)
+
+
+@register_metric("order")
+def order(state: State, economy: Economy) -> torch.Tensor:
+    """|mean_i x_i| / R: 0 disordered, 1 all aligned (R = sqrt(d) unless the scenario says)."""
+    return torch.linalg.vector_norm(state.states.mean(dim=1), dim=-1) / economy.radius
+
+
+def wealth_share(index: int) -> Metric:
+    """The share of all money held by population ``index``."""
+
+    def share(state: State, economy: Economy) -> torch.Tensor:
+        mask = economy.population_mask(index)
+        return state.money[:, mask].sum(dim=1) / state.money.sum(dim=1)
+
+    return share
+
+
+def metric_functions(economy: Economy) -> dict[str, Metric]:
+    """Every observable of this economy, in column order."""
+    functions = dict(METRICS)
+    for index, name in enumerate(economy.population_names):
+        functions[f"wealth_share_{name}"] = wealth_share(index)
+    return functions
+
+
+def measure(state: State, economy: Economy) -> torch.Tensor:
+    """All observables as one (B, M) float64 tensor, columns as in :func:`metric_functions`."""
+    return torch.stack([function(state, economy).double() for function in metric_functions(economy).values()], dim=1)

@@ -1,0 +1,65 @@
+"""Trade networks: which buyer may buy from which seller, from networkx.
+
+A scenario names a networkx generator with its parameters (``erdos_renyi_graph`` with
+``p``, ``watts_strogatz_graph`` with ``k`` and ``p``, ...) or an edge-list file of integer
+node labels 0..N-1. Agent i is node i, populations in scenario order. An undirected edge
+lets both sides trade; a directed edge i -> j lets i buy from j.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import networkx as nx
+import torch
+
+from econspin.randomness import STREAM_NETWORK, derive_seed
+from econspin.scenario import Network, ScenarioError
+
+
+def build_graph(spec: Network, agent_count: int, seed: int) -> nx.Graph:
+    """The networkx graph a scenario describes, with nodes 0..agent_count-1."""
+    if spec.edge_list is not None:
+        try:
+            graph = nx.read_edgelist(spec.edge_list, nodetype=int, create_using=nx.DiGraph if spec.params.get("directed") else nx.Graph)
+        except (OSError, TypeError, ValueError) as error:
+            raise ScenarioError(f"market.network.edge_list: cannot read {spec.edge_list}: {error}") from None
+        graph.add_nodes_from(range(agent_count))
+    else:
+        generator = getattr(nx, spec.generator, None)
+        if generator is None or not callable(generator):
+            raise ScenarioError(
+                f"market.network.generator: networkx has no generator {spec.generator!r} "
+                "(e.g. erdos_renyi_graph, watts_strogatz_graph, barabasi_albert_graph)"
+            )
+        parameters = dict(spec.params)
+        accepted = inspect.signature(generator).parameters
+        if "seed" in accepted:
+            parameters["seed"] = spec.seed if spec.seed is not None else derive_seed(seed, STREAM_NETWORK) % 2**32
+        try:
+            graph = generator(agent_count, **parameters)
+        except (TypeError, ValueError, nx.NetworkXError) as error:
+            raise ScenarioError(f"market.network.params: {spec.generator} refused them: {error}") from None
+    outside = [node for node in graph.nodes if not (isinstance(node, int) and 0 <= node < agent_count)]
+    if outside:
+        raise ScenarioError(
+            f"market.network: node {outside[0]!r} is not an agent index 0..{agent_count - 1}"
+        )
+    return graph
+
+
+def trade_mask_from_graph(graph: nx.Graph, agent_count: int) -> torch.Tensor:
+    """(N, N) bool, True where i may buy from j."""
+    mask = torch.zeros(agent_count, agent_count, dtype=torch.bool)
+    edges = list(graph.edges())
+    if edges:
+        index = torch.tensor(edges, dtype=torch.long)
+        mask[index[:, 0], index[:, 1]] = True
+        if not graph.is_directed():
+            mask[index[:, 1], index[:, 0]] = True
+    return mask
+
+
+def trade_mask_from_network(spec: Network, agent_count: int, seed: int) -> torch.Tensor:
+    """The dense trade mask of a scenario's network."""
+    return trade_mask_from_graph(build_graph(spec, agent_count, seed), agent_count)

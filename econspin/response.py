@@ -1,0 +1,269 @@
+"""Spin responses: an agent's new state given the field it feels.
+
+An agent's state is a spin s on the sphere |s| = R in d dimensions, drawn from the
+Boltzmann law of its field theta at its own temperature T,
+
+    p(s) ∝ exp(theta . s / T)        (von Mises-Fisher, concentration k = R |theta| / T).
+
+Every response is isotropic, m = g(|theta|, T) theta / |theta|, so it is fixed by its
+magnitude g, which is what the TAP solver needs (with its slope dg/d|theta|):
+
+- ``vmf``: the exact mean, g = R A_d(k), A_d(k) = I_{d/2}(k) / I_{d/2-1}(k). For d = 1 the
+  sphere is {-R, +R} and g = R tanh(R |theta| / T): the Ising spin, Glauber's rule.
+- ``large_d``: the large-d limit of the same mean, from the uniform asymptotics of the
+  Bessel ratio, A_d(k) ≈ (2k/d) / (1 + sqrt(1 + (2k/d)^2)). Written with c = 2 R^2 / d,
+      m = c theta / (T + sqrt(T^2 + c^2 |theta|^2 / R^2)),
+  which is beta c theta / (1 + sqrt(1 + c^2 beta^2 |theta|^2 / R^2)). (c = 1, the form
+  quoted in MODEL.md, is the case R^2 = d / 2; docs/model.md explains the choice.)
+- ``sphere``: the T -> 0 limit of both, RMS normalisation onto the sphere, g = R.
+
+All are written in T rather than beta so that T = 0 and T = inf are exact limits.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+
+RESPONSES: dict[str, type["SpinResponse"]] = {}
+
+
+def register_response(name: str) -> Callable[[type], type]:
+    """Class decorator: make a response available under the name a scenario uses."""
+
+    def decorate(cls: type) -> type:
+        cls.name = name
+        RESPONSES[name] = cls
+        return cls
+
+    return decorate
+
+
+def make_response(name: str, dimension: int, radius: float) -> "SpinResponse":
+    """The response registered as ``name`` for spins of ``dimension`` on radius ``radius``."""
+    if name not in RESPONSES:
+        raise ValueError(f"unknown response {name!r}; choose one of {sorted(RESPONSES)}")
+    return RESPONSES[name](dimension, radius)
+
+
+def _norm_and_direction(theta: torch.Tensor):
+    norm = torch.linalg.vector_norm(theta, dim=-1)
+    safe = torch.where(norm > 0, norm, torch.ones_like(norm))
+    return norm, theta / safe.unsqueeze(-1)
+
+
+class SpinResponse:
+    """Mean of a spin in field theta at temperature T; subclasses give the magnitude g."""
+
+    name = "base"
+    finite_temperature = True  # False where the spin never fluctuates (no TAP term)
+
+    def __init__(self, dimension: int, radius: float):
+        self.dimension = int(dimension)
+        self.radius = float(radius)
+
+    def magnitude(self, field_norm: torch.Tensor, temperature: torch.Tensor) -> torch.Tensor:
+        """g(|theta|, T), odd in |theta|; shapes broadcast."""
+        raise NotImplementedError
+
+    def slope(self, field_norm: torch.Tensor, temperature: torch.Tensor) -> torch.Tensor:
+        """dg/d|theta|."""
+        raise NotImplementedError
+
+    def mean(self, theta: torch.Tensor, temperature: torch.Tensor) -> torch.Tensor:
+        """m = g(|theta|, T) theta/|theta| for theta (..., d) and T (...)."""
+        norm, direction = _norm_and_direction(theta)
+        return self.magnitude(norm, temperature).unsqueeze(-1) * direction
+
+    def sample(
+        self, theta: torch.Tensor, temperature: torch.Tensor, generators: list[torch.Generator]
+    ) -> torch.Tensor:
+        """A spin per agent from p(s) ∝ exp(theta . s / T) on |s| = R; batch b uses generators[b]."""
+        return sample_von_mises_fisher(theta, temperature, self.radius, generators)
+
+
+@register_response("sphere")
+class SphereResponse(SpinResponse):
+    """RMS normalisation onto the sphere of radius R: the zero-temperature spin."""
+
+    finite_temperature = False
+
+    def magnitude(self, field_norm, temperature):
+        return self.radius * torch.sign(field_norm)
+
+    def slope(self, field_norm, temperature):
+        return torch.zeros_like(field_norm)
+
+    def sample(self, theta, temperature, generators):
+        return self.mean(theta, temperature)
+
+
+@register_response("large_d")
+class LargeDimensionResponse(SpinResponse):
+    """The large-d mean c theta / (T + sqrt(T^2 + c^2 |theta|^2 / R^2)), c = 2 R^2 / d."""
+
+    def __init__(self, dimension, radius):
+        super().__init__(dimension, radius)
+        self.gain = 2.0 * self.radius**2 / self.dimension
+
+    def _root(self, field_norm, temperature):
+        c, r = self.gain, self.radius
+        return torch.sqrt(temperature**2 + (c * field_norm / r) ** 2)
+
+    def magnitude(self, field_norm, temperature):
+        root = self._root(field_norm, temperature)
+        denominator = temperature + root
+        safe = torch.where(denominator > 0, denominator, torch.ones_like(denominator))
+        value = self.gain * field_norm / safe
+        return torch.where(denominator > 0, value, torch.zeros_like(value))
+
+    def slope(self, field_norm, temperature):
+        # d/dr [c r / (T + S)] with S = sqrt(T^2 + c^2 r^2 / R^2) equals c T / (S (T + S))
+        root = self._root(field_norm, temperature)
+        denominator = root * (temperature + root)
+        safe = torch.where(denominator > 0, denominator, torch.ones_like(denominator))
+        cold_limit = torch.full_like(field_norm, math.inf)  # T = 0, |theta| = 0: a step
+        value = torch.where(denominator > 0, self.gain * temperature / safe, cold_limit)
+        return torch.where(torch.isinf(temperature), torch.zeros_like(value), value)
+
+
+@register_response("vmf")
+class VonMisesFisherResponse(SpinResponse):
+    """The exact mean R A_d(R |theta| / T) of the von Mises-Fisher law."""
+
+    def _concentration(self, field_norm, temperature):
+        cold = temperature == 0
+        safe = torch.where(cold, torch.ones_like(temperature), temperature)
+        kappa = self.radius * field_norm / safe
+        return torch.where(cold & (field_norm > 0), torch.full_like(kappa, math.inf), kappa)
+
+    def magnitude(self, field_norm, temperature):
+        # A_d is odd in k; the recurrence is written for k >= 0
+        kappa = self._concentration(field_norm.abs(), temperature)
+        return self.radius * torch.sign(field_norm) * bessel_ratio(kappa, self.dimension)
+
+    def slope(self, field_norm, temperature):
+        kappa = self._concentration(field_norm.abs(), temperature)
+        ratio = bessel_ratio(kappa, self.dimension)
+        safe_temperature = torch.where(temperature > 0, temperature, torch.ones_like(temperature))
+        value = self.radius**2 * _bessel_ratio_slope(kappa, ratio, self.dimension) / safe_temperature
+        return torch.where(temperature > 0, value, torch.zeros_like(value))
+
+
+def _bessel_ratio_slope(kappa, ratio, dimension):
+    """dA_d/dk = 1 - A^2 - (d - 1) A / k, with the k -> 0 limit 1/d."""
+    safe = torch.where(kappa > 0, kappa, torch.ones_like(kappa))
+    value = 1.0 - ratio**2 - (dimension - 1) * ratio / safe
+    return torch.where(kappa > 0, value, torch.full_like(value, 1.0 / dimension))
+
+
+def _bessel_ratio_value(kappa: torch.Tensor, dimension: int) -> torch.Tensor:
+    """A_d(k) = I_{d/2}(k) / I_{d/2-1}(k) by backward recurrence from a high order.
+
+    r_nu = I_{nu+1}/I_nu obeys r_{nu-1} = 1 / (2 nu / k + r_nu); downward it is stable
+    (Miller). It starts at order mu = d/2 - 1 + K from the Amos-type estimate
+    r_mu ≈ k / (mu + 1/2 + sqrt((mu + 1)^2 + k^2)); against scipy's ive the result is within
+    4e-8 (K = 64) and 3e-9 (K = 128) relative for d in 1..1024, k in 1e-4..1e7. Written in
+    1/k so that k = 0 (A = 0) and k = inf (A = 1) are exact.
+    """
+    steps = 128 if kappa.dtype == torch.float64 else 48
+    order = dimension / 2.0 - 1.0
+    inverse = 1.0 / kappa
+    top = order + steps
+    ratio = 1.0 / ((top + 0.5) * inverse + torch.sqrt(((top + 1.0) * inverse) ** 2 + 1.0))
+    for step in range(steps, 0, -1):
+        ratio = 1.0 / (2.0 * (order + step) * inverse + ratio)
+    return torch.where(kappa == 0, torch.zeros_like(ratio), ratio)
+
+
+class _BesselRatio(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, kappa, dimension):
+        ratio = _bessel_ratio_value(kappa, dimension)
+        ctx.save_for_backward(kappa, ratio)
+        ctx.dimension = dimension
+        return ratio
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        kappa, ratio = ctx.saved_tensors
+        return grad_output * _bessel_ratio_slope(kappa, ratio, ctx.dimension), None
+
+
+def bessel_ratio(kappa: torch.Tensor, dimension: int) -> torch.Tensor:
+    """A_d(k) = I_{d/2}(k) / I_{d/2-1}(k), the vMF mean length on the unit sphere; d = 1 gives tanh."""
+    if dimension == 1:
+        return torch.tanh(kappa)
+    return _BesselRatio.apply(kappa, int(dimension))
+
+
+def sample_von_mises_fisher(
+    theta: torch.Tensor, temperature: torch.Tensor, radius: float, generators: list[torch.Generator]
+) -> torch.Tensor:
+    """Draw s with |s| = R from p(s) ∝ exp(theta . s / T); theta (B, N, d), T (B, N).
+
+    d = 1 is Glauber's rule, P(s = +R) = 1 / (1 + exp(-2 R theta / T)). For d >= 2, Wood's
+    (1994) rejection sampler for the component w along theta, with the Beta((d-1)/2, (d-1)/2)
+    proposal drawn as (1 + t)/2, t the first coordinate of a uniform point on the sphere
+    (Gaussian draws, so that an explicit generator serves throughout). Batch element b draws
+    from generators[b] only, so a batch equals its elements run one at a time.
+    """
+    return torch.stack(
+        [
+            _sample_one_batch(theta[b], temperature[b], radius, generators[b])
+            for b in range(theta.shape[0])
+        ]
+    )
+
+
+def _sample_one_batch(theta, temperature, radius, generator):
+    count, dimension = theta.shape
+    norm, direction = _norm_and_direction(theta)
+    cold = temperature == 0
+    kappa = radius * norm / torch.where(cold, torch.ones_like(temperature), temperature)
+    kappa = torch.where(cold, torch.full_like(kappa, math.inf), kappa)
+    kappa = torch.where(norm > 0, kappa, torch.zeros_like(kappa))
+    device, dtype = theta.device, theta.dtype
+    if dimension == 1:
+        uniform = torch.rand(count, generator=generator, device=device, dtype=torch.float64)
+        probability_up = torch.sigmoid(2.0 * kappa.double())
+        sign = torch.where(norm > 0, direction[:, 0], torch.ones_like(norm))
+        spin = torch.where(uniform < probability_up, 1.0, -1.0).to(dtype) * sign
+        return radius * spin.unsqueeze(-1)
+    along = _wood_component(kappa.double(), dimension, generator)
+    gaussian = torch.randn(count, dimension, generator=generator, device=device, dtype=torch.float64)
+    unit = direction.double()
+    has_direction = (norm > 0).unsqueeze(-1)
+    orthogonal = gaussian - (gaussian * unit).sum(-1, keepdim=True) * unit
+    orthogonal = torch.where(has_direction, orthogonal, gaussian)
+    orthogonal = orthogonal / torch.linalg.vector_norm(orthogonal, dim=-1, keepdim=True)
+    # with no field the law is uniform: direction is then the fresh Gaussian itself
+    spin = along.unsqueeze(-1) * unit + torch.sqrt((1.0 - along**2).clamp(min=0)).unsqueeze(-1) * orthogonal
+    spin = torch.where(has_direction, spin, orthogonal)
+    return (radius * spin).to(dtype)
+
+
+def _wood_component(kappa, dimension, generator):
+    """w = s . theta_hat / R for each agent, by Wood's rejection algorithm (float64)."""
+    count = kappa.shape[0]
+    m1 = dimension - 1.0
+    finite = torch.isfinite(kappa)
+    k = torch.where(finite, kappa, torch.zeros_like(kappa))
+    b = m1 / (2.0 * k + torch.sqrt(4.0 * k**2 + m1**2))
+    x0 = (1.0 - b) / (1.0 + b)
+    c = k * x0 + m1 * torch.log1p(-(x0**2).clamp(max=1 - 1e-16))
+    result = torch.ones_like(kappa)
+    pending = finite.clone()
+    while bool(pending.any()):
+        gaussian = torch.randn(count, dimension, generator=generator, device=kappa.device, dtype=torch.float64)
+        uniform = torch.rand(count, generator=generator, device=kappa.device, dtype=torch.float64)
+        t = gaussian[:, 0] / torch.linalg.vector_norm(gaussian, dim=-1)
+        z = (1.0 + t) / 2.0
+        w = (1.0 - (1.0 + b) * z) / (1.0 - (1.0 - b) * z)
+        accept = k * w + m1 * torch.log((1.0 - x0 * w).clamp(min=1e-300)) - c >= torch.log(uniform)
+        newly = pending & accept
+        result = torch.where(newly, w, result)
+        pending = pending & ~accept
+    return result.clamp(-1.0, 1.0)

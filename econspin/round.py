@@ -1,0 +1,80 @@
+"""One round of the attention economy, t -> t+1, as a pure function of the state.
+
+``step(state, economy) -> state`` reads nothing else and changes nothing: the same state
+gives the same next state (its random streams travel inside it).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from econspin.corrections import FieldContext
+from econspin.economy import Economy
+from econspin.market import spin_variance, trade
+from econspin.state import State
+
+
+def step(state: State, economy: Economy) -> State:
+    """Advance every batch element by one round (MODEL.md steps 1-7).
+
+    1-3. Each buyer i chooses sellers by logit choice over the utilities
+         u_ij = q_i . k_j / sqrt(d_k) (+ gamma log(w_j / mean w)) at its temperature T_i:
+         alpha_ij = softmax_j(u_ij / T_i) (expected mode), or one seller c_i ~ alpha_i. per
+         market (sampled mode). See :mod:`econspin.market`.
+    4.   Budgets s_i = sigma_i w_i (or one unit); flows F_ij = s_i alpha_ij, revenue
+         R_j = sum_i F_ij, money w_i <- w_i - s_i + R_i (conserved; never negative).
+    5.   Received signal a_i = sum_j alpha_ij v_j W_O (or v_{c_i} W_O), heads summed.
+    6-7. Field theta_i = h_i + (1 - eta_i) x_i + eta_i a_i and new state
+             expected: x_i <- f(theta_i - correction_i)   (none / tap / ffn, per population)
+             sampled:  x_i ~ p(s) ∝ exp(theta_i . s / T_i) on |s| = R.
+         The tap correction is m_i = f(theta_i - beta_i sigma_i^2 m_i) with
+         sigma_i^2 = (1 - eta_i)^2 c_i + eta_i^2 Var(a_i) / d, see
+         :mod:`econspin.corrections`.
+    """
+    generators = state.generators(economy.device)
+    outcome = trade(state, economy, generators)
+    eta = economy.eta
+    field = state.fields + (1.0 - eta)[..., None] * state.states + eta[..., None] * outcome.received
+    if economy.mode == "sampled":
+        new_states = economy.response.sample(field, state.temperature, generators)
+    else:
+        field_variance = (1.0 - eta) ** 2 * spin_variance(state.states, economy.radius) + eta**2 * outcome.field_variance
+        context = FieldContext(
+            field=field,
+            state=state.states,
+            temperature=state.temperature,
+            field_variance=field_variance,
+            choice_variance=outcome.choice_variance,
+            impact=outcome.impact,
+            response=economy.response,
+        )
+        new_states = _corrected_states(context, economy)
+    money = state.money - outcome.spending + outcome.revenue
+    return state.replace(
+        states=new_states,
+        money=money,
+        revenue=outcome.revenue,
+        spending=outcome.spending,
+        entropy=outcome.entropy,
+        surplus=outcome.surplus,
+        round=state.round + 1,
+        random_states=tuple(generator.get_state() for generator in generators),
+    )
+
+
+def _corrected_states(context: FieldContext, economy: Economy) -> torch.Tensor:
+    """Each population's correction applied to its own agents."""
+    corrections = economy.corrections
+    if len({id(correction) for correction in corrections}) == 1 or all(
+        type(correction) is type(corrections[0]) and correction.name != "ffn" for correction in corrections
+    ):
+        return corrections[0].update(context)
+    new_states = None
+    for index, correction in enumerate(corrections):
+        updated = correction.update(context)
+        if new_states is None:
+            new_states = updated
+        else:
+            mask = economy.population_mask(index)[None, :, None]
+            new_states = torch.where(mask, updated, new_states)
+    return new_states

@@ -1,0 +1,382 @@
+"""The typed scenario: what a YAML file may say, validated before anything is allocated.
+
+A scenario is a tree of pydantic models; unknown keys are refused, every default is filled
+in, and the same object drives Python, the command line and sweeps. ``Scenario.from_yaml``
+reads a file with ``yaml.safe_load`` and turns any problem into a :class:`ScenarioError`
+whose message is one line naming the file and the key path.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class ScenarioError(ValueError):
+    """A scenario that cannot be run; the message is one line for the user."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+PositiveFloat = Annotated[float, Field(gt=0)]
+NonNegativeFloat = Annotated[float, Field(ge=0)]
+
+
+class MoneyDistribution(_Strict):
+    """Initial money per agent, scaled so that its mean is ``mean``."""
+
+    distribution: Literal["equal", "exponential", "lognormal", "pareto"] = "equal"
+    mean: PositiveFloat = 1.0
+    sigma: PositiveFloat = 1.0  # lognormal: standard deviation of log w
+    alpha: Annotated[float, Field(gt=1)] = 2.0  # pareto tail exponent (> 1: finite mean)
+
+
+class VectorDistribution(_Strict):
+    """Initial states x or fields h: i.i.d. normal components, or every component ``value``."""
+
+    distribution: Literal["normal", "constant"] = "normal"
+    scale: NonNegativeFloat = 1.0
+    value: float = 0.0
+
+
+class TemperatureSchedule(_Strict):
+    """Piecewise-constant temperature: ``[[round, T], ...]``, each T holding from its round on."""
+
+    schedule: list[tuple[Annotated[int, Field(ge=0)], NonNegativeFloat]]
+
+    @field_validator("schedule")
+    @classmethod
+    def _starts_at_zero(cls, points):
+        if not points:
+            raise ValueError("a schedule needs at least one [round, temperature] pair")
+        rounds = [point[0] for point in points]
+        if rounds != sorted(rounds) or len(set(rounds)) != len(rounds):
+            raise ValueError("schedule rounds must increase")
+        if rounds[0] != 0:
+            raise ValueError("a schedule must start at round 0")
+        return points
+
+    def at(self, round_index: int) -> float:
+        """The temperature in force at ``round_index``."""
+        value = self.schedule[0][1]
+        for start, temperature in self.schedule:
+            if start <= round_index:
+                value = temperature
+        return value
+
+
+class TemperatureDistribution(_Strict):
+    """Temperature drawn once per agent (heterogeneous decision noise)."""
+
+    distribution: Literal["lognormal", "uniform", "gamma"]
+    mean: NonNegativeFloat = 1.0
+    sigma: PositiveFloat = 0.5  # lognormal: std of log T; gamma: coefficient of variation
+    low: NonNegativeFloat = 0.0  # uniform
+    high: NonNegativeFloat = 1.0  # uniform
+
+
+Temperature = Union[NonNegativeFloat, TemperatureSchedule, TemperatureDistribution]
+
+
+class Projections(_Strict):
+    """W_Q, W_K, W_V of a population, per head: entries N(0, scale^2 / d)."""
+
+    scale: NonNegativeFloat = 1.0
+    tied: bool = False  # W_Q = W_K and values = keys: the symmetric (Hopfield) limit
+    seed: int | None = None  # default: drawn from the run's seed
+
+
+class Correction(_Strict):
+    """The self-impact (Onsager) correction: none, tap (closed form) or ffn (an MLP)."""
+
+    form: Literal["none", "tap", "ffn"] = "none"
+    hidden: Annotated[int, Field(gt=0)] = 16  # ffn width
+    scale: NonNegativeFloat = 0.0  # ffn random-init scale; 0 starts as no correction
+    weights: str | None = None  # ffn: a .pt file with w1, b1, w2, b2
+    seed: int | None = None
+
+
+class Population(_Strict):
+    """One kind of agent (e.g. human, ai)."""
+
+    count: Annotated[int, Field(gt=0)]
+    temperature: Temperature = 1.0
+    spend: Annotated[float, Field(gt=0, le=1)] = 0.1
+    eta: Annotated[float, Field(ge=0, le=1)] = 1.0
+    buys: bool = True
+    sells: bool = True
+    state: VectorDistribution = VectorDistribution()
+    field: VectorDistribution = VectorDistribution(scale=0.5)
+    money: MoneyDistribution = MoneyDistribution()
+    projections: Projections = Projections()
+    correction: Correction = Correction()
+
+
+class Network(_Strict):
+    """A trade network: a networkx generator with its parameters, or an edge-list file."""
+
+    generator: str | None = None
+    params: dict[str, Any] = {}
+    edge_list: str | None = None
+    seed: int | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self):
+        if (self.generator is None) == (self.edge_list is None):
+            raise ValueError("give exactly one of generator or edge_list")
+        return self
+
+
+class Couplings(_Strict):
+    """Fixed couplings J instead of attention (the kinetic Ising special case)."""
+
+    file: str | None = None  # .npz with the coupling matrix (and optionally fields)
+    coupling_key: str = "J"
+    field_key: str | None = None
+    curie_weiss: float | None = None  # J_ij = J / N for i != j
+
+    @model_validator(mode="after")
+    def _one_source(self):
+        if (self.file is None) == (self.curie_weiss is None):
+            raise ValueError("give exactly one of file or curie_weiss")
+        return self
+
+
+class Market(_Strict):
+    """The market every population trades in."""
+
+    d: Annotated[int, Field(gt=0)] = 16
+    heads: Annotated[int, Field(gt=0)] = 1
+    d_k: Annotated[int, Field(gt=0)] | None = None  # default d
+    d_v: Annotated[int, Field(gt=0)] | None = None  # default d
+    mode: Literal["expected", "sampled"] = "expected"
+    response: Literal["sphere", "large_d", "vmf"] = "large_d"
+    radius: PositiveFloat | None = None  # default sqrt(d)
+    visibility: float = 0.0  # gamma: utility premium gamma * log(w_j / mean w)
+    spend_rule: Literal["share", "unit"] = "share"
+    unit: PositiveFloat = 1.0
+    network: Network | None = None
+    couplings: Couplings | None = None
+
+    @property
+    def key_dimension(self) -> int:
+        return self.d_k or self.d
+
+    @property
+    def value_dimension(self) -> int:
+        return self.d_v or self.d
+
+    @property
+    def spin_radius(self) -> float:
+        return self.radius if self.radius is not None else math.sqrt(self.d)
+
+
+class Run(_Strict):
+    """How long, how many copies, where."""
+
+    steps: Annotated[int, Field(gt=0)] = 100
+    replicas: Annotated[int, Field(gt=0)] = 1
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    dtype: Literal["float32", "float64"] = "float32"
+    chunk: Annotated[int, Field(gt=0)] | None = None  # buyer rows per block; None: from memory
+    memory_budget_mb: PositiveFloat = 1024.0
+
+
+class Event(_Strict):
+    """At round ``at``, change a population: its temperature, and/or shift its field h."""
+
+    at: Annotated[int, Field(ge=0)]
+    population: str
+    temperature: NonNegativeFloat | None = None
+    field_shift: float | None = None  # added to h along the population's own unit direction
+
+
+class Scenario(_Strict):
+    """A whole economy: populations, market, run settings and events."""
+
+    name: str = "scenario"
+    description: str = ""
+    populations: dict[str, Population]
+    market: Market = Market()
+    run: Run = Run()
+    events: list[Event] = []
+
+    @field_validator("populations")
+    @classmethod
+    def _some_population(cls, populations):
+        if not populations:
+            raise ValueError("at least one population is needed")
+        return populations
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        for index, event in enumerate(self.events):
+            if event.population not in self.populations:
+                raise ValueError(
+                    f"events.{index}.population: unknown population {event.population!r}; "
+                    f"populations are {sorted(self.populations)}"
+                )
+        if self.market.couplings is None and not any(p.sells for p in self.populations.values()):
+            raise ValueError("market: no population sells; set sells: true on one")
+        for name, population in self.populations.items():
+            if population.correction.form == "tap" and self.market.response == "sphere":
+                raise ValueError(
+                    f"populations.{name}.correction.form: tap needs a finite-temperature "
+                    "response (market.response large_d or vmf), not sphere"
+                )
+        return self
+
+    @property
+    def agent_count(self) -> int:
+        return sum(population.count for population in self.populations.values())
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> "Scenario":
+        """Read and validate a scenario file; problems raise :class:`ScenarioError`."""
+        path = Path(path)
+        try:
+            text = path.read_text()
+        except OSError as error:
+            raise ScenarioError(f"{path}: cannot read: {error.strerror or error}") from None
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as error:
+            mark = getattr(error, "problem_mark", None)
+            where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+            problem = getattr(error, "problem", None) or "malformed YAML"
+            raise ScenarioError(f"{path}: not valid YAML{where}: {problem}") from None
+        if not isinstance(data, dict):
+            raise ScenarioError(f"{path}: a scenario is a mapping of keys, got {type(data).__name__}")
+        scenario = cls.from_dict(data, source=str(path))
+        return scenario.resolve_paths(path.parent)
+
+    @classmethod
+    def from_dict(cls, data: dict, source: str = "scenario") -> "Scenario":
+        """Validate a mapping; problems raise :class:`ScenarioError` naming ``source``."""
+        try:
+            return cls.model_validate(data)
+        except ValidationError as error:
+            raise ScenarioError(f"{source}: {describe_validation_error(error, cls)}") from None
+
+    def resolve_paths(self, base: Path) -> "Scenario":
+        """Make file names relative to the scenario's folder absolute, and check they exist."""
+        data = self.model_dump()
+        found = []
+        market = data["market"]
+        if market.get("network") and market["network"].get("edge_list"):
+            found.append((("market", "network", "edge_list"), market["network"]))
+        if market.get("couplings") and market["couplings"].get("file"):
+            found.append((("market", "couplings", "file"), market["couplings"]))
+        for name, population in data["populations"].items():
+            if population["correction"].get("weights"):
+                found.append((("populations", name, "correction", "weights"), population["correction"]))
+        for key_path, holder in found:
+            key = key_path[-1]
+            candidate = Path(holder[key])
+            if not candidate.is_absolute():
+                candidate = (base / candidate).resolve()
+            if not candidate.exists():
+                raise ScenarioError(f"{'.'.join(key_path)}: file {holder[key]!r} does not exist")
+            holder[key] = str(candidate)
+        return type(self).model_validate(data)
+
+    def to_yaml(self) -> str:
+        """The resolved scenario, every default filled in, as YAML."""
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+    def with_overrides(self, overrides: dict[str, Any]) -> "Scenario":
+        """A copy with dotted key paths set, e.g. {"populations.ai.temperature": 0.05}."""
+        data = self.model_dump()
+        for key_path, value in overrides.items():
+            holder = data
+            parts = key_path.split(".")
+            for part in parts[:-1]:
+                if not isinstance(holder, dict) or part not in holder:
+                    raise ScenarioError(f"{key_path}: no such key {part!r}{_suggest(part, holder)}")
+                holder = holder[part]
+                if holder is None:
+                    raise ScenarioError(f"{key_path}: {part} is not set in this scenario")
+            if not isinstance(holder, dict) or parts[-1] not in holder:
+                raise ScenarioError(f"{key_path}: no such key {parts[-1]!r}{_suggest(parts[-1], holder)}")
+            holder[parts[-1]] = value
+        return type(self).from_dict(data, source="override")
+
+
+def _suggest(word: str, holder: Any) -> str:
+    if not isinstance(holder, dict):
+        return ""
+    close = difflib.get_close_matches(word, [str(key) for key in holder], n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _allowed_keys(model: type[BaseModel], location: tuple) -> list[str]:
+    """The keys a model accepts at ``location`` (for 'did you mean')."""
+    current: Any = model
+    for part in location[:-1]:
+        if isinstance(part, int):
+            continue
+        if isinstance(current, type) and issubclass(current, BaseModel):
+            field = current.model_fields.get(str(part))
+            if field is None:
+                return []
+            current = _model_in(field.annotation)
+        elif current is dict:
+            current = Population
+        else:
+            return []
+        if current is None:
+            return []
+        if current is dict:
+            # a dict of models: the next part is a free name
+            continue
+    if isinstance(current, type) and issubclass(current, BaseModel):
+        return list(current.model_fields)
+    return []
+
+
+def _model_in(annotation: Any):
+    """The pydantic model (or dict) inside an annotation, if any."""
+    from typing import get_args, get_origin
+
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    if get_origin(annotation) is dict:
+        value = get_args(annotation)[1]
+        return Population if value is Population else None
+    for argument in get_args(annotation):
+        model = _model_in(argument)
+        if model is not None:
+            return model
+    return None
+
+
+def describe_validation_error(error: ValidationError, model: type[BaseModel]) -> str:
+    """The first problem of a pydantic error as one line: key path, what is wrong, what is allowed."""
+    first = error.errors()[0]
+    location = tuple(part for part in first["loc"] if not _is_union_tag(part))
+    key_path = ".".join(str(part) for part in location) or "(top level)"
+    kind = first["type"]
+    if kind == "extra_forbidden":
+        allowed = _allowed_keys(model, location)
+        close = difflib.get_close_matches(str(location[-1]), allowed, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        return f"{key_path}: unknown key{hint}; allowed keys: {', '.join(allowed)}"
+    message = first["msg"]
+    if message.startswith("Value error, "):
+        message = message[len("Value error, ") :]
+    given = first.get("input")
+    shown = "" if kind == "missing" or isinstance(given, dict) else f" (got {given!r})"
+    return f"{key_path}: {message}{shown}"
+
+
+def _is_union_tag(part: Any) -> bool:
+    tags = ("float", "TemperatureSchedule", "TemperatureDistribution", "constrained-float", "int")
+    return isinstance(part, str) and (part in tags or part.startswith(("function-", "constrained")))

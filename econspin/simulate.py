@@ -1,0 +1,160 @@
+"""The rollout: build the economy, repeat the round, record the metrics table.
+
+``simulate`` is the one-call entry point. ``Rollout`` is the same thing in pieces, for
+callers that checkpoint, resume or batch sweep points (the command line).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+import torch
+
+from econspin.economy import Economy, build_economy, resolve_device
+from econspin.metrics import measure, metric_functions
+from econspin.round import step
+from econspin.scenario import Scenario, ScenarioError, TemperatureSchedule
+from econspin.state import State, initial_state
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+@dataclass
+class SimulationResult:
+    """What a run returns.
+
+    Attributes:
+        metrics: one row per batch element per round: step, replica, then the observables.
+        state: the final :class:`~econspin.state.State`.
+        economy: the compiled :class:`~econspin.economy.Economy`.
+        scenario: the scenario as run (overrides applied).
+        wall_time: seconds spent in rounds.
+    """
+
+    metrics: pd.DataFrame
+    state: State
+    economy: Economy
+    scenario: Scenario
+    wall_time: float
+
+
+@dataclass
+class Rollout:
+    """B batch elements (scenario point, replica) advanced together, round by round."""
+
+    scenarios: list[Scenario]
+    replicas: list[int]
+    economy: Economy
+    state: State
+    rows: list[torch.Tensor] = field(default_factory=list)
+
+    @classmethod
+    def create(
+        cls,
+        scenarios: list[Scenario],
+        replicas: list[int],
+        device: str = "auto",
+        dtype: str = "float32",
+        disorder_per_replica: bool = False,
+    ) -> "Rollout":
+        """Compile the economy and its round-0 state."""
+        economy = build_economy(
+            scenarios, replicas, resolve_device(device), DTYPES[dtype], disorder_per_replica
+        )
+        return cls(scenarios, replicas, economy, initial_state(economy, scenarios, replicas))
+
+    def advance(self, rounds: int, on_round: Callable[[int], None] | None = None) -> None:
+        """Play ``rounds`` rounds, applying schedules and events, recording metrics."""
+        with torch.no_grad():
+            for _ in range(rounds):
+                self.state = apply_plan(self.state, self.economy, self.scenarios)
+                self.state = step(self.state, self.economy)
+                self.rows.append(measure(self.state, self.economy))
+                if on_round is not None:
+                    on_round(self.state.round)
+
+    def metrics(self, first_step: int = 1) -> pd.DataFrame:
+        """The recorded rounds as a long table (one row per batch element per round)."""
+        names = list(metric_functions(self.economy))
+        if not self.rows:
+            return pd.DataFrame(columns=["step", "replica", *names])
+        values = torch.stack(self.rows).cpu().numpy()  # (rounds, B, M)
+        rounds, batch, _ = values.shape
+        table = pd.DataFrame(values.reshape(rounds * batch, -1), columns=names)
+        table.insert(0, "replica", np.tile(np.asarray(self.replicas), rounds))
+        table.insert(0, "step", np.repeat(np.arange(first_step, first_step + rounds), batch))
+        return table
+
+
+def apply_plan(state: State, economy: Economy, scenarios: list[Scenario]) -> State:
+    """Temperatures from schedules and events that take effect before round ``state.round``."""
+    now = state.round
+    temperature, fields = state.temperature, state.fields
+    changed_temperature = changed_fields = False
+    for element, scenario in enumerate(scenarios):
+        for index, name in enumerate(economy.population_names):
+            plan = scenario.populations[name].temperature
+            if isinstance(plan, TemperatureSchedule) and now > 0 and any(start == now for start, _ in plan.schedule):
+                temperature = _set_rows(temperature, changed_temperature, element, economy.population_mask(index), plan.at(now))
+                changed_temperature = True
+        for event in scenario.events:
+            if event.at != now:
+                continue
+            index = economy.population_names.index(event.population)
+            mask = economy.population_mask(index)
+            if event.temperature is not None:
+                temperature = _set_rows(temperature, changed_temperature, element, mask, event.temperature)
+                changed_temperature = True
+            if event.field_shift is not None:
+                if not changed_fields:
+                    fields = fields.clone()
+                    changed_fields = True
+                fields[element, mask] += event.field_shift * economy.field_direction[element, index]
+    if not (changed_temperature or changed_fields):
+        return state
+    return state.replace(temperature=temperature, fields=fields)
+
+
+def _set_rows(tensor, already_copied, element, mask, value):
+    tensor = tensor if already_copied else tensor.clone()
+    tensor[element, mask] = value
+    return tensor
+
+
+def simulate(
+    scenario: Scenario,
+    steps: int | None = None,
+    seed: int | None = None,
+    replicas: int | None = None,
+    device: str | None = None,
+    dtype: str | None = None,
+    chunk: int | None = None,
+) -> SimulationResult:
+    """Run a scenario: ``replicas`` independent copies for ``steps`` rounds.
+
+    Arguments left as None take the scenario's ``run`` section. ``device="auto"`` uses CUDA
+    where present. Returns the metrics table and the final state.
+    """
+    overrides = {
+        "run.steps": steps,
+        "run.seed": seed,
+        "run.replicas": replicas,
+        "run.device": device,
+        "run.dtype": dtype,
+        "run.chunk": chunk,
+    }
+    scenario = scenario.with_overrides({key: value for key, value in overrides.items() if value is not None})
+    run = scenario.run
+    replica_indices = list(range(run.replicas))
+    rollout = Rollout.create([scenario] * run.replicas, replica_indices, run.device, run.dtype)
+    started = time.perf_counter()
+    rollout.advance(run.steps)
+    wall_time = time.perf_counter() - started
+    return SimulationResult(rollout.metrics(), rollout.state, rollout.economy, scenario, wall_time)
+
+
+__all__ = ["simulate", "SimulationResult", "Rollout", "ScenarioError"]

@@ -1,0 +1,151 @@
+"""The state of B economies between rounds: a frozen dataclass of batched tensors.
+
+Besides what evolves (states, money, temperatures, fields) it keeps the record of the last
+round's trade (revenue, spending, the entropy and surplus of each buyer's choice), which is
+what the metrics read, and one random-number state per batch element.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from econspin.economy import Economy, coupling_fields
+from econspin.randomness import STREAM_DYNAMICS, STREAM_FIELDS, STREAM_INITIAL, derive_seed, make_generator
+from econspin.scenario import (
+    MoneyDistribution,
+    Scenario,
+    TemperatureDistribution,
+    TemperatureSchedule,
+    VectorDistribution,
+)
+
+
+@dataclass(frozen=True)
+class State:
+    """B economies of N agents after ``round`` rounds.
+
+    Attributes:
+        states: (B, N, d) agent states x_i (magnetisations in expected mode, spins in sampled).
+        fields: (B, N, d) external fields h_i (fundamentals; events may shift them).
+        money: (B, N) float64 wealth w_i >= 0.
+        temperature: (B, N) decision noise T_i >= 0 (inf allowed: uniform choice).
+        revenue: (B, N) float64, R_j of the last round.
+        spending: (B, N) float64, s_i of the last round.
+        entropy: (B, N) normalised entropy of buyer i's choice row (mean over markets).
+        surplus: (B, N) inclusive value T_i log sum_j exp(u_ij / T_i) (mean over markets).
+        round: rounds completed.
+        random_states: one torch.Generator state (ByteTensor) per batch element.
+    """
+
+    states: torch.Tensor
+    fields: torch.Tensor
+    money: torch.Tensor
+    temperature: torch.Tensor
+    revenue: torch.Tensor
+    spending: torch.Tensor
+    entropy: torch.Tensor
+    surplus: torch.Tensor
+    round: int
+    random_states: tuple[torch.Tensor, ...]
+
+    def replace(self, **changes) -> "State":
+        """A copy with some fields changed."""
+        return dataclasses.replace(self, **changes)
+
+    def generators(self, device: torch.device) -> list[torch.Generator]:
+        """Generators positioned at this state's random streams, one per batch element."""
+        generators = []
+        for random_state in self.random_states:
+            generator = torch.Generator(device=device)
+            generator.set_state(random_state)
+            generators.append(generator)
+        return generators
+
+    def to(self, device) -> "State":
+        """The same state on another device (random states stay as they are)."""
+        moved = {
+            field.name: getattr(self, field.name).to(device)
+            for field in dataclasses.fields(self)
+            if isinstance(getattr(self, field.name), torch.Tensor)
+        }
+        return self.replace(**moved)
+
+
+def initial_state(economy: Economy, scenarios: list[Scenario], replicas: list[int]) -> State:
+    """Round-0 state of each batch element from its scenario and replica index."""
+    device, dtype = economy.device, economy.dtype
+    states, fields, money, temperature, random_states = [], [], [], [], []
+    names = economy.population_names
+    for scenario, replica in zip(scenarios, replicas):
+        seed = scenario.run.seed
+        draw = np.random.default_rng(derive_seed(seed, STREAM_INITIAL, replica))
+        quenched = np.random.default_rng(derive_seed(seed, STREAM_FIELDS))
+        d = scenario.market.d
+        x, h, w, t = [], [], [], []
+        for name in names:
+            population = scenario.populations[name]
+            x.append(_vectors(population.state, population.count, d, draw))
+            h.append(_vectors(population.field, population.count, d, quenched))
+            w.append(_money(population.money, population.count, draw))
+            t.append(_temperatures(population.temperature, population.count, draw))
+        h = np.concatenate(h)
+        stored = coupling_fields(scenario)
+        if stored is not None:
+            h = np.repeat(stored[:, None], d, axis=1)
+        states.append(np.concatenate(x))
+        fields.append(h)
+        money.append(np.concatenate(w))
+        temperature.append(np.concatenate(t))
+        generator = make_generator(derive_seed(seed, STREAM_DYNAMICS, replica), device)
+        random_states.append(generator.get_state())
+    zeros = torch.zeros(len(scenarios), economy.agent_count, device=device)
+    return State(
+        states=torch.tensor(np.stack(states), dtype=dtype, device=device),
+        fields=torch.tensor(np.stack(fields), dtype=dtype, device=device),
+        money=torch.tensor(np.stack(money), dtype=torch.float64, device=device),
+        temperature=torch.tensor(np.stack(temperature), dtype=dtype, device=device),
+        revenue=zeros.double(),
+        spending=zeros.double(),
+        entropy=zeros.to(dtype),
+        surplus=zeros.to(dtype),
+        round=0,
+        random_states=tuple(random_states),
+    )
+
+
+def _vectors(spec: VectorDistribution, count: int, d: int, draw: np.random.Generator) -> np.ndarray:
+    if spec.distribution == "constant":
+        return np.full((count, d), spec.value)
+    return draw.normal(0.0, spec.scale, size=(count, d)) if spec.scale > 0 else np.zeros((count, d))
+
+
+def _money(spec: MoneyDistribution, count: int, draw: np.random.Generator) -> np.ndarray:
+    mean = spec.mean
+    if spec.distribution == "equal":
+        return np.full(count, mean)
+    if spec.distribution == "exponential":
+        return draw.exponential(mean, size=count)
+    if spec.distribution == "lognormal":
+        return np.exp(math.log(mean) - spec.sigma**2 / 2 + spec.sigma * draw.standard_normal(count))
+    minimum = mean * (spec.alpha - 1.0) / spec.alpha  # classical Pareto with this mean
+    return minimum * (1.0 - draw.random(count)) ** (-1.0 / spec.alpha)
+
+
+def _temperatures(spec, count: int, draw: np.random.Generator) -> np.ndarray:
+    if isinstance(spec, TemperatureSchedule):
+        return np.full(count, spec.at(0))
+    if isinstance(spec, TemperatureDistribution):
+        if spec.distribution == "uniform":
+            return draw.uniform(spec.low, spec.high, size=count)
+        if spec.distribution == "lognormal":
+            if spec.mean == 0:
+                return np.zeros(count)
+            return np.exp(math.log(spec.mean) - spec.sigma**2 / 2 + spec.sigma * draw.standard_normal(count))
+        shape = 1.0 / spec.sigma**2  # gamma with coefficient of variation sigma
+        return draw.gamma(shape, spec.mean / shape, size=count)
+    return np.full(count, float(spec))
