@@ -43,7 +43,7 @@ class Economy:
         visibility: (B,), gamma of the premium gamma * log(w_j / mean w).
         field_direction: (B, P, d), unit vector along which an event shifts a population's h.
         trade_mask: (N, N) bool or None; True where i may buy from j (a trade network).
-        couplings: (B, N, N) fixed couplings J, or None for the attention market.
+        couplings: (B, N, N) or (1, N, N) fixed couplings J, or None for the attention market.
         spend_rule: ``share`` (s_i = sigma w_i) or ``unit`` (s_i = unit where w_i >= unit).
         mode: ``expected`` (mean field) or ``sampled`` (agent level).
         response: the spin response f.
@@ -169,9 +169,10 @@ def build_economy(
         trade_mask = trade_mask_from_network(market.network, agent_count, first.run.seed).to(device)
     couplings = None
     if market.couplings is not None:
-        couplings = torch.stack(
-            [_coupling_matrix(s.market.couplings, agent_count, dtype) for s in scenarios]
-        ).to(device)
+        specs = [s.market.couplings for s in scenarios]
+        if all(spec == specs[0] for spec in specs):  # one matrix serves the whole batch
+            specs = specs[:1]
+        couplings = torch.stack([_coupling_matrix(spec, agent_count, dtype) for spec in specs]).to(device)
 
     corrections = []
     for index, name in enumerate(names):

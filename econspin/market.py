@@ -162,8 +162,11 @@ def trade(state: State, economy: Economy, generators: list[torch.Generator]) -> 
 def _fixed_couplings(state: State, economy: Economy) -> MarketOutcome:
     x = state.states
     couplings = economy.couplings
-    received = torch.einsum("bij,bjd->bid", couplings, x)
-    field_variance = torch.einsum("bij,bj->bi", couplings**2, spin_variance(x, economy.radius))
+    if couplings.shape[0] == 1:  # one matrix serves every element: broadcast, never copied
+        couplings = couplings[0]
+    received = torch.matmul(couplings, x)
+    variance = spin_variance(x, economy.radius).unsqueeze(-1)
+    field_variance = torch.matmul(couplings**2, variance).squeeze(-1)
     zeros = torch.zeros_like(state.money)
     zero_rows = torch.zeros_like(state.temperature)
     return MarketOutcome(
