@@ -224,22 +224,25 @@ def _element_parameters(scenario: Scenario, names, replica: int | None, dtype) -
         own = generator
         if population.projections.seed is not None:
             own = make_generator(population.projections.seed)
-        scale = population.projections.scale
-        key = torch.randn(heads, d, d_k, generator=own, dtype=torch.float64) * scale / math.sqrt(d)
-        if population.projections.tied:
-            if d_v != d_k:
-                raise ScenarioError(f"populations.{name}.projections.tied: needs market.d_v == market.d_k")
+        projections = population.projections
+        if projections.tied and d_v != d_k:
+            raise ScenarioError(f"populations.{name}.projections.tied: needs market.d_v == market.d_k")
+        key = _projection(projections, heads, d, d_k, own)
+        if projections.tied:
             query, value = key, key
         else:
-            query = torch.randn(heads, d, d_k, generator=own, dtype=torch.float64) * scale / math.sqrt(d)
-            value = torch.randn(heads, d, d_v, generator=own, dtype=torch.float64) * scale / math.sqrt(d)
+            query = _projection(projections, heads, d, d_k, own)
+            value = _projection(projections, heads, d, d_v, own)
         queries.append(query)
         keys_.append(key)
         values.append(value)
         direction = torch.randn(d, generator=generator, dtype=torch.float64)
         directions.append(direction / direction.norm())
         ffn.append(_ffn_weights(population.correction, d, generator, dtype, name))
-    output = torch.randn(heads, d_v, d, generator=generator, dtype=torch.float64) / math.sqrt(heads * d_v)
+    if market.output == "identity":
+        output = torch.eye(d, dtype=torch.float64).expand(heads, d, d) / heads
+    else:
+        output = torch.randn(heads, d_v, d, generator=generator, dtype=torch.float64) / math.sqrt(heads * d_v)
     return {
         "spend": torch.cat(spend).to(dtype),
         "eta": torch.cat(eta).to(dtype),
@@ -250,6 +253,13 @@ def _element_parameters(scenario: Scenario, names, replica: int | None, dtype) -
         "field_direction": torch.stack(directions).to(dtype),
         "ffn": ffn,
     }
+
+
+def _projection(spec, heads: int, rows: int, columns: int, generator) -> torch.Tensor:
+    """One projection per head: N(0, scale^2 / d) entries, or scale * I."""
+    if spec.init == "identity":
+        return spec.scale * torch.eye(rows, columns, dtype=torch.float64).expand(heads, rows, columns)
+    return torch.randn(heads, rows, columns, generator=generator, dtype=torch.float64) * spec.scale / math.sqrt(rows)
 
 
 def _ffn_weights(spec, d, generator, dtype, name):

@@ -16,6 +16,8 @@ magnitude g, which is what the TAP solver needs (with its slope dg/d|theta|):
   which is beta c theta / (1 + sqrt(1 + c^2 beta^2 |theta|^2 / R^2)). (c = 1, the form
   quoted in MODEL.md, is the case R^2 = d / 2; docs/model.md explains the choice.)
 - ``sphere``: the T -> 0 limit of both, RMS normalisation onto the sphere, g = R.
+- ``linear``: m = theta, no constraint at all; with tied projections it is the modern
+  Hopfield update of the symmetric limit (not a spin law: it never fluctuates).
 
 All are written in T rather than beta so that T = 0 and T = inf are exact limits.
 """
@@ -98,6 +100,22 @@ class SphereResponse(SpinResponse):
 
     def sample(self, theta, temperature, generators):
         return self.mean(theta, temperature)
+
+
+@register_response("linear")
+class LinearResponse(SpinResponse):
+    """m = theta: no spin constraint (the modern-Hopfield update of the symmetric limit)."""
+
+    finite_temperature = False
+
+    def magnitude(self, field_norm, temperature):
+        return field_norm
+
+    def slope(self, field_norm, temperature):
+        return torch.ones_like(field_norm)
+
+    def sample(self, theta, temperature, generators):
+        return theta
 
 
 @register_response("large_d")

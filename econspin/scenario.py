@@ -88,6 +88,7 @@ Temperature = Union[NonNegativeFloat, TemperatureSchedule, TemperatureDistributi
 class Projections(_Strict):
     """W_Q, W_K, W_V of a population, per head: entries N(0, scale^2 / d)."""
 
+    init: Literal["random", "identity"] = "random"  # identity: W = scale * I (needs d_k = d_v = d)
     scale: NonNegativeFloat = 1.0
     tied: bool = False  # W_Q = W_K and values = keys: the symmetric (Hopfield) limit
     seed: int | None = None  # default: drawn from the run's seed
@@ -157,7 +158,8 @@ class Market(_Strict):
     d_k: Annotated[int, Field(gt=0)] | None = None  # default d
     d_v: Annotated[int, Field(gt=0)] | None = None  # default d
     mode: Literal["expected", "sampled"] = "expected"
-    response: Literal["sphere", "large_d", "vmf"] = "large_d"
+    response: Literal["sphere", "large_d", "vmf", "linear"] = "large_d"
+    output: Literal["random", "identity"] = "random"  # W_O: N(0, 1/(H d_v)), or I / H (needs d_v = d)
     radius: PositiveFloat | None = None  # default sqrt(d)
     visibility: float = 0.0  # gamma: utility premium gamma * log(w_j / mean w)
     spend_rule: Literal["share", "unit"] = "share"
@@ -227,11 +229,16 @@ class Scenario(_Strict):
         if self.market.couplings is None and not any(p.sells for p in self.populations.values()):
             raise ValueError("market: no population sells; set sells: true on one")
         for name, population in self.populations.items():
-            if population.correction.form == "tap" and self.market.response == "sphere":
+            if population.correction.form == "tap" and self.market.response in ("sphere", "linear"):
                 raise ValueError(
                     f"populations.{name}.correction.form: tap needs a finite-temperature "
-                    "response (market.response large_d or vmf), not sphere"
+                    f"response (market.response large_d or vmf), not {self.market.response}"
                 )
+            square = {self.market.d, self.market.key_dimension, self.market.value_dimension}
+            if population.projections.init == "identity" and len(square) > 1:
+                raise ValueError(f"populations.{name}.projections.init: identity needs d_k = d_v = d")
+        if self.market.output == "identity" and self.market.value_dimension != self.market.d:
+            raise ValueError("market.output: identity needs d_v = d")
         return self
 
     @property
