@@ -11,7 +11,7 @@ from __future__ import annotations
 import difflib
 import math
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -263,7 +263,10 @@ class Scenario(_Strict):
         if not isinstance(data, dict):
             raise ScenarioError(f"{path}: a scenario is a mapping of keys, got {type(data).__name__}")
         scenario = cls.from_dict(data, source=str(path))
-        return scenario.resolve_paths(path.parent)
+        try:
+            return scenario.resolve_paths(path.parent)
+        except ScenarioError as error:
+            raise ScenarioError(f"{path}: {error}") from None
 
     @classmethod
     def from_dict(cls, data: dict, source: str = "scenario") -> "Scenario":
@@ -296,8 +299,8 @@ class Scenario(_Strict):
         return type(self).model_validate(data)
 
     def to_yaml(self) -> str:
-        """The resolved scenario, every default filled in, as YAML."""
-        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+        """The resolved scenario, every default filled in, as YAML (reads back to an equal scenario)."""
+        return yaml.safe_dump(_plain(self.model_dump()), sort_keys=False)
 
     def with_overrides(self, overrides: dict[str, Any]) -> "Scenario":
         """A copy with dotted key paths set, e.g. {"populations.ai.temperature": 0.05}."""
@@ -317,6 +320,15 @@ class Scenario(_Strict):
         return type(self).from_dict(data, source="override")
 
 
+def _plain(value: Any) -> Any:
+    """Lists for tuples, so that safe_dump can write it (floats, inf included, stay floats)."""
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]
+    return value
+
+
 def _suggest(word: str, holder: Any) -> str:
     if not isinstance(holder, dict):
         return ""
@@ -325,44 +337,34 @@ def _suggest(word: str, holder: Any) -> str:
 
 
 def _allowed_keys(model: type[BaseModel], location: tuple) -> list[str]:
-    """The keys a model accepts at ``location`` (for 'did you mean')."""
-    current: Any = model
-    for part in location[:-1]:
-        if isinstance(part, int):
-            continue
-        if isinstance(current, type) and issubclass(current, BaseModel):
-            field = current.model_fields.get(str(part))
-            if field is None:
-                return []
-            current = _model_in(field.annotation)
-        elif current is dict:
-            current = Population
-        else:
+    """The keys the model at ``location`` accepts (for 'did you mean')."""
+    current = model
+    parts = [part for part in location[:-1] if not isinstance(part, int)]
+    index = 0
+    while index < len(parts):
+        field = current.model_fields.get(str(parts[index]))
+        if field is None:
             return []
+        current, keyed = _model_in(field.annotation)
         if current is None:
             return []
-        if current is dict:
-            # a dict of models: the next part is a free name
-            continue
-    if isinstance(current, type) and issubclass(current, BaseModel):
-        return list(current.model_fields)
-    return []
+        index += 2 if keyed else 1  # a dict of models is followed by a free name
+    return list(current.model_fields)
 
 
-def _model_in(annotation: Any):
-    """The pydantic model (or dict) inside an annotation, if any."""
-    from typing import get_args, get_origin
-
+def _model_in(annotation: Any) -> tuple[type[BaseModel] | None, bool]:
+    """The pydantic model inside an annotation, and whether it sits in a dict (named entries)."""
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    if get_origin(annotation) is dict:
-        value = get_args(annotation)[1]
-        return Population if value is Population else None
-    for argument in get_args(annotation):
-        model = _model_in(argument)
+        return annotation, False
+    arguments = get_args(annotation)
+    if get_origin(annotation) is dict and arguments:
+        model, _ = _model_in(arguments[1])
+        return model, model is not None
+    for argument in arguments:
+        model, keyed = _model_in(argument)
         if model is not None:
-            return model
-    return None
+            return model, keyed
+    return None, False
 
 
 def describe_validation_error(error: ValidationError, model: type[BaseModel]) -> str:

@@ -1,0 +1,313 @@
+"""The ``econspin`` command: run, sweep, plot and check scenarios.
+
+Bad input never ends in a traceback: one line naming the file and the key, exit status 2,
+and nothing written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import pandas as pd
+import typer
+import yaml
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from econspin.output import (
+    CHECKPOINT_FILE,
+    MANIFEST_FILE,
+    METRICS_FILE,
+    SCENARIO_FILE,
+    SWEEP_FILE,
+    WEALTH_FILE,
+    load_checkpoint,
+    manifest,
+    save_checkpoint,
+    wealth_table,
+    write_json,
+    write_table,
+    write_text,
+)
+from econspin.scenario import Scenario, ScenarioError
+from econspin.simulate import Rollout
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Agent-based economies in which trade is attention.")
+console = Console(stderr=True)
+
+SetOption = Annotated[
+    Optional[list[str]],
+    typer.Option("--set", help="Override a scenario key: key.path=value (value read as YAML). Repeatable."),
+]
+
+
+def fail(message: str, source: Path | None = None) -> None:
+    """One line to stderr naming ``source`` (unless the message already does), exit status 2."""
+    if source is not None and not message.startswith(str(source)):
+        message = f"{source}: {message}"
+    console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(2)
+
+
+def parse_overrides(pairs: list[str] | None) -> dict:
+    """``key.path=value`` pairs as a dict, values read as YAML."""
+    overrides = {}
+    for pair in pairs or []:
+        if "=" not in pair:
+            raise ScenarioError(f"--set {pair!r}: write key.path=value")
+        key, text = pair.split("=", 1)
+        try:
+            overrides[key.strip()] = yaml.safe_load(text)
+        except yaml.YAMLError:
+            raise ScenarioError(f"--set {key}: {text!r} is not a value") from None
+    return overrides
+
+
+def load_scenario(path: Path, overrides: dict) -> Scenario:
+    """A scenario file with overrides, errors naming the file."""
+    scenario = Scenario.from_yaml(path)
+    if overrides:
+        try:
+            scenario = scenario.with_overrides(overrides)
+        except ScenarioError as error:
+            raise ScenarioError(f"{path}: {error}") from None
+    return scenario
+
+
+@contextlib.contextmanager
+def progress_bar(total: int, description: str, quiet: bool):
+    """A rich progress bar (on stderr) that advances by rounds; nothing when quiet."""
+    if quiet:
+        yield lambda _round: None
+        return
+    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()]
+    with Progress(*columns, console=console, transient=True) as progress:
+        task = progress.add_task(description, total=total)
+        yield lambda _round: progress.advance(task)
+
+
+def sellers_of(scenario: Scenario) -> int:
+    return sum(p.count for p in scenario.populations.values() if p.sells)
+
+
+@app.command()
+def run(
+    scenario: Annotated[Optional[Path], typer.Argument(help="Scenario YAML file.")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Output folder (default runs/<scenario name>).")] = None,
+    steps: Annotated[Optional[int], typer.Option(help="Rounds to run (with --resume: the new total).")] = None,
+    replicas: Annotated[Optional[int], typer.Option(help="Independent copies run as one batch.")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Random seed.")] = None,
+    device: Annotated[Optional[str], typer.Option(help="auto, cpu or cuda.")] = None,
+    set_: SetOption = None,
+    resume: Annotated[Optional[Path], typer.Option(help="Continue the run in this folder.")] = None,
+    checkpoint_every: Annotated[int, typer.Option(help="Rounds between checkpoints (0: about 20 per run).")] = 0,
+    quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar or summary.")] = False,
+):
+    """Run a scenario and write its folder: metrics, checkpoint, manifest, figures."""
+    try:
+        if resume is not None:
+            if not (resume / SCENARIO_FILE).exists() or not (resume / CHECKPOINT_FILE).exists():
+                raise ScenarioError(f"{resume}: not a run folder with {SCENARIO_FILE} and {CHECKPOINT_FILE}")
+            loaded = load_scenario(resume / SCENARIO_FILE, {})
+        else:
+            if scenario is None:
+                raise ScenarioError("run: give a SCENARIO file (or --resume DIR)")
+            loaded = load_scenario(scenario, parse_overrides(set_))
+        overrides = {"run.steps": steps, "run.replicas": None if resume else replicas,
+                     "run.seed": None if resume else seed, "run.device": device}
+        loaded = loaded.with_overrides({key: value for key, value in overrides.items() if value is not None})
+        target = resume if resume is not None else (out or Path("runs") / loaded.name)
+        rollout = Rollout.create([loaded] * loaded.run.replicas, list(range(loaded.run.replicas)),
+                                 loaded.run.device, loaded.run.dtype)
+    except ScenarioError as error:
+        fail(str(error), resume / SCENARIO_FILE if resume is not None else scenario)
+    previous = pd.DataFrame()
+    if resume is not None:
+        rollout.state, rows = load_checkpoint(resume / CHECKPOINT_FILE, rollout.state)
+        previous = pd.read_parquet(resume / METRICS_FILE).iloc[:rows]
+    write_text(target / SCENARIO_FILE, loaded.to_yaml())
+    remaining = loaded.run.steps - rollout.state.round
+    every = checkpoint_every or max(1, loaded.run.steps // 20)
+    started = time.perf_counter()
+    try:
+        with progress_bar(max(remaining, 0), f"{loaded.name}", quiet) as advance:
+            while rollout.state.round < loaded.run.steps:
+                rounds = min(every, loaded.run.steps - rollout.state.round)
+                rollout.advance(rounds, advance)
+                table = pd.concat([previous, rollout.metrics(first_step=rollout.state.round - len(rollout.rows) + 1)],
+                                  ignore_index=True)
+                write_table(target / METRICS_FILE, table)
+                save_checkpoint(target / CHECKPOINT_FILE, rollout.state, rollout.replicas, len(table))
+    except KeyboardInterrupt:
+        console.print(f"interrupted after round {rollout.state.round}; continue with: econspin run --resume {target}")
+        raise typer.Exit(130)
+    wall_time = time.perf_counter() - started
+    table = pd.read_parquet(target / METRICS_FILE) if remaining <= 0 else table
+    wealth = wealth_table(rollout.state, rollout.economy.population_names, rollout.economy.population, rollout.replicas)
+    write_table(target / WEALTH_FILE, wealth)
+    write_json(target / MANIFEST_FILE, manifest(loaded, rollout.economy.device, wall_time, max(remaining, 0),
+                                                {"resumed_from_round": loaded.run.steps - max(remaining, 0)}))
+    draw_run_figures(target, loaded, table, wealth)
+    if not quiet:
+        summarise(table, target, wall_time, max(remaining, 0))
+
+
+def draw_run_figures(target: Path, scenario: Scenario, table: pd.DataFrame, wealth: pd.DataFrame) -> None:
+    """concentration.png and wealth.png from the run's tables."""
+    from econspin.plots import concentration_figure, wealth_figure
+
+    concentration_figure(table, target / "concentration.png", scenario.name, sellers=sellers_of(scenario))
+    wealth_figure(wealth, target / "wealth.png", scenario.name)
+
+
+def summarise(table: pd.DataFrame, target: Path, wall_time: float, rounds: int) -> None:
+    """The last round's metrics, mean over replicas, and where the files are."""
+    last = table[table["step"] == table["step"].max()]
+    summary = Table(title=f"round {int(last['step'].iloc[0])}, mean over {last['replica'].nunique()} replicas")
+    summary.add_column("metric")
+    summary.add_column("value", justify="right")
+    for column in table.columns:
+        if column not in ("step", "replica", "point"):
+            summary.add_row(column, f"{last[column].mean():.4g}")
+    console.print(summary)
+    speed = f", {rounds / wall_time:.1f} rounds/s" if wall_time > 0 and rounds else ""
+    console.print(f"wrote {target}/ in {wall_time:.1f} s{speed}")
+
+
+@app.command()
+def sweep(
+    scenario: Annotated[Path, typer.Argument(help="Scenario YAML file.")],
+    grid: Annotated[list[str], typer.Option(help="key.path=SPEC with SPEC a:b:n, log:a:b:n or v1,v2,... Repeatable.")],
+    replicas: Annotated[Optional[int], typer.Option(help="Replicas per point.")] = None,
+    steps: Annotated[Optional[int], typer.Option(help="Rounds per point.")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Output folder (default runs/<name>-sweep).")] = None,
+    device: Annotated[Optional[str], typer.Option(help="auto, cpu or cuda.")] = None,
+    set_: SetOption = None,
+    quiet: Annotated[bool, typer.Option("--quiet")] = False,
+):
+    """Run every point of a grid (x replicas) as batched kernels; write sweep.parquet and phase.png."""
+    from econspin.sweep import parse_grid, run_sweep, sweep_points
+
+    try:
+        base = load_scenario(scenario, parse_overrides(set_))
+        overrides = {"run.steps": steps, "run.replicas": replicas, "run.device": device}
+        base = base.with_overrides({key: value for key, value in overrides.items() if value is not None})
+        grids = [parse_grid(text) for text in grid]
+        points = sweep_points(base, grids)
+        target = out or Path("runs") / f"{base.name}-sweep"
+    except ScenarioError as error:
+        fail(str(error), scenario)
+    run_settings = base.run
+    total = len(points) * run_settings.replicas
+    started = time.perf_counter()
+    try:
+        with progress_bar(run_settings.steps * _batches(points, run_settings.replicas), f"{base.name}: {len(points)} points x {run_settings.replicas} replicas", quiet) as advance:
+            table = run_sweep(points, run_settings.replicas, run_settings.steps, run_settings.device, run_settings.dtype, advance)
+    except ScenarioError as error:
+        fail(str(error), scenario)
+    except KeyboardInterrupt:
+        console.print("sweep interrupted; nothing was written")
+        raise typer.Exit(130)
+    wall_time = time.perf_counter() - started
+    keys = [g.key for g in grids]
+    write_text(target / SCENARIO_FILE, base.to_yaml())
+    write_table(target / SWEEP_FILE, table)
+    write_json(target / MANIFEST_FILE, manifest(base, run_settings.device, wall_time, run_settings.steps,
+                                                {"grid": {g.key: list(g.values) for g in grids}, "points": len(points),
+                                                 "batch_elements": total}))
+    draw_sweep_figures(target, base, table, keys)
+    if not quiet:
+        console.print(f"wrote {target}/ ({len(points)} points x {run_settings.replicas} replicas) in {wall_time:.1f} s")
+
+
+def _batches(points, replicas) -> int:
+    from econspin.economy import shape_signature
+    from econspin.sweep import elements_per_batch
+
+    groups: dict[tuple, int] = {}
+    for _, point in points:
+        signature = shape_signature(point)
+        groups[signature] = groups.get(signature, 0) + replicas
+    count = 0
+    for signature, members in groups.items():
+        example = next(point for _, point in points if shape_signature(point) == signature)
+        size = elements_per_batch(example)
+        count += -(-members // size)
+    return count
+
+
+def draw_sweep_figures(target: Path, scenario: Scenario, table: pd.DataFrame, keys: list[str]) -> None:
+    """phase.png, and concentration.png for the first, middle and last points."""
+    from econspin.plots import concentration_figure, phase_figure
+    from econspin.sweep import final_values
+
+    phase_figure(final_values(table, keys), keys, target / "phase.png", scenario.name)
+    points = sorted(table["point"].unique())
+    chosen = sorted({points[0], points[len(points) // 2], points[-1]})
+    subset = table[table["point"].isin(chosen)].copy()
+    label = keys[0] if len(keys) == 1 else "point"
+    if len(keys) > 1:
+        subset["point"] = subset[keys].astype(str).agg(", ".join, axis=1)
+    concentration_figure(subset, target / "concentration.png", scenario.name, sellers=sellers_of(scenario), group=label)
+
+
+@app.command()
+def plot(directory: Annotated[Path, typer.Argument(help="A run or sweep folder.")]):
+    """(Re)draw the figures of a run or sweep folder from its tables."""
+    try:
+        scenario = load_scenario(directory / SCENARIO_FILE, {})
+    except ScenarioError as error:
+        fail(str(error))
+    if (directory / SWEEP_FILE).exists():
+        import json
+
+        keys = list(json.loads((directory / MANIFEST_FILE).read_text()).get("grid", {}))
+        draw_sweep_figures(directory, scenario, pd.read_parquet(directory / SWEEP_FILE), keys)
+    elif (directory / METRICS_FILE).exists() and (directory / WEALTH_FILE).exists():
+        draw_run_figures(directory, scenario, pd.read_parquet(directory / METRICS_FILE),
+                         pd.read_parquet(directory / WEALTH_FILE))
+    else:
+        fail(f"{directory}: no {METRICS_FILE} or {SWEEP_FILE} to plot")
+    console.print(f"drew the figures in {directory}/")
+
+
+@app.command()
+def check(
+    scenario: Annotated[Path, typer.Argument(help="Scenario YAML file.")],
+    set_: SetOption = None,
+):
+    """Validate a scenario and print it resolved, every default filled in."""
+    try:
+        loaded = load_scenario(scenario, parse_overrides(set_))
+        from econspin.economy import estimate_memory
+
+        if loaded.market.couplings is None:
+            import torch
+
+            estimate_memory(loaded, loaded.run.replicas, torch.float32 if loaded.run.dtype == "float32" else torch.float64)
+    except ScenarioError as error:
+        fail(str(error), scenario)
+    sys.stdout.write(loaded.to_yaml())
+    populations = ", ".join(f"{name} {p.count}" for name, p in loaded.populations.items())
+    console.print(f"ok: {loaded.agent_count} agents ({populations}); metrics: "
+                  f"{', '.join(['step', 'replica', *_metric_names(loaded)])}", highlight=False)
+
+
+def _metric_names(scenario: Scenario) -> list[str]:
+    from econspin.metrics import METRICS
+
+    return [*METRICS, *(f"wealth_share_{name}" for name in scenario.populations)]
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    app()
+
+
+
+if __name__ == "__main__":  # pragma: no cover - python -m econspin.cli
+    app()

@@ -1,0 +1,131 @@
+"""The run folder: what a run or a sweep leaves on disk, written atomically.
+
+Every file is written under a temporary name in the same folder and renamed into place, so a
+reader (or a run killed half-way) only ever sees complete files. A run folder holds:
+
+- ``scenario.yaml``: the resolved scenario, every default filled in;
+- ``metrics.parquet``: one row per replica per round (step, replica, metrics...);
+- ``wealth.parquet``: final money per agent (replica, agent, population, money);
+- ``manifest.json``: versions, device, seed, wall time, rounds per second;
+- ``checkpoint.pt``: the state after the last recorded round, enough to resume;
+- the figures (``concentration.png``, ``wealth.png``), drawn from the tables only.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import platform
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+import pandas as pd
+import torch
+
+import econspin
+from econspin.state import State
+
+SCENARIO_FILE = "scenario.yaml"
+METRICS_FILE = "metrics.parquet"
+WEALTH_FILE = "wealth.parquet"
+MANIFEST_FILE = "manifest.json"
+CHECKPOINT_FILE = "checkpoint.pt"
+SWEEP_FILE = "sweep.parquet"
+
+
+def write_atomically(path: Path, write: Callable[[io.BufferedWriter], None]) -> None:
+    """Write ``path`` through a temporary file in its folder, then rename it into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            write(stream)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def write_text(path: Path, text: str) -> None:
+    """Atomically write a text file."""
+    write_atomically(path, lambda stream: stream.write(text.encode()))
+
+
+def write_table(path: Path, table: pd.DataFrame) -> None:
+    """Atomically write a parquet table."""
+    write_atomically(path, lambda stream: table.to_parquet(stream, index=False))
+
+
+def write_json(path: Path, data: dict) -> None:
+    """Atomically write JSON."""
+    write_text(path, json.dumps(data, indent=2, default=str) + "\n")
+
+
+def save_checkpoint(path: Path, state: State, replicas: list[int], metrics_rows: int) -> None:
+    """Atomically save a state (on the CPU) with the number of metrics rows it follows."""
+    cpu = state.to("cpu")
+    payload = {
+        "econspin": econspin.__version__,
+        "round": cpu.round,
+        "replicas": replicas,
+        "metrics_rows": metrics_rows,
+        "tensors": {
+            name: getattr(cpu, name)
+            for name in ("states", "fields", "money", "temperature", "revenue", "spending", "entropy", "surplus")
+        },
+        "random_states": list(cpu.random_states),
+    }
+    write_atomically(path, lambda stream: torch.save(payload, stream))
+
+
+def load_checkpoint(path: Path, template: State) -> tuple[State, int]:
+    """The state saved in ``path``, on ``template``'s device, and its metrics row count."""
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    device = template.states.device
+    tensors = {name: value.to(device) for name, value in payload["tensors"].items()}
+    state = template.replace(
+        round=int(payload["round"]),
+        random_states=tuple(payload["random_states"]),
+        **tensors,
+    )
+    return state, int(payload["metrics_rows"])
+
+
+def wealth_table(state: State, population_names: tuple[str, ...], population, replicas: list[int]) -> pd.DataFrame:
+    """Final money per agent and replica, long form."""
+    money = state.money.detach().cpu().numpy()
+    batch, agents = money.shape
+    names = [population_names[index] for index in population.cpu().tolist()]
+    return pd.DataFrame(
+        {
+            "replica": [replica for replica in replicas for _ in range(agents)],
+            "agent": list(range(agents)) * batch,
+            "population": names * batch,
+            "money": money.reshape(-1),
+        }
+    )
+
+
+def manifest(scenario, device, wall_time: float, rounds: int, extra: dict | None = None) -> dict:
+    """Provenance of a run."""
+    data = {
+        "econspin": econspin.__version__,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if torch.device(device).type == "cuda" else platform.processor() or "cpu",
+        "scenario": scenario.name,
+        "seed": scenario.run.seed,
+        "replicas": scenario.run.replicas,
+        "steps": rounds,
+        "wall_time_seconds": round(wall_time, 4),
+        "rounds_per_second": round(rounds / wall_time, 3) if wall_time > 0 else None,
+    }
+    data.update(extra or {})
+    return data

@@ -1,0 +1,138 @@
+"""Figures drawn from the tables a run writes, never from a live model.
+
+Every function takes DataFrames in the output folder's format and a path, and writes one
+PNG atomically. Concentration measures are dimensionless shares; rounds are counted from 1.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from econspin.output import write_atomically  # noqa: E402
+
+CONCENTRATION_PANELS = [
+    ("hhi", "HHI of revenue shares (0-1)"),
+    ("cr4", "CR4: top-4 revenue share (0-1)"),
+    ("gini", "Gini of money (0-1)"),
+    ("attention_entropy", "attention entropy / log(partners)"),
+]
+
+
+def _save(figure, path: Path) -> None:
+    def write(stream):
+        buffer = io.BytesIO()
+        figure.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
+        stream.write(buffer.getvalue())
+
+    write_atomically(path, write)
+    plt.close(figure)
+
+
+def _band(axis, table: pd.DataFrame, column: str, label: str | None, color=None) -> None:
+    """Replica mean over rounds with a band of one standard deviation."""
+    grouped = table.groupby("step")[column]
+    mean, spread = grouped.mean(), grouped.std().fillna(0.0)
+    (line,) = axis.plot(mean.index, mean.values, label=label, color=color, lw=1.6)
+    # every panel is a share in [0, 1]: the band is clipped there
+    low, high = (mean - spread).clip(0.0, 1.0), (mean + spread).clip(0.0, 1.0)
+    axis.fill_between(mean.index, low, high, color=line.get_color(), alpha=0.2, lw=0)
+
+
+def concentration_figure(
+    metrics: pd.DataFrame, path: Path, title: str, sellers: int | None = None, group: str | None = None
+) -> None:
+    """HHI, CR4, Gini and attention entropy against the round, one line per group.
+
+    The line is the mean over replicas, the band one standard deviation across them.
+    ``sellers`` draws the competitive level 1/S on the HHI panel.
+    """
+    figure, axes = plt.subplots(2, 2, figsize=(10, 7), sharex=True)
+    groups = [(None, metrics)] if group is None else list(metrics.groupby(group, sort=False))
+    for (column, label), axis in zip(CONCENTRATION_PANELS, axes.flat):
+        for name, table in groups:
+            _band(axis, table, column, None if name is None else f"{group} = {name}")
+        if column == "hhi" and sellers:
+            axis.axhline(1.0 / sellers, color="grey", ls="--", lw=1, label=f"1/S (S = {sellers})")
+        axis.set_ylabel(label)
+        axis.grid(alpha=0.3)
+    for axis in axes[1]:
+        axis.set_xlabel("round")
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    if handles:
+        axes[0, 0].legend(fontsize=8)
+    replicas = metrics["replica"].nunique()
+    figure.suptitle(f"{title}: market concentration (mean over {replicas} replicas, band = ±1 sd)")
+    _save(figure, path)
+
+
+def wealth_figure(wealth: pd.DataFrame, path: Path, title: str) -> None:
+    """Complementary CDF of final money by population, log-log, pooled over replicas."""
+    figure, axes = plt.subplots(1, 2, figsize=(11, 4.5))
+    total = wealth["money"].sum()
+    for name, table in wealth.groupby("population", sort=False):
+        money = np.sort(table["money"].to_numpy())
+        positive = money[money > 0]
+        if positive.size:
+            ccdf = 1.0 - np.arange(positive.size) / positive.size
+            axes[0].loglog(positive, ccdf, drawstyle="steps-post",
+                           label=f"{name} ({table['money'].sum() / total:.1%} of money)")
+    axes[0].set_xlabel("money per agent (units of the initial mean)")
+    axes[0].set_ylabel("P(money ≥ w)")
+    axes[0].set_title("distribution (CCDF, log-log)")
+    axes[0].grid(alpha=0.3, which="both")
+    axes[0].legend(fontsize=8)
+    shares = wealth.groupby(["replica", "population"], sort=False)["money"].sum().unstack()
+    shares = shares.div(shares.sum(axis=1), axis=0)
+    counts = wealth.groupby("population", sort=False)["agent"].nunique()
+    positions = np.arange(len(shares.columns))
+    colors = [f"C{index}" for index in range(len(shares.columns))]  # as in the CCDF panel
+    axes[1].bar(positions, shares.mean().values, yerr=shares.std().fillna(0).values, capsize=4, color=colors,
+                label="share of money (±1 sd over replicas)")
+    axes[1].scatter(positions, (counts / counts.sum()).reindex(shares.columns).values, color="k", zorder=3,
+                    label="share of agents")
+    axes[1].set_xticks(positions, shares.columns)
+    axes[1].set_ylabel("share of all money")
+    axes[1].set_title("money by population")
+    axes[1].legend(fontsize=8)
+    figure.suptitle(f"{title}: final money distribution by population")
+    _save(figure, path)
+
+
+def phase_figure(final: pd.DataFrame, keys: list[str], path: Path, title: str) -> None:
+    """Final HHI and Gini against the swept keys: lines with bands (one key) or heat maps (two)."""
+    if len(keys) == 1:
+        figure, axes = plt.subplots(1, 2, figsize=(11, 4.5))
+        key = keys[0]
+        for axis, column, label in zip(axes, ("hhi", "gini"), ("final HHI", "final Gini of money")):
+            grouped = final.groupby(key)[column]
+            mean, spread = grouped.mean(), grouped.std().fillna(0.0)
+            axis.plot(mean.index, mean.values, "o-", lw=1.6)
+            axis.fill_between(mean.index, mean - spread, mean + spread, alpha=0.2, lw=0)
+            axis.set_xlabel(key)
+            axis.set_ylabel(f"{label} (mean over last 10% of rounds)")
+            positive = np.asarray(mean.index, dtype=float)
+            if positive.size > 2 and np.all(positive > 0) and positive.max() / positive.min() > 20:
+                axis.set_xscale("log")
+            axis.grid(alpha=0.3)
+        figure.suptitle(f"{title}: final concentration against {key} (band = ±1 sd over replicas)")
+    else:
+        figure, axes = plt.subplots(1, 2, figsize=(12, 4.8))
+        first, second = keys[:2]
+        for axis, column, label in zip(axes, ("hhi", "gini"), ("final HHI", "final Gini")):
+            grid = final.groupby([second, first])[column].mean().unstack()
+            image = axis.imshow(grid.values, origin="lower", aspect="auto", cmap="viridis")
+            axis.set_xticks(range(grid.shape[1]), [f"{value:.3g}" for value in grid.columns], rotation=45)
+            axis.set_yticks(range(grid.shape[0]), [f"{value:.3g}" for value in grid.index])
+            axis.set_xlabel(first)
+            axis.set_ylabel(second)
+            figure.colorbar(image, ax=axis, label=f"{label} (replica mean)")
+        figure.suptitle(f"{title}: final concentration over {first} x {second}")
+    _save(figure, path)

@@ -1,0 +1,145 @@
+"""Parameter sweeps: a grid of scenario points, every point x replica a batch element.
+
+A grid is written ``key.path=SPEC`` with SPEC one of ``a:b:n`` (n values from a to b,
+evenly spaced), ``log:a:b:n`` (evenly spaced in log), or ``v1,v2,...`` (a list; each value
+read as YAML, so ``true``, ``0.5`` and ``sphere`` keep their types). Several grids form
+their Cartesian product. Points whose scenarios agree in shape (agent counts, d, heads,
+mode, network) run together as one batched kernel, split into batches that fit the memory
+budget. Replica r of every point shares its random streams (common random numbers), so
+differences between points are not blurred by different noise.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from econspin.economy import BYTES_PER_PAIR, shape_signature
+from econspin.scenario import Scenario, ScenarioError
+from econspin.simulate import Rollout
+
+
+@dataclass(frozen=True)
+class Grid:
+    """One swept key and its values."""
+
+    key: str
+    values: tuple
+
+
+def parse_grid(text: str) -> Grid:
+    """Read ``key.path=SPEC``; a bad spec raises ScenarioError naming it."""
+    if "=" not in text:
+        raise ScenarioError(f"--grid {text!r}: write key.path=SPEC, e.g. populations.ai.temperature=log:0.01:1:9")
+    key, spec = (part.strip() for part in text.split("=", 1))
+    if not key or not spec:
+        raise ScenarioError(f"--grid {text!r}: both the key path and the values are needed")
+    return Grid(key, parse_values(spec, f"--grid {key}"))
+
+
+def parse_values(spec: str, where: str) -> tuple:
+    """The values a SPEC denotes."""
+    parts = spec.split(":")
+    try:
+        if parts[0] == "log":
+            if len(parts) != 4:
+                raise ValueError("log grids are log:a:b:n")
+            low, high, count = float(parts[1]), float(parts[2]), int(parts[3])
+            if low <= 0 or high <= 0:
+                raise ValueError("log grids need a > 0 and b > 0")
+            return tuple(float(value) for value in np.logspace(math.log10(low), math.log10(high), _count(count)))
+        if len(parts) == 3:
+            low, high, count = float(parts[0]), float(parts[1]), int(parts[2])
+            return tuple(float(value) for value in np.linspace(low, high, _count(count)))
+        if len(parts) != 1:
+            raise ValueError("use a:b:n, log:a:b:n or v1,v2,...")
+    except ValueError as error:
+        raise ScenarioError(f"{where}: {spec!r}: {error}") from None
+    values = []
+    for item in spec.split(","):
+        item = item.strip()
+        if not item:
+            raise ScenarioError(f"{where}: {spec!r}: empty value in the list")
+        try:
+            values.append(yaml.safe_load(item))
+        except yaml.YAMLError:
+            raise ScenarioError(f"{where}: {item!r} is not a value") from None
+    return tuple(values)
+
+
+def _count(count: int) -> int:
+    if count < 1:
+        raise ValueError("n must be at least 1")
+    return count
+
+
+def sweep_points(base: Scenario, grids: list[Grid]) -> list[tuple[dict, Scenario]]:
+    """Every point of the grids' product with its validated scenario."""
+    keys = [grid.key for grid in grids]
+    if len(set(keys)) != len(keys):
+        raise ScenarioError("--grid: the same key is swept twice")
+    for key in keys:
+        if key.startswith("run.") and key != "run.seed":
+            raise ScenarioError(f"--grid {key}: run settings are the same for every point (set them with --set)")
+    points = []
+    for values in itertools.product(*(grid.values for grid in grids)):
+        overrides = dict(zip(keys, values))
+        points.append((overrides, base.with_overrides(overrides)))
+    return points
+
+
+def elements_per_batch(scenario: Scenario) -> int:
+    """Batch elements of this shape that fit in the memory budget (blocks of >= 64 rows)."""
+    market = scenario.market
+    agents = scenario.agent_count
+    rows = min(agents, 64)
+    per_element = market.heads * agents * rows * BYTES_PER_PAIR * 2
+    per_element += agents * (10 * market.d + 8 * market.heads * market.d) * 8
+    budget = scenario.run.memory_budget_mb * 2**20
+    return max(1, int(budget // per_element))
+
+
+def run_sweep(
+    points: list[tuple[dict, Scenario]],
+    replicas: int,
+    steps: int,
+    device: str,
+    dtype: str,
+    on_round: Callable[[int], None] | None = None,
+) -> pd.DataFrame:
+    """Run every point x replica; one long table with a ``point`` column and the swept keys."""
+    elements = [(index, replica) for index in range(len(points)) for replica in range(replicas)]
+    groups: dict[tuple, list[tuple[int, int]]] = {}
+    for element in elements:
+        groups.setdefault(shape_signature(points[element[0]][1]), []).append(element)
+    tables = []
+    for members in groups.values():
+        size = elements_per_batch(points[members[0][0]][1])
+        for start in range(0, len(members), size):
+            batch = members[start : start + size]
+            scenarios = [points[index][1] for index, _ in batch]
+            rollout = Rollout.create(scenarios, [replica for _, replica in batch], device, dtype)
+            rollout.advance(steps, on_round)
+            table = rollout.metrics()
+            point_of_row = np.tile(np.asarray([index for index, _ in batch]), steps)
+            table.insert(0, "point", point_of_row)
+            tables.append(table)
+    table = pd.concat(tables, ignore_index=True)
+    for position, key in enumerate(points[0][0]):
+        table.insert(1 + position, key, [points[index][0][key] for index in table["point"]])
+    return table.sort_values(["point", "replica", "step"], kind="stable").reset_index(drop=True)
+
+
+def final_values(table: pd.DataFrame, keys: list[str], fraction: float = 0.1) -> pd.DataFrame:
+    """Per point and replica, the metrics averaged over the last ``fraction`` of rounds."""
+    last = table["step"].max()
+    first = last - max(1, int(round(fraction * last))) + 1
+    late = table[table["step"] >= first]
+    numeric = [column for column in late.columns if column not in ("point", "replica", "step", *keys)]
+    return late.groupby(["point", "replica", *keys], sort=False)[numeric].mean().reset_index()

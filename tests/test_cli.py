@@ -1,0 +1,182 @@
+"""The command line: errors, the run folder, resume, sweeps."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from econspin.cli import app
+from econspin.output import write_atomically
+
+runner = CliRunner()
+
+TINY = """
+name: tiny
+populations:
+  human: {count: 12, temperature: 1.0, spend: 0.2}
+  ai: {count: 4, temperature: 0.1, spend: 0.2}
+market: {d: 4}
+run: {steps: 8, replicas: 2, seed: 3, device: cpu}
+"""
+
+
+def write(tmp_path: Path, text: str, name: str = "scenario.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+BAD_SCENARIOS = {
+    "malformed": ("populations: [unclosed", "not valid YAML"),
+    "not a mapping": ("- just\n- a list\n", "a scenario is a mapping"),
+    "wrong type": (TINY.replace("count: 12", "count: many"), "populations.human.count"),
+    "zero count": (TINY.replace("count: 12", "count: 0"), "populations.human.count"),
+    "negative count": (TINY.replace("count: 12", "count: -3"), "populations.human.count"),
+    "negative temperature": (TINY.replace("temperature: 1.0", "temperature: -1"), "populations.human.temperature"),
+    "spend zero": (TINY.replace("spend: 0.2}\n  ai", "spend: 0}\n  ai"), "populations.human.spend"),
+    "spend above one": (TINY.replace("spend: 0.2}\n  ai", "spend: 1.5}\n  ai"), "populations.human.spend"),
+    "misspelt key": (TINY.replace("temperature: 1.0", "temprature: 1.0"), "did you mean 'temperature'"),
+    "misspelt market key": (TINY.replace("market: {d: 4}", "market: {d: 4, respons: vmf}"), "did you mean 'response'"),
+    "unknown population in event": (TINY + "events:\n  - {at: 3, population: robots, temperature: 0.1}\n",
+                                    "unknown population 'robots'"),
+    "missing graph file": (TINY.replace("market: {d: 4}", "market: {d: 4, network: {edge_list: nowhere.txt}}"),
+                           "market.network.edge_list"),
+    "too large for memory": (TINY.replace("count: 12", "count: 2000000"), "run.memory_budget_mb"),
+    "bad response": (TINY.replace("market: {d: 4}", "market: {d: 4, response: cubic}"), "market.response"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_SCENARIOS))
+def test_bad_scenarios_give_one_line_and_status_2_and_write_nothing(tmp_path, case):
+    text, expected = BAD_SCENARIOS[case]
+    path = write(tmp_path, text)
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["run", str(path), "--out", str(out), "--quiet"])
+    assert result.exit_code == 2, result.output
+    message = result.output.strip()
+    assert "Traceback" not in message and len(message.splitlines()) == 1, message
+    assert expected in message and "error:" in message
+    assert str(path) in message or "scenario.yaml" in message
+    assert not out.exists()
+
+
+def test_bad_override_names_the_key(tmp_path):
+    path = write(tmp_path, TINY)
+    result = runner.invoke(app, ["check", str(path), "--set", "populations.ai.temprature=0.5"])
+    assert result.exit_code == 2
+    assert "did you mean 'temperature'" in result.output
+    result = runner.invoke(app, ["check", str(path), "--set", "populations.ai.spend=2"])
+    assert result.exit_code == 2 and "populations.ai.spend" in result.output
+
+
+def test_check_prints_the_resolved_scenario(tmp_path):
+    path = write(tmp_path, TINY)
+    result = runner.invoke(app, ["check", str(path), "--set", "populations.ai.temperature=0.05"])
+    assert result.exit_code == 0, result.output
+    assert "temperature: 0.05" in result.output and "memory_budget_mb" in result.output
+
+
+def test_run_writes_the_whole_folder(tmp_path):
+    path = write(tmp_path, TINY)
+    out = tmp_path / "run"
+    result = runner.invoke(app, ["run", str(path), "--out", str(out), "--quiet"])
+    assert result.exit_code == 0, result.output
+    for name in ("scenario.yaml", "metrics.parquet", "wealth.parquet", "manifest.json", "checkpoint.pt",
+                 "concentration.png", "wealth.png"):
+        assert (out / name).exists(), name
+    metrics = pd.read_parquet(out / "metrics.parquet")
+    assert len(metrics) == 8 * 2
+    assert list(metrics.columns) == ["step", "replica", "hhi", "cr4", "gini", "attention_entropy", "surplus",
+                                     "total_wealth", "order", "wealth_share_human", "wealth_share_ai"]
+    assert not list(out.glob(".*.tmp"))
+    assert runner.invoke(app, ["plot", str(out)]).exit_code == 0
+
+
+def test_resume_continues_to_the_same_numbers(tmp_path):
+    path = write(tmp_path, TINY.replace("device: cpu}", "device: cpu}\nmarket: {d: 4, mode: sampled}")
+                 .replace("market: {d: 4}\n", ""))
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    assert runner.invoke(app, ["run", str(path), "--out", str(straight), "--steps", "30", "--quiet"]).exit_code == 0
+    assert runner.invoke(app, ["run", str(path), "--out", str(split), "--steps", "12", "--quiet"]).exit_code == 0
+    result = runner.invoke(app, ["run", "--resume", str(split), "--steps", "30", "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert pd.read_parquet(straight / "metrics.parquet").equals(pd.read_parquet(split / "metrics.parquet"))
+    one = torch.load(straight / "checkpoint.pt", weights_only=True)["tensors"]
+    other = torch.load(split / "checkpoint.pt", weights_only=True)["tensors"]
+    assert all(torch.equal(one[key], other[key]) for key in one)
+
+
+def test_killed_run_leaves_complete_files_and_resumes(tmp_path):
+    text = TINY.replace("steps: 8", "steps: 4000").replace("count: 12", "count: 30")
+    path = write(tmp_path, text)
+    out = tmp_path / "killed"
+    command = [sys.executable, "-m", "econspin.cli", "run", str(path), "--out", str(out), "--quiet",
+               "--checkpoint-every", "25"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    while time.time() < deadline and not (out / "checkpoint.pt").exists():
+        time.sleep(0.05)
+    time.sleep(0.3)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    checkpoint = torch.load(out / "checkpoint.pt", weights_only=True)
+    metrics = pd.read_parquet(out / "metrics.parquet")
+    assert 0 < checkpoint["round"] < 4000, "the run should have been interrupted"
+    assert len(metrics) >= checkpoint["metrics_rows"] == checkpoint["round"] * 2
+    result = runner.invoke(app, ["run", "--resume", str(out), "--steps", str(checkpoint["round"] + 20), "--quiet"])
+    assert result.exit_code == 0, result.output
+    resumed = pd.read_parquet(out / "metrics.parquet")
+    reference = tmp_path / "reference"
+    runner.invoke(app, ["run", str(path), "--out", str(reference), "--steps", str(checkpoint["round"] + 20), "--quiet"])
+    assert resumed.equals(pd.read_parquet(reference / "metrics.parquet"))
+
+
+def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
+    target = tmp_path / "table.bin"
+    target.write_bytes(b"old")
+
+    def broken(stream):
+        stream.write(b"half")
+        raise RuntimeError("disk on fire")
+
+    with pytest.raises(RuntimeError):
+        write_atomically(target, broken)
+    assert target.read_bytes() == b"old"
+    assert os.listdir(tmp_path) == ["table.bin"]
+
+
+def test_sweep_over_ai_temperature(tmp_path):
+    text = TINY.replace("count: 12", "count: 80").replace("count: 4", "count: 20").replace("d: 4", "d: 16")
+    path = write(tmp_path, text)
+    out = tmp_path / "sweep"
+    result = runner.invoke(app, ["sweep", str(path), "--grid", "populations.ai.temperature=0.02,2",
+                                 "--grid", "populations.human.spend=0.1:0.2:2", "--steps", "40",
+                                 "--out", str(out), "--quiet"])
+    assert result.exit_code == 0, result.output
+    table = pd.read_parquet(out / "sweep.parquet")
+    assert len(table) == 2 * 2 * 2 * 40
+    assert {"populations.ai.temperature", "populations.human.spend", "point", "replica", "step"} <= set(table.columns)
+    for name in ("phase.png", "concentration.png", "manifest.json", "scenario.yaml"):
+        assert (out / name).exists()
+    late = table[table.step > 30].groupby("populations.ai.temperature")[["hhi", "wealth_share_ai"]].mean()
+    assert late.loc[0.02, "hhi"] > 2 * late.loc[2.0, "hhi"]  # decisive AI agents concentrate the market
+    assert late.loc[0.02, "wealth_share_ai"] > late.loc[2.0, "wealth_share_ai"] + 0.1  # and earn more
+
+
+def test_sweep_bad_grid_is_one_line(tmp_path):
+    path = write(tmp_path, TINY)
+    for grid, expected in [("populations.ai.temperature=log:0:1:3", "a > 0"),
+                           ("populations.ai.temperatur=0.1,0.2", "did you mean"),
+                           ("populations.ai.temperature", "key.path=SPEC"),
+                           ("run.steps=1,2", "run settings")]:
+        result = runner.invoke(app, ["sweep", str(path), "--grid", grid, "--out", str(tmp_path / "x"), "--quiet"])
+        assert result.exit_code == 2, (grid, result.output)
+        assert expected in result.output and len(result.output.strip().splitlines()) == 1
+        assert not (tmp_path / "x").exists()
