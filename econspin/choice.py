@@ -74,7 +74,9 @@ def logit_rows(utilities: torch.Tensor, allowed: torch.Tensor, temperature: torc
     partners = allowed.sum(dim=-1).to(probabilities.dtype).expand_as(entropy)
     entropy = torch.where(partners > 1, entropy / torch.log(partners.clamp(min=2.0)), torch.zeros_like(entropy))
     temperature = temperature.squeeze(-1)
-    spread = torch.where(temperature == 0, torch.zeros_like(log_normaliser), temperature * log_normaliser)
+    # T = 0 contributes nothing; so does a row with one partner at T = inf (inf * log 1)
+    quiet = (temperature == 0) | (log_normaliser == 0)
+    spread = torch.where(quiet, torch.zeros_like(log_normaliser), temperature * log_normaliser)
     value = torch.where(has_partner, row_max.squeeze(-1) + spread, torch.zeros_like(log_normaliser))
     return LogitRows(probabilities, value, entropy)
 

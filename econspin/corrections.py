@@ -133,7 +133,7 @@ def solve_reaction(response: SpinResponse, norm, reaction, temperature) -> torch
 
 @register_correction("ffn")
 class FeedForwardCorrection(SelfImpactCorrection):
-    """m_i = f(theta_i - W2 gelu(W1 [x_i, V_i, kappa_i] + b1) + b2), weights per batch element.
+    """m_i = f(theta_i - [W2 gelu(W1 [x_i, V_i, kappa_i] + b1) + b2]), weights per batch element.
 
     Weights: w1 (B, d + 2, hidden), b1 (B, hidden), w2 (B, hidden, d), b2 (B, d).
     """

@@ -313,7 +313,7 @@ def estimate_memory(scenario: Scenario, batch: int, dtype) -> None:
     """Refuse, before allocating, an economy whose smallest block cannot fit the budget."""
     agents = scenario.agent_count
     market = scenario.market
-    per_row = batch * market.heads * agents * BYTES_PER_PAIR
+    per_row = 2 * batch * market.heads * agents * BYTES_PER_PAIR  # blocks use half the budget
     states = batch * agents * (8 * market.d + 8 * market.heads * market.d) * (8 if dtype == torch.float64 else 4)
     budget = scenario.run.memory_budget_mb * 2**20
     if per_row + states > budget:

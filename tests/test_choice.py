@@ -98,3 +98,11 @@ def test_inclusive_value_is_expected_maximum_with_gumbel_noise():
     assert abs(best.mean() - temperature * EULER_GAMMA - value[0]) < 5 * standard_error
     cold = logit_rows(utilities[None], allowed[None], torch.zeros(1, 1, dtype=torch.float64)).inclusive_value
     assert cold[0] == utilities.max()
+
+
+def test_infinite_temperature_with_one_partner_has_a_finite_surplus():
+    utilities = torch.tensor([[0.7, 2.0, -1.0]], dtype=torch.float64)
+    allowed = torch.tensor([[False, True, False]])
+    rows = logit_rows(utilities, allowed, torch.full((1, 1), math.inf, dtype=torch.float64))
+    assert rows.inclusive_value[0] == 2.0
+    assert torch.equal(rows.probabilities, allowed.double())
