@@ -118,12 +118,17 @@ def run(
             if scenario is None:
                 raise ScenarioError("run: give a SCENARIO file (or --resume DIR)")
             loaded = load_scenario(scenario, parse_overrides(set_))
-        overrides = {"run.steps": steps, "run.replicas": None if resume else replicas,
-                     "run.seed": None if resume else seed, "run.device": device}
+        overrides = {
+            "run.steps": steps,
+            "run.replicas": None if resume else replicas,
+            "run.seed": None if resume else seed,
+            "run.device": device,
+        }
         loaded = loaded.with_overrides({key: value for key, value in overrides.items() if value is not None})
         target = resume if resume is not None else (out or Path("runs") / loaded.name)
-        rollout = Rollout.create([loaded] * loaded.run.replicas, list(range(loaded.run.replicas)),
-                                 loaded.run.device, loaded.run.dtype)
+        rollout = Rollout.create(
+            [loaded] * loaded.run.replicas, list(range(loaded.run.replicas)), loaded.run.device, loaded.run.dtype
+        )
     except ScenarioError as error:
         fail(str(error), resume / SCENARIO_FILE if resume is not None else scenario)
     previous = pd.DataFrame()
@@ -139,8 +144,10 @@ def run(
             while rollout.state.round < loaded.run.steps:
                 rounds = min(every, loaded.run.steps - rollout.state.round)
                 rollout.advance(rounds, advance)
-                table = pd.concat([previous, rollout.metrics(first_step=rollout.state.round - len(rollout.rows) + 1)],
-                                  ignore_index=True)
+                table = pd.concat(
+                    [previous, rollout.metrics(first_step=rollout.state.round - len(rollout.rows) + 1)],
+                    ignore_index=True,
+                )
                 write_table(target / METRICS_FILE, table)
                 save_checkpoint(target / CHECKPOINT_FILE, rollout.state, rollout.replicas, len(table))
     except KeyboardInterrupt:
@@ -150,8 +157,16 @@ def run(
     table = pd.read_parquet(target / METRICS_FILE) if remaining <= 0 else table
     wealth = wealth_table(rollout.state, rollout.economy.population_names, rollout.economy.population, rollout.replicas)
     write_table(target / WEALTH_FILE, wealth)
-    write_json(target / MANIFEST_FILE, manifest(loaded, rollout.economy.device, wall_time, max(remaining, 0),
-                                                {"resumed_from_round": loaded.run.steps - max(remaining, 0)}))
+    write_json(
+        target / MANIFEST_FILE,
+        manifest(
+            loaded,
+            rollout.economy.device,
+            wall_time,
+            max(remaining, 0),
+            {"resumed_from_round": loaded.run.steps - max(remaining, 0)},
+        ),
+    )
     draw_run_figures(target, loaded, table, wealth)
     if not quiet:
         summarise(table, target, wall_time, max(remaining, 0))
@@ -206,8 +221,14 @@ def sweep(
     total = len(points) * run_settings.replicas
     started = time.perf_counter()
     try:
-        with progress_bar(run_settings.steps * _batches(points, run_settings.replicas), f"{base.name}: {len(points)} points x {run_settings.replicas} replicas", quiet) as advance:
-            table = run_sweep(points, run_settings.replicas, run_settings.steps, run_settings.device, run_settings.dtype, advance)
+        with progress_bar(
+            run_settings.steps * _batches(points, run_settings.replicas),
+            f"{base.name}: {len(points)} points x {run_settings.replicas} replicas",
+            quiet,
+        ) as advance:
+            table = run_sweep(
+                points, run_settings.replicas, run_settings.steps, run_settings.device, run_settings.dtype, advance
+            )
     except ScenarioError as error:
         fail(str(error), scenario)
     except KeyboardInterrupt:
@@ -217,9 +238,16 @@ def sweep(
     keys = [g.key for g in grids]
     write_text(target / SCENARIO_FILE, base.to_yaml())
     write_table(target / SWEEP_FILE, table)
-    write_json(target / MANIFEST_FILE, manifest(base, run_settings.device, wall_time, run_settings.steps,
-                                                {"grid": {g.key: list(g.values) for g in grids}, "points": len(points),
-                                                 "batch_elements": total}))
+    write_json(
+        target / MANIFEST_FILE,
+        manifest(
+            base,
+            run_settings.device,
+            wall_time,
+            run_settings.steps,
+            {"grid": {g.key: list(g.values) for g in grids}, "points": len(points), "batch_elements": total},
+        ),
+    )
     draw_sweep_figures(target, base, table, keys)
     if not quiet:
         console.print(f"wrote {target}/ ({len(points)} points x {run_settings.replicas} replicas) in {wall_time:.1f} s")
@@ -269,8 +297,9 @@ def plot(directory: Annotated[Path, typer.Argument(help="A run or sweep folder."
         keys = list(json.loads((directory / MANIFEST_FILE).read_text()).get("grid", {}))
         draw_sweep_figures(directory, scenario, pd.read_parquet(directory / SWEEP_FILE), keys)
     elif (directory / METRICS_FILE).exists() and (directory / WEALTH_FILE).exists():
-        draw_run_figures(directory, scenario, pd.read_parquet(directory / METRICS_FILE),
-                         pd.read_parquet(directory / WEALTH_FILE))
+        draw_run_figures(
+            directory, scenario, pd.read_parquet(directory / METRICS_FILE), pd.read_parquet(directory / WEALTH_FILE)
+        )
     else:
         fail(f"{directory}: no {METRICS_FILE} or {SWEEP_FILE} to plot")
     console.print(f"drew the figures in {directory}/")
@@ -289,13 +318,18 @@ def check(
         if loaded.market.couplings is None:
             import torch
 
-            estimate_memory(loaded, loaded.run.replicas, torch.float32 if loaded.run.dtype == "float32" else torch.float64)
+            estimate_memory(
+                loaded, loaded.run.replicas, torch.float32 if loaded.run.dtype == "float32" else torch.float64
+            )
     except ScenarioError as error:
         fail(str(error), scenario)
     sys.stdout.write(loaded.to_yaml())
     populations = ", ".join(f"{name} {p.count}" for name, p in loaded.populations.items())
-    console.print(f"ok: {loaded.agent_count} agents ({populations}); metrics: "
-                  f"{', '.join(['step', 'replica', *_metric_names(loaded)])}", highlight=False)
+    console.print(
+        f"ok: {loaded.agent_count} agents ({populations}); metrics: "
+        f"{', '.join(['step', 'replica', *_metric_names(loaded)])}",
+        highlight=False,
+    )
 
 
 def _metric_names(scenario: Scenario) -> list[str]:
@@ -306,7 +340,6 @@ def _metric_names(scenario: Scenario) -> list[str]:
 
 def main() -> None:  # pragma: no cover - console entry point
     app()
-
 
 
 if __name__ == "__main__":  # pragma: no cover - python -m econspin.cli

@@ -27,10 +27,10 @@ Corrections are mean-field devices: the sampled mode draws every choice and need
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
+from econspin.registry import class_registrar
 from econspin.response import SpinResponse
 
 NEWTON_ITERATIONS = 40
@@ -69,17 +69,7 @@ class SelfImpactCorrection:
 
 
 CORRECTIONS: dict[str, type[SelfImpactCorrection]] = {}
-
-
-def register_correction(name: str) -> Callable[[type], type]:
-    """Class decorator: make a correction available under the name a scenario uses."""
-
-    def decorate(cls: type) -> type:
-        cls.name = name
-        CORRECTIONS[name] = cls
-        return cls
-
-    return decorate
+register_correction = class_registrar(CORRECTIONS)  # @register_correction("name") on a class
 
 
 @register_correction("none")

@@ -119,10 +119,19 @@ def shape_signature(scenario: Scenario) -> tuple:
     """What must agree between scenarios batched together."""
     market = scenario.market
     return (
-        tuple((name, p.count, p.buys, p.sells, p.correction.form, p.correction.hidden)
-              for name, p in scenario.populations.items()),
-        market.d, market.heads, market.key_dimension, market.value_dimension, market.mode,
-        market.response, market.spin_radius, market.spend_rule, market.unit,
+        tuple(
+            (name, p.count, p.buys, p.sells, p.correction.form, p.correction.hidden)
+            for name, p in scenario.populations.items()
+        ),
+        market.d,
+        market.heads,
+        market.key_dimension,
+        market.value_dimension,
+        market.mode,
+        market.response,
+        market.spin_radius,
+        market.spend_rule,
+        market.unit,
         market.network.model_dump_json() if market.network else None,
         market.couplings is not None,
     )
@@ -178,8 +187,10 @@ def build_economy(
     for index, name in enumerate(names):
         spec = first.populations[name].correction
         if spec.form == "ffn":
-            weights = {key: torch.stack([p["ffn"][index][key] for p in per_element]).to(device)
-                       for key in ("w1", "b1", "w2", "b2")}
+            weights = {
+                key: torch.stack([p["ffn"][index][key] for p in per_element]).to(device)
+                for key in ("w1", "b1", "w2", "b2")
+            }
             corrections.append(FeedForwardCorrection(**weights))
         else:
             corrections.append(CORRECTIONS[spec.form]())

@@ -108,8 +108,9 @@ def trade(state: State, economy: Economy, generators: list[torch.Generator]) -> 
         )
     columns = torch.arange(agents, device=x.device)
     revenue = torch.zeros(batch, agents, dtype=torch.float64, device=x.device)
-    pieces: dict[str, list[torch.Tensor]] = {key: [] for key in ("received", "spending", "entropy", "surplus",
-                                                                 "field_variance", "choice_variance", "impact")}
+    pieces: dict[str, list[torch.Tensor]] = {
+        key: [] for key in ("received", "spending", "entropy", "surplus", "field_variance", "choice_variance", "impact")
+    }
     block = rows_per_block(economy)
     for start in range(0, agents, block):
         rows = slice(start, min(start + block, agents))

@@ -21,7 +21,9 @@ def build_graph(spec: Network, agent_count: int, seed: int) -> nx.Graph:
     """The networkx graph a scenario describes, with nodes 0..agent_count-1."""
     if spec.edge_list is not None:
         try:
-            graph = nx.read_edgelist(spec.edge_list, nodetype=int, create_using=nx.DiGraph if spec.params.get("directed") else nx.Graph)
+            graph = nx.read_edgelist(
+                spec.edge_list, nodetype=int, create_using=nx.DiGraph if spec.params.get("directed") else nx.Graph
+            )
         except (OSError, TypeError, ValueError) as error:
             raise ScenarioError(f"market.network.edge_list: cannot read {spec.edge_list}: {error}") from None
         graph.add_nodes_from(range(agent_count))
@@ -42,9 +44,7 @@ def build_graph(spec: Network, agent_count: int, seed: int) -> nx.Graph:
             raise ScenarioError(f"market.network.params: {spec.generator} refused them: {error}") from None
     outside = [node for node in graph.nodes if not (isinstance(node, int) and 0 <= node < agent_count)]
     if outside:
-        raise ScenarioError(
-            f"market.network: node {outside[0]!r} is not an agent index 0..{agent_count - 1}"
-        )
+        raise ScenarioError(f"market.network: node {outside[0]!r} is not an agent index 0..{agent_count - 1}")
     return graph
 
 

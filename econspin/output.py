@@ -112,14 +112,17 @@ def wealth_table(state: State, population_names: tuple[str, ...], population, re
 
 
 def manifest(scenario, device, wall_time: float, rounds: int, extra: dict | None = None) -> dict:
-    """Provenance of a run."""
+    """Provenance of a run (``device`` a torch.device or a name, ``auto`` included)."""
+    from econspin.economy import resolve_device
+
+    device = resolve_device(device) if isinstance(device, str) else torch.device(device)
     data = {
         "econspin": econspin.__version__,
         "torch": torch.__version__,
         "python": platform.python_version(),
         "platform": platform.platform(),
         "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if torch.device(device).type == "cuda" else platform.processor() or "cpu",
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
         "scenario": scenario.name,
         "seed": scenario.run.seed,
         "replicas": scenario.run.replicas,

@@ -82,8 +82,9 @@ def wealth_figure(wealth: pd.DataFrame, path: Path, title: str) -> None:
         positive = money[money > 0]
         if positive.size:
             ccdf = 1.0 - np.arange(positive.size) / positive.size
-            axes[0].loglog(positive, ccdf, drawstyle="steps-post",
-                           label=f"{name} ({table['money'].sum() / total:.1%} of money)")
+            axes[0].loglog(
+                positive, ccdf, drawstyle="steps-post", label=f"{name} ({table['money'].sum() / total:.1%} of money)"
+            )
     axes[0].set_xlabel("money per agent (units of the initial mean)")
     axes[0].set_ylabel("P(money ≥ w)")
     axes[0].set_title("distribution (CCDF, log-log)")
@@ -94,10 +95,17 @@ def wealth_figure(wealth: pd.DataFrame, path: Path, title: str) -> None:
     counts = wealth.groupby("population", sort=False)["agent"].nunique()
     positions = np.arange(len(shares.columns))
     colors = [f"C{index}" for index in range(len(shares.columns))]  # as in the CCDF panel
-    axes[1].bar(positions, shares.mean().values, yerr=shares.std().fillna(0).values, capsize=4, color=colors,
-                label="share of money (±1 sd over replicas)")
-    axes[1].scatter(positions, (counts / counts.sum()).reindex(shares.columns).values, color="k", zorder=3,
-                    label="share of agents")
+    axes[1].bar(
+        positions,
+        shares.mean().values,
+        yerr=shares.std().fillna(0).values,
+        capsize=4,
+        color=colors,
+        label="share of money (±1 sd over replicas)",
+    )
+    axes[1].scatter(
+        positions, (counts / counts.sum()).reindex(shares.columns).values, color="k", zorder=3, label="share of agents"
+    )
     axes[1].set_xticks(positions, shares.columns)
     axes[1].set_ylabel("share of all money")
     axes[1].set_title("money by population")

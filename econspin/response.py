@@ -25,22 +25,13 @@ All are written in T rather than beta so that T = 0 and T = inf are exact limits
 from __future__ import annotations
 
 import math
-from typing import Callable
 
 import torch
 
+from econspin.registry import class_registrar
+
 RESPONSES: dict[str, type["SpinResponse"]] = {}
-
-
-def register_response(name: str) -> Callable[[type], type]:
-    """Class decorator: make a response available under the name a scenario uses."""
-
-    def decorate(cls: type) -> type:
-        cls.name = name
-        RESPONSES[name] = cls
-        return cls
-
-    return decorate
+register_response = class_registrar(RESPONSES)  # @register_response("name") on a class
 
 
 def make_response(name: str, dimension: int, radius: float) -> "SpinResponse":
@@ -75,13 +66,11 @@ class SpinResponse:
         raise NotImplementedError
 
     def mean(self, theta: torch.Tensor, temperature: torch.Tensor) -> torch.Tensor:
-        """m = g(|theta|, T) theta/|theta| for theta (..., d) and T (...)."""
+        """M = g(|theta|, T) theta/|theta| for theta (..., d) and T (...)."""
         norm, direction = _norm_and_direction(theta)
         return self.magnitude(norm, temperature).unsqueeze(-1) * direction
 
-    def sample(
-        self, theta: torch.Tensor, temperature: torch.Tensor, generators: list[torch.Generator]
-    ) -> torch.Tensor:
+    def sample(self, theta: torch.Tensor, temperature: torch.Tensor, generators: list[torch.Generator]) -> torch.Tensor:
         """A spin per agent from p(s) ∝ exp(theta . s / T) on |s| = R; batch b uses generators[b]."""
         return sample_von_mises_fisher(theta, temperature, self.radius, generators)
 
@@ -230,10 +219,7 @@ def sample_von_mises_fisher(
     from generators[b] only, so a batch equals its elements run one at a time.
     """
     return torch.stack(
-        [
-            _sample_one_batch(theta[b], temperature[b], radius, generators[b])
-            for b in range(theta.shape[0])
-        ]
+        [_sample_one_batch(theta[b], temperature[b], radius, generators[b]) for b in range(theta.shape[0])]
     )
 
 
@@ -265,7 +251,7 @@ def _sample_one_batch(theta, temperature, radius, generator):
 
 
 def _wood_component(kappa, dimension, generator):
-    """w = s . theta_hat / R for each agent, by Wood's rejection algorithm (float64)."""
+    """W = s . theta_hat / R for each agent, by Wood's rejection algorithm (float64)."""
     count = kappa.shape[0]
     m1 = dimension - 1.0
     finite = torch.isfinite(kappa)

@@ -38,7 +38,9 @@ def step(state: State, economy: Economy) -> State:
     if economy.mode == "sampled":
         new_states = economy.response.sample(field, state.temperature, generators)
     else:
-        field_variance = (1.0 - eta) ** 2 * spin_variance(state.states, economy.radius) + eta**2 * outcome.field_variance
+        field_variance = (1.0 - eta) ** 2 * spin_variance(
+            state.states, economy.radius
+        ) + eta**2 * outcome.field_variance
         context = FieldContext(
             field=field,
             state=state.states,

@@ -62,9 +62,7 @@ class Rollout:
         disorder_per_replica: bool = False,
     ) -> "Rollout":
         """Compile the economy and its round-0 state."""
-        economy = build_economy(
-            scenarios, replicas, resolve_device(device), DTYPES[dtype], disorder_per_replica
-        )
+        economy = build_economy(scenarios, replicas, resolve_device(device), DTYPES[dtype], disorder_per_replica)
         return cls(scenarios, replicas, economy, initial_state(economy, scenarios, replicas))
 
     def advance(self, rounds: int, on_round: Callable[[int], None] | None = None) -> None:
@@ -99,7 +97,9 @@ def apply_plan(state: State, economy: Economy, scenarios: list[Scenario]) -> Sta
         for index, name in enumerate(economy.population_names):
             plan = scenario.populations[name].temperature
             if isinstance(plan, TemperatureSchedule) and now > 0 and any(start == now for start, _ in plan.schedule):
-                temperature = _set_rows(temperature, changed_temperature, element, economy.population_mask(index), plan.at(now))
+                temperature = _set_rows(
+                    temperature, changed_temperature, element, economy.population_mask(index), plan.at(now)
+                )
                 changed_temperature = True
         for event in scenario.events:
             if event.at != now:

@@ -157,7 +157,7 @@ def test_sweep_over_ai_temperature(tmp_path):
     path = write(tmp_path, text)
     out = tmp_path / "sweep"
     result = runner.invoke(app, ["sweep", str(path), "--grid", "populations.ai.temperature=0.02,2",
-                                 "--grid", "populations.human.spend=0.1:0.2:2", "--steps", "40",
+                                 "--grid", "populations.human.spend=0.1:0.2:2", "--steps", "40", "--device", "auto",
                                  "--out", str(out), "--quiet"])
     assert result.exit_code == 0, result.output
     table = pd.read_parquet(out / "sweep.parquet")
