@@ -103,6 +103,9 @@ class LinearResponse(SpinResponse):
     def slope(self, field_norm, temperature):
         return torch.ones_like(field_norm)
 
+    def mean(self, theta, temperature):
+        return theta  # exactly, not |theta| times the direction (stored patterns must not drift)
+
     def sample(self, theta, temperature, generators):
         return theta
 

@@ -14,8 +14,9 @@ from econspin.response import bessel_ratio, make_response, sample_von_mises_fish
 def test_bessel_ratio_matches_scipy(dimension):
     kappa = np.logspace(-4, 6, 120)
     order = dimension / 2 - 1
-    exact = special.ive(order + 1, kappa) / special.ive(order, kappa)
-    ours = bessel_ratio(torch.tensor(kappa), dimension).numpy()
+    with np.errstate(invalid="ignore", divide="ignore"):
+        exact = special.ive(order + 1, kappa) / special.ive(order, kappa)
+    ours = bessel_ratio(torch.tensor(kappa), dimension).numpy()  # scipy under- or overflows at some k
     ok = np.isfinite(exact) & (exact > 0)
     assert np.max(np.abs(ours[ok] - exact[ok]) / exact[ok]) < 1e-8
 

@@ -1,0 +1,1 @@
+"""Validation experiments for econspin: reproducible scripts that run the engine against known results."""
