@@ -163,13 +163,18 @@ def trade(state: State, economy: Economy, generators: list[torch.Generator]) -> 
 def _fixed_couplings(state: State, economy: Economy) -> MarketOutcome:
     x = state.states
     couplings = economy.couplings
-    if couplings.shape[0] == 1:  # one matrix serves every element: broadcast, never copied
-        couplings = couplings[0]
-    received = torch.matmul(couplings, x)
-    variance = spin_variance(x, economy.radius).unsqueeze(-1)
-    field_variance = torch.matmul(couplings**2, variance).squeeze(-1)
-    zeros = torch.zeros_like(state.money)
     zero_rows = torch.zeros_like(state.temperature)
+    if couplings.shape[0] == 1:
+        # one matrix serves every element: a single (B d, N) x (N, N) product, J never copied
+        matrix = couplings[0]
+        received = (x.transpose(1, 2) @ matrix.T).transpose(1, 2)
+        square = lambda values: values @ (matrix**2).T  # noqa: E731
+    else:
+        received = torch.bmm(couplings, x)
+        square = lambda values: torch.bmm(couplings**2, values.unsqueeze(-1)).squeeze(-1)  # noqa: E731
+    # the field variance feeds only the expected mode's TAP term
+    field_variance = zero_rows if economy.mode == "sampled" else square(spin_variance(x, economy.radius))
+    zeros = torch.zeros_like(state.money)
     return MarketOutcome(
         received=received,
         revenue=zeros,

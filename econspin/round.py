@@ -31,11 +31,13 @@ def step(state: State, economy: Economy) -> State:
          sigma_i^2 = (1 - eta_i)^2 c_i + eta_i^2 Var(a_i) / d, see
          :mod:`econspin.corrections`.
     """
-    generators = state.generators(economy.device)
+    sampled = economy.mode == "sampled"
+    # the expected mode draws nothing: its random streams stay where they are
+    generators = state.generators(economy.device) if sampled else []
     outcome = trade(state, economy, generators)
     eta = economy.eta
     field = state.fields + (1.0 - eta)[..., None] * state.states + eta[..., None] * outcome.received
-    if economy.mode == "sampled":
+    if sampled:
         new_states = economy.response.sample(field, state.temperature, generators)
     else:
         field_variance = (1.0 - eta) ** 2 * spin_variance(
@@ -60,7 +62,7 @@ def step(state: State, economy: Economy) -> State:
         entropy=outcome.entropy,
         surplus=outcome.surplus,
         round=state.round + 1,
-        random_states=tuple(generator.get_state() for generator in generators),
+        random_states=tuple(g.get_state() for g in generators) if sampled else state.random_states,
     )
 
 

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from econspin.round import step
 from econspin.simulate import Rollout
@@ -60,14 +59,14 @@ def test_monte_carlo_estimator_is_the_engines_conditional_expectation():
 def test_monte_carlo_is_deterministic_and_independent_of_chunking():
     first, noise = ki.monte_carlo(ki.BETA_C, repetitions=5, steps=4, chunk=5)
     second, _ = ki.monte_carlo(ki.BETA_C, repetitions=5, steps=4, chunk=2)
-    assert np.array_equal(first, second)
-    assert noise[0].max() == 0.0 and noise[1:].min() > 0.0  # m(1) is deterministic from s(0) = 1
+    assert np.allclose(first, second, rtol=0, atol=1e-13)  # same spins; sums differ only in rounding
+    assert noise[0].max() < 1e-15 and noise[1:].min() > 1e-8  # m(1) is deterministic from s(0) = 1
 
 
 @pytest.mark.parametrize("beta_rel", [1.0, 1.2])
 def test_tap_is_closer_to_monte_carlo_than_naive_mean_field(beta_rel):
-    beta, steps = beta_rel * ki.BETA_C, 24
-    m_mc, noise = ki.monte_carlo(beta, repetitions=100, steps=steps)
+    beta, steps = beta_rel * ki.BETA_C, 20
+    m_mc, noise = ki.monte_carlo(beta, repetitions=64, steps=steps)
     eps_nmf = ki.squared_error(ki.mean_field(beta, "nmf", steps), m_mc)
     eps_tap = ki.squared_error(ki.mean_field(beta, "tap", steps), m_mc)
     floor = noise.mean()  # expected MC contribution to both errors
