@@ -274,7 +274,7 @@ def draw_sweep_figures(target: Path, scenario: Scenario, table: pd.DataFrame, ke
     from econspin.plots import concentration_figure, phase_figure
     from econspin.sweep import final_values
 
-    phase_figure(final_values(table, keys), keys, target / "phase.png", scenario.name)
+    phase_figure(final_values(table, keys), keys, target / "phase.png", scenario.name, sellers=sellers_of(scenario))
     points = sorted(table["point"].unique())
     chosen = sorted({points[0], points[len(points) // 2], points[-1]})
     subset = table[table["point"].isin(chosen)].copy()

@@ -114,8 +114,11 @@ def wealth_figure(wealth: pd.DataFrame, path: Path, title: str) -> None:
     _save(figure, path)
 
 
-def phase_figure(final: pd.DataFrame, keys: list[str], path: Path, title: str) -> None:
-    """Final HHI and Gini against the swept keys: lines with bands (one key) or heat maps (two)."""
+def phase_figure(final: pd.DataFrame, keys: list[str], path: Path, title: str, sellers: int | None = None) -> None:
+    """Final HHI and Gini against the swept keys: lines with bands (one key) or heat maps (two).
+
+    ``sellers`` draws the competitive level 1/S on the HHI panel (one key).
+    """
     if len(keys) == 1:
         figure, axes = plt.subplots(1, 2, figsize=(11, 4.5))
         key = keys[0]
@@ -124,6 +127,9 @@ def phase_figure(final: pd.DataFrame, keys: list[str], path: Path, title: str) -
             mean, spread = grouped.mean(), grouped.std().fillna(0.0)
             axis.plot(mean.index, mean.values, "o-", lw=1.6)
             axis.fill_between(mean.index, mean - spread, mean + spread, alpha=0.2, lw=0)
+            if column == "hhi" and sellers:
+                axis.axhline(1.0 / sellers, color="grey", ls="--", lw=1, label=f"1/S (S = {sellers})")
+                axis.legend(fontsize=8)
             axis.set_xlabel(key)
             axis.set_ylabel(f"{label} (mean over last 10% of rounds)")
             positive = np.asarray(mean.index, dtype=float)
