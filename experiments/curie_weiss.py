@@ -33,6 +33,7 @@ from scipy.optimize import brentq
 from econspin import Scenario
 from econspin.round import step
 from econspin.simulate import Rollout
+from experiments.figures import save_figure
 
 COUPLING = 1.0  # J; T_c = J
 TEMPERATURES = tuple(np.round(np.r_[np.arange(0.5, 0.951, 0.05), 0.98, 1.02, np.arange(1.05, 1.501, 0.05)], 3))
@@ -252,11 +253,7 @@ def plot(rows, beta_j, beta_h, bistable, counts, path: Path, copy: Path | None, 
     right.set_title("Number of equilibria")
     right.legend(fontsize=7, loc="lower left")
     figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    if copy is not None:
-        copy.parent.mkdir(parents=True, exist_ok=True)
-        figure.savefig(copy, dpi=100)
-    plt.close(figure)
+    save_figure(figure, path, copy)
 
 
 def main(argv=None) -> None:

@@ -34,6 +34,7 @@ import torch
 from econspin import Scenario
 from econspin.round import step
 from econspin.simulate import Rollout
+from experiments.figures import copy_figure, save_figure
 
 
 def hopfield_scenario(patterns: int, queries: int, d: int, beta: float) -> Scenario:
@@ -240,8 +241,7 @@ def plot(traces: pd.DataFrame, table: pd.DataFrame, path: Path) -> None:
     axes[1].set_title(f"regimes: {count} patterns, d={int(table['d'].iloc[0])}", fontsize=9)
     axes[1].legend(fontsize=7)
     figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
+    save_figure(figure, path)
 
 
 def main(argv=None) -> None:
@@ -267,10 +267,7 @@ def main(argv=None) -> None:
     traces.to_csv(out / "energy_traces.csv", index=False)
     table.to_csv(out / "hopfield_regimes.csv", index=False)
     plot(traces, table, out / "hopfield.png")
-    if args.figure_copy:
-        args.figure_copy = Path(args.figure_copy)
-        args.figure_copy.parent.mkdir(parents=True, exist_ok=True)
-        plot(traces, table, args.figure_copy)
+    copy_figure(out / "hopfield.png", args.figure_copy)
     pd.set_option("display.width", 200)
     print(f"engine vs direct update: {agreement}")
     last = traces.groupby(["kind", "beta"]).last()

@@ -37,6 +37,7 @@ import torch
 from econspin import Scenario
 from econspin.round import step
 from econspin.simulate import Rollout
+from experiments.figures import save_figure
 
 DATA = Path(__file__).parent / "data" / "kinetic_ising_N512_H0.5_J0_1.0_Js0.1.npz"
 BETA_C = 1.1108397534
@@ -201,11 +202,7 @@ def plot(rows: list[dict], traces: dict, path: Path, copy: Path | None = None) -
     right.set_title(r"Traces at $\beta=\beta_c$")
     right.legend(fontsize=8)
     figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    if copy is not None:
-        copy.parent.mkdir(parents=True, exist_ok=True)
-        figure.savefig(copy, dpi=100)
-    plt.close(figure)
+    save_figure(figure, path, copy)
 
 
 def main(argv=None) -> None:

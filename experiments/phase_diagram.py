@@ -34,6 +34,7 @@ import torch
 from econspin import Scenario
 from econspin.economy import build_economy
 from econspin.simulate import Rollout
+from experiments.figures import copy_figure, save_figure
 
 
 def economy_scenario(agents: int, temperature: float, seed: int, d: int = 16, field_scale: float = 0.5,
@@ -135,8 +136,7 @@ def plot(summary: pd.DataFrame, path: Path) -> None:
     figure.suptitle("attention economy, expected mode, large_d, d=16, field scale 0.5 (band: quartiles over replicas)",
                     fontsize=9)
     figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
+    save_figure(figure, path)
 
 
 def main(argv=None) -> None:
@@ -189,10 +189,7 @@ def main(argv=None) -> None:
     summary["wall_s"] = summary["N"].map(walls)
     summary.to_csv(out / "phase_diagram.csv", index=False)
     plot(summary, out / "phase_diagram.png")
-    if args.figure_copy:
-        args.figure_copy = Path(args.figure_copy)
-        args.figure_copy.parent.mkdir(parents=True, exist_ok=True)
-        plot(summary, args.figure_copy)
+    copy_figure(out / "phase_diagram.png", args.figure_copy)
     pd.set_option("display.width", 220)
     columns = ["N", "temperature", "replicas", "hhi_mean", "N_hhi_mean", "order_mean", "order_std", "chi_order",
                "chi_hhi", "hhi_late_mean", "order_late_mean", "entropy_mean", "instability_T_mean"]

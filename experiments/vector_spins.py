@@ -37,6 +37,7 @@ from econspin import Scenario
 from econspin.response import make_response
 from econspin.round import step
 from econspin.simulate import Rollout
+from experiments.figures import copy_figure, save_figure
 
 AGENTS, DIMENSION, STRENGTH, TEMPERATURE, FIELD_SCALE = 8, 64, 0.9, 1.0, 0.5
 
@@ -194,8 +195,7 @@ def plot(comparison: pd.DataFrame, response_error: pd.DataFrame, dynamics_error:
     axes[1].set_title("large_d response vs exact vMF mean", fontsize=9)
     axes[1].legend(fontsize=7)
     figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
+    save_figure(figure, path)
 
 
 def main(argv=None) -> None:
@@ -226,10 +226,7 @@ def main(argv=None) -> None:
     merged.to_csv(out / "large_d_error.csv", index=False)
 
     plot(comparison, response_error, dynamics_error, out / "vector_spins.png")
-    if args.figure_copy:
-        args.figure_copy = Path(args.figure_copy)
-        args.figure_copy.parent.mkdir(parents=True, exist_ok=True)
-        plot(comparison, response_error, dynamics_error, args.figure_copy)
+    copy_figure(out / "vector_spins.png", args.figure_copy)
 
     pd.set_option("display.width", 160)
     print(f"J row sums {couplings.sum(1).round(3).tolist()}, max J {couplings.max():.3f}")
