@@ -97,17 +97,16 @@ def sample_choice(probabilities: torch.Tensor, uniforms: torch.Tensor) -> torch.
     ``uniforms`` has the shape of the rows (probabilities without the last axis), U(0, 1).
     Inversion draws from exactly the law of the Gumbel-max rule argmax_j u_ij / T_i + g_ij,
     with one number per row, so that the draw of a row does not depend on how rows are
-    grouped into chunks. The cumulative sum is taken in float64 and the threshold is scaled
-    by the row's own total, so rounding can never select a column beyond the last allowed
-    one. Rows with no allowed partner return -1.
+    grouped into chunks. The cumulative sum is taken in float64 and the threshold u * total
+    is kept strictly below the row's total, so the first column whose cumulative sum exceeds
+    it always has positive weight, even where rounding makes u * total == total. Rows with
+    no allowed partner return -1.
     """
     cumulative = probabilities.double().cumsum(dim=-1)
     total = cumulative[..., -1:]
-    threshold = uniforms.double().unsqueeze(-1) * total
-    index = (cumulative <= threshold).sum(dim=-1)
-    # the last column with positive weight bounds the draw (guards u * total == total)
-    last_positive = (probabilities > 0).long().cumsum(dim=-1).argmax(dim=-1)
-    index = torch.minimum(index, last_positive)
+    below_total = torch.nextafter(total, torch.zeros_like(total))
+    threshold = torch.minimum(uniforms.double().unsqueeze(-1) * total, below_total)
+    index = torch.searchsorted(cumulative, threshold, right=True).squeeze(-1)
     return torch.where(total.squeeze(-1) > 0, index, torch.full_like(index, -1))
 
 

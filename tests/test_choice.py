@@ -106,3 +106,10 @@ def test_infinite_temperature_with_one_partner_has_a_finite_surplus():
     rows = logit_rows(utilities, allowed, torch.full((1, 1), math.inf, dtype=torch.float64))
     assert rows.inclusive_value[0] == 2.0
     assert torch.equal(rows.probabilities, allowed.double())
+
+
+def test_inversion_never_selects_a_column_without_weight():
+    probabilities = torch.tensor([[0.0, 0.3, 0.0, 0.7, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0, 0.0, 1.0]])
+    almost_one = torch.tensor([1.0 - 2.0**-53, 1.0 - 2.0**-53], dtype=torch.float64)
+    assert sample_choice(probabilities, almost_one).tolist() == [3, 5]
+    assert sample_choice(probabilities, torch.zeros(2, dtype=torch.float64)).tolist() == [1, 5]
