@@ -69,16 +69,11 @@ def step(state: State, economy: Economy) -> State:
 def _corrected_states(context: FieldContext, economy: Economy) -> torch.Tensor:
     """Each population's correction applied to its own agents."""
     corrections = economy.corrections
-    if len({id(correction) for correction in corrections}) == 1 or all(
-        type(correction) is type(corrections[0]) and correction.name != "ffn" for correction in corrections
-    ):
+    # none and tap carry no parameters: when every population uses the same one, one update serves all
+    if all(type(correction) is type(corrections[0]) for correction in corrections) and corrections[0].name != "ffn":
         return corrections[0].update(context)
-    new_states = None
-    for index, correction in enumerate(corrections):
-        updated = correction.update(context)
-        if new_states is None:
-            new_states = updated
-        else:
-            mask = economy.population_mask(index)[None, :, None]
-            new_states = torch.where(mask, updated, new_states)
+    new_states = corrections[0].update(context)
+    for index, correction in enumerate(corrections[1:], start=1):
+        mask = economy.population_mask(index)[None, :, None]
+        new_states = torch.where(mask, correction.update(context), new_states)
     return new_states

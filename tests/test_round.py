@@ -167,3 +167,17 @@ def test_susceptibility_by_autograd():
     order = state.states.mean(1).norm(dim=-1).sum()
     (susceptibility,) = torch.autograd.grad(order, fields)
     assert torch.isfinite(susceptibility).all() and susceptibility.abs().sum() > 0
+
+
+def test_each_population_gets_its_own_correction():
+    def economy(first, second):
+        return rollout(scenario(response="vmf", populations={
+            "h": {"count": 6, "temperature": 0.8, "correction": {"form": first}},
+            "ai": {"count": 4, "temperature": 0.3, "correction": {"form": second}},
+        }))
+
+    mixed, all_tap, all_none = economy("tap", "none"), economy("tap", "tap"), economy("none", "none")
+    new = step(mixed.state, mixed.economy).states
+    assert torch.allclose(new[:, :6], step(all_tap.state, all_tap.economy).states[:, :6], atol=1e-14)
+    assert torch.allclose(new[:, 6:], step(all_none.state, all_none.economy).states[:, 6:], atol=1e-14)
+    assert not torch.allclose(new[:, :6], step(all_none.state, all_none.economy).states[:, :6], atol=1e-6)
