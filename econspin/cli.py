@@ -111,6 +111,8 @@ def run(
     """Run a scenario and write its folder: metrics, checkpoint, manifest, figures."""
     try:
         if resume is not None:
+            if scenario is not None or set_ or replicas is not None or seed is not None:
+                raise ScenarioError("--resume continues a run as it was: give no SCENARIO, --set, --replicas or --seed")
             if not (resume / SCENARIO_FILE).exists() or not (resume / CHECKPOINT_FILE).exists():
                 raise ScenarioError(f"{resume}: not a run folder with {SCENARIO_FILE} and {CHECKPOINT_FILE}")
             loaded = load_scenario(resume / SCENARIO_FILE, {})

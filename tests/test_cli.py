@@ -180,3 +180,13 @@ def test_sweep_bad_grid_is_one_line(tmp_path):
         assert result.exit_code == 2, (grid, result.output)
         assert expected in result.output and len(result.output.strip().splitlines()) == 1
         assert not (tmp_path / "x").exists()
+
+
+def test_resume_refuses_new_settings(tmp_path):
+    path = write(tmp_path, TINY)
+    out = tmp_path / "run"
+    assert runner.invoke(app, ["run", str(path), "--out", str(out), "--quiet"]).exit_code == 0
+    result = runner.invoke(app, ["run", "--resume", str(out), "--seed", "9", "--quiet"])
+    assert result.exit_code == 2 and "--resume continues a run as it was" in result.output
+    result = runner.invoke(app, ["run", "--resume", str(tmp_path / "nowhere"), "--quiet"])
+    assert result.exit_code == 2 and "not a run folder" in result.output
