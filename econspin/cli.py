@@ -208,7 +208,7 @@ def sweep(
     quiet: Annotated[bool, typer.Option("--quiet")] = False,
 ):
     """Run every point of a grid (x replicas) as batched kernels; write sweep.parquet and phase.png."""
-    from econspin.sweep import parse_grid, run_sweep, sweep_points
+    from econspin.sweep import parse_grid, plan_batches, run_sweep, sweep_points
 
     try:
         base = load_scenario(scenario, parse_overrides(set_))
@@ -224,7 +224,7 @@ def sweep(
     started = time.perf_counter()
     try:
         with progress_bar(
-            run_settings.steps * _batches(points, run_settings.replicas),
+            run_settings.steps * len(plan_batches(points, run_settings.replicas)),
             f"{base.name}: {len(points)} points x {run_settings.replicas} replicas",
             quiet,
         ) as advance:
@@ -253,22 +253,6 @@ def sweep(
     draw_sweep_figures(target, base, table, keys)
     if not quiet:
         console.print(f"wrote {target}/ ({len(points)} points x {run_settings.replicas} replicas) in {wall_time:.1f} s")
-
-
-def _batches(points, replicas) -> int:
-    from econspin.economy import shape_signature
-    from econspin.sweep import elements_per_batch
-
-    groups: dict[tuple, int] = {}
-    for _, point in points:
-        signature = shape_signature(point)
-        groups[signature] = groups.get(signature, 0) + replicas
-    count = 0
-    for signature, members in groups.items():
-        example = next(point for _, point in points if shape_signature(point) == signature)
-        size = elements_per_batch(example)
-        count += -(-members // size)
-    return count
 
 
 def draw_sweep_figures(target: Path, scenario: Scenario, table: pd.DataFrame, keys: list[str]) -> None:

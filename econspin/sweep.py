@@ -105,6 +105,19 @@ def elements_per_batch(scenario: Scenario) -> int:
     return max(1, int(budget // per_element))
 
 
+def plan_batches(points: list[tuple[dict, Scenario]], replicas: int) -> list[list[tuple[int, int]]]:
+    """(point, replica) elements grouped by shape and cut into batches that fit the memory budget."""
+    groups: dict[tuple, list[tuple[int, int]]] = {}
+    for index in range(len(points)):
+        for replica in range(replicas):
+            groups.setdefault(shape_signature(points[index][1]), []).append((index, replica))
+    batches = []
+    for members in groups.values():
+        size = elements_per_batch(points[members[0][0]][1])
+        batches.extend(members[start : start + size] for start in range(0, len(members), size))
+    return batches
+
+
 def run_sweep(
     points: list[tuple[dict, Scenario]],
     replicas: int,
@@ -114,22 +127,14 @@ def run_sweep(
     on_round: Callable[[int], None] | None = None,
 ) -> pd.DataFrame:
     """Run every point x replica; one long table with a ``point`` column and the swept keys."""
-    elements = [(index, replica) for index in range(len(points)) for replica in range(replicas)]
-    groups: dict[tuple, list[tuple[int, int]]] = {}
-    for element in elements:
-        groups.setdefault(shape_signature(points[element[0]][1]), []).append(element)
     tables = []
-    for members in groups.values():
-        size = elements_per_batch(points[members[0][0]][1])
-        for start in range(0, len(members), size):
-            batch = members[start : start + size]
-            scenarios = [points[index][1] for index, _ in batch]
-            rollout = Rollout.create(scenarios, [replica for _, replica in batch], device, dtype)
-            rollout.advance(steps, on_round)
-            table = rollout.metrics()
-            point_of_row = np.tile(np.asarray([index for index, _ in batch]), steps)
-            table.insert(0, "point", point_of_row)
-            tables.append(table)
+    for batch in plan_batches(points, replicas):
+        scenarios = [points[index][1] for index, _ in batch]
+        rollout = Rollout.create(scenarios, [replica for _, replica in batch], device, dtype)
+        rollout.advance(steps, on_round)
+        table = rollout.metrics()
+        table.insert(0, "point", np.tile(np.asarray([index for index, _ in batch]), steps))
+        tables.append(table)
     table = pd.concat(tables, ignore_index=True)
     for position, key in enumerate(points[0][0]):
         table.insert(1 + position, key, [points[index][0][key] for index in table["point"]])

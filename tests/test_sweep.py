@@ -21,3 +21,20 @@ def test_linear_log_and_list_grids():
 def test_bad_specs_raise(spec):
     with pytest.raises(ScenarioError):
         parse_values(spec, "--grid key")
+
+
+def test_batches_follow_shape_and_memory_and_do_not_change_results():
+    from helpers import scenario
+
+    from econspin.sweep import plan_batches, run_sweep, sweep_points
+
+    base = scenario(run={"seed": 4})
+    points = sweep_points(base, [parse_grid("populations.ai.temperature=0.1,1"), parse_grid("market.d=4,6")])
+    assert sorted(len(batch) for batch in plan_batches(points, 3)) == [6, 6]  # d differs: two shapes
+    small = [(o, s.with_overrides({"run.memory_budget_mb": 0.02})) for o, s in points]
+    assert max(len(batch) for batch in plan_batches(small, 3)) < 6
+    together = run_sweep(points, 3, 5, "cpu", "float64")
+    apart = run_sweep(small, 3, 5, "cpu", "float64")
+    assert list(together.columns) == list(apart.columns) and len(together) == len(apart)
+    difference = (together.select_dtypes("number") - apart.select_dtypes("number")).abs().to_numpy()
+    assert difference.max() < 1e-12
