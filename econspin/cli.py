@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from econspin.metrics import metric_names
 from econspin.output import (
     CHECKPOINT_FILE,
     MANIFEST_FILE,
@@ -120,13 +121,7 @@ def run(
             if scenario is None:
                 raise ScenarioError("run: give a SCENARIO file (or --resume DIR)")
             loaded = load_scenario(scenario, parse_overrides(set_))
-        overrides = {
-            "run.steps": steps,
-            "run.replicas": None if resume else replicas,
-            "run.seed": None if resume else seed,
-            "run.device": device,
-        }
-        loaded = loaded.with_overrides({key: value for key, value in overrides.items() if value is not None})
+        loaded = loaded.with_run_settings(steps=steps, replicas=replicas, seed=seed, device=device)
         target = resume if resume is not None else (out or Path("runs") / loaded.name)
         rollout = Rollout.create(
             [loaded] * loaded.run.replicas, list(range(loaded.run.replicas)), loaded.run.device, loaded.run.dtype
@@ -138,25 +133,21 @@ def run(
         rollout.state, rows = load_checkpoint(resume / CHECKPOINT_FILE, rollout.state)
         previous = pd.read_parquet(resume / METRICS_FILE).iloc[:rows]
     write_text(target / SCENARIO_FILE, loaded.to_yaml())
-    remaining = loaded.run.steps - rollout.state.round
+    rounds = max(loaded.run.steps - rollout.state.round, 0)  # what this invocation plays
     every = checkpoint_every or max(1, loaded.run.steps // 20)
     started = time.perf_counter()
     try:
-        with progress_bar(max(remaining, 0), f"{loaded.name}", quiet) as advance:
+        with progress_bar(rounds, f"{loaded.name}", quiet) as advance:
             while rollout.state.round < loaded.run.steps:
-                rounds = min(every, loaded.run.steps - rollout.state.round)
-                rollout.advance(rounds, advance)
-                table = pd.concat(
-                    [previous, rollout.metrics(first_step=rollout.state.round - len(rollout.rows) + 1)],
-                    ignore_index=True,
-                )
+                rollout.advance(min(every, loaded.run.steps - rollout.state.round), advance)
+                table = pd.concat([previous, rollout.metrics()], ignore_index=True)
                 write_table(target / METRICS_FILE, table)
                 save_checkpoint(target / CHECKPOINT_FILE, rollout.state, rollout.replicas, len(table))
     except KeyboardInterrupt:
         console.print(f"interrupted after round {rollout.state.round}; continue with: econspin run --resume {target}")
         raise typer.Exit(130)
     wall_time = time.perf_counter() - started
-    table = pd.read_parquet(target / METRICS_FILE) if remaining <= 0 else table
+    table = pd.read_parquet(target / METRICS_FILE) if rounds == 0 else table
     wealth = wealth_table(rollout.state, rollout.economy.population_names, rollout.economy.population, rollout.replicas)
     write_table(target / WEALTH_FILE, wealth)
     write_json(
@@ -165,13 +156,13 @@ def run(
             loaded,
             rollout.economy.device,
             wall_time,
-            max(remaining, 0),
-            {"resumed_from_round": loaded.run.steps - max(remaining, 0)},
+            rounds,
+            {"resumed_from_round": loaded.run.steps - rounds},
         ),
     )
     draw_run_figures(target, loaded, table, wealth)
     if not quiet:
-        summarise(table, target, wall_time, max(remaining, 0))
+        summarise(table, target, wall_time, rounds)
 
 
 def draw_run_figures(target: Path, scenario: Scenario, table: pd.DataFrame, wealth: pd.DataFrame) -> None:
@@ -212,8 +203,7 @@ def sweep(
 
     try:
         base = load_scenario(scenario, parse_overrides(set_))
-        overrides = {"run.steps": steps, "run.replicas": replicas, "run.device": device}
-        base = base.with_overrides({key: value for key, value in overrides.items() if value is not None})
+        base = base.with_run_settings(steps=steps, replicas=replicas, device=device)
         grids = [parse_grid(text) for text in grid]
         points = sweep_points(base, grids)
         target = out or Path("runs") / f"{base.name}-sweep"
@@ -300,32 +290,19 @@ def check(
     try:
         loaded = load_scenario(scenario, parse_overrides(set_))
         from econspin.economy import estimate_memory
+        from econspin.simulate import DTYPES
 
         if loaded.market.couplings is None:
-            import torch
-
-            estimate_memory(
-                loaded, loaded.run.replicas, torch.float32 if loaded.run.dtype == "float32" else torch.float64
-            )
+            estimate_memory(loaded, loaded.run.replicas, DTYPES[loaded.run.dtype])
     except ScenarioError as error:
         fail(str(error), scenario)
     sys.stdout.write(loaded.to_yaml())
     populations = ", ".join(f"{name} {p.count}" for name, p in loaded.populations.items())
     console.print(
         f"ok: {loaded.agent_count} agents ({populations}); metrics: "
-        f"{', '.join(['step', 'replica', *_metric_names(loaded)])}",
+        f"{', '.join(['step', 'replica', *metric_names(loaded.populations)])}",
         highlight=False,
     )
-
-
-def _metric_names(scenario: Scenario) -> list[str]:
-    from econspin.metrics import METRICS
-
-    return [*METRICS, *(f"wealth_share_{name}" for name in scenario.populations)]
-
-
-def main() -> None:  # pragma: no cover - console entry point
-    app()
 
 
 if __name__ == "__main__":  # pragma: no cover - python -m econspin.cli

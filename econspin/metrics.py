@@ -101,11 +101,21 @@ def wealth_share(index: int) -> Metric:
     return share
 
 
+def wealth_share_column(population: str) -> str:
+    """The metrics column of a population's share of money."""
+    return f"wealth_share_{population}"
+
+
+def metric_names(population_names) -> list[str]:
+    """The metrics columns (after step and replica) of an economy with these populations."""
+    return [*METRICS, *(wealth_share_column(name) for name in population_names)]
+
+
 def metric_functions(economy: Economy) -> dict[str, Metric]:
     """Every observable of this economy, in column order."""
     functions = dict(METRICS)
     for index, name in enumerate(economy.population_names):
-        functions[f"wealth_share_{name}"] = wealth_share(index)
+        functions[wealth_share_column(name)] = wealth_share(index)
     return functions
 
 

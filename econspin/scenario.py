@@ -302,6 +302,11 @@ class Scenario(_Strict):
         """The resolved scenario, every default filled in, as YAML (reads back to an equal scenario)."""
         return yaml.safe_dump(_plain(self.model_dump()), sort_keys=False)
 
+    def with_run_settings(self, **settings: Any) -> "Scenario":
+        """A copy with the ``run`` settings given (None leaves one as the scenario has it)."""
+        given = {f"run.{key}": value for key, value in settings.items() if value is not None}
+        return self.with_overrides(given) if given else self
+
     def with_overrides(self, overrides: dict[str, Any]) -> "Scenario":
         """A copy with dotted key paths set, e.g. {"populations.ai.temperature": 0.05}."""
         data = self.model_dump()

@@ -75,13 +75,17 @@ class Rollout:
                 if on_round is not None:
                     on_round(self.state.round)
 
-    def metrics(self, first_step: int = 1) -> pd.DataFrame:
-        """The recorded rounds as a long table (one row per batch element per round)."""
+    def metrics(self) -> pd.DataFrame:
+        """The rounds recorded by this rollout as a long table (one row per element per round).
+
+        Steps are numbered by round: a rollout resumed at round r records from step r + 1.
+        """
         names = list(metric_functions(self.economy))
         if not self.rows:
             return pd.DataFrame(columns=["step", "replica", *names])
         values = torch.stack(self.rows).cpu().numpy()  # (rounds, B, M)
         rounds, batch, _ = values.shape
+        first_step = self.state.round - rounds + 1
         table = pd.DataFrame(values.reshape(rounds * batch, -1), columns=names)
         table.insert(0, "replica", np.tile(np.asarray(self.replicas), rounds))
         table.insert(0, "step", np.repeat(np.arange(first_step, first_step + rounds), batch))
@@ -139,15 +143,9 @@ def simulate(
     Arguments left as None take the scenario's ``run`` section. ``device="auto"`` uses CUDA
     where present. Returns the metrics table and the final state.
     """
-    overrides = {
-        "run.steps": steps,
-        "run.seed": seed,
-        "run.replicas": replicas,
-        "run.device": device,
-        "run.dtype": dtype,
-        "run.chunk": chunk,
-    }
-    scenario = scenario.with_overrides({key: value for key, value in overrides.items() if value is not None})
+    scenario = scenario.with_run_settings(
+        steps=steps, seed=seed, replicas=replicas, device=device, dtype=dtype, chunk=chunk
+    )
     run = scenario.run
     replica_indices = list(range(run.replicas))
     rollout = Rollout.create([scenario] * run.replicas, replica_indices, run.device, run.dtype)
