@@ -1,0 +1,490 @@
+"""An independent reference for one round: MODEL.md in plain float64 numpy, one buyer at a time.
+
+This module exists to check the engine. It is written from the equations of MODEL.md and
+docs/model.md, not from the engine's code, and it imports nothing from the engine's market,
+choice, round, corrections or response modules: a wrong formula there cannot hide behind a
+copy of itself here. It is slow on purpose (a Python loop over buyers, heads and sellers)
+and meant for economies of a few dozen agents. For buyer i, market h and seller j:
+
+    q_i = x_i W_Q^{p(i),h},  k_j = x_j W_K^{p(j),h},  v_j = x_j W_V^{p(j),h},  u_j = v_j W_O^h
+    U_ij = q_i . k_j / sqrt(d_k) + gamma log(w_j / mean w)       over allowed j only
+    alpha_ij = exp(U_ij / T_i) / sum_l exp(U_il / T_i)           (argmax at T = 0, uniform at T = inf)
+    s_i = sigma_i w_i (share) or unit [w_i >= unit] (unit); 0 for non-buyers and buyers with no partner
+    F_ij = (s_i / H) alpha_ij,  R_j = sum_i F_ij,  w_i <- w_i - s_i + R_i
+    a_i = sum_h sum_j alpha_ij u_j,  theta_i = h_i + (1 - eta_i) x_i + eta_i a_i
+    x_i <- f(theta_i)                                  (none)
+    x_i <- mu theta_i / |theta_i|,  mu = g(|theta_i| - sigma_i^2 mu / T_i)     (tap)
+    x_i <- f(theta_i - MLP_p(x_i, V_i, kappa_i))       (ffn)
+    sigma_i^2 = (1 - eta_i)^2 c_i + eta_i^2 / d sum_h [V_i^h + sum_j alpha_ij c_j |W_V^{p(j),h} W_O^h|_F^2]
+    V_i^h = sum_j alpha_ij |u_j|^2 - |sum_j alpha_ij u_j|^2,  c_j = max(R^2 - |x_j|^2, 0) / d,
+    kappa_i = mean_h sum_j alpha_ij^2,  V_i = sum_h V_i^h.
+
+Allowed: j's population sells, j != i, and the trade network (if any) has the edge i -> j.
+Conventions shared with the engine where MODEL.md leaves a choice open: the premium uses
+log(max(w_j / mean w, 1e-12)) so that a seller with no money stays finite; the TAP term is
+dropped at T = 0 and T = inf; entropy is divided by log(number of allowed partners) and is 0
+with at most one partner; a buyer with no partner has alpha = 0, surplus 0, entropy 0.
+
+In sampled mode each buyer draws one seller per market from alpha and every agent's new
+state is a spin drawn from p(s) ∝ exp(theta . s / T) on |s| = R (the von Mises-Fisher law;
+Glauber's rule for d = 1), whatever mean-field response the scenario names, except that the
+``sphere`` response never fluctuates and ``linear`` is no spin law at all (x = theta).
+:func:`sampled_state_moments` gives that law's exact mean and second moments after one round,
+by enumerating every combination of sellers: no sampling noise on the reference side.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+PREMIUM_FLOOR = 1e-12
+BISECTION_STEPS = 200
+
+
+@dataclass(frozen=True)
+class ReferenceEconomy:
+    """What does not change between rounds, for one economy of N agents and P populations.
+
+    Attributes:
+        population: (N,) int, agent i's population.
+        buys, sells: (P,) bool, whether a population buys / sells.
+        spend: (N,) share sigma_i (share rule) or the unit (unit rule).
+        eta: (N,) adaptation rates.
+        query, key: (P, H, d, d_k); value: (P, H, d, d_v); output: (H, d_v, d).
+        visibility: gamma.
+        network: (N, N) bool, True where i may buy from j, or None for everyone.
+        spend_rule: ``share`` or ``unit``; unit: the unit.
+        response: ``sphere``, ``linear``, ``large_d`` or ``vmf``; radius: R.
+        corrections: one of ``none``, ``tap``, ``ffn`` per population.
+        ffn: per population, None or a dict of w1 (d + 2, hidden), b1, w2 (hidden, d), b2.
+    """
+
+    population: np.ndarray
+    buys: np.ndarray
+    sells: np.ndarray
+    spend: np.ndarray
+    eta: np.ndarray
+    query: np.ndarray
+    key: np.ndarray
+    value: np.ndarray
+    output: np.ndarray
+    visibility: float
+    network: np.ndarray | None
+    spend_rule: str
+    unit: float
+    response: str
+    radius: float
+    corrections: tuple[str, ...]
+    ffn: tuple[dict | None, ...]
+
+    @property
+    def agent_count(self) -> int:
+        return len(self.population)
+
+    @property
+    def heads(self) -> int:
+        return self.output.shape[0]
+
+
+@dataclass(frozen=True)
+class ReferenceState:
+    """States x (N, d), fields h (N, d), money w (N,) and temperatures T (N,)."""
+
+    states: np.ndarray
+    fields: np.ndarray
+    money: np.ndarray
+    temperature: np.ndarray
+
+
+@dataclass(frozen=True)
+class ReferenceRound:
+    """One round's outcome; per-agent arrays of shape (N,) unless noted.
+
+    ``states`` (N, d) is the new state: the mean-field update in expected mode, the drawn
+    spins in sampled mode. ``alpha`` is (H, N, N). ``choices`` (H, N) holds the drawn sellers
+    (-1 for no draw) in sampled mode, None in expected mode.
+    """
+
+    states: np.ndarray
+    money: np.ndarray
+    revenue: np.ndarray
+    spending: np.ndarray
+    received: np.ndarray
+    entropy: np.ndarray
+    surplus: np.ndarray
+    choice_variance: np.ndarray
+    field_variance: np.ndarray
+    impact: np.ndarray
+    alpha: np.ndarray
+    choices: np.ndarray | None
+
+
+def allowed_sellers(economy: ReferenceEconomy, buyer: int) -> list[int]:
+    """The sellers buyer i may choose: j sells, j != i, and the network has i -> j."""
+    sellers = []
+    for seller in range(economy.agent_count):
+        if seller == buyer or not economy.sells[economy.population[seller]]:
+            continue
+        if economy.network is not None and not economy.network[buyer, seller]:
+            continue
+        sellers.append(seller)
+    return sellers
+
+
+def utility(economy: ReferenceEconomy, state: ReferenceState, buyer: int, seller: int, head: int) -> float:
+    """U_ij in market h: q_i . k_j / sqrt(d_k) + gamma log(w_j / mean w)."""
+    query = state.states[buyer] @ economy.query[economy.population[buyer], head]
+    key = state.states[seller] @ economy.key[economy.population[seller], head]
+    value = float(query @ key) / math.sqrt(len(key))
+    if economy.visibility != 0.0:
+        relative = state.money[seller] / max(state.money.mean(), 1e-300)
+        value += economy.visibility * math.log(max(relative, PREMIUM_FLOOR))
+    return value
+
+
+def delivered(economy: ReferenceEconomy, state: ReferenceState, seller: int, head: int) -> np.ndarray:
+    """u_j = v_j W_O^h, the good seller j delivers in market h, in state space."""
+    return state.states[seller] @ economy.value[economy.population[seller], head] @ economy.output[head]
+
+
+def logit(utilities: list[float], temperature: float) -> np.ndarray:
+    """Logit choice probabilities over the given utilities at temperature T (exact limits)."""
+    values = np.asarray(utilities, dtype=np.float64)
+    if len(values) == 0:
+        return values
+    if temperature == 0.0:
+        best = values == values.max()
+        return best / best.sum()
+    if math.isinf(temperature):
+        return np.full(len(values), 1.0 / len(values))
+    weights = np.exp((values - values.max()) / temperature)
+    return weights / weights.sum()
+
+
+def inclusive_value(utilities: list[float], temperature: float) -> float:
+    """T log sum_j exp(U_j / T): the maximum at T = 0, +inf at T = inf with two or more partners."""
+    if len(utilities) == 0:
+        return 0.0
+    best = max(utilities)
+    if temperature == 0.0 or len(utilities) == 1:
+        return best
+    if math.isinf(temperature):
+        return math.inf
+    return best + temperature * math.log(sum(math.exp((u - best) / temperature) for u in utilities))
+
+
+def normalised_entropy(probabilities: np.ndarray) -> float:
+    """-sum p log p / log n over n allowed partners; 0 when n <= 1."""
+    if len(probabilities) <= 1:
+        return 0.0
+    return -sum(p * math.log(p) for p in probabilities if p > 0) / math.log(len(probabilities))
+
+
+def budget(economy: ReferenceEconomy, state: ReferenceState, agent: int) -> float:
+    """s_i before the partner check: sigma_i w_i or the unit where affordable; 0 for non-buyers."""
+    if not economy.buys[economy.population[agent]]:
+        return 0.0
+    if economy.spend_rule == "unit":
+        return economy.unit if state.money[agent] >= economy.unit else 0.0
+    return economy.spend[agent] * state.money[agent]
+
+
+def spin_variance(state_vector: np.ndarray, radius: float) -> float:
+    """C = max(R^2 - |x|^2, 0) / d."""
+    return max(radius**2 - float(state_vector @ state_vector), 0.0) / len(state_vector)
+
+
+def bessel_ratio(concentration: float, dimension: int) -> float:
+    """A_d(k) = I_{d/2}(k) / I_{d/2-1}(k) (tanh for d = 1), from scipy's scaled Bessel functions."""
+    if dimension == 1:
+        return math.tanh(concentration)
+    if concentration == 0.0:
+        return 0.0
+    if math.isinf(concentration):
+        return 1.0
+    from scipy.special import ive
+
+    return float(ive(dimension / 2.0, concentration) / ive(dimension / 2.0 - 1.0, concentration))
+
+
+def magnitude(response: str, field_norm: float, temperature: float, dimension: int, radius: float) -> float:
+    """g(|theta|, T), the length of the mean spin in a field of length |theta|."""
+    if response == "linear":
+        return field_norm
+    if field_norm == 0.0:
+        return 0.0
+    if response == "sphere" or temperature == 0.0:
+        return radius
+    if math.isinf(temperature):
+        return 0.0
+    if response == "vmf":
+        return radius * bessel_ratio(radius * field_norm / temperature, dimension)
+    if response == "large_d":
+        gain = 2.0 * radius**2 / dimension
+        return gain * field_norm / (temperature + math.sqrt(temperature**2 + (gain * field_norm / radius) ** 2))
+    raise ValueError(f"unknown response {response!r}")
+
+
+def mean_state(response: str, field: np.ndarray, temperature: float, radius: float) -> np.ndarray:
+    """f(theta, T) = g(|theta|, T) theta / |theta| (theta itself for ``linear``)."""
+    if response == "linear":
+        return field.copy()
+    norm = float(np.linalg.norm(field))
+    if norm == 0.0:
+        return np.zeros_like(field)
+    return magnitude(response, norm, temperature, len(field), radius) * field / norm
+
+
+def tap_state(response: str, field: np.ndarray, temperature: float, variance: float, radius: float) -> np.ndarray:
+    """M = f(theta - sigma^2 m / T), solved for mu = |m| along theta by bisection on [0, g(|theta|)]."""
+    norm = float(np.linalg.norm(field))
+    if norm == 0.0 or temperature == 0.0 or math.isinf(temperature):
+        return mean_state(response, field, temperature, radius)
+    reaction = variance / temperature
+    direction = field / norm
+    low, high = 0.0, magnitude(response, norm, temperature, len(field), radius)
+    for _ in range(BISECTION_STEPS):
+        middle = 0.5 * (low + high)
+        # the mean state in the field theta - (sigma^2 / T) m, for m = middle * direction, along the direction
+        along = float(mean_state(response, field - reaction * middle * direction, temperature, radius) @ direction)
+        if middle - along > 0:
+            high = middle
+        else:
+            low = middle
+    return 0.5 * (low + high) * direction
+
+
+def gelu(values: np.ndarray) -> np.ndarray:
+    """The exact GELU, x Phi(x)."""
+    return np.array([value * 0.5 * (1.0 + math.erf(value / math.sqrt(2.0))) for value in values])
+
+
+def feed_forward_shift(weights: dict, state_vector: np.ndarray, choice_variance: float, impact: float) -> np.ndarray:
+    """W2 gelu(W1 [x, V, kappa] + b1) + b2."""
+    features = np.concatenate([state_vector, [choice_variance, impact]])
+    hidden = gelu(features @ weights["w1"] + weights["b1"])
+    return hidden @ weights["w2"] + weights["b2"]
+
+
+def _market(economy: ReferenceEconomy, state: ReferenceState):
+    """Steps 1-5 for every buyer and market, with the row statistics the corrections need."""
+    agents, dimension = state.states.shape
+    heads = economy.heads
+    alpha = np.zeros((heads, agents, agents))
+    received = np.zeros((agents, dimension))
+    spending = np.zeros(agents)
+    entropy, surplus = np.zeros(agents), np.zeros(agents)
+    choice_variance, trade_variance, impact = np.zeros(agents), np.zeros(agents), np.zeros(agents)
+    spins = [spin_variance(state.states[j], economy.radius) for j in range(agents)]
+    for buyer in range(agents):
+        sellers = allowed_sellers(economy, buyer)
+        if not economy.buys[economy.population[buyer]] or not sellers:
+            continue
+        spending[buyer] = budget(economy, state, buyer)
+        for head in range(heads):
+            utilities = [utility(economy, state, buyer, seller, head) for seller in sellers]
+            probabilities = logit(utilities, state.temperature[buyer])
+            alpha[head, buyer, sellers] = probabilities
+            goods = [delivered(economy, state, seller, head) for seller in sellers]
+            mean_good = sum(p * good for p, good in zip(probabilities, goods))
+            second_moment = sum(p * float(good @ good) for p, good in zip(probabilities, goods))
+            variance = second_moment - float(mean_good @ mean_good)
+            spread = 0.0
+            for p, seller in zip(probabilities, sellers):
+                gain = economy.value[economy.population[seller], head] @ economy.output[head]
+                spread += p * spins[seller] * float((gain**2).sum())
+            received[buyer] += mean_good
+            choice_variance[buyer] += variance
+            trade_variance[buyer] += (variance + spread) / dimension
+            impact[buyer] += float((probabilities**2).sum()) / heads
+            entropy[buyer] += normalised_entropy(probabilities) / heads
+            surplus[buyer] += inclusive_value(utilities, state.temperature[buyer]) / heads
+    return alpha, received, spending, entropy, surplus, choice_variance, trade_variance, impact, spins
+
+
+def reference_round(
+    economy: ReferenceEconomy, state: ReferenceState, rng: np.random.Generator | None = None
+) -> ReferenceRound:
+    """One round: the expected mode (mean field) without ``rng``, the sampled mode with it."""
+    alpha, received, spending, entropy, surplus, choice_var, trade_var, impact, spins = _market(economy, state)
+    agents, dimension = state.states.shape
+    heads = economy.heads
+    revenue = np.zeros(agents)
+    choices = None
+    if rng is None:
+        for buyer in range(agents):
+            for head in range(heads):
+                revenue += spending[buyer] / heads * alpha[head, buyer]
+    else:
+        choices = np.full((heads, agents), -1)
+        received = np.zeros((agents, dimension))
+        for buyer in range(agents):
+            for head in range(heads):
+                row = alpha[head, buyer]
+                if row.sum() == 0.0:  # a non-buyer, or a buyer with nobody to buy from
+                    continue
+                seller = int(rng.choice(agents, p=row / row.sum()))
+                choices[head, buyer] = seller
+                revenue[seller] += spending[buyer] / heads
+                received[buyer] += delivered(economy, state, seller, head)
+    new_states = np.zeros_like(state.states)
+    for agent in range(agents):
+        eta = economy.eta[agent]
+        field = state.fields[agent] + (1.0 - eta) * state.states[agent] + eta * received[agent]
+        temperature = state.temperature[agent]
+        if rng is not None:
+            new_states[agent] = sample_spin(economy.response, field, temperature, economy.radius, rng)
+            continue
+        form = economy.corrections[economy.population[agent]]
+        if form == "tap":
+            variance = (1.0 - eta) ** 2 * spins[agent] + eta**2 * trade_var[agent]
+            new_states[agent] = tap_state(economy.response, field, temperature, variance, economy.radius)
+        elif form == "ffn":
+            weights = economy.ffn[economy.population[agent]]
+            shift = feed_forward_shift(weights, state.states[agent], choice_var[agent], impact[agent])
+            new_states[agent] = mean_state(economy.response, field - shift, temperature, economy.radius)
+        else:
+            new_states[agent] = mean_state(economy.response, field, temperature, economy.radius)
+    return ReferenceRound(
+        states=new_states,
+        money=state.money - spending + revenue,
+        revenue=revenue,
+        spending=spending,
+        received=received,
+        entropy=entropy,
+        surplus=surplus,
+        choice_variance=choice_var,
+        field_variance=trade_var,
+        impact=impact,
+        alpha=alpha,
+        choices=choices,
+    )
+
+
+def sample_spin(response: str, field: np.ndarray, temperature: float, radius: float, rng) -> np.ndarray:
+    """A spin from p(s) ∝ exp(theta . s / T) on |s| = R (no draw for ``sphere`` and ``linear``)."""
+    if response in ("sphere", "linear"):
+        return mean_state(response, field, temperature, radius)
+    norm = float(np.linalg.norm(field))
+    dimension = len(field)
+    if temperature == 0.0 and norm > 0:
+        return radius * field / norm
+    concentration = 0.0 if math.isinf(temperature) or norm == 0 else radius * norm / temperature
+    if dimension == 1:
+        up = 1.0 / (1.0 + math.exp(-2.0 * concentration))
+        sign = 1.0 if norm == 0 else float(np.sign(field[0]))
+        return np.array([radius * sign * (1.0 if rng.random() < up else -1.0)])
+    if concentration == 0.0:
+        gaussian = rng.standard_normal(dimension)
+        return radius * gaussian / np.linalg.norm(gaussian)
+    from scipy.stats import vonmises_fisher
+
+    return radius * vonmises_fisher(field / norm, concentration).rvs(random_state=rng)
+
+
+def spin_second_moment(spin_law: str, field: np.ndarray, temperature: float, radius: float) -> np.ndarray:
+    """E[s_k^2] per component for the spin law in field theta (the diagonal of E[s s^T]).
+
+    For von Mises-Fisher on the unit sphere with mean direction n and concentration k,
+    E[u u^T] = (A_d(k) / k) I + (1 - d A_d(k) / k) n n^T (I / d at k = 0, n n^T at k = inf).
+    """
+    mean = mean_state(spin_law, field, temperature, radius)
+    if spin_law in ("sphere", "linear"):
+        return mean**2
+    dimension, norm = len(field), float(np.linalg.norm(field))
+    if dimension == 1:
+        return np.full(1, radius**2)
+    if norm == 0.0 or math.isinf(temperature):
+        return np.full(dimension, radius**2 / dimension)
+    if temperature == 0.0:
+        return (radius * field / norm) ** 2
+    concentration = radius * norm / temperature
+    ratio = bessel_ratio(concentration, dimension) / concentration
+    return radius**2 * (ratio + (1.0 - dimension * ratio) * (field / norm) ** 2)
+
+
+def sampled_state_moments(economy: ReferenceEconomy, state: ReferenceState) -> tuple[np.ndarray, np.ndarray]:
+    """E[x_i] and E[x_i^2] (per component) after one sampled round, exactly.
+
+    Buyer i draws c^h independently in each market with probability alpha^h_ic; its spin is
+    then drawn from the Boltzmann law of its field. The moments are sums over every
+    combination (c^1..c^H) of prod_h alpha^h_{ic^h} times the spin law's moments in the field
+    h_i + (1 - eta_i) x_i + eta_i sum_h u^h_{c^h}: no sampling noise on the reference side.
+    """
+    alpha = _market(economy, state)[0]
+    spin_law = "vmf" if economy.response in ("vmf", "large_d") else economy.response
+    means, squares = np.zeros_like(state.states), np.zeros_like(state.states)
+    for agent in range(state.states.shape[0]):
+        eta, temperature = economy.eta[agent], state.temperature[agent]
+        own = state.fields[agent] + (1.0 - eta) * state.states[agent]
+        per_head = [np.flatnonzero(alpha[head, agent] > 0) for head in range(economy.heads)]
+        if any(len(sellers) == 0 for sellers in per_head):
+            per_head = []  # a non-buyer or a buyer with no partner: one combination, its own field
+        for combination in itertools.product(*per_head):
+            weight = math.prod(alpha[head, agent, seller] for head, seller in enumerate(combination))
+            good = sum((delivered(economy, state, seller, head) for head, seller in enumerate(combination)), 0.0)
+            field = own + eta * good
+            means[agent] += weight * mean_state(spin_law, field, temperature, economy.radius)
+            squares[agent] += weight * spin_second_moment(spin_law, field, temperature, economy.radius)
+    return means, squares
+
+
+def from_engine(economy, state, element: int = 0, network=None) -> tuple[ReferenceEconomy, ReferenceState]:
+    """Batch element ``element`` of an engine Economy and State as plain float64 arrays.
+
+    Only quenched parameters and the state are read (nothing the engine computes in a round).
+    ``network`` (a networkx graph) gives the adjacency from the graph itself; without it the
+    economy's trade mask is used.
+    """
+
+    def array(tensor):
+        return tensor.detach().cpu().double().numpy()
+
+    population = economy.population.cpu().numpy()
+    count = int(population.max()) + 1
+    buys = np.array([bool(economy.buyer[population == p][0]) for p in range(count)])
+    sells = np.array([bool(economy.seller[population == p][0]) for p in range(count)])
+    if network is not None:
+        import networkx as nx
+
+        adjacency = nx.to_numpy_array(network, nodelist=range(len(population))) != 0
+    elif economy.trade_mask is not None:
+        adjacency = economy.trade_mask.cpu().numpy().astype(bool)
+    else:
+        adjacency = None
+    ffn = []
+    for correction in economy.corrections:
+        if correction.name == "ffn":
+            ffn.append({name: array(getattr(correction, name)[element]) for name in ("w1", "b1", "w2", "b2")})
+        else:
+            ffn.append(None)
+    reference_economy = ReferenceEconomy(
+        population=population,
+        buys=buys,
+        sells=sells,
+        spend=array(economy.spend[element]),
+        eta=array(economy.eta[element]),
+        query=array(economy.query[element]),
+        key=array(economy.key[element]),
+        value=array(economy.value[element]),
+        output=array(economy.output[element]),
+        visibility=float(economy.visibility[element]),
+        network=adjacency,
+        spend_rule=economy.spend_rule,
+        unit=float(economy.unit),
+        response=economy.response.name,
+        radius=float(economy.radius),
+        corrections=tuple(correction.name for correction in economy.corrections),
+        ffn=tuple(ffn),
+    )
+    reference_state = ReferenceState(
+        states=array(state.states[element]),
+        fields=array(state.fields[element]),
+        money=array(state.money[element]),
+        temperature=array(state.temperature[element]),
+    )
+    return reference_economy, reference_state

@@ -1,0 +1,160 @@
+"""Every metric against an independent formula, on hand-made cases with known answers.
+
+The metrics read a State; here its money, revenue, states and choice records are set by hand,
+so each value is known in closed form (or from a formula written differently from the one in
+econspin.metrics: pairwise differences for the Gini, sorting for CR4).
+"""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from helpers import rollout, scenario
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from econspin.metrics import METRICS, measure, metric_functions
+from econspin.round import step
+
+MARKET_OF_FIVE = {  # 3 firms that only sell, 2 households that only buy
+    "firms": {"count": 3, "buys": False},
+    "households": {"count": 2, "sells": False},
+}
+
+
+def economy_with(populations=None, **market):
+    run = rollout(scenario(populations=populations or MARKET_OF_FIVE, **market))
+    return run.state, run.economy
+
+
+def metric(name, state, economy):
+    return float(metric_functions(economy)[name](state, economy)[0])
+
+
+def with_money(state, money):
+    return state.replace(money=torch.tensor([money], dtype=torch.float64))
+
+
+def with_revenue(state, revenue):
+    return state.replace(revenue=torch.tensor([revenue], dtype=torch.float64))
+
+
+def pairwise_gini(values):
+    """Half the relative mean absolute difference: sum_ij |w_i - w_j| / (2 N^2 mean w)."""
+    values = np.asarray(values, dtype=np.float64)
+    return np.abs(values[:, None] - values[None, :]).sum() / (2 * len(values) ** 2 * values.mean())
+
+
+@pytest.mark.parametrize("count", [2, 5, 12])
+def test_gini_of_one_rich_agent_is_one_minus_one_over_n(count):
+    state, economy = economy_with({"a": {"count": count}})
+    rich = with_money(state, [0.0] * (count - 1) + [1.0])
+    assert metric("gini", rich, economy) == pytest.approx(1 - 1 / count, abs=1e-15)
+
+
+def test_gini_of_equal_money_is_zero_and_of_one_to_n_is_known():
+    state, economy = economy_with({"a": {"count": 9}})
+    assert metric("gini", with_money(state, [2.5] * 9), economy) == pytest.approx(0.0, abs=1e-15)
+    # wealth 1, 2, ..., n: G = (n - 1) / (3 n)
+    assert metric("gini", with_money(state, list(range(9, 0, -1))), economy) == pytest.approx(8 / 27, abs=1e-15)
+
+
+@given(money=st.lists(st.floats(0, 1e6), min_size=4, max_size=4).filter(lambda w: sum(w) > 1e-3))
+@settings(max_examples=60, deadline=None)
+def test_gini_is_the_mean_absolute_difference(money):
+    state, economy = economy_with({"a": {"count": 4}})
+    assert metric("gini", with_money(state, money), economy) == pytest.approx(pairwise_gini(money), abs=1e-12)
+
+
+@pytest.mark.parametrize("sellers", [1, 3, 4, 10])
+def test_hhi_and_cr4_of_equal_shares(sellers):
+    populations = {"firms": {"count": sellers, "buys": False}, "households": {"count": 2, "sells": False}}
+    state, economy = economy_with(populations)
+    state = with_revenue(state, [0.7] * sellers + [0.0, 0.0])
+    assert metric("hhi", state, economy) == pytest.approx(1 / sellers, rel=1e-14)
+    assert metric("cr4", state, economy) == pytest.approx(min(4, sellers) / sellers, rel=1e-14)
+
+
+def test_hhi_and_cr4_of_a_monopoly_and_of_known_shares():
+    state, economy = economy_with({"firms": {"count": 6, "buys": False}, "households": {"count": 1, "sells": False}})
+    monopoly = with_revenue(state, [0, 0, 3.0, 0, 0, 0, 0])
+    assert metric("hhi", monopoly, economy) == 1.0 and metric("cr4", monopoly, economy) == 1.0
+    shares = with_revenue(state, [5, 1, 1, 1, 1, 1, 0])  # shares 1/2 and five of 1/10
+    assert metric("hhi", shares, economy) == pytest.approx(0.25 + 5 * 0.01, rel=1e-14)
+    assert metric("cr4", shares, economy) == pytest.approx(0.5 + 3 * 0.1, rel=1e-14)
+
+
+def test_concentration_counts_sellers_only():
+    """Revenue recorded on a non-seller (it cannot earn any) does not enter the shares."""
+    state, economy = economy_with()
+    state = with_revenue(state, [1.0, 1.0, 2.0, 100.0, 0.0])
+    assert metric("hhi", state, economy) == pytest.approx(0.25**2 * 2 + 0.5**2, rel=1e-14)
+    assert metric("cr4", state, economy) == pytest.approx(1.0, rel=1e-14)
+
+
+@given(revenue=st.lists(st.floats(0, 1e3), min_size=7, max_size=7).filter(lambda r: sum(r) > 1e-6))
+@settings(max_examples=60, deadline=None)
+def test_hhi_and_cr4_against_sorted_shares(revenue):
+    state, economy = economy_with({"firms": {"count": 7, "buys": False}, "households": {"count": 1, "sells": False}})
+    state = with_revenue(state, revenue + [0.0])
+    shares = np.sort(np.asarray(revenue) / sum(revenue))[::-1]
+    assert metric("hhi", state, economy) == pytest.approx(float(shares @ shares), abs=1e-12)
+    assert metric("cr4", state, economy) == pytest.approx(float(shares[:4].sum()), abs=1e-12)
+
+
+def test_wealth_shares_and_total_wealth():
+    state, economy = economy_with()
+    state = with_money(state, [1.0, 2.0, 3.0, 4.0, 10.0])
+    assert metric("wealth_share_firms", state, economy) == pytest.approx(0.3, rel=1e-14)
+    assert metric("wealth_share_households", state, economy) == pytest.approx(0.7, rel=1e-14)
+    assert metric("total_wealth", state, economy) == 20.0
+
+
+def test_order_is_one_when_aligned_and_zero_when_opposed():
+    state, economy = economy_with({"a": {"count": 4}}, radius=3.0)  # R != sqrt(d): order divides by R
+    direction = torch.tensor([0.6, 0.0, 0.8, 0.0], dtype=torch.float64)
+    aligned = state.replace(states=(3.0 * direction).expand(1, 4, 4).clone())
+    assert metric("order", aligned, economy) == pytest.approx(1.0, rel=1e-14)
+    opposed = aligned.states.clone()
+    opposed[0, 2:] *= -1
+    assert metric("order", state.replace(states=opposed), economy) == pytest.approx(0.0, abs=1e-15)
+    half = aligned.states.clone()
+    half[0, 2:] = 0.0  # two of four agents aligned at full length, two at the origin
+    assert metric("order", state.replace(states=half), economy) == pytest.approx(0.5, rel=1e-14)
+
+
+def test_attention_entropy_and_surplus_average_over_buyers_only():
+    state, economy = economy_with()
+    state = state.replace(entropy=torch.tensor([[9.0, 9.0, 9.0, 0.2, 0.6]], dtype=torch.float64),
+                          surplus=torch.tensor([[5.0, 5.0, 5.0, -1.0, 3.0]], dtype=torch.float64))
+    assert metric("attention_entropy", state, economy) == pytest.approx(0.4, rel=1e-14)
+    assert metric("surplus", state, economy) == pytest.approx(1.0, rel=1e-14)
+
+
+@pytest.mark.parametrize("heads", [1, 3])
+def test_attention_entropy_is_one_for_uniform_choice_and_zero_for_argmax(heads):
+    hot = economy_with({"a": {"count": 6, "temperature": math.inf}}, heads=heads)
+    assert metric("attention_entropy", step(*hot), hot[1]) == pytest.approx(1.0, rel=1e-12)
+    cold = economy_with({"a": {"count": 6, "temperature": 0.0}}, heads=heads)
+    assert metric("attention_entropy", step(*cold), cold[1]) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_surplus_is_t_log_n_for_equal_utilities():
+    """Identical agents: u_ij equal for all j, so T log sum_j exp(u / T) = u + T log(N - 1)."""
+    populations = {"a": {"count": 5, "temperature": 0.5, "state": {"distribution": "constant", "value": 1.0},
+                         "projections": {"init": "identity"}}}
+    state, economy = economy_with(populations)
+    utility = 4 * 1.0 / math.sqrt(4)  # q . k / sqrt(d_k) with q = k = (1, 1, 1, 1)
+    assert metric("surplus", step(state, economy), economy) == pytest.approx(utility + 0.5 * math.log(4), rel=1e-12)
+
+
+def test_measure_returns_every_metric_in_column_order():
+    state, economy = economy_with()
+    state = with_money(with_revenue(state, [1.0, 2.0, 1.0, 0.0, 0.0]), [1.0, 1.0, 1.0, 1.0, 4.0])
+    values = measure(state, economy)[0]
+    names = list(metric_functions(economy))
+    assert names[: len(METRICS)] == list(METRICS)
+    assert values[names.index("hhi")].item() == pytest.approx(0.375, rel=1e-14)
+    assert values[names.index("gini")].item() == pytest.approx(pairwise_gini([1, 1, 1, 1, 4]), rel=1e-14)
+    assert values[names.index("wealth_share_households")].item() == pytest.approx(5 / 8, rel=1e-14)
