@@ -123,35 +123,70 @@ class ReferenceRound:
     choices: np.ndarray | None
 
 
-def allowed_sellers(economy: ReferenceEconomy, buyer: int) -> list[int]:
+@dataclass(frozen=True)
+class Offers:
+    """What every agent shows the market this round, computed one agent at a time from its own state.
+
+    Attributes:
+        queries, keys: (H, N, d_k), q_j and k_j per market.
+        goods: (H, N, d), u_j = v_j W_O^h, what seller j delivers, in state space.
+        noise: (H, N), c_j |W_V^{p(j),h} W_O^h|_F^2, the spread a fluctuating spin adds to its good.
+        premium: (N,), gamma log(max(w_j / mean w, 1e-12)).
+    """
+
+    queries: np.ndarray
+    keys: np.ndarray
+    goods: np.ndarray
+    noise: np.ndarray
+    premium: np.ndarray
+
+
+@dataclass(frozen=True)
+class BuyerChoice:
+    """One buyer's row: its allowed sellers, alpha (H, sellers), and what it spends and receives."""
+
+    sellers: np.ndarray
+    alpha: np.ndarray
+    spending: float
+    received: np.ndarray
+    entropy: float
+    surplus: float
+    choice_variance: float
+    field_variance: float
+    impact: float
+
+
+def offers(economy: ReferenceEconomy, state: ReferenceState) -> Offers:
+    """Every agent's query, key, good and premium, one agent and market at a time."""
+    agents, dimension = state.states.shape
+    heads, key_dimension = economy.heads, economy.key.shape[-1]
+    queries, keys = np.zeros((heads, agents, key_dimension)), np.zeros((heads, agents, key_dimension))
+    goods, noise = np.zeros((heads, agents, dimension)), np.zeros((heads, agents))
+    mean_money = max(state.money.mean(), 1e-300)
+    premium = np.zeros(agents)
+    for agent in range(agents):
+        population, x = economy.population[agent], state.states[agent]
+        for head in range(heads):
+            queries[head, agent] = x @ economy.query[population, head]
+            keys[head, agent] = x @ economy.key[population, head]
+            goods[head, agent] = x @ economy.value[population, head] @ economy.output[head]
+            gain = economy.value[population, head] @ economy.output[head]
+            noise[head, agent] = spin_variance(x, economy.radius) * float((gain**2).sum())
+        if economy.visibility != 0.0:
+            premium[agent] = economy.visibility * math.log(max(state.money[agent] / mean_money, PREMIUM_FLOOR))
+    return Offers(queries, keys, goods, noise, premium)
+
+
+def allowed_sellers(economy: ReferenceEconomy, buyer: int) -> np.ndarray:
     """The sellers buyer i may choose: j sells, j != i, and the network has i -> j."""
-    sellers = []
-    for seller in range(economy.agent_count):
-        if seller == buyer or not economy.sells[economy.population[seller]]:
-            continue
-        if economy.network is not None and not economy.network[buyer, seller]:
-            continue
-        sellers.append(seller)
-    return sellers
+    allowed = economy.sells[economy.population].copy()
+    allowed[buyer] = False
+    if economy.network is not None:
+        allowed &= economy.network[buyer]
+    return np.flatnonzero(allowed)
 
 
-def utility(economy: ReferenceEconomy, state: ReferenceState, buyer: int, seller: int, head: int) -> float:
-    """U_ij in market h: q_i . k_j / sqrt(d_k) + gamma log(w_j / mean w)."""
-    query = state.states[buyer] @ economy.query[economy.population[buyer], head]
-    key = state.states[seller] @ economy.key[economy.population[seller], head]
-    value = float(query @ key) / math.sqrt(len(key))
-    if economy.visibility != 0.0:
-        relative = state.money[seller] / max(state.money.mean(), 1e-300)
-        value += economy.visibility * math.log(max(relative, PREMIUM_FLOOR))
-    return value
-
-
-def delivered(economy: ReferenceEconomy, state: ReferenceState, seller: int, head: int) -> np.ndarray:
-    """u_j = v_j W_O^h, the good seller j delivers in market h, in state space."""
-    return state.states[seller] @ economy.value[economy.population[seller], head] @ economy.output[head]
-
-
-def logit(utilities: list[float], temperature: float) -> np.ndarray:
+def logit(utilities, temperature: float) -> np.ndarray:
     """Logit choice probabilities over the given utilities at temperature T (exact limits)."""
     values = np.asarray(utilities, dtype=np.float64)
     if len(values) == 0:
@@ -165,23 +200,25 @@ def logit(utilities: list[float], temperature: float) -> np.ndarray:
     return weights / weights.sum()
 
 
-def inclusive_value(utilities: list[float], temperature: float) -> float:
+def inclusive_value(utilities, temperature: float) -> float:
     """T log sum_j exp(U_j / T): the maximum at T = 0, +inf at T = inf with two or more partners."""
-    if len(utilities) == 0:
+    values = np.asarray(utilities, dtype=np.float64)
+    if len(values) == 0:
         return 0.0
-    best = max(utilities)
-    if temperature == 0.0 or len(utilities) == 1:
+    best = float(values.max())
+    if temperature == 0.0 or len(values) == 1:
         return best
     if math.isinf(temperature):
         return math.inf
-    return best + temperature * math.log(sum(math.exp((u - best) / temperature) for u in utilities))
+    return best + temperature * math.log(float(np.exp((values - best) / temperature).sum()))
 
 
 def normalised_entropy(probabilities: np.ndarray) -> float:
     """-sum p log p / log n over n allowed partners; 0 when n <= 1."""
     if len(probabilities) <= 1:
         return 0.0
-    return -sum(p * math.log(p) for p in probabilities if p > 0) / math.log(len(probabilities))
+    positive = probabilities[probabilities > 0]
+    return float(-(positive * np.log(positive)).sum() / math.log(len(probabilities)))
 
 
 def budget(economy: ReferenceEconomy, state: ReferenceState, agent: int) -> float:
@@ -191,6 +228,45 @@ def budget(economy: ReferenceEconomy, state: ReferenceState, agent: int) -> floa
     if economy.spend_rule == "unit":
         return economy.unit if state.money[agent] >= economy.unit else 0.0
     return economy.spend[agent] * state.money[agent]
+
+
+def buyer_choice(economy: ReferenceEconomy, state: ReferenceState, market: Offers, buyer: int) -> BuyerChoice:
+    """Buyer i's logit rows over its allowed sellers in every market, and their statistics.
+
+    A non-buyer, or a buyer with nobody to buy from, has no row: it spends and receives nothing.
+    """
+    heads, dimension = economy.heads, state.states.shape[1]
+    sellers = allowed_sellers(economy, buyer)
+    alpha = np.zeros((heads, len(sellers)))
+    received = np.zeros(dimension)
+    if not economy.buys[economy.population[buyer]] or len(sellers) == 0:
+        return BuyerChoice(sellers, alpha, 0.0, received, 0.0, 0.0, 0.0, 0.0, 0.0)
+    temperature = state.temperature[buyer]
+    key_dimension = market.keys.shape[-1]
+    entropy = surplus = choice_variance = field_variance = impact = 0.0
+    for head in range(heads):
+        utilities = market.keys[head, sellers] @ market.queries[head, buyer] / math.sqrt(key_dimension)
+        utilities = utilities + market.premium[sellers]
+        probabilities = logit(utilities, temperature)
+        alpha[head] = probabilities
+        goods = market.goods[head, sellers]
+        mean_good = probabilities @ goods
+        variance = float(probabilities @ (goods**2).sum(1)) - float(mean_good @ mean_good)
+        received += mean_good
+        choice_variance += variance
+        field_variance += (variance + float(probabilities @ market.noise[head, sellers])) / dimension
+        impact += float((probabilities**2).sum()) / heads
+        entropy += normalised_entropy(probabilities) / heads
+        surplus += inclusive_value(utilities, temperature) / heads
+    spending = budget(economy, state, buyer)
+    return BuyerChoice(sellers, alpha, spending, received, entropy, surplus, choice_variance, field_variance, impact)
+
+
+def draw_sellers(choice: BuyerChoice, market: Offers, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Sampled mode: one seller per market drawn from alpha, and the sum of their goods."""
+    heads = choice.alpha.shape[0]
+    picks = np.array([choice.sellers[rng.choice(len(choice.sellers), p=choice.alpha[head])] for head in range(heads)])
+    return picks, sum(market.goods[head, pick] for head, pick in enumerate(picks))
 
 
 def spin_variance(state_vector: np.ndarray, radius: float) -> float:
@@ -270,98 +346,77 @@ def feed_forward_shift(weights: dict, state_vector: np.ndarray, choice_variance:
     return hidden @ weights["w2"] + weights["b2"]
 
 
-def _market(economy: ReferenceEconomy, state: ReferenceState):
-    """Steps 1-5 for every buyer and market, with the row statistics the corrections need."""
-    agents, dimension = state.states.shape
-    heads = economy.heads
-    alpha = np.zeros((heads, agents, agents))
-    received = np.zeros((agents, dimension))
-    spending = np.zeros(agents)
-    entropy, surplus = np.zeros(agents), np.zeros(agents)
-    choice_variance, trade_variance, impact = np.zeros(agents), np.zeros(agents), np.zeros(agents)
-    spins = [spin_variance(state.states[j], economy.radius) for j in range(agents)]
-    for buyer in range(agents):
-        sellers = allowed_sellers(economy, buyer)
-        if not economy.buys[economy.population[buyer]] or not sellers:
-            continue
-        spending[buyer] = budget(economy, state, buyer)
-        for head in range(heads):
-            utilities = [utility(economy, state, buyer, seller, head) for seller in sellers]
-            probabilities = logit(utilities, state.temperature[buyer])
-            alpha[head, buyer, sellers] = probabilities
-            goods = [delivered(economy, state, seller, head) for seller in sellers]
-            mean_good = sum(p * good for p, good in zip(probabilities, goods))
-            second_moment = sum(p * float(good @ good) for p, good in zip(probabilities, goods))
-            variance = second_moment - float(mean_good @ mean_good)
-            spread = 0.0
-            for p, seller in zip(probabilities, sellers):
-                gain = economy.value[economy.population[seller], head] @ economy.output[head]
-                spread += p * spins[seller] * float((gain**2).sum())
-            received[buyer] += mean_good
-            choice_variance[buyer] += variance
-            trade_variance[buyer] += (variance + spread) / dimension
-            impact[buyer] += float((probabilities**2).sum()) / heads
-            entropy[buyer] += normalised_entropy(probabilities) / heads
-            surplus[buyer] += inclusive_value(utilities, state.temperature[buyer]) / heads
-    return alpha, received, spending, entropy, surplus, choice_variance, trade_variance, impact, spins
+def agent_update(
+    economy: ReferenceEconomy,
+    state: ReferenceState,
+    agent: int,
+    received: np.ndarray,
+    choice: BuyerChoice,
+    rng: np.random.Generator | None = None,
+) -> np.ndarray:
+    """Agent i's new state from the field h_i + (1 - eta_i) x_i + eta_i a_i (steps 6-7).
+
+    Expected mode (no ``rng``): its population's correction of the mean response. Sampled
+    mode: a spin drawn from the Boltzmann law of the field.
+    """
+    eta, temperature, x = economy.eta[agent], state.temperature[agent], state.states[agent]
+    field = state.fields[agent] + (1.0 - eta) * x + eta * received
+    if rng is not None:
+        return sample_spin(economy.response, field, temperature, economy.radius, rng)
+    form = economy.corrections[economy.population[agent]]
+    if form == "tap":
+        variance = (1.0 - eta) ** 2 * spin_variance(x, economy.radius) + eta**2 * choice.field_variance
+        return tap_state(economy.response, field, temperature, variance, economy.radius)
+    if form == "ffn":
+        weights = economy.ffn[economy.population[agent]]
+        field = field - feed_forward_shift(weights, x, choice.choice_variance, choice.impact)
+    return mean_state(economy.response, field, temperature, economy.radius)
 
 
 def reference_round(
     economy: ReferenceEconomy, state: ReferenceState, rng: np.random.Generator | None = None
 ) -> ReferenceRound:
-    """One round: the expected mode (mean field) without ``rng``, the sampled mode with it."""
-    alpha, received, spending, entropy, surplus, choice_var, trade_var, impact, spins = _market(economy, state)
+    """One round: the expected mode (mean field) without ``rng``, the sampled mode with it.
+
+    Synchronous: every agent reads the old state; the new one is written after all have chosen.
+    """
     agents, dimension = state.states.shape
     heads = economy.heads
+    market = offers(economy, state)
+    choices = [buyer_choice(economy, state, market, buyer) for buyer in range(agents)]
+    alpha = np.zeros((heads, agents, agents))
     revenue = np.zeros(agents)
-    choices = None
-    if rng is None:
-        for buyer in range(agents):
-            for head in range(heads):
-                revenue += spending[buyer] / heads * alpha[head, buyer]
-    else:
-        choices = np.full((heads, agents), -1)
-        received = np.zeros((agents, dimension))
-        for buyer in range(agents):
-            for head in range(heads):
-                row = alpha[head, buyer]
-                if row.sum() == 0.0:  # a non-buyer, or a buyer with nobody to buy from
-                    continue
-                seller = int(rng.choice(agents, p=row / row.sum()))
-                choices[head, buyer] = seller
-                revenue[seller] += spending[buyer] / heads
-                received[buyer] += delivered(economy, state, seller, head)
-    new_states = np.zeros_like(state.states)
-    for agent in range(agents):
-        eta = economy.eta[agent]
-        field = state.fields[agent] + (1.0 - eta) * state.states[agent] + eta * received[agent]
-        temperature = state.temperature[agent]
-        if rng is not None:
-            new_states[agent] = sample_spin(economy.response, field, temperature, economy.radius, rng)
+    received = np.zeros((agents, dimension))
+    picks = np.full((heads, agents), -1) if rng is not None else None
+    for buyer, choice in enumerate(choices):
+        alpha[:, buyer, choice.sellers] = choice.alpha
+        if len(choice.sellers) == 0 or not choice.alpha.any():
             continue
-        form = economy.corrections[economy.population[agent]]
-        if form == "tap":
-            variance = (1.0 - eta) ** 2 * spins[agent] + eta**2 * trade_var[agent]
-            new_states[agent] = tap_state(economy.response, field, temperature, variance, economy.radius)
-        elif form == "ffn":
-            weights = economy.ffn[economy.population[agent]]
-            shift = feed_forward_shift(weights, state.states[agent], choice_var[agent], impact[agent])
-            new_states[agent] = mean_state(economy.response, field - shift, temperature, economy.radius)
+        if rng is None:
+            received[buyer] = choice.received
+            for head in range(heads):
+                revenue[choice.sellers] += choice.spending / heads * choice.alpha[head]
         else:
-            new_states[agent] = mean_state(economy.response, field, temperature, economy.radius)
+            picks[:, buyer], received[buyer] = draw_sellers(choice, market, rng)
+            for pick in picks[:, buyer]:
+                revenue[pick] += choice.spending / heads
+    new_states = np.stack(
+        [agent_update(economy, state, agent, received[agent], choices[agent], rng) for agent in range(agents)]
+    )
+    spending = np.array([choice.spending for choice in choices])
     return ReferenceRound(
         states=new_states,
         money=state.money - spending + revenue,
         revenue=revenue,
         spending=spending,
         received=received,
-        entropy=entropy,
-        surplus=surplus,
-        choice_variance=choice_var,
-        field_variance=trade_var,
-        impact=impact,
+        entropy=np.array([choice.entropy for choice in choices]),
+        surplus=np.array([choice.surplus for choice in choices]),
+        choice_variance=np.array([choice.choice_variance for choice in choices]),
+        field_variance=np.array([choice.field_variance for choice in choices]),
+        impact=np.array([choice.impact for choice in choices]),
         alpha=alpha,
-        choices=choices,
+        choices=picks,
     )
 
 
@@ -383,7 +438,7 @@ def sample_spin(response: str, field: np.ndarray, temperature: float, radius: fl
         return radius * gaussian / np.linalg.norm(gaussian)
     from scipy.stats import vonmises_fisher
 
-    return radius * vonmises_fisher(field / norm, concentration).rvs(random_state=rng)
+    return radius * vonmises_fisher(field / norm, concentration).rvs(random_state=rng).reshape(dimension)
 
 
 def spin_second_moment(spin_law: str, field: np.ndarray, temperature: float, radius: float) -> np.ndarray:
@@ -415,18 +470,19 @@ def sampled_state_moments(economy: ReferenceEconomy, state: ReferenceState) -> t
     combination (c^1..c^H) of prod_h alpha^h_{ic^h} times the spin law's moments in the field
     h_i + (1 - eta_i) x_i + eta_i sum_h u^h_{c^h}: no sampling noise on the reference side.
     """
-    alpha = _market(economy, state)[0]
+    market = offers(economy, state)
     spin_law = "vmf" if economy.response in ("vmf", "large_d") else economy.response
     means, squares = np.zeros_like(state.states), np.zeros_like(state.states)
     for agent in range(state.states.shape[0]):
+        choice = buyer_choice(economy, state, market, agent)
         eta, temperature = economy.eta[agent], state.temperature[agent]
         own = state.fields[agent] + (1.0 - eta) * state.states[agent]
-        per_head = [np.flatnonzero(alpha[head, agent] > 0) for head in range(economy.heads)]
-        if any(len(sellers) == 0 for sellers in per_head):
-            per_head = []  # a non-buyer or a buyer with no partner: one combination, its own field
+        # a non-buyer, or a buyer with no partner, has one outcome: its own field
+        per_head = [range(len(choice.sellers))] * economy.heads if choice.alpha.any() else []
         for combination in itertools.product(*per_head):
-            weight = math.prod(alpha[head, agent, seller] for head, seller in enumerate(combination))
-            good = sum((delivered(economy, state, seller, head) for head, seller in enumerate(combination)), 0.0)
+            weight = math.prod(choice.alpha[head, index] for head, index in enumerate(combination))
+            picks = choice.sellers[list(combination)]
+            good = sum((market.goods[head, pick] for head, pick in enumerate(picks)), np.zeros_like(own))
             field = own + eta * good
             means[agent] += weight * mean_state(spin_law, field, temperature, economy.radius)
             squares[agent] += weight * spin_second_moment(spin_law, field, temperature, economy.radius)
