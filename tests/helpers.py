@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from econspin import Scenario
+from econspin.randomness import STREAM_DYNAMICS, derive_seed, make_generator
 from econspin.simulate import Rollout
 
 
@@ -24,3 +25,12 @@ def rollout(scenarios, replicas=None, dtype="float64") -> Rollout:
         scenarios = [scenarios]
     replicas = replicas if replicas is not None else list(range(len(scenarios)))
     return Rollout.create(scenarios, replicas, "cpu", dtype)
+
+
+def shared_start_ensemble(scenario: Scenario, replicas: int, dtype="float64") -> Rollout:
+    """``replicas`` copies of one economy in one initial state, each with its own sampling stream."""
+    run = rollout([scenario] * replicas, replicas=[0] * replicas, dtype=dtype)
+    seed = scenario.run.seed
+    streams = tuple(make_generator(derive_seed(seed, STREAM_DYNAMICS, r)).get_state() for r in range(replicas))
+    run.state = run.state.replace(random_states=streams)
+    return run

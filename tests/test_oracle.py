@@ -13,14 +13,13 @@ import math
 import numpy as np
 import pytest
 import torch
-from helpers import rollout
+from helpers import rollout, shared_start_ensemble
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from econspin import Scenario
 from econspin.market import trade
 from econspin.network import build_graph
-from econspin.randomness import STREAM_DYNAMICS, derive_seed, make_generator
 from econspin.reference import (
     from_engine,
     inclusive_value,
@@ -180,22 +179,13 @@ def test_oracle_tap_is_the_roudi_hertz_equation():
     assert m == pytest.approx(math.tanh((theta - variance * m / temperature) / temperature), abs=1e-14)
 
 
-def shared_start_ensemble(spec, replicas):
-    """``replicas`` copies of one economy in one state, each with its own sampling stream."""
-    scenario = Scenario.from_dict(spec)
-    run = rollout([scenario] * replicas, replicas=[0] * replicas)
-    seed = scenario.run.seed
-    streams = tuple(make_generator(derive_seed(seed, STREAM_DYNAMICS, r)).get_state() for r in range(replicas))
-    run.state = run.state.replace(random_states=streams)
-    return run, scenario
-
-
 @given(spec=economies(mode="sampled"))
 @settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 def test_sampled_round_has_the_oracles_law(spec):
     """Mean spins and revenues over 800 replicas of one round against the oracle's exact law."""
     replicas = 800
-    run, scenario = shared_start_ensemble(spec, replicas)
+    scenario = Scenario.from_dict(spec)
+    run = shared_start_ensemble(scenario, replicas)
     graph = None
     if scenario.market.network is not None:
         graph = build_graph(scenario.market.network, scenario.agent_count, scenario.run.seed)
