@@ -11,16 +11,17 @@ Three implementations are run, each for ``replicas`` independent replicas:
   reporter). Agents act one at a time in a fresh random order each step, so an agent can
   receive a unit and pass it on within the same step, and an agent emptied earlier in the
   step does not give.
-- ``mesa_synchronous``: the same Mesa model with two phases per step (``self.agents.do``):
-  every agent first decides, on the money it held at the start of the step, whether it gives
-  and to whom; then all transfers are applied. This is the engine's round.
+- ``mesa_synchronous``: ``econspin.mesa.ReferenceModel`` on the same scenario: the per-agent
+  reference model written the plain Mesa way (every agent first decides, on the money it held
+  at the start of the step, whether it gives and to whom; then all transfers are applied).
+  This is the engine's round, played one agent at a time with numpy.
 - ``engine``: ``scenarios/boltzmann_wealth.yaml`` on econspin (uniform logit choice, sampled
   mode, spend_rule unit, unit 1).
 
 Recipient rule. The tutorial draws ``other_agent = self.random.choice(self.model.agents)``,
 which may return the agent itself (a self-gift, which changes nothing). The engine always
-excludes self-trade, so both Mesa models here draw the recipient uniformly from the *other*
-N - 1 agents (rejection of self). ``self.model.agents[i]`` is O(N) in Mesa 3.3 (it builds a
+excludes self-trade, so the tutorial model here draws the recipient uniformly from the *other*
+N - 1 agents (rejection of self), as the reference model does. ``self.model.agents[i]`` is O(N) in Mesa 3.3 (it builds a
 list), so the models keep a tuple of their agents for the draw; this changes nothing else.
 
 Theory. Pairwise random exchange of whole units has the uniform law over configurations as
@@ -67,6 +68,7 @@ import torch  # noqa: E402
 from scipy import optimize, stats  # noqa: E402
 
 from econspin import Scenario  # noqa: E402
+from econspin.mesa import ReferenceModel  # noqa: E402
 from econspin.simulate import Rollout  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -74,7 +76,7 @@ SCENARIO = ROOT / "scenarios" / "boltzmann_wealth.yaml"
 VARIANTS = ("engine", "mesa_synchronous", "mesa_sequential")
 LABELS = {
     "engine": "econspin engine (synchronous round)",
-    "mesa_synchronous": "Mesa, synchronous (two phases)",
+    "mesa_synchronous": "Mesa, synchronous (econspin.mesa.ReferenceModel)",
     "mesa_sequential": "Mesa, sequential (tutorial shuffle_do)",
 }
 COLOURS = {"engine": "tab:blue", "mesa_synchronous": "tab:orange", "mesa_sequential": "tab:green"}
@@ -114,17 +116,6 @@ class MoneyAgent(mesa.Agent):
             other.wealth += 1
             self.wealth -= 1
 
-    # synchronous form, phase 1: decide on the wealth held at the start of the step
-    def choose(self) -> None:
-        self.recipient = self.random_other() if self.wealth > 0 else None
-
-    # synchronous form, phase 2: apply the decision (wealth only grew since phase 1)
-    def give(self) -> None:
-        if self.recipient is not None:
-            self.recipient.wealth += 1
-            self.wealth -= 1
-            self.recipient = None
-
 
 class MoneyModel(mesa.Model):
     """The tutorial's model: N agents, a Gini model reporter, random activation."""
@@ -143,15 +134,6 @@ class MoneyModel(mesa.Model):
 
     def wealth(self) -> np.ndarray:
         return np.array([agent.wealth for agent in self.agent_tuple], dtype=np.int64)
-
-
-class SynchronousMoneyModel(MoneyModel):
-    """The same model with a synchronous step: all agents choose, then all transfers apply."""
-
-    def step(self) -> None:
-        self.agents.do("choose")
-        self.agents.do("give")
-        self.datacollector.collect(self)
 
 
 # --------------------------------------------------------------------------- runs
@@ -180,25 +162,35 @@ def _bincount(values: np.ndarray, size: int) -> np.ndarray:
 def run_mesa(variant: str, agents: int, steps: int, replicas: int, seed: int, window_start: int,
              max_money: int = 64) -> VariantRun:
     """Run one Mesa variant; the Gini comes from its DataCollector."""
-    model_class = {"mesa_sequential": MoneyModel, "mesa_synchronous": SynchronousMoneyModel}[variant]
     gini = np.zeros((replicas, steps + 1))
     totals = np.zeros((replicas, steps + 1))
     final = np.zeros((replicas, agents), dtype=np.int64)
     counts = np.zeros(max_money, dtype=np.int64)
     started = time.perf_counter()
     for replica in range(replicas):
-        model = model_class(n=agents, seed=seed * 1000 + replica + (0 if variant == "mesa_sequential" else 500))
-        totals[replica, 0] = model.wealth().sum()
+        if variant == "mesa_sequential":
+            model = MoneyModel(n=agents, seed=seed * 1000 + replica)
+            reporter = "Gini"
+        else:
+            # the scenario's disorder is inert here (zero projections); Mesa's generator draws the recipients
+            model = ReferenceModel(engine_scenario(agents), rng=seed * 1000 + replica + 500)
+            reporter = "gini"
+        totals[replica, 0] = wealth_of(model).sum()
         for t in range(1, steps + 1):
             model.step()
-            money = model.wealth()
+            money = wealth_of(model)
             totals[replica, t] = money.sum()
             if t >= window_start:
                 counts += _bincount(money, max_money)
-        gini[replica] = model.datacollector.get_model_vars_dataframe()["Gini"].to_numpy()
-        final[replica] = model.wealth()
+        gini[replica] = model.datacollector.get_model_vars_dataframe()[reporter].to_numpy()
+        final[replica] = wealth_of(model)
     wall = time.perf_counter() - started
     return VariantRun(variant, gini, final, counts, totals, wall)
+
+
+def wealth_of(model: mesa.Model) -> np.ndarray:
+    """Whole units held by each agent."""
+    return np.rint([agent.wealth for agent in model.agents]).astype(np.int64)
 
 
 def engine_scenario(agents: int, path: Path = SCENARIO) -> Scenario:

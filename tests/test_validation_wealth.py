@@ -19,6 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from econspin import Scenario  # noqa: E402
+from econspin.mesa import ReferenceModel  # noqa: E402
 from econspin.simulate import simulate  # noqa: E402
 from experiments import boltzmann_wealth as bw  # noqa: E402
 from experiments import logit_choice as lc  # noqa: E402
@@ -88,26 +89,26 @@ def test_mesa_models_conserve_money(variant):
     assert np.allclose(run.gini[:, -1], bw._gini_rows(run.final_money.astype(float)))
 
 
-def _one_rich_agent(model_class, seed):
-    model = model_class(n=10, seed=seed)
-    for agent in model.agent_tuple:
+def _one_rich_agent(model):
+    agents = list(model.agents)
+    for agent in agents:
         agent.wealth = 0
-    model.agent_tuple[0].wealth = 10
+    agents[0].wealth = 10
     model.step()
-    return model.wealth()
+    return bw.wealth_of(model)
 
 
 def test_synchronous_step_uses_start_of_step_money():
     # one agent holds everything. Synchronously it alone gives, one unit, and nobody passes it
     # on (the others held nothing at the start of the step).
     for seed in range(50):
-        wealth = _one_rich_agent(bw.SynchronousMoneyModel, seed)
+        wealth = _one_rich_agent(ReferenceModel(bw.engine_scenario(10), rng=seed))
         assert wealth[0] == 9 and sorted(wealth[1:]) == [0] * 8 + [1]
     # Sequentially the receiver may act later in the same step and pass the unit on, which
     # sometimes brings it straight back to agent 0.
-    returned = sum(int(_one_rich_agent(bw.MoneyModel, seed)[0] == 10) for seed in range(300))
+    returned = sum(int(_one_rich_agent(bw.MoneyModel(n=10, seed=seed))[0] == 10) for seed in range(300))
     assert returned > 0
-    assert all(_one_rich_agent(bw.MoneyModel, seed).sum() == 10 for seed in range(20))
+    assert all(_one_rich_agent(bw.MoneyModel(n=10, seed=seed)).sum() == 10 for seed in range(20))
 
 
 def _engine_vs_mesa(agents, steps, replicas, window):
