@@ -50,6 +50,8 @@ BAD_SCENARIOS = {
                            "market.network.edge_list"),
     "too large for memory": (TINY.replace("count: 12", "count: 2000000"), "run.memory_budget_mb"),
     "bad response": (TINY.replace("market: {d: 4}", "market: {d: 4, response: cubic}"), "market.response"),
+    "option the variant ignores": (TINY.replace("temperature: 1.0", "temperature: {distribution: uniform, mean: 0.5}"),
+                                   "populations.human.temperature.mean"),
 }
 
 

@@ -143,9 +143,10 @@ def test_same_seed_same_numbers_other_seed_other_numbers():
 @pytest.mark.parametrize("response,correction", [("large_d", "none"), ("vmf", "tap"), ("large_d", "tap"),
                                                  ("vmf", "ffn")])
 def test_round_gradcheck_float64(response, correction):
+    spec = {"form": correction, **({"scale": 0.5} if correction == "ffn" else {})}
     populations = {
-        "h": {"count": 3, "temperature": 0.9, "correction": {"form": correction, "scale": 0.5}, "eta": 0.7},
-        "ai": {"count": 2, "temperature": 0.4, "correction": {"form": correction, "scale": 0.5}},
+        "h": {"count": 3, "temperature": 0.9, "correction": spec, "eta": 0.7},
+        "ai": {"count": 2, "temperature": 0.4, "correction": spec},
     }
     run = rollout(scenario(populations=populations, d=3, heads=2, response=response, visibility=0.3))
     state = step(run.state, run.economy)  # leave the uniform initial money
