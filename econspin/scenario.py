@@ -26,6 +26,8 @@ from pydantic import (
     model_validator,
 )
 
+from econspin.response import RESPONSES
+
 
 class ScenarioError(ValueError):
     """A scenario that cannot be run; the message is one line for the user."""
@@ -326,10 +328,11 @@ class Scenario(_Strict):
         if self.market.couplings is None and not any(p.sells for p in self.populations.values()):
             raise ValueError("market: no population sells; set sells: true on one")
         for name, population in self.populations.items():
-            if population.correction.form == "tap" and self.market.response in ("sphere", "linear"):
+            if population.correction.form == "tap" and not RESPONSES[self.market.response].finite_temperature:
+                finite = " or ".join(sorted(key for key, value in RESPONSES.items() if value.finite_temperature))
                 raise ValueError(
                     f"populations.{name}.correction.form: tap needs a finite-temperature "
-                    f"response (market.response large_d or vmf), not {self.market.response}"
+                    f"response (market.response {finite}), not {self.market.response}"
                 )
             square = {self.market.d, self.market.key_dimension, self.market.value_dimension}
             if population.projections.init == "identity" and len(square) > 1:

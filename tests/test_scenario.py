@@ -159,3 +159,16 @@ def test_variants_fill_in_the_defaults_of_what_they_read_and_round_trip():
     with pytest.raises(ScenarioError, match=r"populations\.a\.temperature\.mean: distribution uniform"):
         loaded.with_overrides({"populations.a.temperature.mean": 0.5})
 
+
+def test_tap_asks_the_response_whether_it_has_a_temperature(monkeypatch):
+    from econspin.response import RESPONSES
+
+    tap = {"a": {"count": 3, "correction": {"form": "tap"}}}
+    with pytest.raises(ScenarioError, match="tap needs a finite-temperature response"):
+        scenario(populations=tap, response="linear")
+    scenario(populations=tap, response="large_d")
+    monkeypatch.setattr(RESPONSES["linear"], "finite_temperature", True)
+    assert scenario(populations=tap, response="linear").market.response == "linear"
+    monkeypatch.setattr(RESPONSES["large_d"], "finite_temperature", False)
+    with pytest.raises(ScenarioError, match="tap needs a finite-temperature response"):
+        scenario(populations=tap, response="large_d")
