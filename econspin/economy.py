@@ -20,7 +20,7 @@ from econspin.corrections import (
     SelfImpactCorrection,
     feed_forward_weights,
 )
-from econspin.network import trade_mask_from_network
+from econspin.network import network_seed, trade_mask_from_network
 from econspin.randomness import STREAM_DISORDER, derive_seed, make_generator
 from econspin.response import SpinResponse, make_response
 from econspin.scenario import Scenario, ScenarioError
@@ -116,8 +116,9 @@ def resolve_device(name: str) -> torch.device:
 
 
 def shape_signature(scenario: Scenario) -> tuple:
-    """What must agree between scenarios batched together."""
+    """What must agree between scenarios batched together (the trade mask is one for the batch)."""
     market = scenario.market
+    network = market.network
     return (
         tuple(
             (name, p.count, p.buys, p.sells, p.correction.form, p.correction.hidden)
@@ -132,7 +133,8 @@ def shape_signature(scenario: Scenario) -> tuple:
         market.spin_radius,
         market.spend_rule,
         market.unit,
-        market.network.model_dump_json() if market.network else None,
+        network.model_dump_json() if network else None,
+        network_seed(network, scenario.run.seed) if network else None,  # a random graph differs by run seed
         market.couplings is not None,
     )
 

@@ -4,9 +4,10 @@ A grid is written ``key.path=SPEC`` with SPEC one of ``a:b:n`` (n values from a 
 evenly spaced), ``log:a:b:n`` (evenly spaced in log), or ``v1,v2,...`` (a list; each value
 read as YAML, so ``true``, ``0.5`` and ``sphere`` keep their types). Several grids form
 their Cartesian product. Points whose scenarios agree in shape (agent counts, d, heads,
-mode, network) run together as one batched kernel, split into batches that fit the memory
-budget. Replica r of every point shares its random streams (common random numbers), so
-differences between points are not blurred by different noise.
+mode, network, and for a random network the seed it is drawn with) run together as one
+batched kernel, split into batches that fit the memory budget. Replica r of every point
+shares its random streams (common random numbers), so differences between points are not
+blurred by different noise.
 """
 
 from __future__ import annotations

@@ -38,3 +38,19 @@ def test_batches_follow_shape_and_memory_and_do_not_change_results():
     assert list(together.columns) == list(apart.columns) and len(together) == len(apart)
     difference = (together.select_dtypes("number") - apart.select_dtypes("number")).abs().to_numpy()
     assert difference.max() < 1e-12
+
+
+def test_a_sweep_over_the_seed_gives_every_point_its_own_random_network():
+    from helpers import scenario
+
+    from econspin import simulate
+    from econspin.sweep import run_sweep, sweep_points
+
+    base = scenario(network={"generator": "erdos_renyi_graph", "params": {"p": 0.4}})
+    points = sweep_points(base, [parse_grid("run.seed=0,1,2")])
+    table = run_sweep(points, 2, 6, "cpu", "float64")
+    for index, (_, point) in enumerate(points):
+        alone = simulate(point, steps=6, replicas=2, dtype="float64").metrics
+        alone = alone.sort_values(["replica", "step"], kind="stable").reset_index(drop=True)
+        swept = table[table["point"] == index][alone.columns].reset_index(drop=True)
+        assert swept.equals(alone), f"point {index} (seed {point.run.seed}) differs from its own run"
