@@ -217,7 +217,7 @@ def sweep(
     started = time.perf_counter()
     try:
         with progress_bar(
-            run_settings.steps * len(plan_batches(points, run_settings.replicas)),
+            run_settings.steps * len(plan_batches(points, run_settings.replicas, run_settings.dtype)),
             f"{base.name}: {len(points)} points x {run_settings.replicas} replicas",
             quiet,
         ) as advance:
