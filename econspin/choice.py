@@ -81,16 +81,6 @@ def logit_rows(utilities: torch.Tensor, allowed: torch.Tensor, temperature: torc
     return LogitRows(probabilities, value, entropy)
 
 
-def logit_probabilities(utilities: torch.Tensor, allowed: torch.Tensor, temperature: torch.Tensor) -> torch.Tensor:
-    """alpha_ij = softmax_j(u_ij / T_i) over allowed j; a row with no allowed j is all zero."""
-    return logit_rows(utilities, allowed, temperature).probabilities
-
-
-def inclusive_value(utilities: torch.Tensor, allowed: torch.Tensor, temperature: torch.Tensor) -> torch.Tensor:
-    """T_i log sum_j exp(u_ij / T_i) per row (max_j u_ij at T = 0); see :func:`logit_rows`."""
-    return logit_rows(utilities, allowed, temperature).inclusive_value
-
-
 def sample_choice(probabilities: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
     """Draw one column per row from alpha by inversion of its cumulative sum.
 

@@ -130,7 +130,10 @@ def run(
         fail(str(error), resume / SCENARIO_FILE if resume is not None else scenario)
     previous = pd.DataFrame()
     if resume is not None:
-        rollout.state, rows = load_checkpoint(resume / CHECKPOINT_FILE, rollout.state)
+        try:
+            rollout.state, rows = load_checkpoint(resume / CHECKPOINT_FILE, rollout.state)
+        except ScenarioError as error:
+            fail(str(error), resume / CHECKPOINT_FILE)
         previous = pd.read_parquet(resume / METRICS_FILE).iloc[:rows]
     write_text(target / SCENARIO_FILE, loaded.to_yaml())
     rounds = max(loaded.run.steps - rollout.state.round, 0)  # what this invocation plays
@@ -214,7 +217,7 @@ def sweep(
     started = time.perf_counter()
     try:
         with progress_bar(
-            run_settings.steps * len(plan_batches(points, run_settings.replicas)),
+            run_settings.steps * len(plan_batches(points, run_settings.replicas, run_settings.dtype)),
             f"{base.name}: {len(points)} points x {run_settings.replicas} replicas",
             quiet,
         ) as advance:

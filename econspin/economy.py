@@ -20,7 +20,7 @@ from econspin.corrections import (
     SelfImpactCorrection,
     feed_forward_weights,
 )
-from econspin.network import trade_mask_from_network
+from econspin.network import network_seed, trade_mask_from_network
 from econspin.randomness import STREAM_DISORDER, derive_seed, make_generator
 from econspin.response import SpinResponse, make_response
 from econspin.scenario import Scenario, ScenarioError
@@ -116,8 +116,9 @@ def resolve_device(name: str) -> torch.device:
 
 
 def shape_signature(scenario: Scenario) -> tuple:
-    """What must agree between scenarios batched together."""
+    """What must agree between scenarios batched together (the trade mask is one for the batch)."""
     market = scenario.market
+    network = market.network
     return (
         tuple(
             (name, p.count, p.buys, p.sells, p.correction.form, p.correction.hidden)
@@ -132,7 +133,8 @@ def shape_signature(scenario: Scenario) -> tuple:
         market.spin_radius,
         market.spend_rule,
         market.unit,
-        market.network.model_dump_json() if market.network else None,
+        network.model_dump_json() if network else None,
+        network_seed(network, scenario.run.seed) if network else None,  # a random graph differs by run seed
         market.couplings is not None,
     )
 
@@ -317,23 +319,68 @@ def coupling_fields(scenario: Scenario) -> np.ndarray | None:
         return np.asarray(data[spec.field_key], dtype=np.float64).reshape(-1)
 
 
-BYTES_PER_PAIR = 48  # working memory per (batch, head, buyer, seller) entry of one block
+BYTES_PER_PAIR = 48  # working memory per (batch element, head, buyer, seller) entry of one block
+SWEEP_BLOCK_ROWS = 64  # the sweep planner batches no more elements than leave room for blocks this tall
+
+
+@dataclass(frozen=True)
+class MemoryModel:
+    """The one estimate of a round's working memory, in bytes.
+
+    It serves the up-front check (:func:`estimate_memory`), the block size
+    (:func:`rows_per_block`) and the sweep's batch planner. A batch element whose buyers are
+    processed in blocks of ``rows`` rows is charged twice its block's working set (a block
+    may use only half the budget: headroom for temporaries the estimate leaves out), plus
+    its per-agent tensors (states, fields, projections, what each buyer receives).
+    """
+
+    agents: int
+    dimension: int
+    heads: int
+    itemsize: int
+    budget: float
+
+    @classmethod
+    def of_scenario(cls, scenario: Scenario, dtype: torch.dtype) -> "MemoryModel":
+        market = scenario.market
+        budget = scenario.run.memory_budget_mb * 2**20
+        return cls(scenario.agent_count, market.d, market.heads, dtype.itemsize, budget)
+
+    @classmethod
+    def of_economy(cls, economy: Economy) -> "MemoryModel":
+        return cls(economy.agent_count, economy.dimension, economy.heads, economy.dtype.itemsize, economy.memory_budget)
+
+    def agent_bytes(self) -> float:
+        """Per-agent tensors of one batch element."""
+        return self.agents * (10 * self.dimension + 8 * self.heads * self.dimension) * self.itemsize
+
+    def element_bytes(self, rows: int) -> float:
+        """One batch element with blocks of ``rows`` buyer rows."""
+        return 2 * self.heads * self.agents * rows * BYTES_PER_PAIR + self.agent_bytes()
+
+    def rows_per_block(self, batch: int) -> int:
+        """The most buyer rows per block for which ``batch`` elements fit (at least 1, at most N)."""
+        per_row = 2 * self.heads * self.agents * BYTES_PER_PAIR
+        rows = (self.budget / batch - self.agent_bytes()) // per_row
+        return int(max(1, min(self.agents, rows)))
+
+    def elements_per_batch(self, rows: int) -> int:
+        """The most batch elements that fit with blocks of ``rows`` rows (at least 1)."""
+        return max(1, int(self.budget // self.element_bytes(rows)))
 
 
 def estimate_memory(scenario: Scenario, batch: int, dtype) -> None:
     """Refuse, before allocating, an economy whose smallest block cannot fit the budget."""
     agents = scenario.agent_count
-    market = scenario.market
-    per_row = 2 * batch * market.heads * agents * BYTES_PER_PAIR  # blocks use half the budget
-    states = batch * agents * (8 * market.d + 8 * market.heads * market.d) * (8 if dtype == torch.float64 else 4)
+    need = batch * MemoryModel.of_scenario(scenario, dtype).element_bytes(1)
     budget = scenario.run.memory_budget_mb * 2**20
-    if per_row + states > budget:
+    if need > budget:
         raise ScenarioError(
             f"populations: {agents} agents x {batch} batch elements need about "
-            f"{(per_row + states) / 2**20:.0f} MiB even in one-row blocks, over "
+            f"{need / 2**20:.0f} MiB even in one-row blocks, over "
             f"run.memory_budget_mb = {scenario.run.memory_budget_mb:g}"
         )
-    if market.network is not None and agents * agents > budget:
+    if scenario.market.network is not None and agents * agents > budget:
         raise ScenarioError(
             f"market.network: a dense {agents} x {agents} trade mask needs {agents * agents / 2**20:.0f} MiB, "
             f"over run.memory_budget_mb = {scenario.run.memory_budget_mb:g}"
@@ -344,5 +391,4 @@ def rows_per_block(economy: Economy) -> int:
     """Buyer rows per block: the scenario's chunk, or as many as the memory budget allows."""
     if economy.chunk is not None:
         return max(1, min(economy.chunk, economy.agent_count))
-    per_row = economy.batch_size * economy.heads * economy.agent_count * BYTES_PER_PAIR
-    return max(1, min(economy.agent_count, int(economy.memory_budget // (2 * per_row))))
+    return MemoryModel.of_economy(economy).rows_per_block(economy.batch_size)

@@ -10,9 +10,10 @@ For every head (market) h, buyer i and seller j:
 
 Buyer i may buy from j when j's population sells, j != i, and the trade network (if any)
 has the edge i -> j. Rows are processed in blocks of ``rows_per_block`` buyers, so memory is
-O(B H rows N) and never the full N x N matrix; a single block of all N rows is the dense
-path. Money flows are accumulated in float64 from rows renormalised to sum to one, so that
-sum_j R_j = sum_i s_i to rounding in float64 whatever the state's precision.
+O(B H rows N); the full N x N matrix is formed only where one block of all N rows fits the
+memory budget (the dense path, with no separate code). Money flows are accumulated in
+float64 from rows renormalised to sum to one, so that sum_j R_j = sum_i s_i to rounding in
+float64 whatever the state's precision.
 
 With fixed couplings (the kinetic Ising special case) there is no trade: a_i = sum_j J_ij x_j.
 """

@@ -17,6 +17,20 @@ from econspin.randomness import STREAM_NETWORK, derive_seed
 from econspin.scenario import Network, ScenarioError
 
 
+def network_seed(spec: Network, seed: int) -> int | None:
+    """The seed a run with seed ``seed`` draws its network with; None where the network takes none.
+
+    Edge lists and generators without a ``seed`` argument give the same graph for every run
+    seed; a random generator's graph depends on this number and on nothing else.
+    """
+    if spec.edge_list is not None:
+        return None
+    generator = getattr(nx, spec.generator, None)
+    if generator is None or not callable(generator) or "seed" not in inspect.signature(generator).parameters:
+        return None
+    return spec.seed if spec.seed is not None else derive_seed(seed, STREAM_NETWORK) % 2**32
+
+
 def build_graph(spec: Network, agent_count: int, seed: int) -> nx.Graph:
     """The networkx graph a scenario describes, with nodes 0..agent_count-1."""
     if spec.edge_list is not None:
@@ -35,9 +49,9 @@ def build_graph(spec: Network, agent_count: int, seed: int) -> nx.Graph:
                 "(e.g. erdos_renyi_graph, watts_strogatz_graph, barabasi_albert_graph)"
             )
         parameters = dict(spec.params)
-        accepted = inspect.signature(generator).parameters
-        if "seed" in accepted:
-            parameters["seed"] = spec.seed if spec.seed is not None else derive_seed(seed, STREAM_NETWORK) % 2**32
+        used = network_seed(spec, seed)
+        if used is not None:
+            parameters["seed"] = used
         try:
             graph = generator(agent_count, **parameters)
         except (TypeError, ValueError, nx.NetworkXError) as error:

@@ -25,6 +25,7 @@ import pandas as pd
 import torch
 
 import econspin
+from econspin.scenario import ScenarioError
 from econspin.state import State
 
 SCENARIO_FILE = "scenario.yaml"
@@ -67,10 +68,15 @@ def write_json(path: Path, data: dict) -> None:
 
 
 def save_checkpoint(path: Path, state: State, replicas: list[int], metrics_rows: int) -> None:
-    """Atomically save a state (on the CPU) with the number of metrics rows it follows."""
+    """Atomically save a state (on the CPU) with the number of metrics rows it follows.
+
+    The device type the state ran on is recorded: its random states are those of that
+    device's generators, which the other kind of device cannot continue.
+    """
     cpu = state.to("cpu")
     payload = {
         "econspin": econspin.__version__,
+        "device": state.states.device.type,
         "round": cpu.round,
         "replicas": replicas,
         "metrics_rows": metrics_rows,
@@ -84,9 +90,21 @@ def save_checkpoint(path: Path, state: State, replicas: list[int], metrics_rows:
 
 
 def load_checkpoint(path: Path, template: State) -> tuple[State, int]:
-    """The state saved in ``path``, on ``template``'s device, and its metrics row count."""
+    """The state saved in ``path``, on ``template``'s device, and its metrics row count.
+
+    Raises ScenarioError where the checkpoint was made on another kind of device (a CPU
+    generator state cannot seed a CUDA generator, nor the reverse, and the numbers would
+    not continue the run's own). Checkpoints that predate the record are checked against
+    the run folder's manifest where there is one.
+    """
     payload = torch.load(path, map_location="cpu", weights_only=True)
     device = template.states.device
+    made_on = payload.get("device") or _manifest_device(path.parent / MANIFEST_FILE)
+    if made_on is not None and made_on != device.type:
+        raise ScenarioError(
+            f"the checkpoint was made on {made_on} and its random streams continue only there; "
+            f"resume with --device {made_on} (this run would use {device.type})"
+        )
     tensors = {name: value.to(device) for name, value in payload["tensors"].items()}
     state = template.replace(
         round=int(payload["round"]),
@@ -94,6 +112,14 @@ def load_checkpoint(path: Path, template: State) -> tuple[State, int]:
         **tensors,
     )
     return state, int(payload["metrics_rows"])
+
+
+def _manifest_device(path: Path) -> str | None:
+    """The device type a run folder's manifest records, or None without a readable one."""
+    try:
+        return torch.device(json.loads(path.read_text())["device"]).type
+    except (OSError, ValueError, TypeError, KeyError, RuntimeError):
+        return None
 
 
 def wealth_table(state: State, population_names: tuple[str, ...], population, replicas: list[int]) -> pd.DataFrame:

@@ -11,10 +11,22 @@ from __future__ import annotations
 import difflib
 import math
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union, get_args, get_origin
+from typing import Annotated, Any, ClassVar, Literal, Union, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from econspin.response import RESPONSES
 
 
 class ScenarioError(ValueError):
@@ -29,21 +41,71 @@ PositiveFloat = Annotated[float, Field(gt=0)]
 NonNegativeFloat = Annotated[float, Field(ge=0)]
 
 
-class MoneyDistribution(_Strict):
+class _Variant(_Strict):
+    """A model whose field ``CHOICE`` picks a variant, and each variant reads only some options.
+
+    ``READS`` maps every variant to the options it reads, with their defaults. An option the
+    chosen variant does not read stays None, and giving it is refused with its key path, so
+    that no option is accepted and then silently ignored. Options read by every variant are
+    ordinary fields. ``CHOICE`` and whatever ``options_read`` looks at come first in the
+    class, since an option's check sees only the fields declared before it.
+    """
+
+    CHOICE: ClassVar[str]
+    READS: ClassVar[dict[str, dict[str, Any]]]
+
+    @classmethod
+    def options_read(cls, data: dict) -> dict[str, Any]:
+        """The options the variant described by ``data`` reads, with their defaults."""
+        choice = data.get(cls.CHOICE, cls.model_fields[cls.CHOICE].default)
+        return cls.READS.get(choice, {}) if isinstance(choice, str) else {}
+
+    @classmethod
+    def variant_name(cls, data: dict) -> str:
+        return f"{cls.CHOICE} {data[cls.CHOICE]}"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _defaults_of_the_variant(cls, data):
+        if isinstance(data, dict):
+            unset = {key: value for key, value in cls.options_read(data).items() if data.get(key) is None}
+            data = {**data, **unset}
+        return data
+
+    @field_validator("*")
+    @classmethod
+    def _refuse_unread_options(cls, value, info: ValidationInfo):
+        optional = set().union(*cls.READS.values())
+        if value is None or info.field_name not in optional or cls.CHOICE not in info.data:
+            return value
+        if info.field_name not in cls.options_read(info.data):
+            readers = [choice for choice, options in cls.READS.items() if info.field_name in options]
+            only = "" if info.data[cls.CHOICE] in readers else f" (only {cls.CHOICE} {' or '.join(readers)} does)"
+            raise ValueError(f"{cls.variant_name(info.data)} does not use it{only}; remove it")
+        return value
+
+
+class MoneyDistribution(_Variant):
     """Initial money per agent, scaled so that its mean is ``mean``."""
+
+    CHOICE = "distribution"
+    READS = {"equal": {}, "exponential": {}, "lognormal": {"sigma": 1.0}, "pareto": {"alpha": 2.0}}
 
     distribution: Literal["equal", "exponential", "lognormal", "pareto"] = "equal"
     mean: PositiveFloat = 1.0
-    sigma: PositiveFloat = 1.0  # lognormal: standard deviation of log w
-    alpha: Annotated[float, Field(gt=1)] = 2.0  # pareto tail exponent (> 1: finite mean)
+    sigma: PositiveFloat | None = None  # lognormal: standard deviation of log w (default 1)
+    alpha: Annotated[float, Field(gt=1)] | None = None  # pareto tail exponent, > 1: finite mean (default 2)
 
 
-class VectorDistribution(_Strict):
+class VectorDistribution(_Variant):
     """Initial states x or fields h: i.i.d. normal components, or every component ``value``."""
 
+    CHOICE = "distribution"
+    READS = {"normal": {"scale": 1.0}, "constant": {"value": 0.0}}
+
     distribution: Literal["normal", "constant"] = "normal"
-    scale: NonNegativeFloat = 1.0
-    value: float = 0.0
+    scale: NonNegativeFloat | None = None  # normal: standard deviation (default 1)
+    value: float | None = None  # constant (default 0)
 
 
 class TemperatureSchedule(_Strict):
@@ -72,36 +134,73 @@ class TemperatureSchedule(_Strict):
         return value
 
 
-class TemperatureDistribution(_Strict):
+class TemperatureDistribution(_Variant):
     """Temperature drawn once per agent (heterogeneous decision noise)."""
 
+    CHOICE = "distribution"
+    READS = {
+        "lognormal": {"mean": 1.0, "sigma": 0.5},
+        "gamma": {"mean": 1.0, "sigma": 0.5},
+        "uniform": {"low": 0.0, "high": 1.0},
+    }
+
     distribution: Literal["lognormal", "uniform", "gamma"]
-    mean: NonNegativeFloat = 1.0
-    sigma: PositiveFloat = 0.5  # lognormal: std of log T; gamma: coefficient of variation
-    low: NonNegativeFloat = 0.0  # uniform
-    high: NonNegativeFloat = 1.0  # uniform
+    mean: NonNegativeFloat | None = None  # lognormal, gamma (default 1)
+    sigma: PositiveFloat | None = None  # lognormal: std of log T; gamma: coefficient of variation (default 0.5)
+    low: NonNegativeFloat | None = None  # uniform (default 0)
+    high: NonNegativeFloat | None = None  # uniform (default 1)
 
 
-Temperature = Union[NonNegativeFloat, TemperatureSchedule, TemperatureDistribution]
+def _temperature_kind(value: Any) -> str:
+    """Which form of temperature a value is, so that errors come from that form only."""
+    if isinstance(value, TemperatureSchedule) or (isinstance(value, dict) and "schedule" in value):
+        return "TemperatureSchedule"
+    return "TemperatureDistribution" if isinstance(value, (dict, TemperatureDistribution)) else "float"
 
 
-class Projections(_Strict):
+Temperature = Annotated[
+    Union[
+        Annotated[NonNegativeFloat, Tag("float")],
+        Annotated[TemperatureSchedule, Tag("TemperatureSchedule")],
+        Annotated[TemperatureDistribution, Tag("TemperatureDistribution")],
+    ],
+    Discriminator(_temperature_kind),
+]
+
+
+class Projections(_Variant):
     """W_Q, W_K, W_V of a population, per head: entries N(0, scale^2 / d)."""
+
+    CHOICE = "init"
+    READS = {"random": {"seed": None}, "identity": {}}
 
     init: Literal["random", "identity"] = "random"  # identity: W = scale * I (needs d_k = d_v = d)
     scale: NonNegativeFloat = 1.0
     tied: bool = False  # W_Q = W_K and values = keys: the symmetric (Hopfield) limit
-    seed: int | None = None  # default: drawn from the run's seed
+    seed: int | None = None  # random: default drawn from the run's seed
 
 
-class Correction(_Strict):
+class Correction(_Variant):
     """The self-impact (Onsager) correction: none, tap (closed form) or ffn (an MLP)."""
 
+    CHOICE = "form"
+    READS = {"none": {}, "tap": {}, "ffn": {"weights": None, "hidden": 16, "scale": 0.0, "seed": None}}
+
     form: Literal["none", "tap", "ffn"] = "none"
-    hidden: Annotated[int, Field(gt=0)] = 16  # ffn width
-    scale: NonNegativeFloat = 0.0  # ffn random-init scale; 0 starts as no correction
-    weights: str | None = None  # ffn: a .pt file with w1, b1, w2, b2
-    seed: int | None = None
+    weights: str | None = None  # ffn: a .pt file with w1, b1, w2, b2 (then scale and seed are unused)
+    hidden: Annotated[int, Field(gt=0)] | None = None  # ffn width (default 16)
+    scale: NonNegativeFloat | None = None  # ffn random-init scale (default 0: starts as no correction)
+    seed: int | None = None  # ffn random init; default drawn from the run's seed
+
+    @classmethod
+    def options_read(cls, data: dict) -> dict[str, Any]:
+        if data.get("form") == "ffn" and data.get("weights") is not None:
+            return {"weights": None, "hidden": 16}  # the weights come from the file
+        return super().options_read(data)
+
+    @classmethod
+    def variant_name(cls, data: dict) -> str:
+        return "form ffn with weights from a file" if data.get("weights") is not None else super().variant_name(data)
 
 
 class Population(_Strict):
@@ -229,10 +328,11 @@ class Scenario(_Strict):
         if self.market.couplings is None and not any(p.sells for p in self.populations.values()):
             raise ValueError("market: no population sells; set sells: true on one")
         for name, population in self.populations.items():
-            if population.correction.form == "tap" and self.market.response in ("sphere", "linear"):
+            if population.correction.form == "tap" and not RESPONSES[self.market.response].finite_temperature:
+                finite = " or ".join(sorted(key for key, value in RESPONSES.items() if value.finite_temperature))
                 raise ValueError(
                     f"populations.{name}.correction.form: tap needs a finite-temperature "
-                    f"response (market.response large_d or vmf), not {self.market.response}"
+                    f"response (market.response {finite}), not {self.market.response}"
                 )
             square = {self.market.d, self.market.key_dimension, self.market.value_dimension}
             if population.projections.init == "identity" and len(square) > 1:

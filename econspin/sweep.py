@@ -4,9 +4,10 @@ A grid is written ``key.path=SPEC`` with SPEC one of ``a:b:n`` (n values from a 
 evenly spaced), ``log:a:b:n`` (evenly spaced in log), or ``v1,v2,...`` (a list; each value
 read as YAML, so ``true``, ``0.5`` and ``sphere`` keep their types). Several grids form
 their Cartesian product. Points whose scenarios agree in shape (agent counts, d, heads,
-mode, network) run together as one batched kernel, split into batches that fit the memory
-budget. Replica r of every point shares its random streams (common random numbers), so
-differences between points are not blurred by different noise.
+mode, network, and for a random network the seed it is drawn with) run together as one
+batched kernel, split into batches that fit the memory budget. Replica r of every point
+shares its random streams (common random numbers), so differences between points are not
+blurred by different noise.
 """
 
 from __future__ import annotations
@@ -20,9 +21,9 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from econspin.economy import BYTES_PER_PAIR, shape_signature
+from econspin.economy import SWEEP_BLOCK_ROWS, MemoryModel, shape_signature
 from econspin.scenario import Scenario, ScenarioError
-from econspin.simulate import Rollout
+from econspin.simulate import DTYPES, Rollout
 
 
 @dataclass(frozen=True)
@@ -94,26 +95,23 @@ def sweep_points(base: Scenario, grids: list[Grid]) -> list[tuple[dict, Scenario
     return points
 
 
-def elements_per_batch(scenario: Scenario) -> int:
-    """Batch elements of this shape that fit in the memory budget (blocks of >= 64 rows)."""
-    market = scenario.market
-    agents = scenario.agent_count
-    rows = min(agents, 64)
-    per_element = market.heads * agents * rows * BYTES_PER_PAIR * 2
-    per_element += agents * (10 * market.d + 8 * market.heads * market.d) * 8
-    budget = scenario.run.memory_budget_mb * 2**20
-    return max(1, int(budget // per_element))
+def plan_batches(
+    points: list[tuple[dict, Scenario]], replicas: int, dtype: str | None = None
+) -> list[list[tuple[int, int]]]:
+    """(point, replica) elements grouped by shape and cut into batches that fit the memory budget.
 
-
-def plan_batches(points: list[tuple[dict, Scenario]], replicas: int) -> list[list[tuple[int, int]]]:
-    """(point, replica) elements grouped by shape and cut into batches that fit the memory budget."""
+    A batch holds as many elements as leave room for blocks of ``SWEEP_BLOCK_ROWS`` rows, at
+    the precision ``dtype`` (default: the scenarios' own).
+    """
     groups: dict[tuple, list[tuple[int, int]]] = {}
     for index in range(len(points)):
         for replica in range(replicas):
             groups.setdefault(shape_signature(points[index][1]), []).append((index, replica))
     batches = []
     for members in groups.values():
-        size = elements_per_batch(points[members[0][0]][1])
+        scenario = points[members[0][0]][1]
+        memory = MemoryModel.of_scenario(scenario, DTYPES[dtype or scenario.run.dtype])
+        size = memory.elements_per_batch(min(scenario.agent_count, SWEEP_BLOCK_ROWS))
         batches.extend(members[start : start + size] for start in range(0, len(members), size))
     return batches
 
@@ -128,7 +126,7 @@ def run_sweep(
 ) -> pd.DataFrame:
     """Run every point x replica; one long table with a ``point`` column and the swept keys."""
     tables = []
-    for batch in plan_batches(points, replicas):
+    for batch in plan_batches(points, replicas, dtype):
         scenarios = [points[index][1] for index, _ in batch]
         rollout = Rollout.create(scenarios, [replica for _, replica in batch], device, dtype)
         rollout.advance(steps, on_round)

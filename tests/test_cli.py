@@ -50,6 +50,8 @@ BAD_SCENARIOS = {
                            "market.network.edge_list"),
     "too large for memory": (TINY.replace("count: 12", "count: 2000000"), "run.memory_budget_mb"),
     "bad response": (TINY.replace("market: {d: 4}", "market: {d: 4, response: cubic}"), "market.response"),
+    "option the variant ignores": (TINY.replace("temperature: 1.0", "temperature: {distribution: uniform, mean: 0.5}"),
+                                   "populations.human.temperature.mean"),
 }
 
 
@@ -190,3 +192,36 @@ def test_resume_refuses_new_settings(tmp_path):
     assert result.exit_code == 2 and "--resume continues a run as it was" in result.output
     result = runner.invoke(app, ["run", "--resume", str(tmp_path / "nowhere"), "--quiet"])
     assert result.exit_code == 2 and "not a run folder" in result.output
+
+
+def test_resume_refuses_a_checkpoint_made_on_another_device(tmp_path):
+    import json
+
+    path = write(tmp_path, TINY)
+    out = tmp_path / "run"
+    assert runner.invoke(app, ["run", str(path), "--out", str(out), "--steps", "4", "--quiet"]).exit_code == 0
+    checkpoint = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert checkpoint["device"] == "cpu"
+    written = {name: (out / name).read_bytes() for name in ("scenario.yaml", "metrics.parquet", "manifest.json")}
+
+    def resume_on_cpu(checkpoint_device, manifest_device):
+        saved = dict(checkpoint)
+        saved.pop("device")
+        if checkpoint_device is not None:
+            saved["device"] = checkpoint_device
+        torch.save(saved, out / "checkpoint.pt")
+        manifest = json.loads(written["manifest.json"])
+        (out / "manifest.json").write_text(json.dumps({**manifest, "device": manifest_device}))
+        return runner.invoke(app, ["run", "--resume", str(out), "--device", "cpu", "--steps", "8", "--quiet"])
+
+    # the checkpoint's own record decides; a checkpoint without one falls back on the manifest
+    for checkpoint_device, manifest_device in (("cuda", "cpu"), (None, "cuda:0")):
+        result = resume_on_cpu(checkpoint_device, manifest_device)
+        assert result.exit_code == 2, result.output
+        message = result.output.strip()
+        assert len(message.splitlines()) == 1 and "Traceback" not in message
+        assert "checkpoint.pt" in message and "made on cuda" in message and "--device cuda" in message
+        assert all((out / name).read_bytes() == written[name] for name in ("scenario.yaml", "metrics.parquet"))
+    result = resume_on_cpu(None, "cpu")
+    assert result.exit_code == 0, result.output
+    assert len(pd.read_parquet(out / "metrics.parquet")) == 8 * 2

@@ -143,9 +143,10 @@ def test_same_seed_same_numbers_other_seed_other_numbers():
 @pytest.mark.parametrize("response,correction", [("large_d", "none"), ("vmf", "tap"), ("large_d", "tap"),
                                                  ("vmf", "ffn")])
 def test_round_gradcheck_float64(response, correction):
+    spec = {"form": correction, **({"scale": 0.5} if correction == "ffn" else {})}
     populations = {
-        "h": {"count": 3, "temperature": 0.9, "correction": {"form": correction, "scale": 0.5}, "eta": 0.7},
-        "ai": {"count": 2, "temperature": 0.4, "correction": {"form": correction, "scale": 0.5}},
+        "h": {"count": 3, "temperature": 0.9, "correction": spec, "eta": 0.7},
+        "ai": {"count": 2, "temperature": 0.4, "correction": spec},
     }
     run = rollout(scenario(populations=populations, d=3, heads=2, response=response, visibility=0.3))
     state = step(run.state, run.economy)  # leave the uniform initial money
@@ -158,15 +159,26 @@ def test_round_gradcheck_float64(response, correction):
     assert torch.autograd.gradcheck(new_states, (fields, states))
 
 
-def test_susceptibility_by_autograd():
-    run = rollout(scenario())
+@pytest.mark.parametrize("response,correction", [("large_d", "none"), ("large_d", "tap"), ("vmf", "tap")])
+def test_susceptibility_matches_central_differences(response, correction):
+    """d(order after 3 rounds)/dh by autograd equals central finite differences in float64."""
+    populations = {
+        "human": {"count": 5, "temperature": 0.8, "correction": {"form": correction}},
+        "ai": {"count": 3, "temperature": 0.3, "correction": {"form": correction}},
+    }
+    run = rollout(scenario(populations=populations, response=response, visibility=0.3))
+
+    def order(fields):
+        state = run.state.replace(fields=fields)
+        for _ in range(3):
+            state = step(state, run.economy)
+        return state.states.mean(1).norm(dim=-1)
+
     fields = run.state.fields.clone().requires_grad_(True)
-    state = run.state.replace(fields=fields)
-    for _ in range(3):
-        state = step(state, run.economy)
-    order = state.states.mean(1).norm(dim=-1).sum()
-    (susceptibility,) = torch.autograd.grad(order, fields)
-    assert torch.isfinite(susceptibility).all() and susceptibility.abs().sum() > 0
+    assert fields.dtype == torch.float64
+    assert torch.autograd.gradcheck(order, (fields,), atol=1e-8, rtol=1e-6, fast_mode=True)
+    (susceptibility,) = torch.autograd.grad(order(fields).sum(), fields)
+    assert susceptibility.abs().sum() > 0
 
 
 def test_each_population_gets_its_own_correction():

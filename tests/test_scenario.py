@@ -67,7 +67,8 @@ def test_per_agent_temperature_distribution():
 
 @pytest.mark.parametrize("kind", ["equal", "exponential", "lognormal", "pareto"])
 def test_money_distributions_have_the_asked_mean(kind):
-    loaded = scenario(populations={"a": {"count": 20000, "money": {"distribution": kind, "mean": 3.0, "alpha": 3.0}}})
+    money = {"distribution": kind, "mean": 3.0, **({"alpha": 3.0} if kind == "pareto" else {})}
+    loaded = scenario(populations={"a": {"count": 20000, "money": money}})
     money = rollout(loaded).state.money[0]
     assert torch.all(money >= 0)
     assert abs(float(money.mean()) / 3.0 - 1) < 0.05
@@ -114,3 +115,60 @@ def _write(folder: Path, text: str) -> Path:
     path = folder / "scenario.yaml"
     path.write_text(text)
     return path
+
+
+IGNORED_OPTIONS = {
+    "uniform temperature mean": ({"temperature": {"distribution": "uniform", "mean": 2.0}}, "temperature.mean"),
+    "uniform temperature sigma": ({"temperature": {"distribution": "uniform", "sigma": 0.3}}, "temperature.sigma"),
+    "lognormal temperature low": ({"temperature": {"distribution": "lognormal", "low": 0.1}}, "temperature.low"),
+    "gamma temperature high": ({"temperature": {"distribution": "gamma", "high": 3.0}}, "temperature.high"),
+    "lognormal money alpha": ({"money": {"distribution": "lognormal", "alpha": 3.0}}, "money.alpha"),
+    "pareto money sigma": ({"money": {"distribution": "pareto", "sigma": 2.0}}, "money.sigma"),
+    "constant state scale": ({"state": {"distribution": "constant", "scale": 2.0}}, "state.scale"),
+    "normal field value": ({"field": {"value": 1.0}}, "field.value"),
+    "tap correction scale": ({"correction": {"form": "tap", "scale": 0.5}}, "correction.scale"),
+    "none correction hidden": ({"correction": {"hidden": 8}}, "correction.hidden"),
+    "tap correction seed": ({"correction": {"form": "tap", "seed": 3}}, "correction.seed"),
+    "none correction weights": ({"correction": {"form": "none", "weights": "w.pt"}}, "correction.weights"),
+    "ffn from a file with a seed": ({"correction": {"form": "ffn", "weights": "w.pt", "seed": 3}}, "correction.seed"),
+    "identity projections seed": ({"projections": {"init": "identity", "seed": 3}}, "projections.seed"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(IGNORED_OPTIONS))
+def test_an_option_the_chosen_variant_ignores_is_refused_by_its_key(case):
+    options, key = IGNORED_OPTIONS[case]
+    with pytest.raises(ScenarioError) as error:
+        scenario(populations={"a": {"count": 3, **options}}, response="vmf")
+    message = str(error.value)
+    assert f"populations.a.{key}:" in message and "does not use it" in message and "\n" not in message
+
+
+def test_variants_fill_in_the_defaults_of_what_they_read_and_round_trip():
+    loaded = scenario(populations={"a": {"count": 2000, "temperature": {"distribution": "uniform", "high": 2.0},
+                                         "money": {"distribution": "pareto"},
+                                         "correction": {"form": "ffn"}}})
+    population = loaded.populations["a"]
+    assert (population.temperature.low, population.temperature.mean) == (0.0, None)
+    assert (population.money.alpha, population.money.sigma) == (2.0, None)
+    assert (population.correction.hidden, population.correction.scale) == (16, 0.0)
+    temperature = rollout(loaded).state.temperature[0]
+    assert 0 <= float(temperature.min()) and float(temperature.max()) <= 2.0 and float(temperature.max()) > 1.5
+    assert Scenario.from_dict(__import__("yaml").safe_load(loaded.to_yaml())) == loaded
+    assert loaded.with_overrides({"populations.a.temperature.low": 0.5}).populations["a"].temperature.low == 0.5
+    with pytest.raises(ScenarioError, match=r"populations\.a\.temperature\.mean: distribution uniform"):
+        loaded.with_overrides({"populations.a.temperature.mean": 0.5})
+
+
+def test_tap_asks_the_response_whether_it_has_a_temperature(monkeypatch):
+    from econspin.response import RESPONSES
+
+    tap = {"a": {"count": 3, "correction": {"form": "tap"}}}
+    with pytest.raises(ScenarioError, match="tap needs a finite-temperature response"):
+        scenario(populations=tap, response="linear")
+    scenario(populations=tap, response="large_d")
+    monkeypatch.setattr(RESPONSES["linear"], "finite_temperature", True)
+    assert scenario(populations=tap, response="linear").market.response == "linear"
+    monkeypatch.setattr(RESPONSES["large_d"], "finite_temperature", False)
+    with pytest.raises(ScenarioError, match="tap needs a finite-temperature response"):
+        scenario(populations=tap, response="large_d")

@@ -38,3 +38,48 @@ def test_batches_follow_shape_and_memory_and_do_not_change_results():
     assert list(together.columns) == list(apart.columns) and len(together) == len(apart)
     difference = (together.select_dtypes("number") - apart.select_dtypes("number")).abs().to_numpy()
     assert difference.max() < 1e-12
+
+
+def test_a_sweep_over_the_seed_gives_every_point_its_own_random_network():
+    from helpers import scenario
+
+    from econspin import simulate
+    from econspin.sweep import run_sweep, sweep_points
+
+    base = scenario(network={"generator": "erdos_renyi_graph", "params": {"p": 0.4}})
+    points = sweep_points(base, [parse_grid("run.seed=0,1,2")])
+    table = run_sweep(points, 2, 6, "cpu", "float64")
+    for index, (_, point) in enumerate(points):
+        alone = simulate(point, steps=6, replicas=2, dtype="float64").metrics
+        alone = alone.sort_values(["replica", "step"], kind="stable").reset_index(drop=True)
+        swept = table[table["point"] == index][alone.columns].reset_index(drop=True)
+        assert swept.equals(alone), f"point {index} (seed {point.run.seed}) differs from its own run"
+
+
+def test_one_memory_model_sizes_batches_blocks_and_the_up_front_check():
+    import torch
+    from helpers import rollout, scenario
+
+    from econspin.economy import SWEEP_BLOCK_ROWS, MemoryModel, estimate_memory, rows_per_block
+    from econspin.sweep import plan_batches, sweep_points
+
+    base = scenario(populations={"a": {"count": 200}}, run={"memory_budget_mb": 8})
+    budget = 8 * 2**20
+    memory = MemoryModel.of_scenario(base, torch.float64)
+    points = sweep_points(base, [parse_grid("populations.a.temperature=0.1:1:40")])
+    sizes = [len(batch) for batch in plan_batches(points, 1, "float64")]
+    size = max(sizes)
+    assert sum(sizes) == 40 and 1 < size < 40
+    # the planner fills the budget with elements whose blocks are SWEEP_BLOCK_ROWS tall
+    assert size * memory.element_bytes(SWEEP_BLOCK_ROWS) <= budget < (size + 1) * memory.element_bytes(SWEEP_BLOCK_ROWS)
+    # such a batch passes the up-front check, and the round then takes the tallest blocks that fit
+    economy = rollout([point for _, point in points[:size]]).economy
+    rows = rows_per_block(economy)
+    assert SWEEP_BLOCK_ROWS <= rows < 200
+    assert size * memory.element_bytes(rows) <= budget < size * memory.element_bytes(rows + 1)
+    # the up-front check refuses exactly the batches whose one-row blocks do not fit
+    largest = memory.elements_per_batch(1)
+    estimate_memory(base, largest, torch.float64)
+    with pytest.raises(ScenarioError, match="run.memory_budget_mb"):
+        estimate_memory(base, largest + 1, torch.float64)
+    assert MemoryModel.of_economy(economy) == memory
