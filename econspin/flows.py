@@ -135,7 +135,9 @@ def _last_round(source: Any, economy: Economy | None):
     )
 
 
-def trade_network(source: Any, replica: int = 0, top_k: int | None = None, *, economy: Economy | None = None) -> nx.DiGraph:
+def trade_network(
+    source: Any, replica: int = 0, top_k: int | None = None, *, economy: Economy | None = None
+) -> nx.DiGraph:
     """The last round's money flows as a directed graph, buyer -> seller.
 
     Args:
@@ -173,8 +175,15 @@ def trade_network(source: Any, replica: int = 0, top_k: int | None = None, *, ec
     population = economy.population.tolist()
     wealth, revenue, spending = money_after.tolist(), flows.revenue.tolist(), flows.spending.tolist()
     graph.add_nodes_from(
-        (agent, {"population": names[population[agent]], "wealth": wealth[agent], "revenue": revenue[agent],
-                 "spending": spending[agent]})
+        (
+            agent,
+            {
+                "population": names[population[agent]],
+                "wealth": wealth[agent],
+                "revenue": revenue[agent],
+                "spending": spending[agent],
+            },
+        )
         for agent in range(len(population))
     )
     graph.add_weighted_edges_from(zip(buyers.tolist(), sellers.tolist(), weights.tolist()))

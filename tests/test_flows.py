@@ -109,7 +109,8 @@ def test_top_k_keeps_the_largest_flows_and_every_agent():
 
 def test_schedules_and_events_are_applied_to_the_state_kept():
     # an event before round 2 makes the AI agents indifferent: the kept state must carry it
-    scenario_ = economy_with("expected").with_overrides({"events": [{"at": 1, "population": "ai", "temperature": 50.0}]})
+    event = {"at": 1, "population": "ai", "temperature": 50.0}
+    scenario_ = economy_with("expected").with_overrides({"events": [event]})
     run = played(scenario_, rounds=2, replicas=1)
     assert float(run.previous.temperature[0, 9]) == 50.0
     graph = trade_network(run)
