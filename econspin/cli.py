@@ -311,7 +311,7 @@ def viz(
     port: Annotated[int, typer.Option(help="Port to serve the page on.")] = 8765,
     host: Annotated[str, typer.Option(help="Address to listen on (127.0.0.1: this machine only).")] = "127.0.0.1",
 ):
-    """Open a scenario in a Mesa SolaraViz dashboard (served offline; needs econspin[viz])."""
+    """Open a scenario in a Mesa SolaraViz dashboard, served offline (needs the viz extra)."""
     try:
         from econspin.mesa.serve import serve
 

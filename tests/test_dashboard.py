@@ -69,6 +69,9 @@ def test_parameters_are_a_slider_per_population_setting_and_a_seed_field():
     # shops' temperature is a schedule and shops do not buy: no slider for either
     assert sorted(sliders) == ["ai_spend", "ai_temperature", "human_spend", "human_temperature"]
     assert sliders["ai_temperature"]["value"] == 0.1 and sliders["human_spend"]["value"] == 0.2
+    # under the unit rule the share is not spent; an infinite temperature has no slider range
+    unit = model_parameters(tiny(spend_rule="unit").with_overrides({"populations.ai.temperature": float("inf")}))
+    assert [name for name in unit if name.endswith(("_spend", "_temperature"))] == ["human_temperature"]
     # what SolaraViz does on reset: the class called with every parameter's value
     values = {name: spec["value"] if isinstance(spec, dict) else spec for name, spec in parameters.items()}
     model = EconSpinModel(**{**values, "ai_temperature": 0.4, "seed": "11"})

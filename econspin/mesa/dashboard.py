@@ -49,13 +49,17 @@ COLOURS = matplotlib.colormaps["tab10"].colors
 
 
 def model_parameters(scenario: Scenario) -> dict:
-    """SolaraViz's model_params: the scenario (fixed), a seed field, a slider per population setting."""
+    """SolaraViz's model_params: the scenario (fixed), a seed field, a slider per population setting.
+
+    A population gets a temperature slider when its temperature is one finite number (not a
+    schedule or a distribution), and a spend slider when it buys under the share rule.
+    """
     parameters: dict = {
         "scenario": scenario,
         "seed": {"type": "InputText", "value": str(scenario.run.seed), "label": "seed"},
     }
     for name, population in scenario.populations.items():
-        if isinstance(population.temperature, (int, float)):
+        if isinstance(population.temperature, (int, float)) and math.isfinite(population.temperature):
             temperature = float(population.temperature)
             parameters[f"{name}_temperature"] = {
                 "type": "SliderFloat",
@@ -65,7 +69,7 @@ def model_parameters(scenario: Scenario) -> dict:
                 "max": max(2.0, 2 * temperature),
                 "step": 0.01,
             }
-        if population.buys:
+        if population.buys and scenario.market.spend_rule == "share":  # a unit rule spends no share
             parameters[f"{name}_spend"] = {
                 "type": "SliderFloat",
                 "label": f"{name} spend",
@@ -177,7 +181,7 @@ def network_figure(model: EconSpinModel, top_k: int = TOP_FLOWS) -> Figure:
     for name in names:
         axis.scatter([], [], color=colour[name], label=name)
     axis.legend(fontsize=7, frameon=False, loc="upper right")
-    share = f"{kept / total:.1%}" if total > 0 else "none"
+    share = ("<0.1%" if kept / total < 0.001 else f"{kept / total:.1%}") if total > 0 else "none"
     axis.set_title(
         f"trade network, round {graph.graph['round']}: the {graph.number_of_edges()} largest flows "
         f"({share} of {_money(total)} spent)",

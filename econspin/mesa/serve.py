@@ -25,6 +25,7 @@ import importlib.util
 import os
 import socket
 import sys
+import warnings
 from pathlib import Path
 
 from econspin.scenario import Scenario, ScenarioError
@@ -110,4 +111,7 @@ def serve(scenario: Path, host: str = "127.0.0.1", port: int = 8765, announce=pr
     announce(f"econspin viz: {scenario} at http://{shown}:{port}/ (Ctrl-C to stop)")
     if host not in ("127.0.0.1", "localhost", "::1"):
         announce(f"econspin viz: listening on {host}: anyone who can reach this machine can open the page")
+    # solara warns, on every page load from any host but "localhost", that its session cookie
+    # falls back to SameSite=Lax over http: what a page that is not embedded in an iframe wants
+    warnings.filterwarnings("ignore", message="Cookies with samesite=none require https")
     server.run(sockets=[sock])
