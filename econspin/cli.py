@@ -308,5 +308,25 @@ def check(
     )
 
 
+@app.command()
+def viz(
+    scenario: Annotated[Path, typer.Argument(help="Scenario YAML file.")],
+    port: Annotated[int, typer.Option(help="Port to serve the page on.")] = 8765,
+    host: Annotated[str, typer.Option(help="Address to listen on (127.0.0.1: this machine only).")] = "127.0.0.1",
+):
+    """Open a scenario in a Mesa SolaraViz dashboard, served offline (needs the viz extra)."""
+    try:
+        from econspin.mesa.serve import serve
+
+        def announce(line: str) -> None:
+            console.print(line, highlight=False, soft_wrap=True)
+
+        serve(scenario, host=host, port=port, announce=announce)
+    except ScenarioError as error:
+        fail(str(error), scenario if not str(error).startswith(("--", "the dashboard")) else None)
+    except ImportError as error:  # the mesa extra is missing: econspin.mesa needs Mesa itself
+        fail(f"the dashboard needs {error.name or 'mesa'}: pip install 'econspin[viz]'")
+
+
 if __name__ == "__main__":  # pragma: no cover - python -m econspin.cli
     app()

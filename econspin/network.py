@@ -77,3 +77,10 @@ def trade_mask_from_graph(graph: nx.Graph, agent_count: int) -> torch.Tensor:
 def trade_mask_from_network(spec: Network, agent_count: int, seed: int) -> torch.Tensor:
     """The dense trade mask of a scenario's network."""
     return trade_mask_from_graph(build_graph(spec, agent_count, seed), agent_count)
+
+
+def trade_network(source, replica: int = 0, top_k: int | None = None, *, economy=None) -> nx.DiGraph:
+    """The last round's money flows as a networkx.DiGraph; see :func:`econspin.flows.trade_network`."""
+    from econspin.flows import trade_network as flows_network  # flows builds on the market, which imports this module
+
+    return flows_network(source, replica, top_k, economy=economy)

@@ -33,6 +33,8 @@ class SimulationResult:
         economy: the compiled :class:`~econspin.economy.Economy`.
         scenario: the scenario as run (overrides applied).
         wall_time: seconds spent in rounds.
+        previous: the state the last round was played from (None if no round was played);
+            :func:`econspin.flows.trade_network` recomputes that round's flows from it.
     """
 
     metrics: pd.DataFrame
@@ -40,17 +42,24 @@ class SimulationResult:
     economy: Economy
     scenario: Scenario
     wall_time: float
+    previous: State | None = None
 
 
 @dataclass
 class Rollout:
-    """B batch elements (scenario point, replica) advanced together, round by round."""
+    """B batch elements (scenario point, replica) advanced together, round by round.
+
+    ``previous`` is the state the last round was played from (schedules and events applied),
+    kept so that the round's money flows can be recomputed (:mod:`econspin.flows`); None
+    before the first round.
+    """
 
     scenarios: list[Scenario]
     replicas: list[int]
     economy: Economy
     state: State
     rows: list[torch.Tensor] = field(default_factory=list)
+    previous: State | None = None
 
     @classmethod
     def create(
@@ -69,8 +78,8 @@ class Rollout:
         """Play ``rounds`` rounds, applying schedules and events, recording metrics."""
         with torch.no_grad():
             for _ in range(rounds):
-                self.state = apply_plan(self.state, self.economy, self.scenarios)
-                self.state = step(self.state, self.economy)
+                self.previous = apply_plan(self.state, self.economy, self.scenarios)
+                self.state = step(self.previous, self.economy)
                 self.rows.append(measure(self.state, self.economy))
                 if on_round is not None:
                     on_round(self.state.round)
@@ -152,7 +161,7 @@ def simulate(
     started = time.perf_counter()
     rollout.advance(run.steps)
     wall_time = time.perf_counter() - started
-    return SimulationResult(rollout.metrics(), rollout.state, rollout.economy, scenario, wall_time)
+    return SimulationResult(rollout.metrics(), rollout.state, rollout.economy, scenario, wall_time, rollout.previous)
 
 
 __all__ = ["simulate", "SimulationResult", "Rollout", "ScenarioError"]

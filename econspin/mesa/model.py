@@ -125,7 +125,7 @@ class EconSpinModel(mesa.Model):
         rng=None,
         device: str = "cpu",
         dtype: str | None = None,
-        **settings: Any,
+        **kwargs: Any,  # the scenario settings; named kwargs because SolaraViz checks parameters by that name
     ):
         if isinstance(seed, str):  # a seed typed into a dashboard arrives as text
             try:
@@ -134,7 +134,7 @@ class EconSpinModel(mesa.Model):
                 raise ScenarioError(f"EconSpinModel: seed {seed!r} is not an integer") from None
         super().__init__(seed=seed, rng=rng)
         engine_seed = seed if seed is not None else int(self.rng.integers(2**62))
-        scenario = scenario_with_settings(scenario, settings)
+        scenario = scenario_with_settings(scenario, kwargs)
         self.scenario = scenario.with_run_settings(seed=engine_seed, replicas=1, device=device, dtype=dtype)
         run = self.scenario.run
         self.rollout = Rollout.create([self.scenario], [0], run.device, run.dtype)
