@@ -78,19 +78,33 @@ def save_checkpoint(path: Path, state: State, replicas: list[int], metrics_rows:
             name: getattr(cpu, name)
             for name in ("states", "fields", "money", "temperature", "revenue", "spending", "entropy", "surplus")
         },
-        "random_states": list(cpu.random_states),
+        "random_keys": cpu.random_keys,
     }
     write_atomically(path, lambda stream: torch.save(payload, stream))
 
 
+class CheckpointError(ValueError):
+    """A checkpoint this version cannot resume."""
+
+
 def load_checkpoint(path: Path, template: State) -> tuple[State, int]:
-    """The state saved in ``path``, on ``template``'s device, and its metrics row count."""
+    """The state saved in ``path``, on ``template``'s device, and its metrics row count.
+
+    The state's random keys are restored with it, so a resumed run draws the numbers the
+    uninterrupted run would have drawn. Checkpoints of versions that kept one torch.Generator
+    state per element (``random_states``) are refused: their streams cannot be continued.
+    """
     payload = torch.load(path, map_location="cpu", weights_only=True)
+    if "random_keys" not in payload:
+        raise CheckpointError(
+            f"{path}: checkpoint from an econspin with per-element generator states "
+            f"({payload.get('econspin', 'unknown version')}); it cannot be resumed by this version, run again"
+        )
     device = template.states.device
     tensors = {name: value.to(device) for name, value in payload["tensors"].items()}
     state = template.replace(
         round=int(payload["round"]),
-        random_states=tuple(payload["random_states"]),
+        random_keys=payload["random_keys"].to(device),
         **tensors,
     )
     return state, int(payload["metrics_rows"])
