@@ -27,6 +27,7 @@ from econspin.output import (
     SCENARIO_FILE,
     SWEEP_FILE,
     WEALTH_FILE,
+    CheckpointError,
     load_checkpoint,
     manifest,
     save_checkpoint,
@@ -130,7 +131,10 @@ def run(
         fail(str(error), resume / SCENARIO_FILE if resume is not None else scenario)
     previous = pd.DataFrame()
     if resume is not None:
-        rollout.state, rows = load_checkpoint(resume / CHECKPOINT_FILE, rollout.state)
+        try:
+            rollout.state, rows = load_checkpoint(resume / CHECKPOINT_FILE, rollout.state)
+        except CheckpointError as error:
+            fail(str(error))
         previous = pd.read_parquet(resume / METRICS_FILE).iloc[:rows]
     write_text(target / SCENARIO_FILE, loaded.to_yaml())
     rounds = max(loaded.run.steps - rollout.state.round, 0)  # what this invocation plays

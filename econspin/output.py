@@ -97,8 +97,8 @@ def load_checkpoint(path: Path, template: State) -> tuple[State, int]:
     payload = torch.load(path, map_location="cpu", weights_only=True)
     if "random_keys" not in payload:
         raise CheckpointError(
-            f"{path}: checkpoint from an econspin with per-element generator states "
-            f"({payload.get('econspin', 'unknown version')}); it cannot be resumed by this version, run again"
+            f"{path}: written with per-element generator states, before counter-based draws; "
+            "this version cannot continue its random streams: run it again from the start"
         )
     device = template.states.device
     tensors = {name: value.to(device) for name, value in payload["tensors"].items()}

@@ -7,7 +7,9 @@ import pytest
 import torch
 from helpers import rollout, scenario
 from scipy import stats
+from typer.testing import CliRunner
 
+from econspin.cli import app
 from econspin.output import CheckpointError, load_checkpoint, save_checkpoint
 from econspin.randomness import (
     DRAW_CHOICE,
@@ -20,6 +22,8 @@ from econspin.randomness import (
     to_unit,
 )
 from econspin.round import step
+
+runner = CliRunner()
 
 
 def _splitmix64_finaliser(value: int) -> int:
@@ -161,6 +165,14 @@ def test_state_keys_come_from_seed_and_replica():
     assert isinstance(run.state.draws(), Draws) and run.state.draws().keys.shape == (3, 12)
 
 
+def _old_checkpoint(path):
+    """Rewrite a checkpoint as the generator-state design wrote it."""
+    old = torch.load(path, weights_only=True)
+    old["random_states"] = [torch.Generator().get_state() for _ in old["replicas"]]
+    del old["random_keys"]
+    torch.save(old, path)
+
+
 def test_checkpoint_keeps_the_keys_and_refuses_generator_states(tmp_path):
     run = rollout(scenario(mode="sampled", run={"seed": 3}))
     state = step(run.state, run.economy)
@@ -168,10 +180,18 @@ def test_checkpoint_keeps_the_keys_and_refuses_generator_states(tmp_path):
     loaded, rows = load_checkpoint(tmp_path / "checkpoint.pt", run.state)
     assert rows == 1 and loaded.round == 1 and torch.equal(loaded.random_keys, state.random_keys)
     assert torch.equal(step(loaded, run.economy).states, step(state, run.economy).states)
-    old = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
-    old["random_states"] = [torch.Generator().get_state()]
-    del old["random_keys"]
-    torch.save(old, tmp_path / "old.pt")
+    _old_checkpoint(tmp_path / "checkpoint.pt")
     with pytest.raises(CheckpointError, match="generator states") as error:
-        load_checkpoint(tmp_path / "old.pt", run.state)
+        load_checkpoint(tmp_path / "checkpoint.pt", run.state)
     assert "\n" not in str(error.value)
+
+
+def test_resuming_an_old_checkpoint_is_refused_in_one_line(tmp_path):
+    path = tmp_path / "scenario.yaml"
+    path.write_text("populations: {a: {count: 6}}\nmarket: {d: 2, mode: sampled}\nrun: {steps: 3, device: cpu}\n")
+    out = tmp_path / "run"
+    assert runner.invoke(app, ["run", str(path), "--out", str(out), "--quiet"]).exit_code == 0
+    _old_checkpoint(out / "checkpoint.pt")
+    result = runner.invoke(app, ["run", "--resume", str(out), "--steps", "5", "--quiet"])
+    assert result.exit_code == 2
+    assert "generator states" in result.output and "Traceback" not in result.output
