@@ -27,6 +27,7 @@ from econspin.output import (
     SCENARIO_FILE,
     SWEEP_FILE,
     WEALTH_FILE,
+    CheckpointError,
     load_checkpoint,
     manifest,
     save_checkpoint,
@@ -132,7 +133,7 @@ def run(
     if resume is not None:
         try:
             rollout.state, rows = load_checkpoint(resume / CHECKPOINT_FILE, rollout.state)
-        except ScenarioError as error:
+        except (ScenarioError, CheckpointError) as error:
             fail(str(error), resume / CHECKPOINT_FILE)
         previous = pd.read_parquet(resume / METRICS_FILE).iloc[:rows]
     write_text(target / SCENARIO_FILE, loaded.to_yaml())

@@ -31,6 +31,7 @@ import torch
 from econspin.choice import logit_rows, sample_choice
 from econspin.economy import Economy
 from econspin.market import budgets, project
+from econspin.randomness import DRAW_CHOICE
 from econspin.state import State
 
 MAX_DENSE_AGENTS = 5000
@@ -100,9 +101,8 @@ def round_flows(before: State, economy: Economy, replica: int = 0) -> RoundFlows
     spending = budgets(before, economy)[replica] * allowed.any(dim=-1)
     share = spending / heads  # what a buyer spends in each market
     if economy.mode == "sampled":
-        # the round's first draw from each element's stream: one uniform per head and buyer
-        generator = before.generators(device)[replica]
-        uniforms = torch.rand(heads, agents, generator=generator, device=device, dtype=torch.float64)
+        # the round's own choice uniforms, functions of (element key, round, buyer, head): the same sellers
+        uniforms = before.draws().uniform(DRAW_CHOICE, heads)[:, replica]  # (H, N)
         choice = sample_choice(alpha, uniforms)  # (H, N), -1 for nobody to buy from
         chosen = choice >= 0
         per_head = torch.zeros(heads, agents, agents, dtype=torch.float64, device=device)

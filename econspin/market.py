@@ -27,6 +27,7 @@ import torch
 
 from econspin.choice import logit_rows, sample_choice
 from econspin.economy import Economy, rows_per_block
+from econspin.randomness import DRAW_CHOICE, Draws
 from econspin.state import State
 
 
@@ -83,8 +84,13 @@ def budgets(state: State, economy: Economy) -> torch.Tensor:
     return spend * buyer
 
 
-def trade(state: State, economy: Economy, generators: list[torch.Generator]) -> MarketOutcome:
-    """Steps 1-5 of a round for every buyer, block by block; see the module docstring."""
+def trade(state: State, economy: Economy, draws: Draws | None = None) -> MarketOutcome:
+    """Steps 1-5 of a round for every buyer, block by block; see the module docstring.
+
+    In sampled mode buyer i's choice in market h inverts alpha_ih. at the uniform h of its
+    choice stream in ``draws`` (by default ``state.draws()``, the round's counter-based
+    numbers), so that the sellers chosen do not depend on the block size or the batch.
+    """
     if economy.couplings is not None:
         return _fixed_couplings(state, economy)
     x, population = state.states, economy.population
@@ -94,21 +100,23 @@ def trade(state: State, economy: Economy, generators: list[torch.Generator]) -> 
     key = project(x, economy.key, population)
     value = project(x, economy.value, population)
     delivered = torch.einsum("bhne,bhed->bhnd", value, economy.output)  # v_j W_O^h, (B, H, N, d)
-    gain = torch.einsum("bphde,bhef->bphdf", economy.value, economy.output).pow(2).sum((-1, -2))
-    seller_noise = spin_variance(x, economy.radius)[:, None, :] * gain[:, population].transpose(1, 2)
-    seller_moments = torch.stack([(delivered**2).sum(-1), seller_noise], dim=-1)  # (B, H, N, 2)
+    sampled = economy.mode == "sampled"
+    if sampled:
+        draws = state.draws() if draws is None else draws
+        uniforms = draws.uniform(DRAW_CHOICE, heads).transpose(0, 1).contiguous()  # (B, H, N)
+    else:  # the sellers' moments feed the expected mode's field variance only
+        gain = torch.einsum("bphde,bhef->bphdf", economy.value, economy.output).pow(2).sum((-1, -2))
+        seller_noise = spin_variance(x, economy.radius)[:, None, :] * gain[:, population].transpose(1, 2)
+        seller_moments = torch.stack([(delivered**2).sum(-1), seller_noise], dim=-1)  # (B, H, N, 2)
 
     mean_money = state.money.mean(dim=1, keepdim=True).clamp(min=1e-300)
     premium = torch.log((state.money / mean_money).clamp(min=1e-12)).to(x.dtype)
     column_bias = (economy.visibility[:, None] * premium)[:, None, None, :]
     spend = budgets(state, economy)
-    sampled = economy.mode == "sampled"
-    if sampled:
-        uniforms = torch.stack(
-            [torch.rand(heads, agents, generator=g, device=x.device, dtype=torch.float64) for g in generators]
-        )
     columns = torch.arange(agents, device=x.device)
     revenue = torch.zeros(batch, agents, dtype=torch.float64, device=x.device)
+    if sampled:
+        market_revenue = torch.zeros(batch, heads, agents, dtype=torch.float64, device=x.device)
     pieces: dict[str, list[torch.Tensor]] = {
         key: [] for key in ("received", "spending", "entropy", "surplus", "field_variance", "choice_variance", "impact")
     }
@@ -133,8 +141,8 @@ def trade(state: State, economy: Economy, generators: list[torch.Generator]) -> 
             index = choice.clamp(min=0)
             got = torch.gather(delivered, 2, index[..., None].expand(-1, -1, -1, d))
             received = (got * chosen[..., None]).sum(1)
-            for head in range(heads):
-                revenue = revenue.scatter_add(1, index[:, head], share[:, 0] * chosen[:, head])
+            # each market's revenue in row order, block after block: the same sums whatever the blocks
+            market_revenue.scatter_add_(2, index, share * chosen)
             zeros = torch.zeros_like(row_spend, dtype=x.dtype)
             field_variance = choice_variance = impact = zeros
         else:
@@ -157,6 +165,9 @@ def trade(state: State, economy: Economy, generators: list[torch.Generator]) -> 
         pieces["field_variance"].append(field_variance * buyer)
         pieces["choice_variance"].append(choice_variance * buyer)
         pieces["impact"].append(impact * buyer)
+    if sampled:
+        for head in range(heads):  # markets added in order (a reduction over heads may regroup them)
+            revenue = revenue + market_revenue[:, head]
     joined = {key: torch.cat(values, dim=1) for key, values in pieces.items()}
     return MarketOutcome(revenue=revenue, **joined)
 

@@ -84,31 +84,42 @@ def save_checkpoint(path: Path, state: State, replicas: list[int], metrics_rows:
             name: getattr(cpu, name)
             for name in ("states", "fields", "money", "temperature", "revenue", "spending", "entropy", "surplus")
         },
-        "random_states": list(cpu.random_states),
+        "random_keys": cpu.random_keys,
     }
     write_atomically(path, lambda stream: torch.save(payload, stream))
+
+
+class CheckpointError(ValueError):
+    """A checkpoint this version cannot resume."""
 
 
 def load_checkpoint(path: Path, template: State) -> tuple[State, int]:
     """The state saved in ``path``, on ``template``'s device, and its metrics row count.
 
-    Raises ScenarioError where the checkpoint was made on another kind of device (a CPU
-    generator state cannot seed a CUDA generator, nor the reverse, and the numbers would
-    not continue the run's own). Checkpoints that predate the record are checked against
-    the run folder's manifest where there is one.
+    The state's random keys are restored with it, so a resumed run draws the numbers the
+    uninterrupted run would have drawn. Checkpoints of versions that kept one torch.Generator
+    state per element (``random_states``) are refused: their streams cannot be continued.
+    A checkpoint made on another kind of device is refused too (ScenarioError): the draws
+    would continue, but the floating-point rounding of the other device would not, and a
+    resumed run is meant to be bit-identical to the uninterrupted one.
     """
     payload = torch.load(path, map_location="cpu", weights_only=True)
+    if "random_keys" not in payload:
+        raise CheckpointError(
+            f"{path}: written with per-element generator states, before counter-based draws; "
+            "this version cannot continue its random streams: run it again from the start"
+        )
     device = template.states.device
     made_on = payload.get("device") or _manifest_device(path.parent / MANIFEST_FILE)
     if made_on is not None and made_on != device.type:
         raise ScenarioError(
-            f"the checkpoint was made on {made_on} and its random streams continue only there; "
+            f"the checkpoint was made on {made_on} and continues bit for bit only there; "
             f"resume with --device {made_on} (this run would use {device.type})"
         )
     tensors = {name: value.to(device) for name, value in payload["tensors"].items()}
     state = template.replace(
         round=int(payload["round"]),
-        random_states=tuple(payload["random_states"]),
+        random_keys=payload["random_keys"].to(device),
         **tensors,
     )
     return state, int(payload["metrics_rows"])

@@ -1,15 +1,35 @@
-"""Explicit randomness: every draw comes from a generator made from a seed, never global.
+"""Explicit randomness: every draw is a function of a seed, never of a global generator.
 
-Batch element b of a run is (scenario point, replica r). Its own stream is seeded from
-(run seed, r), so a batch equals its elements run one at a time, and sweep points with the
-same replica index share their random numbers (common random numbers make differences
-between points less noisy). Quenched disorder is drawn from streams of its own, shared by
-all replicas: projections, W_O and ffn weights from the disorder stream (one per replica
-when ``Rollout.create(..., disorder_per_replica=True)``), fields h from the field stream,
-trade networks from the network stream.
+Batch element b of a run is (scenario point, replica r). Quenched disorder is drawn from
+streams of its own, shared by all replicas: projections, W_O and ffn weights from the
+disorder stream (one per replica when ``Rollout.create(..., disorder_per_replica=True)``),
+fields h from the field stream, trade networks from the network stream, initial conditions
+from the initial stream of (seed, r); these use NumPy and torch generators seeded by
+:func:`derive_seed`.
+
+The draws made during rounds (sampled mode) are counter-based: element b carries a 64-bit
+key, :func:`dynamics_key` of (run seed, r), in ``State.random_keys``, and every number it
+uses is a hash of
+
+    (element key, round, agent, stream, index)
+
+computed with 64-bit integer arithmetic in torch (:func:`mix64`, the SplitMix64 finaliser),
+so that a draw depends on nothing else: not on the block size, the batch layout, the number
+of attempts a sampler makes at once, nor the device (integer arithmetic is exact
+everywhere). Sweep points with the same replica index share their random numbers (common
+random numbers make differences between points less noisy).
+
+The hash is applied level by level, each level a keyed bijection
+``key' = mix64(key ^ mix64(tag + value))``: element key -> key of (element, round) -> key of
+(element, round, agent) -> one 64-bit word per (stream, index). The top 52 bits of the word
+give a uniform on the open interval (0, 1): (m + 1/2) 2^-52 with m uniform on [0, 2^52).
 """
 
 from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -20,6 +40,16 @@ STREAM_INITIAL = 2
 STREAM_FIELDS = 3
 STREAM_NETWORK = 4
 
+# streams of the counter-based draws within one (element, round, agent)
+DRAW_CHOICE = 0  # index h: the uniform of market (head) h's inversion sampler
+DRAW_SPIN = 1  # Glauber: index 0; Wood's sampler: indices 3a, 3a + 1, 3a + 2 for attempt a
+DRAW_DIRECTION = 2  # the Gaussians of the direction orthogonal to the field
+
+# distinct tags for the hash levels (values below 2^60)
+_LEVEL_ROUND = 1 << 60
+_LEVEL_AGENT = 2 << 60
+_LEVEL_DRAW = 3 << 60
+
 
 def derive_seed(seed: int, *keys: int) -> int:
     """A 63-bit seed from a base seed and a path of integer keys (NumPy's SeedSequence)."""
@@ -29,7 +59,125 @@ def derive_seed(seed: int, *keys: int) -> int:
 
 
 def make_generator(seed: int, device: torch.device | str = "cpu") -> torch.Generator:
-    """A torch.Generator on ``device`` seeded with ``seed``."""
+    """A torch.Generator on ``device`` seeded with ``seed`` (quenched disorder only)."""
     generator = torch.Generator(device=device)
     generator.manual_seed(int(seed))
     return generator
+
+
+def dynamics_key(seed: int, replica: int) -> int:
+    """The key of the rounds' draws of replica ``replica`` of a run seeded ``seed``."""
+    return derive_seed(seed, STREAM_DYNAMICS, replica)
+
+
+def dynamics_keys(seeds: list[int], replicas: list[int], device: torch.device | str = "cpu") -> torch.Tensor:
+    """(B,) int64 keys, one per batch element (seed, replica)."""
+    keys = [dynamics_key(seed, replica) for seed, replica in zip(seeds, replicas)]
+    return torch.tensor(keys, dtype=torch.int64, device=device)
+
+
+def _signed(value: int) -> int:
+    """A 64-bit unsigned constant as the int64 with the same bits."""
+    return value - (1 << 64) if value >= 1 << 63 else value
+
+
+_MULTIPLIER_1 = _signed(0xBF58476D1CE4E5B9)
+_MULTIPLIER_2 = _signed(0x94D049BB133111EB)
+_LOW_34, _LOW_37, _LOW_33, _LOW_32 = (1 << 34) - 1, (1 << 37) - 1, (1 << 33) - 1, (1 << 32) - 1
+_MANTISSA = (1 << 52) - 1
+
+
+def mix64(x: torch.Tensor) -> torch.Tensor:
+    """The SplitMix64 finaliser (Stafford's Mix13), a bijection of 64-bit words, on int64 tensors.
+
+    torch's int64 multiplication wraps modulo 2^64 like unsigned arithmetic; its right shift
+    is arithmetic, so each logical shift x >>> s is written (x >> s) & (2^(64 - s) - 1).
+    """
+    return _mix64_(x.clone())
+
+
+def _mix64_int(value: int) -> int:
+    """:func:`mix64` of one word, in Python integers (unsigned)."""
+    value %= 1 << 64
+    value ^= value >> 30
+    value = (value * 0xBF58476D1CE4E5B9) % (1 << 64)
+    value ^= value >> 27
+    value = (value * 0x94D049BB133111EB) % (1 << 64)
+    return value ^ (value >> 31)
+
+
+def _mix64_(x: torch.Tensor) -> torch.Tensor:
+    """:func:`mix64` in place, with one scratch tensor."""
+    shifted = torch.empty_like(x)
+    for shift, low, multiplier in ((30, _LOW_34, _MULTIPLIER_1), (27, _LOW_37, _MULTIPLIER_2), (31, _LOW_33, None)):
+        torch.bitwise_right_shift(x, shift, out=shifted)
+        x ^= shifted.bitwise_and_(low)
+        if multiplier is not None:
+            x *= multiplier
+    return x
+
+
+def _keyed(keys: torch.Tensor, mixed_tags: torch.Tensor | int) -> torch.Tensor:
+    """One level of the hash: mix64(key ^ mixed_tags), broadcast, with mixed_tags = mix64(tag)."""
+    return _mix64_(keys ^ mixed_tags)
+
+
+@functools.lru_cache(maxsize=256)
+def _mixed_tags(start: int, count: int, device: torch.device) -> torch.Tensor:
+    """mix64(start + i) for i < count: the tags of a level do not change from round to round."""
+    return mix64(torch.arange(start, start + count, dtype=torch.int64, device=device))
+
+
+def to_unit(words: torch.Tensor) -> torch.Tensor:
+    """Uniforms on (0, 1) in float64 from int64 words: (top 52 bits + 1/2) 2^-52."""
+    mantissa = ((words >> 12) & _MANTISSA).to(torch.float64)
+    return mantissa.add_(0.5).mul_(2.0**-52)
+
+
+@dataclass(frozen=True)
+class Draws:
+    """The random numbers of one round for a set of agents: a key per (element, round, agent).
+
+    ``keys`` has any shape (usually (B, N)); ``words``, ``uniform`` and ``normal`` return
+    (count, *keys.shape), the index of the draw first, so that every later operation runs over
+    contiguous rows of agents. Indexing selects agents (``draws[mask]``), keeping every number
+    they would have had.
+    """
+
+    keys: torch.Tensor
+
+    def __getitem__(self, index) -> "Draws":
+        return Draws(self.keys[index])
+
+    def words(self, stream: int, count: int, start: int = 0) -> torch.Tensor:
+        """(count, ...) int64 hashes of (stream, index) for index in [start, start + count)."""
+        tags = _mixed_tags(_LEVEL_DRAW + (stream << 32) + start, count, self.keys.device)
+        return _keyed(self.keys, tags.reshape(count, *([1] * self.keys.dim())))
+
+    def uniform(self, stream: int, count: int, start: int = 0) -> torch.Tensor:
+        """(count, ...) float64 uniforms on (0, 1), indices [start, start + count) of ``stream``."""
+        return to_unit(self.words(stream, count, start))
+
+    def normal(self, stream: int, count: int) -> torch.Tensor:
+        """(count, ...) float64 standard Gaussians by Box-Muller, a pair from each of ceil(count / 2) words.
+
+        A word's two 32-bit halves give the uniforms (h + 1/2) 2^-32 of the radius and the
+        angle (as in cuRAND), which halves the hashing: the pairs' radius stops at 6.7, a tail
+        of probability 1.2e-10, which matters nowhere the engine uses Gaussians (directions).
+        """
+        pairs = (count + 1) // 2
+        words = self.words(stream, pairs)
+        high = ((words >> 32) & _LOW_32).to(torch.float64).add_(0.5).mul_(2.0**-32)
+        angle = words.bitwise_and_(_LOW_32).to(torch.float64).add_(0.5).mul_(2.0 * math.pi * 2.0**-32)
+        radius = high.log_().mul_(-2.0).sqrt_()
+        normals = torch.empty((2 * pairs, *words.shape[1:]), dtype=torch.float64, device=words.device)
+        torch.cos(angle, out=normals[:pairs])
+        torch.sin(angle, out=normals[pairs:])
+        normals.view(2, *radius.shape).mul_(radius)  # both halves times the pair's radius
+        return normals[:count]
+
+
+def round_draws(keys: torch.Tensor, round_index: int, agents: int) -> Draws:
+    """The draws of round ``round_index`` for elements with ``keys`` (B,) and agents 0..agents-1."""
+    round_keys = _keyed(keys, _signed(_mix64_int(_LEVEL_ROUND + int(round_index))))  # a scalar: no copy to the device
+    return Draws(_keyed(round_keys.unsqueeze(-1), _mixed_tags(_LEVEL_AGENT, agents, keys.device)))

@@ -28,6 +28,7 @@ import math
 
 import torch
 
+from econspin.randomness import DRAW_DIRECTION, DRAW_SPIN, Draws
 from econspin.registry import class_registrar
 
 RESPONSES: dict[str, type["SpinResponse"]] = {}
@@ -70,9 +71,9 @@ class SpinResponse:
         norm, direction = _norm_and_direction(theta)
         return self.magnitude(norm, temperature).unsqueeze(-1) * direction
 
-    def sample(self, theta: torch.Tensor, temperature: torch.Tensor, generators: list[torch.Generator]) -> torch.Tensor:
-        """A spin per agent from p(s) ∝ exp(theta . s / T) on |s| = R; batch b uses generators[b]."""
-        return sample_von_mises_fisher(theta, temperature, self.radius, generators)
+    def sample(self, theta: torch.Tensor, temperature: torch.Tensor, draws: Draws) -> torch.Tensor:
+        """A spin per agent from p(s) ∝ exp(theta . s / T) on |s| = R, from the agents' ``draws``."""
+        return sample_von_mises_fisher(theta, temperature, self.radius, draws)
 
 
 @register_response("sphere")
@@ -87,7 +88,7 @@ class SphereResponse(SpinResponse):
     def slope(self, field_norm, temperature):
         return torch.zeros_like(field_norm)
 
-    def sample(self, theta, temperature, generators):
+    def sample(self, theta, temperature, draws):
         return self.mean(theta, temperature)
 
 
@@ -106,7 +107,7 @@ class LinearResponse(SpinResponse):
     def mean(self, theta, temperature):
         return theta  # exactly, not |theta| times the direction (stored patterns must not drift)
 
-    def sample(self, theta, temperature, generators):
+    def sample(self, theta, temperature, draws):
         return theta
 
 
@@ -211,67 +212,129 @@ def bessel_ratio(kappa: torch.Tensor, dimension: int) -> torch.Tensor:
 
 
 def sample_von_mises_fisher(
-    theta: torch.Tensor, temperature: torch.Tensor, radius: float, generators: list[torch.Generator]
+    theta: torch.Tensor, temperature: torch.Tensor, radius: float, draws: Draws
 ) -> torch.Tensor:
-    """Draw s with |s| = R from p(s) ∝ exp(theta . s / T); theta (B, N, d), T (B, N).
+    """Draw s with |s| = R from p(s) ∝ exp(theta . s / T); theta (..., d), T (...).
 
-    d = 1 is Glauber's rule, P(s = +R) = 1 / (1 + exp(-2 R theta / T)). For d >= 2, Wood's
-    (1994) rejection sampler for the component w along theta, with the Beta((d-1)/2, (d-1)/2)
-    proposal drawn as (1 + t)/2, t the first coordinate of a uniform point on the sphere
-    (Gaussian draws, so that an explicit generator serves throughout). Batch element b draws
-    from generators[b] only, so a batch equals its elements run one at a time.
+    ``draws`` holds one key per agent (shape of T); every number agent i uses is a hash of
+    its key, so the spins of a batch are drawn at once, with no loop over elements, and an
+    agent's spin does not depend on which others are drawn beside it.
+
+    d = 1 is Glauber's rule, P(s = +R) = 1 / (1 + exp(-2 R theta / T)), with one uniform.
+    For d >= 2, Wood's (1994) rejection sampler for the component w = s . theta_hat / R (see
+    :func:`_wood_component`), then a uniform direction orthogonal to theta_hat from d
+    Box-Muller Gaussians. At theta = 0 the spin is uniform on the sphere; at T = 0 it is
+    R theta_hat.
     """
-    return torch.stack(
-        [_sample_one_batch(theta[b], temperature[b], radius, generators[b]) for b in range(theta.shape[0])]
-    )
-
-
-def _sample_one_batch(theta, temperature, radius, generator):
-    count, dimension = theta.shape
     norm, direction = _norm_and_direction(theta)
     cold = temperature == 0
     kappa = radius * norm / torch.where(cold, torch.ones_like(temperature), temperature)
     kappa = torch.where(cold, torch.full_like(kappa, math.inf), kappa)
     kappa = torch.where(norm > 0, kappa, torch.zeros_like(kappa))
-    device, dtype = theta.device, theta.dtype
+    dimension, dtype = theta.shape[-1], theta.dtype
     if dimension == 1:
-        uniform = torch.rand(count, generator=generator, device=device, dtype=torch.float64)
-        probability_up = torch.sigmoid(2.0 * kappa.double())
-        sign = torch.where(norm > 0, direction[:, 0], torch.ones_like(norm))
-        spin = torch.where(uniform < probability_up, 1.0, -1.0).to(dtype) * sign
+        uniform = draws.uniform(DRAW_SPIN, 1)[0]
+        # aligned when U < 1 / (1 + exp(-2 kappa)); written with exp, which (unlike torch's
+        # sigmoid) gives the same bits for an agent whatever the tensor it sits in
+        aligned = uniform * (1.0 + torch.exp(-2.0 * kappa.double())) < 1.0
+        sign = torch.where(norm > 0, direction[..., 0], torch.ones_like(norm))
+        spin = torch.where(aligned, 1.0, -1.0).to(dtype) * sign
         return radius * spin.unsqueeze(-1)
-    along = _wood_component(kappa.double(), dimension, generator)
-    gaussian = torch.randn(count, dimension, generator=generator, device=device, dtype=torch.float64)
-    unit = direction.double()
-    has_direction = (norm > 0).unsqueeze(-1)
-    orthogonal = gaussian - (gaussian * unit).sum(-1, keepdim=True) * unit
-    orthogonal = torch.where(has_direction, orthogonal, gaussian)
-    orthogonal = orthogonal / torch.linalg.vector_norm(orthogonal, dim=-1, keepdim=True)
-    # with no field the law is uniform: direction is then the fresh Gaussian itself
-    spin = along.unsqueeze(-1) * unit + torch.sqrt((1.0 - along**2).clamp(min=0)).unsqueeze(-1) * orthogonal
-    spin = torch.where(has_direction, spin, orthogonal)
-    return (radius * spin).to(dtype)
+    along = _wood_component(kappa.double(), dimension, draws)
+    along = torch.where(norm > 0, along, torch.zeros_like(along))  # no field: all of it orthogonal
+    # the direction in (d, ...) layout: reductions over d run across contiguous rows of agents
+    # (out of place where the field's gradient flows: a sampled round stays differentiable)
+    gaussian = draws.normal(DRAW_DIRECTION, dimension)  # (d, ...)
+    unit = direction.movedim(-1, 0).double().contiguous()  # the zero vector where there is no field
+    orthogonal = torch.addcmul(gaussian, unit, _sum_leading(gaussian * unit), value=-1.0)
+    length = torch.sqrt(_sum_leading(orthogonal * orthogonal)).clamp(min=1e-300)
+    # s = R (w theta_hat + sqrt(1 - w^2) g_perp / |g_perp|), the radius folded into the coefficients
+    sideways = torch.sqrt((1.0 - along * along).clamp(min=0.0)) * (radius / length)
+    spin = torch.addcmul(orthogonal * sideways, unit, radius * along)
+    return torch.empty(theta.shape, dtype=dtype, device=theta.device).copy_(spin.movedim(0, -1))
 
 
-def _wood_component(kappa, dimension, generator):
-    """W = s . theta_hat / R for each agent, by Wood's rejection algorithm (float64)."""
-    count = kappa.shape[0]
+def _sum_leading(values: torch.Tensor) -> torch.Tensor:
+    """Sum over the leading axis by halving it, elementwise additions only.
+
+    torch's reductions over an outer axis may group the terms differently with the sizes of
+    the other axes; this order depends on the leading axis alone, so an agent gets the same
+    bits whatever batch it is drawn in.
+    """
+    while values.shape[0] > 1:
+        half = values.shape[0] // 2
+        folded = values[:half] + values[half : 2 * half]
+        if values.shape[0] % 2:
+            folded[-1] += values[-1]
+        values = folded
+    return values[0]
+
+
+WOOD_FIRST_ATTEMPTS = 2  # attempts every agent makes at once; Wood's acceptance is >= 0.65 a try
+WOOD_MORE_ATTEMPTS = 8  # attempts at once for the few agents (<= 12%) that still have none
+
+
+def _wood_component(
+    kappa: torch.Tensor,
+    dimension: int,
+    draws: Draws,
+    attempts: int = WOOD_FIRST_ATTEMPTS,
+    more_attempts: int = WOOD_MORE_ATTEMPTS,
+):
+    """W = s . theta_hat / R for each agent, by Wood's rejection algorithm (float64).
+
+    With m = d - 1, b = m / (2k + sqrt(4k^2 + m^2)), x0 = (1 - b) / (1 + b) and
+    c = k x0 + m log(1 - x0^2), an attempt proposes z ~ Beta(m/2, m/2),
+    w = (1 - (1 + b) z) / (1 - (1 - b) z), and accepts it when
+    k w + m log(1 - x0 w) - c >= log U. The proposal is z = (1 + t) / 2 with t the first
+    coordinate of a uniform point on the sphere S^(d-1), drawn from two uniforms by Ulrich's
+    (1984) polar method: t = sqrt(1 - U1^(2/(d-2))) cos(2 pi U2) (d = 2: t = cos(2 pi U2)),
+    since the first two coordinates have radius^2 = 1 - U1^(2/(d-2)) and a uniform angle.
+    With z = (1 + t)/2, w = ((1 - b) - (1 + b) t) / ((1 + b) - (1 - b) t).
+
+    Attempt a of an agent uses the uniforms 3a (U1), 3a + 1 (U) and 3a + 2 (U2) of its spin
+    stream, and the result is its first accepted attempt: the law of the rejection sampler,
+    and the same number however many attempts are evaluated at once. ``attempts`` of them
+    are evaluated for every agent together (one host synchronisation a round, to see whether
+    any agent has none accepted); the agents with none accepted (at most 0.35^attempts of
+    them: Wood's acceptance rate is at least 0.65 for every d and k) continue, ``more_attempts``
+    at a time, in a loop over those agents only.
+    """
     m1 = dimension - 1.0
     finite = torch.isfinite(kappa)
     k = torch.where(finite, kappa, torch.zeros_like(kappa))
     b = m1 / (2.0 * k + torch.sqrt(4.0 * k**2 + m1**2))
     x0 = (1.0 - b) / (1.0 + b)
     c = k * x0 + m1 * torch.log1p(-(x0**2).clamp(max=1 - 1e-16))
-    result = torch.ones_like(kappa)
-    pending = finite.clone()
+    constants = torch.stack([1.0 - b, 1.0 + b, x0, k, c])  # (5, ...)
+    result, accepted = _wood_attempts(constants, dimension, draws, 0, attempts)
+    result = torch.where(finite, result, torch.ones_like(result))
+    pending = finite & ~accepted
+    start = attempts
     while bool(pending.any()):
-        gaussian = torch.randn(count, dimension, generator=generator, device=kappa.device, dtype=torch.float64)
-        uniform = torch.rand(count, generator=generator, device=kappa.device, dtype=torch.float64)
-        t = gaussian[:, 0] / torch.linalg.vector_norm(gaussian, dim=-1)
-        z = (1.0 + t) / 2.0
-        w = (1.0 - (1.0 + b) * z) / (1.0 - (1.0 - b) * z)
-        accept = k * w + m1 * torch.log((1.0 - x0 * w).clamp(min=1e-300)) - c >= torch.log(uniform)
-        newly = pending & accept
-        result = torch.where(newly, w, result)
-        pending = pending & ~accept
-    return result.clamp(-1.0, 1.0)
+        index = pending.nonzero(as_tuple=True)
+        more, more_accepted = _wood_attempts(constants[(slice(None), *index)], dimension, draws[index], start,
+                                             more_attempts)
+        result = result.index_put(index, torch.where(more_accepted, more, result[index]))
+        pending = pending.index_put(index, ~more_accepted)
+        start += more_attempts
+    return result.clamp_(-1.0, 1.0)
+
+
+def _wood_attempts(constants: torch.Tensor, dimension: int, draws: Draws, start: int, count: int):
+    """Attempts start .. start + count - 1 for every agent: (first accepted w, whether any)."""
+    uniform = draws.uniform(DRAW_SPIN, 3 * count, 3 * start).unflatten(0, (count, 3))  # (count, 3, ...)
+    logs = torch.log(uniform[:, :2])  # log U1, log U
+    t = torch.cos((2.0 * math.pi) * uniform[:, 2])
+    if dimension > 2:
+        t *= torch.sqrt(torch.expm1(logs[:, 0] * (2.0 / (dimension - 2))).neg_())
+    low, high, x0, k, c = constants
+    w = torch.addcmul(low, high, t, value=-1.0).div_(torch.addcmul(high, low, t, value=-1.0))
+    # k w + m log(1 - x0 w) - c >= log U
+    score = torch.log((1.0 - x0 * w).clamp_(min=1e-300)).mul_(dimension - 1.0).addcmul_(k, w).sub_(c)
+    accept = score >= logs[:, 1]
+    result, accepted = w[-1], accept[-1]
+    for attempt in range(count - 2, -1, -1):  # the first accepted one wins
+        result = torch.where(accept[attempt], w[attempt], result)
+        accepted = accepted | accept[attempt]
+    return result, accepted

@@ -1,7 +1,8 @@
 """One round of the attention economy, t -> t+1, as a pure function of the state.
 
 ``step(state, economy) -> state`` reads nothing else and changes nothing: the same state
-gives the same next state (its random streams travel inside it).
+gives the same next state: the draws of sampled mode are counter-based random numbers, a
+function of the state's keys, its round and the agent (:mod:`econspin.randomness`).
 """
 
 from __future__ import annotations
@@ -32,13 +33,12 @@ def step(state: State, economy: Economy) -> State:
          :mod:`econspin.corrections`.
     """
     sampled = economy.mode == "sampled"
-    # the expected mode draws nothing: its random streams stay where they are
-    generators = state.generators(economy.device) if sampled else []
-    outcome = trade(state, economy, generators)
+    draws = state.draws() if sampled else None  # the expected mode draws nothing
+    outcome = trade(state, economy, draws)
     eta = economy.eta
     field = state.fields + (1.0 - eta)[..., None] * state.states + eta[..., None] * outcome.received
     if sampled:
-        new_states = economy.response.sample(field, state.temperature, generators)
+        new_states = economy.response.sample(field, state.temperature, draws)
     else:
         field_variance = (1.0 - eta) ** 2 * spin_variance(
             state.states, economy.radius
@@ -62,7 +62,6 @@ def step(state: State, economy: Economy) -> State:
         entropy=outcome.entropy,
         surplus=outcome.surplus,
         round=state.round + 1,
-        random_states=tuple(g.get_state() for g in generators) if sampled else state.random_states,
     )
 
 

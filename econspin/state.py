@@ -2,7 +2,9 @@
 
 Besides what evolves (states, money, temperatures, fields) it keeps the record of the last
 round's trade (revenue, spending, the entropy and surplus of each buyer's choice), which is
-what the metrics read, and one random-number state per batch element.
+what the metrics read, and one random key per batch element: the draws of a round are a
+function of (key, round, agent, ...) (see :mod:`econspin.randomness`), so the state is a
+pure value and ``step(state)`` a pure function of it.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import numpy as np
 import torch
 
 from econspin.economy import Economy, coupling_fields
-from econspin.randomness import STREAM_DYNAMICS, STREAM_FIELDS, STREAM_INITIAL, derive_seed, make_generator
+from econspin.randomness import STREAM_FIELDS, STREAM_INITIAL, Draws, derive_seed, dynamics_keys, round_draws
 from econspin.scenario import (
     MoneyDistribution,
     Scenario,
@@ -39,7 +41,7 @@ class State:
         entropy: (B, N) normalised entropy of buyer i's choice row (mean over markets).
         surplus: (B, N) inclusive value T_i log sum_j exp(u_ij / T_i) (mean over markets).
         round: rounds completed.
-        random_states: one torch.Generator state (ByteTensor) per batch element.
+        random_keys: (B,) int64, the key of each element's draws, from (run seed, replica).
     """
 
     states: torch.Tensor
@@ -51,23 +53,18 @@ class State:
     entropy: torch.Tensor
     surplus: torch.Tensor
     round: int
-    random_states: tuple[torch.Tensor, ...]
+    random_keys: torch.Tensor
 
     def replace(self, **changes) -> "State":
         """A copy with some fields changed."""
         return dataclasses.replace(self, **changes)
 
-    def generators(self, device: torch.device) -> list[torch.Generator]:
-        """Generators positioned at this state's random streams, one per batch element."""
-        generators = []
-        for random_state in self.random_states:
-            generator = torch.Generator(device=device)
-            generator.set_state(random_state)
-            generators.append(generator)
-        return generators
+    def draws(self) -> Draws:
+        """The random numbers of the round that follows this state: keys of (element, round, agent)."""
+        return round_draws(self.random_keys, self.round, self.states.shape[1])
 
     def to(self, device) -> "State":
-        """The same state on another device (random states stay as they are)."""
+        """The same state on another device (its draws do not change: they are integer hashes)."""
         moved = {
             field.name: getattr(self, field.name).to(device)
             for field in dataclasses.fields(self)
@@ -79,7 +76,7 @@ class State:
 def initial_state(economy: Economy, scenarios: list[Scenario], replicas: list[int]) -> State:
     """Round-0 state of each batch element from its scenario and replica index."""
     device, dtype = economy.device, economy.dtype
-    states, fields, money, temperature, random_states = [], [], [], [], []
+    states, fields, money, temperature = [], [], [], []
     names = economy.population_names
     for scenario, replica in zip(scenarios, replicas):
         seed = scenario.run.seed
@@ -101,8 +98,6 @@ def initial_state(economy: Economy, scenarios: list[Scenario], replicas: list[in
         fields.append(h)
         money.append(np.concatenate(w))
         temperature.append(np.concatenate(t))
-        generator = make_generator(derive_seed(seed, STREAM_DYNAMICS, replica), device)
-        random_states.append(generator.get_state())
     zeros = torch.zeros(len(scenarios), economy.agent_count, device=device)
     return State(
         states=torch.tensor(np.stack(states), dtype=dtype, device=device),
@@ -114,7 +109,7 @@ def initial_state(economy: Economy, scenarios: list[Scenario], replicas: list[in
         entropy=zeros.to(dtype),
         surplus=zeros.to(dtype),
         round=0,
-        random_states=tuple(random_states),
+        random_keys=dynamics_keys([scenario.run.seed for scenario in scenarios], replicas, device),
     )
 
 

@@ -181,18 +181,17 @@ def check_engine(replicas: int, repeats: int, seed: int = 0, buyers_per_populati
     one_hot = torch.zeros_like(money)
     element = torch.arange(min(nb, replicas))
     one_hot[element, buyers[element]] = 1.0
-    outcome = trade(fixed.replace(money=one_hot), expected_economy, fixed.generators(economy.device))
+    outcome = trade(fixed.replace(money=one_hot), expected_economy)
     alpha = outcome.revenue[element][:, seller_index].numpy()  # (nb, S), rows sum to 1
     temperatures = fixed.temperature[0, buyers].numpy()
 
     counts = np.zeros((nb, seller_index.numel()), dtype=np.int64)
     bits = 2 ** np.arange(nb)
-    random_states = fixed.random_states
     started = time.perf_counter()
     with torch.no_grad():
-        for _ in range(repeats):
-            after = step(fixed.replace(random_states=random_states), economy)
-            random_states = after.random_states  # fresh draws next time, same starting state
+        for repeat in range(repeats):
+            # the same state played as round ``repeat``: fresh counter-based draws each time
+            after = step(fixed.replace(round=repeat), economy)
             revenue = np.rint(after.revenue[:, seller_index].numpy()).astype(np.int64)  # (R, S)
             chosen = (revenue[:, :, None] & bits[None, None, :]) > 0  # (R, S, nb)
             counts += chosen.sum(axis=0).T

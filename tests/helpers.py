@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from econspin import Scenario
-from econspin.randomness import STREAM_DYNAMICS, derive_seed, make_generator
+from econspin.randomness import dynamics_keys
 from econspin.simulate import Rollout
 
 
@@ -28,9 +28,12 @@ def rollout(scenarios, replicas=None, dtype="float64") -> Rollout:
 
 
 def shared_start_ensemble(scenario: Scenario, replicas: int, dtype="float64") -> Rollout:
-    """``replicas`` copies of one economy in one initial state, each with its own sampling stream."""
+    """``replicas`` copies of one economy in one initial state, each with its own sampling stream.
+
+    Every element starts from replica 0's initial state; its random key is that of replica r,
+    so element r draws what replica r of a run would draw.
+    """
     run = rollout([scenario] * replicas, replicas=[0] * replicas, dtype=dtype)
-    seed = scenario.run.seed
-    streams = tuple(make_generator(derive_seed(seed, STREAM_DYNAMICS, r)).get_state() for r in range(replicas))
-    run.state = run.state.replace(random_states=streams)
+    keys = dynamics_keys([scenario.run.seed] * replicas, list(range(replicas)))
+    run.state = run.state.replace(random_keys=keys)
     return run

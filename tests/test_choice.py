@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from scipy import stats
 
 from econspin.choice import EULER_GAMMA, gumbel_max_choice, logit_rows, sample_choice
+from econspin.randomness import DRAW_CHOICE, dynamics_keys, round_draws
 
 
 def _rows(seed, rows=6, columns=9):
@@ -64,7 +65,7 @@ def test_row_without_partner_chooses_nobody():
     assert sample_choice(rows.probabilities, torch.tensor([0.5, 0.5]))[0] == -1
 
 
-@pytest.mark.parametrize("sampler", ["inversion", "gumbel_max"])
+@pytest.mark.parametrize("sampler", ["inversion", "gumbel_max", "counter"])
 def test_sampled_frequencies_match_alpha_chi_square(sampler):
     utilities = torch.tensor([0.3, -1.0, 1.2, 0.0, 0.7, -0.4], dtype=torch.float64)
     allowed = torch.tensor([True, True, True, False, True, True])
@@ -76,6 +77,10 @@ def test_sampled_frequencies_match_alpha_chi_square(sampler):
     generator = torch.Generator().manual_seed(11)
     if sampler == "inversion":
         chosen = sample_choice(alpha.expand(draws, -1), torch.rand(draws, generator=generator, dtype=torch.float64))
+    elif sampler == "counter":  # the round's uniforms: 40 replicas x 1000 agents
+        keys = dynamics_keys([11] * 40, list(range(40)))
+        uniforms = round_draws(keys, 3, 1000).uniform(DRAW_CHOICE, 1).reshape(draws)
+        chosen = sample_choice(alpha.expand(draws, -1), uniforms)
     else:
         chosen = gumbel_max_choice(u, mask, temperature.expand(draws, 1), generator)
     counts = np.bincount(chosen.numpy(), minlength=6)

@@ -5,9 +5,10 @@ import math
 import numpy as np
 import pytest
 import torch
-from scipy import special
+from scipy import special, stats
 
-from econspin.response import bessel_ratio, make_response, sample_von_mises_fisher
+from econspin.randomness import round_draws
+from econspin.response import _wood_component, bessel_ratio, make_response, sample_von_mises_fisher
 
 
 @pytest.mark.parametrize("dimension", [2, 3, 8, 64, 512])
@@ -71,27 +72,107 @@ def test_large_d_tends_to_vmf_like_one_over_d():
     assert errors[512] < 1e-3
 
 
-def test_vmf_sampler_mean_is_the_vmf_response():
-    dimension, radius, count = 5, math.sqrt(5), 20_000
-    generator = torch.Generator().manual_seed(4)
-    theta = torch.tensor([0.9, -0.3, 0.2, 0.0, 0.4], dtype=torch.float64)
-    temperature = torch.tensor(0.8, dtype=torch.float64)
-    spins = sample_von_mises_fisher(
-        theta.expand(1, count, -1), temperature.expand(1, count), radius, [generator]
-    )[0]
-    assert torch.allclose(spins.norm(dim=-1), torch.full((count,), radius, dtype=torch.float64))
-    expected = make_response("vmf", dimension, radius).mean(theta, temperature)
-    standard_error = spins.std(dim=0) / math.sqrt(count)
-    assert torch.all((spins.mean(0) - expected).abs() < 5 * standard_error)
-
-
 def test_glauber_rule_for_scalar_spins():
-    generator = torch.Generator().manual_seed(8)
     count = 50_000
-    theta = torch.tensor([[[0.3]]], dtype=torch.float64).expand(1, count, 1)
-    temperature = torch.full((1, count), 0.5, dtype=torch.float64)
-    spins = sample_von_mises_fisher(theta, temperature, 1.0, [generator])
+    fields = [0.3, -0.7, 0.0, 2.0]
+    draws = round_draws(torch.tensor([8, 9, 10, 11]), 0, count)
+    theta = torch.tensor(fields, dtype=torch.float64)[:, None, None].expand(-1, count, 1)
+    temperature = torch.full((4, count), 0.5, dtype=torch.float64)
+    spins = sample_von_mises_fisher(theta, temperature, 1.0, draws)
     assert set(spins.unique().tolist()) == {-1.0, 1.0}
-    probability_up = 1 / (1 + math.exp(-2 * 0.3 / 0.5))
-    observed = float((spins == 1).double().mean())
-    assert abs(observed - probability_up) < 5 * math.sqrt(probability_up * (1 - probability_up) / count)
+    for element, field in enumerate(fields):
+        probability_up = 1 / (1 + math.exp(-2 * field / 0.5))
+        observed = float((spins[element] == 1).double().mean())
+        assert abs(observed - probability_up) < 5 * math.sqrt(probability_up * (1 - probability_up) / count)
+    # the limits: T = 0 follows the field, T = inf is a fair coin
+    cold = sample_von_mises_fisher(theta, torch.zeros_like(temperature), 1.0, draws)
+    assert torch.all(cold[[0, 3]] == 1) and torch.all(cold[1] == -1)
+    hot = sample_von_mises_fisher(theta, torch.full_like(temperature, math.inf), 1.0, draws)
+    assert abs(float((hot == 1).double().mean()) - 0.5) < 5 * math.sqrt(0.25 / hot.numel())
+
+
+def _vmf_sample(dimension, kappa, count, key=0, radius=1.0):
+    """Count spins of field kappa along a fixed random direction (T = 1, R = radius)."""
+    direction = torch.randn(dimension, generator=torch.Generator().manual_seed(dimension), dtype=torch.float64)
+    direction = direction / direction.norm()
+    theta = (kappa / radius * direction).expand(1, count, -1)
+    draws = round_draws(torch.tensor([key]), 0, count)
+    spins = sample_von_mises_fisher(theta, torch.ones(1, count, dtype=torch.float64), radius, draws)[0]
+    return spins / radius, direction
+
+
+VMF_CASES = [(2, 0.3), (2, 5.0), (3, 1.0), (3, 40.0), (5, 2.0), (16, 0.5), (16, 8.0), (16, 300.0), (64, 20.0)]
+
+
+@pytest.mark.parametrize("dimension,kappa", VMF_CASES)
+def test_vmf_sample_moments_are_exact(dimension, kappa):
+    """E[u] = A n and E[u u^T] = (A / k) I + (1 - d A / k) n n^T on the unit sphere, A = A_d(k)."""
+    count = 20_000
+    unit, direction = _vmf_sample(dimension, kappa, count, key=dimension)
+    assert torch.allclose(unit.norm(dim=-1), torch.ones(count, dtype=torch.float64), atol=1e-12)
+    mean = make_response("vmf", dimension, 1.0).mean(kappa * direction, torch.tensor(1.0, dtype=torch.float64))
+    assert torch.all((unit.mean(0) - mean).abs() <= 5 * unit.std(0) / math.sqrt(count) + 1e-12)
+    ratio = float(bessel_ratio(torch.tensor(kappa, dtype=torch.float64), dimension))
+    second = (ratio / kappa) * torch.eye(dimension, dtype=torch.float64)
+    second = second + (1 - dimension * ratio / kappa) * torch.outer(direction, direction)
+    outer = unit.T @ unit / count
+    spread = ((unit**2).T @ unit**2 / count - outer**2).clamp(min=0).sqrt()  # sd of u_i u_j
+    error = (outer - second).abs()
+    assert torch.all(error <= 5 * spread / math.sqrt(count) + 1e-12), float((error / spread).max())
+
+
+@pytest.mark.parametrize("dimension,kappa", [(2, 1.5), (3, 4.0), (16, 0.5), (16, 30.0), (200, 150.0)])
+def test_vmf_component_along_the_field_has_the_exact_law(dimension, kappa):
+    """The angle phi = arccos(u . n) has density ∝ exp(k cos phi) sin^(d-2) phi: a KS test."""
+    unit, direction = _vmf_sample(dimension, kappa, 20_000, key=7)
+    angles = torch.arccos((unit @ direction).clamp(-1, 1)).numpy()
+    grid = np.linspace(0, math.pi, 200_001)
+    log_density = kappa * np.cos(grid) + (dimension - 2) * np.log(np.clip(np.sin(grid), 1e-300, None))
+    density = np.exp(log_density - log_density.max())
+    cumulative = np.concatenate([[0], np.cumsum((density[1:] + density[:-1]) / 2)])
+    cumulative /= cumulative[-1]
+    assert stats.kstest(angles, lambda x: np.interp(x, grid, cumulative)).pvalue > 1e-3
+
+
+def test_vmf_limits_no_field_is_uniform_and_zero_temperature_is_the_direction():
+    count, dimension = 20_000, 6
+    draws = round_draws(torch.tensor([3]), 0, count)
+    zero = torch.zeros(1, count, dimension, dtype=torch.float64)
+    spins = sample_von_mises_fisher(zero, torch.ones(1, count, dtype=torch.float64), 2.0, draws)[0] / 2.0
+    assert torch.all(spins.mean(0).abs() < 5 / math.sqrt(dimension * count))
+    outer = (spins[:, :, None] * spins[:, None, :]).mean(0)
+    assert torch.allclose(outer, torch.eye(dimension, dtype=torch.float64) / dimension, atol=5 / math.sqrt(count) / 2)
+    theta = torch.randn(1, count, dimension, dtype=torch.float64)
+    cold = sample_von_mises_fisher(theta, torch.zeros(1, count, dtype=torch.float64), 2.0, draws)
+    assert torch.allclose(cold, 2.0 * theta / theta.norm(dim=-1, keepdim=True), atol=1e-14)
+    hot = sample_von_mises_fisher(theta, torch.full((1, count), math.inf, dtype=torch.float64), 2.0, draws)[0] / 2
+    assert torch.all(hot.mean(0).abs() < 5 / math.sqrt(dimension * count))
+
+
+@pytest.mark.parametrize("dimension", [2, 3, 16])
+def test_wood_result_does_not_depend_on_attempts_drawn_at_once(dimension):
+    """The first accepted attempt of each agent's sequence, whether 1, 4 or 16 are tried at once."""
+    kappa = torch.logspace(-2, 4, 3000, dtype=torch.float64).reshape(3, 1000)
+    kappa[0, :5] = math.inf
+    draws = round_draws(torch.tensor([1, 2, 3]), 4, 1000)
+    one = _wood_component(kappa, dimension, draws, attempts=1)  # mostly the loop over leftovers
+    assert torch.equal(one, _wood_component(kappa, dimension, draws, attempts=4))
+    assert torch.equal(one, _wood_component(kappa, dimension, draws, attempts=16))
+    assert torch.all(one[0, :5] == 1)
+
+
+@pytest.mark.parametrize("dimension", [1, 2, 7])
+def test_spins_of_an_element_do_not_depend_on_the_batch(dimension):
+    """An element sampled alone gets the bits it gets inside a batch, and a subset of agents likewise."""
+    generator = torch.Generator().manual_seed(dimension)
+    theta = torch.randn(3, 50, dimension, generator=generator, dtype=torch.float64)
+    temperature = torch.rand(3, 50, generator=generator, dtype=torch.float64) + 0.1
+    temperature[0, :3] = 0.0
+    draws = round_draws(torch.tensor([11, 12, 13]), 2, 50)
+    together = sample_von_mises_fisher(theta, temperature, 1.5, draws)
+    for element in range(3):
+        rows = slice(element, element + 1)
+        alone = sample_von_mises_fisher(theta[rows], temperature[rows], 1.5, draws[rows])
+        assert torch.equal(alone[0], together[element])
+    part = sample_von_mises_fisher(theta[:, 10:20], temperature[:, 10:20], 1.5, draws[:, 10:20])
+    assert torch.equal(part, together[:, 10:20])

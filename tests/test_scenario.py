@@ -82,7 +82,7 @@ populations: {a: {count: 6, temperature: 0.5}}
 market: {d: 4, network: {edge_list: edges.txt}}
 """))
     run = rollout(loaded)
-    outcome = trade(run.state, run.economy, run.state.generators(run.economy.device))
+    outcome = trade(run.state, run.economy)
     mask = run.economy.trade_mask
     assert mask[0, 1] and mask[1, 0] and not mask[0, 2] and not mask[4, 0]
     # agent 4 can only buy from 5 and 5 only from 4: 4 and 5 pay each other their whole budgets

@@ -123,7 +123,10 @@ def _check_engine_vs_mesa(runs, comparison, summary):
     assert engine_sync.ks_p > 1e-3
     assert engine_sync.chi2_p > 1e-3
     assert engine_sync.bands_overlap_fraction == 1.0  # mean +- 2 sd bands overlap at every step
-    assert engine_sync.mean_within_2se_fraction > 0.85
+    # with 5 replicas the fraction of steps whose means agree within 2 standard errors swings
+    # between seeds (steps are correlated): over seeds 0-39, two independent Mesa runs gave
+    # 0.775 to 1.0, a fifth of them <= 0.85, and the engine against Mesa the same range
+    assert engine_sync.mean_within_2se_fraction > 0.7
     for name in ("engine", "mesa_synchronous", "mesa_sequential"):
         assert summary.loc[name, "money_conserved"]
     # both synchronous forms settle near the queue law's Gini (0.580), the sequential one higher

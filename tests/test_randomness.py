@@ -1,0 +1,197 @@
+"""Counter-based random numbers: the hash, the uniforms' statistics, and what draws depend on."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from helpers import rollout, scenario
+from scipy import stats
+from typer.testing import CliRunner
+
+from econspin.cli import app
+from econspin.output import CheckpointError, load_checkpoint, save_checkpoint
+from econspin.randomness import (
+    DRAW_CHOICE,
+    DRAW_SPIN,
+    Draws,
+    dynamics_key,
+    dynamics_keys,
+    mix64,
+    round_draws,
+    to_unit,
+)
+from econspin.round import step
+
+runner = CliRunner()
+
+
+def _splitmix64_finaliser(value: int) -> int:
+    """Reference in Python integers: Stafford's Mix13, as in SplitMix64."""
+    mask = 2**64 - 1
+    value ^= value >> 30
+    value = (value * 0xBF58476D1CE4E5B9) & mask
+    value ^= value >> 27
+    value = (value * 0x94D049BB133111EB) & mask
+    return value ^ (value >> 31)
+
+
+def _as_int64(value: int) -> int:
+    return value - 2**64 if value >= 2**63 else value
+
+
+def test_mix64_is_the_splitmix64_finaliser_in_int64():
+    rng = np.random.default_rng(0)
+    values = [0, 1, 2, 2**31, 2**32 - 1, 2**63 - 1, 2**63, 2**64 - 1] + [int(v) for v in rng.integers(0, 2**63, 50)]
+    values += [2**64 - 1 - value for value in values]
+    mixed = mix64(torch.tensor([_as_int64(value) for value in values], dtype=torch.int64))
+    assert [int(word) % 2**64 for word in mixed] == [_splitmix64_finaliser(value) for value in values]
+    # SplitMix64 seeded 1234567: its first output (the generator's published test value)
+    assert _splitmix64_finaliser(1234567 + 0x9E3779B97F4A7C15) == 6457827717110365317
+
+
+def test_uniforms_are_in_the_open_interval_with_52_bits():
+    extremes = torch.tensor([0, -1, 2**12 - 1, _as_int64(2**64 - 2**12)], dtype=torch.int64)
+    values = to_unit(extremes)
+    assert values.dtype == torch.float64
+    assert values[0] == 2.0**-53 and values[1] == 1 - 2.0**-53
+    assert values[2] == values[0] and values[3] == values[1]  # the low 12 bits are dropped
+    draws = round_draws(dynamics_keys([0, 1], [0, 3]), 5, 1000).uniform(DRAW_SPIN, 50)
+    assert torch.all((draws > 0) & (draws < 1))
+    # every value is (m + 1/2) 2^-52 for an integer m
+    scaled = draws * 2.0**52 - 0.5
+    assert torch.equal(scaled, scaled.round())
+
+
+def _reference_word(key: int, round_index: int, agent: int, stream: int, index: int) -> int:
+    """The documented chain in Python integers: key' = mix(key ^ mix(tag + value)), level by level."""
+    def keyed(value, tag):
+        return _splitmix64_finaliser(value ^ _splitmix64_finaliser(tag))
+
+    round_key = keyed(key % 2**64, (1 << 60) + round_index)
+    agent_key = keyed(round_key, (2 << 60) + agent)
+    return keyed(agent_key, (3 << 60) + (stream << 32) + index)
+
+
+def test_words_follow_the_documented_hash_chain_and_stay_pinned():
+    """The numbers of a (key, round, agent, stream, index) are fixed: changing them breaks reproducibility."""
+    key = dynamics_key(7, 2)
+    words = round_draws(torch.tensor([key, 12345]), 11, 4).words(DRAW_SPIN, 3, start=5)
+    for element, element_key in enumerate((key, 12345)):
+        for agent in range(4):
+            for offset in range(3):
+                expected = _reference_word(element_key, 11, agent, DRAW_SPIN, 5 + offset)
+                assert int(words[offset, element, agent]) % 2**64 == expected
+    uniform = round_draws(torch.tensor([12345]), 0, 1).uniform(DRAW_CHOICE, 1)
+    assert float(uniform) == ((_reference_word(12345, 0, 0, DRAW_CHOICE, 0) >> 12) + 0.5) * 2.0**-52
+    assert float(uniform) == PINNED_UNIFORM
+
+
+PINNED_UNIFORM = 0.5795639633397028  # computed once; must never change
+
+
+def _uniforms(count_keys=64, rounds=4, agents=64, words=16):
+    keys = dynamics_keys([3] * count_keys, list(range(count_keys)))
+    return torch.stack([round_draws(keys, t, agents).uniform(DRAW_SPIN, words).movedim(0, -1) for t in range(rounds)])
+
+
+def test_uniform_moments_and_bins():
+    u = _uniforms().flatten()  # 262144 numbers
+    n = u.numel()
+    assert abs(float(u.mean()) - 0.5) < 5 * math.sqrt(1 / 12 / n)
+    assert abs(float(u.var()) - 1 / 12) < 5 * math.sqrt(1 / 180 / n)  # Var(u^2 - ...) of U(0,1) squares
+    counts = torch.bincount((u * 256).long(), minlength=256).numpy()
+    assert stats.chisquare(counts).pvalue > 1e-4
+    assert stats.kstest(u.numpy(), "uniform").pvalue > 1e-4
+    # pairs of consecutive words: a 16 x 16 serial test
+    pairs = _uniforms(words=2).reshape(-1, 2)
+    cells = (pairs[:, 0] * 16).long() * 16 + (pairs[:, 1] * 16).long()
+    assert stats.chisquare(torch.bincount(cells, minlength=256).numpy()).pvalue > 1e-4
+
+
+@pytest.mark.parametrize("axis", ["index", "agent", "key", "round"])
+def test_no_correlation_between_adjacent_counters(axis):
+    u = _uniforms(count_keys=64, rounds=8, agents=64, words=32)  # (round, key, agent, index)
+    dim = {"round": 0, "key": 1, "agent": 2, "index": 3}[axis]
+    length = u.shape[dim]
+    first, second = u.narrow(dim, 0, length - 1), u.narrow(dim, 1, length - 1)
+    centred = (first - 0.5) * (second - 0.5)
+    correlation = float(centred.mean() * 12)
+    assert abs(correlation) < 5 / math.sqrt(centred.numel())
+    # and no relation between the top bits of neighbours (equal top byte as often as chance)
+    same = ((first * 256).long() == (second * 256).long()).double().mean()
+    assert abs(float(same) - 1 / 256) < 5 * math.sqrt(1 / 256 / centred.numel())
+
+
+def test_consecutive_small_keys_give_unrelated_streams():
+    keys = torch.arange(256, dtype=torch.int64)  # the worst case for a weak hash: keys differing in one bit
+    u = round_draws(keys, 0, 8).uniform(DRAW_CHOICE, 8).transpose(0, 1).reshape(256, -1)
+    correlation = torch.corrcoef(u)  # 256 x 256, each from 64 numbers
+    off_diagonal = correlation[~torch.eye(256, dtype=torch.bool)]
+    assert abs(float(off_diagonal.mean())) < 5 / math.sqrt(64 * off_diagonal.numel() / 2)
+    assert float(off_diagonal.std()) == pytest.approx(1 / math.sqrt(64), rel=0.05)
+
+
+def test_normals_by_box_muller():
+    z = round_draws(dynamics_keys([1] * 32, list(range(32))), 0, 256).normal(DRAW_SPIN, 7).flatten()
+    assert z.shape == (32 * 256 * 7,)
+    assert abs(float(z.mean())) < 5 / math.sqrt(z.numel())
+    assert abs(float(z.var()) - 1) < 5 * math.sqrt(2 / z.numel())
+    assert stats.kstest(z.numpy(), "norm").pvalue > 1e-4
+
+
+def test_draws_depend_only_on_key_round_agent():
+    keys = dynamics_keys([5, 5, 9], [0, 1, 0])
+    together = round_draws(keys, 3, 10)
+    for element in range(3):
+        alone = round_draws(keys[element : element + 1], 3, 10)
+        assert torch.equal(alone.keys[0], together.keys[element])
+    # an agent's numbers do not depend on how many agents there are, nor on selection
+    assert torch.equal(round_draws(keys, 3, 4).keys, together.keys[:, :4])
+    mask = torch.rand(3, 10, generator=torch.Generator().manual_seed(0)) > 0.5
+    assert torch.equal(together[mask].uniform(DRAW_SPIN, 5), together.uniform(DRAW_SPIN, 5)[:, mask])
+    # a range of indices is the slice of a longer range
+    assert torch.equal(together.uniform(DRAW_SPIN, 4, start=6), together.uniform(DRAW_SPIN, 10)[6:])
+    # other round, other replica, other stream: other numbers
+    base = together.uniform(DRAW_CHOICE, 3)
+    assert not torch.equal(base, round_draws(keys, 4, 10).uniform(DRAW_CHOICE, 3))
+    assert not torch.equal(base[:, 0], base[:, 1])
+    assert not torch.equal(base, together.uniform(DRAW_SPIN, 3))
+
+
+def test_state_keys_come_from_seed_and_replica():
+    run = rollout([scenario(run={"seed": 4}), scenario(run={"seed": 4}), scenario(run={"seed": 5})], [0, 1, 0])
+    assert run.state.random_keys.tolist() == [dynamics_key(4, 0), dynamics_key(4, 1), dynamics_key(5, 0)]
+    assert isinstance(run.state.draws(), Draws) and run.state.draws().keys.shape == (3, 12)
+
+
+def _old_checkpoint(path):
+    """Rewrite a checkpoint as the generator-state design wrote it."""
+    old = torch.load(path, weights_only=True)
+    old["random_states"] = [torch.Generator().get_state() for _ in old["replicas"]]
+    del old["random_keys"]
+    torch.save(old, path)
+
+
+def test_checkpoint_keeps_the_keys_and_refuses_generator_states(tmp_path):
+    run = rollout(scenario(mode="sampled", run={"seed": 3}))
+    state = step(run.state, run.economy)
+    save_checkpoint(tmp_path / "checkpoint.pt", state, [0], 1)
+    loaded, rows = load_checkpoint(tmp_path / "checkpoint.pt", run.state)
+    assert rows == 1 and loaded.round == 1 and torch.equal(loaded.random_keys, state.random_keys)
+    assert torch.equal(step(loaded, run.economy).states, step(state, run.economy).states)
+    _old_checkpoint(tmp_path / "checkpoint.pt")
+    with pytest.raises(CheckpointError, match="generator states") as error:
+        load_checkpoint(tmp_path / "checkpoint.pt", run.state)
+    assert "\n" not in str(error.value)
+
+
+def test_resuming_an_old_checkpoint_is_refused_in_one_line(tmp_path):
+    path = tmp_path / "scenario.yaml"
+    path.write_text("populations: {a: {count: 6}}\nmarket: {d: 2, mode: sampled}\nrun: {steps: 3, device: cpu}\n")
+    out = tmp_path / "run"
+    assert runner.invoke(app, ["run", str(path), "--out", str(out), "--quiet"]).exit_code == 0
+    _old_checkpoint(out / "checkpoint.pt")
+    result = runner.invoke(app, ["run", "--resume", str(out), "--steps", "5", "--quiet"])
+    assert result.exit_code == 2
+    assert "generator states" in result.output and "Traceback" not in result.output
