@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: install demo test test-all lint clean
+.PHONY: install demo test test-all mutation mutation-sample mutation-score lint clean
 
 install: $(VENV)/.installed
 
@@ -26,5 +26,38 @@ test: install
 test-all: install
 	$(PY) -m pytest -q -n 2 -m "slow or not slow"
 
+# Mutation testing (docs/testing.md): slow, and not part of `make test` or CI. mutmut copies the
+# code into mutants/, runs the default (non-slow) suite against every mutant of the modules that
+# [tool.mutmut] in pyproject.toml lists, keeps the results there (a second run tests only what
+# changed; rm -rf mutants for a fresh score) and prints the score per module.
+#   make mutation                          every mutant (hours on a busy 2-core machine)
+#   make mutation MUTATE='econspin.metrics.*'    only these mutant names (globs; always re-run)
+#   make mutation-sample                   a seeded sample of the large modules (SAMPLE)
+#   make mutation-score                    the score of every mutant run so far, nothing more
+MUTATE ?=
+MUTATION_CHILDREN ?= 2
+SAMPLE ?= response=0.3 market=0.15 choice=0.15 round=0.15
+MUTMUT := nice -n 19 $(VENV)/bin/mutmut run --max-children $(MUTATION_CHILDREN)
+
+mutation: $(VENV)/.mutation-installed
+	$(MUTMUT) $(MUTATE)
+	$(PY) tests/mutation_score.py score
+
+# mutmut makes the mutants and times the tests on its first run, so that run is kept to the one
+# mutant of metrics.metric_names (metrics.py is in every sample); then the sampled mutants not
+# yet checked are run
+mutation-sample: $(VENV)/.mutation-installed
+	test -d mutants/econspin || $(MUTMUT) 'econspin.metrics.x_metric_names__mutmut_*'
+	names="$$($(PY) tests/mutation_score.py sample $(SAMPLE))"; \
+	if [ -n "$$names" ]; then $(MUTMUT) $$names; fi
+	$(PY) tests/mutation_score.py score $(SAMPLE)
+
+mutation-score:
+	$(PY) tests/mutation_score.py score
+
+$(VENV)/.mutation-installed: $(VENV)/.installed
+	$(PY) -m pip install -q -e ".[test,mesa,mutation]"
+	touch $@
+
 clean:
-	rm -rf $(VENV) runs .pytest_cache .hypothesis
+	rm -rf $(VENV) runs .pytest_cache .hypothesis mutants
