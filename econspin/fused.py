@@ -58,7 +58,7 @@ from econspin.market import MarketOutcome, budgets, project, seller_bias, seller
 from econspin.state import State
 
 BLOCK_ENTRIES = 2**20  # entries of one (batch-heads, rows, N) block: two blocks stay in the L2/L3 caches
-MIN_ROWS = 32
+MIN_ROWS = 32  # thinner blocks cost more in overhead than the cache saves
 LN2 = math.log(2.0)
 # exp2 leaves its fast vector path where the result would be subnormal: scores are clamped to
 # these floors first, and weights up to 2^(floor + 1) (tiny against the row's largest, 1) set to 0
@@ -96,12 +96,16 @@ def inverse_temperatures(temperature: torch.Tensor, row_scale: torch.Tensor) -> 
 
 
 def block_shape(groups: int, agents: int, rows: int | None = None) -> tuple[int, int]:
-    """(batch-heads, rows) per block: about BLOCK_ENTRIES entries, at least MIN_ROWS rows."""
+    """(batch-heads, rows) per block: about BLOCK_ENTRIES entries, at least MIN_ROWS rows.
+
+    One batch-head per block unless whole ones fit (small N): a product over many thin
+    blocks costs more than the cache saves (measured: docs/performance.md).
+    """
     if rows is None:
-        rows = max(MIN_ROWS, BLOCK_ENTRIES // (groups * agents)) if groups * agents * MIN_ROWS < BLOCK_ENTRIES else 0
-        rows = rows or max(MIN_ROWS, BLOCK_ENTRIES // agents)
+        rows = max(MIN_ROWS, BLOCK_ENTRIES // agents)
     rows = max(1, min(rows, agents))
-    return max(1, min(groups, BLOCK_ENTRIES // (rows * agents))), rows
+    together = BLOCK_ENTRIES // (agents * agents) if rows == agents else 1
+    return max(1, min(groups, together)), rows
 
 
 def uses_fused(state: State, economy: Economy) -> bool:
@@ -146,9 +150,9 @@ def fused_trade(state: State, economy: Economy, rows: int | None = None) -> Mark
     seller_column = (~economy.seller).to(dtype).mul_(-big).expand(batch, heads, agents)
     left = torch.cat([query * beta[..., None], beta[..., None], torch.ones_like(beta)[..., None]], dim=-1)
     right = torch.cat([key, bias[..., None], seller_column[..., None]], dim=-1)
-    values = torch.cat([delivered, seller_moments(state, economy, delivered, value_output)], dim=-1)
-    left, right, values = (t.reshape(groups, agents, -1) for t in (left, right, values))
-    right = right.transpose(1, 2)
+    moment_rows = seller_moments(state, economy, delivered, value_output).reshape(groups, agents, 2).transpose(1, 2)
+    left, right, delivered = (t.reshape(groups, agents, -1) for t in (left, right, delivered))
+    right, moment_rows = right.transpose(1, 2), moment_rows.contiguous()  # (groups, 2, N)
     share = (spend / heads)[:, None, :].expand(batch, heads, agents).reshape(groups, agents)
 
     if economy.trade_mask is None:
@@ -181,9 +185,10 @@ def fused_trade(state: State, economy: Economy, rows: int | None = None) -> Mark
             torch.nn.functional.threshold_(torch.exp2(scores, out=weights), 2.0 ** (floor + 1), 0.0)
             shifted_max[g, r] = row_max.squeeze(-1)
             total[g, r] = weights.sum(-1)
-            dot[g, r] = torch.linalg.vecdot(weights, scores)
             norm[g, r] = torch.linalg.vector_norm(weights, dim=-1)
-            moments[g, r] = torch.bmm(weights, values[g])
+            dot[g, r] = scores.mul_(weights).sum(-1)  # sum_j e_ij z_ij / ln 2
+            moments[g, r, :d] = torch.bmm(weights, delivered[g])  # (d columns: no padding to a wider panel)
+            moments[g, r, d:] = torch.bmm(moment_rows[g], weights.transpose(1, 2)).transpose(1, 2)
             spent = share[g, r] * (total[g, r] > 0)  # rows with no partner spend nothing
             per_unit = spent.to(dtype) / torch.where(total[g, r] > 0, total[g, r], torch.ones_like(total[g, r]))
             revenue[g] += torch.bmm(weights.transpose(1, 2), per_unit[..., None]).squeeze(-1)

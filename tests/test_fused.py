@@ -138,7 +138,7 @@ def test_block_size_and_batch_grouping_do_not_change_the_result(monkeypatch):
     whole = fused_trade(state, run.economy, rows=64)
     for rows in (1, 7, 33):
         assert_outcomes_close(whole, fused_trade(state, run.economy, rows=rows), 1e-13)
-    monkeypatch.setattr("econspin.fused.BLOCK_ENTRIES", 64 * 16)  # one batch-head at a time, 16 rows
+    monkeypatch.setattr("econspin.fused.BLOCK_ENTRIES", 64 * 16)  # one batch-head at a time, MIN_ROWS rows
     assert_outcomes_close(whole, fused_trade(state, run.economy), 1e-13)
 
 
