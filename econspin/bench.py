@@ -67,15 +67,25 @@ def device_name(device: torch.device) -> str:
     return platform.processor() or platform.machine()
 
 
-def timed(functions: dict[str, Callable[[], object]], repeats: int, device: torch.device) -> dict[str, float]:
-    """Median wall time (s) of each function: one warm-up call each, then interleaved repeats."""
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+
+
+def timed(
+    functions: dict[str, Callable[[], object]], repeats: int, device: torch.device, clock: str = "wall"
+) -> dict[str, float]:
+    """Median time (s) of each function: one warm-up call each, then interleaved repeats.
+
+    ``clock`` is wall time, or ``cpu``: the CPU time of this process (all its threads), which
+    on a machine shared with other work does not count the time the process waits for a core.
+    """
+    now = CLOCKS[clock]
 
     def once(function) -> float:
-        started = time.perf_counter()
+        started = now()
         function()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        return time.perf_counter() - started
+        return now() - started
 
     for function in functions.values():
         once(function)
@@ -91,7 +101,7 @@ def relative_difference(want: torch.Tensor, got: torch.Tensor) -> float:
     return float((want.double() - got.double()).abs().max() / want.double().abs().max().clamp(min=1e-300))
 
 
-def measure(agents: int, batch: int, device: torch.device, quick: bool, repeats: int) -> dict:
+def measure(agents: int, batch: int, device: torch.device, quick: bool, repeats: int, clock: str = "wall") -> dict:
     """One row of the benchmark: times (ms), ratios, pairs per second, kernel agreement."""
     rollout = Rollout.create([bench_scenario(agents)] * batch, list(range(batch)), str(device), "float32")
     state, economy = rollout.state, rollout.economy
@@ -105,7 +115,7 @@ def measure(agents: int, batch: int, device: torch.device, quick: bool, repeats:
     functions = {"floor": lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v)}
     functions.update({name: (lambda e=kernels[name]: step(state, e)) for name in kernels if run[name]})
     with torch.no_grad():
-        times = timed(functions, repeats, device)
+        times = timed(functions, repeats, device, clock)
         row = {"agents": agents, "batch": batch, "pairs": pairs, "repeats": repeats}
         row["floor_ms"] = times["floor"] * 1e3
         for name in ("reference", "fused"):
@@ -133,6 +143,7 @@ def run_bench(
     batches: tuple[int, ...] | None = None,
     repeats: int | None = None,
     on_row: Callable[[dict], None] | None = None,
+    clock: str = "wall",
 ) -> dict:
     """The whole benchmark as a JSON-ready dict: machine, versions, threads, one row per (N, B)."""
     resolved = resolve_device(device)
@@ -150,11 +161,12 @@ def run_bench(
             "dtype": "float32",
             "mode": "expected",
             "quick": quick,
+            "clock": clock,
             "rows": [],
         }
         for agents in sizes or SIZES[quick]:
             for batch in batches or BATCHES:
-                row = measure(agents, batch, resolved, quick, repeats or REPEATS[quick])
+                row = measure(agents, batch, resolved, quick, repeats or REPEATS[quick], clock)
                 result["rows"].append(row)
                 if on_row is not None:
                     on_row(row)
@@ -168,7 +180,7 @@ def bench_table(result: dict):
     from rich.table import Table
 
     title = f"one round, expected mode, d = {result['dimension']}, {result['dtype']}: {result['device']}, "
-    title += f"torch {result['torch']}, {result['threads']} threads"
+    title += f"torch {result['torch']}, {result['threads']} threads, {result['clock']} time"
     table = Table(title=title)
     headers = (
         "N",

@@ -316,6 +316,7 @@ def bench(
     sizes: Annotated[Optional[str], typer.Option(help="Comma-separated N (default 256,1024,4096[,16384]).")] = None,
     batches: Annotated[Optional[str], typer.Option(help="Comma-separated B (default 1,16).")] = None,
     repeats: Annotated[Optional[int], typer.Option(help="Timed repeats per case (default 3 quick, 7 full).")] = None,
+    clock: Annotated[str, typer.Option(help="wall, or cpu: process CPU time (blind to waiting for a core).")] = "wall",
 ):
     """Time one round of the reference and fused kernels against the attention floor (SDPA)."""
     from econspin.bench import bench_table, run_bench
@@ -332,6 +333,8 @@ def bench(
         return values
 
     try:
+        if clock not in ("wall", "cpu"):
+            raise ScenarioError(f"--clock {clock!r}: wall or cpu")
         result = run_bench(
             quick,
             device,
@@ -340,6 +343,7 @@ def bench(
             numbers(batches, "--batches", 1),
             repeats,
             on_row=lambda row: console.print(f"N = {row['agents']}, B = {row['batch']}: done", highlight=False),
+            clock=clock,
         )
     except ScenarioError as error:
         fail(str(error))

@@ -33,6 +33,7 @@ def check_result(path, sizes, batches):
     result = json.loads(path.read_text())
     assert result["torch"] == torch.__version__
     assert result["device"] and result["device_type"] == "cpu" and result["threads"] >= 1
+    assert result["clock"] in ("wall", "cpu")
     assert [(row["agents"], row["batch"]) for row in result["rows"]] == [(n, b) for n in sizes for b in batches]
     for row in result["rows"]:
         assert set(row) == ROW_FIELDS
@@ -46,7 +47,7 @@ def check_result(path, sizes, batches):
 def test_bench_writes_a_table_and_json(tmp_path):
     out = tmp_path / "bench.json"
     arguments = ["bench", "--quick", "--sizes", "48,96", "--batches", "1,3", "--repeats", "1", "--json", str(out)]
-    result = runner.invoke(app, [*arguments, "--threads", "1"])
+    result = runner.invoke(app, [*arguments, "--threads", "1", "--clock", "cpu"])
     assert result.exit_code == 0, result.output
     assert "fused/SDPA" in result.output and "max diff" in result.output
     rows = check_result(out, (48, 96), (1, 3))["rows"]

@@ -245,3 +245,12 @@ def test_a_whole_rollout_is_the_same_on_either_kernel(correction):
     table_reference, table_fused = runs[0].metrics(), runs[1].metrics()
     assert table_reference.columns.tolist() == table_fused.columns.tolist()
     assert (table_reference - table_fused).abs().max().max() < 1e-9
+
+
+@pytest.mark.parametrize("response, correction", [("large_d", "none"), ("vmf", "tap"), ("sphere", "none")])
+def test_a_whole_expected_round_never_waits_on_the_host(response, correction):
+    populations = {"a": {"count": 9, "correction": {"form": correction}}, "b": {"count": 4, "temperature": 0.0}}
+    run = rollout(scenario(populations=populations, heads=2, response=response), dtype="float32")
+    with torch.no_grad():
+        state = step(on_meta(run.state), on_meta(run.economy))
+    assert state.states.device.type == "meta" and state.money.shape == (1, 13)
