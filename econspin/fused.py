@@ -50,6 +50,7 @@ The sampled mode and fixed couplings stay on :func:`econspin.market.trade`.
 from __future__ import annotations
 
 import math
+import weakref
 
 import torch
 
@@ -124,6 +125,36 @@ def project_all(states: torch.Tensor, weights: torch.Tensor, population: torch.T
     return every.squeeze(2).transpose(1, 2)
 
 
+_NETWORKS: dict[int, tuple[weakref.ref, dict]] = {}  # id(mask) -> (the mask, {dtype: terms}), while it lives
+
+
+def network_terms(economy: Economy, dtype: torch.dtype, big: float):
+    """The trade network as an additive bias (0 on edges, -BIG elsewhere) and n_i, cached per mask.
+
+    Adding a float block costs a tenth of a masked fill with a boolean one on the CPU
+    (docs/performance.md); the network does not change between rounds, so its bias (N^2
+    entries of the working precision) is built once per mask tensor and kept while it lives,
+    where it takes at most a quarter of run.memory_budget_mb (else the bias is None and each
+    block is masked from the boolean mask).
+    """
+    trade_mask, seller = economy.trade_mask, economy.seller
+    if trade_mask.numel() * torch.finfo(dtype).bits // 8 > economy.memory_budget / 4:
+        allowed = trade_mask & seller
+        return None, allowed.sum(-1) - allowed.diagonal().long()
+    key = id(trade_mask)
+    entry = _NETWORKS.get(key)
+    if entry is None or entry[0]() is not trade_mask:
+        entry = _NETWORKS[key] = (weakref.ref(trade_mask, lambda _: _NETWORKS.pop(key, None)), {})
+    cached = entry[1].get(dtype)
+    if cached is not None and cached[0] is seller:
+        return cached[1], cached[2]
+    allowed = trade_mask & seller
+    allowed.fill_diagonal_(False)
+    bias = torch.zeros(trade_mask.shape, dtype=dtype, device=trade_mask.device).masked_fill_(~trade_mask, -big)
+    entry[1][dtype] = (seller, bias, allowed.sum(-1))
+    return bias, entry[1][dtype][2]
+
+
 def uses_fused(state: State, economy: Economy) -> bool:
     """Whether a round takes the fused step: the economy says so and nothing asks for gradients.
 
@@ -173,15 +204,16 @@ def fused_trade(state: State, economy: Economy, rows: int | None = None) -> Mark
 
     if economy.trade_mask is None:
         partners = (economy.seller.sum() - economy.seller.long()).expand(groups, agents)  # n_i, allowed sellers
+        network_bias = None
     else:
-        partners = torch.empty(groups, agents, dtype=torch.long, device=device)
+        network_bias, partners = network_terms(economy, dtype, big)
+        partners = partners.expand(groups, agents)
     shifted_max, total, dot, norm = (torch.empty(groups, agents, dtype=dtype, device=device) for _ in range(4))
     moments = torch.empty(groups, agents, d + 2, dtype=dtype, device=device)
     revenue = torch.zeros(groups, agents, dtype=torch.float64, device=device)
 
     group_size, block_rows = block_shape(groups, agents, rows if rows is not None else economy.chunk)
     buffer = torch.empty(2 * group_size * block_rows * agents, dtype=dtype, device=device)
-    columns = torch.arange(agents, device=device)
     for g0 in range(0, groups, group_size):
         g = slice(g0, min(g0 + group_size, groups))
         for r0 in range(0, agents, block_rows):
@@ -191,10 +223,10 @@ def fused_trade(state: State, economy: Economy, rows: int | None = None) -> Mark
             scores, weights = buffer[:size].view(shape), buffer[size : 2 * size].view(shape)
             torch.bmm(left[g, r], right[g], out=scores)  # beta_i U_ij, -BIG for non-sellers
             scores.diagonal(offset=r0, dim1=1, dim2=2).fill_(-big)
-            if economy.trade_mask is not None:
-                allowed = economy.trade_mask[r] & economy.seller & (columns[r, None] != columns)
-                scores.masked_fill_(~allowed, -big)
-                partners[g, r] = allowed.sum(-1)
+            if network_bias is not None:
+                scores.add_(network_bias[r])
+            elif economy.trade_mask is not None:
+                scores.masked_fill_(~economy.trade_mask[r], -big)
             row_max = scores.amax(-1, keepdim=True)
             row_max = torch.where(row_max > -0.5 * big, row_max, torch.zeros_like(row_max))
             scores.sub_(row_max).clamp_(min=floor)  # z_ij / ln 2

@@ -185,6 +185,9 @@ def test_buyers_with_nobody_to_buy_from_spend_and_receive_nothing():
     for name in ("received", "spending", "entropy", "surplus", "choice_variance", "impact"):
         assert torch.all(getattr(outcome, name)[0, :10] == 0), name
     assert_outcomes_close(trade(state, economy, []), outcome, 1e-13)
+    # a budget too small to keep the network as a float bias: each block masks from the boolean mask
+    tight = dataclasses.replace(economy, memory_budget=64 * 64 * 8 * 4 - 1)
+    assert_outcomes_close(outcome, fused_trade(state, tight, rows=16), 1e-15)
 
 
 def on_meta(frozen):
