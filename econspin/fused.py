@@ -88,12 +88,9 @@ def inverse_temperatures(temperature: torch.Tensor, row_scale: torch.Tensor) -> 
     info = torch.finfo(dtype)
     smallest = int(math.log2(info.tiny))  # -126 or -1022
     _, exponent = torch.frexp(row_scale.double())  # row_scale < 2^exponent
-    exponent = exponent.clamp(min=-27, max=-smallest - mantissa - 6)
-    one = torch.ones_like(exponent, dtype=torch.float64)
-    high = torch.ldexp(one, top - exponent)
-    low = torch.ldexp(one, -mantissa - 6 - exponent)
-    inverse = math.log2(math.e) / temperature.double()
-    return torch.minimum(torch.maximum(inverse, low), high).to(dtype)
+    exponent = exponent.clamp(min=-27, max=-smallest - mantissa - 6).double()
+    high, low = torch.exp2(top - exponent), torch.exp2(-mantissa - 6 - exponent)  # exact powers of two
+    return torch.clamp(math.log2(math.e) / temperature.double(), min=low, max=high).to(dtype)
 
 
 def block_shape(groups: int, agents: int, rows: int | None = None) -> tuple[int, int]:
@@ -119,10 +116,8 @@ def project_all(states: torch.Tensor, weights: torch.Tensor, population: torch.T
     batch, populations, heads, d, width = weights.shape
     side_by_side = weights.permute(0, 3, 1, 2, 4).reshape(batch, d, populations * heads * width)
     every = torch.bmm(states, side_by_side).view(batch, -1, populations, heads, width)
-    if populations > 1:
-        index = population.view(1, -1, 1, 1, 1).expand(batch, -1, 1, heads, width)
-        every = every.gather(2, index)
-    return every.squeeze(2).transpose(1, 2)
+    own = every[:, :, 0] if populations == 1 else every[:, torch.arange(population.shape[0]), population]
+    return own.transpose(1, 2)
 
 
 _NETWORKS: dict[int, tuple[weakref.ref, dict]] = {}  # id(mask) -> (the mask, {dtype: terms}), while it lives
@@ -200,7 +195,7 @@ def fused_trade(state: State, economy: Economy, rows: int | None = None) -> Mark
     moment_rows = seller_moments(state, economy, delivered, value_output).reshape(groups, agents, 2).transpose(1, 2)
     left, right, delivered = (t.reshape(groups, agents, -1) for t in (left, right, delivered))
     right, moment_rows = right.transpose(1, 2), moment_rows.contiguous()  # (groups, 2, N)
-    share = (spend / heads)[:, None, :].expand(batch, heads, agents).reshape(groups, agents)
+    share = (spend / heads).to(dtype)[:, None, :].expand(batch, heads, agents).reshape(groups, agents)
 
     if economy.trade_mask is None:
         partners = (economy.seller.sum() - economy.seller.long()).expand(groups, agents)  # n_i, allowed sellers
@@ -237,8 +232,9 @@ def fused_trade(state: State, economy: Economy, rows: int | None = None) -> Mark
             dot[g, r] = scores.mul_(weights).sum(-1)  # sum_j e_ij z_ij / ln 2
             moments[g, r, :d] = torch.bmm(weights, delivered[g])  # (d columns: no padding to a wider panel)
             moments[g, r, d:] = torch.bmm(moment_rows[g], weights.transpose(1, 2)).transpose(1, 2)
-            spent = share[g, r] * (total[g, r] > 0)  # rows with no partner spend nothing
-            per_unit = spent.to(dtype) / torch.where(total[g, r] > 0, total[g, r], torch.ones_like(total[g, r]))
+            # total >= 1 on a row with partners (its best seller weighs exactly 1), 0 on an empty row,
+            # whose weights are all 0: what it would spend goes nowhere
+            per_unit = share[g, r] / total[g, r].clamp(min=1.0)
             revenue[g] += torch.bmm(weights.transpose(1, 2), per_unit[..., None]).squeeze(-1)
     return _outcome(state, economy, spend, partners, beta, shifted_max, total, dot, norm, moments, revenue)
 
@@ -249,16 +245,16 @@ def _outcome(state, economy, spend, partners, beta, shifted_max, total, dot, nor
     heads, dtype = economy.heads, state.states.dtype
     temperature = state.temperature[:, None, :].expand(batch, heads, agents).reshape(batch * heads, agents)
     has_partner = partners > 0
-    safe_total = torch.where(total > 0, total, torch.ones_like(total))
-    lse = torch.log(safe_total)  # natural log-sum-exp of z_ij = ln 2 * scores
-    moments = moments / safe_total[..., None]
+    inverse_total = torch.reciprocal(total.clamp(min=1.0))  # total >= 1 where there is a partner
+    lse = torch.log(total.clamp(min=1.0))  # natural log-sum-exp of z_ij = ln 2 * scores; 0 on empty rows
+    moments = moments * inverse_total[..., None]
     per_head = moments[..., :d]
     choice = moments[..., d] - (per_head**2).sum(-1)
-    entropy = torch.where(torch.isinf(temperature), lse, lse - LN2 * dot / safe_total)
-    entropy = torch.where(partners > 1, entropy / torch.log(partners.clamp(min=2).to(dtype)), torch.zeros_like(lse))
-    spread = torch.where((temperature == 0) | (partners <= 1), torch.zeros_like(lse), temperature * lse)
+    entropy = torch.where(torch.isinf(temperature), lse, lse - LN2 * dot * inverse_total)
+    entropy = torch.where(partners > 1, entropy / torch.log(partners.clamp(min=2).to(dtype)), 0.0)
+    spread = torch.where((temperature == 0) | (partners <= 1), 0.0, temperature * lse)
     surplus = torch.where(has_partner, shifted_max / beta.reshape(batch * heads, agents) + spread, 0.0)
-    impact = (norm / safe_total) ** 2
+    impact = (norm * inverse_total) ** 2
 
     def over_heads(values: torch.Tensor, mean: bool = False) -> torch.Tensor:
         values = values.reshape(batch, heads, agents, *values.shape[2:])
