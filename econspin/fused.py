@@ -58,7 +58,7 @@ import weakref
 import torch
 
 from econspin.economy import Economy
-from econspin.market import MarketOutcome, budgets, seller_bias, seller_moments
+from econspin.market import MarketOutcome, budgets, seller_bias, seller_moment_columns
 from econspin.state import State
 
 BLOCK_ENTRIES = 2**20  # entries of one (batch-heads, rows, N) block: two blocks stay in the L2/L3 caches
@@ -193,7 +193,9 @@ def fused_trade(state: State, economy: Economy, rows: int | None = None) -> Mark
     seller_column = (~economy.seller).to(dtype).mul_(-big).expand(batch, heads, agents)
     left = torch.cat([query * beta[..., None], beta[..., None], torch.ones_like(beta)[..., None]], dim=-1)
     right = torch.cat([key, bias[..., None], seller_column[..., None]], dim=-1)
-    moment_rows = seller_moments(state, economy, delivered, value_output).reshape(groups, agents, 2).transpose(1, 2)
+    moment_rows = (
+        seller_moment_columns(state, economy, delivered, value_output).reshape(groups, agents, 2).transpose(1, 2)
+    )
     left, right, delivered = (t.reshape(groups, agents, -1) for t in (left, right, delivered))
     right, moment_rows = right.transpose(1, 2), moment_rows.contiguous()  # (groups, 2, N)
     share = (spend / heads).to(dtype)[:, None, :].expand(batch, heads, agents).reshape(groups, agents)

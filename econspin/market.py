@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import NamedTuple
 
 import torch
 
@@ -83,45 +82,8 @@ def budgets(state: State, economy: Economy) -> torch.Tensor:
     return spend * buyer
 
 
-class MarketInputs(NamedTuple):
-    """What the rows of a round read, computed once per round (O(B H N d)).
-
-    Attributes:
-        query, key: (B, H, N, d_k) q_i and k_j.
-        delivered: (B, H, N, d) u_j = v_j W_O^h, what seller j delivers in market h.
-        seller_moments: (B, H, N, 2) [|u_j|^2, c_j |W_V W_O|_F^2], the seller columns of the moments.
-        seller_bias: (B, N) the visibility premium gamma log(w_j / mean w).
-        spend: (B, N) float64 budgets s_i (before removing buyers with nobody to buy from).
-    """
-
-    query: torch.Tensor
-    key: torch.Tensor
-    delivered: torch.Tensor
-    seller_moments: torch.Tensor
-    seller_bias: torch.Tensor
-    spend: torch.Tensor
-
-
-def market_inputs(state: State, economy: Economy) -> MarketInputs:
-    """Projections, delivered goods, seller moments, premium and budgets of one round."""
-    x, population = state.states, economy.population
-    query = project(x, economy.query, population)
-    key = project(x, economy.key, population)
-    value = project(x, economy.value, population)
-    delivered = torch.einsum("bhne,bhed->bhnd", value, economy.output)  # v_j W_O^h, (B, H, N, d)
-    value_output = torch.einsum("bphde,bhef->bphdf", economy.value, economy.output)
-    return MarketInputs(
-        query,
-        key,
-        delivered,
-        seller_moments(state, economy, delivered, value_output),
-        seller_bias(state, economy),
-        budgets(state, economy),
-    )
-
-
-def seller_moments(state: State, economy: Economy, delivered: torch.Tensor, value_output: torch.Tensor) -> torch.Tensor:
-    """(B, H, N, 2): [|u_j|^2, c_j |W_V W_O|_F^2] from u_j and W_V W_O (B, P, H, d, d)."""
+def seller_moment_columns(state: State, economy: Economy, delivered, value_output) -> torch.Tensor:
+    """(B, H, N, 2): [|u_j|^2, c_j |W_V W_O|_F^2] from u_j (B, H, N, d) and W_V W_O (B, P, H, d, d)."""
     gain = value_output.pow(2).sum((-1, -2))
     noise = spin_variance(state.states, economy.radius)[:, None, :] * gain[:, economy.population].transpose(1, 2)
     return torch.stack([(delivered**2).sum(-1), noise], dim=-1)
@@ -138,11 +100,17 @@ def trade(state: State, economy: Economy, generators: list[torch.Generator]) -> 
     """Steps 1-5 of a round for every buyer, block by block; see the module docstring."""
     if economy.couplings is not None:
         return _fixed_couplings(state, economy)
-    x = state.states
+    x, population = state.states, economy.population
     batch, agents, d = x.shape
     heads, key_dimension = economy.heads, economy.query.shape[-1]
-    query, key, delivered, seller_moments, seller_bias, spend = market_inputs(state, economy)
-    column_bias = seller_bias[:, None, None, :]
+    query = project(x, economy.query, population)
+    key = project(x, economy.key, population)
+    value = project(x, economy.value, population)
+    delivered = torch.einsum("bhne,bhed->bhnd", value, economy.output)  # v_j W_O^h, (B, H, N, d)
+    value_output = torch.einsum("bphde,bhef->bphdf", economy.value, economy.output)
+    seller_moments = seller_moment_columns(state, economy, delivered, value_output)  # (B, H, N, 2)
+    column_bias = seller_bias(state, economy)[:, None, None, :]
+    spend = budgets(state, economy)
     sampled = economy.mode == "sampled"
     if sampled:
         uniforms = torch.stack(
