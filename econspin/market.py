@@ -76,7 +76,7 @@ def budgets(state: State, economy: Economy) -> torch.Tensor:
     """s_i: sigma_i w_i (share rule) or the unit where w_i allows (unit rule); buyers only."""
     buyer = economy.buyer.to(torch.float64)
     if economy.spend_rule == "unit":
-        spend = torch.where(state.money >= economy.unit, economy.unit, 0.0)
+        spend = (state.money >= economy.unit).to(torch.float64) * economy.unit  # the unit exactly, in float64
     else:
         spend = economy.spend.to(torch.float64) * state.money
     return spend * buyer
