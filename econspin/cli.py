@@ -329,5 +329,53 @@ def viz(
         fail(f"the dashboard needs {error.name or 'mesa'}: pip install 'econspin[viz]'")
 
 
+@app.command()
+def bench(
+    quick: Annotated[bool, typer.Option("--quick", help="N up to 4096, 3 repeats: under a minute on 2 cores.")] = False,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "cpu",
+    json_file: Annotated[
+        Optional[Path], typer.Option("--json", help="Also write the results to this JSON file.")
+    ] = None,
+    threads: Annotated[Optional[int], typer.Option(help="torch threads (default: torch's).")] = None,
+    sizes: Annotated[Optional[str], typer.Option(help="Comma-separated N (default 256,1024,4096[,16384]).")] = None,
+    batches: Annotated[Optional[str], typer.Option(help="Comma-separated B (default 1,16).")] = None,
+    repeats: Annotated[Optional[int], typer.Option(help="Timed repeats per case (default 3 quick, 7 full).")] = None,
+    clock: Annotated[str, typer.Option(help="wall, or cpu: process CPU time (blind to waiting for a core).")] = "wall",
+):
+    """Time one round of the reference and fused kernels against the attention floor (SDPA)."""
+    from econspin.bench import bench_table, run_bench
+
+    def numbers(text: str | None, option: str, least: int) -> tuple[int, ...] | None:
+        if text is None:
+            return None
+        try:
+            values = tuple(int(part) for part in text.split(","))
+        except ValueError:
+            values = ()
+        if not values or min(values) < least:
+            raise ScenarioError(f"{option} {text!r}: give comma-separated integers >= {least}")
+        return values
+
+    try:
+        if clock not in ("wall", "cpu"):
+            raise ScenarioError(f"--clock {clock!r}: wall or cpu")
+        result = run_bench(
+            quick,
+            device,
+            threads,
+            numbers(sizes, "--sizes", 2),
+            numbers(batches, "--batches", 1),
+            repeats,
+            on_row=lambda row: console.print(f"N = {row['agents']}, B = {row['batch']}: done", highlight=False),
+            clock=clock,
+        )
+    except ScenarioError as error:
+        fail(str(error))
+    Console(width=max(120, Console().width)).print(bench_table(result))
+    if json_file is not None:
+        write_json(json_file, result)
+        console.print(f"wrote {json_file}")
+
+
 if __name__ == "__main__":  # pragma: no cover - python -m econspin.cli
     app()

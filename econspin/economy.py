@@ -49,6 +49,7 @@ class Economy:
         response: the spin response f.
         corrections: one self-impact correction per population.
         chunk: buyer rows per block, or None to size blocks from ``memory_budget`` (bytes).
+        kernel: ``fused`` (econspin.fused) or ``reference`` (econspin.market.trade), resolved from run.kernel.
     """
 
     population: torch.Tensor
@@ -72,6 +73,7 @@ class Economy:
     corrections: tuple[SelfImpactCorrection, ...]
     chunk: int | None
     memory_budget: float
+    kernel: str = "reference"
 
     @property
     def batch_size(self) -> int:
@@ -136,6 +138,7 @@ def shape_signature(scenario: Scenario) -> tuple:
         network.model_dump_json() if network else None,
         network_seed(network, scenario.run.seed) if network else None,  # a random graph differs by run seed
         market.couplings is not None,
+        scenario.run.kernel,
     )
 
 
@@ -219,6 +222,9 @@ def build_economy(
         corrections=tuple(corrections),
         chunk=first.run.chunk,
         memory_budget=first.run.memory_budget_mb * 2**20,
+        kernel="fused"
+        if first.run.kernel != "reference" and market.mode == "expected" and couplings is None
+        else "reference",
     )
 
 

@@ -4,8 +4,8 @@ A round does not keep its flows: the state after it holds only their sums, reven
 spending s_i. But a round is a pure function of the state it is played from (its random
 streams travel inside the state), so the flows of a round are recomputed from the state
 before it: the same utilities, the same logit rows (:func:`econspin.choice.logit_rows`),
-and in sampled mode the same uniforms from the state's own generators, hence the same
-sellers (:func:`econspin.choice.sample_choice`). For head (market) h,
+and in sampled mode the same counter-based uniforms (functions of the state's keys, its
+round and the buyer), hence the same sellers (:func:`econspin.choice.sample_choice`). For head (market) h,
 
     F^h_ij = (s_i / H) alpha^h_ij / sum_l alpha^h_il        (expected mode)
     F^h_ij = (s_i / H) [j = c^h_i]                          (sampled mode),

@@ -78,19 +78,15 @@ def budgets(state: State, economy: Economy) -> torch.Tensor:
     """s_i: sigma_i w_i (share rule) or the unit where w_i allows (unit rule); buyers only."""
     buyer = economy.buyer.to(torch.float64)
     if economy.spend_rule == "unit":
-        spend = torch.where(state.money >= economy.unit, economy.unit, 0.0)
+        spend = (state.money >= economy.unit).to(torch.float64) * economy.unit  # the unit exactly, in float64
     else:
         spend = economy.spend.to(torch.float64) * state.money
     return spend * buyer
 
 
-def trade(state: State, economy: Economy, draws: Draws | None = None) -> MarketOutcome:
-    """Steps 1-5 of a round for every buyer, block by block; see the module docstring.
-
-    In sampled mode buyer i's choice in market h inverts alpha_ih. at the uniform h of its
-    choice stream in ``draws`` (by default ``state.draws()``, the round's counter-based
-    numbers), so that the sellers chosen do not depend on the block size or the batch.
-    """
+    value_output = torch.einsum("bphde,bhef->bphdf", economy.value, economy.output)
+    seller_moments = seller_moment_columns(state, economy, delivered, value_output)  # (B, H, N, 2)
+    column_bias = seller_bias(state, economy)[:, None, None, :]
     if economy.couplings is not None:
         return _fixed_couplings(state, economy)
     x, population = state.states, economy.population
@@ -105,13 +101,9 @@ def trade(state: State, economy: Economy, draws: Draws | None = None) -> MarketO
         draws = state.draws() if draws is None else draws
         uniforms = draws.uniform(DRAW_CHOICE, heads).transpose(0, 1).contiguous()  # (B, H, N)
     else:  # the sellers' moments feed the expected mode's field variance only
-        gain = torch.einsum("bphde,bhef->bphdf", economy.value, economy.output).pow(2).sum((-1, -2))
-        seller_noise = spin_variance(x, economy.radius)[:, None, :] * gain[:, population].transpose(1, 2)
-        seller_moments = torch.stack([(delivered**2).sum(-1), seller_noise], dim=-1)  # (B, H, N, 2)
-
-    mean_money = state.money.mean(dim=1, keepdim=True).clamp(min=1e-300)
-    premium = torch.log((state.money / mean_money).clamp(min=1e-12)).to(x.dtype)
-    column_bias = (economy.visibility[:, None] * premium)[:, None, None, :]
+        value_output = torch.einsum("bphde,bhef->bphdf", economy.value, economy.output)
+        seller_moments = seller_moment_columns(state, economy, delivered, value_output)  # (B, H, N, 2)
+    column_bias = seller_bias(state, economy)[:, None, None, :]
     spend = budgets(state, economy)
     columns = torch.arange(agents, device=x.device)
     revenue = torch.zeros(batch, agents, dtype=torch.float64, device=x.device)

@@ -70,8 +70,8 @@ def write_json(path: Path, data: dict) -> None:
 def save_checkpoint(path: Path, state: State, replicas: list[int], metrics_rows: int) -> None:
     """Atomically save a state (on the CPU) with the number of metrics rows it follows.
 
-    The device type the state ran on is recorded: its random states are those of that
-    device's generators, which the other kind of device cannot continue.
+    The device type the state ran on is recorded: a resumed run continues bit for bit only on
+    the same kind of device (the draws are the same anywhere; the floating-point rounding is not).
     """
     cpu = state.to("cpu")
     payload = {

@@ -11,6 +11,7 @@ import torch
 
 from econspin.corrections import FieldContext
 from econspin.economy import Economy
+from econspin.fused import fused_trade, uses_fused
 from econspin.market import spin_variance, trade
 from econspin.state import State
 
@@ -34,7 +35,7 @@ def step(state: State, economy: Economy) -> State:
     """
     sampled = economy.mode == "sampled"
     draws = state.draws() if sampled else None  # the expected mode draws nothing
-    outcome = trade(state, economy, draws)
+    outcome = fused_trade(state, economy) if uses_fused(state, economy) else trade(state, economy, draws)
     eta = economy.eta
     field = state.fields + (1.0 - eta)[..., None] * state.states + eta[..., None] * outcome.received
     if sampled:

@@ -289,6 +289,9 @@ class Run(_Strict):
     dtype: Literal["float32", "float64"] = "float32"
     chunk: Annotated[int, Field(gt=0)] | None = None  # buyer rows per block; None: from memory
     memory_budget_mb: PositiveFloat = 1024.0
+    # the expected-mode market step: fused (econspin.fused) or reference (econspin.market);
+    # auto is fused where it applies (expected mode, attention market), reference elsewhere
+    kernel: Literal["auto", "reference", "fused"] = "auto"
 
 
 class Event(_Strict):
@@ -339,6 +342,8 @@ class Scenario(_Strict):
                 raise ValueError(f"populations.{name}.projections.init: identity needs d_k = d_v = d")
         if self.market.output == "identity" and self.market.value_dimension != self.market.d:
             raise ValueError("market.output: identity needs d_v = d")
+        if self.run.kernel == "fused" and (self.market.mode != "expected" or self.market.couplings is not None):
+            raise ValueError("run.kernel: fused covers the expected-mode attention market; use auto or reference")
         return self
 
     @property

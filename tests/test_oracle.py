@@ -120,7 +120,7 @@ def test_expected_round_matches_the_oracle(spec):
     for round_index in range(3):
         reference_economy, reference_state = from_engine(economy, run.state, network=graph)
         expected = reference_round(reference_economy, reference_state)
-        outcome = trade(run.state, economy, [])
+        outcome = trade(run.state, economy)
         where = f"round {round_index}"
         close(outcome.spending[0], expected.spending, 1e-12, f"spending, {where}")
         close(outcome.revenue[0], expected.revenue, 1e-10, f"revenue, {where}")

@@ -1,0 +1,217 @@
+"""`econspin bench`: one round of each market kernel against the attention floor, in one run.
+
+For every size N and batch B it builds the benchmark economy (two populations, 80% at
+T = 1 and 20% at T = 0.1, d = 32, one head, expected mode, float32) and times, in
+interleaved repeats after a warm-up, the median of
+
+- one round (``round.step``) on the reference kernel (``econspin.market.trade``),
+- one round on the fused kernel (``econspin.fused``),
+- the floor: ``torch.nn.functional.scaled_dot_product_attention`` forward on q, k, v of
+  shape (B, H, N, d_k), what any attention-shaped round must at least do.
+
+It reports the ratios round / floor, the pair interactions per second B N^2 / round time,
+and how far the two kernels' next states and money lie apart (they must agree to rounding).
+Ratios measured in one run are what to compare between machines; absolute times move with
+the machine and its load. The reference kernel is skipped where it would take too long
+(``REFERENCE_PAIRS``), and so is the fused one past ``FUSED_PAIRS``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import platform
+import statistics
+import time
+from typing import Callable
+
+import torch
+
+from econspin.economy import resolve_device
+from econspin.round import step
+from econspin.scenario import Scenario
+from econspin.simulate import Rollout
+
+SIZES = {True: (256, 1024, 4096), False: (256, 1024, 4096, 16384)}  # by --quick
+BATCHES = (1, 16)
+REPEATS = {True: 3, False: 7}
+REFERENCE_PAIRS = {True: 2**24, False: 2**28}  # largest B N^2 the reference kernel is timed at
+FUSED_PAIRS = {True: 2**28, False: 2**32}
+DIMENSION = 32
+
+
+def bench_scenario(agents: int, dimension: int = DIMENSION) -> Scenario:
+    """The benchmark economy: 80% humans at T = 1, 20% AI agents at T = 0.1, expected mode."""
+    return Scenario.from_dict(
+        {
+            "name": "bench",
+            "populations": {
+                "human": {"count": agents - agents // 5, "temperature": 1.0},
+                "ai": {"count": agents // 5, "temperature": 0.1},
+            },
+            "market": {"d": dimension, "mode": "expected"},
+            "run": {"device": "cpu"},
+        }
+    )
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+
+
+def timed(
+    functions: dict[str, Callable[[], object]], repeats: int, device: torch.device, clock: str = "wall"
+) -> dict[str, float]:
+    """Median time (s) of each function: one warm-up call each, then interleaved repeats.
+
+    ``clock`` is wall time, or ``cpu``: the CPU time of this process (all its threads), which
+    on a machine shared with other work does not count the time the process waits for a core.
+    """
+    now = CLOCKS[clock]
+
+    def once(function) -> float:
+        started = now()
+        function()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return now() - started
+
+    for function in functions.values():
+        once(function)
+    times: dict[str, list[float]] = {name: [] for name in functions}
+    for _ in range(repeats):
+        for name, function in functions.items():
+            times[name].append(once(function))
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def relative_difference(want: torch.Tensor, got: torch.Tensor) -> float:
+    """The largest |want - got| over the largest |want|."""
+    return float((want.double() - got.double()).abs().max() / want.double().abs().max().clamp(min=1e-300))
+
+
+def measure(agents: int, batch: int, device: torch.device, quick: bool, repeats: int, clock: str = "wall") -> dict:
+    """One row of the benchmark: times (ms), ratios, pairs per second, kernel agreement."""
+    rollout = Rollout.create([bench_scenario(agents)] * batch, list(range(batch)), str(device), "float32")
+    state, economy = rollout.state, rollout.economy
+    kernels = {name: dataclasses.replace(economy, kernel=name) for name in ("reference", "fused")}
+    pairs = batch * agents * agents
+    run = {"reference": pairs <= REFERENCE_PAIRS[quick], "fused": pairs <= FUSED_PAIRS[quick]}
+    generator = torch.Generator(device=device).manual_seed(0)
+    q, k, v = (
+        torch.randn(batch, economy.heads, agents, DIMENSION, generator=generator, device=device) for _ in range(3)
+    )
+    functions = {"floor": lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v)}
+    functions.update({name: (lambda e=kernels[name]: step(state, e)) for name in kernels if run[name]})
+    with torch.no_grad():
+        times = timed(functions, repeats, device, clock)
+        row = {"agents": agents, "batch": batch, "pairs": pairs, "repeats": repeats}
+        row["floor_ms"] = times["floor"] * 1e3
+        for name in ("reference", "fused"):
+            seconds = times.get(name)
+            row[f"{name}_ms"] = None if seconds is None else seconds * 1e3
+            row[f"{name}_ratio"] = None if seconds is None else seconds / times["floor"]
+            row[f"{name}_pairs_per_s"] = None if seconds is None else pairs / seconds
+        row["speedup"] = (
+            None if None in (row["reference_ms"], row["fused_ms"]) else row["reference_ms"] / row["fused_ms"]
+        )
+        row["compared"] = run["reference"] and run["fused"]
+        row["state_difference"] = row["money_difference"] = None
+        if row["compared"]:
+            reference, fused = step(state, kernels["reference"]), step(state, kernels["fused"])
+            row["state_difference"] = relative_difference(reference.states, fused.states)
+            row["money_difference"] = relative_difference(reference.money, fused.money)
+    return row
+
+
+def run_bench(
+    quick: bool = False,
+    device: str = "cpu",
+    threads: int | None = None,
+    sizes: tuple[int, ...] | None = None,
+    batches: tuple[int, ...] | None = None,
+    repeats: int | None = None,
+    on_row: Callable[[dict], None] | None = None,
+    clock: str = "wall",
+) -> dict:
+    """The whole benchmark as a JSON-ready dict: machine, versions, threads, one row per (N, B)."""
+    resolved = resolve_device(device)
+    previous = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        result = {
+            "device": device_name(resolved),
+            "device_type": resolved.type,
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+            "dimension": DIMENSION,
+            "heads": 1,
+            "dtype": "float32",
+            "mode": "expected",
+            "quick": quick,
+            "clock": clock,
+            "rows": [],
+        }
+        for agents in sizes or SIZES[quick]:
+            for batch in batches or BATCHES:
+                row = measure(agents, batch, resolved, quick, repeats or REPEATS[quick], clock)
+                result["rows"].append(row)
+                if on_row is not None:
+                    on_row(row)
+        return result
+    finally:
+        torch.set_num_threads(previous)
+
+
+def bench_table(result: dict):
+    """A rich table of the benchmark rows."""
+    from rich.table import Table
+
+    title = f"one round, expected mode, d = {result['dimension']}, {result['dtype']}: {result['device']}, "
+    title += f"torch {result['torch']}, {result['threads']} threads, {result['clock']} time"
+    table = Table(title=title)
+    headers = (
+        "N",
+        "B",
+        "SDPA ms",
+        "ref ms",
+        "fused ms",
+        "ref/SDPA",
+        "fused/SDPA",
+        "speedup",
+        "fused pairs/s",
+        "max diff",
+    )
+    for column in headers:
+        table.add_column(column, justify="right")
+
+    def show(value, form):
+        return "-" if value is None else format(value, form)
+
+    for row in result["rows"]:
+        agreement = "-" if not row["compared"] else f"{max(row['state_difference'], row['money_difference']):.1e}"
+        table.add_row(
+            str(row["agents"]),
+            str(row["batch"]),
+            show(row["floor_ms"], ".3g"),
+            show(row["reference_ms"], ".3g"),
+            show(row["fused_ms"], ".3g"),
+            show(row["reference_ratio"], ".1f"),
+            show(row["fused_ratio"], ".2f"),
+            show(row["speedup"], ".1f"),
+            show(row["fused_pairs_per_s"], ".2e"),
+            agreement,
+        )
+    return table

@@ -1,0 +1,280 @@
+"""The expected-mode market step as one fused pass over cache-sized blocks of buyer rows.
+
+It returns exactly what :func:`econspin.market.trade` returns in expected mode (every field of
+:class:`~econspin.market.MarketOutcome`), computed from the same equations rearranged so that
+each block of the N x N utilities is visited a few times while it is hot in the cache, and
+nothing in a round waits on the host (no ``.item()``, no ``bool(tensor)``, no branch on data).
+
+For every batch element b, head h, buyer i and seller j (see market.py for the model):
+
+    U_ij = q_i . k_j / sqrt(d_k) + b_j,     b_j = gamma log(w_j / mean w),
+    alpha_ij = e_ij / s_i,   e_ij = 2^(y_ij),   y_ij = beta_i U_ij - m_i,   m_i = max_l beta_i U_il,
+    s_i = sum_j e_ij,        LSE_i = ln s_i   (the log-sum-exp of z_ij = U_ij / T_i - max, z = y ln 2).
+
+Base 2 because torch's exp2 is 2.7x faster than its exp on the CPU. The temperature enters as
+an effective inverse temperature beta_i (in base 2) folded into the query: one matrix product
+gives beta_i U_ij together with the seller bias and the seller mask,
+
+    [beta_i q_i / sqrt(d_k), beta_i, 1] . [k_j, b_j, c_j],   c_j = 0 (j sells) or -BIG,
+
+and the limits become finite powers of two, so that no row needs a branch of its own:
+
+    beta_i = clamp(log2(e) / T_i, 2^(-p - 6 - e_i), 2^(E - e_i)),
+
+with 2^e_i >= |U_il| for every l and >= |q_i| (from |q_i| max(1, max|k|) / sqrt(d_k) + max|b|),
+E = 100 (float32) or 996 (float64) and p the mantissa bits. At T_i = 0, the upper limit
+spreads any two utilities of the row that differ by more than about 2^-93 (float32; 2^-986 in
+float64) of the row's scale so far apart that every seller but the best ones gets weight
+exactly 0 and the best ones exactly 1: the argmax, ties split equally. At T_i = inf, the lower
+limit squeezes the row into [-2^-(p+5), 0], where 2^y rounds to exactly 1: uniform over the
+allowed sellers. Before exp2, y is clamped at the smallest normal exponent (exp2 leaves its
+fast vector path below it) and weights up to twice that set to exactly 0. The diagonal (no
+self-trade) is set to -BIG in place and a trade network adds its cached bias; a row with no
+allowed seller has m_i = -BIG, is shifted by 0 instead and has s_i = 0 (its outputs are 0).
+
+Every reduction of MODEL.md then comes from the unnormalised block e, while it is hot:
+
+    received:     a_ih = (e @ u)_i / s_i,     u_j = v_j W_O^h            (a product with d columns)
+    moments:      ([|u_j|^2, c_j |W_V W_O|_F^2] @ e^T)_i / s_i          (a product with 2 rows)
+    entropy:      H_i = LSE_i - ln 2 (sum_j e_ij y_ij) / s_i             (0 at T = 0 by construction)
+    surplus:      S_i = m_i / beta_i + T_i LSE_i                         (m_i / beta_i at T = 0)
+    impact:       kappa_i = |e_i.|^2 / s_i^2
+    revenue:      R_j += sum_i e_ij (s_i^budget / H) / s_i               (alpha^T share, e^T @ a vector)
+
+The normalisation by s_i is applied to the small per-row results, never to the block. Money:
+revenue is accumulated in float64 over blocks and rescaled per batch element so that
+sum_j R_j equals sum_i s_i (the budgets actually spent) to float64 rounding, whatever the
+working precision; each R_j then carries the working precision's rounding. Memory is
+O(B H N (2 d_k + d)) plus two blocks of BLOCK_ENTRIES entries (and the network's bias, if any).
+
+The sampled mode and fixed couplings stay on :func:`econspin.market.trade`.
+"""
+
+from __future__ import annotations
+
+import math
+import weakref
+
+import torch
+
+from econspin.economy import Economy
+from econspin.market import MarketOutcome, budgets, seller_bias, seller_moment_columns
+from econspin.state import State
+
+BLOCK_ENTRIES = 2**20  # entries of one (batch-heads, rows, N) block: two blocks stay in the L2/L3 caches
+MIN_ROWS = 32  # thinner blocks cost more in overhead than the cache saves
+LN2 = math.log(2.0)
+# exp2 leaves its fast vector path where the result would be subnormal: scores are clamped to
+# these floors first, and weights up to 2^(floor + 1) (tiny against the row's largest, 1) set to 0
+EXP2_FLOOR = {torch.float32: -126.0, torch.float64: -1022.0}
+
+
+def _limits(dtype: torch.dtype) -> tuple[int, int, int]:
+    """(E, p, BIG exponent): scale exponent of the T = 0 rows, mantissa bits, mask exponent."""
+    info = torch.finfo(dtype)
+    max_exponent = int(math.log2(info.max)) + 1  # 128 or 1024
+    mantissa = round(-math.log2(info.eps)) + 1  # 24 or 53
+    return max_exponent - 28, mantissa, max_exponent - 8
+
+
+def inverse_temperatures(temperature: torch.Tensor, row_scale: torch.Tensor) -> torch.Tensor:
+    """beta_i = clamp(log2(e) / T_i, 2^(-p-6-e_i), 2^(E-e_i)) with 2^e_i > row_scale_i (module doc).
+
+    ``temperature`` broadcasts against ``row_scale`` (bounds on |U_il|); the result has the
+    dtype of ``row_scale``. T = 0 gives the upper limit, T = inf the lower one.
+    """
+    dtype = row_scale.dtype
+    top, mantissa, _ = _limits(dtype)
+    info = torch.finfo(dtype)
+    smallest = int(math.log2(info.tiny))  # -126 or -1022
+    _, exponent = torch.frexp(row_scale.double())  # row_scale < 2^exponent
+    exponent = exponent.clamp(min=-27, max=-smallest - mantissa - 6).double()
+    high, low = torch.exp2(top - exponent), torch.exp2(-mantissa - 6 - exponent)  # exact powers of two
+    return torch.clamp(math.log2(math.e) / temperature.double(), min=low, max=high).to(dtype)
+
+
+def block_shape(groups: int, agents: int, rows: int | None = None) -> tuple[int, int]:
+    """(batch-heads, rows) per block: about BLOCK_ENTRIES entries, at least MIN_ROWS rows.
+
+    One batch-head per block unless whole ones fit (small N): a product over many thin
+    blocks costs more than the cache saves (measured: docs/performance.md).
+    """
+    if rows is None:
+        rows = max(MIN_ROWS, BLOCK_ENTRIES // agents)
+    rows = max(1, min(rows, agents))
+    together = BLOCK_ENTRIES // (agents * agents) if rows == agents else 1
+    return max(1, min(groups, together)), rows
+
+
+def project_all(states: torch.Tensor, weights: torch.Tensor, population: torch.Tensor) -> torch.Tensor:
+    """x_i W^{p(i)} for every agent: (B, N, d) with (B, P, H, d, F) -> (B, H, N, F).
+
+    One product against every population's weights side by side, then each agent keeps its
+    own population's columns: P times the multiply-adds of :func:`econspin.market.project`
+    in one call instead of 3 P, which at these sizes costs less than the calls.
+    """
+    batch, populations, heads, d, width = weights.shape
+    side_by_side = weights.permute(0, 3, 1, 2, 4).reshape(batch, d, populations * heads * width)
+    every = torch.bmm(states, side_by_side).view(batch, -1, populations, heads, width)
+    own = every[:, :, 0] if populations == 1 else every[:, torch.arange(population.shape[0]), population]
+    return own.transpose(1, 2)
+
+
+_NETWORKS: dict[int, tuple[weakref.ref, dict]] = {}  # id(mask) -> (the mask, {dtype: terms}), while it lives
+
+
+def network_terms(economy: Economy, dtype: torch.dtype, big: float):
+    """The trade network as an additive bias (0 on edges, -BIG elsewhere) and n_i, cached per mask.
+
+    Adding a float block costs a tenth of a masked fill with a boolean one on the CPU
+    (docs/performance.md); the network does not change between rounds, so its bias (N^2
+    entries of the working precision) is built once per mask tensor and kept while it lives,
+    where it takes at most a quarter of run.memory_budget_mb (else the bias is None and each
+    block is masked from the boolean mask).
+    """
+    trade_mask, seller = economy.trade_mask, economy.seller
+    if trade_mask.numel() * torch.finfo(dtype).bits // 8 > economy.memory_budget / 4:
+        allowed = trade_mask & seller
+        return None, allowed.sum(-1) - allowed.diagonal().long()
+    key = id(trade_mask)
+    entry = _NETWORKS.get(key)
+    if entry is None or entry[0]() is not trade_mask:
+        entry = _NETWORKS[key] = (weakref.ref(trade_mask, lambda _: _NETWORKS.pop(key, None)), {})
+    cached = entry[1].get(dtype)
+    if cached is not None and cached[0] is seller:
+        return cached[1], cached[2]
+    allowed = trade_mask & seller
+    allowed.fill_diagonal_(False)
+    bias = torch.zeros(trade_mask.shape, dtype=dtype, device=trade_mask.device).masked_fill_(~trade_mask, -big)
+    entry[1][dtype] = (seller, bias, allowed.sum(-1))
+    return bias, entry[1][dtype][2]
+
+
+def uses_fused(state: State, economy: Economy) -> bool:
+    """Whether a round takes the fused step: the economy says so and nothing asks for gradients.
+
+    The fused step writes into reused buffers, which autograd cannot follow; a round whose
+    inputs require gradients takes the reference path (same numbers, differentiable).
+    """
+    if economy.kernel != "fused" or economy.mode != "expected" or economy.couplings is not None:
+        return False
+    inputs = (state.states, state.fields, state.money, state.temperature)
+    parameters = (economy.query, economy.key, economy.value, economy.output, economy.visibility, economy.spend)
+    return not (torch.is_grad_enabled() and any(t.requires_grad for t in (*inputs, *parameters)))
+
+
+def fused_trade(state: State, economy: Economy, rows: int | None = None) -> MarketOutcome:
+    """Expected-mode steps 1-5 for every buyer, as :func:`econspin.market.trade` computes them.
+
+    ``rows`` fixes the buyer rows per block (default: ``run.chunk``, else cache-sized blocks);
+    the result does not depend on it beyond rounding.
+    """
+    x = state.states
+    batch, agents, d = x.shape
+    heads, key_dimension = economy.heads, economy.query.shape[-1]
+    dtype, device = x.dtype, x.device
+    groups = batch * heads
+    _, _, big_exponent = _limits(dtype)
+    big, floor = 2.0**big_exponent, EXP2_FLOOR[dtype]
+
+    # one product per population: [q_i / sqrt(d_k), k_i, u_i = x_i W_V W_O], (B, H, N, 2 d_k + d)
+    value_output = torch.einsum("bphde,bhef->bphdf", economy.value, economy.output)
+    projection = torch.cat([economy.query / math.sqrt(key_dimension), economy.key, value_output], dim=-1)
+    projected = project_all(x, projection, economy.population)
+    query, key = projected[..., :key_dimension], projected[..., key_dimension : 2 * key_dimension]
+    delivered = projected[..., 2 * key_dimension :]
+    bias = seller_bias(state, economy)[:, None, :].expand(batch, heads, agents)
+    spend = budgets(state, economy)
+
+    # effective inverse temperatures (base 2), from a bound on each row's utilities
+    key_norm = torch.linalg.vector_norm(key, dim=-1).amax(-1, keepdim=True).clamp(min=1.0)
+    row_scale = torch.linalg.vector_norm(query, dim=-1) * key_norm + bias.abs().amax(-1, keepdim=True)
+    beta = inverse_temperatures(state.temperature[:, None, :], row_scale)  # (B, H, N), >= |U_il| and |q_i|
+    seller_column = (~economy.seller).to(dtype).mul_(-big).expand(batch, heads, agents)
+    left = torch.cat([query * beta[..., None], beta[..., None], torch.ones_like(beta)[..., None]], dim=-1)
+    right = torch.cat([key, bias[..., None], seller_column[..., None]], dim=-1)
+    moment_rows = (
+        seller_moment_columns(state, economy, delivered, value_output).reshape(groups, agents, 2).transpose(1, 2)
+    )
+    left, right, delivered = (t.reshape(groups, agents, -1) for t in (left, right, delivered))
+    right, moment_rows = right.transpose(1, 2), moment_rows.contiguous()  # (groups, 2, N)
+    share = (spend / heads).to(dtype)[:, None, :].expand(batch, heads, agents).reshape(groups, agents)
+
+    if economy.trade_mask is None:
+        partners = (economy.seller.sum() - economy.seller.long()).expand(groups, agents)  # n_i, allowed sellers
+        network_bias = None
+    else:
+        network_bias, partners = network_terms(economy, dtype, big)
+        partners = partners.expand(groups, agents)
+    shifted_max, total, dot, norm = (torch.empty(groups, agents, dtype=dtype, device=device) for _ in range(4))
+    moments = torch.empty(groups, agents, d + 2, dtype=dtype, device=device)
+    revenue = torch.zeros(groups, agents, dtype=torch.float64, device=device)
+
+    group_size, block_rows = block_shape(groups, agents, rows if rows is not None else economy.chunk)
+    buffer = torch.empty(2 * group_size * block_rows * agents, dtype=dtype, device=device)
+    for g0 in range(0, groups, group_size):
+        g = slice(g0, min(g0 + group_size, groups))
+        for r0 in range(0, agents, block_rows):
+            r = slice(r0, min(r0 + block_rows, agents))
+            shape = (g.stop - g.start, r.stop - r.start, agents)
+            size = math.prod(shape)
+            scores, weights = buffer[:size].view(shape), buffer[size : 2 * size].view(shape)
+            torch.bmm(left[g, r], right[g], out=scores)  # beta_i U_ij, -BIG for non-sellers
+            scores.diagonal(offset=r0, dim1=1, dim2=2).fill_(-big)
+            if network_bias is not None:
+                scores.add_(network_bias[r])
+            elif economy.trade_mask is not None:
+                scores.masked_fill_(~economy.trade_mask[r], -big)
+            row_max = scores.amax(-1, keepdim=True)
+            row_max = torch.where(row_max > -0.5 * big, row_max, torch.zeros_like(row_max))
+            scores.sub_(row_max).clamp_(min=floor)  # y_ij = z_ij / ln 2
+            torch.nn.functional.threshold_(torch.exp2(scores, out=weights), 2.0 ** (floor + 1), 0.0)
+            shifted_max[g, r] = row_max.squeeze(-1)
+            total[g, r] = weights.sum(-1)
+            norm[g, r] = torch.linalg.vector_norm(weights, dim=-1)
+            dot[g, r] = scores.mul_(weights).sum(-1)  # sum_j e_ij z_ij / ln 2
+            moments[g, r, :d] = torch.bmm(weights, delivered[g])  # (d columns: no padding to a wider panel)
+            moments[g, r, d:] = torch.bmm(moment_rows[g], weights.transpose(1, 2)).transpose(1, 2)
+            # total >= 1 on a row with partners (its best seller weighs exactly 1), 0 on an empty row,
+            # whose weights are all 0: what it would spend goes nowhere
+            per_unit = share[g, r] / total[g, r].clamp(min=1.0)
+            revenue[g] += torch.bmm(weights.transpose(1, 2), per_unit[..., None]).squeeze(-1)
+    return _outcome(state, economy, spend, partners, beta, shifted_max, total, dot, norm, moments, revenue)
+
+
+def _outcome(state, economy, spend, partners, beta, shifted_max, total, dot, norm, moments, revenue) -> MarketOutcome:
+    """Per-row results of the blocks (groups = B H rows of N) as a MarketOutcome."""
+    batch, agents, d = state.states.shape
+    heads, dtype = economy.heads, state.states.dtype
+    temperature = state.temperature[:, None, :].expand(batch, heads, agents).reshape(batch * heads, agents)
+    has_partner = partners > 0
+    inverse_total = torch.reciprocal(total.clamp(min=1.0))  # total >= 1 where there is a partner
+    lse = torch.log(total.clamp(min=1.0))  # natural log-sum-exp of z_ij = ln 2 * scores; 0 on empty rows
+    moments = moments * inverse_total[..., None]
+    per_head = moments[..., :d]
+    choice = moments[..., d] - (per_head**2).sum(-1)
+    entropy = torch.where(torch.isinf(temperature), lse, lse - LN2 * dot * inverse_total)
+    entropy = torch.where(partners > 1, entropy / torch.log(partners.clamp(min=2).to(dtype)), 0.0)
+    spread = torch.where((temperature == 0) | (partners <= 1), 0.0, temperature * lse)
+    surplus = torch.where(has_partner, shifted_max / beta.reshape(batch * heads, agents) + spread, 0.0)
+    impact = (norm * inverse_total) ** 2
+
+    def over_heads(values: torch.Tensor, mean: bool = False) -> torch.Tensor:
+        values = values.reshape(batch, heads, agents, *values.shape[2:])
+        return values.mean(1) if mean else values.sum(1)
+
+    buyer = economy.buyer.to(dtype)
+    spending = spend * has_partner[0]  # the mask is the same for every batch element and head
+    revenue = over_heads(revenue)
+    spent, earned = spending.sum(1, keepdim=True), revenue.sum(1, keepdim=True)
+    revenue = revenue * torch.where(earned > 0, spent / earned, torch.zeros_like(earned))  # sum R = sum s exactly
+    return MarketOutcome(
+        received=over_heads(per_head) * buyer[None, :, None],
+        revenue=revenue,
+        spending=spending,
+        entropy=over_heads(entropy, mean=True),
+        surplus=over_heads(surplus, mean=True),
+        field_variance=over_heads(choice + moments[..., d + 1]) / d * buyer,
+        choice_variance=over_heads(choice) * buyer,
+        impact=over_heads(impact, mean=True) * buyer,
+    )

@@ -1,0 +1,68 @@
+"""`econspin bench`: the structure of its table and JSON, never its timings."""
+
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from econspin.bench import SIZES
+from econspin.cli import app
+
+runner = CliRunner()
+ROW_FIELDS = {
+    "agents",
+    "batch",
+    "pairs",
+    "repeats",
+    "floor_ms",
+    "reference_ms",
+    "fused_ms",
+    "reference_ratio",
+    "fused_ratio",
+    "reference_pairs_per_s",
+    "fused_pairs_per_s",
+    "speedup",
+    "compared",
+    "state_difference",
+    "money_difference",
+}
+
+
+def check_result(path, sizes, batches):
+    result = json.loads(path.read_text())
+    assert result["torch"] == torch.__version__
+    assert result["device"] and result["device_type"] == "cpu" and result["threads"] >= 1
+    assert result["clock"] in ("wall", "cpu")
+    assert [(row["agents"], row["batch"]) for row in result["rows"]] == [(n, b) for n in sizes for b in batches]
+    for row in result["rows"]:
+        assert set(row) == ROW_FIELDS
+        assert row["floor_ms"] > 0 and row["fused_ms"] > 0
+        assert row["pairs"] == row["batch"] * row["agents"] ** 2
+        if row["reference_ms"] is not None:  # both kernels ran: their next rounds were compared
+            assert row["compared"] and row["state_difference"] < 1e-4 and row["money_difference"] < 1e-6
+    return result
+
+
+def test_bench_writes_a_table_and_json(tmp_path):
+    out = tmp_path / "bench.json"
+    arguments = ["bench", "--quick", "--sizes", "48,96", "--batches", "1,3", "--repeats", "1", "--json", str(out)]
+    result = runner.invoke(app, [*arguments, "--threads", "1", "--clock", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert "fused/SDPA" in result.output and "max diff" in result.output
+    rows = check_result(out, (48, 96), (1, 3))["rows"]
+    assert all(row["compared"] for row in rows)
+
+
+def test_bench_refuses_bad_sizes():
+    result = runner.invoke(app, ["bench", "--sizes", "1,x"])
+    assert result.exit_code == 2 and "--sizes" in result.output
+
+
+@pytest.mark.slow
+def test_bench_quick_as_documented(tmp_path):
+    out = tmp_path / "bench.json"
+    result = runner.invoke(app, ["bench", "--quick", "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    rows = check_result(out, SIZES[True], (1, 16))["rows"]
+    assert sum(row["compared"] for row in rows) >= 4
