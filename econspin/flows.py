@@ -30,7 +30,7 @@ import torch
 
 from econspin.choice import logit_rows, sample_choice
 from econspin.economy import Economy
-from econspin.market import budgets, project
+from econspin.market import budgets, project, seller_bias
 from econspin.randomness import DRAW_CHOICE
 from econspin.state import State
 
@@ -89,9 +89,7 @@ def round_flows(before: State, economy: Economy, replica: int = 0) -> RoundFlows
     query = project(x, economy.query, population)[replica]  # (H, N, e)
     key = project(x, economy.key, population)[replica]
     utilities = torch.einsum("hce,hne->hcn", query, key) / math.sqrt(query.shape[-1])
-    money = before.money[replica]
-    premium = torch.log((money / money.mean().clamp(min=1e-300)).clamp(min=1e-12)).to(x.dtype)
-    utilities = utilities + economy.visibility[replica] * premium  # the visibility premium, by seller
+    utilities = utilities + seller_bias(before, economy)[replica]  # the visibility premium, by seller
     columns = torch.arange(agents, device=device)
     allowed = economy.seller[None, :] & (columns[:, None] != columns[None, :])
     if economy.trade_mask is not None:

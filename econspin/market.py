@@ -84,9 +84,27 @@ def budgets(state: State, economy: Economy) -> torch.Tensor:
     return spend * buyer
 
 
-    value_output = torch.einsum("bphde,bhef->bphdf", economy.value, economy.output)
-    seller_moments = seller_moment_columns(state, economy, delivered, value_output)  # (B, H, N, 2)
-    column_bias = seller_bias(state, economy)[:, None, None, :]
+def seller_moment_columns(state: State, economy: Economy, delivered, value_output) -> torch.Tensor:
+    """(B, H, N, 2): [|u_j|^2, c_j |W_V W_O|_F^2] from u_j (B, H, N, d) and W_V W_O (B, P, H, d, d)."""
+    gain = value_output.pow(2).sum((-1, -2))
+    noise = spin_variance(state.states, economy.radius)[:, None, :] * gain[:, economy.population].transpose(1, 2)
+    return torch.stack([(delivered**2).sum(-1), noise], dim=-1)
+
+
+def seller_bias(state: State, economy: Economy) -> torch.Tensor:
+    """(B, N): the visibility premium gamma log(w_j / mean w), floored at gamma log 1e-12."""
+    mean_money = state.money.mean(dim=1, keepdim=True).clamp(min=1e-300)
+    premium = torch.log((state.money / mean_money).clamp(min=1e-12)).to(state.states.dtype)
+    return economy.visibility[:, None] * premium
+
+
+def trade(state: State, economy: Economy, draws: Draws | None = None) -> MarketOutcome:
+    """Steps 1-5 of a round for every buyer, block by block; see the module docstring.
+
+    In sampled mode buyer i's choice in market h inverts alpha_ih. at the uniform h of its
+    choice stream in ``draws`` (by default ``state.draws()``, the round's counter-based
+    numbers), so that the sellers chosen do not depend on the block size or the batch.
+    """
     if economy.couplings is not None:
         return _fixed_couplings(state, economy)
     x, population = state.states, economy.population
