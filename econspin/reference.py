@@ -262,11 +262,26 @@ def buyer_choice(economy: ReferenceEconomy, state: ReferenceState, market: Offer
     return BuyerChoice(sellers, alpha, spending, received, entropy, surplus, choice_variance, field_variance, impact)
 
 
-def draw_sellers(choice: BuyerChoice, market: Offers, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Sampled mode: one seller per market drawn from alpha, and the sum of their goods."""
+def draw_sellers(
+    choice: BuyerChoice, market: Offers, rng: np.random.Generator | None = None, uniforms: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Sampled mode: one seller per market drawn from alpha, and the sum of their goods.
+
+    With ``uniforms`` (one per market) the draw is the inverse of alpha's cumulative sum at
+    u: the first seller whose cumulative weight exceeds u (given the engine's uniforms, the
+    same sellers as the engine's, draw for draw). Otherwise ``rng`` draws.
+    """
     heads = choice.alpha.shape[0]
-    picks = np.array([choice.sellers[rng.choice(len(choice.sellers), p=choice.alpha[head])] for head in range(heads)])
-    return picks, sum(market.goods[head, pick] for head, pick in enumerate(picks))
+    if uniforms is None:
+        picks = [rng.choice(len(choice.sellers), p=choice.alpha[head]) for head in range(heads)]
+    else:
+        last = len(choice.sellers) - 1
+        picks = [
+            min(int(np.searchsorted(np.cumsum(choice.alpha[head]), uniforms[head], side="right")), last)
+            for head in range(heads)
+        ]
+    sellers = choice.sellers[np.array(picks)]
+    return sellers, sum(market.goods[head, pick] for head, pick in enumerate(sellers))
 
 
 def spin_variance(state_vector: np.ndarray, radius: float) -> float:
@@ -374,11 +389,16 @@ def agent_update(
 
 
 def reference_round(
-    economy: ReferenceEconomy, state: ReferenceState, rng: np.random.Generator | None = None
+    economy: ReferenceEconomy,
+    state: ReferenceState,
+    rng: np.random.Generator | None = None,
+    choice_uniforms: np.ndarray | None = None,
 ) -> ReferenceRound:
     """One round: the expected mode (mean field) without ``rng``, the sampled mode with it.
 
     Synchronous: every agent reads the old state; the new one is written after all have chosen.
+    ``choice_uniforms`` (H, N), if given, fix the sampled sellers by inversion (see
+    :func:`draw_sellers`); the spins are still drawn from ``rng``.
     """
     agents, dimension = state.states.shape
     heads = economy.heads
@@ -397,7 +417,8 @@ def reference_round(
             for head in range(heads):
                 revenue[choice.sellers] += choice.spending / heads * choice.alpha[head]
         else:
-            picks[:, buyer], received[buyer] = draw_sellers(choice, market, rng)
+            uniforms = None if choice_uniforms is None else choice_uniforms[:, buyer]
+            picks[:, buyer], received[buyer] = draw_sellers(choice, market, rng, uniforms)
             for pick in picks[:, buyer]:
                 revenue[pick] += choice.spending / heads
     new_states = np.stack(
