@@ -20,7 +20,14 @@ from econspin.corrections import (
     SelfImpactCorrection,
     feed_forward_weights,
 )
-from econspin.network import network_seed, trade_mask_from_network
+from econspin.network import (
+    TradeEdges,
+    build_graph,
+    network_seed,
+    trade_edges_from_graph,
+    trade_mask_from_graph,
+    uses_sparse_layout,
+)
 from econspin.randomness import STREAM_DISORDER, derive_seed, make_generator
 from econspin.response import SpinResponse, make_response
 from econspin.scenario import Scenario, ScenarioError
@@ -42,7 +49,8 @@ class Economy:
         output: (B, H, d_v, d), W_O per head.
         visibility: (B,), gamma of the premium gamma * log(w_j / mean w).
         field_direction: (B, P, d), unit vector along which an event shifts a population's h.
-        trade_mask: (N, N) bool or None; True where i may buy from j (a trade network).
+        trade_mask: (N, N) bool or None; True where i may buy from j (a dense trade network).
+        trade_edges: the trade network as compressed rows (a sparse one), or None.
         couplings: (B, N, N) or (1, N, N) fixed couplings J, or None for the attention market.
         spend_rule: ``share`` (s_i = sigma w_i) or ``unit`` (s_i = unit where w_i >= unit).
         mode: ``expected`` (mean field) or ``sampled`` (agent level).
@@ -65,6 +73,7 @@ class Economy:
     visibility: torch.Tensor
     field_direction: torch.Tensor
     trade_mask: torch.Tensor | None
+    trade_edges: TradeEdges | None
     couplings: torch.Tensor | None
     spend_rule: str
     unit: float
@@ -178,9 +187,14 @@ def build_economy(
 
     buys = torch.tensor([first.populations[name].buys for name in names])
     sells = torch.tensor([first.populations[name].sells for name in names])
-    trade_mask = None
+    trade_mask = trade_edges = None
     if market.network is not None:
-        trade_mask = trade_mask_from_network(market.network, agent_count, first.run.seed).to(device)
+        graph = build_graph(market.network, agent_count, first.run.seed)
+        too_large = agent_count**2 > first.run.memory_budget_mb * 2**20  # a dense mask would not fit
+        if uses_sparse_layout(market.network, graph, agent_count) or (market.network.layout == "auto" and too_large):
+            trade_edges = trade_edges_from_graph(graph, agent_count, sells[population]).to(device)
+        else:
+            trade_mask = trade_mask_from_graph(graph, agent_count).to(device)
     couplings = None
     if market.couplings is not None:
         specs = [s.market.couplings for s in scenarios]
@@ -214,6 +228,7 @@ def build_economy(
         visibility=torch.tensor([s.market.visibility for s in scenarios], dtype=dtype, device=device),
         field_direction=stacked("field_direction"),
         trade_mask=trade_mask,
+        trade_edges=trade_edges,
         couplings=couplings,
         spend_rule=market.spend_rule,
         unit=float(market.unit),
@@ -386,10 +401,11 @@ def estimate_memory(scenario: Scenario, batch: int, dtype) -> None:
             f"{need / 2**20:.0f} MiB even in one-row blocks, over "
             f"run.memory_budget_mb = {scenario.run.memory_budget_mb:g}"
         )
-    if scenario.market.network is not None and agents * agents > budget:
+    network = scenario.market.network
+    if network is not None and network.layout == "dense" and agents * agents > budget:
         raise ScenarioError(
             f"market.network: a dense {agents} x {agents} trade mask needs {agents * agents / 2**20:.0f} MiB, "
-            f"over run.memory_budget_mb = {scenario.run.memory_budget_mb:g}"
+            f"over run.memory_budget_mb = {scenario.run.memory_budget_mb:g} (layout: sparse keeps only the edges)"
         )
 
 

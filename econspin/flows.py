@@ -94,6 +94,8 @@ def round_flows(before: State, economy: Economy, replica: int = 0) -> RoundFlows
     allowed = economy.seller[None, :] & (columns[:, None] != columns[None, :])
     if economy.trade_mask is not None:
         allowed = allowed & economy.trade_mask
+    elif economy.trade_edges is not None:
+        allowed = allowed & economy.trade_edges.dense()
     alpha = logit_rows(utilities, allowed[None], before.temperature[replica][None, :, None]).probabilities
 
     spending = budgets(before, economy)[replica] * allowed.any(dim=-1)

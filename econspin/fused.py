@@ -158,6 +158,8 @@ def uses_fused(state: State, economy: Economy) -> bool:
     """
     if economy.kernel != "fused" or economy.mode != "expected" or economy.couplings is not None:
         return False
+    if economy.trade_edges is not None:  # a sparse network has a kernel of its own
+        return False
     inputs = (state.states, state.fields, state.money, state.temperature)
     parameters = (economy.query, economy.key, economy.value, economy.output, economy.visibility, economy.spend)
     return not (torch.is_grad_enabled() and any(t.requires_grad for t in (*inputs, *parameters)))

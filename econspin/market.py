@@ -123,6 +123,8 @@ def trade(state: State, economy: Economy, draws: Draws | None = None) -> MarketO
         seller_moments = seller_moment_columns(state, economy, delivered, value_output)  # (B, H, N, 2)
     column_bias = seller_bias(state, economy)[:, None, None, :]
     spend = budgets(state, economy)
+    # the readable kernel reads a sparse network as its dense mask (the sparse kernel is econspin.sparse)
+    network = economy.trade_mask if economy.trade_edges is None else economy.trade_edges.dense()
     columns = torch.arange(agents, device=x.device)
     revenue = torch.zeros(batch, agents, dtype=torch.float64, device=x.device)
     if sampled:
@@ -134,8 +136,8 @@ def trade(state: State, economy: Economy, draws: Draws | None = None) -> MarketO
     for start in range(0, agents, block):
         rows = slice(start, min(start + block, agents))
         allowed = economy.seller[None, :] & (columns[rows, None] != columns[None, :])
-        if economy.trade_mask is not None:
-            allowed = allowed & economy.trade_mask[rows]
+        if network is not None:
+            allowed = allowed & network[rows]
         allowed = allowed[None, None]  # (1, 1, rows, N)
         utilities = torch.einsum("bhce,bhne->bhcn", query[:, :, rows], key) / math.sqrt(key_dimension)
         utilities = utilities + column_bias

@@ -9,6 +9,7 @@ lets both sides trade; a directed edge i -> j lets i buy from j.
 from __future__ import annotations
 
 import inspect
+from dataclasses import dataclass
 
 import networkx as nx
 import torch
@@ -77,6 +78,60 @@ def trade_mask_from_graph(graph: nx.Graph, agent_count: int) -> torch.Tensor:
 def trade_mask_from_network(spec: Network, agent_count: int, seed: int) -> torch.Tensor:
     """The dense trade mask of a scenario's network."""
     return trade_mask_from_graph(build_graph(spec, agent_count, seed), agent_count)
+
+
+SPARSE_DENSITY = 1 / 16  # auto layout: a network with fewer directed edges than N^2 / 16 is kept sparse
+
+
+@dataclass(frozen=True)
+class TradeEdges:
+    """A trade network as compressed rows, for the sparse market.
+
+    Buyer i may buy from ``sellers[offsets[i]:offsets[i + 1]]`` (ascending); ``buyers`` repeats i
+    for each of its edges. Only edges a buyer can use are kept: to a population that sells,
+    never to itself.
+    """
+
+    buyers: torch.Tensor
+    sellers: torch.Tensor
+    offsets: torch.Tensor
+
+    @property
+    def degree(self) -> torch.Tensor:
+        """(N,) the number of sellers each buyer may choose."""
+        return self.offsets[1:] - self.offsets[:-1]
+
+    def to(self, device) -> "TradeEdges":
+        return TradeEdges(self.buyers.to(device), self.sellers.to(device), self.offsets.to(device))
+
+    def dense(self) -> torch.Tensor:
+        """(N, N) bool, True where i may buy from j."""
+        agents = self.offsets.shape[0] - 1
+        mask = torch.zeros(agents, agents, dtype=torch.bool, device=self.buyers.device)
+        mask[self.buyers, self.sellers] = True
+        return mask
+
+
+def trade_edges_from_graph(graph: nx.Graph, agent_count: int, seller: torch.Tensor) -> TradeEdges:
+    """The usable directed edges i -> j of a graph (j sells, j != i) as compressed rows."""
+    edges = torch.tensor(list(graph.edges()), dtype=torch.long).reshape(-1, 2)
+    if not graph.is_directed():
+        edges = torch.cat([edges, edges.flip(1)])
+    buyers, sellers = edges[:, 0], edges[:, 1]
+    usable = (buyers != sellers) & seller.cpu()[sellers]
+    order = torch.argsort(buyers[usable] * agent_count + sellers[usable])
+    buyers, sellers = buyers[usable][order], sellers[usable][order]
+    offsets = torch.zeros(agent_count + 1, dtype=torch.long)
+    offsets[1:] = torch.bincount(buyers, minlength=agent_count).cumsum(0)
+    return TradeEdges(buyers, sellers, offsets)
+
+
+def uses_sparse_layout(spec: Network, graph: nx.Graph, agent_count: int) -> bool:
+    """``layout: sparse``, or ``auto`` with fewer directed edges than N^2 / 16."""
+    if spec.layout != "auto":
+        return spec.layout == "sparse"
+    directed_edges = graph.number_of_edges() * (1 if graph.is_directed() else 2)
+    return directed_edges < SPARSE_DENSITY * agent_count**2
 
 
 def trade_network(source, replica: int = 0, top_k: int | None = None, *, economy=None) -> nx.DiGraph:

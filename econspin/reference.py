@@ -531,6 +531,8 @@ def from_engine(economy, state, element: int = 0, network=None) -> tuple[Referen
         adjacency = nx.to_numpy_array(network, nodelist=range(len(population))) != 0
     elif economy.trade_mask is not None:
         adjacency = economy.trade_mask.cpu().numpy().astype(bool)
+    elif economy.trade_edges is not None:
+        adjacency = economy.trade_edges.dense().cpu().numpy()
     else:
         adjacency = None
     ffn = []

@@ -13,6 +13,7 @@ from econspin.corrections import FieldContext
 from econspin.economy import Economy
 from econspin.fused import fused_trade, uses_fused
 from econspin.market import spin_variance, trade
+from econspin.sparse import sparse_trade
 from econspin.state import State
 
 
@@ -35,7 +36,7 @@ def step(state: State, economy: Economy) -> State:
     """
     sampled = economy.mode == "sampled"
     draws = state.draws() if sampled else None  # the expected mode draws nothing
-    outcome = fused_trade(state, economy) if uses_fused(state, economy) else trade(state, economy, draws)
+    outcome = market_step(state, economy, draws)
     eta = economy.eta
     field = state.fields + (1.0 - eta)[..., None] * state.states + eta[..., None] * outcome.received
     if sampled:
@@ -64,6 +65,15 @@ def step(state: State, economy: Economy) -> State:
         surplus=outcome.surplus,
         round=state.round + 1,
     )
+
+
+def market_step(state: State, economy: Economy, draws=None):
+    """Steps 1-5 on the kernel that applies: sparse edges, the fused blocks, or the reference blocks."""
+    if economy.trade_edges is not None and economy.couplings is None:
+        return sparse_trade(state, economy, draws)
+    if uses_fused(state, economy):
+        return fused_trade(state, economy)
+    return trade(state, economy, draws)
 
 
 def _corrected_states(context: FieldContext, economy: Economy) -> torch.Tensor:

@@ -226,6 +226,9 @@ class Network(_Strict):
     params: dict[str, Any] = {}
     edge_list: str | None = None
     seed: int | None = None
+    # dense: an N x N mask (cost N^2 per round); sparse: compressed rows (cost and memory grow
+    # with the number of edges); auto: sparse below N^2 / 16 directed edges
+    layout: Literal["auto", "dense", "sparse"] = "auto"
 
     @model_validator(mode="after")
     def _one_source(self):

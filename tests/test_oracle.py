@@ -91,6 +91,7 @@ def economies(draw, mode="expected"):
         market["network"] = {
             "generator": "gnp_random_graph",
             "params": {"p": draw(st.sampled_from([0.2, 0.5])), "directed": network == "directed"},
+            "layout": draw(st.sampled_from(["dense", "sparse"])),  # both kernels of a network
         }
     seed = draw(st.integers(0, 2**20))
     return {"populations": populations, "market": market, "run": {"device": "cpu", "seed": seed}}

@@ -1,0 +1,134 @@
+"""The sparse market (econspin.sparse) against the dense one on the same networks."""
+
+import math
+
+import networkx as nx
+import pytest
+import torch
+from helpers import rollout
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from econspin import Scenario, ScenarioError, simulate
+from econspin.market import trade
+from econspin.network import trade_edges_from_graph
+from econspin.round import step
+from econspin.sparse import sparse_trade
+
+FIELDS = ("received", "revenue", "spending", "entropy", "surplus", "field_variance", "choice_variance", "impact")
+
+
+def with_layout(spec, layout):
+    market = dict(spec["market"], network=dict(spec["market"]["network"], layout=layout))
+    return {**spec, "market": market}
+
+
+@st.composite
+def networked(draw):
+    response = draw(st.sampled_from(["sphere", "large_d", "vmf"]))
+    forms = ["none", "tap", "ffn"] if response != "sphere" else ["none", "ffn"]
+    populations = {}
+    for index in range(draw(st.integers(1, 3))):
+        form = draw(st.sampled_from(forms))
+        correction = {"form": form, **({"scale": 0.5} if form == "ffn" else {})}
+        populations[f"p{index}"] = {
+            "count": draw(st.integers(1, 8)),
+            "temperature": draw(st.sampled_from([0.0, math.inf, 0.2, 1.0])),
+            "buys": draw(st.booleans()),
+            "sells": draw(st.booleans()),
+            "eta": draw(st.sampled_from([1.0, 0.5])),
+            "money": {"distribution": "exponential"},
+            "correction": correction,
+        }
+    populations["p0"]["sells"] = True
+    generator = draw(st.sampled_from(["gnp_random_graph", "barabasi_albert_graph", "watts_strogatz_graph"]))
+    agents = sum(population["count"] for population in populations.values())
+    params = {
+        "gnp_random_graph": {"p": draw(st.sampled_from([0.1, 0.3])), "directed": draw(st.booleans())},
+        "barabasi_albert_graph": {"m": 1},
+        "watts_strogatz_graph": {"k": 2, "p": 0.2},
+    }[generator]
+    if agents < 3 and generator != "gnp_random_graph":
+        generator, params = "gnp_random_graph", {"p": 0.5}
+    return {
+        "populations": populations,
+        "market": {
+            "d": draw(st.integers(1, 4)),
+            "heads": draw(st.integers(1, 3)),
+            "mode": draw(st.sampled_from(["expected", "sampled"])),
+            "response": response,
+            "visibility": draw(st.sampled_from([0.0, 0.8, -0.5])),
+            "spend_rule": draw(st.sampled_from(["share", "unit"])),
+            "network": {"generator": generator, "params": params},
+        },
+        "run": {"device": "cpu", "seed": draw(st.integers(0, 1000))},
+    }
+
+
+@given(spec=networked())
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_sparse_equals_dense_round_after_round(spec):
+    sparse = rollout(Scenario.from_dict(with_layout(spec, "sparse")))
+    dense = rollout(Scenario.from_dict(with_layout(spec, "dense")))
+    assert sparse.economy.trade_edges is not None and sparse.economy.trade_mask is None
+    assert dense.economy.trade_mask is not None and dense.economy.trade_edges is None
+    for _ in range(3):
+        one, other = sparse_trade(sparse.state, sparse.economy), trade(dense.state, dense.economy)
+        for name in FIELDS:
+            torch.testing.assert_close(getattr(one, name), getattr(other, name), rtol=1e-12, atol=1e-12, msg=name)
+        sparse.state, dense.state = step(sparse.state, sparse.economy), step(dense.state, dense.economy)
+        torch.testing.assert_close(sparse.state.states, dense.state.states, rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(sparse.state.money, dense.state.money, rtol=1e-12, atol=1e-12)
+
+
+def test_float32_sparse_equals_dense():
+    spec = {
+        "populations": {"a": {"count": 40, "temperature": 0.3}, "b": {"count": 20, "temperature": 1.0}},
+        "market": {"d": 8, "heads": 2, "network": {"generator": "watts_strogatz_graph", "params": {"k": 4, "p": 0.1}}},
+        "run": {"device": "cpu", "seed": 1, "dtype": "float32"},
+    }
+    sparse = rollout(Scenario.from_dict(with_layout(spec, "sparse")), dtype="float32")
+    dense = rollout(Scenario.from_dict(with_layout(spec, "dense")), dtype="float32")
+    one, other = sparse_trade(sparse.state, sparse.economy), trade(dense.state, dense.economy)
+    for name in FIELDS:
+        torch.testing.assert_close(getattr(one, name), getattr(other, name), rtol=1e-5, atol=1e-6, msg=name)
+    for _ in range(20):
+        sparse.state = step(sparse.state, sparse.economy)
+    assert float(sparse.state.money.sum()) == pytest.approx(60.0, rel=1e-12)
+
+
+def test_edges_keep_what_a_buyer_can_use():
+    graph = nx.DiGraph([(0, 1), (0, 2), (1, 1), (2, 0), (3, 0), (0, 3)])
+    graph.add_nodes_from(range(5))
+    seller = torch.tensor([True, True, False, True, True])
+    edges = trade_edges_from_graph(graph, 5, seller)
+    # 0 -> 2 goes (2 does not sell); 1 -> 1 goes (no self-trade); rows ascending by seller
+    assert edges.sellers.tolist() == [1, 3, 0, 0] and edges.buyers.tolist() == [0, 0, 2, 3]
+    assert edges.degree.tolist() == [2, 0, 1, 1, 0]
+    undirected = trade_edges_from_graph(nx.path_graph(3), 3, torch.ones(3, dtype=torch.bool))
+    assert undirected.dense().tolist() == [[False, True, False], [True, False, True], [False, True, False]]
+
+
+def test_auto_layout_follows_density():
+    base = {"populations": {"a": {"count": 200}}, "market": {"d": 2}, "run": {"device": "cpu"}}
+    sparse = {"generator": "watts_strogatz_graph", "params": {"k": 4, "p": 0.0}}
+    dense = {"generator": "gnp_random_graph", "params": {"p": 0.5}}
+    economy = rollout(Scenario.from_dict({**base, "market": {"d": 2, "network": sparse}})).economy
+    assert economy.trade_edges is not None and economy.trade_edges.buyers.numel() == 800
+    assert rollout(Scenario.from_dict({**base, "market": {"d": 2, "network": dense}})).economy.trade_mask is not None
+
+
+def test_a_large_sparse_market_costs_its_edges_not_n_squared():
+    """20 000 agents with 5 out-edges each on average: a dense mask alone would take 400 MB, over the budget."""
+    agents = 20_000
+    spec = {
+        "populations": {"a": {"count": agents, "temperature": 0.5}},
+        "market": {"d": 4, "network": {"generator": "fast_gnp_random_graph",
+                                       "params": {"p": 5 / agents, "directed": True}}},
+        "run": {"device": "cpu", "memory_budget_mb": 256, "seed": 2},
+    }
+    result = simulate(Scenario.from_dict(spec), steps=2, dtype="float32")
+    assert result.economy.trade_edges is not None
+    assert float(result.state.money.sum()) == pytest.approx(agents, rel=1e-12)
+    with pytest.raises(ScenarioError, match="layout: sparse"):
+        simulate(Scenario.from_dict(with_layout(spec, "dense")), steps=1)
