@@ -225,3 +225,46 @@ def test_resume_refuses_a_checkpoint_made_on_another_device(tmp_path):
     result = resume_on_cpu(None, "cpu")
     assert result.exit_code == 0, result.output
     assert len(pd.read_parquet(out / "metrics.parquet")) == 8 * 2
+
+
+BAD_OPTIONS = {
+    "zero steps": (["run", "{scenario}", "--steps", "0"], "--steps"),
+    "negative steps": (["run", "{scenario}", "--steps", "-3"], "--steps"),
+    "zero replicas": (["run", "{scenario}", "--replicas", "0"], "--replicas"),
+    "zero checkpoint interval": (["run", "{scenario}", "--checkpoint-every", "0"], "--checkpoint-every"),
+    "negative checkpoint interval": (["run", "{scenario}", "--checkpoint-every", "-2"], "--checkpoint-every"),
+    "seed not a number": (["run", "{scenario}", "--seed", "three"], "--seed"),
+    "sweep zero steps": (["sweep", "{scenario}", "--grid", "populations.ai.spend=0.1,0.2", "--steps", "0"], "--steps"),
+    "sweep zero replicas": (["sweep", "{scenario}", "--grid", "populations.ai.spend=0.1", "--replicas", "0"],
+                            "--replicas"),
+    "port zero": (["viz", "{scenario}", "--port", "0"], "--port"),
+    "port too high": (["viz", "{scenario}", "--port", "70000"], "--port"),
+    "zero bench threads": (["bench", "--threads", "0", "--json", "{out}"], "--threads"),
+    "zero bench repeats": (["bench", "--repeats", "0", "--json", "{out}"], "--repeats"),
+    "bench size one": (["bench", "--sizes", "1", "--json", "{out}"], "--sizes"),
+    "memory budget zero": (["run", "{scenario}", "--set", "run.memory_budget_mb=0"], "run.memory_budget_mb"),
+    "unknown command": (["rn", "{scenario}"], "No such command 'rn'"),
+    "missing scenario": (["sweep"], "Missing argument"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_OPTIONS))
+def test_options_out_of_range_give_one_line_and_status_2_and_write_nothing(tmp_path, case):
+    arguments, expected = BAD_OPTIONS[case]
+    path, out = write(tmp_path, TINY), tmp_path / "out"
+    arguments = [part.format(scenario=path, out=out) for part in arguments]
+    if arguments[0] in ("run", "sweep"):
+        arguments += ["--out", str(out), "--quiet"]
+    result = runner.invoke(app, arguments)
+    assert result.exit_code == 2, result.output
+    message = result.output.strip()
+    assert "Traceback" not in message and len(message.splitlines()) == 1, message
+    assert message.startswith("error:") and expected in message, message
+    assert not out.exists()
+
+
+def test_a_negative_seed_is_a_seed(tmp_path):
+    path = write(tmp_path, TINY)
+    result = runner.invoke(app, ["run", str(path), "--seed", "-5", "--steps", "2", "--out", str(tmp_path / "r"),
+                                 "--quiet"])
+    assert result.exit_code == 0, result.output
