@@ -268,3 +268,17 @@ def test_a_negative_seed_is_a_seed(tmp_path):
     result = runner.invoke(app, ["run", str(path), "--seed", "-5", "--steps", "2", "--out", str(tmp_path / "r"),
                                  "--quiet"])
     assert result.exit_code == 0, result.output
+
+
+@pytest.mark.parametrize("typed", [":smile:", "[bold]x[/bold]", "-1:", "a:b:n"])
+def test_what_the_user_typed_is_echoed_literally_not_as_markup(tmp_path, typed):
+    path = write(tmp_path, TINY)
+    for arguments in (["sweep", str(path), "--grid", f"populations.ai.temperature={typed}", "--out",
+                       str(tmp_path / "x"), "--quiet"],
+                      ["check", str(path), "--set", f"populations.{typed}=1"]):
+        result = runner.invoke(app, arguments)
+        assert result.exit_code == 2, result.output
+        message = result.output.strip()
+        assert len(message.splitlines()) == 1 and typed in message, message
+    help_text = runner.invoke(app, ["sweep", "--help"]).output
+    assert "a:b:n, log:a:b:n" in help_text
