@@ -88,6 +88,8 @@ def parse_overrides(pairs: list[str] | None) -> dict:
         if "=" not in pair:
             raise ScenarioError(f"--set {pair!r}: write key.path=value")
         key, text = pair.split("=", 1)
+        if not key.strip():
+            raise ScenarioError(f"--set {pair!r}: the key is empty; write key.path=value")
         try:
             overrides[key.strip()] = yaml.safe_load(text)
         except yaml.YAMLError:

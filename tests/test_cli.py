@@ -52,6 +52,30 @@ BAD_SCENARIOS = {
     "bad response": (TINY.replace("market: {d: 4}", "market: {d: 4, response: cubic}"), "market.response"),
     "option the variant ignores": (TINY.replace("temperature: 1.0", "temperature: {distribution: uniform, mean: 0.5}"),
                                    "populations.human.temperature.mean"),
+    # nested values: the nested key and what is wrong with it, in the scenario's words
+    "temperature neither number nor form": (TINY.replace("temperature: 1.0", "temperature: hot"),
+                                            "populations.human.temperature: a temperature is a number >= 0, {schedule"),
+    "temperature as a bare list": (TINY.replace("temperature: 1.0", "temperature: [[0, 1.0], [5, 0.1]]"),
+                                   "populations.human.temperature: a temperature is a number"),
+    "schedule temperature not a number": (TINY.replace("temperature: 1.0", "temperature: {schedule: [[0, x]]}"),
+                                          "populations.human.temperature.schedule.0.1: should be a number"),
+    "schedule entry of three": (TINY.replace("temperature: 1.0", "temperature: {schedule: [[0, 1, 2]]}"),
+                                "schedule.0: each schedule entry is a [round, temperature] pair"),
+    "distribution without a kind": (TINY.replace("temperature: 1.0", "temperature: {mean: 2}"),
+                                    "populations.human.temperature.distribution: required key missing"),
+    "distribution sigma not a number": (
+        TINY.replace("temperature: 1.0", "temperature: {distribution: lognormal, sigma: wide}"),
+        "populations.human.temperature.sigma: should be a number"),
+    "uniform low above high": (TINY.replace("temperature: 1.0", "temperature: {distribution: uniform, low: 2, high: 1}"),
+                               "populations.human.temperature: distribution uniform needs low <= high"),
+    "event round not a number": (TINY + "events:\n  - {at: soon, population: ai}\n",
+                                 "events.0.at: should be a whole number"),
+    "event not a mapping": (TINY + "events:\n  - 5\n", "events.0: should be a mapping of keys (at, population"),
+    "network not a mapping": (TINY.replace("market: {d: 4}", "market: {d: 4, network: ring}"),
+                              "market.network: should be a mapping of keys (generator, params, edge_list"),
+    "network params not a mapping": (
+        TINY.replace("market: {d: 4}", "market: {d: 4, network: {generator: cycle_graph, params: 5}}"),
+        "market.network.params: should be a mapping of keys"),
 }
 
 
@@ -66,6 +90,7 @@ def test_bad_scenarios_give_one_line_and_status_2_and_write_nothing(tmp_path, ca
     assert "Traceback" not in message and len(message.splitlines()) == 1, message
     assert expected in message and "error:" in message
     assert str(path) in message or "scenario.yaml" in message
+    assert "Input should be a valid" not in message and "(top level)" not in message
     assert not out.exists()
 
 
@@ -76,6 +101,18 @@ def test_bad_override_names_the_key(tmp_path):
     assert "did you mean 'temperature'" in result.output
     result = runner.invoke(app, ["check", str(path), "--set", "populations.ai.spend=2"])
     assert result.exit_code == 2 and "populations.ai.spend" in result.output
+
+
+@pytest.mark.parametrize("pair, expected", [("=3", "--set '=3': the key is empty"),
+                                            (" =3", "the key is empty"),
+                                            ("run.steps=0", "scenario.yaml: run.steps: Input should be greater than 0"),
+                                            ("run.seed=x", "scenario.yaml: run.seed: should be a whole number")])
+def test_bad_override_is_one_line_without_internal_prefixes(tmp_path, pair, expected):
+    path = write(tmp_path, TINY)
+    result = runner.invoke(app, ["check", str(path), "--set", pair])
+    assert result.exit_code == 2, result.output
+    message = result.output.strip()
+    assert len(message.splitlines()) == 1 and expected in message and "override:" not in message, message
 
 
 def test_check_prints_the_resolved_scenario(tmp_path):
