@@ -15,11 +15,11 @@ from typing import Annotated, Optional
 import pandas as pd
 import typer
 import yaml
-from typer._click.exceptions import NoArgsIsHelpError, UsageError  # typer carries its own click
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 from rich.text import Text
+from typer._click.exceptions import NoArgsIsHelpError, UsageError  # typer carries its own click
 
 from econspin.metrics import metric_names
 from econspin.output import (
@@ -30,6 +30,7 @@ from econspin.output import (
     SWEEP_FILE,
     WEALTH_FILE,
     CheckpointError,
+    check_writable,
     load_checkpoint,
     manifest,
     save_checkpoint,
@@ -40,7 +41,6 @@ from econspin.output import (
 )
 from econspin.scenario import Scenario, ScenarioError
 from econspin.simulate import Rollout
-
 
 
 class OneLineErrors(typer.core.TyperGroup):
@@ -74,8 +74,8 @@ SetOption = Annotated[
 
 
 def fail(message: str, source: Path | None = None) -> None:
-    """One line to stderr naming ``source`` (unless the message already does), exit status 2."""
-    if source is not None and not message.startswith(str(source)):
+    """One line to stderr naming ``source`` (unless the message names it or an option), exit status 2."""
+    if source is not None and not message.startswith((str(source), "--")):  # an option is no key of the file
         message = f"{source}: {message}"
     console.print(Text.assemble(("error:", "bold red"), " ", message), soft_wrap=True)
     raise typer.Exit(2)
@@ -153,6 +153,7 @@ def run(
             loaded = load_scenario(scenario, parse_overrides(set_))
         loaded = loaded.with_run_settings(steps=steps, replicas=replicas, seed=seed, device=device)
         target = resume if resume is not None else (out or Path("runs") / loaded.name)
+        check_writable(target, "--resume" if resume is not None else "--out", folder=True)
         rollout = Rollout.create(
             [loaded] * loaded.run.replicas, list(range(loaded.run.replicas)), loaded.run.device, loaded.run.dtype
         )
@@ -240,6 +241,7 @@ def sweep(
         grids = [parse_grid(text) for text in grid]
         points = sweep_points(base, grids)
         target = out or Path("runs") / f"{base.name}-sweep"
+        check_writable(target, "--out", folder=True)
     except ScenarioError as error:
         fail(str(error), scenario)
     run_settings = base.run
@@ -390,6 +392,8 @@ def bench(
     try:
         if clock not in ("wall", "cpu"):
             raise ScenarioError(f"--clock {clock!r}: wall or cpu")
+        if json_file is not None:
+            check_writable(json_file, "--json", folder=False)
         result = run_bench(
             quick,
             device,

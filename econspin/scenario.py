@@ -360,6 +360,8 @@ class Scenario(_Strict):
     def from_yaml(cls, path: str | Path) -> "Scenario":
         """Read and validate a scenario file; problems raise :class:`ScenarioError`."""
         path = Path(path)
+        if path.is_dir():
+            raise ScenarioError(f"{path}: is a folder, not a scenario file")
         try:
             text = path.read_text()
         except OSError as error:
@@ -498,8 +500,7 @@ PLAIN_MESSAGES = {
     "missing": "required key missing",
 }
 TEMPERATURE_FORMS = (
-    "a temperature is a number >= 0, {schedule: [[round, T], ...]} "
-    "or {distribution: lognormal, gamma or uniform, ...}"
+    "a temperature is a number >= 0, {schedule: [[round, T], ...]} or {distribution: lognormal, gamma or uniform, ...}"
 )
 
 

@@ -66,8 +66,9 @@ BAD_SCENARIOS = {
     "distribution sigma not a number": (
         TINY.replace("temperature: 1.0", "temperature: {distribution: lognormal, sigma: wide}"),
         "populations.human.temperature.sigma: should be a number"),
-    "uniform low above high": (TINY.replace("temperature: 1.0", "temperature: {distribution: uniform, low: 2, high: 1}"),
-                               "populations.human.temperature: distribution uniform needs low <= high"),
+    "uniform low above high": (
+        TINY.replace("temperature: 1.0", "temperature: {distribution: uniform, low: 2, high: 1}"),
+        "populations.human.temperature: distribution uniform needs low <= high"),
     "event round not a number": (TINY + "events:\n  - {at: soon, population: ai}\n",
                                  "events.0.at: should be a whole number"),
     "event not a mapping": (TINY + "events:\n  - 5\n", "events.0: should be a mapping of keys (at, population"),
@@ -319,3 +320,61 @@ def test_what_the_user_typed_is_echoed_literally_not_as_markup(tmp_path, typed):
         assert len(message.splitlines()) == 1 and typed in message, message
     help_text = runner.invoke(app, ["sweep", "--help"]).output
     assert "a:b:n, log:a:b:n" in help_text
+
+
+def _file_system_faults(tmp_path: Path) -> dict:
+    """Each case: command-line arguments, the expected words, and the paths that must not appear."""
+    path = write(tmp_path, TINY)
+    a_file = write(tmp_path, "not a folder\n", "notes.txt")
+    torch.save({"w1": torch.zeros(2, 2)}, tmp_path / "short.pt")
+    (tmp_path / "corrupt.pt").write_bytes(b"not a torch file")
+    torch.save(torch.zeros(3), tmp_path / "tensor.pt")
+
+    def with_weights(name):
+        text = TINY.replace("spend: 0.2}\n  ai", f"spend: 0.2, correction: {{form: ffn, weights: {name}}}}}\n  ai")
+        return str(write(tmp_path, text, f"ffn-{name}.yaml"))
+
+    out = str(tmp_path / "out")
+    return {
+        "out is a file": (["run", str(path), "--out", str(a_file)], "--out", "is a file, not a folder"),
+        "out under a file": (["run", str(path), "--out", f"{a_file}/sub/run"], "--out", "is a file, not a folder"),
+        "sweep out is a file": (["sweep", str(path), "--grid", "populations.ai.spend=0.1", "--out", str(a_file)],
+                                "--out", "is a file, not a folder"),
+        "sweep out under a file": (["sweep", str(path), "--grid", "populations.ai.spend=0.1", "--out",
+                                    f"{a_file}/sub"], "--out", "is a file, not a folder"),
+        "bench json is a folder": (["bench", "--quick", "--json", str(tmp_path)], "--json", "is a folder, not a file"),
+        "bench json under a file": (["bench", "--quick", "--json", f"{a_file}/b.json"], "--json", "is a file"),
+        "folder as scenario": (["run", str(tmp_path), "--out", out], str(tmp_path), "is a folder, not a scenario"),
+        "check a folder": (["check", str(tmp_path)], str(tmp_path), "is a folder, not a scenario"),
+        "missing scenario": (["run", str(tmp_path / "nowhere.yaml"), "--out", out], "nowhere.yaml", "cannot read"),
+        "missing weights": (["run", with_weights("gone.pt"), "--out", out], "correction.weights", "does not exist"),
+        "corrupt weights": (["run", with_weights("corrupt.pt"), "--out", out], "correction.weights",
+                            "not a torch weights file"),
+        "weights not a dict": (["run", with_weights("tensor.pt"), "--out", out], "correction.weights",
+                               "not a dict of w1, b1, w2, b2"),
+        "weights missing tensors": (["run", with_weights("short.pt"), "--out", out], "correction.weights",
+                                    "needs w1 of shape"),
+    }
+
+
+FILE_SYSTEM_FAULTS = [  # the keys of _file_system_faults (it writes its files into each test's tmp_path)
+    "out is a file", "out under a file", "sweep out is a file", "sweep out under a file", "bench json is a folder",
+    "bench json under a file", "folder as scenario", "check a folder", "missing scenario", "missing weights",
+    "corrupt weights", "weights not a dict", "weights missing tensors",
+]
+
+
+def test_the_file_system_fault_table_is_complete(tmp_path):
+    assert sorted(_file_system_faults(tmp_path)) == sorted(FILE_SYSTEM_FAULTS)
+
+
+@pytest.mark.parametrize("case", FILE_SYSTEM_FAULTS)
+def test_file_system_faults_give_one_line_and_status_2_and_write_nothing(tmp_path, case):
+    arguments, names, expected = _file_system_faults(tmp_path)[case]
+    before = sorted(tmp_path.rglob("*"))
+    result = runner.invoke(app, [*arguments, "--quiet"] if arguments[0] in ("run", "sweep") else arguments)
+    assert result.exit_code == 2, result.output
+    message = result.output.strip()
+    assert "Traceback" not in message and len(message.splitlines()) == 1, message
+    assert message.startswith("error:") and names in message and expected in message, message
+    assert sorted(tmp_path.rglob("*")) == before

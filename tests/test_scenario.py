@@ -175,7 +175,8 @@ def test_tap_asks_the_response_whether_it_has_a_temperature(monkeypatch):
 
 
 def test_nested_errors_name_the_key_and_say_what_is_wrong():
-    with pytest.raises(ScenarioError, match=r"^scenario: populations\.a\.temperature: distribution uniform needs low <= high"):
+    low_above_high = r"^scenario: populations\.a\.temperature: distribution uniform needs low <= high"
+    with pytest.raises(ScenarioError, match=low_above_high):
         scenario(populations={"a": {"count": 3, "temperature": {"distribution": "uniform", "low": 2.0, "high": 1.0}}})
     with pytest.raises(ScenarioError, match=r"^populations\.a\.temperature\.schedule\.1\.1: should be a number"):
         scenario(populations={"a": {"count": 3}}).with_overrides(
