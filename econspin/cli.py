@@ -18,6 +18,8 @@ import yaml
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
+from rich.text import Text
+from typer._click.exceptions import NoArgsIsHelpError, UsageError  # typer carries its own click
 
 from econspin.metrics import metric_names
 from econspin.output import (
@@ -28,6 +30,7 @@ from econspin.output import (
     SWEEP_FILE,
     WEALTH_FILE,
     CheckpointError,
+    check_writable,
     load_checkpoint,
     manifest,
     save_checkpoint,
@@ -39,8 +42,30 @@ from econspin.output import (
 from econspin.scenario import Scenario, ScenarioError
 from econspin.simulate import Rollout
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Agent-based economies in which trade is attention.")
-console = Console(stderr=True)
+
+class OneLineErrors(typer.core.TyperGroup):
+    """Usage errors (a bad option value, a missing argument, an unknown command) as one line, exit 2."""
+
+    def invoke(self, ctx: typer.Context):
+        try:
+            return super().invoke(ctx)
+        except NoArgsIsHelpError:
+            raise
+        except UsageError as error:
+            command = f" (see {error.ctx.command_path} --help)" if error.ctx is not None else ""
+            fail(f"{error.format_message()}{command}")
+
+
+# Help, errors and paths are printed literally: what the user typed (a grid a:b:n, a name
+# with [brackets]) is never read as rich markup or emoji codes.
+app = typer.Typer(
+    cls=OneLineErrors,
+    rich_markup_mode=None,
+    add_completion=False,
+    no_args_is_help=True,
+    help="Agent-based economies in which trade is attention.",
+)
+console = Console(stderr=True, markup=False, emoji=False, highlight=False)
 
 SetOption = Annotated[
     Optional[list[str]],
@@ -49,10 +74,10 @@ SetOption = Annotated[
 
 
 def fail(message: str, source: Path | None = None) -> None:
-    """One line to stderr naming ``source`` (unless the message already does), exit status 2."""
-    if source is not None and not message.startswith(str(source)):
+    """One line to stderr naming ``source`` (unless the message names it or an option), exit status 2."""
+    if source is not None and not message.startswith((str(source), "--")):  # an option is no key of the file
         message = f"{source}: {message}"
-    console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    console.print(Text.assemble(("error:", "bold red"), " ", message), soft_wrap=True)
     raise typer.Exit(2)
 
 
@@ -63,6 +88,8 @@ def parse_overrides(pairs: list[str] | None) -> dict:
         if "=" not in pair:
             raise ScenarioError(f"--set {pair!r}: write key.path=value")
         key, text = pair.split("=", 1)
+        if not key.strip():
+            raise ScenarioError(f"--set {pair!r}: the key is empty; write key.path=value")
         try:
             overrides[key.strip()] = yaml.safe_load(text)
         except yaml.YAMLError:
@@ -87,7 +114,7 @@ def progress_bar(total: int, description: str, quiet: bool):
     if quiet:
         yield lambda _round: None
         return
-    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()]
+    columns = [TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()]
     with Progress(*columns, console=console, transient=True) as progress:
         task = progress.add_task(description, total=total)
         yield lambda _round: progress.advance(task)
@@ -101,13 +128,15 @@ def sellers_of(scenario: Scenario) -> int:
 def run(
     scenario: Annotated[Optional[Path], typer.Argument(help="Scenario YAML file.")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Output folder (default runs/<scenario name>).")] = None,
-    steps: Annotated[Optional[int], typer.Option(help="Rounds to run (with --resume: the new total).")] = None,
-    replicas: Annotated[Optional[int], typer.Option(help="Independent copies run as one batch.")] = None,
+    steps: Annotated[Optional[int], typer.Option(min=1, help="Rounds to run (with --resume: the new total).")] = None,
+    replicas: Annotated[Optional[int], typer.Option(min=1, help="Independent copies run as one batch.")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Random seed.")] = None,
     device: Annotated[Optional[str], typer.Option(help="auto, cpu or cuda.")] = None,
     set_: SetOption = None,
     resume: Annotated[Optional[Path], typer.Option(help="Continue the run in this folder.")] = None,
-    checkpoint_every: Annotated[int, typer.Option(help="Rounds between checkpoints (0: about 20 per run).")] = 0,
+    checkpoint_every: Annotated[
+        Optional[int], typer.Option(min=1, help="Rounds between checkpoints (default: about 20 per run).")
+    ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar or summary.")] = False,
 ):
     """Run a scenario and write its folder: metrics, checkpoint, manifest, figures."""
@@ -124,6 +153,7 @@ def run(
             loaded = load_scenario(scenario, parse_overrides(set_))
         loaded = loaded.with_run_settings(steps=steps, replicas=replicas, seed=seed, device=device)
         target = resume if resume is not None else (out or Path("runs") / loaded.name)
+        check_writable(target, "--resume" if resume is not None else "--out", folder=True)
         rollout = Rollout.create(
             [loaded] * loaded.run.replicas, list(range(loaded.run.replicas)), loaded.run.device, loaded.run.dtype
         )
@@ -195,8 +225,8 @@ def summarise(table: pd.DataFrame, target: Path, wall_time: float, rounds: int) 
 def sweep(
     scenario: Annotated[Path, typer.Argument(help="Scenario YAML file.")],
     grid: Annotated[list[str], typer.Option(help="key.path=SPEC with SPEC a:b:n, log:a:b:n or v1,v2,... Repeatable.")],
-    replicas: Annotated[Optional[int], typer.Option(help="Replicas per point.")] = None,
-    steps: Annotated[Optional[int], typer.Option(help="Rounds per point.")] = None,
+    replicas: Annotated[Optional[int], typer.Option(min=1, help="Replicas per point.")] = None,
+    steps: Annotated[Optional[int], typer.Option(min=1, help="Rounds per point.")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Output folder (default runs/<name>-sweep).")] = None,
     device: Annotated[Optional[str], typer.Option(help="auto, cpu or cuda.")] = None,
     set_: SetOption = None,
@@ -211,6 +241,7 @@ def sweep(
         grids = [parse_grid(text) for text in grid]
         points = sweep_points(base, grids)
         target = out or Path("runs") / f"{base.name}-sweep"
+        check_writable(target, "--out", folder=True)
     except ScenarioError as error:
         fail(str(error), scenario)
     run_settings = base.run
@@ -312,7 +343,7 @@ def check(
 @app.command()
 def viz(
     scenario: Annotated[Path, typer.Argument(help="Scenario YAML file.")],
-    port: Annotated[int, typer.Option(help="Port to serve the page on.")] = 8765,
+    port: Annotated[int, typer.Option(help="Port to serve the page on (1 to 65535).")] = 8765,
     host: Annotated[str, typer.Option(help="Address to listen on (127.0.0.1: this machine only).")] = "127.0.0.1",
 ):
     """Open a scenario in a Mesa SolaraViz dashboard, served offline (needs the viz extra)."""
@@ -336,10 +367,12 @@ def bench(
     json_file: Annotated[
         Optional[Path], typer.Option("--json", help="Also write the results to this JSON file.")
     ] = None,
-    threads: Annotated[Optional[int], typer.Option(help="torch threads (default: torch's).")] = None,
+    threads: Annotated[Optional[int], typer.Option(min=1, help="torch threads (default: torch's).")] = None,
     sizes: Annotated[Optional[str], typer.Option(help="Comma-separated N (default 256,1024,4096[,16384]).")] = None,
     batches: Annotated[Optional[str], typer.Option(help="Comma-separated B (default 1,16).")] = None,
-    repeats: Annotated[Optional[int], typer.Option(help="Timed repeats per case (default 3 quick, 7 full).")] = None,
+    repeats: Annotated[
+        Optional[int], typer.Option(min=1, help="Timed repeats per case (default 3 quick, 7 full).")
+    ] = None,
     clock: Annotated[str, typer.Option(help="wall, or cpu: process CPU time (blind to waiting for a core).")] = "wall",
 ):
     """Time one round of the reference and fused kernels against the attention floor (SDPA)."""
@@ -359,6 +392,8 @@ def bench(
     try:
         if clock not in ("wall", "cpu"):
             raise ScenarioError(f"--clock {clock!r}: wall or cpu")
+        if json_file is not None:
+            check_writable(json_file, "--json", folder=False)
         result = run_bench(
             quick,
             device,

@@ -300,10 +300,18 @@ def _ffn_weights(spec, d, generator, dtype, name):
     if spec.form != "ffn":
         return None
     if spec.weights is not None:
-        loaded = torch.load(spec.weights, map_location="cpu", weights_only=True)
+        where = f"populations.{name}.correction.weights: {spec.weights}"
+        try:
+            loaded = torch.load(spec.weights, map_location="cpu", weights_only=True)
+        except OSError as error:
+            raise ScenarioError(f"{where}: cannot read: {error.strerror or error}") from None
+        except Exception as error:  # pickle, zip or torch errors: not a file torch.save wrote
+            raise ScenarioError(f"{where}: not a torch weights file ({type(error).__name__})") from None
+        if not isinstance(loaded, dict):
+            raise ScenarioError(f"{where}: holds a {type(loaded).__name__}, not a dict of w1, b1, w2, b2")
         expected = {"w1": (d + 2, spec.hidden), "b1": (spec.hidden,), "w2": (spec.hidden, d), "b2": (d,)}
         for key, shape in expected.items():
-            if key not in loaded or tuple(loaded[key].shape) != shape:
+            if not isinstance(loaded.get(key), torch.Tensor) or tuple(loaded[key].shape) != shape:
                 raise ScenarioError(
                     f"populations.{name}.correction.weights: {spec.weights} needs {key} of shape {shape}"
                 )

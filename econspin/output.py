@@ -36,6 +36,25 @@ CHECKPOINT_FILE = "checkpoint.pt"
 SWEEP_FILE = "sweep.parquet"
 
 
+def check_writable(path: Path, option: str, folder: bool) -> None:
+    """Refuse (ScenarioError) an output ``path`` that cannot be written, before any work starts.
+
+    A folder must not be a file; a file must not be a folder; the nearest existing folder
+    above must be a folder this process may write in. Nothing is created.
+    """
+    path = Path(path)
+    if path.exists() and path.is_dir() != folder:
+        wanted, found = ("folder", "file") if folder else ("file", "folder")
+        raise ScenarioError(f"{option} {path}: is a {found}, not a {wanted}")
+    existing = path if folder else path.parent
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ScenarioError(f"{option} {path}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ScenarioError(f"{option} {path}: cannot write in {existing}")
+
+
 def write_atomically(path: Path, write: Callable[[io.BufferedWriter], None]) -> None:
     """Write ``path`` through a temporary file in its folder, then rename it into place."""
     path = Path(path)

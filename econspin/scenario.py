@@ -150,6 +150,12 @@ class TemperatureDistribution(_Variant):
     low: NonNegativeFloat | None = None  # uniform (default 0)
     high: NonNegativeFloat | None = None  # uniform (default 1)
 
+    @model_validator(mode="after")
+    def _low_below_high(self):
+        if self.distribution == "uniform" and self.low > self.high:
+            raise ValueError(f"distribution uniform needs low <= high (got low {self.low}, high {self.high})")
+        return self
+
 
 def _temperature_kind(value: Any) -> str:
     """Which form of temperature a value is, so that errors come from that form only."""
@@ -357,6 +363,8 @@ class Scenario(_Strict):
     def from_yaml(cls, path: str | Path) -> "Scenario":
         """Read and validate a scenario file; problems raise :class:`ScenarioError`."""
         path = Path(path)
+        if path.is_dir():
+            raise ScenarioError(f"{path}: is a folder, not a scenario file")
         try:
             text = path.read_text()
         except OSError as error:
@@ -378,11 +386,12 @@ class Scenario(_Strict):
 
     @classmethod
     def from_dict(cls, data: dict, source: str = "scenario") -> "Scenario":
-        """Validate a mapping; problems raise :class:`ScenarioError` naming ``source``."""
+        """Validate a mapping; problems raise :class:`ScenarioError` naming ``source`` (if not empty)."""
         try:
             return cls.model_validate(data)
         except ValidationError as error:
-            raise ScenarioError(f"{source}: {describe_validation_error(error, cls)}") from None
+            prefix = f"{source}: " if source else ""
+            raise ScenarioError(f"{prefix}{describe_validation_error(error, cls)}") from None
 
     def resolve_paths(self, base: Path) -> "Scenario":
         """Make file names relative to the scenario's folder absolute, and check they exist."""
@@ -430,7 +439,7 @@ class Scenario(_Strict):
             if not isinstance(holder, dict) or parts[-1] not in holder:
                 raise ScenarioError(f"{key_path}: no such key {parts[-1]!r}{_suggest(parts[-1], holder)}")
             holder[parts[-1]] = value
-        return type(self).from_dict(data, source="override")
+        return type(self).from_dict(data, source="")
 
 
 def _plain(value: Any) -> Any:
@@ -480,23 +489,51 @@ def _model_in(annotation: Any) -> tuple[type[BaseModel] | None, bool]:
     return None, False
 
 
+# pydantic's wording for the commonest problems, said in the scenario's terms
+PLAIN_MESSAGES = {
+    "float_type": "should be a number",
+    "float_parsing": "should be a number",
+    "int_type": "should be a whole number",
+    "int_parsing": "should be a whole number",
+    "int_from_float": "should be a whole number",
+    "list_type": "should be a list",
+    "tuple_type": "should be a list",
+    "dict_type": "should be a mapping of keys",
+    "model_type": "should be a mapping of keys",
+    "missing": "required key missing",
+}
+TEMPERATURE_FORMS = (
+    "a temperature is a number >= 0, {schedule: [[round, T], ...]} or {distribution: lognormal, gamma or uniform, ...}"
+)
+
+
 def describe_validation_error(error: ValidationError, model: type[BaseModel]) -> str:
     """The first problem of a pydantic error as one line: key path, what is wrong, what is allowed."""
     first = error.errors()[0]
     location = tuple(part for part in first["loc"] if not _is_union_tag(part))
-    key_path = ".".join(str(part) for part in location) or "(top level)"
+    key_path = ".".join(str(part) for part in location)
+    where = f"{key_path}: " if key_path else ""
     kind = first["type"]
     if kind == "extra_forbidden":
         allowed = _allowed_keys(model, location)
         close = difflib.get_close_matches(str(location[-1]), allowed, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
-        return f"{key_path}: unknown key{hint}; allowed keys: {', '.join(allowed)}"
-    message = first["msg"]
+        return f"{where}unknown key{hint}; allowed keys: {', '.join(allowed)}"
+    message = PLAIN_MESSAGES.get(kind, first["msg"])
     if message.startswith("Value error, "):
         message = message[len("Value error, ") :]
+    if "float" in first["loc"] and location[-1:] == ("temperature",):  # neither number, schedule nor distribution
+        message = TEMPERATURE_FORMS
+    elif kind == "model_type":
+        allowed = _allowed_keys(model, (*location, None))
+        message += f" ({', '.join(allowed)})" if allowed else ""
+    elif len(location) >= 2 and location[-2] == "schedule" and kind in ("too_long", "too_short"):
+        message = "each schedule entry is a [round, temperature] pair"
+    elif len(location) >= 3 and location[-3] == "schedule":
+        message += f" (entry {location[-2]} is [round, temperature])"
     given = first.get("input")
     shown = "" if kind == "missing" or isinstance(given, dict) else f" (got {given!r})"
-    return f"{key_path}: {message}{shown}"
+    return f"{where}{message}{shown}"
 
 
 def _is_union_tag(part: Any) -> bool:

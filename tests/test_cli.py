@@ -52,6 +52,31 @@ BAD_SCENARIOS = {
     "bad response": (TINY.replace("market: {d: 4}", "market: {d: 4, response: cubic}"), "market.response"),
     "option the variant ignores": (TINY.replace("temperature: 1.0", "temperature: {distribution: uniform, mean: 0.5}"),
                                    "populations.human.temperature.mean"),
+    # nested values: the nested key and what is wrong with it, in the scenario's words
+    "temperature neither number nor form": (TINY.replace("temperature: 1.0", "temperature: hot"),
+                                            "populations.human.temperature: a temperature is a number >= 0, {schedule"),
+    "temperature as a bare list": (TINY.replace("temperature: 1.0", "temperature: [[0, 1.0], [5, 0.1]]"),
+                                   "populations.human.temperature: a temperature is a number"),
+    "schedule temperature not a number": (TINY.replace("temperature: 1.0", "temperature: {schedule: [[0, x]]}"),
+                                          "populations.human.temperature.schedule.0.1: should be a number"),
+    "schedule entry of three": (TINY.replace("temperature: 1.0", "temperature: {schedule: [[0, 1, 2]]}"),
+                                "schedule.0: each schedule entry is a [round, temperature] pair"),
+    "distribution without a kind": (TINY.replace("temperature: 1.0", "temperature: {mean: 2}"),
+                                    "populations.human.temperature.distribution: required key missing"),
+    "distribution sigma not a number": (
+        TINY.replace("temperature: 1.0", "temperature: {distribution: lognormal, sigma: wide}"),
+        "populations.human.temperature.sigma: should be a number"),
+    "uniform low above high": (
+        TINY.replace("temperature: 1.0", "temperature: {distribution: uniform, low: 2, high: 1}"),
+        "populations.human.temperature: distribution uniform needs low <= high"),
+    "event round not a number": (TINY + "events:\n  - {at: soon, population: ai}\n",
+                                 "events.0.at: should be a whole number"),
+    "event not a mapping": (TINY + "events:\n  - 5\n", "events.0: should be a mapping of keys (at, population"),
+    "network not a mapping": (TINY.replace("market: {d: 4}", "market: {d: 4, network: ring}"),
+                              "market.network: should be a mapping of keys (generator, params, edge_list"),
+    "network params not a mapping": (
+        TINY.replace("market: {d: 4}", "market: {d: 4, network: {generator: cycle_graph, params: 5}}"),
+        "market.network.params: should be a mapping of keys"),
 }
 
 
@@ -66,6 +91,7 @@ def test_bad_scenarios_give_one_line_and_status_2_and_write_nothing(tmp_path, ca
     assert "Traceback" not in message and len(message.splitlines()) == 1, message
     assert expected in message and "error:" in message
     assert str(path) in message or "scenario.yaml" in message
+    assert "Input should be a valid" not in message and "(top level)" not in message
     assert not out.exists()
 
 
@@ -76,6 +102,18 @@ def test_bad_override_names_the_key(tmp_path):
     assert "did you mean 'temperature'" in result.output
     result = runner.invoke(app, ["check", str(path), "--set", "populations.ai.spend=2"])
     assert result.exit_code == 2 and "populations.ai.spend" in result.output
+
+
+@pytest.mark.parametrize("pair, expected", [("=3", "--set '=3': the key is empty"),
+                                            (" =3", "the key is empty"),
+                                            ("run.steps=0", "scenario.yaml: run.steps: Input should be greater than 0"),
+                                            ("run.seed=x", "scenario.yaml: run.seed: should be a whole number")])
+def test_bad_override_is_one_line_without_internal_prefixes(tmp_path, pair, expected):
+    path = write(tmp_path, TINY)
+    result = runner.invoke(app, ["check", str(path), "--set", pair])
+    assert result.exit_code == 2, result.output
+    message = result.output.strip()
+    assert len(message.splitlines()) == 1 and expected in message and "override:" not in message, message
 
 
 def test_check_prints_the_resolved_scenario(tmp_path):
@@ -225,3 +263,118 @@ def test_resume_refuses_a_checkpoint_made_on_another_device(tmp_path):
     result = resume_on_cpu(None, "cpu")
     assert result.exit_code == 0, result.output
     assert len(pd.read_parquet(out / "metrics.parquet")) == 8 * 2
+
+
+BAD_OPTIONS = {
+    "zero steps": (["run", "{scenario}", "--steps", "0"], "--steps"),
+    "negative steps": (["run", "{scenario}", "--steps", "-3"], "--steps"),
+    "zero replicas": (["run", "{scenario}", "--replicas", "0"], "--replicas"),
+    "zero checkpoint interval": (["run", "{scenario}", "--checkpoint-every", "0"], "--checkpoint-every"),
+    "negative checkpoint interval": (["run", "{scenario}", "--checkpoint-every", "-2"], "--checkpoint-every"),
+    "seed not a number": (["run", "{scenario}", "--seed", "three"], "--seed"),
+    "sweep zero steps": (["sweep", "{scenario}", "--grid", "populations.ai.spend=0.1,0.2", "--steps", "0"], "--steps"),
+    "sweep zero replicas": (["sweep", "{scenario}", "--grid", "populations.ai.spend=0.1", "--replicas", "0"],
+                            "--replicas"),
+    "port zero": (["viz", "{scenario}", "--port", "0"], "--port"),
+    "port too high": (["viz", "{scenario}", "--port", "70000"], "--port"),
+    "zero bench threads": (["bench", "--threads", "0", "--json", "{out}"], "--threads"),
+    "zero bench repeats": (["bench", "--repeats", "0", "--json", "{out}"], "--repeats"),
+    "bench size one": (["bench", "--sizes", "1", "--json", "{out}"], "--sizes"),
+    "memory budget zero": (["run", "{scenario}", "--set", "run.memory_budget_mb=0"], "run.memory_budget_mb"),
+    "unknown command": (["rn", "{scenario}"], "No such command 'rn'"),
+    "missing scenario": (["sweep"], "Missing argument"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_OPTIONS))
+def test_options_out_of_range_give_one_line_and_status_2_and_write_nothing(tmp_path, case):
+    arguments, expected = BAD_OPTIONS[case]
+    path, out = write(tmp_path, TINY), tmp_path / "out"
+    arguments = [part.format(scenario=path, out=out) for part in arguments]
+    if arguments[0] in ("run", "sweep"):
+        arguments += ["--out", str(out), "--quiet"]
+    result = runner.invoke(app, arguments)
+    assert result.exit_code == 2, result.output
+    message = result.output.strip()
+    assert "Traceback" not in message and len(message.splitlines()) == 1, message
+    assert message.startswith("error:") and expected in message, message
+    assert not out.exists()
+
+
+def test_a_negative_seed_is_a_seed(tmp_path):
+    path = write(tmp_path, TINY)
+    result = runner.invoke(app, ["run", str(path), "--seed", "-5", "--steps", "2", "--out", str(tmp_path / "r"),
+                                 "--quiet"])
+    assert result.exit_code == 0, result.output
+
+
+@pytest.mark.parametrize("typed", [":smile:", "[bold]x[/bold]", "-1:", "a:b:n"])
+def test_what_the_user_typed_is_echoed_literally_not_as_markup(tmp_path, typed):
+    path = write(tmp_path, TINY)
+    for arguments in (["sweep", str(path), "--grid", f"populations.ai.temperature={typed}", "--out",
+                       str(tmp_path / "x"), "--quiet"],
+                      ["check", str(path), "--set", f"populations.{typed}=1"]):
+        result = runner.invoke(app, arguments)
+        assert result.exit_code == 2, result.output
+        message = result.output.strip()
+        assert len(message.splitlines()) == 1 and typed in message, message
+    help_text = runner.invoke(app, ["sweep", "--help"]).output
+    assert "a:b:n, log:a:b:n" in help_text
+
+
+def _file_system_faults(tmp_path: Path) -> dict:
+    """Each case: command-line arguments, the expected words, and the paths that must not appear."""
+    path = write(tmp_path, TINY)
+    a_file = write(tmp_path, "not a folder\n", "notes.txt")
+    torch.save({"w1": torch.zeros(2, 2)}, tmp_path / "short.pt")
+    (tmp_path / "corrupt.pt").write_bytes(b"not a torch file")
+    torch.save(torch.zeros(3), tmp_path / "tensor.pt")
+
+    def with_weights(name):
+        text = TINY.replace("spend: 0.2}\n  ai", f"spend: 0.2, correction: {{form: ffn, weights: {name}}}}}\n  ai")
+        return str(write(tmp_path, text, f"ffn-{name}.yaml"))
+
+    out = str(tmp_path / "out")
+    return {
+        "out is a file": (["run", str(path), "--out", str(a_file)], "--out", "is a file, not a folder"),
+        "out under a file": (["run", str(path), "--out", f"{a_file}/sub/run"], "--out", "is a file, not a folder"),
+        "sweep out is a file": (["sweep", str(path), "--grid", "populations.ai.spend=0.1", "--out", str(a_file)],
+                                "--out", "is a file, not a folder"),
+        "sweep out under a file": (["sweep", str(path), "--grid", "populations.ai.spend=0.1", "--out",
+                                    f"{a_file}/sub"], "--out", "is a file, not a folder"),
+        "bench json is a folder": (["bench", "--quick", "--json", str(tmp_path)], "--json", "is a folder, not a file"),
+        "bench json under a file": (["bench", "--quick", "--json", f"{a_file}/b.json"], "--json", "is a file"),
+        "folder as scenario": (["run", str(tmp_path), "--out", out], str(tmp_path), "is a folder, not a scenario"),
+        "check a folder": (["check", str(tmp_path)], str(tmp_path), "is a folder, not a scenario"),
+        "missing scenario": (["run", str(tmp_path / "nowhere.yaml"), "--out", out], "nowhere.yaml", "cannot read"),
+        "missing weights": (["run", with_weights("gone.pt"), "--out", out], "correction.weights", "does not exist"),
+        "corrupt weights": (["run", with_weights("corrupt.pt"), "--out", out], "correction.weights",
+                            "not a torch weights file"),
+        "weights not a dict": (["run", with_weights("tensor.pt"), "--out", out], "correction.weights",
+                               "not a dict of w1, b1, w2, b2"),
+        "weights missing tensors": (["run", with_weights("short.pt"), "--out", out], "correction.weights",
+                                    "needs w1 of shape"),
+    }
+
+
+FILE_SYSTEM_FAULTS = [  # the keys of _file_system_faults (it writes its files into each test's tmp_path)
+    "out is a file", "out under a file", "sweep out is a file", "sweep out under a file", "bench json is a folder",
+    "bench json under a file", "folder as scenario", "check a folder", "missing scenario", "missing weights",
+    "corrupt weights", "weights not a dict", "weights missing tensors",
+]
+
+
+def test_the_file_system_fault_table_is_complete(tmp_path):
+    assert sorted(_file_system_faults(tmp_path)) == sorted(FILE_SYSTEM_FAULTS)
+
+
+@pytest.mark.parametrize("case", FILE_SYSTEM_FAULTS)
+def test_file_system_faults_give_one_line_and_status_2_and_write_nothing(tmp_path, case):
+    arguments, names, expected = _file_system_faults(tmp_path)[case]
+    before = sorted(tmp_path.rglob("*"))
+    result = runner.invoke(app, [*arguments, "--quiet"] if arguments[0] in ("run", "sweep") else arguments)
+    assert result.exit_code == 2, result.output
+    message = result.output.strip()
+    assert "Traceback" not in message and len(message.splitlines()) == 1, message
+    assert message.startswith("error:") and names in message and expected in message, message
+    assert sorted(tmp_path.rglob("*")) == before

@@ -172,3 +172,16 @@ def test_tap_asks_the_response_whether_it_has_a_temperature(monkeypatch):
     monkeypatch.setattr(RESPONSES["large_d"], "finite_temperature", False)
     with pytest.raises(ScenarioError, match="tap needs a finite-temperature response"):
         scenario(populations=tap, response="large_d")
+
+
+def test_nested_errors_name_the_key_and_say_what_is_wrong():
+    low_above_high = r"^scenario: populations\.a\.temperature: distribution uniform needs low <= high"
+    with pytest.raises(ScenarioError, match=low_above_high):
+        scenario(populations={"a": {"count": 3, "temperature": {"distribution": "uniform", "low": 2.0, "high": 1.0}}})
+    with pytest.raises(ScenarioError, match=r"^populations\.a\.temperature\.schedule\.1\.1: should be a number"):
+        scenario(populations={"a": {"count": 3}}).with_overrides(
+            {"populations.a.temperature": {"schedule": [[0, 1.0], [4, "cold"]]}})
+    with pytest.raises(ScenarioError, match=r"^run\.steps: Input should be greater than 0 \(got 0\)$"):
+        scenario(populations={"a": {"count": 3}}).with_overrides({"run.steps": 0})
+    with pytest.raises(ScenarioError, match=r"^scenario: populations: should be a mapping of keys \(got 5\)$"):
+        Scenario.from_dict({"populations": 5})
