@@ -1,3 +1,5 @@
+"""Test setup: the helpers module on the path, one torch thread per worker."""
+
 import sys
 from pathlib import Path
 

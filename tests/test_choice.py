@@ -94,7 +94,8 @@ def test_inclusive_value_is_expected_maximum_with_gumbel_noise():
     utilities = torch.tensor([0.5, -0.2, 1.0, 0.1], dtype=torch.float64)
     allowed = torch.ones(4, dtype=torch.bool)
     temperature = 0.7
-    value = logit_rows(utilities[None], allowed[None], torch.tensor([[temperature]], dtype=torch.float64)).inclusive_value
+    temperatures = torch.tensor([[temperature]], dtype=torch.float64)
+    value = logit_rows(utilities[None], allowed[None], temperatures).inclusive_value
     generator = torch.Generator().manual_seed(2)
     uniform = torch.rand(400_000, 4, generator=generator, dtype=torch.float64)
     gumbel = -torch.log(-torch.log(uniform))
