@@ -8,18 +8,8 @@ which the tests use beside the raw ensemble mean.
 """
 
 import pytest
-import torch
 
 from experiments import mean_field_accuracy as mfa
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small tensors: a second thread only adds barrier waits on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

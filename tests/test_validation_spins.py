@@ -13,15 +13,6 @@ import torch
 from experiments import hopfield, phase_diagram, vector_spins
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These tensors are small: a second thread only adds barrier waits on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def weak_coupling(tmp_path_factory):
     couplings = vector_spins.coupling_matrix(seed=0)
