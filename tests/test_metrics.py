@@ -60,6 +60,13 @@ def test_gini_of_equal_money_is_zero_and_of_one_to_n_is_known():
     assert metric("gini", with_money(state, list(range(9, 0, -1))), economy) == pytest.approx(8 / 27, abs=1e-15)
 
 
+def test_gini_does_not_depend_on_the_unit_of_money_and_is_zero_without_money():
+    state, economy = economy_with({"a": {"count": 3}})
+    # total money below one unit: the normalisation is by the total, whatever its size
+    assert metric("gini", with_money(state, [0.0, 0.0, 0.25]), economy) == pytest.approx(2 / 3, abs=1e-15)
+    assert metric("gini", with_money(state, [0.0, 0.0, 0.0]), economy) == 0.0
+
+
 @given(money=st.lists(st.floats(0, 1e6), min_size=4, max_size=4).filter(lambda w: sum(w) > 1e-3))
 @settings(max_examples=60, deadline=None)
 def test_gini_is_the_mean_absolute_difference(money):
