@@ -190,8 +190,7 @@ def build_economy(
     trade_mask = trade_edges = None
     if market.network is not None:
         graph = build_graph(market.network, agent_count, first.run.seed)
-        too_large = agent_count**2 > first.run.memory_budget_mb * 2**20  # a dense mask would not fit
-        if uses_sparse_layout(market.network, graph, agent_count) or (market.network.layout == "auto" and too_large):
+        if uses_sparse_layout(market.network, graph, agent_count, first.run.memory_budget_mb * 2**20):
             trade_edges = trade_edges_from_graph(graph, agent_count, sells[population]).to(device)
         else:
             trade_mask = trade_mask_from_graph(graph, agent_count).to(device)

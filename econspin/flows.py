@@ -30,7 +30,7 @@ import torch
 
 from econspin.choice import logit_rows, sample_choice
 from econspin.economy import Economy
-from econspin.market import budgets, project, seller_bias
+from econspin.market import allowed_sellers, budgets, network_mask, project, seller_bias
 from econspin.randomness import DRAW_CHOICE
 from econspin.state import State
 
@@ -90,12 +90,7 @@ def round_flows(before: State, economy: Economy, replica: int = 0) -> RoundFlows
     key = project(x, economy.key, population)[replica]
     utilities = torch.einsum("hce,hne->hcn", query, key) / math.sqrt(query.shape[-1])
     utilities = utilities + seller_bias(before, economy)[replica]  # the visibility premium, by seller
-    columns = torch.arange(agents, device=device)
-    allowed = economy.seller[None, :] & (columns[:, None] != columns[None, :])
-    if economy.trade_mask is not None:
-        allowed = allowed & economy.trade_mask
-    elif economy.trade_edges is not None:
-        allowed = allowed & economy.trade_edges.dense()
+    allowed = allowed_sellers(economy, network_mask(economy), slice(None))
     alpha = logit_rows(utilities, allowed[None], before.temperature[replica][None, :, None]).probabilities
 
     spending = budgets(before, economy)[replica] * allowed.any(dim=-1)

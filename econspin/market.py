@@ -98,6 +98,23 @@ def seller_bias(state: State, economy: Economy) -> torch.Tensor:
     return economy.visibility[:, None] * premium
 
 
+def network_mask(economy: Economy) -> torch.Tensor | None:
+    """(N, N) bool, True where the trade network lets i buy from j; None without a network.
+
+    The readable kernel reads a sparse network as its dense mask (the sparse kernel is
+    :mod:`econspin.sparse`).
+    """
+    return economy.trade_mask if economy.trade_edges is None else economy.trade_edges.dense()
+
+
+def allowed_sellers(economy: Economy, network: torch.Tensor | None, rows: slice) -> torch.Tensor:
+    """(rows, N) bool: buyer i may buy from j (j sells, j != i, the network has i -> j)."""
+    agents = economy.agent_count
+    columns = torch.arange(agents, device=economy.seller.device)
+    allowed = economy.seller[None, :] & (columns[rows, None] != columns[None, :])
+    return allowed if network is None else allowed & network[rows]
+
+
 def trade(state: State, economy: Economy, draws: Draws | None = None) -> MarketOutcome:
     """Steps 1-5 of a round for every buyer, block by block; see the module docstring.
 
@@ -123,9 +140,7 @@ def trade(state: State, economy: Economy, draws: Draws | None = None) -> MarketO
         seller_moments = seller_moment_columns(state, economy, delivered, value_output)  # (B, H, N, 2)
     column_bias = seller_bias(state, economy)[:, None, None, :]
     spend = budgets(state, economy)
-    # the readable kernel reads a sparse network as its dense mask (the sparse kernel is econspin.sparse)
-    network = economy.trade_mask if economy.trade_edges is None else economy.trade_edges.dense()
-    columns = torch.arange(agents, device=x.device)
+    network = network_mask(economy)
     revenue = torch.zeros(batch, agents, dtype=torch.float64, device=x.device)
     if sampled:
         market_revenue = torch.zeros(batch, heads, agents, dtype=torch.float64, device=x.device)
@@ -135,10 +150,7 @@ def trade(state: State, economy: Economy, draws: Draws | None = None) -> MarketO
     block = rows_per_block(economy)
     for start in range(0, agents, block):
         rows = slice(start, min(start + block, agents))
-        allowed = economy.seller[None, :] & (columns[rows, None] != columns[None, :])
-        if network is not None:
-            allowed = allowed & network[rows]
-        allowed = allowed[None, None]  # (1, 1, rows, N)
+        allowed = allowed_sellers(economy, network, rows)[None, None]  # (1, 1, rows, N)
         utilities = torch.einsum("bhce,bhne->bhcn", query[:, :, rows], key) / math.sqrt(key_dimension)
         utilities = utilities + column_bias
         temperature = state.temperature[:, None, rows, None]

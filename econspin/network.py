@@ -126,12 +126,16 @@ def trade_edges_from_graph(graph: nx.Graph, agent_count: int, seller: torch.Tens
     return TradeEdges(buyers, sellers, offsets)
 
 
-def uses_sparse_layout(spec: Network, graph: nx.Graph, agent_count: int) -> bool:
-    """``layout: sparse``, or ``auto`` with fewer directed edges than N^2 / 16."""
+def uses_sparse_layout(spec: Network, graph: nx.Graph, agent_count: int, memory_budget: float) -> bool:
+    """Whether a network takes the sparse kernel.
+
+    ``layout: sparse`` says so; ``auto`` does below N^2 / 16 directed edges, or where a dense mask
+    (one byte a pair) would exceed the memory budget (bytes).
+    """
     if spec.layout != "auto":
         return spec.layout == "sparse"
     directed_edges = graph.number_of_edges() * (1 if graph.is_directed() else 2)
-    return directed_edges < SPARSE_DENSITY * agent_count**2
+    return directed_edges < SPARSE_DENSITY * agent_count**2 or agent_count**2 > memory_budget
 
 
 def trade_network(source, replica: int = 0, top_k: int | None = None, *, economy=None) -> nx.DiGraph:
