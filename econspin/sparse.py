@@ -59,8 +59,8 @@ def sparse_trade(state: State, economy: Economy, draws: Draws | None = None) -> 
     surplus = torch.zeros_like(impact)
     market_revenue = torch.zeros(batch, heads, agents, dtype=torch.float64, device=x.device)
     temperature = state.temperature
-    for first, last in _row_chunks(edges.offsets, batch * heads * (d + key_dimension), economy.memory_budget):
-        start, stop = int(edges.offsets[first]), int(edges.offsets[last])
+    chunks = _row_chunks(edges.offsets, batch * heads * (d + key_dimension), economy.memory_budget)
+    for first, last, start, stop in chunks:
         if stop == start:  # no buyer of the chunk has a seller: it spends, receives and chooses nothing
             continue
         buyers, sellers = edges.buyers[start:stop], edges.sellers[start:stop]
@@ -147,7 +147,10 @@ def _sample_chunk(alpha, local, sellers, uniforms, first, rows, share, delivered
 
 
 def _row_chunks(offsets: torch.Tensor, entry_width: int, memory_budget: float):
-    """(first row, last row) pairs covering all rows, each chunk's edges within a quarter of the budget."""
+    """(first row, last row, first edge, last edge) of chunks covering all rows.
+
+    Each chunk's edges fit a quarter of the budget; the offsets are read to the host once.
+    """
     agents = offsets.shape[0] - 1
     per_edge = max(1, entry_width) * BYTES_PER_EDGE_ENTRY // 16
     limit = max(1, int(memory_budget // 4 // per_edge))
@@ -157,5 +160,5 @@ def _row_chunks(offsets: torch.Tensor, entry_width: int, memory_budget: float):
         last = first + 1
         while last < agents and bounds[last + 1] - bounds[first] <= limit:
             last += 1
-        yield first, last
+        yield first, last, bounds[first], bounds[last]
         first = last
