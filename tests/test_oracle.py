@@ -28,8 +28,8 @@ from econspin.reference import (
     normalised_entropy,
     reference_round,
     sampled_state_moments,
-    tap_state,
 )
+from econspin.reference_spins import tap_state
 from econspin.round import step
 
 TEMPERATURES = [0.0, math.inf, 0.05, 0.4, 1.0, 3.0, {"distribution": "lognormal", "mean": 0.5, "sigma": 0.8}]
