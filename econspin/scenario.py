@@ -8,10 +8,9 @@ whose message is one line naming the file and the key path.
 
 from __future__ import annotations
 
-import difflib
 import math
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal, Union, get_args, get_origin
+from typing import Annotated, Any, ClassVar, Literal, Union
 
 import yaml
 from pydantic import (
@@ -27,6 +26,7 @@ from pydantic import (
 )
 
 from econspin.response import RESPONSES
+from econspin.scenario_messages import describe_validation_error, suggest
 
 
 class ScenarioError(ValueError):
@@ -432,12 +432,12 @@ class Scenario(_Strict):
             parts = key_path.split(".")
             for part in parts[:-1]:
                 if not isinstance(holder, dict) or part not in holder:
-                    raise ScenarioError(f"{key_path}: no such key {part!r}{_suggest(part, holder)}")
+                    raise ScenarioError(f"{key_path}: no such key {part!r}{suggest(part, holder)}")
                 holder = holder[part]
                 if holder is None:
                     raise ScenarioError(f"{key_path}: {part} is not set in this scenario")
             if not isinstance(holder, dict) or parts[-1] not in holder:
-                raise ScenarioError(f"{key_path}: no such key {parts[-1]!r}{_suggest(parts[-1], holder)}")
+                raise ScenarioError(f"{key_path}: no such key {parts[-1]!r}{suggest(parts[-1], holder)}")
             holder[parts[-1]] = value
         return type(self).from_dict(data, source="")
 
@@ -449,93 +449,3 @@ def _plain(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [_plain(item) for item in value]
     return value
-
-
-def _suggest(word: str, holder: Any) -> str:
-    if not isinstance(holder, dict):
-        return ""
-    close = difflib.get_close_matches(word, [str(key) for key in holder], n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
-
-
-def _allowed_keys(model: type[BaseModel], location: tuple) -> list[str]:
-    """The keys the model at ``location`` accepts (for 'did you mean')."""
-    current = model
-    parts = [part for part in location[:-1] if not isinstance(part, int)]
-    index = 0
-    while index < len(parts):
-        field = current.model_fields.get(str(parts[index]))
-        if field is None:
-            return []
-        current, keyed = _model_in(field.annotation)
-        if current is None:
-            return []
-        index += 2 if keyed else 1  # a dict of models is followed by a free name
-    return list(current.model_fields)
-
-
-def _model_in(annotation: Any) -> tuple[type[BaseModel] | None, bool]:
-    """The pydantic model inside an annotation, and whether it sits in a dict (named entries)."""
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation, False
-    arguments = get_args(annotation)
-    if get_origin(annotation) is dict and arguments:
-        model, _ = _model_in(arguments[1])
-        return model, model is not None
-    for argument in arguments:
-        model, keyed = _model_in(argument)
-        if model is not None:
-            return model, keyed
-    return None, False
-
-
-# pydantic's wording for the commonest problems, said in the scenario's terms
-PLAIN_MESSAGES = {
-    "float_type": "should be a number",
-    "float_parsing": "should be a number",
-    "int_type": "should be a whole number",
-    "int_parsing": "should be a whole number",
-    "int_from_float": "should be a whole number",
-    "list_type": "should be a list",
-    "tuple_type": "should be a list",
-    "dict_type": "should be a mapping of keys",
-    "model_type": "should be a mapping of keys",
-    "missing": "required key missing",
-}
-TEMPERATURE_FORMS = (
-    "a temperature is a number >= 0, {schedule: [[round, T], ...]} or {distribution: lognormal, gamma or uniform, ...}"
-)
-
-
-def describe_validation_error(error: ValidationError, model: type[BaseModel]) -> str:
-    """The first problem of a pydantic error as one line: key path, what is wrong, what is allowed."""
-    first = error.errors()[0]
-    location = tuple(part for part in first["loc"] if not _is_union_tag(part))
-    key_path = ".".join(str(part) for part in location)
-    where = f"{key_path}: " if key_path else ""
-    kind = first["type"]
-    if kind == "extra_forbidden":
-        allowed = _allowed_keys(model, location)
-        close = difflib.get_close_matches(str(location[-1]), allowed, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        return f"{where}unknown key{hint}; allowed keys: {', '.join(allowed)}"
-    message = PLAIN_MESSAGES.get(kind, first["msg"])
-    if message.startswith("Value error, "):
-        message = message[len("Value error, ") :]
-    if "float" in first["loc"] and location[-1:] == ("temperature",):  # neither number, schedule nor distribution
-        message = TEMPERATURE_FORMS
-    elif kind == "model_type":
-        allowed = _allowed_keys(model, (*location, None))
-        message += f" ({', '.join(allowed)})" if allowed else ""
-    elif len(location) >= 2 and location[-2] == "schedule" and kind in ("too_long", "too_short"):
-        message = "each schedule entry is a [round, temperature] pair"
-    elif len(location) >= 3 and location[-3] == "schedule":
-        message += f" (entry {location[-2]} is [round, temperature])"
-    given = first.get("input")
-    shown = "" if kind == "missing" or isinstance(given, dict) else f" (got {given!r})"
-    return f"{where}{message}{shown}"
-
-
-def _is_union_tag(part: Any) -> bool:
-    tags = ("float", "TemperatureSchedule", "TemperatureDistribution", "constrained-float", "int")
-    return isinstance(part, str) and (part in tags or part.startswith(("function-", "constrained")))
