@@ -1,12 +1,13 @@
 """The Mesa rims: EconSpinModel over the engine, and the per-agent reference model against the engine."""
 
 import math
+import subprocess
+import sys
 
 import mesa
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 from helpers import shared_start_ensemble
 
 from econspin import Scenario, ScenarioError, simulate
@@ -152,9 +153,5 @@ def test_reference_model_and_engine_agree_in_distribution():
 
 
 def test_engine_never_imports_mesa():
-    import subprocess
-    import sys
-
     code = "import sys, econspin, econspin.simulate, econspin.sweep; print('mesa' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"
-    assert torch is not None
