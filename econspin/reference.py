@@ -3,8 +3,9 @@
 This module exists to check the engine. It is written from the equations of MODEL.md and
 docs/model.md, not from the engine's code, and it imports nothing from the engine's market,
 choice, round, corrections or response modules: a wrong formula there cannot hide behind a
-copy of itself here. It is slow on purpose (a Python loop over buyers, heads and sellers)
-and meant for economies of a few dozen agents. For buyer i, market h and seller j:
+copy of itself here. It is slow on purpose (a Python loop over buyers and heads, numpy over
+each buyer's sellers) and meant for small economies; one agent's response to its field (the
+spin laws, the TAP state) is in :mod:`econspin.reference_spins`. For buyer i, market h and seller j:
 
     q_i = x_i W_Q^{p(i),h},  k_j = x_j W_K^{p(j),h},  v_j = x_j W_V^{p(j),h},  u_j = v_j W_O^h
     U_ij = q_i . k_j / sqrt(d_k) + gamma log(w_j / mean w)       over allowed j only
