@@ -231,9 +231,23 @@ def sweep(
     device: Annotated[Optional[str], typer.Option(help="auto, cpu or cuda.")] = None,
     set_: SetOption = None,
     quiet: Annotated[bool, typer.Option("--quiet")] = False,
+    backend: Annotated[
+        str, typer.Option(help="local (this process) or ray (shards as Ray tasks: docs/sweeps.md).")
+    ] = "local",
+    address: Annotated[
+        Optional[str], typer.Option(help="With --backend ray: auto or HOST:PORT of a cluster (default: a local one).")
+    ] = None,
+    cpus_per_shard: Annotated[
+        Optional[float], typer.Option(min=0.001, help="With --backend ray: CPUs per shard.")
+    ] = None,
+    gpus_per_shard: Annotated[Optional[float], typer.Option(min=0, help="With --backend ray: GPUs per shard.")] = None,
+    points_per_shard: Annotated[
+        Optional[int], typer.Option(min=1, help="At most K points per batched kernel (ray default 8).")
+    ] = None,
 ):
     """Run every point of a grid (x replicas) as batched kernels; write sweep.parquet and phase.png."""
-    from econspin.sweep import parse_grid, plan_batches, run_sweep, sweep_points
+    from econspin.sweep import parse_grid, plan_shards, run_sweep, sweep_points
+    from econspin.sweep_ray import RayOptions, ShardsFailed, sweep_on_ray  # imports Ray only when it runs
 
     try:
         base = load_scenario(scenario, parse_overrides(set_))
@@ -242,25 +256,40 @@ def sweep(
         points = sweep_points(base, grids)
         target = out or Path("runs") / f"{base.name}-sweep"
         check_writable(target, "--out", folder=True)
+        if backend not in ("local", "ray"):
+            raise ScenarioError(f"--backend {backend!r}: local or ray")
+        if backend == "local" and (address, cpus_per_shard, gpus_per_shard) != (None, None, None):
+            raise ScenarioError("--address, --cpus-per-shard and --gpus-per-shard go with --backend ray")
     except ScenarioError as error:
         fail(str(error), scenario)
     run_settings = base.run
     total = len(points) * run_settings.replicas
+    description = f"{base.name}: {len(points)} points x {run_settings.replicas} replicas"
+    extra = {}
     started = time.perf_counter()
     try:
-        with progress_bar(
-            run_settings.steps * len(plan_batches(points, run_settings.replicas, run_settings.dtype)),
-            f"{base.name}: {len(points)} points x {run_settings.replicas} replicas",
-            quiet,
-        ) as advance:
-            table = run_sweep(
-                points, run_settings.replicas, run_settings.steps, run_settings.device, run_settings.dtype, advance
+        if backend == "ray":
+            options = RayOptions(address, cpus_per_shard or 1, gpus_per_shard or 0, points_per_shard)
+            table, extra = sweep_on_ray(
+                points, grids, base, target, options, lambda rounds: progress_bar(rounds, description, quiet),
+                say=(lambda line: None) if quiet else console.print,
             )
+        else:
+            shards = plan_shards(points, run_settings.replicas, run_settings.dtype, points_per_shard)
+            with progress_bar(run_settings.steps * len(shards), description, quiet) as advance:
+                table = run_sweep(
+                    points, run_settings.replicas, run_settings.steps, run_settings.device, run_settings.dtype,
+                    advance, points_per_shard,
+                )
     except ScenarioError as error:
         fail(str(error), scenario)
     except KeyboardInterrupt:
-        console.print("sweep interrupted; nothing was written")
+        kept = f"the finished shards are kept in {target}/shards: run the same command to go on"
+        console.print(f"sweep interrupted; {kept if backend == 'ray' else 'nothing was written'}")
         raise typer.Exit(130)
+    except ShardsFailed as failure:
+        console.print(Text.assemble(("error:", "bold red"), " ", str(failure)), soft_wrap=True)
+        raise typer.Exit(1)
     wall_time = time.perf_counter() - started
     keys = [g.key for g in grids]
     write_text(target / SCENARIO_FILE, base.to_yaml())
@@ -269,10 +298,10 @@ def sweep(
         target / MANIFEST_FILE,
         manifest(
             base,
-            run_settings.device,
+            run_settings.device if backend == "local" else "cpu",  # Ray's shards report their own device
             wall_time,
             run_settings.steps,
-            {"grid": {g.key: list(g.values) for g in grids}, "points": len(points), "batch_elements": total},
+            {"grid": {g.key: list(g.values) for g in grids}, "points": len(points), "batch_elements": total, **extra},
         ),
     )
     draw_sweep_figures(target, base, table, keys)

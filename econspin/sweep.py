@@ -116,6 +116,63 @@ def plan_batches(
     return batches
 
 
+@dataclass(frozen=True)
+class Shard:
+    """A named piece of a sweep: (point, replica) elements run as one batched kernel."""
+
+    name: str
+    elements: tuple[tuple[int, int], ...]
+
+    @property
+    def points(self) -> list[int]:
+        """The points the shard holds (all of their replicas, unless memory split them)."""
+        return sorted({point for point, _ in self.elements})
+
+
+def plan_shards(
+    points: list[tuple[dict, Scenario]], replicas: int, dtype: str | None = None, points_per_shard: int | None = None
+) -> list[Shard]:
+    """The memory planner's batches, each cut into shards of at most ``points_per_shard`` points.
+
+    Without ``points_per_shard`` a shard is one batch of :func:`plan_batches`. Cuts fall
+    between points, so a shard holds every replica the batch holds of each of its points.
+    The plan depends on the sweep alone, never on where it runs: a re-run cuts the same shards.
+    """
+    pieces = []
+    for batch in plan_batches(points, replicas, dtype):
+        order = list(dict.fromkeys(point for point, _ in batch))
+        step = points_per_shard or len(order)
+        for start in range(0, len(order), step):
+            chosen = set(order[start : start + step])
+            pieces.append(tuple(element for element in batch if element[0] in chosen))
+    digits = len(str(len(pieces) - 1))
+    return [Shard(f"shard-{number:0{digits}d}", elements) for number, elements in enumerate(pieces)]
+
+
+def run_shard(
+    points, elements, steps: int, device: str, dtype: str, on_round: Callable[[int], None] | None = None
+) -> pd.DataFrame:
+    """Run (point, replica) ``elements`` as one batched kernel; its table with a ``point`` column.
+
+    ``points`` maps a point index to its (overrides, scenario): the sweep's list, or only the
+    shard's own points (what a remote worker is sent).
+    """
+    scenarios = [points[index][1] for index, _ in elements]
+    rollout = Rollout.create(scenarios, [replica for _, replica in elements], device, dtype)
+    rollout.advance(steps, on_round)
+    table = rollout.metrics()
+    table.insert(0, "point", np.tile(np.asarray([index for index, _ in elements]), steps))
+    return table
+
+
+def assemble(points: list[tuple[dict, Scenario]], tables: list[pd.DataFrame]) -> pd.DataFrame:
+    """The shards' tables as one sweep table: a column per swept key, sorted by point, replica, step."""
+    table = pd.concat(tables, ignore_index=True)
+    for position, key in enumerate(points[0][0]):
+        table.insert(1 + position, key, [points[index][0][key] for index in table["point"]])
+    return table.sort_values(["point", "replica", "step"], kind="stable").reset_index(drop=True)
+
+
 def run_sweep(
     points: list[tuple[dict, Scenario]],
     replicas: int,
@@ -123,20 +180,11 @@ def run_sweep(
     device: str,
     dtype: str,
     on_round: Callable[[int], None] | None = None,
+    points_per_shard: int | None = None,
 ) -> pd.DataFrame:
-    """Run every point x replica; one long table with a ``point`` column and the swept keys."""
-    tables = []
-    for batch in plan_batches(points, replicas, dtype):
-        scenarios = [points[index][1] for index, _ in batch]
-        rollout = Rollout.create(scenarios, [replica for _, replica in batch], device, dtype)
-        rollout.advance(steps, on_round)
-        table = rollout.metrics()
-        table.insert(0, "point", np.tile(np.asarray([index for index, _ in batch]), steps))
-        tables.append(table)
-    table = pd.concat(tables, ignore_index=True)
-    for position, key in enumerate(points[0][0]):
-        table.insert(1 + position, key, [points[index][0][key] for index in table["point"]])
-    return table.sort_values(["point", "replica", "step"], kind="stable").reset_index(drop=True)
+    """Run every point x replica here, shard after shard; one long table with ``point`` and the swept keys."""
+    shards = plan_shards(points, replicas, dtype, points_per_shard)
+    return assemble(points, [run_shard(points, shard.elements, steps, device, dtype, on_round) for shard in shards])
 
 
 def final_values(table: pd.DataFrame, keys: list[str], fraction: float = 0.1) -> pd.DataFrame:

@@ -2,7 +2,10 @@
 
 import math
 
+import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from econspin.scenario import ScenarioError
 from econspin.sweep import Grid, parse_grid, parse_values
@@ -83,3 +86,56 @@ def test_one_memory_model_sizes_batches_blocks_and_the_up_front_check():
     with pytest.raises(ScenarioError, match="run.memory_budget_mb"):
         estimate_memory(base, largest + 1, torch.float64)
     assert MemoryModel.of_economy(economy) == memory
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    temperatures=st.integers(1, 7),
+    spends=st.integers(1, 3),
+    ds=st.integers(1, 2),
+    replicas=st.integers(1, 3),
+    budget=st.sampled_from([0.003, 0.02, 1024.0]),
+    points_per_shard=st.one_of(st.none(), st.integers(1, 5)),
+)
+def test_shards_cut_the_planner_batches_between_points(temperatures, spends, ds, replicas, budget, points_per_shard):
+    from helpers import scenario
+
+    from econspin.sweep import plan_batches, plan_shards, sweep_points
+
+    base = scenario(run={"memory_budget_mb": budget})
+    grids = [
+        parse_grid(f"populations.ai.temperature=0.1:1:{temperatures}"),
+        parse_grid(f"populations.ai.spend=0.1:0.3:{spends}"),
+        parse_grid(f"market.d={','.join(str(4 + 2 * k) for k in range(ds))}"),
+    ]
+    points = sweep_points(base, grids)
+    batches = plan_batches(points, replicas)
+    shards = plan_shards(points, replicas, None, points_per_shard)
+    # every element once, in the planner's order; every shard inside one batch; at most K points
+    assert [element for shard in shards for element in shard.elements] == [e for batch in batches for e in batch]
+    batch_of = {element: number for number, batch in enumerate(batches) for element in batch}
+    for shard in shards:
+        assert len({batch_of[element] for element in shard.elements}) == 1
+        assert points_per_shard is None or len(shard.points) <= points_per_shard
+    # cuts fall between points: a point's replicas of one batch stay in one shard
+    for number, batch in enumerate(batches):
+        inside = [shard for shard in shards if batch_of[shard.elements[0]] == number]
+        for point, _ in batch:
+            assert sum(point in shard.points for shard in inside) == 1
+    if points_per_shard is None:
+        assert [list(shard.elements) for shard in shards] == batches
+    assert len({shard.name for shard in shards}) == len(shards)
+    assert shards == plan_shards(points, replicas, None, points_per_shard)  # the same sweep, the same shards
+
+
+@pytest.mark.parametrize("mode", ["expected", "sampled"])
+def test_shards_of_any_size_give_the_same_table_bit_for_bit(mode):
+    """Blocks of whole rows: a batch's elements do not touch each other's arithmetic."""
+    from helpers import scenario
+
+    from econspin.sweep import run_sweep, sweep_points
+
+    points = sweep_points(scenario(mode=mode, run={"seed": 2}), [parse_grid("populations.ai.temperature=0.05:2:5")])
+    whole = run_sweep(points, 3, 6, "cpu", "float32")
+    for points_per_shard in (1, 2):
+        pd.testing.assert_frame_equal(run_sweep(points, 3, 6, "cpu", "float32", None, points_per_shard), whole)

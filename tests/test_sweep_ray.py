@@ -1,0 +1,253 @@
+"""Sweeps on Ray: the same table as the local backend, retries, resume, refusals, a missing Ray.
+
+The tests that need Ray share one local instance of 2 CPUs (started as ``econspin sweep``
+starts one) and skip where Ray is not installed; the missing-Ray and option tests run anyway.
+"""
+
+import functools
+import os
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from econspin.cli import app
+from econspin.scenario import ScenarioError
+from econspin.shard_record import SHARDS_FOLDER
+from econspin.sweep import parse_grid, run_shard, run_sweep, sweep_points
+from econspin.sweep_ray import INSTALL_HINT, RayOptions, ShardsFailed, sweep_on_ray
+
+runner = CliRunner()
+GRID = "populations.ai.temperature=0.05:1:6"
+TINY = """
+name: tiny
+populations:
+  human: {count: 12, temperature: 1.0, spend: 0.2}
+  ai: {count: 4, temperature: 0.1, spend: 0.2}
+market: {d: 4, mode: MODE}
+run: {steps: 6, replicas: 2, seed: 3, device: cpu}
+"""
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """A local Ray instance of 2 CPUs for the module, started the way the sweep starts one."""
+    ray = pytest.importorskip("ray")
+    from ray import cloudpickle
+
+    from econspin.sweep_ray import start_local_ray
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers get this module's functions by value
+    start_local_ray(ray, cpus=2)
+    yield ray
+    ray.shutdown()
+    cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
+
+
+def sweep_parts(mode: str = "expected"):
+    from helpers import scenario
+
+    base = scenario(mode=mode, run={"seed": 3, "steps": 6, "replicas": 2})
+    grids = [parse_grid(GRID)]
+    return base, grids, sweep_points(base, grids)
+
+
+def on_ray(folder: Path, mode: str = "expected", run=run_shard, **options) -> tuple[pd.DataFrame, dict]:
+    base, grids, points = sweep_parts(mode)
+    options = RayOptions(**{"points_per_shard": 2, **options})
+    return sweep_on_ray(points, grids, base, folder, options, lambda rounds: _no_bar(), run=run)
+
+
+def local_table(mode: str = "expected") -> pd.DataFrame:
+    base, _, points = sweep_parts(mode)
+    return run_sweep(points, base.run.replicas, base.run.steps, "cpu", base.run.dtype)
+
+
+def _no_bar():
+    import contextlib
+
+    return contextlib.nullcontext(lambda round_number: None)
+
+
+def log_call(log: Path, points, elements, steps, device, dtype):
+    """run_shard, leaving a line per call in ``log`` (the points it ran)."""
+    with open(log, "a") as stream:
+        stream.write(" ".join(str(index) for index in sorted(points)) + "\n")
+    return run_shard(points, elements, steps, device, dtype)
+
+
+def fails_on_point(point: int, log: Path, points, elements, steps, device, dtype):
+    """run_shard, except that a shard holding ``point`` raises every time."""
+    if point in points:
+        with open(log, "a") as stream:
+            stream.write("try\n")
+        raise RuntimeError("the disk is on fire")
+    return run_shard(points, elements, steps, device, dtype)
+
+
+def dies_once(marker: Path, points, elements, steps, device, dtype):
+    """run_shard, except that the first shard holding point 0 kills its worker process."""
+    if 0 in points and not marker.exists():
+        marker.write_text("died\n")
+        os._exit(1)
+    return run_shard(points, elements, steps, device, dtype)
+
+
+def listening_addresses(process) -> set[str]:
+    """The addresses that ``process`` and its descendants listen on (TCP)."""
+    import psutil
+
+    found = set()
+    for each in [process, *process.children(recursive=True)]:
+        try:
+            connections = each.net_connections(kind="tcp")
+        except psutil.Error:
+            continue
+        found |= {connection.laddr.ip for connection in connections if connection.status == psutil.CONN_LISTEN}
+    return found
+
+
+def test_a_local_instance_listens_on_loopback_only_and_sends_no_usage_statistics(local_ray):
+    import psutil
+
+    assert local_ray.get_runtime_context().gcs_address.startswith("127.0.0.1:")
+    assert {node["NodeManagerAddress"] for node in local_ray.nodes()} == {"127.0.0.1"}
+    addresses = listening_addresses(psutil.Process())
+    assert addresses and all(address in ("127.0.0.1", "::ffff:127.0.0.1") for address in addresses), addresses
+    raylets = [each for each in psutil.Process().children(recursive=True) if "raylet" in each.name()]
+    assert raylets and all(each.environ().get("RAY_USAGE_STATS_ENABLED") == "0" for each in raylets)
+    assert "RAY_USAGE_STATS_ENABLED" not in os.environ  # this process's environment is left as it was
+
+
+@pytest.mark.parametrize("mode", ["expected", "sampled"])
+def test_the_ray_table_equals_the_local_one_in_every_number(local_ray, tmp_path, mode):
+    table, facts = on_ray(tmp_path, mode)
+    assert facts["shards"] == 3 and facts["shards_skipped"] == 0 and facts["device"] == "cpu"
+    pd.testing.assert_frame_equal(table, local_table(mode), check_exact=True)
+    assert sorted(path.name for path in (tmp_path / SHARDS_FOLDER).iterdir()) == [
+        "shard-0.parquet", "shard-1.parquet", "shard-2.parquet", "sweep.json"
+    ]
+
+
+def test_a_failing_shard_is_named_with_its_points_and_a_rerun_runs_only_it(local_ray, tmp_path):
+    tries = tmp_path / "tries"
+    with pytest.raises(ShardsFailed) as failure:
+        on_ray(tmp_path / "out", run=functools.partial(fails_on_point, 3, tries))
+    message = str(failure.value)
+    assert "shard-1 (points 2 (populations.ai.temperature=0.43); 3 (populations.ai.temperature=0.62" in message
+    assert "failed 3 times: RuntimeError: the disk is on fire" in message
+    assert "1 of 3 shards failed; the 2 finished are kept in" in message
+    assert tries.read_text().count("try") == 3  # the first try and Ray's two retries
+    shards = tmp_path / "out" / SHARDS_FOLDER
+    assert (shards / "shard-0.parquet").exists() and (shards / "shard-2.parquet").exists()
+    assert not (shards / "shard-1.parquet").exists()
+
+    log = tmp_path / "log"
+    table, facts = on_ray(tmp_path / "out", run=functools.partial(log_call, log))
+    assert log.read_text() == "2 3\n"  # the finished shards were skipped
+    assert facts["shards_skipped"] == 2
+    pd.testing.assert_frame_equal(table, local_table(), check_exact=True)
+
+
+def test_a_worker_that_dies_is_retried(local_ray, tmp_path):
+    marker = tmp_path / "died"
+    table, _ = on_ray(tmp_path / "out", run=functools.partial(dies_once, marker))
+    assert marker.read_text() == "died\n"
+    pd.testing.assert_frame_equal(table, local_table(), check_exact=True)
+
+
+def test_shards_no_node_can_run_are_refused_before_any_starts(local_ray, tmp_path):
+    with pytest.raises(ScenarioError, match=r"--gpus-per-shard 1: .* has no GPUs \(its nodes: 2 CPUs and 0 GPUs\)"):
+        on_ray(tmp_path, gpus_per_shard=1)
+    with pytest.raises(ScenarioError, match=r"--cpus-per-shard 3 --gpus-per-shard 0: no node"):
+        on_ray(tmp_path, cpus_per_shard=3)
+    assert not tmp_path.joinpath(SHARDS_FOLDER).exists()
+
+
+def test_the_command_writes_the_local_sweep_folder_and_resumes(local_ray, tmp_path):
+    path = tmp_path / "tiny.yaml"
+    path.write_text(TINY.replace("MODE", "expected"))
+    arguments = ["sweep", str(path), "--grid", GRID, "--quiet"]
+    local = runner.invoke(app, [*arguments, "--out", str(tmp_path / "local")])
+    assert local.exit_code == 0, local.output
+    on_cluster = runner.invoke(app, [*arguments, "--backend", "ray", "--points-per-shard", "4",
+                                     "--out", str(tmp_path / "ray")])
+    assert on_cluster.exit_code == 0, on_cluster.output
+    for name in ("sweep.parquet", "phase.png", "concentration.png", "scenario.yaml", "manifest.json"):
+        assert (tmp_path / "ray" / name).exists(), name
+    pd.testing.assert_frame_equal(
+        pd.read_parquet(tmp_path / "ray" / "sweep.parquet"), pd.read_parquet(tmp_path / "local" / "sweep.parquet")
+    )
+    again = runner.invoke(app, [*arguments, "--backend", "ray", "--points-per-shard", "4",
+                                "--out", str(tmp_path / "ray")])
+    assert again.exit_code == 0 and '"shards_skipped": 2' in (tmp_path / "ray" / "manifest.json").read_text()
+    other = runner.invoke(app, [*arguments, "--backend", "ray", "--points-per-shard", "3",
+                                "--out", str(tmp_path / "ray")])
+    assert other.exit_code == 2
+    assert other.output.strip().splitlines() == [
+        f"error: --out {tmp_path / 'ray'}: holds a different sweep (--points-per-shard: 4 there, 3 here); "
+        f"choose another --out or delete {tmp_path / 'ray' / SHARDS_FOLDER} to start over"
+    ]
+
+
+def test_without_ray_the_backend_is_one_line_saying_how_to_install_it(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` now raises ImportError
+    path = tmp_path / "tiny.yaml"
+    path.write_text(TINY.replace("MODE", "expected"))
+    result = runner.invoke(app, ["sweep", str(path), "--grid", GRID, "--backend", "ray", "--out", str(tmp_path / "x")])
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines() == [f"error: {INSTALL_HINT}"]
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        (["--backend", "dask"], "--backend 'dask': local or ray"),
+        (["--address", "auto"], "--address, --cpus-per-shard and --gpus-per-shard go with --backend ray"),
+        (["--gpus-per-shard", "1"], "--address, --cpus-per-shard and --gpus-per-shard go with --backend ray"),
+        (["--backend", "ray", "--device", "cuda"], "--device cuda: give --gpus-per-shard too"),
+    ],
+)
+def test_backend_options_out_of_place_are_one_line(tmp_path, arguments, message):
+    path = tmp_path / "tiny.yaml"
+    path.write_text(TINY.replace("MODE", "expected"))
+    result = runner.invoke(app, ["sweep", str(path), "--grid", GRID, *arguments, "--out", str(tmp_path / "x")])
+    assert result.exit_code == 2
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], result.output
+    assert not (tmp_path / "x").exists()
+
+
+def test_a_folder_holding_another_sweep_is_refused_naming_what_differs(tmp_path):
+    from econspin.shard_record import ShardRecord, sweep_definition
+    from econspin.sweep import plan_shards
+
+    def record(grid: str = GRID, seed: int = 3, points_per_shard: int = 2) -> ShardRecord:
+        base, _, _ = sweep_parts()
+        base = base.with_run_settings(seed=seed)
+        grids = [parse_grid(grid)]
+        shards = plan_shards(sweep_points(base, grids), 2, None, points_per_shard)
+        return ShardRecord(tmp_path, sweep_definition(base, grids, points_per_shard, shards))
+
+    record().refuse_another()  # an empty folder holds no sweep
+    record().claim()
+    record().refuse_another()  # the same sweep again: resumed, not refused
+    record().claim()
+    differences = {
+        "run.seed: 3 there, 4 here": record(seed=4),
+        "--grid populations.ai.temperature: [0.05, 0.24,": record(grid="populations.ai.temperature=0.05:1:5"),
+        "--grid populations.ai.temperature: [0.05, 0.24, 0.43, 0.6200000000000001, 0.81, 1.0] there, absent here": (
+            record(grid="populations.ai.spend=0.1")
+        ),
+        "--points-per-shard: 2 there, 3 here": record(points_per_shard=3),
+    }
+    for difference, other in differences.items():
+        with pytest.raises(ScenarioError, match=r"--out .*: holds a different sweep \((.*)\)") as refusal:
+            other.refuse_another()
+        assert difference in str(refusal.value)
+    (tmp_path / SHARDS_FOLDER / "sweep.json").write_text("{not json")
+    with pytest.raises(ScenarioError, match="sweep.json is not a sweep record"):
+        record().refuse_another()
