@@ -8,6 +8,11 @@ mode, network, and for a random network the seed it is drawn with) run together 
 batched kernel, split into batches that fit the memory budget. Replica r of every point
 shares its random streams (common random numbers), so differences between points are not
 blurred by different noise.
+
+A sweep runs as shards: the planner's batches, optionally cut between points into pieces of
+at most ``points_per_shard`` points. The local backend runs them here one after another;
+``econspin.sweep_ray`` runs each as a Ray task. Both run :func:`run_shard` and join the
+pieces with :func:`assemble`, so the two tables are the same.
 """
 
 from __future__ import annotations

@@ -135,7 +135,10 @@ def connected(options: RayOptions) -> Iterator[str]:
             ray.init(address=options.address, log_to_driver=False, logging_level=logging.ERROR)
         except (ConnectionError, RuntimeError, ValueError) as error:
             reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            raise ScenarioError(f"--address {options.address}: no Ray cluster to join ({reason})") from None
+            raise ScenarioError(
+                f"--address {options.address}: no Ray cluster to join ({reason}; a cluster with token "
+                "authentication also needs RAY_AUTH_MODE=token and its token: docs/sweeps.md)"
+            ) from None
         where = f"the Ray cluster at {options.address}"
     try:
         yield where

@@ -251,3 +251,37 @@ def test_a_folder_holding_another_sweep_is_refused_naming_what_differs(tmp_path)
     (tmp_path / SHARDS_FOLDER / "sweep.json").write_text("{not json")
     with pytest.raises(ScenarioError, match="sweep.json is not a sweep record"):
         record().refuse_another()
+
+
+@pytest.mark.slow
+def test_ctrl_c_keeps_the_finished_shards_and_the_same_command_goes_on(local_ray, tmp_path):
+    import signal
+    import subprocess
+    import time
+
+    path = tmp_path / "tiny.yaml"
+    path.write_text(TINY.replace("MODE", "expected").replace("steps: 6", "steps: 400").replace("12", "60"))
+    arguments = ["sweep", str(path), "--grid", "populations.ai.temperature=0.05:1:8", "--backend", "ray",
+                 "--points-per-shard", "1", "--out", str(tmp_path / "out"), "--quiet"]
+    # its own session, so that Ctrl-C reaches the command and the Ray processes it started, as in a terminal
+    process = subprocess.Popen([sys.executable, "-m", "econspin.cli", *arguments], stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    shards = tmp_path / "out" / SHARDS_FOLDER
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(shards.glob("shard-*.parquet")):
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGINT)
+    output, _ = process.communicate(timeout=120)
+    finished = len(list(shards.glob("shard-*.parquet")))
+    assert process.returncode == 130, output
+    assert "sweep interrupted; the finished shards are kept in" in output
+    assert 0 < finished < 8, "the sweep should have been interrupted between shards"
+    again = runner.invoke(app, arguments)
+    assert again.exit_code == 0, again.output
+    manifest = (tmp_path / "out" / "manifest.json").read_text()
+    assert f'"shards_skipped": {finished}' in manifest
+    local = runner.invoke(app, [*arguments[:4], "--out", str(tmp_path / "local"), "--quiet"])
+    assert local.exit_code == 0, local.output
+    pd.testing.assert_frame_equal(
+        pd.read_parquet(tmp_path / "out" / "sweep.parquet"), pd.read_parquet(tmp_path / "local" / "sweep.parquet")
+    )
