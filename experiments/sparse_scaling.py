@@ -41,12 +41,6 @@ def scaled(agents: int) -> Scenario:
     )
 
 
-def seconds(function) -> float:
-    started = time.perf_counter()
-    function()
-    return time.perf_counter() - started
-
-
 def wall_and_cpu(function) -> tuple[float, float]:
     """Wall seconds, and this process's CPU seconds (all threads: blind to waiting for a core)."""
     wall, cpu = time.perf_counter(), time.process_time()
@@ -54,10 +48,16 @@ def wall_and_cpu(function) -> tuple[float, float]:
     return time.perf_counter() - wall, time.process_time() - cpu
 
 
-def compressed_rows_seconds(links: Links) -> float:
-    """Seconds to turn the drawn pairs into the sparse kernel's compressed rows."""
+def medians(name: str, timings: list[tuple[float, float]]) -> dict:
+    """The median wall and CPU seconds of repeated timings."""
+    return {f"{name}_s": statistics.median(wall for wall, _ in timings),
+            f"{name}_cpu_s": statistics.median(cpu for _, cpu in timings)}
+
+
+def compressed_rows(links: Links) -> tuple[float, float]:
+    """Wall and CPU seconds to turn drawn pairs into the sparse kernel's compressed rows."""
     everyone = torch.ones(links.agent_count, dtype=torch.bool)
-    return seconds(lambda: trade_edges_from_links(links, everyone))
+    return wall_and_cpu(lambda: trade_edges_from_links(links, everyone))
 
 
 def measure(agents: int, repeats: int, with_networkx: bool) -> dict:
@@ -66,34 +66,32 @@ def measure(agents: int, repeats: int, with_networkx: bool) -> dict:
     network, sizes, seed = scenario.market.network, scenario.population_sizes, scenario.run.seed
     draws, networkx_draws = [], []
     for _ in range(repeats):  # interleaved, so that a busy moment of the machine falls on both
-        draws.append(seconds(lambda: draw_links(network, sizes, seed)))
+        draws.append(wall_and_cpu(lambda: draw_links(network, sizes, seed)))
         if with_networkx:
-            networkx_draws.append(seconds(lambda: nx.fast_gnp_random_graph(agents, 20 / (agents - 1), 11, True)))
-    rows = compressed_rows_seconds(draw_links(network, sizes, seed))
-    started = time.perf_counter()
+            networkx_draws.append(wall_and_cpu(lambda: nx.fast_gnp_random_graph(agents, 20 / (agents - 1), 11, True)))
+    rows = compressed_rows(draw_links(network, sizes, seed))  # its links freed before the economy's are drawn
+    wall, cpu = time.perf_counter(), time.process_time()
     rollout = Rollout.create([scenario], [0], "cpu", "float32")
-    built = time.perf_counter() - started
+    built = [(time.perf_counter() - wall, time.process_time() - cpu)]
     state, economy = rollout.state, rollout.economy
     edges = int(economy.trade_edges.buyers.numel())
     with torch.no_grad():
         state = step(state, economy)  # warm-up
         rounds = [wall_and_cpu(lambda: step(state, economy)) for _ in range(repeats)]
-    money = float(state.money.double().sum())
-    round_wall = statistics.median(wall for wall, _ in rounds)
     result = {
         "agents": agents,
         "edges": edges,
-        "graph_draw_s": statistics.median(draws),
-        "compressed_rows_s": rows,
-        "economy_and_state_s": built,
-        "round_s": round_wall,
-        "round_cpu_s": statistics.median(cpu for _, cpu in rounds),
-        "round_ns_per_edge": round_wall / edges * 1e9,
-        "money_over_agents": money / agents,
+        **medians("graph_draw", draws),
+        **medians("compressed_rows", [rows]),
+        **medians("economy_and_state", built),
+        **medians("round", rounds),
+        "money_over_agents": float(state.money.double().sum()) / agents,
         "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
     }
+    result["round_ns_per_edge"] = result["round_s"] / edges * 1e9
+    result["round_cpu_ns_per_edge"] = result["round_cpu_s"] / edges * 1e9
     if with_networkx:
-        result["networkx_draw_s"] = statistics.median(networkx_draws)
+        result.update(medians("networkx_draw", networkx_draws))
     return result
 
 

@@ -102,6 +102,8 @@ BAD_NETWORKS = {  # the network, what the one line says
                           "market.network.generator: networkx has no generator 'no_such_graph'"),
     "edge list given a generator's parameter": ("{edge_list: edges.txt, params: {p: 0.1}}",
                                                 "market.network.params.p: an edge list reads only directed"),
+    "edge list directed neither true nor false": ("{edge_list: edges.txt, params: {directed: sometimes}}",
+                                                  "market.network.params.directed: should be true or false"),
     "probability above one": ("{generator: gnp_random_graph, params: {p: 2}}",
                               "market.network.params.p: should be a probability from 0 to 1 (got 2)"),
     "parameter G(n, p) does not read": ("{generator: erdos_renyi_graph, params: {p: 0.1, k: 2}}",
