@@ -159,6 +159,16 @@ def test_bad_edge_lists_give_one_line_naming_file_line_and_key(tmp_path, case):
     assert f"market.network.edge_list: {tmp_path / 'edges.txt'} {expected}" in message, message
 
 
+def test_check_reads_the_edge_list_as_a_run_would(tmp_path):
+    path = write(tmp_path, NETWORK.replace("NETWORK", "{edge_list: edges.txt}"))
+    write(tmp_path, "0 1\n1 2 heavy\n", "edges.txt")
+    result = runner.invoke(app, ["check", str(path)])
+    assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1, result.output
+    assert f"market.network.edge_list: {tmp_path / 'edges.txt'} line 2: weight 'heavy'" in result.output
+    write(tmp_path, "0 1\n1 2 2.5\n", "edges.txt")
+    assert runner.invoke(app, ["check", str(path)]).exit_code == 0
+
+
 def test_bad_override_names_the_key(tmp_path):
     path = write(tmp_path, TINY)
     result = runner.invoke(app, ["check", str(path), "--set", "populations.ai.temprature=0.5"])
