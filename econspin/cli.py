@@ -358,6 +358,11 @@ def check(
 
         if loaded.market.couplings is None:
             estimate_memory(loaded, loaded.run.replicas, DTYPES[loaded.run.dtype])
+        network = loaded.market.network
+        if network is not None and network.edge_list is not None:  # its rows, as a run would read them
+            from econspin.edge_list import read_edge_list
+
+            read_edge_list(network.edge_list, loaded.agent_count)
     except ScenarioError as error:
         fail(str(error), scenario)
     sys.stdout.write(loaded.to_yaml())

@@ -22,10 +22,10 @@ from econspin.corrections import (
 )
 from econspin.network import (
     TradeEdges,
-    build_graph,
+    draw_links,
     network_seed,
-    trade_edges_from_graph,
-    trade_mask_from_graph,
+    trade_edges_from_links,
+    trade_mask_from_links,
     uses_sparse_layout,
 )
 from econspin.randomness import STREAM_DISORDER, derive_seed, make_generator
@@ -189,11 +189,11 @@ def build_economy(
     sells = torch.tensor([first.populations[name].sells for name in names])
     trade_mask = trade_edges = None
     if market.network is not None:
-        graph = build_graph(market.network, agent_count, first.run.seed)
-        if uses_sparse_layout(market.network, graph, agent_count, first.run.memory_budget_mb * 2**20):
-            trade_edges = trade_edges_from_graph(graph, agent_count, sells[population]).to(device)
+        links = draw_links(market.network, first.population_sizes, first.run.seed)
+        if uses_sparse_layout(market.network, links, first.run.memory_budget_mb * 2**20):
+            trade_edges = trade_edges_from_links(links, sells[population]).to(device)
         else:
-            trade_mask = trade_mask_from_graph(graph, agent_count).to(device)
+            trade_mask = trade_mask_from_links(links).to(device)
     couplings = None
     if market.couplings is not None:
         specs = [s.market.couplings for s in scenarios]

@@ -1,9 +1,17 @@
-"""Trade networks: which buyer may buy from which seller, from networkx.
+"""Trade networks: which buyer may buy from which seller, drawn by networkx or torch.
 
 A scenario names a networkx generator with its parameters (``erdos_renyi_graph`` with
-``p``, ``watts_strogatz_graph`` with ``k`` and ``p``, ...) or an edge-list file of integer
-node labels 0..N-1. Agent i is node i, populations in scenario order. An undirected edge
-lets both sides trade; a directed edge i -> j lets i buy from j.
+``p``, ``watts_strogatz_graph`` with ``k`` and ``p``, ``stochastic_block_model`` with ``p``
+between populations, ...) or an edge-list file (:mod:`econspin.edge_list`). Agent i is node i,
+populations in scenario order. An undirected edge lets both sides trade; a directed edge i -> j
+lets i buy from j.
+
+A network is first drawn as :class:`Links`, node pairs as tensors. Graphs that econspin draws
+itself (:mod:`econspin.random_graphs`: G(n, p), G(n, m), block models) are drawn by torch in
+O(E) from ``TORCH_SAMPLER_AGENTS`` agents on (``sampler: auto``), where networkx would take
+minutes and gigabytes; smaller ones, and every other generator, by networkx, so that a small
+graph is the very graph networkx draws with the same seed. A networkx graph of torch-drawn
+links is built only when asked for (:func:`build_graph`, for Mesa).
 """
 
 from __future__ import annotations
@@ -14,8 +22,12 @@ from dataclasses import dataclass
 import networkx as nx
 import torch
 
+from econspin.edge_list import read_edge_list
+from econspin.random_graphs import BLOCK_MODEL, TORCH_GENERATORS, block_probabilities, sample_pairs
 from econspin.randomness import STREAM_NETWORK, derive_seed
 from econspin.scenario import Network, ScenarioError
+
+TORCH_SAMPLER_AGENTS = 10_000  # sampler auto: torch from this many agents on, networkx below
 
 
 def network_seed(spec: Network, seed: int) -> int | None:
@@ -32,52 +44,111 @@ def network_seed(spec: Network, seed: int) -> int | None:
     return spec.seed if spec.seed is not None else derive_seed(seed, STREAM_NETWORK) % 2**32
 
 
-def build_graph(spec: Network, agent_count: int, seed: int) -> nx.Graph:
-    """The networkx graph a scenario describes, with nodes 0..agent_count-1."""
+def uses_torch_sampler(spec: Network, agent_count: int) -> bool:
+    """Whether the network is drawn by econspin's own O(E) sampler rather than by networkx."""
+    if spec.generator not in TORCH_GENERATORS or spec.sampler == "networkx":
+        return False
+    return spec.sampler == "torch" or agent_count >= TORCH_SAMPLER_AGENTS
+
+
+@dataclass(frozen=True)
+class Links:
+    """A network's edges as drawn: node pairs, each undirected edge once.
+
+    Attributes:
+        pairs: (E, 2) long, node i and node j of each edge.
+        directed: an edge i -> j lets only i buy from j; else both sides trade.
+        agent_count: the nodes are 0..agent_count-1.
+        weights: (E,) float64 from an edge list's weight field, or None.
+    """
+
+    pairs: torch.Tensor
+    directed: bool
+    agent_count: int
+    weights: torch.Tensor | None = None
+
+    @property
+    def directed_count(self) -> int:
+        """The directed edges i -> j the pairs stand for (an undirected pair is two)."""
+        return self.pairs.shape[0] * (1 if self.directed else 2)
+
+    def graph(self) -> nx.Graph:
+        """The networkx graph of these edges (with ``weight`` where the edge list gave weights)."""
+        graph = nx.DiGraph() if self.directed else nx.Graph()
+        graph.add_nodes_from(range(self.agent_count))
+        pairs = self.pairs.tolist()
+        if self.weights is None:
+            graph.add_edges_from(pairs)
+        else:
+            graph.add_weighted_edges_from((i, j, weight) for (i, j), weight in zip(pairs, self.weights.tolist()))
+        return graph
+
+
+def links_from_graph(graph: nx.Graph, agent_count: int) -> Links:
+    """A networkx graph on nodes 0..agent_count-1 as links."""
+    pairs = torch.tensor(list(graph.edges()), dtype=torch.long).reshape(-1, 2)
+    return Links(pairs, graph.is_directed(), agent_count)
+
+
+def draw_links(spec: Network, sizes: dict[str, int], seed: int) -> Links:
+    """The edges of a scenario's network; ``sizes`` are the population counts in scenario order."""
+    agent_count = sum(sizes.values())
+    directed = bool(spec.params.get("directed", False))
     if spec.edge_list is not None:
-        try:
-            graph = nx.read_edgelist(
-                spec.edge_list, nodetype=int, create_using=nx.DiGraph if spec.params.get("directed") else nx.Graph
-            )
-        except (OSError, TypeError, ValueError) as error:
-            raise ScenarioError(f"market.network.edge_list: cannot read {spec.edge_list}: {error}") from None
-        graph.add_nodes_from(range(agent_count))
-    else:
-        generator = getattr(nx, spec.generator, None)
-        if generator is None or not callable(generator):
-            raise ScenarioError(
-                f"market.network.generator: networkx has no generator {spec.generator!r} "
-                "(e.g. erdos_renyi_graph, watts_strogatz_graph, barabasi_albert_graph)"
-            )
-        parameters = dict(spec.params)
-        used = network_seed(spec, seed)
-        if used is not None:
-            parameters["seed"] = used
-        try:
-            graph = generator(agent_count, **parameters)
-        except (TypeError, ValueError, nx.NetworkXError) as error:
-            raise ScenarioError(f"market.network.params: {spec.generator} refused them: {error}") from None
+        pairs, weights = read_edge_list(spec.edge_list, agent_count)
+        return Links(pairs, directed, agent_count, weights)
+    if uses_torch_sampler(spec, agent_count):
+        generator = torch.Generator().manual_seed(network_seed(spec, seed))
+        params = dict(spec.params)
+        if spec.generator == BLOCK_MODEL:
+            params["p"] = block_probabilities(params, list(sizes))
+        return Links(sample_pairs(spec.generator, params, list(sizes.values()), generator), directed, agent_count)
+    return links_from_graph(_networkx_graph(spec, sizes, seed), agent_count)
+
+
+def build_graph(spec: Network, sizes: dict[str, int], seed: int) -> nx.Graph:
+    """The networkx graph a scenario describes, nodes 0..N-1; ``sizes`` are the population counts."""
+    if spec.edge_list is None and not uses_torch_sampler(spec, sum(sizes.values())):
+        return _networkx_graph(spec, sizes, seed)
+    return draw_links(spec, sizes, seed).graph()
+
+
+def _networkx_graph(spec: Network, sizes: dict[str, int], seed: int) -> nx.Graph:
+    """The graph networkx's generator draws; a block model's blocks are the populations."""
+    agent_count = sum(sizes.values())
+    generator = getattr(nx, spec.generator, None)
+    if generator is None or not callable(generator):
+        raise ScenarioError(
+            f"market.network.generator: networkx has no generator {spec.generator!r} "
+            "(e.g. erdos_renyi_graph, watts_strogatz_graph, barabasi_albert_graph)"
+        )
+    parameters = dict(spec.params)
+    used = network_seed(spec, seed)
+    if used is not None:
+        parameters["seed"] = used
+    nodes = agent_count
+    if spec.generator == BLOCK_MODEL:
+        nodes, parameters["p"] = list(sizes.values()), block_probabilities(parameters, list(sizes))
+    try:
+        graph = generator(nodes, **parameters)
+    except (TypeError, ValueError, nx.NetworkXError) as error:
+        raise ScenarioError(f"market.network.params: {spec.generator} refused them: {error}") from None
     outside = [node for node in graph.nodes if not (isinstance(node, int) and 0 <= node < agent_count)]
     if outside:
         raise ScenarioError(f"market.network: node {outside[0]!r} is not an agent index 0..{agent_count - 1}")
+    graph.add_nodes_from(range(agent_count))
     return graph
 
 
-def trade_mask_from_graph(graph: nx.Graph, agent_count: int) -> torch.Tensor:
+def trade_mask_from_links(links: Links) -> torch.Tensor:
     """(N, N) bool, True where i may buy from j."""
+    agent_count = links.agent_count
     mask = torch.zeros(agent_count, agent_count, dtype=torch.bool)
-    edges = list(graph.edges())
-    if edges:
-        index = torch.tensor(edges, dtype=torch.long)
-        mask[index[:, 0], index[:, 1]] = True
-        if not graph.is_directed():
-            mask[index[:, 1], index[:, 0]] = True
+    buyers, sellers = links.pairs[:, 0], links.pairs[:, 1]
+    mask[buyers, sellers] = True
+    if not links.directed:
+        mask[sellers, buyers] = True
     return mask
-
-
-def trade_mask_from_network(spec: Network, agent_count: int, seed: int) -> torch.Tensor:
-    """The dense trade mask of a scenario's network."""
-    return trade_mask_from_graph(build_graph(spec, agent_count, seed), agent_count)
 
 
 SPARSE_DENSITY = 1 / 16  # auto layout: a network with fewer directed edges than N^2 / 16 is kept sparse
@@ -112,21 +183,27 @@ class TradeEdges:
         return mask
 
 
-def trade_edges_from_graph(graph: nx.Graph, agent_count: int, seller: torch.Tensor) -> TradeEdges:
-    """The usable directed edges i -> j of a graph (j sells, j != i) as compressed rows."""
-    edges = torch.tensor(list(graph.edges()), dtype=torch.long).reshape(-1, 2)
-    if not graph.is_directed():
-        edges = torch.cat([edges, edges.flip(1)])
-    buyers, sellers = edges[:, 0], edges[:, 1]
+def trade_edges_from_links(links: Links, seller: torch.Tensor) -> TradeEdges:
+    """The usable directed edges i -> j (j sells, j != i), each once, as compressed rows."""
+    agent_count = links.agent_count
+    pairs = links.pairs if links.directed else torch.cat([links.pairs, links.pairs.flip(1)])
+    buyers, sellers = pairs[:, 0], pairs[:, 1]
     usable = (buyers != sellers) & seller.cpu()[sellers]
-    order = torch.argsort(buyers[usable] * agent_count + sellers[usable])
-    buyers, sellers = buyers[usable][order], sellers[usable][order]
+    keys = buyers[usable] * agent_count + sellers[usable]
+    if keys.numel() > 1 and not bool((keys[1:] > keys[:-1]).all()):  # torch's G(n, p) comes sorted already
+        keys = torch.unique(keys)  # sorted by buyer, then seller; each edge once
+    buyers, sellers = keys // agent_count, keys % agent_count
     offsets = torch.zeros(agent_count + 1, dtype=torch.long)
     offsets[1:] = torch.bincount(buyers, minlength=agent_count).cumsum(0)
     return TradeEdges(buyers, sellers, offsets)
 
 
-def uses_sparse_layout(spec: Network, graph: nx.Graph, agent_count: int, memory_budget: float) -> bool:
+def trade_edges_from_graph(graph: nx.Graph, agent_count: int, seller: torch.Tensor) -> TradeEdges:
+    """The usable directed edges i -> j of a graph (j sells, j != i) as compressed rows."""
+    return trade_edges_from_links(links_from_graph(graph, agent_count), seller)
+
+
+def uses_sparse_layout(spec: Network, links: Links, memory_budget: float) -> bool:
     """Whether a network takes the sparse kernel.
 
     ``layout: sparse`` says so; ``auto`` does below N^2 / 16 directed edges, or where a dense mask
@@ -134,8 +211,8 @@ def uses_sparse_layout(spec: Network, graph: nx.Graph, agent_count: int, memory_
     """
     if spec.layout != "auto":
         return spec.layout == "sparse"
-    directed_edges = graph.number_of_edges() * (1 if graph.is_directed() else 2)
-    return directed_edges < SPARSE_DENSITY * agent_count**2 or agent_count**2 > memory_budget
+    agent_count = links.agent_count
+    return links.directed_count < SPARSE_DENSITY * agent_count**2 or agent_count**2 > memory_budget
 
 
 def trade_network(source, replica: int = 0, top_k: int | None = None, *, economy=None) -> nx.DiGraph:

@@ -25,6 +25,7 @@ from pydantic import (
     model_validator,
 )
 
+from econspin.random_graphs import TORCH_GENERATORS, check_parameters
 from econspin.response import RESPONSES
 from econspin.scenario_messages import describe_validation_error, suggest
 
@@ -235,6 +236,9 @@ class Network(_Strict):
     # dense: an N x N mask (cost N^2 per round); sparse: compressed rows (cost and memory grow
     # with the number of edges); auto: sparse below N^2 / 16 directed edges
     layout: Literal["auto", "dense", "sparse"] = "auto"
+    # who draws a generator's graph: networkx, or econspin's O(E) torch sampler (G(n, p), G(n, m),
+    # stochastic_block_model); auto: torch from 10 000 agents on (econspin.network)
+    sampler: Literal["auto", "networkx", "torch"] = "auto"
 
     @model_validator(mode="after")
     def _one_source(self):
@@ -351,6 +355,8 @@ class Scenario(_Strict):
                 raise ValueError(f"populations.{name}.projections.init: identity needs d_k = d_v = d")
         if self.market.output == "identity" and self.market.value_dimension != self.market.d:
             raise ValueError("market.output: identity needs d_v = d")
+        if self.market.network is not None:
+            check_network(self.market.network, self.population_sizes)
         if self.run.kernel == "fused" and (self.market.mode != "expected" or self.market.couplings is not None):
             raise ValueError("run.kernel: fused covers the expected-mode attention market; use auto or reference")
         return self
@@ -358,6 +364,11 @@ class Scenario(_Strict):
     @property
     def agent_count(self) -> int:
         return sum(population.count for population in self.populations.values())
+
+    @property
+    def population_sizes(self) -> dict[str, int]:
+        """Each population's agent count, in scenario order (agents are numbered in this order)."""
+        return {name: population.count for name, population in self.populations.items()}
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> "Scenario":
@@ -440,6 +451,21 @@ class Scenario(_Strict):
                 raise ScenarioError(f"{key_path}: no such key {parts[-1]!r}{suggest(parts[-1], holder)}")
             holder[parts[-1]] = value
         return type(self).from_dict(data, source="")
+
+
+def check_network(network: Network, sizes: dict[str, int]) -> None:
+    """The network's sampler and parameters, where econspin reads them itself (key paths in full)."""
+    if network.sampler == "torch" and network.generator not in TORCH_GENERATORS:
+        drawn = ", ".join(sorted(TORCH_GENERATORS))
+        raise ValueError(f"market.network.sampler: torch draws only {drawn}; use auto or networkx")
+    if network.edge_list is not None:
+        for key, value in network.params.items():
+            if key != "directed":
+                raise ValueError(f"market.network.params.{key}: an edge list reads only directed")
+            if not isinstance(value, bool):
+                raise ValueError(f"market.network.params.directed: should be true or false (got {value!r})")
+    elif network.generator in TORCH_GENERATORS:
+        check_parameters(network.generator, network.params, sizes)
 
 
 def _plain(value: Any) -> Any:

@@ -95,6 +95,80 @@ def test_bad_scenarios_give_one_line_and_status_2_and_write_nothing(tmp_path, ca
     assert not out.exists()
 
 
+NETWORK = TINY.replace("market: {d: 4}", "market: {d: 4, network: NETWORK}")
+BLOCKS = "{generator: stochastic_block_model, params: {p: {human: {human: 0.1, ai: 0.2}, ai: P_AI}}}"
+BAD_NETWORKS = {  # the network, what the one line says
+    "unknown generator": ("{generator: no_such_graph}",
+                          "market.network.generator: networkx has no generator 'no_such_graph'"),
+    "edge list given a generator's parameter": ("{edge_list: edges.txt, params: {p: 0.1}}",
+                                                "market.network.params.p: an edge list reads only directed"),
+    "edge list directed neither true nor false": ("{edge_list: edges.txt, params: {directed: sometimes}}",
+                                                  "market.network.params.directed: should be true or false"),
+    "probability above one": ("{generator: gnp_random_graph, params: {p: 2}}",
+                              "market.network.params.p: should be a probability from 0 to 1 (got 2)"),
+    "parameter G(n, p) does not read": ("{generator: erdos_renyi_graph, params: {p: 0.1, k: 2}}",
+                                        "market.network.params.k: erdos_renyi_graph does not read it"),
+    "torch sampler for a graph it cannot draw": ("{generator: watts_strogatz_graph, params: {k: 2}, sampler: torch}",
+                                                 "market.network.sampler: torch draws only"),
+    "block model naming no population": (BLOCKS.replace("P_AI", "{human: 0.2, ai: 0.1}, robots: {ai: 0.1}"),
+                                         "market.network.params.p.robots: no population 'robots'"),
+    "block model missing a pair": (BLOCKS.replace("P_AI", "{ai: 0.1}"),
+                                   "market.network.params.p.ai.human: required key missing"),
+    "block model asymmetric": (BLOCKS.replace("P_AI", "{human: 0.3, ai: 0.1}"),
+                               "market.network.params.p.human.ai: 0.2 differs from market.network.params.p.ai.human"),
+}
+BAD_EDGE_LISTS = {  # the file's text, what the one line says after "market.network.edge_list: <file> "
+    "agent that does not exist": ("0 1\n1 16\n", "line 2: agent 16 does not exist; the populations hold agents 0..15"),
+    "negative agent": ("-1 2\n", "line 1: agent -1 does not exist"),
+    "one field": ("0 1\n\n# a comment\n3\n", "line 4: a line is 'i j' or 'i j weight', got 1 field"),
+    "four fields": ("0 1 2 3\n", "line 1: a line is 'i j' or 'i j weight', got 4 fields"),
+    "agent not a whole number": ("0 1\n1 2.5\n", "line 2: '2.5' is not an agent index"),
+    "weight not a number": ("0 1 heavy\n", "line 1: weight 'heavy' is not a number"),
+    "weight zero": ("0 1 1\n1 2 0\n", "line 2: weight 0.0 should be a finite number > 0"),
+    "weight infinite": ("0 1 inf\n", "line 1: weight inf should be a finite number > 0"),
+    "edge data other than weight": ("0 1 {'colour': 2}\n", "line 1: edge data 'colour' is not read"),
+    "edge data not a dictionary": ("0 1 {weight\n", "line 1: '{weight' is not a data dictionary"),
+}
+
+
+def one_line_error(tmp_path, network: str, edges: str) -> str:
+    """Run a scenario with this network (and edges.txt beside it): status 2, one line, nothing written."""
+    path = write(tmp_path, NETWORK.replace("NETWORK", network))
+    write(tmp_path, edges, "edges.txt")
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["run", str(path), "--out", str(out), "--quiet"])
+    assert result.exit_code == 2, result.output
+    message = result.output.strip()
+    assert "Traceback" not in message and len(message.splitlines()) == 1, message
+    assert message.startswith(f"error: {path}: "), message
+    assert not out.exists()
+    return message
+
+
+@pytest.mark.parametrize("case", sorted(BAD_NETWORKS))
+def test_bad_networks_give_one_line_naming_the_key(tmp_path, case):
+    network, expected = BAD_NETWORKS[case]
+    message = one_line_error(tmp_path, network, "0 1\n")
+    assert expected in message, message
+
+
+@pytest.mark.parametrize("case", sorted(BAD_EDGE_LISTS))
+def test_bad_edge_lists_give_one_line_naming_file_line_and_key(tmp_path, case):
+    edges, expected = BAD_EDGE_LISTS[case]
+    message = one_line_error(tmp_path, "{edge_list: edges.txt}", edges)
+    assert f"market.network.edge_list: {tmp_path / 'edges.txt'} {expected}" in message, message
+
+
+def test_check_reads_the_edge_list_as_a_run_would(tmp_path):
+    path = write(tmp_path, NETWORK.replace("NETWORK", "{edge_list: edges.txt}"))
+    write(tmp_path, "0 1\n1 2 heavy\n", "edges.txt")
+    result = runner.invoke(app, ["check", str(path)])
+    assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1, result.output
+    assert f"market.network.edge_list: {tmp_path / 'edges.txt'} line 2: weight 'heavy'" in result.output
+    write(tmp_path, "0 1\n1 2 2.5\n", "edges.txt")
+    assert runner.invoke(app, ["check", str(path)]).exit_code == 0
+
+
 def test_bad_override_names_the_key(tmp_path):
     path = write(tmp_path, TINY)
     result = runner.invoke(app, ["check", str(path), "--set", "populations.ai.temprature=0.5"])

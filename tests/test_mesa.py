@@ -105,7 +105,7 @@ def test_batch_run_returns_its_usual_table():
 def test_agents_sit_on_the_trade_network():
     scenario = two_populations(network={"generator": "erdos_renyi_graph", "params": {"p": 0.4}})
     model = EconSpinModel(scenario, seed=2)
-    graph = build_graph(scenario.market.network, 13, 2)
+    graph = build_graph(scenario.market.network, scenario.population_sizes, 2)
     for agent in model.agents:
         neighbours = sorted(other.index for other in agent.cell.neighborhood.agents)
         assert neighbours == sorted(graph.neighbors(agent.index))

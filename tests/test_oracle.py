@@ -102,7 +102,7 @@ def engine_and_graph(spec):
     run = rollout(scenario)
     graph = None
     if scenario.market.network is not None:
-        graph = build_graph(scenario.market.network, scenario.agent_count, scenario.run.seed)
+        graph = build_graph(scenario.market.network, scenario.population_sizes, scenario.run.seed)
     return run, graph
 
 
@@ -190,7 +190,7 @@ def test_sampled_round_has_the_oracles_law(spec):
     run = shared_start_ensemble(scenario, replicas)
     graph = None
     if scenario.market.network is not None:
-        graph = build_graph(scenario.market.network, scenario.agent_count, scenario.run.seed)
+        graph = build_graph(scenario.market.network, scenario.population_sizes, scenario.run.seed)
     reference_economy, reference_state = from_engine(run.economy, run.state, network=graph)
     mean_states, square_states = sampled_state_moments(reference_economy, reference_state)
     exact = reference_round(reference_economy, reference_state)

@@ -10,6 +10,7 @@ from helpers import rollout, scenario
 
 from econspin import Scenario, ScenarioError
 from econspin.market import trade
+from econspin.network import build_graph
 from econspin.round import step
 from econspin.simulate import apply_plan
 
@@ -89,6 +90,20 @@ market: {d: 4, network: {edge_list: edges.txt}}
     budget = 0.1 * run.state.money[0]
     assert math.isclose(float(outcome.revenue[0, 5]), float(budget[4]))
     assert math.isclose(float(outcome.revenue[0, 4]), float(budget[5]))
+
+
+def test_edge_list_weights_and_comments(tmp_path):
+    """Weights (a number or networkx's data dictionary) reach the networkx graph; the market trades every edge."""
+    (tmp_path / "edges.txt").write_text("# buyer seller weight\n0 1 2.5\n\n1 2 {'weight': 0.5}  # from nx\n2 0\n")
+    loaded = Scenario.from_yaml(_write(tmp_path, """
+populations: {a: {count: 4}}
+market: {d: 2, network: {edge_list: edges.txt, params: {directed: true}}}
+"""))
+    graph = build_graph(loaded.market.network, loaded.population_sizes, loaded.run.seed)
+    assert graph.is_directed() and dict(graph.edges) == {(0, 1): {"weight": 2.5}, (1, 2): {"weight": 0.5},
+                                                         (2, 0): {"weight": 1.0}}
+    mask = rollout(loaded).economy.trade_mask
+    assert mask.nonzero().tolist() == [[0, 1], [1, 2], [2, 0]]
 
 
 def test_networkx_generator_with_parameters():

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from econspin import Scenario, ScenarioError, simulate
 from econspin.market import trade
 from econspin.network import trade_edges_from_graph
+from econspin.random_graphs import TORCH_GENERATORS
 from econspin.round import step
 from econspin.sparse import sparse_trade
 
@@ -41,15 +42,23 @@ def networked(draw):
             "correction": correction,
         }
     populations["p0"]["sells"] = True
-    generator = draw(st.sampled_from(["gnp_random_graph", "barabasi_albert_graph", "watts_strogatz_graph"]))
+    generator = draw(st.sampled_from(
+        ["gnp_random_graph", "barabasi_albert_graph", "watts_strogatz_graph", "stochastic_block_model"]
+    ))
     agents = sum(population["count"] for population in populations.values())
+    directed = draw(st.booleans())
+    within, between = draw(st.sampled_from([0.1, 0.6])), draw(st.sampled_from([0.0, 0.2]))
+    blocks = {a: {b: within if a == b else between for b in populations} for a in populations}
     params = {
-        "gnp_random_graph": {"p": draw(st.sampled_from([0.1, 0.3])), "directed": draw(st.booleans())},
+        "gnp_random_graph": {"p": draw(st.sampled_from([0.1, 0.3])), "directed": directed},
         "barabasi_albert_graph": {"m": 1},
         "watts_strogatz_graph": {"k": 2, "p": 0.2},
+        "stochastic_block_model": {"p": blocks, "directed": directed},
     }[generator]
-    if agents < 3 and generator != "gnp_random_graph":
+    if agents < 3 and generator in ("barabasi_albert_graph", "watts_strogatz_graph"):
         generator, params = "gnp_random_graph", {"p": 0.5}
+    # who draws G(n, p) and block models: the layout must not change the graph, whichever it is
+    sampler = draw(st.sampled_from(["networkx", "torch"])) if generator in TORCH_GENERATORS else "auto"
     return {
         "populations": populations,
         "market": {
@@ -59,7 +68,7 @@ def networked(draw):
             "response": response,
             "visibility": draw(st.sampled_from([0.0, 0.8, -0.5])),
             "spend_rule": draw(st.sampled_from(["share", "unit"])),
-            "network": {"generator": generator, "params": params},
+            "network": {"generator": generator, "params": params, "sampler": sampler},
         },
         "run": {"device": "cpu", "seed": draw(st.integers(0, 1000))},
     }

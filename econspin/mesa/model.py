@@ -144,7 +144,7 @@ class EconSpinModel(mesa.Model):
         self._agents_by_index = [EconSpinAgent(self, index, names[p]) for index, p in enumerate(populations)]
         self.grid = None
         if self.scenario.market.network is not None:
-            graph = build_graph(self.scenario.market.network, len(populations), run.seed)
+            graph = build_graph(self.scenario.market.network, self.scenario.population_sizes, run.seed)
             self.grid = NetworkSpace(graph, random=self.random)
             for agent in self._agents_by_index:
                 agent.cell = self.grid[agent.index]
