@@ -57,7 +57,8 @@ class Economy:
         response: the spin response f.
         corrections: one self-impact correction per population.
         chunk: buyer rows per block, or None to size blocks from ``memory_budget`` (bytes).
-        kernel: ``fused`` (econspin.fused) or ``reference`` (econspin.market.trade), resolved from run.kernel.
+        kernel: ``fused`` (econspin.fused, econspin.fused_sampled) or ``reference`` (econspin.market.trade),
+            resolved from run.kernel.
     """
 
     population: torch.Tensor
@@ -236,9 +237,7 @@ def build_economy(
         corrections=tuple(corrections),
         chunk=first.run.chunk,
         memory_budget=first.run.memory_budget_mb * 2**20,
-        kernel="fused"
-        if first.run.kernel != "reference" and market.mode == "expected" and couplings is None
-        else "reference",
+        kernel="fused" if first.run.kernel != "reference" and couplings is None else "reference",
     )
 
 
