@@ -39,7 +39,7 @@ Every reduction of MODEL.md then comes from the unnormalised block e, while it i
     entropy:      H_i = LSE_i - ln 2 (sum_j e_ij y_ij) / s_i             (0 at T = 0 by construction)
     surplus:      S_i = m_i / beta_i + T_i LSE_i                         (m_i / beta_i at T = 0)
     impact:       kappa_i = |e_i.|^2 / s_i^2
-    revenue:      R_j += sum_i e_ij (s_i^budget / H) / s_i               (alpha^T share, e^T @ a vector)
+    revenue:      R_j += sum_i e_ij (s_i^budget / H) / s_i               (alpha^T share, a vector @ e)
 
 The normalisation by s_i is applied to the small per-row results, never to the block. Money:
 revenue is accumulated in float64 over blocks and rescaled per batch element so that
@@ -52,6 +52,7 @@ The sampled mode and fixed couplings stay on :func:`econspin.market.trade`.
 
 from __future__ import annotations
 
+import itertools
 import math
 import weakref
 from dataclasses import dataclass
@@ -107,18 +108,31 @@ def block_shape(groups: int, agents: int, rows: int | None = None) -> tuple[int,
     return max(1, min(groups, together)), rows
 
 
-def project_all(states: torch.Tensor, weights: torch.Tensor, population: torch.Tensor) -> torch.Tensor:
+def project_all(
+    states: torch.Tensor, weights: torch.Tensor, population: torch.Tensor, counts: tuple[int, ...] = ()
+) -> torch.Tensor:
     """x_i W^{p(i)} for every agent: (B, N, d) with (B, P, H, d, F) -> (B, H, N, F).
 
-    One product against every population's weights side by side, then each agent keeps its
-    own population's columns: P times the multiply-adds of :func:`econspin.market.project`
-    in one call instead of 3 P, which at these sizes costs less than the calls.
+    With ``counts`` (the populations' sizes, agents of population p next to each other, as
+    :func:`econspin.economy.build_economy` orders them): one product per population on its
+    own rows. Without: one product against every population's weights side by side, then
+    each agent keeps its own population's columns (P times the multiply-adds, and a gather:
+    at B = 128, N = 64, d = 32, P = 2 that took 2.5 ms against 0.7 ms for the slices).
     """
     batch, populations, heads, d, width = weights.shape
-    side_by_side = weights.permute(0, 3, 1, 2, 4).reshape(batch, d, populations * heads * width)
-    every = torch.bmm(states, side_by_side).view(batch, -1, populations, heads, width)
-    own = every[:, :, 0] if populations == 1 else every[:, torch.arange(population.shape[0]), population]
-    return own.transpose(1, 2)
+    side_by_side = weights.permute(0, 1, 3, 2, 4).reshape(batch, populations, d, heads * width)
+    if populations == 1:
+        own = torch.bmm(states, side_by_side[:, 0])
+    elif len(counts) == populations and sum(counts) == states.shape[1]:
+        starts = [0, *itertools.accumulate(counts)]
+        own = torch.cat(
+            [torch.bmm(states[:, starts[p] : starts[p + 1]], side_by_side[:, p]) for p in range(populations)], dim=1
+        )
+    else:
+        every = torch.bmm(states, side_by_side.transpose(1, 2).reshape(batch, d, populations * heads * width))
+        every = every.view(batch, -1, populations, heads * width)
+        own = every[:, torch.arange(population.shape[0]), population]
+    return own.view(batch, -1, heads, width).transpose(1, 2)
 
 
 _NETWORKS: dict[int, tuple[weakref.ref, dict]] = {}  # id(mask) -> (the mask, {dtype: terms}), while it lives
@@ -207,7 +221,7 @@ def round_terms(state: State, economy: Economy) -> RoundTerms:
     # one product per population: [q_i / sqrt(d_k), k_i, u_i = x_i W_V W_O], (B, H, N, 2 d_k + d)
     value_output = torch.einsum("bphde,bhef->bphdf", economy.value, economy.output)
     projection = torch.cat([economy.query / math.sqrt(key_dimension), economy.key, value_output], dim=-1)
-    projected = project_all(x, projection, economy.population)
+    projected = project_all(x, projection, economy.population, economy.population_counts)
     query, key = projected[..., :key_dimension], projected[..., key_dimension : 2 * key_dimension]
     delivered = projected[..., 2 * key_dimension :]
     bias = seller_bias(state, economy)[:, None, :].expand(batch, heads, agents)
@@ -305,7 +319,8 @@ def fused_trade(state: State, economy: Economy, rows: int | None = None) -> Mark
         # total >= 1 on a row with partners (its best seller weighs exactly 1), 0 on an empty row,
         # whose weights are all 0: what it would spend goes nowhere
         per_unit = terms.share[g, r] / terms.total[g, r].clamp(min=1.0)
-        revenue[g] += torch.bmm(weights.transpose(1, 2), per_unit[..., None]).squeeze(-1)
+        # a row vector times the block: 0.05 ms against 0.47 ms for block^T times a column at B = 128, N = 64
+        revenue[g] += torch.bmm(per_unit[:, None, :], weights).squeeze(1)
 
     batch, heads = state.states.shape[0], economy.heads
     entropy, surplus, inverse_total = row_statistics(state, economy, terms)

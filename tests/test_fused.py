@@ -14,8 +14,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from econspin import ScenarioError
-from econspin.fused import fused_trade, uses_fused
-from econspin.market import trade
+from econspin.fused import fused_trade, project_all, uses_fused
+from econspin.market import project, trade
 from econspin.round import step
 
 
@@ -202,3 +202,13 @@ def test_fused_equals_the_independent_oracle(drawn):
             scale = float(want[finite].abs().max()) if finite.any() else 0.0
             error = (got[finite] - want[finite]).abs() / (want[finite].abs() + scale + 1.0)
             assert error.numel() == 0 or float(error.max()) <= 1e-12, f"{name}: {float(error.max()):.3g}"
+
+
+def test_projections_by_population_slices_equal_the_per_population_product():
+    populations = {f"p{index}": {"count": count} for index, count in enumerate((5, 1, 9))}
+    run = rollout([scenario(populations=populations, heads=2, d_k=3)] * 2)
+    x, economy = run.state.states, run.economy
+    assert economy.population_counts == (5, 1, 9)
+    want = project(x, economy.key, economy.population)
+    for counts in (economy.population_counts, ()):  # slices, and the gather when the sizes are not known
+        assert torch.allclose(project_all(x, economy.key, economy.population, counts), want, rtol=1e-14, atol=1e-15)
