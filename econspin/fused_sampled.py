@@ -21,14 +21,17 @@ thread, interleaved, on a loaded machine). Inversion in two levels, because a fl
 cumulative sum over whole rows is slower than the rest of the block (12 ms for a 256 x 4096
 block on one core, against 0.8 ms for the received product):
 
-    tile sums  S_t = sum_{j in tile t} e_ij           (float64, one pass over the block)
-    tile       t_i = the first t with sum_{t' <= t} S_t' > u_ih sum_t S_t
+    tile sums  S_t = sum_{j in tile t} e_ij           (working precision, one pass over the block)
+    tile       t_i = the first t with sum_{t' <= t} S_t' > u_ih sum_t S_t        (sums over t in float64)
     seller     c_i = the first j of tile t_i with  sum_{t' < t_i} S_t' + sum_{l in t_i, l <= j} e_il > threshold,
 
-the threshold kept strictly below the row's total as in :func:`econspin.choice.sample_choice`.
-The tile found has positive weight; if rounding between the two sums leaves the running sum
-in the tile short of the threshold, the tile's last seller of positive weight is taken, so a
-chosen seller always has positive weight. T = 0 rows weigh their best sellers exactly 1 and
+with tiles of the power of two at or above sqrt(N) columns (rows of at most ONE_TILE sellers
+in one level: a float64 running sum over the whole row) and the threshold kept strictly
+below the row's total as in :func:`econspin.choice.sample_choice`. The tile found has
+positive weight. Where rounding between the two levels leaves the tile's running sum short
+of the threshold (float32 tile sums carry float32 rounding), the threshold is held just
+below the tile's end, which draws the tile's last seller that moved the running sum: a
+chosen seller has positive weight. T = 0 rows weigh their best sellers exactly 1 and
 every other 0 (ties drawn uniformly), T = inf rows weigh every allowed seller exactly 1, and
 a row without an allowed seller has total 0 and draws -1 (it spends and receives nothing).
 
