@@ -1,11 +1,11 @@
 """`econspin bench`: one round of each market kernel against the attention floor, in one run.
 
-For every size N and batch B it builds the benchmark economy (two populations, 80% at
-T = 1 and 20% at T = 0.1, d = 32, one head, expected mode, float32) and times, in
-interleaved repeats after a warm-up, the median of
+For every mode (expected by default; ``modes`` adds sampled), size N and batch B it builds
+the benchmark economy (two populations, 80% at T = 1 and 20% at T = 0.1, d = 32, one head,
+float32) and times, in interleaved repeats after a warm-up, the median of
 
 - one round (``round.step``) on the reference kernel (``econspin.market.trade``),
-- one round on the fused kernel (``econspin.fused``),
+- one round on the fused kernel (``econspin.fused``, sampled mode ``econspin.fused_sampled``),
 - the floor: ``torch.nn.functional.scaled_dot_product_attention`` forward on q, k, v of
   shape (B, H, N, d_k), what any attention-shaped round must at least do.
 
@@ -39,8 +39,11 @@ FUSED_PAIRS = {True: 2**28, False: 2**32}
 DIMENSION = 32
 
 
-def bench_scenario(agents: int, dimension: int = DIMENSION) -> Scenario:
-    """The benchmark economy: 80% humans at T = 1, 20% AI agents at T = 0.1, expected mode."""
+MODES = ("expected", "sampled")
+
+
+def bench_scenario(agents: int, dimension: int = DIMENSION, mode: str = "expected") -> Scenario:
+    """The benchmark economy: 80% humans at T = 1, 20% AI agents at T = 0.1."""
     return Scenario.from_dict(
         {
             "name": "bench",
@@ -48,7 +51,7 @@ def bench_scenario(agents: int, dimension: int = DIMENSION) -> Scenario:
                 "human": {"count": agents - agents // 5, "temperature": 1.0},
                 "ai": {"count": agents // 5, "temperature": 0.1},
             },
-            "market": {"d": dimension, "mode": "expected"},
+            "market": {"d": dimension, "mode": mode},
             "run": {"device": "cpu"},
         }
     )
@@ -101,9 +104,11 @@ def relative_difference(want: torch.Tensor, got: torch.Tensor) -> float:
     return float((want.double() - got.double()).abs().max() / want.double().abs().max().clamp(min=1e-300))
 
 
-def measure(agents: int, batch: int, device: torch.device, quick: bool, repeats: int, clock: str = "wall") -> dict:
+def measure(
+    agents: int, batch: int, device: torch.device, quick: bool, repeats: int, clock: str = "wall", mode="expected"
+) -> dict:
     """One row of the benchmark: times (ms), ratios, pairs per second, kernel agreement."""
-    rollout = Rollout.create([bench_scenario(agents)] * batch, list(range(batch)), str(device), "float32")
+    rollout = Rollout.create([bench_scenario(agents, mode=mode)] * batch, list(range(batch)), str(device), "float32")
     state, economy = rollout.state, rollout.economy
     kernels = {name: dataclasses.replace(economy, kernel=name) for name in ("reference", "fused")}
     pairs = batch * agents * agents
@@ -116,7 +121,7 @@ def measure(agents: int, batch: int, device: torch.device, quick: bool, repeats:
     functions.update({name: (lambda e=kernels[name]: step(state, e)) for name in kernels if run[name]})
     with torch.no_grad():
         times = timed(functions, repeats, device, clock)
-        row = {"agents": agents, "batch": batch, "pairs": pairs, "repeats": repeats}
+        row = {"mode": mode, "agents": agents, "batch": batch, "pairs": pairs, "repeats": repeats}
         row["floor_ms"] = times["floor"] * 1e3
         for name in ("reference", "fused"):
             seconds = times.get(name)
@@ -144,8 +149,9 @@ def run_bench(
     repeats: int | None = None,
     on_row: Callable[[dict], None] | None = None,
     clock: str = "wall",
+    modes: tuple[str, ...] = ("expected",),
 ) -> dict:
-    """The whole benchmark as a JSON-ready dict: machine, versions, threads, one row per (N, B)."""
+    """The whole benchmark as a JSON-ready dict: machine, versions, threads, one row per (mode, N, B)."""
     resolved = resolve_device(device)
     previous = torch.get_num_threads()
     if threads is not None:
@@ -159,17 +165,18 @@ def run_bench(
             "dimension": DIMENSION,
             "heads": 1,
             "dtype": "float32",
-            "mode": "expected",
+            "modes": list(modes),
             "quick": quick,
             "clock": clock,
             "rows": [],
         }
-        for agents in sizes or SIZES[quick]:
-            for batch in batches or BATCHES:
-                row = measure(agents, batch, resolved, quick, repeats or REPEATS[quick], clock)
-                result["rows"].append(row)
-                if on_row is not None:
-                    on_row(row)
+        for mode in modes:
+            for agents in sizes or SIZES[quick]:
+                for batch in batches or BATCHES:
+                    row = measure(agents, batch, resolved, quick, repeats or REPEATS[quick], clock, mode)
+                    result["rows"].append(row)
+                    if on_row is not None:
+                        on_row(row)
         return result
     finally:
         torch.set_num_threads(previous)
@@ -179,10 +186,11 @@ def bench_table(result: dict):
     """A rich table of the benchmark rows."""
     from rich.table import Table
 
-    title = f"one round, expected mode, d = {result['dimension']}, {result['dtype']}: {result['device']}, "
+    title = f"one round, d = {result['dimension']}, {result['dtype']}: {result['device']}, "
     title += f"torch {result['torch']}, {result['threads']} threads, {result['clock']} time"
     table = Table(title=title)
     headers = (
+        "mode",
         "N",
         "B",
         "SDPA ms",
@@ -203,6 +211,7 @@ def bench_table(result: dict):
     for row in result["rows"]:
         agreement = "-" if not row["compared"] else f"{max(row['state_difference'], row['money_difference']):.1e}"
         table.add_row(
+            row["mode"],
             str(row["agents"]),
             str(row["batch"]),
             show(row["floor_ms"], ".3g"),

@@ -408,9 +408,10 @@ def bench(
         Optional[int], typer.Option(min=1, help="Timed repeats per case (default 3 quick, 7 full).")
     ] = None,
     clock: Annotated[str, typer.Option(help="wall, or cpu: process CPU time (blind to waiting for a core).")] = "wall",
+    modes: Annotated[str, typer.Option(help="Comma-separated market modes: expected, sampled.")] = "expected",
 ):
     """Time one round of the reference and fused kernels against the attention floor (SDPA)."""
-    from econspin.bench import bench_table, run_bench
+    from econspin.bench import MODES, bench_table, run_bench
 
     def numbers(text: str | None, option: str, least: int) -> tuple[int, ...] | None:
         if text is None:
@@ -426,6 +427,9 @@ def bench(
     try:
         if clock not in ("wall", "cpu"):
             raise ScenarioError(f"--clock {clock!r}: wall or cpu")
+        chosen_modes = tuple(modes.split(","))
+        if not set(chosen_modes) <= set(MODES) or len(set(chosen_modes)) != len(chosen_modes):
+            raise ScenarioError(f"--modes {modes!r}: give expected, sampled or expected,sampled")
         if json_file is not None:
             check_writable(json_file, "--json", folder=False)
         result = run_bench(
@@ -435,8 +439,11 @@ def bench(
             numbers(sizes, "--sizes", 2),
             numbers(batches, "--batches", 1),
             repeats,
-            on_row=lambda row: console.print(f"N = {row['agents']}, B = {row['batch']}: done", highlight=False),
+            on_row=lambda row: console.print(
+                f"{row['mode']}, N = {row['agents']}, B = {row['batch']}: done", highlight=False
+            ),
             clock=clock,
+            modes=chosen_modes,
         )
     except ScenarioError as error:
         fail(str(error))

@@ -57,7 +57,9 @@ class Economy:
         response: the spin response f.
         corrections: one self-impact correction per population.
         chunk: buyer rows per block, or None to size blocks from ``memory_budget`` (bytes).
-        kernel: ``fused`` (econspin.fused) or ``reference`` (econspin.market.trade), resolved from run.kernel.
+        kernel: ``fused`` (econspin.fused, econspin.fused_sampled) or ``reference`` (econspin.market.trade),
+            resolved from run.kernel.
+        population_counts: each population's size, its agents next to each other (empty: not known).
     """
 
     population: torch.Tensor
@@ -83,6 +85,7 @@ class Economy:
     chunk: int | None
     memory_budget: float
     kernel: str = "reference"
+    population_counts: tuple[int, ...] = ()
 
     @property
     def batch_size(self) -> int:
@@ -236,9 +239,8 @@ def build_economy(
         corrections=tuple(corrections),
         chunk=first.run.chunk,
         memory_budget=first.run.memory_budget_mb * 2**20,
-        kernel="fused"
-        if first.run.kernel != "reference" and market.mode == "expected" and couplings is None
-        else "reference",
+        kernel="fused" if first.run.kernel != "reference" and couplings is None else "reference",
+        population_counts=tuple(counts),
     )
 
 

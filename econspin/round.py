@@ -12,6 +12,7 @@ import torch
 from econspin.corrections import FieldContext
 from econspin.economy import Economy
 from econspin.fused import fused_trade, uses_fused
+from econspin.fused_sampled import fused_sampled_trade
 from econspin.market import spin_variance, trade
 from econspin.sparse import sparse_trade
 from econspin.state import State
@@ -72,7 +73,7 @@ def market_step(state: State, economy: Economy, draws=None):
     if economy.trade_edges is not None and economy.couplings is None:
         return sparse_trade(state, economy, draws)
     if uses_fused(state, economy):
-        return fused_trade(state, economy)
+        return fused_sampled_trade(state, economy, draws) if economy.mode == "sampled" else fused_trade(state, economy)
     return trade(state, economy, draws)
 
 

@@ -302,8 +302,8 @@ class Run(_Strict):
     dtype: Literal["float32", "float64"] = "float32"
     chunk: Annotated[int, Field(gt=0)] | None = None  # buyer rows per block; None: from memory
     memory_budget_mb: PositiveFloat = 1024.0
-    # the expected-mode market step: fused (econspin.fused) or reference (econspin.market);
-    # auto is fused where it applies (expected mode, attention market), reference elsewhere
+    # the market step: fused (econspin.fused, econspin.fused_sampled) or reference (econspin.market);
+    # auto is fused where it applies (the attention market, either mode), reference elsewhere
     kernel: Literal["auto", "reference", "fused"] = "auto"
 
 
@@ -357,8 +357,8 @@ class Scenario(_Strict):
             raise ValueError("market.output: identity needs d_v = d")
         if self.market.network is not None:
             check_network(self.market.network, self.population_sizes)
-        if self.run.kernel == "fused" and (self.market.mode != "expected" or self.market.couplings is not None):
-            raise ValueError("run.kernel: fused covers the expected-mode attention market; use auto or reference")
+        if self.run.kernel == "fused" and self.market.couplings is not None:
+            raise ValueError("run.kernel: fused covers the attention market, not fixed couplings; use auto")
         return self
 
     @property

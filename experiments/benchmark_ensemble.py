@@ -2,8 +2,8 @@
 
 Issue 9's ensemble targets: the sampled round at most 1.3x the expected round, and B = 128
 economies of N = 64 agents at most 4x one such economy per round. This script times one
-round (median of repeats after warm-up) for B in {1, --batch} and both modes, and prints the
-ratios sampled / expected and B / 1, by wall clock and by the CPU time of this process (the
+round (median of interleaved repeats after warm-up) for B in {1, --batch} and both modes, and
+prints the ratios sampled / expected and B / 1, by wall clock and by the CPU time of this process (the
 latter is less disturbed by other work on a shared machine; with one thread it is the work
 done). Times depend on the machine and its load; the ratios, measured in one run, are what
 to compare.
@@ -24,29 +24,35 @@ from econspin.round import step
 from econspin.simulate import Rollout
 
 
-def round_times(batch: int, mode: str, agents: int, dimension: int, repeats: int, device: str,
-                response: str) -> tuple[float, float]:
-    """Median wall time and median CPU time of this process for one round (after two warm-up rounds)."""
+def ensemble(batch: int, mode: str, agents: int, dimension: int, device: str, response: str, kernel: str):
+    """(state after two warm-up rounds, economy) of ``batch`` copies of the benchmark economy."""
     scenario = Scenario.from_dict({
         "populations": {"human": {"count": agents - agents // 4, "temperature": 1.0},
                         "ai": {"count": agents // 4, "temperature": 0.2}},
         "market": {"d": dimension, "mode": mode, "response": response},
-        "run": {"device": device},
+        "run": {"device": device, "kernel": kernel},
     })
     rollout = Rollout.create([scenario] * batch, list(range(batch)), device, "float32")
     state, economy = rollout.state, rollout.economy
     with torch.no_grad():
         for _ in range(2):
             state = step(state, economy)
-        wall, cpu = [], []
+    return state, economy
+
+
+def interleaved_times(cases: dict, repeats: int) -> dict:
+    """Median (wall, CPU) seconds of one round of each case, the cases timed in turn, repeat after repeat."""
+    samples = {name: ([], []) for name in cases}
+    with torch.no_grad():
         for _ in range(repeats):
-            started, started_cpu = time.perf_counter(), time.process_time()
-            state = step(state, economy)
-            if state.states.is_cuda:
-                torch.cuda.synchronize()
-            wall.append(time.perf_counter() - started)
-            cpu.append(time.process_time() - started_cpu)
-    return statistics.median(wall), statistics.median(cpu)
+            for name, (state, economy) in cases.items():
+                started, started_cpu = time.perf_counter(), time.process_time()
+                step(state, economy)
+                if state.states.is_cuda:
+                    torch.cuda.synchronize()
+                samples[name][0].append(time.perf_counter() - started)
+                samples[name][1].append(time.process_time() - started_cpu)
+    return {name: (statistics.median(wall), statistics.median(cpu)) for name, (wall, cpu) in samples.items()}
 
 
 def main() -> None:
@@ -58,18 +64,20 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--response", default="vmf")
+    parser.add_argument("--kernel", default="auto", help="run.kernel: auto (fused) or reference")
     arguments = parser.parse_args()
     torch.set_num_threads(arguments.threads)
     n, d, b = arguments.agents, arguments.dimension, arguments.batch
-    print(f"N = {n}, d = {d}, response = {arguments.response}, device = {arguments.device}, "
-          f"threads = {arguments.threads}, torch {torch.__version__}")
-    times = {}
-    for batch in (1, b):
-        for mode in ("expected", "sampled"):
-            times[batch, mode] = round_times(batch, mode, n, d, arguments.repeats, arguments.device,
-                                             arguments.response)
-            wall, cpu = times[batch, mode]
-            print(f"B = {batch:4d}  {mode:9s} round  wall {wall * 1e3:9.2f} ms   cpu {cpu * 1e3:9.2f} ms")
+    print(f"N = {n}, d = {d}, response = {arguments.response}, kernel = {arguments.kernel}, "
+          f"device = {arguments.device}, threads = {arguments.threads}, torch {torch.__version__}")
+    cases = {
+        (batch, mode): ensemble(batch, mode, n, d, arguments.device, arguments.response, arguments.kernel)
+        for batch in (1, b)
+        for mode in ("expected", "sampled")
+    }
+    times = interleaved_times(cases, arguments.repeats)
+    for (batch, mode), (wall, cpu) in times.items():
+        print(f"B = {batch:4d}  {mode:9s} round  wall {wall * 1e3:9.2f} ms   cpu {cpu * 1e3:9.2f} ms")
     for column, name in ((0, "wall"), (1, "cpu")):
         ratios = [f"B = {batch}: {times[batch, 'sampled'][column] / times[batch, 'expected'][column]:5.2f}"
                   for batch in (1, b)]

@@ -11,6 +11,7 @@ from econspin.cli import app
 
 runner = CliRunner()
 ROW_FIELDS = {
+    "mode",
     "agents",
     "batch",
     "pairs",
@@ -29,12 +30,15 @@ ROW_FIELDS = {
 }
 
 
-def check_result(path, sizes, batches):
+def check_result(path, sizes, batches, modes=("expected",)):
     result = json.loads(path.read_text())
     assert result["torch"] == torch.__version__
     assert result["device"] and result["device_type"] == "cpu" and result["threads"] >= 1
     assert result["clock"] in ("wall", "cpu")
-    assert [(row["agents"], row["batch"]) for row in result["rows"]] == [(n, b) for n in sizes for b in batches]
+    assert result["modes"] == list(modes)
+    assert [(row["mode"], row["agents"], row["batch"]) for row in result["rows"]] == [
+        (mode, n, b) for mode in modes for n in sizes for b in batches
+    ]
     for row in result["rows"]:
         assert set(row) == ROW_FIELDS
         assert row["floor_ms"] > 0 and row["fused_ms"] > 0
@@ -47,16 +51,18 @@ def check_result(path, sizes, batches):
 def test_bench_writes_a_table_and_json(tmp_path):
     out = tmp_path / "bench.json"
     arguments = ["bench", "--quick", "--sizes", "48,96", "--batches", "1,3", "--repeats", "1", "--json", str(out)]
-    result = runner.invoke(app, [*arguments, "--threads", "1", "--clock", "cpu"])
+    result = runner.invoke(app, [*arguments, "--threads", "1", "--clock", "cpu", "--modes", "expected,sampled"])
     assert result.exit_code == 0, result.output
-    assert "fused/SDPA" in result.output and "max diff" in result.output
-    rows = check_result(out, (48, 96), (1, 3))["rows"]
-    assert all(row["compared"] for row in rows)
+    assert "fused/SDPA" in result.output and "max diff" in result.output and "sampled" in result.output
+    rows = check_result(out, (48, 96), (1, 3), ("expected", "sampled"))["rows"]
+    assert all(row["compared"] for row in rows)  # the sampled kernels drew the same sellers: the same next rounds
 
 
-def test_bench_refuses_bad_sizes():
+def test_bench_refuses_bad_sizes_and_modes():
     result = runner.invoke(app, ["bench", "--sizes", "1,x"])
     assert result.exit_code == 2 and "--sizes" in result.output
+    result = runner.invoke(app, ["bench", "--modes", "expected,sampeld"])
+    assert result.exit_code == 2 and "--modes" in result.output and "Traceback" not in result.output
 
 
 @pytest.mark.slow

@@ -1,0 +1,166 @@
+"""The sampled-mode market step on the fused path: each buyer's draw taken block-wise.
+
+In sampled mode (MODEL.md) buyer i draws one seller c_i ~ alpha_i. in each market h, pays it
+s_i / H and receives its signal v_{c_i} W_O^h. The reference kernel
+(:func:`econspin.market.trade`) draws by inversion: with the uniform u_ih of the buyer's
+choice stream (:mod:`econspin.randomness`, DRAW_CHOICE, index h),
+
+    c_i = the first j with  sum_{l <= j} alpha_il > u_ih sum_l alpha_il.
+
+This module makes the same draw from the blocks of :func:`econspin.fused.row_blocks`, which
+hold whole rows of the unnormalised weights e_ij = s_i alpha_ij: inversion does not care
+about the normalisation, so with the same uniforms it picks the same sellers, draw for draw,
+up to a uniform that falls within rounding of a boundary between two sellers (an event of
+probability about N 2^-52 per draw in float64, N 2^-23 in float32). The draw of a row reads
+that row and its uniform only, so it does not depend on the block size or the batch layout.
+
+Inversion rather than Gumbel-max because Gumbel-max needs N random numbers per row (N^2
+hashes a round, other numbers than the reference's single uniform): hashing 2^20 words alone
+took 6.2 ms against 3.8 ms for the whole two-level inversion of a 1024 x 1024 block (one
+thread, interleaved, on a loaded machine). Inversion in two levels, because a float64
+cumulative sum over whole rows is slower than the rest of the block (12 ms for a 256 x 4096
+block on one core, against 0.8 ms for the received product):
+
+    tile sums  S_t = sum_{j in tile t} e_ij           (working precision, one pass over the block)
+    tile       t_i = the first t with sum_{t' <= t} S_t' > u_ih sum_t S_t        (sums over t in float64)
+    seller     c_i = the first j of tile t_i with  sum_{t' < t_i} S_t' + sum_{l in t_i, l <= j} e_il > threshold,
+
+with tiles of the power of two at or above sqrt(N) columns (rows of at most ONE_TILE sellers
+in one level: a float64 running sum over the whole row) and the threshold kept strictly
+below the row's total as in :func:`econspin.choice.sample_choice`. The tile found has
+positive weight. Where rounding between the two levels leaves the tile's running sum short
+of the threshold (float32 tile sums carry float32 rounding), the threshold is held just
+below the tile's end, which draws the tile's last seller that moved the running sum: a
+chosen seller has positive weight. T = 0 rows weigh their best sellers exactly 1 and
+every other 0 (ties drawn uniformly), T = inf rows weigh every allowed seller exactly 1, and
+a row without an allowed seller has total 0 and draws -1 (it spends and receives nothing).
+
+After the blocks, the received signal is a gather of u_{c_i} and revenue a scatter-add of
+s_i / H at c_i in float64, market by market in row order as the reference adds them (so on
+the CPU the same sellers give the same bits of revenue): no N x N flows. Entropy and surplus
+come from the rows as in expected mode; the field and choice variances and the impact are 0,
+as on the reference path (they feed only the expected mode's correction).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from econspin.economy import Economy
+from econspin.fused import RoundTerms, round_terms, row_blocks, row_statistics
+from econspin.market import MarketOutcome
+from econspin.randomness import DRAW_CHOICE, Draws
+from econspin.state import State
+
+ONE_TILE = 64  # rows up to this many sellers are searched in one level
+
+
+def tile_width(agents: int) -> int:
+    """Columns per tile: the power of two at or above sqrt(N); N <= ONE_TILE: the whole row.
+
+    Measured (one thread, interleaved): at N = 96, 128, 256, 512, 1024 and 4096 this width
+    was the fastest of 8 to 64 and of the whole row (2.6x faster than the whole row at N = 128);
+    at N = 32 and 64 the whole row was as fast or faster.
+    """
+    if agents <= ONE_TILE:
+        return agents
+    return 2 ** math.ceil(math.log2(math.sqrt(agents)))
+
+
+def inverse_cdf(weights: torch.Tensor, uniforms: torch.Tensor, tile: int | None = None) -> torch.Tensor:
+    """(..., rows) long: per row of ``weights`` (..., rows, N) >= 0 the inversion draw at ``uniforms``.
+
+    Two levels (module docstring): the tile of the threshold from the tile sums (taken in the
+    working precision, accumulated in float64), then the seller within that tile from a
+    float64 running sum. -1 where a row's weights are all 0.
+    """
+    agents = weights.shape[-1]
+    tile = min(tile or tile_width(agents), agents)
+    count = -(-agents // tile)
+    if count == 1:  # one tile: no first level
+        start = threshold = None
+        in_tile = weights.double()
+        chosen_tile = torch.zeros(weights.shape[:-1] + (1,), dtype=torch.long, device=weights.device)
+    else:
+        full = agents // tile
+        sums = weights[..., : full * tile].unflatten(-1, (full, tile)).sum(-1)
+        if count > full:  # the last, narrower tile
+            sums = torch.cat([sums, weights[..., full * tile :].sum(-1, keepdim=True)], dim=-1)
+        cumulative = sums.double().cumsum(-1)  # (a float32 block's .sum(dtype=float64) takes a slow path)
+        threshold = _below_total(uniforms, cumulative[..., -1:])
+        chosen_tile = torch.searchsorted(cumulative, threshold, right=True).clamp_(max=count - 1)
+        start = torch.where(chosen_tile > 0, cumulative.gather(-1, (chosen_tile - 1).clamp(min=0)), 0.0)
+        columns = chosen_tile * tile + torch.arange(tile, device=weights.device)  # (..., rows, tile)
+        in_tile = weights.gather(-1, columns.clamp(max=agents - 1)).double().mul_(columns < agents)
+    running = in_tile.cumsum(-1)  # out of place: in_tile may be the block itself (float64), read after
+    if start is None:
+        threshold = _below_total(uniforms, running[..., -1:])
+        empty = running[..., -1] == 0
+    else:
+        # where rounding leaves the tile's running sum short of the threshold: the tile's last
+        # seller that moved it (the threshold held just below the tile's end)
+        running.add_(start)
+        threshold = torch.minimum(threshold, torch.nextafter(running[..., -1:], torch.zeros_like(threshold)))
+        empty = cumulative[..., -1] == 0
+    position = torch.searchsorted(running, threshold, right=True)
+    return torch.where(empty, -1, (chosen_tile * tile + position).squeeze(-1))
+
+
+def _below_total(uniforms: torch.Tensor, total: torch.Tensor) -> torch.Tensor:
+    """The threshold u * total, kept strictly below total (as :func:`econspin.choice.sample_choice` keeps it)."""
+    return torch.minimum(uniforms.unsqueeze(-1).double() * total, torch.nextafter(total, torch.zeros_like(total)))
+
+
+def sampled_choices(
+    state: State, economy: Economy, draws: Draws | None = None, rows: int | None = None
+) -> tuple[torch.Tensor, RoundTerms]:
+    """(B, H, N) long sellers c_ih (-1: nobody to buy from), and the round's terms (rows' statistics filled)."""
+    batch, agents, _ = state.states.shape
+    heads = economy.heads
+    draws = state.draws() if draws is None else draws
+    uniforms = draws.uniform(DRAW_CHOICE, heads).transpose(0, 1).reshape(batch * heads, agents)
+    terms = round_terms(state, economy)
+    choice = torch.empty(batch * heads, agents, dtype=torch.long, device=state.states.device)
+    for g, r, scores, weights in row_blocks(terms, economy, rows):
+        choice[g, r] = inverse_cdf(weights, uniforms[g, r])
+        terms.dot[g, r] = scores.mul_(weights).sum(-1)  # sum_j e_ij z_ij / ln 2 (entropy)
+    return choice.view(batch, heads, agents), terms
+
+
+def fused_sampled_trade(
+    state: State, economy: Economy, draws: Draws | None = None, rows: int | None = None
+) -> MarketOutcome:
+    """Sampled-mode steps 1-5 for every buyer, as :func:`econspin.market.trade` computes them.
+
+    ``draws`` defaults to the state's own (``state.draws()``); ``rows`` fixes the buyer rows
+    per block (default: ``run.chunk``, else cache-sized blocks) and changes no draw.
+    """
+    choice, terms = sampled_choices(state, economy, draws, rows)
+    batch, heads, agents = choice.shape
+    d = terms.delivered.shape[-1]
+    chosen = choice >= 0
+    index = choice.clamp(min=0)
+    delivered = terms.delivered.view(batch, heads, agents, d)
+    got = torch.gather(delivered, 2, index[..., None].expand(-1, -1, -1, d))
+    buyer = economy.buyer.to(delivered.dtype)
+    received = (got * chosen[..., None]).sum(1) * buyer[None, :, None]
+    spending = terms.spend * (terms.partners[0] > 0)  # the mask is the same for every batch element and head
+    market_revenue = torch.zeros(batch, heads, agents, dtype=torch.float64, device=choice.device)
+    market_revenue.scatter_add_(2, index, (spending / heads)[:, None, :] * chosen)
+    revenue = market_revenue[:, 0]
+    for head in range(1, heads):  # markets added in order, as the reference adds them
+        revenue = revenue + market_revenue[:, head]
+    entropy, surplus, _ = row_statistics(state, economy, terms)
+    zeros = torch.zeros(batch, agents, dtype=delivered.dtype, device=choice.device)
+    return MarketOutcome(
+        received=received,
+        revenue=revenue,
+        spending=spending,
+        entropy=entropy.view(batch, heads, agents).mean(1),
+        surplus=surplus.view(batch, heads, agents).mean(1),
+        field_variance=zeros,
+        choice_variance=zeros,
+        impact=zeros,
+    )
