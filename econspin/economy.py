@@ -57,7 +57,11 @@ class Economy:
         response: the spin response f.
         corrections: one self-impact correction per population.
         chunk: buyer rows per block, or None to size blocks from ``memory_budget`` (bytes).
-        kernel: ``fused`` (econspin.fused) or ``reference`` (econspin.market.trade), resolved from run.kernel.
+        kernel: ``fused``: the fast paths where they apply (econspin.uniform where choice ignores
+            utilities, econspin.fused in expected mode), or ``reference``: econspin.market.trade;
+            resolved from run.kernel.
+        uniform_choice: every utility u_ij is zero in every batch element (:func:`utilities_vanish`),
+            so that choice is uniform over the allowed sellers at any temperature.
     """
 
     population: torch.Tensor
@@ -83,6 +87,7 @@ class Economy:
     chunk: int | None
     memory_budget: float
     kernel: str = "reference"
+    uniform_choice: bool = False
 
     @property
     def batch_size(self) -> int:
@@ -201,6 +206,7 @@ def build_economy(
             specs = specs[:1]
         couplings = torch.stack([_coupling_matrix(spec, agent_count, dtype) for spec in specs]).to(device)
 
+    query, key, visibility = stacked("query"), stacked("key"), torch.tensor([s.market.visibility for s in scenarios])
     corrections = []
     for index, name in enumerate(names):
         spec = first.populations[name].correction
@@ -220,11 +226,11 @@ def build_economy(
         seller=sells[population].to(device),
         spend=stacked("spend"),
         eta=stacked("eta"),
-        query=stacked("query"),
-        key=stacked("key"),
+        query=query,
+        key=key,
         value=stacked("value"),
         output=stacked("output"),
-        visibility=torch.tensor([s.market.visibility for s in scenarios], dtype=dtype, device=device),
+        visibility=visibility.to(dtype=dtype, device=device),
         field_direction=stacked("field_direction"),
         trade_mask=trade_mask,
         trade_edges=trade_edges,
@@ -236,10 +242,20 @@ def build_economy(
         corrections=tuple(corrections),
         chunk=first.run.chunk,
         memory_budget=first.run.memory_budget_mb * 2**20,
-        kernel="fused"
-        if first.run.kernel != "reference" and market.mode == "expected" and couplings is None
-        else "reference",
+        kernel="reference" if first.run.kernel == "reference" or couplings is not None else "fused",
+        uniform_choice=couplings is None and utilities_vanish(query, key, visibility),
     )
+
+
+def utilities_vanish(query: torch.Tensor, key: torch.Tensor, visibility: torch.Tensor) -> bool:
+    """Whether u_ij = q_i . k_j / sqrt(d_k) + gamma log(w_j / mean w) is zero for every pair and element.
+
+    Each element needs all its queries or all its keys zero (projections of scale 0, as in
+    scenarios/boltzmann_wealth.yaml) and gamma = 0. It reads the tensors: called once, when
+    an economy is compiled, never during a round.
+    """
+    silent = ~(query.flatten(1).any(1) & key.flatten(1).any(1))
+    return bool(silent.all()) and not bool(visibility.any())
 
 
 def _element_parameters(scenario: Scenario, names, replica: int | None, dtype) -> dict:

@@ -298,8 +298,8 @@ class Run(_Strict):
     dtype: Literal["float32", "float64"] = "float32"
     chunk: Annotated[int, Field(gt=0)] | None = None  # buyer rows per block; None: from memory
     memory_budget_mb: PositiveFloat = 1024.0
-    # the expected-mode market step: fused (econspin.fused) or reference (econspin.market);
-    # auto is fused where it applies (expected mode, attention market), reference elsewhere
+    # the market step: auto takes the fast paths where they apply (econspin.uniform where choice
+    # ignores utilities, econspin.fused in expected mode), reference the readable blocks (econspin.market)
     kernel: Literal["auto", "reference", "fused"] = "auto"
 
 

@@ -229,7 +229,8 @@ def test_fused_step_never_waits_on_the_host(network):
 def test_the_kernel_switch():
     assert rollout(two_populations()).economy.kernel == "fused"
     assert rollout(two_populations(run={"kernel": "reference"})).economy.kernel == "reference"
-    assert rollout(two_populations(mode="sampled")).economy.kernel == "reference"
+    sampled = rollout(two_populations(mode="sampled"))  # fast paths allowed (uniform choice), fused not
+    assert sampled.economy.kernel == "fused" and not uses_fused(sampled.state, sampled.economy)
     with pytest.raises(ScenarioError, match="run.kernel"):
         two_populations(mode="sampled", run={"kernel": "fused"})
     run = rollout(two_populations())
