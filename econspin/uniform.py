@@ -137,4 +137,3 @@ def uniform_trade(state: State, economy: Economy, draws: Draws | None = None) ->
         choice_variance=choice_variance,
         impact=impact,
     )
-

@@ -1,15 +1,13 @@
 """Uniform choice in O(N) (econspin.uniform) against the reference and fused kernels."""
 
 import dataclasses
-import math
 from pathlib import Path
 
 import pytest
 import torch
-from helpers import rollout, scenario
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_fused import assert_outcomes_close, on_meta
+from test_fused import assert_outcomes_close, economies, on_meta
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from econspin import Scenario
@@ -25,52 +23,20 @@ TOLERANCE = {torch.float64: 1e-12, torch.float32: 1e-5}
 
 @st.composite
 def uniform_economies(draw):
-    """A random economy whose utilities all vanish (queries or keys zero, no visibility), and its state.
+    """test_fused's random economies with every utility zeroed, in either mode.
 
-    Values stay random, so that what buyers receive and the moments are not trivially zero;
-    temperatures include 0 and inf; some agents hold no money; populations may not buy or sell.
+    Shapes, flags, budgets, temperatures 0 and inf and empty purses as there; queries or keys
+    silenced, no visibility premium, no network. Values stay random, so that what buyers
+    receive and the moments are not trivially zero.
     """
-    dtype = draw(st.sampled_from(["float64", "float32"]))
-    count = draw(st.integers(1, 3))
-    sells = [draw(st.booleans()) for _ in range(count)]
-    sells[draw(st.integers(0, count - 1))] = True
-    populations = {
-        f"p{index}": {
-            "count": draw(st.integers(1, 9)),
-            "buys": draw(st.booleans()) or index == 0,
-            "sells": sells[index],
-            "spend": draw(st.floats(0.05, 1.0)),
-            "money": {"distribution": draw(st.sampled_from(["equal", "exponential", "pareto"]))},
-            "state": {"scale": draw(st.floats(0.2, 2.0))},
-        }
-        for index in range(count)
-    }
-    market = {
-        "d": draw(st.integers(1, 6)),
-        "heads": draw(st.integers(1, 3)),
-        "d_k": draw(st.integers(1, 5)),
-        "d_v": draw(st.integers(1, 5)),
-        "mode": draw(st.sampled_from(["expected", "sampled"])),
-        "spend_rule": draw(st.sampled_from(["share", "unit"])),
-        "unit": draw(st.floats(0.2, 2.0)),
-        "visibility": 0.0,
-    }
-    seed = draw(st.integers(0, 2**31))
-    batch = draw(st.integers(1, 3))
-    built = rollout([scenario(populations=populations, run={"seed": seed}, **market)] * batch, dtype=dtype)
-    state, economy = built.state, built.economy
+    state, economy = draw(economies())
     silent = draw(st.sampled_from(["query", "key"]))
-    economy = dataclasses.replace(economy, **{silent: torch.zeros_like(getattr(economy, silent))})
+    changes = {silent: torch.zeros_like(getattr(economy, silent)), "visibility": torch.zeros_like(economy.visibility)}
+    economy = dataclasses.replace(
+        economy, trade_mask=None, mode=draw(st.sampled_from(["expected", "sampled"])), **changes
+    )
     assert not economy.uniform_choice and utilities_vanish(economy.query, economy.key, economy.visibility)
-    economy = dataclasses.replace(economy, uniform_choice=True)  # what compiling such projections records
-    batch, agents, _ = state.states.shape
-    generator = torch.Generator().manual_seed(seed)
-    temperature = 0.05 + 5.0 * torch.rand(batch, agents, generator=generator, dtype=torch.float64)
-    kind = torch.rand(batch, agents, generator=generator)
-    temperature = torch.where(kind < 0.2, 0.0, torch.where(kind > 0.8, math.inf, temperature))
-    money = torch.where(torch.rand(batch, agents, generator=generator, dtype=torch.float64) < 0.15, 0.0, state.money)
-    state = state.replace(money=money, temperature=temperature.to(state.temperature.dtype))
-    return state, economy
+    return state, dataclasses.replace(economy, uniform_choice=True)  # what compiling such projections records
 
 
 @given(uniform_economies())
