@@ -28,6 +28,8 @@ network (the sparse kernel, which already costs O(E), or the dense blocks).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from econspin.economy import Economy
@@ -56,31 +58,82 @@ def uses_uniform(state: State, economy: Economy) -> bool:
     return economy.uniform_choice
 
 
-def partner_counts(economy: Economy) -> torch.Tensor:
-    """(N,) n_i: the sellers buyer i may choose, every seller but itself."""
-    seller = economy.seller.long()
-    return seller.sum() - seller
+@dataclass(frozen=True)
+class SellerLayout:
+    """What a uniform round needs of who may buy from whom, all fixed by the economy. Shapes (N,).
 
-
-def allowed_means(columns: torch.Tensor, economy: Economy, partners: torch.Tensor) -> torch.Tensor:
-    """(..., N, F) mean over A_i of per-seller columns (..., N, F); 0 for a buyer without partners."""
-    seller = economy.seller.to(columns.dtype)[:, None]
-    total = (columns * seller).sum(-2, keepdim=True)
-    return (total - columns * seller) / partners.clamp(min=1).to(columns.dtype)[:, None]
-
-
-def chosen_sellers(uniforms: torch.Tensor, economy: Economy, partners: torch.Tensor) -> torch.Tensor:
-    """(..., N) the seller c_i = the k-th of A_i (index order), k = floor(U_i n_i); -1 without partners.
-
-    Sellers are counted by a cumulative sum over agents, so no list of them is read back to
-    the host: seller rank r is the first agent whose count of sellers up to itself reaches r + 1.
+    Attributes:
+        partners: n_i, long.
+        has_partner: n_i > 0.
+        lone: n_i <= 1 (an empty or one-seller row: no entropy, no surplus beyond the maximum).
+        log_partners: ln n_i (0 where n_i = 0), the working precision.
+        sells: the seller flag (bool); seller, buyer: the flags as 0/1 in the working precision.
+        receiving: buyer with a partner, 0/1 in the working precision.
+        own_rank: agent i's rank among the sellers in index order, where it sells.
+        in_order: (N + 1,) the seller of rank r at r < S (the last slot is spare, some agent).
+        last_rank: n_i - 1, at least 0.
     """
-    count_upto = economy.seller.long().cumsum(0)  # sellers among agents 0..j
-    rank = torch.floor(uniforms * partners).long().clamp(max=(partners - 1).clamp(min=0))
-    own_rank = count_upto - 1  # agent i's rank among the sellers, where it sells
-    skips_self = economy.seller & (rank >= own_rank)  # A_i leaves i out: ranks from i's on move up one
-    index = torch.searchsorted(count_upto, (rank + skips_self.long() + 1).contiguous())
-    return torch.where(partners > 0, index, torch.full_like(index, -1))
+
+    partners: torch.Tensor
+    has_partner: torch.Tensor
+    lone: torch.Tensor
+    log_partners: torch.Tensor
+    sells: torch.Tensor
+    seller: torch.Tensor
+    buyer: torch.Tensor
+    receiving: torch.Tensor
+    own_rank: torch.Tensor
+    in_order: torch.Tensor
+    last_rank: torch.Tensor
+
+
+def seller_layout(economy: Economy, dtype: torch.dtype) -> SellerLayout:
+    """The economy's :class:`SellerLayout`, built once per economy and precision and kept beside it.
+
+    A round then costs what depends on the state only (its budgets, draws and goods); with
+    N = 1000 a round is a few dozen small tensor operations, so each one saved shows.
+    """
+    cache = economy.__dict__.setdefault("_seller_layouts", {})  # a frozen dataclass: a cache, not a field
+    if dtype not in cache:
+        seller = economy.seller
+        agents = seller.shape[0]
+        partners = seller.long().sum() - seller.long()  # every seller but oneself
+        own_rank = seller.long().cumsum(0) - 1
+        # each seller scattered to its rank, the others to the spare slot: no list read back to the host;
+        # a buyer without partners lands on the spare slot, a valid agent whose goods it then ignores
+        in_order = torch.zeros(agents + 1, dtype=torch.long, device=seller.device)
+        in_order.scatter_(0, torch.where(seller, own_rank, agents), torch.arange(agents, device=seller.device))
+        cache[dtype] = SellerLayout(
+            partners=partners,
+            has_partner=partners > 0,
+            lone=partners <= 1,
+            log_partners=torch.log(partners.clamp(min=1).to(dtype)),
+            sells=seller,
+            seller=seller.to(dtype),
+            buyer=economy.buyer.to(dtype),
+            receiving=(economy.buyer & (partners > 0)).to(dtype),
+            own_rank=own_rank,
+            in_order=in_order,
+            last_rank=(partners - 1).clamp(min=0),
+        )
+    return cache[dtype]
+
+
+def allowed_means(columns: torch.Tensor, layout: SellerLayout) -> torch.Tensor:
+    """(..., N, F) mean over A_i of per-seller columns (..., N, F); 0 for a buyer without partners."""
+    seller = layout.seller[:, None]
+    total = (columns * seller).sum(-2, keepdim=True)
+    return (total - columns * seller) / layout.partners.clamp(min=1).to(columns.dtype)[:, None]
+
+
+def chosen_sellers(uniforms: torch.Tensor, layout: SellerLayout) -> torch.Tensor:
+    """(..., N) the seller c_i = the k-th of A_i (index order), k = floor(U_i n_i); a buyer without partners gets 0.
+
+    U_i < 1, but U_i n_i may round up to n_i: k stops at n_i - 1.
+    """
+    rank = torch.minimum((uniforms * layout.partners).long(), layout.last_rank)  # truncation: the floor of U n >= 0
+    rank += (rank >= layout.own_rank) & layout.sells  # A_i leaves i out: ranks from i's own on move up one
+    return layout.in_order[rank]
 
 
 def uniform_trade(state: State, economy: Economy, draws: Draws | None = None) -> MarketOutcome:
@@ -88,51 +141,46 @@ def uniform_trade(state: State, economy: Economy, draws: Draws | None = None) ->
     x = state.states
     batch, agents, d = x.shape
     heads, dtype = economy.heads, x.dtype
-    partners = partner_counts(economy)
-    has_partner = partners > 0
+    layout = seller_layout(economy, dtype)
+    has_partner = layout.has_partner
     delivered = torch.einsum("bhne,bhed->bhnd", project(x, economy.value, economy.population), economy.output)
     spending = budgets(state, economy) * has_partner
-    buyer = economy.buyer.to(dtype)
-
     temperature = state.temperature
-    log_partners = torch.log(partners.clamp(min=1).to(dtype))
-    quiet = (temperature == 0) | (partners <= 1)  # T = 0 adds nothing, nor does a lone partner at T = inf
-    surplus = torch.where(quiet, torch.zeros_like(temperature), temperature * log_partners)
-    entropy = (partners > 1).to(dtype).expand(batch, agents)
+    # T = 0 adds nothing to the maximum (0), nor does a row of one seller at T = inf; an empty row reports 0
+    surplus = torch.where((temperature == 0) | layout.lone, 0.0, temperature * layout.log_partners)
+    entropy = (~layout.lone).to(dtype).expand(batch, agents)
 
     if economy.mode == "sampled":
         draws = state.draws() if draws is None else draws
         uniforms = draws.uniform(DRAW_CHOICE, heads).transpose(0, 1)  # (B, H, N)
-        choice = chosen_sellers(uniforms, economy, partners)
-        index = choice.clamp(min=0)
-        got = torch.gather(delivered, 2, index[..., None].expand(-1, -1, -1, d))
-        received = (got * (choice >= 0)[..., None]).sum(1)
-        share = (spending / heads)[:, None, :].expand(batch, heads, agents)
+        chosen = chosen_sellers(uniforms, layout)
+        got = torch.gather(delivered, 2, chosen[..., None].expand(-1, -1, -1, d))
+        received = (got.sum(1) if heads > 1 else got[:, 0]) * layout.receiving[:, None]
         market_revenue = torch.zeros(batch, heads, agents, dtype=torch.float64, device=x.device)
-        market_revenue.scatter_add_(2, index, share)  # a buyer without partners spends 0
+        market_revenue.scatter_add_(2, chosen, (spending / heads)[:, None, :].expand(batch, heads, agents))
         revenue = market_revenue[:, 0]
         for head in range(1, heads):  # markets added in order, as the reference kernel adds them
             revenue = revenue + market_revenue[:, head]
-        zeros = torch.zeros(batch, agents, dtype=dtype, device=x.device)
-        field_variance = choice_variance = impact = zeros
+        field_variance = choice_variance = impact = torch.zeros(batch, agents, dtype=dtype, device=x.device)
     else:
+        buyer = layout.buyer
         value_output = torch.einsum("bphde,bhef->bphdf", economy.value, economy.output)
         moments = seller_moment_columns(state, economy, delivered, value_output)
-        means = allowed_means(torch.cat([delivered, moments], dim=-1), economy, partners)  # (B, H, N, d + 2)
+        means = allowed_means(torch.cat([delivered, moments], dim=-1), layout)  # (B, H, N, d + 2)
         per_head = means[..., :d]
-        received = per_head.sum(1)
+        received = per_head.sum(1) * buyer[:, None]
         choice_per_head = means[..., d] - (per_head**2).sum(-1)
         choice_variance = choice_per_head.sum(1) * buyer
         field_variance = (choice_per_head + means[..., d + 1]).sum(1) / d * buyer
-        impact = (has_partner.to(dtype) / partners.clamp(min=1).to(dtype)).expand(batch, agents) * buyer
-        per_partner = spending / partners.clamp(min=1)  # s_i / n_i in float64: 0 for a buyer without partners
+        impact = (has_partner.to(dtype) / layout.partners.clamp(min=1).to(dtype)).expand(batch, agents) * buyer
+        per_partner = spending / layout.partners.clamp(min=1)  # s_i / n_i in float64: 0 for a buyer without partners
         revenue = (per_partner.sum(1, keepdim=True) - per_partner) * economy.seller
     return MarketOutcome(
-        received=received * buyer[None, :, None],
+        received=received,
         revenue=revenue,
         spending=spending,
-        entropy=entropy.contiguous(),
-        surplus=torch.where(has_partner, surplus, torch.zeros_like(surplus)),
+        entropy=entropy,
+        surplus=surplus,
         field_variance=field_variance,
         choice_variance=choice_variance,
         impact=impact,
