@@ -374,9 +374,14 @@ def bench(
         Optional[int], typer.Option(min=1, help="Timed repeats per case (default 3 quick, 7 full).")
     ] = None,
     clock: Annotated[str, typer.Option(help="wall, or cpu: process CPU time (blind to waiting for a core).")] = "wall",
+    baselines: Annotated[
+        Optional[str],
+        typer.Option(help="Baselines: all (default), none, or some of reference,boltzmann,sweep,memory,floors."),
+    ] = None,
 ):
-    """Time one round of the reference and fused kernels against the attention floor (SDPA)."""
+    """Time one round of the reference and fused kernels against the attention floor (SDPA), and the baselines."""
     from econspin.bench import bench_table, run_bench
+    from econspin.bench_baselines import baseline_tables, parse_sections
 
     def numbers(text: str | None, option: str, least: int) -> tuple[int, ...] | None:
         if text is None:
@@ -394,6 +399,10 @@ def bench(
             raise ScenarioError(f"--clock {clock!r}: wall or cpu")
         if json_file is not None:
             check_writable(json_file, "--json", folder=False)
+        try:
+            sections = parse_sections(baselines)
+        except ValueError as error:
+            raise ScenarioError(str(error)) from None
         result = run_bench(
             quick,
             device,
@@ -403,10 +412,13 @@ def bench(
             repeats,
             on_row=lambda row: console.print(f"N = {row['agents']}, B = {row['batch']}: done", highlight=False),
             clock=clock,
+            baselines=sections,
         )
     except ScenarioError as error:
         fail(str(error))
-    Console(width=max(120, Console().width)).print(bench_table(result))
+    wide = Console(width=max(120, Console().width))
+    for table in (bench_table(result), *baseline_tables(result)):
+        wide.print(table)
     if json_file is not None:
         write_json(json_file, result)
         console.print(f"wrote {json_file}")
