@@ -318,61 +318,36 @@ def parse_sections(text: str | None) -> tuple[str, ...]:
     return names
 
 
+AGENTS, BATCH = ("N", "agents", "d"), ("B", "batch", "d")
+RATES = [  # the reference and Boltzmann sections: both times, both rates
+    ("Mesa ms", "mesa_ms", ".3g"),
+    ("engine ms", "engine_ms", ".3g"),
+    ("Mesa agent-steps/s", "mesa_agent_steps_per_s", ".3g"),
+    ("engine agent-steps/s", "engine_agent_steps_per_s", ".3g"),
+]
 COLUMNS = {  # section: (title, [(header, key, format)])
     "reference": (
         "per-agent Mesa reference (ReferenceModel.play_round, numpy) against the engine's round",
-        [
-            ("N", "agents", "d"),
-            ("B", "batch", "d"),
-            ("Mesa ms", "mesa_ms", ".3g"),
-            ("engine ms", "engine_ms", ".3g"),
-            ("Mesa agent-steps/s", "mesa_agent_steps_per_s", ".3g"),
-            ("engine agent-steps/s", "engine_agent_steps_per_s", ".3g"),
-            ("ratio per economy", "ratio", ".1f"),
-        ],
+        [AGENTS, BATCH, *RATES, ("ratio per economy", "ratio", ".1f")],
     ),
     "boltzmann": (
         "Mesa's Boltzmann wealth model (agents.shuffle_do) against the engine's O(N) uniform round",
-        [
-            ("N", "agents", "d"),
-            ("Mesa ms", "mesa_ms", ".3g"),
-            ("engine ms", "engine_ms", ".3g"),
-            ("Mesa agent-steps/s", "mesa_agent_steps_per_s", ".3g"),
-            ("engine agent-steps/s", "engine_agent_steps_per_s", ".3g"),
-            ("ratio", "ratio", ".1f"),
-        ],
+        [AGENTS, *RATES, ("ratio", "ratio", ".1f")],
     ),
     "sweep": (
         "temperature sweep, econspin.sweep.run_sweep: all points in one batch against one by one",
-        [
-            ("N", "agents", "d"),
-            ("points", "points", "d"),
-            ("rounds", "rounds", "d"),
-            ("one by one ms", "one_by_one_ms", ".4g"),
-            ("batched ms", "batched_ms", ".4g"),
-            ("ratio", "ratio", ".1f"),
-        ],
+        [AGENTS, ("points", "points", "d"), ("rounds", "rounds", "d"), ("one by one ms", "one_by_one_ms", ".4g")]
+        + [("batched ms", "batched_ms", ".4g"), ("ratio", "ratio", ".1f")],
     ),
     "memory": (
         "memory of one round above what the economy and state hold",
-        [
-            ("kernel", "kernel", "s"),
-            ("N", "agents", "d"),
-            ("B", "batch", "d"),
-            ("held MiB", "held_mb", ".4g"),
-            ("round peak MiB", "round_peak_mb", ".4g"),
-            ("measured as", "method", "s"),
-        ],
+        [("kernel", "kernel", "s"), AGENTS, BATCH, ("held MiB", "held_mb", ".4g")]
+        + [("round peak MiB", "round_peak_mb", ".4g"), ("measured as", "method", "s")],
     ),
     "floors": (
         "the floor two ways: SDPA forward against the materialised softmax (@ v, column sums)",
-        [
-            ("N", "agents", "d"),
-            ("B", "batch", "d"),
-            ("SDPA ms", "sdpa_ms", ".3g"),
-            ("materialised ms", "materialised_ms", ".3g"),
-            ("ratio", "ratio", ".2f"),
-        ],
+        [AGENTS, BATCH, ("SDPA ms", "sdpa_ms", ".3g"), ("materialised ms", "materialised_ms", ".3g")]
+        + [("ratio", "ratio", ".2f")],
     ),
 }
 
