@@ -71,12 +71,11 @@ def test_memory_of_a_round():
     assert row["held_mb"] > 0 and row["round_peak_mb"] >= 0
 
 
-def test_floor_section_skips_what_does_not_fit(monkeypatch):
-    monkeypatch.setattr(bench_baselines, "FLOOR_ENTRIES", 2 * 48**2)
-    rows = floor_rows(CPU, 1, "cpu", (32, 48), (1, 2))
+def test_floor_section_skips_what_does_not_fit():
+    rows = floor_rows(CPU, 1, "cpu", (32, 48), (1, 2), entries=2 * 48**2)
     assert [(row["agents"], row["batch"]) for row in rows] == [(32, 1), (32, 2), (48, 1), (48, 2)]
-    assert floor_rows(CPU, 1, "cpu", (80,), (1,)) == []  # 80^2 scores exceed the limit set above
-    rows = floor_rows(CPU, 1, "cpu", (32,), (1,))
+    assert floor_rows(CPU, 1, "cpu", (80,), (1,), entries=2 * 48**2) == []  # 80^2 scores: too many
+    rows = floor_rows(CPU, 1, "cpu", (32,), (1,), entries=2**20)
     assert rows[0]["ratio"] == pytest.approx(rows[0]["materialised_ms"] / rows[0]["sdpa_ms"])
 
 
