@@ -18,8 +18,8 @@ call each, then interleaved repeats, the median; :func:`econspin.bench.timed`):
   N = 128, a few rounds of each point: ``econspin.sweep.run_sweep`` with all points as one
   batch against the same call point by point (both build their economies and tables).
 - ``memory``: the peak memory of one round above what the economy and state already hold.
-  On the CPU, in a fresh Python process per case: the resident set is read before the round
-  and its peak after (Linux: the peak is reset first through /proc/self/clear_refs, so a
+  On the CPU, in a fresh Python process per case: the resident set is read before the first
+  round and its peak after (Linux: the peak is reset first through /proc/self/clear_refs, so a
   setup peak does not hide the round's; elsewhere ru_maxrss, which then bounds it from
   above); on a GPU, torch.cuda.max_memory_allocated.
 - ``floors``: the attention floor two ways on the shapes of the round table: torch's
@@ -55,7 +55,7 @@ SWEEP_POINTS, SWEEP_AGENTS, SWEEP_GRID = 64, 128, "populations.ai.temperature=lo
 SWEEP_ROUNDS = {True: 5, False: 20}
 MEMORY_CASES = {  # (kernel, N, B) by --quick
     True: (("uniform", 1_000_000, 1),),  # a fresh process costs seconds: one case
-    False: (("fused", 4096, 1), ("fused", 16384, 1), ("uniform", 1_000_000, 1)),
+    False: (("fused", 4096, 1), ("fused", 16384, 1), ("fused", 100_000, 1), ("uniform", 1_000_000, 1)),
 }
 FLOOR_ENTRIES = {True: 2**24, False: 2**27}  # the most B N^2 scores the materialised floor builds, by --quick
 SCENARIO_FOLDER = Path(__file__).resolve().parent.parent / "scenarios"
@@ -190,11 +190,15 @@ def _resident_kib(field: str) -> int | None:
 
 
 def memory_probe(kernel: str, agents: int, batch: int, device: str) -> dict:
-    """In this process: build the case, play one round to warm up, then measure the next round's peak."""
+    """In this process: build the case, then measure the peak of its first round.
+
+    The first round, because a freed allocation stays resident in the C allocator's heap and
+    would hide a second round's working set; it includes what a round caches for the next
+    (the sellers' layout, a network's bias), which is small beside its blocks.
+    """
     rollout = _case_rollout(kernel, agents, batch, device)
     resolved = resolve_device(device)
     with torch.no_grad():
-        step(rollout.state, rollout.economy)  # one-off caches (layouts, tags) are not the round's
         if resolved.type == "cuda":
             torch.cuda.synchronize(resolved)
             before = torch.cuda.memory_allocated(resolved)

@@ -91,7 +91,7 @@ def seller_layout(economy: Economy, dtype: torch.dtype) -> SellerLayout:
     """The economy's :class:`SellerLayout`, built once per economy and precision and kept beside it.
 
     A round then costs what depends on the state only (its budgets, draws and goods); with
-    N = 1000 a round is a few dozen small tensor operations, so each one saved shows.
+    N = 1000 a round is about a hundred small tensor operations, so each one saved shows.
     """
     cache = economy.__dict__.setdefault("_seller_layouts", {})  # a frozen dataclass: a cache, not a field
     if dtype not in cache:
@@ -127,9 +127,10 @@ def allowed_means(columns: torch.Tensor, layout: SellerLayout) -> torch.Tensor:
 
 
 def chosen_sellers(uniforms: torch.Tensor, layout: SellerLayout) -> torch.Tensor:
-    """(..., N) the seller c_i = the k-th of A_i (index order), k = floor(U_i n_i); a buyer without partners gets 0.
+    """(..., N) the seller c_i = the k-th of A_i (index order), k = floor(U_i n_i).
 
-    U_i < 1, but U_i n_i may round up to n_i: k stops at n_i - 1.
+    U_i < 1, but U_i n_i may round up to n_i: k stops at n_i - 1. A buyer without partners
+    gets the spare slot's agent, and the caller leaves it out (it spends and receives nothing).
     """
     rank = torch.minimum((uniforms * layout.partners).long(), layout.last_rank)  # truncation: the floor of U n >= 0
     rank += (rank >= layout.own_rank) & layout.sells  # A_i leaves i out: ranks from i's own on move up one
