@@ -22,8 +22,10 @@ cumulative sum exceeds U_ih is the k-th allowed one, so both kernels pick the sa
 draw (they could differ only where U_ih n_i lies within the cumulative sums' rounding, about
 1e-16 relative, of an integer). Work and memory are O(B H N (d + 2)); nothing is N x N.
 
-A trade network restricts A_i pair by pair: those markets stay on the kernels that read the
-network (the sparse kernel, which already costs O(E), or the dense blocks).
+A sparse trade network (``network.TradeEdges``) makes A_i buyer i's out-edges, n_i its degree:
+the means are then a sparse product with the adjacency and the revenue a sum over edges, O(E),
+and the k-th seller is read from the buyer's run of edges. A dense network's mask stays on the
+kernels that read it by blocks.
 """
 
 from __future__ import annotations
@@ -34,23 +36,25 @@ import torch
 
 from econspin.economy import Economy
 from econspin.market import MarketOutcome, budgets, project, seller_moment_columns
+from econspin.network import TradeEdges
 from econspin.randomness import DRAW_CHOICE, Draws
 from econspin.state import State
 
 
 def uses_uniform(state: State, economy: Economy) -> bool:
-    """Whether a round takes the uniform O(N) step: choice ignores utilities, no network, no gradients.
+    """Whether a round takes the uniform O(N) step: choice ignores utilities, no dense network, no gradients.
 
     Nothing here reads a tensor's values: whether the utilities vanish was settled when the
     economy was compiled (``economy.uniform_choice``).
 
     ``run.kernel: reference`` keeps the readable blocks; fixed couplings have no choice at all;
-    a trade network keeps its own kernel; a round whose projections or visibility require
-    gradients takes the reference path, whose alpha depends on them away from zero.
+    a dense trade network keeps the blocks (a sparse one is uniform over its edges); a round
+    whose projections or visibility require gradients takes the reference path, whose alpha
+    depends on them away from zero.
     """
     if economy.kernel == "reference" or economy.couplings is not None:
         return False
-    if economy.trade_mask is not None or economy.trade_edges is not None:
+    if economy.trade_mask is not None:  # a dense network: its rows are read on the blocks
         return False
     parameters = (economy.query, economy.key, economy.visibility)
     if torch.is_grad_enabled() and any(t.requires_grad for t in parameters):
@@ -62,29 +66,38 @@ def uses_uniform(state: State, economy: Economy) -> bool:
 class SellerLayout:
     """What a uniform round needs of who may buy from whom, all fixed by the economy. Shapes (N,).
 
+    Buyer i's allowed sellers, in index order, are ``in_order[first_i + r]`` for ranks r < n_i,
+    where the rank r >= ``skip_at_i`` moves up one (the complete market lists every seller once
+    and skips i itself; a network lists each buyer's out-edges, nothing to skip).
+
     Attributes:
         partners: n_i, long.
         has_partner: n_i > 0.
         lone: n_i <= 1 (an empty or one-seller row: no entropy, no surplus beyond the maximum).
         log_partners: ln n_i (0 where n_i = 0), the working precision.
-        sells: the seller flag (bool); seller, buyer: the flags as 0/1 in the working precision.
+        seller, buyer: the flags as 0/1 in the working precision.
         receiving: buyer with a partner, 0/1 in the working precision.
-        own_rank: agent i's rank among the sellers in index order, where it sells.
-        in_order: (N + 1,) the seller of rank r at r < S (the last slot is spare, some agent).
+        in_order: the sellers' list, one spare slot (some agent) at its end.
+        first: where buyer i's sellers start in ``in_order``.
+        skip_at: the rank from which buyer i's ranks move up one (n_i: never).
         last_rank: n_i - 1, at least 0.
+        edges: the sparse network (None: every seller but oneself).
+        adjacency: the network as an (N, N) sparse matrix of ones (None without one).
     """
 
     partners: torch.Tensor
     has_partner: torch.Tensor
     lone: torch.Tensor
     log_partners: torch.Tensor
-    sells: torch.Tensor
     seller: torch.Tensor
     buyer: torch.Tensor
     receiving: torch.Tensor
-    own_rank: torch.Tensor
     in_order: torch.Tensor
+    first: torch.Tensor
+    skip_at: torch.Tensor
     last_rank: torch.Tensor
+    edges: TradeEdges | None
+    adjacency: torch.Tensor | None
 
 
 def seller_layout(economy: Economy, dtype: torch.dtype) -> SellerLayout:
@@ -94,36 +107,67 @@ def seller_layout(economy: Economy, dtype: torch.dtype) -> SellerLayout:
     N = 1000 a round is about a hundred small tensor operations, so each one saved shows.
     """
     cache = economy.__dict__.setdefault("_seller_layouts", {})  # a frozen dataclass: a cache, not a field
-    if dtype not in cache:
-        seller = economy.seller
-        agents = seller.shape[0]
+    if dtype in cache:
+        return cache[dtype]
+    seller, edges = economy.seller, economy.trade_edges
+    agents, device = seller.shape[0], seller.device
+    adjacency = None
+    if edges is None:
         partners = seller.long().sum() - seller.long()  # every seller but oneself
         own_rank = seller.long().cumsum(0) - 1
-        # each seller scattered to its rank, the others to the spare slot: no list read back to the host;
-        # a buyer without partners lands on the spare slot, a valid agent whose goods it then ignores
-        in_order = torch.zeros(agents + 1, dtype=torch.long, device=seller.device)
-        in_order.scatter_(0, torch.where(seller, own_rank, agents), torch.arange(agents, device=seller.device))
-        cache[dtype] = SellerLayout(
-            partners=partners,
-            has_partner=partners > 0,
-            lone=partners <= 1,
-            log_partners=torch.log(partners.clamp(min=1).to(dtype)),
-            sells=seller,
-            seller=seller.to(dtype),
-            buyer=economy.buyer.to(dtype),
-            receiving=(economy.buyer & (partners > 0)).to(dtype),
-            own_rank=own_rank,
-            in_order=in_order,
-            last_rank=(partners - 1).clamp(min=0),
-        )
+        # each seller scattered to its rank, the others to the spare slot: no list read back to the host
+        in_order = torch.zeros(agents + 1, dtype=torch.long, device=device)
+        in_order.scatter_(0, torch.where(seller, own_rank, agents), torch.arange(agents, device=device))
+        first = torch.zeros_like(partners)
+        skip_at = torch.where(seller, own_rank, partners)
+    else:
+        partners = edges.degree
+        in_order = torch.cat([edges.sellers, torch.zeros(1, dtype=torch.long, device=device)])
+        first, skip_at = edges.offsets[:-1], partners
+        ones = torch.ones(edges.sellers.shape[0], dtype=dtype, device=device)
+        pairs = torch.stack([edges.buyers, edges.sellers])  # sorted and distinct: already coalesced
+        adjacency = torch.sparse_coo_tensor(pairs, ones, (agents, agents), is_coalesced=True, check_invariants=True)
+    cache[dtype] = SellerLayout(
+        partners=partners,
+        has_partner=partners > 0,
+        lone=partners <= 1,
+        log_partners=torch.log(partners.clamp(min=1).to(dtype)),
+        seller=seller.to(dtype),
+        buyer=economy.buyer.to(dtype),
+        receiving=(economy.buyer & (partners > 0)).to(dtype),
+        in_order=in_order,
+        first=first,
+        skip_at=skip_at,
+        last_rank=(partners - 1).clamp(min=0),
+        edges=edges,
+        adjacency=adjacency,
+    )
     return cache[dtype]
 
 
 def allowed_means(columns: torch.Tensor, layout: SellerLayout) -> torch.Tensor:
-    """(..., N, F) mean over A_i of per-seller columns (..., N, F); 0 for a buyer without partners."""
-    seller = layout.seller[:, None]
-    total = (columns * seller).sum(-2, keepdim=True)
-    return (total - columns * seller) / layout.partners.clamp(min=1).to(columns.dtype)[:, None]
+    """(B, H, N, F) mean over A_i of per-seller columns (B, H, N, F); 0 for a buyer without partners.
+
+    Complete market: the sum over sellers minus one's own term. Network: the sparse product
+    of its adjacency with the columns (O(E F) per batch-head).
+    """
+    if layout.adjacency is None:
+        seller = layout.seller[:, None]
+        total = (columns * seller).sum(-2, keepdim=True) - columns * seller
+    else:
+        batch, heads, agents, width = columns.shape
+        flat = columns.permute(2, 0, 1, 3).reshape(agents, -1)  # (N, B H F)
+        summed = torch.sparse.mm(layout.adjacency.to(columns.dtype), flat)
+        total = summed.reshape(agents, batch, heads, width).permute(1, 2, 0, 3)
+    return total / layout.partners.clamp(min=1).to(columns.dtype)[:, None]
+
+
+def allowed_revenue(per_partner: torch.Tensor, layout: SellerLayout) -> torch.Tensor:
+    """(B, N) float64 R_j = sum of s_i / n_i over the buyers i that may buy from j."""
+    if layout.edges is None:
+        return (per_partner.sum(1, keepdim=True) - per_partner) * layout.seller
+    edges = layout.edges
+    return torch.zeros_like(per_partner).index_add_(1, edges.sellers, per_partner[:, edges.buyers])
 
 
 def chosen_sellers(uniforms: torch.Tensor, layout: SellerLayout) -> torch.Tensor:
@@ -133,8 +177,9 @@ def chosen_sellers(uniforms: torch.Tensor, layout: SellerLayout) -> torch.Tensor
     gets the spare slot's agent, and the caller leaves it out (it spends and receives nothing).
     """
     rank = torch.minimum((uniforms * layout.partners).long(), layout.last_rank)  # truncation: the floor of U n >= 0
-    rank += (rank >= layout.own_rank) & layout.sells  # A_i leaves i out: ranks from i's own on move up one
-    return layout.in_order[rank]
+    rank += rank >= layout.skip_at  # the complete market's A_i leaves i out: ranks from i's own move up one
+    position = torch.where(layout.has_partner, layout.first + rank, layout.in_order.shape[0] - 1)
+    return layout.in_order[position]
 
 
 def uniform_trade(state: State, economy: Economy, draws: Draws | None = None) -> MarketOutcome:
@@ -175,7 +220,7 @@ def uniform_trade(state: State, economy: Economy, draws: Draws | None = None) ->
         field_variance = (choice_per_head + means[..., d + 1]).sum(1) / d * buyer
         impact = (has_partner.to(dtype) / layout.partners.clamp(min=1).to(dtype)).expand(batch, agents) * buyer
         per_partner = spending / layout.partners.clamp(min=1)  # s_i / n_i in float64: 0 for a buyer without partners
-        revenue = (per_partner.sum(1, keepdim=True) - per_partner) * economy.seller
+        revenue = allowed_revenue(per_partner, layout)
     return MarketOutcome(
         received=received,
         revenue=revenue,

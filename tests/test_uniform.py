@@ -3,6 +3,7 @@
 import dataclasses
 from pathlib import Path
 
+import networkx as nx
 import pytest
 import torch
 from hypothesis import given, settings
@@ -14,8 +15,10 @@ from econspin import Scenario
 from econspin.economy import utilities_vanish
 from econspin.fused import fused_trade
 from econspin.market import trade
+from econspin.network import trade_edges_from_graph
 from econspin.round import market_step, step
 from econspin.simulate import Rollout
+from econspin.sparse import sparse_trade
 from econspin.uniform import uniform_trade, uses_uniform
 
 TOLERANCE = {torch.float64: 1e-12, torch.float32: 1e-5}
@@ -54,6 +57,27 @@ def test_uniform_equals_reference_and_fused(drawn):
     assert torch.allclose(earned, spent, rtol=1e-12, atol=1e-300)  # money conserved, in float64
 
 
+@given(uniform_economies(), st.floats(0.0, 1.0), st.integers(0, 2**31))
+@settings(max_examples=60, deadline=None, derandomize=True)
+def test_uniform_over_a_sparse_network_equals_the_sparse_and_dense_kernels(drawn, density, seed):
+    """A buyer chooses uniformly among its out-edges: the sparse kernel's and the dense blocks' outcome."""
+    state, economy = drawn
+    agents = economy.agent_count
+    generator = torch.Generator().manual_seed(seed)
+    graph = nx.DiGraph()
+    graph.add_nodes_from(range(agents))
+    mask = torch.rand(agents, agents, generator=generator) < density  # some buyers end with no edge
+    graph.add_edges_from(mask.nonzero().tolist())
+    edges = trade_edges_from_graph(graph, agents, economy.seller)
+    economy = dataclasses.replace(economy, trade_edges=edges)
+    assert uses_uniform(state, economy)
+    tolerance = TOLERANCE[state.states.dtype]
+    uniform = uniform_trade(state, economy)
+    assert_outcomes_close(sparse_trade(state, economy), uniform, tolerance)
+    assert_outcomes_close(trade(state, economy), uniform, tolerance)  # reads the edges as a dense mask
+    assert torch.allclose(uniform.revenue.sum(1), uniform.spending.sum(1), rtol=1e-12, atol=1e-300)
+
+
 SCENARIO = Path(__file__).resolve().parent.parent / "scenarios" / "boltzmann_wealth.yaml"
 
 
@@ -89,6 +113,9 @@ def test_choice_that_depends_on_utilities_keeps_its_kernel():
     for overrides in ({"populations.agents.projections.scale": 1.0}, {"market.visibility": 0.5}):
         assert not Rollout.create([boltzmann(40, **overrides)], [0], "cpu", "float64").economy.uniform_choice
     assert not uses_uniform(state, dataclasses.replace(economy, trade_mask=torch.ones(40, 40, dtype=torch.bool)))
+    assert uses_uniform(
+        state, dataclasses.replace(economy, trade_edges=trade_edges_from_graph(nx.cycle_graph(40), 40, economy.seller))
+    )
     assert not uses_uniform(state, dataclasses.replace(economy, kernel="reference"))
     watched = dataclasses.replace(economy, query=economy.query.clone().requires_grad_(True))
     assert not uses_uniform(state, watched)
