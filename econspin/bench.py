@@ -150,8 +150,13 @@ def run_bench(
     on_row: Callable[[dict], None] | None = None,
     clock: str = "wall",
     modes: tuple[str, ...] = ("expected",),
+    baselines: tuple[str, ...] = (),
 ) -> dict:
-    """The whole benchmark as a JSON-ready dict: machine, versions, threads, one row per (mode, N, B)."""
+    """The whole benchmark as a JSON-ready dict: machine, versions, threads, one row per (mode, N, B).
+
+    ``baselines`` names sections of :mod:`econspin.bench_baselines` (Mesa, sweeps, memory,
+    floors) to measure after the rows, in the same run; each becomes a key of the result.
+    """
     resolved = resolve_device(device)
     previous = torch.get_num_threads()
     if threads is not None:
@@ -177,6 +182,10 @@ def run_bench(
                     result["rows"].append(row)
                     if on_row is not None:
                         on_row(row)
+        from econspin.bench_baselines import run_baselines  # it imports this module
+
+        shape = (sizes or SIZES[quick], batches or BATCHES)
+        result.update(run_baselines(baselines, quick, resolved, repeats or REPEATS[quick], clock, *shape))
         return result
     finally:
         torch.set_num_threads(previous)

@@ -409,9 +409,14 @@ def bench(
     ] = None,
     clock: Annotated[str, typer.Option(help="wall, or cpu: process CPU time (blind to waiting for a core).")] = "wall",
     modes: Annotated[str, typer.Option(help="Comma-separated market modes: expected, sampled.")] = "expected",
+    baselines: Annotated[
+        Optional[str],
+        typer.Option(help="Baselines: all (default), none, or some of reference,boltzmann,sweep,memory,floors."),
+    ] = None,
 ):
-    """Time one round of the reference and fused kernels against the attention floor (SDPA)."""
+    """Time one round of the reference and fused kernels against the attention floor (SDPA), and the baselines."""
     from econspin.bench import MODES, bench_table, run_bench
+    from econspin.bench_baselines import baseline_tables, parse_sections
 
     def numbers(text: str | None, option: str, least: int) -> tuple[int, ...] | None:
         if text is None:
@@ -432,6 +437,10 @@ def bench(
             raise ScenarioError(f"--modes {modes!r}: give expected, sampled or expected,sampled")
         if json_file is not None:
             check_writable(json_file, "--json", folder=False)
+        try:
+            sections = parse_sections(baselines)
+        except ValueError as error:
+            raise ScenarioError(str(error)) from None
         result = run_bench(
             quick,
             device,
@@ -444,10 +453,13 @@ def bench(
             ),
             clock=clock,
             modes=chosen_modes,
+            baselines=sections,
         )
     except ScenarioError as error:
         fail(str(error))
-    Console(width=max(120, Console().width)).print(bench_table(result))
+    wide = Console(width=max(120, Console().width))
+    for table in (bench_table(result), *baseline_tables(result)):
+        wide.print(table)
     if json_file is not None:
         write_json(json_file, result)
         console.print(f"wrote {json_file}")

@@ -57,9 +57,12 @@ class Economy:
         response: the spin response f.
         corrections: one self-impact correction per population.
         chunk: buyer rows per block, or None to size blocks from ``memory_budget`` (bytes).
-        kernel: ``fused`` (econspin.fused, econspin.fused_sampled) or ``reference`` (econspin.market.trade),
-            resolved from run.kernel.
+        kernel: ``fused``: the fast paths where they apply (econspin.uniform where choice ignores
+            utilities, econspin.fused and econspin.fused_sampled for the attention market), or
+            ``reference``: econspin.market.trade; resolved from run.kernel.
         population_counts: each population's size, its agents next to each other (empty: not known).
+        uniform_choice: every utility u_ij is zero in every batch element (:func:`utilities_vanish`),
+            so that choice is uniform over the allowed sellers at any temperature.
     """
 
     population: torch.Tensor
@@ -86,6 +89,7 @@ class Economy:
     memory_budget: float
     kernel: str = "reference"
     population_counts: tuple[int, ...] = ()
+    uniform_choice: bool = False
 
     @property
     def batch_size(self) -> int:
@@ -204,6 +208,7 @@ def build_economy(
             specs = specs[:1]
         couplings = torch.stack([_coupling_matrix(spec, agent_count, dtype) for spec in specs]).to(device)
 
+    query, key, visibility = stacked("query"), stacked("key"), torch.tensor([s.market.visibility for s in scenarios])
     corrections = []
     for index, name in enumerate(names):
         spec = first.populations[name].correction
@@ -223,11 +228,11 @@ def build_economy(
         seller=sells[population].to(device),
         spend=stacked("spend"),
         eta=stacked("eta"),
-        query=stacked("query"),
-        key=stacked("key"),
+        query=query,
+        key=key,
         value=stacked("value"),
         output=stacked("output"),
-        visibility=torch.tensor([s.market.visibility for s in scenarios], dtype=dtype, device=device),
+        visibility=visibility.to(dtype=dtype, device=device),
         field_direction=stacked("field_direction"),
         trade_mask=trade_mask,
         trade_edges=trade_edges,
@@ -239,9 +244,21 @@ def build_economy(
         corrections=tuple(corrections),
         chunk=first.run.chunk,
         memory_budget=first.run.memory_budget_mb * 2**20,
-        kernel="fused" if first.run.kernel != "reference" and couplings is None else "reference",
+        kernel="reference" if first.run.kernel == "reference" or couplings is not None else "fused",
         population_counts=tuple(counts),
+        uniform_choice=couplings is None and utilities_vanish(query, key, visibility),
     )
+
+
+def utilities_vanish(query: torch.Tensor, key: torch.Tensor, visibility: torch.Tensor) -> bool:
+    """Whether u_ij = q_i . k_j / sqrt(d_k) + gamma log(w_j / mean w) is zero for every pair and element.
+
+    Each element needs all its queries or all its keys zero (projections of scale 0, as in
+    scenarios/boltzmann_wealth.yaml) and gamma = 0. It reads the tensors: called once, when
+    an economy is compiled, never during a round.
+    """
+    silent = ~(query.flatten(1).any(1) & key.flatten(1).any(1))
+    return bool(silent.all()) and not bool(visibility.any())
 
 
 def _element_parameters(scenario: Scenario, names, replica: int | None, dtype) -> dict:

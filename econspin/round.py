@@ -16,6 +16,7 @@ from econspin.fused_sampled import fused_sampled_trade
 from econspin.market import spin_variance, trade
 from econspin.sparse import sparse_trade
 from econspin.state import State
+from econspin.uniform import uniform_trade, uses_uniform
 
 
 def step(state: State, economy: Economy) -> State:
@@ -69,7 +70,13 @@ def step(state: State, economy: Economy) -> State:
 
 
 def market_step(state: State, economy: Economy, draws=None):
-    """Steps 1-5 on the kernel that applies: sparse edges, the fused blocks, or the reference blocks."""
+    """Steps 1-5 on the kernel that applies (the one place that decides).
+
+    Uniform choice in O(N) (:mod:`econspin.uniform`), the sparse network's edges, the fused
+    blocks, or the reference blocks.
+    """
+    if uses_uniform(state, economy):
+        return uniform_trade(state, economy, draws)
     if economy.trade_edges is not None and economy.couplings is None:
         return sparse_trade(state, economy, draws)
     if uses_fused(state, economy):

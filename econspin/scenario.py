@@ -302,8 +302,9 @@ class Run(_Strict):
     dtype: Literal["float32", "float64"] = "float32"
     chunk: Annotated[int, Field(gt=0)] | None = None  # buyer rows per block; None: from memory
     memory_budget_mb: PositiveFloat = 1024.0
-    # the market step: fused (econspin.fused, econspin.fused_sampled) or reference (econspin.market);
-    # auto is fused where it applies (the attention market, either mode), reference elsewhere
+    # the market step: auto takes the fast paths where they apply (econspin.uniform where choice
+    # ignores utilities, econspin.fused and econspin.fused_sampled for the attention market, either
+    # mode), reference the readable blocks (econspin.market)
     kernel: Literal["auto", "reference", "fused"] = "auto"
 
 

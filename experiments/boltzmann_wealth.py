@@ -6,9 +6,9 @@ to another agent chosen uniformly at random.
 
 Three implementations are run, each for ``replicas`` independent replicas:
 
-- ``mesa_sequential``: the tutorial form, written the Mesa 3 way (``mesa.Model``,
-  ``mesa.Agent``, ``self.agents.shuffle_do("step")``, a ``DataCollector`` with a Gini model
-  reporter). Agents act one at a time in a fresh random order each step, so an agent can
+- ``mesa_sequential``: the tutorial form, ``econspin.mesa.MoneyModel``, written the Mesa 3 way
+  (``mesa.Model``, ``mesa.Agent``, ``self.agents.shuffle_do("step")``, a ``DataCollector``
+  with a Gini model reporter). Agents act one at a time in a fresh random order each step, so an agent can
   receive a unit and pass it on within the same step, and an agent emptied earlier in the
   step does not give.
 - ``mesa_synchronous``: ``econspin.mesa.ReferenceModel`` on the same scenario: the per-agent
@@ -69,6 +69,7 @@ from scipy import optimize, stats  # noqa: E402
 
 from econspin import Scenario  # noqa: E402
 from econspin.mesa import ReferenceModel  # noqa: E402
+from econspin.mesa.boltzmann import MoneyModel  # noqa: E402
 from econspin.simulate import Rollout  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -80,60 +81,6 @@ LABELS = {
     "mesa_sequential": "Mesa, sequential (tutorial shuffle_do)",
 }
 COLOURS = {"engine": "tab:blue", "mesa_synchronous": "tab:orange", "mesa_sequential": "tab:green"}
-
-
-# --------------------------------------------------------------------------- Mesa models
-
-
-def compute_gini(model: mesa.Model) -> float:
-    """The tutorial's Gini reporter: 1 + 1/N - 2 B, B = sum_i x_(i) (N - i) / (N sum x)."""
-    x = sorted(agent.wealth for agent in model.agents)
-    n = model.num_agents
-    b = sum(xi * (n - i) for i, xi in enumerate(x)) / (n * sum(x))
-    return 1 + (1 / n) - 2 * b
-
-
-class MoneyAgent(mesa.Agent):
-    """The tutorial's agent: one unit of money at the start."""
-
-    def __init__(self, model: mesa.Model):
-        super().__init__(model)
-        self.wealth = 1
-        self.recipient: MoneyAgent | None = None
-
-    def random_other(self) -> "MoneyAgent":
-        """A uniformly random agent other than self (the engine excludes self-trade)."""
-        others = self.model.agent_tuple
-        other = self.random.choice(others)
-        while other is self:
-            other = self.random.choice(others)
-        return other
-
-    # sequential form (the tutorial): act at once on the current wealth
-    def step(self) -> None:
-        if self.wealth > 0:
-            other = self.random_other()
-            other.wealth += 1
-            self.wealth -= 1
-
-
-class MoneyModel(mesa.Model):
-    """The tutorial's model: N agents, a Gini model reporter, random activation."""
-
-    def __init__(self, n: int = 1000, seed: int | None = None):
-        super().__init__(seed=seed)
-        self.num_agents = n
-        MoneyAgent.create_agents(model=self, n=n)
-        self.agent_tuple = tuple(self.agents)  # O(1) random access for the recipient draw
-        self.datacollector = mesa.DataCollector(model_reporters={"Gini": compute_gini})
-        self.datacollector.collect(self)
-
-    def step(self) -> None:
-        self.agents.shuffle_do("step")  # one agent at a time, in a fresh random order
-        self.datacollector.collect(self)
-
-    def wealth(self) -> np.ndarray:
-        return np.array([agent.wealth for agent in self.agent_tuple], dtype=np.int64)
 
 
 # --------------------------------------------------------------------------- runs

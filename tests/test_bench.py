@@ -7,6 +7,7 @@ import torch
 from typer.testing import CliRunner
 
 from econspin.bench import SIZES
+from econspin.bench_baselines import SECTIONS
 from econspin.cli import app
 
 runner = CliRunner()
@@ -51,6 +52,7 @@ def check_result(path, sizes, batches, modes=("expected",)):
 def test_bench_writes_a_table_and_json(tmp_path):
     out = tmp_path / "bench.json"
     arguments = ["bench", "--quick", "--sizes", "48,96", "--batches", "1,3", "--repeats", "1", "--json", str(out)]
+    arguments += ["--baselines", "floors"]  # the other baselines: tests/test_bench_baselines.py
     result = runner.invoke(app, [*arguments, "--threads", "1", "--clock", "cpu", "--modes", "expected,sampled"])
     assert result.exit_code == 0, result.output
     assert "fused/SDPA" in result.output and "max diff" in result.output and "sampled" in result.output
@@ -70,5 +72,6 @@ def test_bench_quick_as_documented(tmp_path):
     out = tmp_path / "bench.json"
     result = runner.invoke(app, ["bench", "--quick", "--json", str(out)])
     assert result.exit_code == 0, result.output
-    rows = check_result(out, SIZES[True], (1, 16))["rows"]
-    assert sum(row["compared"] for row in rows) >= 4
+    result = check_result(out, SIZES[True], (1, 16))
+    assert sum(row["compared"] for row in result["rows"]) >= 4
+    assert all(result[name] for name in SECTIONS)  # every baseline section measured in the same run

