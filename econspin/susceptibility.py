@@ -29,15 +29,17 @@ the population's rows of ``State.temperature``, or the field shift) is replaced 
 tensor that requires gradients, with the same value; nothing in the engine changes. A round
 whose inputs require gradients takes the reference market kernel (:mod:`econspin.market`):
 the fused kernel writes into reused buffers, which autograd cannot follow
-(:func:`econspin.fused.uses_fused` makes the choice). Each round is checkpointed
-(``torch.utils.checkpoint``): the backward pass replays one round at a time, so memory is
-that of one round's graph, not n of them, for about twice the forward work.
+(:func:`econspin.fused.uses_fused` makes the choice). The derivative is taken by the discrete
+adjoint method (:func:`_differentiate`): the trajectory is run forward without a graph, then
+each round is replayed backwards with autograd, one at a time, so memory holds the states of
+the n rounds and one round's graph, not n graphs, for about three times the forward work.
 
 Where the rollout is piecewise smooth (the unit budget's threshold w_i >= unit, ties in the
 sort of gini or the top four of cr4), autograd returns the derivative of the piece the point
 lies on, which is what central differences give unless a threshold lies within +-h. A
-derivative that does not exist at all comes back as NaN (e.g. the ``large_d`` response of
-an agent at T = 0 whose field is exactly zero).
+derivative that does not exist comes back as NaN: that of an observable that is not finite
+(surplus, T log sum exp(u / T), with an agent at T = inf), or one through the ``large_d``
+response of an agent at T = 0 whose field is exactly zero.
 
 Sampled scenarios are differentiated through their expected mode: the susceptibility is that
 of the mean field, which is what a sweep compares with the sampled crossover.
@@ -53,7 +55,6 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.checkpoint import checkpoint
 
 from econspin.economy import Economy, MemoryModel, shape_signature
 from econspin.metrics import metric_functions, metric_names
@@ -178,7 +179,8 @@ def element_susceptibilities(
             members, [replicas[index] for index in batch], observable, wrt, steps, device, on_round
         )
         chi[batch], values[batch] = batch_chi, batch_values
-    return chi, values
+    # an observable that is not finite (surplus with an agent at T = inf) has no derivative
+    return np.where(np.isfinite(values), chi, np.nan), values
 
 
 def _batches(scenarios: list[Scenario]) -> list[list[int]]:
@@ -195,7 +197,12 @@ def _batches(scenarios: list[Scenario]) -> list[list[int]]:
     return batches
 
 
-def _differentiate(scenarios, replicas, observable, wrt, steps, device, on_round):
+# what a round reads from the state before it (revenue, spending, entropy and surplus it only writes)
+CARRIED = ("states", "money", "fields", "temperature")
+
+
+def _prepared(scenarios, replicas, wrt, device):
+    """The float64 rollout with the input inserted as a leaf: (leaf, economy, round-0 state, one round)."""
     rollout = Rollout.create(scenarios, replicas, device, "float64")
     wrt_input = parse_input(wrt, scenarios[0])
     values = [input_value(scenario, wrt_input) for scenario in scenarios]
@@ -205,16 +212,69 @@ def _differentiate(scenarios, replicas, observable, wrt, steps, device, on_round
     def one_round(state: State) -> State:
         return step(apply_plan(state, economy, scenarios), economy)
 
+    return leaf, economy, state, one_round
+
+
+def _differentiate(scenarios, replicas, observable, wrt, steps, device, on_round):
+    """The discrete adjoint method: the trajectory forward without a graph, then back one round at a time.
+
+    With x_t the carried state and O = O(x_n), the adjoint lambda_t = dO/dx_t obeys
+    lambda_t = lambda_{t+1} dx_{t+1}/dx_t, and dO/dp = sum_t lambda_{t+1} dx_{t+1}/dp (the input p
+    enters round 1 through x_0 and every round through the economy). Each product is one
+    vector-Jacobian product of one round, replayed from the stored x_t with autograd, so that
+    memory holds the trajectory and one round's graph. The forward pass takes the fused
+    kernel, the replay the reference kernel: the Jacobians are the reference round's, along a
+    trajectory equal to it up to rounding.
+    """
+    leaf, economy, start, one_round = _prepared(scenarios, replicas, wrt, device)
+    with torch.no_grad():
+        trajectory = [start.replace(**{name: getattr(start, name).detach() for name in CARRIED})]
+        for _ in range(steps - 1):
+            trajectory.append(one_round(trajectory[-1]))
+    gradient = torch.zeros_like(leaf)
+    adjoint: dict[str, torch.Tensor | None] = {}
+    with torch.enable_grad():
+        for index in range(steps - 1, -1, -1):
+            stored = trajectory[index]
+            before = {} if index == 0 else {name: getattr(stored, name).detach().requires_grad_() for name in CARRIED}
+            after = one_round(start if index == 0 else stored.replace(**before))
+            if index == steps - 1:
+                measured = metric_functions(economy)[observable](after, economy)
+                outputs, cotangents = [measured.sum()], None
+            else:
+                used = [name for name in CARRIED if adjoint[name] is not None and getattr(after, name).requires_grad]
+                outputs, cotangents = [getattr(after, name) for name in used], [adjoint[name] for name in used]
+            if outputs[0].requires_grad:
+                # the economy's leaf-built tensors are shared by every round: their graph must outlive
+                # this product (each round's own graph goes when ``after`` is rebound)
+                parts = torch.autograd.grad(
+                    outputs, [leaf, *before.values()], cotangents, retain_graph=True, allow_unused=True
+                )
+            else:  # nothing this round returns depends on the input or the state before it
+                parts = (None,) * (1 + len(before))
+            gradient = gradient if parts[0] is None else gradient + parts[0]
+            adjoint = dict(zip(before, parts[1:]))
+            if not any(value is not None for value in adjoint.values()) and index > 0:
+                break  # the observable no longer depends on earlier rounds (e.g. a temperature event)
+            if on_round is not None:
+                on_round(index)
+    return gradient.cpu().numpy(), measured.detach().double().cpu().numpy()
+
+
+def whole_graph_susceptibilities(scenarios, replicas, observable, wrt, steps, device="cpu") -> np.ndarray:
+    """The same derivatives by one autograd graph over all rounds: the readable reference.
+
+    Memory grows with the rounds (every round's graph is kept); the tests hold
+    :func:`element_susceptibilities` (the adjoint, round by round) equal to it.
+    """
+    scenarios = [expected_mode(scenario) for scenario in scenarios]
+    leaf, economy, state, one_round = _prepared(scenarios, replicas, wrt, device)
     with torch.enable_grad():
         for _ in range(steps):
-            state = checkpoint(one_round, state, use_reentrant=False)
-            if on_round is not None:
-                on_round(state.round)
+            state = one_round(state)
         measured = metric_functions(economy)[observable](state, economy)
-        if not measured.requires_grad:  # the observable does not depend on the input at all
-            return np.zeros(len(scenarios)), measured.double().cpu().numpy()
-        (gradient,) = torch.autograd.grad(measured.sum(), leaf)
-    return gradient.cpu().numpy(), measured.detach().double().cpu().numpy()
+        (gradient,) = torch.autograd.grad(measured.sum(), leaf, allow_unused=True)
+    return np.zeros(len(scenarios)) if gradient is None else gradient.cpu().numpy()
 
 
 @dataclass(frozen=True)
@@ -303,6 +363,12 @@ def check_sweep_points(option: tuple[str, str], points: list[tuple[dict, Scenari
         except ScenarioError as error:
             at = ", ".join(f"{key}={value}" for key, value in overrides.items())
             raise ScenarioError(f"--susceptibility {observable}:{wrt}: at {at}: {error}") from None
+
+
+def sweep_rounds(points: list[tuple[dict, Scenario]], replicas: int, steps: int) -> int:
+    """Rounds :func:`sweep_susceptibility` replays backwards (its progress): ``steps`` a batch it forms."""
+    scenarios = [expected_mode(scenario) for _, scenario in points for _ in range(replicas)]
+    return steps * len(_batches(scenarios))
 
 
 def sweep_susceptibility(
