@@ -146,8 +146,11 @@ def phase_figure(
                 axis.legend(fontsize=8)
             axis.set_xlabel(key)
             if column in responses:
-                axis.set_ylabel(f"{label} after the last round")
+                axis.set_ylabel(f"{label}\n(after the last round)")
                 peaks.append((mean.abs().idxmax(), label))
+                magnitude = mean.abs()[mean.abs() > 0]
+                if magnitude.size > 1 and magnitude.max() > 1e3 * magnitude.min():  # e.g. chaotic low-T rounds
+                    axis.set_yscale("symlog", linthresh=float(magnitude.min()))
             else:
                 axis.set_ylabel(f"{label} (mean over last 10% of rounds)")
             positive = np.asarray(mean.index, dtype=float)
