@@ -168,6 +168,8 @@ def element_susceptibilities(
     allows within ``run.memory_budget_mb``); each element's derivative is its own. Returns
     the susceptibilities and the observable's values, one per element, as float64 arrays.
     """
+    if steps < 1:
+        raise ScenarioError(f"steps: the observable is taken after at least one round (got {steps})")
     scenarios = [expected_mode(scenario) for scenario in scenarios]
     for scenario in scenarios:
         check_observable(observable, scenario)
@@ -241,10 +243,11 @@ def _differentiate(scenarios, replicas, observable, wrt, steps, device, on_round
             if index == steps - 1:
                 measured = metric_functions(economy)[observable](after, economy)
                 outputs, cotangents = [measured.sum()], None
+                measured = measured.detach()  # not the round's graph: only its value is kept
             else:
                 used = [name for name in CARRIED if adjoint[name] is not None and getattr(after, name).requires_grad]
                 outputs, cotangents = [getattr(after, name) for name in used], [adjoint[name] for name in used]
-            if outputs[0].requires_grad:
+            if outputs and outputs[0].requires_grad:
                 # the economy's leaf-built tensors are shared by every round: their graph must outlive
                 # this product (each round's own graph goes when ``after`` is rebound)
                 parts = torch.autograd.grad(
@@ -258,7 +261,7 @@ def _differentiate(scenarios, replicas, observable, wrt, steps, device, on_round
                 break  # the observable no longer depends on earlier rounds (e.g. a temperature event)
             if on_round is not None:
                 on_round(index)
-    return gradient.cpu().numpy(), measured.detach().double().cpu().numpy()
+    return gradient.cpu().numpy(), measured.double().cpu().numpy()
 
 
 def whole_graph_susceptibilities(scenarios, replicas, observable, wrt, steps, device="cpu") -> np.ndarray:
@@ -382,7 +385,8 @@ def sweep_susceptibility(
     """The sweep table with the column d observable / d input of every (point, replica).
 
     The value sits on each element's last round (``step == steps``), NaN on the other rounds,
-    so that the sweep's late-round averages read it as the final value.
+    so that the sweep's late-round averages read it as the final value. It is computed in
+    float64 whatever the sweep's own precision.
     """
     observable, wrt = option
     elements = table.loc[table["step"] == steps, ["point", "replica"]].drop_duplicates()
