@@ -230,14 +230,12 @@ def test_refusals_are_one_clear_line(change, observable, wrt, message):
     assert message in str(error.value) and "\n" not in str(error.value)
 
 
-SWEEP_SCENARIO = """
-name: tiny
-populations:
-  human: {count: 12, temperature: 1.0, spend: 0.2}
-  ai: {count: 4, temperature: 0.1, spend: 0.2}
-market: {d: 4}
-run: {steps: 6, replicas: 2, seed: 3, device: cpu}
-"""
+def sweep_scenario(tmp_path):
+    """A scenario file of 16 agents, 6 rounds, 2 replicas."""
+    populations = {"human": {"count": 12, "temperature": 1.0}, "ai": {"count": 4, "temperature": 0.1}}
+    path = tmp_path / "scenario.yaml"
+    path.write_text(scenario(populations=populations, run={"steps": 6, "replicas": 2, "seed": 3}).to_yaml())
+    return path
 
 
 def test_sweep_adds_the_susceptibility_column_and_panel(tmp_path):
@@ -249,8 +247,7 @@ def test_sweep_adds_the_susceptibility_column_and_panel(tmp_path):
     from econspin.cli import app
     from econspin.scenario import Scenario
 
-    path = tmp_path / "scenario.yaml"
-    path.write_text(SWEEP_SCENARIO)
+    path = sweep_scenario(tmp_path)
     out = tmp_path / "sweep"
     runner = CliRunner()
     result = runner.invoke(app, ["sweep", str(path), "--grid", "populations.ai.temperature=0.1,0.5,2",
@@ -286,8 +283,7 @@ def test_sweep_refuses_a_bad_susceptibility_in_one_line(tmp_path, option, grid, 
 
     from econspin.cli import app
 
-    path = tmp_path / "scenario.yaml"
-    path.write_text(SWEEP_SCENARIO)
+    path = sweep_scenario(tmp_path)
     result = CliRunner().invoke(app, ["sweep", str(path), "--grid", grid, "--susceptibility", option,
                                       "--out", str(tmp_path / "x"), "--quiet"])
     assert result.exit_code == 2, result.output
