@@ -12,9 +12,11 @@ rounds where the mean-field dynamics does not settle. Writes
 - ``summary.md``: the table quoted in docs/validation.md;
 - ``susceptibility_crossover.png`` (and ``docs/figures/susceptibility_crossover.png``).
 
-Run (after the two sweeps of docs/validation.md, section 9):
+Run (the growth stage needs no sweep; the report reads the two sweeps of docs/validation.md,
+section 9):
 
-    python -m experiments.susceptibility_crossover --expected runs/gap-chi --sampled runs/gap-sampled
+    python -m experiments.susceptibility_crossover growth
+    python -m experiments.susceptibility_crossover report --expected runs/gap-chi --sampled runs/gap-sampled
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import torch
 
 from econspin import Scenario
 from econspin.susceptibility import column_name, element_susceptibilities
-from econspin.sweep import final_values
+from econspin.sweep import final_values, parse_values
 from experiments.figures import save_figure
 
 KEY = "populations.ai.temperature"
@@ -46,10 +48,9 @@ def final_table(folder: Path, mode: str) -> pd.DataFrame:
     return final
 
 
-def growth(folder: Path, rounds: list[int]) -> pd.DataFrame:
+def growth(scenario_path: Path, temperatures: tuple, rounds: list[int]) -> pd.DataFrame:
     """|d hhi / d T_ai| of replica 0 of every point after each number of rounds."""
-    scenario = Scenario.from_yaml(folder / "scenario.yaml")
-    temperatures = sorted(pd.read_parquet(folder / "sweep.parquet", columns=[KEY])[KEY].unique())
+    scenario = Scenario.from_yaml(scenario_path)
     points = [scenario.with_overrides({KEY: float(value)}) for value in temperatures]
     rows = []
     for count in rounds:
@@ -113,23 +114,31 @@ def figure(final: pd.DataFrame, grown: pd.DataFrame, chi_column: str, path: Path
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--expected", type=Path, required=True, help="sweep folder, expected mode, with the column")
-    parser.add_argument("--sampled", type=Path, required=True, help="sweep folder, sampled mode")
+    parser.add_argument("stage", choices=["growth", "report"], help="growth: d hhi / d T_ai after --rounds; "
+                        "report: read the two sweeps and growth.csv, write the table and the figure")
+    parser.add_argument("--scenario", type=Path, default=Path("scenarios/temperature_gap_sweep.yaml"))
+    parser.add_argument("--temperatures", default="log:0.02:2:9", help="the sweep's grid of T_ai")
     parser.add_argument("--rounds", default="10,30", help="comma-separated rounds for the growth panel")
+    parser.add_argument("--expected", type=Path, help="sweep folder, expected mode, with the column")
+    parser.add_argument("--sampled", type=Path, help="sweep folder, sampled mode")
     parser.add_argument("--out-dir", type=Path, default=Path("experiments/results/susceptibility_crossover"))
     parser.add_argument("--docs-figure", default="docs/figures/susceptibility_crossover.png")
     parser.add_argument("--threads", type=int, default=1)
     arguments = parser.parse_args()
     torch.set_num_threads(arguments.threads)
-    chi_column = column_name(OBSERVABLE, KEY)
-    final = pd.concat([final_table(arguments.expected, "expected"), final_table(arguments.sampled, "sampled")])
-    started = time.perf_counter()
-    grown = growth(arguments.expected, [int(value) for value in arguments.rounds.split(",")])
-    print(f"growth: {time.perf_counter() - started:.1f} s")
     out = arguments.out_dir
     out.mkdir(parents=True, exist_ok=True)
+    if arguments.stage == "growth":
+        started = time.perf_counter()
+        temperatures = parse_values(arguments.temperatures, "--temperatures")
+        grown = growth(arguments.scenario, temperatures, [int(value) for value in arguments.rounds.split(",")])
+        grown.to_csv(out / "growth.csv", index=False)
+        print(f"growth: {time.perf_counter() - started:.1f} s")
+        return
+    chi_column = column_name(OBSERVABLE, KEY)
+    final = pd.concat([final_table(arguments.expected, "expected"), final_table(arguments.sampled, "sampled")])
+    grown = pd.read_csv(out / "growth.csv")
     final.to_csv(out / "final.csv", index=False)
-    grown.to_csv(out / "growth.csv", index=False)
     (out / "summary.md").write_text(summary(final, grown, chi_column))
     print((out / "summary.md").read_text())
     figure(final, grown, chi_column, out / "susceptibility_crossover.png", arguments.docs_figure)
