@@ -139,8 +139,15 @@ def phase_figure(
         for axis, (column, label) in zip(axes, panels):
             grouped = final.groupby(key)[column]
             mean, spread = grouped.mean(), grouped.std().fillna(0.0)
-            axis.plot(mean.index, mean.values, "o-", lw=1.6)
-            axis.fill_between(mean.index, mean - spread, mean + spread, alpha=0.2, lw=0)
+            magnitude = mean.abs()[mean.abs() > 0]
+            if column in responses and magnitude.size > 1 and magnitude.max() > 1e3 * magnitude.min():
+                # spread over many decades (e.g. chaotic low-T rounds): the size on a log axis, no band
+                label = f"|{label}|"
+                axis.plot(mean.index, mean.abs().values, "o-", lw=1.6)
+                axis.set_yscale("log")
+            else:
+                axis.plot(mean.index, mean.values, "o-", lw=1.6)
+                axis.fill_between(mean.index, mean - spread, mean + spread, alpha=0.2, lw=0)
             if column == "hhi" and sellers:
                 axis.axhline(1.0 / sellers, color="grey", ls="--", lw=1, label=f"1/S (S = {sellers})")
                 axis.legend(fontsize=8)
@@ -148,9 +155,6 @@ def phase_figure(
             if column in responses:
                 axis.set_ylabel(f"{label}\n(after the last round)")
                 peaks.append((mean.abs().idxmax(), label))
-                magnitude = mean.abs()[mean.abs() > 0]
-                if magnitude.size > 1 and magnitude.max() > 1e3 * magnitude.min():  # e.g. chaotic low-T rounds
-                    axis.set_yscale("symlog", linthresh=float(magnitude.min()))
             else:
                 axis.set_ylabel(f"{label} (mean over last 10% of rounds)")
             positive = np.asarray(mean.index, dtype=float)
@@ -161,6 +165,7 @@ def phase_figure(
             for axis in axes:
                 axis.axvline(where, color=f"C{number + 1}", ls=":", lw=1.2, label=f"peak of {label}: {where:.3g}")
             axes[len(axes) - len(peaks) + number].legend(fontsize=8)
+        figure.subplots_adjust(wspace=0.35)
         figure.suptitle(f"{title}: final concentration against {key} (band = ±1 sd over replicas)")
     else:
         figure, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.8))

@@ -99,6 +99,8 @@ def figure(final: pd.DataFrame, grown: pd.DataFrame, chi_column: str, path: Path
     axes[1].set_title("|d hhi / d T_ai| after the sweep's last round")
     for count, table in grown.groupby("rounds"):
         axes[2].plot(table[KEY], table["chi"].abs(), "o-", label=f"after {count} rounds")
+    last = expected[expected["replica"] == 0].sort_values(KEY)
+    axes[2].plot(last[KEY], last[chi_column].abs(), "o-", label="after the sweep's last round")
     axes[2].set_title("growth with the rounds (replica 0)")
     for axis in axes:
         axis.set_xscale("log")
