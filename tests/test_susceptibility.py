@@ -63,8 +63,7 @@ def test_autograd_matches_central_differences(wrt, observable):
     assert_relative(chi.mean, difference)
 
 
-@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(
+RANDOM_ECONOMIES = dict(
     temperature=st.sampled_from([0.05, 0.3, 1.0, 3.0]),
     other_temperature=st.sampled_from([0.0, 0.5, math.inf]),
     eta=st.sampled_from([0.0, 0.4, 1.0]),
@@ -77,10 +76,27 @@ def test_autograd_matches_central_differences(wrt, observable):
     network=st.sampled_from([None, "dense", "sparse"]),
     seed=st.integers(0, 5),
 )
-def test_autograd_matches_central_differences_over_random_economies(
+
+
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(**RANDOM_ECONOMIES)
+def test_autograd_matches_central_differences_over_random_economies(**economy):
+    """Temperatures 0 and inf among the other agents, eta at its ends, every response, tap, networks."""
+    check_random_economy(**economy)
+
+
+@pytest.mark.slow
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(**RANDOM_ECONOMIES)
+def test_autograd_matches_central_differences_over_many_random_economies(**economy):
+    """The same over 150 economies (about 3 minutes on one core)."""
+    check_random_economy(**economy)
+
+
+def check_random_economy(
     temperature, other_temperature, eta, response, correction, heads, steps, wrt, observable, network, seed
 ):
-    """Temperatures 0 and inf among the other agents, eta at its ends, every response, tap, networks."""
+    """Autograd against central differences on one economy drawn by hypothesis."""
     if response == "sphere":
         correction = "none"  # tap needs a finite-temperature response
     populations = {
