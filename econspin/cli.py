@@ -241,7 +241,7 @@ def sweep(
     quiet: Annotated[bool, typer.Option("--quiet")] = False,
 ):
     """Run every point of a grid (x replicas) as batched kernels; write sweep.parquet and phase.png."""
-    from econspin.susceptibility import (
+    from econspin.susceptibilities import (
         check_sweep_points,
         parse_susceptibility_option,
         sweep_rounds,
@@ -309,7 +309,7 @@ def sweep(
 def draw_sweep_figures(target: Path, scenario: Scenario, table: pd.DataFrame, keys: list[str]) -> None:
     """phase.png, and concentration.png for the first, middle and last points."""
     from econspin.plots import concentration_figure, phase_figure
-    from econspin.susceptibility import is_susceptibility_column
+    from econspin.susceptibilities import is_susceptibility_column
     from econspin.sweep import final_values
 
     responses = [column for column in table.columns if is_susceptibility_column(column)]

@@ -30,7 +30,7 @@ import pandas as pd
 import torch
 
 from econspin import Scenario
-from econspin.susceptibility import column_name, element_susceptibilities
+from econspin.susceptibilities import column_name, element_susceptibilities
 from econspin.sweep import final_values, parse_values
 from experiments.figures import save_figure
 

@@ -4,7 +4,7 @@ The economy of tests/test_susceptibility.py (7 human agents at T = 1, 5 AI agent
 d = 4, two heads, visibility 0.3, seed 2), 3 rounds, float64. The central difference
 [O(p + h) - O(p - h)] / 2h, h = 1e-5, comes from two runs of the scenario with the key moved
 (the field: with events at round 0 shifting every population's h along its direction), on
-the default (fused) kernel; the autograd value from :func:`econspin.susceptibility.susceptibility`.
+the default (fused) kernel; the autograd value from :func:`econspin.susceptibility`.
 
 Run: ``python -m experiments.susceptibility_differences`` (seconds); writes
 ``experiments/results/susceptibility_differences/differences.csv`` and prints the table.
@@ -19,7 +19,7 @@ import pandas as pd
 import torch
 
 from econspin import Scenario, simulate
-from econspin.susceptibility import input_value, parse_input, susceptibility
+from econspin.susceptibilities import input_value, parse_input, susceptibility
 
 INPUTS = ["populations.ai.temperature", "populations.human.spend", "populations.ai.eta", "market.visibility", "field"]
 OBSERVABLES = ["order", "hhi", "gini", "attention_entropy", "wealth_share_ai"]

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from econspin.scenario import ScenarioError
 from econspin.simulate import Rollout, simulate
-from econspin.susceptibility import element_susceptibilities, input_value, insert_input, parse_input, susceptibility
+from econspin.susceptibilities import element_susceptibilities, input_value, insert_input, parse_input, susceptibility
 
 POPULATIONS = {
     "human": {"count": 7, "temperature": 1.0, "spend": 0.2, "eta": 0.6},
@@ -311,7 +311,7 @@ def test_sweep_refuses_a_bad_susceptibility_in_one_line(tmp_path, option, grid, 
 @pytest.mark.parametrize("wrt", [*INPUTS, "field.ai"])
 def test_the_adjoint_round_by_round_equals_one_graph_over_all_rounds(wrt):
     """The memory-lean adjoint (forward on the fused kernel, replay on the reference) == the whole graph."""
-    from econspin.susceptibility import whole_graph_susceptibilities
+    from econspin.susceptibilities import whole_graph_susceptibilities
 
     base = scenario(populations=POPULATIONS, visibility=0.3).with_overrides(
         {"populations.human.correction.form": "tap"}
