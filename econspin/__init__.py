@@ -1,14 +1,24 @@
 """econspin: an agent-based economy in which trade is attention.
 
 The public surface is small: describe an economy with a :class:`Scenario` (from YAML or
-Python) and run it with :func:`simulate`. The engine's pieces (``econspin.round.step``,
+Python), run it with :func:`simulate`, and differentiate an observable with respect to one of
+its inputs with :func:`susceptibility`. The engine's pieces (``econspin.round.step``,
 ``econspin.economy.build_economy``, ``econspin.state.initial_state``) are importable for
 those who need one round at a time.
 """
 
 from econspin.scenario import Scenario, ScenarioError
 from econspin.simulate import SimulationResult, simulate
+from econspin.susceptibilities import Susceptibility, susceptibility
 
 __version__ = "0.1.0"
 
-__all__ = ["Scenario", "ScenarioError", "SimulationResult", "simulate", "__version__"]
+__all__ = [
+    "Scenario",
+    "ScenarioError",
+    "SimulationResult",
+    "Susceptibility",
+    "simulate",
+    "susceptibility",
+    "__version__",
+]

@@ -46,7 +46,9 @@ def _scaled_utilities(utilities: torch.Tensor, allowed: torch.Tensor, temperatur
     cold = temperature == 0
     hot = torch.isinf(temperature)
     safe_temperature = torch.where(cold | hot, torch.ones_like(temperature), temperature)
-    scaled = (masked - row_max) / safe_temperature
+    # masked after the division: a disallowed pair's -inf divided by T would give the
+    # temperature's gradient inf * 0 = NaN (a susceptibility with respect to T)
+    scaled = ((utilities - row_max) / safe_temperature).masked_fill(~allowed, -math.inf)
     if bool(cold.any()):
         scaled = torch.where(cold, torch.where(scaled >= 0, 0.0, -math.inf), scaled)
     if bool(hot.any()):
@@ -70,7 +72,8 @@ def logit_rows(utilities: torch.Tensor, allowed: torch.Tensor, temperature: torc
         log_normaliser = torch.where(has_partner, log_normaliser, torch.zeros_like(log_normaliser))
         scaled = scaled.masked_fill(~has_partner.unsqueeze(-1), -math.inf)
     probabilities = torch.exp(scaled - log_normaliser.unsqueeze(-1))
-    entropy = -torch.special.xlogy(probabilities, probabilities).sum(dim=-1)
+    # 0 log 0 = 0, written with log 1 where alpha = 0: xlogy(0, 0)'s gradient would be 0/0
+    entropy = -torch.special.xlogy(probabilities, torch.where(probabilities > 0, probabilities, 1.0)).sum(dim=-1)
     partners = allowed.sum(dim=-1).to(probabilities.dtype).expand_as(entropy)
     entropy = torch.where(partners > 1, entropy / torch.log(partners.clamp(min=2.0)), torch.zeros_like(entropy))
     temperature = temperature.squeeze(-1)

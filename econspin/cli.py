@@ -230,6 +230,14 @@ def sweep(
     out: Annotated[Optional[Path], typer.Option(help="Output folder (default runs/<name>-sweep).")] = None,
     device: Annotated[Optional[str], typer.Option(help="auto, cpu or cuda.")] = None,
     set_: SetOption = None,
+    susceptibility: Annotated[
+        Optional[list[str]],
+        typer.Option(
+            "--susceptibility",
+            help="OBSERVABLE:INPUT, e.g. hhi:populations.ai.temperature: add d OBSERVABLE / d INPUT (autograd, "
+            "float64 mean field) to sweep.parquet and phase.png. Repeatable.",
+        ),
+    ] = None,
     quiet: Annotated[bool, typer.Option("--quiet")] = False,
     backend: Annotated[
         str, typer.Option(help="local (this process) or ray (shards as Ray tasks: docs/sweeps.md).")
@@ -246,6 +254,12 @@ def sweep(
     ] = None,
 ):
     """Run every point of a grid (x replicas) as batched kernels; write sweep.parquet and phase.png."""
+    from econspin.susceptibilities import (
+        check_sweep_points,
+        parse_susceptibility_option,
+        sweep_rounds,
+        sweep_susceptibility,
+    )
     from econspin.sweep import parse_grid, plan_shards, run_sweep, sweep_points
     from econspin.sweep_ray import RayOptions, ShardsFailed, sweep_on_ray  # imports Ray only when it runs
 
@@ -254,6 +268,9 @@ def sweep(
         base = base.with_run_settings(steps=steps, replicas=replicas, device=device)
         grids = [parse_grid(text) for text in grid]
         points = sweep_points(base, grids)
+        responses = [parse_susceptibility_option(text, base) for text in susceptibility or []]
+        for response in responses:
+            check_sweep_points(response, points)
         target = out or Path("runs") / f"{base.name}-sweep"
         check_writable(target, "--out", folder=True)
         if backend not in ("local", "ray"):
@@ -281,6 +298,10 @@ def sweep(
                     points, run_settings.replicas, run_settings.steps, run_settings.device, run_settings.dtype,
                     advance, points_per_shard,
                 )
+        for response in responses:
+            rounds = sweep_rounds(points, run_settings.replicas, run_settings.steps)
+            with progress_bar(rounds, f"d {response[0]} / d {response[1]}", quiet) as advance:
+                table = sweep_susceptibility(table, points, response, run_settings.steps, run_settings.device, advance)
     except ScenarioError as error:
         fail(str(error), scenario)
     except KeyboardInterrupt:
@@ -301,7 +322,13 @@ def sweep(
             run_settings.device if backend == "local" else "cpu",  # Ray's shards report their own device
             wall_time,
             run_settings.steps,
-            {"grid": {g.key: list(g.values) for g in grids}, "points": len(points), "batch_elements": total, **extra},
+            {
+                "grid": {g.key: list(g.values) for g in grids},
+                "points": len(points),
+                "batch_elements": total,
+                "susceptibility": [f"{observable}:{wrt}" for observable, wrt in responses],
+                **extra,
+            },
         ),
     )
     draw_sweep_figures(target, base, table, keys)
@@ -312,9 +339,13 @@ def sweep(
 def draw_sweep_figures(target: Path, scenario: Scenario, table: pd.DataFrame, keys: list[str]) -> None:
     """phase.png, and concentration.png for the first, middle and last points."""
     from econspin.plots import concentration_figure, phase_figure
+    from econspin.susceptibilities import is_susceptibility_column
     from econspin.sweep import final_values
 
-    phase_figure(final_values(table, keys), keys, target / "phase.png", scenario.name, sellers=sellers_of(scenario))
+    responses = [column for column in table.columns if is_susceptibility_column(column)]
+    phase_figure(
+        final_values(table, keys), keys, target / "phase.png", scenario.name, sellers_of(scenario), responses
+    )
     points = sorted(table["point"].unique())
     chosen = sorted({points[0], points[len(points) // 2], points[-1]})
     subset = table[table["point"].isin(chosen)].copy()

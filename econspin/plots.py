@@ -7,6 +7,7 @@ PNG atomically. Concentration measures are dimensionless shares; rounds are coun
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
 from pathlib import Path
 
 import matplotlib
@@ -114,33 +115,62 @@ def wealth_figure(wealth: pd.DataFrame, path: Path, title: str) -> None:
     _save(figure, path)
 
 
-def phase_figure(final: pd.DataFrame, keys: list[str], path: Path, title: str, sellers: int | None = None) -> None:
+def phase_figure(
+    final: pd.DataFrame,
+    keys: list[str],
+    path: Path,
+    title: str,
+    sellers: int | None = None,
+    responses: Sequence[str] = (),
+) -> None:
     """Final HHI and Gini against the swept keys: lines with bands (one key) or heat maps (two).
 
-    ``sellers`` draws the competitive level 1/S on the HHI panel (one key).
+    ``sellers`` draws the competitive level 1/S on the HHI panel (one key). ``responses`` are
+    susceptibility columns (``susceptibility:OBSERVABLE:INPUT``), one more panel each, whose
+    peak (largest |mean|) is marked on every panel with one key.
     """
+    panels = [("hhi", "final HHI"), ("gini", "final Gini of money")]
+    panels += [(column, "d {} / d {}".format(*column.split(":")[1:])) for column in responses]
     if len(keys) == 1:
-        figure, axes = plt.subplots(1, 2, figsize=(11, 4.5))
+        figure, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.5), squeeze=False)
+        axes = axes[0]
         key = keys[0]
-        for axis, column, label in zip(axes, ("hhi", "gini"), ("final HHI", "final Gini of money")):
+        peaks = []
+        for axis, (column, label) in zip(axes, panels):
             grouped = final.groupby(key)[column]
             mean, spread = grouped.mean(), grouped.std().fillna(0.0)
-            axis.plot(mean.index, mean.values, "o-", lw=1.6)
-            axis.fill_between(mean.index, mean - spread, mean + spread, alpha=0.2, lw=0)
+            magnitude = mean.abs()[mean.abs() > 0]
+            if column in responses and magnitude.size > 1 and magnitude.max() > 1e3 * magnitude.min():
+                # spread over many decades (e.g. chaotic low-T rounds): the size on a log axis, no band
+                label = f"|{label}|"
+                axis.plot(mean.index, mean.abs().values, "o-", lw=1.6)
+                axis.set_yscale("log")
+            else:
+                axis.plot(mean.index, mean.values, "o-", lw=1.6)
+                axis.fill_between(mean.index, mean - spread, mean + spread, alpha=0.2, lw=0)
             if column == "hhi" and sellers:
                 axis.axhline(1.0 / sellers, color="grey", ls="--", lw=1, label=f"1/S (S = {sellers})")
                 axis.legend(fontsize=8)
             axis.set_xlabel(key)
-            axis.set_ylabel(f"{label} (mean over last 10% of rounds)")
+            if column in responses:
+                axis.set_ylabel(f"{label}\n(after the last round)")
+                peaks.append((mean.abs().idxmax(), label))
+            else:
+                axis.set_ylabel(f"{label} (mean over last 10% of rounds)")
             positive = np.asarray(mean.index, dtype=float)
             if positive.size > 2 and np.all(positive > 0) and positive.max() / positive.min() > 20:
                 axis.set_xscale("log")
             axis.grid(alpha=0.3)
+        for number, (where, label) in enumerate(peaks):
+            for axis in axes:
+                axis.axvline(where, color=f"C{number + 1}", ls=":", lw=1.2, label=f"peak of {label}: {where:.3g}")
+            axes[len(axes) - len(peaks) + number].legend(fontsize=8)
+        figure.subplots_adjust(wspace=0.35)
         figure.suptitle(f"{title}: final concentration against {key} (band = ±1 sd over replicas)")
     else:
-        figure, axes = plt.subplots(1, 2, figsize=(12, 4.8))
+        figure, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.8))
         first, second = keys[:2]
-        for axis, column, label in zip(axes, ("hhi", "gini"), ("final HHI", "final Gini")):
+        for axis, (column, label) in zip(axes, panels):
             grid = final.groupby([second, first])[column].mean().unstack()
             image = axis.imshow(grid.values, origin="lower", aspect="auto", cmap="viridis")
             axis.set_xticks(range(grid.shape[1]), [f"{value:.3g}" for value in grid.columns], rotation=45)
