@@ -125,14 +125,18 @@ def phase_figure(final: pd.DataFrame, keys: list[str], path: Path, title: str, s
         for axis, column, label in zip(axes, ("hhi", "gini"), ("final HHI", "final Gini of money")):
             grouped = final.groupby(key)[column]
             mean, spread = grouped.mean(), grouped.std().fillna(0.0)
-            axis.plot(mean.index, mean.values, "o-", lw=1.6)
-            axis.fill_between(mean.index, mean - spread, mean + spread, alpha=0.2, lw=0)
+            numeric = _numeric(mean.index)
+            where = mean.index if numeric else np.arange(len(mean))  # names (a market mode) sit side by side
+            axis.plot(where, mean.values, "o-", lw=1.6)
+            axis.fill_between(where, mean - spread, mean + spread, alpha=0.2, lw=0)
+            if not numeric:
+                axis.set_xticks(where, [_tick(value) for value in mean.index])
             if column == "hhi" and sellers:
                 axis.axhline(1.0 / sellers, color="grey", ls="--", lw=1, label=f"1/S (S = {sellers})")
                 axis.legend(fontsize=8)
             axis.set_xlabel(key)
             axis.set_ylabel(f"{label} (mean over last 10% of rounds)")
-            positive = np.asarray(mean.index, dtype=float)
+            positive = np.asarray(mean.index, dtype=float) if numeric else np.zeros(0)
             if positive.size > 2 and np.all(positive > 0) and positive.max() / positive.min() > 20:
                 axis.set_xscale("log")
             axis.grid(alpha=0.3)
@@ -143,10 +147,21 @@ def phase_figure(final: pd.DataFrame, keys: list[str], path: Path, title: str, s
         for axis, column, label in zip(axes, ("hhi", "gini"), ("final HHI", "final Gini")):
             grid = final.groupby([second, first])[column].mean().unstack()
             image = axis.imshow(grid.values, origin="lower", aspect="auto", cmap="viridis")
-            axis.set_xticks(range(grid.shape[1]), [f"{value:.3g}" for value in grid.columns], rotation=45)
-            axis.set_yticks(range(grid.shape[0]), [f"{value:.3g}" for value in grid.index])
+            axis.set_xticks(range(grid.shape[1]), [_tick(value) for value in grid.columns], rotation=45)
+            axis.set_yticks(range(grid.shape[0]), [_tick(value) for value in grid.index])
             axis.set_xlabel(first)
             axis.set_ylabel(second)
             figure.colorbar(image, ax=axis, label=f"{label} (replica mean)")
         figure.suptitle(f"{title}: final concentration over {first} x {second}")
     _save(figure, path)
+
+
+def _numeric(values) -> bool:
+    """Whether swept values are numbers (drawn on a numeric axis) rather than names or switches."""
+    return all(
+        isinstance(value, (int, float, np.number)) and not isinstance(value, (bool, np.bool_)) for value in values
+    )
+
+
+def _tick(value) -> str:
+    return f"{value:.3g}" if _numeric([value]) else str(value)

@@ -81,7 +81,13 @@ def _count(count: int) -> int:
 
 
 def sweep_points(base: Scenario, grids: list[Grid]) -> list[tuple[dict, Scenario]]:
-    """Every point of the grids' product with its validated scenario."""
+    """Every point of the grids' product with its validated scenario.
+
+    Each point is validated as a whole scenario, so values valid alone but not together are
+    refused here, before any work, naming the point. A point's values are read back from its
+    validated scenario (``inf`` typed in a list is the float inf, ``1`` for a temperature is 1.0),
+    so every column of the sweep's table has one type.
+    """
     keys = [grid.key for grid in grids]
     if len(set(keys)) != len(keys):
         raise ScenarioError("--grid: the same key is swept twice")
@@ -91,8 +97,45 @@ def sweep_points(base: Scenario, grids: list[Grid]) -> list[tuple[dict, Scenario
     points = []
     for values in itertools.product(*(grid.values for grid in grids)):
         overrides = dict(zip(keys, values))
-        points.append((overrides, base.with_overrides(overrides)))
+        try:
+            scenario = base.with_overrides(overrides)
+        except ScenarioError as error:
+            raise ScenarioError(f"{point_name(overrides)}: {error}") from None
+        points.append(({key: value_at(scenario, key) for key in keys}, scenario))
     return points
+
+
+def point_name(overrides: dict) -> str:
+    """How a point is named in messages: ``--grid key=value, --grid key=value``."""
+    return ", ".join(f"--grid {key}={value}" for key, value in overrides.items())
+
+
+def value_at(scenario: Scenario, key: str):
+    """The value of a dotted key path in a validated scenario."""
+    value = scenario
+    for part in key.split("."):
+        value = value[part] if isinstance(value, dict) else getattr(value, part)
+    return value.model_dump_json() if hasattr(value, "model_dump_json") else value  # a table holds plain values
+
+
+def check_points(points: list[tuple[dict, Scenario]], dtype: str) -> None:
+    """Compile every distinct point once, alone and on the CPU, before any work starts.
+
+    What only the compiler checks (a weights file against d, a network or couplings file
+    against the agent count, the memory of one element) is refused here, naming the point.
+    """
+    from econspin.economy import build_economy
+
+    checked = set()
+    for overrides, scenario in points:
+        text = scenario.to_yaml()
+        if text in checked:
+            continue
+        checked.add(text)
+        try:
+            build_economy([scenario], [0], "cpu", DTYPES[dtype])
+        except ScenarioError as error:
+            raise ScenarioError(f"{point_name(overrides)}: {error}") from None
 
 
 def plan_batches(
@@ -125,14 +168,29 @@ def run_sweep(
     on_round: Callable[[int], None] | None = None,
 ) -> pd.DataFrame:
     """Run every point x replica; one long table with a ``point`` column and the swept keys."""
-    tables = []
-    for batch in plan_batches(points, replicas, dtype):
-        scenarios = [points[index][1] for index, _ in batch]
-        rollout = Rollout.create(scenarios, [replica for _, replica in batch], device, dtype)
-        rollout.advance(steps, on_round)
-        table = rollout.metrics()
-        table.insert(0, "point", np.tile(np.asarray([index for index, _ in batch]), steps))
-        tables.append(table)
+    batches = plan_batches(points, replicas, dtype)
+    return sweep_table(points, [run_batch(points, batch, steps, device, dtype, on_round) for batch in batches])
+
+
+def run_batch(
+    points: list[tuple[dict, Scenario]],
+    batch: list[tuple[int, int]],
+    steps: int,
+    device: str,
+    dtype: str,
+    on_round: Callable[[int], None] | None = None,
+) -> pd.DataFrame:
+    """One batch of (point, replica) elements as one batched kernel: its metrics with a ``point`` column."""
+    scenarios = [points[index][1] for index, _ in batch]
+    rollout = Rollout.create(scenarios, [replica for _, replica in batch], device, dtype)
+    rollout.advance(steps, on_round)
+    table = rollout.metrics()
+    table.insert(0, "point", np.tile(np.asarray([index for index, _ in batch]), steps))
+    return table
+
+
+def sweep_table(points: list[tuple[dict, Scenario]], tables: list[pd.DataFrame]) -> pd.DataFrame:
+    """The batches' tables as one, with a column per swept key, sorted by point, replica, step."""
     table = pd.concat(tables, ignore_index=True)
     for position, key in enumerate(points[0][0]):
         table.insert(1 + position, key, [points[index][0][key] for index in table["point"]])
