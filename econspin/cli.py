@@ -195,12 +195,15 @@ def run(
             if not quiet:
                 console.print(f"{resume} already holds all {done} rounds; nothing to do")
             return
-        previous = pd.DataFrame()
-        if record is not None:
-            rollout.state, rows = load_checkpoint(resume / CHECKPOINT_FILE, rollout.state)
-            previous = resumed_metrics(resume, rows)
     except (ScenarioError, CheckpointError) as error:
         fail(str(error), named_source(str(error), resume, scenario))
+    previous = pd.DataFrame()
+    if record is not None:
+        try:
+            rollout.state, rows = load_checkpoint(resume / CHECKPOINT_FILE, rollout.state)
+            previous = resumed_metrics(resume, rows)
+        except (ScenarioError, CheckpointError) as error:  # a message that names no file is the checkpoint's
+            fail(str(error), None if str(error).startswith(str(resume)) else resume / CHECKPOINT_FILE)
     scenario_data = comparable_scenario(loaded)
     started_manifest = manifest(loaded, rollout.economy.device, 0.0, 0, {"fingerprint": current}, complete=False)
     if resume is None:

@@ -250,7 +250,7 @@ def recorded_fingerprint(folder: Path, kind: str, option: str = "--resume") -> d
     """The fingerprint a folder's manifest records, refusing (one line) a folder without one or of another kind."""
     manifest = read_manifest(folder)
     if manifest is None:
-        raise ScenarioError(f"{option} {folder}: no readable {MANIFEST_FILE}; not an econspin {kind} folder")
+        raise ScenarioError(f"{option} {folder}: not a {kind} folder (no readable {MANIFEST_FILE})")
     recorded = manifest.get("fingerprint")
     if not isinstance(recorded, dict):
         raise ScenarioError(

@@ -124,8 +124,6 @@ def check_points(points: list[tuple[dict, Scenario]], dtype: str) -> None:
     What only the compiler checks (a weights file against d, a network or couplings file
     against the agent count, the memory of one element) is refused here, naming the point.
     """
-    from econspin.economy import build_economy
-
     checked = set()
     for overrides, scenario in points:
         text = scenario.to_yaml()
@@ -133,7 +131,7 @@ def check_points(points: list[tuple[dict, Scenario]], dtype: str) -> None:
             continue
         checked.add(text)
         try:
-            build_economy([scenario], [0], "cpu", DTYPES[dtype])
+            Rollout.create([scenario], [0], "cpu", dtype)  # the economy and its round-0 state
         except ScenarioError as error:
             raise ScenarioError(f"{point_name(overrides)}: {error}") from None
 

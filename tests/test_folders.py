@@ -14,30 +14,20 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+import yaml
 from folder_checks import assert_run_folder_consistent, assert_sweep_folder_consistent, written
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from test_cli import TINY, write  # the tiny scenario of the command-line tests
 from typer.testing import CliRunner
 
 from econspin import Scenario, simulate
 from econspin.cli import app
-from econspin.fingerprint import fingerprint, scenario_digest
+from econspin.fingerprint import differences, fingerprint, scenario_digest
 
 runner = CliRunner()
 
-TINY = """
-name: tiny
-populations:
-  human: {count: 12, temperature: 1.0, spend: 0.2}
-  ai: {count: 4, temperature: 0.1, spend: 0.2}
-market: {d: 4}
-run: {steps: 8, replicas: 2, seed: 3, device: cpu}
-"""
 GRID = ["--grid", "populations.ai.temperature=0.1,1"]
-
-
-def write(folder: Path, text: str, name: str = "scenario.yaml") -> Path:
-    path = folder / name
-    path.write_text(text)
-    return path
 
 
 def invoke(*arguments) -> object:
@@ -87,6 +77,31 @@ def test_the_digest_is_of_the_computation_not_of_how_it_was_typed(tiny):
     assert scenario_digest(scenario.with_run_settings(seed=4)) != scenario_digest(scenario)
     record = fingerprint("run", scenario, {"populations.ai.spend": 0.3})
     assert record["steps"] == 8 and record["torch"] == str(torch.__version__) and record["overrides"]
+
+
+CHANGES = {  # keys a user changes, with values to choose from
+    "populations.ai.temperature": [0.1, 0.2, float("inf"), 0.0],
+    "populations.human.spend": [0.2, 0.3],
+    "market.mode": ["expected", "sampled"],
+    "market.d": [4, 6],
+    "run.seed": [3, -1],
+    "run.steps": [8, 20],
+    "run.device": ["cpu", "auto"],
+}
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.fixed_dictionaries({key: st.sampled_from(values) for key, values in CHANGES.items()}),
+       st.fixed_dictionaries({key: st.sampled_from(values) for key, values in CHANGES.items()}))
+def test_fingerprints_differ_exactly_where_the_computations_do(first, second):
+    base = Scenario.from_dict(yaml.safe_load(TINY))
+    one, other = base.with_overrides(first), base.with_overrides(second)
+    changed = {key for key in CHANGES if first[key] != second[key]}
+    computed = changed - {"run.steps", "run.device"}  # one invocation's settings
+    assert (scenario_digest(one) == scenario_digest(other)) == (not computed)
+    found = differences(fingerprint("run", one), fingerprint("run", other), one.model_dump(), other)
+    named = {text.split(" ")[0] for text in found}
+    assert named == computed | ({"steps"} if "run.steps" in changed else set())
 
 
 def test_every_output_records_its_fingerprint(tmp_path, tiny, done):
@@ -162,7 +177,7 @@ def test_old_folders_without_a_fingerprint_are_named_as_such(tmp_path, tiny, don
     refused(invoke("run", "--resume", done, "--steps", "12", "--quiet"), "without a fingerprint")
     (done / "manifest.json").unlink()
     refused(invoke("run", tiny, "--out", done, "--quiet"), "without a fingerprint")
-    refused(invoke("run", "--resume", done, "--quiet"), "no readable manifest.json")
+    refused(invoke("run", "--resume", done, "--quiet"), "not a run folder (no readable manifest.json)")
     assert snapshot(done) == {name: data for name, data in before.items() if str(name) != "manifest.json"}
     assert invoke("run", tiny, "--out", done, "--force", "--quiet").exit_code == 0
 
@@ -226,7 +241,7 @@ def test_sweep_resume_refuses_new_settings_and_another_version(tmp_path, tiny):
     sweep = tmp_path / "sweep"
     assert invoke("sweep", tiny, *GRID, "--out", sweep, "--quiet").exit_code == 0
     refused(invoke("sweep", "--resume", sweep, "--steps", "3", "--quiet"), "--resume continues a sweep as it was")
-    refused(invoke("sweep", "--resume", tmp_path / "nowhere", "--quiet"), "no readable manifest.json")
+    refused(invoke("sweep", "--resume", tmp_path / "nowhere", "--quiet"), "not a sweep folder (no readable")
     result = invoke("sweep", "--resume", sweep)
     assert result.exit_code == 0 and "nothing to do" in result.output
     manifest = json.loads((sweep / "manifest.json").read_text())
