@@ -31,6 +31,7 @@ from econspin.fingerprint import (
     finished,
     finished_batch,
     forget_final_files,
+    read_manifest,
     recorded_fingerprint,
     refuse_differences,
     resumable_checkpoint,
@@ -230,8 +231,6 @@ def run(
         console.print(f"interrupted after round {rollout.state.round}; continue with: econspin run --resume {target}")
         raise typer.Exit(130)
     wall_time = time.perf_counter() - started
-    if rounds == 0:  # an interrupted run whose last round was played: finish its files
-        table = previous
     wealth = wealth_table(rollout.state, rollout.economy.population_names, rollout.economy.population, rollout.replicas)
     write_table(target / WEALTH_FILE, wealth)
     draw_run_figures(target, loaded, table, wealth)
@@ -387,10 +386,15 @@ def plot(directory: Annotated[Path, typer.Argument(help="A run or sweep folder."
         scenario = load_scenario(directory / SCENARIO_FILE, {})
     except ScenarioError as error:
         fail(str(error))
+    recorded = read_manifest(directory) or {}
+    if recorded.get("status") == "incomplete":
+        kind = recorded.get("fingerprint", {}).get("kind", "run")
+        fail(
+            f"{directory}: its {kind} has not finished (interrupted, or still running); "
+            f"finish it with: econspin {kind} --resume {directory}"
+        )
     if (directory / SWEEP_FILE).exists():
-        import json
-
-        keys = list(json.loads((directory / MANIFEST_FILE).read_text()).get("grid", {}))
+        keys = list(recorded.get("grid", {}))
         draw_sweep_figures(directory, scenario, pd.read_parquet(directory / SWEEP_FILE), keys)
     elif (directory / METRICS_FILE).exists() and (directory / WEALTH_FILE).exists():
         draw_run_figures(

@@ -233,6 +233,7 @@ def test_an_interrupted_run_is_consistent_and_resumes(tmp_path, tiny, done):
         (killed / name).unlink()
     (killed / "manifest.json").write_text(json.dumps({**manifest, "status": "incomplete"}))
     assert assert_run_folder_consistent(killed) == "incomplete"
+    refused(invoke("plot", killed), "has not finished", f"econspin run --resume {killed}")
     assert invoke("run", "--resume", killed, "--quiet").exit_code == 0  # the last round was played: finish
     assert assert_run_folder_consistent(killed) == "complete"
 
