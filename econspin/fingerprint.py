@@ -6,8 +6,9 @@ scenario, and the batches an interrupted sweep already finished.
 
 Every folder a run or a sweep writes records a fingerprint of what decides its numbers (in
 ``manifest.json``, and in every checkpoint): a digest of the validated scenario with every
-default filled in, the options (steps, replicas, seed, the grid, the ``--set`` overrides
-as typed) and the econspin and torch versions. Two commands whose fingerprints agree compute
+default filled in, a digest of every file it reads (network, couplings, weights), the
+options (steps, replicas, seed, the grid, the ``--set`` overrides as typed) and the econspin
+and torch versions. Two commands whose fingerprints agree compute
 the same numbers. A command whose fingerprint differs from the folder's is refused, naming
 what differs, unless ``--force`` asks to replace the folder's econspin outputs (files that
 econspin did not write are never touched).
@@ -61,7 +62,7 @@ OUTPUTS = (
 INVOCATION_SETTINGS = ("steps", "device")
 
 # fingerprint entries that decide the numbers (the overrides are a record of how they were typed)
-COMPARED = ("kind", "scenario", "steps", "grid", "econspin", "torch")
+COMPARED = ("kind", "scenario", "steps", "grid", "files", "econspin", "torch")
 
 KIND_WORDS = {"run": "a run", "sweep": "a sweep"}
 
@@ -90,9 +91,32 @@ def fingerprint(kind: str, scenario: Scenario, overrides: dict | None = None, gr
         "seed": scenario.run.seed,
         "grid": {key: list(values) for key, values in grid.items()} if grid else None,
         "overrides": dict(overrides or {}),
+        "files": file_digests(scenario),
         "econspin": econspin.__version__,
         "torch": str(torch.__version__),  # a str subclass, which a weights-only checkpoint cannot hold
     }
+
+
+def file_digests(scenario: Scenario) -> dict[str, str]:
+    """SHA-256 of every file the scenario reads (network, couplings, weights), by key path.
+
+    The scenario names a file by its path; what decides the numbers is what the file holds.
+    """
+    named = {}
+    if scenario.market.network is not None and scenario.market.network.edge_list:
+        named["market.network.edge_list"] = scenario.market.network.edge_list
+    if scenario.market.couplings is not None and scenario.market.couplings.file:
+        named["market.couplings.file"] = scenario.market.couplings.file
+    for name, population in scenario.populations.items():
+        if population.correction.weights:
+            named[f"populations.{name}.correction.weights"] = population.correction.weights
+    digests = {}
+    for key, path in named.items():
+        try:
+            digests[key] = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+        except OSError as error:
+            raise ScenarioError(f"{key}: cannot read {path}: {error.strerror or error}") from None
+    return digests
 
 
 def differences(
@@ -118,6 +142,10 @@ def differences(
             found.extend(keys or ["the scenario"])
         elif key == "scenario":
             found.append("the scenario")
+        elif key == "files":
+            before, after = recorded.get("files") or {}, current.get("files") or {}
+            changed = sorted(name for name in set(before) | set(after) if before.get(name) != after.get(name))
+            found.extend(f"the contents of {name}" for name in changed)
         else:
             found.append(f"{key} {_shown(recorded.get(key))} {there}, {_shown(current.get(key))} {here}")
     return found

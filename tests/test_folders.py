@@ -199,6 +199,23 @@ def test_resume_refuses_a_checkpoint_of_another_computation(tmp_path, tiny, done
     assert {name for name in snapshot(done)} == {name for name in before}
 
 
+def ring_network(folder: Path) -> tuple[Path, Path]:
+    """An edge-list file (a ring of the tiny scenario's 16 agents) and a scenario trading on it."""
+    edges = write(folder, "\n".join(f"{i} {(i + 1) % 16}" for i in range(16)) + "\n", "ring.txt")
+    text = TINY.replace("market: {d: 4}", f"market: {{d: 4, network: {{edge_list: {edges}}}}}")
+    return edges, write(folder, text, "networked.yaml")
+
+
+def test_a_file_the_scenario_reads_is_part_of_the_fingerprint(tmp_path):
+    edges, networked = ring_network(tmp_path)
+    out = tmp_path / "run"
+    assert invoke("run", networked, "--out", out, "--steps", "4", "--quiet").exit_code == 0
+    edges.write_text(edges.read_text() + "0 8\n")  # the same path, another network
+    refused(invoke("run", networked, "--out", out, "--steps", "4", "--quiet"),
+            "the contents of market.network.edge_list")
+    refused(invoke("run", "--resume", out, "--steps", "8", "--quiet"), "the contents of market.network.edge_list")
+
+
 def test_resume_below_the_rounds_done_is_refused_and_at_them_does_nothing(tiny, done):
     before = snapshot(done)
     refused(invoke("run", "--resume", done, "--steps", "5", "--quiet"), "--steps 5", "holds 8 rounds already",
@@ -280,9 +297,7 @@ def _weights(tmp_path: Path, d: int) -> Path:
 
 
 def test_grid_points_valid_alone_but_not_together_are_refused_before_anything_is_written(tmp_path, tiny):
-    edges = write(tmp_path, "\n".join(f"{i} {(i + 1) % 16}" for i in range(16)) + "\n", "ring.txt")
-    networked = write(tmp_path, TINY.replace("market: {d: 4}", f"market: {{d: 4, network: {{edge_list: {edges}}}}}"),
-                      "networked.yaml")
+    _, networked = ring_network(tmp_path)
     with_weights = write(tmp_path, TINY.replace(
         "spend: 0.2}\n  ai", f"spend: 0.2, correction: {{form: ffn, weights: {_weights(tmp_path, 4)}}}}}\n  ai"),
         "weights.yaml")
