@@ -33,6 +33,7 @@ from econspin.fingerprint import (
     forget_final_files,
     read_manifest,
     recorded_fingerprint,
+    refuse_another_device,
     refuse_differences,
     resumable_checkpoint,
     resumed_metrics,
@@ -300,6 +301,7 @@ def sweep(
                     console.print(f"{resume} holds a complete sweep; nothing to do")
                 return
             base = load_scenario(resume / SCENARIO_FILE, {}).with_run_settings(device=device)
+            refuse_another_device(resume, base.run.device)
             grids = [Grid(key, tuple(values)) for key, values in (recorded.get("grid") or {}).items()]
             overrides, target = recorded.get("overrides"), resume
         else:

@@ -30,6 +30,7 @@ import torch
 import yaml
 
 import econspin
+from econspin.economy import resolve_device
 from econspin.output import (
     CHECKPOINT_FILE,
     MANIFEST_FILE,
@@ -369,3 +370,14 @@ def finished_batch(folder: Path, index: int, batch: list[tuple[int, int]], steps
         return None
     members = sorted(set(zip(table["point"], table["replica"]))) if {"point", "replica"} <= set(table) else []
     return table if members == sorted(batch) and len(table) == steps * len(batch) else None
+
+
+def refuse_another_device(folder: Path, device: str) -> None:
+    """A sweep's finished batches are continued only on the kind of device that ran them (bit for bit)."""
+    made_on = str((read_manifest(folder) or {}).get("device", "")).split(":")[0]
+    here = resolve_device(device).type
+    if made_on and made_on != here:
+        raise ScenarioError(
+            f"--resume {folder}: its batches were run on {made_on} and continue bit for bit only there; "
+            f"resume with --device {made_on} (this sweep would use {here})"
+        )

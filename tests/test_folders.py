@@ -266,6 +266,8 @@ def test_sweep_resume_refuses_new_settings_and_another_version(tmp_path, tiny):
     manifest["status"], manifest["fingerprint"]["econspin"] = "incomplete", "0.0.1"
     (sweep / "manifest.json").write_text(json.dumps(manifest))
     refused(invoke("sweep", "--resume", sweep, "--quiet"), "econspin 0.0.1 in its manifest")
+    (sweep / "manifest.json").write_text(json.dumps({**manifest, "device": "cuda:0"}))
+    refused(invoke("sweep", "--resume", sweep, "--device", "cpu", "--quiet"), "run on cuda", "--device cuda")
     refused(invoke("run", "--resume", sweep, "--quiet"), "is a sweep folder", "econspin sweep --resume")
 
 
