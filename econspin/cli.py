@@ -7,6 +7,7 @@ and nothing written.
 from __future__ import annotations
 
 import contextlib
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -21,12 +22,30 @@ from rich.table import Table
 from rich.text import Text
 from typer._click.exceptions import NoArgsIsHelpError, UsageError  # typer carries its own click
 
+from econspin.fingerprint import (
+    check_folder,
+    clear_outputs,
+    comparable_scenario,
+    differences,
+    fingerprint,
+    finished,
+    finished_batch,
+    forget_final_files,
+    read_manifest,
+    recorded_fingerprint,
+    refuse_another_device,
+    refuse_differences,
+    resumable_checkpoint,
+    resumed_metrics,
+)
 from econspin.metrics import metric_names
 from econspin.output import (
     CHECKPOINT_FILE,
     MANIFEST_FILE,
     METRICS_FILE,
     SCENARIO_FILE,
+    SHARDS_FOLDER,
+    SWEEP_BATCHES,
     SWEEP_FILE,
     WEALTH_FILE,
     CheckpointError,
@@ -67,6 +86,12 @@ app = typer.Typer(
 )
 console = Console(stderr=True, markup=False, emoji=False, highlight=False)
 
+ForceOption = Annotated[
+    bool,
+    typer.Option(
+        "--force", help="Replace the econspin outputs of an --out folder that holds something else (others stay)."
+    ),
+]
 SetOption = Annotated[
     Optional[list[str]],
     typer.Option("--set", help="Override a scenario key: key.path=value (value read as YAML). Repeatable."),
@@ -137,66 +162,91 @@ def run(
     checkpoint_every: Annotated[
         Optional[int], typer.Option(min=1, help="Rounds between checkpoints (default: about 20 per run).")
     ] = None,
+    force: ForceOption = False,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar or summary.")] = False,
 ):
     """Run a scenario and write its folder: metrics, checkpoint, manifest, figures."""
+    record = None  # the checkpoint resumed from
     try:
         if resume is not None:
-            if scenario is not None or set_ or replicas is not None or seed is not None:
-                raise ScenarioError("--resume continues a run as it was: give no SCENARIO, --set, --replicas or --seed")
-            if not (resume / SCENARIO_FILE).exists() or not (resume / CHECKPOINT_FILE).exists():
-                raise ScenarioError(f"{resume}: not a run folder with {SCENARIO_FILE} and {CHECKPOINT_FILE}")
-            loaded = load_scenario(resume / SCENARIO_FILE, {})
+            if scenario is not None or set_ or replicas is not None or seed is not None or force:
+                raise ScenarioError(
+                    "--resume continues a run as it was: give no SCENARIO, --set, --replicas, --seed or --force"
+                )
+            recorded = recorded_fingerprint(resume, "run")
+            if not (resume / SCENARIO_FILE).exists():
+                raise ScenarioError(f"--resume {resume}: the run stopped before writing {SCENARIO_FILE}; run it again")
+            loaded = load_scenario(resume / SCENARIO_FILE, {}).with_run_settings(steps=steps, device=device)
+            current = fingerprint("run", loaded, recorded.get("overrides"))
+            record = resumable_checkpoint(resume, recorded, current, loaded)
+            target = resume
         else:
             if scenario is None:
                 raise ScenarioError("run: give a SCENARIO file (or --resume DIR)")
-            loaded = load_scenario(scenario, parse_overrides(set_))
-        loaded = loaded.with_run_settings(steps=steps, replicas=replicas, seed=seed, device=device)
-        target = resume if resume is not None else (out or Path("runs") / loaded.name)
-        check_writable(target, "--resume" if resume is not None else "--out", folder=True)
+            overrides = parse_overrides(set_)
+            loaded = load_scenario(scenario, overrides)
+            loaded = loaded.with_run_settings(steps=steps, replicas=replicas, seed=seed, device=device)
+            target = out or Path("runs") / loaded.name
+            check_writable(target, "--out", folder=True)
+            current = fingerprint("run", loaded, overrides)
+            check_folder(target, current, loaded, "--out", force)
         rollout = Rollout.create(
             [loaded] * loaded.run.replicas, list(range(loaded.run.replicas)), loaded.run.device, loaded.run.dtype
         )
-    except ScenarioError as error:
-        fail(str(error), resume / SCENARIO_FILE if resume is not None else scenario)
+        done = record["round"] if record is not None else 0
+        if resume is not None and done == loaded.run.steps and finished(resume, loaded.run.steps):
+            if not quiet:
+                console.print(f"{resume} already holds all {done} rounds; nothing to do")
+            return
+    except (ScenarioError, CheckpointError) as error:
+        fail(str(error), named_source(str(error), resume, scenario))
     previous = pd.DataFrame()
-    if resume is not None:
+    if record is not None:
         try:
             rollout.state, rows = load_checkpoint(resume / CHECKPOINT_FILE, rollout.state)
-        except (ScenarioError, CheckpointError) as error:
-            fail(str(error), resume / CHECKPOINT_FILE)
-        previous = pd.read_parquet(resume / METRICS_FILE).iloc[:rows]
+            previous = resumed_metrics(resume, rows)
+        except (ScenarioError, CheckpointError) as error:  # a message that names no file is the checkpoint's
+            fail(str(error), None if str(error).startswith(str(resume)) else resume / CHECKPOINT_FILE)
+    scenario_data = comparable_scenario(loaded)
+    started_manifest = manifest(loaded, rollout.economy.device, 0.0, 0, {"fingerprint": current}, complete=False)
+    if resume is None:
+        clear_outputs(target)
+    write_json(target / MANIFEST_FILE, started_manifest)  # first: the folder is this run's, and incomplete
+    forget_final_files(target, (WEALTH_FILE, "concentration.png", "wealth.png"))  # they described the last round
     write_text(target / SCENARIO_FILE, loaded.to_yaml())
-    rounds = max(loaded.run.steps - rollout.state.round, 0)  # what this invocation plays
+    if record is None:  # resumable from the start on
+        save_checkpoint(target / CHECKPOINT_FILE, rollout.state, rollout.replicas, 0, current, scenario_data)
+    rounds = loaded.run.steps - rollout.state.round  # what this invocation plays
     every = checkpoint_every or max(1, loaded.run.steps // 20)
     started = time.perf_counter()
+    table = previous
     try:
         with progress_bar(rounds, f"{loaded.name}", quiet) as advance:
             while rollout.state.round < loaded.run.steps:
                 rollout.advance(min(every, loaded.run.steps - rollout.state.round), advance)
                 table = pd.concat([previous, rollout.metrics()], ignore_index=True)
-                write_table(target / METRICS_FILE, table)
-                save_checkpoint(target / CHECKPOINT_FILE, rollout.state, rollout.replicas, len(table))
+                write_table(target / METRICS_FILE, table)  # first: the checkpoint never follows rows not written
+                save_checkpoint(
+                    target / CHECKPOINT_FILE, rollout.state, rollout.replicas, len(table), current, scenario_data
+                )
     except KeyboardInterrupt:
         console.print(f"interrupted after round {rollout.state.round}; continue with: econspin run --resume {target}")
         raise typer.Exit(130)
     wall_time = time.perf_counter() - started
-    table = pd.read_parquet(target / METRICS_FILE) if rounds == 0 else table
     wealth = wealth_table(rollout.state, rollout.economy.population_names, rollout.economy.population, rollout.replicas)
     write_table(target / WEALTH_FILE, wealth)
-    write_json(
-        target / MANIFEST_FILE,
-        manifest(
-            loaded,
-            rollout.economy.device,
-            wall_time,
-            rounds,
-            {"resumed_from_round": loaded.run.steps - rounds},
-        ),
-    )
     draw_run_figures(target, loaded, table, wealth)
+    extra = {"fingerprint": current, "resumed_from_round": loaded.run.steps - rounds}
+    write_json(target / MANIFEST_FILE, manifest(loaded, rollout.economy.device, wall_time, rounds, extra))  # last
     if not quiet:
         summarise(table, target, wall_time, rounds)
+
+
+def named_source(message: str, resume: Path | None, scenario: Path | None) -> Path | None:
+    """The file an error is about: the scenario, or the folder's scenario.yaml (unless the message names a file)."""
+    if resume is None:
+        return scenario
+    return None if message.startswith(str(resume)) else resume / SCENARIO_FILE
 
 
 def draw_run_figures(target: Path, scenario: Scenario, table: pd.DataFrame, wealth: pd.DataFrame) -> None:
@@ -223,13 +273,17 @@ def summarise(table: pd.DataFrame, target: Path, wall_time: float, rounds: int) 
 
 @app.command()
 def sweep(
-    scenario: Annotated[Path, typer.Argument(help="Scenario YAML file.")],
-    grid: Annotated[list[str], typer.Option(help="key.path=SPEC with SPEC a:b:n, log:a:b:n or v1,v2,... Repeatable.")],
+    scenario: Annotated[Optional[Path], typer.Argument(help="Scenario YAML file.")] = None,
+    grid: Annotated[
+        Optional[list[str]], typer.Option(help="key.path=SPEC with SPEC a:b:n, log:a:b:n or v1,v2,... Repeatable.")
+    ] = None,
     replicas: Annotated[Optional[int], typer.Option(min=1, help="Replicas per point.")] = None,
     steps: Annotated[Optional[int], typer.Option(min=1, help="Rounds per point.")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Output folder (default runs/<name>-sweep).")] = None,
     device: Annotated[Optional[str], typer.Option(help="auto, cpu or cuda.")] = None,
     set_: SetOption = None,
+    resume: Annotated[Optional[Path], typer.Option(help="Continue the sweep in this folder.")] = None,
+    force: ForceOption = False,
     susceptibility: Annotated[
         Optional[list[str]],
         typer.Option(
@@ -260,29 +314,72 @@ def sweep(
         sweep_rounds,
         sweep_susceptibility,
     )
-    from econspin.sweep import parse_grid, plan_shards, run_sweep, sweep_points
+    from econspin.sweep import Grid, assemble, check_points, parse_grid, plan_shards, run_shard, sweep_points
     from econspin.sweep_ray import RayOptions, ShardsFailed, sweep_on_ray  # imports Ray only when it runs
 
     try:
-        base = load_scenario(scenario, parse_overrides(set_))
-        base = base.with_run_settings(steps=steps, replicas=replicas, device=device)
-        grids = [parse_grid(text) for text in grid]
-        points = sweep_points(base, grids)
-        responses = [parse_susceptibility_option(text, base) for text in susceptibility or []]
-        for response in responses:
-            check_sweep_points(response, points)
-        target = out or Path("runs") / f"{base.name}-sweep"
-        check_writable(target, "--out", folder=True)
         if backend not in ("local", "ray"):
             raise ScenarioError(f"--backend {backend!r}: local or ray")
         if backend == "local" and (address, cpus_per_shard, gpus_per_shard) != (None, None, None):
             raise ScenarioError("--address, --cpus-per-shard and --gpus-per-shard go with --backend ray")
+        if resume is not None:
+            if scenario is not None or grid or set_ or replicas is not None or steps is not None or force:
+                raise ScenarioError(
+                    "--resume continues a sweep as it was: give no SCENARIO, --grid, --set, --replicas, --steps "
+                    "or --force"
+                )
+            if susceptibility:
+                raise ScenarioError("--resume continues a sweep as it was: give no --susceptibility")
+            recorded = recorded_fingerprint(resume, "sweep")
+            if finished(resume, recorded.get("steps")):
+                if not quiet:
+                    console.print(f"{resume} holds a complete sweep; nothing to do")
+                return
+            base = load_scenario(resume / SCENARIO_FILE, {}).with_run_settings(device=device)
+            refuse_another_device(resume, base.run.device)
+            grids = [Grid(key, tuple(values)) for key, values in (recorded.get("grid") or {}).items()]
+            overrides, target = recorded.get("overrides"), resume
+            susceptibility = (read_manifest(resume) or {}).get("susceptibility") or []
+        else:
+            if scenario is None or not grid:
+                missing = "--grid is missing" if scenario else "Missing argument 'SCENARIO'"
+                raise ScenarioError(f"{missing} (or give --resume DIR)")
+            overrides = parse_overrides(set_)
+            base = load_scenario(scenario, overrides)
+            base = base.with_run_settings(steps=steps, replicas=replicas, device=device)
+            grids = [parse_grid(text) for text in grid]
+            target = out or Path("runs") / f"{base.name}-sweep"
+            check_writable(target, "--out", folder=True)
+        current = fingerprint("sweep", base, overrides, {g.key: g.values for g in grids})
+        if resume is not None:
+            found = differences(recorded, current, None, base, places=("in its manifest", "now"))
+            refuse_differences(
+                resume, found, f"its {MANIFEST_FILE} does not describe {SCENARIO_FILE} and this econspin"
+            )
+        else:
+            check_folder(target, current, base, "--out", force)
+        points = sweep_points(base, grids)
+        run_settings = base.run
+        check_points(points, run_settings.dtype)
+        responses = [parse_susceptibility_option(text, base) for text in susceptibility or []]
+        for response in responses:
+            check_sweep_points(response, points)
+        shards = plan_shards(points, run_settings.replicas, run_settings.dtype, points_per_shard)
     except ScenarioError as error:
-        fail(str(error), scenario)
-    run_settings = base.run
-    total = len(points) * run_settings.replicas
+        fail(str(error), named_source(str(error), resume, scenario))
+    if resume is None:
+        # a Ray sweep's finished shards stay: the same command again skips them (econspin.shard_record)
+        clear_outputs(target, keep=(SHARDS_FOLDER,) if backend == "ray" else ())
+    forget_final_files(target, (SWEEP_FILE, "phase.png", "concentration.png"))  # and what a killed write left
+    grid_record = {
+        "grid": {g.key: list(g.values) for g in grids},
+        "points": len(points),
+        "susceptibility": [f"{observable}:{wrt}" for observable, wrt in responses],
+        "fingerprint": current,
+    }
+    write_json(target / MANIFEST_FILE, manifest(base, run_settings.device, 0.0, 0, grid_record, complete=False))
+    write_text(target / SCENARIO_FILE, base.to_yaml())
     description = f"{base.name}: {len(points)} points x {run_settings.replicas} replicas"
-    extra = {}
     started = time.perf_counter()
     try:
         if backend == "ray":
@@ -291,13 +388,23 @@ def sweep(
                 points, grids, base, target, options, lambda rounds: progress_bar(rounds, description, quiet),
                 say=(lambda line: None) if quiet else console.print,
             )
+            grid_record.update(extra)
+            kept = extra.get("shards_skipped", 0)
         else:
-            shards = plan_shards(points, run_settings.replicas, run_settings.dtype, points_per_shard)
-            with progress_bar(run_settings.steps * len(shards), description, quiet) as advance:
-                table = run_sweep(
-                    points, run_settings.replicas, run_settings.steps, run_settings.device, run_settings.dtype,
-                    advance, points_per_shard,
-                )
+            tables = {
+                index: finished_batch(target, index, shard.elements, run_settings.steps)
+                for index, shard in enumerate(shards)
+            }
+            missing = [index for index, table in tables.items() if table is None]
+            kept = len(shards) - len(missing)
+            with progress_bar(run_settings.steps * len(missing), description, quiet) as advance:
+                for index in missing:
+                    tables[index] = run_shard(
+                        points, shards[index].elements, run_settings.steps, run_settings.device, run_settings.dtype,
+                        advance,
+                    )
+                    write_table(target / SWEEP_BATCHES / f"batch-{index:05d}.parquet", tables[index])
+            table = assemble(points, [tables[index] for index in range(len(shards))])
         for response in responses:
             rounds = sweep_rounds(points, run_settings.replicas, run_settings.steps)
             with progress_bar(rounds, f"d {response[0]} / d {response[1]}", quiet) as advance:
@@ -305,35 +412,29 @@ def sweep(
     except ScenarioError as error:
         fail(str(error), scenario)
     except KeyboardInterrupt:
-        kept = f"the finished shards are kept in {target}/shards: run the same command to go on"
-        console.print(f"sweep interrupted; {kept if backend == 'ray' else 'nothing was written'}")
+        if backend == "ray":
+            console.print(
+                f"sweep interrupted; the finished shards are kept in {target}/{SHARDS_FOLDER}: run the same "
+                "command to go on"
+            )
+        else:
+            done = f"{sum(table is not None for table in tables.values())} of {len(shards)} batches done"
+            console.print(f"sweep interrupted with {done}; continue with: econspin sweep --resume {target}")
         raise typer.Exit(130)
     except ShardsFailed as failure:
         console.print(Text.assemble(("error:", "bold red"), " ", str(failure)), soft_wrap=True)
         raise typer.Exit(1)
     wall_time = time.perf_counter() - started
-    keys = [g.key for g in grids]
-    write_text(target / SCENARIO_FILE, base.to_yaml())
     write_table(target / SWEEP_FILE, table)
-    write_json(
-        target / MANIFEST_FILE,
-        manifest(
-            base,
-            run_settings.device if backend == "local" else "cpu",  # Ray's shards report their own device
-            wall_time,
-            run_settings.steps,
-            {
-                "grid": {g.key: list(g.values) for g in grids},
-                "points": len(points),
-                "batch_elements": total,
-                "susceptibility": [f"{observable}:{wrt}" for observable, wrt in responses],
-                **extra,
-            },
-        ),
-    )
-    draw_sweep_figures(target, base, table, keys)
+    draw_sweep_figures(target, base, table, [g.key for g in grids])
+    grid_record["batch_elements"] = len(points) * run_settings.replicas
+    used = run_settings.device if backend == "local" else "cpu"  # Ray's shards report their own device
+    write_json(target / MANIFEST_FILE, manifest(base, used, wall_time, run_settings.steps, grid_record))
+    shutil.rmtree(target / SWEEP_BATCHES, ignore_errors=True)  # sweep.parquet holds them all now
     if not quiet:
-        console.print(f"wrote {target}/ ({len(points)} points x {run_settings.replicas} replicas) in {wall_time:.1f} s")
+        kept_words = f", {kept} of {len(shards)} batches kept from before" if kept else ""
+        size = f"{len(points)} points x {run_settings.replicas} replicas{kept_words}"
+        console.print(f"wrote {target}/ ({size}) in {wall_time:.1f} s")
 
 
 def draw_sweep_figures(target: Path, scenario: Scenario, table: pd.DataFrame, keys: list[str]) -> None:
@@ -362,10 +463,15 @@ def plot(directory: Annotated[Path, typer.Argument(help="A run or sweep folder."
         scenario = load_scenario(directory / SCENARIO_FILE, {})
     except ScenarioError as error:
         fail(str(error))
+    recorded = read_manifest(directory) or {}
+    if recorded.get("status") == "incomplete":
+        kind = recorded.get("fingerprint", {}).get("kind", "run")
+        fail(
+            f"{directory}: its {kind} has not finished (interrupted, or still running); "
+            f"finish it with: econspin {kind} --resume {directory}"
+        )
     if (directory / SWEEP_FILE).exists():
-        import json
-
-        keys = list(json.loads((directory / MANIFEST_FILE).read_text()).get("grid", {}))
+        keys = list(recorded.get("grid", {}))
         draw_sweep_figures(directory, scenario, pd.read_parquet(directory / SWEEP_FILE), keys)
     elif (directory / METRICS_FILE).exists() and (directory / WEALTH_FILE).exists():
         draw_run_figures(

@@ -6,9 +6,13 @@ reader (or a run killed half-way) only ever sees complete files. A run folder ho
 - ``scenario.yaml``: the resolved scenario, every default filled in;
 - ``metrics.parquet``: one row per replica per round (step, replica, metrics...);
 - ``wealth.parquet``: final money per agent (replica, agent, population, money);
-- ``manifest.json``: versions, device, seed, wall time, rounds per second;
+- ``manifest.json``: the fingerprint (:mod:`econspin.fingerprint`), whether the output is
+  complete, versions, device, seed, wall time, rounds per second;
 - ``checkpoint.pt``: the state after the last recorded round, enough to resume;
 - the figures (``concentration.png``, ``wealth.png``), drawn from the tables only.
+
+A sweep folder holds ``sweep.parquet`` and ``phase.png`` instead of the run's tables, and
+while it runs, ``batches/``: one finished batch a file, what ``sweep --resume`` keeps.
 """
 
 from __future__ import annotations
@@ -34,6 +38,8 @@ WEALTH_FILE = "wealth.parquet"
 MANIFEST_FILE = "manifest.json"
 CHECKPOINT_FILE = "checkpoint.pt"
 SWEEP_FILE = "sweep.parquet"
+SWEEP_BATCHES = "batches"
+SHARDS_FOLDER = "shards"  # a Ray sweep's finished shards and its definition (econspin.shard_record)
 
 
 def check_writable(path: Path, option: str, folder: bool) -> None:
@@ -86,15 +92,26 @@ def write_json(path: Path, data: dict) -> None:
     write_text(path, json.dumps(data, indent=2, default=str) + "\n")
 
 
-def save_checkpoint(path: Path, state: State, replicas: list[int], metrics_rows: int) -> None:
+def save_checkpoint(
+    path: Path,
+    state: State,
+    replicas: list[int],
+    metrics_rows: int,
+    fingerprint: dict | None = None,
+    scenario: dict | None = None,
+) -> None:
     """Atomically save a state (on the CPU) with the number of metrics rows it follows.
 
     The device type the state ran on is recorded: a resumed run continues bit for bit only on
     the same kind of device (the draws are the same anywhere; the floating-point rounding is not).
+    So are the run's ``fingerprint`` and resolved ``scenario`` (plain data), so that a resume
+    can name what differs between the checkpoint and the scenario it would continue with.
     """
     cpu = state.to("cpu")
     payload = {
         "econspin": econspin.__version__,
+        "fingerprint": fingerprint,
+        "scenario": scenario,
         "device": state.states.device.type,
         "round": cpu.round,
         "replicas": replicas,
@@ -110,6 +127,21 @@ def save_checkpoint(path: Path, state: State, replicas: list[int], metrics_rows:
 
 class CheckpointError(ValueError):
     """A checkpoint this version cannot resume."""
+
+
+def checkpoint_record(path: Path) -> dict:
+    """A checkpoint's record without its tensors: round, metrics rows, device, fingerprint, scenario.
+
+    An unreadable file raises CheckpointError (a checkpoint is written atomically, so this is a
+    file damaged or replaced by hand, never one cut short by a killed run).
+    """
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises many kinds for a damaged file
+        raise CheckpointError(f"{path}: not a readable checkpoint ({type(error).__name__})") from None
+    if not isinstance(payload, dict) or "round" not in payload:
+        raise CheckpointError(f"{path}: not an econspin checkpoint")
+    return {key: value for key, value in payload.items() if key not in ("tensors", "random_keys")}
 
 
 def load_checkpoint(path: Path, template: State) -> tuple[State, int]:
@@ -167,12 +199,17 @@ def wealth_table(state: State, population_names: tuple[str, ...], population, re
     )
 
 
-def manifest(scenario, device, wall_time: float, rounds: int, extra: dict | None = None) -> dict:
-    """Provenance of a run (``device`` a torch.device or a name, ``auto`` included)."""
+def manifest(scenario, device, wall_time: float, rounds: int, extra: dict | None = None, complete: bool = True) -> dict:
+    """Provenance of a run (``device`` a torch.device or a name, ``auto`` included).
+
+    ``complete`` False marks a folder whose command has not finished (it is running, or was
+    interrupted): its tables and checkpoint agree with each other, its final files are absent.
+    """
     from econspin.economy import resolve_device
 
     device = resolve_device(device) if isinstance(device, str) else torch.device(device)
     data = {
+        "status": "complete" if complete else "incomplete",
         "econspin": econspin.__version__,
         "torch": torch.__version__,
         "python": platform.python_version(),

@@ -139,25 +139,30 @@ def phase_figure(
         for axis, (column, label) in zip(axes, panels):
             grouped = final.groupby(key)[column]
             mean, spread = grouped.mean(), grouped.std().fillna(0.0)
+            numeric = _numeric(mean.index)
+            where = mean.index if numeric else np.arange(len(mean))  # names (a market mode) sit side by side
             magnitude = mean.abs()[mean.abs() > 0]
             if column in responses and magnitude.size > 1 and magnitude.max() > 1e3 * magnitude.min():
                 # spread over many decades (e.g. chaotic low-T rounds): the size on a log axis, no band
                 label = f"|{label}|"
-                axis.plot(mean.index, mean.abs().values, "o-", lw=1.6)
+                axis.plot(where, mean.abs().values, "o-", lw=1.6)
                 axis.set_yscale("log")
             else:
-                axis.plot(mean.index, mean.values, "o-", lw=1.6)
-                axis.fill_between(mean.index, mean - spread, mean + spread, alpha=0.2, lw=0)
+                axis.plot(where, mean.values, "o-", lw=1.6)
+                axis.fill_between(where, mean - spread, mean + spread, alpha=0.2, lw=0)
+            if not numeric:
+                axis.set_xticks(where, [_tick(value) for value in mean.index])
             if column == "hhi" and sellers:
                 axis.axhline(1.0 / sellers, color="grey", ls="--", lw=1, label=f"1/S (S = {sellers})")
                 axis.legend(fontsize=8)
             axis.set_xlabel(key)
             if column in responses:
                 axis.set_ylabel(f"{label}\n(after the last round)")
-                peaks.append((mean.abs().idxmax(), label))
+                if numeric:  # a peak is a place on a numeric axis
+                    peaks.append((mean.abs().idxmax(), label))
             else:
                 axis.set_ylabel(f"{label} (mean over last 10% of rounds)")
-            positive = np.asarray(mean.index, dtype=float)
+            positive = np.asarray(mean.index, dtype=float) if numeric else np.zeros(0)
             if positive.size > 2 and np.all(positive > 0) and positive.max() / positive.min() > 20:
                 axis.set_xscale("log")
             axis.grid(alpha=0.3)
@@ -173,10 +178,21 @@ def phase_figure(
         for axis, (column, label) in zip(axes, panels):
             grid = final.groupby([second, first])[column].mean().unstack()
             image = axis.imshow(grid.values, origin="lower", aspect="auto", cmap="viridis")
-            axis.set_xticks(range(grid.shape[1]), [f"{value:.3g}" for value in grid.columns], rotation=45)
-            axis.set_yticks(range(grid.shape[0]), [f"{value:.3g}" for value in grid.index])
+            axis.set_xticks(range(grid.shape[1]), [_tick(value) for value in grid.columns], rotation=45)
+            axis.set_yticks(range(grid.shape[0]), [_tick(value) for value in grid.index])
             axis.set_xlabel(first)
             axis.set_ylabel(second)
             figure.colorbar(image, ax=axis, label=f"{label} (replica mean)")
         figure.suptitle(f"{title}: final concentration over {first} x {second}")
     _save(figure, path)
+
+
+def _numeric(values) -> bool:
+    """Whether swept values are numbers (drawn on a numeric axis) rather than names or switches."""
+    return all(
+        isinstance(value, (int, float, np.number)) and not isinstance(value, (bool, np.bool_)) for value in values
+    )
+
+
+def _tick(value) -> str:
+    return f"{value:.3g}" if _numeric([value]) else str(value)

@@ -21,11 +21,10 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from econspin.output import write_json, write_table
+from econspin.output import SHARDS_FOLDER, write_json, write_table
 from econspin.scenario import Scenario, ScenarioError
 from econspin.sweep import Grid, Shard
 
-SHARDS_FOLDER = "shards"
 DEFINITION_FILE = "sweep.json"
 
 

@@ -86,7 +86,13 @@ def _count(count: int) -> int:
 
 
 def sweep_points(base: Scenario, grids: list[Grid]) -> list[tuple[dict, Scenario]]:
-    """Every point of the grids' product with its validated scenario."""
+    """Every point of the grids' product with its validated scenario.
+
+    Each point is validated as a whole scenario, so values valid alone but not together are
+    refused here, before any work, naming the point. A point's values are read back from its
+    validated scenario (``inf`` typed in a list is the float inf, ``1`` for a temperature is 1.0),
+    so every column of the sweep's table has one type.
+    """
     keys = [grid.key for grid in grids]
     if len(set(keys)) != len(keys):
         raise ScenarioError("--grid: the same key is swept twice")
@@ -96,8 +102,43 @@ def sweep_points(base: Scenario, grids: list[Grid]) -> list[tuple[dict, Scenario
     points = []
     for values in itertools.product(*(grid.values for grid in grids)):
         overrides = dict(zip(keys, values))
-        points.append((overrides, base.with_overrides(overrides)))
+        try:
+            scenario = base.with_overrides(overrides)
+        except ScenarioError as error:
+            raise ScenarioError(f"{point_name(overrides)}: {error}") from None
+        points.append(({key: value_at(scenario, key) for key in keys}, scenario))
     return points
+
+
+def point_name(overrides: dict) -> str:
+    """How a point is named in messages: ``--grid key=value, --grid key=value``."""
+    return ", ".join(f"--grid {key}={value}" for key, value in overrides.items())
+
+
+def value_at(scenario: Scenario, key: str):
+    """The value of a dotted key path in a validated scenario."""
+    value = scenario
+    for part in key.split("."):
+        value = value[part] if isinstance(value, dict) else getattr(value, part)
+    return value.model_dump_json() if hasattr(value, "model_dump_json") else value  # a table holds plain values
+
+
+def check_points(points: list[tuple[dict, Scenario]], dtype: str) -> None:
+    """Compile every distinct point once, alone and on the CPU, before any work starts.
+
+    What only the compiler checks (a weights file against d, a network or couplings file
+    against the agent count, the memory of one element) is refused here, naming the point.
+    """
+    checked = set()
+    for overrides, scenario in points:
+        text = scenario.to_yaml()
+        if text in checked:
+            continue
+        checked.add(text)
+        try:
+            Rollout.create([scenario], [0], "cpu", dtype)  # the economy and its round-0 state
+        except ScenarioError as error:
+            raise ScenarioError(f"{point_name(overrides)}: {error}") from None
 
 
 def plan_batches(

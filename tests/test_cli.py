@@ -1,10 +1,6 @@
 """The command line: errors, the run folder, resume, sweeps."""
 
 import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pandas as pd
@@ -227,31 +223,6 @@ def test_resume_continues_to_the_same_numbers(tmp_path, kernel):
     one = torch.load(straight / "checkpoint.pt", weights_only=True)["tensors"]
     other = torch.load(split / "checkpoint.pt", weights_only=True)["tensors"]
     assert all(torch.equal(one[key], other[key]) for key in one)
-
-
-def test_killed_run_leaves_complete_files_and_resumes(tmp_path):
-    text = TINY.replace("steps: 8", "steps: 1000000").replace("count: 12", "count: 30")
-    path = write(tmp_path, text)
-    out = tmp_path / "killed"
-    command = [sys.executable, "-m", "econspin.cli", "run", str(path), "--out", str(out), "--quiet",
-               "--checkpoint-every", "25"]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 60
-    while time.time() < deadline and not (out / "checkpoint.pt").exists():
-        time.sleep(0.05)
-    time.sleep(0.3)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    checkpoint = torch.load(out / "checkpoint.pt", weights_only=True)
-    metrics = pd.read_parquet(out / "metrics.parquet")
-    assert 0 < checkpoint["round"] < 1000000, "the run should have been interrupted"
-    assert len(metrics) >= checkpoint["metrics_rows"] == checkpoint["round"] * 2
-    result = runner.invoke(app, ["run", "--resume", str(out), "--steps", str(checkpoint["round"] + 20), "--quiet"])
-    assert result.exit_code == 0, result.output
-    resumed = pd.read_parquet(out / "metrics.parquet")
-    reference = tmp_path / "reference"
-    runner.invoke(app, ["run", str(path), "--out", str(reference), "--steps", str(checkpoint["round"] + 20), "--quiet"])
-    assert resumed.equals(pd.read_parquet(reference / "metrics.parquet"))
 
 
 def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
