@@ -315,7 +315,12 @@ def sweep(
         sweep_susceptibility,
     )
     from econspin.sweep import Grid, assemble, check_points, parse_grid, plan_shards, run_shard, sweep_points
-    from econspin.sweep_ray import RayOptions, ShardsFailed, sweep_on_ray  # imports Ray only when it runs
+    from econspin.sweep_ray import (  # imports Ray only when it runs
+        RayOptions,
+        ShardsFailed,
+        check_ray_sweep,
+        sweep_on_ray,
+    )
 
     try:
         if backend not in ("local", "ray"):
@@ -365,6 +370,9 @@ def sweep(
         for response in responses:
             check_sweep_points(response, points)
         shards = plan_shards(points, run_settings.replicas, run_settings.dtype, points_per_shard)
+        if backend == "ray":
+            options = RayOptions(address, cpus_per_shard or 1, gpus_per_shard or 0, points_per_shard)
+            check_ray_sweep(points, grids, base, target, options)
     except ScenarioError as error:
         fail(str(error), named_source(str(error), resume, scenario))
     if resume is None:
@@ -383,7 +391,6 @@ def sweep(
     started = time.perf_counter()
     try:
         if backend == "ray":
-            options = RayOptions(address, cpus_per_shard or 1, gpus_per_shard or 0, points_per_shard)
             table, extra = sweep_on_ray(
                 points, grids, base, target, options, lambda rounds: progress_bar(rounds, description, quiet),
                 say=(lambda line: None) if quiet else console.print,

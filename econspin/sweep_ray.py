@@ -195,6 +195,20 @@ def failure_reason(error: Exception) -> str:
     return lines[0].strip() if lines else type(error).__name__
 
 
+def check_ray_sweep(
+    points: list[tuple[dict, Scenario]], grids: list[Grid], scenario: Scenario, folder: Path, options: RayOptions
+) -> tuple[list[Shard], ShardRecord]:
+    """The refusals that need no cluster (ScenarioError), made before the folder is touched; the plan and record."""
+    settings = scenario.run
+    shards = plan_shards(points, settings.replicas, settings.dtype, options.shard_points)
+    if settings.device == "cuda" and options.gpus_per_shard == 0:
+        raise ScenarioError("--device cuda: give --gpus-per-shard too (Ray hides GPUs from tasks that ask for none)")
+    record = ShardRecord(folder, sweep_definition(scenario, grids, options.shard_points, shards))
+    import_ray()
+    record.refuse_another()
+    return shards, record
+
+
 def sweep_on_ray(
     points: list[tuple[dict, Scenario]],
     grids: list[Grid],
@@ -212,13 +226,7 @@ def sweep_on_ray(
     one that fails). Raises ScenarioError for a folder holding another sweep, a missing Ray
     or shards no node can run, all before any shard starts; ShardsFailed when shards fail.
     """
-    settings = scenario.run
-    shards = plan_shards(points, settings.replicas, settings.dtype, options.shard_points)
-    if settings.device == "cuda" and options.gpus_per_shard == 0:
-        raise ScenarioError("--device cuda: give --gpus-per-shard too (Ray hides GPUs from tasks that ask for none)")
-    record = ShardRecord(folder, sweep_definition(scenario, grids, options.shard_points, shards))
-    import_ray()  # before the folder is touched
-    record.refuse_another()
+    shards, record = check_ray_sweep(points, grids, scenario, folder, options)
     finished = record.finished()
     todo = [shard for shard in shards if shard.name not in finished]
     if finished:

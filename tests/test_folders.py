@@ -304,11 +304,11 @@ def test_grid_points_valid_alone_but_not_together_are_refused_before_anything_is
         "spend: 0.2}\n  ai", f"spend: 0.2, correction: {{form: ffn, weights: {_weights(tmp_path, 4)}}}}}\n  ai"),
         "weights.yaml")
     cases = [
-        (tiny, ["--set", "run.kernel=fused", "--grid", "market.mode=expected,sampled"],
-         ["--grid market.mode=sampled", "run.kernel: fused"]),
+        (tiny, ["--set", "market.d_v=4", "--grid", "market.output=random,identity", "--grid", "market.d=4,6"],
+         ["market.output=identity", "market.d=6", "d_v = d"]),
         (tiny, ["--grid", "populations.ai.count=4,0"], ["--grid populations.ai.count=0", "populations.ai.count"]),
         (networked, ["--grid", "populations.human.count=12,8"],
-         ["--grid populations.human.count=8", "market.network: node"]),
+         ["--grid populations.human.count=8", "market.network.edge_list", "does not exist"]),
         (with_weights, ["--grid", "market.d=4,6"], ["--grid market.d=6", "correction.weights", "shape"]),
     ]
     for scenario, arguments, words in cases:
