@@ -6,9 +6,18 @@ Python) and run it with :func:`simulate`. The engine's pieces (``econspin.round.
 those who need one round at a time.
 """
 
-from econspin.scenario import Scenario, ScenarioError
+from econspin.memory import MemoryBudgetError
+from econspin.scenario import Scenario, ScenarioError, ScenarioWarning
 from econspin.simulate import SimulationResult, simulate
 
 __version__ = "0.1.0"
 
-__all__ = ["Scenario", "ScenarioError", "SimulationResult", "simulate", "__version__"]
+__all__ = [
+    "MemoryBudgetError",
+    "Scenario",
+    "ScenarioError",
+    "ScenarioWarning",
+    "SimulationResult",
+    "simulate",
+    "__version__",
+]
