@@ -6,8 +6,9 @@ everything a run will hold, part by part, from the scenario's sizes alone (N, d,
 heads, the batch, the network's edges, the rounds recorded, a sweep's points):
 
 - ``round``: one round's working memory, at the block size the run will use (the per-agent
-  tensors and, in the dense kernels, blocks of buyer rows x N; in the sparse kernel, chunks of
-  edges; with couplings, the per-agent tensors only);
+  tensors and, in the dense kernels, blocks of buyer rows x N: the fused kernel's two
+  cache-sized blocks, the reference kernel's blocks as tall as ``run.memory_budget_mb``
+  allows; in the sparse kernel, chunks of edges; with couplings, the per-agent tensors only);
 - ``initial state``: the round-0 draw, made in float64 on the host;
 - ``projections``: W_Q, W_K, W_V, W_O of every element, and the products a round forms of them;
 - ``trade mask``: a dense network's N x N mask (and the kernel's additive bias, where kept);
@@ -35,6 +36,7 @@ from econspin.scenario import Scenario, ScenarioError
 BYTES_PER_PAIR = 48  # working memory per (batch element, head, buyer, seller) entry of one block
 SWEEP_BLOCK_ROWS = 64  # the sweep planner batches no more elements than leave room for blocks this tall
 BYTES_PER_GRAPH_EDGE = 320  # networkx adjacency (about 190 measured), its edge list (64) and the tensors built from it
+BYTES_PER_MASK_PAIR = 12  # a dense mask, who may buy from whom, their complements (14 measured, float32 bias included)
 BYTES_PER_TRADE_EDGE = 16  # the sparse kernel's buyer and seller index of one directed edge
 BYTES_PER_RECORDED_ROUND = 512  # a round's metrics tensor as a Python object, beside its numbers
 BYTES_PER_TABLE_CELL = 24  # a float64 cell, held as recorded, as a table and as the table's copy on writing
@@ -204,9 +206,15 @@ def estimate_memory(
     sparse = network is not None and _sparse_layout(network.layout, edges, agents, model.budget)
     kernel = "couplings" if market.couplings is not None else ("sparse" if sparse else "dense")
     if kernel == "dense":
-        rows = run.chunk if run.chunk is not None else model.rows_per_block(batch)
-        device["round"] = batch * model.element_bytes(max(1, min(rows, agents)))
         smallest = batch * model.element_bytes(1)
+        if run.kernel != "reference" and market.mode == "expected":  # the fused kernel: two blocks, reused
+            from econspin.fused import block_shape  # fused builds on the economy, which reads this module
+
+            groups, rows = block_shape(batch * heads, agents, run.chunk)
+            device["round"] = batch * model.agent_bytes() + 2 * (2 * groups * rows * agents * itemsize)
+        else:  # the reference kernel: blocks as tall as the budget allows
+            rows = run.chunk if run.chunk is not None else model.rows_per_block(batch)
+            device["round"] = batch * model.element_bytes(max(1, min(rows, agents)))
     else:
         smallest = batch * model.agent_bytes()
         device["round"] = smallest
@@ -225,7 +233,7 @@ def estimate_memory(
             device["trade network"] = (edges or 0) * BYTES_PER_TRADE_EDGE
         else:
             bias = agents * agents * itemsize if agents * agents * itemsize <= model.budget / 4 else 0
-            device["trade mask"] = 2 * agents * agents + bias  # the mask, who may buy from whom, the bias
+            device["trade mask"] = BYTES_PER_MASK_PAIR * agents * agents + bias
         host["trade network"] = host.get("trade network", 0.0) + (edges or 0) * BYTES_PER_GRAPH_EDGE
     if market.couplings is not None:
         matrices = 1  # replicas share one matrix (a batch of points with different couplings holds one each)

@@ -207,3 +207,48 @@ def test_a_sweep_point_too_large_is_refused_before_any_point_runs(tmp_path):
     message = result.output.strip()
     assert len(message.splitlines()) == 1 and "run.memory_budget_mb" in message and "3000004 agents" in message
     assert not out.exists()
+
+
+PROBE = """
+import json, resource, sys
+import torch
+torch.set_num_threads(1)
+from econspin import Scenario, simulate
+from econspin.economy import DTYPES
+from econspin.memory import estimate_memory
+overrides, steps, replicas = json.loads(sys.argv[1]), 2, 2
+base = {"populations": {"a": {"count": 16}}, "run": {"device": "cpu", "steps": steps, "replicas": replicas}}
+scenario = Scenario.from_dict(base).with_overrides(overrides)
+simulate(Scenario.from_dict(base).with_overrides({**overrides, "populations.a.count": 16, "market.d": 4}))  # warm up
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+simulate(scenario)
+grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before
+print(json.dumps([grown, estimate_memory(scenario, replicas, DTYPES[scenario.run.dtype], rounds=steps).total]))
+"""
+
+# the sizes that dominate each part of the estimate, large enough to stand out of the process's own memory
+MEASURED = {
+    "projections": {"market.d": 1500},
+    "fused blocks": {"populations.a.count": 4000},
+    "reference blocks": {"populations.a.count": 2000, "market.heads": 4, "run.kernel": "reference"},
+    "sampled mode": {"populations.a.count": 2000, "market.mode": "sampled"},
+    "dense mask": {"populations.a.count": 4000, "market.network": {"generator": "cycle_graph", "layout": "dense"}},
+    "sparse edges": {"populations.a.count": 50000, "market.network": {
+        "generator": "fast_gnp_random_graph", "params": {"p": 0.0004, "directed": True}, "layout": "sparse"}},
+    "couplings": {"populations.a.count": 4000, "market.couplings": {"curie_weiss": 1.0}},
+}
+
+
+@pytest.mark.parametrize("case", [
+    pytest.param(case, marks=() if case == "fused blocks" else pytest.mark.slow) for case in MEASURED
+])
+def test_the_estimate_bounds_what_a_run_takes_and_is_not_far_above_it(case):
+    """Peak resident memory grown by a run (a fresh process, after a small run of the same kind)."""
+    import json
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-c", PROBE, json.dumps(MEASURED[case])],
+                            capture_output=True, text=True, timeout=300, check=True)
+    grown, estimate = json.loads(result.stdout.strip().splitlines()[-1])
+    assert grown <= estimate <= 4 * grown + 64 * 2**20, (case, grown / 2**20, estimate / 2**20)
