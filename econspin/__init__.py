@@ -7,15 +7,18 @@ its inputs with :func:`susceptibility`. The engine's pieces (``econspin.round.st
 those who need one round at a time.
 """
 
-from econspin.scenario import Scenario, ScenarioError
+from econspin.memory import MemoryBudgetError
+from econspin.scenario import Scenario, ScenarioError, ScenarioWarning
 from econspin.simulate import SimulationResult, simulate
 from econspin.susceptibilities import Susceptibility, susceptibility
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "MemoryBudgetError",
     "Scenario",
     "ScenarioError",
+    "ScenarioWarning",
     "SimulationResult",
     "Susceptibility",
     "simulate",

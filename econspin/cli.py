@@ -7,9 +7,11 @@ and nothing written.
 from __future__ import annotations
 
 import contextlib
+import math
 import shutil
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -22,6 +24,7 @@ from rich.table import Table
 from rich.text import Text
 from typer._click.exceptions import NoArgsIsHelpError, UsageError  # typer carries its own click
 
+from econspin.economy import resolve_device
 from econspin.fingerprint import (
     check_folder,
     clear_outputs,
@@ -38,6 +41,7 @@ from econspin.fingerprint import (
     resumable_checkpoint,
     resumed_metrics,
 )
+from econspin.memory import available_memory, format_bytes
 from econspin.metrics import metric_names
 from econspin.output import (
     CHECKPOINT_FILE,
@@ -58,7 +62,8 @@ from econspin.output import (
     write_table,
     write_text,
 )
-from econspin.scenario import Scenario, ScenarioError
+from econspin.preflight import check_files, confirm_grid, preflight_run, preflight_sweep
+from econspin.scenario import Scenario, ScenarioError, ScenarioWarning
 from econspin.simulate import Rollout
 
 
@@ -67,12 +72,32 @@ class OneLineErrors(typer.core.TyperGroup):
 
     def invoke(self, ctx: typer.Context):
         try:
-            return super().invoke(ctx)
+            with warnings_as_lines():
+                return super().invoke(ctx)
         except NoArgsIsHelpError:
             raise
         except UsageError as error:
             command = f" (see {error.ctx.command_path} --help)" if error.ctx is not None else ""
             fail(f"{error.format_message()}{command}")
+        except OSError as error:  # a disk that fills or a folder made read-only during a run: the file and why
+            fail(f"{error.filename}: {error.strerror}" if error.filename else f"cannot write or read: {error}")
+
+
+@contextlib.contextmanager
+def warnings_as_lines():
+    """Each ScenarioWarning printed as one line, 'warning: ...', when it is raised (once per text)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("default", ScenarioWarning)
+        python_way = warnings.showwarning
+
+        def show(message, category, filename, lineno, file=None, line=None):
+            if issubclass(category, ScenarioWarning):
+                console.print(Text.assemble(("warning:", "bold yellow"), " ", str(message)), soft_wrap=True)
+            else:
+                python_way(message, category, filename, lineno, file, line)
+
+        warnings.showwarning = show
+        yield
 
 
 # Help, errors and paths are printed literally: what the user typed (a grid a:b:n, a name
@@ -190,6 +215,7 @@ def run(
             check_writable(target, "--out", folder=True)
             current = fingerprint("run", loaded, overrides)
             check_folder(target, current, loaded, "--out", force)
+        preflight_run(loaded, loaded.run.replicas, loaded.run.steps, wealth=True)
         rollout = Rollout.create(
             [loaded] * loaded.run.replicas, list(range(loaded.run.replicas)), loaded.run.device, loaded.run.dtype
         )
@@ -306,6 +332,7 @@ def sweep(
     points_per_shard: Annotated[
         Optional[int], typer.Option(min=1, help="At most K points per batched kernel (ray default 8).")
     ] = None,
+    yes: Annotated[bool, typer.Option("--yes", help="Run a grid of more than 10 000 points.")] = False,
 ):
     """Run every point of a grid (x replicas) as batched kernels; write sweep.parquet and phase.png."""
     from econspin.susceptibilities import (
@@ -353,6 +380,9 @@ def sweep(
             base = load_scenario(scenario, overrides)
             base = base.with_run_settings(steps=steps, replicas=replicas, device=device)
             grids = [parse_grid(text) for text in grid]
+            counts = [len(g.values) for g in grids]
+            yes = yes or (at_terminal() and confirm_large_grid(counts, base.run.replicas))
+            confirm_grid(base, counts, yes)
             target = out or Path("runs") / f"{base.name}-sweep"
             check_writable(target, "--out", folder=True)
         current = fingerprint("sweep", base, overrides, {g.key: g.values for g in grids})
@@ -365,6 +395,7 @@ def sweep(
             check_folder(target, current, base, "--out", force)
         points = sweep_points(base, grids)
         run_settings = base.run
+        preflight_sweep(points, run_settings.replicas, run_settings.steps, run_settings.device, run_settings.dtype)
         check_points(points, run_settings.dtype)
         responses = [parse_susceptibility_option(text, base) for text in susceptibility or []]
         for response in responses:
@@ -444,6 +475,21 @@ def sweep(
         console.print(f"wrote {target}/ ({size}) in {wall_time:.1f} s")
 
 
+def at_terminal() -> bool:
+    """Whether someone can answer a question (standard input is a terminal)."""
+    return sys.stdin.isatty()
+
+
+def confirm_large_grid(counts: list[int], replicas: int) -> bool:
+    """At a terminal, ask before a grid of more than MAX_POINTS_UNCONFIRMED points (elsewhere --yes says so)."""
+    from econspin import preflight
+
+    points = math.prod(counts)
+    if points <= preflight.MAX_POINTS_UNCONFIRMED:
+        return False
+    return typer.confirm(f"the grid has {points} points x {replicas} replicas; run them all?", err=True)
+
+
 def draw_sweep_figures(target: Path, scenario: Scenario, table: pd.DataFrame, keys: list[str]) -> None:
     """phase.png, and concentration.png for the first, middle and last points."""
     from econspin.plots import concentration_figure, phase_figure
@@ -497,24 +543,25 @@ def check(
     """Validate a scenario and print it resolved, every default filled in."""
     try:
         loaded = load_scenario(scenario, parse_overrides(set_))
-        from econspin.economy import estimate_memory
-        from econspin.simulate import DTYPES
-
-        if loaded.market.couplings is None:
-            estimate_memory(loaded, loaded.run.replicas, DTYPES[loaded.run.dtype])
-        network = loaded.market.network
-        if network is not None and network.edge_list is not None:  # its rows, as a run would read them
-            from econspin.edge_list import read_edge_list
-
-            read_edge_list(network.edge_list, loaded.agent_count)
+        check_files(loaded)
+        estimate = preflight_run(loaded, loaded.run.replicas, loaded.run.steps, wealth=True)
     except ScenarioError as error:
         fail(str(error), scenario)
+    free = available_memory(resolve_device(loaded.run.device))
+    available = "unknown memory" if free is None else format_bytes(free)
     sys.stdout.write(loaded.to_yaml())
     populations = ", ".join(f"{name} {p.count}" for name, p in loaded.populations.items())
     console.print(
         f"ok: {loaded.agent_count} agents ({populations}); metrics: "
         f"{', '.join(['step', 'replica', *metric_names(loaded.populations)])}",
         highlight=False,
+    )
+    console.print(
+        f"memory: {estimate.describe()} for {loaded.run.replicas} replicas x {loaded.run.steps} rounds; "
+        f"a round within run.memory_budget_mb = {loaded.run.memory_budget_mb:g} "
+        f"({format_bytes(loaded.run.memory_budget_mb * 2**20)}); {available} available",
+        highlight=False,
+        soft_wrap=True,
     )
 
 

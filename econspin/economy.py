@@ -9,6 +9,7 @@ built from one scenario per batch element; the scenarios must agree on every sha
 from __future__ import annotations
 
 import math
+import zipfile
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,6 +21,7 @@ from econspin.corrections import (
     SelfImpactCorrection,
     feed_forward_weights,
 )
+from econspin.memory import MemoryModel, check_memory
 from econspin.network import (
     TradeEdges,
     draw_links,
@@ -124,6 +126,9 @@ class Economy:
         return self.population == index
 
 
+DTYPES = {"float32": torch.float32, "float64": torch.float64}  # run.dtype
+
+
 def resolve_device(name: str) -> torch.device:
     """``auto`` is CUDA where present, else the CPU."""
     if name == "auto":
@@ -176,13 +181,12 @@ def build_economy(
     for scenario in scenarios[1:]:
         if shape_signature(scenario) != signature:
             raise ScenarioError("batched scenarios differ in shape (counts, d, heads, mode, network, ...)")
+    check_memory(first, len(scenarios), dtype, device)  # before anything is allocated
     names = tuple(first.populations)
     counts = [first.populations[name].count for name in names]
     population = torch.repeat_interleave(torch.arange(len(names)), torch.tensor(counts))
     agent_count = int(population.shape[0])
     market = first.market
-    if market.couplings is None:
-        estimate_memory(first, len(scenarios), dtype)
 
     per_element = [
         _element_parameters(scenario, names, replica if disorder_per_replica else None, dtype)
@@ -197,6 +201,7 @@ def build_economy(
     trade_mask = trade_edges = None
     if market.network is not None:
         links = draw_links(market.network, first.population_sizes, first.run.seed)
+        check_memory(first, len(scenarios), dtype, device, edges=links.directed_count)  # edges known now
         if uses_sparse_layout(market.network, links, first.run.memory_budget_mb * 2**20):
             trade_edges = trade_edges_from_links(links, sells[population]).to(device)
         else:
@@ -206,7 +211,7 @@ def build_economy(
         specs = [s.market.couplings for s in scenarios]
         if all(spec == specs[0] for spec in specs):  # one matrix serves the whole batch
             specs = specs[:1]
-        couplings = torch.stack([_coupling_matrix(spec, agent_count, dtype) for spec in specs]).to(device)
+        couplings = torch.stack([coupling_matrix(spec, agent_count, dtype) for spec in specs]).to(device)
 
     query, key, visibility = stacked("query"), stacked("key"), torch.tensor([s.market.visibility for s in scenarios])
     corrections = []
@@ -338,15 +343,13 @@ def _ffn_weights(spec, d, generator, dtype, name):
     return feed_forward_weights(d, spec.hidden, spec.scale, own, dtype)
 
 
-def _coupling_matrix(spec, agent_count: int, dtype) -> torch.Tensor:
+def coupling_matrix(spec, agent_count: int, dtype) -> torch.Tensor:
+    """The fixed couplings J a scenario describes: made (curie_weiss) or read from its .npz file."""
     if spec.curie_weiss is not None:
         matrix = torch.full((agent_count, agent_count), spec.curie_weiss / agent_count, dtype=torch.float64)
         matrix.fill_diagonal_(0.0)
         return matrix.to(dtype)
-    with np.load(spec.file) as data:
-        if spec.coupling_key not in data:
-            raise ScenarioError(f"market.couplings.coupling_key: {spec.file} has no array {spec.coupling_key!r}")
-        matrix = np.asarray(data[spec.coupling_key], dtype=np.float64)
+    matrix = _stored_array(spec.file, spec.coupling_key, "coupling_key")
     if matrix.shape != (agent_count, agent_count):
         raise ScenarioError(
             f"market.couplings.file: {spec.coupling_key} has shape {matrix.shape}, "
@@ -360,79 +363,30 @@ def coupling_fields(scenario: Scenario) -> np.ndarray | None:
     spec = scenario.market.couplings
     if spec is None or spec.file is None or spec.field_key is None:
         return None
-    with np.load(spec.file) as data:
-        if spec.field_key not in data:
-            raise ScenarioError(f"market.couplings.field_key: {spec.file} has no array {spec.field_key!r}")
-        return np.asarray(data[spec.field_key], dtype=np.float64).reshape(-1)
-
-
-BYTES_PER_PAIR = 48  # working memory per (batch element, head, buyer, seller) entry of one block
-SWEEP_BLOCK_ROWS = 64  # the sweep planner batches no more elements than leave room for blocks this tall
-
-
-@dataclass(frozen=True)
-class MemoryModel:
-    """The one estimate of a round's working memory, in bytes.
-
-    It serves the up-front check (:func:`estimate_memory`), the block size
-    (:func:`rows_per_block`) and the sweep's batch planner. A batch element whose buyers are
-    processed in blocks of ``rows`` rows is charged twice its block's working set (a block
-    may use only half the budget: headroom for temporaries the estimate leaves out), plus
-    its per-agent tensors (states, fields, projections, what each buyer receives).
-    """
-
-    agents: int
-    dimension: int
-    heads: int
-    itemsize: int
-    budget: float
-
-    @classmethod
-    def of_scenario(cls, scenario: Scenario, dtype: torch.dtype) -> "MemoryModel":
-        market = scenario.market
-        budget = scenario.run.memory_budget_mb * 2**20
-        return cls(scenario.agent_count, market.d, market.heads, dtype.itemsize, budget)
-
-    @classmethod
-    def of_economy(cls, economy: Economy) -> "MemoryModel":
-        return cls(economy.agent_count, economy.dimension, economy.heads, economy.dtype.itemsize, economy.memory_budget)
-
-    def agent_bytes(self) -> float:
-        """Per-agent tensors of one batch element."""
-        return self.agents * (10 * self.dimension + 8 * self.heads * self.dimension) * self.itemsize
-
-    def element_bytes(self, rows: int) -> float:
-        """One batch element with blocks of ``rows`` buyer rows."""
-        return 2 * self.heads * self.agents * rows * BYTES_PER_PAIR + self.agent_bytes()
-
-    def rows_per_block(self, batch: int) -> int:
-        """The most buyer rows per block for which ``batch`` elements fit (at least 1, at most N)."""
-        per_row = 2 * self.heads * self.agents * BYTES_PER_PAIR
-        rows = (self.budget / batch - self.agent_bytes()) // per_row
-        return int(max(1, min(self.agents, rows)))
-
-    def elements_per_batch(self, rows: int) -> int:
-        """The most batch elements that fit with blocks of ``rows`` rows (at least 1)."""
-        return max(1, int(self.budget // self.element_bytes(rows)))
-
-
-def estimate_memory(scenario: Scenario, batch: int, dtype) -> None:
-    """Refuse, before allocating, an economy whose smallest block cannot fit the budget."""
-    agents = scenario.agent_count
-    need = batch * MemoryModel.of_scenario(scenario, dtype).element_bytes(1)
-    budget = scenario.run.memory_budget_mb * 2**20
-    if need > budget:
+    fields = _stored_array(spec.file, spec.field_key, "field_key").reshape(-1)
+    if fields.shape != (scenario.agent_count,):
         raise ScenarioError(
-            f"populations: {agents} agents x {batch} batch elements need about "
-            f"{need / 2**20:.0f} MiB even in one-row blocks, over "
-            f"run.memory_budget_mb = {scenario.run.memory_budget_mb:g}"
+            f"market.couplings.field_key: {spec.field_key} in {spec.file} holds {fields.size} values, "
+            f"the populations hold {scenario.agent_count} agents"
         )
-    network = scenario.market.network
-    if network is not None and network.layout == "dense" and agents * agents > budget:
-        raise ScenarioError(
-            f"market.network: a dense {agents} x {agents} trade mask needs {agents * agents / 2**20:.0f} MiB, "
-            f"over run.memory_budget_mb = {scenario.run.memory_budget_mb:g} (layout: sparse keeps only the edges)"
-        )
+    return fields
+
+
+def _stored_array(path: str, name: str, key: str) -> np.ndarray:
+    """Array ``name`` of an .npz file as float64; a file numpy cannot read is one line naming it."""
+    where = f"market.couplings.file: {path}"
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            if name not in data:
+                raise ScenarioError(f"market.couplings.{key}: {path} has no array {name!r} (it has {sorted(data)})")
+            return np.asarray(data[name], dtype=np.float64)
+    except ScenarioError:
+        raise
+    except OSError as error:
+        raise ScenarioError(f"{where}: cannot read: {error.strerror or error}") from None
+    except (ValueError, TypeError, AttributeError, EOFError, zipfile.BadZipFile) as error:
+        # not an .npz (an .npy's array has no arrays by name), a truncated archive, or arrays of text or objects
+        raise ScenarioError(f"{where}: not an .npz of numeric arrays ({type(error).__name__})") from None
 
 
 def rows_per_block(economy: Economy) -> int:

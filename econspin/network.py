@@ -17,6 +17,7 @@ links is built only when asked for (:func:`build_graph`, for Mesa).
 from __future__ import annotations
 
 import inspect
+import warnings
 from dataclasses import dataclass
 
 import networkx as nx
@@ -25,7 +26,7 @@ import torch
 from econspin.edge_list import read_edge_list
 from econspin.random_graphs import BLOCK_MODEL, TORCH_GENERATORS, block_probabilities, sample_pairs
 from econspin.randomness import STREAM_NETWORK, derive_seed
-from econspin.scenario import Network, ScenarioError
+from econspin.scenario import Network, ScenarioError, ScenarioWarning
 
 TORCH_SAMPLER_AGENTS = 10_000  # sampler auto: torch from this many agents on, networkx below
 
@@ -42,6 +43,20 @@ def network_seed(spec: Network, seed: int) -> int | None:
     if generator is None or not callable(generator) or "seed" not in inspect.signature(generator).parameters:
         return None
     return spec.seed if spec.seed is not None else derive_seed(seed, STREAM_NETWORK) % 2**32
+
+
+def check_generator(spec: Network) -> None:
+    """Refuse a generator networkx lacks, or a seed given to one that draws nothing at random."""
+    if spec.edge_list is not None:
+        return
+    generator = getattr(nx, spec.generator, None)
+    if generator is None or not callable(generator):
+        raise ScenarioError(
+            f"market.network.generator: networkx has no generator {spec.generator!r} "
+            "(e.g. erdos_renyi_graph, watts_strogatz_graph, barabasi_albert_graph)"
+        )
+    if spec.seed is not None and network_seed(spec, 0) is None:
+        raise ScenarioError(f"market.network.seed: {spec.generator} draws nothing at random; remove it")
 
 
 def uses_torch_sampler(spec: Network, agent_count: int) -> bool:
@@ -92,11 +107,14 @@ def links_from_graph(graph: nx.Graph, agent_count: int) -> Links:
 
 def draw_links(spec: Network, sizes: dict[str, int], seed: int) -> Links:
     """The edges of a scenario's network; ``sizes`` are the population counts in scenario order."""
+    check_generator(spec)
     agent_count = sum(sizes.values())
     directed = bool(spec.params.get("directed", False))
     if spec.edge_list is not None:
         pairs, weights = read_edge_list(spec.edge_list, agent_count)
-        return Links(pairs, directed, agent_count, weights)
+        links = Links(pairs, directed, agent_count, weights)
+        _warn_of_isolated_agents(spec.edge_list, links)
+        return links
     if uses_torch_sampler(spec, agent_count):
         generator = torch.Generator().manual_seed(network_seed(spec, seed))
         params = dict(spec.params)
@@ -138,6 +156,84 @@ def _networkx_graph(spec: Network, sizes: dict[str, int], seed: int) -> nx.Graph
         raise ScenarioError(f"market.network: node {outside[0]!r} is not an agent index 0..{agent_count - 1}")
     graph.add_nodes_from(range(agent_count))
     return graph
+
+
+def _warn_of_isolated_agents(path: str, links: Links) -> None:
+    """A :class:`ScenarioWarning` naming the agents an edge-list file leaves without a single edge.
+
+    They are kept as nodes without edges: they neither buy nor sell.
+    """
+    degree = torch.bincount(links.pairs.reshape(-1), minlength=links.agent_count)
+    missing = torch.nonzero(degree == 0).reshape(-1).tolist()
+    if not missing:
+        return
+    named = links.agent_count - len(missing)
+    warnings.warn(
+        ScenarioWarning(
+            f"market.network.edge_list: {path} names {named} of the {links.agent_count} agents; "
+            f"{len(missing)} (agents {_ranges(missing)}) have no edge: they neither buy nor sell"
+        ),
+        stacklevel=2,
+    )
+
+
+def _ranges(indices: list[int], shown: int = 3) -> str:
+    """Sorted indices as runs: [0, 1, 2, 7, 9, 10] -> '0-2, 7, 9-10' (the first ``shown`` runs, then '...')."""
+    runs: list[list[int]] = []
+    for index in indices:
+        if runs and index == runs[-1][1] + 1:
+            runs[-1][1] = index
+        else:
+            runs.append([index, index])
+    text = [f"{first}-{last}" if last > first else f"{first}" for first, last in runs[:shown]]
+    return ", ".join(text) + (", ..." if len(runs) > shown else "")
+
+
+# Edges (as networkx counts them: one per undirected pair) that a generator makes from its
+# parameters, expected where it is random; the memory check reads them before the graph is drawn.
+EXPECTED_EDGES = {
+    **dict.fromkeys(
+        ("erdos_renyi_graph", "gnp_random_graph", "fast_gnp_random_graph", "binomial_graph"),
+        lambda n, p, directed=False, **_: p * n * (n - 1) / (1 if directed else 2),
+    ),
+    **dict.fromkeys(("gnm_random_graph", "dense_gnm_random_graph"), lambda n, m, **_: m),
+    **dict.fromkeys(("watts_strogatz_graph", "connected_watts_strogatz_graph"), lambda n, k, **_: n * (k // 2)),
+    "newman_watts_strogatz_graph": lambda n, k, p, **_: n * (k // 2) * (1 + p),
+    **dict.fromkeys(("barabasi_albert_graph", "powerlaw_cluster_graph"), lambda n, m, **_: m * max(n - m, 0)),
+    "complete_graph": lambda n, **_: n * (n - 1) / 2,
+    **dict.fromkeys(("cycle_graph", "path_graph"), lambda n, **_: n),
+}
+
+
+def expected_directed_edges(spec: Network, agent_count: int) -> float | None:
+    """Directed edges i -> j the network will have, before it is built; None where unknown.
+
+    An edge-list file is counted by its lines (an undirected line is two directed edges); a
+    generator of ``EXPECTED_EDGES`` by its formula; another generator is unknown.
+    """
+    directed = bool(spec.params.get("directed"))
+    if spec.edge_list is not None:
+        lines = _count_lines(spec.edge_list)
+        return None if lines is None else lines * (1 if directed else 2)
+    formula = EXPECTED_EDGES.get(spec.generator)
+    try:
+        edges = float(formula(agent_count, **spec.params)) if formula is not None else None
+    except (TypeError, ValueError, ArithmeticError):  # parameters the generator itself will refuse
+        return None
+    return None if edges is None else edges * (1 if directed else 2)
+
+
+def _count_lines(path: str) -> int | None:
+    """Lines of a file, read in blocks (no line is held); None if it cannot be read."""
+    lines, last = 0, b"\n"
+    try:
+        with open(path, "rb") as stream:
+            while block := stream.read(2**20):
+                lines += block.count(b"\n")
+                last = block[-1:]
+    except OSError:
+        return None
+    return lines + (last != b"\n")
 
 
 def trade_mask_from_links(links: Links) -> torch.Tensor:

@@ -34,6 +34,10 @@ class ScenarioError(ValueError):
     """A scenario that cannot be run; the message is one line for the user."""
 
 
+class ScenarioWarning(UserWarning):
+    """A scenario that runs, but likely not as meant (an agent left out, an event never reached); one line."""
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
@@ -244,6 +248,12 @@ class Network(_Strict):
     def _one_source(self):
         if (self.generator is None) == (self.edge_list is None):
             raise ValueError("give exactly one of generator or edge_list")
+        if self.edge_list is not None:  # a file is read, not drawn: only the direction of its edges is an option
+            if self.seed is not None:
+                raise ValueError("seed: an edge list is read from its file, nothing is drawn; remove it")
+            unread = sorted(set(self.params) - {"directed"})
+            if unread:
+                raise ValueError(f"params.{unread[0]}: an edge list reads only params.directed; remove it")
         return self
 
 
@@ -259,6 +269,9 @@ class Couplings(_Strict):
     def _one_source(self):
         if (self.file is None) == (self.curie_weiss is None):
             raise ValueError("give exactly one of file or curie_weiss")
+        if self.curie_weiss is not None and (self.coupling_key != "J" or self.field_key is not None):
+            key = "field_key" if self.field_key is not None else "coupling_key"
+            raise ValueError(f"{key}: curie_weiss couplings are made, not read from a file; remove it")
         return self
 
 

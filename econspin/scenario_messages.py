@@ -7,6 +7,7 @@ entry, in plain terms), what is allowed there, and the closest allowed key to a 
 from __future__ import annotations
 
 import difflib
+import re
 from typing import Any, get_args, get_origin
 
 from pydantic import BaseModel, ValidationError
@@ -84,6 +85,9 @@ def describe_validation_error(error: ValidationError, model: type[BaseModel]) ->
     message = PLAIN_MESSAGES.get(kind, first["msg"])
     if message.startswith("Value error, "):
         message = message[len("Value error, ") :]
+    inner = re.match(r"([A-Za-z_][\w.]*): ", message)  # a model's check naming one of its own keys
+    if inner and location and inner.group(1).split(".")[0] in _allowed_keys(model, (*location, None)):
+        where, message = f"{key_path}.{inner.group(1)}: ", message[inner.end() :]
     if "float" in first["loc"] and location[-1:] == ("temperature",):  # neither number, schedule nor distribution
         message = TEMPERATURE_FORMS
     elif kind == "model_type":

@@ -14,13 +14,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-from econspin.economy import Economy, build_economy, resolve_device
+from econspin.economy import DTYPES, Economy, build_economy, resolve_device
 from econspin.metrics import measure, metric_functions
+from econspin.preflight import preflight_run
 from econspin.round import step
 from econspin.scenario import Scenario, ScenarioError, TemperatureSchedule
 from econspin.state import State, initial_state
-
-DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
 @dataclass
@@ -151,11 +150,17 @@ def simulate(
 
     Arguments left as None take the scenario's ``run`` section. ``device="auto"`` uses CUDA
     where present. Returns the metrics table and the final state.
+
+    Before anything is allocated, a run that cannot fit ``run.memory_budget_mb`` or this
+    machine raises :class:`~econspin.memory.MemoryBudgetError` (a ScenarioError) with the
+    estimate and the budget, and options the run would not act on are warned of
+    (:class:`~econspin.scenario.ScenarioWarning`); see :mod:`econspin.preflight`.
     """
     scenario = scenario.with_run_settings(
         steps=steps, seed=seed, replicas=replicas, device=device, dtype=dtype, chunk=chunk
     )
     run = scenario.run
+    preflight_run(scenario, run.replicas, run.steps)
     replica_indices = list(range(run.replicas))
     rollout = Rollout.create([scenario] * run.replicas, replica_indices, run.device, run.dtype)
     started = time.perf_counter()

@@ -26,7 +26,8 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from econspin.economy import SWEEP_BLOCK_ROWS, MemoryModel, shape_signature
+from econspin.economy import shape_signature
+from econspin.memory import SWEEP_BLOCK_ROWS, MemoryModel
 from econspin.scenario import Scenario, ScenarioError
 from econspin.simulate import DTYPES, Rollout
 
@@ -79,9 +80,14 @@ def parse_values(spec: str, where: str) -> tuple:
     return tuple(values)
 
 
+MAX_GRID_VALUES = 1_000_000  # values on one axis; refused before they are made (a sweep's size is checked later)
+
+
 def _count(count: int) -> int:
     if count < 1:
         raise ValueError("n must be at least 1")
+    if count > MAX_GRID_VALUES:
+        raise ValueError(f"n = {count} is more than {MAX_GRID_VALUES} values on one axis")
     return count
 
 

@@ -63,7 +63,8 @@ def test_one_memory_model_sizes_batches_blocks_and_the_up_front_check():
     import torch
     from helpers import rollout, scenario
 
-    from econspin.economy import SWEEP_BLOCK_ROWS, MemoryModel, estimate_memory, rows_per_block
+    from econspin.economy import rows_per_block
+    from econspin.memory import SWEEP_BLOCK_ROWS, MemoryModel, check_memory
     from econspin.sweep import plan_batches, sweep_points
 
     base = scenario(populations={"a": {"count": 200}}, run={"memory_budget_mb": 8})
@@ -82,9 +83,9 @@ def test_one_memory_model_sizes_batches_blocks_and_the_up_front_check():
     assert size * memory.element_bytes(rows) <= budget < size * memory.element_bytes(rows + 1)
     # the up-front check refuses exactly the batches whose one-row blocks do not fit
     largest = memory.elements_per_batch(1)
-    estimate_memory(base, largest, torch.float64)
+    check_memory(base, largest, torch.float64)
     with pytest.raises(ScenarioError, match="run.memory_budget_mb"):
-        estimate_memory(base, largest + 1, torch.float64)
+        check_memory(base, largest + 1, torch.float64)
     assert MemoryModel.of_economy(economy) == memory
 
 
