@@ -345,6 +345,7 @@ def sweep(
     from econspin.sweep_ray import (  # imports Ray only when it runs
         RayOptions,
         ShardsFailed,
+        check_ray_device,
         check_ray_sweep,
         sweep_on_ray,
     )
@@ -380,6 +381,8 @@ def sweep(
             base = load_scenario(scenario, overrides)
             base = base.with_run_settings(steps=steps, replicas=replicas, device=device)
             grids = [parse_grid(text) for text in grid]
+            if backend == "ray":  # an option out of place, before this machine's devices are looked at
+                check_ray_device(base.run.device, RayOptions(address, 1, gpus_per_shard or 0, points_per_shard))
             counts = [len(g.values) for g in grids]
             yes = yes or (at_terminal() and confirm_large_grid(counts, base.run.replicas))
             confirm_grid(base, counts, yes)
@@ -395,15 +398,15 @@ def sweep(
             check_folder(target, current, base, "--out", force)
         points = sweep_points(base, grids)
         run_settings = base.run
-        preflight_sweep(points, run_settings.replicas, run_settings.steps, run_settings.device, run_settings.dtype)
-        check_points(points, run_settings.dtype)
-        responses = [parse_susceptibility_option(text, base) for text in susceptibility or []]
-        for response in responses:
-            check_sweep_points(response, points)
         shards = plan_shards(points, run_settings.replicas, run_settings.dtype, points_per_shard)
         if backend == "ray":
             options = RayOptions(address, cpus_per_shard or 1, gpus_per_shard or 0, points_per_shard)
             check_ray_sweep(points, grids, base, target, options)
+        preflight_sweep(points, run_settings.replicas, run_settings.steps, run_settings.device, run_settings.dtype)
+        check_points(points, run_settings.dtype)  # each point built alone: after the memory check
+        responses = [parse_susceptibility_option(text, base) for text in susceptibility or []]
+        for response in responses:
+            check_sweep_points(response, points)
     except ScenarioError as error:
         fail(str(error), named_source(str(error), resume, scenario))
     if resume is None:

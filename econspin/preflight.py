@@ -12,7 +12,7 @@ would run but likely not as meant, said as a :class:`~econspin.scenario.Scenario
   a sweep over ``market.spend_rule`` keeps working).
 
 An edge-list file that leaves agents out is warned of when it is read
-(:func:`econspin.network.build_graph`).
+(:func:`econspin.network.draw_links`).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import torch
 
 from econspin.economy import DTYPES, coupling_fields, coupling_matrix, resolve_device, shape_signature
 from econspin.memory import MemoryEstimate, check_memory
-from econspin.network import build_graph, check_generator
+from econspin.network import check_generator, draw_links
 from econspin.scenario import Market, Population, Scenario, ScenarioError, ScenarioWarning, TemperatureSchedule
 
 MAX_POINTS_UNCONFIRMED = 10_000  # a sweep with more grid points starts only when confirmed (--yes)
@@ -75,7 +75,7 @@ def check_files(scenario: Scenario) -> None:
     if network is not None:
         check_generator(network)
         if network.edge_list is not None:
-            build_graph(network, scenario.agent_count, scenario.run.seed)
+            draw_links(network, scenario.population_sizes, scenario.run.seed)
     couplings = scenario.market.couplings
     if couplings is not None and couplings.file is not None:
         coupling_matrix(couplings, scenario.agent_count, torch.float64)

@@ -195,14 +195,19 @@ def failure_reason(error: Exception) -> str:
     return lines[0].strip() if lines else type(error).__name__
 
 
+def check_ray_device(device: str, options: RayOptions) -> None:
+    """Refuse CUDA shards that ask for no GPU (ScenarioError): before the machine's own device is checked."""
+    if device == "cuda" and options.gpus_per_shard == 0:
+        raise ScenarioError("--device cuda: give --gpus-per-shard too (Ray hides GPUs from tasks that ask for none)")
+
+
 def check_ray_sweep(
     points: list[tuple[dict, Scenario]], grids: list[Grid], scenario: Scenario, folder: Path, options: RayOptions
 ) -> tuple[list[Shard], ShardRecord]:
     """The refusals that need no cluster (ScenarioError), made before the folder is touched; the plan and record."""
     settings = scenario.run
     shards = plan_shards(points, settings.replicas, settings.dtype, options.shard_points)
-    if settings.device == "cuda" and options.gpus_per_shard == 0:
-        raise ScenarioError("--device cuda: give --gpus-per-shard too (Ray hides GPUs from tasks that ask for none)")
+    check_ray_device(settings.device, options)
     record = ShardRecord(folder, sweep_definition(scenario, grids, options.shard_points, shards))
     import_ray()
     record.refuse_another()

@@ -97,7 +97,7 @@ BAD_NETWORKS = {  # the network, what the one line says
     "unknown generator": ("{generator: no_such_graph}",
                           "market.network.generator: networkx has no generator 'no_such_graph'"),
     "edge list given a generator's parameter": ("{edge_list: edges.txt, params: {p: 0.1}}",
-                                                "market.network.params.p: an edge list reads only directed"),
+                                                "market.network.params.p: an edge list reads only params.directed"),
     "edge list directed neither true nor false": ("{edge_list: edges.txt, params: {directed: sometimes}}",
                                                   "market.network.params.directed: should be true or false"),
     "probability above one": ("{generator: gnp_random_graph, params: {p: 2}}",

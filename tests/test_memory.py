@@ -137,7 +137,7 @@ def test_the_expected_edges_are_those_the_generator_draws(generator, agents, dir
     }.get(generator, {})
     scenario = Scenario.from_dict({"populations": {"a": {"count": agents}},
                                    "market": {"network": {"generator": generator, "params": params}}})
-    graph = build_graph(scenario.market.network, agents, seed)
+    graph = build_graph(scenario.market.network, scenario.population_sizes, seed)
     drawn = graph.number_of_edges() * (1 if graph.is_directed() else 2)
     expected = expected_directed_edges(scenario.market.network, agents)
     assert abs(drawn - expected) <= 0.25 * expected  # random ones within a quarter (a few sd at these sizes)

@@ -82,7 +82,7 @@ def _faulty_files(tmp_path: Path) -> dict:
     np.savez(tmp_path / "small.npz", J=np.zeros((3, 3)), H=np.zeros(5))
     np.savez(tmp_path / "fields.npz", J=np.zeros((16, 16)), H=np.zeros(5))
     (tmp_path / "binary.txt").write_bytes(b"\x80\x81\xff\xfe\n")
-    write(tmp_path, "0 1 2\n", "three.txt")
+    write(tmp_path, "0 1 2 3\n", "four.txt")
     write(tmp_path, "a b\n", "letters.txt")
     write(tmp_path, "0 99\n", "outside.txt")
 
@@ -100,14 +100,14 @@ def _faulty_files(tmp_path: Path) -> dict:
         "couplings wrong shape": (couplings("small.npz"), "J has shape (3, 3), the populations hold 16"),
         "fields wrong size": (couplings("fields.npz", ", field_key: H"), "market.couplings.field_key: H in"),
         "edge list binary": (edges("binary.txt"), "market.network.edge_list: cannot read {dir}/binary.txt"),
-        "edge list three columns": (edges("three.txt"), "market.network.edge_list: cannot read {dir}/three.txt"),
-        "edge list letters": (edges("letters.txt"), "cannot read {dir}/letters.txt"),
-        "edge list node outside": (edges("outside.txt"), "market.network: node 99 is not an agent index 0..15"),
+        "edge list four columns": (edges("four.txt"), "market.network.edge_list: {dir}/four.txt line 1: a line is"),
+        "edge list letters": (edges("letters.txt"), "{dir}/letters.txt line 1: 'a' is not an agent index"),
+        "edge list node outside": (edges("outside.txt"), "{dir}/outside.txt line 1: agent 99 does not exist"),
     }
 
 
 FAULTY_FILES = ["couplings not a zip", "couplings an npy", "couplings of text", "couplings key missing",
-                "couplings wrong shape", "fields wrong size", "edge list binary", "edge list three columns",
+                "couplings wrong shape", "fields wrong size", "edge list binary", "edge list four columns",
                 "edge list letters", "edge list node outside"]
 
 
@@ -223,10 +223,14 @@ def test_a_folder_made_read_only_mid_run_is_one_line(tmp_path, monkeypatch):
     def refused(*arguments, **keywords):  # what creating a file in a read-only folder does (root is not refused)
         raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), keywords.get("dir"))
 
-    def then_read_only(*arguments, **keywords):
+    saved = []
+
+    def then_read_only(*arguments, **keywords):  # after the checkpoint of round 2 (round 0's is the first)
         real(*arguments, **keywords)
-        out.chmod(0o500)
-        monkeypatch.setattr(output.tempfile, "mkstemp", refused)
+        saved.append(True)
+        if len(saved) == 2:
+            out.chmod(0o500)
+            monkeypatch.setattr(output.tempfile, "mkstemp", refused)
 
     monkeypatch.setattr(econspin.cli, "save_checkpoint", then_read_only)
     try:
