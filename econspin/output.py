@@ -4,7 +4,8 @@ Every file is written under a temporary name in the same folder and renamed into
 reader (or a run killed half-way) only ever sees complete files. A run folder holds:
 
 - ``scenario.yaml``: the resolved scenario, every default filled in;
-- ``metrics.parquet``: one row per replica per round (step, replica, metrics...);
+- ``metrics.parquet``: one row per replica per round, step 0 (the initial state) first
+  (step, replica, metrics...);
 - ``wealth.parquet``: final money per agent (replica, agent, population, money);
 - ``manifest.json``: versions, device, seed, wall time, rounds per second;
 - ``checkpoint.pt``: the state after the last recorded round, enough to resume;

@@ -1,7 +1,9 @@
 """Figures drawn from the tables a run writes, never from a live model.
 
 Every function takes DataFrames in the output folder's format and a path, and writes one
-PNG atomically. Concentration measures are dimensionless shares; rounds are counted from 1.
+PNG atomically. Concentration measures are dimensionless shares. Step 0 is the initial
+state: the trade measures (HHI, CR4, attention entropy) are NaN there, so their lines start
+at round 1, while the Gini of money starts at round 0.
 """
 
 from __future__ import annotations

@@ -131,7 +131,7 @@ def run_sweep(
         rollout = Rollout.create(scenarios, [replica for _, replica in batch], device, dtype)
         rollout.advance(steps, on_round)
         table = rollout.metrics()
-        table.insert(0, "point", np.tile(np.asarray([index for index, _ in batch]), steps))
+        table.insert(0, "point", np.tile(np.asarray([index for index, _ in batch]), steps + 1))  # step 0 too
         tables.append(table)
     table = pd.concat(tables, ignore_index=True)
     for position, key in enumerate(points[0][0]):
