@@ -21,6 +21,7 @@ from rich.table import Table
 from rich.text import Text
 from typer._click.exceptions import NoArgsIsHelpError, UsageError  # typer carries its own click
 
+import econspin
 from econspin.metrics import metric_names
 from econspin.output import (
     CHECKPOINT_FILE,
@@ -39,6 +40,7 @@ from econspin.output import (
     write_table,
     write_text,
 )
+from econspin.progress import PlainProgress, progress_interval
 from econspin.scenario import Scenario, ScenarioError
 from econspin.simulate import Rollout
 
@@ -66,6 +68,21 @@ app = typer.Typer(
     help="Agent-based economies in which trade is attention.",
 )
 console = Console(stderr=True, markup=False, emoji=False, highlight=False)
+
+
+def show_version(asked: bool) -> None:
+    if asked:
+        sys.stdout.write(f"econspin {econspin.__version__}\n")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[
+        bool, typer.Option("--version", callback=show_version, is_eager=True, help="Print econspin's version and exit.")
+    ] = False,
+):
+    """Agent-based economies in which trade is attention."""
 
 SetOption = Annotated[
     Optional[list[str]],
@@ -110,9 +127,17 @@ def load_scenario(path: Path, overrides: dict) -> Scenario:
 
 @contextlib.contextmanager
 def progress_bar(total: int, description: str, quiet: bool):
-    """A rich progress bar (on stderr) that advances by rounds; nothing when quiet."""
+    """A rich progress bar (on stderr) that advances by rounds; nothing when quiet.
+
+    Without a terminal (stderr a file or a pipe) a bar would show nothing: a plain line every
+    few seconds instead (econspin.progress).
+    """
     if quiet:
         yield lambda _round: None
+        return
+    if not console.is_terminal:
+        interval = progress_interval(lambda line: console.print(f"warning: {line}", soft_wrap=True))
+        yield PlainProgress(total, description, lambda line: console.print(line, soft_wrap=True), interval)
         return
     columns = [TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()]
     with Progress(*columns, console=console, transient=True) as progress:
@@ -230,7 +255,7 @@ def sweep(
     out: Annotated[Optional[Path], typer.Option(help="Output folder (default runs/<name>-sweep).")] = None,
     device: Annotated[Optional[str], typer.Option(help="auto, cpu or cuda.")] = None,
     set_: SetOption = None,
-    quiet: Annotated[bool, typer.Option("--quiet")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar or summary.")] = False,
 ):
     """Run every point of a grid (x replicas) as batched kernels; write sweep.parquet and phase.png."""
     from econspin.sweep import parse_grid, plan_batches, run_sweep, sweep_points
