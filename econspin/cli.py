@@ -7,6 +7,7 @@ and nothing written.
 from __future__ import annotations
 
 import contextlib
+import re
 import sys
 import time
 from pathlib import Path
@@ -98,6 +99,19 @@ def fail(message: str, source: Path | None = None) -> None:
     raise typer.Exit(2)
 
 
+def refuse_failed_allocation(error: Exception, source: Path | None) -> None:
+    """One line, exit 2, for an allocation the machine refused (re-raise anything else).
+
+    The memory estimate is checked first; this is for what it cannot see (a limit on the
+    process, other programs' memory). Nothing has been written when the economy is built.
+    """
+    if not isinstance(error, MemoryError) and "allocate" not in str(error):
+        raise error
+    size = re.search(r"allocate (\d+) bytes", str(error))
+    what = f"{int(size.group(1)) / 2**30:.1f} GiB" if size else "memory"
+    fail(f"out of memory building the economy: could not allocate {what}; lower the scenario's sizes", source)
+
+
 def parse_overrides(pairs: list[str] | None) -> dict:
     """``key.path=value`` pairs as a dict, values read as YAML."""
     overrides = {}
@@ -109,7 +123,7 @@ def parse_overrides(pairs: list[str] | None) -> dict:
             raise ScenarioError(f"--set {pair!r}: the key is empty; write key.path=value")
         try:
             overrides[key.strip()] = yaml.safe_load(text)
-        except yaml.YAMLError:
+        except (yaml.YAMLError, RecursionError):
             raise ScenarioError(f"--set {key}: {text!r} is not a value") from None
     return overrides
 
@@ -184,6 +198,8 @@ def run(
         )
     except ScenarioError as error:
         fail(str(error), resume / SCENARIO_FILE if resume is not None else scenario)
+    except (MemoryError, RuntimeError) as error:  # torch's failed allocations are RuntimeErrors
+        refuse_failed_allocation(error, resume / SCENARIO_FILE if resume is not None else scenario)
     previous = pd.DataFrame()
     if resume is not None:
         try:
@@ -283,6 +299,8 @@ def sweep(
             )
     except ScenarioError as error:
         fail(str(error), scenario)
+    except (MemoryError, RuntimeError) as error:  # nothing is written before every batch has run
+        refuse_failed_allocation(error, scenario)
     except KeyboardInterrupt:
         console.print("sweep interrupted; nothing was written")
         raise typer.Exit(130)

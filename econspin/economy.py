@@ -169,13 +169,13 @@ def build_economy(
     for scenario in scenarios[1:]:
         if shape_signature(scenario) != signature:
             raise ScenarioError("batched scenarios differ in shape (counts, d, heads, mode, network, ...)")
+    market = first.market
+    if market.couplings is None:
+        estimate_memory(first, len(scenarios), dtype)  # before anything is allocated
     names = tuple(first.populations)
     counts = [first.populations[name].count for name in names]
     population = torch.repeat_interleave(torch.arange(len(names)), torch.tensor(counts))
     agent_count = int(population.shape[0])
-    market = first.market
-    if market.couplings is None:
-        estimate_memory(first, len(scenarios), dtype)
 
     per_element = [
         _element_parameters(scenario, names, replica if disorder_per_replica else None, dtype)

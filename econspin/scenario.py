@@ -39,6 +39,8 @@ class _Strict(BaseModel):
 
 PositiveFloat = Annotated[float, Field(gt=0)]
 NonNegativeFloat = Annotated[float, Field(ge=0)]
+# what torch.Generator.manual_seed takes: a seed outside this range would end in an overflow
+Seed = Annotated[int, Field(ge=-(2**63), lt=2**64)]
 
 
 class _Variant(_Strict):
@@ -183,7 +185,7 @@ class Projections(_Variant):
     init: Literal["random", "identity"] = "random"  # identity: W = scale * I (needs d_k = d_v = d)
     scale: NonNegativeFloat = 1.0
     tied: bool = False  # W_Q = W_K and values = keys: the symmetric (Hopfield) limit
-    seed: int | None = None  # random: default drawn from the run's seed
+    seed: Seed | None = None  # random: default drawn from the run's seed
 
 
 class Correction(_Variant):
@@ -196,7 +198,7 @@ class Correction(_Variant):
     weights: str | None = None  # ffn: a .pt file with w1, b1, w2, b2 (then scale and seed are unused)
     hidden: Annotated[int, Field(gt=0)] | None = None  # ffn width (default 16)
     scale: NonNegativeFloat | None = None  # ffn random-init scale (default 0: starts as no correction)
-    seed: int | None = None  # ffn random init; default drawn from the run's seed
+    seed: Seed | None = None  # ffn random init; default drawn from the run's seed
 
     @classmethod
     def options_read(cls, data: dict) -> dict[str, Any]:
@@ -212,7 +214,7 @@ class Correction(_Variant):
 class Population(_Strict):
     """One kind of agent (e.g. human, ai)."""
 
-    count: Annotated[int, Field(gt=0)]
+    count: Annotated[int, Field(gt=0, lt=2**63)]  # a torch int64 holds it; memory refuses far fewer
     temperature: Temperature = 1.0
     spend: Annotated[float, Field(gt=0, le=1)] = 0.1
     eta: Annotated[float, Field(ge=0, le=1)] = 1.0
@@ -231,7 +233,7 @@ class Network(_Strict):
     generator: str | None = None
     params: dict[str, Any] = {}
     edge_list: str | None = None
-    seed: int | None = None
+    seed: Seed | None = None
     # dense: an N x N mask (cost N^2 per round); sparse: compressed rows (cost and memory grow
     # with the number of edges); auto: sparse below N^2 / 16 directed edges
     layout: Literal["auto", "dense", "sparse"] = "auto"
@@ -293,7 +295,7 @@ class Run(_Strict):
 
     steps: Annotated[int, Field(gt=0)] = 100
     replicas: Annotated[int, Field(gt=0)] = 1
-    seed: int = 0
+    seed: Seed = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dtype: Literal["float32", "float64"] = "float32"
     chunk: Annotated[int, Field(gt=0)] | None = None  # buyer rows per block; None: from memory
@@ -366,11 +368,15 @@ class Scenario(_Strict):
         if path.is_dir():
             raise ScenarioError(f"{path}: is a folder, not a scenario file")
         try:
-            text = path.read_text()
+            text = path.read_text(encoding="utf-8")
         except OSError as error:
             raise ScenarioError(f"{path}: cannot read: {error.strerror or error}") from None
+        except UnicodeDecodeError as error:
+            raise ScenarioError(f"{path}: not UTF-8 text (byte {error.start}); a scenario is a YAML text") from None
         try:
             data = yaml.safe_load(text)
+        except RecursionError:
+            raise ScenarioError(f"{path}: not valid YAML: nested too deeply") from None
         except yaml.YAMLError as error:
             mark = getattr(error, "problem_mark", None)
             where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""

@@ -69,7 +69,7 @@ def parse_values(spec: str, where: str) -> tuple:
             raise ScenarioError(f"{where}: {spec!r}: empty value in the list")
         try:
             values.append(yaml.safe_load(item))
-        except yaml.YAMLError:
+        except (yaml.YAMLError, RecursionError):
             raise ScenarioError(f"{where}: {item!r} is not a value") from None
     return tuple(values)
 

@@ -18,6 +18,7 @@ import pandas as pd
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_cli import TINY as CLI_TINY
 from typer.testing import CliRunner
 
 import econspin
@@ -30,14 +31,7 @@ from econspin.sweep import parse_values
 runner = CliRunner()
 ROOT = Path(__file__).resolve().parent.parent
 
-TINY = """
-name: tiny
-populations:
-  human: {count: 12, temperature: 1.0, spend: 0.2}
-  ai: {count: 4, temperature: 0.1, spend: 0.2}
-market: {d: 4}
-run: {steps: 3, replicas: 2, seed: 3, device: cpu}
-"""
+TINY = CLI_TINY.replace("steps: 8", "steps: 3")  # 12 humans and 4 AI agents, 2 replicas
 
 
 def tiny(tmp_path: Path) -> Path:
