@@ -85,6 +85,7 @@ def main(
 ):
     """Agent-based economies in which trade is attention."""
 
+
 SetOption = Annotated[
     Optional[list[str]],
     typer.Option("--set", help="Override a scenario key: key.path=value (value read as YAML). Repeatable."),

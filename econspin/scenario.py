@@ -39,7 +39,7 @@ class _Strict(BaseModel):
 
 PositiveFloat = Annotated[float, Field(gt=0)]
 NonNegativeFloat = Annotated[float, Field(ge=0)]
-# what torch.Generator.manual_seed takes: a seed outside this range would end in an overflow
+# what torch.Generator.manual_seed takes (the projection and ffn seeds go there as they are)
 Seed = Annotated[int, Field(ge=-(2**63), lt=2**64)]
 
 
@@ -233,7 +233,7 @@ class Network(_Strict):
     generator: str | None = None
     params: dict[str, Any] = {}
     edge_list: str | None = None
-    seed: Seed | None = None
+    seed: int | None = None
     # dense: an N x N mask (cost N^2 per round); sparse: compressed rows (cost and memory grow
     # with the number of edges); auto: sparse below N^2 / 16 directed edges
     layout: Literal["auto", "dense", "sparse"] = "auto"
@@ -295,7 +295,7 @@ class Run(_Strict):
 
     steps: Annotated[int, Field(gt=0)] = 100
     replicas: Annotated[int, Field(gt=0)] = 1
-    seed: Seed = 0
+    seed: int = 0  # any whole number: hashed into each stream's key (econspin.randomness)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dtype: Literal["float32", "float64"] = "float32"
     chunk: Annotated[int, Field(gt=0)] | None = None  # buyer rows per block; None: from memory
