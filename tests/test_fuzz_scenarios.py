@@ -251,6 +251,12 @@ def invoke(arguments: list[str], seconds: int):
         return runner.invoke(app, arguments)
 
 
+def in_process(arguments: list[str], seconds: int) -> tuple[int, str, object]:
+    """Exit status, stderr and what was raised, of a command run in this process."""
+    result = invoke(arguments, seconds)
+    return result.exit_code, result.stderr, result.exception
+
+
 def check_outcome(command: str, exit_code: int, stderr: str, exception, folder: Path, out: Path, describe: str):
     """Success, or status 2 with one line and nothing left: the contract for every input."""
     lines = stderr.strip().splitlines()
@@ -264,21 +270,22 @@ def check_outcome(command: str, exit_code: int, stderr: str, exception, folder: 
     return lines
 
 
-def check_and_run(name: str, text: bytes, describe: str) -> None:
+def check_and_run(name: str, text: bytes, describe: str, command=in_process) -> None:
+    """``check``, then (unless the base is check-only) ``run --steps 1``, each held to the contract."""
     with tempfile.TemporaryDirectory() as temporary:
         folder = Path(temporary)
         path, out = folder / "scenario.yaml", folder / "out"
         path.write_bytes(text)
-        checked = invoke(["check", str(path)], CHECK_SECONDS)
-        refusal = check_outcome("check", checked.exit_code, checked.stderr, checked.exception, folder, out, describe)
+        checked, stderr, raised = command(["check", str(path)], CHECK_SECONDS)
+        refusal = check_outcome("check", checked, stderr, raised, folder, out, describe)
         if name in CHECK_ONLY:
-            event(f"check {checked.exit_code} (check only)")
+            event(f"check {checked} (check only)")
             return
-        ran = invoke(["run", str(path), "--steps", "1", "--out", str(out), "--quiet"], RUN_SECONDS)
-        lines = check_outcome("run", ran.exit_code, ran.stderr, ran.exception, folder, out, describe)
-        event(f"check {checked.exit_code}, run {ran.exit_code}")
-        if checked.exit_code == 2:
-            assert ran.exit_code == 2 and lines == refusal, f"{describe}: check refused, run said {ran.stderr}"
+        ran, stderr, raised = command(["run", str(path), "--steps", "1", "--out", str(out), "--quiet"], RUN_SECONDS)
+        lines = check_outcome("run", ran, stderr, raised, folder, out, describe)
+        event(f"check {checked}, run {ran}")
+        if checked == 2:
+            assert ran == 2 and lines == refusal, f"{describe}: check refused, run said {stderr}"
 
 
 def describe(name, text, done):
@@ -307,38 +314,25 @@ def test_many_mutated_scenarios_succeed_or_are_refused_in_one_line(example):
 # --- the same through a real process: its own stderr, interpreter exit and warnings included
 
 
-def run_process(arguments: list[str], seconds: int) -> subprocess.CompletedProcess:
+def in_a_process(arguments: list[str], seconds: int) -> tuple[int, str, object]:
+    """Exit status and stderr of ``python -m econspin.cli`` in a process of its own (with its limits)."""
     def limit_memory():
         resource.setrlimit(resource.RLIMIT_AS, (_address_space() + HEADROOM + 4 * 2**30, resource.RLIM_INFINITY))
 
     environment = {**os.environ, "PYTHONPATH": str(ROOT)}
     try:
-        return subprocess.run([sys.executable, "-m", "econspin.cli", *arguments], capture_output=True, text=True,
-                              timeout=seconds, env=environment, preexec_fn=limit_memory)
+        finished = subprocess.run([sys.executable, "-m", "econspin.cli", *arguments], capture_output=True, text=True,
+                                  timeout=seconds + 30, env=environment, preexec_fn=limit_memory)
     except subprocess.TimeoutExpired:
-        raise Hang(f"{arguments[0]}: no answer within {seconds} s") from None
-
-
-def check_and_run_in_processes(name: str, text: bytes, describe: str) -> None:
-    with tempfile.TemporaryDirectory() as temporary:
-        folder = Path(temporary)
-        path, out = folder / "scenario.yaml", folder / "out"
-        path.write_bytes(text)
-        checked = run_process(["check", str(path)], CHECK_SECONDS + 30)
-        refusal = check_outcome("check", checked.returncode, checked.stderr, None, folder, out, describe)
-        if name in CHECK_ONLY:
-            return
-        ran = run_process(["run", str(path), "--steps", "1", "--out", str(out), "--quiet"], RUN_SECONDS)
-        lines = check_outcome("run", ran.returncode, ran.stderr, None, folder, out, describe)
-        if checked.returncode == 2:
-            assert ran.returncode == 2 and lines == refusal, f"{describe}: check refused, run said {ran.stderr}"
+        raise Hang(f"{arguments[0]}: no answer within {seconds + 30} s") from None
+    return finished.returncode, finished.stderr, None
 
 
 @settings(FUZZ, max_examples=1, derandomize=True)
 @given(mutated_scenarios(sorted(set(SHIPPED) - CHECK_ONLY)))
 def test_mutated_scenarios_through_a_real_process(example):
     name, text, done = example
-    check_and_run_in_processes(name, text, describe(name, text, done))
+    check_and_run(name, text, describe(name, text, done), command=in_a_process)
 
 
 @pytest.mark.slow
@@ -346,7 +340,7 @@ def test_mutated_scenarios_through_a_real_process(example):
 @given(mutated_scenarios(sorted(set(SHIPPED) - CHECK_ONLY)))
 def test_more_mutated_scenarios_through_a_real_process(example):
     name, text, done = example
-    check_and_run_in_processes(name, text, describe(name, text, done))
+    check_and_run(name, text, describe(name, text, done), command=in_a_process)
 
 
 # --- what the fuzzing found, each kept as it was found
