@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import re
 import shutil
 import sys
 import time
@@ -24,6 +25,7 @@ from rich.table import Table
 from rich.text import Text
 from typer._click.exceptions import NoArgsIsHelpError, UsageError  # typer carries its own click
 
+import econspin
 from econspin.economy import resolve_device
 from econspin.fingerprint import (
     check_folder,
@@ -63,6 +65,7 @@ from econspin.output import (
     write_text,
 )
 from econspin.preflight import check_files, confirm_grid, preflight_run, preflight_sweep
+from econspin.progress import PlainProgress, progress_interval
 from econspin.scenario import Scenario, ScenarioError, ScenarioWarning
 from econspin.simulate import Rollout
 
@@ -117,6 +120,22 @@ ForceOption = Annotated[
         "--force", help="Replace the econspin outputs of an --out folder that holds something else (others stay)."
     ),
 ]
+
+def show_version(asked: bool) -> None:
+    if asked:
+        sys.stdout.write(f"econspin {econspin.__version__}\n")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[
+        bool, typer.Option("--version", callback=show_version, is_eager=True, help="Print econspin's version and exit.")
+    ] = False,
+):
+    """Agent-based economies in which trade is attention."""
+
+
 SetOption = Annotated[
     Optional[list[str]],
     typer.Option("--set", help="Override a scenario key: key.path=value (value read as YAML). Repeatable."),
@@ -131,6 +150,19 @@ def fail(message: str, source: Path | None = None) -> None:
     raise typer.Exit(2)
 
 
+def refuse_failed_allocation(error: Exception, source: Path | None) -> None:
+    """One line, exit 2, for an allocation the machine refused (re-raise anything else).
+
+    The memory estimate is checked first; this is for what it cannot see (a limit on the
+    process, other programs' memory). Nothing has been written when the economy is built.
+    """
+    if not isinstance(error, MemoryError) and "allocate" not in str(error):
+        raise error
+    size = re.search(r"allocate (\d+) bytes", str(error))
+    what = f"{int(size.group(1)) / 2**30:.1f} GiB" if size else "memory"
+    fail(f"out of memory building the economy: could not allocate {what}; lower the scenario's sizes", source)
+
+
 def parse_overrides(pairs: list[str] | None) -> dict:
     """``key.path=value`` pairs as a dict, values read as YAML."""
     overrides = {}
@@ -142,7 +174,7 @@ def parse_overrides(pairs: list[str] | None) -> dict:
             raise ScenarioError(f"--set {pair!r}: the key is empty; write key.path=value")
         try:
             overrides[key.strip()] = yaml.safe_load(text)
-        except yaml.YAMLError:
+        except (yaml.YAMLError, RecursionError):
             raise ScenarioError(f"--set {key}: {text!r} is not a value") from None
     return overrides
 
@@ -160,9 +192,17 @@ def load_scenario(path: Path, overrides: dict) -> Scenario:
 
 @contextlib.contextmanager
 def progress_bar(total: int, description: str, quiet: bool):
-    """A rich progress bar (on stderr) that advances by rounds; nothing when quiet."""
+    """A rich progress bar (on stderr) that advances by rounds; nothing when quiet.
+
+    Without a terminal (stderr a file or a pipe) a bar would show nothing: a plain line every
+    few seconds instead (econspin.progress).
+    """
     if quiet:
         yield lambda _round: None
+        return
+    if not console.is_terminal:
+        interval = progress_interval(lambda line: console.print(f"warning: {line}", soft_wrap=True))
+        yield PlainProgress(total, description, lambda line: console.print(line, soft_wrap=True), interval)
         return
     columns = [TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()]
     with Progress(*columns, console=console, transient=True) as progress:
@@ -226,6 +266,8 @@ def run(
             return
     except (ScenarioError, CheckpointError) as error:
         fail(str(error), named_source(str(error), resume, scenario))
+    except (MemoryError, RuntimeError) as error:  # torch's failed allocations are RuntimeErrors
+        refuse_failed_allocation(error, resume / SCENARIO_FILE if resume is not None else scenario)
     previous = pd.DataFrame()
     if record is not None:
         try:
@@ -318,7 +360,7 @@ def sweep(
             "float64 mean field) to sweep.parquet and phase.png. Repeatable.",
         ),
     ] = None,
-    quiet: Annotated[bool, typer.Option("--quiet")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar or summary.")] = False,
     backend: Annotated[
         str, typer.Option(help="local (this process) or ray (shards as Ray tasks: docs/sweeps.md).")
     ] = "local",
@@ -452,6 +494,8 @@ def sweep(
                 table = sweep_susceptibility(table, points, response, run_settings.steps, run_settings.device, advance)
     except ScenarioError as error:
         fail(str(error), scenario)
+    except (MemoryError, RuntimeError) as error:  # nothing is written before every batch has run
+        refuse_failed_allocation(error, scenario)
     except KeyboardInterrupt:
         if backend == "ray":
             console.print(

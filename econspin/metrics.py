@@ -126,6 +126,19 @@ def metric_functions(economy: Economy) -> dict[str, Metric]:
     return functions
 
 
+# observables of the last round's trade (revenue, choice entropy, surplus): the initial
+# state follows no round, so they are undefined (NaN) there, not zero
+TRADE_METRICS = ("hhi", "cr4", "attention_entropy", "surplus")
+
+
 def measure(state: State, economy: Economy) -> torch.Tensor:
-    """All observables as one (B, M) float64 tensor, columns as in :func:`metric_functions`."""
-    return torch.stack([function(state, economy).double() for function in metric_functions(economy).values()], dim=1)
+    """All observables as one (B, M) float64 tensor, columns as in :func:`metric_functions`.
+
+    At round 0 (the initial state) the trade observables are NaN: no round has been played.
+    """
+    functions = metric_functions(economy)
+    values = torch.stack([function(state, economy).double() for function in functions.values()], dim=1)
+    if state.round == 0:
+        traded = [index for index, name in enumerate(functions) if name in TRADE_METRICS]
+        values[:, traded] = float("nan")
+    return values

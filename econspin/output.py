@@ -4,7 +4,8 @@ Every file is written under a temporary name in the same folder and renamed into
 reader (or a run killed half-way) only ever sees complete files. A run folder holds:
 
 - ``scenario.yaml``: the resolved scenario, every default filled in;
-- ``metrics.parquet``: one row per replica per round (step, replica, metrics...);
+- ``metrics.parquet``: one row per replica per round, step 0 (the initial state) first
+  (step, replica, metrics...);
 - ``wealth.parquet``: final money per agent (replica, agent, population, money);
 - ``manifest.json``: the fingerprint (:mod:`econspin.fingerprint`), whether the output is
   complete, versions, device, seed, wall time, rounds per second;
@@ -68,6 +69,9 @@ def write_atomically(path: Path, write: Callable[[io.BufferedWriter], None]) -> 
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        # mkstemp creates the file private (0600); a file written directly would get 0666 less
+        # the umask, so the renamed file gets that too
+        os.fchmod(handle, 0o666 & ~current_umask())
         with os.fdopen(handle, "wb") as stream:
             write(stream)
             stream.flush()
@@ -79,6 +83,13 @@ def write_atomically(path: Path, write: Callable[[io.BufferedWriter], None]) -> 
         if isinstance(error, OSError):  # a full disk or a folder made read-only: name the file meant, not the stream
             error.filename = str(path)
         raise
+
+
+def current_umask() -> int:
+    """The process's umask (reading it means setting it: it is put straight back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def write_text(path: Path, text: str) -> None:

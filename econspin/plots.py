@@ -1,7 +1,9 @@
 """Figures drawn from the tables a run writes, never from a live model.
 
 Every function takes DataFrames in the output folder's format and a path, and writes one
-PNG atomically. Concentration measures are dimensionless shares; rounds are counted from 1.
+PNG atomically. Concentration measures are dimensionless shares. Step 0 is the initial
+state: the trade measures (HHI, CR4, attention entropy) are NaN there, so their lines start
+at round 1, while the Gini of money starts at round 0.
 """
 
 from __future__ import annotations
@@ -74,17 +76,30 @@ def concentration_figure(
     _save(figure, path)
 
 
+def wealth_ccdf(money: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each distinct amount w of money and P(money >= w) over all agents, those with none included.
+
+    Ties count once each way: for integer money P(money >= k) is exactly the share of agents
+    holding k units or more.
+    """
+    values, counts = np.unique(np.asarray(money, dtype=np.float64), return_counts=True)
+    at_least = np.cumsum(counts[::-1])[::-1]  # agents holding values[k] or more
+    return values, at_least / counts.sum()
+
+
 def wealth_figure(wealth: pd.DataFrame, path: Path, title: str) -> None:
     """Complementary CDF of final money by population, log-log, pooled over replicas."""
     figure, axes = plt.subplots(1, 2, figsize=(11, 4.5))
     total = wealth["money"].sum()
     for name, table in wealth.groupby("population", sort=False):
-        money = np.sort(table["money"].to_numpy())
-        positive = money[money > 0]
-        if positive.size:
-            ccdf = 1.0 - np.arange(positive.size) / positive.size
+        values, probability = wealth_ccdf(table["money"].to_numpy())
+        positive = values > 0  # log axes: zero money counts in every P(money >= w) but has no point
+        if positive.any():
             axes[0].loglog(
-                positive, ccdf, drawstyle="steps-post", label=f"{name} ({table['money'].sum() / total:.1%} of money)"
+                values[positive],
+                probability[positive],
+                drawstyle="steps-post",
+                label=f"{name} ({table['money'].sum() / total:.1%} of money)",
             )
     axes[0].set_xlabel("money per agent (units of the initial mean)")
     axes[0].set_ylabel("P(money ≥ w)")

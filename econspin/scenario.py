@@ -44,6 +44,8 @@ class _Strict(BaseModel):
 
 PositiveFloat = Annotated[float, Field(gt=0)]
 NonNegativeFloat = Annotated[float, Field(ge=0)]
+# what torch.Generator.manual_seed takes (the projection and ffn seeds go there as they are)
+Seed = Annotated[int, Field(ge=-(2**63), lt=2**64)]
 
 
 class _Variant(_Strict):
@@ -188,7 +190,7 @@ class Projections(_Variant):
     init: Literal["random", "identity"] = "random"  # identity: W = scale * I (needs d_k = d_v = d)
     scale: NonNegativeFloat = 1.0
     tied: bool = False  # W_Q = W_K and values = keys: the symmetric (Hopfield) limit
-    seed: int | None = None  # random: default drawn from the run's seed
+    seed: Seed | None = None  # random: default drawn from the run's seed
 
 
 class Correction(_Variant):
@@ -201,7 +203,7 @@ class Correction(_Variant):
     weights: str | None = None  # ffn: a .pt file with w1, b1, w2, b2 (then scale and seed are unused)
     hidden: Annotated[int, Field(gt=0)] | None = None  # ffn width (default 16)
     scale: NonNegativeFloat | None = None  # ffn random-init scale (default 0: starts as no correction)
-    seed: int | None = None  # ffn random init; default drawn from the run's seed
+    seed: Seed | None = None  # ffn random init; default drawn from the run's seed
 
     @classmethod
     def options_read(cls, data: dict) -> dict[str, Any]:
@@ -217,7 +219,7 @@ class Correction(_Variant):
 class Population(_Strict):
     """One kind of agent (e.g. human, ai)."""
 
-    count: Annotated[int, Field(gt=0)]
+    count: Annotated[int, Field(gt=0, lt=2**63)]  # a torch int64 holds it; memory refuses far fewer
     temperature: Temperature = 1.0
     spend: Annotated[float, Field(gt=0, le=1)] = 0.1
     eta: Annotated[float, Field(ge=0, le=1)] = 1.0
@@ -310,7 +312,7 @@ class Run(_Strict):
 
     steps: Annotated[int, Field(gt=0)] = 100
     replicas: Annotated[int, Field(gt=0)] = 1
-    seed: int = 0
+    seed: int = 0  # any whole number: hashed into each stream's key (econspin.randomness)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dtype: Literal["float32", "float64"] = "float32"
     chunk: Annotated[int, Field(gt=0)] | None = None  # buyer rows per block; None: from memory
@@ -391,11 +393,15 @@ class Scenario(_Strict):
         if path.is_dir():
             raise ScenarioError(f"{path}: is a folder, not a scenario file")
         try:
-            text = path.read_text()
+            text = path.read_text(encoding="utf-8")
         except OSError as error:
             raise ScenarioError(f"{path}: cannot read: {error.strerror or error}") from None
+        except UnicodeDecodeError as error:
+            raise ScenarioError(f"{path}: not UTF-8 text (byte {error.start}); a scenario is a YAML text") from None
         try:
             data = yaml.safe_load(text)
+        except RecursionError:
+            raise ScenarioError(f"{path}: not valid YAML: nested too deeply") from None
         except yaml.YAMLError as error:
             mark = getattr(error, "problem_mark", None)
             where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""

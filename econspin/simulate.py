@@ -27,7 +27,8 @@ class SimulationResult:
     """What a run returns.
 
     Attributes:
-        metrics: one row per batch element per round: step, replica, then the observables.
+        metrics: one row per batch element per round, step 0 (the initial state) first: step,
+            replica, then the observables.
         state: the final :class:`~econspin.state.State`.
         economy: the compiled :class:`~econspin.economy.Economy`.
         scenario: the scenario as run (overrides applied).
@@ -74,8 +75,14 @@ class Rollout:
         return cls(scenarios, replicas, economy, initial_state(economy, scenarios, replicas))
 
     def advance(self, rounds: int, on_round: Callable[[int], None] | None = None) -> None:
-        """Play ``rounds`` rounds, applying schedules and events, recording metrics."""
+        """Play ``rounds`` rounds, applying schedules and events, recording metrics.
+
+        A rollout first advanced from round 0 records the initial state first (step 0), as it
+        stands then: a caller may have replaced the state after :meth:`create`.
+        """
         with torch.no_grad():
+            if self.state.round == 0 and not self.rows:
+                self.rows.append(measure(self.state, self.economy))
             for _ in range(rounds):
                 self.previous = apply_plan(self.state, self.economy, self.scenarios)
                 self.state = step(self.previous, self.economy)
@@ -86,7 +93,8 @@ class Rollout:
     def metrics(self) -> pd.DataFrame:
         """The rounds recorded by this rollout as a long table (one row per element per round).
 
-        Steps are numbered by round: a rollout resumed at round r records from step r + 1.
+        Steps are numbered by round: step 0 is the initial state (trade metrics NaN), and a
+        rollout resumed at round r records from step r + 1.
         """
         names = list(metric_functions(self.economy))
         if not self.rows:

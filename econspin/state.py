@@ -141,6 +141,8 @@ def _temperatures(spec, count: int, draw: np.random.Generator) -> np.ndarray:
             if spec.mean == 0:
                 return np.zeros(count)
             return np.exp(math.log(spec.mean) - spec.sigma**2 / 2 + spec.sigma * draw.standard_normal(count))
+        if spec.sigma**2 == 0:  # a variation too small for a float: the limit, every agent at the mean
+            return np.full(count, spec.mean)
         shape = 1.0 / spec.sigma**2  # gamma with coefficient of variation sigma
         return draw.gamma(shape, spec.mean / shape, size=count)
     return np.full(count, float(spec))

@@ -157,7 +157,6 @@ def run_engine(agents: int, steps: int, replicas: int, seed: int, window_start: 
     counts = np.zeros(max_money, dtype=np.int64)
     money0 = rollout.state.money.cpu().numpy()
     totals[:, 0] = money0.sum(1)
-    gini0 = _gini_rows(money0)
     started = time.perf_counter()
     for t in range(1, steps + 1):
         rollout.advance(1)
@@ -167,8 +166,7 @@ def run_engine(agents: int, steps: int, replicas: int, seed: int, window_start: 
             counts += _bincount(np.rint(money).astype(np.int64), max_money)
     wall = time.perf_counter() - started
     metrics = rollout.metrics()
-    gini = metrics.pivot(index="replica", columns="step", values="gini").to_numpy()
-    gini = np.concatenate([gini0[:, None], gini], axis=1)
+    gini = metrics.pivot(index="replica", columns="step", values="gini").to_numpy()  # step 0: the initial state
     final = rollout.state.money.cpu().numpy()
     integral = bool(np.all(final == np.rint(final)))
     return VariantRun("engine", gini, np.rint(final).astype(np.int64), counts, totals, wall,

@@ -59,8 +59,8 @@ def sweep(agents: int, temperatures, replicas: int, steps: int, d: int = 16, fie
     rollout.advance(steps)
     wall = time.perf_counter() - started
     table = rollout.metrics()
-    table["replica"] = np.tile([r for _, r in points], steps)
-    table["temperature"] = np.tile([t for t, _ in points], steps)
+    table["replica"] = np.tile([r for _, r in points], steps + 1)  # step 0, the initial state, then every round
+    table["temperature"] = np.tile([t for t, _ in points], steps + 1)
     table["N"] = agents
     return table, wall
 

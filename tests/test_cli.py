@@ -202,7 +202,7 @@ def test_run_writes_the_whole_folder(tmp_path):
                  "concentration.png", "wealth.png"):
         assert (out / name).exists(), name
     metrics = pd.read_parquet(out / "metrics.parquet")
-    assert len(metrics) == 8 * 2
+    assert len(metrics) == (8 + 1) * 2  # step 0, the initial state, then every round
     assert list(metrics.columns) == ["step", "replica", "hhi", "cr4", "gini", "attention_entropy", "surplus",
                                      "total_wealth", "order", "wealth_share_human", "wealth_share_ai"]
     assert not list(out.glob(".*.tmp"))
@@ -248,7 +248,7 @@ def test_sweep_over_ai_temperature(tmp_path):
                                  "--out", str(out), "--quiet"])
     assert result.exit_code == 0, result.output
     table = pd.read_parquet(out / "sweep.parquet")
-    assert len(table) == 2 * 2 * 2 * 40
+    assert len(table) == 2 * 2 * 2 * (40 + 1)
     assert {"populations.ai.temperature", "populations.human.spend", "point", "replica", "step"} <= set(table.columns)
     for name in ("phase.png", "concentration.png", "manifest.json", "scenario.yaml"):
         assert (out / name).exists()
@@ -309,7 +309,7 @@ def test_resume_refuses_a_checkpoint_made_on_another_device(tmp_path):
         assert all((out / name).read_bytes() == written[name] for name in ("scenario.yaml", "metrics.parquet"))
     result = resume_on_cpu(None, "cpu")
     assert result.exit_code == 0, result.output
-    assert len(pd.read_parquet(out / "metrics.parquet")) == 8 * 2
+    assert len(pd.read_parquet(out / "metrics.parquet")) == (8 + 1) * 2
 
 
 BAD_OPTIONS = {

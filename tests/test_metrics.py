@@ -158,13 +158,34 @@ def test_surplus_is_t_log_n_for_equal_utilities():
 
 def test_measure_returns_every_metric_in_column_order():
     state, economy = economy_with()
-    state = with_money(with_revenue(state, [1.0, 2.0, 1.0, 0.0, 0.0]), [1.0, 1.0, 1.0, 1.0, 4.0])
+    state = with_money(with_revenue(state, [1.0, 2.0, 1.0, 0.0, 0.0]), [1.0, 1.0, 1.0, 1.0, 4.0]).replace(round=1)
     values = measure(state, economy)[0]
     names = list(metric_functions(economy))
     assert names[: len(METRICS)] == list(METRICS)
     assert values[names.index("hhi")].item() == pytest.approx(0.375, rel=1e-14)
     assert values[names.index("gini")].item() == pytest.approx(pairwise_gini([1, 1, 1, 1, 4]), rel=1e-14)
     assert values[names.index("wealth_share_households")].item() == pytest.approx(5 / 8, rel=1e-14)
+
+
+def test_the_initial_state_has_no_trade_metrics_and_every_money_metric():
+    """Step 0 follows no round: HHI, CR4, entropy and surplus are NaN, not the zeros the state starts with."""
+    state, economy = economy_with()
+    state = with_money(state, [1.0, 1.0, 1.0, 1.0, 4.0])
+    columns = dict(zip(metric_functions(economy), measure(state, economy)[0].tolist()))
+    assert all(math.isnan(columns[name]) for name in ("hhi", "cr4", "attention_entropy", "surplus"))
+    assert columns["gini"] == pytest.approx(pairwise_gini([1, 1, 1, 1, 4]), rel=1e-14)
+    assert columns["total_wealth"] == 8.0 and columns["wealth_share_households"] == pytest.approx(5 / 8, rel=1e-14)
+    assert math.isfinite(columns["order"])
+
+
+def test_a_rollout_table_starts_with_the_initial_state():
+    run = rollout([scenario(populations=MARKET_OF_FIVE)] * 2, [0, 1])
+    initial = measure(run.state, run.economy).numpy()
+    run.advance(3)
+    table = run.metrics()
+    assert table["step"].tolist() == [0, 0, 1, 1, 2, 2, 3, 3] and table["replica"].tolist() == [0, 1] * 4
+    np.testing.assert_array_equal(table[table.step == 0].iloc[:, 2:].to_numpy(), initial)
+    assert table[table.step > 0][["hhi", "attention_entropy"]].notna().all().all()
 
 
 def _two_populations():

@@ -2,6 +2,7 @@
 
 import math
 
+import numpy as np
 import pandas as pd
 import pytest
 from hypothesis import given, settings
@@ -39,8 +40,8 @@ def test_batches_follow_shape_and_memory_and_do_not_change_results():
     together = run_sweep(points, 3, 5, "cpu", "float64")
     apart = run_sweep(small, 3, 5, "cpu", "float64")
     assert list(together.columns) == list(apart.columns) and len(together) == len(apart)
-    difference = (together.select_dtypes("number") - apart.select_dtypes("number")).abs().to_numpy()
-    assert difference.max() < 1e-12
+    # NaN (the trade metrics of step 0, the initial state) only where the other has NaN too
+    np.testing.assert_allclose(together.select_dtypes("number"), apart.select_dtypes("number"), rtol=0, atol=1e-12)
 
 
 def test_a_sweep_over_the_seed_gives_every_point_its_own_random_network():
