@@ -373,7 +373,7 @@ def finished_batch(folder: Path, index: int, batch: list[tuple[int, int]], steps
     except (OSError, ValueError):
         return None
     members = sorted(set(zip(table["point"], table["replica"]))) if {"point", "replica"} <= set(table) else []
-    return table if members == sorted(batch) and len(table) == steps * len(batch) else None
+    return table if members == sorted(batch) and len(table) == (steps + 1) * len(batch) else None  # step 0 too
 
 
 def refuse_another_device(folder: Path, device: str) -> None:

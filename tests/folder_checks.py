@@ -60,10 +60,11 @@ def assert_run_folder_consistent(folder: Path) -> str:
         k: v for k, v in recorded.items() if k != "steps"
     }
     done, rows, replicas = checkpoint["round"], checkpoint["metrics_rows"], scenario.run.replicas
-    assert 0 <= done <= scenario.run.steps and rows == done * replicas
+    # the round-0 checkpoint comes before any metrics; later ones follow steps 0..done
+    assert 0 <= done <= scenario.run.steps and rows == (done + 1) * replicas * (done > 0)
     metrics = pd.read_parquet(folder / METRICS_FILE) if rows else pd.DataFrame({"step": []})
     assert len(metrics) >= rows  # rows after the checkpoint are rounds a resume plays again
-    expected_steps = [step for step in range(1, done + 1) for _ in range(replicas)]
+    expected_steps = [step for step in range(0, done + 1) for _ in range(replicas)] if done else []
     assert metrics["step"].iloc[:rows].tolist() == expected_steps
     if manifest["status"] == "incomplete":
         return "incomplete"
@@ -99,13 +100,13 @@ def assert_sweep_folder_consistent(folder: Path) -> str:
         batch = batches[int(path.stem.split("-")[1])]
         table = pd.read_parquet(path)
         assert sorted(set(zip(table["point"], table["replica"]))) == sorted(batch)
-        assert len(table) == len(batch) * base.run.steps
+        assert len(table) == len(batch) * (base.run.steps + 1)  # step 0 too
     if manifest["status"] == "incomplete":
         assert SWEEP_FILE not in written(folder) or len(pd.read_parquet(folder / SWEEP_FILE)) == (
-            len(points) * base.run.replicas * base.run.steps
+            len(points) * base.run.replicas * (base.run.steps + 1)
         )
         return "incomplete"
     table = pd.read_parquet(folder / SWEEP_FILE)
-    assert len(table) == len(points) * base.run.replicas * base.run.steps
+    assert len(table) == len(points) * base.run.replicas * (base.run.steps + 1)
     assert {"phase.png", "concentration.png"} <= set(written(folder))
     return "complete"

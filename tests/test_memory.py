@@ -90,7 +90,7 @@ def test_the_machine_is_the_budget_where_it_has_less(monkeypatch):
         simulate(scenario)
     assert caught.value.budget == int(need) - 1
     monkeypatch.setattr(memory, "available_memory", lambda device=None: int(need) + 1)
-    assert len(simulate(scenario).metrics) == 16
+    assert len(simulate(scenario).metrics) == 18  # steps 0..8, two replicas
 
 
 def test_a_gpu_is_compared_with_its_free_memory(monkeypatch):
@@ -140,7 +140,8 @@ def test_the_expected_edges_are_those_the_generator_draws(generator, agents, dir
     graph = build_graph(scenario.market.network, scenario.population_sizes, seed)
     drawn = graph.number_of_edges() * (1 if graph.is_directed() else 2)
     expected = expected_directed_edges(scenario.market.network, agents)
-    assert abs(drawn - expected) <= 0.25 * expected  # random ones within a quarter (a few sd at these sizes)
+    # random ones within 5 sd (a directed count 2m of m ~ binomial edges has sd about sqrt(2 expected))
+    assert abs(drawn - expected) <= max(0.25 * expected, 5 * (2 * expected) ** 0.5)
 
 
 def test_an_edge_list_is_counted_by_its_lines(tmp_path):

@@ -209,8 +209,8 @@ def test_a_disk_that_fills_mid_run_is_one_line_and_leaves_complete_files(tmp_pat
     assert len(message.splitlines()) == 1 and "Traceback" not in message, message
     assert message == f"error: {out}/metrics.parquet: No space left on device", message
     assert not list(out.glob(".*.tmp"))
-    metrics = pd.read_parquet(out / "metrics.parquet")  # the last complete table: 2 writes of 2 rounds
-    assert len(metrics) == 4 * 2
+    metrics = pd.read_parquet(out / "metrics.parquet")  # the last complete table: step 0 and 2 writes of 2 rounds
+    assert len(metrics) == 5 * 2
     assert torch.load(out / "checkpoint.pt", weights_only=True)["metrics_rows"] == len(metrics)
 
 
@@ -241,4 +241,4 @@ def test_a_folder_made_read_only_mid_run_is_one_line(tmp_path, monkeypatch):
     message = result.output.strip()
     assert message == f"error: {out}/metrics.parquet: Permission denied", message
     assert not list(out.glob(".*.tmp"))
-    assert len(pd.read_parquet(out / "metrics.parquet")) == 2 * 2
+    assert len(pd.read_parquet(out / "metrics.parquet")) == 3 * 2  # steps 0..2, two replicas

@@ -239,7 +239,7 @@ def test_a_folder_holding_another_sweep_is_refused_naming_what_differs(tmp_path)
     differences = {
         "run.seed: 3 there, 4 here": record(seed=4),
         "--grid populations.ai.temperature: [0.05, 0.24,": record(grid="populations.ai.temperature=0.05:1:5"),
-        "--grid populations.ai.temperature: [0.05, 0.24, 0.43, 0.6200000000000001, 0.81, 1.0] there, absent here": (
+        "--grid populations.ai.temperature: [0.05, 0.24, 0.43, 0.62, 0.81, 1.0] there, absent here": (
             record(grid="populations.ai.spend=0.1")
         ),
         "--points-per-shard: 2 there, 3 here": record(points_per_shard=3),
