@@ -181,7 +181,7 @@ def test_a_grid_of_too_many_points_asks_for_yes(tmp_path, monkeypatch):
     assert refused.exit_code == 2 and "4 points" in refused.output and not out.exists()
     accepted = runner.invoke(app, ["sweep", str(path), *small, "--out", str(out), "--quiet", "--yes"])
     assert accepted.exit_code == 0, accepted.output
-    monkeypatch.setattr(econspin.cli, "at_terminal", lambda: True)
+    monkeypatch.setattr(econspin.cli_sweep, "at_terminal", lambda: True)
     declined = runner.invoke(app, ["sweep", str(path), *small, "--out", str(tmp_path / "no"), "--quiet"], input="n\n")
     assert declined.exit_code == 2 and "4 points" in declined.output and not (tmp_path / "no").exists()
     agreed = runner.invoke(app, ["sweep", str(path), *small, "--out", str(tmp_path / "yes"), "--quiet"], input="y\n")
