@@ -481,4 +481,7 @@ def bench(
 from econspin import cli_sweep  # noqa: E402  registers ``econspin sweep`` on app (it imports this module)
 
 if __name__ == "__main__":  # pragma: no cover - python -m econspin.cli
-    app()
+    # this file runs as __main__; cli_sweep registered ``sweep`` on the app of the module econspin.cli
+    from econspin.cli import app as registered_app
+
+    registered_app()

@@ -207,7 +207,7 @@ def estimate_memory(
     kernel = "couplings" if market.couplings is not None else ("sparse" if sparse else "dense")
     if kernel == "dense":
         smallest = batch * model.element_bytes(1)
-        if run.kernel != "reference" and market.mode == "expected":  # the fused kernel: two blocks, reused
+        if run.kernel != "reference":  # the fused kernels (either mode): two blocks, reused
             from econspin.fused import block_shape  # fused builds on the economy, which reads this module
 
             groups, rows = block_shape(batch * heads, agents, run.chunk)
