@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import threading
 import weakref
 from dataclasses import dataclass
 
@@ -165,6 +166,30 @@ def network_terms(economy: Economy, dtype: torch.dtype, big: float):
     return bias, entry[1][dtype][2]
 
 
+_WORKSPACES = threading.local()  # per thread: {(name, dtype, device): the largest buffer asked for}
+
+
+def workspace(name: str, size: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A flat buffer of ``size`` entries, the same memory from round to round (per thread and name).
+
+    A fresh tensor of a few MiB each round comes from pages the C allocator has just taken
+    from the system (glibc serves such sizes by mmap and gives them back on free), and
+    faulting those pages in cost more than the work done in them: at B = 128, N = 64 the
+    float64 running sums of the sampled round's inversion (4 MiB) took 5 ms a round in a
+    running simulation against 1 ms when their memory was reused (docs/performance.md).
+    A buffer is valid until the next call with the same name on the same thread: the
+    callers use it within one round and return nothing that aliases it.
+    """
+    buffers = getattr(_WORKSPACES, "buffers", None)
+    if buffers is None:
+        buffers = _WORKSPACES.buffers = {}
+    key = (name, dtype, torch.device(device))
+    buffer = buffers.get(key)
+    if buffer is None or buffer.numel() < size:
+        buffer = buffers[key] = torch.empty(size, dtype=dtype, device=device)
+    return buffer[:size]
+
+
 def uses_fused(state: State, economy: Economy) -> bool:
     """Whether a round takes a fused step: the economy says so and nothing asks for gradients.
 
@@ -265,14 +290,15 @@ def row_blocks(terms: RoundTerms, economy: Economy, rows: int | None = None):
 
     ``scores`` holds y_ij = beta_i U_ij - m_i (clamped at the exp2 floor), ``weights`` e_ij =
     2^(y_ij) (0 below twice the floor, for disallowed pairs and for every row without a
-    partner). Both live in one reused buffer: a block is valid until the next is yielded.
+    partner). Both live in one buffer, reused from round to round (:func:`workspace`): a block
+    is valid until the next is yielded.
     """
     left, right = terms.left, terms.right
     groups, agents = terms.groups, left.shape[1]
     dtype, device = left.dtype, left.device
     big, floor = 2.0 ** _limits(dtype)[2], EXP2_FLOOR[dtype]
     group_size, block_rows = block_shape(groups, agents, rows if rows is not None else economy.chunk)
-    buffer = torch.empty(2 * group_size * block_rows * agents, dtype=dtype, device=device)
+    buffer = workspace("blocks", 2 * group_size * block_rows * agents, dtype, device)
     for g0 in range(0, groups, group_size):
         g = slice(g0, min(g0 + group_size, groups))
         for r0 in range(0, agents, block_rows):

@@ -49,7 +49,7 @@ import math
 import torch
 
 from econspin.economy import Economy
-from econspin.fused import RoundTerms, round_terms, row_blocks, row_statistics
+from econspin.fused import RoundTerms, round_terms, row_blocks, row_statistics, workspace
 from econspin.market import MarketOutcome
 from econspin.randomness import DRAW_CHOICE, Draws
 from econspin.state import State
@@ -81,7 +81,7 @@ def inverse_cdf(weights: torch.Tensor, uniforms: torch.Tensor, tile: int | None 
     count = -(-agents // tile)
     if count == 1:  # one tile: no first level
         start = threshold = None
-        in_tile = weights.double()
+        in_tile = weights
         chosen_tile = torch.zeros(weights.shape[:-1] + (1,), dtype=torch.long, device=weights.device)
     else:
         full = agents // tile
@@ -93,8 +93,12 @@ def inverse_cdf(weights: torch.Tensor, uniforms: torch.Tensor, tile: int | None 
         chosen_tile = torch.searchsorted(cumulative, threshold, right=True).clamp_(max=count - 1)
         start = torch.where(chosen_tile > 0, cumulative.gather(-1, (chosen_tile - 1).clamp(min=0)), 0.0)
         columns = chosen_tile * tile + torch.arange(tile, device=weights.device)  # (..., rows, tile)
-        in_tile = weights.gather(-1, columns.clamp(max=agents - 1)).double().mul_(columns < agents)
-    running = in_tile.cumsum(-1)  # out of place: in_tile may be the block itself (float64), read after
+        in_tile = weights.gather(-1, columns.clamp(max=agents - 1)).mul_(columns < agents)
+    # float64 running sums straight from the working precision (one pass, no float64 copy of the
+    # block first), into memory reused from round to round; out of place, since in_tile may be
+    # the block itself, read after
+    running = workspace("running sums", in_tile.numel(), torch.float64, weights.device).view(in_tile.shape)
+    torch.cumsum(in_tile, -1, dtype=torch.float64, out=running)
     if start is None:
         threshold = _below_total(uniforms, running[..., -1:])
         empty = running[..., -1] == 0
@@ -143,9 +147,12 @@ def fused_sampled_trade(
     chosen = choice >= 0
     index = choice.clamp(min=0)
     delivered = terms.delivered.view(batch, heads, agents, d)
-    got = torch.gather(delivered, 2, index[..., None].expand(-1, -1, -1, d))
+    # u_{c_i} as rows of one (B H N, d) table: torch's gather along an axis with an expanded
+    # index took 0.5 ms against 0.1 ms for this index_select at B = 128, N = 64, d = 16
+    table_rows = (index + torch.arange(batch * heads, device=index.device).view(batch, heads, 1) * agents).view(-1)
+    got = delivered.reshape(-1, d).index_select(0, table_rows).view(batch, heads, agents, d)
     buyer = economy.buyer.to(delivered.dtype)
-    received = (got * chosen[..., None]).sum(1) * buyer[None, :, None]
+    received = got.mul_(chosen[..., None]).sum(1).mul_(buyer[None, :, None])  # in place: fewer fresh pages
     spending = terms.spend * (terms.partners[0] > 0)  # the mask is the same for every batch element and head
     market_revenue = torch.zeros(batch, heads, agents, dtype=torch.float64, device=choice.device)
     market_revenue.scatter_add_(2, index, (spending / heads)[:, None, :] * chosen)

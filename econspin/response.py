@@ -242,28 +242,43 @@ def sample_von_mises_fisher(
         return radius * spin.unsqueeze(-1)
     along = _wood_component(kappa.double(), dimension, draws)
     along = torch.where(norm > 0, along, torch.zeros_like(along))  # no field: all of it orthogonal
-    # the direction in (d, ...) layout: reductions over d run across contiguous rows of agents
-    # (out of place where the field's gradient flows: a sampled round stays differentiable)
+    # the direction in (d, ...) layout: reductions over d run across contiguous rows of agents.
+    # Out of place where the field's gradient flows (a sampled round stays differentiable); in
+    # place otherwise, the same arithmetic: every (d, ...) float64 temporary is d MiB at
+    # B = 128, N = 64, and fresh pages of that size cost more than the sums (docs/performance.md)
     gaussian = draws.normal(DRAW_DIRECTION, dimension)  # (d, ...)
     unit = direction.movedim(-1, 0).double().contiguous()  # the zero vector where there is no field
-    orthogonal = torch.addcmul(gaussian, unit, _sum_leading(gaussian * unit), value=-1.0)
-    length = torch.sqrt(_sum_leading(orthogonal * orthogonal)).clamp(min=1e-300)
+    differentiable = torch.is_grad_enabled() and unit.requires_grad
+    products = gaussian * unit
+    dot = _sum_leading(products, in_place=not differentiable)
+    if differentiable:
+        orthogonal = torch.addcmul(gaussian, unit, dot, value=-1.0)
+        squares = orthogonal * orthogonal
+    else:
+        orthogonal = gaussian.addcmul_(unit, dot, value=-1.0)
+        squares = torch.mul(orthogonal, orthogonal, out=products)
+    length = torch.sqrt(_sum_leading(squares, in_place=not differentiable)).clamp(min=1e-300)
     # s = R (w theta_hat + sqrt(1 - w^2) g_perp / |g_perp|), the radius folded into the coefficients
     sideways = torch.sqrt((1.0 - along * along).clamp(min=0.0)) * (radius / length)
-    spin = torch.addcmul(orthogonal * sideways, unit, radius * along)
+    if differentiable:
+        spin = torch.addcmul(orthogonal * sideways, unit, radius * along)
+    else:
+        spin = orthogonal.mul_(sideways).addcmul_(unit, radius * along)
     return torch.empty(theta.shape, dtype=dtype, device=theta.device).copy_(spin.movedim(0, -1))
 
 
-def _sum_leading(values: torch.Tensor) -> torch.Tensor:
+def _sum_leading(values: torch.Tensor, in_place: bool = False) -> torch.Tensor:
     """Sum over the leading axis by halving it, elementwise additions only.
 
     torch's reductions over an outer axis may group the terms differently with the sizes of
     the other axes; this order depends on the leading axis alone, so an agent gets the same
-    bits whatever batch it is drawn in.
+    bits whatever batch it is drawn in. ``in_place`` folds into ``values`` itself (the same
+    additions, no new memory; ``values`` is then spent).
     """
     while values.shape[0] > 1:
         half = values.shape[0] // 2
-        folded = values[:half] + values[half : 2 * half]
+        first, second = values[:half], values[half : 2 * half]
+        folded = first.add_(second) if in_place else first + second
         if values.shape[0] % 2:
             folded[-1] += values[-1]
         values = folded

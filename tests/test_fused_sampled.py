@@ -269,3 +269,55 @@ def test_a_sampled_rollout_is_the_same_on_either_kernel():
     assert torch.allclose(reference.money, fused.money, rtol=1e-12, atol=0)
     assert torch.allclose(reference.states, fused.states, rtol=0, atol=1e-9)
     np.testing.assert_allclose(runs[0].metrics().to_numpy(), runs[1].metrics().to_numpy(), rtol=1e-9, atol=1e-12)
+
+
+def test_buffers_reused_between_rounds_of_other_shapes_change_no_number():
+    """A round after rounds of other shapes and modes gives the bits it gave first.
+
+    The blocks and the running sums live in memory kept from round to round (fused.workspace).
+    """
+    small = rollout([sampled_market(heads=2, visibility=0.5)] * 2)
+    large = rollout([scenario(populations={"human": {"count": 90, "temperature": 0.5}}, mode="sampled")] * 3)
+    expected = rollout([two_populations(heads=2)] * 2)
+    first_choice, _ = sampled_choices(small.state, small.economy)
+    first_outcome = fused_sampled_trade(small.state, small.economy)
+    first_expected = step(expected.state, expected.economy)
+    for run in (large, small, expected, large):
+        step(run.state, run.economy)
+    assert torch.equal(sampled_choices(small.state, small.economy)[0], first_choice)
+    again = fused_sampled_trade(small.state, small.economy)
+    for name in ("received", "revenue", "spending", "entropy", "surplus"):
+        assert torch.equal(getattr(again, name), getattr(first_outcome, name)), name
+    again_expected = step(expected.state, expected.economy)
+    assert torch.equal(again_expected.states, first_expected.states)
+    assert torch.equal(again_expected.money, first_expected.money)
+
+
+def test_each_thread_has_buffers_of_its_own():
+    """Two threads playing rounds at once must not write into each other's blocks."""
+    import threading
+
+    from econspin.fused import workspace
+
+    here = workspace("blocks", 16, torch.float64, torch.device("cpu"))
+    there = []
+    worker = threading.Thread(target=lambda: there.append(workspace("blocks", 16, torch.float64, "cpu")))
+    worker.start()
+    worker.join()
+    assert here.data_ptr() != there[0].data_ptr()
+    assert workspace("blocks", 8, torch.float64, "cpu").data_ptr() == here.data_ptr()  # reused on this thread
+    runs = [rollout([sampled_market(heads=2)] * 2, replicas=[r, r + 1]) for r in range(4)]
+    alone = [sampled_choices(run.state, run.economy)[0] for run in runs]
+    together = [None] * len(runs)
+
+    def play(index):
+        for _ in range(20):
+            together[index] = sampled_choices(runs[index].state, runs[index].economy)[0]
+
+    threads = [threading.Thread(target=play, args=(index,)) for index in range(len(runs))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for got, want in zip(together, alone):
+        assert torch.equal(got, want)

@@ -178,6 +178,30 @@ def test_spins_of_an_element_do_not_depend_on_the_batch(dimension):
     assert torch.equal(part, together[:, 10:20])
 
 
+@pytest.mark.parametrize("dimension", [2, 5, 16, 33])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_spins_drawn_in_place_are_the_differentiable_draws_bit_for_bit(dimension, dtype):
+    """Without a gradient the direction is built in place; with one, out of place: the same spins.
+
+    And the differentiable draw carries the field's gradient (d = 5 onward: an odd leading
+    axis folds its last slice into the sum).
+    """
+    generator = torch.Generator().manual_seed(dimension)
+    theta = torch.randn(2, 40, dimension, generator=generator, dtype=dtype)
+    theta[0, :4] = 0.0  # no field: all of the spin orthogonal
+    temperature = (torch.rand(2, 40, generator=generator, dtype=dtype) + 0.05).index_fill(1, torch.tensor([5]), 0.0)
+    draws = round_draws(torch.tensor([3, 4]), 7, 40)
+    with torch.no_grad():
+        in_place = sample_von_mises_fisher(theta, temperature, 1.5, draws)
+    field = theta.clone().requires_grad_(True)
+    differentiable = sample_von_mises_fisher(field, temperature, 1.5, draws)
+    assert differentiable.requires_grad and not in_place.requires_grad
+    assert torch.equal(differentiable.detach(), in_place)
+    assert torch.allclose(in_place.norm(dim=-1), torch.full((2, 40), 1.5, dtype=dtype), rtol=1e-5)
+    (differentiable * torch.randn(differentiable.shape, generator=generator, dtype=dtype)).sum().backward()
+    assert field.grad is not None and torch.isfinite(field.grad).all() and field.grad.abs().sum() > 0
+
+
 def test_vmf_in_three_dimensions_is_the_langevin_function():
     """In d = 3 (a classical Heisenberg spin) A_3(k) = coth(k) - 1/k, at round values of k too."""
     kappa = torch.tensor([0.25, 0.5, 1.0, 2.0, 3.0, 10.0], dtype=torch.float64)
