@@ -65,7 +65,10 @@ def kill_at_random(arguments: list[str], folder: Path, generator: random.Random,
     delay = generator.uniform(0.0, longest)
     time.sleep(delay)
     process.send_signal(signal.SIGKILL)
-    process.wait()
+    code = process.wait()
+    # killed, or finished on its own: a command that failed (a refusal, a missing command) would
+    # otherwise pass as a kill before the folder was claimed
+    assert code in (0, -signal.SIGKILL), f"{arguments[0]} exited with {code} before it was killed"
     return delay
 
 
