@@ -247,7 +247,7 @@ def fit_correction(
     train: Ensemble,
     scored: dict[str, Ensemble],
     epochs: int,
-    window: int = 4,
+    window: int = 8,
     hidden: int = DEFAULT_HIDDEN,
     on_epoch: Callable[[int], None] | None = None,
 ) -> Fit:
