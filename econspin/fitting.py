@@ -43,17 +43,15 @@ import torch
 from econspin.corrections import FeedForwardCorrection, feed_forward_weights
 from econspin.economy import Economy
 from econspin.fingerprint import scenario_digest
-from econspin.randomness import derive_seed, make_generator
+from econspin.randomness import STREAM_FIT, derive_seed, make_generator
 from econspin.round import step
 from econspin.scenario import Scenario, ScenarioError, TemperatureSchedule
 from econspin.simulate import Rollout
 from econspin.state import State
 
-WEIGHT_NAMES = ("w1", "b1", "w2", "b2")
 DEFAULT_HIDDEN = 16
 INITIAL_SCALE = 0.1  # output-layer scale of the random start (0 would start exactly at none)
 LEARNING_RATE = 0.01
-STREAM_FIT = 0x0F17  # the random start of the fitted weights, derived from the run seed
 
 
 @dataclass(frozen=True)
@@ -159,7 +157,9 @@ def with_ffn(economy: Economy, weights: dict[str, dict[str, torch.Tensor]]) -> E
     """The economy with every population's correction the ffn of ``weights[name]``, shared by all elements."""
     batch = economy.batch_size
     corrections = tuple(
-        FeedForwardCorrection(**{key: value.expand(batch, *value.shape) for key, value in weights[name].items()})
+        FeedForwardCorrection(
+            **{key: value.to(economy.device).expand(batch, *value.shape) for key, value in weights[name].items()}
+        )
         for name in economy.population_names
     )
     return dataclasses.replace(economy, corrections=corrections)
