@@ -478,7 +478,8 @@ def bench(
         console.print(f"wrote {json_file}")
 
 
-from econspin import cli_sweep  # noqa: E402  registers ``econspin sweep`` on app (it imports this module)
+# the commands in modules of their own register themselves on app (they import this module)
+from econspin import cli_fit, cli_sweep  # noqa: E402, F401
 
 if __name__ == "__main__":  # pragma: no cover - python -m econspin.cli
     # this file runs as __main__; cli_sweep registered ``sweep`` on the app of the module econspin.cli

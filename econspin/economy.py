@@ -320,6 +320,11 @@ def _projection(spec, heads: int, rows: int, columns: int, generator) -> torch.T
 
 
 def _ffn_weights(spec, d, generator, dtype, name):
+    """The population's ffn weights, from its file or drawn at random.
+
+    A file holds a dict of w1, b1, w2, b2, or (written by ``econspin fit-correction``) one
+    such dict per population under ``populations``.
+    """
     if spec.form != "ffn":
         return None
     if spec.weights is not None:
@@ -330,13 +335,21 @@ def _ffn_weights(spec, d, generator, dtype, name):
             raise ScenarioError(f"{where}: cannot read: {error.strerror or error}") from None
         except Exception as error:  # pickle, zip or torch errors: not a file torch.save wrote
             raise ScenarioError(f"{where}: not a torch weights file ({type(error).__name__})") from None
+        if isinstance(loaded, dict) and "populations" in loaded:  # one file of econspin fit-correction
+            fitted = loaded["populations"]
+            if not isinstance(fitted, dict) or name not in fitted:
+                held = ", ".join(map(str, fitted)) if isinstance(fitted, dict) else "none"
+                raise ScenarioError(f"{where}: holds weights for the populations {held}, not {name}")
+            loaded = fitted[name]
         if not isinstance(loaded, dict):
             raise ScenarioError(f"{where}: holds a {type(loaded).__name__}, not a dict of w1, b1, w2, b2")
         expected = {"w1": (d + 2, spec.hidden), "b1": (spec.hidden,), "w2": (spec.hidden, d), "b2": (d,)}
         for key, shape in expected.items():
             if not isinstance(loaded.get(key), torch.Tensor) or tuple(loaded[key].shape) != shape:
+                held = tuple(loaded[key].shape) if isinstance(loaded.get(key), torch.Tensor) else "none"
                 raise ScenarioError(
-                    f"populations.{name}.correction.weights: {spec.weights} needs {key} of shape {shape}"
+                    f"populations.{name}.correction.weights: {spec.weights} needs {key} of shape {shape} "
+                    f"(market.d = {d}, hidden = {spec.hidden}); it holds {held}"
                 )
         return {key: loaded[key].to(dtype) for key in expected}
     own = generator if spec.seed is None else make_generator(spec.seed)

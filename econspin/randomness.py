@@ -39,6 +39,7 @@ STREAM_DISORDER = 1
 STREAM_INITIAL = 2
 STREAM_FIELDS = 3
 STREAM_NETWORK = 4
+STREAM_FIT = 0x0F17  # the random start of the weights econspin fit-correction fits (docs/validation.md 10 used it)
 
 # streams of the counter-based draws within one (element, round, agent)
 DRAW_CHOICE = 0  # index h: the uniform of market (head) h's inversion sampler

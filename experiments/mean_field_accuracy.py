@@ -52,6 +52,7 @@ import torch
 from econspin import Scenario
 from econspin.choice import logit_rows
 from econspin.economy import Economy
+from econspin.fitting import shared_start
 from econspin.market import project, spin_variance
 from econspin.response import make_response
 from econspin.round import step
@@ -73,23 +74,6 @@ def market_scenario(agents: int, mode: str, correction: str = "none", d: int = D
         "market": {"d": d, "response": response, "mode": mode},
         "run": {"device": "cpu", "dtype": "float64", "seed": seed},
     })
-
-
-def shared_start(state: State, radius: float, on_sphere: bool = True) -> State:
-    """Every batch element starts from element 0's x(0) (projected onto |x_i| = R), its money and T.
-
-    Each element keeps its own random stream, so replicas differ only in their sampling noise.
-    With ``on_sphere=False`` x(0) stays the scenario's N(0, 1) draw, which the mean field reads
-    as a magnetisation with spin variance (R^2 - |x_i|^2)/d while every replica starts from
-    that very vector.
-    """
-    batch = state.states.shape[0]
-    spins = state.states[0]
-    if on_sphere:
-        spins = spins * radius / torch.linalg.vector_norm(spins, dim=-1, keepdim=True)
-    return state.replace(states=spins.expand(batch, -1, -1).clone(),
-                         money=state.money[0].expand(batch, -1).clone(),
-                         temperature=state.temperature[0].expand(batch, -1).clone())
 
 
 def build(agents: int, mode: str, replicas: int = 1, correction: str = "none", on_sphere: bool = True,

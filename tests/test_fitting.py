@@ -1,0 +1,143 @@
+"""The ffn correction fitted to sampled ensembles: ``econspin fit-correction`` (issue 12, part 1).
+
+A tiny economy (24 agents, d = 4, large_d, 64 replicas, 5 rounds): the command end to end,
+its weights file read back by a scenario, the fitted correction closer than ``none`` and than
+its own random start to an ensemble it never saw, and bad arguments refused with one line.
+"""
+
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from typer.testing import CliRunner
+
+from econspin import Scenario, simulate
+from econspin.cli import app
+from econspin.fingerprint import scenario_digest
+from econspin.fitting import fitting_scenario, sample_ensemble, shared_start
+from econspin.simulate import Rollout
+
+runner = CliRunner()
+
+TINY = """
+name: tiny
+populations:
+  human: {count: 18, temperature: 1.0, spend: 0.2}
+  ai: {count: 6, temperature: 0.3, spend: 0.2}
+market: {d: 4, response: large_d}
+run: {steps: 8, replicas: 2, seed: 3, device: cpu}
+"""
+ARGUMENTS = ["--replicas", "64", "--steps", "5", "--epochs", "80", "--quiet"]
+
+
+def write(tmp_path: Path, text: str, name: str = "scenario.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory):
+    """The command run once: the folder, the scenario file and the weights file."""
+    folder = tmp_path_factory.mktemp("fit")
+    scenario = write(folder, TINY)
+    out = folder / "weights.pt"
+    result = runner.invoke(app, ["fit-correction", str(scenario), "--out", str(out), *ARGUMENTS])
+    assert result.exit_code == 0, result.output
+    return folder, scenario, out
+
+
+def test_the_weights_file_holds_each_population_the_scenario_hash_and_the_losses(fitted):
+    _, scenario, out = fitted
+    contents = torch.load(out, weights_only=True)
+    assert set(contents["populations"]) == {"human", "ai"}
+    for weights in contents["populations"].values():
+        shapes = {key: tuple(value.shape) for key, value in weights.items()}
+        assert shapes == {"w1": (6, 16), "b1": (16,), "w2": (16, 4), "b2": (4,)}
+    assert contents["scenario"] == scenario_digest(fitting_scenario(Scenario.from_yaml(scenario)))
+    assert len(contents["losses"]) == 80
+    assert contents["losses"][-1] < 0.5 * contents["losses"][0]  # the fit went somewhere
+    assert contents["settings"]["replicas"] == 64 and contents["settings"]["steps"] == 5
+
+
+def test_the_fitted_correction_beats_none_and_its_random_start_on_replicas_it_never_saw(fitted):
+    """Scored against the mean of 64 other replicas (same disorder, independent noise).
+
+    Measured: fitted 0.33, none 0.61, tap 0.56, untrained 0.65, Monte Carlo part 0.23. (On the
+    scenario at another seed, other disorder, the fit does worse than none: 0.72 against 0.61;
+    docs/validation.md 10.)
+    """
+    errors = torch.load(fitted[2], weights_only=True)["errors"]["held_out_replicas"]
+    assert errors["ffn"] < 0.75 * errors["none"]
+    assert errors["ffn"] < 0.75 * errors["ffn_untrained"]
+    assert errors["ffn"] > errors["monte_carlo"] * 0.5  # an error can't be far under the noise of its target
+
+
+def test_a_scenario_reads_the_fitted_file_and_runs_with_it(fitted):
+    folder, _, out = fitted
+    text = TINY.replace("spend: 0.2}", f"spend: 0.2, correction: {{form: ffn, weights: {out}}}}}")
+    scenario = Scenario.from_yaml(write(folder, text, "with_ffn.yaml"))
+    result = simulate(scenario, steps=3, replicas=1, dtype="float64")
+    contents = torch.load(out, weights_only=True)["populations"]
+    for index, name in enumerate(result.economy.population_names):
+        assert torch.equal(result.economy.corrections[index].w1[0], contents[name]["w1"])
+    assert torch.isfinite(result.state.states).all()
+    money = result.state.money.sum()
+    assert float(money) == pytest.approx(scenario.agent_count, rel=1e-12)  # equal money of mean 1, conserved
+
+
+def test_a_weights_file_for_another_dimension_or_population_is_refused_with_one_line(fitted, tmp_path):
+    _, _, out = fitted
+    with_file = TINY.replace("spend: 0.2}", f"spend: 0.2, correction: {{form: ffn, weights: {out}}}}}")
+    wider, renamed = with_file.replace("d: 4", "d: 6"), with_file.replace("ai:", "bots:")
+    for text, words in ((wider, "needs w1 of shape (8, 16)"), (renamed, "not bots")):
+        path = write(tmp_path, text)
+        result = runner.invoke(app, ["run", str(path), "--out", str(tmp_path / "run")])
+        assert result.exit_code == 2
+        lines = result.output.strip().splitlines()
+        assert len(lines) == 1 and words in lines[0] and "correction.weights" in lines[0], result.output
+        assert not (tmp_path / "run").exists()
+
+
+def test_the_ensemble_shares_its_start_and_differs_only_in_noise():
+    """Every replica starts from replica 0's x(0) on the sphere; after a round they differ."""
+    scenario = Scenario.from_dict(yaml.safe_load(TINY))
+    ensemble = sample_ensemble(scenario, 8, 1)
+    rollout = Rollout.create([fitting_scenario(scenario)], [0], "cpu", "float64")
+    start = shared_start(rollout.state, rollout.economy.radius)
+    assert torch.equal(ensemble.start.states[0], start.states[0])
+    assert torch.allclose(ensemble.mean_states[0], start.states[0], rtol=0, atol=1e-14)  # a mean of equal rows
+    assert torch.allclose(start.states[0].norm(dim=-1), torch.full((24,), 2.0, dtype=torch.float64))
+    other = sample_ensemble(scenario, 8, 1, first_replica=8)
+    assert torch.equal(other.start.states, ensemble.start.states)
+    assert not torch.equal(other.mean_states[1], ensemble.mean_states[1])
+
+
+@pytest.mark.parametrize(
+    "arguments, words",
+    [
+        (["--replicas", "1"], "--replicas"),
+        (["--steps", "0"], "--steps"),
+        (["--epochs", "0"], "--epochs"),
+        (["--device", "tpu"], "device"),
+        (["--set", "market.dd=3"], "market.dd"),
+    ],
+)
+def test_bad_arguments_give_one_line_and_status_2_and_write_nothing(tmp_path, arguments, words):
+    scenario = write(tmp_path, TINY)
+    out = tmp_path / "weights.pt"
+    result = runner.invoke(app, ["fit-correction", str(scenario), "--out", str(out), *arguments])
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and words in lines[0], result.output
+    assert not out.exists()
+
+
+def test_out_a_folder_and_a_scenario_with_events_are_refused(tmp_path):
+    scenario = write(tmp_path, TINY)
+    result = runner.invoke(app, ["fit-correction", str(scenario), "--out", str(tmp_path)])
+    assert result.exit_code == 2 and "is a folder, not a file" in result.output
+    with_events = write(tmp_path, TINY + "events:\n  - {at: 2, population: ai, temperature: 0.5}\n", "events.yaml")
+    result = runner.invoke(app, ["fit-correction", str(with_events), "--out", str(tmp_path / "w.pt")])
+    assert result.exit_code == 2 and "events" in result.output and len(result.output.strip().splitlines()) == 1
