@@ -482,7 +482,7 @@ def bench(
 from econspin import cli_fit, cli_sweep  # noqa: E402, F401
 
 if __name__ == "__main__":  # pragma: no cover - python -m econspin.cli
-    # this file runs as __main__; cli_sweep registered ``sweep`` on the app of the module econspin.cli
+    # this file runs as __main__; cli_sweep and cli_fit registered their commands on the app of econspin.cli
     from econspin.cli import app as registered_app
 
     registered_app()
