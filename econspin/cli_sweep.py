@@ -119,6 +119,9 @@ def sweep(
             raise ScenarioError(f"--backend {backend!r}: local or ray")
         if backend == "local" and (address, cpus_per_shard, gpus_per_shard) != (None, None, None):
             raise ScenarioError("--address, --cpus-per-shard and --gpus-per-shard go with --backend ray")
+        ray_options = None
+        if backend == "ray":
+            ray_options = RayOptions(address, cpus_per_shard or 1, gpus_per_shard or 0, points_per_shard)
         if resume is not None:
             if scenario is not None or grid or set_ or replicas is not None or steps is not None or force:
                 raise ScenarioError(
@@ -145,8 +148,8 @@ def sweep(
             base = load_scenario(scenario, overrides)
             base = base.with_run_settings(steps=steps, replicas=replicas, device=device)
             grids = [parse_grid(text) for text in grid]
-            if backend == "ray":  # an option out of place, before this machine's devices are looked at
-                check_ray_device(base.run.device, RayOptions(address, 1, gpus_per_shard or 0, points_per_shard))
+            if ray_options is not None:  # an option out of place, before this machine's devices are looked at
+                check_ray_device(base.run.device, ray_options)
             counts = [len(g.values) for g in grids]
             yes = yes or (at_terminal() and confirm_large_grid(counts, base.run.replicas))
             confirm_grid(base, counts, yes)
@@ -162,10 +165,10 @@ def sweep(
             check_folder(target, current, base, "--out", force)
         points = sweep_points(base, grids)
         run_settings = base.run
-        shards = plan_shards(points, run_settings.replicas, run_settings.dtype, points_per_shard)
-        if backend == "ray":
-            options = RayOptions(address, cpus_per_shard or 1, gpus_per_shard or 0, points_per_shard)
-            check_ray_sweep(points, grids, base, target, options)
+        if ray_options is not None:  # Ray's own plan (its default shard size), checked against the folder
+            shards, _ = check_ray_sweep(points, grids, base, target, ray_options)
+        else:
+            shards = plan_shards(points, run_settings.replicas, run_settings.dtype, points_per_shard)
         preflight_sweep(points, run_settings.replicas, run_settings.steps, run_settings.device, run_settings.dtype)
         check_points(points, run_settings.dtype)  # each point built alone: after the memory check
         responses = [parse_susceptibility_option(text, base) for text in susceptibility or []]
@@ -190,7 +193,7 @@ def sweep(
     try:
         if backend == "ray":
             table, extra = sweep_on_ray(
-                points, grids, base, target, options, lambda rounds: progress_bar(rounds, description, quiet),
+                points, grids, base, target, ray_options, lambda rounds: progress_bar(rounds, description, quiet),
                 say=(lambda line: None) if quiet else console.print,
             )
             grid_record.update(extra)
@@ -239,7 +242,8 @@ def sweep(
     write_json(target / MANIFEST_FILE, manifest(base, used, wall_time, run_settings.steps, grid_record))
     shutil.rmtree(target / SWEEP_BATCHES, ignore_errors=True)  # sweep.parquet holds them all now
     if not quiet:
-        kept_words = f", {kept} of {len(shards)} batches kept from before" if kept else ""
+        pieces = "shards" if backend == "ray" else "batches"
+        kept_words = f", {kept} of {len(shards)} {pieces} kept from before" if kept else ""
         size = f"{len(points)} points x {run_settings.replicas} replicas{kept_words}"
         console.print(f"wrote {target}/ ({size}) in {wall_time:.1f} s")
 
