@@ -113,6 +113,7 @@ ForceOption = Annotated[
     ),
 ]
 
+
 def show_version(asked: bool) -> None:
     if asked:
         sys.stdout.write(f"econspin {econspin.__version__}\n")

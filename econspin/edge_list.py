@@ -21,6 +21,7 @@ from econspin.scenario import ScenarioError
 
 KEY = "market.network.edge_list"
 
+
 def read_edge_list(path: str | Path, agent_count: int) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(E, 2) long pairs, and (E,) float64 weights (1 where a line gives none) or None if no line gives one."""
     try:

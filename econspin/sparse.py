@@ -91,8 +91,18 @@ def sparse_trade(state: State, economy: Economy, draws: Draws | None = None) -> 
         spread = torch.where(quiet, torch.zeros_like(log_total), row_temperature * log_total)
         surplus[:, :, chunk_rows] = torch.where(row_degree > 0, row_max + spread, torch.zeros_like(row_max))
         if sampled:
-            _sample_chunk(alpha, local, sellers, uniforms[:, :, chunk_rows], first, rows, share, delivered,
-                          received, market_revenue)
+            _sample_chunk(
+                alpha,
+                local,
+                sellers,
+                uniforms[:, :, chunk_rows],
+                first,
+                rows,
+                share,
+                delivered,
+                received,
+                market_revenue,
+            )
             continue
         received[:, :, chunk_rows] = received[:, :, chunk_rows].index_add(
             2, local[0, 0], alpha[..., None] * delivered[:, :, sellers]
