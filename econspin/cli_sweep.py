@@ -2,16 +2,21 @@
 
 A rim of the command line (:mod:`econspin.cli`): the grid is validated point by point and the
 memory estimated before anything is written; the folder's fingerprint decides between a fresh
-start, a resume and a refusal; finished batches (or Ray's shards) are kept so that an
-interrupted sweep goes on where it stopped.
+start, a resume and a refusal; finished shards are kept so that an interrupted sweep goes on
+where it stopped.
+
+Both backends run the same shard plan (:func:`econspin.sweep.plan_shards`) and keep the same
+record of finished shards (:mod:`econspin.shard_record`), so either can resume a folder the
+other began, as long as the plan agrees.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
-import shutil
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -38,7 +43,6 @@ from econspin.fingerprint import (
     differences,
     fingerprint,
     finished,
-    finished_batch,
     forget_final_files,
     read_manifest,
     recorded_fingerprint,
@@ -49,7 +53,6 @@ from econspin.output import (
     MANIFEST_FILE,
     SCENARIO_FILE,
     SHARDS_FOLDER,
-    SWEEP_BATCHES,
     SWEEP_FILE,
     check_writable,
     manifest,
@@ -94,23 +97,26 @@ def sweep(
     ] = None,
     gpus_per_shard: Annotated[Optional[float], typer.Option(min=0, help="With --backend ray: GPUs per shard.")] = None,
     points_per_shard: Annotated[
-        Optional[int], typer.Option(min=1, help="At most K points per batched kernel (ray default 8).")
+        Optional[int],
+        typer.Option(min=1, help="At most K points per batched kernel (ray default 8; a resume keeps the folder's)."),
     ] = None,
     yes: Annotated[bool, typer.Option("--yes", help="Run a grid of more than 10 000 points.")] = False,
 ):
     """Run every point of a grid (x replicas) as batched kernels; write sweep.parquet and phase.png."""
+    from econspin.shard_record import NOT_RECORDED, ShardRecord, recorded_points_per_shard, sweep_definition
     from econspin.susceptibilities import (
         check_sweep_points,
         parse_susceptibility_option,
         sweep_rounds,
         sweep_susceptibility,
     )
-    from econspin.sweep import Grid, assemble, check_points, parse_grid, plan_shards, run_shard, sweep_points
+    from econspin.sweep import Grid, check_points, parse_grid, plan_shards, sweep_points
     from econspin.sweep_ray import (  # imports Ray only when it runs
+        DEFAULT_POINTS_PER_SHARD,
         RayOptions,
         ShardsFailed,
         check_ray_device,
-        check_ray_sweep,
+        import_ray,
         sweep_on_ray,
     )
 
@@ -121,7 +127,7 @@ def sweep(
             raise ScenarioError("--address, --cpus-per-shard and --gpus-per-shard go with --backend ray")
         ray_options = None
         if backend == "ray":
-            ray_options = RayOptions(address, cpus_per_shard or 1, gpus_per_shard or 0, points_per_shard)
+            ray_options = RayOptions(address, cpus_per_shard or 1, gpus_per_shard or 0)
         if resume is not None:
             if scenario is not None or grid or set_ or replicas is not None or steps is not None or force:
                 raise ScenarioError(
@@ -136,6 +142,8 @@ def sweep(
                     console.print(f"{resume} holds a complete sweep; nothing to do")
                 return
             base = load_scenario(resume / SCENARIO_FILE, {}).with_run_settings(device=device)
+            if ray_options is not None:
+                check_ray_device(base.run.device, ray_options)
             refuse_another_device(resume, base.run.device)
             grids = [Grid(key, tuple(values)) for key, values in (recorded.get("grid") or {}).items()]
             overrides, target = recorded.get("overrides"), resume
@@ -147,9 +155,9 @@ def sweep(
             overrides = parse_overrides(set_)
             base = load_scenario(scenario, overrides)
             base = base.with_run_settings(steps=steps, replicas=replicas, device=device)
-            grids = [parse_grid(text) for text in grid]
             if ray_options is not None:  # an option out of place, before this machine's devices are looked at
                 check_ray_device(base.run.device, ray_options)
+            grids = [parse_grid(text) for text in grid]
             counts = [len(g.values) for g in grids]
             yes = yes or (at_terminal() and confirm_large_grid(counts, base.run.replicas))
             confirm_grid(base, counts, yes)
@@ -165,10 +173,17 @@ def sweep(
             check_folder(target, current, base, "--out", force)
         points = sweep_points(base, grids)
         run_settings = base.run
-        if ray_options is not None:  # Ray's own plan (its default shard size), checked against the folder
-            shards, _ = check_ray_sweep(points, grids, base, target, ray_options)
-        else:
-            shards = plan_shards(points, run_settings.replicas, run_settings.dtype, points_per_shard)
+        option = "--resume" if resume is not None else "--out"
+        if points_per_shard is None and resume is not None:  # a resume keeps the plan its record holds
+            points_per_shard = recorded_points_per_shard(resume)
+        if points_per_shard in (None, NOT_RECORDED):
+            points_per_shard = DEFAULT_POINTS_PER_SHARD if backend == "ray" else None
+        shards = plan_shards(points, run_settings.replicas, run_settings.dtype, points_per_shard)
+        record = ShardRecord(target, sweep_definition(base, grids, points_per_shard, shards))
+        if not force:  # --force replaces the record with the rest of the folder's outputs
+            record.refuse_another(option, resuming=resume is not None)
+        if ray_options is not None:
+            import_ray()
         preflight_sweep(points, run_settings.replicas, run_settings.steps, run_settings.device, run_settings.dtype)
         check_points(points, run_settings.dtype)  # each point built alone: after the memory check
         responses = [parse_susceptibility_option(text, base) for text in susceptibility or []]
@@ -177,8 +192,8 @@ def sweep(
     except ScenarioError as error:
         fail(str(error), named_source(str(error), resume, scenario))
     if resume is None:
-        # a Ray sweep's finished shards stay: the same command again skips them (econspin.shard_record)
-        clear_outputs(target, keep=(SHARDS_FOLDER,) if backend == "ray" else ())
+        # the finished shards stay (the same command again skips them), unless --force starts over
+        clear_outputs(target, keep=() if force else (SHARDS_FOLDER,))
     forget_final_files(target, (SWEEP_FILE, "phase.png", "concentration.png"))  # and what a killed write left
     grid_record = {
         "grid": {g.key: list(g.values) for g in grids},
@@ -191,28 +206,13 @@ def sweep(
     description = f"{base.name}: {len(points)} points x {run_settings.replicas} replicas"
     started = time.perf_counter()
     try:
+        say = (lambda line: None) if quiet else console.print
+        bar = lambda rounds: progress_bar(rounds, description, quiet)  # noqa: E731
         if backend == "ray":
-            table, extra = sweep_on_ray(
-                points, grids, base, target, ray_options, lambda rounds: progress_bar(rounds, description, quiet),
-                say=(lambda line: None) if quiet else console.print,
-            )
-            grid_record.update(extra)
-            kept = extra.get("shards_skipped", 0)
+            table, extra = sweep_on_ray(points, shards, record, base, ray_options, bar, say)
         else:
-            tables = {
-                index: finished_batch(target, index, shard.elements, run_settings.steps)
-                for index, shard in enumerate(shards)
-            }
-            missing = [index for index, table in tables.items() if table is None]
-            kept = len(shards) - len(missing)
-            with progress_bar(run_settings.steps * len(missing), description, quiet) as advance:
-                for index in missing:
-                    tables[index] = run_shard(
-                        points, shards[index].elements, run_settings.steps, run_settings.device, run_settings.dtype,
-                        advance,
-                    )
-                    write_table(target / SWEEP_BATCHES / f"batch-{index:05d}.parquet", tables[index])
-            table = assemble(points, [tables[index] for index in range(len(shards))])
+            table, extra = sweep_here(points, shards, record, base, bar, say)
+        grid_record.update(extra)
         for response in responses:
             rounds = sweep_rounds(points, run_settings.replicas, run_settings.steps)
             with progress_bar(rounds, f"d {response[0]} / d {response[1]}", quiet) as advance:
@@ -222,14 +222,11 @@ def sweep(
     except (MemoryError, RuntimeError) as error:  # nothing is written before every batch has run
         refuse_failed_allocation(error, scenario)
     except KeyboardInterrupt:
-        if backend == "ray":
-            console.print(
-                f"sweep interrupted; the finished shards are kept in {target}/{SHARDS_FOLDER}: run the same "
-                "command to go on"
-            )
-        else:
-            done = f"{sum(table is not None for table in tables.values())} of {len(shards)} batches done"
-            console.print(f"sweep interrupted with {done}; continue with: econspin sweep --resume {target}")
+        done = f"{len(record.finished())} of {len(shards)} shards done"
+        console.print(
+            f"sweep interrupted with {done}, kept in {record.folder}: continue with econspin sweep --resume {target} "
+            "(on either backend)"
+        )
         raise typer.Exit(130)
     except ShardsFailed as failure:
         console.print(Text.assemble(("error:", "bold red"), " ", str(failure)), soft_wrap=True)
@@ -240,12 +237,39 @@ def sweep(
     grid_record["batch_elements"] = len(points) * run_settings.replicas
     used = run_settings.device if backend == "local" else "cpu"  # Ray's shards report their own device
     write_json(target / MANIFEST_FILE, manifest(base, used, wall_time, run_settings.steps, grid_record))
-    shutil.rmtree(target / SWEEP_BATCHES, ignore_errors=True)  # sweep.parquet holds them all now
     if not quiet:
-        pieces = "shards" if backend == "ray" else "batches"
-        kept_words = f", {kept} of {len(shards)} {pieces} kept from before" if kept else ""
+        kept = extra["shards_skipped"]
+        kept_words = f", {kept} of {len(shards)} shards kept from before" if kept else ""
         size = f"{len(points)} points x {run_settings.replicas} replicas{kept_words}"
         console.print(f"wrote {target}/ ({size}) in {wall_time:.1f} s")
+
+
+def sweep_here(
+    points: list[tuple[dict, Scenario]],
+    shards: list,
+    record,
+    scenario: Scenario,
+    progress: Callable[[int], contextlib.AbstractContextManager[Callable[[int], None]]],
+    say: Callable[[str], None],
+) -> tuple[pd.DataFrame, dict]:
+    """Run the shards the record lacks in this process, one after another; the table and the manifest's facts.
+
+    The local backend's counterpart of :func:`econspin.sweep_ray.sweep_on_ray`: the same plan,
+    the same record, each shard saved the moment it is done.
+    """
+    from econspin.shard_record import mark_device, shard_facts
+    from econspin.sweep import assemble, run_shard
+
+    settings = scenario.run
+    todo = record.to_run(shards, say)
+    record.claim()
+    with progress(settings.steps * len(todo)) as advance:
+        for shard in todo:
+            table = run_shard(points, shard.elements, settings.steps, settings.device, settings.dtype, advance)
+            record.save(shard.name, mark_device(table, settings.device))
+    tables = [record.load(shard.name) for shard in shards]
+    facts = {"backend": "local", **shard_facts(tables, record, len(shards) - len(todo))}
+    return assemble(points, tables), facts
 
 
 def at_terminal() -> bool:
@@ -270,9 +294,7 @@ def draw_sweep_figures(target: Path, scenario: Scenario, table: pd.DataFrame, ke
     from econspin.sweep import final_values
 
     responses = [column for column in table.columns if is_susceptibility_column(column)]
-    phase_figure(
-        final_values(table, keys), keys, target / "phase.png", scenario.name, sellers_of(scenario), responses
-    )
+    phase_figure(final_values(table, keys), keys, target / "phase.png", scenario.name, sellers_of(scenario), responses)
     points = sorted(table["point"].unique())
     chosen = sorted({points[0], points[len(points) // 2], points[-1]})
     subset = table[table["point"].isin(chosen)].copy()

@@ -2,7 +2,8 @@
 
 This module holds the fingerprint and the checks made on a folder before a command writes
 in it: ``--out`` into a folder of something else, ``--resume`` from a checkpoint of another
-scenario, and the batches an interrupted sweep already finished.
+scenario. The shards an interrupted sweep already finished are recorded and checked by
+:mod:`econspin.shard_record`.
 
 Every folder a run or a sweep writes records a fingerprint of what decides its numbers (in
 ``manifest.json``, and in every checkpoint): a digest of the validated scenario with every
@@ -361,27 +362,16 @@ def forget_final_files(folder: Path, names: tuple[str, ...]) -> None:
     for name in names:
         (folder / name).unlink(missing_ok=True)
     remove_leftovers(folder)
-    if (folder / SWEEP_BATCHES).is_dir():
-        remove_leftovers(folder / SWEEP_BATCHES)
-
-
-def finished_batch(folder: Path, index: int, batch: list[tuple[int, int]], steps: int) -> pd.DataFrame | None:
-    """A batch an interrupted sweep finished, if its file holds exactly that batch's rows."""
-    path = folder / SWEEP_BATCHES / f"batch-{index:05d}.parquet"
-    try:
-        table = pd.read_parquet(path)
-    except (OSError, ValueError):
-        return None
-    members = sorted(set(zip(table["point"], table["replica"]))) if {"point", "replica"} <= set(table) else []
-    return table if members == sorted(batch) and len(table) == (steps + 1) * len(batch) else None  # step 0 too
+    if (folder / SHARDS_FOLDER).is_dir():
+        remove_leftovers(folder / SHARDS_FOLDER)
 
 
 def refuse_another_device(folder: Path, device: str) -> None:
-    """A sweep's finished batches are continued only on the kind of device that ran them (bit for bit)."""
+    """A sweep's finished shards are continued only on the kind of device that ran them (bit for bit)."""
     made_on = str((read_manifest(folder) or {}).get("device", "")).split(":")[0]
     here = resolve_device(device).type
     if made_on and made_on != here:
         raise ScenarioError(
-            f"--resume {folder}: its batches were run on {made_on} and continue bit for bit only there; "
+            f"--resume {folder}: its shards were run on {made_on} and continue bit for bit only there; "
             f"resume with --device {made_on} (this sweep would use {here})"
         )

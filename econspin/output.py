@@ -39,8 +39,8 @@ WEALTH_FILE = "wealth.parquet"
 MANIFEST_FILE = "manifest.json"
 CHECKPOINT_FILE = "checkpoint.pt"
 SWEEP_FILE = "sweep.parquet"
-SWEEP_BATCHES = "batches"
-SHARDS_FOLDER = "shards"  # a Ray sweep's finished shards and its definition (econspin.shard_record)
+SWEEP_BATCHES = "batches"  # an older econspin's record of a local sweep's batches: refused, removed by --force
+SHARDS_FOLDER = "shards"  # a sweep's finished shards and its definition, either backend (econspin.shard_record)
 
 
 def check_writable(path: Path, option: str, folder: bool) -> None:

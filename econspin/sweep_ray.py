@@ -1,12 +1,14 @@
 """Sweep shards as Ray tasks: ``econspin sweep --backend ray`` (a rim: the engine never imports Ray).
 
 The sweep is cut into the shards of :func:`econspin.sweep.plan_shards` (the memory planner's
-batches, at most ``points_per_shard`` points each); every shard is one Ray task asking for
+batches, at most ``points_per_shard`` points each, ``DEFAULT_POINTS_PER_SHARD`` unless the
+command or the folder's record says otherwise); every shard is one Ray task asking for
 ``cpus_per_shard`` CPUs and ``gpus_per_shard`` GPUs, and runs
 :func:`econspin.sweep.run_shard` on a worker, as the local backend runs it here. Tables come
 back as shards finish: each is recorded in the output folder's ``shards/``
-(:mod:`econspin.shard_record`) and advances the progress bar; the sweep table is assembled
-from the record, so a re-run after a crash or Ctrl-C runs only the shards not recorded.
+(:mod:`econspin.shard_record`, the record both backends keep) and advances the progress bar;
+the sweep table is assembled from the record, so a re-run after a crash or Ctrl-C, on either
+backend, runs only the shards not recorded.
 
 A failing shard is retried by Ray (``SHARD_RETRIES`` more tries, for exceptions and for dead
 workers alike); one that fails every try is reported with its points while the others finish.
@@ -19,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import platform
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,8 +28,8 @@ from pathlib import Path
 import pandas as pd
 
 from econspin.scenario import Scenario, ScenarioError
-from econspin.shard_record import ShardRecord, sweep_definition
-from econspin.sweep import Grid, Shard, assemble, plan_shards, run_shard
+from econspin.shard_record import ShardRecord, mark_device, shard_facts
+from econspin.sweep import Shard, assemble, run_shard
 
 DEFAULT_POINTS_PER_SHARD = 8  # a shard is a task: small enough to spread and to retry, large enough to batch
 SHARD_RETRIES = 2  # tries after the first, for a raised exception or a worker that died
@@ -49,19 +50,13 @@ class RayOptions:
             ``HOST:PORT``: its head), or None for a local instance started for the sweep.
         cpus_per_shard: CPUs a shard reserves (and its torch threads, at least one).
         gpus_per_shard: GPUs a shard reserves (fractions share a GPU); 0 runs on CPUs.
-        points_per_shard: at most this many points per shard (default ``DEFAULT_POINTS_PER_SHARD``).
         local_cpus: CPUs of a local instance (default: every CPU of this machine).
     """
 
     address: str | None = None
     cpus_per_shard: float = 1
     gpus_per_shard: float = 0
-    points_per_shard: int | None = None
     local_cpus: int | None = None
-
-    @property
-    def shard_points(self) -> int:
-        return self.points_per_shard or DEFAULT_POINTS_PER_SHARD
 
 
 class ShardsFailed(Exception):
@@ -69,8 +64,11 @@ class ShardsFailed(Exception):
 
     def __init__(self, lines: list[str], finished: int, total: int, folder: Path):
         self.lines = lines
-        message = [*lines, f"{len(lines)} of {total} shards failed; the {finished} finished are kept in "
-                   f"{folder}: run the same command again to retry the others"]
+        message = [
+            *lines,
+            f"{len(lines)} of {total} shards failed; the {finished} finished are kept in "
+            f"{folder}: run the same command again to retry the others",
+        ]
         super().__init__("\n".join(message))
 
 
@@ -164,16 +162,8 @@ def shard_task(run, points: dict, elements, steps: int, device: str, dtype: str,
     """What a Ray worker runs for one shard: its table, with the device it ran on in ``attrs``."""
     import torch
 
-    from econspin.economy import resolve_device
-
     torch.set_num_threads(threads)  # the shard's reserved CPUs, whatever the worker inherited
-    table = run(points, elements, steps, device, dtype)
-    resolved = resolve_device(device)
-    table.attrs["device"] = str(resolved)
-    table.attrs["device_name"] = (
-        torch.cuda.get_device_name(resolved) if resolved.type == "cuda" else platform.processor() or "cpu"
-    )
-    return table
+    return mark_device(run(points, elements, steps, device, dtype), device)
 
 
 def describe(shard: Shard, points: list[tuple[dict, Scenario]]) -> str:
@@ -201,41 +191,26 @@ def check_ray_device(device: str, options: RayOptions) -> None:
         raise ScenarioError("--device cuda: give --gpus-per-shard too (Ray hides GPUs from tasks that ask for none)")
 
 
-def check_ray_sweep(
-    points: list[tuple[dict, Scenario]], grids: list[Grid], scenario: Scenario, folder: Path, options: RayOptions
-) -> tuple[list[Shard], ShardRecord]:
-    """The refusals that need no cluster (ScenarioError), made before the folder is touched; the plan and record."""
-    settings = scenario.run
-    shards = plan_shards(points, settings.replicas, settings.dtype, options.shard_points)
-    check_ray_device(settings.device, options)
-    record = ShardRecord(folder, sweep_definition(scenario, grids, options.shard_points, shards))
-    import_ray()
-    record.refuse_another()
-    return shards, record
-
-
 def sweep_on_ray(
     points: list[tuple[dict, Scenario]],
-    grids: list[Grid],
+    shards: list[Shard],
+    record: ShardRecord,
     scenario: Scenario,
-    folder: Path,
     options: RayOptions,
     progress: Callable[[int], contextlib.AbstractContextManager[Callable[[int], None]]],
     say: Callable[[str], None] = lambda line: None,
     run: Callable[..., pd.DataFrame] = run_shard,
 ) -> tuple[pd.DataFrame, dict]:
-    """Run the sweep's shards as Ray tasks; the assembled table and the manifest's facts.
+    """Run the shards the record lacks as Ray tasks; the assembled table and the manifest's facts.
 
+    ``record`` holds this plan of ``shards`` (checked against the folder by the caller);
     ``progress(total)`` opens a progress bar of ``total`` rounds and yields its advance
     function; ``say`` prints a line; ``run`` is what each task calls (run_shard; tests pass
-    one that fails). Raises ScenarioError for a folder holding another sweep, a missing Ray
-    or shards no node can run, all before any shard starts; ShardsFailed when shards fail.
+    one that fails). Raises ScenarioError for a missing Ray or shards no node can run, before
+    any shard starts; ShardsFailed when shards fail.
     """
-    shards, record = check_ray_sweep(points, grids, scenario, folder, options)
-    finished = record.finished()
-    todo = [shard for shard in shards if shard.name not in finished]
-    if finished:
-        say(f"{len(finished)} of {len(shards)} shards are finished in {record.folder}; {len(todo)} to run")
+    import_ray()
+    todo = record.to_run(shards, say)
     failures = []
     where = "nowhere (every shard was finished)"
     if todo:
@@ -244,16 +219,10 @@ def sweep_on_ray(
     if failures:
         raise ShardsFailed(failures, len(shards) - len(failures), len(shards), record.folder)
     tables = [record.load(shard.name) for shard in shards]
-    devices = sorted({table.attrs.get("device", "unknown") for table in tables})
-    names = sorted({table.attrs.get("device_name", "unknown") for table in tables})
     facts = {
         "backend": "ray",
         "ray": where,
-        "device": ", ".join(devices),
-        "device_name": ", ".join(names),
-        "shards": len(shards),
-        "shards_skipped": len(shards) - len(todo),
-        "points_per_shard": options.shard_points,
+        **shard_facts(tables, record, len(shards) - len(todo)),
         "cpus_per_shard": options.cpus_per_shard,
         "gpus_per_shard": options.gpus_per_shard,
     }

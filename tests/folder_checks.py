@@ -3,7 +3,8 @@
 A folder is either complete (its manifest says so, and every file describes the last round)
 or incomplete (a command is running or was killed): then its manifest, scenario.yaml,
 checkpoint and tables describe one computation, every table is whole (files are renamed into
-place), and the checkpoint never follows metrics rows that were not written.
+place), and the checkpoint never follows metrics rows that were not written. A sweep's record
+of finished shards (``shards/``) holds the plan the folder's sweep cuts, and only whole shards.
 """
 
 from __future__ import annotations
@@ -16,9 +17,18 @@ import torch
 import yaml
 
 from econspin.fingerprint import scenario_digest
-from econspin.output import CHECKPOINT_FILE, MANIFEST_FILE, METRICS_FILE, SCENARIO_FILE, SWEEP_FILE, WEALTH_FILE
+from econspin.output import (
+    CHECKPOINT_FILE,
+    MANIFEST_FILE,
+    METRICS_FILE,
+    SCENARIO_FILE,
+    SHARDS_FOLDER,
+    SWEEP_FILE,
+    WEALTH_FILE,
+)
 from econspin.scenario import Scenario
-from econspin.sweep import Grid, plan_batches, sweep_points
+from econspin.shard_record import DEFINITION_FILE
+from econspin.sweep import Grid, plan_shards, sweep_points
 
 
 def written(folder: Path) -> list[str]:
@@ -76,11 +86,30 @@ def assert_run_folder_consistent(folder: Path) -> str:
 
 
 def sweep_plan(folder: Path):
-    """The points and batches a sweep folder's scenario.yaml and manifest describe."""
+    """The scenario and points a sweep folder's scenario.yaml and manifest describe."""
     recorded = read_json(folder / MANIFEST_FILE)["fingerprint"]
     base = scenario_of(folder)
     points = sweep_points(base, [Grid(key, tuple(values)) for key, values in recorded["grid"].items()])
-    return base, points, plan_batches(points, base.run.replicas, base.run.dtype)
+    return base, points
+
+
+def assert_shard_record_consistent(folder: Path, base: Scenario, points: list) -> set[str]:
+    """The record holds the plan of this sweep and whole shards of it; the names of the finished shards."""
+    record = folder / SHARDS_FOLDER
+    if not (record / DEFINITION_FILE).exists():  # claimed before the first shard is saved
+        assert not record.exists() or not list(record.glob("*.parquet")), written(record)
+        return set()
+    definition = read_json(record / DEFINITION_FILE)
+    shards = plan_shards(points, base.run.replicas, base.run.dtype, definition["points_per_shard"])
+    assert definition["shards"] == {shard.name: [list(element) for element in shard.elements] for shard in shards}
+    finished = set()
+    for path in sorted(record.glob("*.parquet")):
+        elements = definition["shards"][path.stem]
+        table = pd.read_parquet(path)
+        assert sorted(set(zip(table["point"], table["replica"]))) == sorted(map(tuple, elements))
+        assert len(table) == len(elements) * (base.run.steps + 1)  # step 0 too
+        finished.add(path.stem)
+    return finished
 
 
 def assert_sweep_folder_consistent(folder: Path) -> str:
@@ -94,13 +123,9 @@ def assert_sweep_folder_consistent(folder: Path) -> str:
     if not (folder / SCENARIO_FILE).exists():
         assert written(folder) == [MANIFEST_FILE], written(folder)
         return "started"
-    base, points, batches = sweep_plan(folder)
+    base, points = sweep_plan(folder)
     assert recorded["scenario"] == scenario_digest(base)
-    for path in sorted((folder / "batches").glob("batch-*.parquet")):
-        batch = batches[int(path.stem.split("-")[1])]
-        table = pd.read_parquet(path)
-        assert sorted(set(zip(table["point"], table["replica"]))) == sorted(batch)
-        assert len(table) == len(batch) * (base.run.steps + 1)  # step 0 too
+    finished = assert_shard_record_consistent(folder, base, points)
     if manifest["status"] == "incomplete":
         assert SWEEP_FILE not in written(folder) or len(pd.read_parquet(folder / SWEEP_FILE)) == (
             len(points) * base.run.replicas * (base.run.steps + 1)
@@ -109,4 +134,5 @@ def assert_sweep_folder_consistent(folder: Path) -> str:
     table = pd.read_parquet(folder / SWEEP_FILE)
     assert len(table) == len(points) * base.run.replicas * (base.run.steps + 1)
     assert {"phase.png", "concentration.png"} <= set(written(folder))
+    assert len(finished) == manifest["shards"]  # the record is kept whole: the same command again runs nothing
     return "complete"

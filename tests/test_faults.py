@@ -17,7 +17,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from folder_checks import assert_run_folder_consistent, assert_sweep_folder_consistent, written
+from folder_checks import assert_run_folder_consistent, assert_sweep_folder_consistent
 from typer.testing import CliRunner
 
 from econspin.cli import app
@@ -114,7 +114,7 @@ def kill_and_resume_sweep(tmp_path, scenario, reference, seed: int) -> str:
         result = runner.invoke(app, ["sweep", "--resume", str(folder), "--quiet"])
     assert result.exit_code == 0, (state, result.output)
     assert assert_sweep_folder_consistent(folder) == "complete"
-    assert "batches" not in written(folder) and not [p for p in folder.iterdir() if p.name.endswith(".tmp")]
+    assert not [p for p in folder.rglob("*") if p.name.endswith(".tmp")]
     same_files(folder, reference, ["sweep.parquet"])
     return state
 

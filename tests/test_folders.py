@@ -315,3 +315,64 @@ def test_grid_points_valid_alone_but_not_together_are_refused_before_anything_is
         out = tmp_path / "out"
         refused(invoke("sweep", scenario, *arguments, "--out", out, "--quiet"), *words)
         assert not out.exists()
+
+
+def interrupted_local_sweep(tmp_path, tiny, monkeypatch, *options) -> Path:
+    """A local sweep of 4 points in shards of 1 point, stopped (as by Ctrl-C) after its first shard."""
+    import econspin.sweep
+
+    calls = []
+    run_shard = econspin.sweep.run_shard
+
+    def second_raises(*arguments, **keywords):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return run_shard(*arguments, **keywords)
+
+    out = tmp_path / "stopped"
+    with monkeypatch.context() as patched:
+        patched.setattr(econspin.sweep, "run_shard", second_raises)
+        result = invoke("sweep", tiny, "--grid", "populations.ai.temperature=0.1:1:4", "--points-per-shard", "1",
+                        "--out", out, "--quiet", *options)
+    assert result.exit_code == 130, result.output
+    assert sorted(path.name for path in (out / "shards").glob("*.parquet")) == ["shard-0.parquet"]
+    return out
+
+
+def test_a_sweep_cut_into_other_shards_is_refused_and_a_resume_keeps_the_recorded_cut(tmp_path, tiny, monkeypatch):
+    out = interrupted_local_sweep(tmp_path, tiny, monkeypatch)
+    before = snapshot(out)
+    refused(invoke("sweep", "--resume", out, "--points-per-shard", "2", "--quiet"),
+            f"error: --resume {out}: holds this sweep cut into 4 shards of at most 1 point, not into 2 shards of at "
+            "most 2 points (--points-per-shard); resume without --points-per-shard to go on with its shards")
+    # the same command on Ray (8 points a shard unless told) would cut other shards: refused before Ray is needed
+    refused(invoke("sweep", tiny, "--grid", "populations.ai.temperature=0.1:1:4", "--backend", "ray", "--out", out,
+                   "--quiet"),
+            "not into 1 shard of at most 8 points", f"continue it with econspin sweep --resume {out}")
+    assert snapshot(out) == before
+    result = invoke("sweep", "--resume", out)
+    assert result.exit_code == 0, result.output
+    assert "1 of 4 shards are finished" in result.output and "1 of 4 shards kept from before" in result.output
+    assert assert_sweep_folder_consistent(out) == "complete"
+    again = invoke("sweep", tiny, "--grid", "populations.ai.temperature=0.1:1:4", "--points-per-shard", "1",
+                   "--out", out)
+    assert again.exit_code == 0 and "4 of 4 shards kept from before" in again.output  # the record outlives the sweep
+
+
+def test_a_folder_of_the_older_batches_record_is_refused_in_one_line_and_force_replaces_it(tmp_path, tiny, monkeypatch):
+    out = interrupted_local_sweep(tmp_path, tiny, monkeypatch)
+    (out / "shards").rename(out / "batches")  # what an older econspin left: batches/batch-00000.parquet
+    (out / "batches" / "sweep.json").unlink()
+    (out / "batches" / "shard-0.parquet").rename(out / "batches" / "batch-00000.parquet")
+    before = snapshot(out)
+    refused(invoke("sweep", "--resume", out, "--quiet"),
+            f"error: --resume {out}: keeps its finished batches in batches/, the record of an older econspin",
+            f"delete {out / 'batches'} to run them again")
+    refused(invoke("sweep", tiny, "--grid", "populations.ai.temperature=0.1:1:4", "--points-per-shard", "1",
+                   "--out", out, "--quiet"), f"--out {out}: keeps its finished batches in batches/")
+    assert snapshot(out) == before
+    result = invoke("sweep", tiny, "--grid", "populations.ai.temperature=0.1:1:4", "--points-per-shard", "1",
+                    "--out", out, "--quiet", "--force")
+    assert result.exit_code == 0, result.output
+    assert "batches" not in written(out) and assert_sweep_folder_consistent(out) == "complete"

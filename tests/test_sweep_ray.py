@@ -5,6 +5,7 @@ starts one) and skip where Ray is not installed; the missing-Ray and option test
 """
 
 import functools
+import json
 import os
 import sys
 from pathlib import Path
@@ -15,8 +16,8 @@ from typer.testing import CliRunner
 
 from econspin.cli import app
 from econspin.scenario import ScenarioError
-from econspin.shard_record import SHARDS_FOLDER
-from econspin.sweep import parse_grid, run_shard, run_sweep, sweep_points
+from econspin.shard_record import SHARDS_FOLDER, ShardRecord, sweep_definition
+from econspin.sweep import parse_grid, plan_shards, run_shard, run_sweep, sweep_points
 from econspin.sweep_ray import INSTALL_HINT, RayOptions, ShardsFailed, sweep_on_ray
 
 runner = CliRunner()
@@ -55,9 +56,12 @@ def sweep_parts(mode: str = "expected"):
 
 
 def on_ray(folder: Path, mode: str = "expected", run=run_shard, **options) -> tuple[pd.DataFrame, dict]:
+    """The sweep in shards of 2 points on Ray, with its record in ``folder`` (checked as the command checks it)."""
     base, grids, points = sweep_parts(mode)
-    options = RayOptions(**{"points_per_shard": 2, **options})
-    return sweep_on_ray(points, grids, base, folder, options, lambda rounds: _no_bar(), run=run)
+    shards = plan_shards(points, base.run.replicas, base.run.dtype, 2)
+    record = ShardRecord(folder, sweep_definition(base, grids, 2, shards))
+    record.refuse_another()
+    return sweep_on_ray(points, shards, record, base, RayOptions(**options), lambda rounds: _no_bar(), run=run)
 
 
 def local_table(mode: str = "expected") -> pd.DataFrame:
@@ -187,8 +191,9 @@ def test_the_command_writes_the_local_sweep_folder_and_resumes(local_ray, tmp_pa
                                 "--out", str(tmp_path / "ray")])
     assert other.exit_code == 2
     assert other.output.strip().splitlines() == [
-        f"error: --out {tmp_path / 'ray'}: holds a different sweep (--points-per-shard: 4 there, 3 here); "
-        f"choose another --out or delete {tmp_path / 'ray' / SHARDS_FOLDER} to start over"
+        f"error: --out {tmp_path / 'ray'}: holds this sweep cut into 2 shards of at most 4 points, not into 2 shards "
+        f"of at most 3 points (--points-per-shard); continue it with econspin sweep --resume {tmp_path / 'ray'} "
+        f"(which keeps its shards), or delete {tmp_path / 'ray' / SHARDS_FOLDER} to start over"
     ]
 
 
@@ -222,15 +227,12 @@ def test_backend_options_out_of_place_are_one_line(tmp_path, arguments, message)
 
 
 def test_a_folder_holding_another_sweep_is_refused_naming_what_differs(tmp_path):
-    from econspin.shard_record import ShardRecord, sweep_definition
-    from econspin.sweep import plan_shards
-
-    def record(grid: str = GRID, seed: int = 3, points_per_shard: int = 2) -> ShardRecord:
+    def record(grid: str = GRID, seed: int = 3, points_per_shard: int | None = 2, folder=tmp_path) -> ShardRecord:
         base, _, _ = sweep_parts()
         base = base.with_run_settings(seed=seed)
         grids = [parse_grid(grid)]
         shards = plan_shards(sweep_points(base, grids), 2, None, points_per_shard)
-        return ShardRecord(tmp_path, sweep_definition(base, grids, points_per_shard, shards))
+        return ShardRecord(folder, sweep_definition(base, grids, points_per_shard, shards))
 
     record().refuse_another()  # an empty folder holds no sweep
     record().claim()
@@ -242,12 +244,16 @@ def test_a_folder_holding_another_sweep_is_refused_naming_what_differs(tmp_path)
         "--grid populations.ai.temperature: [0.05, 0.24, 0.43, 0.62, 0.81, 1.0] there, absent here": (
             record(grid="populations.ai.spend=0.1")
         ),
-        "--points-per-shard: 2 there, 3 here": record(points_per_shard=3),
     }
     for difference, other in differences.items():
         with pytest.raises(ScenarioError, match=r"--out .*: holds a different sweep \((.*)\)") as refusal:
             other.refuse_another()
         assert difference in str(refusal.value)
+    with pytest.raises(ScenarioError, match=r"holds this sweep cut into 3 shards of at most 2 points, not into 2 "):
+        record(points_per_shard=3).refuse_another()
+    # the plan decides, not the option: one batch of 6 points is one shard of whole batches or of at most 8
+    record(points_per_shard=None, folder=tmp_path / "whole").claim()
+    record(points_per_shard=8, folder=tmp_path / "whole").refuse_another()
     (tmp_path / SHARDS_FOLDER / "sweep.json").write_text("{not json")
     with pytest.raises(ScenarioError, match="sweep.json is not a sweep record"):
         record().refuse_another()
@@ -274,7 +280,7 @@ def test_ctrl_c_keeps_the_finished_shards_and_the_same_command_goes_on(local_ray
     output, _ = process.communicate(timeout=120)
     finished = len(list(shards.glob("shard-*.parquet")))
     assert process.returncode == 130, output
-    assert "sweep interrupted; the finished shards are kept in" in output
+    assert "sweep interrupted with" in output and "continue with econspin sweep --resume" in output
     assert 0 < finished < 8, "the sweep should have been interrupted between shards"
     again = runner.invoke(app, arguments)
     assert again.exit_code == 0, again.output
@@ -284,4 +290,57 @@ def test_ctrl_c_keeps_the_finished_shards_and_the_same_command_goes_on(local_ray
     assert local.exit_code == 0, local.output
     pd.testing.assert_frame_equal(
         pd.read_parquet(tmp_path / "out" / "sweep.parquet"), pd.read_parquet(tmp_path / "local" / "sweep.parquet")
+    )
+
+
+def interrupt_after_first_shard(monkeypatch, backend: str) -> None:
+    """Make the next sweep command stop (as Ctrl-C stops it) once its first shard is recorded."""
+    import contextlib
+
+    import econspin.cli_sweep
+    import econspin.sweep
+
+    if backend == "local":  # the local backend runs econspin.sweep.run_shard itself, shard after shard
+        calls = []
+
+        def second_raises(*arguments, **options):
+            calls.append(1)
+            if len(calls) == 2:
+                raise KeyboardInterrupt
+            return run_shard(*arguments, **options)
+
+        monkeypatch.setattr(econspin.sweep, "run_shard", second_raises)
+    else:  # Ray advances the bar after each shard is recorded: the first advance stops the command
+
+        def stop(_round):
+            raise KeyboardInterrupt
+
+        monkeypatch.setattr(econspin.cli_sweep, "progress_bar", lambda *_: contextlib.nullcontext(stop))
+
+
+@pytest.mark.parametrize("first, then", [("local", "ray"), ("ray", "local")])
+def test_a_sweep_one_backend_began_the_other_resumes_to_the_same_table(local_ray, tmp_path, monkeypatch, first, then):
+    path = tmp_path / "tiny.yaml"
+    path.write_text(TINY.replace("MODE", "sampled"))
+    folder = tmp_path / "out"
+    arguments = ["sweep", str(path), "--grid", GRID, "--points-per-shard", "2", "--quiet"]
+    with monkeypatch.context() as patched:
+        interrupt_after_first_shard(patched, first)
+        stopped = runner.invoke(app, [*arguments, "--backend", first, "--out", str(folder)])
+    assert stopped.exit_code == 130, stopped.output
+    assert "continue with econspin sweep --resume" in stopped.output
+    recorded = sorted(path.name for path in (folder / SHARDS_FOLDER).glob("*.parquet"))
+    assert recorded == ["shard-0.parquet"], recorded
+    resumed = runner.invoke(app, ["sweep", "--resume", str(folder), "--backend", then, "--quiet"])
+    assert resumed.exit_code == 0, resumed.output
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert (manifest["status"], manifest["backend"], manifest["shards"], manifest["shards_skipped"]) == (
+        "complete", then, 3, 1
+    )
+    assert manifest["points_per_shard"] == 2  # the resume kept the plan of the record
+    straight = runner.invoke(app, [*arguments, "--out", str(tmp_path / "straight")])
+    assert straight.exit_code == 0, straight.output
+    pd.testing.assert_frame_equal(
+        pd.read_parquet(folder / "sweep.parquet"), pd.read_parquet(tmp_path / "straight" / "sweep.parquet"),
+        check_exact=True,
     )
