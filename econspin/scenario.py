@@ -373,6 +373,12 @@ class Scenario(_Strict):
             raise ValueError("market.output: identity needs d_v = d")
         if self.market.network is not None:
             check_network(self.market.network, self.population_sizes)
+        if self.market.couplings is not None and self.market.network is not None:
+            # with fixed couplings no one trades (a_i = sum_j J_ij x_j): a network would restrict nothing
+            raise ValueError(
+                "market.network: market.couplings replaces the trade market with fixed couplings, so no trade "
+                "network is read; remove one of market.network and market.couplings"
+            )
         if self.run.kernel == "fused" and self.market.couplings is not None:
             raise ValueError("run.kernel: fused covers the attention market, not fixed couplings; use auto")
         return self

@@ -73,6 +73,11 @@ BAD_SCENARIOS = {
     "network params not a mapping": (
         TINY.replace("market: {d: 4}", "market: {d: 4, network: {generator: cycle_graph, params: 5}}"),
         "market.network.params: should be a mapping of keys"),
+    # fixed couplings replace the trade market: a network beside them would be read and ignored
+    "couplings beside a network": (
+        TINY.replace("market: {d: 4}", "market: {d: 4, couplings: {curie_weiss: 1}, network: {generator: path_graph}}"),
+        "market.network: market.couplings replaces the trade market with fixed couplings, so no trade network is "
+        "read; remove one of market.network and market.couplings"),
 }
 
 
