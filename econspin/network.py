@@ -16,7 +16,9 @@ links is built only when asked for (:func:`build_graph`, for Mesa).
 
 from __future__ import annotations
 
+import functools
 import inspect
+import os
 import warnings
 from dataclasses import dataclass
 
@@ -213,7 +215,7 @@ def expected_directed_edges(spec: Network, agent_count: int) -> float | None:
     """
     directed = bool(spec.params.get("directed"))
     if spec.edge_list is not None:
-        lines = _count_lines(spec.edge_list)
+        lines = edge_list_lines(spec.edge_list)
         return None if lines is None else lines * (1 if directed else 2)
     formula = EXPECTED_EDGES.get(spec.generator)
     try:
@@ -221,6 +223,26 @@ def expected_directed_edges(spec: Network, agent_count: int) -> float | None:
     except (TypeError, ValueError, ArithmeticError):  # parameters the generator itself will refuse
         return None
     return None if edges is None else edges * (1 if directed else 2)
+
+
+def edge_list_lines(path: str) -> int | None:
+    """Lines of an edge-list file, counted once per file (None if it cannot be read).
+
+    Every memory check reads the count (each sweep point, each batch, the economy's own check
+    before its links are drawn); the file is read again only when its size or modification time
+    changes.
+    """
+    try:
+        status = os.stat(path)
+    except OSError:
+        return None
+    return _counted_lines(os.path.realpath(path), status.st_size, status.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=64)
+def _counted_lines(path: str, size: int, modified: int) -> int | None:
+    """_count_lines of one version of a file (the cache key holds its size and modification time)."""
+    return _count_lines(path)
 
 
 def _count_lines(path: str) -> int | None:

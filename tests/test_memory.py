@@ -259,3 +259,21 @@ def test_the_estimate_bounds_what_a_run_takes_and_is_not_far_above_it(case):
                             capture_output=True, text=True, timeout=300, check=True)
     grown, estimate = json.loads(result.stdout.strip().splitlines()[-1])
     assert grown <= estimate <= 4 * grown + 64 * 2**20, (case, grown / 2**20, estimate / 2**20)
+
+
+def test_an_edge_list_is_counted_once_for_all_the_memory_checks_of_a_sweep(tmp_path, monkeypatch):
+    import econspin.network as network
+
+    counted = []
+    count_lines = network._count_lines
+    monkeypatch.setattr(network, "_count_lines", lambda path: counted.append(path) or count_lines(path))
+    network._counted_lines.cache_clear()
+    edges = write(tmp_path, "".join(f"{agent} {(agent + 1) % 16}\n" for agent in range(16)), "edges.txt")
+    path = write(tmp_path, TINY.replace("market: {d: 4}", f"market: {{d: 4, network: {{edge_list: {edges}}}}}"))
+    result = runner.invoke(app, ["sweep", str(path), "--grid", "populations.ai.temperature=0.1:1:6", "--steps", "2",
+                                 "--points-per-shard", "2", "--out", str(tmp_path / "out"), "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert counted == [str(edges.resolve())]  # 6 points, 3 shards, one count
+    edges.write_text(edges.read_text() + "0 8\n")  # a changed file is counted again
+    spec = Scenario.from_yaml(path).market.network
+    assert expected_directed_edges(spec, 16) == 2 * 17 and len(counted) == 2
