@@ -163,6 +163,27 @@ def shape_signature(scenario: Scenario) -> tuple:
     )
 
 
+def compile_inputs(scenario: Scenario) -> tuple:
+    """What :func:`build_economy` reads of a scenario that can make it refuse one (a ScenarioError).
+
+    The shape (:func:`shape_signature`: counts, d, heads, the network and the seed it is drawn
+    with), the couplings (their file and keys against the agent count), and each population's
+    correction (a weights file against d and ``hidden``) and tied projections (d_k against d_v).
+    Two scenarios that agree here compile alike, whatever their temperatures, budgets or
+    distributions: a sweep compiles one of them to check them all (:func:`econspin.sweep.check_points`).
+    A new refusal in the compiler must add what it reads here.
+    """
+    couplings = scenario.market.couplings
+    return (
+        shape_signature(scenario),
+        couplings.model_dump_json() if couplings is not None else None,
+        tuple(
+            (population.correction.model_dump_json(), population.projections.tied)
+            for population in scenario.populations.values()
+        ),
+    )
+
+
 def build_economy(
     scenarios: list[Scenario],
     replicas: list[int],

@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from econspin.economy import shape_signature
+from econspin.economy import build_economy, compile_inputs, coupling_fields, shape_signature
 from econspin.memory import SWEEP_BLOCK_ROWS, MemoryModel
 from econspin.scenario import Scenario, ScenarioError
 from econspin.simulate import DTYPES, Rollout
@@ -163,19 +163,24 @@ def value_at(scenario: Scenario, key: str):
 
 
 def check_points(points: list[tuple[dict, Scenario]], dtype: str) -> None:
-    """Compile every distinct point once, alone and on the CPU, before any work starts.
+    """Compile the sweep's points alone, on the CPU, before any work starts: one per set of compile inputs.
 
     What only the compiler checks (a weights file against d, a network or couplings file
-    against the agent count, the memory of one element) is refused here, naming the point.
+    against the agent count, tied projections against d_k and d_v) is refused here, naming the
+    first point it refuses. Points that differ only where the compiler cannot refuse them
+    (temperatures, budgets, distributions: :func:`econspin.economy.compile_inputs`) compile
+    alike, so one of them is compiled for all: the sweep itself builds every point once more,
+    in its batch.
     """
     checked = set()
     for overrides, scenario in points:
-        text = scenario.to_yaml()
-        if text in checked:
+        inputs = compile_inputs(scenario)
+        if inputs in checked:
             continue
-        checked.add(text)
+        checked.add(inputs)
         try:
-            Rollout.create([scenario], [0], "cpu", dtype)  # the economy and its round-0 state
+            build_economy([scenario], [0], "cpu", DTYPES[dtype])
+            coupling_fields(scenario)  # the only file the round-0 state reads
         except ScenarioError as error:
             raise ScenarioError(f"{point_name(overrides)}: {error}") from None
 

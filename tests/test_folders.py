@@ -298,8 +298,18 @@ def _weights(tmp_path: Path, d: int) -> Path:
     return path
 
 
+def _couplings(tmp_path: Path, agents: int) -> Path:
+    import numpy as np
+
+    path = tmp_path / f"couplings-{agents}.npz"
+    np.savez(path, J=np.full((agents, agents), 0.1), H=np.zeros(agents))
+    return path
+
+
 def test_grid_points_valid_alone_but_not_together_are_refused_before_anything_is_written(tmp_path, tiny):
     _, networked = ring_network(tmp_path)
+    coupled = f"market: {{d: 4, couplings: {{file: {_couplings(tmp_path, 16)}}}}}"
+    couplings = write(tmp_path, TINY.replace("market: {d: 4}", coupled), "couplings.yaml")
     with_weights = write(tmp_path, TINY.replace(
         "spend: 0.2}\n  ai", f"spend: 0.2, correction: {{form: ffn, weights: {_weights(tmp_path, 4)}}}}}\n  ai"),
         "weights.yaml")
@@ -310,6 +320,14 @@ def test_grid_points_valid_alone_but_not_together_are_refused_before_anything_is
         (networked, ["--grid", "populations.human.count=12,8"],
          ["--grid populations.human.count=8", "market.network.edge_list", "does not exist"]),
         (with_weights, ["--grid", "market.d=4,6"], ["--grid market.d=6", "correction.weights", "shape"]),
+        # points of one shape whose files differ: each set of compile inputs is compiled (econspin.economy)
+        (with_weights, ["--grid", f"populations.human.correction.weights={_weights(tmp_path, 4)},"
+                        f"{_weights(tmp_path, 6)}"], ["ffn-6.pt", "needs w1 of shape (6, 16)"]),
+        (tiny, ["--set", "market.d_v=2", "--grid", "populations.ai.projections.tied=false,true"],
+         ["--grid populations.ai.projections.tied=True", "needs market.d_v == market.d_k"]),
+        (couplings, ["--grid", f"market.couplings.file={_couplings(tmp_path, 16)},{_couplings(tmp_path, 12)}"],
+         ["couplings-12.npz", "J has shape (12, 12), the populations hold 16"]),
+        (couplings, ["--grid", "market.couplings.field_key=H,K"], ["field_key=K", "has no array 'K'"]),
     ]
     for scenario, arguments, words in cases:
         out = tmp_path / "out"

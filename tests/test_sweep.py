@@ -141,3 +141,26 @@ def test_shards_of_any_size_give_the_same_table_bit_for_bit(mode):
     whole = run_sweep(points, 3, 6, "cpu", "float32")
     for points_per_shard in (1, 2):
         pd.testing.assert_frame_equal(run_sweep(points, 3, 6, "cpu", "float32", None, points_per_shard), whole)
+
+
+def test_check_points_compiles_each_set_of_compile_inputs_once(monkeypatch):
+    """Points differing where the compiler cannot refuse them are checked by one compilation."""
+    from helpers import scenario
+
+    import econspin.sweep as sweep
+
+    built = []
+    build_economy = sweep.build_economy
+
+    def counted(scenarios, *arguments, **options):
+        built.append(len(scenarios))
+        return build_economy(scenarios, *arguments, **options)
+
+    monkeypatch.setattr(sweep, "build_economy", counted)
+    base = scenario(run={"seed": 1})
+    points = sweep.sweep_points(base, [parse_grid("populations.ai.temperature=log:0.02:2:64")])
+    sweep.check_points(points, "float32")
+    assert built == [1]  # 64 points, one compilation (the sweep compiles each point once more, in its batch)
+    grids = [parse_grid("populations.ai.spend=0.1:0.3:8"), parse_grid("market.d=4,6"), parse_grid("run.seed=0,1")]
+    sweep.check_points(sweep.sweep_points(base, grids), "float32")
+    assert built == [1, 1, 1]  # d makes two shapes; the seed draws nothing but the dynamics
