@@ -14,6 +14,8 @@ heads, the batch, the network's edges, the rounds recorded, a sweep's points):
 - ``trade mask``: a dense network's N x N mask (and the kernel's additive bias, where kept);
 - ``trade network``: the networkx graph and the sparse kernel's compressed rows, by edges;
 - ``couplings``: fixed N x N couplings, with the float64 copy they are read through;
+- ``correction``: the ffn correction's weights, (d + 2) x hidden and hidden x d per population
+  and element, and the round's hidden layer, batch x N x hidden, three times (x W1, + b1, gelu);
 - ``metrics``, ``wealth``: the tables a run records; ``points``: a sweep's point scenarios.
 
 :func:`check_memory` refuses, in one line naming the estimate and the budget
@@ -51,6 +53,7 @@ PART_KEYS = {
     "trade mask": "populations, market.network.layout",
     "trade network": "market.network",
     "couplings": "populations, market.couplings",
+    "correction": "populations.<name>.correction.hidden, populations, run.replicas",
     "metrics": "run.steps, run.replicas",
     "wealth": "populations, run.replicas",
     "points": "--grid, --replicas",
@@ -239,6 +242,16 @@ def estimate_memory(
         matrices = 1  # replicas share one matrix (a batch of points with different couplings holds one each)
         host["couplings"] = agents * agents * (8 + matrices * itemsize)  # read in float64, then stacked
         device["couplings"] = 2 * matrices * agents * agents * itemsize  # J and the round's J^2
+
+    widths = [population.correction.hidden for population in scenario.populations.values()
+              if population.correction.form == "ffn"]  # fmt: skip
+    if widths:
+        weights = sum((d + 2) * width + width + width * d + d for width in widths)  # w1, b1, w2, b2
+        host["correction"] = batch * weights * itemsize + weights * 8  # per element, one drawn in float64 at a time
+        # the economy's stacked weights; a round's hidden layer (populations one at a time, each over all N agents)
+        # three times, x W1, x W1 + b1 and its gelu (2.7 measured: tests/test_memory.py), and its input features
+        layer = batch * agents * (3 * max(widths) + d + 2) * itemsize
+        device["correction"] = batch * weights * itemsize + layer
 
     from econspin.metrics import metric_names  # metrics reads the economy, which reads this module
 

@@ -34,6 +34,8 @@ TOO_LARGE = {
     "sparse edges": (["populations.human.count=1000000",
                       "market.network={generator: fast_gnp_random_graph, params: {p: 0.5}, layout: sparse}"],
                      ["trade network", "market.network"]),
+    "ffn width": (["populations.human.correction={form: ffn, hidden: 1000000000}"],
+                  ["correction", "populations.<name>.correction.hidden"]),
     # the reference kernel's blocks grow with the budget (the fused kernel's stay cache-sized)
     "budget above the machine": (["populations.human.count=1000000", "run.memory_budget_mb=1e9",
                                   "run.kernel=reference"], ["round", "this machine has available"]),
@@ -243,6 +245,7 @@ MEASURED = {
     "sparse edges": {"populations.a.count": 50000, "market.network": {
         "generator": "fast_gnp_random_graph", "params": {"p": 0.0004, "directed": True}, "layout": "sparse"}},
     "couplings": {"populations.a.count": 4000, "market.couplings": {"curie_weiss": 1.0}},
+    "ffn width": {"populations.a.count": 2000, "populations.a.correction": {"form": "ffn", "hidden": 2048}},
 }
 
 
@@ -277,3 +280,21 @@ def test_an_edge_list_is_counted_once_for_all_the_memory_checks_of_a_sweep(tmp_p
     edges.write_text(edges.read_text() + "0 8\n")  # a changed file is counted again
     spec = Scenario.from_yaml(path).market.network
     assert expected_directed_edges(spec, 16) == 2 * 17 and len(counted) == 2
+
+
+def test_the_estimate_holds_the_ffn_weights_and_grows_with_the_hidden_width():
+    """The correction part holds at least the weights the economy holds, and the hidden layer of a round."""
+    overrides = {"populations.a.count": 40, "populations.a.correction": {"form": "ffn", "hidden": 300}}
+    scenario = Scenario.from_dict({"populations": {"a": {"count": 4}}, "run": {"device": "cpu"}}).with_overrides(
+        overrides
+    )
+    economy = Rollout.create([scenario] * 3, [0, 1, 2], "cpu", "float32").economy
+    (correction,) = economy.corrections
+    held = sum(tensor.nbytes for tensor in (correction.w1, correction.b1, correction.w2, correction.b2))
+    estimate = estimate_memory(scenario, 3, torch.float32)
+    layer = 3 * 40 * 300 * 4  # one hidden layer of the batch: batch x N x hidden floats
+    assert estimate.device["correction"] >= held + layer and estimate.host["correction"] >= held
+    wider = estimate_memory(scenario.with_overrides({"populations.a.correction.hidden": 600}), 3, torch.float32)
+    assert wider.total - estimate.total >= held + layer  # twice the width: at least the weights and a layer more
+    none = estimate_memory(scenario.with_overrides({"populations.a.correction": {"form": "tap"}}), 3, torch.float32)
+    assert "correction" not in none.parts()
