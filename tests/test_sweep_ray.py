@@ -330,7 +330,7 @@ def test_a_sweep_one_backend_began_the_other_resumes_to_the_same_table(local_ray
     assert stopped.exit_code == 130, stopped.output
     assert "continue with econspin sweep --resume" in stopped.output
     recorded = sorted(path.name for path in (folder / SHARDS_FOLDER).glob("*.parquet"))
-    assert recorded == ["shard-0.parquet"], recorded
+    assert len(recorded) == 1, recorded  # the first to finish: on Ray, any of the three
     resumed = runner.invoke(app, ["sweep", "--resume", str(folder), "--backend", then, "--quiet"])
     assert resumed.exit_code == 0, resumed.output
     manifest = json.loads((folder / "manifest.json").read_text())
