@@ -5,10 +5,12 @@ microseconds of dispatch whatever its size, and each elementwise pass writes a f
 temporary. Where N is small (the ensembles of small economies, the O(N) uniform round at
 N = 1000, sweeps of N = 128) that fixed cost is most of the round (docs/performance.md).
 ``torch.compile`` (TorchDynamo traces the round once per economy shape, Inductor fuses its
-elementwise chains into C++/OpenMP loops on the CPU, Triton kernels on a GPU) removes much
-of it. The eager round stays the readable path and the default (``run.compile: off``); the
-compiled one computes the same equations, not bit for bit: Inductor may regroup a sum or
-fuse a multiply-add, so it agrees with the eager round to rounding (tests/test_compiled_round.py).
+elementwise chains into C++/OpenMP loops on the CPU, Triton kernels on a GPU) removes part of
+it: 5-27% of a round on the CPU where measured, next to nothing in some cases
+(docs/performance.md, "The round compiled"). The eager round stays the readable path and the
+default (``run.compile: off``); the compiled one computes the same equations, not bit for bit:
+Inductor may regroup a sum or fuse a multiply-add, so it agrees with the eager round to
+rounding (tests/test_compiled_round.py).
 
 What is compiled is :func:`econspin.round.play`, the round without its bookkeeping: the round
 index, a Python number that changes every round, enters only through the round's draws,

@@ -19,6 +19,7 @@ import dataclasses
 import pytest
 import torch
 from helpers import rollout, scenario
+from test_cli import TINY
 from typer.testing import CliRunner
 
 from econspin.bench_baselines import boltzmann_scenario
@@ -179,14 +180,6 @@ def test_resume_under_compile_is_bit_identical(tmp_path):
 
 
 runner = CliRunner()
-TINY = """
-name: tiny
-populations:
-  human: {count: 12, temperature: 1.0, spend: 0.2}
-  ai: {count: 4, temperature: 0.1, spend: 0.2}
-market: {d: 4}
-run: {steps: 3, replicas: 1, seed: 3, device: cpu}
-"""
 
 
 @pytest.mark.parametrize(
