@@ -104,10 +104,33 @@ def relative_difference(want: torch.Tensor, got: torch.Tensor) -> float:
     return float((want.double() - got.double()).abs().max() / want.double().abs().max().clamp(min=1e-300))
 
 
+def compile_first(state, economy, device: torch.device, clock: str = "wall") -> tuple[object, float]:
+    """(the first round of a ``run.compile`` economy, seconds it took): tracing and code generation included."""
+    now = CLOCKS[clock]
+    started = now()
+    with torch.no_grad():
+        first = step(state, economy)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return first, now() - started
+
+
 def measure(
-    agents: int, batch: int, device: torch.device, quick: bool, repeats: int, clock: str = "wall", mode="expected"
+    agents: int,
+    batch: int,
+    device: torch.device,
+    quick: bool,
+    repeats: int,
+    clock: str = "wall",
+    mode="expected",
+    compile_mode: str = "off",
 ) -> dict:
-    """One row of the benchmark: times (ms), ratios, pairs per second, kernel agreement."""
+    """One row of the benchmark: times (ms), ratios, pairs per second, kernel agreement.
+
+    With ``compile_mode`` (a ``run.compile`` value other than off) the fused round is also
+    timed compiled (:mod:`econspin.compiled`), interleaved with the others; its first call,
+    the compilation, is timed apart (``compile_s``).
+    """
     rollout = Rollout.create([bench_scenario(agents, mode=mode)] * batch, list(range(batch)), str(device), "float32")
     state, economy = rollout.state, rollout.economy
     kernels = {name: dataclasses.replace(economy, kernel=name) for name in ("reference", "fused")}
@@ -119,6 +142,15 @@ def measure(
     )
     functions = {"floor": lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v)}
     functions.update({name: (lambda e=kernels[name]: step(state, e)) for name in kernels if run[name]})
+    compiled_row = {}
+    if compile_mode != "off" and run["fused"]:
+        compiled = dataclasses.replace(kernels["fused"], compile=compile_mode)
+        first, seconds = compile_first(state, compiled, device, clock)
+        with torch.no_grad():
+            eager = step(state, kernels["fused"])
+        difference = max(relative_difference(eager.states, first.states), relative_difference(eager.money, first.money))
+        compiled_row = {"compile": compile_mode, "compile_s": seconds, "compiled_difference": difference}
+        functions["compiled"] = lambda: step(state, compiled)
     with torch.no_grad():
         times = timed(functions, repeats, device, clock)
         row = {"mode": mode, "agents": agents, "batch": batch, "pairs": pairs, "repeats": repeats}
@@ -131,6 +163,11 @@ def measure(
         row["speedup"] = (
             None if None in (row["reference_ms"], row["fused_ms"]) else row["reference_ms"] / row["fused_ms"]
         )
+        if "compiled" in times:
+            compiled_row["compiled_ms"] = times["compiled"] * 1e3
+            compiled_row["compiled_ratio"] = times["compiled"] / times["floor"]
+            compiled_row["compiled_speedup"] = times["fused"] / times["compiled"]
+        row.update(compiled_row)
         row["compared"] = run["reference"] and run["fused"]
         row["state_difference"] = row["money_difference"] = None
         if row["compared"]:
@@ -151,11 +188,14 @@ def run_bench(
     clock: str = "wall",
     modes: tuple[str, ...] = ("expected",),
     baselines: tuple[str, ...] = (),
+    compile_mode: str = "off",
 ) -> dict:
     """The whole benchmark as a JSON-ready dict: machine, versions, threads, one row per (mode, N, B).
 
     ``baselines`` names sections of :mod:`econspin.bench_baselines` (Mesa, sweeps, memory,
     floors) to measure after the rows, in the same run; each becomes a key of the result.
+    ``compile_mode`` (a ``run.compile`` value) adds the compiled round to the rows, the
+    Boltzmann and the sweep sections.
     """
     resolved = resolve_device(device)
     previous = torch.get_num_threads()
@@ -173,19 +213,21 @@ def run_bench(
             "modes": list(modes),
             "quick": quick,
             "clock": clock,
+            "compile": compile_mode,
             "rows": [],
         }
         for mode in modes:
             for agents in sizes or SIZES[quick]:
                 for batch in batches or BATCHES:
-                    row = measure(agents, batch, resolved, quick, repeats or REPEATS[quick], clock, mode)
+                    row = measure(agents, batch, resolved, quick, repeats or REPEATS[quick], clock, mode, compile_mode)
                     result["rows"].append(row)
                     if on_row is not None:
                         on_row(row)
         from econspin.bench_baselines import run_baselines  # it imports this module
 
         shape = (sizes or SIZES[quick], batches or BATCHES)
-        result.update(run_baselines(baselines, quick, resolved, repeats or REPEATS[quick], clock, *shape))
+        count = repeats or REPEATS[quick]
+        result.update(run_baselines(baselines, quick, resolved, count, clock, *shape, compile_mode=compile_mode))
         return result
     finally:
         torch.set_num_threads(previous)
@@ -211,6 +253,9 @@ def bench_table(result: dict):
         "fused pairs/s",
         "max diff",
     )
+    compiled = result.get("compile", "off") != "off"
+    if compiled:  # the compiled fused round beside the eager one
+        headers += ("compiled ms", "compiled/SDPA", "fused/compiled", "compile s", "compiled diff")
     for column in headers:
         table.add_column(column, justify="right")
 
@@ -219,6 +264,18 @@ def bench_table(result: dict):
 
     for row in result["rows"]:
         agreement = "-" if not row["compared"] else f"{max(row['state_difference'], row['money_difference']):.1e}"
+        extra = ()
+        if compiled:
+            extra = tuple(
+                show(row.get(key), form)
+                for key, form in (
+                    ("compiled_ms", ".3g"),
+                    ("compiled_ratio", ".2f"),
+                    ("compiled_speedup", ".2f"),
+                    ("compile_s", ".3g"),
+                    ("compiled_difference", ".1e"),
+                )
+            )
         table.add_row(
             row["mode"],
             str(row["agents"]),
@@ -231,5 +288,6 @@ def bench_table(result: dict):
             show(row["speedup"], ".1f"),
             show(row["fused_pairs_per_s"], ".2e"),
             agreement,
+            *extra,
         )
     return table

@@ -31,6 +31,7 @@ Mesa is imported only by the sections that need it; without it they report one r
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -41,7 +42,7 @@ from pathlib import Path
 
 import torch
 
-from econspin.bench import DIMENSION, bench_scenario, timed
+from econspin.bench import CLOCKS, DIMENSION, bench_scenario, compile_first, timed
 from econspin.economy import resolve_device
 from econspin.round import step
 from econspin.scenario import Scenario
@@ -113,8 +114,8 @@ def reference_rows(device: torch.device, repeats: int, clock: str, shapes) -> li
     return rows
 
 
-def boltzmann_rows(device: torch.device, repeats: int, clock: str, sizes) -> list[dict]:
-    """Mesa's Boltzmann wealth model (the agents' moves) against the engine's O(N) round."""
+def boltzmann_rows(device: torch.device, repeats: int, clock: str, sizes, compile_mode: str = "off") -> list[dict]:
+    """Mesa's Boltzmann wealth model (the agents' moves) against the engine's O(N) round, eager (and compiled)."""
     if not _has_mesa():
         return [{"skipped": MESA_MISSING}]
     from econspin.mesa import MoneyModel
@@ -128,37 +129,63 @@ def boltzmann_rows(device: torch.device, repeats: int, clock: str, sizes) -> lis
             model.agents.shuffle_do("step")
         rollout.advance(BOLTZMANN_WARM_STEPS)
         assert uses_uniform(rollout.state, rollout.economy), "the Boltzmann scenario left the uniform path"
+        functions = {
+            "mesa": lambda m=model: m.agents.shuffle_do("step"),
+            "engine": lambda r=rollout: step(r.state, r.economy),
+        }
+        compiled = _compiled_function(functions, rollout.state, rollout.economy, compile_mode, device, clock)
         with torch.no_grad():
-            times = timed(
-                {
-                    "mesa": lambda m=model: m.agents.shuffle_do("step"),
-                    "engine": lambda r=rollout: step(r.state, r.economy),
-                },
-                repeats,
-                device,
-                clock,
-            )
-        rows.append(_rate_row(agents, 1, times["mesa"], times["engine"], repeats))
+            times = timed(functions, repeats, device, clock)
+        rows.append({**_rate_row(agents, 1, times["mesa"], times["engine"], repeats), **compiled})
+        if compiled:
+            rows[-1].update(compiled_ms=times["compiled"] * 1e3, compiled_ratio=times["mesa"] / times["compiled"])
     return rows
 
 
-def sweep_rows(device: torch.device, repeats: int, clock: str, rounds: int, agents: int = SWEEP_AGENTS) -> list[dict]:
-    """A 64-point temperature sweep: all points as one batch against the points one by one."""
+def _compiled_function(functions: dict, state, economy, compile_mode: str, device, clock: str) -> dict:
+    """Adds the compiled round (``run.compile``) to ``functions``, compiled first: {} for off, else its compile time."""
+    if compile_mode == "off":
+        return {}
+    compiled = dataclasses.replace(economy, compile=compile_mode)
+    _, seconds = compile_first(state, compiled, device, clock)
+    functions["compiled"] = lambda: step(state, compiled)
+    return {"compile": compile_mode, "compile_s": seconds}
+
+
+def sweep_rows(
+    device: torch.device, repeats: int, clock: str, rounds: int, agents: int = SWEEP_AGENTS, compile_mode: str = "off"
+) -> list[dict]:
+    """A 64-point temperature sweep: all points as one batch against the points one by one.
+
+    With ``compile_mode`` (``run.compile``) both are timed compiled too: one shape each, so
+    each compiles once, in the warm-up call (timed apart as ``compile_s``).
+    """
     from econspin.sweep import parse_grid, plan_batches, run_sweep, sweep_points
 
-    base = bench_scenario(agents).with_overrides({"run.device": str(device)})
-    points = sweep_points(base, [parse_grid(SWEEP_GRID)])
+    def sweep(setting: str):
+        base = bench_scenario(agents).with_overrides({"run.device": str(device), "run.compile": setting})
+        return sweep_points(base, [parse_grid(SWEEP_GRID)])
+
+    points = sweep("off")
     one_batch = len(plan_batches(points, 1, "float32")) == 1  # else the batched side is several batches
-    times = timed(
-        {
-            "one_by_one": lambda: [run_sweep([point], 1, rounds, str(device), "float32") for point in points],
-            "batched": lambda: run_sweep(points, 1, rounds, str(device), "float32"),
-        },
-        repeats,
-        device,
-        clock,
-    )
-    return [
+    functions = {
+        "one_by_one": lambda: [run_sweep([point], 1, rounds, str(device), "float32") for point in points],
+        "batched": lambda: run_sweep(points, 1, rounds, str(device), "float32"),
+    }
+    row = {}
+    if compile_mode != "off":
+        compiled_points = sweep(compile_mode)
+        functions["one_by_one_compiled"] = lambda: [
+            run_sweep([point], 1, rounds, str(device), "float32") for point in compiled_points
+        ]
+        functions["batched_compiled"] = lambda: run_sweep(compiled_points, 1, rounds, str(device), "float32")
+        now = CLOCKS[clock]
+        started = now()
+        run_sweep(compiled_points[:1], 1, 1, str(device), "float32")
+        run_sweep(compiled_points, 1, 1, str(device), "float32")
+        row = {"compile": compile_mode, "compile_s": now() - started}
+    times = timed(functions, repeats, device, clock)
+    row.update(
         {
             "agents": agents,
             "points": len(points),
@@ -169,7 +196,13 @@ def sweep_rows(device: torch.device, repeats: int, clock: str, rounds: int, agen
             "batched_ms": times["batched"] * 1e3,
             "ratio": times["one_by_one"] / times["batched"],
         }
-    ]
+    )
+    if compile_mode != "off":
+        row["one_by_one_compiled_ms"] = times["one_by_one_compiled"] * 1e3
+        row["batched_compiled_ms"] = times["batched_compiled"] * 1e3
+        row["compiled_ratio"] = times["one_by_one_compiled"] / times["batched_compiled"]
+        row["compiled_ratio_to_eager_one_by_one"] = times["one_by_one"] / times["batched_compiled"]
+    return [row]
 
 
 def _case_rollout(kernel: str, agents: int, batch: int, device: str) -> Rollout:
@@ -290,12 +323,16 @@ def run_baselines(
     sizes: tuple[int, ...],
     batches: tuple[int, ...],
     on_section=None,
+    compile_mode: str = "off",
 ) -> dict[str, list[dict]]:
-    """The chosen sections as {name: rows}; ``sizes`` and ``batches`` are the round table's (for the floors)."""
+    """The chosen sections as {name: rows}; ``sizes`` and ``batches`` are the round table's (for the floors).
+
+    ``compile_mode`` (``run.compile``) adds the compiled engine to the Boltzmann and sweep sections.
+    """
     makers = {
         "reference": lambda: reference_rows(device, repeats, clock, REFERENCE_SHAPES[quick]),
-        "boltzmann": lambda: boltzmann_rows(device, repeats, clock, BOLTZMANN_SIZES[quick]),
-        "sweep": lambda: sweep_rows(device, repeats, clock, SWEEP_ROUNDS[quick]),
+        "boltzmann": lambda: boltzmann_rows(device, repeats, clock, BOLTZMANN_SIZES[quick], compile_mode),
+        "sweep": lambda: sweep_rows(device, repeats, clock, SWEEP_ROUNDS[quick], compile_mode=compile_mode),
         "memory": lambda: memory_rows(device, MEMORY_CASES[quick]),
         "floors": lambda: floor_rows(device, repeats, clock, sizes, batches, FLOOR_ENTRIES[quick]),
     }
@@ -356,6 +393,16 @@ COLUMNS = {  # section: (title, [(header, key, format)])
 }
 
 
+COMPILED_COLUMNS = {  # with --compile: the compiled engine's columns, where a section has them
+    "boltzmann": [("compiled ms", "compiled_ms", ".3g"), ("ratio compiled", "compiled_ratio", ".1f")]
+    + [("compile s", "compile_s", ".3g")],
+    "sweep": [("one by one compiled ms", "one_by_one_compiled_ms", ".4g")]
+    + [("batched compiled ms", "batched_compiled_ms", ".4g"), ("ratio compiled", "compiled_ratio", ".1f")]
+    + [("eager one by one / batched compiled", "compiled_ratio_to_eager_one_by_one", ".1f")]
+    + [("compile s", "compile_s", ".3g")],
+}
+
+
 def baseline_tables(result: dict) -> list:
     """One rich table per baseline section present in ``result``."""
     from rich.table import Table
@@ -364,6 +411,8 @@ def baseline_tables(result: dict) -> list:
     for name, (title, columns) in COLUMNS.items():
         if name not in result:
             continue
+        if result.get("compile", "off") != "off":
+            columns = columns + COMPILED_COLUMNS.get(name, [])
         table = Table(title=title)
         for header, _, _ in columns:
             table.add_column(header, justify="right")

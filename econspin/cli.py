@@ -24,6 +24,7 @@ from rich.text import Text
 from typer._click.exceptions import NoArgsIsHelpError, UsageError  # typer carries its own click
 
 import econspin
+from econspin.compiled import COMPILE_MODES, CompilerMissing, require_compiler
 from econspin.economy import resolve_device
 from econspin.fingerprint import (
     check_folder,
@@ -110,6 +111,14 @@ ForceOption = Annotated[
     bool,
     typer.Option(
         "--force", help="Replace the econspin outputs of an --out folder that holds something else (others stay)."
+    ),
+]
+
+CompileOption = Annotated[
+    Optional[str],
+    typer.Option(
+        "--compile",
+        help="run.compile: off (eager), default or reduce-overhead: the round through torch.compile.",
     ),
 ]
 
@@ -222,14 +231,16 @@ def run(
     ] = None,
     force: ForceOption = False,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar or summary.")] = False,
+    compile_mode: CompileOption = None,
 ):
     """Run a scenario and write its folder: metrics, checkpoint, manifest, figures."""
     record = None  # the checkpoint resumed from
     try:
         if resume is not None:
-            if scenario is not None or set_ or replicas is not None or seed is not None or force:
+            if scenario is not None or set_ or replicas is not None or seed is not None or force or compile_mode:
                 raise ScenarioError(
-                    "--resume continues a run as it was: give no SCENARIO, --set, --replicas, --seed or --force"
+                    "--resume continues a run as it was: "
+                    "give no SCENARIO, --set, --replicas, --seed, --compile or --force"
                 )
             recorded = recorded_fingerprint(resume, "run")
             if not (resume / SCENARIO_FILE).exists():
@@ -243,7 +254,9 @@ def run(
                 raise ScenarioError("run: give a SCENARIO file (or --resume DIR)")
             overrides = parse_overrides(set_)
             loaded = load_scenario(scenario, overrides)
-            loaded = loaded.with_run_settings(steps=steps, replicas=replicas, seed=seed, device=device)
+            loaded = loaded.with_run_settings(
+                steps=steps, replicas=replicas, seed=seed, device=device, compile=compile_mode
+            )
             target = out or Path("runs") / loaded.name
             check_writable(target, "--out", folder=True)
             current = fingerprint("run", loaded, overrides)
@@ -427,6 +440,7 @@ def bench(
         Optional[str],
         typer.Option(help="Baselines: all (default), none, or some of reference,boltzmann,sweep,memory,floors."),
     ] = None,
+    compile_mode: CompileOption = None,
 ):
     """Time one round of the reference and fused kernels against the attention floor (SDPA), and the baselines."""
     from econspin.bench import MODES, bench_table, run_bench
@@ -446,6 +460,10 @@ def bench(
     try:
         if clock not in ("wall", "cpu"):
             raise ScenarioError(f"--clock {clock!r}: wall or cpu")
+        compile_mode = compile_mode or "off"
+        if compile_mode not in COMPILE_MODES:
+            raise ScenarioError(f"--compile {compile_mode!r}: choose one of {', '.join(COMPILE_MODES)}")
+        require_compiler(compile_mode, resolve_device(device))
         chosen_modes = tuple(modes.split(","))
         if not set(chosen_modes) <= set(MODES) or len(set(chosen_modes)) != len(chosen_modes):
             raise ScenarioError(f"--modes {modes!r}: give expected, sampled or expected,sampled")
@@ -468,10 +486,11 @@ def bench(
             clock=clock,
             modes=chosen_modes,
             baselines=sections,
+            compile_mode=compile_mode,
         )
-    except ScenarioError as error:
+    except (ScenarioError, CompilerMissing) as error:
         fail(str(error))
-    wide = Console(width=max(120, Console().width))
+    wide = Console(width=max(170 if compile_mode != "off" else 120, Console().width))  # --compile: 5 more columns
     for table in (bench_table(result), *baseline_tables(result)):
         wide.print(table)
     if json_file is not None:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from econspin.compiled import CompilerMissing, require_compiler
 from econspin.corrections import (
     CORRECTIONS,
     FeedForwardCorrection,
@@ -65,6 +66,8 @@ class Economy:
         population_counts: each population's size, its agents next to each other (empty: not known).
         uniform_choice: every utility u_ij is zero in every batch element (:func:`utilities_vanish`),
             so that choice is uniform over the allowed sellers at any temperature.
+        compile: run.compile: ``off`` (eager) or the torch.compile mode the round runs in
+            (:mod:`econspin.compiled`).
     """
 
     population: torch.Tensor
@@ -92,6 +95,7 @@ class Economy:
     kernel: str = "reference"
     population_counts: tuple[int, ...] = ()
     uniform_choice: bool = False
+    compile: str = "off"
 
     @property
     def batch_size(self) -> int:
@@ -160,6 +164,7 @@ def shape_signature(scenario: Scenario) -> tuple:
         network_seed(network, scenario.run.seed) if network else None,  # a random graph differs by run seed
         market.couplings is not None,
         scenario.run.kernel,
+        scenario.run.compile,
     )
 
 
@@ -203,6 +208,10 @@ def build_economy(
         if shape_signature(scenario) != signature:
             raise ScenarioError("batched scenarios differ in shape (counts, d, heads, mode, network, ...)")
     check_memory(first, len(scenarios), dtype, device)  # before anything is allocated
+    try:
+        require_compiler(first.run.compile, device)
+    except CompilerMissing as error:
+        raise ScenarioError(str(error)) from None
     names = tuple(first.populations)
     counts = [first.populations[name].count for name in names]
     population = torch.repeat_interleave(torch.arange(len(names)), torch.tensor(counts))
@@ -273,6 +282,7 @@ def build_economy(
         kernel="reference" if first.run.kernel == "reference" or couplings is not None else "fused",
         population_counts=tuple(counts),
         uniform_choice=couplings is None and utilities_vanish(query, key, visibility),
+        compile=first.run.compile,
     )
 
 

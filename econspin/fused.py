@@ -80,6 +80,9 @@ def _limits(dtype: torch.dtype) -> tuple[int, int, int]:
     return max_exponent - 28, mantissa, max_exponent - 8
 
 
+# eager under run.compile (econspin.compiled): Inductor's C++ for frexp's int32 exponents does not
+# compile (torch 2.13, CPU: no vector conversion of that width), whatever the form of the clamp
+@torch.compiler.disable
 def inverse_temperatures(temperature: torch.Tensor, row_scale: torch.Tensor) -> torch.Tensor:
     """beta_i = clamp(log2(e) / T_i, 2^(-p-6-e_i), 2^(E-e_i)) with 2^e_i > row_scale_i (module doc).
 
@@ -329,24 +332,12 @@ def fused_trade(state: State, economy: Economy, rows: int | None = None) -> Mark
     """
     terms = round_terms(state, economy)
     groups, agents, d = terms.delivered.shape
-    dtype, device = terms.delivered.dtype, terms.delivered.device
+    dtype = terms.delivered.dtype
     moment_rows = seller_moment_columns(
         state, economy, terms.delivered.view(-1, economy.heads, agents, d), terms.value_output
     )
     moment_rows = moment_rows.reshape(groups, agents, 2).transpose(1, 2).contiguous()  # (groups, 2, N)
-    norm = torch.empty(groups, agents, dtype=dtype, device=device)
-    moments = torch.empty(groups, agents, d + 2, dtype=dtype, device=device)
-    revenue = torch.zeros(groups, agents, dtype=torch.float64, device=device)
-    for g, r, scores, weights in row_blocks(terms, economy, rows):
-        norm[g, r] = torch.linalg.vector_norm(weights, dim=-1)
-        terms.dot[g, r] = scores.mul_(weights).sum(-1)  # sum_j e_ij z_ij / ln 2
-        moments[g, r, :d] = torch.bmm(weights, terms.delivered[g])  # (d columns: no padding to a wider panel)
-        moments[g, r, d:] = torch.bmm(moment_rows[g], weights.transpose(1, 2)).transpose(1, 2)
-        # total >= 1 on a row with partners (its best seller weighs exactly 1), 0 on an empty row,
-        # whose weights are all 0: what it would spend goes nowhere
-        per_unit = terms.share[g, r] / terms.total[g, r].clamp(min=1.0)
-        # a row vector times the block: 0.05 ms against 0.47 ms for block^T times a column at B = 128, N = 64
-        revenue[g] += torch.bmm(per_unit[:, None, :], weights).squeeze(1)
+    norm, moments, revenue = expected_blocks(terms, economy, moment_rows, rows)
 
     batch, heads = state.states.shape[0], economy.heads
     entropy, surplus, inverse_total = row_statistics(state, economy, terms)
@@ -374,6 +365,34 @@ def fused_trade(state: State, economy: Economy, rows: int | None = None) -> Mark
         choice_variance=over_heads(choice) * buyer,
         impact=over_heads(impact, mean=True) * buyer,
     )
+
+
+# run.compile (econspin.compiled): the blocks run eagerly between the compiled per-round parts.
+# Inductor's own loops over a block took 5x the eager round at N = 1024 (it recomputed exp2 for
+# each reduction instead of keeping the weights; docs/performance.md); eagerly, each pass is one
+# vectorised loop over a block in the cache, and the products are MKL's
+@torch.compiler.disable
+def expected_blocks(terms: RoundTerms, economy: Economy, moment_rows: torch.Tensor, rows: int | None = None):
+    """The blocks' per-row results: (|e_i.|, (e @ [u, moments])_i, float64 revenue (groups, N)), unnormalised.
+
+    Writes m_i, s_i and sum_j e_ij y_ij into ``terms`` as it goes.
+    """
+    groups, agents, d = terms.delivered.shape
+    dtype, device = terms.delivered.dtype, terms.delivered.device
+    norm = torch.empty(groups, agents, dtype=dtype, device=device)
+    moments = torch.empty(groups, agents, d + 2, dtype=dtype, device=device)
+    revenue = torch.zeros(groups, agents, dtype=torch.float64, device=device)
+    for g, r, scores, weights in row_blocks(terms, economy, rows):
+        norm[g, r] = torch.linalg.vector_norm(weights, dim=-1)
+        terms.dot[g, r] = scores.mul_(weights).sum(-1)  # sum_j e_ij z_ij / ln 2
+        moments[g, r, :d] = torch.bmm(weights, terms.delivered[g])  # (d columns: no padding to a wider panel)
+        moments[g, r, d:] = torch.bmm(moment_rows[g], weights.transpose(1, 2)).transpose(1, 2)
+        # total >= 1 on a row with partners (its best seller weighs exactly 1), 0 on an empty row,
+        # whose weights are all 0: what it would spend goes nowhere
+        per_unit = terms.share[g, r] / terms.total[g, r].clamp(min=1.0)
+        # a row vector times the block: 0.05 ms against 0.47 ms for block^T times a column at B = 128, N = 64
+        revenue[g] += torch.bmm(per_unit[:, None, :], weights).squeeze(1)
+    return norm, moments, revenue
 
 
 def row_statistics(state: State, economy: Economy, terms: RoundTerms):

@@ -126,11 +126,17 @@ def sampled_choices(
     draws = state.draws() if draws is None else draws
     uniforms = draws.uniform(DRAW_CHOICE, heads).transpose(0, 1).reshape(batch * heads, agents)
     terms = round_terms(state, economy)
-    choice = torch.empty(batch * heads, agents, dtype=torch.long, device=state.states.device)
+    return sampled_blocks(terms, economy, uniforms, rows).view(batch, heads, agents), terms
+
+
+@torch.compiler.disable  # run.compile: the blocks stay eager, as in expected mode (econspin.fused.expected_blocks)
+def sampled_blocks(terms: RoundTerms, economy: Economy, uniforms: torch.Tensor, rows: int | None = None):
+    """(groups, N) long: each row's seller drawn at its uniform (groups, N); writes m_i, s_i, sum e y to ``terms``."""
+    choice = torch.empty(uniforms.shape, dtype=torch.long, device=uniforms.device)
     for g, r, scores, weights in row_blocks(terms, economy, rows):
         choice[g, r] = inverse_cdf(weights, uniforms[g, r])
         terms.dot[g, r] = scores.mul_(weights).sum(-1)  # sum_j e_ij z_ij / ln 2 (entropy)
-    return choice.view(batch, heads, agents), terms
+    return choice
 
 
 def fused_sampled_trade(

@@ -150,6 +150,9 @@ class Draws:
     def __getitem__(self, index) -> "Draws":
         return Draws(self.keys[index])
 
+    # eager under run.compile (econspin.compiled): Inductor (torch 2.13, CPU) miscomputed the hash
+    # of a traced arange of tags fused into its broadcast, which would change every draw
+    @torch.compiler.disable
     def words(self, stream: int, count: int, start: int = 0) -> torch.Tensor:
         """(count, ...) int64 hashes of (stream, index) for index in [start, start + count)."""
         tags = _mixed_tags(_LEVEL_DRAW + (stream << 32) + start, count, self.keys.device)

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import torch
 
+from econspin.compiled import compiled_function
 from econspin.corrections import FieldContext
 from econspin.economy import Economy
 from econspin.fused import fused_trade, uses_fused
 from econspin.fused_sampled import fused_sampled_trade
-from econspin.market import spin_variance, trade
+from econspin.market import MarketOutcome, spin_variance, trade
+from econspin.randomness import Draws
 from econspin.sparse import sparse_trade
 from econspin.state import State
 from econspin.uniform import uniform_trade, uses_uniform
@@ -38,6 +40,27 @@ def step(state: State, economy: Economy) -> State:
     """
     sampled = economy.mode == "sampled"
     draws = state.draws() if sampled else None  # the expected mode draws nothing
+    play_round = play if economy.compile == "off" else compiled_function(play, economy.compile)
+    new_states, money, outcome = play_round(state, economy, draws)
+    return state.replace(
+        states=new_states,
+        money=money,
+        revenue=outcome.revenue,
+        spending=outcome.spending,
+        entropy=outcome.entropy,
+        surplus=outcome.surplus,
+        round=state.round + 1,
+    )
+
+
+def play(state: State, economy: Economy, draws: Draws | None) -> tuple[torch.Tensor, torch.Tensor, MarketOutcome]:
+    """Steps 1-7 as tensors: (new states, money, the market's outcome), given the round's draws.
+
+    Everything of the round but its bookkeeping: it reads no Python number that changes from
+    round to round (the round index enters through ``draws`` only), so that a compiled copy
+    (``run.compile``, :mod:`econspin.compiled`) serves every round of a rollout.
+    """
+    sampled = economy.mode == "sampled"
     outcome = market_step(state, economy, draws)
     eta = economy.eta
     field = state.fields + (1.0 - eta)[..., None] * state.states + eta[..., None] * outcome.received
@@ -57,16 +80,7 @@ def step(state: State, economy: Economy) -> State:
             response=economy.response,
         )
         new_states = _corrected_states(context, economy)
-    money = state.money - outcome.spending + outcome.revenue
-    return state.replace(
-        states=new_states,
-        money=money,
-        revenue=outcome.revenue,
-        spending=outcome.spending,
-        entropy=outcome.entropy,
-        surplus=outcome.surplus,
-        round=state.round + 1,
-    )
+    return new_states, state.money - outcome.spending + outcome.revenue, outcome
 
 
 def market_step(state: State, economy: Economy, draws=None):

@@ -321,6 +321,9 @@ class Run(_Strict):
     # ignores utilities, econspin.fused and econspin.fused_sampled for the attention market, either
     # mode), reference the readable blocks (econspin.market)
     kernel: Literal["auto", "reference", "fused"] = "auto"
+    # the round through torch.compile (econspin.compiled): off (eager, the default), default, or
+    # reduce-overhead (CUDA graphs on a GPU; default on the CPU)
+    compile: Literal["off", "default", "reduce-overhead"] = "off"
 
 
 class Event(_Strict):

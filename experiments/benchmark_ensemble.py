@@ -24,13 +24,17 @@ from econspin.round import step
 from econspin.simulate import Rollout
 
 
-def ensemble(batch: int, mode: str, agents: int, dimension: int, device: str, response: str, kernel: str):
-    """(state after two warm-up rounds, economy) of ``batch`` copies of the benchmark economy."""
+def ensemble(batch: int, mode: str, agents: int, dimension: int, device: str, response: str, kernel: str,
+             compile_mode: str = "off"):
+    """(state after two warm-up rounds, economy) of ``batch`` copies of the benchmark economy.
+
+    With ``compile_mode`` (run.compile) the first warm-up round compiles the round.
+    """
     scenario = Scenario.from_dict({
         "populations": {"human": {"count": agents - agents // 4, "temperature": 1.0},
                         "ai": {"count": agents // 4, "temperature": 0.2}},
         "market": {"d": dimension, "mode": mode, "response": response},
-        "run": {"device": device, "kernel": kernel},
+        "run": {"device": device, "kernel": kernel, "compile": compile_mode},
     })
     rollout = Rollout.create([scenario] * batch, list(range(batch)), device, "float32")
     state, economy = rollout.state, rollout.economy
@@ -65,25 +69,37 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--response", default="vmf")
     parser.add_argument("--kernel", default="auto", help="run.kernel: auto (fused) or reference")
+    parser.add_argument("--compile", default="off", help="run.compile: also time the compiled round (default, ...)")
     arguments = parser.parse_args()
     torch.set_num_threads(arguments.threads)
     n, d, b = arguments.agents, arguments.dimension, arguments.batch
     print(f"N = {n}, d = {d}, response = {arguments.response}, kernel = {arguments.kernel}, "
           f"device = {arguments.device}, threads = {arguments.threads}, torch {torch.__version__}")
-    cases = {
-        (batch, mode): ensemble(batch, mode, n, d, arguments.device, arguments.response, arguments.kernel)
-        for batch in (1, b)
-        for mode in ("expected", "sampled")
-    }
+    settings = ("off",) if arguments.compile == "off" else ("off", arguments.compile)
+    compile_seconds = {}
+    cases = {}
+    for setting in settings:
+        for batch in (1, b):
+            for mode in ("expected", "sampled"):
+                started = time.process_time()
+                cases[batch, mode, setting] = ensemble(
+                    batch, mode, n, d, arguments.device, arguments.response, arguments.kernel, setting
+                )
+                compile_seconds[batch, mode, setting] = time.process_time() - started
     times = interleaved_times(cases, arguments.repeats)
-    for (batch, mode), (wall, cpu) in times.items():
-        print(f"B = {batch:4d}  {mode:9s} round  wall {wall * 1e3:9.2f} ms   cpu {cpu * 1e3:9.2f} ms")
-    for column, name in ((0, "wall"), (1, "cpu")):
-        ratios = [f"B = {batch}: {times[batch, 'sampled'][column] / times[batch, 'expected'][column]:5.2f}"
-                  for batch in (1, b)]
-        scaling = [f"{mode}: {times[b, mode][column] / times[1, mode][column]:6.2f}"
-                   for mode in ("expected", "sampled")]
-        print(f"{name:4s}  sampled / expected  {'   '.join(ratios)}     B = {b} / B = 1  {'   '.join(scaling)}")
+    for (batch, mode, setting), (wall, cpu) in times.items():
+        built = f"   (built and warmed up in {compile_seconds[batch, mode, setting]:.1f} s cpu)"
+        print(f"B = {batch:4d}  {mode:9s} round, compile {setting:8s} wall {wall * 1e3:9.2f} ms   "
+              f"cpu {cpu * 1e3:9.2f} ms{built if setting != 'off' else ''}")
+    for setting in settings:
+        for column, name in ((0, "wall"), (1, "cpu")):
+            ratios = [f"B = {batch}: "
+                      f"{times[batch, 'sampled', setting][column] / times[batch, 'expected', setting][column]:5.2f}"
+                      for batch in (1, b)]
+            scaling = [f"{mode}: {times[b, mode, setting][column] / times[1, mode, setting][column]:6.2f}"
+                       for mode in ("expected", "sampled")]
+            print(f"compile {setting:8s} {name:4s}  sampled / expected  {'   '.join(ratios)}     "
+                  f"B = {b} / B = 1  {'   '.join(scaling)}")
 
 
 if __name__ == "__main__":

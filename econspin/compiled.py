@@ -1,0 +1,96 @@
+"""The round compiled by torch.compile (``run.compile``): the same equations in fewer, fused kernels.
+
+Eager torch runs a round as a few hundred separate tensor operations, each costing a few
+microseconds of dispatch whatever its size, and each elementwise pass writes a fresh
+temporary. Where N is small (the ensembles of small economies, the O(N) uniform round at
+N = 1000, sweeps of N = 128) that fixed cost is most of the round (docs/performance.md).
+``torch.compile`` (TorchDynamo traces the round once per economy shape, Inductor fuses its
+elementwise chains into C++/OpenMP loops on the CPU, Triton kernels on a GPU) removes part of
+it: 5-27% of a round on the CPU where measured, next to nothing in some cases
+(docs/performance.md, "The round compiled"). The eager round stays the readable path and the
+default (``run.compile: off``); the compiled one computes the same equations, not bit for bit:
+Inductor may regroup a sum or fuse a multiply-add, so it agrees with the eager round to
+rounding (tests/test_compiled_round.py).
+
+What is compiled is :func:`econspin.round.play`, the round without its bookkeeping: the round
+index, a Python number that changes every round, enters only through the round's draws,
+which are keyed eagerly beforehand (otherwise every round would be a new trace). Four parts
+run eagerly between compiled graphs (``torch.compiler.disable``), each chosen by measurement
+or by a defect found in the compiled code (docs/performance.md, "The round compiled"):
+
+- the blocks of the N x N utilities (:func:`econspin.fused.expected_blocks`,
+  :func:`econspin.fused_sampled.sampled_blocks`): Inductor's loops over a block recomputed
+  exp2 for each reduction and took 5x the eager round at N = 1024;
+- the von Mises-Fisher spin draw of sampled mode
+  (:func:`econspin.response.sample_von_mises_fisher`): Wood's rejection loop asks the host
+  whether any agent is still without an accepted attempt, and the draw compiled around it was
+  slower than the eager, in-place one;
+- the effective inverse temperatures (:func:`econspin.fused.inverse_temperatures`): Inductor's
+  C++ for the int32 exponents of ``torch.frexp`` does not compile (torch 2.13, CPU);
+- the counter-based hashes (:meth:`econspin.randomness.Draws.words`): Inductor (torch 2.13,
+  CPU) miscomputed the hash of a traced range of tags fused into its broadcast, which would
+  have changed every draw. Eagerly, every draw is the eager round's, bit for bit.
+
+Modes (``run.compile``):
+
+- ``off``: eager torch (the default);
+- ``default``: ``torch.compile(mode="default")``;
+- ``reduce-overhead``: ``torch.compile(mode="reduce-overhead")``, which on a GPU replays the
+  compiled kernels as CUDA graphs (on the CPU it is ``default``).
+
+The compiled function is built once per mode and kept for the process (:func:`compiled_function`);
+TorchDynamo compiles it once per economy shape (``dynamic=False``: shapes are constants; a
+rollout never changes them) and reuses it for every later round and every economy of the same
+shapes (and settings: mode, populations, response). Past torch's limit of compilations per
+function (``torch._dynamo.config.recompile_limit``, 8), further shapes run eagerly.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Callable
+
+import torch
+
+COMPILE_MODES = ("off", "default", "reduce-overhead")
+
+
+class CompilerMissing(RuntimeError):
+    """torch.compile cannot generate code on this machine (no C++ compiler, or no Triton for a GPU)."""
+
+
+def missing_compiler(device: torch.device) -> str | None:
+    """Why torch.compile cannot build kernels for ``device`` here, or None if it can.
+
+    Inductor writes C++ for the CPU and compiles it with the system's compiler; for CUDA it
+    writes Triton kernels.
+    """
+    if device.type == "cuda":
+        from torch.utils._triton import has_triton
+
+        return None if has_triton() else "torch.compile needs Triton for a CUDA device, and it is not installed"
+    from torch._inductor import cpp_builder
+
+    try:
+        cpp_builder.get_cpp_compiler()
+    except Exception as error:  # inductor raises its own InvalidCxxCompiler, or an OSError from a probe
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        return f"torch.compile needs a C++ compiler for the CPU, and none was found ({first})"
+    return None
+
+
+def require_compiler(mode: str, device: torch.device) -> None:
+    """Raise :class:`CompilerMissing` (one line) if ``mode`` compiles and no compiler serves ``device``."""
+    if mode == "off":
+        return
+    reason = missing_compiler(torch.device(device))
+    if reason is not None:
+        raise CompilerMissing(f"run.compile: {mode}: {reason}; use run.compile: off")
+
+
+@functools.cache
+def compiled_function(function: Callable, mode: str) -> Callable:
+    """``function`` compiled by torch.compile in ``mode`` (a run.compile value other than off), once per process."""
+    if mode not in COMPILE_MODES or mode == "off":
+        raise ValueError(f"run.compile: {mode!r} is not a compiling mode; choose one of {COMPILE_MODES[1:]}")
+    return torch.compile(function, mode=mode, dynamic=False)

@@ -1,0 +1,250 @@
+"""The compiled round (run.compile, econspin.compiled) against the eager round it compiles.
+
+Inductor may regroup a sum or fuse a multiply and an add into one rounding, so the compiled
+round agrees with the eager one to rounding, not bit for bit: in float64 a few ulps of the
+largest value per operation, and a round chains a few hundred of them (and the TAP solver's
+fixed point iterates on them), hence 1e-12 relative to each tensor's largest value, 10^4
+times float64's epsilon. Sampled mode draws from the same counter-based numbers: the same
+sellers give the same revenue, and the spins agree to the same tolerance (a different seller
+would move a buyer's received signal, hence its spin, by order one).
+
+Compilation takes seconds to tens of seconds here: one small case runs by default, the rest
+are marked slow (pytest -m slow tests/test_compiled_round.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+from helpers import rollout, scenario
+from test_cli import TINY
+from typer.testing import CliRunner
+
+from econspin.bench_baselines import boltzmann_scenario
+from econspin.cli import app
+from econspin.compiled import missing_compiler
+from econspin.output import load_checkpoint, save_checkpoint
+from econspin.round import step
+from econspin.scenario import ScenarioError
+from econspin.uniform import uses_uniform
+
+MISSING = missing_compiler(torch.device("cpu"))
+needs_compiler = pytest.mark.skipif(MISSING is not None, reason=MISSING or "")
+TOLERANCE = 1e-12
+FIELDS = ("states", "money", "revenue", "spending", "entropy", "surplus")
+
+
+@pytest.fixture(autouse=True)
+def fresh_compiler():
+    """Each test compiles from scratch and counts its own graphs (and no earlier test fills dynamo's cache)."""
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    yield
+    torch._dynamo.reset()
+
+
+def close(want: torch.Tensor, got: torch.Tensor, tolerance: float = TOLERANCE) -> bool:
+    """|want - got| <= tolerance x the largest finite |want|; infinities (T = inf's surplus) and NaN equal."""
+    want, got = want.double(), got.double()
+    finite = want.isfinite() & got.isfinite()
+    scale = torch.where(finite, want.abs(), 0.0).max().clamp(min=1e-300)
+    same = (want == got) | (want.isnan() & got.isnan())
+    return bool((same | (finite & ((want - got).abs() <= tolerance * scale))).all())
+
+
+def compare_rounds(run, rounds: int, compile_mode: str = "default") -> None:
+    """``rounds`` rounds eager and compiled from the same state: every recorded tensor agrees, each round."""
+    eager_economy = run.economy
+    compiled_economy = dataclasses.replace(eager_economy, compile=compile_mode)
+    eager = compiled = run.state
+    with torch.no_grad():
+        for round_index in range(rounds):
+            eager, compiled = step(eager, eager_economy), step(compiled, compiled_economy)
+            for name in FIELDS:
+                want, got = getattr(eager, name), getattr(compiled, name)
+                assert close(want, got), f"round {round_index + 1}: {name} differs by {(want - got).abs().max()}"
+            assert compiled.round == eager.round
+    # the compiled path ran: dynamo built graphs, and no frame fell back to eager for too many recompilations
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] > 0
+    assert not torch._dynamo.utils.counters["stats"].get("recompile_limit_hit")
+
+
+@needs_compiler
+def test_compiled_round_equals_the_eager_round_with_limits_of_temperature():
+    """Expected mode, float64, agents at T = 0 and T = inf beside T = 1: three rounds agree to 1e-12."""
+    populations = {
+        "human": {"count": 6, "temperature": 1.0, "spend": 0.2},
+        "cold": {"count": 3, "temperature": 0.0, "spend": 0.3},
+        "hot": {"count": 3, "temperature": float("inf"), "spend": 0.1},
+    }
+    compare_rounds(rollout(scenario(populations=populations)), rounds=3)
+
+
+SLOW_CASES = {
+    "sampled, limits of temperature": dict(
+        mode="sampled",
+        populations={
+            "human": {"count": 6, "temperature": 1.0, "spend": 0.2},
+            "cold": {"count": 3, "temperature": 0.0, "spend": 0.3},
+            "hot": {"count": 3, "temperature": float("inf"), "spend": 0.1},
+        },
+    ),
+    "expected, tap, two heads, visibility": dict(
+        heads=2,
+        visibility=0.5,
+        populations={
+            "human": {"count": 7, "temperature": 1.0, "spend": 0.2, "correction": {"form": "tap"}},
+            "ai": {"count": 5, "temperature": 0.2, "spend": 0.3},
+        },
+    ),
+    "sampled, vmf, two heads": dict(mode="sampled", heads=2, response="vmf"),
+    "expected, dense network": dict(network={"generator": "gnp_random_graph", "params": {"p": 0.5}}),
+    "sampled, dense network": dict(mode="sampled", network={"generator": "gnp_random_graph", "params": {"p": 0.5}}),
+    "expected, non-buyers and non-sellers": dict(
+        populations={
+            "buyers": {"count": 6, "temperature": 0.5, "sells": False},
+            "sellers": {"count": 4, "temperature": 1.0, "buys": False},
+            "both": {"count": 3, "temperature": 0.1},
+        }
+    ),
+    "sampled, d = 1 (Glauber)": dict(mode="sampled", d=1, response="vmf"),
+}
+
+
+@needs_compiler
+@pytest.mark.slow
+@pytest.mark.parametrize("case", sorted(SLOW_CASES))
+def test_compiled_round_equals_the_eager_round(case):
+    """Modes, heads, corrections, networks, populations that only buy or only sell: 4 rounds agree to 1e-12."""
+    compare_rounds(rollout(scenario(**SLOW_CASES[case])), rounds=4)
+
+
+@needs_compiler
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["sampled", "expected"])
+def test_compiled_round_in_float32_agrees_to_float32_rounding(mode):
+    """float32, the benchmark's precision: 1e-5 relative (states chain the float32 rounding of a round)."""
+    run = rollout(scenario(mode=mode), dtype="float32")
+    eager = step(run.state, run.economy)
+    compiled = step(run.state, dataclasses.replace(run.economy, compile="default"))
+    assert close(eager.states, compiled.states, 1e-5) and close(eager.money, compiled.money, 1e-12)
+
+
+@needs_compiler
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["sampled", "expected"])
+def test_compiled_uniform_round_equals_the_eager_one(mode):
+    """The O(N) uniform path (Boltzmann wealth) compiled: same sellers, same money, 5 rounds."""
+    base = boltzmann_scenario(200).with_overrides({"market.mode": mode})
+    run = rollout(base)
+    assert uses_uniform(run.state, run.economy)
+    compare_rounds(run, rounds=5)
+
+
+@needs_compiler
+@pytest.mark.slow
+def test_reduce_overhead_mode_equals_the_eager_round():
+    """Mode reduce-overhead (CUDA graphs on a GPU; the default compilation on the CPU)."""
+    compare_rounds(rollout(scenario(mode="sampled")), rounds=2, compile_mode="reduce-overhead")
+
+
+ROLLOUTS = {
+    "sampled": lambda: scenario(mode="sampled", run={"compile": "default"}),
+    # the network's bias is cached in the first round: the second traces the cached path once more
+    "dense network": lambda: scenario(
+        network={"generator": "gnp_random_graph", "params": {"p": 0.5}}, run={"compile": "default"}
+    ),
+    "uniform": lambda: boltzmann_scenario(100).with_overrides({"run.compile": "default"}),
+}
+
+
+@needs_compiler
+@pytest.mark.slow
+@pytest.mark.parametrize("case", sorted(ROLLOUTS))
+def test_a_compiled_rollout_compiles_once(case):
+    """Twenty rounds of one economy: nothing compiled after the second round (the round index is not traced)."""
+    run = rollout(ROLLOUTS[case]())
+    run.advance(2)
+    compiled_graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    run.advance(18)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == compiled_graphs
+
+
+@needs_compiler
+@pytest.mark.slow
+def test_resume_under_compile_is_bit_identical(tmp_path):
+    """Ten compiled rounds straight, and four, a checkpoint, a fresh rollout loading it and six more: the same bits."""
+    base = scenario(mode="sampled", run={"compile": "default", "seed": 5})
+    straight = rollout([base, base], replicas=[0, 1])
+    straight.advance(10)
+    first = rollout([base, base], replicas=[0, 1])
+    first.advance(4)
+    save_checkpoint(tmp_path / "checkpoint.pt", first.state, first.replicas, 10, {"kind": "test"}, {})
+    resumed = rollout([base, base], replicas=[0, 1])
+    resumed.state, _ = load_checkpoint(tmp_path / "checkpoint.pt", resumed.state)
+    resumed.advance(6)
+    for name in FIELDS:
+        assert torch.equal(getattr(straight.state, name), getattr(resumed.state, name)), name
+    assert straight.metrics().tail(12).reset_index(drop=True).equals(resumed.metrics().reset_index(drop=True))
+
+
+runner = CliRunner()
+
+
+@pytest.mark.parametrize(
+    "arguments",
+    [["--set", "run.compile=fast"], ["--compile", "yes"]],
+    ids=["--set run.compile", "--compile"],
+)
+def test_bad_compile_values_are_refused_in_one_line(tmp_path, arguments):
+    path = tmp_path / "scenario.yaml"
+    path.write_text(TINY)
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["run", str(path), "--out", str(out), "--quiet", *arguments])
+    assert result.exit_code == 2, result.output
+    assert len(result.output.strip().splitlines()) == 1 and "run.compile" in result.output, result.output
+    assert not out.exists()
+
+
+def test_bench_refuses_a_bad_compile_value_in_one_line():
+    result = runner.invoke(app, ["bench", "--quick", "--compile", "sometimes"])
+    assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1, result.output
+    assert "--compile" in result.output
+
+
+def test_without_a_compiler_the_setting_fails_with_one_line(tmp_path, monkeypatch):
+    """No C++ compiler: building the economy raises one ScenarioError naming run.compile; the CLI exits 2."""
+    from torch._inductor import cpp_builder
+
+    def no_compiler():
+        raise RuntimeError("no working C++ compiler found in ('g++',)")
+
+    monkeypatch.setattr(cpp_builder, "get_cpp_compiler", no_compiler)
+    with pytest.raises(ScenarioError, match="run.compile: default: torch.compile needs a C\\+\\+ compiler"):
+        rollout(scenario(run={"compile": "default"}))
+    rollout(scenario(run={"compile": "off"}))  # eager needs none
+    path = tmp_path / "scenario.yaml"
+    path.write_text(TINY)
+    result = runner.invoke(app, ["run", str(path), "--out", str(tmp_path / "out"), "--quiet", "--compile", "default"])
+    assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1, result.output
+    assert "C++ compiler" in result.output and not (tmp_path / "out").exists()
+
+
+@needs_compiler
+@pytest.mark.slow
+def test_bench_times_the_compiled_round_beside_the_eager_one():
+    """The bench with --compile: a compiled column in the row, its compile time, and its agreement with eager."""
+    from econspin.bench import bench_table, run_bench
+
+    result = run_bench(sizes=(64,), batches=(2,), repeats=1, compile_mode="default", baselines=("boltzmann",))
+    row = result["rows"][0]
+    assert result["compile"] == "default" and row["compiled_ms"] > 0 and row["compile_s"] > 0
+    assert row["compiled_ratio"] == pytest.approx(row["compiled_ms"] / row["floor_ms"])
+    assert row["compiled_difference"] < 1e-5  # float32 states and money after one round
+    assert "compiled ms" in [column.header for column in bench_table(result).columns]
+    boltzmann = result["boltzmann"][0]
+    assert "skipped" in boltzmann or boltzmann["compiled_ratio"] == pytest.approx(
+        boltzmann["mesa_ms"] / boltzmann["compiled_ms"]
+    )
