@@ -48,6 +48,8 @@ function (``torch._dynamo.config.recompile_limit``, 8), further shapes run eager
 from __future__ import annotations
 
 import functools
+import os
+import sysconfig
 from typing import Callable
 
 import torch
@@ -76,6 +78,10 @@ def missing_compiler(device: torch.device) -> str | None:
     except Exception as error:  # inductor raises its own InvalidCxxCompiler, or an OSError from a probe
         first = (str(error).strip().splitlines() or [type(error).__name__])[0]
         return f"torch.compile needs a C++ compiler for the CPU, and none was found ({first})"
+    headers = os.path.join(sysconfig.get_paths()["include"], "Python.h")
+    if not os.path.exists(headers):
+        # inductor's CPU kernels are loaded through a small C extension built against Python.h
+        return f"torch.compile needs Python's C headers for the CPU, and {headers} is missing"
     return None
 
 
