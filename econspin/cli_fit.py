@@ -62,7 +62,10 @@ def ensemble_label(overrides: dict, seed: int, grid_given: bool) -> str:
 
 def family(base: Scenario, grid: list[str] | None, seeds: list[int]) -> dict[str, Scenario]:
     """Every point of the grid at every seed, by label; each validated before anything runs."""
-    points = sweep_points(base, [parse_grid(text) for text in grid]) if grid else [({}, base)]
+    grids = [parse_grid(text) for text in grid or []]
+    if any(g.key == "run.seed" for g in grids):
+        raise ScenarioError("--grid run.seed: give the disorder seeds with --seeds (the held-out seed follows them)")
+    points = sweep_points(base, grids) if grids else [({}, base)]
     return {
         ensemble_label(overrides, seed, bool(grid)): scenario.with_run_settings(seed=seed)
         for overrides, scenario in points

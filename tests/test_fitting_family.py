@@ -68,6 +68,7 @@ def test_seeds_are_a_range_or_a_list():
         (["--grid", "populations.ai.temperature"], "--grid"),
         (["--grid", "populations.ai.temprature=0.1,0.2"], "temprature"),
         (["--features", "vector"], "--features"),
+        (["--grid", "run.seed=0,1"], "--seeds"),
         (["--learning-rate", "0"], "--learning-rate"),
     ],
 )
