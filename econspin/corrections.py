@@ -17,9 +17,13 @@ row (docs/model.md derives sigma_i^2). Forms, by the names a scenario uses:
   theta_i (the response is isotropic, so m_i is parallel to theta_i and only its length is
   unknown); for d = 1 and fixed couplings it is exactly
   m_i = tanh(beta (h_i + sum_j J_ij m_j) - beta^2 m_i sum_j J_ij^2 (1 - m_j^2));
-- ``ffn``: m_i = f(theta_i - MLP_p(x_i, V_i, kappa_i)), a two-layer network per population on
-  the agent's state, the variance V_i of what it receives, and its own-impact weight
-  kappa_i = sum_j alpha_ij^2, with weights from the scenario, a file or a fit.
+- ``ffn``: m_i = f(theta_i - MLP_p(...)), a two-layer network per population, with weights
+  from the scenario, a file or a fit, on one of two feature sets (``features``):
+  ``state``, the agent's state x_i, the variance V_i of what it receives and its own-impact
+  weight kappa_i = sum_j alpha_ij^2, the shift an arbitrary vector; or ``invariant``, scalars
+  that mean the same in every disorder (lengths and angles of theta_i and x_i, V_i, kappa_i,
+  the TAP coefficient, T_i), the shift a gated combination a_i theta_i + b_i x_i, so that it
+  turns with the economy as tap's does (:class:`InvariantFeedForwardCorrection`).
 
 Corrections are mean-field devices: the sampled mode draws every choice and needs none.
 """
@@ -88,11 +92,16 @@ class TapCorrection(SelfImpactCorrection):
         response, temperature = context.response, context.temperature
         norm = torch.linalg.vector_norm(context.field, dim=-1)
         direction = context.field / torch.where(norm > 0, norm, torch.ones_like(norm)).unsqueeze(-1)
-        finite = (temperature > 0) & torch.isfinite(temperature)
-        safe_temperature = torch.where(finite, temperature, torch.ones_like(temperature))
-        reaction = torch.where(finite, context.field_variance / safe_temperature, torch.zeros_like(norm))
+        reaction = reaction_coefficient(context.field_variance, temperature)
         length = solve_reaction(response, norm, reaction, temperature)
         return length.unsqueeze(-1) * direction
+
+
+def reaction_coefficient(field_variance: torch.Tensor, temperature: torch.Tensor) -> torch.Tensor:
+    """rho_i = sigma_i^2 / T_i, the Onsager term's coefficient; 0 at T_i = 0 and T_i = inf, where tap is none."""
+    finite = (temperature > 0) & torch.isfinite(temperature)
+    safe_temperature = torch.where(finite, temperature, torch.ones_like(temperature))
+    return torch.where(finite, field_variance / safe_temperature, torch.zeros_like(field_variance))
 
 
 def solve_reaction(response: SpinResponse, norm, reaction, temperature) -> torch.Tensor:
@@ -125,31 +134,110 @@ def solve_reaction(response: SpinResponse, norm, reaction, temperature) -> torch
 class FeedForwardCorrection(SelfImpactCorrection):
     """m_i = f(theta_i - [W2 gelu(W1 [x_i, V_i, kappa_i] + b1) + b2]), weights per batch element.
 
-    Weights: w1 (B, d + 2, hidden), b1 (B, hidden), w2 (B, hidden, d), b2 (B, d).
+    Weights: w1 (B, d + 2, hidden), b1 (B, hidden), w2 (B, hidden, d), b2 (B, d). The shift is
+    a fixed function of the direction of x_i (and b2 a fixed vector): it means something only
+    in the disorder it was fitted to (docs/validation.md 10).
     """
+
+    features = "state"
 
     def __init__(self, w1, b1, w2, b2):
         self.w1, self.b1, self.w2, self.b2 = w1, b1, w2, b2
+
+    @staticmethod
+    def weight_shapes(dimension: int, hidden: int) -> dict[str, tuple[int, ...]]:
+        """The shape of each weight of one population (no batch axis)."""
+        return {"w1": (dimension + 2, hidden), "b1": (hidden,), "w2": (hidden, dimension), "b2": (dimension,)}
+
+    def network(self, features: torch.Tensor) -> torch.Tensor:
+        """W2 gelu(W1 z + b1) + b2 for every agent's features z, (B, N, F) -> (B, N, outputs)."""
+        hidden = torch.nn.functional.gelu(torch.einsum("bnf,bfh->bnh", features, self.w1) + self.b1[:, None])
+        return torch.einsum("bnh,bho->bno", hidden, self.w2) + self.b2[:, None]
 
     def shift(self, context: FieldContext) -> torch.Tensor:
         """The correction subtracted from the field, (B, N, d)."""
         features = torch.cat(
             [context.state, context.choice_variance.unsqueeze(-1), context.impact.unsqueeze(-1)], dim=-1
         )
-        hidden = torch.nn.functional.gelu(torch.einsum("bnf,bfh->bnh", features, self.w1) + self.b1[:, None])
-        return torch.einsum("bnh,bhd->bnd", hidden, self.w2) + self.b2[:, None]
+        return self.network(features)
 
     def update(self, context):
         return context.response.mean(context.field - self.shift(context), context.temperature)
 
 
-def feed_forward_weights(dimension: int, hidden: int, scale: float, generator: torch.Generator, dtype):
-    """Random ffn weights: w1 ~ N(0, 1/(d+2)), w2 ~ N(0, scale^2 / hidden), zero biases."""
-    w1 = torch.randn(dimension + 2, hidden, generator=generator, dtype=torch.float64) / (dimension + 2) ** 0.5
-    w2 = torch.randn(hidden, dimension, generator=generator, dtype=torch.float64) * scale / hidden**0.5
+class InvariantFeedForwardCorrection(FeedForwardCorrection):
+    """The ffn on rotation invariants: the shift is a_i theta_i + b_i x_i, gated by a network.
+
+        s_i = [ |theta_i| / R,  (x_i . theta_i) / (R |theta_i|),  |x_i| / R,  g(|theta_i|, T_i) / R,
+                rho_i / (1 + rho_i),  V_i / R^2,  kappa_i,  T_i / (1 + T_i) ],
+        [a_i, b_i] = W2 gelu(W1 s_i + b1) + b2,
+        m_i = f(theta_i - a_i theta_i - b_i x_i),
+
+    with R the spin radius, g the response's length (|f(theta_i)|, the naive mean state's),
+    rho_i = sigma_i^2 / T_i the coefficient of tap's Onsager term (0 at T_i = 0 and inf),
+    V_i the variance of what i receives and kappa_i = sum_j alpha_ij^2 its own impact. Every
+    s_i is a length, an angle or a scalar of agent i, unchanged when states, fields and
+    projections are turned by one rotation, and bounded or O(1) at any temperature (T_i = 0
+    gives 0, T_i = inf gives 1), so that one set of weights can mean the same thing in every
+    disorder, temperature and population mix. The shift then turns with the economy: the
+    corrected mean field of a rotated economy is the rotated mean field, as for none and tap.
+    tap itself has this form: its m_i is parallel to theta_i, so its shift rho_i |m_i| theta_i / |theta_i|
+    is a_i theta_i with a_i a function of |theta_i|, rho_i and T_i. Still local and
+    position-wise: every input is agent i's own (MODEL.md step 6).
+
+    Weights: w1 (B, 8, hidden), b1 (B, hidden), w2 (B, hidden, 2), b2 (B, 2), any market.d.
+    """
+
+    features = "invariant"
+    INVARIANTS = 8
+
+    @staticmethod
+    def weight_shapes(dimension: int, hidden: int) -> dict[str, tuple[int, ...]]:
+        invariant_count = InvariantFeedForwardCorrection.INVARIANTS
+        return {"w1": (invariant_count, hidden), "b1": (hidden,), "w2": (hidden, 2), "b2": (2,)}
+
+    def shift(self, context: FieldContext) -> torch.Tensor:
+        gates = self.network(invariants(context))
+        return gates[..., :1] * context.field + gates[..., 1:] * context.state
+
+
+def invariants(context: FieldContext) -> torch.Tensor:
+    """The eight rotation-invariant scalars s_i of :class:`InvariantFeedForwardCorrection`, (B, N, 8)."""
+    radius, temperature = context.response.radius, context.temperature
+    field_norm = torch.linalg.vector_norm(context.field, dim=-1)
+    safe_norm = torch.where(field_norm > 0, field_norm, torch.ones_like(field_norm))
+    reaction = reaction_coefficient(context.field_variance, temperature)
+    columns = [
+        field_norm / radius,
+        (context.state * context.field).sum(-1) / (radius * safe_norm),  # 0 where the field is 0
+        torch.linalg.vector_norm(context.state, dim=-1) / radius,
+        context.response.magnitude(field_norm, temperature) / radius,
+        reaction / (1.0 + reaction),
+        context.choice_variance / radius**2,
+        context.impact,
+        1.0 / (1.0 + 1.0 / temperature),  # T / (1 + T): 0 at T = 0, 1 at T = inf
+    ]
+    return torch.stack(columns, dim=-1)
+
+
+FEED_FORWARD_FEATURES: dict[str, type[FeedForwardCorrection]] = {
+    "state": FeedForwardCorrection,
+    "invariant": InvariantFeedForwardCorrection,
+}
+
+
+def feed_forward_weights(dimension: int, hidden: int, scale: float, generator: torch.Generator, dtype,
+                         features: str = "state"):
+    """Random ffn weights: w1 ~ N(0, 1/fan_in), w2 ~ N(0, scale^2 / hidden), zero biases.
+
+    fan_in is d + 2 (``state``) or 8 (``invariant``).
+    """
+    shapes = FEED_FORWARD_FEATURES[features].weight_shapes(dimension, hidden)
+    w1 = torch.randn(*shapes["w1"], generator=generator, dtype=torch.float64) / shapes["w1"][0] ** 0.5
+    w2 = torch.randn(*shapes["w2"], generator=generator, dtype=torch.float64) * scale / hidden**0.5
     return {
         "w1": w1.to(dtype),
-        "b1": torch.zeros(hidden, dtype=dtype),
+        "b1": torch.zeros(shapes["b1"], dtype=dtype),
         "w2": w2.to(dtype),
-        "b2": torch.zeros(dimension, dtype=dtype),
+        "b2": torch.zeros(shapes["b2"], dtype=dtype),
     }

@@ -18,7 +18,7 @@ import torch
 from econspin.compiled import CompilerMissing, require_compiler
 from econspin.corrections import (
     CORRECTIONS,
-    FeedForwardCorrection,
+    FEED_FORWARD_FEATURES,
     SelfImpactCorrection,
     feed_forward_weights,
 )
@@ -148,7 +148,7 @@ def shape_signature(scenario: Scenario) -> tuple:
     network = market.network
     return (
         tuple(
-            (name, p.count, p.buys, p.sells, p.correction.form, p.correction.hidden)
+            (name, p.count, p.buys, p.sells, p.correction.form, p.correction.hidden, p.correction.features)
             for name, p in scenario.populations.items()
         ),
         market.d,
@@ -252,7 +252,7 @@ def build_economy(
                 key: torch.stack([p["ffn"][index][key] for p in per_element]).to(device)
                 for key in ("w1", "b1", "w2", "b2")
             }
-            corrections.append(FeedForwardCorrection(**weights))
+            corrections.append(FEED_FORWARD_FEATURES[spec.features](**weights))
         else:
             corrections.append(CORRECTIONS[spec.form]())
 
@@ -354,7 +354,8 @@ def _ffn_weights(spec, d, generator, dtype, name):
     """The population's ffn weights, from its file or drawn at random.
 
     A file holds a dict of w1, b1, w2, b2, or (written by ``econspin fit-correction``) one
-    such dict per population under ``populations``.
+    such dict per population under ``populations`` and the feature set under ``features``
+    (files without it, written before there was a choice, hold ``state`` weights).
     """
     if spec.form != "ffn":
         return None
@@ -371,20 +372,26 @@ def _ffn_weights(spec, d, generator, dtype, name):
             if not isinstance(fitted, dict) or name not in fitted:
                 held = ", ".join(map(str, fitted)) if isinstance(fitted, dict) else "none"
                 raise ScenarioError(f"{where}: holds weights for the populations {held}, not {name}")
+            held_features = loaded.get("features", "state")
+            if held_features != spec.features:
+                raise ScenarioError(
+                    f"{where}: holds ffn weights on the {held_features} features, the scenario's "
+                    f"correction has features: {spec.features} (set features: {held_features})"
+                )
             loaded = fitted[name]
         if not isinstance(loaded, dict):
             raise ScenarioError(f"{where}: holds a {type(loaded).__name__}, not a dict of w1, b1, w2, b2")
-        expected = {"w1": (d + 2, spec.hidden), "b1": (spec.hidden,), "w2": (spec.hidden, d), "b2": (d,)}
+        expected = FEED_FORWARD_FEATURES[spec.features].weight_shapes(d, spec.hidden)
         for key, shape in expected.items():
             if not isinstance(loaded.get(key), torch.Tensor) or tuple(loaded[key].shape) != shape:
                 held = tuple(loaded[key].shape) if isinstance(loaded.get(key), torch.Tensor) else "none"
                 raise ScenarioError(
                     f"populations.{name}.correction.weights: {spec.weights} needs {key} of shape {shape} "
-                    f"(market.d = {d}, hidden = {spec.hidden}); it holds {held}"
+                    f"(market.d = {d}, hidden = {spec.hidden}, features {spec.features}); it holds {held}"
                 )
         return {key: loaded[key].to(dtype) for key in expected}
     own = generator if spec.seed is None else make_generator(spec.seed)
-    return feed_forward_weights(d, spec.hidden, spec.scale, own, dtype)
+    return feed_forward_weights(d, spec.hidden, spec.scale, own, dtype, spec.features)
 
 
 def coupling_matrix(spec, agent_count: int, dtype) -> torch.Tensor:

@@ -9,13 +9,16 @@ fields, x(0), money, temperatures) and differ only in their sampling noise. The 
    0's x(0), projected onto the sphere |x_i| = R_spin so that it is a spin configuration the
    sampled process can start from (docs/validation.md 8), and replica 0's money and
    temperatures. The target is xbar_i(t) = (1/R) sum_r x_i^r(t), with the mean money.
-2. Fit. Per population, the two-layer network of :class:`~econspin.corrections.FeedForwardCorrection`
-   (features x_i, V_i, kappa_i), its weights trained with Adam by autograd through the
+2. Fit. Per population, the two-layer network of the ``ffn`` correction, on the ``state``
+   features (x_i, V_i, kappa_i: :class:`~econspin.corrections.FeedForwardCorrection`) or the
+   ``invariant`` ones (:class:`~econspin.corrections.InvariantFeedForwardCorrection`, which
+   can transfer to other disorders), its weights trained with Adam by autograd through the
    expected-mode rollout (reference kernel, float64) with teacher forcing: every window of
    ``window`` rounds starts from the ensemble mean xbar(t0) (and the mean money) and is rolled
    freely for ``window`` rounds; the loss is the mean squared error against xbar(t0 + k),
-   k = 1..window. All windows run as batch elements of one economy, so one epoch is
-   ``window`` rounds forward and back.
+   k = 1..window. All windows of one ensemble run as batch elements of one economy, so one
+   epoch is ``window`` rounds forward and back per ensemble. Several ensembles (disorder
+   seeds, temperatures, population mixes) are fitted at once: the loss is their mean.
 3. Held out. A second ensemble of the same scenario from replicas R..2R-1 (the same disorder
    and x(0), independent sampling noise: the fit must have learnt E x, not its sample), and
    one of the scenario at seed + 1 (other projections, fields and x(0): whether the
@@ -37,18 +40,22 @@ import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
-from econspin.corrections import FeedForwardCorrection, feed_forward_weights
+from econspin.corrections import FEED_FORWARD_FEATURES, feed_forward_weights
 from econspin.economy import Economy
 from econspin.fingerprint import scenario_digest
+from econspin.metrics import gini, herfindahl_hirschman_index
 from econspin.randomness import STREAM_FIT, derive_seed, make_generator
 from econspin.round import step
 from econspin.scenario import Scenario, ScenarioError, TemperatureSchedule
 from econspin.simulate import Rollout
 from econspin.state import State
 
+# the invariant ffn fitted to the human-vs-AI family, shipped with the package (docs/validation.md 10)
+HUMAN_VS_AI_WEIGHTS = Path(__file__).parent / "data" / "ffn_human_vs_ai.pt"
 DEFAULT_HIDDEN = 16
 INITIAL_SCALE = 0.1  # output-layer scale of the random start (0 would start exactly at none)
 LEARNING_RATE = 0.01
@@ -65,6 +72,9 @@ class Ensemble:
         mean_money: (T + 1, N) the replicas' mean money.
         noise: (T,) Monte Carlo variance of xbar per agent, sum_c var_r(x_ic^r(t)) / R, mean over agents.
         replicas: R.
+        observables: rounds 1..T of ``hhi`` and ``gini`` (the replicas' mean of each replica's
+            value), ``hhi_of_mean`` and ``gini_of_mean`` (of the mean revenue and mean money:
+            what a mean field exact for E R_j and E w_i would give), each (T,), or None.
     """
 
     scenario: Scenario
@@ -73,6 +83,7 @@ class Ensemble:
     mean_money: torch.Tensor
     noise: torch.Tensor
     replicas: int
+    observables: dict[str, torch.Tensor] | None = None
 
     @property
     def rounds(self) -> int:
@@ -142,22 +153,45 @@ def sample_ensemble(
            for name in ("states", "money", "temperature")}
     )
     means, money, noise = [state.states.mean(0)], [state.money.mean(0)], []
+    observables = {name: [] for name in OBSERVABLES}
     with torch.no_grad():
         for _ in range(steps):
             state = step(state, rollout.economy)
             means.append(state.states.mean(0))
             money.append(state.money.mean(0))
             noise.append((state.states.var(0) / replicas).sum(-1).mean())
+            for name, value in sampled_observables(state, rollout.economy).items():
+                observables[name].append(value)
             if on_round is not None:
                 on_round(state.round)
-    return Ensemble(expected, start, torch.stack(means), torch.stack(money), torch.stack(noise), replicas)
+    return Ensemble(expected, start, torch.stack(means), torch.stack(money), torch.stack(noise), replicas,
+                    {name: torch.stack(values) for name, values in observables.items()})
 
 
-def with_ffn(economy: Economy, weights: dict[str, dict[str, torch.Tensor]]) -> Economy:
+OBSERVABLES = ("hhi", "gini", "hhi_of_mean", "gini_of_mean")
+
+
+def sampled_observables(state: State, economy: Economy) -> dict[str, torch.Tensor]:
+    """The replicas' mean hhi and gini, and those of their mean revenue and money (finite-N bias apart).
+
+    A buyer of the sampled mode pays one seller, so each replica's revenue is a multinomial
+    draw and its hhi lies above the hhi of E R (Jensen): mean hhi - hhi_of_mean is that
+    finite-N sampling bias, which no mean field, however exact for E R, can follow.
+    """
+    mean = state.replace(revenue=state.revenue.mean(0, keepdim=True), money=state.money.mean(0, keepdim=True))
+    return {
+        "hhi": herfindahl_hirschman_index(state, economy).mean(),
+        "gini": gini(state, economy).mean(),
+        "hhi_of_mean": herfindahl_hirschman_index(mean, economy)[0],
+        "gini_of_mean": gini(mean, economy)[0],
+    }
+
+
+def with_ffn(economy: Economy, weights: dict[str, dict[str, torch.Tensor]], features: str = "state") -> Economy:
     """The economy with every population's correction the ffn of ``weights[name]``, shared by all elements."""
     batch = economy.batch_size
     corrections = tuple(
-        FeedForwardCorrection(
+        FEED_FORWARD_FEATURES[features](
             **{key: value.to(economy.device).expand(batch, *value.shape) for key, value in weights[name].items()}
         )
         for name in economy.population_names
@@ -167,11 +201,18 @@ def with_ffn(economy: Economy, weights: dict[str, dict[str, torch.Tensor]]) -> E
 
 def mean_field_trajectory(ensemble: Ensemble, economy: Economy) -> torch.Tensor:
     """(T, N, d) the free-running mean field m(t), t = 1..T, from the ensemble's x(0)."""
-    state, states = ensemble.start, []
+    return mean_field_run(ensemble, economy)[0]
+
+
+def mean_field_run(ensemble: Ensemble, economy: Economy) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The free-running mean field from the ensemble's x(0): m(t) (T, N, d) and its hhi and gini (T,)."""
+    state, states, observables = ensemble.start, [], {"hhi": [], "gini": []}
     for _ in range(ensemble.rounds):
         state = step(state, economy)
         states.append(state.states[0])
-    return torch.stack(states)
+        observables["hhi"].append(herfindahl_hirschman_index(state, economy)[0])
+        observables["gini"].append(gini(state, economy)[0])
+    return torch.stack(states), {name: torch.stack(values) for name, values in observables.items()}
 
 
 def rms_error(trajectory: torch.Tensor, ensemble: Ensemble) -> float:
@@ -185,23 +226,23 @@ def compiled(ensemble: Ensemble, correction: str = "none", batch: int = 1) -> Ec
     return Rollout.create([scenario] * batch, [0] * batch, str(ensemble.start.states.device), "float64").economy
 
 
-def errors(ensemble: Ensemble, weights: dict[str, dict[str, dict]]) -> dict[str, float]:
+def errors(ensemble: Ensemble, weights: dict[str, dict[str, dict]], features: str = "state") -> dict[str, float]:
     """The RMS error of none, tap and each named set of ffn weights against the ensemble mean."""
     with torch.no_grad():
         found = {name: rms_error(mean_field_trajectory(ensemble, compiled(ensemble, name)), ensemble)
                  for name in ("none", "tap")}
         base = compiled(ensemble)
         for label, values in weights.items():
-            found[label] = rms_error(mean_field_trajectory(ensemble, with_ffn(base, values)), ensemble)
+            found[label] = rms_error(mean_field_trajectory(ensemble, with_ffn(base, values, features)), ensemble)
     found["monte_carlo"] = ensemble.standard_error
     return found
 
 
-def initial_weights(scenario: Scenario, hidden: int) -> dict[str, dict[str, torch.Tensor]]:
+def initial_weights(scenario: Scenario, hidden: int, features: str = "state") -> dict[str, dict[str, torch.Tensor]]:
     """Random float64 starting weights per population, from the run seed (w2 small: near ``none``)."""
     generator = make_generator(derive_seed(scenario.run.seed, STREAM_FIT))
     return {
-        name: feed_forward_weights(scenario.market.d, hidden, INITIAL_SCALE, generator, torch.float64)
+        name: feed_forward_weights(scenario.market.d, hidden, INITIAL_SCALE, generator, torch.float64, features)
         for name in scenario.populations
     }
 
@@ -233,40 +274,55 @@ class Fit:
         weights: population -> {w1, b1, w2, b2} (float64, CPU).
         initial: the random weights the fit started from (the untrained ffn).
         losses: the training loss (mean squared error per component) after each epoch.
-        errors: for each scored ensemble (``train`` and those given), the RMS per-agent error of
-            none, tap, the untrained and the fitted ffn, and its Monte Carlo part.
+        errors: for each scored ensemble (those fitted and those given), the RMS per-agent
+            error of none, tap, the untrained and the fitted ffn, and its Monte Carlo part.
+        features: the ffn's feature set, ``state`` or ``invariant``.
     """
 
     weights: dict[str, dict[str, torch.Tensor]]
     initial: dict[str, dict[str, torch.Tensor]]
     losses: list[float]
     errors: dict[str, dict[str, float]]
+    features: str = "state"
 
 
 def fit_correction(
-    train: Ensemble,
+    train: Ensemble | dict[str, Ensemble],
     scored: dict[str, Ensemble],
     epochs: int,
     window: int = 8,
     hidden: int = DEFAULT_HIDDEN,
     on_epoch: Callable[[int], None] | None = None,
+    features: str = "state",
+    learning_rate: float = LEARNING_RATE,
 ) -> Fit:
     """Fit the per-population ffn to ``train`` by Adam through teacher-forced windows.
 
-    The fit is scored on ``train`` and on each ensemble of ``scored`` (by label).
+    ``train`` is one ensemble (scored as ``train``) or several by label, fitted at once (the
+    loss is the mean of theirs); their populations must have the same names. The fit is
+    scored on every ensemble fitted and on each of ``scored`` (by label).
     """
-    window = max(1, min(window, train.rounds))
-    initial = initial_weights(train.scenario, hidden)
+    fitted_on = {"train": train} if isinstance(train, Ensemble) else dict(train)
+    first = next(iter(fitted_on.values()))
+    names = set(first.scenario.populations)
+    for label, ensemble in fitted_on.items():
+        if set(ensemble.scenario.populations) != names:
+            raise ScenarioError(f"{label}: its populations ({', '.join(ensemble.scenario.populations)}) are not "
+                                f"those of the others ({', '.join(first.scenario.populations)}): one ffn each")
+    windows = {label: max(1, min(window, ensemble.rounds)) for label, ensemble in fitted_on.items()}
+    initial = initial_weights(first.scenario, hidden, features)
     parameters = {
-        name: {key: value.clone().to(train.start.states.device).requires_grad_() for key, value in values.items()}
+        name: {key: value.clone().to(first.start.states.device).requires_grad_() for key, value in values.items()}
         for name, values in initial.items()
     }
-    optimizer = torch.optim.Adam([p for values in parameters.values() for p in values.values()], lr=LEARNING_RATE)
-    base = compiled(train, batch=train.rounds - window + 1)
+    optimizer = torch.optim.Adam([p for values in parameters.values() for p in values.values()], lr=learning_rate)
+    bases = {label: compiled(ensemble, batch=ensemble.rounds - windows[label] + 1)
+             for label, ensemble in fitted_on.items()}
     losses = []
     for epoch in range(epochs):
         optimizer.zero_grad()
-        loss = window_loss(train, with_ffn(base, parameters), window)
+        loss = sum(window_loss(ensemble, with_ffn(bases[label], parameters, features), windows[label])
+                   for label, ensemble in fitted_on.items()) / len(fitted_on)
         loss.backward()
         optimizer.step()
         losses.append(float(loss.detach()))
@@ -276,19 +332,25 @@ def fit_correction(
             on_epoch(epoch)
     fitted = {name: {key: value.detach().cpu() for key, value in values.items()} for name, values in parameters.items()}
     candidates = {"ffn_untrained": initial, "ffn": fitted}
-    found = {label: errors(ensemble, candidates) for label, ensemble in {"train": train, **scored}.items()}
-    return Fit(fitted, initial, losses, found)
+    found = {label: errors(ensemble, candidates, features) for label, ensemble in {**fitted_on, **scored}.items()}
+    return Fit(fitted, initial, losses, found, features)
 
 
-def weights_file_contents(fit: Fit, scenario: Scenario, settings: dict) -> dict:
-    """What ``--out`` holds: the weights each population reads, the scenario hash and the fit's losses.
+def weights_file_contents(fit: Fit, scenario: Scenario | dict[str, Scenario], settings: dict) -> dict:
+    """What ``--out`` holds: the weights each population reads, the scenario hash(es) and the fit's losses.
 
-    A scenario reads it with ``correction: {form: ffn, weights: FILE}`` in each population
-    (:func:`econspin.economy._ffn_weights` takes ``populations[name]``).
+    A scenario reads it with ``correction: {form: ffn, features: FEATURES, weights: FILE}`` in
+    each population (:func:`econspin.economy._ffn_weights` takes ``populations[name]`` and
+    checks ``features``). ``scenario`` is the hash of the (first) scenario fitted,
+    ``scenarios`` that of every ensemble fitted, by label.
     """
+    scenarios = {"train": scenario} if isinstance(scenario, Scenario) else scenario
+    digests = {label: scenario_digest(value) for label, value in scenarios.items()}
     return {
         "populations": fit.weights,
-        "scenario": scenario_digest(scenario),
+        "features": fit.features,
+        "scenario": next(iter(digests.values())),
+        "scenarios": digests,
         "losses": fit.losses,
         "errors": fit.errors,
         "settings": settings,

@@ -44,6 +44,7 @@ import numpy as np
 
 from econspin.reference_spins import (
     feed_forward_shift,
+    invariant_feed_forward_shift,
     mean_state,
     sample_spin,
     spin_second_moment,
@@ -69,7 +70,8 @@ class ReferenceEconomy:
         spend_rule: ``share`` or ``unit``; unit: the unit.
         response: ``sphere``, ``linear``, ``large_d`` or ``vmf``; radius: R.
         corrections: one of ``none``, ``tap``, ``ffn`` per population.
-        ffn: per population, None or a dict of w1 (d + 2, hidden), b1, w2 (hidden, d), b2.
+        ffn: per population, None or a dict of w1, b1, w2, b2 and ``features`` (state: w1 (d + 2,
+            hidden), w2 (hidden, d); invariant: w1 (8, hidden), w2 (hidden, 2)).
     """
 
     population: np.ndarray
@@ -314,7 +316,13 @@ def agent_update(
     if form == "tap":
         variance = (1.0 - eta) ** 2 * spin_variance(x, economy.radius) + eta**2 * choice.field_variance
         return tap_state(economy.response, field, temperature, variance, economy.radius)
-    if form == "ffn":
+    if form == "ffn" and economy.ffn[economy.population[agent]]["features"] == "invariant":
+        variance = (1.0 - eta) ** 2 * spin_variance(x, economy.radius) + eta**2 * choice.field_variance
+        field = field - invariant_feed_forward_shift(
+            economy.ffn[economy.population[agent]], economy.response, field, x, temperature, variance,
+            choice.choice_variance, choice.impact, economy.radius,
+        )
+    elif form == "ffn":
         weights = economy.ffn[economy.population[agent]]
         field = field - feed_forward_shift(weights, x, choice.choice_variance, choice.impact)
     return mean_state(economy.response, field, temperature, economy.radius)
@@ -428,7 +436,8 @@ def from_engine(economy, state, element: int = 0, network=None) -> tuple[Referen
     ffn = []
     for correction in economy.corrections:
         if correction.name == "ffn":
-            ffn.append({name: array(getattr(correction, name)[element]) for name in ("w1", "b1", "w2", "b2")})
+            weights = {name: array(getattr(correction, name)[element]) for name in ("w1", "b1", "w2", "b2")}
+            ffn.append({**weights, "features": correction.features})
         else:
             ffn.append(None)
     reference_economy = ReferenceEconomy(

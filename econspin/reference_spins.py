@@ -4,7 +4,7 @@ Part of the oracle (:mod:`econspin.reference`), written from MODEL.md step 7 and
 section 3, importing nothing from the engine: the mean of a spin on the sphere |s| = R in the
 field theta at temperature T (``sphere``, ``linear``, ``large_d``, and ``vmf`` from scipy's
 scaled Bessel functions), the TAP state m = f(theta - sigma^2 m / T) by bisection, the ffn
-shift, and the Boltzmann law's samples and second moments for the sampled mode.
+shifts, and the Boltzmann law's samples and second moments for the sampled mode.
 """
 
 from __future__ import annotations
@@ -91,6 +91,27 @@ def feed_forward_shift(weights: dict, state_vector: np.ndarray, choice_variance:
     features = np.concatenate([state_vector, [choice_variance, impact]])
     hidden = gelu(features @ weights["w1"] + weights["b1"])
     return hidden @ weights["w2"] + weights["b2"]
+
+
+def invariant_feed_forward_shift(
+    weights: dict, response: str, field: np.ndarray, state_vector: np.ndarray, temperature: float,
+    variance: float, choice_variance: float, impact: float, radius: float,
+) -> np.ndarray:
+    """The shift a theta + b x, [a, b] = W2 gelu(W1 s + b1) + b2 on the eight invariants s (docs/model.md 5.6)."""
+    norm = float(np.linalg.norm(field))
+    reaction = variance / temperature if 0.0 < temperature < math.inf else 0.0
+    invariants = np.array([
+        norm / radius,
+        float(state_vector @ field) / (radius * norm) if norm > 0 else 0.0,
+        float(np.linalg.norm(state_vector)) / radius,
+        magnitude(response, norm, temperature, len(field), radius) / radius,
+        reaction / (1.0 + reaction),
+        choice_variance / radius**2,
+        impact,
+        temperature / (1.0 + temperature) if math.isfinite(temperature) else 1.0,
+    ])
+    gate, state_gate = gelu(invariants @ weights["w1"] + weights["b1"]) @ weights["w2"] + weights["b2"]
+    return gate * field + state_gate * state_vector
 
 
 def sample_spin(response: str, field: np.ndarray, temperature: float, radius: float, rng) -> np.ndarray:

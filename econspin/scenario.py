@@ -197,18 +197,24 @@ class Correction(_Variant):
     """The self-impact (Onsager) correction: none, tap (closed form) or ffn (an MLP)."""
 
     CHOICE = "form"
-    READS = {"none": {}, "tap": {}, "ffn": {"weights": None, "hidden": 16, "scale": 0.0, "seed": None}}
+    READS = {
+        "none": {},
+        "tap": {},
+        "ffn": {"weights": None, "hidden": 16, "scale": 0.0, "seed": None, "features": "state"},
+    }
 
     form: Literal["none", "tap", "ffn"] = "none"
     weights: str | None = None  # ffn: a .pt file with w1, b1, w2, b2 (then scale and seed are unused)
     hidden: Annotated[int, Field(gt=0)] | None = None  # ffn width (default 16)
     scale: NonNegativeFloat | None = None  # ffn random-init scale (default 0: starts as no correction)
     seed: Seed | None = None  # ffn random init; default drawn from the run's seed
+    # ffn inputs: state (x_i, V_i, kappa_i) or invariant (rotation invariants gating theta_i and x_i)
+    features: Literal["state", "invariant"] | None = None
 
     @classmethod
     def options_read(cls, data: dict) -> dict[str, Any]:
         if data.get("form") == "ffn" and data.get("weights") is not None:
-            return {"weights": None, "hidden": 16}  # the weights come from the file
+            return {"weights": None, "hidden": 16, "features": "state"}  # the weights come from the file
         return super().options_read(data)
 
     @classmethod

@@ -88,7 +88,8 @@ NESTED = {  # key (under a population, the market or the top) -> what to put the
     "state": mappings(["distribution", "scale", "value"], "normal", "constant"),
     "field": mappings(["distribution", "scale", "value"], "normal", "constant"),
     "projections": mappings(["init", "scale", "tied", "seed"], "random", "identity"),
-    "correction": mappings(["form", "weights", "hidden", "scale", "seed"], "none", "tap", "ffn", "missing.pt"),
+    "correction": mappings(["form", "weights", "hidden", "scale", "seed", "features"],
+                           "none", "tap", "ffn", "missing.pt", "state", "invariant"),
     "network": networks,
     "couplings": mappings(["file", "curie_weiss", "coupling_key"], "missing.npz"),
 }

@@ -52,7 +52,8 @@ def economies(draw, mode="expected"):
         form = draw(st.sampled_from(forms))
         correction = {"form": form}
         if form == "ffn":
-            correction.update(hidden=draw(st.integers(1, 4)), scale=draw(st.sampled_from([0.3, 1.0])))
+            correction.update(hidden=draw(st.integers(1, 4)), scale=draw(st.sampled_from([0.3, 1.0])),
+                              features=draw(st.sampled_from(["state", "invariant"])))
         projections = {"scale": draw(st.sampled_from([0.5, 1.0, 2.5]))}
         if square and draw(st.booleans()):
             projections["init"] = "identity"
