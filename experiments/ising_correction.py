@@ -96,6 +96,7 @@ def sample(beta: float, repetitions: int, seed: int, blocks: int = BLOCKS, steps
 def ensemble(monte_carlo: MonteCarlo, path: Path | str = ki.DATA) -> Ensemble:
     """The fitting module's target: the expected-mode Ising scenario, x(0) = +1, xbar(t) = m^MC(t)."""
     size = monte_carlo.mean.shape[1]
+    # The scenario's run seed draws only the fit's starting weights (the expected mode draws nothing).
     scenario = fitting_scenario(ki.ising_scenario(monte_carlo.beta, size, path=path, seed=TRAINING_SEED))
     start = Rollout.create([scenario], [0], "cpu", "float64").state
     mean = torch.from_numpy(monte_carlo.mean)[..., None]
