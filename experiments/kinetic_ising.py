@@ -83,14 +83,16 @@ def mean_field(beta: float, method: str, steps: int = STEPS, path: Path | str = 
 
 
 def monte_carlo(beta: float, repetitions: int = DEFAULT_REPETITIONS, steps: int = STEPS, seed: int = DEFAULT_SEED,
-                path: Path | str = DATA, chunk: int = CHUNK) -> tuple[np.ndarray, np.ndarray]:
+                path: Path | str = DATA, chunk: int = CHUNK, first_replica: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Glauber Monte Carlo on the engine's sampled mode.
 
     Returns (m, noise): m (steps, N) is the mean over repetitions of the conditional
     expectation tanh(beta (H + J s(t-1))), row t-1 for step t; noise (steps, N) is the
     variance of that mean, Var_r[tanh(...)] / R (its expected contribution to eps_m).
     Repetition r is batch element r (replica index r, its own random stream), so the
-    result depends only on (beta, repetitions, steps, seed), not on ``chunk``.
+    result depends only on (beta, repetitions, steps, seed), not on ``chunk``. The
+    repetitions are replicas ``first_replica`` onwards: disjoint ranges are independent
+    blocks whose means average to the mean over their union.
     """
     fields, couplings = load_parameters(path)
     size = fields.shape[0]
@@ -100,8 +102,8 @@ def monte_carlo(beta: float, repetitions: int = DEFAULT_REPETITIONS, steps: int 
     squares = torch.zeros(steps, size, dtype=torch.float64)
     scenario = ising_scenario(beta, size, "none", "sampled", path, seed)
     with torch.no_grad():
-        for start in range(0, repetitions, chunk):
-            replicas = list(range(start, min(start + chunk, repetitions)))
+        for start in range(first_replica, first_replica + repetitions, chunk):
+            replicas = list(range(start, min(start + chunk, first_replica + repetitions)))
             run = Rollout.create([scenario] * len(replicas), replicas, "cpu", "float64")
             state = run.state
             for t in range(steps):
