@@ -7,6 +7,7 @@ and nothing written.
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import sys
 import time
@@ -24,6 +25,7 @@ from rich.text import Text
 from typer._click.exceptions import NoArgsIsHelpError, UsageError  # typer carries its own click
 
 import econspin
+from econspin import allocator
 from econspin.compiled import COMPILE_MODES, CompilerMissing, require_compiler
 from econspin.economy import resolve_device
 from econspin.fingerprint import (
@@ -123,6 +125,11 @@ CompileOption = Annotated[
 ]
 
 
+KEEP_MEMORY_VARIABLE = "ECONSPIN_KEEP_MEMORY"
+KEEP_MEMORY_VALUES = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False,
+                      "off": False}
+
+
 def show_version(asked: bool) -> None:
     if asked:
         sys.stdout.write(f"econspin {econspin.__version__}\n")
@@ -134,8 +141,22 @@ def main(
     version: Annotated[
         bool, typer.Option("--version", callback=show_version, is_eager=True, help="Print econspin's version and exit.")
     ] = False,
+    keep_memory: Annotated[
+        bool,
+        typer.Option(
+            "--keep-memory/--no-keep-memory",
+            help="Keep freed memory in the process for the next round (glibc: faster small ensembles, "
+            "docs/performance.md). ECONSPIN_KEEP_MEMORY=0 in the environment also turns it off.",
+        ),
+    ] = True,
 ):
     """Agent-based economies in which trade is attention."""
+    setting = os.environ.get(KEEP_MEMORY_VARIABLE, "1").strip().lower()
+    if setting not in KEEP_MEMORY_VALUES:
+        fail(f"{KEEP_MEMORY_VARIABLE}={setting!r} in the environment: write 1 (keep freed memory) or 0 (do not)")
+    if keep_memory and KEEP_MEMORY_VALUES[setting]:
+        # the command owns its process, so it chooses; the engine never sets this (econspin.allocator)
+        allocator.keep_freed_memory()
 
 
 SetOption = Annotated[

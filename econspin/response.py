@@ -251,7 +251,9 @@ def sample_von_mises_fisher(
     # place otherwise, the same arithmetic: every (d, ...) float64 temporary is d MiB at
     # B = 128, N = 64, and fresh pages of that size cost more than the sums (docs/performance.md)
     gaussian = draws.normal(DRAW_DIRECTION, dimension)  # (d, ...)
-    unit = direction.movedim(-1, 0).double().contiguous()  # the zero vector where there is no field
+    # the zero vector where there is no field; cast and laid out in one copy (.double() of the
+    # moved view keeps its strides, and .contiguous() then copied it a second time)
+    unit = direction.movedim(-1, 0).to(torch.float64, memory_format=torch.contiguous_format)
     differentiable = torch.is_grad_enabled() and unit.requires_grad
     products = gaussian * unit
     dot = _sum_leading(products, in_place=not differentiable)

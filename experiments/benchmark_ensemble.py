@@ -19,7 +19,7 @@ import time
 
 import torch
 
-from econspin import Scenario
+from econspin import Scenario, keep_freed_memory
 from econspin.round import step
 from econspin.simulate import Rollout
 
@@ -70,7 +70,11 @@ def main() -> None:
     parser.add_argument("--response", default="vmf")
     parser.add_argument("--kernel", default="auto", help="run.kernel: auto (fused) or reference")
     parser.add_argument("--compile", default="off", help="run.compile: also time the compiled round (default, ...)")
+    parser.add_argument("--keep-memory", action="store_true",
+                        help="call econspin.keep_freed_memory() first (as the econspin command does)")
     arguments = parser.parse_args()
+    if arguments.keep_memory:
+        print(f"keep_freed_memory: {keep_freed_memory()}")
     torch.set_num_threads(arguments.threads)
     n, d, b = arguments.agents, arguments.dimension, arguments.batch
     print(f"N = {n}, d = {d}, response = {arguments.response}, kernel = {arguments.kernel}, "
