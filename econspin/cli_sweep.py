@@ -174,10 +174,13 @@ def sweep(
         points = sweep_points(base, grids)
         run_settings = base.run
         option = "--resume" if resume is not None else "--out"
-        if points_per_shard is None and resume is not None:  # a resume keeps the plan its record holds
-            points_per_shard = recorded_points_per_shard(resume)
-        if points_per_shard in (None, NOT_RECORDED):
-            points_per_shard = DEFAULT_POINTS_PER_SHARD if backend == "ray" else None
+        recorded_cut = NOT_RECORDED
+        if points_per_shard is None and resume is not None:
+            recorded_cut = recorded_points_per_shard(resume)
+        if recorded_cut is not NOT_RECORDED:  # a resume keeps the plan its record holds, whole batches (None) too
+            points_per_shard = recorded_cut
+        elif points_per_shard is None and backend == "ray":
+            points_per_shard = DEFAULT_POINTS_PER_SHARD
         shards = plan_shards(points, run_settings.replicas, run_settings.dtype, points_per_shard)
         record = ShardRecord(target, sweep_definition(base, grids, points_per_shard, shards))
         if not force:  # --force replaces the record with the rest of the folder's outputs

@@ -344,3 +344,29 @@ def test_a_sweep_one_backend_began_the_other_resumes_to_the_same_table(local_ray
         pd.read_parquet(folder / "sweep.parquet"), pd.read_parquet(tmp_path / "straight" / "sweep.parquet"),
         check_exact=True,
     )
+
+
+def test_ray_resumes_a_local_sweep_of_whole_batches_in_its_own_plan(local_ray, tmp_path, monkeypatch):
+    """Ray resumes a local sweep cut by the memory planner alone in that sweep's own plan.
+
+    The record's "whole batches" (no --points-per-shard) is kept, not replaced by Ray's default
+    of 8 points per shard, which would cut these 10 points otherwise and be refused.
+    """
+    import econspin.sweep
+
+    path = tmp_path / "tiny.yaml"
+    path.write_text(TINY.replace("MODE", "expected"))
+    folder = tmp_path / "out"
+    grid = "populations.ai.temperature=0.05:1:10"  # 10 points: one whole batch, two shards of Ray's default
+
+    def stopped(*arguments, **options):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patched:
+        patched.setattr(econspin.sweep, "run_shard", stopped)
+        first = runner.invoke(app, ["sweep", str(path), "--grid", grid, "--quiet", "--out", str(folder)])
+    assert first.exit_code == 130, first.output
+    resumed = runner.invoke(app, ["sweep", "--resume", str(folder), "--backend", "ray", "--quiet"])
+    assert resumed.exit_code == 0, resumed.output
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert (manifest["backend"], manifest["shards"], manifest["points_per_shard"]) == ("ray", 1, None)
