@@ -22,6 +22,7 @@ import torch
 import typer
 
 from econspin.cli import SetOption, app, console, fail, load_scenario, parse_overrides, progress_bar
+from econspin.corrections import FEED_FORWARD_FEATURES
 from econspin.fitting import (
     DEFAULT_HIDDEN,
     LEARNING_RATE,
@@ -99,8 +100,8 @@ def fit_correction_command(
 ):
     """Fit each population's ffn correction so that the mean field follows the sampled ensemble mean."""
     try:
-        if features not in ("invariant", "state"):
-            raise ScenarioError(f"--features {features!r}: choose invariant or state")
+        if features not in FEED_FORWARD_FEATURES:
+            raise ScenarioError(f"--features {features!r}: choose {' or '.join(sorted(FEED_FORWARD_FEATURES))}")
         if not learning_rate > 0 or learning_rate == float("inf"):
             raise ScenarioError(f"--learning-rate {learning_rate}: give a finite number above 0")
         if seed is not None and seeds is not None:
