@@ -26,7 +26,6 @@ from typer._click.exceptions import NoArgsIsHelpError, UsageError  # typer carri
 
 import econspin
 from econspin import allocator
-from econspin.compiled import COMPILE_MODES, CompilerMissing, require_compiler
 from econspin.economy import resolve_device
 from econspin.fingerprint import (
     check_folder,
@@ -126,8 +125,16 @@ CompileOption = Annotated[
 
 
 KEEP_MEMORY_VARIABLE = "ECONSPIN_KEEP_MEMORY"
-KEEP_MEMORY_VALUES = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False,
-                      "off": False}
+KEEP_MEMORY_VALUES = {
+    "1": True,
+    "true": True,
+    "yes": True,
+    "on": True,
+    "0": False,
+    "false": False,
+    "no": False,
+    "off": False,
+}
 
 
 def show_version(asked: bool) -> None:
@@ -442,88 +449,11 @@ def viz(
         fail(f"the dashboard needs {error.name or 'mesa'}: pip install 'econspin[viz]'")
 
 
-@app.command()
-def bench(
-    quick: Annotated[bool, typer.Option("--quick", help="N up to 4096, 3 repeats: under a minute on 2 cores.")] = False,
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "cpu",
-    json_file: Annotated[
-        Optional[Path], typer.Option("--json", help="Also write the results to this JSON file.")
-    ] = None,
-    threads: Annotated[Optional[int], typer.Option(min=1, help="torch threads (default: torch's).")] = None,
-    sizes: Annotated[Optional[str], typer.Option(help="Comma-separated N (default 256,1024,4096[,16384]).")] = None,
-    batches: Annotated[Optional[str], typer.Option(help="Comma-separated B (default 1,16).")] = None,
-    repeats: Annotated[
-        Optional[int], typer.Option(min=1, help="Timed repeats per case (default 3 quick, 7 full).")
-    ] = None,
-    clock: Annotated[str, typer.Option(help="wall, or cpu: process CPU time (blind to waiting for a core).")] = "wall",
-    modes: Annotated[str, typer.Option(help="Comma-separated market modes: expected, sampled.")] = "expected",
-    baselines: Annotated[
-        Optional[str],
-        typer.Option(help="Baselines: all (default), none, or some of reference,boltzmann,sweep,memory,floors."),
-    ] = None,
-    compile_mode: CompileOption = None,
-):
-    """Time one round of the reference and fused kernels against the attention floor (SDPA), and the baselines."""
-    from econspin.bench import MODES, bench_table, run_bench
-    from econspin.bench_baselines import baseline_tables, parse_sections
-
-    def numbers(text: str | None, option: str, least: int) -> tuple[int, ...] | None:
-        if text is None:
-            return None
-        try:
-            values = tuple(int(part) for part in text.split(","))
-        except ValueError:
-            values = ()
-        if not values or min(values) < least:
-            raise ScenarioError(f"{option} {text!r}: give comma-separated integers >= {least}")
-        return values
-
-    try:
-        if clock not in ("wall", "cpu"):
-            raise ScenarioError(f"--clock {clock!r}: wall or cpu")
-        compile_mode = compile_mode or "off"
-        if compile_mode not in COMPILE_MODES:
-            raise ScenarioError(f"--compile {compile_mode!r}: choose one of {', '.join(COMPILE_MODES)}")
-        require_compiler(compile_mode, resolve_device(device))
-        chosen_modes = tuple(modes.split(","))
-        if not set(chosen_modes) <= set(MODES) or len(set(chosen_modes)) != len(chosen_modes):
-            raise ScenarioError(f"--modes {modes!r}: give expected, sampled or expected,sampled")
-        if json_file is not None:
-            check_writable(json_file, "--json", folder=False)
-        try:
-            sections = parse_sections(baselines)
-        except ValueError as error:
-            raise ScenarioError(str(error)) from None
-        result = run_bench(
-            quick,
-            device,
-            threads,
-            numbers(sizes, "--sizes", 2),
-            numbers(batches, "--batches", 1),
-            repeats,
-            on_row=lambda row: console.print(
-                f"{row['mode']}, N = {row['agents']}, B = {row['batch']}: done", highlight=False
-            ),
-            clock=clock,
-            modes=chosen_modes,
-            baselines=sections,
-            compile_mode=compile_mode,
-        )
-    except (ScenarioError, CompilerMissing) as error:
-        fail(str(error))
-    wide = Console(width=max(170 if compile_mode != "off" else 120, Console().width))  # --compile: 5 more columns
-    for table in (bench_table(result), *baseline_tables(result)):
-        wide.print(table)
-    if json_file is not None:
-        write_json(json_file, result)
-        console.print(f"wrote {json_file}")
-
-
 # the commands in modules of their own register themselves on app (they import this module)
-from econspin import cli_fit, cli_sweep  # noqa: E402, F401
+from econspin import cli_bench, cli_fit, cli_sweep  # noqa: E402, F401
 
 if __name__ == "__main__":  # pragma: no cover - python -m econspin.cli
-    # this file runs as __main__; cli_sweep and cli_fit registered their commands on the app of econspin.cli
+    # this file runs as __main__; cli_bench, cli_sweep and cli_fit registered their commands on the app of econspin.cli
     from econspin.cli import app as registered_app
 
     registered_app()
