@@ -113,8 +113,9 @@ def fit_correction_command(
         held_out_seed = max(fitted_seeds) + 1
         held_out = {f"held out: {label}": value for label, value in family(loaded, grid, [held_out_seed]).items()}
         if len(train) + len(held_out) + 1 > MAX_ENSEMBLES:
-            raise ScenarioError(f"--seeds, --grid: {len(train)} ensembles to fit, at most {MAX_ENSEMBLES - 1} "
-                                "with those held out")
+            raise ScenarioError(
+                f"--seeds, --grid: {len(train)} ensembles to fit, at most {MAX_ENSEMBLES - 1} with those held out"
+            )
         for value in [*train.values(), *held_out.values()]:
             preflight_run(fitting_scenario(value).with_overrides({"market.mode": "sampled"}), replicas, steps)
         hidden = {p.correction.hidden for p in loaded.populations.values() if p.correction.form == "ffn"}
@@ -124,31 +125,51 @@ def fit_correction_command(
     started = time.perf_counter()
     ensembles = len(train) + len(held_out) + 1
     try:
-        with progress_bar(ensembles * steps + epochs, f"{loaded.name}: {ensembles} ensembles and the fit",
-                          quiet) as advance:
+        with progress_bar(
+            ensembles * steps + epochs, f"{loaded.name}: {ensembles} ensembles and the fit", quiet
+        ) as advance:
             device_name = loaded.run.device
-            sampled = {label: sample_ensemble(value, replicas, steps, device_name, advance)
-                       for label, value in train.items()}
+            sampled = {
+                label: sample_ensemble(value, replicas, steps, device_name, advance) for label, value in train.items()
+            }
             first = next(iter(train.values()))
             scored = {"held_out_replicas": sample_ensemble(first, replicas, steps, device_name, advance, replicas)}
-            scored.update({label: sample_ensemble(value, replicas, steps, device_name, advance)
-                           for label, value in held_out.items()})
+            scored.update(
+                {
+                    label: sample_ensemble(value, replicas, steps, device_name, advance)
+                    for label, value in held_out.items()
+                }
+            )
             fitted_on = sampled if len(sampled) > 1 else {"train": next(iter(sampled.values()))}
             fit = fit_correction(fitted_on, scored, epochs, window, hidden, advance, features, learning_rate)
     except ScenarioError as error:
         fail(str(error), scenario)
     wall_time = time.perf_counter() - started
-    settings = {"replicas": replicas, "steps": steps, "epochs": epochs, "window": window, "hidden": hidden,
-                "features": features, "learning_rate": learning_rate, "seed": fitted_seeds[0],
-                "seeds": fitted_seeds, "grid": list(grid or []), "other_seed": held_out_seed, "wall_time": wall_time}
+    settings = {
+        "replicas": replicas,
+        "steps": steps,
+        "epochs": epochs,
+        "window": window,
+        "hidden": hidden,
+        "features": features,
+        "learning_rate": learning_rate,
+        "seed": fitted_seeds[0],
+        "seeds": fitted_seeds,
+        "grid": list(grid or []),
+        "other_seed": held_out_seed,
+        "wall_time": wall_time,
+    }
     contents = weights_file_contents(fit, {label: e.scenario for label, e in fitted_on.items()}, settings)
     buffer = io.BytesIO()
     torch.save(contents, buffer)
     write_atomically(out, lambda handle: handle.write(buffer.getvalue()))
     if not quiet:
         print_errors(fit.errors, steps)
-        console.print(f"wrote {out} in {wall_time:.1f} s; use it as correction: "
-                      f"{{form: ffn, features: {features}, weights: {out}}}", soft_wrap=True)
+        console.print(
+            f"wrote {out} in {wall_time:.1f} s; use it as correction: "
+            f"{{form: ffn, features: {features}, weights: {out}}}",
+            soft_wrap=True,
+        )
 
 
 def print_errors(found: dict[str, dict[str, float]], steps: int) -> None:
@@ -157,5 +178,4 @@ def print_errors(found: dict[str, dict[str, float]], steps: int) -> None:
     console.print(f"RMS per-agent error against the ensemble mean, rounds 1..{steps}:", soft_wrap=True)
     console.print(f"  {'':{width}s}" + "".join(f" {column:>13s}" for column in COLUMNS), soft_wrap=True)
     for label, errors in found.items():
-        console.print(f"  {label:{width}s}" + "".join(f" {errors[column]:13.4f}" for column in COLUMNS),
-                      soft_wrap=True)
+        console.print(f"  {label:{width}s}" + "".join(f" {errors[column]:13.4f}" for column in COLUMNS), soft_wrap=True)

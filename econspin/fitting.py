@@ -145,12 +145,15 @@ def sample_ensemble(
         raise ScenarioError(f"--replicas {replicas}: an ensemble needs at least 2 replicas")
     expected = fitting_scenario(scenario)
     sampled = expected.with_overrides({"market.mode": "sampled"})
-    rollout = Rollout.create([sampled] * replicas, list(range(first_replica, first_replica + replicas)), device,
-                             "float64")
+    rollout = Rollout.create(
+        [sampled] * replicas, list(range(first_replica, first_replica + replicas)), device, "float64"
+    )
     start = shared_start(Rollout.create([expected], [0], device, "float64").state, rollout.economy.radius)
     state = rollout.state.replace(
-        **{name: getattr(start, name).expand_as(getattr(rollout.state, name)).clone()
-           for name in ("states", "money", "temperature")}
+        **{
+            name: getattr(start, name).expand_as(getattr(rollout.state, name)).clone()
+            for name in ("states", "money", "temperature")
+        }
     )
     means, money, noise = [state.states.mean(0)], [state.money.mean(0)], []
     observables = {name: [] for name in OBSERVABLES}
@@ -164,8 +167,15 @@ def sample_ensemble(
                 observables[name].append(value)
             if on_round is not None:
                 on_round(state.round)
-    return Ensemble(expected, start, torch.stack(means), torch.stack(money), torch.stack(noise), replicas,
-                    {name: torch.stack(values) for name, values in observables.items()})
+    return Ensemble(
+        expected,
+        start,
+        torch.stack(means),
+        torch.stack(money),
+        torch.stack(noise),
+        replicas,
+        {name: torch.stack(values) for name, values in observables.items()},
+    )
 
 
 OBSERVABLES = ("hhi", "gini", "hhi_of_mean", "gini_of_mean")
@@ -229,8 +239,10 @@ def compiled(ensemble: Ensemble, correction: str = "none", batch: int = 1) -> Ec
 def errors(ensemble: Ensemble, weights: dict[str, dict[str, dict]], features: str = "state") -> dict[str, float]:
     """The RMS error of none, tap and each named set of ffn weights against the ensemble mean."""
     with torch.no_grad():
-        found = {name: rms_error(mean_field_trajectory(ensemble, compiled(ensemble, name)), ensemble)
-                 for name in ("none", "tap")}
+        found = {
+            name: rms_error(mean_field_trajectory(ensemble, compiled(ensemble, name)), ensemble)
+            for name in ("none", "tap")
+        }
         base = compiled(ensemble)
         for label, values in weights.items():
             found[label] = rms_error(mean_field_trajectory(ensemble, with_ffn(base, values, features)), ensemble)
@@ -254,8 +266,10 @@ def window_loss(ensemble: Ensemble, economy: Economy, window: int) -> torch.Tens
     """
     starts = ensemble.rounds - window + 1
     state = ensemble.start.replace(
-        **{name: getattr(ensemble.start, name).expand(starts, *getattr(ensemble.start, name).shape[1:])
-           for name in ("fields", "temperature", "revenue", "spending", "entropy", "surplus", "random_keys")},
+        **{
+            name: getattr(ensemble.start, name).expand(starts, *getattr(ensemble.start, name).shape[1:])
+            for name in ("fields", "temperature", "revenue", "spending", "entropy", "surplus", "random_keys")
+        },
         states=ensemble.mean_states[:starts].clone(),
         money=ensemble.mean_money[:starts].clone(),
     )
@@ -307,8 +321,10 @@ def fit_correction(
     names = set(first.scenario.populations)
     for label, ensemble in fitted_on.items():
         if set(ensemble.scenario.populations) != names:
-            raise ScenarioError(f"{label}: its populations ({', '.join(ensemble.scenario.populations)}) are not "
-                                f"those of the others ({', '.join(first.scenario.populations)}): one ffn each")
+            raise ScenarioError(
+                f"{label}: its populations ({', '.join(ensemble.scenario.populations)}) are not "
+                f"those of the others ({', '.join(first.scenario.populations)}): one ffn each"
+            )
     windows = {label: max(1, min(window, ensemble.rounds)) for label, ensemble in fitted_on.items()}
     initial = initial_weights(first.scenario, hidden, features)
     parameters = {
@@ -316,13 +332,16 @@ def fit_correction(
         for name, values in initial.items()
     }
     optimizer = torch.optim.Adam([p for values in parameters.values() for p in values.values()], lr=learning_rate)
-    bases = {label: compiled(ensemble, batch=ensemble.rounds - windows[label] + 1)
-             for label, ensemble in fitted_on.items()}
+    bases = {
+        label: compiled(ensemble, batch=ensemble.rounds - windows[label] + 1) for label, ensemble in fitted_on.items()
+    }
     losses = []
     for epoch in range(epochs):
         optimizer.zero_grad()
-        loss = sum(window_loss(ensemble, with_ffn(bases[label], parameters, features), windows[label])
-                   for label, ensemble in fitted_on.items()) / len(fitted_on)
+        loss = sum(
+            window_loss(ensemble, with_ffn(bases[label], parameters, features), windows[label])
+            for label, ensemble in fitted_on.items()
+        ) / len(fitted_on)
         loss.backward()
         optimizer.step()
         losses.append(float(loss.detach()))
