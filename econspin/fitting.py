@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -209,16 +209,27 @@ def with_ffn(economy: Economy, weights: dict[str, dict[str, torch.Tensor]], feat
     return dataclasses.replace(economy, corrections=corrections)
 
 
+def mean_field_rounds(ensemble: Ensemble, economy: Economy) -> Iterator[State]:
+    """The free-running mean field from the ensemble's x(0): the state after each round t = 1..T."""
+    state = ensemble.start
+    for _ in range(ensemble.rounds):
+        state = step(state, economy)
+        yield state
+
+
 def mean_field_trajectory(ensemble: Ensemble, economy: Economy) -> torch.Tensor:
-    """(T, N, d) the free-running mean field m(t), t = 1..T, from the ensemble's x(0)."""
-    return mean_field_run(ensemble, economy)[0]
+    """(T, N, d) the free-running mean field m(t), t = 1..T, from the ensemble's x(0).
+
+    The states only: the fit scores every candidate by them (:func:`errors`), so the
+    observables :func:`mean_field_run` adds would be work nobody reads.
+    """
+    return torch.stack([state.states[0] for state in mean_field_rounds(ensemble, economy)])
 
 
 def mean_field_run(ensemble: Ensemble, economy: Economy) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The free-running mean field from the ensemble's x(0): m(t) (T, N, d) and its hhi and gini (T,)."""
-    state, states, observables = ensemble.start, [], {"hhi": [], "gini": []}
-    for _ in range(ensemble.rounds):
-        state = step(state, economy)
+    states, observables = [], {"hhi": [], "gini": []}
+    for state in mean_field_rounds(ensemble, economy):
         states.append(state.states[0])
         observables["hhi"].append(herfindahl_hirschman_index(state, economy)[0])
         observables["gini"].append(gini(state, economy)[0])

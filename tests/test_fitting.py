@@ -12,10 +12,12 @@ import torch
 import yaml
 from typer.testing import CliRunner
 
-from econspin import Scenario, simulate
+from econspin import Scenario, fitting, simulate
 from econspin.cli import app
 from econspin.fingerprint import scenario_digest
 from econspin.fitting import fitting_scenario, sample_ensemble, shared_start
+from econspin.metrics import gini, herfindahl_hirschman_index
+from econspin.round import step
 from econspin.simulate import Rollout
 
 runner = CliRunner()
@@ -148,6 +150,36 @@ def test_the_ensemble_shares_its_start_and_differs_only_in_noise():
     other = sample_ensemble(scenario, 8, 1, first_replica=8)
     assert torch.equal(other.start.states, ensemble.start.states)
     assert not torch.equal(other.mean_states[1], ensemble.mean_states[1])
+
+
+def test_the_fit_scores_by_states_alone_and_the_run_adds_the_observables_of_those_states(monkeypatch):
+    """``errors`` (the fit's scoring) computes no hhi or gini; ``mean_field_run`` gives the same m(t) and both.
+
+    Each observable of ``mean_field_run`` is that of the mean field's state after the round,
+    as ``metrics`` computes it for a state stepped here.
+    """
+    scenario = Scenario.from_dict(yaml.safe_load(TINY))
+    ensemble = sample_ensemble(scenario, 4, 3)
+    calls = []
+
+    def counted(function):
+        return lambda *arguments: calls.append(function.__name__) or function(*arguments)
+
+    monkeypatch.setattr(fitting, "herfindahl_hirschman_index", counted(fitting.herfindahl_hirschman_index))
+    monkeypatch.setattr(fitting, "gini", counted(fitting.gini))
+    found = fitting.errors(ensemble, {})
+    assert set(found) == {"none", "tap", "monte_carlo"} and calls == []
+    economy = fitting.compiled(ensemble, "tap")
+    trajectory = fitting.mean_field_trajectory(ensemble, economy)
+    assert calls == [] and trajectory.shape == (3, 24, 4)
+    states, observables = fitting.mean_field_run(ensemble, economy)
+    assert torch.equal(states, trajectory)
+    assert sorted(calls) == ["gini"] * 3 + ["herfindahl_hirschman_index"] * 3
+    state = ensemble.start
+    for t in range(3):
+        state = step(state, economy)
+        assert torch.equal(observables["hhi"][t], herfindahl_hirschman_index(state, economy)[0])
+        assert torch.equal(observables["gini"][t], gini(state, economy)[0])
 
 
 @pytest.mark.parametrize(
