@@ -53,7 +53,7 @@ PART_KEYS = {
     "trade mask": "populations, market.network.layout",
     "trade network": "market.network",
     "couplings": "populations, market.couplings",
-    "correction": "populations.<name>.correction.hidden, populations, run.replicas",
+    "correction": "populations, run.replicas",  # after the ffn width of each population that has one (part_keys)
     "metrics": "run.steps, run.replicas",
     "wealth": "populations, run.replicas",
     "points": "--grid, --replicas",
@@ -318,11 +318,18 @@ def check_memory(
             agents * agents,
             budget,
         )
-    _check_machine(estimate, torch.device(device), what)
+    _check_machine(estimate, torch.device(device), what, part_keys(scenario))
     return estimate
 
 
-def _check_machine(estimate: MemoryEstimate, device: torch.device, what: str) -> None:
+def part_keys(scenario: Scenario) -> dict[str, str]:
+    """The keys that set each part of this scenario's estimate: PART_KEYS, the ffn widths by population name."""
+    widths = [f"populations.{name}.correction.hidden" for name, population in scenario.populations.items()
+              if population.correction.form == "ffn"]  # fmt: skip
+    return {**PART_KEYS, "correction": ", ".join([*widths, PART_KEYS["correction"]])}
+
+
+def _check_machine(estimate: MemoryEstimate, device: torch.device, what: str, keys: dict[str, str]) -> None:
     """Refuse an estimate over what this machine has available (host RAM; GPU memory for device parts)."""
     if device.type == "cuda":
         sides = [(estimate.host, "this machine", None), (estimate.device, f"the GPU ({device})", device)]
@@ -336,7 +343,7 @@ def _check_machine(estimate: MemoryEstimate, device: torch.device, what: str) ->
         name = max(parts, key=parts.get)
         raise MemoryBudgetError(
             f"{what} need {estimate.describe()}, over the {format_bytes(available)} {where} has available; "
-            f"the largest part, {name}, is set by {PART_KEYS[name]}",
+            f"the largest part, {name}, is set by {keys[name]}",
             need,
             available,
         )

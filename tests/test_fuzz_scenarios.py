@@ -367,7 +367,8 @@ FOUND = {  # input -> the words of its one-line refusal (None: it runs)
     "key dimension beyond any memory": (baseline_with(("market", "d_k"), 10**9), "over run.memory_budget_mb"),
     "ffn width beyond any memory": (baseline_with(("populations", "agents", "correction"),
                                                   {"form": "ffn", "hidden": 10**9}),
-                                    "the largest part, correction, is set by populations.<name>.correction.hidden"),
+                                    "the largest part, correction, is set by "
+                                    "populations.agents.correction.hidden, populations, run.replicas"),
     "a gamma temperature with no variation a float can hold": (
         baseline_with(("populations", "agents", "temperature"), {"distribution": "gamma", "sigma": 1e-300}), None),
 }

@@ -35,7 +35,7 @@ TOO_LARGE = {
                       "market.network={generator: fast_gnp_random_graph, params: {p: 0.5}, layout: sparse}"],
                      ["trade network", "market.network"]),
     "ffn width": (["populations.human.correction={form: ffn, hidden: 1000000000}"],
-                  ["correction", "populations.<name>.correction.hidden"]),
+                  ["correction", "is set by populations.human.correction.hidden, populations, run.replicas"]),
     # the reference kernel's blocks grow with the budget (the fused kernel's stay cache-sized)
     "budget above the machine": (["populations.human.count=1000000", "run.memory_budget_mb=1e9",
                                   "run.kernel=reference"], ["round", "this machine has available"]),
@@ -63,6 +63,23 @@ def test_sizes_that_cannot_fit_are_refused_in_one_line_before_anything_is_writte
     assert message.startswith(f"error: {path}: ") and "need" in message and "about" in message, message
     assert all(word in message for word in words), message
     assert not out.exists()
+
+
+def test_the_refusal_of_a_wide_ffn_names_each_population_whose_width_sets_it(tmp_path, monkeypatch):
+    """Over what the machine has (1 GiB here): the exact line, the widths named by their populations."""
+    monkeypatch.setattr(memory, "available_memory", lambda device=None: 2**30)
+    text = TINY.replace("spend: 0.2}", "spend: 0.2, correction: {form: ffn, hidden: HIDDEN}}")
+    path = write(tmp_path, text.replace("HIDDEN", "10000000", 1).replace("HIDDEN", "20000000"))
+    scenario = Scenario.from_yaml(path)
+    estimate = estimate_memory(scenario, 2, torch.float32, rounds=8, wealth=True)
+    assert max(estimate.parts(), key=estimate.parts().get) == "correction"
+    result = runner.invoke(app, ["check", str(path)])
+    assert result.exit_code == 2, result.output
+    assert result.output.strip().splitlines() == [
+        f"error: {path}: 16 agents x 2 batch elements need {estimate.describe()}, over the 1 GiB this machine has "
+        "available; the largest part, correction, is set by populations.human.correction.hidden, "
+        "populations.ai.correction.hidden, populations, run.replicas"
+    ]
 
 
 def test_check_reports_the_estimate(tmp_path):
