@@ -218,8 +218,9 @@ def build_economy(
     agent_count = int(population.shape[0])
     market = first.market
 
+    weights_files: dict[str, object] = {}  # each ffn weights file read once per build, whatever the batch
     per_element = [
-        _element_parameters(scenario, names, replica if disorder_per_replica else None, dtype)
+        _element_parameters(scenario, names, replica if disorder_per_replica else None, dtype, weights_files)
         for scenario, replica in zip(scenarios, replicas)
     ]
 
@@ -297,8 +298,11 @@ def utilities_vanish(query: torch.Tensor, key: torch.Tensor, visibility: torch.T
     return bool(silent.all()) and not bool(visibility.any())
 
 
-def _element_parameters(scenario: Scenario, names, replica: int | None, dtype) -> dict:
-    """Per-element tensors, drawn from the element's own disorder stream."""
+def _element_parameters(scenario: Scenario, names, replica: int | None, dtype, weights_files: dict) -> dict:
+    """Per-element tensors, drawn from the element's own disorder stream.
+
+    ``weights_files`` holds the ffn weights files read so far in this build, by path (read-only).
+    """
     market = scenario.market
     d, heads, d_k, d_v = market.d, market.heads, market.key_dimension, market.value_dimension
     keys = (STREAM_DISORDER,) if replica is None else (STREAM_DISORDER, replica)
@@ -326,7 +330,7 @@ def _element_parameters(scenario: Scenario, names, replica: int | None, dtype) -
         values.append(value)
         direction = torch.randn(d, generator=generator, dtype=torch.float64)
         directions.append(direction / direction.norm())
-        ffn.append(_ffn_weights(population.correction, d, generator, dtype, name))
+        ffn.append(_ffn_weights(population.correction, d, generator, dtype, name, weights_files))
     if market.output == "identity":
         output = torch.eye(d, dtype=torch.float64).expand(heads, d, d) / heads
     else:
@@ -350,23 +354,22 @@ def _projection(spec, heads: int, rows: int, columns: int, generator) -> torch.T
     return torch.randn(heads, rows, columns, generator=generator, dtype=torch.float64) * spec.scale / math.sqrt(rows)
 
 
-def _ffn_weights(spec, d, generator, dtype, name):
+def _ffn_weights(spec, d, generator, dtype, name, weights_files: dict):
     """The population's ffn weights, from its file or drawn at random.
 
     A file holds a dict of w1, b1, w2, b2, or (written by ``econspin fit-correction``) one
     such dict per population under ``populations`` and the feature set under ``features``
-    (files without it, written before there was a choice, hold ``state`` weights).
+    (files without it, written before there was a choice, hold ``state`` weights). A file is
+    read the first time a build asks for it and kept in ``weights_files``: every batch element
+    and every population naming it reads that copy (it is never written to).
     """
     if spec.form != "ffn":
         return None
     if spec.weights is not None:
         where = f"populations.{name}.correction.weights: {spec.weights}"
-        try:
-            loaded = torch.load(spec.weights, map_location="cpu", weights_only=True)
-        except OSError as error:
-            raise ScenarioError(f"{where}: cannot read: {error.strerror or error}") from None
-        except Exception as error:  # pickle, zip or torch errors: not a file torch.save wrote
-            raise ScenarioError(f"{where}: not a torch weights file ({type(error).__name__})") from None
+        if spec.weights not in weights_files:
+            weights_files[spec.weights] = _read_weights_file(spec.weights, where)
+        loaded = weights_files[spec.weights]
         if isinstance(loaded, dict) and "populations" in loaded:  # one file of econspin fit-correction
             fitted = loaded["populations"]
             if not isinstance(fitted, dict) or name not in fitted:
@@ -392,6 +395,16 @@ def _ffn_weights(spec, d, generator, dtype, name):
         return {key: loaded[key].to(dtype) for key in expected}
     own = generator if spec.seed is None else make_generator(spec.seed)
     return feed_forward_weights(d, spec.hidden, spec.scale, own, dtype, spec.features)
+
+
+def _read_weights_file(path: str, where: str):
+    """What torch.save wrote to ``path``, tensors only; a ScenarioError starting with ``where`` otherwise."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except OSError as error:
+        raise ScenarioError(f"{where}: cannot read: {error.strerror or error}") from None
+    except Exception as error:  # pickle, zip or torch errors: not a file torch.save wrote
+        raise ScenarioError(f"{where}: not a torch weights file ({type(error).__name__})") from None
 
 
 def coupling_matrix(spec, agent_count: int, dtype) -> torch.Tensor:

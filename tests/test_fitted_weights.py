@@ -12,6 +12,7 @@ import torch
 
 from econspin import Scenario, simulate
 from econspin.fitting import HUMAN_VS_AI_WEIGHTS, errors, sample_ensemble
+from econspin.simulate import Rollout
 
 SCENARIO = Path(__file__).parent.parent / "scenarios" / "human_vs_ai_ffn.yaml"
 # 32 agents (fitted: 64), disorder seed 50 (fitted: 0 and 1), T_ai = 0.3 (one of those fitted)
@@ -49,3 +50,28 @@ def test_the_shipped_correction_beats_none_on_an_economy_it_was_not_fitted_to():
     found = errors(ensemble, {"ffn": shipped}, "invariant")
     assert found["ffn"] < 0.6 * found["none"], found
     assert found["ffn"] < found["tap"], found
+
+
+def test_a_build_reads_each_weights_file_once_whatever_the_batch_and_the_populations(monkeypatch, tmp_path):
+    """Both populations name the shipped file, 4 batch elements: one read; a second file: one more.
+
+    Every element still holds the file's weights, each population its own.
+    """
+    reads = []
+    load = torch.load
+    monkeypatch.setattr(
+        torch, "load", lambda path, *arguments, **options: reads.append(str(path)) or load(path, *arguments, **options)
+    )
+    small = Scenario.from_yaml(SCENARIO).with_overrides(HELD_OUT).with_run_settings(device="cpu")
+    shipped = load(HUMAN_VS_AI_WEIGHTS, weights_only=True)["populations"]
+    economy = Rollout.create([small] * 4, [0, 1, 2, 3], "cpu", "float64").economy
+    assert len(reads) == 1
+    for index, name in enumerate(economy.population_names):
+        for element in range(4):
+            assert torch.equal(economy.corrections[index].w1[element], shipped[name]["w1"])
+    copy = tmp_path / "copy.pt"
+    copy.write_bytes(HUMAN_VS_AI_WEIGHTS.read_bytes())
+    other = small.with_overrides({"populations.ai.correction.weights": str(copy)})
+    reads.clear()
+    Rollout.create([small, other, small, other], [0, 1, 2, 3], "cpu", "float64")  # a sweep's batch of two points
+    assert sorted(reads) == sorted([str(Path(small.populations["human"].correction.weights)), str(copy)])
