@@ -111,7 +111,12 @@ class ShardRecord:
         self.definition = definition
 
     def refuse_another(self, option: str = "--out", resuming: bool = False) -> None:
-        """Refuse (ScenarioError) a record of another sweep, or of this one cut otherwise; write nothing."""
+        """Refuse (ScenarioError) a record of another sweep, or of this one cut otherwise; write nothing.
+
+        A record of this very plan is taken as the definition: two ``--points-per-shard`` that
+        cut the same shards are one sweep, and what the folder says of it (``sweep.json`` and
+        the manifest's ``points_per_shard``) stays what its first command recorded.
+        """
         output = self.folder.parent
         recorded = read_definition(output, option)
         if recorded is None:
@@ -135,6 +140,7 @@ class ShardRecord:
                 f"{option} {output}: holds this sweep cut into {plan_words(recorded)}, not into "
                 f"{plan_words(self.definition)} (--points-per-shard); {go_on}, or delete {self.folder} to start over"
             )
+        self.definition = recorded
 
     def claim(self) -> None:
         """Record the definition (kept as it is if the folder already holds this sweep)."""

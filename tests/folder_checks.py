@@ -135,4 +135,6 @@ def assert_sweep_folder_consistent(folder: Path) -> str:
     assert len(table) == len(points) * base.run.replicas * (base.run.steps + 1)
     assert {"phase.png", "concentration.png"} <= set(written(folder))
     assert len(finished) == manifest["shards"]  # the record is kept whole: the same command again runs nothing
+    # one definition of the cut: the manifest says what the record holds
+    assert manifest["points_per_shard"] == read_json(folder / SHARDS_FOLDER / DEFINITION_FILE)["points_per_shard"]
     return "complete"

@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-from folder_checks import assert_run_folder_consistent, assert_sweep_folder_consistent, written
+from folder_checks import assert_run_folder_consistent, assert_sweep_folder_consistent, read_json, written
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_cli import TINY, write  # the tiny scenario of the command-line tests
@@ -376,6 +376,19 @@ def test_a_sweep_cut_into_other_shards_is_refused_and_a_resume_keeps_the_recorde
     again = invoke("sweep", tiny, "--grid", "populations.ai.temperature=0.1:1:4", "--points-per-shard", "1",
                    "--out", out)
     assert again.exit_code == 0 and "4 of 4 shards kept from before" in again.output  # the record outlives the sweep
+
+
+def test_two_cuts_that_give_the_same_shards_keep_the_first_cut_in_the_record_and_the_manifest(tmp_path, tiny):
+    """4 points are one batch: at most 4 or at most 5 points a shard is the same single shard."""
+    grid = ("--grid", "populations.ai.temperature=0.1:1:4")
+    out = tmp_path / "cut"
+    first = invoke("sweep", tiny, *grid, "--points-per-shard", "4", "--out", out, "--quiet")
+    assert first.exit_code == 0, first.output
+    again = invoke("sweep", tiny, *grid, "--points-per-shard", "5", "--out", out)
+    assert again.exit_code == 0 and "1 of 1 shards kept from before" in again.output, again.output
+    assert assert_sweep_folder_consistent(out) == "complete"  # the manifest's cut is the record's
+    assert read_json(out / "manifest.json")["points_per_shard"] == 4
+    assert read_json(out / "shards" / "sweep.json")["points_per_shard"] == 4
 
 
 def test_a_folder_of_the_older_batches_record_is_refused_in_one_line_and_force_replaces_it(tmp_path, tiny, monkeypatch):
