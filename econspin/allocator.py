@@ -14,7 +14,10 @@ The price is memory: what a round freed stays resident until the process reuses 
 and a large block freed in the middle of the heap cannot go back to the system. That is a
 choice for whoever owns the process, so the engine never calls this; the command line (which
 owns its process) does, unless told not to (``--no-keep-memory`` or ``ECONSPIN_KEEP_MEMORY=0``),
-and a library user may call it once at the start of a program.
+and a library user may call it once at the start of a program. The processes a command starts
+for its own work, Ray's shard workers (:mod:`econspin.sweep_ray`) and the fresh processes of
+``econspin bench``'s memory section, are asked to do as their parent did
+(:func:`keeps_freed_memory`).
 """
 
 from __future__ import annotations
@@ -31,6 +34,10 @@ M_MMAP_THRESHOLD = -3
 # of the sizes this is for, and finite, so a process that frees more than that still returns it.
 KEPT_BLOCK_BYTES = 2**30
 KEPT_TOP_BYTES = 2**31 - 1
+
+# Whether this process has called keep_freed_memory: the setting its helper processes follow.
+# Module state, because what it records is process state (mallopt's thresholds) that cannot be undone.
+_asked = False
 
 
 def glibc():
@@ -53,9 +60,20 @@ def keep_freed_memory() -> bool:
     Returns False, changing nothing, where the C library is not glibc. The results of a
     simulation do not depend on it, bit for bit; only its speed and resident memory do.
     """
+    global _asked
+    _asked = True
     library = glibc()
     if library is None:
         return False
     kept_blocks = library.mallopt(M_MMAP_THRESHOLD, KEPT_BLOCK_BYTES) == 1
     kept_top = library.mallopt(M_TRIM_THRESHOLD, KEPT_TOP_BYTES) == 1
     return kept_blocks and kept_top
+
+
+def keeps_freed_memory() -> bool:
+    """Whether this process asked to keep freed memory (called :func:`keep_freed_memory`).
+
+    What the processes it starts for its own work should be asked to do: the ``econspin``
+    command asks unless given ``--no-keep-memory`` or ``ECONSPIN_KEEP_MEMORY=0``.
+    """
+    return _asked

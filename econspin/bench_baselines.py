@@ -18,7 +18,8 @@ call each, then interleaved repeats, the median; :func:`econspin.bench.timed`):
   N = 128, a few rounds of each point: ``econspin.sweep.run_sweep`` with all points as one
   batch against the same call point by point (both build their economies and tables).
 - ``memory``: the peak memory of one round above what the economy and state already hold.
-  On the CPU, in a fresh Python process per case: the resident set is read before the first
+  On the CPU, in a fresh Python process per case (keeping freed memory where the command's
+  own process does, ``--no-keep-memory``): the resident set is read before the first
   round and its peak after (Linux: the peak is reset first through /proc/self/clear_refs, so a
   setup peak does not hide the round's; elsewhere ru_maxrss, which then bounds it from
   above); on a GPU, torch.cuda.max_memory_allocated.
@@ -42,6 +43,7 @@ from pathlib import Path
 
 import torch
 
+from econspin.allocator import keeps_freed_memory
 from econspin.bench import CLOCKS, DIMENSION, bench_scenario, compile_first, timed
 from econspin.economy import resolve_device
 from econspin.round import step
@@ -255,8 +257,15 @@ def memory_probe(kernel: str, agents: int, batch: int, device: str) -> dict:
         return {"held_mb": before / 1024, "round_peak_mb": (peak - before) / 1024, "method": method}
 
 
-def memory_rows(device: torch.device, cases) -> list[dict]:
-    """Each case's round in a fresh process (the CPU) or after a reset of the peak (CUDA)."""
+def memory_rows(device: torch.device, cases, keep_memory: bool | None = None) -> list[dict]:
+    """Each case's round in a fresh process (the CPU) or after a reset of the peak (CUDA).
+
+    A fresh process keeps freed memory (:mod:`econspin.allocator`) if ``keep_memory`` says so,
+    by default if this process does (the command's ``--no-keep-memory``): the peak is measured
+    under the setting the command runs its rounds with. Its row says whether glibc took it
+    (``keep_freed_memory``).
+    """
+    keep_memory = keeps_freed_memory() if keep_memory is None else keep_memory
     rows = []
     package_root = str(Path(__file__).resolve().parent.parent)
     environment = dict(os.environ, PYTHONPATH=os.pathsep.join([package_root, os.environ.get("PYTHONPATH", "")]))
@@ -266,9 +275,12 @@ def memory_rows(device: torch.device, cases) -> list[dict]:
             row.update(memory_probe(kernel, agents, batch, str(device)))
         else:
             code = (
-                "import json, torch; from econspin.bench_baselines import memory_probe; "
+                "import json, torch; from econspin.allocator import keep_freed_memory; "
+                "from econspin.bench_baselines import memory_probe; "
+                f"kept = keep_freed_memory() if {keep_memory!r} else False; "
                 f"torch.set_num_threads({torch.get_num_threads()}); "
-                f"print(json.dumps(memory_probe({kernel!r}, {agents}, {batch}, 'cpu')))"
+                f"row = memory_probe({kernel!r}, {agents}, {batch}, 'cpu'); "
+                "print(json.dumps({**row, 'keep_freed_memory': kept}))"
             )
             done = subprocess.run(
                 [sys.executable, "-c", code], capture_output=True, text=True, env=environment, check=False

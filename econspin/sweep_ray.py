@@ -4,8 +4,9 @@ The sweep is cut into the shards of :func:`econspin.sweep.plan_shards` (the memo
 batches, at most ``points_per_shard`` points each, ``DEFAULT_POINTS_PER_SHARD`` unless the
 command or the folder's record says otherwise); every shard is one Ray task asking for
 ``cpus_per_shard`` CPUs and ``gpus_per_shard`` GPUs, and runs
-:func:`econspin.sweep.run_shard` on a worker, as the local backend runs it here. Tables come
-back as shards finish: each is recorded in the output folder's ``shards/``
+:func:`econspin.sweep.run_shard` on a worker, as the local backend runs it here (the worker
+keeping freed memory if this process does: :mod:`econspin.allocator`). Tables come back as
+shards finish: each is recorded in the output folder's ``shards/``
 (:mod:`econspin.shard_record`, the record both backends keep) and advances the progress bar;
 the sweep table is assembled from the record, so a re-run after a crash or Ctrl-C, on either
 backend, runs only the shards not recorded.
@@ -27,6 +28,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from econspin.allocator import keep_freed_memory, keeps_freed_memory
 from econspin.scenario import Scenario, ScenarioError
 from econspin.shard_record import ShardRecord, mark_device, shard_facts
 from econspin.sweep import Shard, assemble, run_shard
@@ -158,10 +160,19 @@ def check_resources(ray, options: RayOptions, where: str) -> None:
     )
 
 
-def shard_task(run, points: dict, elements, steps: int, device: str, dtype: str, threads: int) -> pd.DataFrame:
-    """What a Ray worker runs for one shard: its table, with the device it ran on in ``attrs``."""
+def shard_task(
+    run, points: dict, elements, steps: int, device: str, dtype: str, threads: int, keep_memory: bool = False
+) -> pd.DataFrame:
+    """What a Ray worker runs for one shard: its table, with the device it ran on in ``attrs``.
+
+    ``keep_memory``: the worker keeps freed memory (:func:`econspin.allocator.keep_freed_memory`),
+    as the process that submitted the shard does. A worker that once did keeps doing so for
+    later tasks (glibc cannot undo it); the results are the same bit for bit either way.
+    """
     import torch
 
+    if keep_memory:
+        keep_freed_memory()
     torch.set_num_threads(threads)  # the shard's reserved CPUs, whatever the worker inherited
     return mark_device(run(points, elements, steps, device, dtype), device)
 
@@ -237,6 +248,7 @@ def _run_shards(todo, points, scenario, record, options, where, progress, run) -
     settings = scenario.run
     task = ray.remote(shard_task)
     threads = max(1, int(options.cpus_per_shard))
+    keep_memory = keeps_freed_memory()  # the workers do as this process (the command's --no-keep-memory)
     pending = {}
     for shard in todo:
         own_points = {index: points[index] for index in shard.points}  # a worker is sent its points only
@@ -246,7 +258,7 @@ def _run_shards(todo, points, scenario, record, options, where, progress, run) -
             num_gpus=options.gpus_per_shard,
             max_retries=SHARD_RETRIES,
             retry_exceptions=True,
-        ).remote(run, own_points, shard.elements, settings.steps, settings.device, settings.dtype, threads)
+        ).remote(run, own_points, shard.elements, settings.steps, settings.device, settings.dtype, threads, keep_memory)
         pending[reference] = shard
     failures = []
     try:

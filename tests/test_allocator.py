@@ -72,11 +72,21 @@ def test_the_engine_never_sets_it(monkeypatch):
     assert asked == []
 
 
+def test_asking_is_recorded_for_the_processes_this_one_starts(monkeypatch):
+    """Asked even where glibc is not there to take it: a worker on another machine may have it."""
+    monkeypatch.setattr(allocator, "_asked", False)
+    monkeypatch.setattr(allocator, "glibc", lambda: None)
+    assert allocator.keeps_freed_memory() is False
+    assert econspin.keep_freed_memory() is False
+    assert allocator.keeps_freed_memory() is True
+
+
 @pytest.fixture
 def calls(monkeypatch):
-    """The CLI's calls to keep_freed_memory, recorded instead of made."""
+    """The CLI's calls to keep_freed_memory, recorded where it would reach glibc (it is not reached)."""
     made = []
-    monkeypatch.setattr(allocator, "keep_freed_memory", lambda: made.append(True) or True)
+    monkeypatch.setattr(allocator, "_asked", False)
+    monkeypatch.setattr(allocator, "glibc", lambda: made.append(True))
     return made
 
 
@@ -99,6 +109,7 @@ def test_the_command_line_keeps_memory_unless_told_not_to(calls, scenario_file, 
     result = runner.invoke(app, [*options, "check", str(scenario_file)], env=environment)
     assert result.exit_code == 0, result.output
     assert len(calls) == expected
+    assert allocator.keeps_freed_memory() is bool(expected)  # what its Ray workers and bench probes are asked
 
 
 def test_a_bad_environment_value_is_one_line_and_status_2(calls, scenario_file):
@@ -106,4 +117,4 @@ def test_a_bad_environment_value_is_one_line_and_status_2(calls, scenario_file):
     assert result.exit_code == 2
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and "ECONSPIN_KEEP_MEMORY" in lines[0] and "Traceback" not in result.output
-    assert calls == []
+    assert calls == [] and allocator.keeps_freed_memory() is False

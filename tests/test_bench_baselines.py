@@ -6,7 +6,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from econspin import bench_baselines
+from econspin import allocator, bench_baselines
 from econspin.bench_baselines import (
     SECTIONS,
     baseline_tables,
@@ -69,6 +69,15 @@ def test_memory_of_a_round():
     (row,) = memory_rows(CPU, (("fused", 64, 2),))
     assert row["kernel"] == "fused" and row["pairs"] == 2 * 64**2 and "error" not in row, row
     assert row["held_mb"] > 0 and row["round_peak_mb"] >= 0
+
+
+def test_the_memory_sections_fresh_process_keeps_freed_memory_as_this_one_does(monkeypatch):
+    """The probe's process takes the setting where this one asked (the command's --no-keep-memory)."""
+    for asked in (False, True):
+        monkeypatch.setattr(allocator, "_asked", asked)
+        (row,) = memory_rows(CPU, (("fused", 32, 1),))
+        assert "error" not in row, row
+        assert row["keep_freed_memory"] is (asked and allocator.glibc() is not None)
 
 
 def test_floor_section_skips_what_does_not_fit():

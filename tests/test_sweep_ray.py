@@ -14,11 +14,12 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
+from econspin import allocator
 from econspin.cli import app
 from econspin.scenario import ScenarioError
 from econspin.shard_record import SHARDS_FOLDER, ShardRecord, sweep_definition
 from econspin.sweep import parse_grid, plan_shards, run_shard, run_sweep, sweep_points
-from econspin.sweep_ray import INSTALL_HINT, RayOptions, ShardsFailed, sweep_on_ray
+from econspin.sweep_ray import INSTALL_HINT, RayOptions, ShardsFailed, shard_task, sweep_on_ray
 
 runner = CliRunner()
 GRID = "populations.ai.temperature=0.05:1:6"
@@ -99,6 +100,43 @@ def dies_once(marker: Path, points, elements, steps, device, dtype):
     return run_shard(points, elements, steps, device, dtype)
 
 
+def large_blocks_are_mapped() -> bool:
+    """Whether glibc serves a 40 MiB block by mmap in this process, as it does unless freed memory is kept.
+
+    Above glibc's largest adaptive threshold (32 MiB) a block is mapped afresh, until
+    keep_freed_memory raises the threshold to 1 GiB and the block comes from the heap.
+    """
+    import ctypes
+
+    class Counts(ctypes.Structure):  # glibc's struct mallinfo2
+        _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                                          "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+    library = ctypes.CDLL(None)
+    library.mallinfo2.restype = Counts
+    library.malloc.restype, library.malloc.argtypes = ctypes.c_void_p, (ctypes.c_size_t,)
+    library.free.argtypes = (ctypes.c_void_p,)
+    before = library.mallinfo2().hblks
+    block = library.malloc(40 * 2**20)
+    mapped = library.mallinfo2().hblks > before
+    library.free(block)
+    return mapped
+
+
+def probes_the_allocator(log: Path, points, elements, steps, device, dtype):
+    """run_shard, leaving a line in ``log``: whether the worker maps large blocks (keeps no freed memory)."""
+    with open(log, "a") as stream:
+        stream.write(f"mapped {large_blocks_are_mapped()}\n")
+    return run_shard(points, elements, steps, device, dtype)
+
+
+def records_the_request(run, *arguments):
+    """shard_task, leaving in the log of ``run`` (a partial of probes_the_allocator) what it was asked."""
+    with open(run.args[0], "a") as stream:
+        stream.write(f"asked {arguments[-1]}\n")
+    return shard_task(run, *arguments)
+
+
 def listening_addresses(process) -> set[str]:
     """The addresses that ``process`` and its descendants listen on (TCP)."""
     import psutil
@@ -160,6 +198,44 @@ def test_a_worker_that_dies_is_retried(local_ray, tmp_path):
     table, _ = on_ray(tmp_path / "out", run=functools.partial(dies_once, marker))
     assert marker.read_text() == "died\n"
     pd.testing.assert_frame_equal(table, local_table(), check_exact=True)
+
+
+@pytest.mark.skipif(allocator.glibc() is None or not hasattr(allocator.glibc(), "mallinfo2"),
+                    reason="needs glibc 2.33 or later (mallinfo2)")
+@pytest.mark.parametrize("asked", [False, True])
+def test_workers_keep_freed_memory_as_the_process_that_submits_the_shards_does(local_ray, tmp_path, monkeypatch,
+                                                                                asked):
+    """Every shard task is asked what this process asked (the command's --no-keep-memory); asked, glibc took it.
+
+    A worker asked not to keep may have kept since an earlier task (glibc cannot undo it), so
+    its allocator is read only where the shards were asked to keep.
+    """
+    import econspin.sweep_ray
+
+    monkeypatch.setattr(allocator, "_asked", asked)
+    monkeypatch.setattr(econspin.sweep_ray, "shard_task", records_the_request)
+    log = tmp_path / "log"
+    table, _ = on_ray(tmp_path / "out", run=functools.partial(probes_the_allocator, log))
+    lines = log.read_text().splitlines()
+    assert sorted(line for line in lines if line.startswith("asked")) == [f"asked {asked}"] * 3
+    if asked:
+        assert [line for line in lines if line.startswith("mapped")] == ["mapped False"] * 3
+    pd.testing.assert_frame_equal(table, local_table(), check_exact=True)
+
+
+def test_a_shard_task_keeps_freed_memory_only_when_asked(monkeypatch):
+    import torch
+
+    import econspin.sweep_ray
+
+    asked = []
+    monkeypatch.setattr(econspin.sweep_ray, "keep_freed_memory", lambda: asked.append(True) or True)
+    threads = torch.get_num_threads()
+    for keep_memory in (False, True):
+        table = shard_task(lambda *arguments: pd.DataFrame({"a": [1]}), {}, [], 1, "cpu", "float32", threads,
+                           keep_memory)
+        assert table.attrs["device"] == "cpu"
+    assert asked == [True]
 
 
 def test_shards_no_node_can_run_are_refused_before_any_starts(local_ray, tmp_path):
