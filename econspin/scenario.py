@@ -10,235 +10,49 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal, Union
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Discriminator,
-    Field,
-    Tag,
-    ValidationError,
-    ValidationInfo,
-    field_validator,
-    model_validator,
-)
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from econspin.random_graphs import TORCH_GENERATORS, check_parameters
 from econspin.response import RESPONSES
+from econspin.scenario_base import NonNegativeFloat, PositiveFloat, ScenarioError, ScenarioWarning, StrictModel
 from econspin.scenario_messages import describe_validation_error, suggest
+from econspin.scenario_population import (
+    Correction,
+    MoneyDistribution,
+    Population,
+    Projections,
+    Temperature,
+    TemperatureDistribution,
+    TemperatureSchedule,
+    VectorDistribution,
+)
 
-
-class ScenarioError(ValueError):
-    """A scenario that cannot be run; the message is one line for the user."""
-
-
-class ScenarioWarning(UserWarning):
-    """A scenario that runs, but likely not as meant (an agent left out, an event never reached); one line."""
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-
-PositiveFloat = Annotated[float, Field(gt=0)]
-NonNegativeFloat = Annotated[float, Field(ge=0)]
-# what torch.Generator.manual_seed takes (the projection and ffn seeds go there as they are)
-Seed = Annotated[int, Field(ge=-(2**63), lt=2**64)]
-
-
-class _Variant(_Strict):
-    """A model whose field ``CHOICE`` picks a variant, and each variant reads only some options.
-
-    ``READS`` maps every variant to the options it reads, with their defaults. An option the
-    chosen variant does not read stays None, and giving it is refused with its key path, so
-    that no option is accepted and then silently ignored. Options read by every variant are
-    ordinary fields. ``CHOICE`` and whatever ``options_read`` looks at come first in the
-    class, since an option's check sees only the fields declared before it.
-    """
-
-    CHOICE: ClassVar[str]
-    READS: ClassVar[dict[str, dict[str, Any]]]
-
-    @classmethod
-    def options_read(cls, data: dict) -> dict[str, Any]:
-        """The options the variant described by ``data`` reads, with their defaults."""
-        choice = data.get(cls.CHOICE, cls.model_fields[cls.CHOICE].default)
-        return cls.READS.get(choice, {}) if isinstance(choice, str) else {}
-
-    @classmethod
-    def variant_name(cls, data: dict) -> str:
-        return f"{cls.CHOICE} {data[cls.CHOICE]}"
-
-    @model_validator(mode="before")
-    @classmethod
-    def _defaults_of_the_variant(cls, data):
-        if isinstance(data, dict):
-            unset = {key: value for key, value in cls.options_read(data).items() if data.get(key) is None}
-            data = {**data, **unset}
-        return data
-
-    @field_validator("*")
-    @classmethod
-    def _refuse_unread_options(cls, value, info: ValidationInfo):
-        optional = set().union(*cls.READS.values())
-        if value is None or info.field_name not in optional or cls.CHOICE not in info.data:
-            return value
-        if info.field_name not in cls.options_read(info.data):
-            readers = [choice for choice, options in cls.READS.items() if info.field_name in options]
-            only = "" if info.data[cls.CHOICE] in readers else f" (only {cls.CHOICE} {' or '.join(readers)} does)"
-            raise ValueError(f"{cls.variant_name(info.data)} does not use it{only}; remove it")
-        return value
-
-
-class MoneyDistribution(_Variant):
-    """Initial money per agent, scaled so that its mean is ``mean``."""
-
-    CHOICE = "distribution"
-    READS = {"equal": {}, "exponential": {}, "lognormal": {"sigma": 1.0}, "pareto": {"alpha": 2.0}}
-
-    distribution: Literal["equal", "exponential", "lognormal", "pareto"] = "equal"
-    mean: PositiveFloat = 1.0
-    sigma: PositiveFloat | None = None  # lognormal: standard deviation of log w (default 1)
-    alpha: Annotated[float, Field(gt=1)] | None = None  # pareto tail exponent, > 1: finite mean (default 2)
-
-
-class VectorDistribution(_Variant):
-    """Initial states x or fields h: i.i.d. normal components, or every component ``value``."""
-
-    CHOICE = "distribution"
-    READS = {"normal": {"scale": 1.0}, "constant": {"value": 0.0}}
-
-    distribution: Literal["normal", "constant"] = "normal"
-    scale: NonNegativeFloat | None = None  # normal: standard deviation (default 1)
-    value: float | None = None  # constant (default 0)
-
-
-class TemperatureSchedule(_Strict):
-    """Piecewise-constant temperature: ``[[round, T], ...]``, each T holding from its round on."""
-
-    schedule: list[tuple[Annotated[int, Field(ge=0)], NonNegativeFloat]]
-
-    @field_validator("schedule")
-    @classmethod
-    def _starts_at_zero(cls, points):
-        if not points:
-            raise ValueError("a schedule needs at least one [round, temperature] pair")
-        rounds = [point[0] for point in points]
-        if rounds != sorted(rounds) or len(set(rounds)) != len(rounds):
-            raise ValueError("schedule rounds must increase")
-        if rounds[0] != 0:
-            raise ValueError("a schedule must start at round 0")
-        return points
-
-    def at(self, round_index: int) -> float:
-        """The temperature in force at ``round_index``."""
-        value = self.schedule[0][1]
-        for start, temperature in self.schedule:
-            if start <= round_index:
-                value = temperature
-        return value
-
-
-class TemperatureDistribution(_Variant):
-    """Temperature drawn once per agent (heterogeneous decision noise)."""
-
-    CHOICE = "distribution"
-    READS = {
-        "lognormal": {"mean": 1.0, "sigma": 0.5},
-        "gamma": {"mean": 1.0, "sigma": 0.5},
-        "uniform": {"low": 0.0, "high": 1.0},
-    }
-
-    distribution: Literal["lognormal", "uniform", "gamma"]
-    mean: NonNegativeFloat | None = None  # lognormal, gamma (default 1)
-    sigma: PositiveFloat | None = None  # lognormal: std of log T; gamma: coefficient of variation (default 0.5)
-    low: NonNegativeFloat | None = None  # uniform (default 0)
-    high: NonNegativeFloat | None = None  # uniform (default 1)
-
-    @model_validator(mode="after")
-    def _low_below_high(self):
-        if self.distribution == "uniform" and self.low > self.high:
-            raise ValueError(f"distribution uniform needs low <= high (got low {self.low}, high {self.high})")
-        return self
-
-
-def _temperature_kind(value: Any) -> str:
-    """Which form of temperature a value is, so that errors come from that form only."""
-    if isinstance(value, TemperatureSchedule) or (isinstance(value, dict) and "schedule" in value):
-        return "TemperatureSchedule"
-    return "TemperatureDistribution" if isinstance(value, (dict, TemperatureDistribution)) else "float"
-
-
-Temperature = Annotated[
-    Union[
-        Annotated[NonNegativeFloat, Tag("float")],
-        Annotated[TemperatureSchedule, Tag("TemperatureSchedule")],
-        Annotated[TemperatureDistribution, Tag("TemperatureDistribution")],
-    ],
-    Discriminator(_temperature_kind),
+# the parts of a scenario, importable from here as from the modules that define them
+__all__ = [
+    "Correction",
+    "Couplings",
+    "Event",
+    "Market",
+    "MoneyDistribution",
+    "Network",
+    "Population",
+    "Projections",
+    "Run",
+    "Scenario",
+    "ScenarioError",
+    "ScenarioWarning",
+    "Temperature",
+    "TemperatureDistribution",
+    "TemperatureSchedule",
+    "VectorDistribution",
+    "check_network",
 ]
 
 
-class Projections(_Variant):
-    """W_Q, W_K, W_V of a population, per head: entries N(0, scale^2 / d)."""
-
-    CHOICE = "init"
-    READS = {"random": {"seed": None}, "identity": {}}
-
-    init: Literal["random", "identity"] = "random"  # identity: W = scale * I (needs d_k = d_v = d)
-    scale: NonNegativeFloat = 1.0
-    tied: bool = False  # W_Q = W_K and values = keys: the symmetric (Hopfield) limit
-    seed: Seed | None = None  # random: default drawn from the run's seed
-
-
-class Correction(_Variant):
-    """The self-impact (Onsager) correction: none, tap (closed form) or ffn (an MLP)."""
-
-    CHOICE = "form"
-    READS = {
-        "none": {},
-        "tap": {},
-        "ffn": {"weights": None, "hidden": 16, "scale": 0.0, "seed": None, "features": "state"},
-    }
-
-    form: Literal["none", "tap", "ffn"] = "none"
-    weights: str | None = None  # ffn: a .pt file with w1, b1, w2, b2 (then scale and seed are unused)
-    hidden: Annotated[int, Field(gt=0)] | None = None  # ffn width (default 16)
-    scale: NonNegativeFloat | None = None  # ffn random-init scale (default 0: starts as no correction)
-    seed: Seed | None = None  # ffn random init; default drawn from the run's seed
-    # ffn inputs: state (x_i, V_i, kappa_i) or invariant (rotation invariants gating theta_i and x_i)
-    features: Literal["state", "invariant"] | None = None
-
-    @classmethod
-    def options_read(cls, data: dict) -> dict[str, Any]:
-        if data.get("form") == "ffn" and data.get("weights") is not None:
-            return {"weights": None, "hidden": 16, "features": "state"}  # the weights come from the file
-        return super().options_read(data)
-
-    @classmethod
-    def variant_name(cls, data: dict) -> str:
-        return "form ffn with weights from a file" if data.get("weights") is not None else super().variant_name(data)
-
-
-class Population(_Strict):
-    """One kind of agent (e.g. human, ai)."""
-
-    count: Annotated[int, Field(gt=0, lt=2**63)]  # a torch int64 holds it; memory refuses far fewer
-    temperature: Temperature = 1.0
-    spend: Annotated[float, Field(gt=0, le=1)] = 0.1
-    eta: Annotated[float, Field(ge=0, le=1)] = 1.0
-    buys: bool = True
-    sells: bool = True
-    state: VectorDistribution = VectorDistribution()
-    field: VectorDistribution = VectorDistribution(scale=0.5)
-    money: MoneyDistribution = MoneyDistribution()
-    projections: Projections = Projections()
-    correction: Correction = Correction()
-
-
-class Network(_Strict):
+class Network(StrictModel):
     """A trade network: a networkx generator with its parameters, or an edge-list file."""
 
     generator: str | None = None
@@ -265,7 +79,7 @@ class Network(_Strict):
         return self
 
 
-class Couplings(_Strict):
+class Couplings(StrictModel):
     """Fixed couplings J instead of attention (the kinetic Ising special case)."""
 
     file: str | None = None  # .npz with the coupling matrix (and optionally fields)
@@ -283,7 +97,7 @@ class Couplings(_Strict):
         return self
 
 
-class Market(_Strict):
+class Market(StrictModel):
     """The market every population trades in."""
 
     d: Annotated[int, Field(gt=0)] = 16
@@ -313,7 +127,7 @@ class Market(_Strict):
         return self.radius if self.radius is not None else math.sqrt(self.d)
 
 
-class Run(_Strict):
+class Run(StrictModel):
     """How long, how many copies, where."""
 
     steps: Annotated[int, Field(gt=0)] = 100
@@ -332,7 +146,7 @@ class Run(_Strict):
     compile: Literal["off", "default", "reduce-overhead"] = "off"
 
 
-class Event(_Strict):
+class Event(StrictModel):
     """At round ``at``, change a population: its temperature, and/or shift its field h."""
 
     at: Annotated[int, Field(ge=0)]
@@ -341,7 +155,7 @@ class Event(_Strict):
     field_shift: float | None = None  # added to h along the population's own unit direction
 
 
-class Scenario(_Strict):
+class Scenario(StrictModel):
     """A whole economy: populations, market, run settings and events."""
 
     name: str = "scenario"
