@@ -25,6 +25,7 @@ from pydantic import (
     model_validator,
 )
 
+from econspin.precision import precision_conflict
 from econspin.random_graphs import TORCH_GENERATORS, check_parameters
 from econspin.response import RESPONSES
 from econspin.scenario_messages import describe_validation_error, suggest
@@ -330,6 +331,9 @@ class Run(_Strict):
     # the round through torch.compile (econspin.compiled): off (eager, the default), default, or
     # reduce-overhead (CUDA graphs on a GPU; default on the CPU)
     compile: Literal["off", "default", "reduce-overhead"] = "off"
+    # the precision of the fused kernels' utilities product (econspin.precision): full (run.dtype),
+    # bfloat16 (bf16 operands, float32 sums) or tf32 (CUDA tensor cores); float32 runs only
+    utility_precision: Literal["full", "bfloat16", "tf32"] = "full"
 
 
 class Event(_Strict):
@@ -390,7 +394,17 @@ class Scenario(_Strict):
             )
         if self.run.kernel == "fused" and self.market.couplings is not None:
             raise ValueError("run.kernel: fused covers the attention market, not fixed couplings; use auto")
+        self._check_utility_precision()
         return self
+
+    def _check_utility_precision(self):
+        """run.utility_precision against the file's own settings (device and network: when built)."""
+        run = self.run
+        kernel = "reference" if run.kernel == "reference" else "fused"
+        market = "couplings" if self.market.couplings is not None else "attention"
+        conflict = precision_conflict(run.utility_precision, run.dtype, None, kernel, market)
+        if conflict:
+            raise ValueError(conflict)
 
     @property
     def agent_count(self) -> int:
