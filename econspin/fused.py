@@ -62,7 +62,7 @@ import torch
 
 from econspin.economy import Economy
 from econspin.market import MarketOutcome, budgets, seller_bias, seller_moment_columns
-from econspin.precision import utility_operands, utility_product
+from econspin.precision import received_product, utility_operands, utility_product
 from econspin.state import State
 
 BLOCK_ENTRIES = 2**20  # entries of one (batch-heads, rows, N) block: two blocks stay in the L2/L3 caches
@@ -390,10 +390,13 @@ def expected_blocks(terms: RoundTerms, economy: Economy, moment_rows: torch.Tens
     norm = torch.empty(groups, agents, dtype=dtype, device=device)
     moments = torch.empty(groups, agents, d + 2, dtype=dtype, device=device)
     revenue = torch.zeros(groups, agents, dtype=torch.float64, device=device)
+    low = terms.left.dtype if terms.left.dtype != dtype else None  # bf16 utilities: the received product too
+    delivered = terms.delivered if low is None else terms.delivered.to(low)
     for g, r, scores, weights in row_blocks(terms, economy, rows):
         norm[g, r] = torch.linalg.vector_norm(weights, dim=-1)
         terms.dot[g, r] = scores.mul_(weights).sum(-1)  # sum_j e_ij z_ij / ln 2
-        moments[g, r, :d] = torch.bmm(weights, terms.delivered[g])  # (d columns: no padding to a wider panel)
+        rounded = None if low is None else workspace("low weights", weights.numel(), low, device)
+        moments[g, r, :d] = received_product(weights, delivered[g], rounded)  # (d columns: no padding)
         moments[g, r, d:] = torch.bmm(moment_rows[g], weights.transpose(1, 2)).transpose(1, 2)
         # total >= 1 on a row with partners (its best seller weighs exactly 1), 0 on an empty row,
         # whose weights are all 0: what it would spend goes nowhere

@@ -106,3 +106,14 @@ def utility_product(
         return scores
     torch.bmm(left, right, out=low)
     return scores.copy_(low)
+
+
+def received_product(weights: torch.Tensor, values: torch.Tensor, low: torch.Tensor | None) -> torch.Tensor:
+    """The product weights @ values (batched), in the values' dtype: bf16 values have the weights rounded into ``low``.
+
+    The result comes back in the values' dtype (bf16: float32 sums rounded once); the caller
+    widens it where it stores it.
+    """
+    if values.dtype == weights.dtype:
+        return torch.bmm(weights, values)
+    return torch.bmm(low.view(weights.shape).copy_(weights), values)
