@@ -295,13 +295,24 @@ def bench_table(result: dict):
         "fused pairs/s",
         "max diff",
     )
-    compiled = result.get("compile", "off") != "off"
-    if compiled:  # the compiled fused round beside the eager one
-        headers += ("compiled ms", "compiled/SDPA", "fused/compiled", "compile s", "compiled diff")
-    low = result.get("utility_precision", "full") != "full"
-    if low:  # the fused round at the reduced precision beside the full one
-        headers += ("low ms", "low/SDPA", "fused/low", "SDPA low ms", "low diff")
-    for column in headers:
+    extra_columns = []  # (header, row key, format) shown after the common columns
+    if result.get("compile", "off") != "off":  # the compiled fused round beside the eager one
+        extra_columns += [
+            ("compiled ms", "compiled_ms", ".3g"),
+            ("compiled/SDPA", "compiled_ratio", ".2f"),
+            ("fused/compiled", "compiled_speedup", ".2f"),
+            ("compile s", "compile_s", ".3g"),
+            ("compiled diff", "compiled_difference", ".1e"),
+        ]
+    if result.get("utility_precision", "full") != "full":  # the fused round at the reduced precision
+        extra_columns += [
+            ("low ms", "low_ms", ".3g"),
+            ("low/SDPA", "low_ratio", ".2f"),
+            ("fused/low", "low_speedup", ".2f"),
+            ("SDPA low ms", "low_floor_ms", ".3g"),
+            ("low diff", "low_difference", ".1e"),
+        ]
+    for column in (*headers, *(header for header, _, _ in extra_columns)):
         table.add_column(column, justify="right")
 
     def show(value, form):
@@ -309,29 +320,7 @@ def bench_table(result: dict):
 
     for row in result["rows"]:
         agreement = "-" if not row["compared"] else f"{max(row['state_difference'], row['money_difference']):.1e}"
-        extra = ()
-        if compiled:
-            extra = tuple(
-                show(row.get(key), form)
-                for key, form in (
-                    ("compiled_ms", ".3g"),
-                    ("compiled_ratio", ".2f"),
-                    ("compiled_speedup", ".2f"),
-                    ("compile_s", ".3g"),
-                    ("compiled_difference", ".1e"),
-                )
-            )
-        if low:
-            extra += tuple(
-                show(row.get(key), form)
-                for key, form in (
-                    ("low_ms", ".3g"),
-                    ("low_ratio", ".2f"),
-                    ("low_speedup", ".2f"),
-                    ("low_floor_ms", ".3g"),
-                    ("low_difference", ".1e"),
-                )
-            )
+        extra = tuple(show(row.get(key), form) for _, key, form in extra_columns)
         table.add_row(
             row["mode"],
             str(row["agents"]),

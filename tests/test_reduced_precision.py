@@ -9,6 +9,7 @@ the 1e-5 of tests/test_fused.py.
 """
 
 import dataclasses
+import json
 import math
 
 import pytest
@@ -247,3 +248,18 @@ def test_tf32_on_the_cpu_and_a_sparse_network_are_refused_when_built():
         rollout(scenario(run={"utility_precision": "bfloat16"}), dtype="float64")
     result = runner.invoke(app, ["bench", "--utilities", "tf32", "--device", "cpu"])
     assert result.exit_code == 2 and "--utilities: tf32 is a CUDA tensor-core mode" in result.output, result.output
+
+
+def test_bench_times_the_bf16_round_beside_bf16_sdpa(tmp_path):
+    out = tmp_path / "bench.json"
+    arguments = ["bench", "--quick", "--sizes", "48", "--batches", "1,2", "--repeats", "1", "--baselines", "none"]
+    result = runner.invoke(app, [*arguments, "--threads", "1", "--utilities", "bfloat16", "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "fused/low" in result.output and "SDPA low ms" in result.output
+    written = json.loads(out.read_text())
+    assert written["utility_precision"] == "bfloat16"
+    for row in written["rows"]:
+        assert row["low_ms"] > 0 and row["low_floor_ms"] > 0
+        assert row["low_speedup"] == pytest.approx(row["fused_ms"] / row["low_ms"])
+        assert row["low_pairs_per_s"] == pytest.approx(row["pairs"] / row["low_ms"] * 1e3)
+        assert 1e-6 < row["low_difference"] < 1.0  # rounded at bf16, yet the same economy
