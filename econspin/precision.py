@@ -5,9 +5,11 @@ scaled utilities y_ij = beta_i U_ij as one matrix product of the per-round opera
 
     left_i = [beta_i q_i / sqrt(d_k), beta_i, 1],   right_j = [k_j, b_j, c_j]
 
-(module doc of econspin.fused). ``run.utility_precision`` says in what precision that one
-product runs; everything after it (exp2, the row statistics, the received product, the
-moments) stays in run.dtype, and money and revenue in float64 exactly as at full precision:
+(module doc of econspin.fused). ``run.utility_precision`` says in what precision that
+product runs, and with bfloat16 also the expected mode's received product e @ u (the other
+product with as many multiply-adds: N x N by N x d); everything else (exp2, the row
+statistics, the moments, revenue's pass) stays in run.dtype, and money and revenue in float64
+exactly as at full precision:
 
 - ``full`` (the default): the product in run.dtype, bit for bit what the kernels did before
   the setting existed.
@@ -23,6 +25,9 @@ moments) stays in run.dtype, and money and revenue in float64 exactly as at full
   with A_i = |q_i| max_j |k_j| / sqrt(d_k) + max_j |b_j| (c_j = 0 or -2^120 is exact in
   bf16), so each weight alpha_ij is off by a factor within 2^(+-2 Delta_i), Delta_i the
   row's largest such error (tests/test_reduced_precision.py holds the kernel to this bound).
+  The received product rounds the weights and u_j to bf16 and its result once more: 3.02 u
+  of sum_j alpha_ij |u_j| on top. Measured on the CPU (docs/performance.md, "Reduced
+  precision"): 1.09-1.21x faster expected rounds, 0.97-1.13x sampled ones, at N = 1024-4096.
   At T_i = inf the row is still exactly uniform (beta_i squeezes y into [-2^-29, 0]). At
   T_i = 0 the row is the argmax of the *bf16-rounded* utilities: every seller whose rounded
   y~_ij equals the row's largest shares the budget equally, so sellers within about 2^-8 of
