@@ -96,6 +96,13 @@ def test_the_bf16_round_keeps_within_the_bound_from_bf16_rounding(drawn):
     assert torch.equal(got.spending, want.spending)
 
 
+@pytest.mark.slow
+@given(economies())
+@settings(max_examples=1000, deadline=None)
+def test_the_bf16_round_keeps_within_the_bound_many(drawn):
+    test_the_bf16_round_keeps_within_the_bound_from_bf16_rounding.hypothesis.inner_test(drawn)
+
+
 def test_the_bound_holds_with_room_on_the_two_population_economy():
     """Where the bound is small (warm rows), the bf16 round is close; it is the bound, not luck, that holds."""
     run = rollout(two_populations(heads=2, visibility=0.5), dtype="float32")
