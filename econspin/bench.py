@@ -124,12 +124,17 @@ def measure(
     clock: str = "wall",
     mode="expected",
     compile_mode: str = "off",
+    utility_precision: str = "full",
 ) -> dict:
     """One row of the benchmark: times (ms), ratios, pairs per second, kernel agreement.
 
     With ``compile_mode`` (a ``run.compile`` value other than off) the fused round is also
     timed compiled (:mod:`econspin.compiled`), interleaved with the others; its first call,
-    the compilation, is timed apart (``compile_s``).
+    the compilation, is timed apart (``compile_s``). With ``utility_precision`` (a
+    ``run.utility_precision`` other than full) the fused round is also timed at that
+    precision (``low_*``), beside SDPA on bf16 q, k, v (``low_floor_ms``; TF32 on CUDA: on
+    float32 ones with TF32 allowed), and its next states and money compared with the
+    full-precision fused round's (``low_difference``).
     """
     rollout = Rollout.create([bench_scenario(agents, mode=mode)] * batch, list(range(batch)), str(device), "float32")
     state, economy = rollout.state, rollout.economy
@@ -151,6 +156,16 @@ def measure(
         difference = max(relative_difference(eager.states, first.states), relative_difference(eager.money, first.money))
         compiled_row = {"compile": compile_mode, "compile_s": seconds, "compiled_difference": difference}
         functions["compiled"] = lambda: step(state, compiled)
+    low_row = {}
+    if utility_precision != "full" and run["fused"]:
+        low = dataclasses.replace(kernels["fused"], utility_precision=utility_precision)
+        functions["low"] = lambda: step(state, low)
+        functions["low_floor"] = low_precision_floor(q, k, v, utility_precision)
+        with torch.no_grad():
+            full, reduced = step(state, kernels["fused"]), step(state, low)
+        low_row["low_difference"] = max(
+            relative_difference(full.states, reduced.states), relative_difference(full.money, reduced.money)
+        )
     with torch.no_grad():
         times = timed(functions, repeats, device, clock)
         row = {"mode": mode, "agents": agents, "batch": batch, "pairs": pairs, "repeats": repeats}
@@ -168,6 +183,12 @@ def measure(
             compiled_row["compiled_ratio"] = times["compiled"] / times["floor"]
             compiled_row["compiled_speedup"] = times["fused"] / times["compiled"]
         row.update(compiled_row)
+        if "low" in times:
+            low_row["low_ms"], low_row["low_floor_ms"] = times["low"] * 1e3, times["low_floor"] * 1e3
+            low_row["low_ratio"] = times["low"] / times["floor"]
+            low_row["low_speedup"] = times["fused"] / times["low"]
+            low_row["low_pairs_per_s"] = pairs / times["low"]
+        row.update(low_row)
         row["compared"] = run["reference"] and run["fused"]
         row["state_difference"] = row["money_difference"] = None
         if row["compared"]:
@@ -175,6 +196,23 @@ def measure(
             row["state_difference"] = relative_difference(reference.states, fused.states)
             row["money_difference"] = relative_difference(reference.money, fused.money)
     return row
+
+
+def low_precision_floor(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, utility_precision: str):
+    """SDPA forward at the reduced precision: on bf16 q, k, v, or (tf32) float32 with TF32 allowed."""
+    if utility_precision == "bfloat16":
+        low = tuple(t.to(torch.bfloat16) for t in (q, k, v))
+        return lambda: torch.nn.functional.scaled_dot_product_attention(*low)
+
+    def with_tensor_cores():
+        before = torch.backends.cuda.matmul.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = True
+        try:
+            return torch.nn.functional.scaled_dot_product_attention(q, k, v)
+        finally:
+            torch.backends.cuda.matmul.allow_tf32 = before
+
+    return with_tensor_cores
 
 
 def run_bench(
@@ -189,13 +227,15 @@ def run_bench(
     modes: tuple[str, ...] = ("expected",),
     baselines: tuple[str, ...] = (),
     compile_mode: str = "off",
+    utility_precision: str = "full",
 ) -> dict:
     """The whole benchmark as a JSON-ready dict: machine, versions, threads, one row per (mode, N, B).
 
     ``baselines`` names sections of :mod:`econspin.bench_baselines` (Mesa, sweeps, memory,
     floors) to measure after the rows, in the same run; each becomes a key of the result.
     ``compile_mode`` (a ``run.compile`` value) adds the compiled round to the rows, the
-    Boltzmann and the sweep sections.
+    Boltzmann and the sweep sections; ``utility_precision`` the fused round at that
+    ``run.utility_precision`` to the rows.
     """
     resolved = resolve_device(device)
     previous = torch.get_num_threads()
@@ -214,12 +254,14 @@ def run_bench(
             "quick": quick,
             "clock": clock,
             "compile": compile_mode,
+            "utility_precision": utility_precision,
             "rows": [],
         }
         for mode in modes:
             for agents in sizes or SIZES[quick]:
                 for batch in batches or BATCHES:
-                    row = measure(agents, batch, resolved, quick, repeats or REPEATS[quick], clock, mode, compile_mode)
+                    count = repeats or REPEATS[quick]
+                    row = measure(agents, batch, resolved, quick, count, clock, mode, compile_mode, utility_precision)
                     result["rows"].append(row)
                     if on_row is not None:
                         on_row(row)
@@ -253,10 +295,24 @@ def bench_table(result: dict):
         "fused pairs/s",
         "max diff",
     )
-    compiled = result.get("compile", "off") != "off"
-    if compiled:  # the compiled fused round beside the eager one
-        headers += ("compiled ms", "compiled/SDPA", "fused/compiled", "compile s", "compiled diff")
-    for column in headers:
+    extra_columns = []  # (header, row key, format) shown after the common columns
+    if result.get("compile", "off") != "off":  # the compiled fused round beside the eager one
+        extra_columns += [
+            ("compiled ms", "compiled_ms", ".3g"),
+            ("compiled/SDPA", "compiled_ratio", ".2f"),
+            ("fused/compiled", "compiled_speedup", ".2f"),
+            ("compile s", "compile_s", ".3g"),
+            ("compiled diff", "compiled_difference", ".1e"),
+        ]
+    if result.get("utility_precision", "full") != "full":  # the fused round at the reduced precision
+        extra_columns += [
+            ("low ms", "low_ms", ".3g"),
+            ("low/SDPA", "low_ratio", ".2f"),
+            ("fused/low", "low_speedup", ".2f"),
+            ("SDPA low ms", "low_floor_ms", ".3g"),
+            ("low diff", "low_difference", ".1e"),
+        ]
+    for column in (*headers, *(header for header, _, _ in extra_columns)):
         table.add_column(column, justify="right")
 
     def show(value, form):
@@ -264,18 +320,7 @@ def bench_table(result: dict):
 
     for row in result["rows"]:
         agreement = "-" if not row["compared"] else f"{max(row['state_difference'], row['money_difference']):.1e}"
-        extra = ()
-        if compiled:
-            extra = tuple(
-                show(row.get(key), form)
-                for key, form in (
-                    ("compiled_ms", ".3g"),
-                    ("compiled_ratio", ".2f"),
-                    ("compiled_speedup", ".2f"),
-                    ("compile_s", ".3g"),
-                    ("compiled_difference", ".1e"),
-                )
-            )
+        extra = tuple(show(row.get(key), form) for _, key, form in extra_columns)
         table.add_row(
             row["mode"],
             str(row["agents"]),

@@ -17,6 +17,7 @@ from econspin.cli import CompileOption, app, console, fail
 from econspin.compiled import COMPILE_MODES, CompilerMissing, require_compiler
 from econspin.economy import resolve_device
 from econspin.output import check_writable, write_json
+from econspin.precision import UTILITY_PRECISIONS, precision_conflict
 from econspin.scenario import ScenarioError
 
 
@@ -40,6 +41,10 @@ def bench(
         typer.Option(help="Baselines: all (default), none, or some of reference,boltzmann,sweep,memory,floors."),
     ] = None,
     compile_mode: CompileOption = None,
+    utilities: Annotated[
+        str,
+        typer.Option(help="Also time the fused round at this run.utility_precision: full (no), bfloat16, tf32."),
+    ] = "full",
 ):
     """Time one round of the reference and fused kernels against the attention floor (SDPA), and the baselines."""
     from econspin.bench import MODES, bench_table, run_bench
@@ -66,6 +71,11 @@ def bench(
         chosen_modes = tuple(modes.split(","))
         if not set(chosen_modes) <= set(MODES) or len(set(chosen_modes)) != len(chosen_modes):
             raise ScenarioError(f"--modes {modes!r}: give expected, sampled or expected,sampled")
+        if utilities not in UTILITY_PRECISIONS:
+            raise ScenarioError(f"--utilities {utilities!r}: choose one of {', '.join(UTILITY_PRECISIONS)}")
+        conflict = precision_conflict(utilities, "float32", resolve_device(device), "fused", "attention")
+        if conflict:
+            raise ScenarioError(conflict.replace("run.utility_precision", "--utilities"))
         if json_file is not None:
             check_writable(json_file, "--json", folder=False)
         try:
@@ -86,10 +96,12 @@ def bench(
             modes=chosen_modes,
             baselines=sections,
             compile_mode=compile_mode,
+            utility_precision=utilities,
         )
     except (ScenarioError, CompilerMissing) as error:
         fail(str(error))
-    wide = Console(width=max(170 if compile_mode != "off" else 120, Console().width))  # --compile: 5 more columns
+    width = 120 + 50 * (compile_mode != "off") + 50 * (utilities != "full")  # 5 more columns for each
+    wide = Console(width=max(width, Console().width))
     for table in (bench_table(result), *baseline_tables(result)):
         wide.print(table)
     if json_file is not None:

@@ -31,6 +31,7 @@ from econspin.network import (
     trade_mask_from_links,
     uses_sparse_layout,
 )
+from econspin.precision import precision_conflict
 from econspin.randomness import STREAM_DISORDER, derive_seed, make_generator
 from econspin.response import SpinResponse, make_response
 from econspin.scenario import Scenario, ScenarioError
@@ -68,6 +69,8 @@ class Economy:
             so that choice is uniform over the allowed sellers at any temperature.
         compile: run.compile: ``off`` (eager) or the torch.compile mode the round runs in
             (:mod:`econspin.compiled`).
+        utility_precision: run.utility_precision: ``full``, ``bfloat16`` or ``tf32``, the
+            precision of the fused kernels' utilities product (:mod:`econspin.precision`).
     """
 
     population: torch.Tensor
@@ -96,6 +99,7 @@ class Economy:
     population_counts: tuple[int, ...] = ()
     uniform_choice: bool = False
     compile: str = "off"
+    utility_precision: str = "full"
 
     @property
     def batch_size(self) -> int:
@@ -165,6 +169,7 @@ def shape_signature(scenario: Scenario) -> tuple:
         market.couplings is not None,
         scenario.run.kernel,
         scenario.run.compile,
+        scenario.run.utility_precision,
     )
 
 
@@ -237,6 +242,11 @@ def build_economy(
             trade_edges = trade_edges_from_links(links, sells[population]).to(device)
         else:
             trade_mask = trade_mask_from_links(links).to(device)
+    kernel = "reference" if first.run.kernel == "reference" or market.couplings is not None else "fused"
+    kind = "couplings" if market.couplings is not None else "sparse" if trade_edges is not None else "attention"
+    conflict = precision_conflict(first.run.utility_precision, str(dtype).removeprefix("torch."), device, kernel, kind)
+    if conflict:
+        raise ScenarioError(conflict)
     couplings = None
     if market.couplings is not None:
         specs = [s.market.couplings for s in scenarios]
@@ -280,10 +290,11 @@ def build_economy(
         corrections=tuple(corrections),
         chunk=first.run.chunk,
         memory_budget=first.run.memory_budget_mb * 2**20,
-        kernel="reference" if first.run.kernel == "reference" or couplings is not None else "fused",
+        kernel=kernel,
         population_counts=tuple(counts),
         uniform_choice=couplings is None and utilities_vanish(query, key, visibility),
         compile=first.run.compile,
+        utility_precision=first.run.utility_precision,
     )
 
 

@@ -62,6 +62,7 @@ import torch
 
 from econspin.economy import Economy
 from econspin.market import MarketOutcome, budgets, seller_bias, seller_moment_columns
+from econspin.precision import received_product, utility_operands, utility_product
 from econspin.state import State
 
 BLOCK_ENTRIES = 2**20  # entries of one (batch-heads, rows, N) block: two blocks stay in the L2/L3 caches
@@ -219,6 +220,7 @@ class RoundTerms:
     :func:`row_blocks`, the rest by the mode's own loop.
     """
 
+    # the utilities' operands, in run.utility_precision's dtype (econspin.precision)
     left: torch.Tensor  # (groups, N, d_k + 2): [beta_i q_i / sqrt(d_k), beta_i, 1]
     right: torch.Tensor  # (groups, d_k + 2, N): [k_j, b_j, c_j]
     delivered: torch.Tensor  # (groups, N, d): u_j = v_j W_O^h
@@ -272,9 +274,10 @@ def round_terms(state: State, economy: Economy) -> RoundTerms:
         network_bias, partners = network_terms(economy, dtype, big)
         partners = partners.expand(groups, agents)
     shifted_max, total, dot = (torch.empty(groups, agents, dtype=dtype, device=device) for _ in range(3))
+    left, right = utility_operands(left, right.transpose(1, 2), economy.utility_precision)
     return RoundTerms(
         left=left,
-        right=right.transpose(1, 2),
+        right=right,
         delivered=delivered,
         value_output=value_output,
         beta=beta,
@@ -298,10 +301,14 @@ def row_blocks(terms: RoundTerms, economy: Economy, rows: int | None = None):
     """
     left, right = terms.left, terms.right
     groups, agents = terms.groups, left.shape[1]
-    dtype, device = left.dtype, left.device
+    dtype, device = terms.delivered.dtype, left.device
     big, floor = 2.0 ** _limits(dtype)[2], EXP2_FLOOR[dtype]
     group_size, block_rows = block_shape(groups, agents, rows if rows is not None else economy.chunk)
     buffer = workspace("blocks", 2 * group_size * block_rows * agents, dtype, device)
+    low = None  # bf16 operands (run.utility_precision): their product lands in a buffer of their own first
+    if left.dtype != dtype:
+        low = workspace("low blocks", group_size * block_rows * agents, left.dtype, device)
+    tf32 = economy.utility_precision == "tf32"
     for g0 in range(0, groups, group_size):
         g = slice(g0, min(g0 + group_size, groups))
         for r0 in range(0, agents, block_rows):
@@ -309,7 +316,8 @@ def row_blocks(terms: RoundTerms, economy: Economy, rows: int | None = None):
             shape = (g.stop - g.start, r.stop - r.start, agents)
             size = math.prod(shape)
             scores, weights = buffer[:size].view(shape), buffer[size : 2 * size].view(shape)
-            torch.bmm(left[g, r], right[g], out=scores)  # beta_i U_ij, -BIG for non-sellers
+            low_scores = low[:size].view(shape) if low is not None else None
+            utility_product(left[g, r], right[g], scores, low_scores, tf32)  # beta_i U_ij, -BIG for non-sellers
             scores.diagonal(offset=r0, dim1=1, dim2=2).fill_(-big)
             if terms.network_bias is not None:
                 scores.add_(terms.network_bias[r])
@@ -382,10 +390,13 @@ def expected_blocks(terms: RoundTerms, economy: Economy, moment_rows: torch.Tens
     norm = torch.empty(groups, agents, dtype=dtype, device=device)
     moments = torch.empty(groups, agents, d + 2, dtype=dtype, device=device)
     revenue = torch.zeros(groups, agents, dtype=torch.float64, device=device)
+    low = terms.left.dtype if terms.left.dtype != dtype else None  # bf16 utilities: the received product too
+    delivered = terms.delivered if low is None else terms.delivered.to(low)
     for g, r, scores, weights in row_blocks(terms, economy, rows):
         norm[g, r] = torch.linalg.vector_norm(weights, dim=-1)
         terms.dot[g, r] = scores.mul_(weights).sum(-1)  # sum_j e_ij z_ij / ln 2
-        moments[g, r, :d] = torch.bmm(weights, terms.delivered[g])  # (d columns: no padding to a wider panel)
+        rounded = None if low is None else workspace("low weights", weights.numel(), low, device)
+        moments[g, r, :d] = received_product(weights, delivered[g], rounded)  # (d columns: no padding)
         moments[g, r, d:] = torch.bmm(moment_rows[g], weights.transpose(1, 2)).transpose(1, 2)
         # total >= 1 on a row with partners (its best seller weighs exactly 1), 0 on an empty row,
         # whose weights are all 0: what it would spend goes nowhere

@@ -215,6 +215,8 @@ def estimate_memory(
 
             groups, rows = block_shape(batch * heads, agents, run.chunk)
             device["round"] = batch * model.agent_bytes() + 2 * (2 * groups * rows * agents * itemsize)
+            if run.utility_precision == "bfloat16":  # two bf16 blocks beside them (econspin.precision)
+                device["round"] += 2 * groups * rows * agents * 2
         else:  # the reference kernel: blocks as tall as the budget allows
             rows = run.chunk if run.chunk is not None else model.rows_per_block(batch)
             device["round"] = batch * model.element_bytes(max(1, min(rows, agents)))

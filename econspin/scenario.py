@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
+from econspin.precision import precision_conflict
 from econspin.random_graphs import TORCH_GENERATORS, check_parameters
 from econspin.response import RESPONSES
 from econspin.scenario_base import NonNegativeFloat, PositiveFloat, ScenarioError, ScenarioWarning, StrictModel
@@ -144,6 +145,9 @@ class Run(StrictModel):
     # the round through torch.compile (econspin.compiled): off (eager, the default), default, or
     # reduce-overhead (CUDA graphs on a GPU; default on the CPU)
     compile: Literal["off", "default", "reduce-overhead"] = "off"
+    # the precision of the fused kernels' utilities product (econspin.precision): full (run.dtype),
+    # bfloat16 (bf16 operands, float32 sums) or tf32 (CUDA tensor cores); float32 runs only
+    utility_precision: Literal["full", "bfloat16", "tf32"] = "full"
 
 
 class Event(StrictModel):
@@ -204,7 +208,17 @@ class Scenario(StrictModel):
             )
         if self.run.kernel == "fused" and self.market.couplings is not None:
             raise ValueError("run.kernel: fused covers the attention market, not fixed couplings; use auto")
+        self._check_utility_precision()
         return self
+
+    def _check_utility_precision(self):
+        """run.utility_precision against the file's own settings (device and network: when built)."""
+        run = self.run
+        kernel = "reference" if run.kernel == "reference" else "fused"
+        market = "couplings" if self.market.couplings is not None else "attention"
+        conflict = precision_conflict(run.utility_precision, run.dtype, None, kernel, market)
+        if conflict:
+            raise ValueError(conflict)
 
     @property
     def agent_count(self) -> int:
