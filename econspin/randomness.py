@@ -86,6 +86,7 @@ _MULTIPLIER_1 = _signed(0xBF58476D1CE4E5B9)
 _MULTIPLIER_2 = _signed(0x94D049BB133111EB)
 _LOW_34, _LOW_37, _LOW_33, _LOW_32 = (1 << 34) - 1, (1 << 37) - 1, (1 << 33) - 1, (1 << 32) - 1
 _MANTISSA = (1 << 52) - 1
+_SIGN_32 = 1 << 31
 
 
 def mix64(x: torch.Tensor) -> torch.Tensor:
@@ -107,15 +108,55 @@ def _mix64_int(value: int) -> int:
     return value ^ (value >> 31)
 
 
+_STEPS = ((30, _LOW_34, _MULTIPLIER_1), (27, _LOW_37, _MULTIPLIER_2), (31, _LOW_33, None))
+
+
 def _mix64_(x: torch.Tensor) -> torch.Tensor:
-    """:func:`mix64` in place, with one scratch tensor."""
+    """:func:`mix64` in place, with one scratch tensor; traced by torch.compile, :func:`mix64_exact`."""
+    if torch.compiler.is_compiling():
+        return mix64_exact(x)
     shifted = torch.empty_like(x)
-    for shift, low, multiplier in ((30, _LOW_34, _MULTIPLIER_1), (27, _LOW_37, _MULTIPLIER_2), (31, _LOW_33, None)):
+    for shift, low, multiplier in _STEPS:
         torch.bitwise_right_shift(x, shift, out=shifted)
         x ^= shifted.bitwise_and_(low)
         if multiplier is not None:
             x *= multiplier
     return x
+
+
+def mix64_exact(x: torch.Tensor) -> torch.Tensor:
+    """:func:`mix64` with no intermediate outside int64: the form torch.compile is given.
+
+    Inductor writes an int64 product as a C++ signed multiplication, whose overflow is
+    undefined behaviour; where the compiler knows the operands' range (the hash of a traced
+    ``arange`` of tags, an index expression) GCC's -O3 folded the wrapped products into wrong
+    constants (docs/performance.md, "The hashes compiled"; experiments/hash_miscompiled.py).
+    Here each product is taken in 32-bit halves (:func:`_times_exact`), so every operation is
+    defined in C++ and the words are :func:`mix64`'s, bit for bit (tests/test_randomness.py).
+    """
+    for shift, low, multiplier in _STEPS:
+        x = x ^ ((x >> shift) & low)
+        if multiplier is not None:
+            x = _times_exact(x, multiplier)
+    return x
+
+
+def _times_exact(x: torch.Tensor, multiplier: int) -> torch.Tensor:
+    """The product x * multiplier modulo 2^64 (two's complement), every intermediate within int64.
+
+    With x = a 2^32 + b and multiplier = c 2^32 + e (b, e the unsigned low halves, a, c the
+    signed high ones): x * multiplier = b e + 2^32 (a e + b c) modulo 2^64. Both SplitMix
+    multipliers have e < 2^31, so b e < 2^63; |a e| < 2^62 and |b c| < 2^63; only the low 32 bits
+    of the cross terms and of (b e >> 32) matter, summed below 2^34; the high half is then
+    sign-extended from 32 bits and scaled by 2^32 (at most 2^63 in magnitude, exact).
+    """
+    high_multiplier, low_multiplier = multiplier >> 32, multiplier & _LOW_32
+    assert low_multiplier < 1 << 31, "the low half of the multiplier must keep b e below 2^63"
+    low, high = x & _LOW_32, x >> 32
+    product = low * low_multiplier
+    top = ((high * low_multiplier) & _LOW_32) + ((low * high_multiplier) & _LOW_32) + (product >> 32)
+    top = ((top & _LOW_32) ^ _SIGN_32) - _SIGN_32  # the high word as a signed 32-bit number
+    return (top * (1 << 32)) | (product & _LOW_32)
 
 
 def _keyed(keys: torch.Tensor, mixed_tags: torch.Tensor | int) -> torch.Tensor:
@@ -150,9 +191,8 @@ class Draws:
     def __getitem__(self, index) -> "Draws":
         return Draws(self.keys[index])
 
-    # eager under run.compile (econspin.compiled): Inductor (torch 2.13, CPU) miscomputed the hash
-    # of a traced arange of tags fused into its broadcast, which would change every draw
-    @torch.compiler.disable
+    # traced under run.compile (econspin.compiled): the tags' arange and the hash fuse into one
+    # loop, in the defined arithmetic of mix64_exact (docs/performance.md, "The hashes compiled")
     def words(self, stream: int, count: int, start: int = 0) -> torch.Tensor:
         """(count, ...) int64 hashes of (stream, index) for index in [start, start + count)."""
         tags = _mixed_tags(_LEVEL_DRAW + (stream << 32) + start, count, self.keys.device)
