@@ -164,8 +164,15 @@ def _keyed(keys: torch.Tensor, mixed_tags: torch.Tensor | int) -> torch.Tensor:
     return _mix64_(keys ^ mixed_tags)
 
 
-@functools.lru_cache(maxsize=256)
 def _mixed_tags(start: int, count: int, device: torch.device) -> torch.Tensor:
+    """mix64(start + i) for i < count: kept from round to round eagerly, fused into its use compiled."""
+    if torch.compiler.is_compiling():  # a traced arange costs nothing fused (torch.compile ignores the cache)
+        return mix64(torch.arange(start, start + count, dtype=torch.int64, device=device))
+    return _kept_mixed_tags(start, count, device)
+
+
+@functools.lru_cache(maxsize=256)
+def _kept_mixed_tags(start: int, count: int, device: torch.device) -> torch.Tensor:
     """mix64(start + i) for i < count: the tags of a level do not change from round to round."""
     return mix64(torch.arange(start, start + count, dtype=torch.int64, device=device))
 
@@ -214,6 +221,8 @@ class Draws:
         high = ((words >> 32) & _LOW_32).to(torch.float64).add_(0.5).mul_(2.0**-32)
         angle = words.bitwise_and_(_LOW_32).to(torch.float64).add_(0.5).mul_(2.0 * math.pi * 2.0**-32)
         radius = high.log_().mul_(-2.0).sqrt_()
+        if torch.compiler.is_compiling():  # the halves written by out= into one buffer compiled to masked loops
+            return torch.stack([torch.cos(angle), torch.sin(angle)]).mul_(radius).flatten(0, 1)[:count]
         normals = torch.empty((2 * pairs, *words.shape[1:]), dtype=torch.float64, device=words.device)
         torch.cos(angle, out=normals[:pairs])
         torch.sin(angle, out=normals[pairs:])
@@ -223,5 +232,19 @@ class Draws:
 
 def round_draws(keys: torch.Tensor, round_index: int, agents: int) -> Draws:
     """The draws of round ``round_index`` for elements with ``keys`` (B,) and agents 0..agents-1."""
-    round_keys = _keyed(keys, _signed(_mix64_int(_LEVEL_ROUND + int(round_index))))  # a scalar: no copy to the device
+    return agent_draws(keys, round_tag(round_index), agents)  # the tag a Python scalar: no copy to the device
+
+
+def round_tag(round_index: int) -> int:
+    """The mixed tag of round ``round_index``: element key -> key of (element, round) is mix64(key ^ tag)."""
+    return _signed(_mix64_int(_LEVEL_ROUND + int(round_index)))
+
+
+def agent_draws(keys: torch.Tensor, mixed_round: torch.Tensor | int, agents: int) -> Draws:
+    """:func:`round_draws` from the round's tag (:func:`round_tag`), a Python int or a 0-d int64 tensor.
+
+    The compiled round (``run.compile``) is given the tag as a tensor, so that it traces the
+    keying of its agents once for every round instead of once per round index.
+    """
+    round_keys = _keyed(keys, mixed_round)
     return Draws(_keyed(round_keys.unsqueeze(-1), _mixed_tags(_LEVEL_AGENT, agents, keys.device)))
