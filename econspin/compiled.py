@@ -12,11 +12,12 @@ default (``run.compile: off``); the compiled one computes the same equations, no
 Inductor may regroup a sum or fuse a multiply-add, so it agrees with the eager round to
 rounding (tests/test_compiled_round.py).
 
-What is compiled is :func:`econspin.round.play`, the round without its bookkeeping: the round
-index, a Python number that changes every round, enters only through the round's draws,
-whose keys of (element, round, agent) are made eagerly beforehand (otherwise every round would
-be a new trace); the hashes of those keys into the round's random numbers
-(:meth:`econspin.randomness.Draws.words`), their uniforms and the Box-Muller Gaussians are
+What is compiled is :func:`econspin.round.play_tagged`: :func:`econspin.round.play`, the round
+without its bookkeeping, with the keying of its draws. The round index, a Python number that
+changes every round, enters only as the round's mixed tag, a 0-d tensor
+(:func:`econspin.randomness.round_tag`; a traced Python number would make every round a new
+trace). The keys of (element, round, agent), their hashes into the round's random numbers
+(:meth:`econspin.randomness.Draws.words`), the uniforms and the Box-Muller Gaussians are
 traced and fuse into the round's loops, bit for bit the eager words (the traced hash takes its
 64-bit products in 32-bit halves, :func:`econspin.randomness.mix64_exact`: Inductor's C++ for an
 overflowing int64 product is undefined behaviour, which GCC folded into wrong words;

@@ -252,7 +252,7 @@ def sample_von_mises_fisher(
     # the zero vector where there is no field; cast and laid out in one copy (.double() of the
     # moved view keeps its strides, and .contiguous() then copied it a second time)
     unit = direction.movedim(-1, 0).to(torch.float64, memory_format=torch.contiguous_format)
-    # compiled, the out-of-place form: the same bits (in-place updates of slices would be copied back)
+    # compiled, the out-of-place form (the same arithmetic): Inductor fuses it and plans its own buffers
     out_of_place = (torch.is_grad_enabled() and unit.requires_grad) or torch.compiler.is_compiling()
     products = gaussian * unit
     dot = _sum_leading(products, in_place=not out_of_place)
@@ -276,8 +276,8 @@ def sample_von_mises_fisher(
 def _wood_component_eagerly(kappa: torch.Tensor, dimension: int, draws: Draws) -> torch.Tensor:
     """:func:`_wood_component`, kept eager under run.compile.
 
-    Its loop asks the host whether any agent still lacks an accepted attempt (a graph break
-    either way), and its work over the few agents left is indexing, not fusable arithmetic.
+    Its loop asks the host whether any agent still lacks an accepted attempt, a graph break
+    wherever it sits: the rest of the draw is compiled in the graphs before and after it.
     """
     return _wood_component(kappa, dimension, draws)
 
