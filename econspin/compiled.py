@@ -12,24 +12,29 @@ default (``run.compile: off``); the compiled one computes the same equations, no
 Inductor may regroup a sum or fuse a multiply-add, so it agrees with the eager round to
 rounding (tests/test_compiled_round.py).
 
-What is compiled is :func:`econspin.round.play`, the round without its bookkeeping: the round
-index, a Python number that changes every round, enters only through the round's draws,
-which are keyed eagerly beforehand (otherwise every round would be a new trace). Four parts
-run eagerly between compiled graphs (``torch.compiler.disable``), each chosen by measurement
-or by a defect found in the compiled code (docs/performance.md, "The round compiled"):
+What is compiled is :func:`econspin.round.play_tagged`: :func:`econspin.round.play`, the round
+without its bookkeeping, with the keying of its draws. The round index, a Python number that
+changes every round, enters only as the round's mixed tag, a 0-d tensor
+(:func:`econspin.randomness.round_tag`; a traced Python number would make every round a new
+trace). The keys of (element, round, agent), their hashes into the round's random numbers
+(:meth:`econspin.randomness.Draws.words`), the uniforms and the Box-Muller Gaussians are
+traced and fuse into the round's loops, bit for bit the eager words (the traced hash takes its
+64-bit products in 32-bit halves, :func:`econspin.randomness.mix64_exact`: Inductor's C++ for an
+overflowing int64 product is undefined behaviour, which GCC folded into wrong words;
+docs/performance.md, "The hashes compiled"). Three parts run eagerly between compiled graphs
+(``torch.compiler.disable``), each chosen by measurement or by a defect found in the compiled
+code (docs/performance.md, "The round compiled"):
 
 - the blocks of the N x N utilities (:func:`econspin.fused.expected_blocks`,
   :func:`econspin.fused_sampled.sampled_blocks`): Inductor's loops over a block recomputed
   exp2 for each reduction and took 5x the eager round at N = 1024;
-- the von Mises-Fisher spin draw of sampled mode
-  (:func:`econspin.response.sample_von_mises_fisher`): Wood's rejection loop asks the host
-  whether any agent is still without an accepted attempt, and the draw compiled around it was
-  slower than the eager, in-place one;
+- Wood's rejection step of the von Mises-Fisher spin draw (sampled mode, d >= 2;
+  :func:`econspin.response._wood_component_eagerly`): its loop asks the host whether any agent
+  is still without an accepted attempt, a graph break wherever it sits; the rest of the draw
+  (the concentration, the Gaussians of the direction and its projection orthogonal to the
+  field) is traced;
 - the effective inverse temperatures (:func:`econspin.fused.inverse_temperatures`): Inductor's
-  C++ for the int32 exponents of ``torch.frexp`` does not compile (torch 2.13, CPU);
-- the counter-based hashes (:meth:`econspin.randomness.Draws.words`): Inductor (torch 2.13,
-  CPU) miscomputed the hash of a traced range of tags fused into its broadcast, which would
-  have changed every draw. Eagerly, every draw is the eager round's, bit for bit.
+  C++ for the int32 exponents of ``torch.frexp`` does not compile (torch 2.13, CPU).
 
 Modes (``run.compile``):
 

@@ -86,6 +86,7 @@ _MULTIPLIER_1 = _signed(0xBF58476D1CE4E5B9)
 _MULTIPLIER_2 = _signed(0x94D049BB133111EB)
 _LOW_34, _LOW_37, _LOW_33, _LOW_32 = (1 << 34) - 1, (1 << 37) - 1, (1 << 33) - 1, (1 << 32) - 1
 _MANTISSA = (1 << 52) - 1
+_SIGN_32 = 1 << 31
 
 
 def mix64(x: torch.Tensor) -> torch.Tensor:
@@ -107,10 +108,15 @@ def _mix64_int(value: int) -> int:
     return value ^ (value >> 31)
 
 
+_STEPS = ((30, _LOW_34, _MULTIPLIER_1), (27, _LOW_37, _MULTIPLIER_2), (31, _LOW_33, None))
+
+
 def _mix64_(x: torch.Tensor) -> torch.Tensor:
-    """:func:`mix64` in place, with one scratch tensor."""
+    """:func:`mix64` in place, with one scratch tensor; traced by torch.compile, :func:`mix64_exact`."""
+    if torch.compiler.is_compiling():
+        return mix64_exact(x)
     shifted = torch.empty_like(x)
-    for shift, low, multiplier in ((30, _LOW_34, _MULTIPLIER_1), (27, _LOW_37, _MULTIPLIER_2), (31, _LOW_33, None)):
+    for shift, low, multiplier in _STEPS:
         torch.bitwise_right_shift(x, shift, out=shifted)
         x ^= shifted.bitwise_and_(low)
         if multiplier is not None:
@@ -118,13 +124,55 @@ def _mix64_(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
+def mix64_exact(x: torch.Tensor) -> torch.Tensor:
+    """:func:`mix64` with no intermediate outside int64: the form torch.compile is given.
+
+    Inductor writes an int64 product as a C++ signed multiplication, whose overflow is
+    undefined behaviour; where the compiler knows the operands' range (the hash of a traced
+    ``arange`` of tags, an index expression) GCC's -O3 folded the wrapped products into wrong
+    constants (docs/performance.md, "The hashes compiled"; experiments/hash_miscompiled.py).
+    Here each product is taken in 32-bit halves (:func:`_times_exact`), so every operation is
+    defined in C++ and the words are :func:`mix64`'s, bit for bit (tests/test_randomness.py).
+    """
+    for shift, low, multiplier in _STEPS:
+        x = x ^ ((x >> shift) & low)
+        if multiplier is not None:
+            x = _times_exact(x, multiplier)
+    return x
+
+
+def _times_exact(x: torch.Tensor, multiplier: int) -> torch.Tensor:
+    """The product x * multiplier modulo 2^64 (two's complement), every intermediate within int64.
+
+    With x = a 2^32 + b and multiplier = c 2^32 + e (b, e the unsigned low halves, a, c the
+    signed high ones): x * multiplier = b e + 2^32 (a e + b c) modulo 2^64. Both SplitMix
+    multipliers have e < 2^31, so b e < 2^63; |a e| < 2^62 and |b c| < 2^63; only the low 32 bits
+    of the cross terms and of (b e >> 32) matter, summed below 2^34; the high half is then
+    sign-extended from 32 bits and scaled by 2^32 (at most 2^63 in magnitude, exact).
+    """
+    high_multiplier, low_multiplier = multiplier >> 32, multiplier & _LOW_32
+    assert low_multiplier < 1 << 31, "the low half of the multiplier must keep b e below 2^63"
+    low, high = x & _LOW_32, x >> 32
+    product = low * low_multiplier
+    top = ((high * low_multiplier) & _LOW_32) + ((low * high_multiplier) & _LOW_32) + (product >> 32)
+    top = ((top & _LOW_32) ^ _SIGN_32) - _SIGN_32  # the high word as a signed 32-bit number
+    return (top * (1 << 32)) | (product & _LOW_32)
+
+
 def _keyed(keys: torch.Tensor, mixed_tags: torch.Tensor | int) -> torch.Tensor:
     """One level of the hash: mix64(key ^ mixed_tags), broadcast, with mixed_tags = mix64(tag)."""
     return _mix64_(keys ^ mixed_tags)
 
 
-@functools.lru_cache(maxsize=256)
 def _mixed_tags(start: int, count: int, device: torch.device) -> torch.Tensor:
+    """mix64(start + i) for i < count: kept from round to round eagerly, fused into its use compiled."""
+    if torch.compiler.is_compiling():  # a traced arange costs nothing fused (torch.compile ignores the cache)
+        return mix64(torch.arange(start, start + count, dtype=torch.int64, device=device))
+    return _kept_mixed_tags(start, count, device)
+
+
+@functools.lru_cache(maxsize=256)
+def _kept_mixed_tags(start: int, count: int, device: torch.device) -> torch.Tensor:
     """mix64(start + i) for i < count: the tags of a level do not change from round to round."""
     return mix64(torch.arange(start, start + count, dtype=torch.int64, device=device))
 
@@ -150,9 +198,8 @@ class Draws:
     def __getitem__(self, index) -> "Draws":
         return Draws(self.keys[index])
 
-    # eager under run.compile (econspin.compiled): Inductor (torch 2.13, CPU) miscomputed the hash
-    # of a traced arange of tags fused into its broadcast, which would change every draw
-    @torch.compiler.disable
+    # traced under run.compile (econspin.compiled): the tags' arange and the hash fuse into one
+    # loop, in the defined arithmetic of mix64_exact (docs/performance.md, "The hashes compiled")
     def words(self, stream: int, count: int, start: int = 0) -> torch.Tensor:
         """(count, ...) int64 hashes of (stream, index) for index in [start, start + count)."""
         tags = _mixed_tags(_LEVEL_DRAW + (stream << 32) + start, count, self.keys.device)
@@ -174,6 +221,8 @@ class Draws:
         high = ((words >> 32) & _LOW_32).to(torch.float64).add_(0.5).mul_(2.0**-32)
         angle = words.bitwise_and_(_LOW_32).to(torch.float64).add_(0.5).mul_(2.0 * math.pi * 2.0**-32)
         radius = high.log_().mul_(-2.0).sqrt_()
+        if torch.compiler.is_compiling():  # the halves written by out= into one buffer compiled to masked loops
+            return torch.stack([torch.cos(angle), torch.sin(angle)]).mul_(radius).flatten(0, 1)[:count]
         normals = torch.empty((2 * pairs, *words.shape[1:]), dtype=torch.float64, device=words.device)
         torch.cos(angle, out=normals[:pairs])
         torch.sin(angle, out=normals[pairs:])
@@ -183,5 +232,19 @@ class Draws:
 
 def round_draws(keys: torch.Tensor, round_index: int, agents: int) -> Draws:
     """The draws of round ``round_index`` for elements with ``keys`` (B,) and agents 0..agents-1."""
-    round_keys = _keyed(keys, _signed(_mix64_int(_LEVEL_ROUND + int(round_index))))  # a scalar: no copy to the device
+    return agent_draws(keys, round_tag(round_index), agents)  # the tag a Python scalar: no copy to the device
+
+
+def round_tag(round_index: int) -> int:
+    """The mixed tag of round ``round_index``: element key -> key of (element, round) is mix64(key ^ tag)."""
+    return _signed(_mix64_int(_LEVEL_ROUND + int(round_index)))
+
+
+def agent_draws(keys: torch.Tensor, mixed_round: torch.Tensor | int, agents: int) -> Draws:
+    """:func:`round_draws` from the round's tag (:func:`round_tag`), a Python int or a 0-d int64 tensor.
+
+    The compiled round (``run.compile``) is given the tag as a tensor, so that it traces the
+    keying of its agents once for every round instead of once per round index.
+    """
+    round_keys = _keyed(keys, mixed_round)
     return Draws(_keyed(round_keys.unsqueeze(-1), _mixed_tags(_LEVEL_AGENT, agents, keys.device)))

@@ -211,10 +211,8 @@ def bessel_ratio(kappa: torch.Tensor, dimension: int) -> torch.Tensor:
     return _BesselRatio.apply(kappa, int(dimension))
 
 
-# eager under run.compile (econspin.compiled): Wood's loop asks the host whether any agent still
-# lacks an accepted attempt (a graph break), and the in-place draw below, compiled around it, ran
-# slower than eagerly at B = 128, N = 64, d = 16 (11.1 against 9.4 ms a round; docs/performance.md)
-@torch.compiler.disable
+# traced under run.compile (econspin.compiled), all but Wood's step (_wood_component_eagerly): the
+# concentration, the Box-Muller Gaussians with their hashes and the direction fuse into the round
 def sample_von_mises_fisher(
     theta: torch.Tensor, temperature: torch.Tensor, radius: float, draws: Draws
 ) -> torch.Tensor:
@@ -244,7 +242,7 @@ def sample_von_mises_fisher(
         sign = torch.where(norm > 0, direction[..., 0], torch.ones_like(norm))
         spin = torch.where(aligned, 1.0, -1.0).to(dtype) * sign
         return radius * spin.unsqueeze(-1)
-    along = _wood_component(kappa.double(), dimension, draws)
+    along = _wood_component_eagerly(kappa.double(), dimension, draws)
     along = torch.where(norm > 0, along, torch.zeros_like(along))  # no field: all of it orthogonal
     # the direction in (d, ...) layout: reductions over d run across contiguous rows of agents.
     # Out of place where the field's gradient flows (a sampled round stays differentiable); in
@@ -254,23 +252,34 @@ def sample_von_mises_fisher(
     # the zero vector where there is no field; cast and laid out in one copy (.double() of the
     # moved view keeps its strides, and .contiguous() then copied it a second time)
     unit = direction.movedim(-1, 0).to(torch.float64, memory_format=torch.contiguous_format)
-    differentiable = torch.is_grad_enabled() and unit.requires_grad
+    # compiled, the out-of-place form (the same arithmetic): Inductor fuses it and plans its own buffers
+    out_of_place = (torch.is_grad_enabled() and unit.requires_grad) or torch.compiler.is_compiling()
     products = gaussian * unit
-    dot = _sum_leading(products, in_place=not differentiable)
-    if differentiable:
+    dot = _sum_leading(products, in_place=not out_of_place)
+    if out_of_place:
         orthogonal = torch.addcmul(gaussian, unit, dot, value=-1.0)
         squares = orthogonal * orthogonal
     else:
         orthogonal = gaussian.addcmul_(unit, dot, value=-1.0)
         squares = torch.mul(orthogonal, orthogonal, out=products)
-    length = torch.sqrt(_sum_leading(squares, in_place=not differentiable)).clamp(min=1e-300)
+    length = torch.sqrt(_sum_leading(squares, in_place=not out_of_place)).clamp(min=1e-300)
     # s = R (w theta_hat + sqrt(1 - w^2) g_perp / |g_perp|), the radius folded into the coefficients
     sideways = torch.sqrt((1.0 - along * along).clamp(min=0.0)) * (radius / length)
-    if differentiable:
+    if out_of_place:
         spin = torch.addcmul(orthogonal * sideways, unit, radius * along)
     else:
         spin = orthogonal.mul_(sideways).addcmul_(unit, radius * along)
     return torch.empty(theta.shape, dtype=dtype, device=theta.device).copy_(spin.movedim(0, -1))
+
+
+@torch.compiler.disable
+def _wood_component_eagerly(kappa: torch.Tensor, dimension: int, draws: Draws) -> torch.Tensor:
+    """:func:`_wood_component`, kept eager under run.compile.
+
+    Its loop asks the host whether any agent still lacks an accepted attempt, a graph break
+    wherever it sits: the rest of the draw is compiled in the graphs before and after it.
+    """
+    return _wood_component(kappa, dimension, draws)
 
 
 def _sum_leading(values: torch.Tensor, in_place: bool = False) -> torch.Tensor:

@@ -15,7 +15,7 @@ from econspin.economy import Economy
 from econspin.fused import fused_trade, uses_fused
 from econspin.fused_sampled import fused_sampled_trade
 from econspin.market import MarketOutcome, spin_variance, trade
-from econspin.randomness import Draws
+from econspin.randomness import Draws, agent_draws, round_tag
 from econspin.sparse import sparse_trade
 from econspin.state import State
 from econspin.uniform import uniform_trade, uses_uniform
@@ -39,9 +39,12 @@ def step(state: State, economy: Economy) -> State:
          :mod:`econspin.corrections`.
     """
     sampled = economy.mode == "sampled"
-    draws = state.draws() if sampled else None  # the expected mode draws nothing
-    play_round = play if economy.compile == "off" else compiled_function(play, economy.compile)
-    new_states, money, outcome = play_round(state, economy, draws)
+    if economy.compile == "off":
+        new_states, money, outcome = play(state, economy, state.draws() if sampled else None)
+    else:
+        # the round enters the compiled round as a tensor (its tag), never as a traced Python number
+        tag = torch.tensor(round_tag(state.round), device=state.random_keys.device) if sampled else None
+        new_states, money, outcome = compiled_function(play_tagged, economy.compile)(state, economy, tag)
     return state.replace(
         states=new_states,
         money=money,
@@ -53,12 +56,24 @@ def step(state: State, economy: Economy) -> State:
     )
 
 
+def play_tagged(
+    state: State, economy: Economy, mixed_round: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor, MarketOutcome]:
+    """:func:`play` with the round's draws keyed from its tag (:func:`econspin.randomness.round_tag`).
+
+    What ``run.compile`` compiles: the tag is a 0-d tensor, so one trace serves every round, and
+    the keying of the agents fuses into the round's first loops instead of running eagerly.
+    """
+    draws = None if mixed_round is None else agent_draws(state.random_keys, mixed_round, state.states.shape[1])
+    return play(state, economy, draws)
+
+
 def play(state: State, economy: Economy, draws: Draws | None) -> tuple[torch.Tensor, torch.Tensor, MarketOutcome]:
     """Steps 1-7 as tensors: (new states, money, the market's outcome), given the round's draws.
 
     Everything of the round but its bookkeeping: it reads no Python number that changes from
-    round to round (the round index enters through ``draws`` only), so that a compiled copy
-    (``run.compile``, :mod:`econspin.compiled`) serves every round of a rollout.
+    round to round (the round index enters through ``draws`` only); the compiled round
+    (``run.compile``, :mod:`econspin.compiled`) is :func:`play_tagged`, one trace for every round.
     """
     sampled = economy.mode == "sampled"
     outcome = market_step(state, economy, draws)

@@ -26,7 +26,8 @@ from econspin.bench_baselines import boltzmann_scenario
 from econspin.cli import app
 from econspin.compiled import missing_compiler
 from econspin.output import load_checkpoint, save_checkpoint
-from econspin.round import step
+from econspin.randomness import round_tag
+from econspin.round import play_tagged, step
 from econspin.scenario import ScenarioError
 from econspin.uniform import uses_uniform
 
@@ -170,6 +171,17 @@ def test_a_compiled_rollout_compiles_once(case):
     compiled_graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
     run.advance(18)
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == compiled_graphs
+
+
+@needs_compiler
+@pytest.mark.slow
+def test_the_compiled_uniform_round_is_one_graph():
+    """The O(N) round, its hashes and the keying of its agents traced whole: no eager island, no graph break."""
+    run = rollout(boltzmann_scenario(100))
+    tag = torch.tensor(round_tag(run.state.round))
+    with torch.no_grad():
+        explained = torch._dynamo.explain(play_tagged)(run.state, run.economy, tag)
+    assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons
 
 
 @needs_compiler

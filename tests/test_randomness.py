@@ -6,10 +6,13 @@ import numpy as np
 import pytest
 import torch
 from helpers import rollout, scenario
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scipy import stats
 from typer.testing import CliRunner
 
 from econspin.cli import app
+from econspin.compiled import missing_compiler
 from econspin.output import CheckpointError, load_checkpoint, save_checkpoint
 from econspin.randomness import (
     DRAW_CHOICE,
@@ -18,6 +21,7 @@ from econspin.randomness import (
     dynamics_key,
     dynamics_keys,
     mix64,
+    mix64_exact,
     round_draws,
     to_unit,
 )
@@ -48,6 +52,57 @@ def test_mix64_is_the_splitmix64_finaliser_in_int64():
     assert [int(word) % 2**64 for word in mixed] == [_splitmix64_finaliser(value) for value in values]
     # SplitMix64 seeded 1234567: its first output (the generator's published test value)
     assert _splitmix64_finaliser(1234567 + 0x9E3779B97F4A7C15) == 6457827717110365317
+
+
+EXTREMES = [0, -1, 2**63 - 1, -(2**63), 1, 2**31 - 1, 2**31, 2**32 - 1, 2**32, -(2**31), -(2**32)]
+INT64 = st.integers(-(2**63), 2**63 - 1)
+
+
+@given(values=st.lists(INT64, min_size=1, max_size=40))
+@settings(max_examples=60, deadline=None)
+def test_the_exact_hash_is_mix64_bit_for_bit(values):
+    """mix64_exact (products in 32-bit halves, what torch.compile traces) gives mix64's words, extremes included."""
+    words = torch.tensor(EXTREMES + values, dtype=torch.int64)
+    assert torch.equal(mix64_exact(words), mix64(words))
+    assert [int(word) % 2**64 for word in mix64_exact(words)] == [
+        _splitmix64_finaliser(value % 2**64) for value in EXTREMES + values
+    ]
+
+
+def _every_draw(keys: torch.Tensor):
+    """Every level of the hash from element keys (3,): the round's agents, then words, uniforms, Gaussians."""
+    draws = round_draws(keys, 7, 19)  # the agents' tags: a traced arange, as in the miscompiled case
+    return (
+        draws.keys,
+        draws.words(DRAW_SPIN, 5, start=2**32 - 2),
+        draws.words(DRAW_CHOICE, 1),
+        draws.uniform(DRAW_CHOICE, 3),
+        draws.normal(DRAW_SPIN, 7),
+        Draws(keys).words(DRAW_SPIN, 4),  # element keys used directly as agent keys
+    )
+
+
+COMPILED_DRAWS = []  # compiled once per test session: the hypothesis examples below reuse it
+
+
+@pytest.mark.skipif(missing_compiler(torch.device("cpu")) is not None, reason="no C++ compiler for torch.compile")
+@given(keys=st.lists(INT64, min_size=3, max_size=3), extreme=st.sampled_from(EXTREMES))
+@settings(max_examples=25, deadline=None)
+def test_compiled_draws_are_the_eager_draws(keys, extreme):
+    """torch.compile (Inductor, CPU) hashes as eagerly: the same integer words and uniforms bit for bit.
+
+    The Gaussians go through compiled log, cos and sin, which may round differently in the last
+    place: equal to 4 ulps of their largest value (6.7).
+    """
+    if not COMPILED_DRAWS:
+        COMPILED_DRAWS.append(torch.compile(_every_draw, dynamic=False))
+    keys = torch.tensor([keys[0], extreme, keys[2]], dtype=torch.int64)
+    compiled, eager = COMPILED_DRAWS[0](keys), _every_draw(keys)
+    normal = 4  # the Gaussians' place in _every_draw's tuple
+    for index, (want, got) in enumerate(zip(eager, compiled)):
+        if index != normal:
+            assert torch.equal(want, got), f"draw {index} differs"
+    torch.testing.assert_close(compiled[normal], eager[normal], rtol=0, atol=4 * 8 * 2.0**-52)
 
 
 def test_uniforms_are_in_the_open_interval_with_52_bits():
