@@ -40,9 +40,13 @@ def bench(
         typer.Option(help="Baselines: all (default), none, or some of reference,boltzmann,sweep,memory,floors."),
     ] = None,
     compile_mode: CompileOption = None,
+    kernels: Annotated[
+        str,
+        typer.Option(help="Comma-separated kernels to time: reference, fused, flex (FlexAttention; slow on a CPU)."),
+    ] = "reference,fused",
 ):
     """Time one round of the reference and fused kernels against the attention floor (SDPA), and the baselines."""
-    from econspin.bench import MODES, bench_table, run_bench
+    from econspin.bench import KERNELS, MODES, bench_table, run_bench
     from econspin.bench_baselines import baseline_tables, parse_sections
 
     def numbers(text: str | None, option: str, least: int) -> tuple[int, ...] | None:
@@ -66,6 +70,9 @@ def bench(
         chosen_modes = tuple(modes.split(","))
         if not set(chosen_modes) <= set(MODES) or len(set(chosen_modes)) != len(chosen_modes):
             raise ScenarioError(f"--modes {modes!r}: give expected, sampled or expected,sampled")
+        chosen_kernels = tuple(kernels.split(","))
+        if not set(chosen_kernels) <= set(KERNELS) or len(set(chosen_kernels)) != len(chosen_kernels):
+            raise ScenarioError(f"--kernels {kernels!r}: give some of {', '.join(KERNELS)}, comma-separated")
         if json_file is not None:
             check_writable(json_file, "--json", folder=False)
         try:
@@ -86,10 +93,12 @@ def bench(
             modes=chosen_modes,
             baselines=sections,
             compile_mode=compile_mode,
+            kernels=chosen_kernels,
         )
     except (ScenarioError, CompilerMissing) as error:
         fail(str(error))
-    wide = Console(width=max(170 if compile_mode != "off" else 120, Console().width))  # --compile: 5 more columns
+    extra = (50 if compile_mode != "off" else 0) + (30 if "flex" in chosen_kernels else 0)  # --compile, flex columns
+    wide = Console(width=max(120 + extra, Console().width))
     for table in (bench_table(result), *baseline_tables(result)):
         wide.print(table)
     if json_file is not None:

@@ -61,8 +61,9 @@ class Economy:
         corrections: one self-impact correction per population.
         chunk: buyer rows per block, or None to size blocks from ``memory_budget`` (bytes).
         kernel: ``fused``: the fast paths where they apply (econspin.uniform where choice ignores
-            utilities, econspin.fused and econspin.fused_sampled for the attention market), or
-            ``reference``: econspin.market.trade; resolved from run.kernel.
+            utilities, econspin.fused and econspin.fused_sampled for the attention market),
+            ``flex``: the expected mode as FlexAttention passes (econspin.flex; the O(N) uniform
+            step still applies), or ``reference``: econspin.market.trade; resolved from run.kernel.
         population_counts: each population's size, its agents next to each other (empty: not known).
         uniform_choice: every utility u_ij is zero in every batch element (:func:`utilities_vanish`),
             so that choice is uniform over the allowed sellers at any temperature.
@@ -279,11 +280,18 @@ def build_economy(
         corrections=tuple(corrections),
         chunk=first.run.chunk,
         memory_budget=first.run.memory_budget_mb * 2**20,
-        kernel="reference" if first.run.kernel == "reference" or couplings is not None else "fused",
+        kernel=resolved_kernel(first.run.kernel, market.mode, couplings is not None),
         population_counts=tuple(counts),
         uniform_choice=couplings is None and utilities_vanish(query, key, visibility),
         compile=first.run.compile,
     )
+
+
+def resolved_kernel(kernel: str, mode: str, couplings: bool) -> str:
+    """run.kernel as the economy keeps it: reference, fused, or flex (expected mode only; sampled runs fused)."""
+    if kernel == "reference" or couplings:
+        return "reference"
+    return "flex" if kernel == "flex" and mode == "expected" else "fused"
 
 
 def utilities_vanish(query: torch.Tensor, key: torch.Tensor, visibility: torch.Tensor) -> bool:

@@ -1,0 +1,230 @@
+"""The expected-mode market step as FlexAttention passes: the GPU's formulation, checked on the CPU.
+
+It returns exactly what :func:`econspin.fused.fused_trade` returns (every field of
+:class:`~econspin.market.MarketOutcome`), from three passes of
+``torch.nn.attention.flex_attention``: compiled by ``torch.compile`` into one Triton kernel
+per pass on a CUDA GPU (nothing N x N is stored), run eagerly on a CPU, where FlexAttention
+materialises the scores and serves as a correctness twin of the same formulation (slow:
+docs/performance.md). For batch element b, head h, buyer i and seller j (market.py):
+
+    U_ij = q_i . k_j / sqrt(d_k) + b_j             the raw score: query [q_i / sqrt(d_k), 1], key [k_j, b_j],
+    z_ij = lambda_i U_ij                          the score_mod, lambda_i the natural inverse temperature,
+
+with the block mask allowing i -> j where j sells, j != i and the trade network has the edge.
+lambda_i = :func:`econspin.fused.inverse_temperatures` at T_i log2(e), i.e. 1 / T_i clamped to
+powers of two that make T = 0 and T = inf finite (fused.py's module doc): at T = 0 every
+seller but the best ones gets weight exactly 0 (the scores are 2^k U, exact), at T = inf
+every allowed seller weight exactly 1.
+
+1. Rows: values [u_j (d), |u_j|^2, c_j |W_V W_O|^2, k_j, b_j]; the output is alpha @ values,
+   which gives the received signal, the choice moments and Ubar_i = sum_j alpha_ij U_ij, and
+   the LSE L_i = ln sum_j exp(z_ij) is returned. The surplus is T_i L_i (Ubar_i at T = 0 or
+   with one partner), the entropy L_i - lambda_i Ubar_i.
+2. Impact: a pass at the scores 2 (z_ij - L_i), whose LSE is ln sum_j alpha_ij^2.
+3. Revenue: the transposed pass (queries the sellers [k_j, b_j], keys the buyers [q_i, 1], the
+   mask transposed) at the scores z_ij - L_i + ln(s_i / H), whose LSE is ln R_jh. Money is
+   then rescaled in float64 to the spent total, as fused.py does: sum_j R_j = sum_i s_i to
+   float64 rounding whatever the working precision.
+
+Argmax rows. Where lambda_i times the row's utility bound reaches 2^(p - 4) (p the mantissa
+bits: T = 0, and T below about 2^-(p-4) of the utilities), z_ij is so large that L_i cannot
+hold ln(ties) beside it (at T = 0, |z| reaches 2^100 in float32, 2^996 in float64), and
+z_ij - L_i would carry its rounding. Such rows are the argmax: their ties are the sellers
+with z_ij >= L_i - ln(n_i) - 2^(3-p) (|L_i| + ln n_i + 1), a margin above L_i's own rounding
+(a few units in the last place) that admits every seller within a few units in the last
+place of the largest z_ij; pass 2 gives them score 0, its LSE is ln(ties),
+their impact 1 / ties, their entropy ln(ties), and pass 3 gives each tie s_i / (H ties). The
+fused kernel resolves ties exactly; the two agree wherever utilities are not within a few
+units in the last place of each other (where a matrix product may round either way).
+Pass 1 takes such rows as softmax at the clamped lambda_i: the argmax, ties split equally.
+
+CUDA: the passes run through ``torch.compile(flex_attention)`` (one compiled function per
+process) for float32; Triton's FlexAttention accumulates in float32, so float64 runs the eager
+form on a GPU too. Its ``tl.dot`` needs head dimensions of at least 16: queries, keys and
+values are padded with zero columns to a power of two >= 16 on every device (zeros change
+no product). The compiled path is written, not measured: no GPU was at hand.
+
+Memory: the block masks are built once per economy and kept while its seller flags and
+network live. The eager form holds a few (B, H, N, N) score tensors per pass.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import warnings
+import weakref
+
+import torch
+from torch.nn.attention.flex_attention import AuxRequest, BlockMask, create_block_mask, flex_attention
+
+from econspin.economy import Economy
+from econspin.fused import asks_for_gradients, inverse_temperatures, project_all
+from econspin.market import MarketOutcome, budgets, seller_bias, seller_moment_columns
+from econspin.state import State
+
+LOG2E = math.log2(math.e)
+MIN_HEAD_DIM = 16  # Triton's tl.dot on CUDA: no narrower queries, keys or values
+
+
+def uses_flex(state: State, economy: Economy) -> bool:
+    """Whether a round takes :func:`flex_trade`: run.kernel flex, expected mode, no gradients asked for.
+
+    The sampled mode of ``run.kernel: flex`` is resolved to the fused kernel when the economy
+    is built; FlexAttention has no backward pass on the CPU, so a round whose inputs require
+    gradients takes the reference path (same numbers, differentiable).
+    """
+    if economy.kernel != "flex" or economy.mode != "expected" or economy.couplings is not None:
+        return False
+    return economy.trade_edges is None and not asks_for_gradients(state, economy)
+
+
+def padded(tensor: torch.Tensor) -> torch.Tensor:
+    """The last dimension padded with zero columns to a power of two >= MIN_HEAD_DIM."""
+    width = tensor.shape[-1]
+    target = max(MIN_HEAD_DIM, 1 << (width - 1).bit_length())
+    return torch.nn.functional.pad(tensor, (0, target - width))
+
+
+@functools.cache
+def _compiled_flex_attention():
+    """FlexAttention compiled once per process (CUDA): its score_mods are arguments, not constants."""
+    return torch.compile(flex_attention, dynamic=False)
+
+
+def attention(query, key, value, score_mod, block_mask: BlockMask):
+    """(output, LSE) of one FlexAttention pass; compiled on CUDA in float32, eager elsewhere."""
+    function = flex_attention
+    if query.device.type == "cuda" and query.dtype == torch.float32:
+        function = _compiled_flex_attention()
+    with warnings.catch_warnings():  # eager is this kernel's purpose off CUDA: no advice to compile
+        warnings.filterwarnings("ignore", message="flex_attention called without torch.compile")
+        output, aux = function(
+            query, key, value, score_mod=score_mod, block_mask=block_mask, scale=1.0, return_aux=AuxRequest(lse=True)
+        )
+    return output, aux.lse
+
+
+_MASKS: dict[int, tuple[weakref.ref, weakref.ref | None, dict]] = {}  # id(seller) -> refs and {N, device: masks}
+
+
+def trade_masks(economy: Economy) -> tuple[BlockMask, BlockMask, torch.Tensor]:
+    """(rows' block mask, the transposed one, n_i the allowed sellers), cached per seller flags and network.
+
+    Buyer i may buy from seller j where j sells, j != i and the trade network (if any) has
+    i -> j; the masks broadcast over batch elements and heads. Building them evaluates the
+    mask on every pair once (on CUDA through torch.compile, as torch advises for large N).
+    """
+    seller, network = economy.seller, economy.trade_mask
+    agents, device = seller.shape[0], seller.device
+    key = id(seller)
+    entry = _MASKS.get(key)
+    if entry is None or entry[0]() is not seller or (entry[1]() if entry[1] else None) is not network:
+        network_ref = weakref.ref(network) if network is not None else None
+        entry = _MASKS[key] = (weakref.ref(seller, lambda _, masks=_MASKS: masks.pop(key, None)), network_ref, {})
+    cached = entry[2].get((agents, str(device)))
+    if cached is not None:
+        return cached
+
+    def rows(b, h, buyer, sold):
+        allowed = seller[sold] & (buyer != sold)
+        return allowed if network is None else allowed & network[buyer, sold]
+
+    def columns(b, h, sold, buyer):
+        return rows(b, h, buyer, sold)
+
+    compiled = device.type == "cuda"
+    masks = tuple(
+        create_block_mask(mask, None, None, agents, agents, device=device, _compile=compiled)
+        for mask in (rows, columns)
+    )
+    if network is None:
+        partners = seller.sum() - seller.long()
+    else:
+        allowed = network & seller[None, :]
+        partners = allowed.sum(-1) - allowed.diagonal().long()
+    entry[2][(agents, str(device))] = cached = (*masks, partners)
+    return cached
+
+
+@torch.compiler.disable  # under run.compile the passes run as FlexAttention itself runs them
+def flex_trade(state: State, economy: Economy) -> MarketOutcome:
+    """Expected-mode steps 1-5 for every buyer as three FlexAttention passes (module doc)."""
+    x = state.states
+    batch, agents, d = x.shape
+    heads, key_dimension = economy.heads, economy.query.shape[-1]
+    dtype = x.dtype
+    mantissa = round(-math.log2(torch.finfo(dtype).eps)) + 1
+
+    value_output = torch.einsum("bphde,bhef->bphdf", economy.value, economy.output)
+    projection = torch.cat([economy.query / math.sqrt(key_dimension), economy.key, value_output], dim=-1)
+    projected = project_all(x, projection, economy.population, economy.population_counts)
+    query, key = projected[..., :key_dimension], projected[..., key_dimension : 2 * key_dimension]
+    delivered = projected[..., 2 * key_dimension :]  # u_j = v_j W_O^h, (B, H, N, d)
+    bias = seller_bias(state, economy)[:, None, :, None].expand(batch, heads, agents, 1)
+    ones = torch.ones_like(bias)
+    spend = budgets(state, economy)
+    row_mask, column_mask, partners = trade_masks(economy)
+
+    key_norm = torch.linalg.vector_norm(key, dim=-1).amax(-1, keepdim=True).clamp(min=1.0)
+    row_scale = torch.linalg.vector_norm(query, dim=-1) * key_norm + bias.abs().amax((-1, -2))[..., None]
+    temperature = state.temperature[:, None, :].expand(batch, heads, agents)
+    inverse = inverse_temperatures(temperature * LOG2E, row_scale)  # lambda_i = 1 / T_i, clamped
+    argmax = inverse * row_scale >= 2.0 ** (mantissa - 4)
+
+    # 1. rows: alpha @ [u, |u|^2, c |W|^2, k, b] and L_i
+    buyers, sellers = padded(torch.cat([query, ones], -1)), padded(torch.cat([key, bias], -1))
+    moments = seller_moment_columns(state, economy, delivered, value_output)
+    values = padded(torch.cat([delivered, moments, key, bias], -1))
+    output, lse = attention(buyers, sellers, values, lambda score, b, h, i, j: score * inverse[b, h, i], row_mask)
+    per_head, moments = output[..., :d], output[..., d : d + 2]
+    mean_key, mean_bias = output[..., d + 2 : d + 2 + key_dimension], output[..., d + 2 + key_dimension]
+    mean_utility = (query * mean_key).sum(-1) + mean_bias  # Ubar_i
+
+    # 2. impact: ln sum_j alpha_ij^2 (argmax rows: ln ties)
+    log_partners = torch.log(partners.clamp(min=1).to(dtype))
+    threshold = lse - log_partners - 2.0 ** (3 - mantissa) * (lse.abs() + log_partners + 1.0)
+    nothing = torch.zeros_like(values[..., :MIN_HEAD_DIM])
+
+    def impact_score(score, b, h, i, j):
+        z = score * inverse[b, h, i]
+        tie = torch.where(z >= threshold[b, h, i], 0.0, -math.inf)
+        return torch.where(argmax[b, h, i], tie, 2.0 * (z - lse[b, h, i]))
+
+    _, squares = attention(buyers, sellers, nothing, impact_score, row_mask)
+    has_partner = partners > 0
+    ties = torch.round(torch.exp(squares)).clamp(min=1.0)
+    impact = torch.where(has_partner, torch.where(argmax, 1.0 / ties, torch.exp(squares)), 0.0)
+
+    # 3. revenue: R_jh = sum_i exp(z_ij - L_i + ln(s_i / H)), the transposed pass
+    log_share = torch.log((spend / heads).to(dtype))[:, None, :].expand(batch, heads, agents)
+    tie_weight, weight = log_share - torch.log(ties), log_share - lse
+
+    def revenue_score(score, b, h, j, i):
+        z = score * inverse[b, h, i]
+        tie = torch.where(z >= threshold[b, h, i], tie_weight[b, h, i], -math.inf)
+        return torch.where(argmax[b, h, i], tie, z + weight[b, h, i])
+
+    _, log_revenue = attention(sellers, buyers, nothing, revenue_score, column_mask)
+    revenue = torch.exp(log_revenue.double()).sum(1)  # markets added in float64
+
+    entropy = torch.where(argmax, torch.log(ties), lse - inverse * mean_utility)
+    entropy = torch.where(partners > 1, entropy / torch.log(partners.clamp(min=2).to(dtype)), 0.0)
+    single = argmax | (partners <= 1)
+    surplus = torch.where(has_partner, torch.where(single, mean_utility, temperature * lse), 0.0)
+    choice = moments[..., 0] - (per_head**2).sum(-1)
+
+    buyer = economy.buyer.to(dtype)
+    spending = spend * has_partner
+    spent, earned = spending.sum(1, keepdim=True), revenue.sum(1, keepdim=True)
+    revenue = revenue * torch.where(earned > 0, spent / earned, torch.zeros_like(earned))  # sum R = sum s exactly
+    return MarketOutcome(
+        received=per_head.sum(1) * buyer[None, :, None],
+        revenue=revenue,
+        spending=spending,
+        entropy=entropy.mean(1),
+        surplus=surplus.mean(1),
+        field_variance=(choice + moments[..., 1]).sum(1) / d * buyer,
+        choice_variance=choice.sum(1) * buyer,
+        impact=impact.mean(1) * buyer,
+    )
