@@ -1,14 +1,14 @@
 """The expected-mode market step as FlexAttention passes: the GPU's formulation, checked on the CPU.
 
 It returns exactly what :func:`econspin.fused.fused_trade` returns (every field of
-:class:`~econspin.market.MarketOutcome`), from three passes of
+:class:`~econspin.market.MarketOutcome`), from five passes of
 ``torch.nn.attention.flex_attention``: compiled by ``torch.compile`` into one Triton kernel
 per pass on a CUDA GPU (nothing N x N is stored), run eagerly on a CPU, where FlexAttention
 materialises the scores and serves as a correctness twin of the same formulation (slow:
 docs/performance.md). For batch element b, head h, buyer i and seller j (market.py):
 
-    U_ij = q_i . k_j / sqrt(d_k) + b_j             the raw score: query [q_i / sqrt(d_k), 1], key [k_j, b_j],
-    z_ij = lambda_i U_ij                          the score_mod, lambda_i the natural inverse temperature,
+    U_ij = q_i . k_j / sqrt(d_k) + b_j      the raw score: query [q_i / sqrt(d_k), 1], key [k_j, b_j],
+    z_ij = lambda_i U_ij                   the score_mod, lambda_i the natural inverse temperature,
 
 with the block mask allowing i -> j where j sells, j != i and the trade network has the edge.
 lambda_i = :func:`econspin.fused.inverse_temperatures` at T_i log2(e), i.e. 1 / T_i clamped to
@@ -16,27 +16,34 @@ powers of two that make T = 0 and T = inf finite (fused.py's module doc): at T =
 seller but the best ones gets weight exactly 0 (the scores are 2^k U, exact), at T = inf
 every allowed seller weight exactly 1.
 
-1. Rows: values [u_j (d), |u_j|^2, c_j |W_V W_O|^2, k_j, b_j]; the output is alpha @ values,
-   which gives the received signal, the choice moments and Ubar_i = sum_j alpha_ij U_ij, and
-   the LSE L_i = ln sum_j exp(z_ij) is returned. The surplus is T_i L_i (Ubar_i at T = 0 or
-   with one partner), the entropy L_i - lambda_i Ubar_i.
-2. Impact: a pass at the scores 2 (z_ij - L_i), whose LSE is ln sum_j alpha_ij^2.
-3. Revenue: the transposed pass (queries the sellers [k_j, b_j], keys the buyers [q_i, 1], the
-   mask transposed) at the scores z_ij - L_i + ln(s_i / H), whose LSE is ln R_jh. Money is
+1. Rows: values [u_j (d), |u_j|^2, c_j |W_V W_O|^2]; the output alpha @ values gives the
+   received signal and the choice moments, and the LSE L_i = ln sum_j exp(z_ij) comes with it.
+   The surplus is T_i L_i (L_i / lambda_i, the best utility, at T = 0 or with one partner).
+2. The normaliser: L_i holds the rounding of a number as large as z_ij (eps |z|: 1e-5 of
+   alpha at T = 0.01 in float32, measured), which the fused kernel avoids by shifting by the
+   exact row maximum; FlexAttention returns no maximum on a CPU. So the scores
+   l_ij = z_ij - L_i are taken once more, and their LSE L'_i is small and exact to rounding:
+   ln alpha_ij = l_ij - L'_i, as exact as the fused kernel's (docs/performance.md).
+3. Entropy: the LSE of the scores a + ln(-a), a = ln alpha_ij <= 0, is ln sum_j alpha_ij (-ln
+   alpha_ij) = ln H_i: no cancellation between two large numbers (sum_j alpha_ij z_ij from
+   value columns would cancel against L_i, to eps |z|).
+4. Impact: the LSE of the scores 2 ln alpha_ij is ln sum_j alpha_ij^2.
+5. Revenue: the transposed pass (queries the sellers [k_j, b_j], keys the buyers [q_i, 1], the
+   mask transposed) at the scores ln alpha_ij + ln(s_i / H), whose LSE is ln R_jh. Money is
    then rescaled in float64 to the spent total, as fused.py does: sum_j R_j = sum_i s_i to
    float64 rounding whatever the working precision.
 
 Argmax rows. Where lambda_i times the row's utility bound reaches 2^(p - 4) (p the mantissa
 bits: T = 0, and T below about 2^-(p-4) of the utilities), z_ij is so large that L_i cannot
 hold ln(ties) beside it (at T = 0, |z| reaches 2^100 in float32, 2^996 in float64), and
-z_ij - L_i would carry its rounding. Such rows are the argmax: their ties are the sellers
-with z_ij >= L_i - ln(n_i) - 2^(3-p) (|L_i| + ln n_i + 1), a margin above L_i's own rounding
-(a few units in the last place) that admits every seller within a few units in the last
-place of the largest z_ij; pass 2 gives them score 0, its LSE is ln(ties),
-their impact 1 / ties, their entropy ln(ties), and pass 3 gives each tie s_i / (H ties). The
-fused kernel resolves ties exactly; the two agree wherever utilities are not within a few
-units in the last place of each other (where a matrix product may round either way).
-Pass 1 takes such rows as softmax at the clamped lambda_i: the argmax, ties split equally.
+z_ij - L_i would carry its rounding. Such rows are the argmax: l_ij = 0 on the ties, the
+sellers with z_ij >= L_i - ln(n_i) - 2^(3-p) (|L_i| + ln n_i + 1), a margin above L_i's own
+rounding (a few units in the last place) that admits every seller within a few units in the
+last place of the largest z_ij, and -inf elsewhere; L'_i is then ln(ties), and passes 3-5
+give ln(ties), 1 / ties and s_i / (H ties) to each tie. The fused kernel resolves ties
+exactly; the two agree wherever utilities are not within a few units in the last place of
+each other (where a matrix product may round either way). Pass 1 takes such rows as softmax
+at the clamped lambda_i: the argmax, ties split equally.
 
 CUDA: the passes run through ``torch.compile(flex_attention)`` (one compiled function per
 process) for float32; Triton's FlexAttention accumulates in float32, so float64 runs the eager
@@ -149,7 +156,7 @@ def trade_masks(economy: Economy) -> tuple[BlockMask, BlockMask, torch.Tensor]:
 
 @torch.compiler.disable  # under run.compile the passes run as FlexAttention itself runs them
 def flex_trade(state: State, economy: Economy) -> MarketOutcome:
-    """Expected-mode steps 1-5 for every buyer as three FlexAttention passes (module doc)."""
+    """Expected-mode steps 1-5 for every buyer as five FlexAttention passes (module doc)."""
     x = state.states
     batch, agents, d = x.shape
     heads, key_dimension = economy.heads, economy.query.shape[-1]
@@ -172,46 +179,58 @@ def flex_trade(state: State, economy: Economy) -> MarketOutcome:
     inverse = inverse_temperatures(temperature * LOG2E, row_scale)  # lambda_i = 1 / T_i, clamped
     argmax = inverse * row_scale >= 2.0 ** (mantissa - 4)
 
-    # 1. rows: alpha @ [u, |u|^2, c |W|^2, k, b] and L_i
+    # 1. rows: alpha @ [u, |u|^2, c |W|^2] and L_i
     buyers, sellers = padded(torch.cat([query, ones], -1)), padded(torch.cat([key, bias], -1))
     moments = seller_moment_columns(state, economy, delivered, value_output)
-    values = padded(torch.cat([delivered, moments, key, bias], -1))
+    values = padded(torch.cat([delivered, moments], -1))
     output, lse = attention(buyers, sellers, values, lambda score, b, h, i, j: score * inverse[b, h, i], row_mask)
     per_head, moments = output[..., :d], output[..., d : d + 2]
-    mean_key, mean_bias = output[..., d + 2 : d + 2 + key_dimension], output[..., d + 2 + key_dimension]
-    mean_utility = (query * mean_key).sum(-1) + mean_bias  # Ubar_i
 
-    # 2. impact: ln sum_j alpha_ij^2 (argmax rows: ln ties)
+    # 2. the log-weights l_ij = z_ij - L_i (argmax rows: 0 on the ties, -inf elsewhere) and their LSE L'_i
     log_partners = torch.log(partners.clamp(min=1).to(dtype))
     threshold = lse - log_partners - 2.0 ** (3 - mantissa) * (lse.abs() + log_partners + 1.0)
-    nothing = torch.zeros_like(values[..., :MIN_HEAD_DIM])
 
-    def impact_score(score, b, h, i, j):
+    def log_weight(score, b, h, i):
         z = score * inverse[b, h, i]
         tie = torch.where(z >= threshold[b, h, i], 0.0, -math.inf)
-        return torch.where(argmax[b, h, i], tie, 2.0 * (z - lse[b, h, i]))
+        return torch.where(argmax[b, h, i], tie, z - lse[b, h, i])
 
-    _, squares = attention(buyers, sellers, nothing, impact_score, row_mask)
-    has_partner = partners > 0
-    ties = torch.round(torch.exp(squares)).clamp(min=1.0)
-    impact = torch.where(has_partner, torch.where(argmax, 1.0 / ties, torch.exp(squares)), 0.0)
+    nothing = torch.zeros_like(values[..., :MIN_HEAD_DIM])
+    _, normaliser = attention(buyers, sellers, nothing, lambda score, b, h, i, j: log_weight(score, b, h, i), row_mask)
 
-    # 3. revenue: R_jh = sum_i exp(z_ij - L_i + ln(s_i / H)), the transposed pass
+    def log_alpha(score, b, h, i):  # ln alpha_ij = l_ij - L'_i, <= 0
+        return (log_weight(score, b, h, i) - normaliser[b, h, i]).clamp(max=0.0)
+
+    # 3. entropy: ln sum_j alpha_ij (-ln alpha_ij), a term of 0 where alpha_ij = 1
+    def entropy_score(score, b, h, i, j):
+        log_probability = log_alpha(score, b, h, i)
+        term = log_probability + torch.log(-log_probability)
+        return torch.where(log_probability > -math.inf, term, -math.inf)  # -inf + ln(inf) would be NaN
+
+    _, log_entropy = attention(buyers, sellers, nothing, entropy_score, row_mask)
+
+    # 4. impact: ln sum_j alpha_ij^2
+    def impact_score(score, b, h, i, j):
+        return 2.0 * log_alpha(score, b, h, i)
+
+    _, log_impact = attention(buyers, sellers, nothing, impact_score, row_mask)
+
+    # 5. revenue: R_jh = sum_i exp(ln alpha_ij + ln(s_i / H)), the transposed pass
     log_share = torch.log((spend / heads).to(dtype))[:, None, :].expand(batch, heads, agents)
-    tie_weight, weight = log_share - torch.log(ties), log_share - lse
 
     def revenue_score(score, b, h, j, i):
-        z = score * inverse[b, h, i]
-        tie = torch.where(z >= threshold[b, h, i], tie_weight[b, h, i], -math.inf)
-        return torch.where(argmax[b, h, i], tie, z + weight[b, h, i])
+        return log_alpha(score, b, h, i) + log_share[b, h, i]
 
     _, log_revenue = attention(sellers, buyers, nothing, revenue_score, column_mask)
     revenue = torch.exp(log_revenue.double()).sum(1)  # markets added in float64
 
-    entropy = torch.where(argmax, torch.log(ties), lse - inverse * mean_utility)
-    entropy = torch.where(partners > 1, entropy / torch.log(partners.clamp(min=2).to(dtype)), 0.0)
+    has_partner = partners > 0
+    entropy = torch.where(partners > 1, torch.exp(log_entropy) / torch.log(partners.clamp(min=2).to(dtype)), 0.0)
+    impact = torch.where(has_partner, torch.exp(log_impact), 0.0)
+    # the inclusive value T_i L_i; L_i / lambda_i where that is the limit: the best utility at T = 0
+    # (L_i = its z to rounding) and the one partner's utility (also at T = inf)
     single = argmax | (partners <= 1)
-    surplus = torch.where(has_partner, torch.where(single, mean_utility, temperature * lse), 0.0)
+    surplus = torch.where(has_partner, torch.where(single, lse / inverse, temperature * lse), 0.0)
     choice = moments[..., 0] - (per_head**2).sum(-1)
 
     buyer = economy.buyer.to(dtype)

@@ -41,7 +41,7 @@ SWEEP_BLOCK_ROWS = 64  # the sweep planner batches no more elements than leave r
 BYTES_PER_GRAPH_EDGE = 320  # networkx adjacency (about 190 measured), its edge list (64) and the tensors built from it
 BYTES_PER_MASK_PAIR = 12  # a dense mask, who may buy from whom, their complements (14 measured, float32 bias included)
 # econspin.flex run eagerly (on a CPU) holds whole (B, H, N, N) scores, masks and weights: measured
-# 26 bytes per pair and head at its peak in float32 and in float64 (N = 2048); an upper bound on CUDA
+# 26-28 bytes per pair and head at its peak in float64 and float32 (N = 2048); an upper bound on CUDA
 FLEX_BYTES_PER_PAIR = 32
 BYTES_PER_TRADE_EDGE = 16  # the sparse kernel's buyer and seller index of one directed edge
 BYTES_PER_RECORDED_ROUND = 512  # a round's metrics tensor as a Python object, beside its numbers

@@ -40,7 +40,7 @@ def on_device(frozen, device):
 
 
 @given(economies())
-@settings(max_examples=30, deadline=None, derandomize=True)
+@settings(max_examples=25, deadline=None, derandomize=True)
 def test_flex_equals_fused_and_reference(drawn):
     state, economy = drawn
     flex = flex_trade(state, flex_economy(economy))
@@ -58,8 +58,8 @@ def test_flex_equals_fused_and_reference_many(drawn):
     test_flex_equals_fused_and_reference.hypothesis.inner_test(drawn)
 
 
-@given(economies())
-@settings(max_examples=15, deadline=None, derandomize=True)
+@given(economies().filter(lambda drawn: drawn[0].states.dtype == torch.float64))
+@settings(max_examples=10, deadline=None, derandomize=True)
 def test_flex_equals_the_independent_oracle(drawn):
     """Against econspin.reference (plain float64 numpy, one buyer at a time), as the fused kernel is."""
     state, economy = drawn
@@ -102,6 +102,27 @@ def test_zero_temperature_is_the_argmax_with_ties_split_equally():
     assert torch.allclose(flex.revenue[0], 0.1 * alpha.T @ state.money[0], rtol=1e-14, atol=0)
     assert torch.allclose(flex.impact[0], 1 / ties.squeeze(1), rtol=1e-15, atol=0)
     assert torch.allclose(flex.entropy[0], ties.squeeze(1).log() / math.log(39), rtol=1e-15, atol=0)
+
+
+@pytest.mark.parametrize(
+    "dtype, temperature",
+    [("float64", t) for t in (1e-2, 1e-3, 1e-6, 1e-10, 1e-20)] + [("float32", t) for t in (1e-2, 1e-6, 1e-20)],
+)
+def test_low_temperatures_are_as_exact_as_on_the_fused_kernel(dtype, temperature):
+    """|z| up to 55 / T: the row LSE's own rounding (eps |z|) must not reach alpha, the entropy or the impact.
+
+    float32 at T = 1e-3 is left out: there the utilities' own rounding over T moves every
+    kernel's alpha by 1e-4 (reference against fused as much as flex against fused).
+    """
+    populations = {
+        "human": {"count": 40, "temperature": temperature, "spend": 0.3, "money": {"distribution": "pareto"}},
+        "ai": {"count": 24, "temperature": temperature, "spend": 0.9, "money": {"distribution": "exponential"}},
+    }
+    run = rollout(scenario(populations=populations, visibility=2.0, heads=2), dtype=dtype)
+    state = run.state.replace(money=run.state.money.index_fill(1, torch.arange(5), 0.0))  # premiums of -55
+    flex = flex_trade(state, flex_economy(run.economy))
+    assert_outcomes_close(fused_trade(state, run.economy), flex, TOLERANCE[state.states.dtype])
+    assert torch.allclose(flex.revenue.sum(1), flex.spending.sum(1), rtol=1e-13, atol=0)
 
 
 def test_infinite_temperature_is_uniform_over_allowed_partners():
