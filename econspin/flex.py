@@ -72,6 +72,7 @@ from econspin.state import State
 
 LOG2E = math.log2(math.e)
 MIN_HEAD_DIM = 16  # Triton's tl.dot on CUDA: no narrower queries, keys or values
+RECOMPILE_LIMIT = 64  # compiled graphs of FlexAttention per process: 5 passes x the shapes it meets
 
 
 def uses_flex(state: State, economy: Economy) -> bool:
@@ -100,11 +101,18 @@ def _compiled_flex_attention():
 
 
 def attention(query, key, value, score_mod, block_mask: BlockMask):
-    """(output, LSE) of one FlexAttention pass; compiled on CUDA in float32, eager elsewhere."""
-    function = flex_attention
+    """(output, LSE) of one FlexAttention pass; compiled on CUDA in float32, eager elsewhere.
+
+    The compiled function keeps one graph per score_mod and shape, all under one code object:
+    five passes at a few sizes (``econspin bench``) pass Dynamo's default of 8, past which it
+    would fall back to the eager form, so the limit is raised while a compiled pass runs.
+    (Eagerly, FlexAttention's own tracing wrapper falls back to the same operator past it.)
+    """
+    function, limit = flex_attention, torch._dynamo.config.recompile_limit
     if query.device.type == "cuda" and query.dtype == torch.float32:
-        function = _compiled_flex_attention()
-    with warnings.catch_warnings():  # eager is this kernel's purpose off CUDA: no advice to compile
+        function, limit = _compiled_flex_attention(), RECOMPILE_LIMIT
+    with warnings.catch_warnings(), torch._dynamo.config.patch(recompile_limit=limit):
+        # eager is this kernel's purpose off CUDA: no advice to compile
         warnings.filterwarnings("ignore", message="flex_attention called without torch.compile")
         output, aux = function(
             query, key, value, score_mod=score_mod, block_mask=block_mask, scale=1.0, return_aux=AuxRequest(lse=True)
