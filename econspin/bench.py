@@ -6,6 +6,8 @@ float32) and times, in interleaved repeats after a warm-up, the median of
 
 - one round (``round.step``) on the reference kernel (``econspin.market.trade``),
 - one round on the fused kernel (``econspin.fused``, sampled mode ``econspin.fused_sampled``),
+- with ``kernels`` naming it, one round on the FlexAttention kernel (``econspin.flex``; expected
+  mode only: compiled on CUDA, eager on a CPU, where it is a correctness twin and slow),
 - the floor: ``torch.nn.functional.scaled_dot_product_attention`` forward on q, k, v of
   shape (B, H, N, d_k), what any attention-shaped round must at least do.
 
@@ -36,6 +38,10 @@ BATCHES = (1, 16)
 REPEATS = {True: 3, False: 7}
 REFERENCE_PAIRS = {True: 2**24, False: 2**28}  # largest B N^2 the reference kernel is timed at
 FUSED_PAIRS = {True: 2**28, False: 2**32}
+# the FlexAttention kernel off CUDA materialises a few (B, N, N) score tensors per pass
+FLEX_PAIRS = {"cuda": FUSED_PAIRS, "cpu": {True: 2**20, False: 2**24}}
+KERNELS = ("reference", "fused", "flex")
+DEFAULT_KERNELS = ("reference", "fused")
 DIMENSION = 32
 
 
@@ -125,9 +131,13 @@ def measure(
     mode="expected",
     compile_mode: str = "off",
     utility_precision: str = "full",
+    kernels: tuple[str, ...] = DEFAULT_KERNELS,
 ) -> dict:
     """One row of the benchmark: times (ms), ratios, pairs per second, kernel agreement.
 
+    ``kernels`` names the kernels timed (:data:`KERNELS`); with ``flex`` the row also holds
+    ``flex_ms``, ``flex_ratio``, ``flex_pairs_per_s`` and ``flex_difference``, how far its next
+    round lies from the fused one (None where it was not run: sampled mode, or past ``FLEX_PAIRS``).
     With ``compile_mode`` (a ``run.compile`` value other than off) the fused round is also
     timed compiled (:mod:`econspin.compiled`), interleaved with the others; its first call,
     the compilation, is timed apart (``compile_s``). With ``utility_precision`` (a
@@ -138,9 +148,13 @@ def measure(
     """
     rollout = Rollout.create([bench_scenario(agents, mode=mode)] * batch, list(range(batch)), str(device), "float32")
     state, economy = rollout.state, rollout.economy
-    kernels = {name: dataclasses.replace(economy, kernel=name) for name in ("reference", "fused")}
+    timed_kernels = kernels
+    kernels = {name: dataclasses.replace(economy, kernel=name) for name in KERNELS}
     pairs = batch * agents * agents
+    flex_pairs = FLEX_PAIRS["cuda" if device.type == "cuda" else "cpu"][quick]
     run = {"reference": pairs <= REFERENCE_PAIRS[quick], "fused": pairs <= FUSED_PAIRS[quick]}
+    run["flex"] = mode == "expected" and pairs <= flex_pairs
+    run = {name: run[name] and name in timed_kernels for name in KERNELS}
     generator = torch.Generator(device=device).manual_seed(0)
     q, k, v = (
         torch.randn(batch, economy.heads, agents, DIMENSION, generator=generator, device=device) for _ in range(3)
@@ -178,6 +192,17 @@ def measure(
         row["speedup"] = (
             None if None in (row["reference_ms"], row["fused_ms"]) else row["reference_ms"] / row["fused_ms"]
         )
+        if "flex" in timed_kernels:
+            seconds = times.get("flex")
+            row["flex_ms"] = None if seconds is None else seconds * 1e3
+            row["flex_ratio"] = None if seconds is None else seconds / times["floor"]
+            row["flex_pairs_per_s"] = None if seconds is None else pairs / seconds
+            row["flex_difference"] = None
+            if seconds is not None:
+                fused, flex = step(state, kernels["fused"]), step(state, kernels["flex"])
+                row["flex_difference"] = max(
+                    relative_difference(fused.states, flex.states), relative_difference(fused.money, flex.money)
+                )
         if "compiled" in times:
             compiled_row["compiled_ms"] = times["compiled"] * 1e3
             compiled_row["compiled_ratio"] = times["compiled"] / times["floor"]
@@ -228,6 +253,7 @@ def run_bench(
     baselines: tuple[str, ...] = (),
     compile_mode: str = "off",
     utility_precision: str = "full",
+    kernels: tuple[str, ...] = DEFAULT_KERNELS,
 ) -> dict:
     """The whole benchmark as a JSON-ready dict: machine, versions, threads, one row per (mode, N, B).
 
@@ -255,13 +281,16 @@ def run_bench(
             "clock": clock,
             "compile": compile_mode,
             "utility_precision": utility_precision,
+            "kernels": list(kernels),
             "rows": [],
         }
         for mode in modes:
             for agents in sizes or SIZES[quick]:
                 for batch in batches or BATCHES:
                     count = repeats or REPEATS[quick]
-                    row = measure(agents, batch, resolved, quick, count, clock, mode, compile_mode, utility_precision)
+                    row = measure(
+                        agents, batch, resolved, quick, count, clock, mode, compile_mode, utility_precision, kernels
+                    )
                     result["rows"].append(row)
                     if on_row is not None:
                         on_row(row)
@@ -311,6 +340,12 @@ def bench_table(result: dict):
             ("fused/low", "low_speedup", ".2f"),
             ("SDPA low ms", "low_floor_ms", ".3g"),
             ("low diff", "low_difference", ".1e"),
+        ]
+    if "flex" in result.get("kernels", ()):  # the FlexAttention kernel beside the fused one
+        extra_columns += [
+            ("flex ms", "flex_ms", ".3g"),
+            ("flex/SDPA", "flex_ratio", ".2f"),
+            ("flex diff", "flex_difference", ".1e"),
         ]
     for column in (*headers, *(header for header, _, _ in extra_columns)):
         table.add_column(column, justify="right")

@@ -45,9 +45,13 @@ def bench(
         str,
         typer.Option(help="Also time the fused round at this run.utility_precision: full (no), bfloat16, tf32."),
     ] = "full",
+    kernels: Annotated[
+        str,
+        typer.Option(help="Comma-separated kernels to time: reference, fused, flex (FlexAttention; slow on a CPU)."),
+    ] = "reference,fused",
 ):
     """Time one round of the reference and fused kernels against the attention floor (SDPA), and the baselines."""
-    from econspin.bench import MODES, bench_table, run_bench
+    from econspin.bench import KERNELS, MODES, bench_table, run_bench
     from econspin.bench_baselines import baseline_tables, parse_sections
 
     def numbers(text: str | None, option: str, least: int) -> tuple[int, ...] | None:
@@ -76,6 +80,9 @@ def bench(
         conflict = precision_conflict(utilities, "float32", resolve_device(device), "fused", "attention")
         if conflict:
             raise ScenarioError(conflict.replace("run.utility_precision", "--utilities"))
+        chosen_kernels = tuple(kernels.split(","))
+        if not set(chosen_kernels) <= set(KERNELS) or len(set(chosen_kernels)) != len(chosen_kernels):
+            raise ScenarioError(f"--kernels {kernels!r}: give some of {', '.join(KERNELS)}, comma-separated")
         if json_file is not None:
             check_writable(json_file, "--json", folder=False)
         try:
@@ -97,10 +104,12 @@ def bench(
             baselines=sections,
             compile_mode=compile_mode,
             utility_precision=utilities,
+            kernels=chosen_kernels,
         )
     except (ScenarioError, CompilerMissing) as error:
         fail(str(error))
-    width = 120 + 50 * (compile_mode != "off") + 50 * (utilities != "full")  # 5 more columns for each
+    # 5 more columns for --compile and for --utilities, 3 for flex
+    width = 120 + 50 * (compile_mode != "off") + 50 * (utilities != "full") + 30 * ("flex" in chosen_kernels)
     wide = Console(width=max(width, Console().width))
     for table in (bench_table(result), *baseline_tables(result)):
         wide.print(table)

@@ -62,8 +62,9 @@ class Economy:
         corrections: one self-impact correction per population.
         chunk: buyer rows per block, or None to size blocks from ``memory_budget`` (bytes).
         kernel: ``fused``: the fast paths where they apply (econspin.uniform where choice ignores
-            utilities, econspin.fused and econspin.fused_sampled for the attention market), or
-            ``reference``: econspin.market.trade; resolved from run.kernel.
+            utilities, econspin.fused and econspin.fused_sampled for the attention market),
+            ``flex``: the expected mode as FlexAttention passes (econspin.flex; the O(N) uniform
+            step still applies), or ``reference``: econspin.market.trade; resolved from run.kernel.
         population_counts: each population's size, its agents next to each other (empty: not known).
         uniform_choice: every utility u_ij is zero in every batch element (:func:`utilities_vanish`),
             so that choice is uniform over the allowed sellers at any temperature.
@@ -242,7 +243,7 @@ def build_economy(
             trade_edges = trade_edges_from_links(links, sells[population]).to(device)
         else:
             trade_mask = trade_mask_from_links(links).to(device)
-    kernel = "reference" if first.run.kernel == "reference" or market.couplings is not None else "fused"
+    kernel = resolved_kernel(first.run.kernel, market.mode, market.couplings is not None)
     kind = "couplings" if market.couplings is not None else "sparse" if trade_edges is not None else "attention"
     conflict = precision_conflict(first.run.utility_precision, str(dtype).removeprefix("torch."), device, kernel, kind)
     if conflict:
@@ -296,6 +297,13 @@ def build_economy(
         compile=first.run.compile,
         utility_precision=first.run.utility_precision,
     )
+
+
+def resolved_kernel(kernel: str, mode: str, couplings: bool) -> str:
+    """run.kernel as the economy keeps it: reference, fused, or flex (expected mode only; sampled runs fused)."""
+    if kernel == "reference" or couplings:
+        return "reference"
+    return "flex" if kernel == "flex" and mode == "expected" else "fused"
 
 
 def utilities_vanish(query: torch.Tensor, key: torch.Tensor, visibility: torch.Tensor) -> bool:

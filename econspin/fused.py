@@ -206,9 +206,14 @@ def uses_fused(state: State, economy: Economy) -> bool:
         return False
     if economy.trade_edges is not None:  # a sparse network has a kernel of its own
         return False
+    return not asks_for_gradients(state, economy)
+
+
+def asks_for_gradients(state: State, economy: Economy) -> bool:
+    """Whether autograd is on and a round's input or parameter requires a gradient."""
     inputs = (state.states, state.fields, state.money, state.temperature)
     parameters = (economy.query, economy.key, economy.value, economy.output, economy.visibility, economy.spend)
-    return not (torch.is_grad_enabled() and any(t.requires_grad for t in (*inputs, *parameters)))
+    return torch.is_grad_enabled() and any(t.requires_grad for t in (*inputs, *parameters))
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,8 @@ heads, the batch, the network's edges, the rounds recorded, a sweep's points):
 - ``round``: one round's working memory, at the block size the run will use (the per-agent
   tensors and, in the dense kernels, blocks of buyer rows x N: the fused kernel's two
   cache-sized blocks, the reference kernel's blocks as tall as ``run.memory_budget_mb``
-  allows; in the sparse kernel, chunks of edges; with couplings, the per-agent tensors only);
+  allows, the FlexAttention kernel's whole N x N scores per head (its eager form); in the
+  sparse kernel, chunks of edges; with couplings, the per-agent tensors only);
 - ``initial state``: the round-0 draw, made in float64 on the host;
 - ``projections``: W_Q, W_K, W_V, W_O of every element, and the products a round forms of them;
 - ``trade mask``: a dense network's N x N mask (and the kernel's additive bias, where kept);
@@ -39,6 +40,9 @@ BYTES_PER_PAIR = 48  # working memory per (batch element, head, buyer, seller) e
 SWEEP_BLOCK_ROWS = 64  # the sweep planner batches no more elements than leave room for blocks this tall
 BYTES_PER_GRAPH_EDGE = 320  # networkx adjacency (about 190 measured), its edge list (64) and the tensors built from it
 BYTES_PER_MASK_PAIR = 12  # a dense mask, who may buy from whom, their complements (14 measured, float32 bias included)
+# econspin.flex run eagerly (on a CPU) holds whole (B, H, N, N) scores, masks and weights: measured
+# 26-28 bytes per pair and head at its peak in float64 and float32 (N = 2048); an upper bound on CUDA
+FLEX_BYTES_PER_PAIR = 32
 BYTES_PER_TRADE_EDGE = 16  # the sparse kernel's buyer and seller index of one directed edge
 BYTES_PER_RECORDED_ROUND = 512  # a round's metrics tensor as a Python object, beside its numbers
 BYTES_PER_TABLE_CELL = 24  # a float64 cell, held as recorded, as a table and as the table's copy on writing
@@ -210,7 +214,9 @@ def estimate_memory(
     kernel = "couplings" if market.couplings is not None else ("sparse" if sparse else "dense")
     if kernel == "dense":
         smallest = batch * model.element_bytes(1)
-        if run.kernel != "reference":  # the fused kernels (either mode): two blocks, reused
+        if run.kernel == "flex" and market.mode == "expected":  # FlexAttention's eager form: whole score tensors
+            device["round"] = batch * model.agent_bytes() + FLEX_BYTES_PER_PAIR * batch * heads * agents * agents
+        elif run.kernel != "reference":  # the fused kernels (either mode): two blocks, reused
             from econspin.fused import block_shape  # fused builds on the economy, which reads this module
 
             groups, rows = block_shape(batch * heads, agents, run.chunk)

@@ -12,6 +12,7 @@ import torch
 from econspin.compiled import compiled_function
 from econspin.corrections import FieldContext
 from econspin.economy import Economy
+from econspin.flex import flex_trade, uses_flex
 from econspin.fused import fused_trade, uses_fused
 from econspin.fused_sampled import fused_sampled_trade
 from econspin.market import MarketOutcome, spin_variance, trade
@@ -101,13 +102,15 @@ def play(state: State, economy: Economy, draws: Draws | None) -> tuple[torch.Ten
 def market_step(state: State, economy: Economy, draws=None):
     """Steps 1-5 on the kernel that applies (the one place that decides).
 
-    Uniform choice in O(N) (:mod:`econspin.uniform`), the sparse network's edges, the fused
-    blocks, or the reference blocks.
+    Uniform choice in O(N) (:mod:`econspin.uniform`), the sparse network's edges, the
+    FlexAttention passes (:mod:`econspin.flex`), the fused blocks, or the reference blocks.
     """
     if uses_uniform(state, economy):
         return uniform_trade(state, economy, draws)
     if economy.trade_edges is not None and economy.couplings is None:
         return sparse_trade(state, economy, draws)
+    if uses_flex(state, economy):
+        return flex_trade(state, economy)
     if uses_fused(state, economy):
         return fused_sampled_trade(state, economy, draws) if economy.mode == "sampled" else fused_trade(state, economy)
     return trade(state, economy, draws)

@@ -140,8 +140,9 @@ class Run(StrictModel):
     memory_budget_mb: PositiveFloat = 1024.0
     # the market step: auto takes the fast paths where they apply (econspin.uniform where choice
     # ignores utilities, econspin.fused and econspin.fused_sampled for the attention market, either
-    # mode), reference the readable blocks (econspin.market)
-    kernel: Literal["auto", "reference", "fused"] = "auto"
+    # mode), reference the readable blocks (econspin.market), flex the expected mode as
+    # FlexAttention passes (econspin.flex: compiled on CUDA, eager and slow on a CPU; sampled mode fused)
+    kernel: Literal["auto", "reference", "fused", "flex"] = "auto"
     # the round through torch.compile (econspin.compiled): off (eager, the default), default, or
     # reduce-overhead (CUDA graphs on a GPU; default on the CPU)
     compile: Literal["off", "default", "reduce-overhead"] = "off"
@@ -206,8 +207,10 @@ class Scenario(StrictModel):
                 "market.network: market.couplings replaces the trade market with fixed couplings, so no trade "
                 "network is read; remove one of market.network and market.couplings"
             )
-        if self.run.kernel == "fused" and self.market.couplings is not None:
-            raise ValueError("run.kernel: fused covers the attention market, not fixed couplings; use auto")
+        if self.run.kernel in ("fused", "flex") and self.market.couplings is not None:
+            raise ValueError(
+                f"run.kernel: {self.run.kernel} covers the attention market, not fixed couplings; use auto"
+            )
         self._check_utility_precision()
         return self
 

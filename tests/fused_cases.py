@@ -3,6 +3,7 @@
 import dataclasses
 import math
 
+import pytest
 import torch
 from helpers import rollout, scenario
 from hypothesis import strategies as st
@@ -26,6 +27,28 @@ def assert_outcomes_close(reference: MarketOutcome, fused: MarketOutcome, tolera
         scale = want.abs().max() if want.numel() else 0.0
         error = (want - got).abs() / (want.abs() + scale + 1.0)
         assert error.numel() == 0 or float(error.max()) <= tolerance, f"{name}: {float(error.max()):.3g}"
+
+def assert_equals_oracle(outcome: MarketOutcome, state, economy, tolerance: float = 1e-12) -> None:
+    """Every field against econspin.reference (plain float64 numpy, one buyer at a time), element by element.
+
+    Float64 states only (the oracle's precision); the test is skipped where the oracle is absent.
+    """
+    oracle = pytest.importorskip("econspin.reference")
+    if state.states.dtype != torch.float64:
+        return
+    buyer = economy.buyer
+    for element in range(state.states.shape[0]):
+        expected = oracle.reference_round(*oracle.from_engine(economy, state, element))
+        for name in FIELDS:
+            got = getattr(outcome, name)[element]
+            want = torch.as_tensor(getattr(expected, name), dtype=torch.float64)
+            if name in ("entropy", "surplus"):  # the oracle reports these for buyers
+                got, want = got[buyer], want[buyer]
+            assert torch.equal(torch.isinf(got), torch.isinf(want)), name
+            finite = torch.isfinite(want)
+            scale = float(want[finite].abs().max()) if finite.any() else 0.0
+            error = (got[finite] - want[finite]).abs() / (want[finite].abs() + scale + 1.0)
+            assert error.numel() == 0 or float(error.max()) <= tolerance, f"{name}: {float(error.max()):.3g}"
 
 
 @st.composite

@@ -65,6 +65,25 @@ def test_bench_refuses_bad_sizes_and_modes():
     assert result.exit_code == 2 and "--sizes" in result.output
     result = runner.invoke(app, ["bench", "--modes", "expected,sampeld"])
     assert result.exit_code == 2 and "--modes" in result.output and "Traceback" not in result.output
+    result = runner.invoke(app, ["bench", "--kernels", "fused,flux"])
+    assert result.exit_code == 2 and "--kernels 'fused,flux'" in result.output and "Traceback" not in result.output
+
+
+def test_bench_times_the_flex_kernel_when_asked(tmp_path):
+    """The FlexAttention kernel beside the fused one, expected mode only; the sampled rows leave it out."""
+    out = tmp_path / "bench.json"
+    arguments = ["bench", "--sizes", "32", "--batches", "2", "--repeats", "1", "--json", str(out), "--threads", "1"]
+    arguments += ["--baselines", "none", "--kernels", "fused,flex", "--modes", "expected,sampled"]
+    result = runner.invoke(app, arguments)
+    assert result.exit_code == 0, result.output
+    assert "flex/SDPA" in result.output
+    saved = json.loads(out.read_text())
+    assert saved["kernels"] == ["fused", "flex"]
+    expected, sampled = saved["rows"]
+    assert set(expected) == ROW_FIELDS | {"flex_ms", "flex_ratio", "flex_pairs_per_s", "flex_difference"}
+    assert expected["reference_ms"] is None and expected["fused_ms"] > 0 and expected["flex_ms"] > 0
+    assert expected["flex_difference"] < 1e-5
+    assert sampled["flex_ms"] is None and sampled["flex_difference"] is None
 
 
 @pytest.mark.slow

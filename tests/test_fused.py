@@ -8,7 +8,7 @@ import math
 
 import pytest
 import torch
-from fused_cases import FIELDS, TOLERANCE, assert_outcomes_close, economies, on_meta, two_populations
+from fused_cases import TOLERANCE, assert_equals_oracle, assert_outcomes_close, economies, on_meta, two_populations
 from helpers import rollout, scenario
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -184,24 +184,8 @@ def test_a_whole_expected_round_never_waits_on_the_host(response, correction):
 @settings(max_examples=40, deadline=None, derandomize=True)
 def test_fused_equals_the_independent_oracle(drawn):
     """Against econspin.reference (plain float64 numpy, one buyer at a time), where it exists."""
-    oracle = pytest.importorskip("econspin.reference")
     state, economy = drawn
-    if state.states.dtype != torch.float64:
-        return
-    fused = fused_trade(state, economy)
-    buyer = economy.buyer
-    for element in range(state.states.shape[0]):
-        expected = oracle.reference_round(*oracle.from_engine(economy, state, element))
-        for name in FIELDS:
-            got = getattr(fused, name)[element]
-            want = torch.as_tensor(getattr(expected, name), dtype=torch.float64)
-            if name in ("entropy", "surplus"):  # the oracle reports these for buyers
-                got, want = got[buyer], want[buyer]
-            assert torch.equal(torch.isinf(got), torch.isinf(want)), name
-            finite = torch.isfinite(want)
-            scale = float(want[finite].abs().max()) if finite.any() else 0.0
-            error = (got[finite] - want[finite]).abs() / (want[finite].abs() + scale + 1.0)
-            assert error.numel() == 0 or float(error.max()) <= 1e-12, f"{name}: {float(error.max()):.3g}"
+    assert_equals_oracle(fused_trade(state, economy), state, economy)
 
 
 def test_projections_by_population_slices_equal_the_per_population_product():
