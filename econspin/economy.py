@@ -34,7 +34,7 @@ from econspin.network import (
 from econspin.precision import precision_conflict
 from econspin.randomness import STREAM_DISORDER, derive_seed, make_generator
 from econspin.response import SpinResponse, make_response
-from econspin.scenario import Scenario, ScenarioError
+from econspin.scenario import Scenario, ScenarioError, resolved_kernel
 
 
 @dataclass(frozen=True)
@@ -297,13 +297,6 @@ def build_economy(
         compile=first.run.compile,
         utility_precision=first.run.utility_precision,
     )
-
-
-def resolved_kernel(kernel: str, mode: str, couplings: bool) -> str:
-    """run.kernel as the economy keeps it: reference, fused, or flex (expected mode only; sampled runs fused)."""
-    if kernel == "reference" or couplings:
-        return "reference"
-    return "flex" if kernel == "flex" and mode == "expected" else "fused"
 
 
 def utilities_vanish(query: torch.Tensor, key: torch.Tensor, visibility: torch.Tensor) -> bool:

@@ -57,7 +57,7 @@ LOW_DTYPES = {"bfloat16": torch.bfloat16}  # the operands' dtype, where it is no
 def precision_conflict(precision: str, dtype: str, device: torch.device | None, kernel: str, market: str) -> str:
     """Why ``run.utility_precision: precision`` cannot run here, as one line; '' when it can.
 
-    ``dtype`` is run.dtype's name, ``kernel`` the resolved kernel (``fused`` or ``reference``), ``market`` which market
+    ``dtype`` is run.dtype's name, ``kernel`` the resolved kernel (``fused``, ``flex`` or ``reference``: :func:`econspin.scenario.resolved_kernel`), ``market`` which market
     kernel the economy takes: ``attention``, ``couplings`` or ``sparse``; ``device`` None
     (a scenario read before it is built) leaves the device unchecked.
     """
@@ -71,7 +71,7 @@ def precision_conflict(precision: str, dtype: str, device: torch.device | None, 
     if market == "sparse":
         return f"{key} applies to the dense fused kernels; this trade network runs on the sparse kernel (use full)"
     if kernel != "fused":
-        return f"{key} needs run.kernel: auto or fused (the reference kernel computes at full precision)"
+        return f"{key} needs run.kernel: auto or fused (the {kernel} kernel computes at full precision)"
     if precision == "tf32" and device is not None and device.type != "cuda":
         return f"{key} is a CUDA tensor-core mode and this run is on the {device.type}; use bfloat16 on a CPU"
     return ""

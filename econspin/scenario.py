@@ -50,6 +50,7 @@ __all__ = [
     "TemperatureSchedule",
     "VectorDistribution",
     "check_network",
+    "resolved_kernel",
 ]
 
 
@@ -217,7 +218,7 @@ class Scenario(StrictModel):
     def _check_utility_precision(self):
         """run.utility_precision against the file's own settings (device and network: when built)."""
         run = self.run
-        kernel = "reference" if run.kernel == "reference" else "fused"
+        kernel = resolved_kernel(run.kernel, self.market.mode, self.market.couplings is not None)
         market = "couplings" if self.market.couplings is not None else "attention"
         conflict = precision_conflict(run.utility_precision, run.dtype, None, kernel, market)
         if conflict:
@@ -317,6 +318,13 @@ class Scenario(StrictModel):
                 raise ScenarioError(f"{key_path}: no such key {parts[-1]!r}{suggest(parts[-1], holder)}")
             holder[parts[-1]] = value
         return type(self).from_dict(data, source="")
+
+
+def resolved_kernel(kernel: str, mode: str, couplings: bool) -> str:
+    """run.kernel as the economy keeps it: reference, fused, or flex (expected mode only; sampled runs fused)."""
+    if kernel == "reference" or couplings:
+        return "reference"
+    return "flex" if kernel == "flex" and mode == "expected" else "fused"
 
 
 def check_network(network: Network, sizes: dict[str, int]) -> None:
