@@ -57,9 +57,10 @@ LOW_DTYPES = {"bfloat16": torch.bfloat16}  # the operands' dtype, where it is no
 def precision_conflict(precision: str, dtype: str, device: torch.device | None, kernel: str, market: str) -> str:
     """Why ``run.utility_precision: precision`` cannot run here, as one line; '' when it can.
 
-    ``dtype`` is run.dtype's name, ``kernel`` the resolved kernel (``fused``, ``flex`` or ``reference``: :func:`econspin.scenario.resolved_kernel`), ``market`` which market
-    kernel the economy takes: ``attention``, ``couplings`` or ``sparse``; ``device`` None
-    (a scenario read before it is built) leaves the device unchecked.
+    ``dtype`` is run.dtype's name, ``kernel`` the resolved kernel (``fused``, ``flex`` or
+    ``reference``: :func:`econspin.scenario.resolved_kernel`), ``market`` which market kernel
+    the economy takes: ``attention``, ``couplings`` or ``sparse``; ``device`` None (a scenario
+    read before it is built) leaves the device unchecked.
     """
     if precision == "full":
         return ""
