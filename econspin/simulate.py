@@ -54,8 +54,9 @@ def uses_sync_free_draws(economy: Economy) -> bool:
     """Whether sampled rounds draw with a fixed budget of attempts rather than Wood's loop.
 
     Where the host waits on a device (CUDA) or the round is captured as a graph
-    (``run.compile: reduce-overhead``). On the CPU the loop is cheaper: it makes about 1.5
-    attempts an agent rather than the budget's 24 (docs/performance.md).
+    (``run.compile: reduce-overhead``). On the CPU the loop is cheaper: it makes 2 attempts
+    an agent (8 more for the few without one accepted) rather than the budget's 24
+    (1.2-2.4x the sampled round in two runs, docs/performance.md).
     """
     return economy.device.type == "cuda" or economy.compile == "reduce-overhead"
 

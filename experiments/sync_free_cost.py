@@ -26,17 +26,28 @@ ROUNDS = 4
 CASES = ((128, 64, 16), (1, 1024, 16), (16, 256, 32))  # (B, N, d)
 
 
-def sampled_rollout(batch: int, agents: int, dimension: int, sync_free: bool) -> Rollout:
+def sampled_rollout(batch: int, agents: int, dimension: int, sync_free: bool, mode: str = "sampled") -> Rollout:
     scenario = Scenario.from_dict(
         {
             "populations": {"agents": {"count": agents, "temperature": 1.0}},
-            "market": {"d": dimension, "mode": "sampled", "response": "vmf"},
+            "market": {"d": dimension, "mode": mode, "response": "vmf"},
             "run": {"device": "cpu", "seed": 0},
         }
     )
     rollout = Rollout.create([scenario] * batch, list(range(batch)), "cpu", "float32")
     rollout.sync_free = sync_free
     return rollout
+
+
+def interleaved(rollouts: dict, repeats: int) -> dict:
+    """Median seconds a round of each rollout, after one warm-up round each, repeats interleaved."""
+    for rollout in rollouts.values():
+        rollout.advance(1)
+    times = {name: [] for name in rollouts}
+    for _ in range(repeats):
+        for name, rollout in rollouts.items():
+            times[name].append(round_seconds(rollout))
+    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def round_seconds(rollout: Rollout) -> float:
@@ -66,17 +77,21 @@ def main() -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, budget {REJECTION_ATTEMPTS} attempts")
     for batch, agents, dimension in CASES:
         rollouts = {flag: sampled_rollout(batch, agents, dimension, flag) for flag in (False, True)}
-        for rollout in rollouts.values():
-            rollout.advance(1)  # warm-up
-        times = {False: [], True: []}
-        for _ in range(arguments.repeats):
-            for flag, rollout in rollouts.items():
-                times[flag].append(round_seconds(rollout))
-        loop, budgeted = (statistics.median(times[flag]) for flag in (False, True))
+        times = interleaved(rollouts, arguments.repeats)
+        loop, budgeted = times[False], times[True]
         print(
             f"B={batch:4d} N={agents:5d} d={dimension:3d}: loop {loop * 1e3:8.2f} ms, "
             f"budget {budgeted * 1e3:8.2f} ms, ratio {budgeted / loop:.2f}"
         )
+    # chunks alone (the CPU default: Wood's loop): metrics stacked and copied once per chunk
+    chunked = {size: sampled_rollout(16, 256, 32, False, "expected") for size in (1, ROUNDS)}
+    for size, rollout in chunked.items():
+        rollout.chunk_rounds = size
+    times = interleaved(chunked, arguments.repeats)
+    print(
+        f"expected B=16 N=256 d=32: chunks of 1 {times[1] * 1e3:.2f} ms, of {ROUNDS} {times[ROUNDS] * 1e3:.2f} ms, "
+        f"ratio {times[ROUNDS] / times[1]:.3f}"
+    )
     rate, dimension, kappa = worst_acceptance()
     print(f"worst acceptance per attempt {rate:.4f} (d = {dimension}, kappa = {kappa:g})")
     for batch, agents in ((64, 256), (1, 16384), (1, 10**6)):
