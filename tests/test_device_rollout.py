@@ -159,8 +159,13 @@ def test_a_forced_replay_gives_the_same_bits(dimension, chunk, temperature):
     exact = _played(case, rounds=6, sync_free=False)
     replayed = _played(case, rounds=6, sync_free=True, rejection_attempts=1, chunk_rounds=chunk)
     _assert_same(exact, replayed)
-    if temperature != 0.0 and dimension > 1:
-        assert replayed.replayed_chunks > 0
+
+
+def test_one_attempt_forces_replays_and_changes_nothing():
+    case = case_scenario("sampled vmf")
+    replayed = _played(case, rounds=6, sync_free=True, rejection_attempts=1, chunk_rounds=2)
+    assert replayed.replayed_chunks > 0
+    _assert_same(_played(case, rounds=6, sync_free=False), replayed)
 
 
 def test_a_budget_large_enough_needs_no_replay():
