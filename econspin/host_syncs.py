@@ -14,7 +14,11 @@ them as they are dispatched:
 - copies from a non-CPU device to the CPU (``aten._to_copy``, ``aten.copy_``);
 - reads to the host that never reach the dispatcher: ``Tensor.tolist``, ``.numpy``, ``.cpu``
   (seen one level up, as torch functions; on a CPU tensor they copy nothing, on a GPU's they
-  would).
+  would);
+- copies from the host to a device (``_to_copy``, ``copy_``), and tensors made from Python
+  data (``torch.tensor``, ``torch.as_tensor``), which a GPU run makes on the host and copies:
+  torch copies pageable host memory to a device synchronously, so the host waits for the
+  copy and the device for the host.
 
 On the CPU every tensor is already on the host, so nothing actually waits and device copies
 cannot occur; everything else is recorded all the same, which is what lets a CPU test suite
@@ -35,6 +39,7 @@ SCALAR_READS = {aten._local_scalar_dense.default, aten.item.default, aten.is_non
 DATA_DEPENDENT_SHAPES = {"nonzero", "masked_select", "unique", "_unique", "_unique2", "unique_dim"}
 DATA_DEPENDENT_SHAPES |= {"unique_consecutive"}
 HOST_READ_METHODS = {"tolist", "numpy", "cpu"}  # Tensor methods that return host data whatever the device
+HOST_DATA_FUNCTIONS = {"tensor", "as_tensor"}  # tensors from Python data: made on the host, then copied
 
 
 def _packet(op) -> str:
@@ -47,15 +52,18 @@ def _is_bool_index(op, args) -> bool:
     return any(isinstance(t, torch.Tensor) and t.dtype == torch.bool for t in (args[1] or ()) if t is not None)
 
 
-def _is_copy_to_host(op, args, kwargs) -> bool:
+def _copy_direction(op, args, kwargs) -> str | None:
+    """"copy to host" or "copy from host" for a copy between the CPU and a device, else None."""
     name = _packet(op)
-    if name == "_to_copy":
-        source, target = args[0], kwargs.get("device")
-        return source.device.type != "cpu" and target is not None and torch.device(target).type == "cpu"
-    if name == "copy_":
-        target, source = args[0], args[1]
-        return isinstance(source, torch.Tensor) and source.device.type != "cpu" and target.device.type == "cpu"
-    return False
+    if name == "_to_copy" and kwargs.get("device") is not None:
+        source, target = args[0].device.type, torch.device(kwargs["device"]).type
+    elif name == "copy_" and isinstance(args[1], torch.Tensor):
+        source, target = args[1].device.type, args[0].device.type
+    else:
+        return None
+    if source == target or "cpu" not in (source, target) or "meta" in (source, target):
+        return None
+    return "copy to host" if target == "cpu" else "copy from host"
 
 
 def sync_kind(op, args, kwargs) -> str | None:
@@ -67,9 +75,7 @@ def sync_kind(op, args, kwargs) -> str | None:
         return "data-dependent shape"
     if name == "repeat_interleave" and kwargs.get("output_size") is None and len(args) == 1:
         return "data-dependent shape"
-    if _is_copy_to_host(op, args, kwargs):
-        return "copy to host"
-    return None
+    return _copy_direction(op, args, kwargs)
 
 
 @dataclass
@@ -103,6 +109,8 @@ class _HostReads(TorchFunctionMode):
         name = getattr(func, "__name__", "")
         if name in HOST_READ_METHODS:
             self.events.append(HostSync(f"Tensor.{name}", "copy to host", _caller()))
+        elif name in HOST_DATA_FUNCTIONS and not isinstance(args[0] if args else None, torch.Tensor):
+            self.events.append(HostSync(f"torch.{name}", "copy from host", _caller()))
         return func(*args, **(kwargs or {}))
 
 

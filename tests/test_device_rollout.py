@@ -108,11 +108,16 @@ def test_the_recorder_sees_what_a_gpu_waits_for():
         values.sum().item()
         values[values > 0]
         values.nonzero()
+        values.tolist()
+        torch.tensor([1.0, 2.0])
         torch.where(values > 0, values, 0.0)  # waits for nothing
+        values.index_select(0, torch.arange(2))  # nor this
     kinds = [event.kind for event in recorder.events]
     assert kinds.count("scalar read") == 2
-    assert kinds.count("data-dependent shape") >= 2
-    assert len(kinds) == 4
+    assert kinds.count("data-dependent shape") == 2
+    assert kinds.count("copy to host") == 1 and kinds.count("copy from host") == 1
+    assert len(kinds) == 6
+    assert all(event.where == "outside econspin" for event in recorder.events)
 
 
 def test_the_exact_loop_synchronises_and_the_budget_does_not():
