@@ -33,7 +33,8 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-STEPS = {"tests": 180, "bench": 150, "rollout": 120}  # seconds each step may take
+# seconds each step may take; the rollout compiles reduce-overhead twice (both modes)
+STEPS = {"tests": 150, "bench": 150, "rollout": 180}
 ROLLOUT_SHAPE = (64, 256)  # B, N: the GPU target of issue 9 (<= 5x SDPA forward)
 ROLLOUT_ROUNDS = 32
 
@@ -84,50 +85,56 @@ def run_steps(out: Path) -> int:
     return failed
 
 
-def rollout_timing(device: torch.device) -> list[dict]:
-    """Milliseconds a round at B = 64, N = 256, per mode and way of playing, with the SDPA floor."""
+WAYS = {  # name: (chunk_rounds, sync_free, run.compile); chunk_rounds None: ROLLOUT_ROUNDS
+    "round by round, Wood's loop": (1, False, "off"),
+    "sync-free chunks, eager": (None, True, "off"),
+    "sync-free chunks, reduce-overhead": (None, True, "reduce-overhead"),
+}
+
+
+def rollout_timing(
+    device: torch.device, shape=ROLLOUT_SHAPE, rounds: int = ROLLOUT_ROUNDS, ways=tuple(WAYS), repeats: int = 5
+) -> list[dict]:
+    """Milliseconds a round at ``shape`` (B, N), per mode and way of playing, with the SDPA floor.
+
+    Every way plays the same rounds, so each row also says whether its final state has the
+    bits of the first way's (the eager ways must; a compiled one agrees to rounding).
+    """
     from econspin.bench import DIMENSION, bench_scenario, timed
     from econspin.simulate import Rollout
 
-    batch, agents = ROLLOUT_SHAPE
+    batch, agents = shape
     rows = []
     for mode in ("expected", "sampled"):
-        ways = {
-            "round by round, Wood's loop": dict(chunk_rounds=1, sync_free=False, compile="off"),
-            "sync-free chunks, eager": dict(chunk_rounds=ROLLOUT_ROUNDS, sync_free=True, compile="off"),
-            "sync-free chunks, reduce-overhead": dict(
-                chunk_rounds=ROLLOUT_ROUNDS, sync_free=True, compile="reduce-overhead"
-            ),
-        }
         generator = torch.Generator(device=device).manual_seed(0)
         q, k, v = (torch.randn(batch, 1, agents, DIMENSION, generator=generator, device=device) for _ in range(3))
         functions = {"sdpa forward": lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v)}
-        errors = {}
-        for name, way in ways.items():
+        rollouts, errors = {}, {}
+        for name in ways:
+            chunk_rounds, sync_free, compile_mode = WAYS[name]
             try:
                 rollout = Rollout.create([bench_scenario(agents, mode=mode)] * batch, list(range(batch)), str(device))
-                rollout.economy = dataclasses.replace(rollout.economy, compile=way["compile"])
-                rollout.chunk_rounds, rollout.sync_free = way["chunk_rounds"], way["sync_free"]
-                rollout.advance(ROLLOUT_ROUNDS)  # warm-up: compilation, graph capture
-                functions[name] = lambda r=rollout: r.advance(ROLLOUT_ROUNDS)
+                rollout.economy = dataclasses.replace(rollout.economy, compile=compile_mode)
+                rollout.chunk_rounds, rollout.sync_free = chunk_rounds or rounds, sync_free
+                rollout.advance(rounds)  # warm-up: compilation, graph capture
+                functions[name] = lambda r=rollout: r.advance(rounds)
+                rollouts[name] = rollout
             except Exception as error:  # reported, not fatal: the other ways are still timed
                 errors[name] = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
         try:
-            times = timed(functions, repeats=5, device=device)
+            times = timed(functions, repeats=repeats, device=device)
         except Exception as error:
             errors["timing"] = f"{type(error).__name__}: {error}"
             times = {}
         floor = times.get("sdpa forward")
+        first = next(iter(rollouts.values()), None)
         for name, seconds in times.items():
-            per_round = seconds if name == "sdpa forward" else seconds / ROLLOUT_ROUNDS
-            rows.append(
-                {
-                    "mode": mode,
-                    "way": name,
-                    "ms": per_round * 1e3,
-                    "ratio to sdpa": per_round / floor if floor else None,
-                }
-            )
+            per_round = seconds if name == "sdpa forward" else seconds / rounds
+            row = {"mode": mode, "way": name, "ms": per_round * 1e3, "ratio to sdpa": per_round / floor}
+            if name in rollouts:
+                row["same bits as the first way"] = bool(torch.equal(rollouts[name].state.states, first.state.states))
+                row["replayed chunks"] = rollouts[name].replayed_chunks
+            rows.append(row)
         rows += [{"mode": mode, "way": name, "error": text} for name, text in errors.items()]
     return rows
 

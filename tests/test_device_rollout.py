@@ -234,3 +234,14 @@ def test_the_gpu_check_prints_its_plan_and_runs_nothing_without_a_gpu(tmp_path, 
     assert "bench --quick --device cuda --json" in printed and "tests/test_device_rollout.py" in printed
     assert sum(gpu_check.STEPS.values()) <= 8 * 60  # one call of a device session
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_gpu_checks_rollout_timing_runs_on_the_cpu():
+    """Its code, at a tiny shape and without compiling, so that the GPU session does not find it broken."""
+    from experiments import gpu_check
+
+    ways = ("round by round, Wood's loop", "sync-free chunks, eager")
+    rows = gpu_check.rollout_timing(torch.device("cpu"), shape=(2, 16), rounds=3, ways=ways, repeats=1)
+    assert [row for row in rows if "error" in row] == []
+    timed_ways = [row for row in rows if row["way"] in ways]
+    assert len(timed_ways) == 4 and all(row["ms"] > 0 and row["same bits as the first way"] for row in timed_ways)
