@@ -48,8 +48,7 @@ def step(state: State, economy: Economy, budget: RejectionBudget | None = None) 
     if economy.compile == "off":
         new_states, money, outcome = play(state, economy, state.draws() if sampled else None, budget)
     else:
-        # the round enters the compiled round as a tensor (its tag), never as a traced Python number
-        tag = torch.tensor(round_tag(state.round), device=state.random_keys.device) if sampled else None
+        tag = round_tag_tensor(state) if sampled else None
         new_states, money, outcome = compiled_function(play_tagged, economy.compile)(state, economy, tag, budget)
     return state.replace(
         states=new_states,
@@ -60,6 +59,17 @@ def step(state: State, economy: Economy, budget: RejectionBudget | None = None) 
         surplus=outcome.surplus,
         round=state.round + 1,
     )
+
+
+def round_tag_tensor(state: State) -> torch.Tensor:
+    """The tag of the round after ``state`` as a 0-d int64 tensor on the state's device.
+
+    The round enters the compiled round as a tensor, never as a traced Python number. Filled
+    on the device (``torch.full``: the number travels as a kernel argument) rather than made
+    from Python data (``torch.tensor``: built on the host and copied, which on a GPU makes the
+    host wait for the device every round; econspin.host_syncs records it).
+    """
+    return torch.full((), round_tag(state.round), dtype=torch.int64, device=state.random_keys.device)
 
 
 def play_tagged(

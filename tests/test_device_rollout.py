@@ -245,3 +245,15 @@ def test_the_gpu_checks_rollout_timing_runs_on_the_cpu():
     assert [row for row in rows if "error" in row] == []
     timed_ways = [row for row in rows if row["way"] in ways]
     assert len(timed_ways) == 4 and all(row["ms"] > 0 and row["same bits as the first way"] for row in timed_ways)
+
+
+def test_the_compiled_rounds_tag_is_made_on_the_device_with_the_same_value():
+    """run.compile's sampled round takes its round as a tag tensor: filled in place, no copy from the host."""
+    from econspin.randomness import round_tag
+    from econspin.round import round_tag_tensor
+
+    state = rollout(case_scenario("sampled vmf")).state.replace(round=12345)
+    with HostSyncRecorder() as recorder:
+        tag = round_tag_tensor(state)
+    assert recorder.events == []
+    assert tag.dtype == torch.int64 and tag.shape == () and int(tag) == round_tag(12345)
