@@ -8,9 +8,11 @@ built from one scenario per batch element; the scenarios must agree on every sha
 
 from __future__ import annotations
 
+import functools
 import math
 import zipfile
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -35,6 +37,14 @@ from econspin.precision import precision_conflict
 from econspin.randomness import STREAM_DISORDER, derive_seed, make_generator
 from econspin.response import SpinResponse, make_response
 from econspin.scenario import Scenario, ScenarioError, resolved_kernel
+
+
+class Members(NamedTuple):
+    """Agent indices (long tensors, ascending) of the buyers, the sellers and each population."""
+
+    buyers: torch.Tensor
+    sellers: torch.Tensor
+    populations: tuple[torch.Tensor, ...]
 
 
 @dataclass(frozen=True)
@@ -133,6 +143,18 @@ class Economy:
     def population_mask(self, index: int) -> torch.Tensor:
         """(N,) bool: agents of population ``index``."""
         return self.population == index
+
+    @functools.cached_property
+    def members(self) -> Members:
+        """Who is a buyer, a seller, in each population, as indices: found once per economy.
+
+        Selecting by a bool mask (``money[:, mask]``) sizes its result from the mask's values,
+        which on a GPU makes the host wait for the device; selecting by these indices does not,
+        and gives the same values in the same order (econspin.metrics reads them every round).
+        """
+        count = len(self.population_names)
+        populations = tuple(self.population_mask(index).nonzero().squeeze(1) for index in range(count))
+        return Members(self.buyer.nonzero().squeeze(1), self.seller.nonzero().squeeze(1), populations)
 
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}  # run.dtype

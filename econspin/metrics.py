@@ -30,7 +30,7 @@ def register_metric(name: str) -> Callable[[Metric], Metric]:
 
 def revenue_shares(state: State, economy: Economy) -> torch.Tensor:
     """R_j / sum R over sellers, (B, S); NaN where nothing was sold."""
-    revenue = state.revenue[:, economy.seller]
+    revenue = state.revenue.index_select(1, economy.members.sellers)
     total = revenue.sum(dim=1, keepdim=True)
     return revenue / torch.where(total > 0, total, torch.full_like(total, float("nan")))
 
@@ -58,10 +58,8 @@ def gini(state: State, economy: Economy) -> torch.Tensor:
 
 
 def _buyer_mean(values: torch.Tensor, economy: Economy) -> torch.Tensor:
-    buyer = economy.buyer
-    if not bool(buyer.any()):
-        return torch.full(values.shape[:1], float("nan"), dtype=values.dtype, device=values.device)
-    return values[:, buyer].mean(dim=1)
+    """The mean over buyers; NaN where there are none (torch's mean over nothing, with no branch on the host)."""
+    return values.index_select(1, economy.members.buyers).mean(dim=1)
 
 
 def attention_entropy(state: State, economy: Economy) -> torch.Tensor:
@@ -102,8 +100,8 @@ def wealth_share(index: int) -> Metric:
     """The share of all money held by population ``index``."""
 
     def share(state: State, economy: Economy) -> torch.Tensor:
-        mask = economy.population_mask(index)
-        return state.money[:, mask].sum(dim=1) / state.money.sum(dim=1)
+        members = economy.members.populations[index]
+        return state.money.index_select(1, members).sum(dim=1) / state.money.sum(dim=1)
 
     return share
 

@@ -285,6 +285,11 @@ class TradeEdges:
     sellers: torch.Tensor
     offsets: torch.Tensor
 
+    @functools.cached_property
+    def host_offsets(self) -> tuple[int, ...]:
+        """``offsets`` as Python integers, copied from the device once (the sparse kernel plans its chunks on them)."""
+        return tuple(self.offsets.cpu().tolist())
+
     @property
     def degree(self) -> torch.Tensor:
         """(N,) the number of sellers each buyer may choose."""

@@ -25,6 +25,7 @@ All are written in T rather than beta so that T = 0 and T = inf are exact limits
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 
@@ -71,9 +72,15 @@ class SpinResponse:
         norm, direction = _norm_and_direction(theta)
         return self.magnitude(norm, temperature).unsqueeze(-1) * direction
 
-    def sample(self, theta: torch.Tensor, temperature: torch.Tensor, draws: Draws) -> torch.Tensor:
-        """A spin per agent from p(s) ∝ exp(theta . s / T) on |s| = R, from the agents' ``draws``."""
-        return sample_von_mises_fisher(theta, temperature, self.radius, draws)
+    def sample(
+        self, theta: torch.Tensor, temperature: torch.Tensor, draws: Draws, budget: "RejectionBudget | None" = None
+    ) -> torch.Tensor:
+        """A spin per agent from p(s) ∝ exp(theta . s / T) on |s| = R, from the agents' ``draws``.
+
+        With a ``budget``, Wood's sampler makes a fixed number of attempts and never waits on
+        the host (see :class:`RejectionBudget`).
+        """
+        return sample_von_mises_fisher(theta, temperature, self.radius, draws, budget)
 
 
 @register_response("sphere")
@@ -88,7 +95,7 @@ class SphereResponse(SpinResponse):
     def slope(self, field_norm, temperature):
         return torch.zeros_like(field_norm)
 
-    def sample(self, theta, temperature, draws):
+    def sample(self, theta, temperature, draws, budget=None):
         return self.mean(theta, temperature)
 
 
@@ -107,7 +114,7 @@ class LinearResponse(SpinResponse):
     def mean(self, theta, temperature):
         return theta  # exactly, not |theta| times the direction (stored patterns must not drift)
 
-    def sample(self, theta, temperature, draws):
+    def sample(self, theta, temperature, draws, budget=None):
         return theta
 
 
@@ -214,7 +221,7 @@ def bessel_ratio(kappa: torch.Tensor, dimension: int) -> torch.Tensor:
 # traced under run.compile (econspin.compiled), all but Wood's step (_wood_component_eagerly): the
 # concentration, the Box-Muller Gaussians with their hashes and the direction fuse into the round
 def sample_von_mises_fisher(
-    theta: torch.Tensor, temperature: torch.Tensor, radius: float, draws: Draws
+    theta: torch.Tensor, temperature: torch.Tensor, radius: float, draws: Draws, budget: "RejectionBudget | None" = None
 ) -> torch.Tensor:
     """Draw s with |s| = R from p(s) ∝ exp(theta . s / T); theta (..., d), T (...).
 
@@ -227,6 +234,8 @@ def sample_von_mises_fisher(
     :func:`_wood_component`), then a uniform direction orthogonal to theta_hat from d
     Box-Muller Gaussians. At theta = 0 the spin is uniform on the sphere; at T = 0 it is
     R theta_hat.
+
+    With a ``budget``, Wood's sampler runs without host synchronisation (:class:`RejectionBudget`).
     """
     norm, direction = _norm_and_direction(theta)
     cold = temperature == 0
@@ -242,7 +251,7 @@ def sample_von_mises_fisher(
         sign = torch.where(norm > 0, direction[..., 0], torch.ones_like(norm))
         spin = torch.where(aligned, 1.0, -1.0).to(dtype) * sign
         return radius * spin.unsqueeze(-1)
-    along = _wood_component_eagerly(kappa.double(), dimension, draws)
+    along = _wood_component_eagerly(kappa.double(), dimension, draws, budget)
     along = torch.where(norm > 0, along, torch.zeros_like(along))  # no field: all of it orthogonal
     # the direction in (d, ...) layout: reductions over d run across contiguous rows of agents.
     # Out of place where the field's gradient flows (a sampled round stays differentiable); in
@@ -273,13 +282,18 @@ def sample_von_mises_fisher(
 
 
 @torch.compiler.disable
-def _wood_component_eagerly(kappa: torch.Tensor, dimension: int, draws: Draws) -> torch.Tensor:
+def _wood_component_eagerly(
+    kappa: torch.Tensor, dimension: int, draws: Draws, budget: "RejectionBudget | None" = None
+) -> torch.Tensor:
     """:func:`_wood_component`, kept eager under run.compile.
 
     Its loop asks the host whether any agent still lacks an accepted attempt, a graph break
     wherever it sits: the rest of the draw is compiled in the graphs before and after it.
+    With a ``budget`` there is no loop, but the count of unresolved agents is added to in
+    place, and torch.compile does not replay a graph that mutates an input as a CUDA graph
+    (reduce-overhead skips it): it stays eager too.
     """
-    return _wood_component(kappa, dimension, draws)
+    return _wood_component(kappa, dimension, draws, budget=budget)
 
 
 def _sum_leading(values: torch.Tensor, in_place: bool = False) -> torch.Tensor:
@@ -300,6 +314,30 @@ def _sum_leading(values: torch.Tensor, in_place: bool = False) -> torch.Tensor:
     return values[0]
 
 
+@dataclass(frozen=True)
+class RejectionBudget:
+    """Wood's sampler with a fixed number of attempts per agent, so that no round waits on the host.
+
+    The exact loop asks the host after each batch of attempts whether any agent is still
+    without an accepted one. With a budget, every agent makes ``attempts`` attempts at once,
+    the agents with none accepted are counted into ``unresolved`` (a device int64 scalar,
+    added to in place), and nothing is read back. Attempts are counter-based, so every agent
+    accepted within the budget gets the very number the loop gives it; a caller that finds
+    ``unresolved`` nonzero must play the round again with the loop (econspin.simulate replays
+    the chunk of rounds). ``attempts`` is chosen in docs/performance.md ("The sync-free rollout").
+    """
+
+    attempts: int
+    unresolved: torch.Tensor
+
+    @classmethod
+    def on(cls, device: torch.device, attempts: int) -> "RejectionBudget":
+        """A budget of ``attempts`` per agent with no unresolved agent counted yet."""
+        if attempts < 1:
+            raise ValueError(f"a rejection budget needs at least one attempt, not {attempts}")
+        return cls(attempts, torch.zeros((), dtype=torch.int64, device=device))
+
+
 WOOD_FIRST_ATTEMPTS = 2  # attempts every agent makes at once; Wood's acceptance is >= 0.65 a try
 WOOD_MORE_ATTEMPTS = 8  # attempts at once for the few agents (<= 12%) that still have none
 
@@ -310,6 +348,7 @@ def _wood_component(
     draws: Draws,
     attempts: int = WOOD_FIRST_ATTEMPTS,
     more_attempts: int = WOOD_MORE_ATTEMPTS,
+    budget: RejectionBudget | None = None,
 ):
     """W = s . theta_hat / R for each agent, by Wood's rejection algorithm (float64).
 
@@ -329,6 +368,10 @@ def _wood_component(
     any agent has none accepted); the agents with none accepted (at most 0.35^attempts of
     them: Wood's acceptance rate is at least 0.65 for every d and k) continue, ``more_attempts``
     at a time, in a loop over those agents only.
+
+    With a ``budget`` there is no loop: ``budget.attempts`` attempts for every agent, and the
+    agents left without an accepted one are added to ``budget.unresolved`` (their value is
+    then not a draw of the law; the caller replays them with the loop).
     """
     m1 = dimension - 1.0
     finite = torch.isfinite(kappa)
@@ -337,6 +380,8 @@ def _wood_component(
     x0 = (1.0 - b) / (1.0 + b)
     c = k * x0 + m1 * torch.log1p(-(x0**2).clamp(max=1 - 1e-16))
     constants = torch.stack([1.0 - b, 1.0 + b, x0, k, c])  # (5, ...)
+    if budget is not None:
+        return _wood_budgeted(constants, finite, dimension, draws, budget, more_attempts)
     result, accepted = _wood_attempts(constants, dimension, draws, 0, attempts)
     result = torch.where(finite, result, torch.ones_like(result))
     pending = finite & ~accepted
@@ -348,6 +393,23 @@ def _wood_component(
         result = result.index_put(index, torch.where(more_accepted, more, result[index]))
         pending = pending.index_put(index, ~more_accepted)
         start += more_attempts
+    return result.clamp_(-1.0, 1.0)
+
+
+def _wood_budgeted(constants, finite, dimension: int, draws: Draws, budget: RejectionBudget, group: int):
+    """Wood's component with ``budget.attempts`` attempts for every agent, ``group`` at a time.
+
+    In groups, so that memory stays that of ``group`` attempts (each holds three float64
+    uniforms an agent); every group is computed for every agent, as no one asks the host
+    whether any is still needed.
+    """
+    result, accepted = _wood_attempts(constants, dimension, draws, 0, min(group, budget.attempts))
+    for start in range(group, budget.attempts, group):
+        more, more_accepted = _wood_attempts(constants, dimension, draws, start, min(group, budget.attempts - start))
+        result = torch.where(accepted, result, more)  # an earlier accepted attempt wins
+        accepted = accepted | more_accepted
+    budget.unresolved.add_((finite & ~accepted).sum())
+    result = torch.where(finite, result, torch.ones_like(result))
     return result.clamp_(-1.0, 1.0)
 
 

@@ -17,12 +17,13 @@ from econspin.fused import fused_trade, uses_fused
 from econspin.fused_sampled import fused_sampled_trade
 from econspin.market import MarketOutcome, spin_variance, trade
 from econspin.randomness import Draws, agent_draws, round_tag
+from econspin.response import RejectionBudget
 from econspin.sparse import sparse_trade
 from econspin.state import State
 from econspin.uniform import uniform_trade, uses_uniform
 
 
-def step(state: State, economy: Economy) -> State:
+def step(state: State, economy: Economy, budget: RejectionBudget | None = None) -> State:
     """Advance every batch element by one round (MODEL.md steps 1-7).
 
     1-3. Each buyer i chooses sellers by logit choice over the utilities
@@ -38,14 +39,17 @@ def step(state: State, economy: Economy) -> State:
          The tap correction is m_i = f(theta_i - beta_i sigma_i^2 m_i) with
          sigma_i^2 = (1 - eta_i)^2 c_i + eta_i^2 Var(a_i) / d, see
          :mod:`econspin.corrections`.
+
+    With a ``budget``, sampled mode's von Mises-Fisher draws make a fixed number of attempts
+    and count the agents left unresolved on the device instead of asking the host
+    (:class:`~econspin.response.RejectionBudget`): a round that then needs no host at all.
     """
     sampled = economy.mode == "sampled"
     if economy.compile == "off":
-        new_states, money, outcome = play(state, economy, state.draws() if sampled else None)
+        new_states, money, outcome = play(state, economy, state.draws() if sampled else None, budget)
     else:
-        # the round enters the compiled round as a tensor (its tag), never as a traced Python number
-        tag = torch.tensor(round_tag(state.round), device=state.random_keys.device) if sampled else None
-        new_states, money, outcome = compiled_function(play_tagged, economy.compile)(state, economy, tag)
+        tag = round_tag_tensor(state) if sampled else None
+        new_states, money, outcome = compiled_function(play_tagged, economy.compile)(state, economy, tag, budget)
     return state.replace(
         states=new_states,
         money=money,
@@ -57,8 +61,19 @@ def step(state: State, economy: Economy) -> State:
     )
 
 
+def round_tag_tensor(state: State) -> torch.Tensor:
+    """The tag of the round after ``state`` as a 0-d int64 tensor on the state's device.
+
+    The round enters the compiled round as a tensor, never as a traced Python number. Filled
+    on the device (``torch.full``: the number travels as a kernel argument) rather than made
+    from Python data (``torch.tensor``: built on the host and copied, which on a GPU makes the
+    host wait for the device every round; econspin.host_syncs records it).
+    """
+    return torch.full((), round_tag(state.round), dtype=torch.int64, device=state.random_keys.device)
+
+
 def play_tagged(
-    state: State, economy: Economy, mixed_round: torch.Tensor | None
+    state: State, economy: Economy, mixed_round: torch.Tensor | None, budget: RejectionBudget | None = None
 ) -> tuple[torch.Tensor, torch.Tensor, MarketOutcome]:
     """:func:`play` with the round's draws keyed from its tag (:func:`econspin.randomness.round_tag`).
 
@@ -66,10 +81,12 @@ def play_tagged(
     the keying of the agents fuses into the round's first loops instead of running eagerly.
     """
     draws = None if mixed_round is None else agent_draws(state.random_keys, mixed_round, state.states.shape[1])
-    return play(state, economy, draws)
+    return play(state, economy, draws, budget)
 
 
-def play(state: State, economy: Economy, draws: Draws | None) -> tuple[torch.Tensor, torch.Tensor, MarketOutcome]:
+def play(
+    state: State, economy: Economy, draws: Draws | None, budget: RejectionBudget | None = None
+) -> tuple[torch.Tensor, torch.Tensor, MarketOutcome]:
     """Steps 1-7 as tensors: (new states, money, the market's outcome), given the round's draws.
 
     Everything of the round but its bookkeeping: it reads no Python number that changes from
@@ -81,7 +98,7 @@ def play(state: State, economy: Economy, draws: Draws | None) -> tuple[torch.Ten
     eta = economy.eta
     field = state.fields + (1.0 - eta)[..., None] * state.states + eta[..., None] * outcome.received
     if sampled:
-        new_states = economy.response.sample(field, state.temperature, draws)
+        new_states = economy.response.sample(field, state.temperature, draws, budget)
     else:
         field_variance = (1.0 - eta) ** 2 * spin_variance(
             state.states, economy.radius

@@ -17,6 +17,7 @@ import torch
 from econspin.economy import DTYPES, Economy, build_economy, resolve_device
 from econspin.metrics import measure, metric_functions
 from econspin.preflight import preflight_run
+from econspin.response import RejectionBudget
 from econspin.round import step
 from econspin.scenario import Scenario, ScenarioError, TemperatureSchedule
 from econspin.state import State, initial_state
@@ -45,6 +46,33 @@ class SimulationResult:
     previous: State | None = None
 
 
+CHUNK_ROUNDS = 32  # rounds between copies of the metrics to the host (docs/performance.md, "The sync-free rollout")
+REJECTION_ATTEMPTS = 24  # Wood's attempts per agent in a sync-free round: a replay is rarer than 1 in 10^4 chunks
+
+
+def uses_sync_free_draws(economy: Economy) -> bool:
+    """Whether sampled rounds draw with a fixed budget of attempts rather than Wood's loop.
+
+    Where the host waits on a device (CUDA) or the round is captured as a graph
+    (``run.compile: reduce-overhead``). On the CPU the loop is cheaper: it makes 2 attempts
+    an agent (8 more for the few without one accepted) rather than the budget's 24
+    (1.2-2.4x the sampled round in two runs, docs/performance.md).
+    """
+    return economy.device.type == "cuda" or economy.compile == "reduce-overhead"
+
+
+def read_host_facts(economy: Economy) -> None:
+    """Read once, before any round, what rounds would otherwise read back from the device each time.
+
+    Who buys, sells and belongs to each population (the metrics select them) and the sparse
+    network's row offsets (its kernel plans its chunks on the host); both are cached on
+    their objects.
+    """
+    economy.members  # noqa: B018 (a cached property: reading it is the point)
+    if economy.trade_edges is not None:
+        economy.trade_edges.host_offsets  # noqa: B018
+
+
 @dataclass
 class Rollout:
     """B batch elements (scenario point, replica) advanced together, round by round.
@@ -52,6 +80,12 @@ class Rollout:
     ``previous`` is the state the last round was played from (schedules and events applied),
     kept so that the round's money flows can be recomputed (:mod:`econspin.flows`); None
     before the first round.
+
+    ``rows`` holds each recorded round's (B, M) metrics on the host. :meth:`advance` plays
+    ``chunk_rounds`` rounds at a time without reading anything back from the device; with
+    ``sync_free`` (by default on CUDA and under ``run.compile: reduce-overhead``, see
+    :func:`uses_sync_free_draws`) sampled rounds draw their spins with a budget of
+    ``rejection_attempts`` attempts. The results are the same bits whatever these settings.
     """
 
     scenarios: list[Scenario]
@@ -60,6 +94,17 @@ class Rollout:
     state: State
     rows: list[torch.Tensor] = field(default_factory=list)
     previous: State | None = None
+    chunk_rounds: int = CHUNK_ROUNDS
+    sync_free: bool | None = None
+    rejection_attempts: int = REJECTION_ATTEMPTS
+    replayed_chunks: int = 0
+
+    def __post_init__(self):
+        if self.chunk_rounds < 1:
+            raise ValueError(f"chunk_rounds must be at least 1, not {self.chunk_rounds}")
+        if self.sync_free is None:
+            self.sync_free = uses_sync_free_draws(self.economy)
+        read_host_facts(self.economy)
 
     @classmethod
     def create(
@@ -79,16 +124,54 @@ class Rollout:
 
         A rollout first advanced from round 0 records the initial state first (step 0), as it
         stands then: a caller may have replaced the state after :meth:`create`.
+
+        Rounds are played in chunks of ``chunk_rounds``: within a chunk nothing is read back
+        from the device (the metrics stay device tensors, and sampled rounds draw with a
+        :class:`~econspin.response.RejectionBudget` where ``sync_free`` says so), and each
+        chunk's metrics are copied to the host at once at its end. ``on_round`` is called with
+        the round number after each round is played, as it is queued: on a GPU the device may
+        still be computing it.
         """
         with torch.no_grad():
+            pending = []
             if self.state.round == 0 and not self.rows:
-                self.rows.append(measure(self.state, self.economy))
-            for _ in range(rounds):
-                self.previous = apply_plan(self.state, self.economy, self.scenarios)
-                self.state = step(self.previous, self.economy)
-                self.rows.append(measure(self.state, self.economy))
-                if on_round is not None:
-                    on_round(self.state.round)
+                pending.append(measure(self.state, self.economy))
+            played = 0
+            while played < rounds or pending:
+                count = min(self.chunk_rounds, rounds - played)
+                pending += self._play_chunk(count, on_round)
+                self.rows.extend(torch.stack(pending).cpu().unbind(0))  # the chunk's one copy to the host
+                pending = []
+                played += count
+
+    def _play_chunk(self, rounds: int, on_round: Callable[[int], None] | None) -> list[torch.Tensor]:
+        """``rounds`` rounds with no host synchronisation but, at the end, one read of the budget.
+
+        Where a draw ran out of attempts (``budget.unresolved`` > 0, rare: see
+        docs/performance.md, "The sync-free rollout"), the chunk is played again from its
+        start with Wood's exact loop; every draw is counter-based, so the replay gives every
+        agent the number the loop would have given it in the first place.
+        """
+        start, start_previous = self.state, self.previous
+        budget = None
+        if self.sync_free and self.economy.mode == "sampled":
+            budget = RejectionBudget.on(self.economy.device, self.rejection_attempts)
+        rows = self._play(rounds, budget, on_round)
+        if budget is not None and bool(budget.unresolved):
+            self.state, self.previous = start, start_previous
+            self.replayed_chunks += 1
+            rows = self._play(rounds, None, None)  # on_round has already seen these rounds
+        return rows
+
+    def _play(self, rounds: int, budget: RejectionBudget | None, on_round) -> list[torch.Tensor]:
+        rows = []
+        for _ in range(rounds):
+            self.previous = apply_plan(self.state, self.economy, self.scenarios)
+            self.state = step(self.previous, self.economy, budget)
+            rows.append(measure(self.state, self.economy))
+            if on_round is not None:
+                on_round(self.state.round)
+        return rows
 
     def metrics(self) -> pd.DataFrame:
         """The rounds recorded by this rollout as a long table (one row per element per round).
@@ -133,15 +216,18 @@ def apply_plan(state: State, economy: Economy, scenarios: list[Scenario]) -> Sta
                 if not changed_fields:
                     fields = fields.clone()
                     changed_fields = True
-                fields[element, mask] += event.field_shift * economy.field_direction[element, index]
+                shifted = fields[element] + event.field_shift * economy.field_direction[element, index]
+                fields[element] = torch.where(mask[:, None], shifted, fields[element])
     if not (changed_temperature or changed_fields):
         return state
     return state.replace(temperature=temperature, fields=fields)
 
 
 def _set_rows(tensor, already_copied, element, mask, value):
+    # torch.where rather than tensor[element, mask] = value: assignment through a bool mask
+    # sizes itself from the mask's values, which on a GPU makes the host wait (the same bits)
     tensor = tensor if already_copied else tensor.clone()
-    tensor[element, mask] = value
+    tensor[element] = torch.where(mask, value, tensor[element])
     return tensor
 
 

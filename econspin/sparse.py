@@ -59,7 +59,7 @@ def sparse_trade(state: State, economy: Economy, draws: Draws | None = None) -> 
     surplus = torch.zeros_like(impact)
     market_revenue = torch.zeros(batch, heads, agents, dtype=torch.float64, device=x.device)
     temperature = state.temperature
-    chunks = _row_chunks(edges.offsets, batch * heads * (d + key_dimension), economy.memory_budget)
+    chunks = _row_chunks(edges.host_offsets, batch * heads * (d + key_dimension), economy.memory_budget)
     for first, last, start, stop in chunks:
         if stop == start:  # no buyer of the chunk has a seller: it spends, receives and chooses nothing
             continue
@@ -156,15 +156,16 @@ def _sample_chunk(alpha, local, sellers, uniforms, first, rows, share, delivered
     market_revenue.scatter_add_(2, seller, pay)
 
 
-def _row_chunks(offsets: torch.Tensor, entry_width: int, memory_budget: float):
+def _row_chunks(bounds: tuple[int, ...], entry_width: int, memory_budget: float):
     """(first row, last row, first edge, last edge) of chunks covering all rows.
 
-    Each chunk's edges fit a quarter of the budget; the offsets are read to the host once.
+    Each chunk's edges fit a quarter of the budget. ``bounds`` are the row offsets on the
+    host (:attr:`~econspin.network.TradeEdges.host_offsets`, read from the device once per
+    network, not once a round).
     """
-    agents = offsets.shape[0] - 1
+    agents = len(bounds) - 1
     per_edge = max(1, entry_width) * BYTES_PER_EDGE_ENTRY // 16
     limit = max(1, int(memory_budget // 4 // per_edge))
-    bounds = offsets.cpu().tolist()
     first = 0
     while first < agents:
         last = first + 1

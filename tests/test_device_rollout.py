@@ -1,0 +1,259 @@
+"""The rollout a GPU can run without waiting: no host synchronisation inside a chunk, same bits.
+
+On the CPU nothing waits, but the operations that would make a GPU's host wait are
+dispatched all the same, and :class:`econspin.host_syncs.HostSyncRecorder` sees them:
+reading a tensor as a Python number and sizing a result from a tensor's values (copies of
+device tensors to the host can only occur with a device; experiments/gpu_check.py checks
+those on a GPU). Every path a GPU rollout takes is recorded over a chunk of rounds here:
+the fused expected and sampled kernels, the uniform O(N) path, the sparse network, the
+corrections none/tap/ffn, the responses, schedules and events, and the metrics.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import pandas as pd
+import pytest
+import torch
+import yaml
+from helpers import scenario
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from econspin import Scenario
+from econspin.host_syncs import HostSyncRecorder
+from econspin.randomness import round_draws
+from econspin.response import RejectionBudget, _wood_component
+from econspin.simulate import Rollout
+
+# experiments/gpu_check.py runs this file with ECONSPIN_TEST_DEVICE=cuda, where the recorder
+# also sees copies of device tensors to the host
+DEVICE = os.environ.get("ECONSPIN_TEST_DEVICE", "cpu")
+SCHEDULE = {"schedule": [[0, 0.5], [2, 0.0], [3, math.inf], [4, 0.3]]}
+EVENT = [{"at": 3, "population": "ai", "temperature": 0.1, "field_shift": 0.7}]
+ZERO = {"scale": 0.0}
+
+
+def populations(correction="none", projections=None, buyers=True, ai_correction="tap") -> dict:
+    """Two populations: a schedule of temperatures through T = 0 and T = inf, and a correction."""
+    extra = {"projections": projections} if projections is not None else {}
+    return {
+        "human": {
+            "count": 7,
+            "temperature": 1.0,
+            "spend": 0.2,
+            "buys": buyers,
+            "correction": {"form": correction},
+            **extra,
+        },
+        "ai": {"count": 5, "temperature": SCHEDULE, "spend": 0.3, "correction": {"form": ai_correction}, **extra},
+    }
+
+
+CASES = {
+    "expected fused": dict(populations=populations()),
+    "expected tap": dict(populations=populations("tap")),
+    "expected ffn": dict(populations=populations("ffn")),
+    "expected large_d": dict(populations=populations(), response="large_d"),
+    "expected without buyers in one population": dict(populations=populations(buyers=False)),
+    "sampled vmf": dict(mode="sampled", response="vmf", populations=populations()),
+    "sampled vmf d = 2": dict(mode="sampled", response="vmf", d=2, populations=populations()),
+    "sampled large_d": dict(mode="sampled", response="large_d", populations=populations()),
+    "sampled Glauber d = 1": dict(mode="sampled", response="vmf", d=1, populations=populations()),
+    "sampled sphere": dict(mode="sampled", response="sphere", populations=populations(ai_correction="none")),
+    "uniform sampled": dict(mode="sampled", visibility=0.0, populations=populations(projections=ZERO)),
+    "uniform expected": dict(visibility=0.0, populations=populations(projections=ZERO)),
+    "sparse network": dict(
+        network={"generator": "erdos_renyi_graph", "params": {"p": 0.4}, "layout": "sparse"},
+        populations=populations(),
+    ),
+    "sparse network sampled": dict(
+        mode="sampled",
+        network={"generator": "erdos_renyi_graph", "params": {"p": 0.4}, "layout": "sparse"},
+        populations=populations(),
+    ),
+}
+
+
+def rollout(scenarios, replicas=None, dtype="float64") -> Rollout:
+    """A rollout of the given scenarios (one batch element each) on the device under test."""
+    scenarios = scenarios if isinstance(scenarios, list) else [scenarios]
+    return Rollout.create(scenarios, replicas or list(range(len(scenarios))), DEVICE, dtype)
+
+
+def case_scenario(case: str) -> Scenario:
+    """The case's economy of :func:`helpers.scenario`, with an event at round 3 (temperature and field)."""
+    built = scenario(**CASES[case])
+    return Scenario.from_dict({**yaml.safe_load(built.to_yaml()), "events": EVENT})
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_no_host_synchronisation_inside_a_chunk(case):
+    run = rollout([case_scenario(case)] * 2, dtype="float32")
+    run.sync_free = True
+    run.advance(1)  # round 0's metrics and the first round, outside the recorded chunk
+    budget = RejectionBudget.on(run.economy.device, 24) if run.economy.mode == "sampled" else None
+    with HostSyncRecorder() as recorder:
+        rows = run._play(4, budget, None)  # rounds 2-5: the schedule's T = 0, inf and its last change
+        torch.stack(rows)
+    assert recorder.events == [], "\n".join(recorder.summary())
+
+
+def test_the_recorder_sees_what_a_gpu_waits_for():
+    values = torch.tensor([0.0, 1.0, 2.0])
+    with HostSyncRecorder() as recorder:
+        bool(values.any())
+        values.sum().item()
+        values[values > 0]
+        values.nonzero()
+        values.tolist()
+        torch.tensor([1.0, 2.0])
+        torch.where(values > 0, values, 0.0)  # waits for nothing
+        values.index_select(0, torch.arange(2))  # nor this
+    kinds = [event.kind for event in recorder.events]
+    assert kinds.count("scalar read") == 2
+    assert kinds.count("data-dependent shape") == 2
+    assert kinds.count("copy to host") == 1 and kinds.count("copy from host") == 1
+    assert len(kinds) == 6
+    assert all(event.where == "outside econspin" for event in recorder.events)
+
+
+def test_the_exact_loop_synchronises_and_the_budget_does_not():
+    """The detector against the one loop that remains by default on the CPU (Wood's)."""
+    run = rollout(scenario(mode="sampled", response="vmf"), dtype="float32")
+    run.advance(1)
+    with HostSyncRecorder() as recorder:
+        run._play(2, None, None)
+    assert any("_wood_component" in event.where for event in recorder.events)
+
+
+def _played(case_scenario, rounds=9, **settings):
+    run = rollout([case_scenario] * 2, replicas=[0, 1], dtype="float32")
+    for name, value in settings.items():
+        setattr(run, name, value)
+    run.advance(rounds)
+    return run
+
+
+def _assert_same(first: Rollout, second: Rollout):
+    assert torch.equal(first.state.states, second.state.states)
+    assert torch.equal(first.state.money, second.state.money)
+    pd.testing.assert_frame_equal(first.metrics(), second.metrics(), check_exact=True)
+
+
+@pytest.mark.parametrize("case", ["expected fused", "sampled vmf", "sampled vmf d = 2", "uniform sampled"])
+def test_chunks_give_the_bits_of_round_by_round(case):
+    by_round = _played(case_scenario(case), chunk_rounds=1, sync_free=False)
+    for chunk in (2, 4, 32):
+        _assert_same(by_round, _played(case_scenario(case), chunk_rounds=chunk, sync_free=True))
+
+
+@given(
+    dimension=st.sampled_from([2, 3, 4, 8]),
+    chunk=st.integers(1, 5),
+    temperature=st.sampled_from([0.0, 0.05, 1.0, math.inf]),
+)
+@settings(max_examples=6, deadline=None)
+def test_a_forced_replay_gives_the_same_bits(dimension, chunk, temperature):
+    """One attempt per agent: nearly every chunk runs out and is played again with the exact loop."""
+    pops = populations()
+    pops["human"]["temperature"] = temperature
+    case = scenario(mode="sampled", response="vmf", d=dimension, populations=pops)
+    exact = _played(case, rounds=6, sync_free=False)
+    replayed = _played(case, rounds=6, sync_free=True, rejection_attempts=1, chunk_rounds=chunk)
+    _assert_same(exact, replayed)
+
+
+def test_one_attempt_forces_replays_and_changes_nothing():
+    case = case_scenario("sampled vmf")
+    replayed = _played(case, rounds=6, sync_free=True, rejection_attempts=1, chunk_rounds=2)
+    assert replayed.replayed_chunks > 0
+    _assert_same(_played(case, rounds=6, sync_free=False), replayed)
+
+
+def test_a_budget_large_enough_needs_no_replay():
+    case = scenario(mode="sampled", response="vmf", populations=populations())
+    run = _played(case, rounds=8, sync_free=True, chunk_rounds=4)
+    assert run.replayed_chunks == 0
+    _assert_same(_played(case, rounds=8, sync_free=False), run)
+
+
+@pytest.mark.parametrize("dimension", [2, 5, 33])
+def test_budgeted_draws_are_the_loops_for_every_agent_accepted_within_the_budget(dimension):
+    """Attempts are counter-based: K attempts at once give each agent its first accepted one, as the loop."""
+    agents = 4000
+    kappa = torch.logspace(-3, 5, agents, dtype=torch.float64)[None]
+    kappa[0, :7] = math.inf  # T = 0: w = 1 without any attempt
+    draws = round_draws(torch.tensor([7], dtype=torch.int64), 3, agents)
+    exact = _wood_component(kappa.clone(), dimension, draws)
+    for attempts in (1, 3, 8, 9, 24):
+        budget = RejectionBudget.on(torch.device("cpu"), attempts)
+        budgeted = _wood_component(kappa.clone(), dimension, draws, budget=budget)
+        unresolved = int(budget.unresolved)
+        differ = int((budgeted != exact).sum())
+        assert differ <= unresolved  # only agents without an accepted attempt may differ
+        if attempts == 1:
+            assert unresolved > 0  # at acceptance ~0.66-1 a single attempt leaves some out
+        if attempts == 24:
+            assert unresolved == 0 and differ == 0
+
+
+def test_metrics_reach_the_host_once_a_chunk_and_equal_the_eager_rows():
+    case = scenario(mode="sampled", response="vmf", populations=populations())
+    run = _played(case, rounds=5, chunk_rounds=2, sync_free=True)
+    assert len(run.rows) == 6 and all(row.device.type == "cpu" for row in run.rows)
+    assert run.metrics()["step"].tolist() == [step for step in range(6) for _ in range(2)]
+
+
+def test_progress_is_reported_every_round_and_zero_rounds_record_the_initial_state():
+    run = rollout(scenario(), dtype="float32")
+    run.chunk_rounds = 4
+    seen = []
+    run.advance(0)
+    assert len(run.rows) == 1
+    run.advance(6, seen.append)
+    assert seen == [1, 2, 3, 4, 5, 6] and len(run.rows) == 7
+
+
+def test_a_chunk_of_no_rounds_is_refused():
+    run = rollout(scenario())
+    with pytest.raises(ValueError, match="chunk_rounds"):
+        Rollout(run.scenarios, run.replicas, run.economy, run.state, chunk_rounds=0)
+
+
+def test_the_gpu_check_prints_its_plan_and_runs_nothing_without_a_gpu(tmp_path, capsys):
+    from experiments import gpu_check
+
+    assert gpu_check.main(["--dry-run", "--out", str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    assert "dry run: nothing run" in printed
+    for name in gpu_check.STEPS:
+        assert printed.count(f"{name} (<=") == 1
+    assert "bench --quick --device cuda --json" in printed and "tests/test_device_rollout.py" in printed
+    assert sum(gpu_check.STEPS.values()) <= 8 * 60  # one call of a device session
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_gpu_checks_rollout_timing_runs_on_the_cpu():
+    """Its code, at a tiny shape and without compiling, so that the GPU session does not find it broken."""
+    from experiments import gpu_check
+
+    ways = ("round by round, Wood's loop", "sync-free chunks, eager")
+    rows = gpu_check.rollout_timing(torch.device("cpu"), shape=(2, 16), rounds=3, ways=ways, repeats=1)
+    assert [row for row in rows if "error" in row] == []
+    timed_ways = [row for row in rows if row["way"] in ways]
+    assert len(timed_ways) == 4 and all(row["ms"] > 0 and row["same bits as the first way"] for row in timed_ways)
+
+
+def test_the_compiled_rounds_tag_is_made_on_the_device_with_the_same_value():
+    """run.compile's sampled round takes its round as a tag tensor: filled in place, no copy from the host."""
+    from econspin.randomness import round_tag
+    from econspin.round import round_tag_tensor
+
+    state = rollout(case_scenario("sampled vmf")).state.replace(round=12345)
+    with HostSyncRecorder() as recorder:
+        tag = round_tag_tensor(state)
+    assert recorder.events == []
+    assert tag.dtype == torch.int64 and tag.shape == () and int(tag) == round_tag(12345)
