@@ -33,12 +33,14 @@ class LogitRows(NamedTuple):
     entropy: torch.Tensor
 
 
-def _scaled_utilities(utilities: torch.Tensor, allowed: torch.Tensor, temperature: torch.Tensor):
+def _scaled_utilities(utilities: torch.Tensor, allowed: torch.Tensor, temperature: torch.Tensor, tie_width=None):
     """z_ij = (u_ij - max_l u_il) / T_i on allowed pairs, -inf elsewhere; also the row maximum.
 
-    Subtracting the maximum first makes T -> 0 finite: the best partner gets 0 and every
-    other one -inf. T = inf gives 0 on every allowed pair. A row with no allowed partner has
-    maximum 0 and is all -inf. The exact limits are patched in only where such rows exist.
+    Subtracting the maximum first makes T -> 0 finite: the best partners get 0 and every
+    other one -inf, the best being those within ``tie_width`` (broadcastable to the rows; 0
+    when None) of the maximum: utilities computed by a matrix product carry its rounding, which
+    can tell equal utilities apart. T = inf gives 0 on every allowed pair. A row with no allowed
+    partner has maximum 0 and is all -inf. The exact limits are patched in only where such rows exist.
     """
     masked = utilities.masked_fill(~allowed, -math.inf)
     row_max = masked.amax(dim=-1, keepdim=True)
@@ -50,13 +52,14 @@ def _scaled_utilities(utilities: torch.Tensor, allowed: torch.Tensor, temperatur
     # temperature's gradient inf * 0 = NaN (a susceptibility with respect to T)
     scaled = ((utilities - row_max) / safe_temperature).masked_fill(~allowed, -math.inf)
     if bool(cold.any()):
-        scaled = torch.where(cold, torch.where(scaled >= 0, 0.0, -math.inf), scaled)
+        best = scaled >= (0.0 if tie_width is None else -tie_width)
+        scaled = torch.where(cold, torch.where(best, 0.0, -math.inf), scaled)
     if bool(hot.any()):
         scaled = torch.where(hot & allowed, 0.0, torch.where(hot, -math.inf, scaled))
     return scaled, row_max
 
 
-def logit_rows(utilities: torch.Tensor, allowed: torch.Tensor, temperature: torch.Tensor) -> LogitRows:
+def logit_rows(utilities: torch.Tensor, allowed: torch.Tensor, temperature: torch.Tensor, tie_width=None) -> LogitRows:
     """Logit choice of a block of rows, in one pass over the block.
 
     Returns alpha_ij = softmax_j(u_ij / T_i) over allowed j (all zero for a row with no
@@ -65,7 +68,7 @@ def logit_rows(utilities: torch.Tensor, allowed: torch.Tensor, temperature: torc
     Gumbel g (0 for a row with no partner); and the entropy of alpha_i. divided by
     log(number of allowed partners), in [0, 1] (0 for rows with at most one partner).
     """
-    scaled, row_max = _scaled_utilities(utilities, allowed, temperature)
+    scaled, row_max = _scaled_utilities(utilities, allowed, temperature, tie_width)
     has_partner = allowed.any(dim=-1)
     log_normaliser = torch.logsumexp(scaled, dim=-1)
     if not bool(has_partner.all()):

@@ -30,7 +30,7 @@ import torch
 
 from econspin.choice import logit_rows, sample_choice
 from econspin.economy import Economy
-from econspin.market import allowed_sellers, budgets, network_mask, project, seller_bias
+from econspin.market import allowed_sellers, budgets, network_mask, project, seller_bias, tie_widths
 from econspin.randomness import DRAW_CHOICE
 from econspin.state import State
 
@@ -89,9 +89,11 @@ def round_flows(before: State, economy: Economy, replica: int = 0) -> RoundFlows
     query = project(x, economy.query, population)[replica]  # (H, N, e)
     key = project(x, economy.key, population)[replica]
     utilities = torch.einsum("hce,hne->hcn", query, key) / math.sqrt(query.shape[-1])
-    utilities = utilities + seller_bias(before, economy)[replica]  # the visibility premium, by seller
+    bias = seller_bias(before, economy)[replica]
+    utilities = utilities + bias  # the visibility premium, by seller
     allowed = allowed_sellers(economy, network_mask(economy), slice(None))
-    alpha = logit_rows(utilities, allowed[None], before.temperature[replica][None, :, None]).probabilities
+    ties = tie_widths(query, key, bias[None])
+    alpha = logit_rows(utilities, allowed[None], before.temperature[replica][None, :, None], ties).probabilities
 
     spending = budgets(before, economy)[replica] * allowed.any(dim=-1)
     share = spending / heads  # what a buyer spends in each market

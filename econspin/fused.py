@@ -25,7 +25,13 @@ with 2^e_i >= |U_il| for every l and >= |q_i| (from |q_i| max(1, max|k|) / sqrt(
 E = 100 (float32) or 996 (float64) and p the mantissa bits. At T_i = 0, the upper limit
 spreads any two utilities of the row that differ by more than about 2^-93 (float32; 2^-986 in
 float64) of the row's scale so far apart that every seller but the best ones gets weight
-exactly 0 and the best ones exactly 1: the argmax, ties split equally. At T_i = inf, the lower
+exactly 0 and the best ones exactly 1: the argmax, ties split equally. Ties are ties of the
+utilities, not of their rounding: the matrix product may round equal utilities of two sellers
+differently (BLAS kernels sum a block's last columns in another order than the others), so a
+row at the upper limit counts every score within t = (d_k + 4) eps 2^E of its maximum as tied
+(eps the working precision's; the product's rounding error is at most (d_k + 2) eps
+sum_k |l_ik r_kj| <= (d_k + 2) eps 2^E there): y_ij = min(beta_i U_ij - (m_i - t), 0), exactly 0
+on those sellers. Rows below the limit have t = 0 and y_ij as written. At T_i = inf, the lower
 limit squeezes the row into [-2^-(p+5), 0], where 2^y rounds to exactly 1: uniform over the
 allowed sellers. Before exp2, y is clamped at the smallest normal exponent (exp2 leaves its
 fast vector path below it) and weights up to twice that set to exactly 0. The diagonal (no
@@ -98,6 +104,19 @@ def inverse_temperatures(temperature: torch.Tensor, row_scale: torch.Tensor) -> 
     exponent = exponent.clamp(min=-27, max=-smallest - mantissa - 6).double()
     high, low = torch.exp2(top - exponent), torch.exp2(-mantissa - 6 - exponent)  # exact powers of two
     return torch.clamp(math.log2(math.e) / temperature.double(), min=low, max=high).to(dtype)
+
+
+def argmax_tie_width(beta: torch.Tensor, row_scale: torch.Tensor, key_dimension: int) -> torch.Tensor:
+    """t_i = (d_k + 4) eps 2^E on rows whose beta_i is at the T = 0 limit, 0 on the others (module doc).
+
+    A row is at the limit when T_i = 0, or T_i is so small that log2(e) / T_i exceeds 2^(E - e_i);
+    there beta_i 2^e_i = 2^E bounds sum_k |l_ik r_kj| of every allowed pair, so (d_k + 2) eps 2^E
+    bounds the product's rounding of each score.
+    """
+    top = _limits(row_scale.dtype)[0]
+    limit = inverse_temperatures(torch.zeros((), dtype=torch.float64, device=beta.device), row_scale)
+    width = (key_dimension + 4) * torch.finfo(row_scale.dtype).eps * 2.0**top
+    return torch.where(beta >= limit, torch.full_like(beta, width), torch.zeros_like(beta))
 
 
 def block_shape(groups: int, agents: int, rows: int | None = None) -> tuple[int, int]:
@@ -234,6 +253,7 @@ class RoundTerms:
     spend: torch.Tensor  # (B, N) float64 budgets s_i
     share: torch.Tensor  # (groups, N) s_i / H in the working precision
     partners: torch.Tensor  # (groups, N) n_i, the allowed sellers
+    tie_width: torch.Tensor  # (groups, N) t_i: scores within t_i of the row's maximum are ties (module doc)
     network_bias: torch.Tensor | None  # (N, N), 0 on edges and -BIG elsewhere, or None
     shifted_max: torch.Tensor  # (groups, N)
     total: torch.Tensor  # (groups, N)
@@ -266,10 +286,12 @@ def round_terms(state: State, economy: Economy) -> RoundTerms:
     key_norm = torch.linalg.vector_norm(key, dim=-1).amax(-1, keepdim=True).clamp(min=1.0)
     row_scale = torch.linalg.vector_norm(query, dim=-1) * key_norm + bias.abs().amax(-1, keepdim=True)
     beta = inverse_temperatures(state.temperature[:, None, :], row_scale)  # (B, H, N), >= |U_il| and |q_i|
+    tie_width = argmax_tie_width(beta, row_scale, key_dimension)
     seller_column = (~economy.seller).to(dtype).mul_(-big).expand(batch, heads, agents)
     left = torch.cat([query * beta[..., None], beta[..., None], torch.ones_like(beta)[..., None]], dim=-1)
     right = torch.cat([key, bias[..., None], seller_column[..., None]], dim=-1)
     left, right, delivered = (t.reshape(groups, agents, -1) for t in (left, right, delivered))
+    tie_width = tie_width.reshape(groups, agents)
     share = (spend / heads).to(dtype)[:, None, :].expand(batch, heads, agents).reshape(groups, agents)
 
     if economy.trade_mask is None:
@@ -289,6 +311,7 @@ def round_terms(state: State, economy: Economy) -> RoundTerms:
         spend=spend,
         share=share,
         partners=partners,
+        tie_width=tie_width,
         network_bias=network_bias,
         shifted_max=shifted_max,
         total=total,
@@ -330,7 +353,8 @@ def row_blocks(terms: RoundTerms, economy: Economy, rows: int | None = None):
                 scores.masked_fill_(~economy.trade_mask[r], -big)
             row_max = scores.amax(-1, keepdim=True)
             row_max = torch.where(row_max > -0.5 * big, row_max, torch.zeros_like(row_max))
-            scores.sub_(row_max).clamp_(min=floor)  # y_ij = z_ij / ln 2
+            # y_ij = z_ij / ln 2; 0 on the ties of a row at the T = 0 limit (module doc), where t_i > 0
+            scores.sub_(row_max - terms.tie_width[g, r, None]).clamp_(min=floor, max=0.0)
             torch.nn.functional.threshold_(torch.exp2(scores, out=weights), 2.0 ** (floor + 1), 0.0)
             terms.shifted_max[g, r] = row_max.squeeze(-1)
             terms.total[g, r] = weights.sum(-1)

@@ -98,6 +98,20 @@ def seller_bias(state: State, economy: Economy) -> torch.Tensor:
     return economy.visibility[:, None] * premium
 
 
+def tie_widths(query: torch.Tensor, key: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """How far below a row's best utility a seller still ties with it at T = 0, (..., N, 1).
+
+    u_ij = q_i . k_j / sqrt(d_k) + b_j computed by a matrix product is off by at most about
+    (d_k + 2) eps (|q_i| max_j |k_j| / sqrt(d_k) + max_j |b_j|), and BLAS kernels round the same
+    products differently in different columns of a block: two sellers with one key would not
+    tie. (d_k + 4) eps of that bound, for the division and the bias's addition too.
+    """
+    key_dimension = query.shape[-1]
+    scale = torch.linalg.vector_norm(query, dim=-1) * torch.linalg.vector_norm(key, dim=-1).amax(-1, keepdim=True)
+    scale = scale / math.sqrt(key_dimension) + bias.abs().amax(-1, keepdim=True)
+    return ((key_dimension + 4) * torch.finfo(query.dtype).eps * scale).unsqueeze(-1)
+
+
 def network_mask(economy: Economy) -> torch.Tensor | None:
     """(N, N) bool, True where the trade network lets i buy from j; None without a network.
 
@@ -139,6 +153,7 @@ def trade(state: State, economy: Economy, draws: Draws | None = None) -> MarketO
         value_output = torch.einsum("bphde,bhef->bphdf", economy.value, economy.output)
         seller_moments = seller_moment_columns(state, economy, delivered, value_output)  # (B, H, N, 2)
     column_bias = seller_bias(state, economy)[:, None, None, :]
+    ties = tie_widths(query, key, column_bias[:, :, 0])  # (B, H, N, 1)
     spend = budgets(state, economy)
     network = network_mask(economy)
     revenue = torch.zeros(batch, agents, dtype=torch.float64, device=x.device)
@@ -154,7 +169,7 @@ def trade(state: State, economy: Economy, draws: Draws | None = None) -> MarketO
         utilities = torch.einsum("bhce,bhne->bhcn", query[:, :, rows], key) / math.sqrt(key_dimension)
         utilities = utilities + column_bias
         temperature = state.temperature[:, None, rows, None]
-        choice_rows = logit_rows(utilities, allowed, temperature)
+        choice_rows = logit_rows(utilities, allowed, temperature, ties[:, :, rows])
         alpha = choice_rows.probabilities
         has_partner = allowed.any(dim=-1)[0, 0]
         row_spend = spend[:, rows] * has_partner

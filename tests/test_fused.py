@@ -196,3 +196,31 @@ def test_projections_by_population_slices_equal_the_per_population_product():
     want = project(x, economy.key, economy.population)
     for counts in (economy.population_counts, ()):  # slices, and the gather when the sizes are not known
         assert torch.allclose(project_all(x, economy.key, economy.population, counts), want, rtol=1e-14, atol=1e-15)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("sellers", [4, 9, 17, 33, 70])
+def test_identical_sellers_at_zero_temperature_split_the_market_equally(dtype, sellers):
+    """Equal utilities are ties even where the matrix product rounds them differently.
+
+    Sellers with one state and identity projections have identical keys, so every buyer's
+    utilities for them are equal; BLAS kernels sum a block's last columns in another order and
+    may round those products apart by an ulp, which the T = 0 limit must not read as a ranking.
+    """
+    populations = {
+        "buyers": {"count": 5, "temperature": 0.0, "sells": False, "state": {"scale": 1.2}},
+        "sellers": {
+            "count": sellers,
+            "buys": False,
+            "state": {"distribution": "constant", "value": 0.7},
+            "projections": {"init": "identity", "scale": 0.5},
+        },
+    }
+    run = rollout(scenario(populations=populations, d=3, output="random"), dtype=dtype)
+    outcome = fused_trade(run.state, run.economy)
+    revenue = outcome.revenue[0, 5:].double()
+    spent = outcome.spending[0, :5].double().sum()
+    assert torch.allclose(revenue, (spent / sellers).expand(sellers), rtol=1e-6 if dtype == "float32" else 1e-13)
+    assert_outcomes_close(trade(run.state, run.economy), outcome, TOLERANCE[run.state.states.dtype])
+    stepped = step(run.state, run.economy)  # the whole round too: money to every tied seller
+    assert torch.allclose(stepped.money[0, 5:].double(), stepped.money[0, 5].double().expand(sellers), rtol=1e-6)
