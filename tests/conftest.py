@@ -1,11 +1,21 @@
-"""Test setup: the helpers module on the path, one torch thread per worker."""
+"""Test setup: the helpers module on the path, one torch thread per worker, fixed hypothesis examples."""
 
+import os
 import sys
 from pathlib import Path
 
 import torch
+from hypothesis import settings
 
 sys.path.insert(0, str(Path(__file__).parent))
 # pytest-xdist runs two workers on two cores: one thread each avoids oversubscription,
 # which on a loaded machine makes small tensor work ten times slower
 torch.set_num_threads(1)
+
+# Property tests draw the same examples on every run by default ("fixed"), so that a run of the
+# suite says the same thing twice and CI cannot fail on an example no one has seen; the
+# "explore" profile draws new examples every run, to look for economies the fixed ones miss:
+# HYPOTHESIS_PROFILE=explore make test (docs/testing.md). Settings a test names itself still apply.
+settings.register_profile("fixed", derandomize=True)
+settings.register_profile("explore", derandomize=False)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "fixed"))
