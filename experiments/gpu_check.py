@@ -2,13 +2,14 @@
 
     python -m experiments.gpu_check [--out DIR] [--dry-run]
 
-Each step runs in a subprocess under its own time limit (about 7 minutes in all), and
+Each step runs in a subprocess under its own time limit (8 minutes at most: 180 + 120 + 180 s), and
 writes what it measured under ``--out`` (default experiments/results/gpu_check):
 
 1. ``tests``: tests/test_device_rollout.py with
    ECONSPIN_TEST_DEVICE=cuda: no host synchronisation inside a chunk (on a GPU the recorder
    also sees copies of device tensors to the host), chunked rollouts equal to round-by-round
-   ones bit for bit, a forced replay of Wood's sampler the same bits.
+   ones bit for bit, a forced replay of Wood's sampler the same bits; and the flex kernel's
+   compiled passes against the fused kernel (tests/test_flex.py, its CUDA test).
 2. ``bench``: ``econspin bench --quick --device cuda --json bench_cuda.json``.
 3. ``rollout``: the time of a round at B = 64, N = 256 (d = 32, the benchmark economy, both
    modes) played round by round with Wood's loop, in sync-free chunks of 32 rounds eagerly,
@@ -34,7 +35,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 # seconds each step may take; the rollout compiles reduce-overhead twice (both modes)
-STEPS = {"tests": 150, "bench": 150, "rollout": 180}
+STEPS = {"tests": 180, "bench": 120, "rollout": 180}
 ROLLOUT_SHAPE = (64, 256)  # B, N: the GPU target of issue 9 (<= 5x SDPA forward)
 ROLLOUT_ROUNDS = 32
 
@@ -42,7 +43,8 @@ ROLLOUT_ROUNDS = 32
 def step_commands(out: Path) -> dict[str, list[str]]:
     """Each step as the command line it runs."""
     python = sys.executable
-    tests = ["tests/test_device_rollout.py"]
+    # the rollout's tests on the device, and the flex kernel's compiled passes against the fused kernel
+    tests = ["tests/test_device_rollout.py", "tests/test_flex.py::test_the_passes_on_a_gpu_equal_the_fused_kernel"]
     return {
         "tests": [python, "-m", "pytest", "-q", "-n", "0", "-p", "no:cacheprovider", *tests],
         "bench": [

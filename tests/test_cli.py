@@ -1,6 +1,8 @@
 """The command line: errors, the run folder, resume, sweeps."""
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -430,3 +432,10 @@ def test_file_system_faults_give_one_line_and_status_2_and_write_nothing(tmp_pat
     assert "Traceback" not in message and len(message.splitlines()) == 1, message
     assert message.startswith("error:") and names in message and expected in message, message
     assert sorted(tmp_path.rglob("*")) == before
+
+
+def test_python_dash_m_econspin_is_the_command_line():
+    """``python -m econspin`` (what experiments/gpu_check.py runs) is the ``econspin`` script."""
+    result = subprocess.run([sys.executable, "-m", "econspin", "bench", "--help"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "Usage: econspin bench" in result.stdout
