@@ -87,14 +87,27 @@ def _limits(dtype: torch.dtype) -> tuple[int, int, int]:
     return max_exponent - 28, mantissa, max_exponent - 8
 
 
-# eager under run.compile (econspin.compiled): Inductor's C++ for frexp's int32 exponents does not
-# compile (torch 2.13, CPU: no vector conversion of that width), whatever the form of the clamp
-@torch.compiler.disable
 def inverse_temperatures(temperature: torch.Tensor, row_scale: torch.Tensor) -> torch.Tensor:
     """beta_i = clamp(log2(e) / T_i, 2^(-p-6-e_i), 2^(E-e_i)) with 2^e_i > row_scale_i (module doc).
 
     ``temperature`` broadcasts against ``row_scale`` (bounds on |U_il|); the result has the
     dtype of ``row_scale``. T = 0 gives the upper limit, T = inf the lower one.
+    """
+    return inverse_temperatures_and_ties(temperature, row_scale, 0)[0]
+
+
+# eager under run.compile (econspin.compiled): Inductor's C++ for frexp's int32 exponents does not
+# compile (torch 2.13, CPU: no vector conversion of that width), whatever the form of the clamp
+@torch.compiler.disable
+def inverse_temperatures_and_ties(
+    temperature: torch.Tensor, row_scale: torch.Tensor, key_dimension: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(beta_i, t_i): :func:`inverse_temperatures`, and the tie width of a row at the T = 0 limit.
+
+    t_i = (d_k + 4) eps 2^E on rows whose beta_i is at its upper limit (T_i = 0, or log2(e) / T_i
+    above 2^(E - e_i)), 0 on the others (module doc): there beta_i 2^e_i = 2^E bounds
+    sum_k |l_ik r_kj| for every allowed pair, so (d_k + 2) eps 2^E bounds the product's
+    rounding of each score.
     """
     dtype = row_scale.dtype
     top, mantissa, _ = _limits(dtype)
@@ -103,20 +116,10 @@ def inverse_temperatures(temperature: torch.Tensor, row_scale: torch.Tensor) -> 
     _, exponent = torch.frexp(row_scale.double())  # row_scale < 2^exponent
     exponent = exponent.clamp(min=-27, max=-smallest - mantissa - 6).double()
     high, low = torch.exp2(top - exponent), torch.exp2(-mantissa - 6 - exponent)  # exact powers of two
-    return torch.clamp(math.log2(math.e) / temperature.double(), min=low, max=high).to(dtype)
-
-
-def argmax_tie_width(beta: torch.Tensor, row_scale: torch.Tensor, key_dimension: int) -> torch.Tensor:
-    """t_i = (d_k + 4) eps 2^E on rows whose beta_i is at the T = 0 limit, 0 on the others (module doc).
-
-    A row is at the limit when T_i = 0, or T_i is so small that log2(e) / T_i exceeds 2^(E - e_i);
-    there beta_i 2^e_i = 2^E bounds sum_k |l_ik r_kj| of every allowed pair, so (d_k + 2) eps 2^E
-    bounds the product's rounding of each score.
-    """
-    top = _limits(row_scale.dtype)[0]
-    limit = inverse_temperatures(torch.zeros((), dtype=torch.float64, device=beta.device), row_scale)
-    width = (key_dimension + 4) * torch.finfo(row_scale.dtype).eps * 2.0**top
-    return torch.where(beta >= limit, torch.full_like(beta, width), torch.zeros_like(beta))
+    wanted = math.log2(math.e) / temperature.double()
+    beta = torch.clamp(wanted, min=low, max=high).to(dtype)
+    width = (key_dimension + 4) * info.eps * 2.0**top
+    return beta, torch.where(wanted >= high, torch.full_like(high, width), torch.zeros_like(high)).to(dtype)
 
 
 def block_shape(groups: int, agents: int, rows: int | None = None) -> tuple[int, int]:
@@ -285,8 +288,8 @@ def round_terms(state: State, economy: Economy) -> RoundTerms:
     # effective inverse temperatures (base 2), from a bound on each row's utilities
     key_norm = torch.linalg.vector_norm(key, dim=-1).amax(-1, keepdim=True).clamp(min=1.0)
     row_scale = torch.linalg.vector_norm(query, dim=-1) * key_norm + bias.abs().amax(-1, keepdim=True)
-    beta = inverse_temperatures(state.temperature[:, None, :], row_scale)  # (B, H, N), >= |U_il| and |q_i|
-    tie_width = argmax_tie_width(beta, row_scale, key_dimension)
+    # (B, H, N): beta >= |U_il| and |q_i|; t_i, the tie width of rows at the T = 0 limit
+    beta, tie_width = inverse_temperatures_and_ties(state.temperature[:, None, :], row_scale, key_dimension)
     seller_column = (~economy.seller).to(dtype).mul_(-big).expand(batch, heads, agents)
     left = torch.cat([query * beta[..., None], beta[..., None], torch.ones_like(beta)[..., None]], dim=-1)
     right = torch.cat([key, bias[..., None], seller_column[..., None]], dim=-1)
