@@ -21,6 +21,7 @@ the machine and its load. The reference kernel is skipped where it would take to
 from __future__ import annotations
 
 import dataclasses
+import functools
 import platform
 import statistics
 import time
@@ -110,6 +111,11 @@ def relative_difference(want: torch.Tensor, got: torch.Tensor) -> float:
     return float((want.double() - got.double()).abs().max() / want.double().abs().max().clamp(min=1e-300))
 
 
+def round_difference(want, got) -> float:
+    """The larger :func:`relative_difference` of two next states' spins and money."""
+    return max(relative_difference(want.states, got.states), relative_difference(want.money, got.money))
+
+
 def compile_first(state, economy, device: torch.device, clock: str = "wall") -> tuple[object, float]:
     """(the first round of a ``run.compile`` economy, seconds it took): tracing and code generation included."""
     now = CLOCKS[clock]
@@ -161,14 +167,22 @@ def measure(
     )
     functions = {"floor": lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v)}
     functions.update({name: (lambda e=kernels[name]: step(state, e)) for name in kernels if run[name]})
+
+    @functools.cache
+    def fused_round():
+        """The eager fused round, every comparison's baseline: played once, when first asked for."""
+        with torch.no_grad():
+            return step(state, kernels["fused"])
+
+    def against_fused(other) -> float:
+        """How far the next states and money of ``other`` (a State) lie from the fused round's."""
+        return round_difference(fused_round(), other)
+
     compiled_row = {}
     if compile_mode != "off" and run["fused"]:
         compiled = dataclasses.replace(kernels["fused"], compile=compile_mode)
         first, seconds = compile_first(state, compiled, device, clock)
-        with torch.no_grad():
-            eager = step(state, kernels["fused"])
-        difference = max(relative_difference(eager.states, first.states), relative_difference(eager.money, first.money))
-        compiled_row = {"compile": compile_mode, "compile_s": seconds, "compiled_difference": difference}
+        compiled_row = {"compile": compile_mode, "compile_s": seconds, "compiled_difference": against_fused(first)}
         functions["compiled"] = lambda: step(state, compiled)
     low_row = {}
     if utility_precision != "full" and run["fused"]:
@@ -176,15 +190,14 @@ def measure(
         functions["low"] = lambda: step(state, low)
         functions["low_floor"] = low_precision_floor(q, k, v, utility_precision)
         with torch.no_grad():
-            full, reduced = step(state, kernels["fused"]), step(state, low)
-        low_row["low_difference"] = max(
-            relative_difference(full.states, reduced.states), relative_difference(full.money, reduced.money)
-        )
+            low_row["low_difference"] = against_fused(step(state, low))
     with torch.no_grad():
         times = timed(functions, repeats, device, clock)
         row = {"mode": mode, "agents": agents, "batch": batch, "pairs": pairs, "repeats": repeats}
         row["floor_ms"] = times["floor"] * 1e3
-        for name in ("reference", "fused"):
+        for name in ("reference", "fused", "flex"):
+            if name == "flex" and "flex" not in timed_kernels:
+                continue  # its columns appear only where asked for
             seconds = times.get(name)
             row[f"{name}_ms"] = None if seconds is None else seconds * 1e3
             row[f"{name}_ratio"] = None if seconds is None else seconds / times["floor"]
@@ -193,16 +206,7 @@ def measure(
             None if None in (row["reference_ms"], row["fused_ms"]) else row["reference_ms"] / row["fused_ms"]
         )
         if "flex" in timed_kernels:
-            seconds = times.get("flex")
-            row["flex_ms"] = None if seconds is None else seconds * 1e3
-            row["flex_ratio"] = None if seconds is None else seconds / times["floor"]
-            row["flex_pairs_per_s"] = None if seconds is None else pairs / seconds
-            row["flex_difference"] = None
-            if seconds is not None:
-                fused, flex = step(state, kernels["fused"]), step(state, kernels["flex"])
-                row["flex_difference"] = max(
-                    relative_difference(fused.states, flex.states), relative_difference(fused.money, flex.money)
-                )
+            row["flex_difference"] = None if "flex" not in times else against_fused(step(state, kernels["flex"]))
         if "compiled" in times:
             compiled_row["compiled_ms"] = times["compiled"] * 1e3
             compiled_row["compiled_ratio"] = times["compiled"] / times["floor"]
@@ -217,7 +221,7 @@ def measure(
         row["compared"] = run["reference"] and run["fused"]
         row["state_difference"] = row["money_difference"] = None
         if row["compared"]:
-            reference, fused = step(state, kernels["reference"]), step(state, kernels["fused"])
+            reference, fused = step(state, kernels["reference"]), fused_round()
             row["state_difference"] = relative_difference(reference.states, fused.states)
             row["money_difference"] = relative_difference(reference.money, fused.money)
     return row
