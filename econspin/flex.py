@@ -66,7 +66,7 @@ import torch
 from torch.nn.attention.flex_attention import AuxRequest, BlockMask, create_block_mask, flex_attention
 
 from econspin.economy import Economy
-from econspin.fused import asks_for_gradients, inverse_temperatures, project_all
+from econspin.fused import asks_for_gradients, inverse_temperatures, projections, row_scales
 from econspin.market import MarketOutcome, budgets, seller_bias, seller_moment_columns
 from econspin.state import State
 
@@ -167,22 +167,18 @@ def flex_trade(state: State, economy: Economy) -> MarketOutcome:
     """Expected-mode steps 1-5 for every buyer as five FlexAttention passes (module doc)."""
     x = state.states
     batch, agents, d = x.shape
-    heads, key_dimension = economy.heads, economy.query.shape[-1]
+    heads = economy.heads
     dtype = x.dtype
     mantissa = round(-math.log2(torch.finfo(dtype).eps)) + 1
 
-    value_output = torch.einsum("bphde,bhef->bphdf", economy.value, economy.output)
-    projection = torch.cat([economy.query / math.sqrt(key_dimension), economy.key, value_output], dim=-1)
-    projected = project_all(x, projection, economy.population, economy.population_counts)
-    query, key = projected[..., :key_dimension], projected[..., key_dimension : 2 * key_dimension]
-    delivered = projected[..., 2 * key_dimension :]  # u_j = v_j W_O^h, (B, H, N, d)
-    bias = seller_bias(state, economy)[:, None, :, None].expand(batch, heads, agents, 1)
-    ones = torch.ones_like(bias)
+    query, key, delivered, value_output = projections(state, economy)  # delivered: u_j = v_j W_O^h
+    bias = seller_bias(state, economy)[:, None, :].expand(batch, heads, agents)
     spend = budgets(state, economy)
     row_mask, column_mask, partners = trade_masks(economy)
 
-    key_norm = torch.linalg.vector_norm(key, dim=-1).amax(-1, keepdim=True).clamp(min=1.0)
-    row_scale = torch.linalg.vector_norm(query, dim=-1) * key_norm + bias.abs().amax((-1, -2))[..., None]
+    row_scale = row_scales(query, key, bias)
+    bias = bias[..., None]
+    ones = torch.ones_like(bias)
     temperature = state.temperature[:, None, :].expand(batch, heads, agents)
     inverse = inverse_temperatures(temperature * LOG2E, row_scale)  # lambda_i = 1 / T_i, clamped
     argmax = inverse * row_scale >= 2.0 ** (mantissa - 4)

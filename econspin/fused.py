@@ -267,6 +267,22 @@ class RoundTerms:
         return self.left.shape[0]
 
 
+def projections(state: State, economy: Economy):
+    """(q_i / sqrt(d_k), k_i, u_i = x_i W_V W_O, W_V W_O), each (B, H, N, .), from one product per population."""
+    key_dimension = economy.query.shape[-1]
+    value_output = torch.einsum("bphde,bhef->bphdf", economy.value, economy.output)
+    projection = torch.cat([economy.query / math.sqrt(key_dimension), economy.key, value_output], dim=-1)
+    projected = project_all(state.states, projection, economy.population, economy.population_counts)
+    query, key = projected[..., :key_dimension], projected[..., key_dimension : 2 * key_dimension]
+    return query, key, projected[..., 2 * key_dimension :], value_output
+
+
+def row_scales(query: torch.Tensor, key: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """|q_i| max(1, max_j |k_j|) + max_j |b_j| (B, H, N): a bound on |U_il| and |q_i| (module doc); bias (B, H, N)."""
+    key_norm = torch.linalg.vector_norm(key, dim=-1).amax(-1, keepdim=True).clamp(min=1.0)
+    return torch.linalg.vector_norm(query, dim=-1) * key_norm + bias.abs().amax(-1, keepdim=True)
+
+
 def round_terms(state: State, economy: Economy) -> RoundTerms:
     """The per-round (B, H, N, .) tensors of the fused steps: projections, bounds, budgets, network."""
     x = state.states
@@ -276,18 +292,12 @@ def round_terms(state: State, economy: Economy) -> RoundTerms:
     groups = batch * heads
     big = 2.0 ** _limits(dtype)[2]
 
-    # one product per population: [q_i / sqrt(d_k), k_i, u_i = x_i W_V W_O], (B, H, N, 2 d_k + d)
-    value_output = torch.einsum("bphde,bhef->bphdf", economy.value, economy.output)
-    projection = torch.cat([economy.query / math.sqrt(key_dimension), economy.key, value_output], dim=-1)
-    projected = project_all(x, projection, economy.population, economy.population_counts)
-    query, key = projected[..., :key_dimension], projected[..., key_dimension : 2 * key_dimension]
-    delivered = projected[..., 2 * key_dimension :]
+    query, key, delivered, value_output = projections(state, economy)
     bias = seller_bias(state, economy)[:, None, :].expand(batch, heads, agents)
     spend = budgets(state, economy)
 
     # effective inverse temperatures (base 2), from a bound on each row's utilities
-    key_norm = torch.linalg.vector_norm(key, dim=-1).amax(-1, keepdim=True).clamp(min=1.0)
-    row_scale = torch.linalg.vector_norm(query, dim=-1) * key_norm + bias.abs().amax(-1, keepdim=True)
+    row_scale = row_scales(query, key, bias)
     # (B, H, N): beta >= |U_il| and |q_i|; t_i, the tie width of rows at the T = 0 limit
     beta, tie_width = inverse_temperatures_and_ties(state.temperature[:, None, :], row_scale, key_dimension)
     seller_column = (~economy.seller).to(dtype).mul_(-big).expand(batch, heads, agents)
