@@ -30,6 +30,7 @@ from typing import Callable
 import torch
 
 from econspin.economy import resolve_device
+from econspin.precision import tensor_cores
 from econspin.round import step
 from econspin.scenario import Scenario
 from econspin.simulate import Rollout
@@ -234,12 +235,8 @@ def low_precision_floor(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, utili
         return lambda: torch.nn.functional.scaled_dot_product_attention(*low)
 
     def with_tensor_cores():
-        before = torch.backends.cuda.matmul.allow_tf32
-        torch.backends.cuda.matmul.allow_tf32 = True
-        try:
+        with tensor_cores(True):
             return torch.nn.functional.scaled_dot_product_attention(q, k, v)
-        finally:
-            torch.backends.cuda.matmul.allow_tf32 = before
 
     return with_tensor_cores
 

@@ -85,7 +85,7 @@ def utility_operands(left: torch.Tensor, right: torch.Tensor, precision: str) ->
 
 
 @contextlib.contextmanager
-def _tensor_cores(allowed: bool):
+def tensor_cores(allowed: bool):
     """CUDA's TF32 switch for matrix products set to ``allowed`` inside the block, as it was after."""
     if not allowed:
         yield
@@ -107,7 +107,7 @@ def utility_product(
     ``scores``. TF32: the float32 product with tensor cores allowed for it alone.
     """
     if left.dtype == scores.dtype:
-        with _tensor_cores(tf32):
+        with tensor_cores(tf32):
             torch.bmm(left, right, out=scores)
         return scores
     torch.bmm(left, right, out=low)
