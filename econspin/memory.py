@@ -34,7 +34,7 @@ from pathlib import Path
 
 import torch
 
-from econspin.scenario import Scenario, ScenarioError
+from econspin.scenario import Scenario, ScenarioError, resolved_kernel
 
 BYTES_PER_PAIR = 48  # working memory per (batch element, head, buyer, seller) entry of one block
 SWEEP_BLOCK_ROWS = 64  # the sweep planner batches no more elements than leave room for blocks this tall
@@ -214,9 +214,10 @@ def estimate_memory(
     kernel = "couplings" if market.couplings is not None else ("sparse" if sparse else "dense")
     if kernel == "dense":
         smallest = batch * model.element_bytes(1)
-        if run.kernel == "flex" and market.mode == "expected":  # FlexAttention's eager form: whole score tensors
+        dense_kernel = resolved_kernel(run.kernel, market.mode, couplings=False)
+        if dense_kernel == "flex":  # FlexAttention's eager form: whole score tensors
             device["round"] = batch * model.agent_bytes() + FLEX_BYTES_PER_PAIR * batch * heads * agents * agents
-        elif run.kernel != "reference":  # the fused kernels (either mode): two blocks, reused
+        elif dense_kernel == "fused":  # the fused kernels (either mode): two blocks, reused
             from econspin.fused import block_shape  # fused builds on the economy, which reads this module
 
             groups, rows = block_shape(batch * heads, agents, run.chunk)
