@@ -36,8 +36,15 @@ from torch.utils._python_dispatch import TorchDispatchMode
 aten = torch.ops.aten
 
 SCALAR_READS = {aten._local_scalar_dense.default, aten.item.default, aten.is_nonzero.default, aten.equal.default}
-DATA_DEPENDENT_SHAPES = {"nonzero", "masked_select", "unique", "_unique", "_unique2", "unique_dim"}
-DATA_DEPENDENT_SHAPES |= {"unique_consecutive"}
+DATA_DEPENDENT_SHAPES = {
+    "nonzero",
+    "masked_select",
+    "unique",
+    "_unique",
+    "_unique2",
+    "unique_dim",
+    "unique_consecutive",
+}
 HOST_READ_METHODS = {"tolist", "numpy", "cpu"}  # Tensor methods that return host data whatever the device
 HOST_DATA_FUNCTIONS = {"tensor", "as_tensor"}  # tensors from Python data: made on the host, then copied
 
@@ -53,7 +60,7 @@ def _is_bool_index(op, args) -> bool:
 
 
 def _copy_direction(op, args, kwargs) -> str | None:
-    """"copy to host" or "copy from host" for a copy between the CPU and a device, else None."""
+    """Copy to host or copy from host (as strings) for a copy between the CPU and a device, else None."""
     name = _packet(op)
     if name == "_to_copy" and kwargs.get("device") is not None:
         source, target = args[0].device.type, torch.device(kwargs["device"]).type
