@@ -1,20 +1,35 @@
-"""The device checks of the sync-free rollout, in one command, for a session with a GPU.
+"""The device checks of issue 9, in one command, for a session with a GPU.
 
-    python -m experiments.gpu_check [--out DIR] [--dry-run]
+    python -m experiments.gpu_check [--out DIR] [--archive FILE] [--budget SECONDS] [--steps a,b] [--dry-run]
 
-Each step runs in a subprocess under its own time limit (8 minutes at most: 180 + 120 + 180 s), and
-writes what it measured under ``--out`` (default experiments/results/gpu_check):
+Each step runs in a subprocess under its own time limit, in the order below (most needed
+first), and writes what it measured under ``--out`` (default experiments/results/gpu_check);
+after each step the whole folder is packed into ``--archive`` (a device call brings back a
+few files only), so a call stopped at its limit still returns every finished step. A step
+starts only if the ``--budget`` left covers half its limit, and its limit is cut to what is
+left.
 
-1. ``tests``: tests/test_device_rollout.py with
-   ECONSPIN_TEST_DEVICE=cuda: no host synchronisation inside a chunk (on a GPU the recorder
-   also sees copies of device tensors to the host), chunked rollouts equal to round-by-round
-   ones bit for bit, a forced replay of Wood's sampler the same bits; and the flex kernel's
-   compiled passes against the fused kernel (tests/test_flex.py, its CUDA test).
-2. ``bench``: ``econspin bench --quick --device cuda --json bench_cuda.json``.
-3. ``rollout``: the time of a round at B = 64, N = 256 (d = 32, the benchmark economy, both
+1. ``tests``: the engine on the GPU against the CPU (tests/test_cuda.py: one market step
+   over hypothesis economies, both modes, the oracle; ten rounds of each scenario kind);
+   tests/test_device_rollout.py with ECONSPIN_TEST_DEVICE=cuda (no host synchronisation
+   inside a chunk, where the recorder also sees copies of device tensors to the host;
+   chunked rollouts equal to round-by-round ones bit for bit; a forced replay of Wood's
+   sampler the same bits); the flex kernel's compiled passes against the fused kernel.
+2. ``blocks``: the fused round at N = 16384 and 65536, B = 1, with buyer rows per block from 32
+   (the CPU's cache-sized default at N = 65536) to 8192, against SDPA (``blocks_cuda.json``):
+   on a GPU each block costs a dozen kernel launches, so the best block is not the CPU's.
+3. ``bench``: the fused round against SDPA at N = 1024 to 65536, B = 1, with the bf16
+   utilities beside it (``bench_cuda.json``).
+4. ``batched``: N = 256 and 1024 at B = 1, 16, 64, both modes, the reference kernel
+   beside the fused one (their next states compared) (``batched_cuda.json``).
+5. ``rollout``: the time of a round at B = 64, N = 256 (d = 32, the benchmark economy, both
    modes) played round by round with Wood's loop, in sync-free chunks of 32 rounds eagerly,
    and in sync-free chunks under ``run.compile: reduce-overhead`` (CUDA graphs), against
    torch's scaled_dot_product_attention forward on the same shapes; ``rollout_cuda.json``.
+6. ``flex``: the FlexAttention kernel beside the fused one at N = 16384 and 65536
+   (``flex_cuda.json``).
+7. ``tf32``: the fused round with TF32 utilities at N = 16384 and 65536 (``tf32_cuda.json``).
+8. ``flex_batched``: the FlexAttention kernel at B = 64, N = 256 (``flex_batched_cuda.json``).
 
 Without a CUDA device, or with ``--dry-run``, it prints the plan and exits 0 (the test suite
 runs it so, tests/test_device_rollout.py, so that it does not rot).
@@ -28,62 +43,140 @@ import json
 import os
 import subprocess
 import sys
+import tarfile
 import time
 from pathlib import Path
 
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-# seconds each step may take; the rollout compiles reduce-overhead twice (both modes)
-STEPS = {"tests": 180, "bench": 120, "rollout": 180}
+# seconds each step may take, in the order run; the rollout compiles reduce-overhead twice (both
+# modes), flex compiles five passes per shape
+STEPS = {
+    "tests": 130,
+    "blocks": 60,
+    "bench": 80,
+    "batched": 60,
+    "rollout": 120,
+    "flex": 120,
+    "tf32": 50,
+    "flex_batched": 60,
+}
+BUDGET = 470  # seconds for all steps: one device call, leaving time in a session's lease to rerun one
 ROLLOUT_SHAPE = (64, 256)  # B, N: the GPU target of issue 9 (<= 5x SDPA forward)
 ROLLOUT_ROUNDS = 32
+LARGE = "16384,65536"  # the GPU sizes of issue 9's targets (<= 2.5x SDPA, 4e11 pairs/s)
 
 
 def step_commands(out: Path) -> dict[str, list[str]]:
     """Each step as the command line it runs."""
     python = sys.executable
-    # the rollout's tests on the device, and the flex kernel's compiled passes against the fused kernel
-    tests = ["tests/test_device_rollout.py", "tests/test_flex.py::test_the_passes_on_a_gpu_equal_the_fused_kernel"]
+    tests = [
+        "tests/test_cuda.py",
+        "tests/test_device_rollout.py",
+        "tests/test_flex.py::test_the_passes_on_a_gpu_equal_the_fused_kernel",
+    ]
+
+    def bench(json_name: str, *options: str) -> list[str]:
+        return [python, "-m", "econspin", "bench", "--device", "cuda", "--baselines", "none", *options,
+                "--json", str(out / json_name)]  # fmt: skip
+
     return {
         "tests": [python, "-m", "pytest", "-q", "-n", "0", "-p", "no:cacheprovider", *tests],
-        "bench": [
-            python,
-            "-m",
-            "econspin",
-            "bench",
-            "--quick",
-            "--device",
-            "cuda",
-            "--json",
-            str(out / "bench_cuda.json"),
-        ],
-        "rollout": [python, "-m", "experiments.gpu_check", "--rollout-only", "--out", str(out)],
+        "blocks": [python, "-m", "experiments.gpu_check", "--measure", "blocks", "--out", str(out)],
+        "bench": bench(
+            "bench_cuda.json",
+            "--sizes",
+            f"1024,4096,{LARGE}",
+            "--batches",
+            "1",
+            "--kernels",
+            "fused",
+            "--utilities",
+            "bfloat16",
+            "--repeats",
+            "5",
+        ),  # fmt: skip
+        "batched": bench(
+            "batched_cuda.json",
+            "--sizes",
+            "256,1024",
+            "--batches",
+            "1,16,64",
+            "--modes",
+            "expected,sampled",
+            "--repeats",
+            "5",
+        ),  # fmt: skip
+        "rollout": [python, "-m", "experiments.gpu_check", "--measure", "rollout", "--out", str(out)],
+        "flex": bench(
+            "flex_cuda.json", "--sizes", LARGE, "--batches", "1", "--kernels", "fused,flex", "--repeats", "5"
+        ),
+        "tf32": bench(
+            "tf32_cuda.json",
+            "--sizes",
+            LARGE,
+            "--batches",
+            "1",
+            "--kernels",
+            "fused",
+            "--utilities",
+            "tf32",
+            "--repeats",
+            "5",
+        ),  # fmt: skip
+        "flex_batched": bench(
+            "flex_batched_cuda.json", "--sizes", "256", "--batches", "64", "--kernels", "fused,flex", "--repeats", "5"
+        ),  # fmt: skip
     }
 
 
-def plan(out: Path) -> list[str]:
+def plan(out: Path, steps=tuple(STEPS)) -> list[str]:
     """The steps, one line each: name, time limit, command."""
-    return [f"{name} (<= {STEPS[name]} s): {' '.join(command)}" for name, command in step_commands(out).items()]
+    commands = step_commands(out)
+    return [f"{name} (<= {STEPS[name]} s): {' '.join(commands[name])}" for name in steps]
 
 
-def run_steps(out: Path) -> int:
-    """Run every step; the number that failed (each one's output goes to <step>.log)."""
-    failed = 0
-    environment = {**os.environ, "ECONSPIN_TEST_DEVICE": "cuda", "PYTHONPATH": str(ROOT)}
-    for name, command in step_commands(out).items():
-        started = time.perf_counter()
+def pack(out: Path, archive: Path | None) -> None:
+    """Everything under ``out`` into the tar file ``archive`` (rewritten whole, so always complete)."""
+    if archive is None:
+        return
+    partial = archive.with_name(archive.name + ".partial")
+    with tarfile.open(partial, "w:gz") as tar:
+        tar.add(out, arcname=out.name)
+    partial.replace(archive)
+
+
+def run_steps(out: Path, steps=tuple(STEPS), budget: float = BUDGET, archive: Path | None = None) -> int:
+    """Run the steps in order within ``budget`` seconds; the number that failed or did not run.
+
+    Each one's output goes to <step>.log. A step runs only if at least half its limit is left.
+    """
+    failed, started_all = 0, time.perf_counter()
+    out.mkdir(parents=True, exist_ok=True)
+    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    environment = {**os.environ, "ECONSPIN_TEST_DEVICE": "cuda", "PYTHONPATH": path, "PYTHONUNBUFFERED": "1"}
+    commands = step_commands(out)
+    for name in steps:
+        left = budget - (time.perf_counter() - started_all)
+        if left < STEPS[name] / 2:
+            print(f"{name}: not run, {left:.0f} s of the budget left")
+            failed += 1
+            continue
+        limit, started = min(STEPS[name], left), time.perf_counter()
         try:
             result = subprocess.run(
-                command, cwd=ROOT, env=environment, capture_output=True, text=True, timeout=STEPS[name]
+                commands[name], cwd=ROOT, env=environment, capture_output=True, text=True, timeout=limit
             )
             status, output = result.returncode, result.stdout + result.stderr
         except subprocess.TimeoutExpired as error:
-            status, output = "timed out", f"{error.stdout or ''}{error.stderr or ''}"
-        (out / f"{name}.log").write_text(output if isinstance(output, str) else output.decode())
+            text = [part.decode() if isinstance(part, bytes) else part or "" for part in (error.stdout, error.stderr)]
+            status, output = f"timed out at {limit:.0f} s", "".join(text)
+        (out / f"{name}.log").write_text(output)
         failed += status != 0
-        tail = output.strip().splitlines()[-1:] if isinstance(output, str) and output.strip() else [""]
-        print(f"{name}: exit {status} in {time.perf_counter() - started:.0f} s; {tail[0]}")
+        tail = output.strip().splitlines()[-1:] or [""]
+        print(f"{name}: exit {status} in {time.perf_counter() - started:.0f} s; {tail[0]}", flush=True)
+        pack(out, archive)
     return failed
 
 
@@ -141,26 +234,68 @@ def rollout_timing(
     return rows
 
 
+def block_timing(
+    device: torch.device, sizes=(16384, 65536), rows_per_block=(32, 128, 512, 2048, 8192), repeats: int = 5
+) -> list[dict]:
+    """Milliseconds of one fused round (expected mode, B = 1) per buyer rows per block, with the SDPA floor."""
+    from econspin.bench import DIMENSION, bench_scenario, round_difference, timed
+    from econspin.round import step
+    from econspin.simulate import Rollout
+
+    rows = []
+    for agents in sizes:
+        rollout = Rollout.create([bench_scenario(agents)], [0], str(device), "float32")
+        generator = torch.Generator(device=device).manual_seed(0)
+        q, k, v = (torch.randn(1, 1, agents, DIMENSION, generator=generator, device=device) for _ in range(3))
+        functions = {"sdpa forward": lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v)}
+        economies = {size: dataclasses.replace(rollout.economy, chunk=size) for size in rows_per_block}
+        functions.update({size: (lambda e=economy: step(rollout.state, e)) for size, economy in economies.items()})
+        with torch.no_grad():
+            times = timed(functions, repeats=repeats, device=device)
+            first = step(rollout.state, economies[rows_per_block[0]])
+            for size in rows_per_block:
+                row = {"agents": agents, "rows per block": size, "ms": times[size] * 1e3}
+                row["ratio to sdpa"] = times[size] / times["sdpa forward"]
+                row["difference from the first"] = round_difference(first, step(rollout.state, economies[size]))
+                rows.append(row)
+        rows.append({"agents": agents, "rows per block": "sdpa forward", "ms": times["sdpa forward"] * 1e3})
+        if device.type == "cuda":
+            torch.cuda.empty_cache()  # the workspace of the largest blocks, before the next size's
+    return rows
+
+
+MEASURES = {"blocks": block_timing, "rollout": rollout_timing}
+
+
 def main(arguments: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=ROOT / "experiments" / "results" / "gpu_check")
+    parser.add_argument("--archive", type=Path, help="after each step, pack --out into this .tar.gz")
+    parser.add_argument("--budget", type=float, default=BUDGET, help="seconds for all steps")
+    parser.add_argument("--steps", default=",".join(STEPS), help="comma-separated steps to run, in this order")
     parser.add_argument("--dry-run", action="store_true", help="print the plan and exit")
-    parser.add_argument("--rollout-only", action="store_true", help=argparse.SUPPRESS)  # step 3's own process
+    # the blocks and rollout steps' own processes
+    parser.add_argument("--measure", choices=tuple(MEASURES), help=argparse.SUPPRESS)
     options = parser.parse_args(arguments)
-    if options.rollout_only:
-        rows = rollout_timing(torch.device("cuda"))
-        (options.out / "rollout_cuda.json").write_text(
+    if options.measure:
+        rows = MEASURES[options.measure](torch.device("cuda"))
+        (options.out / f"{options.measure}_cuda.json").write_text(
             json.dumps({"device": torch.cuda.get_device_name(), "torch": torch.__version__, "rows": rows}, indent=1)
         )
         for row in rows:
             print(row)
         return 0
-    print("\n".join(plan(options.out)))
+    steps = tuple(options.steps.split(","))
+    unknown = set(steps) - set(STEPS)
+    if unknown:
+        print(f"--steps: unknown {', '.join(sorted(unknown))}; choose from {', '.join(STEPS)}")
+        return 2
+    print("\n".join(plan(options.out, steps)))
     if options.dry_run or not torch.cuda.is_available():
         print("dry run: nothing run" if options.dry_run else "no CUDA device here: nothing run")
         return 0
     options.out.mkdir(parents=True, exist_ok=True)
-    return 1 if run_steps(options.out) else 0
+    return 1 if run_steps(options.out, steps, options.budget, options.archive) else 0
 
 
 if __name__ == "__main__":

@@ -229,11 +229,29 @@ def test_the_gpu_check_prints_its_plan_and_runs_nothing_without_a_gpu(tmp_path, 
     assert gpu_check.main(["--dry-run", "--out", str(tmp_path)]) == 0
     printed = capsys.readouterr().out
     assert "dry run: nothing run" in printed
-    for name in gpu_check.STEPS:
-        assert printed.count(f"{name} (<=") == 1
-    assert "bench --quick --device cuda --json" in printed and "tests/test_device_rollout.py" in printed
-    assert sum(gpu_check.STEPS.values()) <= 8 * 60  # one call of a device session
+    planned = [line.split(" (<= ")[0] for line in printed.splitlines() if " (<= " in line]
+    assert planned == list(gpu_check.STEPS)
+    assert "bench --device cuda" in printed and "tests/test_device_rollout.py" in printed
+    assert "tests/test_cuda.py" in printed
+    assert gpu_check.BUDGET <= 8 * 60  # one call of a device session
     assert list(tmp_path.iterdir()) == []
+    assert gpu_check.main(["--dry-run", "--steps", "tests,nonsense"]) == 2
+
+
+def test_the_gpu_check_packs_each_finished_step_and_skips_what_the_budget_cannot_hold(tmp_path, monkeypatch):
+    import sys
+    import tarfile
+
+    from experiments import gpu_check
+
+    commands = {"tests": [sys.executable, "-c", "print('passed')"], "bench": [sys.executable, "-c", "exit(3)"]}
+    monkeypatch.setattr(gpu_check, "step_commands", lambda out: commands)
+    monkeypatch.setattr(gpu_check, "STEPS", {"tests": 20, "bench": 20})
+    archive = tmp_path / "all.tgz"
+    assert gpu_check.run_steps(tmp_path / "out", ("tests", "bench"), budget=60, archive=archive) == 1
+    assert sorted(tarfile.open(archive).getnames()) == ["out", "out/bench.log", "out/tests.log"]
+    assert (tmp_path / "out" / "tests.log").read_text().strip() == "passed"
+    assert gpu_check.run_steps(tmp_path / "out", ("tests",), budget=9, archive=archive) == 1  # 9 < 20 / 2
 
 
 def test_the_gpu_checks_rollout_timing_runs_on_the_cpu():
