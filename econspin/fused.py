@@ -51,7 +51,7 @@ The normalisation by s_i is applied to the small per-row results, never to the b
 revenue is accumulated in float64 over blocks and rescaled per batch element so that
 sum_j R_j equals sum_i s_i (the budgets actually spent) to float64 rounding, whatever the
 working precision; each R_j then carries the working precision's rounding. Memory is
-O(B H N (2 d_k + d)) plus two blocks of BLOCK_ENTRIES entries (and the network's bias, if any).
+O(B H N (2 d_k + d)) plus two blocks of :func:`block_entries` entries (and the network's bias, if any).
 
 The sampled mode and fixed couplings stay on :func:`econspin.market.trade`.
 """
@@ -71,7 +71,11 @@ from econspin.market import MarketOutcome, budgets, seller_bias, seller_moment_c
 from econspin.precision import received_product, utility_operands, utility_product
 from econspin.state import State
 
-BLOCK_ENTRIES = 2**20  # entries of one (batch-heads, rows, N) block: two blocks stay in the L2/L3 caches
+BLOCK_ENTRIES = 2**20  # entries of one (batch-heads, rows, N) block on a CPU: two blocks stay in the L2/L3 caches
+# On CUDA each block costs a dozen kernel launches whatever its size, so cache-sized blocks are
+# launch-bound there: on an H200 the round at N = 65536 took 703 ms in blocks of 32 rows (2^21
+# entries), 121 ms in blocks of 512 and 98 ms in blocks of 8192 (docs/performance.md, "On a GPU")
+GPU_BLOCK_ENTRIES = 2**27
 MIN_ROWS = 32  # thinner blocks cost more in overhead than the cache saves
 LN2 = math.log(2.0)
 # exp2 leaves its fast vector path where the result would be subnormal: scores are clamped to
@@ -122,16 +126,29 @@ def inverse_temperatures_and_ties(
     return beta, torch.where(wanted >= high, torch.full_like(high, width), torch.zeros_like(high)).to(dtype)
 
 
-def block_shape(groups: int, agents: int, rows: int | None = None) -> tuple[int, int]:
-    """(batch-heads, rows) per block: about BLOCK_ENTRIES entries, at least MIN_ROWS rows.
+def block_entries(device: torch.device | str, memory_budget: float, itemsize: int) -> int:
+    """Entries of one block: BLOCK_ENTRIES on a CPU, more on CUDA.
+
+    On CUDA: as many as keep four blocks (what econspin.memory counts for the round's block buffers) within half of
+    run.memory_budget_mb, between BLOCK_ENTRIES and GPU_BLOCK_ENTRIES: 2^25 at the default
+    budget of 1024 MiB in float32.
+    """
+    if torch.device(device).type != "cuda":
+        return BLOCK_ENTRIES
+    return int(max(BLOCK_ENTRIES, min(GPU_BLOCK_ENTRIES, memory_budget // (8 * itemsize))))
+
+
+def block_shape(groups: int, agents: int, rows: int | None = None, entries: int | None = None) -> tuple[int, int]:
+    """(batch-heads, rows) per block: about ``entries`` entries (default BLOCK_ENTRIES), at least MIN_ROWS rows.
 
     One batch-head per block unless whole ones fit (small N): a product over many thin
     blocks costs more than the cache saves (measured: docs/performance.md).
     """
+    entries = BLOCK_ENTRIES if entries is None else entries
     if rows is None:
-        rows = max(MIN_ROWS, BLOCK_ENTRIES // agents)
+        rows = max(MIN_ROWS, entries // agents)
     rows = max(1, min(rows, agents))
-    together = BLOCK_ENTRIES // (agents * agents) if rows == agents else 1
+    together = entries // (agents * agents) if rows == agents else 1
     return max(1, min(groups, together)), rows
 
 
@@ -344,7 +361,8 @@ def row_blocks(terms: RoundTerms, economy: Economy, rows: int | None = None):
     groups, agents = terms.groups, left.shape[1]
     dtype, device = terms.delivered.dtype, left.device
     big, floor = 2.0 ** _limits(dtype)[2], EXP2_FLOOR[dtype]
-    group_size, block_rows = block_shape(groups, agents, rows if rows is not None else economy.chunk)
+    entries = block_entries(device, economy.memory_budget, dtype.itemsize)
+    group_size, block_rows = block_shape(groups, agents, rows if rows is not None else economy.chunk, entries)
     buffer = workspace("blocks", 2 * group_size * block_rows * agents, dtype, device)
     low = None  # bf16 operands (run.utility_precision): their product lands in a buffer of their own first
     if left.dtype != dtype:

@@ -191,8 +191,9 @@ def estimate_memory(
     wealth: bool = False,
     points: int = 0,
     table_rows: int | None = None,
+    machine: torch.device | str = "cpu",
 ) -> MemoryEstimate:
-    """What ``batch`` elements of ``scenario`` hold, part by part; see the module docstring.
+    """What ``batch`` elements of ``scenario`` hold, part by part, run on ``machine``; see the module docstring.
 
     ``rounds`` recorded (their rows make the metrics table, or ``table_rows`` rows where the
     table gathers more batches: a sweep's), and ``wealth`` for the final money table;
@@ -218,9 +219,10 @@ def estimate_memory(
         if dense_kernel == "flex":  # FlexAttention's eager form: whole score tensors
             device["round"] = batch * model.agent_bytes() + FLEX_BYTES_PER_PAIR * batch * heads * agents * agents
         elif dense_kernel == "fused":  # the fused kernels (either mode): two blocks, reused
-            from econspin.fused import block_shape  # fused builds on the economy, which reads this module
+            from econspin.fused import block_entries, block_shape  # fused builds on the economy, which reads this
 
-            groups, rows = block_shape(batch * heads, agents, run.chunk)
+            entries = block_entries(machine, model.budget, itemsize)
+            groups, rows = block_shape(batch * heads, agents, run.chunk, entries)
             device["round"] = batch * model.agent_bytes() + 2 * (2 * groups * rows * agents * itemsize)
             if run.utility_precision == "bfloat16":  # two bf16 blocks beside them (econspin.precision)
                 device["round"] += 2 * groups * rows * agents * 2
@@ -306,7 +308,7 @@ def check_memory(
 
     ``what`` describes the batch in the message (default: 'N agents x B batch elements').
     """
-    estimate = estimate_memory(scenario, batch, dtype, rounds, edges, wealth, points, table_rows)
+    estimate = estimate_memory(scenario, batch, dtype, rounds, edges, wealth, points, table_rows, device)
     agents = scenario.agent_count
     what = what or f"{agents} agents x {batch} batch element{'s' if batch != 1 else ''}"
     budget_mb = scenario.run.memory_budget_mb

@@ -45,20 +45,25 @@ def step(state: State, economy: Economy, budget: RejectionBudget | None = None) 
     (:class:`~econspin.response.RejectionBudget`): a round that then needs no host at all.
     """
     sampled = economy.mode == "sampled"
+    graphs = economy.compile == "reduce-overhead" and state.states.is_cuda
     if economy.compile == "off":
         new_states, money, outcome = play(state, economy, state.draws() if sampled else None, budget)
     else:
         tag = round_tag_tensor(state) if sampled else None
+        if graphs:  # CUDA graphs: each round a new step of torch's graph tree
+            torch.compiler.cudagraph_mark_step_begin()
         new_states, money, outcome = compiled_function(play_tagged, economy.compile)(state, economy, tag, budget)
-    return state.replace(
-        states=new_states,
-        money=money,
-        revenue=outcome.revenue,
-        spending=outcome.spending,
-        entropy=outcome.entropy,
-        surplus=outcome.surplus,
-        round=state.round + 1,
-    )
+    handed_on = {
+        "states": new_states,
+        "money": money,
+        "revenue": outcome.revenue,
+        "spending": outcome.spending,
+        "entropy": outcome.entropy,
+        "surplus": outcome.surplus,
+    }
+    if graphs:  # the next replay writes into this one's outputs: the state it hands on is copied out
+        handed_on = {name: tensor.clone() for name, tensor in handed_on.items()}
+    return state.replace(**handed_on, round=state.round + 1)
 
 
 def round_tag_tensor(state: State) -> torch.Tensor:

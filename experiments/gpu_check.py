@@ -26,8 +26,9 @@ left.
    modes) played round by round with Wood's loop, in sync-free chunks of 32 rounds eagerly,
    and in sync-free chunks under ``run.compile: reduce-overhead`` (CUDA graphs), against
    torch's scaled_dot_product_attention forward on the same shapes; ``rollout_cuda.json``.
-6. ``flex``: the FlexAttention kernel beside the fused one at N = 16384 and 65536
-   (``flex_cuda.json``).
+6. ``flex``: the FlexAttention kernel beside the fused one and SDPA at N = 16384 and 65536,
+   its first call (the compilation of its five passes) timed apart, each row printed as it
+   is measured (``flex_cuda.json``).
 7. ``tf32``: the fused round with TF32 utilities at N = 16384 and 65536 (``tf32_cuda.json``).
 8. ``flex_batched``: the FlexAttention kernel at B = 64, N = 256 (``flex_batched_cuda.json``).
 
@@ -45,6 +46,7 @@ import subprocess
 import sys
 import tarfile
 import time
+import traceback
 from pathlib import Path
 
 import torch
@@ -109,9 +111,7 @@ def step_commands(out: Path) -> dict[str, list[str]]:
             "5",
         ),  # fmt: skip
         "rollout": [python, "-m", "experiments.gpu_check", "--measure", "rollout", "--out", str(out)],
-        "flex": bench(
-            "flex_cuda.json", "--sizes", LARGE, "--batches", "1", "--kernels", "fused,flex", "--repeats", "5"
-        ),
+        "flex": [python, "-m", "experiments.gpu_check", "--measure", "flex", "--out", str(out)],
         "tf32": bench(
             "tf32_cuda.json",
             "--sizes",
@@ -214,8 +214,8 @@ def rollout_timing(
                 rollout.advance(rounds)  # warm-up: compilation, graph capture
                 functions[name] = lambda r=rollout: r.advance(rounds)
                 rollouts[name] = rollout
-            except Exception as error:  # reported, not fatal: the other ways are still timed
-                errors[name] = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+            except Exception:  # reported, not fatal: the other ways are still timed
+                errors[name] = traceback.format_exc()[-3000:]
         try:
             times = timed(functions, repeats=repeats, device=device)
         except Exception as error:
@@ -264,7 +264,41 @@ def block_timing(
     return rows
 
 
-MEASURES = {"blocks": block_timing, "rollout": rollout_timing}
+def flex_timing(device: torch.device, sizes=(16384, 65536), repeats: int = 3) -> list[dict]:
+    """Milliseconds of one round with the flex kernel, the fused kernel and SDPA (B = 1), and the flex compile time."""
+    from econspin.bench import DIMENSION, bench_scenario, round_difference, timed
+    from econspin.round import step
+    from econspin.simulate import Rollout
+
+    rows = []
+    for agents in sizes:
+        rollout = Rollout.create([bench_scenario(agents)], [0], str(device), "float32")
+        flex = dataclasses.replace(rollout.economy, kernel="flex")
+        generator = torch.Generator(device=device).manual_seed(0)
+        q, k, v = (torch.randn(1, 1, agents, DIMENSION, generator=generator, device=device) for _ in range(3))
+        with torch.no_grad():
+            started = time.perf_counter()
+            first = step(rollout.state, flex)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            row = {"agents": agents, "first flex round s": time.perf_counter() - started}
+            print(row, flush=True)
+            functions = {
+                "sdpa forward": lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v),
+                "fused": lambda: step(rollout.state, rollout.economy),
+                "flex": lambda: step(rollout.state, flex),
+            }
+            times = timed(functions, repeats=repeats, device=device)
+            row.update({f"{name} ms": seconds * 1e3 for name, seconds in times.items()})
+            row["flex ratio"] = times["flex"] / times["sdpa forward"]
+            row["fused ratio"] = times["fused"] / times["sdpa forward"]
+            row["flex difference from fused"] = round_difference(step(rollout.state, rollout.economy), first)
+        print(row, flush=True)
+        rows.append(row)
+    return rows
+
+
+MEASURES = {"blocks": block_timing, "rollout": rollout_timing, "flex": flex_timing}
 
 
 def main(arguments: list[str] | None = None) -> int:

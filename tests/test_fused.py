@@ -224,3 +224,16 @@ def test_identical_sellers_at_zero_temperature_split_the_market_equally(dtype, s
     assert_outcomes_close(trade(run.state, run.economy), outcome, TOLERANCE[run.state.states.dtype])
     stepped = step(run.state, run.economy)  # the whole round too: money to every tied seller
     assert torch.allclose(stepped.money[0, 5:].double(), stepped.money[0, 5].double().expand(sellers), rtol=1e-6)
+
+
+def test_blocks_are_cache_sized_on_a_cpu_and_fill_half_the_memory_budget_on_a_gpu():
+    """On CUDA four blocks (memory.py's count) take at most half of run.memory_budget_mb, within bounds."""
+    from econspin.fused import BLOCK_ENTRIES, GPU_BLOCK_ENTRIES, block_entries, block_shape
+
+    assert block_entries("cpu", 2**40, 4) == BLOCK_ENTRIES
+    assert block_entries("cuda", 2**30, 4) == 2**25 and 4 * 2**25 * 4 == 2**30 / 2
+    assert block_entries("cuda", 2**30, 8) == 2**24
+    assert block_entries("cuda", 2**50, 4) == GPU_BLOCK_ENTRIES
+    assert block_entries("cuda", 2**20, 8) == BLOCK_ENTRIES
+    assert block_shape(1, 65536, None, 2**25) == (1, 512)
+    assert block_shape(64, 256, None, 2**25) == (64, 256)  # a whole batch of small economies in one block
