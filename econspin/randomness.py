@@ -167,7 +167,10 @@ def _keyed(keys: torch.Tensor, mixed_tags: torch.Tensor | int) -> torch.Tensor:
 def _mixed_tags(start: int, count: int, device: torch.device) -> torch.Tensor:
     """mix64(start + i) for i < count: kept from round to round eagerly, fused into its use compiled."""
     if torch.compiler.is_compiling():  # a traced arange costs nothing fused (torch.compile ignores the cache)
-        return mix64(torch.arange(start, start + count, dtype=torch.int64, device=device))
+        # start added as a tensor: Inductor folds arange(start, ...) into an index expression, and
+        # Triton gave one holding a level's constant (2^61) int32 type, a compile error on CUDA
+        start_tensor = torch.full((), start, dtype=torch.int64, device=device)
+        return mix64(torch.arange(count, dtype=torch.int64, device=device) + start_tensor)
     return _kept_mixed_tags(start, count, device)
 
 

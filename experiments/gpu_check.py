@@ -164,15 +164,15 @@ def run_steps(out: Path, steps=tuple(STEPS), budget: float = BUDGET, archive: Pa
             failed += 1
             continue
         limit, started = min(STEPS[name], left), time.perf_counter()
-        try:
-            result = subprocess.run(
-                commands[name], cwd=ROOT, env=environment, capture_output=True, text=True, timeout=limit
-            )
-            status, output = result.returncode, result.stdout + result.stderr
-        except subprocess.TimeoutExpired as error:
-            text = [part.decode() if isinstance(part, bytes) else part or "" for part in (error.stdout, error.stderr)]
-            status, output = f"timed out at {limit:.0f} s", "".join(text)
-        (out / f"{name}.log").write_text(output)
+        log = out / f"{name}.log"
+        with log.open("w") as output:  # written as the step prints: a step stopped at its limit keeps its lines
+            try:
+                status = subprocess.run(
+                    commands[name], cwd=ROOT, env=environment, stdout=output, stderr=subprocess.STDOUT, timeout=limit
+                ).returncode
+            except subprocess.TimeoutExpired:
+                status = f"timed out at {limit:.0f} s"
+        output = log.read_text()
         failed += status != 0
         tail = output.strip().splitlines()[-1:] or [""]
         print(f"{name}: exit {status} in {time.perf_counter() - started:.0f} s; {tail[0]}", flush=True)
@@ -264,11 +264,26 @@ def block_timing(
     return rows
 
 
-def flex_timing(device: torch.device, sizes=(16384, 65536), repeats: int = 3) -> list[dict]:
-    """Milliseconds of one round with the flex kernel, the fused kernel and SDPA (B = 1), and the flex compile time."""
+def flex_timing(device: torch.device, sizes=(4096, 16384, 65536), repeats: int = 3) -> list[dict]:
+    """Milliseconds of one round with the flex kernel, the fused kernel and SDPA (B = 1), and the flex compile time.
+
+    The first round's block masks and passes are each timed and printed as they finish.
+    """
+    import econspin.flex as flex_module
     from econspin.bench import DIMENSION, bench_scenario, round_difference, timed
     from econspin.round import step
     from econspin.simulate import Rollout
+
+    def printing_time(function):
+        def timed_call(*arguments, **keywords):
+            started = time.perf_counter()
+            result = function(*arguments, **keywords)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            print(f"  {function.__name__}: {time.perf_counter() - started:.2f} s", flush=True)
+            return result
+
+        return timed_call
 
     rows = []
     for agents in sizes:
@@ -277,8 +292,13 @@ def flex_timing(device: torch.device, sizes=(16384, 65536), repeats: int = 3) ->
         generator = torch.Generator(device=device).manual_seed(0)
         q, k, v = (torch.randn(1, 1, agents, DIMENSION, generator=generator, device=device) for _ in range(3))
         with torch.no_grad():
-            started = time.perf_counter()
-            first = step(rollout.state, flex)
+            print(f"N = {agents}: the first flex round", flush=True)
+            started, kept = time.perf_counter(), (flex_module.attention, flex_module.trade_masks)
+            flex_module.attention, flex_module.trade_masks = map(printing_time, kept)
+            try:
+                first = step(rollout.state, flex)
+            finally:
+                flex_module.attention, flex_module.trade_masks = kept
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             row = {"agents": agents, "first flex round s": time.perf_counter() - started}
