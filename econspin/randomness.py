@@ -167,11 +167,21 @@ def _keyed(keys: torch.Tensor, mixed_tags: torch.Tensor | int) -> torch.Tensor:
 def _mixed_tags(start: int, count: int, device: torch.device) -> torch.Tensor:
     """mix64(start + i) for i < count: kept from round to round eagerly, fused into its use compiled."""
     if torch.compiler.is_compiling():  # a traced arange costs nothing fused (torch.compile ignores the cache)
-        # start added as a tensor: Inductor folds arange(start, ...) into an index expression, and
-        # Triton gave one holding a level's constant (2^61) int32 type, a compile error on CUDA
-        start_tensor = torch.full((), start, dtype=torch.int64, device=device)
-        return mix64(torch.arange(count, dtype=torch.int64, device=device) + start_tensor)
+        return mix64(_traced_tags(start, count, device))
     return _kept_mixed_tags(start, count, device)
+
+
+def _traced_tags(start: int, count: int, device: torch.device) -> torch.Tensor:
+    """The tags start + i for i < count (< 2^32), as torch.compile should trace them: (i | high) + low.
+
+    Inductor propagates arange(start, ...) and any sum or product of it with constants into one
+    index expression, and its Triton code typed that expression int32, with a level's constant
+    (2^61) in it: sampled mode under run.compile failed to compile on CUDA (docs/performance.md,
+    "On a GPU"). A bitwise or is outside that propagation, so the constant's high bits join an
+    int64 value instead; for i < 2^32, i | high (high's low 32 bits clear) is i + high.
+    """
+    low = start & 0xFFFFFFFF
+    return (torch.arange(count, dtype=torch.int64, device=device) | (start - low)) + low
 
 
 @functools.lru_cache(maxsize=256)

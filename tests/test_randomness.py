@@ -250,3 +250,13 @@ def test_resuming_an_old_checkpoint_is_refused_in_one_line(tmp_path):
     result = runner.invoke(app, ["run", "--resume", str(out), "--steps", "5", "--quiet"])
     assert result.exit_code == 2
     assert "generator states" in result.output and "Traceback" not in result.output
+
+
+def test_the_traced_tags_are_the_arange_they_replace():
+    """The form torch.compile traces ((i | high) + low) is start + i, at every level and near 2^32 counters."""
+    from econspin.randomness import _LEVEL_AGENT, _LEVEL_DRAW, _LEVEL_ROUND, _traced_tags
+
+    starts = [0, 2**31 + 5, _LEVEL_ROUND, _LEVEL_AGENT, _LEVEL_DRAW + (5 << 32) + 7]
+    starts += [_LEVEL_DRAW + ((2**27 - 1) << 32) + 2**32 - 10, _LEVEL_DRAW + 2**32 - 1]
+    for start in starts:
+        assert torch.equal(_traced_tags(start, 300, "cpu"), torch.arange(start, start + 300, dtype=torch.int64))
