@@ -28,11 +28,11 @@ code (docs/performance.md, "The round compiled"):
 - the blocks of the N x N utilities (:func:`econspin.fused.expected_blocks`,
   :func:`econspin.fused_sampled.sampled_blocks`): Inductor's loops over a block recomputed
   exp2 for each reduction and took 5x the eager round at N = 1024;
-- Wood's rejection step of the von Mises-Fisher spin draw (sampled mode, d >= 2;
-  :func:`econspin.response._wood_component_eagerly`): its loop asks the host whether any agent
-  is still without an accepted attempt, a graph break wherever it sits; the rest of the draw
-  (the concentration, the Gaussians of the direction and its projection orthogonal to the
-  field) is traced;
+- the loop of Wood's rejection step of the von Mises-Fisher spin draw over the agents left
+  without an accepted attempt (sampled mode, d >= 2; :func:`econspin.response._wood_rest_eagerly`):
+  it asks the host whether any agent is still without one, a graph break wherever it sits; the
+  rest of the draw (the concentration, every agent's first two attempts of Wood's step, the
+  Gaussians of the direction and its projection orthogonal to the field) is traced;
 - the effective inverse temperatures (:func:`econspin.fused.inverse_temperatures`): Inductor's
   C++ for the int32 exponents of ``torch.frexp`` does not compile (torch 2.13, CPU).
 

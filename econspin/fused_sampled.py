@@ -94,11 +94,12 @@ def inverse_cdf(weights: torch.Tensor, uniforms: torch.Tensor, tile: int | None 
         start = torch.where(chosen_tile > 0, cumulative.gather(-1, (chosen_tile - 1).clamp(min=0)), 0.0)
         columns = chosen_tile * tile + torch.arange(tile, device=weights.device)  # (..., rows, tile)
         in_tile = weights.gather(-1, columns.clamp(max=agents - 1)).mul_(columns < agents)
-    # float64 running sums straight from the working precision (one pass, no float64 copy of the
-    # block first), into memory reused from round to round; out of place, since in_tile may be
-    # the block itself, read after
+    # float64 running sums in memory reused from round to round: the block cast into it, then
+    # summed in place (torch.cumsum(..., dtype=float64, out=) casts into a fresh tensor of the
+    # block's size first, whose new pages cost 1.4 ms a round at B = 128, N = 64; the same
+    # sums, bit for bit); not in the block itself, since in_tile may be the block, read after
     running = workspace("running sums", in_tile.numel(), torch.float64, weights.device).view(in_tile.shape)
-    torch.cumsum(in_tile, -1, dtype=torch.float64, out=running)
+    running.copy_(in_tile).cumsum_(-1)
     if start is None:
         threshold = _below_total(uniforms, running[..., -1:])
         empty = running[..., -1] == 0

@@ -218,8 +218,10 @@ def bessel_ratio(kappa: torch.Tensor, dimension: int) -> torch.Tensor:
     return _BesselRatio.apply(kappa, int(dimension))
 
 
-# traced under run.compile (econspin.compiled), all but Wood's step (_wood_component_eagerly): the
-# concentration, the Box-Muller Gaussians with their hashes and the direction fuse into the round
+# traced under run.compile (econspin.compiled), all but the loop of Wood's step over the agents
+# left without an accepted attempt (_wood_rest_eagerly) and the budgeted step (_wood_component_eagerly):
+# the concentration, Wood's first attempts, the Box-Muller Gaussians with their hashes and the
+# direction fuse into the round
 def sample_von_mises_fisher(
     theta: torch.Tensor, temperature: torch.Tensor, radius: float, draws: Draws, budget: "RejectionBudget | None" = None
 ) -> torch.Tensor:
@@ -251,7 +253,10 @@ def sample_von_mises_fisher(
         sign = torch.where(norm > 0, direction[..., 0], torch.ones_like(norm))
         spin = torch.where(aligned, 1.0, -1.0).to(dtype) * sign
         return radius * spin.unsqueeze(-1)
-    along = _wood_component_eagerly(kappa.double(), dimension, draws, budget)
+    if budget is None and torch.compiler.is_compiling():  # the break in this frame: one graph before, one after
+        along = _wood_rest_eagerly(*_wood_first_traced(kappa.double(), dimension, draws), dimension, draws)
+    else:
+        along = _wood_component_eagerly(kappa.double(), dimension, draws, budget)
     along = torch.where(norm > 0, along, torch.zeros_like(along))  # no field: all of it orthogonal
     # the direction in (d, ...) layout: reductions over d run across contiguous rows of agents.
     # Out of place where the field's gradient flows (a sampled round stays differentiable); in
@@ -285,15 +290,35 @@ def sample_von_mises_fisher(
 def _wood_component_eagerly(
     kappa: torch.Tensor, dimension: int, draws: Draws, budget: "RejectionBudget | None" = None
 ) -> torch.Tensor:
-    """:func:`_wood_component`, kept eager under run.compile.
+    """:func:`_wood_component`, kept eager under run.compile (eagerly, the whole step is this).
 
-    Its loop asks the host whether any agent still lacks an accepted attempt, a graph break
-    wherever it sits: the rest of the draw is compiled in the graphs before and after it.
+    Compiled without a budget, the step is split instead: its first attempts traced
+    (:func:`_wood_first_traced`), its loop eager (:func:`_wood_rest_eagerly`), since the loop asks
+    the host whether any agent still lacks an accepted attempt, a graph break wherever it sits.
     With a ``budget`` there is no loop, but the count of unresolved agents is added to in
     place, and torch.compile does not replay a graph that mutates an input as a CUDA graph
     (reduce-overhead skips it): it stays eager too.
     """
     return _wood_component(kappa, dimension, draws, budget=budget)
+
+
+def _wood_first_traced(kappa: torch.Tensor, dimension: int, draws: Draws):
+    """(w, pending, constants) of :func:`_wood_first`: under run.compile, the traced part of Wood's step.
+
+    Every agent's first ``WOOD_FIRST_ATTEMPTS`` attempts (nearly all of the work: at most 12%
+    of the agents need more) fuse with their hashes into the compiled graph; the agents left
+    without an accepted attempt continue in :func:`_wood_rest_eagerly`, the loop's graph break.
+    The same attempts, the same first accepted one: the loop's draw, to the rounding of the
+    compiled log, cos and expm1 (as the compiled Gaussians, econspin.randomness).
+    """
+    constants, finite = _wood_constants(kappa, dimension)
+    return *_wood_first(constants, finite, dimension, draws, WOOD_FIRST_ATTEMPTS), constants
+
+
+@torch.compiler.disable
+def _wood_rest_eagerly(result, pending, constants, dimension: int, draws: Draws) -> torch.Tensor:
+    """:func:`_wood_rest`, kept eager under run.compile: it asks the host whether any agent is left."""
+    return _wood_rest(result, pending, constants, dimension, draws, WOOD_FIRST_ATTEMPTS, WOOD_MORE_ATTEMPTS)
 
 
 def _sum_leading(values: torch.Tensor, in_place: bool = False) -> torch.Tensor:
@@ -373,23 +398,44 @@ def _wood_component(
     agents left without an accepted one are added to ``budget.unresolved`` (their value is
     then not a draw of the law; the caller replays them with the loop).
     """
+    constants, finite = _wood_constants(kappa, dimension)
+    if budget is not None:
+        return _wood_budgeted(constants, finite, dimension, draws, budget, more_attempts)
+    result, pending = _wood_first(constants, finite, dimension, draws, attempts)
+    return _wood_rest(result, pending, constants, dimension, draws, attempts, more_attempts)
+
+
+def _wood_constants(kappa: torch.Tensor, dimension: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """((5, ...) float64 constants 1 - b, 1 + b, x0, k, c of :func:`_wood_component`, where kappa is finite)."""
     m1 = dimension - 1.0
     finite = torch.isfinite(kappa)
     k = torch.where(finite, kappa, torch.zeros_like(kappa))
     b = m1 / (2.0 * k + torch.sqrt(4.0 * k**2 + m1**2))
     x0 = (1.0 - b) / (1.0 + b)
     c = k * x0 + m1 * torch.log1p(-(x0**2).clamp(max=1 - 1e-16))
-    constants = torch.stack([1.0 - b, 1.0 + b, x0, k, c])  # (5, ...)
-    if budget is not None:
-        return _wood_budgeted(constants, finite, dimension, draws, budget, more_attempts)
+    return torch.stack([1.0 - b, 1.0 + b, x0, k, c]), finite
+
+
+def _wood_first(constants, finite, dimension: int, draws: Draws, attempts: int):
+    """(w, pending): each agent's first accepted of its first ``attempts``, and who has none.
+
+    w = 1 where kappa is infinite (T = 0); pending: the agents with a finite kappa and no
+    attempt accepted yet (their w is not a draw until :func:`_wood_rest`).
+    """
     result, accepted = _wood_attempts(constants, dimension, draws, 0, attempts)
-    result = torch.where(finite, result, torch.ones_like(result))
-    pending = finite & ~accepted
-    start = attempts
+    return torch.where(finite, result, torch.ones_like(result)), finite & ~accepted
+
+
+def _wood_rest(result, pending, constants, dimension: int, draws: Draws, start: int, more_attempts: int):
+    """Wood's component once the first ``start`` attempts are made (:func:`_wood_first`).
+
+    The ``pending`` agents make ``more_attempts`` more at a time until each has one accepted.
+    """
     while bool(pending.any()):
         index = pending.nonzero(as_tuple=True)
-        more, more_accepted = _wood_attempts(constants[(slice(None), *index)], dimension, draws[index], start,
-                                             more_attempts)
+        more, more_accepted = _wood_attempts(
+            constants[(slice(None), *index)], dimension, draws[index], start, more_attempts
+        )
         result = result.index_put(index, torch.where(more_accepted, more, result[index]))
         pending = pending.index_put(index, ~more_accepted)
         start += more_attempts

@@ -26,7 +26,8 @@ from econspin.bench_baselines import boltzmann_scenario
 from econspin.cli import app
 from econspin.compiled import missing_compiler
 from econspin.output import load_checkpoint, save_checkpoint
-from econspin.randomness import round_tag
+from econspin.randomness import round_draws, round_tag
+from econspin.response import sample_von_mises_fisher
 from econspin.round import play_tagged, step
 from econspin.scenario import ScenarioError
 from econspin.uniform import uses_uniform
@@ -171,6 +172,33 @@ def test_a_compiled_rollout_compiles_once(case):
     compiled_graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
     run.advance(18)
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == compiled_graphs
+
+
+@needs_compiler
+@pytest.mark.slow
+@pytest.mark.parametrize("dimension", [2, 3, 16])
+def test_the_compiled_spin_draw_takes_the_loops_draws(dimension):
+    """The vMF draw compiled against the eager draw, kappa from 1e-2 to 1e4, T = 0, no field: 1e-9.
+
+    Compiled, Wood's first attempts are traced and the loop over the agents left stays eager.
+    An attempt accepted compiled but not eagerly (or another attempt's w) would move the spin
+    by order one. Not 1e-12: w = ((1 - b) - (1 + b) t) / ((1 + b) - (1 - b) t) cancels as t -> 1,
+    with b ~ (d - 1) / (4 kappa), so its rounding (which Inductor may fuse differently) is
+    eps / b relative: about 1e-11 at kappa = 1e4.
+    """
+    count = 2000
+    generator = torch.Generator().manual_seed(dimension)
+    theta = torch.randn(2, count, dimension, dtype=torch.float64, generator=generator)
+    theta = theta * torch.logspace(-2, 4, count, dtype=torch.float64)[:, None] / theta.norm(dim=-1, keepdim=True)
+    theta[0, :10] = 0.0
+    temperature = torch.ones(2, count, dtype=torch.float64)
+    temperature[1, :10] = 0.0
+    draws = round_draws(torch.tensor([3, 4]), 7, count)
+    with torch.no_grad():
+        eager = sample_von_mises_fisher(theta, temperature, 1.5, draws)
+        compiled = torch.compile(sample_von_mises_fisher, dynamic=False)(theta, temperature, 1.5, draws)
+    assert close(eager, compiled, 1e-9), (eager - compiled).abs().max()
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 2  # one graph each side of the loop
 
 
 @needs_compiler

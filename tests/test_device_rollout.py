@@ -121,12 +121,12 @@ def test_the_recorder_sees_what_a_gpu_waits_for():
 
 
 def test_the_exact_loop_synchronises_and_the_budget_does_not():
-    """The detector against the one loop that remains by default on the CPU (Wood's)."""
+    """The detector against the one loop that remains by default on the CPU (Wood's, its loop over the agents left)."""
     run = rollout(scenario(mode="sampled", response="vmf"), dtype="float32")
     run.advance(1)
     with HostSyncRecorder() as recorder:
         run._play(2, None, None)
-    assert any("_wood_component" in event.where for event in recorder.events)
+    assert any("_wood_rest" in event.where for event in recorder.events)
 
 
 def _played(case_scenario, rounds=9, **settings):
