@@ -69,7 +69,7 @@ from torch.nn.attention.flex_attention import AuxRequest, BlockMask, create_bloc
 
 from econspin.economy import Economy
 from econspin.fused import asks_for_gradients, inverse_temperatures, projections, row_scales
-from econspin.market import MarketOutcome, budgets, seller_bias, seller_moment_columns
+from econspin.market import MarketOutcome, budgets, row_sizes, seller_bias, seller_moment_columns
 from econspin.state import State
 
 LOG2E = math.log2(math.e)
@@ -178,7 +178,7 @@ def flex_trade(state: State, economy: Economy) -> MarketOutcome:
     spend = budgets(state, economy)
     row_mask, column_mask, partners = trade_masks(economy)
 
-    row_scale = row_scales(query, key, bias)
+    row_scale = row_scales(row_sizes(query, key, bias))
     bias = bias[..., None]
     ones = torch.ones_like(bias)
     temperature = state.temperature[:, None, :].expand(batch, heads, agents)

@@ -30,7 +30,7 @@ import torch
 
 from econspin.choice import logit_rows, sample_choice
 from econspin.economy import Economy
-from econspin.market import allowed_sellers, budgets, network_mask, project, seller_bias, tie_widths
+from econspin.market import allowed_sellers, budgets, network_mask, project, row_sizes, seller_bias, tie_widths
 from econspin.randomness import DRAW_CHOICE
 from econspin.state import State
 
@@ -92,7 +92,7 @@ def round_flows(before: State, economy: Economy, replica: int = 0) -> RoundFlows
     bias = seller_bias(before, economy)[replica]
     utilities = utilities + bias  # the visibility premium, by seller
     allowed = allowed_sellers(economy, network_mask(economy), slice(None))
-    ties = tie_widths(query, key, bias[None])
+    ties = tie_widths(row_sizes(query / math.sqrt(query.shape[-1]), key, bias[None]), query.shape[-1])[..., None]
     alpha = logit_rows(utilities, allowed[None], before.temperature[replica][None, :, None], ties).probabilities
 
     spending = budgets(before, economy)[replica] * allowed.any(dim=-1)

@@ -28,15 +28,18 @@ float64) of the row's scale so far apart that every seller but the best ones get
 exactly 0 and the best ones exactly 1: the argmax, ties split equally. Ties are ties of the
 utilities, not of their rounding: the matrix product may round equal utilities of two sellers
 differently (BLAS kernels sum a block's last columns in another order than the others), so a
-row at the upper limit counts every score within t = (d_k + 4) eps 2^E of its maximum as tied
-(eps the working precision's; the product's rounding error is at most (d_k + 2) eps
-sum_k |l_ik r_kj| <= (d_k + 2) eps 2^E there): y_ij = min(beta_i U_ij - (m_i - t), 0), exactly 0
-on those sellers. Rows below the limit have t = 0 and y_ij as written. At T_i = inf, the lower
-limit squeezes the row into [-2^-(p+5), 0], where 2^y rounds to exactly 1: uniform over the
-allowed sellers. Before exp2, y is clamped at the smallest normal exponent (exp2 leaves its
-fast vector path below it) and weights up to twice that set to exactly 0. The diagonal (no
-self-trade) is set to -BIG in place and a trade network adds its cached bias; a row with no
-allowed seller has m_i = -BIG, is shifted by 0 instead and has s_i = 0 (its outputs are 0).
+row at the upper limit counts every score within t_i = beta_i w_i of its maximum as tied, w_i =
+(d_k + 4) eps (|q_i| max_j |k_j| / sqrt(d_k) + max_j |b_j|) the reference kernel's tie width in
+utilities (market.tie_widths; eps the working precision's; the product's rounding error is at
+most (d_k + 2) eps sum_k |l_ik r_kj| <= (d_k + 2) eps beta_i (|q_i| |k_j| / sqrt(d_k) + |b_j|)
+there, and beta_i is a power of two, so both kernels tie the same utilities):
+y_ij = min(beta_i U_ij - (m_i - t_i), 0), exactly 0 on those sellers. Rows below the limit have
+t_i = 0 and y_ij as written. At T_i = inf, the lower limit squeezes the row into [-2^-(p+5),
+0], where 2^y rounds to exactly 1: uniform over the allowed sellers. Before exp2, y is clamped
+at the smallest normal exponent (exp2 leaves its fast vector path below it) and weights up to
+twice that set to exactly 0. The diagonal (no self-trade) is set to -BIG in place and a trade
+network adds its cached bias; a row with no allowed seller has m_i = -BIG, is shifted by 0
+instead and has s_i = 0 (its outputs are 0).
 
 Every reduction of MODEL.md then comes from the unnormalised block e, while it is hot:
 
@@ -67,7 +70,7 @@ from dataclasses import dataclass
 import torch
 
 from econspin.economy import Economy
-from econspin.market import MarketOutcome, budgets, seller_bias, seller_moment_columns
+from econspin.market import MarketOutcome, budgets, row_sizes, seller_bias, seller_moment_columns, tie_widths
 from econspin.precision import received_product, utility_operands, utility_product
 from econspin.state import State
 
@@ -97,33 +100,31 @@ def inverse_temperatures(temperature: torch.Tensor, row_scale: torch.Tensor) -> 
     ``temperature`` broadcasts against ``row_scale`` (bounds on |U_il|); the result has the
     dtype of ``row_scale``. T = 0 gives the upper limit, T = inf the lower one.
     """
-    return inverse_temperatures_and_ties(temperature, row_scale, 0)[0]
+    return inverse_temperatures_and_ties(temperature, row_scale, torch.zeros_like(row_scale))[0]
 
 
 # eager under run.compile (econspin.compiled): Inductor's C++ for frexp's int32 exponents does not
 # compile (torch 2.13, CPU: no vector conversion of that width), whatever the form of the clamp
 @torch.compiler.disable
 def inverse_temperatures_and_ties(
-    temperature: torch.Tensor, row_scale: torch.Tensor, key_dimension: int
+    temperature: torch.Tensor, row_scale: torch.Tensor, utility_ties: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(beta_i, t_i): :func:`inverse_temperatures`, and the tie width of a row at the T = 0 limit.
 
-    t_i = (d_k + 4) eps 2^E on rows whose beta_i is at its upper limit (T_i = 0, or log2(e) / T_i
-    above 2^(E - e_i)), 0 on the others (module doc): there beta_i 2^e_i = 2^E bounds
-    sum_k |l_ik r_kj| for every allowed pair, so (d_k + 2) eps 2^E bounds the product's
-    rounding of each score.
+    t_i = beta_i w_i, w_i = ``utility_ties`` (market.tie_widths: the reference kernel's width, in
+    utilities), on rows whose beta_i is at its upper limit (T_i = 0, or log2(e) / T_i above
+    2^(E - e_i)), 0 on the others (module doc): beta_i is a power of two, so the scores
+    beta_i U_ij within t_i of the row's best are exactly the utilities within w_i of it.
     """
     dtype = row_scale.dtype
     top, mantissa, _ = _limits(dtype)
-    info = torch.finfo(dtype)
-    smallest = int(math.log2(info.tiny))  # -126 or -1022
+    smallest = int(math.log2(torch.finfo(dtype).tiny))  # -126 or -1022
     _, exponent = torch.frexp(row_scale.double())  # row_scale < 2^exponent
     exponent = exponent.clamp(min=-27, max=-smallest - mantissa - 6).double()
     high, low = torch.exp2(top - exponent), torch.exp2(-mantissa - 6 - exponent)  # exact powers of two
     wanted = math.log2(math.e) / temperature.double()
     beta = torch.clamp(wanted, min=low, max=high).to(dtype)
-    width = (key_dimension + 4) * info.eps * 2.0**top
-    return beta, torch.where(wanted >= high, torch.full_like(high, width), torch.zeros_like(high)).to(dtype)
+    return beta, torch.where(wanted >= high, beta * utility_ties, torch.zeros_like(beta))
 
 
 def block_entries(device: torch.device | str, memory_budget: float, itemsize: int) -> int:
@@ -294,10 +295,14 @@ def projections(state: State, economy: Economy):
     return query, key, projected[..., 2 * key_dimension :], value_output
 
 
-def row_scales(query: torch.Tensor, key: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    """|q_i| max(1, max_j |k_j|) + max_j |b_j| (B, H, N): a bound on |U_il| and |q_i| (module doc); bias (B, H, N)."""
-    key_norm = torch.linalg.vector_norm(key, dim=-1).amax(-1, keepdim=True).clamp(min=1.0)
-    return torch.linalg.vector_norm(query, dim=-1) * key_norm + bias.abs().amax(-1, keepdim=True)
+def row_scales(sizes: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """|q_i| max(1, max_j |k_j|) + max_j |b_j| (B, H, N), from market.row_sizes: bounds |U_il| and |q_i| (module doc).
+
+    Wider than the tie width's bound (market.tie_widths) where the keys are shorter than 1:
+    beta_i q_i is an operand of the product and must stay below 2^E too.
+    """
+    query_norm, key_norm, bias_norm = sizes
+    return query_norm * key_norm.clamp(min=1.0) + bias_norm
 
 
 def round_terms(state: State, economy: Economy) -> RoundTerms:
@@ -314,9 +319,10 @@ def round_terms(state: State, economy: Economy) -> RoundTerms:
     spend = budgets(state, economy)
 
     # effective inverse temperatures (base 2), from a bound on each row's utilities
-    row_scale = row_scales(query, key, bias)
+    sizes = row_sizes(query, key, bias)
     # (B, H, N): beta >= |U_il| and |q_i|; t_i, the tie width of rows at the T = 0 limit
-    beta, tie_width = inverse_temperatures_and_ties(state.temperature[:, None, :], row_scale, key_dimension)
+    utility_ties = tie_widths(sizes, key_dimension)
+    beta, tie_width = inverse_temperatures_and_ties(state.temperature[:, None, :], row_scales(sizes), utility_ties)
     seller_column = (~economy.seller).to(dtype).mul_(-big).expand(batch, heads, agents)
     left = torch.cat([query * beta[..., None], beta[..., None], torch.ones_like(beta)[..., None]], dim=-1)
     right = torch.cat([key, bias[..., None], seller_column[..., None]], dim=-1)

@@ -20,6 +20,10 @@ them as they are dispatched:
   torch copies pageable host memory to a device synchronously, so the host waits for the
   copy and the device for the host.
 
+A higher-order operator (FlexAttention's, :mod:`econspin.flex`) is run by its eager form with
+the recorder on, so that the operators inside it are recorded too; torch.compile does not trace
+under a dispatch mode, so the compiled passes of a GPU are not watched, only that eager form.
+
 On the CPU every tensor is already on the host, so nothing actually waits and device copies
 cannot occur; everything else is recorded all the same, which is what lets a CPU test suite
 prove that a GPU rollout would not stop (tests/test_device_rollout.py).
@@ -30,6 +34,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.attention.flex_attention as flex_attention_module
+from torch._C import DispatchKey
+from torch._ops import HigherOrderOperator
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
@@ -95,12 +102,22 @@ class HostSync:
 
 
 class _DispatchedSyncs(TorchDispatchMode):
+    # higher-order operators (FlexAttention's, econspin.flex) come here whole: each is run by
+    # its eager form with this mode on, so that the operators inside it are recorded too
+    supports_higher_order_operators = True
+
     def __init__(self, events: list[HostSync]):
         super().__init__()
         self.events = events
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        if isinstance(func, HigherOrderOperator):
+            eager = func.py_kernels.get(DispatchKey.CompositeExplicitAutograd)
+            if eager is None:
+                raise NotImplementedError(f"HostSyncRecorder: no eager form of {func.name()} to watch")
+            with self:
+                return eager(*args, **kwargs)
         kind = sync_kind(func, args, kwargs)
         if kind is not None:
             self.events.append(HostSync(str(func), kind, _caller()))
@@ -128,6 +145,12 @@ class HostSyncRecorder:
     events: list[HostSync] = field(default_factory=list)
 
     def __enter__(self) -> "HostSyncRecorder":
+        # torch.compile refuses to trace under a dispatch mode ("non-infra torch dispatch mode
+        # present"), and FlexAttention's eager form wraps its operator in torch.compile: torch's
+        # own debugging switch calls the operator without the wrapper, the same operator and
+        # numbers (tests/test_flex.py), so that the recorder watches the eager form the CPU runs
+        self._flex_unwrapped = flex_attention_module._FLEX_ATTENTION_DISABLE_COMPILE_DEBUG
+        flex_attention_module._FLEX_ATTENTION_DISABLE_COMPILE_DEBUG = True
         self._modes = (_HostReads(self.events), _DispatchedSyncs(self.events))
         for mode in self._modes:
             mode.__enter__()
@@ -136,6 +159,7 @@ class HostSyncRecorder:
     def __exit__(self, *failure) -> None:
         for mode in reversed(self._modes):
             mode.__exit__(*failure)
+        flex_attention_module._FLEX_ATTENTION_DISABLE_COMPILE_DEBUG = self._flex_unwrapped
 
     def summary(self) -> list[str]:
         """One line per distinct (kind, operation, caller), with its count."""

@@ -98,18 +98,31 @@ def seller_bias(state: State, economy: Economy) -> torch.Tensor:
     return economy.visibility[:, None] * premium
 
 
-def tie_widths(query: torch.Tensor, key: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    """How far below a row's best utility a seller still ties with it at T = 0, (..., N, 1).
+def row_sizes(query: torch.Tensor, key: torch.Tensor, bias: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """(|q_i| (..., N), max_j |k_j| (..., 1), max_j |b_j| (..., 1)): the sizes that bound row i's utilities.
+
+    ``query`` is q_i / sqrt(d_k) (..., N, d_k), ``key`` k_j (..., N, d_k), ``bias`` b_j (..., N):
+    |u_ij| <= |q_i| max_j |k_j| + max_j |b_j| (Cauchy-Schwarz). The tie width
+    (:func:`tie_widths`) and the fused kernel's row scale (fused.row_scales) are made of them.
+    """
+    key_norm = torch.linalg.vector_norm(key, dim=-1).amax(-1, keepdim=True)
+    return torch.linalg.vector_norm(query, dim=-1), key_norm, bias.abs().amax(-1, keepdim=True)
+
+
+def tie_widths(sizes: tuple[torch.Tensor, ...], key_dimension: int) -> torch.Tensor:
+    """How far below a row's best utility a seller still ties with it at T = 0, (..., N), from :func:`row_sizes`.
 
     u_ij = q_i . k_j / sqrt(d_k) + b_j computed by a matrix product is off by at most about
-    (d_k + 2) eps (|q_i| max_j |k_j| / sqrt(d_k) + max_j |b_j|), and BLAS kernels round the same
-    products differently in different columns of a block: two sellers with one key would not
-    tie. (d_k + 4) eps of that bound, for the division and the bias's addition too.
+    (d_k + 2) eps (sum_k |q_ik k_jk| / sqrt(d_k) + |b_j|) <= (d_k + 2) eps (|q_i| max_j |k_j| /
+    sqrt(d_k) + max_j |b_j|), and BLAS kernels round the same products differently in
+    different columns of a block: two sellers with one key would not tie. (d_k + 4) eps of that
+    bound, for the division and the bias's addition too. The one definition of a tie for the
+    reference and fused kernels: the reference's blocks (choice.logit_rows) compare utilities
+    with it, the fused kernel compares its scores beta_i U_ij with beta_i times it
+    (fused.inverse_temperatures_and_ties), beta_i a power of two: the same utilities tie.
     """
-    key_dimension = query.shape[-1]
-    scale = torch.linalg.vector_norm(query, dim=-1) * torch.linalg.vector_norm(key, dim=-1).amax(-1, keepdim=True)
-    scale = scale / math.sqrt(key_dimension) + bias.abs().amax(-1, keepdim=True)
-    return ((key_dimension + 4) * torch.finfo(query.dtype).eps * scale).unsqueeze(-1)
+    query_norm, key_norm, bias_norm = sizes
+    return (key_dimension + 4) * torch.finfo(query_norm.dtype).eps * (query_norm * key_norm + bias_norm)
 
 
 def network_mask(economy: Economy) -> torch.Tensor | None:
@@ -153,7 +166,8 @@ def trade(state: State, economy: Economy, draws: Draws | None = None) -> MarketO
         value_output = torch.einsum("bphde,bhef->bphdf", economy.value, economy.output)
         seller_moments = seller_moment_columns(state, economy, delivered, value_output)  # (B, H, N, 2)
     column_bias = seller_bias(state, economy)[:, None, None, :]
-    ties = tie_widths(query, key, column_bias[:, :, 0])  # (B, H, N, 1)
+    sizes = row_sizes(query / math.sqrt(key_dimension), key, column_bias[:, :, 0])
+    ties = tie_widths(sizes, key_dimension)[..., None]  # (B, H, N, 1)
     spend = budgets(state, economy)
     network = network_mask(economy)
     revenue = torch.zeros(batch, agents, dtype=torch.float64, device=x.device)

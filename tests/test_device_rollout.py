@@ -5,7 +5,8 @@ dispatched all the same, and :class:`econspin.host_syncs.HostSyncRecorder` sees 
 reading a tensor as a Python number and sizing a result from a tensor's values (copies of
 device tensors to the host can only occur with a device; experiments/gpu_check.py checks
 those on a GPU). Every path a GPU rollout takes is recorded over a chunk of rounds here:
-the fused expected and sampled kernels, the uniform O(N) path, the sparse network, the
+the fused expected and sampled kernels, the FlexAttention kernel (expected mode, as the CPU runs
+it: eagerly), the uniform O(N) path, the sparse network, the
 corrections none/tap/ffn, the responses, schedules and events, and the metrics.
 """
 
@@ -21,6 +22,7 @@ import yaml
 from helpers import scenario
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from torch.nn.attention.flex_attention import flex_attention
 
 from econspin import Scenario
 from econspin.host_syncs import HostSyncRecorder
@@ -57,6 +59,7 @@ CASES = {
     "expected tap": dict(populations=populations("tap")),
     "expected ffn": dict(populations=populations("ffn")),
     "expected large_d": dict(populations=populations(), response="large_d"),
+    "expected flex": dict(populations=populations(), run={"kernel": "flex"}),  # FlexAttention's eager form
     "expected without buyers in one population": dict(populations=populations(buyers=False)),
     "sampled vmf": dict(mode="sampled", response="vmf", populations=populations()),
     "sampled vmf d = 2": dict(mode="sampled", response="vmf", d=2, populations=populations()),
@@ -118,6 +121,18 @@ def test_the_recorder_sees_what_a_gpu_waits_for():
     assert kinds.count("copy to host") == 1 and kinds.count("copy from host") == 1
     assert len(kinds) == 6
     assert all(event.where == "outside econspin" for event in recorder.events)
+
+
+def test_the_recorder_watches_inside_flex_attention():
+    """FlexAttention's operator is a higher-order one: run by its eager form, what it calls is recorded."""
+    keep, offsets = torch.tensor([True, False, True]), torch.tensor([1.0, 2.0, 3.0])
+    inputs = torch.randn(1, 1, 16, 16, generator=torch.Generator().manual_seed(0))
+    with HostSyncRecorder() as recorder:
+        flex_attention(inputs, inputs, inputs)  # waits for nothing
+    assert recorder.events == []
+    with HostSyncRecorder() as recorder:  # a score_mod sized by data: one bool index per call
+        flex_attention(inputs, inputs, inputs, score_mod=lambda score, b, h, i, j: score + offsets[keep].sum())
+    assert [event.kind for event in recorder.events] == ["data-dependent shape"]
 
 
 def test_the_exact_loop_synchronises_and_the_budget_does_not():

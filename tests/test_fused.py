@@ -237,3 +237,31 @@ def test_blocks_are_cache_sized_on_a_cpu_and_fill_half_the_memory_budget_on_a_gp
     assert block_entries("cuda", 2**20, 8) == BLOCK_ENTRIES
     assert block_shape(1, 65536, None, 2**25) == (1, 512)
     assert block_shape(64, 256, None, 2**25) == (64, 256)  # a whole batch of small economies in one block
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_zero_temperature_ties_the_utilities_the_reference_kernel_ties(dtype):
+    """Both kernels tie at T = 0 within market.tie_widths of the best utility, a bound on the row's own terms.
+
+    Keys 100 times shorter than the queries: utilities 1e-4 apart (relative) are a ranking in
+    either precision, not rounding (their tie width is 1.4e-6 of them in float32), so the two
+    identical best sellers split the market and the one just below them gets nothing.
+    """
+    populations = {
+        "buyers": {"count": 3, "temperature": 0.0, "sells": False},
+        "sellers": {"count": 4, "buys": False},
+    }
+    run = rollout(scenario(populations=populations, d=3, output="random", visibility=0.0), dtype=dtype)
+    identity = torch.eye(3, dtype=run.state.states.dtype).expand_as(run.economy.query)
+    economy = dataclasses.replace(run.economy, query=identity, key=0.01 * identity)  # |k_j| <= 0.012 |q_i|
+    seller_scale = torch.tensor([1.0, 1.0, 1.0 - 1e-4, 0.5])  # sellers 0 and 1 best, seller 2 just below them
+    states = torch.zeros(1, 7, 3)
+    states[0, :3, 0] = torch.tensor([1.0, 0.8, 1.2])
+    states[0, 3:, 0] = seller_scale
+    state = run.state.replace(states=states.to(run.state.states.dtype))
+    reference, fused = trade(state, economy), fused_trade(state, economy)
+    spent = fused.spending[0, :3].double().sum()
+    want = torch.tensor([0.5, 0.5, 0.0, 0.0], dtype=torch.float64) * spent
+    for outcome in (reference, fused):
+        assert torch.allclose(outcome.revenue[0, 3:].double(), want, rtol=1e-6, atol=0)
+    assert_outcomes_close(reference, fused, TOLERANCE[state.states.dtype])
