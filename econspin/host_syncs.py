@@ -55,6 +55,8 @@ DATA_DEPENDENT_SHAPES = {
 HOST_READ_METHODS = {"tolist", "numpy", "cpu"}  # Tensor methods that return host data whatever the device
 HOST_DATA_FUNCTIONS = {"tensor", "as_tensor"}  # tensors from Python data: made on the host, then copied
 
+FLEX_SWITCH = "_FLEX_ATTENTION_DISABLE_COMPILE_DEBUG"  # torch: FlexAttention without its compile wrapper
+
 
 def _packet(op) -> str:
     return op.overloadpacket.__name__
@@ -149,8 +151,10 @@ class HostSyncRecorder:
         # present"), and FlexAttention's eager form wraps its operator in torch.compile: torch's
         # own debugging switch calls the operator without the wrapper, the same operator and
         # numbers (tests/test_flex.py), so that the recorder watches the eager form the CPU runs
-        self._flex_unwrapped = flex_attention_module._FLEX_ATTENTION_DISABLE_COMPILE_DEBUG
-        flex_attention_module._FLEX_ATTENTION_DISABLE_COMPILE_DEBUG = True
+        # (a private switch: where a torch lacks it, the flex kernel is simply not watched)
+        self._flex_unwrapped = getattr(flex_attention_module, FLEX_SWITCH, None)
+        if self._flex_unwrapped is not None:
+            setattr(flex_attention_module, FLEX_SWITCH, True)
         self._modes = (_HostReads(self.events), _DispatchedSyncs(self.events))
         for mode in self._modes:
             mode.__enter__()
@@ -159,7 +163,8 @@ class HostSyncRecorder:
     def __exit__(self, *failure) -> None:
         for mode in reversed(self._modes):
             mode.__exit__(*failure)
-        flex_attention_module._FLEX_ATTENTION_DISABLE_COMPILE_DEBUG = self._flex_unwrapped
+        if self._flex_unwrapped is not None:
+            setattr(flex_attention_module, FLEX_SWITCH, self._flex_unwrapped)
 
     def summary(self) -> list[str]:
         """One line per distinct (kind, operation, caller), with its count."""
