@@ -276,7 +276,7 @@ def projections(state: State, economy: Economy):
     """(q_i / sqrt(d_k), k_i, u_i = x_i W_V W_O, W_V W_O), each (B, H, N, .), from one product per population."""
     query, key, value, output = economy.query, economy.key, economy.value, economy.output
     if economy.shared_projections and not any(t.requires_grad for t in (query, key, value, output)):
-        # one set of weights serves every element (W V W_O then (1, P, H, d, d)): a sweep's
+        # one set of weights serves every element (W_V W_O then (1, P, H, d, d)): a sweep's
         # points of one seed need not combine and apply B copies of the same weights
         query, key, value, output = query[:1], key[:1], value[:1], output[:1]
     key_dimension = query.shape[-1]
