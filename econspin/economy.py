@@ -82,6 +82,11 @@ class Economy:
             (:mod:`econspin.compiled`).
         utility_precision: run.utility_precision: ``full``, ``bfloat16`` or ``tf32``, the
             precision of the fused kernels' utilities product (:mod:`econspin.precision`).
+        shared_projections: the batch has several elements and all have the same W_Q, W_K, W_V
+            and W_O (found when built: a sweep's points drawn from one seed), so that one set of
+            weights projects them all (:func:`econspin.fused.projections`).
+        every_agent_buys: every population buys (``buyer`` is all True): the fused step need not
+            mask what sellers-only agents would receive.
     """
 
     population: torch.Tensor
@@ -111,6 +116,8 @@ class Economy:
     uniform_choice: bool = False
     compile: str = "off"
     utility_precision: str = "full"
+    shared_projections: bool = False
+    every_agent_buys: bool = False
 
     @property
     def batch_size(self) -> int:
@@ -247,10 +254,14 @@ def build_economy(
     market = first.market
 
     weights_files: dict[str, object] = {}  # each ffn weights file read once per build, whatever the batch
-    per_element = [
-        _element_parameters(scenario, names, replica if disorder_per_replica else None, dtype, weights_files)
-        for scenario, replica in zip(scenarios, replicas)
-    ]
+    drawn: dict[tuple, dict] = {}  # drawn once per set of inputs: 64 sweep points of one seed draw once, not 64 times
+    per_element = []
+    for scenario, replica in zip(scenarios, replicas):
+        own = replica if disorder_per_replica else None
+        inputs = _parameter_inputs(scenario, names, own)
+        if inputs not in drawn:
+            drawn[inputs] = _element_parameters(scenario, names, own, dtype, weights_files)
+        per_element.append(drawn[inputs])
 
     def stacked(key):
         return torch.stack([parameters[key] for parameters in per_element]).to(device)
@@ -278,6 +289,7 @@ def build_economy(
         couplings = torch.stack([coupling_matrix(spec, agent_count, dtype) for spec in specs]).to(device)
 
     query, key, visibility = stacked("query"), stacked("key"), torch.tensor([s.market.visibility for s in scenarios])
+    value, output = stacked("value"), stacked("output")
     corrections = []
     for index, name in enumerate(names):
         spec = first.populations[name].correction
@@ -299,8 +311,8 @@ def build_economy(
         eta=stacked("eta"),
         query=query,
         key=key,
-        value=stacked("value"),
-        output=stacked("output"),
+        value=value,
+        output=output,
         visibility=visibility.to(dtype=dtype, device=device),
         field_direction=stacked("field_direction"),
         trade_mask=trade_mask,
@@ -318,6 +330,9 @@ def build_economy(
         uniform_choice=couplings is None and utilities_vanish(query, key, visibility),
         compile=first.run.compile,
         utility_precision=first.run.utility_precision,
+        every_agent_buys=bool(buys.all()),
+        shared_projections=len(scenarios) > 1
+        and all(torch.equal(t, t[:1].expand_as(t)) for t in (query, key, value, output)),
     )
 
 
@@ -330,6 +345,16 @@ def utilities_vanish(query: torch.Tensor, key: torch.Tensor, visibility: torch.T
     """
     silent = ~(query.flatten(1).any(1) & key.flatten(1).any(1))
     return bool(silent.all()) and not bool(visibility.any())
+
+
+def _parameter_inputs(scenario: Scenario, names, replica: int | None) -> tuple:
+    """What :func:`_element_parameters` reads: elements that agree here (a sweep's points) share its tensors."""
+    market, populations = scenario.market, [scenario.populations[name] for name in names]
+    own = [
+        (p.count, p.spend, p.eta, p.projections.model_dump_json(), p.correction.model_dump_json()) for p in populations
+    ]
+    sizes = (market.d, market.heads, market.key_dimension, market.value_dimension)
+    return (replica, scenario.run.seed, sizes, market.spend_rule, market.unit, market.output, tuple(own))
 
 
 def _element_parameters(scenario: Scenario, names, replica: int | None, dtype, weights_files: dict) -> dict:

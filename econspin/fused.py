@@ -163,9 +163,14 @@ def project_all(
     own rows. Without: one product against every population's weights side by side, then
     each agent keeps its own population's columns (P times the multiply-adds, and a gather:
     at B = 128, N = 64, d = 32, P = 2 that took 2.5 ms against 0.7 ms for the slices).
+    ``weights`` with a batch of 1 serve every element (the same products, each element's
+    against one copy of the weights).
     """
-    batch, populations, heads, d, width = weights.shape
-    side_by_side = weights.permute(0, 1, 3, 2, 4).reshape(batch, populations, d, heads * width)
+    batch = states.shape[0]
+    _, populations, heads, d, width = weights.shape
+    side_by_side = weights.permute(0, 1, 3, 2, 4).reshape(-1, populations, d, heads * width)
+    if side_by_side.shape[0] != batch:
+        side_by_side = side_by_side.expand(batch, -1, -1, -1)
     if populations == 1:
         own = torch.bmm(states, side_by_side[:, 0])
     elif len(counts) == populations and sum(counts) == states.shape[1]:
@@ -269,7 +274,7 @@ class RoundTerms:
     left: torch.Tensor  # (groups, N, d_k + 2): [beta_i q_i / sqrt(d_k), beta_i, 1]
     right: torch.Tensor  # (groups, d_k + 2, N): [k_j, b_j, c_j]
     delivered: torch.Tensor  # (groups, N, d): u_j = v_j W_O^h
-    value_output: torch.Tensor  # (B, P, H, d, d): W_V W_O per population and head
+    value_output: torch.Tensor  # (B or 1, P, H, d, d): W_V W_O per population and head
     beta: torch.Tensor  # (B, H, N) effective inverse temperatures (base 2)
     spend: torch.Tensor  # (B, N) float64 budgets s_i
     share: torch.Tensor  # (groups, N) s_i / H in the working precision
@@ -287,9 +292,14 @@ class RoundTerms:
 
 def projections(state: State, economy: Economy):
     """(q_i / sqrt(d_k), k_i, u_i = x_i W_V W_O, W_V W_O), each (B, H, N, .), from one product per population."""
-    key_dimension = economy.query.shape[-1]
-    value_output = torch.einsum("bphde,bhef->bphdf", economy.value, economy.output)
-    projection = torch.cat([economy.query / math.sqrt(key_dimension), economy.key, value_output], dim=-1)
+    query, key, value, output = economy.query, economy.key, economy.value, economy.output
+    if economy.shared_projections and not any(t.requires_grad for t in (query, key, value, output)):
+        # one set of weights serves every element (W_V W_O then (1, P, H, d, d)): a sweep's
+        # points of one seed need not combine and apply B copies of the same weights
+        query, key, value, output = query[:1], key[:1], value[:1], output[:1]
+    key_dimension = query.shape[-1]
+    value_output = torch.einsum("bphde,bhef->bphdf", value, output)
+    projection = torch.cat([query / math.sqrt(key_dimension), key, value_output], dim=-1)
     projected = project_all(state.states, projection, economy.population, economy.population_counts)
     query, key = projected[..., :key_dimension], projected[..., key_dimension : 2 * key_dimension]
     return query, key, projected[..., 2 * key_dimension :], value_output
@@ -429,8 +439,11 @@ def fused_trade(state: State, economy: Economy, rows: int | None = None) -> Mark
     revenue = over_heads(revenue)
     spent, earned = spending.sum(1, keepdim=True), revenue.sum(1, keepdim=True)
     revenue = revenue * torch.where(earned > 0, spent / earned, torch.zeros_like(earned))  # sum R = sum s exactly
+    # one head: the received signal is that head's (no sum over heads: a pass over B N d numbers),
+    # and where every agent buys, the buyers' mask multiplies by 1 (another)
+    received = per_head.reshape(batch, agents, d) if heads == 1 else over_heads(per_head)
     return MarketOutcome(
-        received=over_heads(per_head) * buyer[None, :, None],
+        received=received if economy.every_agent_buys else received * buyer[None, :, None],
         revenue=revenue,
         spending=spending,
         entropy=over_heads(entropy, mean=True),

@@ -165,8 +165,10 @@ class Rollout:
 
     def _play(self, rounds: int, budget: RejectionBudget | None, on_round) -> list[torch.Tensor]:
         rows = []
+        # apply_plan reads every element's scenario in Python (0.15 ms a round at B = 64): only where there is a plan
+        planned = has_plan(self.scenarios)
         for _ in range(rounds):
-            self.previous = apply_plan(self.state, self.economy, self.scenarios)
+            self.previous = apply_plan(self.state, self.economy, self.scenarios) if planned else self.state
             self.state = step(self.previous, self.economy, budget)
             rows.append(measure(self.state, self.economy))
             if on_round is not None:
@@ -189,6 +191,15 @@ class Rollout:
         table.insert(0, "replica", np.tile(np.asarray(self.replicas), rounds))
         table.insert(0, "step", np.repeat(np.arange(first_step, first_step + rounds), batch))
         return table
+
+
+def has_plan(scenarios: list[Scenario]) -> bool:
+    """Whether any element has a temperature schedule or an event: else :func:`apply_plan` changes nothing."""
+    return any(
+        scenario.events
+        or any(isinstance(population.temperature, TemperatureSchedule) for population in scenario.populations.values())
+        for scenario in scenarios
+    )
 
 
 def apply_plan(state: State, economy: Economy, scenarios: list[Scenario]) -> State:

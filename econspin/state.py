@@ -74,30 +74,30 @@ class State:
 
 
 def initial_state(economy: Economy, scenarios: list[Scenario], replicas: list[int]) -> State:
-    """Round-0 state of each batch element from its scenario and replica index."""
+    """Round-0 state of each batch element from its scenario and replica index.
+
+    Elements whose draws come from the same inputs (:func:`_draw_inputs`: a sweep's points of one
+    seed and replica, which differ in their temperatures) draw once and share the numbers.
+    """
     device, dtype = economy.device, economy.dtype
     states, fields, money, temperature = [], [], [], []
     names = economy.population_names
+    drawn: dict[tuple, tuple] = {}
     for scenario, replica in zip(scenarios, replicas):
-        seed = scenario.run.seed
-        draw = np.random.default_rng(derive_seed(seed, STREAM_INITIAL, replica))
-        quenched = np.random.default_rng(derive_seed(seed, STREAM_FIELDS))
-        d = scenario.market.d
-        x, h, w, t = [], [], [], []
-        for name in names:
-            population = scenario.populations[name]
-            x.append(_vectors(population.state, population.count, d, draw))
-            h.append(_vectors(population.field, population.count, d, quenched))
-            w.append(_money(population.money, population.count, draw))
-            t.append(_temperatures(population.temperature, population.count, draw))
-        h = np.concatenate(h)
-        stored = coupling_fields(scenario)
-        if stored is not None:
-            h = np.repeat(stored[:, None], d, axis=1)
-        states.append(np.concatenate(x))
+        inputs = _draw_inputs(scenario, names, replica)
+        if inputs not in drawn:
+            drawn[inputs] = _element_draws(scenario, names, replica)
+        x, h, w, t = drawn[inputs]
+        states.append(x)
         fields.append(h)
-        money.append(np.concatenate(w))
-        temperature.append(np.concatenate(t))
+        money.append(w)
+        # a temperature that draws nothing is the element's own, whatever draws it shares
+        populations = [scenario.populations[name] for name in names]
+        own = [
+            values if _draws_temperatures(p) else _temperatures(p.temperature, p.count, None)
+            for p, values in zip(populations, t)
+        ]
+        temperature.append(np.concatenate(own))
     zeros = torch.zeros(len(scenarios), economy.agent_count, device=device)
     return State(
         states=torch.tensor(np.stack(states), dtype=dtype, device=device),
@@ -111,6 +111,50 @@ def initial_state(economy: Economy, scenarios: list[Scenario], replicas: list[in
         round=0,
         random_keys=dynamics_keys([scenario.run.seed for scenario in scenarios], replicas, device),
     )
+
+
+def _draws_temperatures(population) -> bool:
+    return isinstance(population.temperature, TemperatureDistribution)
+
+
+def _draw_inputs(scenario: Scenario, names, replica: int) -> tuple:
+    """What :func:`_element_draws` reads: the seed, the replica, the couplings and each population's specs.
+
+    A population's temperature only where it is drawn (a distribution): else it consumes no draw.
+    """
+    specs = [
+        (
+            p.count,
+            p.state.model_dump_json(),
+            p.field.model_dump_json(),
+            p.money.model_dump_json(),
+            p.temperature.model_dump_json() if _draws_temperatures(p) else None,
+        )
+        for p in (scenario.populations[name] for name in names)
+    ]
+    couplings = scenario.market.couplings
+    stored = couplings.model_dump_json() if couplings is not None else None
+    return (scenario.run.seed, replica, scenario.market.d, stored, tuple(specs))
+
+
+def _element_draws(scenario: Scenario, names, replica: int) -> tuple:
+    """(x, h, w, the temperatures per population) of one element, from its initial and field streams."""
+    seed = scenario.run.seed
+    draw = np.random.default_rng(derive_seed(seed, STREAM_INITIAL, replica))
+    quenched = np.random.default_rng(derive_seed(seed, STREAM_FIELDS))
+    d = scenario.market.d
+    x, h, w, t = [], [], [], []
+    for name in names:
+        population = scenario.populations[name]
+        x.append(_vectors(population.state, population.count, d, draw))
+        h.append(_vectors(population.field, population.count, d, quenched))
+        w.append(_money(population.money, population.count, draw))
+        t.append(_temperatures(population.temperature, population.count, draw))
+    h = np.concatenate(h)
+    stored = coupling_fields(scenario)
+    if stored is not None:
+        h = np.repeat(stored[:, None], d, axis=1)
+    return np.concatenate(x), h, np.concatenate(w), t
 
 
 def _vectors(spec: VectorDistribution, count: int, d: int, draw: np.random.Generator) -> np.ndarray:

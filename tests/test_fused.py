@@ -199,6 +199,23 @@ def test_projections_by_population_slices_equal_the_per_population_product():
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize(("d", "d_k", "heads", "counts"), [(4, 3, 2, (5, 1, 9)), (8, 8, 1, (7,)), (16, 8, 3, (40, 24))])
+def test_one_copy_of_shared_weights_projects_every_element_bit_for_bit(dtype, d, d_k, heads, counts):
+    """Elements with the same W_Q, W_K, W_V, W_O (a sweep's points) are projected by one copy of them."""
+    populations = {f"p{index}": {"count": count, "temperature": 0.2 + index} for index, count in enumerate(counts)}
+    run = rollout([scenario(populations=populations, heads=heads, d_k=d_k, d=d)] * 4, dtype=dtype)
+    x, economy = run.state.states, run.economy
+    assert economy.shared_projections
+    for sizes in (economy.population_counts, ()):  # slices, and the gather
+        every = project_all(x, economy.key, economy.population, sizes)
+        assert torch.equal(project_all(x, economy.key[:1], economy.population, sizes), every)
+    with torch.no_grad():
+        shared = step(run.state, economy)
+        apart = step(run.state, dataclasses.replace(economy, shared_projections=False))
+    assert torch.equal(shared.states, apart.states) and torch.equal(shared.money, apart.money)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("sellers", [4, 9, 17, 33, 70])
 def test_identical_sellers_at_zero_temperature_split_the_market_equally(dtype, sellers):
     """Equal utilities are ties even where the matrix product rounds them differently.

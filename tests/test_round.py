@@ -242,3 +242,18 @@ def test_sampled_round_can_be_differentiated(d):
     (gradient,) = torch.autograd.grad(new.states.sum(), fields)
     assert torch.isfinite(gradient).all()
     assert new.states.is_contiguous()
+
+
+def test_a_rollout_reads_schedules_and_events_only_where_a_scenario_has_them():
+    from econspin.simulate import has_plan
+
+    plain = scenario()
+    scheduled = plain.with_overrides({"populations.ai.temperature": {"schedule": [[0, 0.2], [3, 2.0]]}})
+    shifted = plain.with_overrides({"events": [{"at": 2, "population": "ai", "temperature": 0.7}]})
+    assert not has_plan([plain, plain])
+    assert has_plan([plain, scheduled]) and has_plan([shifted, plain])
+    run = rollout([plain, scheduled, shifted])
+    run.advance(4)
+    ai = run.economy.population_mask(1)
+    assert torch.all(run.state.temperature[:, ai] == torch.tensor([[0.2], [2.0], [0.7]], dtype=torch.float64))
+    assert torch.all(run.state.temperature[:, ~ai] == 1.0)

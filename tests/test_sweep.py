@@ -5,6 +5,7 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -164,3 +165,81 @@ def test_check_points_compiles_each_set_of_compile_inputs_once(monkeypatch):
     grids = [parse_grid("populations.ai.spend=0.1:0.3:8"), parse_grid("market.d=4,6"), parse_grid("run.seed=0,1")]
     sweep.check_points(sweep.sweep_points(base, grids), "float32")
     assert built == [1, 1, 1]  # d makes two shapes; the seed draws nothing but the dynamics
+
+
+@pytest.mark.parametrize(
+    ("mode", "heads", "ai_buys"), [("expected", 1, True), ("expected", 2, False), ("sampled", 1, True)]
+)
+def test_a_batched_sweep_gives_every_point_the_bits_it_gives_alone(monkeypatch, mode, heads, ai_buys):
+    """A batch of points and each point alone (one element): the same numbers, bit for bit.
+
+    The batch draws its points' common parameters once and projects with one copy of them.
+    """
+    from helpers import scenario
+
+    import econspin.economy
+    from econspin.simulate import Rollout
+    from econspin.sweep import run_sweep, sweep_points
+
+    populations = {
+        "human": {"count": 9, "temperature": 1.0, "spend": 0.3, "money": {"distribution": "exponential"}},
+        "ai": {"count": 4, "temperature": 0.1, "buys": ai_buys},
+    }
+    base = scenario(mode=mode, heads=heads, populations=populations, run={"seed": 5})
+    points = sweep_points(base, [parse_grid("populations.ai.temperature=0,0.05,0.3,2,inf")])
+    drawn = []
+    draw = econspin.economy._element_parameters
+    monkeypatch.setattr(econspin.economy, "_element_parameters", lambda *a: drawn.append(1) or draw(*a))
+    economy = Rollout.create([s for _, s in points], [0] * len(points), "cpu", "float32").economy
+    assert len(drawn) == 1 and economy.shared_projections and economy.every_agent_buys == ai_buys
+    together = run_sweep(points, 1, 6, "cpu", "float32")
+    alone = run_sweep(points, 1, 6, "cpu", "float32", None, 1)  # one point, one replica: batches of one
+    pd.testing.assert_frame_equal(together, alone)
+
+
+def test_points_drawn_from_other_seeds_or_replicas_keep_their_own_projections():
+    from helpers import scenario
+
+    from econspin.simulate import Rollout
+
+    base = scenario(run={"seed": 1})
+    for scenarios, replicas, per_replica in (
+        ([base, base.with_overrides({"run.seed": 2})], [0, 0], False),
+        ([base, base], [0, 1], True),
+        ([base], [0], False),  # one element: nothing to share
+    ):
+        economy = Rollout.create(scenarios, replicas, "cpu", "float64", per_replica).economy
+        assert not economy.shared_projections
+        if len(scenarios) > 1:
+            assert not torch.equal(economy.query[0], economy.query[1])
+
+
+def test_an_initial_state_drawn_once_for_several_elements_is_each_elements_own():
+    """Each element of a batch starts where it starts alone.
+
+    Elements that differ only in constant temperatures share their draws; drawn temperatures,
+    another seed or another replica draw their own.
+    """
+    from helpers import scenario
+
+    from econspin.simulate import Rollout
+
+    base = scenario(run={"seed": 3})
+    gamma = {"distribution": "gamma", "mean": 1.0, "sigma": 0.3}
+    scenarios = [
+        base,
+        base.with_overrides({"populations.ai.temperature": 0.5}),
+        base.with_overrides({"populations.human.temperature": gamma}),
+        base.with_overrides({"populations.human.temperature": {**gamma, "sigma": 0.6}}),
+        base.with_overrides({"run.seed": 4}),
+        base,
+    ]
+    replicas = [0, 0, 0, 0, 0, 1]
+    together = Rollout.create(scenarios, replicas, "cpu", "float64").state
+    for index, (alone_scenario, replica) in enumerate(zip(scenarios, replicas)):
+        alone = Rollout.create([alone_scenario], [replica], "cpu", "float64").state
+        for name in ("states", "fields", "money", "temperature"):
+            assert torch.equal(getattr(together, name)[index], getattr(alone, name)[0]), (index, name)
+    assert not torch.equal(together.temperature[2], together.temperature[3])
+    assert torch.equal(together.states[0], together.states[1])
+    assert not torch.equal(together.states[0], together.states[5])
