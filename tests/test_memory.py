@@ -316,3 +316,13 @@ def test_the_estimate_holds_the_ffn_weights_and_grows_with_the_hidden_width():
     assert wider.total - estimate.total >= held + layer  # twice the width: at least the weights and a layer more
     none = estimate_memory(scenario.with_overrides({"populations.a.correction": {"form": "tap"}}), 3, torch.float32)
     assert "correction" not in none.parts()
+
+
+def test_on_a_gpu_the_round_is_counted_with_the_larger_blocks_it_runs_in():
+    """estimate_memory on CUDA counts fused.block_entries' blocks: more than the CPU's, within half the budget."""
+    scenario = Scenario.from_dict(yaml.safe_load(TINY)).with_overrides({"populations.human.count": 16380})
+    cpu = estimate_memory(scenario, 1, torch.float32).device["round"]
+    gpu = estimate_memory(scenario, 1, torch.float32, machine="cuda").device["round"]
+    agents, budget = scenario.agent_count, scenario.run.memory_budget_mb * 2**20
+    # N = 16384: the four blocks grow from 64 rows (2^20 entries) to 2048 (2^25, half of the 1 GiB budget)
+    assert gpu - cpu == 4 * (2048 - 64) * agents * 4 and 4 * 2048 * agents * 4 <= budget / 2
