@@ -12,6 +12,7 @@ import torch
 from econspin.compiled import compiled_function
 from econspin.corrections import FieldContext
 from econspin.economy import Economy
+from econspin.economy_terms import field_weights
 from econspin.flex import flex_trade, uses_flex
 from econspin.fused import fused_trade, uses_fused
 from econspin.fused_sampled import fused_sampled_trade
@@ -100,14 +101,15 @@ def play(
     """
     sampled = economy.mode == "sampled"
     outcome = market_step(state, economy, draws)
-    eta = economy.eta
-    field = state.fields + (1.0 - eta)[..., None] * state.states + eta[..., None] * outcome.received
+    rates = field_weights(economy)  # 1 - eta_i, eta_i and their squares, made once per economy
+    field = state.fields + rates.kept * state.states + rates.adapted * outcome.received
     if sampled:
         new_states = economy.response.sample(field, state.temperature, draws, budget)
     else:
-        field_variance = (1.0 - eta) ** 2 * spin_variance(
-            state.states, economy.radius
-        ) + eta**2 * outcome.field_variance
+        field_variance = (
+            rates.kept_squared * spin_variance(state.states, economy.radius)
+            + rates.adapted_squared * outcome.field_variance
+        )
         context = FieldContext(
             field=field,
             state=state.states,
