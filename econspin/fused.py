@@ -387,16 +387,19 @@ def row_blocks(terms: RoundTerms, economy: Economy, rows: int | None = None):
             yield g, r, scores, weights
 
 
-def fused_trade(state: State, economy: Economy, rows: int | None = None) -> MarketOutcome:
+def fused_trade(
+    state: State, economy: Economy, rows: int | None = None, variances: torch.Tensor | None = None
+) -> MarketOutcome:
     """Expected-mode steps 1-5 for every buyer, as :func:`econspin.market.trade` computes them.
 
     ``rows`` fixes the buyer rows per block (default: ``run.chunk``, else cache-sized blocks);
-    the result does not depend on it beyond rounding.
+    the result does not depend on it beyond rounding. ``variances``: the sellers' spin
+    variances c_j (market.spin_variance), where the round has them already.
     """
     terms = round_terms(state, economy)
     groups, agents, d = terms.delivered.shape
     delivered = terms.delivered.view(-1, economy.heads, agents, d)
-    moment_rows = torch.stack(seller_moments(state, economy, delivered, terms.fixed.gains), dim=-2)
+    moment_rows = torch.stack(seller_moments(state, economy, delivered, terms.fixed.gains, variances), dim=-2)
     moment_rows = moment_rows.view(groups, 2, agents)  # [|u_j|^2, c_j |W_V W_O|_F^2] as two rows
     norm, moments, revenue = expected_blocks(terms, economy, moment_rows, rows)
 
@@ -462,7 +465,7 @@ def expected_blocks(terms: RoundTerms, economy: Economy, moment_rows: torch.Tens
         # whose weights are all 0: what it would spend goes nowhere
         per_unit = terms.share[g, r] / terms.total[g, r].clamp(min=1.0)
         # a row vector times the block: 0.05 ms against 0.47 ms for block^T times a column at B = 128, N = 64
-        revenue[g] += torch.bmm(per_unit[:, None, :], weights).squeeze(1)
+        revenue[g].add_(torch.bmm(per_unit[:, None, :], weights).squeeze(1))  # (+= would copy it back onto itself)
     return norm, moments, revenue
 
 

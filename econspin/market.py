@@ -94,9 +94,16 @@ def seller_gains(economy: Economy, value_output: torch.Tensor) -> torch.Tensor:
     return value_output.pow(2).sum((-1, -2))[:, economy.population].transpose(1, 2)
 
 
-def seller_moments(state: State, economy: Economy, delivered, gains) -> tuple[torch.Tensor, torch.Tensor]:
-    """(|u_j|^2, c_j |W_V W_O|_F^2), each (B, H, N), from u_j (B, H, N, d) and :func:`seller_gains`."""
-    return (delivered**2).sum(-1), spin_variance(state.states, economy.radius)[:, None, :] * gains
+def seller_moments(
+    state: State, economy: Economy, delivered, gains, variances: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(|u_j|^2, c_j |W_V W_O|_F^2), each (B, H, N), from u_j (B, H, N, d) and :func:`seller_gains`.
+
+    ``variances``: c_j (:func:`spin_variance` of the state), where the caller has them already.
+    """
+    if variances is None:
+        variances = spin_variance(state.states, economy.radius)
+    return (delivered**2).sum(-1), variances[:, None, :] * gains
 
 
 def seller_bias(state: State, economy: Economy) -> torch.Tensor:
