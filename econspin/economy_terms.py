@@ -63,7 +63,7 @@ class EconomyTerms:
 
 def cached(economy: Economy, key: tuple, build):
     """``build()``, kept in the economy's cache under ``key`` where that is safe (module doc)."""
-    if torch.compiler.is_compiling() or asks_for_no_cache(economy):
+    if torch.compiler.is_compiling() or parameters_require_gradients(economy):
         return build()
     cache = economy.__dict__.setdefault("_round_terms", {})  # a frozen dataclass: a cache, not a field
     if key not in cache:
@@ -71,7 +71,7 @@ def cached(economy: Economy, key: tuple, build):
     return cache[key]
 
 
-def asks_for_no_cache(economy: Economy) -> bool:
+def parameters_require_gradients(economy: Economy) -> bool:
     """Whether a parameter of the economy requires a gradient (its terms then follow it every round)."""
     parameters = (economy.query, economy.key, economy.value, economy.output, economy.eta, economy.spend)
     return any(t.requires_grad for t in parameters)
