@@ -64,13 +64,13 @@ from __future__ import annotations
 import itertools
 import math
 import threading
-import weakref
 from dataclasses import dataclass
 
 import torch
 
 from econspin.economy import Economy
-from econspin.market import MarketOutcome, budgets, row_sizes, seller_bias, seller_moment_columns, tie_widths
+from econspin.economy_terms import EconomyTerms, economy_terms, side_by_side
+from econspin.market import MarketOutcome, budgets, row_sizes, seller_bias, seller_moments, tie_widths
 from econspin.precision import received_product, utility_operands, utility_product
 from econspin.state import State
 
@@ -124,7 +124,7 @@ def inverse_temperatures_and_ties(
     high, low = torch.exp2(top - exponent), torch.exp2(-mantissa - 6 - exponent)  # exact powers of two
     wanted = math.log2(math.e) / temperature.double()
     beta = torch.clamp(wanted, min=low, max=high).to(dtype)
-    return beta, torch.where(wanted >= high, beta * utility_ties, torch.zeros_like(beta))
+    return beta, torch.where(wanted >= high, beta * utility_ties, 0.0)
 
 
 def block_entries(device: torch.device | str, memory_budget: float, itemsize: int) -> int:
@@ -166,53 +166,27 @@ def project_all(
     ``weights`` with a batch of 1 serve every element (the same products, each element's
     against one copy of the weights).
     """
+    return project_side_by_side(states, side_by_side(weights, states.shape[0]), weights.shape[2], population, counts)
+
+
+def project_side_by_side(
+    states: torch.Tensor, arranged: torch.Tensor, heads: int, population: torch.Tensor, counts: tuple[int, ...] = ()
+) -> torch.Tensor:
+    """:func:`project_all` from its weights already side by side (economy_terms.side_by_side, (B, P, d, H F))."""
     batch = states.shape[0]
-    _, populations, heads, d, width = weights.shape
-    side_by_side = weights.permute(0, 1, 3, 2, 4).reshape(-1, populations, d, heads * width)
-    if side_by_side.shape[0] != batch:
-        side_by_side = side_by_side.expand(batch, -1, -1, -1)
+    _, populations, d, columns = arranged.shape
     if populations == 1:
-        own = torch.bmm(states, side_by_side[:, 0])
+        own = torch.bmm(states, arranged[:, 0])
     elif len(counts) == populations and sum(counts) == states.shape[1]:
         starts = [0, *itertools.accumulate(counts)]
         own = torch.cat(
-            [torch.bmm(states[:, starts[p] : starts[p + 1]], side_by_side[:, p]) for p in range(populations)], dim=1
+            [torch.bmm(states[:, starts[p] : starts[p + 1]], arranged[:, p]) for p in range(populations)], dim=1
         )
     else:
-        every = torch.bmm(states, side_by_side.transpose(1, 2).reshape(batch, d, populations * heads * width))
-        every = every.view(batch, -1, populations, heads * width)
+        every = torch.bmm(states, arranged.transpose(1, 2).reshape(batch, d, populations * columns))
+        every = every.view(batch, -1, populations, columns)
         own = every[:, torch.arange(population.shape[0]), population]
-    return own.view(batch, -1, heads, width).transpose(1, 2)
-
-
-_NETWORKS: dict[int, tuple[weakref.ref, dict]] = {}  # id(mask) -> (the mask, {dtype: terms}), while it lives
-
-
-def network_terms(economy: Economy, dtype: torch.dtype, big: float):
-    """The trade network as an additive bias (0 on edges, -BIG elsewhere) and n_i, cached per mask.
-
-    Adding a float block costs a tenth of a masked fill with a boolean one on the CPU
-    (docs/performance.md); the network does not change between rounds, so its bias (N^2
-    entries of the working precision) is built once per mask tensor and kept while it lives,
-    where it takes at most a quarter of run.memory_budget_mb (else the bias is None and each
-    block is masked from the boolean mask).
-    """
-    trade_mask, seller = economy.trade_mask, economy.seller
-    if trade_mask.numel() * torch.finfo(dtype).bits // 8 > economy.memory_budget / 4:
-        allowed = trade_mask & seller
-        return None, allowed.sum(-1) - allowed.diagonal().long()
-    key = id(trade_mask)
-    entry = _NETWORKS.get(key)
-    if entry is None or entry[0]() is not trade_mask:
-        entry = _NETWORKS[key] = (weakref.ref(trade_mask, lambda _: _NETWORKS.pop(key, None)), {})
-    cached = entry[1].get(dtype)
-    if cached is not None and cached[0] is seller:
-        return cached[1], cached[2]
-    allowed = trade_mask & seller
-    allowed.fill_diagonal_(False)
-    bias = torch.zeros(trade_mask.shape, dtype=dtype, device=trade_mask.device).masked_fill_(~trade_mask, -big)
-    entry[1][dtype] = (seller, bias, allowed.sum(-1))
-    return bias, entry[1][dtype][2]
+    return own.view(batch, -1, heads, columns // heads).transpose(1, 2)
 
 
 _WORKSPACES = threading.local()  # per thread: {(name, dtype, device): the largest buffer asked for}
@@ -274,13 +248,11 @@ class RoundTerms:
     left: torch.Tensor  # (groups, N, d_k + 2): [beta_i q_i / sqrt(d_k), beta_i, 1]
     right: torch.Tensor  # (groups, d_k + 2, N): [k_j, b_j, c_j]
     delivered: torch.Tensor  # (groups, N, d): u_j = v_j W_O^h
-    value_output: torch.Tensor  # (B or 1, P, H, d, d): W_V W_O per population and head
+    fixed: EconomyTerms  # what depends on the economy alone, built once per economy (econspin.economy_terms)
     beta: torch.Tensor  # (B, H, N) effective inverse temperatures (base 2)
     spend: torch.Tensor  # (B, N) float64 budgets s_i
     share: torch.Tensor  # (groups, N) s_i / H in the working precision
-    partners: torch.Tensor  # (groups, N) n_i, the allowed sellers
     tie_width: torch.Tensor  # (groups, N) t_i: scores within t_i of the row's maximum are ties (module doc)
-    network_bias: torch.Tensor | None  # (N, N), 0 on edges and -BIG elsewhere, or None
     shifted_max: torch.Tensor  # (groups, N)
     total: torch.Tensor  # (groups, N)
     dot: torch.Tensor  # (groups, N) sum_j e_ij y_ij
@@ -289,20 +261,36 @@ class RoundTerms:
     def groups(self) -> int:
         return self.left.shape[0]
 
+    @property
+    def partners(self) -> torch.Tensor:
+        """(groups, N) n_i, the allowed sellers."""
+        return self.fixed.partners
+
+    @property
+    def network_bias(self) -> torch.Tensor | None:
+        """(N, N), 0 on edges and -BIG elsewhere, or None."""
+        return self.fixed.network_bias
+
 
 def projections(state: State, economy: Economy):
     """(q_i / sqrt(d_k), k_i, u_i = x_i W_V W_O, W_V W_O), each (B, H, N, .), from one product per population."""
-    query, key, value, output = economy.query, economy.key, economy.value, economy.output
-    if economy.shared_projections and not any(t.requires_grad for t in (query, key, value, output)):
-        # one set of weights serves every element (W_V W_O then (1, P, H, d, d)): a sweep's
-        # points of one seed need not combine and apply B copies of the same weights
-        query, key, value, output = query[:1], key[:1], value[:1], output[:1]
-    key_dimension = query.shape[-1]
-    value_output = torch.einsum("bphde,bhef->bphdf", value, output)
-    projection = torch.cat([query / math.sqrt(key_dimension), key, value_output], dim=-1)
-    projected = project_all(state.states, projection, economy.population, economy.population_counts)
+    return projections_from(state, economy, fixed_terms(state, economy))
+
+
+def fixed_terms(state: State, economy: Economy) -> EconomyTerms:
+    """The economy's part of a round in the state's precision and batch (econspin.economy_terms)."""
+    dtype = state.states.dtype
+    return economy_terms(economy, dtype, state.states.shape[0], 2.0 ** _limits(dtype)[2])
+
+
+def projections_from(state: State, economy: Economy, fixed: EconomyTerms):
+    """:func:`projections` with the weights side by side from ``fixed`` (economy_terms.economy_terms)."""
+    key_dimension = economy.query.shape[-1]
+    projected = project_side_by_side(
+        state.states, fixed.projection, economy.heads, economy.population, economy.population_counts
+    )
     query, key = projected[..., :key_dimension], projected[..., key_dimension : 2 * key_dimension]
-    return query, key, projected[..., 2 * key_dimension :], value_output
+    return query, key, projected[..., 2 * key_dimension :], fixed.value_output
 
 
 def row_scales(sizes: tuple[torch.Tensor, ...]) -> torch.Tensor:
@@ -322,9 +310,9 @@ def round_terms(state: State, economy: Economy) -> RoundTerms:
     heads, key_dimension = economy.heads, economy.query.shape[-1]
     dtype, device = x.dtype, x.device
     groups = batch * heads
-    big = 2.0 ** _limits(dtype)[2]
+    fixed = fixed_terms(state, economy)
 
-    query, key, delivered, value_output = projections(state, economy)
+    query, key, delivered, _ = projections_from(state, economy, fixed)
     bias = seller_bias(state, economy)[:, None, :].expand(batch, heads, agents)
     spend = budgets(state, economy)
 
@@ -333,32 +321,22 @@ def round_terms(state: State, economy: Economy) -> RoundTerms:
     # (B, H, N): beta >= |U_il| and |q_i|; t_i, the tie width of rows at the T = 0 limit
     utility_ties = tie_widths(sizes, key_dimension)
     beta, tie_width = inverse_temperatures_and_ties(state.temperature[:, None, :], row_scales(sizes), utility_ties)
-    seller_column = (~economy.seller).to(dtype).mul_(-big).expand(batch, heads, agents)
-    left = torch.cat([query * beta[..., None], beta[..., None], torch.ones_like(beta)[..., None]], dim=-1)
-    right = torch.cat([key, bias[..., None], seller_column[..., None]], dim=-1)
+    left = torch.cat([query * beta[..., None], beta[..., None], fixed.ones], dim=-1)
+    right = torch.cat([key, bias[..., None], fixed.seller_column[..., None]], dim=-1)
     left, right, delivered = (t.reshape(groups, agents, -1) for t in (left, right, delivered))
     tie_width = tie_width.reshape(groups, agents)
     share = (spend / heads).to(dtype)[:, None, :].expand(batch, heads, agents).reshape(groups, agents)
-
-    if economy.trade_mask is None:
-        partners = (economy.seller.sum() - economy.seller.long()).expand(groups, agents)  # n_i, allowed sellers
-        network_bias = None
-    else:
-        network_bias, partners = network_terms(economy, dtype, big)
-        partners = partners.expand(groups, agents)
-    shifted_max, total, dot = (torch.empty(groups, agents, dtype=dtype, device=device) for _ in range(3))
+    shifted_max, total, dot = torch.empty(3, groups, agents, dtype=dtype, device=device).unbind()
     left, right = utility_operands(left, right.transpose(1, 2), economy.utility_precision)
     return RoundTerms(
         left=left,
         right=right,
         delivered=delivered,
-        value_output=value_output,
+        fixed=fixed,
         beta=beta,
         spend=spend,
         share=share,
-        partners=partners,
         tie_width=tie_width,
-        network_bias=network_bias,
         shifted_max=shifted_max,
         total=total,
         dot=dot,
@@ -384,6 +362,7 @@ def row_blocks(terms: RoundTerms, economy: Economy, rows: int | None = None):
     if left.dtype != dtype:
         low = workspace("low blocks", group_size * block_rows * agents, left.dtype, device)
     tf32 = economy.utility_precision == "tf32"
+    zero = torch.zeros((), dtype=dtype, device=device)  # where(..., out=) takes no Python number
     for g0 in range(0, groups, group_size):
         g = slice(g0, min(g0 + group_size, groups))
         for r0 in range(0, agents, block_rows):
@@ -398,29 +377,30 @@ def row_blocks(terms: RoundTerms, economy: Economy, rows: int | None = None):
                 scores.add_(terms.network_bias[r])
             elif economy.trade_mask is not None:
                 scores.masked_fill_(~economy.trade_mask[r], -big)
-            row_max = scores.amax(-1, keepdim=True)
-            row_max = torch.where(row_max > -0.5 * big, row_max, torch.zeros_like(row_max))
+            # the per-row results are written where they are kept (out=): no copy, one operation fewer each
+            row_max = torch.amax(scores, -1, keepdim=True, out=terms.shifted_max[g, r, None])
+            torch.where(row_max > -0.5 * big, row_max, zero, out=row_max)
             # y_ij = z_ij / ln 2; 0 on the ties of a row at the T = 0 limit (module doc), where t_i > 0
             scores.sub_(row_max - terms.tie_width[g, r, None]).clamp_(min=floor, max=0.0)
             torch.nn.functional.threshold_(torch.exp2(scores, out=weights), 2.0 ** (floor + 1), 0.0)
-            terms.shifted_max[g, r] = row_max.squeeze(-1)
-            terms.total[g, r] = weights.sum(-1)
+            torch.sum(weights, -1, out=terms.total[g, r])
             yield g, r, scores, weights
 
 
-def fused_trade(state: State, economy: Economy, rows: int | None = None) -> MarketOutcome:
+def fused_trade(
+    state: State, economy: Economy, rows: int | None = None, variances: torch.Tensor | None = None
+) -> MarketOutcome:
     """Expected-mode steps 1-5 for every buyer, as :func:`econspin.market.trade` computes them.
 
     ``rows`` fixes the buyer rows per block (default: ``run.chunk``, else cache-sized blocks);
-    the result does not depend on it beyond rounding.
+    the result does not depend on it beyond rounding. ``variances``: the sellers' spin
+    variances c_j (market.spin_variance), where the round has them already.
     """
     terms = round_terms(state, economy)
     groups, agents, d = terms.delivered.shape
-    dtype = terms.delivered.dtype
-    moment_rows = seller_moment_columns(
-        state, economy, terms.delivered.view(-1, economy.heads, agents, d), terms.value_output
-    )
-    moment_rows = moment_rows.reshape(groups, agents, 2).transpose(1, 2).contiguous()  # (groups, 2, N)
+    delivered = terms.delivered.view(-1, economy.heads, agents, d)
+    moment_rows = torch.stack(seller_moments(state, economy, delivered, terms.fixed.gains, variances), dim=-2)
+    moment_rows = moment_rows.view(groups, 2, agents)  # [|u_j|^2, c_j |W_V W_O|_F^2] as two rows
     norm, moments, revenue = expected_blocks(terms, economy, moment_rows, rows)
 
     batch, heads = state.states.shape[0], economy.heads
@@ -431,14 +411,18 @@ def fused_trade(state: State, economy: Economy, rows: int | None = None) -> Mark
     impact = (norm * inverse_total) ** 2
 
     def over_heads(values: torch.Tensor, mean: bool = False) -> torch.Tensor:
+        # one head: a sum or mean of one number is that number, but for -0 (it gives +0), and none
+        # of these is -0 (each is a sum of terms >= +0, or a - b with a >= +0): the same bits
+        if heads == 1:
+            return values.reshape(batch, agents, *values.shape[2:])
         values = values.reshape(batch, heads, agents, *values.shape[2:])
         return values.mean(1) if mean else values.sum(1)
 
-    buyer = economy.buyer.to(dtype)
-    spending = terms.spend * (terms.partners[0] > 0)  # the mask is the same for every batch element and head
+    buyer = terms.fixed.buyer
+    spending = terms.spend * terms.fixed.has_partner  # the mask is the same for every batch element and head
     revenue = over_heads(revenue)
     spent, earned = spending.sum(1, keepdim=True), revenue.sum(1, keepdim=True)
-    revenue = revenue * torch.where(earned > 0, spent / earned, torch.zeros_like(earned))  # sum R = sum s exactly
+    revenue = revenue * torch.where(earned > 0, spent / earned, 0.0)  # sum R = sum s exactly
     # one head: the received signal is that head's (no sum over heads: a pass over B N d numbers),
     # and where every agent buys, the buyers' mask multiplies by 1 (another)
     received = per_head.reshape(batch, agents, d) if heads == 1 else over_heads(per_head)
@@ -472,8 +456,8 @@ def expected_blocks(terms: RoundTerms, economy: Economy, moment_rows: torch.Tens
     low = terms.left.dtype if terms.left.dtype != dtype else None  # bf16 utilities: the received product too
     delivered = terms.delivered if low is None else terms.delivered.to(low)
     for g, r, scores, weights in row_blocks(terms, economy, rows):
-        norm[g, r] = torch.linalg.vector_norm(weights, dim=-1)
-        terms.dot[g, r] = scores.mul_(weights).sum(-1)  # sum_j e_ij z_ij / ln 2
+        torch.linalg.vector_norm(weights, dim=-1, out=norm[g, r])
+        torch.sum(scores.mul_(weights), -1, out=terms.dot[g, r])  # sum_j e_ij z_ij / ln 2
         rounded = None if low is None else workspace("low weights", weights.numel(), low, device)
         moments[g, r, :d] = received_product(weights, delivered[g], rounded)  # (d columns: no padding)
         moments[g, r, d:] = torch.bmm(moment_rows[g], weights.transpose(1, 2)).transpose(1, 2)
@@ -481,21 +465,21 @@ def expected_blocks(terms: RoundTerms, economy: Economy, moment_rows: torch.Tens
         # whose weights are all 0: what it would spend goes nowhere
         per_unit = terms.share[g, r] / terms.total[g, r].clamp(min=1.0)
         # a row vector times the block: 0.05 ms against 0.47 ms for block^T times a column at B = 128, N = 64
-        revenue[g] += torch.bmm(per_unit[:, None, :], weights).squeeze(1)
+        revenue[g].add_(torch.bmm(per_unit[:, None, :], weights).squeeze(1))  # (+= would copy it back onto itself)
     return norm, moments, revenue
 
 
 def row_statistics(state: State, economy: Economy, terms: RoundTerms):
     """(entropy, surplus, 1 / s_i) per row, (groups, N), from m_i, s_i and sum_j e_ij y_ij."""
     batch, agents, _ = state.states.shape
-    heads, dtype = economy.heads, state.states.dtype
+    heads, fixed = economy.heads, terms.fixed
     temperature = state.temperature[:, None, :].expand(batch, heads, agents).reshape(batch * heads, agents)
-    partners, total = terms.partners, terms.total
-    inverse_total = torch.reciprocal(total.clamp(min=1.0))  # total >= 1 where there is a partner
-    lse = torch.log(total.clamp(min=1.0))  # natural log-sum-exp of z_ij = ln 2 * scores; 0 on empty rows
+    total = terms.total.clamp(min=1.0)  # total >= 1 where there is a partner
+    inverse_total = torch.reciprocal(total)
+    lse = torch.log(total)  # natural log-sum-exp of z_ij = ln 2 * scores; 0 on empty rows
     entropy = torch.where(torch.isinf(temperature), lse, lse - LN2 * terms.dot * inverse_total)
-    entropy = torch.where(partners > 1, entropy / torch.log(partners.clamp(min=2).to(dtype)), 0.0)
-    spread = torch.where((temperature == 0) | (partners <= 1), 0.0, temperature * lse)
+    entropy = torch.where(fixed.several_partners, entropy / fixed.entropy_scale, 0.0)  # ln n_i: the largest
+    spread = torch.where((temperature == 0) | fixed.few_partners, 0.0, temperature * lse)
     beta = terms.beta.reshape(batch * heads, agents)
-    surplus = torch.where(partners > 0, terms.shifted_max / beta + spread, 0.0)
+    surplus = torch.where(fixed.has_partner, terms.shifted_max / beta + spread, 0.0)
     return entropy, surplus, inverse_total

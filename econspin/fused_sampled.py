@@ -160,7 +160,7 @@ def fused_sampled_trade(
     got = delivered.reshape(-1, d).index_select(0, table_rows).view(batch, heads, agents, d)
     buyer = economy.buyer.to(delivered.dtype)
     received = got.mul_(chosen[..., None]).sum(1).mul_(buyer[None, :, None])  # in place: fewer fresh pages
-    spending = terms.spend * (terms.partners[0] > 0)  # the mask is the same for every batch element and head
+    spending = terms.spend * terms.fixed.has_partner  # the mask is the same for every batch element and head
     market_revenue = torch.zeros(batch, heads, agents, dtype=torch.float64, device=choice.device)
     market_revenue.scatter_add_(2, index, (spending / heads)[:, None, :] * chosen)
     revenue = market_revenue[:, 0]

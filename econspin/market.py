@@ -86,9 +86,24 @@ def budgets(state: State, economy: Economy) -> torch.Tensor:
 
 def seller_moment_columns(state: State, economy: Economy, delivered, value_output) -> torch.Tensor:
     """(B, H, N, 2): [|u_j|^2, c_j |W_V W_O|_F^2] from u_j (B, H, N, d) and W_V W_O (B, P, H, d, d)."""
-    gain = value_output.pow(2).sum((-1, -2))
-    noise = spin_variance(state.states, economy.radius)[:, None, :] * gain[:, economy.population].transpose(1, 2)
-    return torch.stack([(delivered**2).sum(-1), noise], dim=-1)
+    return torch.stack(seller_moments(state, economy, delivered, seller_gains(economy, value_output)), dim=-1)
+
+
+def seller_gains(economy: Economy, value_output: torch.Tensor) -> torch.Tensor:
+    """|W_V W_O|_F^2 of seller j's population and each head, (B or 1, H, N), from W_V W_O (B or 1, P, H, d, d)."""
+    return value_output.pow(2).sum((-1, -2))[:, economy.population].transpose(1, 2)
+
+
+def seller_moments(
+    state: State, economy: Economy, delivered, gains, variances: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(|u_j|^2, c_j |W_V W_O|_F^2), each (B, H, N), from u_j (B, H, N, d) and :func:`seller_gains`.
+
+    ``variances``: c_j (:func:`spin_variance` of the state), where the caller has them already.
+    """
+    if variances is None:
+        variances = spin_variance(state.states, economy.radius)
+    return (delivered**2).sum(-1), variances[:, None, :] * gains
 
 
 def seller_bias(state: State, economy: Economy) -> torch.Tensor:

@@ -45,7 +45,7 @@ def make_response(name: str, dimension: int, radius: float) -> "SpinResponse":
 
 def _norm_and_direction(theta: torch.Tensor):
     norm = torch.linalg.vector_norm(theta, dim=-1)
-    safe = torch.where(norm > 0, norm, torch.ones_like(norm))
+    safe = torch.where(norm > 0, norm, 1.0)  # a Python number: no tensor of ones to fill
     return norm, theta / safe.unsqueeze(-1)
 
 
@@ -133,9 +133,9 @@ class LargeDimensionResponse(SpinResponse):
     def magnitude(self, field_norm, temperature):
         root = self._root(field_norm, temperature)
         denominator = temperature + root
-        safe = torch.where(denominator > 0, denominator, torch.ones_like(denominator))
+        safe = torch.where(denominator > 0, denominator, 1.0)
         value = self.gain * field_norm / safe
-        return torch.where(denominator > 0, value, torch.zeros_like(value))
+        return torch.where(denominator > 0, value, 0.0)
 
     def slope(self, field_norm, temperature):
         # d/dr [c r / (T + S)] with S = sqrt(T^2 + c^2 r^2 / R^2) equals c T / (S (T + S))

@@ -12,6 +12,7 @@ import torch
 from econspin.compiled import compiled_function
 from econspin.corrections import FieldContext
 from econspin.economy import Economy
+from econspin.economy_terms import field_weights
 from econspin.flex import flex_trade, uses_flex
 from econspin.fused import fused_trade, uses_fused
 from econspin.fused_sampled import fused_sampled_trade
@@ -99,15 +100,15 @@ def play(
     (``run.compile``, :mod:`econspin.compiled`) is :func:`play_tagged`, one trace for every round.
     """
     sampled = economy.mode == "sampled"
-    outcome = market_step(state, economy, draws)
-    eta = economy.eta
-    field = state.fields + (1.0 - eta)[..., None] * state.states + eta[..., None] * outcome.received
+    # c_i, each spin's variance: the expected mode's field variance, and the fused step's seller moments
+    variances = None if sampled else spin_variance(state.states, economy.radius)
+    outcome = market_step(state, economy, draws, variances)
+    rates = field_weights(economy)  # 1 - eta_i, eta_i and their squares, made once per economy
+    field = state.fields + rates.kept * state.states + rates.adapted * outcome.received
     if sampled:
         new_states = economy.response.sample(field, state.temperature, draws, budget)
     else:
-        field_variance = (1.0 - eta) ** 2 * spin_variance(
-            state.states, economy.radius
-        ) + eta**2 * outcome.field_variance
+        field_variance = rates.kept_squared * variances + rates.adapted_squared * outcome.field_variance
         context = FieldContext(
             field=field,
             state=state.states,
@@ -121,11 +122,13 @@ def play(
     return new_states, state.money - outcome.spending + outcome.revenue, outcome
 
 
-def market_step(state: State, economy: Economy, draws=None):
+def market_step(state: State, economy: Economy, draws=None, variances: torch.Tensor | None = None):
     """Steps 1-5 on the kernel that applies (the one place that decides).
 
     Uniform choice in O(N) (:mod:`econspin.uniform`), the sparse network's edges, the
     FlexAttention passes (:mod:`econspin.flex`), the fused blocks, or the reference blocks.
+    ``variances``: the spins' variances c_i (market.spin_variance), where the round has them
+    already (the fused expected step reads them instead of computing them again).
     """
     if uses_uniform(state, economy):
         return uniform_trade(state, economy, draws)
@@ -134,7 +137,9 @@ def market_step(state: State, economy: Economy, draws=None):
     if uses_flex(state, economy):
         return flex_trade(state, economy)
     if uses_fused(state, economy):
-        return fused_sampled_trade(state, economy, draws) if economy.mode == "sampled" else fused_trade(state, economy)
+        if economy.mode == "sampled":
+            return fused_sampled_trade(state, economy, draws)
+        return fused_trade(state, economy, variances=variances)
     return trade(state, economy, draws)
 
 
