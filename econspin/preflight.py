@@ -22,7 +22,8 @@ import warnings
 
 import torch
 
-from econspin.economy import DTYPES, coupling_fields, coupling_matrix, resolve_device, shape_signature
+from econspin.couplings import coupling_fields, coupling_matrix
+from econspin.economy import DTYPES, resolve_device, shape_signature
 from econspin.memory import MemoryEstimate, check_memory
 from econspin.network import check_generator, draw_links
 from econspin.scenario import Market, Population, Scenario, ScenarioError, ScenarioWarning, TemperatureSchedule

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from econspin.economy import Economy, coupling_fields
+from econspin.couplings import coupling_fields
+from econspin.economy import Economy
 from econspin.randomness import STREAM_FIELDS, STREAM_INITIAL, Draws, derive_seed, dynamics_keys, round_draws
 from econspin.scenario import (
     MoneyDistribution,

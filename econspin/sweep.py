@@ -27,7 +27,8 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from econspin.economy import build_economy, compile_inputs, coupling_fields, shape_signature
+from econspin.couplings import coupling_fields
+from econspin.economy import build_economy, compile_inputs, shape_signature
 from econspin.memory import SWEEP_BLOCK_ROWS, MemoryModel
 from econspin.scenario import Scenario, ScenarioError
 from econspin.simulate import DTYPES, Rollout
