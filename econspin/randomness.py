@@ -112,13 +112,31 @@ def _mix64_int(value: int) -> int:
 _STEPS = ((30, _LOW_34, _MULTIPLIER_1), (27, _LOW_37, _MULTIPLIER_2), (31, _LOW_33, None))
 
 
+@functools.lru_cache(maxsize=16)
+def _constants_on(device: torch.device) -> tuple:
+    """(the steps of :data:`_STEPS`, then to_unit's shift, mask, half and scale), as 0-d tensors on ``device``.
+
+    An operation given a Python number wraps it into a tensor at every call (0.6-0.9 us on
+    the CPU against an operation of 1-2 us at N = 1000; a round's hashes hold 28 of them);
+    a 0-d tensor made once takes part in the operation as the number did: the same bits.
+    Made with ``torch.full``, which copies nothing from the host (econspin.host_syncs).
+    """
+
+    def constant(value, dtype=torch.int64):
+        return None if value is None else torch.full((), value, dtype=dtype, device=device)
+
+    steps = tuple((constant(shift), constant(low), constant(multiplier)) for shift, low, multiplier in _STEPS)
+    unit = (constant(12), constant(_MANTISSA), constant(0.5, torch.float64), constant(2.0**-52, torch.float64))
+    return steps, unit
+
+
 def _mix64_(x: torch.Tensor) -> torch.Tensor:
     """:func:`mix64` in place, with one scratch tensor; traced by torch.compile, :func:`mix64_exact`."""
     if torch.compiler.is_compiling():
         return mix64_exact(x)
-    shifted = torch.empty_like(x)
-    for shift, low, multiplier in _STEPS:
-        torch.bitwise_right_shift(x, shift, out=shifted)
+    shifted = None  # the scratch: made by the first shift, written into by the others
+    for shift, low, multiplier in _constants_on(x.device)[0]:
+        shifted = x >> shift if shifted is None else torch.bitwise_right_shift(x, shift, out=shifted)
         x ^= shifted.bitwise_and_(low)
         if multiplier is not None:
             x *= multiplier
@@ -165,11 +183,15 @@ def _keyed(keys: torch.Tensor, mixed_tags: torch.Tensor | int) -> torch.Tensor:
     return _mix64_(keys ^ mixed_tags)
 
 
-def _mixed_tags(start: int, count: int, device: torch.device) -> torch.Tensor:
-    """mix64(start + i) for i < count: kept from round to round eagerly, fused into its use compiled."""
+def _mixed_tags(start: int, count: int, device: torch.device, trailing: int = 0) -> torch.Tensor:
+    """mix64(start + i) for i < count, shaped (count, 1, ... 1) with ``trailing`` ones to broadcast.
+
+    Kept from round to round eagerly (shaped too: a view is an operation a round pays), fused
+    into its use compiled.
+    """
     if torch.compiler.is_compiling():  # a traced arange costs nothing fused (torch.compile ignores the cache)
-        return mix64(_traced_tags(start, count, device))
-    return _kept_mixed_tags(start, count, device)
+        return mix64(_traced_tags(start, count, device)).reshape(count, *([1] * trailing))
+    return _kept_mixed_tags(start, count, device, trailing)
 
 
 def _traced_tags(start: int, count: int, device: torch.device) -> torch.Tensor:
@@ -186,15 +208,19 @@ def _traced_tags(start: int, count: int, device: torch.device) -> torch.Tensor:
 
 
 @functools.lru_cache(maxsize=256)
-def _kept_mixed_tags(start: int, count: int, device: torch.device) -> torch.Tensor:
-    """mix64(start + i) for i < count: the tags of a level do not change from round to round."""
-    return mix64(torch.arange(start, start + count, dtype=torch.int64, device=device))
+def _kept_mixed_tags(start: int, count: int, device: torch.device, trailing: int = 0) -> torch.Tensor:
+    """:func:`_mixed_tags` eagerly: the tags of a level do not change from round to round."""
+    tags = mix64(torch.arange(start, start + count, dtype=torch.int64, device=device))
+    return tags.reshape(count, *([1] * trailing))
 
 
 def to_unit(words: torch.Tensor) -> torch.Tensor:
     """Uniforms on (0, 1) in float64 from int64 words: (top 52 bits + 1/2) 2^-52."""
-    mantissa = ((words >> 12) & _MANTISSA).to(torch.float64)
-    return mantissa.add_(0.5).mul_(2.0**-52)
+    if torch.compiler.is_compiling():
+        mantissa = ((words >> 12) & _MANTISSA).to(torch.float64)
+        return mantissa.add_(0.5).mul_(2.0**-52)
+    shift, mask, half, scale = _constants_on(words.device)[1]  # the same numbers, made once
+    return ((words >> shift) & mask).to(torch.float64).add_(half).mul_(scale)
 
 
 @dataclass(frozen=True)
@@ -216,8 +242,8 @@ class Draws:
     # loop, in the defined arithmetic of mix64_exact (docs/performance.md, "The hashes compiled")
     def words(self, stream: int, count: int, start: int = 0) -> torch.Tensor:
         """(count, ...) int64 hashes of (stream, index) for index in [start, start + count)."""
-        tags = _mixed_tags(_LEVEL_DRAW + (stream << 32) + start, count, self.keys.device)
-        return _keyed(self.keys, tags.reshape(count, *([1] * self.keys.dim())))
+        tags = _mixed_tags(_LEVEL_DRAW + (stream << 32) + start, count, self.keys.device, self.keys.dim())
+        return _keyed(self.keys, tags)
 
     def uniform(self, stream: int, count: int, start: int = 0) -> torch.Tensor:
         """(count, ...) float64 uniforms on (0, 1), indices [start, start + count) of ``stream``."""

@@ -101,7 +101,8 @@ def play(
     sampled = economy.mode == "sampled"
     outcome = market_step(state, economy, draws)
     eta = economy.eta
-    field = state.fields + (1.0 - eta)[..., None] * state.states + eta[..., None] * outcome.received
+    keep, adapt = adaptation_columns(economy)
+    field = state.fields + keep * state.states + adapt * outcome.received
     if sampled:
         new_states = economy.response.sample(field, state.temperature, draws, budget)
     else:
@@ -119,6 +120,22 @@ def play(
         )
         new_states = _corrected_states(context, economy)
     return new_states, state.money - outcome.spending + outcome.revenue, outcome
+
+
+def adaptation_columns(economy: Economy) -> tuple[torch.Tensor, torch.Tensor]:
+    """(1 - eta_i, eta_i) as (B, N, 1) columns: the weights of x_i and a_i in the field theta_i.
+
+    Kept beside the economy from its first round (a frozen dataclass: a cache, not a field),
+    which saves a round three operations, except where eta requires a gradient (each replay
+    of a round builds its own graph) or the round is being traced (Inductor fuses them anyway).
+    """
+    eta = economy.eta
+    if eta.requires_grad or torch.compiler.is_compiling():
+        return (1.0 - eta)[..., None], eta[..., None]
+    cache = economy.__dict__
+    if "_adaptation_columns" not in cache:
+        cache["_adaptation_columns"] = ((1.0 - eta)[..., None], eta[..., None])
+    return cache["_adaptation_columns"]
 
 
 def market_step(state: State, economy: Economy, draws=None):
