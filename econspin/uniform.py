@@ -77,6 +77,10 @@ class SellerLayout:
 
     Attributes:
         partners: n_i, long.
+        partners_real: n_i in float64 (what the choice uniform scales).
+        divisor: max(n_i, 1) in float64 (s_i / n_i).
+        mean_divisor: max(n_i, 1) in the working precision, a column (N, 1) (the means over A_i).
+        impact: kappa_i = [n_i > 0] / max(n_i, 1) of a buyer (0 for the others), the working precision.
         has_partner: n_i > 0.
         lone: n_i <= 1 (an empty or one-seller row: no entropy, no surplus beyond the maximum).
         log_partners: ln n_i (0 where n_i <= 1), the working precision.
@@ -93,6 +97,10 @@ class SellerLayout:
     """
 
     partners: torch.Tensor
+    partners_real: torch.Tensor
+    divisor: torch.Tensor
+    mean_divisor: torch.Tensor
+    impact: torch.Tensor
     has_partner: torch.Tensor
     lone: torch.Tensor
     log_partners: torch.Tensor
@@ -138,8 +146,13 @@ def seller_layout(economy: Economy, dtype: torch.dtype) -> SellerLayout:
         adjacency = torch.sparse_coo_tensor(pairs, ones, (agents, agents), is_coalesced=True, check_invariants=True)
     has_partner, lone = partners > 0, partners <= 1
     receiving = economy.buyer & has_partner
+    at_least_one = partners.clamp(min=1)
     cache[dtype] = SellerLayout(
         partners=partners,
+        partners_real=partners.to(torch.float64),
+        divisor=at_least_one.to(torch.float64),
+        mean_divisor=at_least_one.to(dtype)[:, None],
+        impact=has_partner.to(dtype) / at_least_one.to(dtype) * economy.buyer.to(dtype),
         has_partner=has_partner,
         lone=lone,
         log_partners=torch.log(partners.clamp(min=1).to(dtype)),
@@ -172,7 +185,7 @@ def allowed_means(columns: torch.Tensor, layout: SellerLayout) -> torch.Tensor:
         flat = columns.permute(2, 0, 1, 3).reshape(agents, -1)  # (N, B H F)
         summed = torch.sparse.mm(layout.adjacency.to(columns.dtype), flat)
         total = summed.reshape(agents, batch, heads, width).permute(1, 2, 0, 3)
-    return total / layout.partners.clamp(min=1).to(columns.dtype)[:, None]
+    return total / layout.mean_divisor
 
 
 def allowed_revenue(per_partner: torch.Tensor, layout: SellerLayout) -> torch.Tensor:
@@ -190,9 +203,10 @@ def chosen_sellers(uniforms: torch.Tensor, layout: SellerLayout) -> torch.Tensor
     gets the spare slot's agent (rank 0 from its ``first``), and the caller leaves it out (it
     spends and receives nothing).
     """
-    rank = torch.minimum((uniforms * layout.partners).long(), layout.last_rank)  # truncation: the floor of U n >= 0
+    # truncation: the floor of U n >= 0
+    rank = torch.minimum((uniforms * layout.partners_real).long(), layout.last_rank)
     rank += rank >= layout.skip_at  # the complete market's A_i leaves i out: ranks from i's own move up one
-    return layout.in_order[layout.first + rank]
+    return torch.take(layout.in_order, layout.first + rank)
 
 
 def uniform_trade(state: State, economy: Economy, draws: Draws | None = None) -> MarketOutcome:
@@ -223,8 +237,8 @@ def uniform_trade(state: State, economy: Economy, draws: Draws | None = None) ->
         choice_per_head = means[..., d] - (per_head**2).sum(-1)
         choice_variance = choice_per_head.sum(1) * buyer
         field_variance = (choice_per_head + means[..., d + 1]).sum(1) / d * buyer
-        impact = (layout.has_partner.to(dtype) / layout.partners.clamp(min=1).to(dtype)).expand(batch, agents) * buyer
-        per_partner = spending / layout.partners.clamp(min=1)  # s_i / n_i in float64: 0 for a buyer without partners
+        impact = layout.impact.expand(batch, agents)
+        per_partner = spending / layout.divisor  # s_i / n_i in float64: 0 for a buyer without partners
         revenue = allowed_revenue(per_partner, layout)
     return MarketOutcome(
         received=received,
