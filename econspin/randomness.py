@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import functools
 import math
+import weakref
 from dataclasses import dataclass
 
 import numpy as np
@@ -231,9 +232,15 @@ class Draws:
     (count, *keys.shape), the index of the draw first, so that every later operation runs over
     contiguous rows of agents. Indexing selects agents (``draws[mask]``), keeping every number
     they would have had.
+
+    ``block``: where the keys are those of a block of rounds made at once (:func:`round_draws`),
+    the block, and ``place`` the round's in it: a few uniforms are then read from the block's
+    own, made for all its rounds at once (:class:`RoundBlock`).
     """
 
     keys: torch.Tensor
+    block: "RoundBlock | None" = None
+    place: int = 0
 
     def __getitem__(self, index) -> "Draws":
         return Draws(self.keys[index])
@@ -247,6 +254,9 @@ class Draws:
 
     def uniform(self, stream: int, count: int, start: int = 0) -> torch.Tensor:
         """(count, ...) float64 uniforms on (0, 1), indices [start, start + count) of ``stream``."""
+        if self.block is not None and count <= BLOCK_UNIFORMS:
+            # a copy: a caller may write into what it is given, and a round may be played again
+            return self.block.uniforms(stream, count, start)[self.place].clone()
         return to_unit(self.words(stream, count, start))
 
     def normal(self, stream: int, count: int) -> torch.Tensor:
@@ -274,17 +284,41 @@ def round_draws(keys: torch.Tensor, round_index: int, agents: int) -> Draws:
     """The draws of round ``round_index`` for elements with ``keys`` (B,) and agents 0..agents-1.
 
     The agents' keys of a block of rounds are made at once and kept beside ``keys``
-    (:func:`_agent_key_block`): a round then reads its own instead of hashing twice.
+    (:func:`_round_block`): a round then reads its own instead of hashing twice.
     """
     rounds = _block_rounds(keys.numel() * agents)
-    if rounds == 1:
+    if rounds == 1 or torch.compiler.is_compiling():  # traced, the hashes fuse into the round instead
         return agent_draws(keys, round_tag(round_index), agents)  # the tag a Python scalar: no copy to the device
-    offset = round_index % rounds
-    return Draws(_agent_key_block(keys, round_index - offset, rounds, agents)[offset])
+    place = round_index % rounds
+    block = _round_block(keys, round_index - place, rounds, agents)
+    return Draws(block.keys[place], block, place)
 
 
 ROUND_BLOCK = 64  # rounds whose agents' keys are made together (eagerly)
 ROUND_BLOCK_ENTRIES = 1 << 18  # at most this many keys in a block (2 MiB): many agents make it a round or two
+BLOCK_UNIFORMS = 4  # a block keeps a stream's uniforms where a round asks for at most this many an agent (8 MiB)
+
+
+class RoundBlock:
+    """The agents' keys of a block of rounds, (rounds, B, N), and the uniforms its rounds asked for.
+
+    A round's choice uniforms (one a market) and Glauber's (one) are one more level of the
+    hash and a conversion, ~17 operations of fixed cost a round; made for the whole block at
+    once when its first round asks, each later round reads its own. Only a stream asked for at
+    most BLOCK_UNIFORMS at a time is kept (Wood's attempts, six and more, are not).
+    """
+
+    def __init__(self, keys: torch.Tensor):
+        self.keys = keys
+        self._uniforms: dict[tuple[int, int, int], torch.Tensor] = {}
+
+    def uniforms(self, stream: int, count: int, start: int) -> torch.Tensor:
+        """(rounds, count, B, N): each round's ``Draws.uniform(stream, count, start)``, the same bits."""
+        kept = self._uniforms.get((stream, count, start))
+        if kept is None:
+            kept = Draws(self.keys).uniform(stream, count, start).transpose(0, 1).contiguous()
+            self._uniforms[(stream, count, start)] = kept
+        return kept
 
 
 def _block_rounds(keys_per_round: int) -> int:
@@ -292,25 +326,32 @@ def _block_rounds(keys_per_round: int) -> int:
     return max(1, min(ROUND_BLOCK, ROUND_BLOCK_ENTRIES // max(keys_per_round, 1)))
 
 
-def _agent_key_block(keys: torch.Tensor, start: int, rounds: int, agents: int) -> torch.Tensor:
-    """(rounds, B, N) keys of (element, round, agent) for rounds start .. start + rounds - 1.
+def _round_block(keys: torch.Tensor, start: int, rounds: int, agents: int) -> RoundBlock:
+    """The block of rounds start .. start + rounds - 1: its keys of (element, round, agent), (rounds, B, N).
 
     What :func:`agent_draws` gives each round, hashed for the block at once: the two levels of
     the hash are ~25 operations a round, a fixed cost (about 35 us at N = 1000 on the CPU),
-    which a block pays once. The block is kept on ``keys`` itself (a rollout hands the same
-    tensor from state to state; it goes with the tensor) for the block's start, size, agents
-    and the tensor's version, so a key changed in place is never read stale.
+    which a block pays once. The block is kept for ``keys`` (until the tensor goes), stamped
+    with its start, size, agents and the tensor's version, so that a key changed in place is
+    never read stale.
     """
     stamp = (start, rounds, agents, keys._version)
-    kept = getattr(keys, "_econspin_agent_keys", None)
+    kept = _ROUND_BLOCKS.get(id(keys))
     if kept is not None and kept[0] == stamp:
         return kept[1]
+    if kept is None:  # the first block of these keys: it goes when they go
+        weakref.finalize(keys, _ROUND_BLOCKS.pop, id(keys), None)
     first = _LEVEL_ROUND + start
     tags = mix64(torch.arange(first, first + rounds, dtype=torch.int64, device=keys.device))  # round_tag of each
     round_keys = _keyed(keys[None, :], tags[:, None])  # (rounds, B): mix64(key ^ round_tag(round))
-    block = _keyed(round_keys[..., None], _mixed_tags(_LEVEL_AGENT, agents, keys.device))
-    keys._econspin_agent_keys = (stamp, block)
+    block = RoundBlock(_keyed(round_keys[..., None], _mixed_tags(_LEVEL_AGENT, agents, keys.device)))
+    _ROUND_BLOCKS[id(keys)] = (stamp, block)
     return block
+
+
+# The block of each element-key tensor in use, by the tensor's id (a rollout hands the same
+# tensor from state to state); not an attribute of the tensor, which torch would pickle with it
+_ROUND_BLOCKS: dict[int, tuple[tuple, RoundBlock]] = {}
 
 
 def round_tag(round_index: int) -> int:

@@ -284,6 +284,14 @@ def test_agents_keys_kept_for_a_block_of_rounds_are_each_rounds_own():
     assert torch.equal(round_draws(keys, 4, 37).keys[0], before[0]) and not torch.equal(
         round_draws(keys, 4, 37).keys[1], before[1]
     )
+    for round_index in (5, ROUND_BLOCK + 9):  # uniforms a block keeps (a few an agent) and those it does not
+        alone = agent_draws(keys, round_tag(round_index), 37)
+        for stream, count, start in ((DRAW_CHOICE, 1, 0), (DRAW_CHOICE, 3, 0), (DRAW_SPIN, 1, 0), (DRAW_SPIN, 6, 3)):
+            want = alone.uniform(stream, count, start)
+            got = round_draws(keys, round_index, 37).uniform(stream, count, start)
+            assert torch.equal(got, want), (round_index, stream, count, start)
+            got.fill_(0.5)  # what a caller does to its uniforms stays its own: the round played again reads the same
+            assert torch.equal(round_draws(keys, round_index, 37).uniform(stream, count, start), want)
     # the documented chain, one agent's word, through a kept block
     word = round_draws(keys[:1], ROUND_BLOCK + 3, 37).words(DRAW_CHOICE, 1)[0, 0, 36]
     assert int(word) % 2**64 == _reference_word(int(keys[0]), ROUND_BLOCK + 3, 36, DRAW_CHOICE, 0)
