@@ -17,12 +17,16 @@ from econspin.output import CheckpointError, load_checkpoint, save_checkpoint
 from econspin.randomness import (
     DRAW_CHOICE,
     DRAW_SPIN,
+    ROUND_BLOCK,
+    ROUND_BLOCK_ENTRIES,
     Draws,
+    agent_draws,
     dynamics_key,
     dynamics_keys,
     mix64,
     mix64_exact,
     round_draws,
+    round_tag,
     to_unit,
 )
 from econspin.round import step
@@ -263,14 +267,13 @@ def test_the_traced_tags_are_the_arange_they_replace():
         assert torch.equal(_traced_tags(start, 300, "cpu"), torch.arange(start, start + 300, dtype=torch.int64))
 
 
-def test_agents_keys_kept_for_a_block_of_rounds_are_each_rounds_own():
-    """round_draws reads a block of rounds' agent keys: the keys agent_draws hashes for the round alone.
+def test_a_block_of_rounds_gives_each_round_its_own_keys_and_uniforms():
+    """round_draws reads a block of rounds (RoundBlock): the keys and uniforms agent_draws hashes for the round alone.
 
     Rounds across block boundaries and out of order, a second agent count on the same keys, a
-    round of too many keys for a block, and keys changed in place (never read stale).
+    round of too many keys for a block, keys changed in place (never read stale), streams a
+    block keeps and one it does not, and a caller writing into the uniforms it was given.
     """
-    from econspin.randomness import ROUND_BLOCK, ROUND_BLOCK_ENTRIES, agent_draws, round_tag
-
     keys = dynamics_keys([0, 7], [0, 2])
     for round_index in [0, 1, ROUND_BLOCK - 1, ROUND_BLOCK, 3 * ROUND_BLOCK + 5, 2, 10**6]:
         for agents in (1, 37):
