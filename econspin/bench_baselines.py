@@ -117,7 +117,10 @@ def reference_rows(device: torch.device, repeats: int, clock: str, shapes) -> li
 
 
 def boltzmann_rows(device: torch.device, repeats: int, clock: str, sizes, compile_mode: str = "off") -> list[dict]:
-    """Mesa's Boltzmann wealth model (the agents' moves) against the engine's O(N) round, eager (and compiled)."""
+    """Mesa's Boltzmann wealth model (the agents' moves) against the engine's O(N) round, eager (and compiled).
+
+    Both sides play on from round to round (the engine's state advances, as Mesa's model does).
+    """
     if not _has_mesa():
         return [{"skipped": MESA_MISSING}]
     from econspin.mesa import MoneyModel
@@ -133,7 +136,7 @@ def boltzmann_rows(device: torch.device, repeats: int, clock: str, sizes, compil
         assert uses_uniform(rollout.state, rollout.economy), "the Boltzmann scenario left the uniform path"
         functions = {
             "mesa": lambda m=model: m.agents.shuffle_do("step"),
-            "engine": lambda r=rollout: step(r.state, r.economy),
+            "engine": _advancing(rollout.state, rollout.economy),
         }
         compiled = _compiled_function(functions, rollout.state, rollout.economy, compile_mode, device, clock)
         with torch.no_grad():
@@ -149,9 +152,23 @@ def _compiled_function(functions: dict, state, economy, compile_mode: str, devic
     if compile_mode == "off":
         return {}
     compiled = dataclasses.replace(economy, compile=compile_mode)
-    _, seconds = compile_first(state, compiled, device, clock)
-    functions["compiled"] = lambda: step(state, compiled)
+    first, seconds = compile_first(state, compiled, device, clock)
+    functions["compiled"] = _advancing(first, compiled)
     return {"compile": compile_mode, "compile_s": seconds}
+
+
+def _advancing(state, economy):
+    """A round that plays on from the last one it played, as Mesa's model does, not the same round again.
+
+    Each call then pays what a rollout's round pays: the draws of a block of rounds, made once
+    for them all (econspin.randomness.RoundBlock), included.
+    """
+    current = [state]
+
+    def advance():
+        current[0] = step(current[0], economy)
+
+    return advance
 
 
 def sweep_rows(

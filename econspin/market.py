@@ -66,22 +66,43 @@ def spin_variance(states: torch.Tensor, radius: float) -> torch.Tensor:
 
 def project(states: torch.Tensor, weights: torch.Tensor, population: torch.Tensor) -> torch.Tensor:
     """Per-population projection: (B, N, d) with weights (B, P, H, d, e) -> (B, H, N, e)."""
+    if weights.shape[1] == 1:  # one population: its mask is all ones, and the product by 1 changes no bit
+        return _projected(states, weights[:, 0])
     projected = None
     for index in range(weights.shape[1]):
         mask = (population == index).to(states.dtype)[None, None, :, None]
-        term = torch.einsum("bnd,bhde->bhne", states, weights[:, index]) * mask
+        term = _projected(states, weights[:, index]) * mask
         projected = term if projected is None else projected + term
     return projected
 
 
-def budgets(state: State, economy: Economy) -> torch.Tensor:
-    """s_i: sigma_i w_i (share rule) or the unit where w_i allows (unit rule); buyers only."""
-    buyer = economy.buyer.to(torch.float64)
+# A contraction over one term (d = 1, or d_v = 1 below) is a product, which is what einsum
+# computes then too (it multiplies where no summed axis is longer than one); written out, it
+# skips einsum's views: a round of the O(N) path at N = 1000 pays each (econspin.uniform).
+def _projected(states: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """The projection x W by one population's weights: (B, N, d) with (B, H, d, e) -> (B, H, N, e)."""
+    if states.shape[-1] == 1:
+        return states[:, None] * weights  # (B, 1, N, 1) (B, H, 1, e)
+    return torch.einsum("bnd,bhde->bhne", states, weights)
+
+
+def through_output(value: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
+    """u_j = v_j W_O^h: (B, H, N, d_v) with W_O (B, H, d_v, d) -> (B, H, N, d)."""
+    if value.shape[-1] == 1:
+        return value * output  # (B, H, N, 1) (B, H, 1, d)
+    return torch.einsum("bhne,bhed->bhnd", value, output)
+
+
+def budgets(state: State, economy: Economy, payers: torch.Tensor | None = None) -> torch.Tensor:
+    """s_i: sigma_i w_i (share rule) or the unit where w_i allows (unit rule); buyers only.
+
+    ``payers``: who may spend, 1 or 0 in float64 (the buyers unless given: the uniform step
+    passes its buyers with a partner, which is the buyers' budgets masked by that).
+    """
+    payers = economy.buyer.to(torch.float64) if payers is None else payers
     if economy.spend_rule == "unit":
-        spend = (state.money >= economy.unit).to(torch.float64) * economy.unit  # the unit exactly, in float64
-    else:
-        spend = economy.spend.to(torch.float64) * state.money
-    return spend * buyer
+        return (state.money >= economy.unit) * (economy.unit * payers)  # the unit exactly or 0, in float64
+    return economy.spend.to(torch.float64) * state.money * payers
 
 
 def seller_moment_columns(state: State, economy: Economy, delivered, value_output) -> torch.Tensor:
@@ -172,7 +193,7 @@ def trade(state: State, economy: Economy, draws: Draws | None = None) -> MarketO
     query = project(x, economy.query, population)
     key = project(x, economy.key, population)
     value = project(x, economy.value, population)
-    delivered = torch.einsum("bhne,bhed->bhnd", value, economy.output)  # v_j W_O^h, (B, H, N, d)
+    delivered = through_output(value, economy.output)  # v_j W_O^h, (B, H, N, d)
     sampled = economy.mode == "sampled"
     if sampled:
         draws = state.draws() if draws is None else draws

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import functools
 import math
+import weakref
 from dataclasses import dataclass
 
 import numpy as np
@@ -112,13 +113,31 @@ def _mix64_int(value: int) -> int:
 _STEPS = ((30, _LOW_34, _MULTIPLIER_1), (27, _LOW_37, _MULTIPLIER_2), (31, _LOW_33, None))
 
 
+@functools.lru_cache(maxsize=16)
+def _constants_on(device: torch.device) -> tuple:
+    """(the steps of :data:`_STEPS`, then to_unit's shift, mask, half and scale), as 0-d tensors on ``device``.
+
+    An operation given a Python number wraps it into a tensor at every call (0.6-0.9 us on
+    the CPU against an operation of 1-2 us at N = 1000; a round's hashes hold 28 of them);
+    a 0-d tensor made once takes part in the operation as the number did: the same bits.
+    Made with ``torch.full``, which copies nothing from the host (econspin.host_syncs).
+    """
+
+    def constant(value, dtype=torch.int64):
+        return None if value is None else torch.full((), value, dtype=dtype, device=device)
+
+    steps = tuple((constant(shift), constant(low), constant(multiplier)) for shift, low, multiplier in _STEPS)
+    unit = (constant(12), constant(_MANTISSA), constant(0.5, torch.float64), constant(2.0**-52, torch.float64))
+    return steps, unit
+
+
 def _mix64_(x: torch.Tensor) -> torch.Tensor:
     """:func:`mix64` in place, with one scratch tensor; traced by torch.compile, :func:`mix64_exact`."""
     if torch.compiler.is_compiling():
         return mix64_exact(x)
-    shifted = torch.empty_like(x)
-    for shift, low, multiplier in _STEPS:
-        torch.bitwise_right_shift(x, shift, out=shifted)
+    shifted = None  # the scratch: made by the first shift, written into by the others
+    for shift, low, multiplier in _constants_on(x.device)[0]:
+        shifted = x >> shift if shifted is None else torch.bitwise_right_shift(x, shift, out=shifted)
         x ^= shifted.bitwise_and_(low)
         if multiplier is not None:
             x *= multiplier
@@ -165,11 +184,15 @@ def _keyed(keys: torch.Tensor, mixed_tags: torch.Tensor | int) -> torch.Tensor:
     return _mix64_(keys ^ mixed_tags)
 
 
-def _mixed_tags(start: int, count: int, device: torch.device) -> torch.Tensor:
-    """mix64(start + i) for i < count: kept from round to round eagerly, fused into its use compiled."""
+def _mixed_tags(start: int, count: int, device: torch.device, trailing: int = 0) -> torch.Tensor:
+    """mix64(start + i) for i < count, shaped (count, 1, ... 1) with ``trailing`` ones to broadcast.
+
+    Kept from round to round eagerly (shaped too: a view is an operation a round pays), fused
+    into its use compiled.
+    """
     if torch.compiler.is_compiling():  # a traced arange costs nothing fused (torch.compile ignores the cache)
-        return mix64(_traced_tags(start, count, device))
-    return _kept_mixed_tags(start, count, device)
+        return mix64(_traced_tags(start, count, device)).reshape(count, *([1] * trailing))
+    return _kept_mixed_tags(start, count, device, trailing)
 
 
 def _traced_tags(start: int, count: int, device: torch.device) -> torch.Tensor:
@@ -186,15 +209,19 @@ def _traced_tags(start: int, count: int, device: torch.device) -> torch.Tensor:
 
 
 @functools.lru_cache(maxsize=256)
-def _kept_mixed_tags(start: int, count: int, device: torch.device) -> torch.Tensor:
-    """mix64(start + i) for i < count: the tags of a level do not change from round to round."""
-    return mix64(torch.arange(start, start + count, dtype=torch.int64, device=device))
+def _kept_mixed_tags(start: int, count: int, device: torch.device, trailing: int = 0) -> torch.Tensor:
+    """:func:`_mixed_tags` eagerly: the tags of a level do not change from round to round."""
+    tags = mix64(torch.arange(start, start + count, dtype=torch.int64, device=device))
+    return tags.reshape(count, *([1] * trailing))
 
 
 def to_unit(words: torch.Tensor) -> torch.Tensor:
     """Uniforms on (0, 1) in float64 from int64 words: (top 52 bits + 1/2) 2^-52."""
-    mantissa = ((words >> 12) & _MANTISSA).to(torch.float64)
-    return mantissa.add_(0.5).mul_(2.0**-52)
+    if torch.compiler.is_compiling():
+        mantissa = ((words >> 12) & _MANTISSA).to(torch.float64)
+        return mantissa.add_(0.5).mul_(2.0**-52)
+    shift, mask, half, scale = _constants_on(words.device)[1]  # the same numbers, made once
+    return ((words >> shift) & mask).to(torch.float64).add_(half).mul_(scale)
 
 
 @dataclass(frozen=True)
@@ -205,9 +232,15 @@ class Draws:
     (count, *keys.shape), the index of the draw first, so that every later operation runs over
     contiguous rows of agents. Indexing selects agents (``draws[mask]``), keeping every number
     they would have had.
+
+    ``block``: where the keys are those of a block of rounds made at once (:func:`round_draws`),
+    the block, and ``place`` the round's in it: a few uniforms are then read from the block's
+    own, made for all its rounds at once (:class:`RoundBlock`).
     """
 
     keys: torch.Tensor
+    block: "RoundBlock | None" = None
+    place: int = 0
 
     def __getitem__(self, index) -> "Draws":
         return Draws(self.keys[index])
@@ -216,11 +249,14 @@ class Draws:
     # loop, in the defined arithmetic of mix64_exact (docs/performance.md, "The hashes compiled")
     def words(self, stream: int, count: int, start: int = 0) -> torch.Tensor:
         """(count, ...) int64 hashes of (stream, index) for index in [start, start + count)."""
-        tags = _mixed_tags(_LEVEL_DRAW + (stream << 32) + start, count, self.keys.device)
-        return _keyed(self.keys, tags.reshape(count, *([1] * self.keys.dim())))
+        tags = _mixed_tags(_LEVEL_DRAW + (stream << 32) + start, count, self.keys.device, self.keys.dim())
+        return _keyed(self.keys, tags)
 
     def uniform(self, stream: int, count: int, start: int = 0) -> torch.Tensor:
         """(count, ...) float64 uniforms on (0, 1), indices [start, start + count) of ``stream``."""
+        if self.block is not None and count <= BLOCK_UNIFORMS:
+            # a copy: a caller may write into what it is given, and a round may be played again
+            return self.block.uniforms(stream, count, start)[self.place].clone()
         return to_unit(self.words(stream, count, start))
 
     def normal(self, stream: int, count: int) -> torch.Tensor:
@@ -245,8 +281,77 @@ class Draws:
 
 
 def round_draws(keys: torch.Tensor, round_index: int, agents: int) -> Draws:
-    """The draws of round ``round_index`` for elements with ``keys`` (B,) and agents 0..agents-1."""
-    return agent_draws(keys, round_tag(round_index), agents)  # the tag a Python scalar: no copy to the device
+    """The draws of round ``round_index`` for elements with ``keys`` (B,) and agents 0..agents-1.
+
+    The agents' keys of a block of rounds are made at once and kept beside ``keys``
+    (:func:`_round_block`): a round then reads its own instead of hashing twice.
+    """
+    rounds = _block_rounds(keys.numel() * agents)
+    if rounds == 1 or torch.compiler.is_compiling():  # traced, the hashes fuse into the round instead
+        return agent_draws(keys, round_tag(round_index), agents)  # the tag a Python scalar: no copy to the device
+    place = round_index % rounds
+    block = _round_block(keys, round_index - place, rounds, agents)
+    return Draws(block.keys[place], block, place)
+
+
+ROUND_BLOCK = 64  # rounds whose agents' keys are made together (eagerly)
+ROUND_BLOCK_ENTRIES = 1 << 18  # at most this many keys in a block (2 MiB): many agents make it a round or two
+BLOCK_UNIFORMS = 4  # a block keeps a stream's uniforms where a round asks for at most this many an agent (8 MiB)
+
+
+class RoundBlock:
+    """The agents' keys of a block of rounds, (rounds, B, N), and the uniforms its rounds asked for.
+
+    A round's choice uniforms (one a market) and Glauber's (one) are one more level of the
+    hash and a conversion, ~17 operations of fixed cost a round; made for the whole block at
+    once when its first round asks, each later round reads its own. Only a stream asked for at
+    most BLOCK_UNIFORMS at a time is kept (Wood's attempts, six and more, are not).
+    """
+
+    def __init__(self, keys: torch.Tensor):
+        self.keys = keys
+        self._uniforms: dict[tuple[int, int, int], torch.Tensor] = {}
+
+    def uniforms(self, stream: int, count: int, start: int) -> torch.Tensor:
+        """(rounds, count, B, N): each round's ``Draws.uniform(stream, count, start)``, the same bits."""
+        kept = self._uniforms.get((stream, count, start))
+        if kept is None:
+            kept = Draws(self.keys).uniform(stream, count, start).transpose(0, 1).contiguous()
+            self._uniforms[(stream, count, start)] = kept
+        return kept
+
+
+def _block_rounds(keys_per_round: int) -> int:
+    """How many rounds a block of agents' keys holds: ROUND_BLOCK, fewer where a round has many keys."""
+    return max(1, min(ROUND_BLOCK, ROUND_BLOCK_ENTRIES // max(keys_per_round, 1)))
+
+
+def _round_block(keys: torch.Tensor, start: int, rounds: int, agents: int) -> RoundBlock:
+    """The block of rounds start .. start + rounds - 1: its keys of (element, round, agent), (rounds, B, N).
+
+    What :func:`agent_draws` gives each round, hashed for the block at once: the two levels of
+    the hash are ~25 operations a round, a fixed cost (about 35 us at N = 1000 on the CPU),
+    which a block pays once. The block is kept for ``keys`` (until the tensor goes), stamped
+    with its start, size, agents and the tensor's version, so that a key changed in place is
+    never read stale.
+    """
+    stamp = (start, rounds, agents, keys._version)
+    kept = _ROUND_BLOCKS.get(id(keys))
+    if kept is not None and kept[0] == stamp:
+        return kept[1]
+    if kept is None:  # the first block of these keys: it goes when they go
+        weakref.finalize(keys, _ROUND_BLOCKS.pop, id(keys), None)
+    first = _LEVEL_ROUND + start
+    tags = mix64(torch.arange(first, first + rounds, dtype=torch.int64, device=keys.device))  # round_tag of each
+    round_keys = _keyed(keys[None, :], tags[:, None])  # (rounds, B): mix64(key ^ round_tag(round))
+    block = RoundBlock(_keyed(round_keys[..., None], _mixed_tags(_LEVEL_AGENT, agents, keys.device)))
+    _ROUND_BLOCKS[id(keys)] = (stamp, block)
+    return block
+
+
+# The block of each element-key tensor in use, by the tensor's id (a rollout hands the same
+# tensor from state to state); not an attribute of the tensor, which torch would pickle with it
+_ROUND_BLOCKS: dict[int, tuple[tuple, RoundBlock]] = {}
 
 
 def round_tag(round_index: int) -> int:

@@ -95,6 +95,16 @@ class SphereResponse(SpinResponse):
     def slope(self, field_norm, temperature):
         return torch.zeros_like(field_norm)
 
+    def mean(self, theta, temperature):
+        """R theta / |theta|, 0 where theta = 0: the base class's arithmetic with the norm kept as a column.
+
+        The same bits (R sign|theta| times theta / |theta|) in three operations fewer, which a
+        round of the O(N) path at N = 1000 notices (econspin.uniform).
+        """
+        norm = torch.linalg.vector_norm(theta, dim=-1, keepdim=True)
+        direction = theta / torch.where(norm > 0, norm, 1.0)
+        return self.magnitude(norm, temperature) * direction
+
     def sample(self, theta, temperature, draws, budget=None):
         return self.mean(theta, temperature)
 

@@ -25,7 +25,7 @@ import math
 import torch
 
 from econspin.economy import Economy
-from econspin.market import MarketOutcome, budgets, project, seller_bias, seller_moment_columns
+from econspin.market import MarketOutcome, budgets, project, seller_bias, seller_moment_columns, through_output
 from econspin.randomness import DRAW_CHOICE, Draws
 from econspin.state import State
 
@@ -40,7 +40,7 @@ def sparse_trade(state: State, economy: Economy, draws: Draws | None = None) -> 
     heads, key_dimension = economy.heads, economy.query.shape[-1]
     query = project(x, economy.query, population) / math.sqrt(key_dimension)
     key = project(x, economy.key, population)
-    delivered = torch.einsum("bhne,bhed->bhnd", project(x, economy.value, population), economy.output)
+    delivered = through_output(project(x, economy.value, population), economy.output)
     value_output = torch.einsum("bphde,bhef->bphdf", economy.value, economy.output)
     moments = seller_moment_columns(state, economy, delivered, value_output)  # (B, H, N, 2)
     bias = seller_bias(state, economy)  # (B, N)

