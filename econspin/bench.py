@@ -107,6 +107,12 @@ def timed(
     return {name: statistics.median(values) for name, values in times.items()}
 
 
+def floor_inputs(batch: int, heads: int, agents: int, device: torch.device) -> tuple[torch.Tensor, ...]:
+    """q, k, v (B, H, N, DIMENSION) for the attention floor: standard normal from seed 0 on ``device``."""
+    generator = torch.Generator(device=device).manual_seed(0)
+    return tuple(torch.randn(batch, heads, agents, DIMENSION, generator=generator, device=device) for _ in range(3))
+
+
 def relative_difference(want: torch.Tensor, got: torch.Tensor) -> float:
     """The largest |want - got| over the largest |want|."""
     return float((want.double() - got.double()).abs().max() / want.double().abs().max().clamp(min=1e-300))
@@ -162,10 +168,7 @@ def measure(
     run = {"reference": pairs <= REFERENCE_PAIRS[quick], "fused": pairs <= FUSED_PAIRS[quick]}
     run["flex"] = mode == "expected" and pairs <= flex_pairs
     run = {name: run[name] and name in timed_kernels for name in KERNELS}
-    generator = torch.Generator(device=device).manual_seed(0)
-    q, k, v = (
-        torch.randn(batch, economy.heads, agents, DIMENSION, generator=generator, device=device) for _ in range(3)
-    )
+    q, k, v = floor_inputs(batch, economy.heads, agents, device)
     functions = {"floor": lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v)}
     functions.update({name: (lambda e=kernels[name]: step(state, e)) for name in kernels if run[name]})
 

@@ -44,7 +44,7 @@ from pathlib import Path
 import torch
 
 from econspin.allocator import keeps_freed_memory
-from econspin.bench import CLOCKS, DIMENSION, bench_scenario, compile_first, timed
+from econspin.bench import CLOCKS, DIMENSION, bench_scenario, compile_first, floor_inputs, timed
 from econspin.economy import resolve_device
 from econspin.round import step
 from econspin.scenario import Scenario
@@ -317,8 +317,7 @@ def floor_rows(device: torch.device, repeats: int, clock: str, sizes, batches, e
         for batch in batches:
             if batch * agents * agents > entries:
                 continue
-            generator = torch.Generator(device=device).manual_seed(0)
-            q, k, v = (torch.randn(batch, 1, agents, DIMENSION, generator=generator, device=device) for _ in range(3))
+            q, k, v = floor_inputs(batch, 1, agents, device)
 
             def materialised():
                 alpha = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(DIMENSION), dim=-1)

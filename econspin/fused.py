@@ -423,9 +423,8 @@ def fused_trade(
     revenue = over_heads(revenue)
     spent, earned = spending.sum(1, keepdim=True), revenue.sum(1, keepdim=True)
     revenue = revenue * torch.where(earned > 0, spent / earned, 0.0)  # sum R = sum s exactly
-    # one head: the received signal is that head's (no sum over heads: a pass over B N d numbers),
-    # and where every agent buys, the buyers' mask multiplies by 1 (another)
-    received = per_head.reshape(batch, agents, d) if heads == 1 else over_heads(per_head)
+    # where every agent buys, the buyers' mask multiplies by 1: a pass over B N d numbers saved
+    received = over_heads(per_head)
     return MarketOutcome(
         received=received if economy.every_agent_buys else received * buyer[None, :, None],
         revenue=revenue,

@@ -155,7 +155,7 @@ def seller_layout(economy: Economy, dtype: torch.dtype) -> SellerLayout:
         impact=has_partner.to(dtype) / at_least_one.to(dtype) * economy.buyer.to(dtype),
         has_partner=has_partner,
         lone=lone,
-        log_partners=torch.log(partners.clamp(min=1).to(dtype)),
+        log_partners=torch.log(at_least_one.to(dtype)),
         entropy=(~lone).to(dtype),
         seller=seller.to(dtype),
         buyer=economy.buyer.to(dtype),

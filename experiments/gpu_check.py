@@ -195,14 +195,13 @@ def rollout_timing(
     Every way plays the same rounds, so each row also says whether its final state has the
     bits of the first way's (the eager ways must; a compiled one agrees to rounding).
     """
-    from econspin.bench import DIMENSION, bench_scenario, timed
+    from econspin.bench import bench_scenario, floor_inputs, timed
     from econspin.simulate import Rollout
 
     batch, agents = shape
     rows = []
     for mode in ("expected", "sampled"):
-        generator = torch.Generator(device=device).manual_seed(0)
-        q, k, v = (torch.randn(batch, 1, agents, DIMENSION, generator=generator, device=device) for _ in range(3))
+        q, k, v = floor_inputs(batch, 1, agents, device)
         functions = {"sdpa forward": lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v)}
         rollouts, errors = {}, {}
         for name in ways:
@@ -238,15 +237,14 @@ def block_timing(
     device: torch.device, sizes=(16384, 65536), rows_per_block=(32, 128, 512, 2048, 8192), repeats: int = 5
 ) -> list[dict]:
     """Milliseconds of one fused round (expected mode, B = 1) per buyer rows per block, with the SDPA floor."""
-    from econspin.bench import DIMENSION, bench_scenario, round_difference, timed
+    from econspin.bench import bench_scenario, floor_inputs, round_difference, timed
     from econspin.round import step
     from econspin.simulate import Rollout
 
     rows = []
     for agents in sizes:
         rollout = Rollout.create([bench_scenario(agents)], [0], str(device), "float32")
-        generator = torch.Generator(device=device).manual_seed(0)
-        q, k, v = (torch.randn(1, 1, agents, DIMENSION, generator=generator, device=device) for _ in range(3))
+        q, k, v = floor_inputs(1, 1, agents, device)
         functions = {"sdpa forward": lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v)}
         economies = {size: dataclasses.replace(rollout.economy, chunk=size) for size in rows_per_block}
         functions.update({size: (lambda e=economy: step(rollout.state, e)) for size, economy in economies.items()})
@@ -270,7 +268,7 @@ def flex_timing(device: torch.device, sizes=(4096, 16384, 65536), repeats: int =
     The first round's block masks and passes are each timed and printed as they finish.
     """
     import econspin.flex as flex_module
-    from econspin.bench import DIMENSION, bench_scenario, round_difference, timed
+    from econspin.bench import bench_scenario, floor_inputs, round_difference, timed
     from econspin.round import step
     from econspin.simulate import Rollout
 
@@ -289,8 +287,7 @@ def flex_timing(device: torch.device, sizes=(4096, 16384, 65536), repeats: int =
     for agents in sizes:
         rollout = Rollout.create([bench_scenario(agents)], [0], str(device), "float32")
         flex = dataclasses.replace(rollout.economy, kernel="flex")
-        generator = torch.Generator(device=device).manual_seed(0)
-        q, k, v = (torch.randn(1, 1, agents, DIMENSION, generator=generator, device=device) for _ in range(3))
+        q, k, v = floor_inputs(1, 1, agents, device)
         with torch.no_grad():
             print(f"N = {agents}: the first flex round", flush=True)
             started, kept = time.perf_counter(), (flex_module.attention, flex_module.trade_masks)
