@@ -1,0 +1,147 @@
+"""``run.kernel: triton``: the expected-mode block pass as hand-written Triton programs.
+
+:func:`triton_blocks` computes exactly what :func:`econspin.fused.expected_blocks` computes
+(the same equations, fused.py's module doc: m_i, s_i, sum_j e_ij y_ij written into the round's
+terms; |e_i.|, e @ [u, moment columns] and float64 revenue returned) in three passes over
+tiles of buyers x sellers, flash-attention style: nothing N x N is stored, each tile's
+utilities are one ``tl.dot`` in registers (econspin.triton_kernels). Everything else of the
+step (the projections, temperatures and tie widths before; the entropies, surplus, moments'
+normalisation and money's float64 rescaling after) is :func:`econspin.fused.fused_trade`'s,
+which takes this pass as its ``blocks``.
+
+Why: on a GPU the fused kernel's blocks run a dozen eager elementwise kernels over every
+block, each reading and writing it from memory (docs/performance.md, "On a GPU: NVIDIA
+H200"); here each tile is read once per pass and the elementwise work stays in registers.
+On CUDA tensors the programs are compiled by ``triton.jit``; on CPU tensors they run under
+Triton's interpreter (numpy, one program instance at a time: slow, for tests at small N),
+which is how the test suite checks them without a GPU. The interpreted and the compiled
+programs are built from the same function bodies (econspin.triton_kernels.programs).
+
+Not covered, resolved as the flex kernel resolves them: sampled mode runs the fused kernel
+(econspin.scenario.resolved_kernel), fixed couplings are refused, a sparse network takes
+its own kernel, reduced-precision utilities are refused (econspin.precision), a round that
+asks for gradients takes the reference path, and under ``run.compile`` the programs run as
+an eager break (``torch.compiler.disable``) like the fused blocks.
+
+Tile sizes (:class:`Tiles`) change the order of the sums only: results agree beyond rounding
+(tests/test_triton.py). Their best values on a GPU are what experiments/gpu_check.py's
+``triton`` step measures; its timing is pending (docs/performance.md, "The Triton kernel").
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+from dataclasses import dataclass
+
+import torch
+
+from econspin.economy import Economy
+from econspin.fused import EXP2_FLOOR, RoundTerms, _limits, asks_for_gradients, fused_trade
+from econspin.market import MarketOutcome
+from econspin.state import State
+
+MIN_DOT = 16  # tl.dot on CUDA: no tile side and no contraction narrower
+
+
+@dataclass(frozen=True)
+class Tiles:
+    """Buyers and sellers per tile (powers of two >= 16), and warps per program on CUDA."""
+
+    rows: int = 64
+    columns: int = 64
+    warps: int = 4
+
+    def __post_init__(self):
+        for name in ("rows", "columns"):
+            size = getattr(self, name)
+            if size < MIN_DOT or size & (size - 1):
+                raise ValueError(f"Tiles.{name}: {size} is not a power of two >= {MIN_DOT}")
+
+
+# the interpreter runs one program instance at a time in Python: at the test suite's small N
+# the smallest tiles waste the least on padding; on CUDA 64 x 64 until measured (gpu_check's triton step)
+DEFAULT_TILES = {"cuda": Tiles(64, 64, 4), "cpu": Tiles(16, 16, 1)}
+
+
+def triton_missing() -> str | None:
+    """Why ``run.kernel: triton`` cannot run here (one line), or None where the triton package imports."""
+    if importlib.util.find_spec("triton") is None:
+        return "run.kernel: triton needs the triton package (pip install 'econspin[gpu]'); use run.kernel: fused"
+    return None
+
+
+def uses_triton(state: State, economy: Economy) -> bool:
+    """Whether a round takes :func:`triton_trade`: run.kernel triton, expected mode, dense, no gradients."""
+    if economy.kernel != "triton" or economy.mode != "expected" or economy.couplings is not None:
+        return False
+    return economy.trade_edges is None and not asks_for_gradients(state, economy)
+
+
+def triton_trade(
+    state: State, economy: Economy, variances: torch.Tensor | None = None, tiles: Tiles | None = None
+) -> MarketOutcome:
+    """Expected-mode steps 1-5 as :func:`econspin.fused.fused_trade` with the Triton block pass."""
+    return fused_trade(state, economy, variances=variances, blocks=functools.partial(triton_blocks, tiles=tiles))
+
+
+def padded_width(width: int) -> int:
+    """The smallest power of two >= max(width, MIN_DOT): a tl.arange and a tl.dot's contraction."""
+    return max(MIN_DOT, 1 << (width - 1).bit_length())
+
+
+# run.compile: an eager break, as econspin.fused.expected_blocks (torch.library registration: not yet)
+@torch.compiler.disable
+def triton_blocks(terms: RoundTerms, economy: Economy, moment_rows: torch.Tensor, tiles: Tiles | None = None):
+    """:func:`econspin.fused.expected_blocks` by the Triton programs: (|e_i.|, e @ [u, moments], float64 revenue).
+
+    Writes m_i, s_i and sum_j e_ij y_ij into ``terms``. ``tiles``: default :data:`DEFAULT_TILES`
+    for the device. CPU tensors run the interpreted programs, CUDA tensors the compiled ones.
+    """
+    from econspin.triton_kernels import programs  # triton is optional: imported where the kernel runs
+
+    left, right = terms.left, terms.right
+    groups, agents, d = terms.delivered.shape
+    dtype, device = terms.delivered.dtype, left.device
+    tiles = tiles or DEFAULT_TILES["cuda" if device.type == "cuda" else "cpu"]
+    kernels = programs(interpreted_kind=device.type != "cuda")
+    floor = EXP2_FLOOR[dtype]
+    keys = left.shape[-1]  # d_k + 2
+    constants = dict(KEYS=keys, KEYS_PADDED=padded_width(keys), BIG=2.0 ** _limits(dtype)[2])
+    shape = dict(BLOCK_ROWS=tiles.rows, BLOCK_COLUMNS=tiles.columns, num_warps=tiles.warps)
+    weights = dict(FLOOR=floor, THRESHOLD=2.0 ** (floor + 1))
+    if terms.network_bias is not None:
+        network, constants["NETWORK"] = terms.network_bias, 1
+    elif economy.trade_mask is not None:
+        network, constants["NETWORK"] = economy.trade_mask.contiguous().view(torch.uint8), 2
+    else:
+        network, constants["NETWORK"] = left, 0  # never read
+    operands = (left, right, network)
+    strides = (left.stride(0), left.stride(1), left.stride(2), right.stride(0), right.stride(1), right.stride(2))
+    tie_width = terms.tie_width.contiguous()
+    rows_grid = (triton_cdiv(agents, tiles.rows), groups)
+
+    kernels.row_max_program[rows_grid](*operands, terms.shifted_max, agents, *strides, **constants, **shape)
+
+    values = torch.cat([terms.delivered, moment_rows.transpose(1, 2)], dim=-1)  # [u_j, |u_j|^2, c_j |W|^2]
+    norm = torch.empty(groups, agents, dtype=dtype, device=device)
+    moments = torch.empty(groups, agents, d + 2, dtype=dtype, device=device)
+    kernels.row_sums_program[rows_grid](
+        *operands, terms.shifted_max, tie_width, values, terms.total, norm, terms.dot, moments, agents,
+        *strides, *values.stride(), VALUES=d + 2, VALUES_PADDED=padded_width(d + 2),
+        **constants, **weights, **shape,
+    )  # fmt: skip
+
+    # total >= 1 on a row with partners (its best seller weighs exactly 1), 0 on an empty row
+    per_unit = (terms.share / terms.total.clamp(min=1.0)).contiguous()
+    revenue = torch.empty(groups, agents, dtype=torch.float64, device=device)
+    columns_grid = (triton_cdiv(agents, tiles.columns), groups)
+    kernels.revenue_program[columns_grid](
+        *operands, terms.shifted_max, tie_width, per_unit, revenue, agents, *strides, **constants, **weights, **shape
+    )
+    return norm, moments, revenue
+
+
+def triton_cdiv(size: int, tile: int) -> int:
+    """Tiles of ``tile`` that cover ``size``."""
+    return -(-size // tile)
