@@ -106,8 +106,8 @@ def triton_blocks(terms: RoundTerms, economy: Economy, moment_rows: torch.Tensor
     tiles = tiles or DEFAULT_TILES["cuda" if device.type == "cuda" else "cpu"]
     kernels = programs(interpreted_kind=device.type != "cuda")
     floor = EXP2_FLOOR[dtype]
-    keys = left.shape[-1]  # d_k + 2
-    constants = dict(KEYS=keys, KEYS_PADDED=padded_width(keys), BIG=2.0 ** _limits(dtype)[2])
+    keys = left.shape[-1]  # d_k + 2: a runtime number (one compiled program for every d_k up to KEYS_PADDED)
+    constants = dict(KEYS_PADDED=padded_width(keys), BIG=2.0 ** _limits(dtype)[2])
     shape = dict(BLOCK_ROWS=tiles.rows, BLOCK_COLUMNS=tiles.columns, num_warps=tiles.warps)
     weights = dict(FLOOR=floor, THRESHOLD=2.0 ** (floor + 1))
     if terms.network_bias is not None:
@@ -121,14 +121,14 @@ def triton_blocks(terms: RoundTerms, economy: Economy, moment_rows: torch.Tensor
     tie_width = terms.tie_width.contiguous()
     rows_grid = (triton_cdiv(agents, tiles.rows), groups)
 
-    kernels.row_max_program[rows_grid](*operands, terms.shifted_max, agents, *strides, **constants, **shape)
+    kernels.row_max_program[rows_grid](*operands, terms.shifted_max, agents, keys, *strides, **constants, **shape)
 
     values = torch.cat([terms.delivered, moment_rows.transpose(1, 2)], dim=-1)  # [u_j, |u_j|^2, c_j |W|^2]
     norm = torch.empty(groups, agents, dtype=dtype, device=device)
     moments = torch.empty(groups, agents, d + 2, dtype=dtype, device=device)
     kernels.row_sums_program[rows_grid](
-        *operands, terms.shifted_max, tie_width, values, terms.total, norm, terms.dot, moments, agents,
-        *strides, *values.stride(), VALUES=d + 2, VALUES_PADDED=padded_width(d + 2),
+        *operands, terms.shifted_max, tie_width, values, terms.total, norm, terms.dot, moments, agents, keys,
+        *strides, *values.stride(), d + 2, VALUES_PADDED=padded_width(d + 2),
         **constants, **weights, **shape,
     )  # fmt: skip
 
@@ -137,8 +137,9 @@ def triton_blocks(terms: RoundTerms, economy: Economy, moment_rows: torch.Tensor
     revenue = torch.empty(groups, agents, dtype=torch.float64, device=device)
     columns_grid = (triton_cdiv(agents, tiles.columns), groups)
     kernels.revenue_program[columns_grid](
-        *operands, terms.shifted_max, tie_width, per_unit, revenue, agents, *strides, **constants, **weights, **shape
-    )
+        *operands, terms.shifted_max, tie_width, per_unit, revenue, agents, keys, *strides,
+        **constants, **weights, **shape,
+    )  # fmt: skip
     return norm, moments, revenue
 
 

@@ -46,11 +46,11 @@ def score_tile(
     row_start,
     column_start,
     agents,
+    keys,
     left_row_stride,
     left_key_stride,
     right_key_stride,
     right_column_stride,
-    KEYS: tl.constexpr,
     KEYS_PADDED: tl.constexpr,
     NETWORK: tl.constexpr,
     BIG: tl.constexpr,
@@ -64,16 +64,16 @@ def score_tile(
     """
     rows = row_start + tl.arange(0, BLOCK_ROWS)
     columns = column_start + tl.arange(0, BLOCK_COLUMNS)
-    keys = tl.arange(0, KEYS_PADDED)
+    key = tl.arange(0, KEYS_PADDED)
     row_in, column_in = rows[:, None] < agents, columns[None, :] < agents
     buyers = tl.load(
-        left + rows[:, None] * left_row_stride + keys[None, :] * left_key_stride,
-        mask=row_in & (keys[None, :] < KEYS),
+        left + rows[:, None] * left_row_stride + key[None, :] * left_key_stride,
+        mask=row_in & (key[None, :] < keys),
         other=0.0,
     )
     sellers = tl.load(
-        right + keys[:, None] * right_key_stride + columns[None, :] * right_column_stride,
-        mask=(keys[:, None] < KEYS) & column_in,
+        right + key[:, None] * right_key_stride + columns[None, :] * right_column_stride,
+        mask=(key[:, None] < keys) & column_in,
         other=0.0,
     )
     scores = tl.dot(buyers, sellers, input_precision="ieee")
@@ -99,13 +99,13 @@ def row_max_program(
     network,
     shifted_max,
     agents,
+    keys,
     left_group_stride,
     left_row_stride,
     left_key_stride,
     right_group_stride,
     right_key_stride,
     right_column_stride,
-    KEYS: tl.constexpr,
     KEYS_PADDED: tl.constexpr,
     NETWORK: tl.constexpr,
     BIG: tl.constexpr,
@@ -120,9 +120,9 @@ def row_max_program(
     best = tl.full([BLOCK_ROWS], -float("inf"), shifted_max.dtype.element_ty)
     for column_start in range(0, agents, BLOCK_COLUMNS):
         scores = score_tile(
-            left, right, network, row_start, column_start, agents,
+            left, right, network, row_start, column_start, agents, keys,
             left_row_stride, left_key_stride, right_key_stride, right_column_stride,
-            KEYS, KEYS_PADDED, NETWORK, BIG, BLOCK_ROWS, BLOCK_COLUMNS,
+            KEYS_PADDED, NETWORK, BIG, BLOCK_ROWS, BLOCK_COLUMNS,
         )  # fmt: skip
         best = tl.maximum(best, max_over(scores, 1))
     rows = row_start + tl.arange(0, BLOCK_ROWS)
@@ -142,6 +142,7 @@ def row_sums_program(
     dot,
     moments,
     agents,
+    keys,
     left_group_stride,
     left_row_stride,
     left_key_stride,
@@ -151,9 +152,8 @@ def row_sums_program(
     value_group_stride,
     value_row_stride,
     value_column_stride,
-    KEYS: tl.constexpr,
+    value_columns,
     KEYS_PADDED: tl.constexpr,
-    VALUES: tl.constexpr,
     VALUES_PADDED: tl.constexpr,
     NETWORK: tl.constexpr,
     BIG: tl.constexpr,
@@ -162,7 +162,7 @@ def row_sums_program(
     BLOCK_ROWS: tl.constexpr,
     BLOCK_COLUMNS: tl.constexpr,
 ):
-    """Pass 2: s_i, |e_i.|, sum_j e_ij y_ij into (groups, N) outputs, (e @ values)_i into (groups, N, VALUES)."""
+    """Pass 2: s_i, |e_i.|, sum_j e_ij y_ij into (groups, N) outputs, (e @ values)_i into (groups, N, columns)."""
     row_start = tl.program_id(0) * BLOCK_ROWS
     group = tl.program_id(1).to(tl.int64)
     left += group * left_group_stride
@@ -179,9 +179,9 @@ def row_sums_program(
     columns = tl.arange(0, VALUES_PADDED)
     for column_start in range(0, agents, BLOCK_COLUMNS):
         scores = score_tile(
-            left, right, network, row_start, column_start, agents,
+            left, right, network, row_start, column_start, agents, keys,
             left_row_stride, left_key_stride, right_key_stride, right_column_stride,
-            KEYS, KEYS_PADDED, NETWORK, BIG, BLOCK_ROWS, BLOCK_COLUMNS,
+            KEYS_PADDED, NETWORK, BIG, BLOCK_ROWS, BLOCK_COLUMNS,
         )  # fmt: skip
         shifted, weights = weight_tile(scores, shift, FLOOR, THRESHOLD)
         sums += sum_over(weights, 1)
@@ -190,7 +190,7 @@ def row_sums_program(
         sellers = column_start + tl.arange(0, BLOCK_COLUMNS)
         delivered = tl.load(
             values + sellers[:, None] * value_row_stride + columns[None, :] * value_column_stride,
-            mask=(sellers[:, None] < agents) & (columns[None, :] < VALUES),
+            mask=(sellers[:, None] < agents) & (columns[None, :] < value_columns),
             other=0.0,
         )
         received += tl.dot(weights, delivered, input_precision="ieee")
@@ -198,9 +198,9 @@ def row_sums_program(
     tl.store(norm + group * agents + rows, tl.sqrt(squares), mask=row_in)
     tl.store(dot + group * agents + rows, products, mask=row_in)
     tl.store(
-        moments + (group * agents + rows[:, None]) * VALUES + columns[None, :],
+        moments + (group * agents + rows[:, None]) * value_columns + columns[None, :],
         received,
-        mask=row_in[:, None] & (columns[None, :] < VALUES),
+        mask=row_in[:, None] & (columns[None, :] < value_columns),
     )
 
 
@@ -213,13 +213,13 @@ def revenue_program(
     per_unit,
     revenue,
     agents,
+    keys,
     left_group_stride,
     left_row_stride,
     left_key_stride,
     right_group_stride,
     right_key_stride,
     right_column_stride,
-    KEYS: tl.constexpr,
     KEYS_PADDED: tl.constexpr,
     NETWORK: tl.constexpr,
     BIG: tl.constexpr,
@@ -241,9 +241,9 @@ def revenue_program(
         shift -= tl.load(tie_width + group * agents + rows, mask=row_in, other=0.0)
         paid = tl.load(per_unit + group * agents + rows, mask=row_in, other=0.0)
         scores = score_tile(
-            left, right, network, row_start, column_start, agents,
+            left, right, network, row_start, column_start, agents, keys,
             left_row_stride, left_key_stride, right_key_stride, right_column_stride,
-            KEYS, KEYS_PADDED, NETWORK, BIG, BLOCK_ROWS, BLOCK_COLUMNS,
+            KEYS_PADDED, NETWORK, BIG, BLOCK_ROWS, BLOCK_COLUMNS,
         )  # fmt: skip
         _, weights = weight_tile(scores, shift, FLOOR, THRESHOLD)
         earned += sum_over(weights * paid[:, None], 0).to(tl.float64)

@@ -9,7 +9,15 @@ import math
 import pandas as pd
 import pytest
 import torch
-from fused_cases import FIELDS, TOLERANCE, assert_equals_oracle, assert_outcomes_close, economies, two_populations
+from fused_cases import (
+    FIELDS,
+    TOLERANCE,
+    assert_equals_oracle,
+    assert_outcomes_close,
+    economies,
+    on_device,
+    two_populations,
+)
 from helpers import rollout, scenario
 from hypothesis import given, settings
 from typer.testing import CliRunner
@@ -27,13 +35,6 @@ runner = CliRunner()
 
 def flex_economy(economy):
     return dataclasses.replace(economy, kernel="flex")
-
-
-def on_device(frozen, device):
-    """The same dataclass with every tensor moved to ``device``."""
-    fields = (field.name for field in dataclasses.fields(frozen))
-    tensors = {name: getattr(frozen, name) for name in fields if isinstance(getattr(frozen, name), torch.Tensor)}
-    return dataclasses.replace(frozen, **{name: tensor.to(device) for name, tensor in tensors.items()})
 
 
 @given(economies())

@@ -1,0 +1,286 @@
+"""The Triton block pass (econspin.triton_blocks) against the reference market, the fused kernel and the oracle.
+
+On a CPU the programs run under Triton's interpreter: the same bodies a CUDA GPU compiles
+(econspin.triton_kernels.programs), one program instance at a time, so the economies here are
+small. The CUDA test at the end compares the compiled programs with the fused kernel.
+"""
+
+import dataclasses
+import importlib.util
+import math
+import os
+import sys
+
+import pandas as pd
+import pytest
+import torch
+from fused_cases import (
+    FIELDS,
+    TOLERANCE,
+    assert_equals_oracle,
+    assert_outcomes_close,
+    economies,
+    on_device,
+    two_populations,
+)
+from helpers import rollout, scenario
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from typer.testing import CliRunner
+
+from econspin import ScenarioError
+from econspin.cli import app
+from econspin.fused import fused_trade
+from econspin.market import MarketOutcome, trade
+from econspin.triton_blocks import Tiles, triton_trade, uses_triton
+
+runner = CliRunner()
+needs_triton = pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="needs the triton package")
+TILES = st.sampled_from([None, Tiles(16, 16), Tiles(16, 32), Tiles(32, 16)])
+
+
+def triton_economy(economy):
+    return dataclasses.replace(economy, kernel="triton")
+
+
+def assert_money_conserved(outcome: MarketOutcome) -> None:
+    """Revenue sums to the budgets spent, in float64, whatever the working precision."""
+    assert outcome.revenue.dtype == outcome.spending.dtype == torch.float64
+    assert torch.all(outcome.revenue >= 0)
+    assert torch.allclose(outcome.revenue.sum(1), outcome.spending.sum(1), rtol=1e-13, atol=0)
+
+
+@needs_triton
+@given(economies(), TILES)
+@settings(max_examples=25, deadline=None, derandomize=True)
+def test_triton_equals_reference_and_fused(drawn, tiles):
+    state, economy = drawn
+    outcome = triton_trade(state, triton_economy(economy), tiles=tiles)
+    tolerance = TOLERANCE[state.states.dtype]
+    assert_outcomes_close(trade(state, economy), outcome, tolerance)
+    assert_outcomes_close(fused_trade(state, economy), outcome, tolerance)
+    assert_money_conserved(outcome)
+
+
+@pytest.mark.slow
+@needs_triton
+@given(economies(), TILES)
+@settings(max_examples=300, deadline=None)
+def test_triton_equals_reference_and_fused_many(drawn, tiles):
+    test_triton_equals_reference_and_fused.hypothesis.inner_test(drawn, tiles)
+
+
+@needs_triton
+@given(economies().filter(lambda drawn: drawn[0].states.dtype == torch.float64))
+@settings(max_examples=8, deadline=None, derandomize=True)
+def test_triton_equals_the_independent_oracle(drawn):
+    """Against econspin.reference (plain float64 numpy, one buyer at a time), as the fused kernel is."""
+    state, economy = drawn
+    assert_equals_oracle(triton_trade(state, triton_economy(economy)), state, economy)
+
+
+@needs_triton
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_tile_sizes_change_nothing_beyond_rounding(dtype):
+    """N = 64 in tiles of 16 to 64 buyers and sellers (one tile, several, and partial ones), T = 0 rows, a network."""
+    run = rollout([two_populations(heads=2, visibility=-0.7)] * 2, dtype=dtype)
+    state = run.state.replace(temperature=run.state.temperature.index_fill(1, torch.tensor([0, 5, 41]), 0.0))
+    mask = torch.rand(64, 64, generator=torch.Generator().manual_seed(5)) < 0.6
+    for economy in (run.economy, dataclasses.replace(run.economy, trade_mask=mask)):
+        economy = triton_economy(economy)
+        whole = triton_trade(state, economy, tiles=Tiles(64, 64))
+        assert_outcomes_close(fused_trade(state, economy), whole, TOLERANCE[state.states.dtype])
+        for tiles in (Tiles(16, 16), Tiles(32, 16), Tiles(16, 64)):
+            assert_outcomes_close(
+                whole, triton_trade(state, economy, tiles=tiles), 1e-13 if dtype == "float64" else 1e-6
+            )
+
+
+def test_tiles_are_powers_of_two_of_at_least_16():
+    for rows, columns in ((8, 16), (16, 24), (48, 64)):
+        with pytest.raises(ValueError, match="power of two >= 16"):
+            Tiles(rows, columns)
+
+
+@needs_triton
+def test_zero_temperature_is_the_argmax_with_ties_split_equally():
+    """Exact ties at T = 0 (integer states: every utility exact), with utilities far from 0 and at 0."""
+    populations = {"a": {"count": 40, "temperature": 0.0, "projections": {"init": "identity"}}}
+    run = rollout(scenario(populations=populations, output="identity"))  # d = d_k = 4: U = x_i . x_j / 2
+    states = torch.randint(-2, 3, (1, 40, 4), generator=torch.Generator().manual_seed(3)).double()
+    states[0, :2] = 0.0  # two buyers to whom every seller is worth 0: all tie
+    state = run.state.replace(states=states)
+    outcome = triton_trade(state, triton_economy(run.economy))
+    assert_outcomes_close(fused_trade(state, run.economy), outcome, 1e-14)
+    utilities = states[0] @ states[0].T / 2
+    utilities.fill_diagonal_(-math.inf)
+    alpha = (utilities == utilities.max(1, keepdim=True).values).double()
+    ties = alpha.sum(1, keepdim=True)
+    assert (ties > 1).sum() > 5
+    alpha = alpha / ties
+    assert torch.equal(outcome.revenue[0] > 0, alpha.sum(0) > 0)  # nobody outside the argmax earns a cent
+    assert torch.allclose(outcome.received[0], alpha @ states[0], rtol=0, atol=1e-14)
+    assert torch.allclose(outcome.revenue[0], 0.1 * alpha.T @ state.money[0], rtol=1e-14, atol=0)
+    assert torch.allclose(outcome.impact[0], 1 / ties.squeeze(1), rtol=1e-15, atol=0)
+    assert torch.allclose(outcome.entropy[0], ties.squeeze(1).log() / math.log(39), rtol=1e-15, atol=0)
+
+
+@needs_triton
+def test_infinite_temperature_is_uniform_over_allowed_partners():
+    populations = {
+        "buyers": {"count": 5, "temperature": math.inf, "sells": False},
+        "sellers": {"count": 7, "buys": False},
+    }
+    run = rollout(scenario(populations=populations, heads=2, visibility=1.0))
+    outcome = triton_trade(run.state, triton_economy(run.economy))
+    assert torch.allclose(outcome.entropy[0, :5], torch.ones(5, dtype=torch.float64), rtol=1e-15, atol=0)
+    assert torch.all(torch.isinf(outcome.surplus[0, :5]))
+    per_seller = outcome.revenue[0, 5:]
+    assert torch.allclose(per_seller, per_seller.mean().expand(7), rtol=1e-15, atol=0)
+    assert_outcomes_close(fused_trade(run.state, run.economy), outcome, 1e-14)
+
+
+@needs_triton
+@pytest.mark.parametrize("bias", [True, False])
+def test_buyers_with_nobody_to_buy_from_spend_and_receive_nothing(bias):
+    """A network as the additive bias, and (a budget too small to keep the bias) as the mask itself."""
+    run = rollout(two_populations(heads=2))
+    mask = torch.ones(64, 64, dtype=torch.bool)
+    mask[:10] = False  # isolated buyers
+    mask[10:20, 21:] = False  # buyers with a single seller
+    economy = dataclasses.replace(run.economy, trade_mask=mask, memory_budget=run.economy.memory_budget * bias)
+    state = run.state.replace(temperature=run.state.temperature.index_fill(1, torch.tensor([12, 15]), math.inf))
+    state = state.replace(temperature=state.temperature.index_fill(1, torch.tensor([30, 31]), 0.0))
+    outcome = triton_trade(state, triton_economy(economy))
+    for name in ("received", "spending", "entropy", "surplus", "choice_variance", "impact"):
+        assert torch.all(getattr(outcome, name)[0, :10] == 0), name
+    assert_outcomes_close(trade(state, economy), outcome, 1e-12)
+    assert_outcomes_close(fused_trade(state, economy), outcome, 1e-13)
+    assert_money_conserved(outcome)
+
+
+@needs_triton
+def test_several_populations_heads_and_batch_elements_in_float32():
+    populations = {
+        "human": {"count": 30, "temperature": 0.8, "spend": 0.2},
+        "ai": {"count": 10, "temperature": 0.0, "spend": 0.5},
+        "firm": {"count": 8, "temperature": math.inf, "buys": False},
+    }
+    run = rollout([scenario(populations=populations, heads=3, d=5, d_k=3, d_v=2, visibility=0.4)] * 3, dtype="float32")
+    outcome = triton_trade(run.state, triton_economy(run.economy))
+    assert_outcomes_close(fused_trade(run.state, run.economy), outcome, TOLERANCE[torch.float32])
+    assert_outcomes_close(trade(run.state, run.economy), outcome, TOLERANCE[torch.float32])
+    assert_money_conserved(outcome)
+
+
+@needs_triton
+def test_the_programs_leave_the_environment_and_triton_as_they_were():
+    """Interpreted and compiled programs come from one body without TRITON_INTERPRET or changes to triton's modules."""
+    import triton.language.standard as standard
+
+    from econspin.triton_kernels import programs
+
+    environment, library = dict(os.environ), dict(vars(standard))
+    run = rollout(two_populations())
+    triton_trade(run.state, triton_economy(run.economy))
+    compiled, interpreted = programs(False), programs(True)
+    assert type(compiled.row_max_program).__name__ == "JITFunction"
+    assert type(interpreted.row_max_program).__name__ == "InterpretedFunction"
+    assert dict(os.environ) == environment and dict(vars(standard)) == library
+
+
+@needs_triton
+def test_the_kernel_switch_and_a_whole_rollout():
+    assert rollout(two_populations(run={"kernel": "triton"})).economy.kernel == "triton"
+    assert rollout(two_populations(mode="sampled", run={"kernel": "triton"})).economy.kernel == "fused"
+    with pytest.raises(ScenarioError, match="run.kernel: triton"):
+        two_populations(couplings={"curie_weiss": 1.0}, run={"kernel": "triton"})
+    run = rollout(two_populations(run={"kernel": "triton"}))
+    assert uses_triton(run.state, run.economy)
+    fields = run.state.fields.clone().requires_grad_(True)
+    assert not uses_triton(run.state.replace(fields=fields), run.economy)  # gradients take the reference path
+    populations = {
+        "human": {"count": 20, "temperature": 0.8, "spend": 0.2, "correction": {"form": "tap"}},
+        "ai": {"count": 8, "temperature": 0.0, "spend": 0.5, "eta": 0.5},
+        "firm": {"count": 6, "temperature": math.inf, "buys": False},
+    }
+    runs = [
+        rollout(scenario(populations=populations, heads=2, visibility=0.4, response="vmf", run={"kernel": kernel}))
+        for kernel in ("fused", "triton")
+    ]
+    start = runs[1].state.money.sum(1)
+    for run in runs:
+        run.advance(6)
+    fused, triton = (run.state for run in runs)
+    assert torch.allclose(fused.states, triton.states, rtol=0, atol=1e-12)
+    assert torch.allclose(fused.money, triton.money, rtol=1e-12, atol=0)
+    assert float((triton.money.sum(1) / start - 1).abs().max()) < 1e-12
+
+
+SCENARIO = """
+name: triton
+populations:
+  human: {count: 12, temperature: 1.0, spend: 0.2}
+  ai: {count: 4, temperature: 0.0, spend: 0.3}
+market: {d: 4, heads: 2, visibility: 0.5}
+run: {steps: 4, replicas: 2, seed: 3, device: cpu, dtype: float64, kernel: KERNEL}
+"""
+
+
+@needs_triton
+def test_a_triton_scenario_runs_from_the_command_line_as_the_fused_one(tmp_path):
+    tables = {}
+    for kernel in ("fused", "triton"):
+        path = tmp_path / f"{kernel}.yaml"
+        path.write_text(SCENARIO.replace("KERNEL", kernel))
+        result = runner.invoke(app, ["run", str(path), "--out", str(tmp_path / kernel), "--quiet"])
+        assert result.exit_code == 0, result.output
+        assert "Warning" not in result.output
+        tables[kernel] = pd.read_parquet(tmp_path / kernel / "metrics.parquet")
+    assert tables["fused"].columns.tolist() == tables["triton"].columns.tolist()
+    assert (tables["fused"] - tables["triton"]).abs().max().max() < 1e-9
+
+
+def test_without_triton_the_kernel_is_refused_in_one_line(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "triton", None)  # importlib then finds no triton
+    path = tmp_path / "triton.yaml"
+    path.write_text(SCENARIO.replace("KERNEL", "triton"))
+    result = runner.invoke(app, ["run", str(path), "--out", str(tmp_path / "refused"), "--quiet"])
+    assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1, result.output
+    assert "run.kernel: triton needs the triton package" in result.output
+    assert not (tmp_path / "refused").exists()
+    sampled = SCENARIO.replace("KERNEL", "triton").replace("visibility: 0.5", "visibility: 0.5, mode: sampled")
+    path.write_text(sampled)  # sampled mode runs the fused kernel: no triton needed
+    result = runner.invoke(app, ["run", str(path), "--out", str(tmp_path / "sampled"), "--quiet"])
+    assert result.exit_code == 0, result.output
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU: the compiled Triton programs")
+@given(economies(), TILES)
+@settings(max_examples=30, deadline=None, derandomize=True)
+def test_the_compiled_programs_on_a_gpu_equal_the_fused_kernel(drawn, tiles):
+    """The same economies as on the CPU, compiled by triton.jit, against the fused kernel on the CPU."""
+    state, economy = drawn
+    outcome = triton_trade(on_device(state, "cuda"), on_device(triton_economy(economy), "cuda"), tiles=tiles)
+    moved = MarketOutcome(**{name: getattr(outcome, name).cpu() for name in FIELDS})
+    assert_outcomes_close(fused_trade(state, economy), moved, TOLERANCE[state.states.dtype])
+    assert_money_conserved(moved)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU: the compiled Triton programs")
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_the_compiled_programs_at_a_few_hundred_agents(dtype):
+    """Several tiles each way, partial tiles, a network, T = 0 and inf rows: the GPU against the CPU's fused kernel."""
+    populations = {
+        "human": {"count": 300, "temperature": 0.8, "spend": 0.2},
+        "ai": {"count": 100, "temperature": 0.0, "spend": 0.5},
+        "firm": {"count": 60, "temperature": math.inf, "buys": False},
+    }
+    run = rollout([scenario(populations=populations, heads=2, d=8, visibility=0.4)] * 3, dtype=dtype)
+    mask = torch.rand(460, 460, generator=torch.Generator().manual_seed(2)) < 0.7
+    for economy in (run.economy, dataclasses.replace(run.economy, trade_mask=mask)):
+        state, moved_economy = (on_device(frozen, "cuda") for frozen in (run.state, triton_economy(economy)))
+        outcome = triton_trade(state, moved_economy)
+        moved = MarketOutcome(**{name: getattr(outcome, name).cpu() for name in FIELDS})
+        assert_outcomes_close(fused_trade(run.state, economy), moved, TOLERANCE[run.state.states.dtype])
+        assert_money_conserved(moved)
