@@ -126,6 +126,30 @@ def test_zero_temperature_is_the_argmax_with_ties_split_equally():
 
 
 @needs_triton
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_utilities_within_the_tie_width_are_ties_at_zero_temperature(dtype):
+    """Sellers a unit in the last place apart: a T = 0 buyer splits the market between them, as on the other kernels.
+
+    Their utilities differ by less than the tie width t_i (market.tie_widths), which allows for
+    the rounding of any order of the utilities' sums; so tl.dot may round them either way.
+    """
+    populations = {
+        "buyers": {"count": 5, "temperature": 0.0, "sells": False, "state": {"scale": 1.2}},
+        "sellers": {"count": 4, "buys": False, "projections": {"init": "identity", "scale": 0.5}},
+    }
+    run = rollout(scenario(populations=populations, d=3, output="random"), dtype=dtype)
+    value = torch.tensor(0.7, dtype=run.state.states.dtype)
+    for seller in range(4):
+        run.state.states[0, 5 + seller] = value
+        value = torch.nextafter(value, torch.tensor(1.0, dtype=value.dtype))  # one unit in the last place up
+    outcome = triton_trade(run.state, triton_economy(run.economy))
+    spent = outcome.spending[0, :5].sum()
+    assert torch.allclose(outcome.revenue[0, 5:], (spent / 4).expand(4), rtol=1e-6 if dtype == "float32" else 1e-13)
+    assert_outcomes_close(trade(run.state, run.economy), outcome, TOLERANCE[run.state.states.dtype])
+    assert_outcomes_close(fused_trade(run.state, run.economy), outcome, TOLERANCE[run.state.states.dtype])
+
+
+@needs_triton
 def test_infinite_temperature_is_uniform_over_allowed_partners():
     populations = {
         "buyers": {"count": 5, "temperature": math.inf, "sells": False},
