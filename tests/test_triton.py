@@ -279,6 +279,19 @@ def test_without_triton_the_kernel_is_refused_in_one_line(tmp_path, monkeypatch)
     assert result.exit_code == 0, result.output
 
 
+@needs_triton
+def test_the_gpu_checks_triton_timing_runs_on_the_cpu():
+    """experiments/gpu_check.py's triton step at a tiny shape, so that the GPU session does not find it broken."""
+    from experiments import gpu_check
+
+    rows = gpu_check.triton_timing(torch.device("cpu"), shapes=((2, 20),), tiles=((16, 16, 1), (8, 16, 1)), repeats=1)
+    rounds = rows[0]
+    errors, tiles = [row for row in rows if "error" in row], [row for row in rows if "market ms" in row]
+    assert rounds["triton ms"] > 0 and rounds["triton difference from fused"] < 1e-5
+    assert [row["tiles"] for row in tiles] == [[16, 16, 1]] and tiles[0]["difference from fused"] < 1e-5
+    assert [row["tiles"] for row in errors] == [[8, 16, 1]] and "power of two" in errors[0]["error"]
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU: the compiled Triton programs")
 @given(economies(), TILES)
 @settings(max_examples=30, deadline=None, derandomize=True)
