@@ -241,6 +241,18 @@ def test_the_kernel_switch_and_a_whole_rollout():
     assert float((triton.money.sum(1) / start - 1).abs().max()) < 1e-12
 
 
+def test_the_memory_estimate_holds_nothing_n_by_n():
+    """The round's working memory grows as N (tiles live in registers), not as the fused kernel's N-wide blocks."""
+    from econspin.memory import estimate_memory
+
+    def round_bytes(agents: int, kernel: str) -> float:
+        economy = scenario(populations={"a": {"count": agents}}, run={"kernel": kernel})
+        return estimate_memory(economy, 2, torch.float32).device["round"]
+
+    assert round_bytes(20000, "triton") == pytest.approx(2 * round_bytes(10000, "triton"), rel=1e-12)
+    assert round_bytes(20000, "triton") < round_bytes(20000, "fused") / 2
+
+
 SCENARIO = """
 name: triton
 populations:
