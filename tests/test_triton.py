@@ -11,7 +11,6 @@ import math
 import os
 import sys
 
-import pandas as pd
 import pytest
 import torch
 from fused_cases import (
@@ -26,9 +25,17 @@ from fused_cases import (
 from helpers import rollout, scenario
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from kernel_cases import (
+    check_command_line_equals_fused,
+    check_infinite_temperature_uniform,
+    check_isolated_buyers,
+    check_kernel_switch_and_rollout,
+    check_several_populations_in_float32,
+    check_zero_temperature_ties,
+    scenario_text,
+)
 from typer.testing import CliRunner
 
-from econspin import ScenarioError
 from econspin.cli import app
 from econspin.fused import fused_trade
 from econspin.market import MarketOutcome, trade
@@ -41,6 +48,11 @@ TILES = st.sampled_from([None, Tiles(16, 16), Tiles(16, 32), Tiles(32, 16)])
 
 def triton_economy(economy):
     return dataclasses.replace(economy, kernel="triton")
+
+
+def triton_outcome(state, economy):
+    """The triton kernel's market step on an economy built for the fused one."""
+    return triton_trade(state, triton_economy(economy))
 
 
 def assert_money_conserved(outcome: MarketOutcome) -> None:
@@ -104,25 +116,7 @@ def test_tiles_are_powers_of_two_of_at_least_16():
 
 @needs_triton
 def test_zero_temperature_is_the_argmax_with_ties_split_equally():
-    """Exact ties at T = 0 (integer states: every utility exact), with utilities far from 0 and at 0."""
-    populations = {"a": {"count": 40, "temperature": 0.0, "projections": {"init": "identity"}}}
-    run = rollout(scenario(populations=populations, output="identity"))  # d = d_k = 4: U = x_i . x_j / 2
-    states = torch.randint(-2, 3, (1, 40, 4), generator=torch.Generator().manual_seed(3)).double()
-    states[0, :2] = 0.0  # two buyers to whom every seller is worth 0: all tie
-    state = run.state.replace(states=states)
-    outcome = triton_trade(state, triton_economy(run.economy))
-    assert_outcomes_close(fused_trade(state, run.economy), outcome, 1e-14)
-    utilities = states[0] @ states[0].T / 2
-    utilities.fill_diagonal_(-math.inf)
-    alpha = (utilities == utilities.max(1, keepdim=True).values).double()
-    ties = alpha.sum(1, keepdim=True)
-    assert (ties > 1).sum() > 5
-    alpha = alpha / ties
-    assert torch.equal(outcome.revenue[0] > 0, alpha.sum(0) > 0)  # nobody outside the argmax earns a cent
-    assert torch.allclose(outcome.received[0], alpha @ states[0], rtol=0, atol=1e-14)
-    assert torch.allclose(outcome.revenue[0], 0.1 * alpha.T @ state.money[0], rtol=1e-14, atol=0)
-    assert torch.allclose(outcome.impact[0], 1 / ties.squeeze(1), rtol=1e-15, atol=0)
-    assert torch.allclose(outcome.entropy[0], ties.squeeze(1).log() / math.log(39), rtol=1e-15, atol=0)
+    check_zero_temperature_ties(triton_outcome)
 
 
 @needs_triton
@@ -151,50 +145,19 @@ def test_utilities_within_the_tie_width_are_ties_at_zero_temperature(dtype):
 
 @needs_triton
 def test_infinite_temperature_is_uniform_over_allowed_partners():
-    populations = {
-        "buyers": {"count": 5, "temperature": math.inf, "sells": False},
-        "sellers": {"count": 7, "buys": False},
-    }
-    run = rollout(scenario(populations=populations, heads=2, visibility=1.0))
-    outcome = triton_trade(run.state, triton_economy(run.economy))
-    assert torch.allclose(outcome.entropy[0, :5], torch.ones(5, dtype=torch.float64), rtol=1e-15, atol=0)
-    assert torch.all(torch.isinf(outcome.surplus[0, :5]))
-    per_seller = outcome.revenue[0, 5:]
-    assert torch.allclose(per_seller, per_seller.mean().expand(7), rtol=1e-15, atol=0)
-    assert_outcomes_close(fused_trade(run.state, run.economy), outcome, 1e-14)
+    check_infinite_temperature_uniform(triton_outcome)
 
 
 @needs_triton
 @pytest.mark.parametrize("bias", [True, False])
 def test_buyers_with_nobody_to_buy_from_spend_and_receive_nothing(bias):
     """A network as the additive bias, and (a budget too small to keep the bias) as the mask itself."""
-    run = rollout(two_populations(heads=2))
-    mask = torch.ones(64, 64, dtype=torch.bool)
-    mask[:10] = False  # isolated buyers
-    mask[10:20, 21:] = False  # buyers with a single seller
-    economy = dataclasses.replace(run.economy, trade_mask=mask, memory_budget=run.economy.memory_budget * bias)
-    state = run.state.replace(temperature=run.state.temperature.index_fill(1, torch.tensor([12, 15]), math.inf))
-    state = state.replace(temperature=state.temperature.index_fill(1, torch.tensor([30, 31]), 0.0))
-    outcome = triton_trade(state, triton_economy(economy))
-    for name in ("received", "spending", "entropy", "surplus", "choice_variance", "impact"):
-        assert torch.all(getattr(outcome, name)[0, :10] == 0), name
-    assert_outcomes_close(trade(state, economy), outcome, 1e-12)
-    assert_outcomes_close(fused_trade(state, economy), outcome, 1e-13)
-    assert_money_conserved(outcome)
+    assert_money_conserved(check_isolated_buyers(triton_outcome, memory_budget_scale=float(bias)))
 
 
 @needs_triton
 def test_several_populations_heads_and_batch_elements_in_float32():
-    populations = {
-        "human": {"count": 30, "temperature": 0.8, "spend": 0.2},
-        "ai": {"count": 10, "temperature": 0.0, "spend": 0.5},
-        "firm": {"count": 8, "temperature": math.inf, "buys": False},
-    }
-    run = rollout([scenario(populations=populations, heads=3, d=5, d_k=3, d_v=2, visibility=0.4)] * 3, dtype="float32")
-    outcome = triton_trade(run.state, triton_economy(run.economy))
-    assert_outcomes_close(fused_trade(run.state, run.economy), outcome, TOLERANCE[torch.float32])
-    assert_outcomes_close(trade(run.state, run.economy), outcome, TOLERANCE[torch.float32])
-    assert_money_conserved(outcome)
+    assert_money_conserved(check_several_populations_in_float32(triton_outcome))
 
 
 @needs_triton
@@ -215,30 +178,7 @@ def test_the_programs_leave_the_environment_and_triton_as_they_were():
 
 @needs_triton
 def test_the_kernel_switch_and_a_whole_rollout():
-    assert rollout(two_populations(run={"kernel": "triton"})).economy.kernel == "triton"
-    assert rollout(two_populations(mode="sampled", run={"kernel": "triton"})).economy.kernel == "fused"
-    with pytest.raises(ScenarioError, match="run.kernel: triton"):
-        two_populations(couplings={"curie_weiss": 1.0}, run={"kernel": "triton"})
-    run = rollout(two_populations(run={"kernel": "triton"}))
-    assert uses_triton(run.state, run.economy)
-    fields = run.state.fields.clone().requires_grad_(True)
-    assert not uses_triton(run.state.replace(fields=fields), run.economy)  # gradients take the reference path
-    populations = {
-        "human": {"count": 20, "temperature": 0.8, "spend": 0.2, "correction": {"form": "tap"}},
-        "ai": {"count": 8, "temperature": 0.0, "spend": 0.5, "eta": 0.5},
-        "firm": {"count": 6, "temperature": math.inf, "buys": False},
-    }
-    runs = [
-        rollout(scenario(populations=populations, heads=2, visibility=0.4, response="vmf", run={"kernel": kernel}))
-        for kernel in ("fused", "triton")
-    ]
-    start = runs[1].state.money.sum(1)
-    for run in runs:
-        run.advance(6)
-    fused, triton = (run.state for run in runs)
-    assert torch.allclose(fused.states, triton.states, rtol=0, atol=1e-12)
-    assert torch.allclose(fused.money, triton.money, rtol=1e-12, atol=0)
-    assert float((triton.money.sum(1) / start - 1).abs().max()) < 1e-12
+    check_kernel_switch_and_rollout("triton", uses_triton, rounds=6, tolerance=1e-12)
 
 
 def test_the_memory_estimate_holds_nothing_n_by_n():
@@ -253,39 +193,20 @@ def test_the_memory_estimate_holds_nothing_n_by_n():
     assert round_bytes(20000, "triton") < round_bytes(20000, "fused") / 2
 
 
-SCENARIO = """
-name: triton
-populations:
-  human: {count: 12, temperature: 1.0, spend: 0.2}
-  ai: {count: 4, temperature: 0.0, spend: 0.3}
-market: {d: 4, heads: 2, visibility: 0.5}
-run: {steps: 4, replicas: 2, seed: 3, device: cpu, dtype: float64, kernel: KERNEL}
-"""
-
-
 @needs_triton
 def test_a_triton_scenario_runs_from_the_command_line_as_the_fused_one(tmp_path):
-    tables = {}
-    for kernel in ("fused", "triton"):
-        path = tmp_path / f"{kernel}.yaml"
-        path.write_text(SCENARIO.replace("KERNEL", kernel))
-        result = runner.invoke(app, ["run", str(path), "--out", str(tmp_path / kernel), "--quiet"])
-        assert result.exit_code == 0, result.output
-        assert "Warning" not in result.output
-        tables[kernel] = pd.read_parquet(tmp_path / kernel / "metrics.parquet")
-    assert tables["fused"].columns.tolist() == tables["triton"].columns.tolist()
-    assert (tables["fused"] - tables["triton"]).abs().max().max() < 1e-9
+    check_command_line_equals_fused("triton", tmp_path, steps=4)
 
 
 def test_without_triton_the_kernel_is_refused_in_one_line(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "triton", None)  # importlib then finds no triton
     path = tmp_path / "triton.yaml"
-    path.write_text(SCENARIO.replace("KERNEL", "triton"))
+    path.write_text(scenario_text("triton", steps=4))
     result = runner.invoke(app, ["run", str(path), "--out", str(tmp_path / "refused"), "--quiet"])
     assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1, result.output
     assert "run.kernel: triton needs the triton package" in result.output
     assert not (tmp_path / "refused").exists()
-    sampled = SCENARIO.replace("KERNEL", "triton").replace("visibility: 0.5", "visibility: 0.5, mode: sampled")
+    sampled = scenario_text("triton", steps=4).replace("visibility: 0.5", "visibility: 0.5, mode: sampled")
     path.write_text(sampled)  # sampled mode runs the fused kernel: no triton needed
     result = runner.invoke(app, ["run", str(path), "--out", str(tmp_path / "sampled"), "--quiet"])
     assert result.exit_code == 0, result.output
