@@ -64,7 +64,7 @@ def assert_money_conserved(outcome: MarketOutcome) -> None:
 
 @needs_triton
 @given(economies(), TILES)
-@settings(max_examples=25, deadline=None, derandomize=True)
+@settings(max_examples=40, deadline=None, derandomize=True)
 def test_triton_equals_reference_and_fused(drawn, tiles):
     state, economy = drawn
     outcome = triton_trade(state, triton_economy(economy), tiles=tiles)
