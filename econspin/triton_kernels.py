@@ -78,10 +78,12 @@ def score_tile(
     )
     scores = tl.dot(buyers, sellers, input_precision="ieee")
     allowed = row_in & column_in & (rows[:, None] != columns[None, :])
+    # N^2 passes 2^31 at N = 46341: the network's offsets in 64 bits
+    pair = rows[:, None].to(tl.int64) * agents + columns[None, :]
     if NETWORK == 1:
-        scores += tl.load(network + rows[:, None] * agents + columns[None, :], mask=row_in & column_in, other=0.0)
+        scores += tl.load(network + pair, mask=row_in & column_in, other=0.0)
     if NETWORK == 2:
-        edge = tl.load(network + rows[:, None] * agents + columns[None, :], mask=row_in & column_in, other=0)
+        edge = tl.load(network + pair, mask=row_in & column_in, other=0)
         allowed = allowed & (edge != 0)
     return tl.where(allowed, scores, -BIG)
 
