@@ -38,6 +38,7 @@ from typer.testing import CliRunner
 
 from econspin.cli import app
 from econspin.fused import fused_trade
+from econspin.host_syncs import HostSyncRecorder
 from econspin.market import MarketOutcome, trade
 from econspin.triton_blocks import Tiles, triton_trade, uses_triton
 
@@ -174,6 +175,23 @@ def test_the_programs_leave_the_environment_and_triton_as_they_were():
     assert type(compiled.row_max_program).__name__ == "JITFunction"
     assert type(interpreted.row_max_program).__name__ == "InterpretedFunction"
     assert dict(os.environ) == environment and dict(vars(standard)) == library
+
+
+@needs_triton
+@pytest.mark.parametrize("network", [False, True])
+def test_the_triton_step_never_waits_on_the_host(network):
+    """The launches size their grids from shapes alone: no value read, no data-dependent shape, in the whole step."""
+    run = rollout(two_populations(heads=2, visibility=0.5), dtype="float32")
+    economy = triton_economy(run.economy)
+    if network:
+        mask = torch.rand(64, 64, generator=torch.Generator().manual_seed(4)) < 0.5
+        economy = dataclasses.replace(economy, trade_mask=mask)
+    state = run.state.replace(temperature=run.state.temperature.index_fill(1, torch.tensor([0, 3]), 0.0))
+    first = triton_trade(state, economy)  # the network's bias is built once per economy, here
+    with torch.no_grad(), HostSyncRecorder() as recorder:
+        again = triton_trade(state, economy)
+    assert recorder.events == [], "\n".join(recorder.summary())
+    assert_outcomes_close(first, again, 0.0)
 
 
 @needs_triton
