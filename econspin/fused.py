@@ -95,6 +95,11 @@ def _limits(dtype: torch.dtype) -> tuple[int, int, int]:
     return max_exponent - 28, mantissa, max_exponent - 8
 
 
+def mask_magnitude(dtype: torch.dtype) -> float:
+    """BIG: what a disallowed pair's score is lowered by (2^120 in float32, 2^1016 in float64)."""
+    return 2.0 ** _limits(dtype)[2]
+
+
 def inverse_temperatures(temperature: torch.Tensor, row_scale: torch.Tensor) -> torch.Tensor:
     """beta_i = clamp(log2(e) / T_i, 2^(-p-6-e_i), 2^(E-e_i)) with 2^e_i > row_scale_i (module doc).
 
@@ -281,7 +286,7 @@ def projections(state: State, economy: Economy):
 def fixed_terms(state: State, economy: Economy) -> EconomyTerms:
     """The economy's part of a round in the state's precision and batch (econspin.economy_terms)."""
     dtype = state.states.dtype
-    return economy_terms(economy, dtype, state.states.shape[0], 2.0 ** _limits(dtype)[2])
+    return economy_terms(economy, dtype, state.states.shape[0], mask_magnitude(dtype))
 
 
 def projections_from(state: State, economy: Economy, fixed: EconomyTerms):
@@ -355,7 +360,7 @@ def row_blocks(terms: RoundTerms, economy: Economy, rows: int | None = None):
     left, right = terms.left, terms.right
     groups, agents = terms.groups, left.shape[1]
     dtype, device = terms.delivered.dtype, left.device
-    big, floor = 2.0 ** _limits(dtype)[2], EXP2_FLOOR[dtype]
+    big, floor = mask_magnitude(dtype), EXP2_FLOOR[dtype]
     entries = block_entries(device, economy.memory_budget, dtype.itemsize)
     group_size, block_rows = block_shape(groups, agents, rows if rows is not None else economy.chunk, entries)
     buffer = workspace("blocks", 2 * group_size * block_rows * agents, dtype, device)

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 import torch
 
 from econspin.economy import Economy
-from econspin.fused import EXP2_FLOOR, RoundTerms, _limits, asks_for_gradients, fused_trade
+from econspin.fused import EXP2_FLOOR, RoundTerms, asks_for_gradients, fused_trade, mask_magnitude
 from econspin.market import MarketOutcome
 from econspin.state import State
 
@@ -103,11 +103,13 @@ def triton_blocks(terms: RoundTerms, economy: Economy, moment_rows: torch.Tensor
     left, right = terms.left, terms.right
     groups, agents, d = terms.delivered.shape
     dtype, device = terms.delivered.dtype, left.device
+    if left.dtype != dtype:  # what econspin.precision refuses for a scenario; here for an economy made by hand
+        raise ValueError(f"run.kernel: triton computes at full precision, not run.utility_precision {left.dtype}")
     tiles = tiles or DEFAULT_TILES["cuda" if device.type == "cuda" else "cpu"]
     kernels = programs(interpreted_kind=device.type != "cuda")
     floor = EXP2_FLOOR[dtype]
     keys = left.shape[-1]  # d_k + 2: a runtime number (one compiled program for every d_k up to KEYS_PADDED)
-    constants = dict(KEYS_PADDED=padded_width(keys), BIG=2.0 ** _limits(dtype)[2])
+    constants = dict(KEYS_PADDED=padded_width(keys), BIG=mask_magnitude(dtype))
     shape = dict(BLOCK_ROWS=tiles.rows, BLOCK_COLUMNS=tiles.columns, num_warps=tiles.warps)
     weights = dict(FLOOR=floor, THRESHOLD=2.0 ** (floor + 1))
     if terms.network_bias is not None:
@@ -119,8 +121,9 @@ def triton_blocks(terms: RoundTerms, economy: Economy, moment_rows: torch.Tensor
     operands = (left, right, network)
     strides = (left.stride(0), left.stride(1), left.stride(2), right.stride(0), right.stride(1), right.stride(2))
     tie_width = terms.tie_width.contiguous()
-    rows_grid = (triton_cdiv(agents, tiles.rows), groups)
+    rows_grid = (tiles_covering(agents, tiles.rows), groups)
 
+    # the per-row results are (groups, N) and contiguous, as round_terms makes them: the programs index them so
     kernels.row_max_program[rows_grid](*operands, terms.shifted_max, agents, keys, *strides, **constants, **shape)
 
     values = torch.cat([terms.delivered, moment_rows.transpose(1, 2)], dim=-1)  # [u_j, |u_j|^2, c_j |W|^2]
@@ -135,7 +138,7 @@ def triton_blocks(terms: RoundTerms, economy: Economy, moment_rows: torch.Tensor
     # total >= 1 on a row with partners (its best seller weighs exactly 1), 0 on an empty row
     per_unit = (terms.share / terms.total.clamp(min=1.0)).contiguous()
     revenue = torch.empty(groups, agents, dtype=torch.float64, device=device)
-    columns_grid = (triton_cdiv(agents, tiles.columns), groups)
+    columns_grid = (tiles_covering(agents, tiles.columns), groups)
     kernels.revenue_program[columns_grid](
         *operands, terms.shifted_max, tie_width, per_unit, revenue, agents, keys, *strides,
         **constants, **weights, **shape,
@@ -143,6 +146,6 @@ def triton_blocks(terms: RoundTerms, economy: Economy, moment_rows: torch.Tensor
     return norm, moments, revenue
 
 
-def triton_cdiv(size: int, tile: int) -> int:
+def tiles_covering(size: int, tile: int) -> int:
     """Tiles of ``tile`` that cover ``size``."""
     return -(-size // tile)

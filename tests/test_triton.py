@@ -116,6 +116,14 @@ def test_tiles_are_powers_of_two_of_at_least_16():
 
 
 @needs_triton
+def test_reduced_precision_utilities_are_refused_on_an_economy_made_by_hand():
+    run = rollout(two_populations(), dtype="float32")
+    economy = dataclasses.replace(triton_economy(run.economy), utility_precision="bfloat16")
+    with pytest.raises(ValueError, match="run.kernel: triton computes at full precision"):
+        triton_trade(run.state, economy)
+
+
+@needs_triton
 def test_zero_temperature_is_the_argmax_with_ties_split_equally():
     check_zero_temperature_ties(triton_outcome)
 
