@@ -90,60 +90,115 @@ def padded_width(width: int) -> int:
     return max(MIN_DOT, 1 << (width - 1).bit_length())
 
 
-# run.compile: an eager break, as econspin.fused.expected_blocks (torch.library registration: not yet)
-@torch.compiler.disable
 def triton_blocks(terms: RoundTerms, economy: Economy, moment_rows: torch.Tensor, tiles: Tiles | None = None):
     """:func:`econspin.fused.expected_blocks` by the Triton programs: (|e_i.|, e @ [u, moments], float64 revenue).
 
     Writes m_i, s_i and sum_j e_ij y_ij into ``terms``. ``tiles``: default :data:`DEFAULT_TILES`
-    for the device. CPU tensors run the interpreted programs, CUDA tensors the compiled ones.
+    for the device. CPU tensors run the interpreted programs, CUDA tensors the compiled ones:
+    eagerly, launched from :func:`launched_blocks`; under ``run.compile`` as the registered
+    operator ``econspin::triton_blocks`` (:func:`registered_blocks`), which torch.compile and CUDA
+    graphs see into; on a CPU (or a torch without ``torch.library.triton_op``) as an eager break.
+    """
+    left, dtype = terms.left, terms.delivered.dtype
+    if left.dtype != dtype:  # what econspin.precision refuses for a scenario; here for an economy made by hand
+        raise ValueError(f"run.kernel: triton computes at full precision, not run.utility_precision {left.dtype}")
+    tiles = tiles or DEFAULT_TILES["cuda" if left.is_cuda else "cpu"]
+    if terms.network_bias is not None:
+        network, network_kind = terms.network_bias, 1
+    elif economy.trade_mask is not None:
+        network, network_kind = economy.trade_mask.contiguous().view(torch.uint8), 2
+    else:
+        network, network_kind = left, 0  # never read
+    values = torch.cat([terms.delivered, moment_rows.transpose(1, 2)], dim=-1)  # [u_j, |u_j|^2, c_j |W|^2]
+    operands = (left, terms.right, network, network_kind, terms.tie_width, values, terms.share)
+    if left.is_cuda and torch.compiler.is_compiling() and REGISTERED:
+        results = torch.ops.econspin.triton_blocks(*operands, tiles.rows, tiles.columns, tiles.warps)
+    else:
+        results = eager_blocks(*operands, tiles.rows, tiles.columns, tiles.warps)
+    shifted_max, total, dot, norm, moments, revenue = results
+    for kept, result in ((terms.shifted_max, shifted_max), (terms.total, total), (terms.dot, dot)):
+        kept.copy_(result)  # what row_statistics reads after the blocks
+    return norm, moments, revenue
+
+
+def launched_blocks(
+    left: torch.Tensor,
+    right: torch.Tensor,
+    network: torch.Tensor,
+    network_kind: int,
+    tie_width: torch.Tensor,
+    values: torch.Tensor,
+    share: torch.Tensor,
+    rows: int,
+    columns: int,
+    warps: int,
+    wrap=None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The three programs on a round's operands (econspin.fused.RoundTerms): fresh (m, s, sum e y, |e|, e @ values, R).
+
+    ``network``: the (N, N) bias (``network_kind`` 1), the trade mask as bytes (2), or anything
+    (0: no network); ``values`` (groups, N, d + 2); ``share`` s_i / H. ``wrap``: what each program
+    is launched through (torch.library.wrap_triton inside the registered operator).
     """
     from econspin.triton_kernels import programs  # triton is optional: imported where the kernel runs
 
-    left, right = terms.left, terms.right
-    groups, agents, d = terms.delivered.shape
-    dtype, device = terms.delivered.dtype, left.device
-    if left.dtype != dtype:  # what econspin.precision refuses for a scenario; here for an economy made by hand
-        raise ValueError(f"run.kernel: triton computes at full precision, not run.utility_precision {left.dtype}")
-    tiles = tiles or DEFAULT_TILES["cuda" if device.type == "cuda" else "cpu"]
-    kernels = programs(interpreted_kind=device.type != "cuda")
+    kernels = programs(interpreted_kind=not left.is_cuda)
+    wrap = wrap or (lambda program: program)
+    groups, agents, keys = left.shape  # keys = d_k + 2: a runtime number (one program for every d_k up to 14)
+    dtype, device, value_columns = values.dtype, left.device, values.shape[-1]
     floor = EXP2_FLOOR[dtype]
-    keys = left.shape[-1]  # d_k + 2: a runtime number (one compiled program for every d_k up to KEYS_PADDED)
-    constants = dict(KEYS_PADDED=padded_width(keys), BIG=mask_magnitude(dtype))
-    shape = dict(BLOCK_ROWS=tiles.rows, BLOCK_COLUMNS=tiles.columns, num_warps=tiles.warps)
+    constants = dict(KEYS_PADDED=padded_width(keys), BIG=mask_magnitude(dtype), NETWORK=network_kind)
+    shape = dict(BLOCK_ROWS=rows, BLOCK_COLUMNS=columns, num_warps=warps)
     weights = dict(FLOOR=floor, THRESHOLD=2.0 ** (floor + 1))
-    if terms.network_bias is not None:
-        network, constants["NETWORK"] = terms.network_bias, 1
-    elif economy.trade_mask is not None:
-        network, constants["NETWORK"] = economy.trade_mask.contiguous().view(torch.uint8), 2
-    else:
-        network, constants["NETWORK"] = left, 0  # never read
     operands = (left, right, network)
-    strides = (left.stride(0), left.stride(1), left.stride(2), right.stride(0), right.stride(1), right.stride(2))
-    tie_width = terms.tie_width.contiguous()
-    rows_grid = (tiles_covering(agents, tiles.rows), groups)
-
-    # the per-row results are (groups, N) and contiguous, as round_terms makes them: the programs index them so
-    kernels.row_max_program[rows_grid](*operands, terms.shifted_max, agents, keys, *strides, **constants, **shape)
-
-    values = torch.cat([terms.delivered, moment_rows.transpose(1, 2)], dim=-1)  # [u_j, |u_j|^2, c_j |W|^2]
-    norm = torch.empty(groups, agents, dtype=dtype, device=device)
-    moments = torch.empty(groups, agents, d + 2, dtype=dtype, device=device)
-    kernels.row_sums_program[rows_grid](
-        *operands, terms.shifted_max, tie_width, values, terms.total, norm, terms.dot, moments, agents, keys,
-        *strides, *values.stride(), d + 2, VALUES_PADDED=padded_width(d + 2),
-        **constants, **weights, **shape,
-    )  # fmt: skip
-
-    # total >= 1 on a row with partners (its best seller weighs exactly 1), 0 on an empty row
-    per_unit = (terms.share / terms.total.clamp(min=1.0)).contiguous()
+    strides = (*left.stride(), *right.stride())
+    tie_width = tie_width.contiguous()
+    # every per-row result is (groups, N) and contiguous: the programs index them so
+    shifted_max, total, dot, norm = (torch.empty(groups, agents, dtype=dtype, device=device) for _ in range(4))
+    moments = torch.empty(groups, agents, value_columns, dtype=dtype, device=device)
     revenue = torch.empty(groups, agents, dtype=torch.float64, device=device)
-    columns_grid = (tiles_covering(agents, tiles.columns), groups)
-    kernels.revenue_program[columns_grid](
-        *operands, terms.shifted_max, tie_width, per_unit, revenue, agents, keys, *strides,
+    rows_grid, columns_grid = (tiles_covering(agents, rows), groups), (tiles_covering(agents, columns), groups)
+
+    wrap(kernels.row_max_program)[rows_grid](*operands, shifted_max, agents, keys, *strides, **constants, **shape)
+    wrap(kernels.row_sums_program)[rows_grid](
+        *operands, shifted_max, tie_width, values, total, norm, dot, moments, agents, keys,
+        *strides, *values.stride(), value_columns, VALUES_PADDED=padded_width(value_columns),
         **constants, **weights, **shape,
     )  # fmt: skip
-    return norm, moments, revenue
+    # total >= 1 on a row with partners (its best seller weighs exactly 1), 0 on an empty row
+    per_unit = (share / total.clamp(min=1.0)).contiguous()
+    wrap(kernels.revenue_program)[columns_grid](
+        *operands, shifted_max, tie_width, per_unit, revenue, agents, keys, *strides,
+        **constants, **weights, **shape,
+    )  # fmt: skip
+    return shifted_max, total, dot, norm, moments, revenue
+
+
+# eagerly, and under run.compile where the operator is not used (CPU tensors: the interpreter runs numpy)
+eager_blocks = torch.compiler.disable(launched_blocks)
+
+# econspin::triton_blocks: the programs as an operator whose triton kernels torch.compile sees
+# (torch.library.triton_op, torch >= 2.6), so that a compiled CUDA round, CUDA graphs included,
+# needs no break at the blocks. It reads its inputs and returns fresh tensors: nothing mutated.
+REGISTERED = hasattr(torch.library, "triton_op") and triton_missing() is None
+if REGISTERED:
+
+    @torch.library.triton_op("econspin::triton_blocks", mutates_args=())
+    def registered_blocks(
+        left: torch.Tensor,
+        right: torch.Tensor,
+        network: torch.Tensor,
+        network_kind: int,
+        tie_width: torch.Tensor,
+        values: torch.Tensor,
+        share: torch.Tensor,
+        rows: int,
+        columns: int,
+        warps: int,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:func:`launched_blocks` with each program launched through torch.library.wrap_triton."""
+        operands = (left, right, network, network_kind, tie_width, values, share, rows, columns, warps)
+        return launched_blocks(*operands, wrap=torch.library.wrap_triton)
 
 
 def tiles_covering(size: int, tile: int) -> int:

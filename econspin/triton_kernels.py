@@ -31,6 +31,7 @@ tensors, through numpy), so that one process runs both without the TRITON_INTERP
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import types
 
@@ -286,6 +287,51 @@ def interpreted(function: types.FunctionType) -> InterpretedFunction:
     return InterpretedFunction(function_copy(function, dict(function.__globals__)))
 
 
+def language_holders() -> list:
+    """triton.language's modules and classes: where the interpreter patches its own functions in."""
+    modules = [tl, tl.core, tl.math, tl.standard]
+    classes = {value for module in modules for value in vars(module).values() if isinstance(value, type)}
+    return modules + sorted((cls for cls in classes if cls.__module__.startswith("triton.")), key=str)
+
+
+@contextlib.contextmanager
+def language_kept():
+    """Inside: whatever the interpreter does to triton.language; after: triton.language as it was before.
+
+    A program run by the interpreter patches the language's functions for its run and restores
+    them, but a function it calls from the program (``score_tile``, the library's ``tl.sum``)
+    patches them again and leaves those patches behind (triton 3.9: ``tl.core.load``, ``full``
+    and 60 more stayed lambdas). A compiled program traced after that in the same process
+    fails on them ("Unsupported function referenced"): so each interpreted launch restores them.
+    """
+    saved = [(holder, dict(vars(holder))) for holder in language_holders()]
+    try:
+        yield
+    finally:
+        for holder, before in saved:
+            now = dict(vars(holder))
+            for name in now.keys() - before.keys():
+                if not isinstance(now[name], types.ModuleType):  # a submodule imported meanwhile stays
+                    delattr(holder, name)
+            for name, value in before.items():
+                if now.get(name, before) is not value:
+                    setattr(holder, name, value)
+
+
+class InterpretedProgram:
+    """An interpreted program whose launches (``program[grid](...)``) leave triton.language as they found it."""
+
+    def __init__(self, program: InterpretedFunction):
+        self.program = program
+
+    def __getitem__(self, grid):
+        def launch(*arguments, **keywords):
+            with language_kept():
+                return self.program[grid](*arguments, **keywords)
+
+        return launch
+
+
 @functools.cache
 def programs(interpreted_kind: bool) -> types.SimpleNamespace:
     """The three programs, compiled by ``triton.jit`` or (``interpreted_kind``) run by Triton's interpreter.
@@ -301,4 +347,6 @@ def programs(interpreted_kind: bool) -> types.SimpleNamespace:
     for name in (*HELPERS, *PROGRAMS):
         copy = function_copy(globals()[name], namespace)
         namespace[name] = InterpretedFunction(copy) if interpreted_kind else triton.jit(copy)
+    if interpreted_kind:
+        return types.SimpleNamespace(**{name: InterpretedProgram(namespace[name]) for name in PROGRAMS})
     return types.SimpleNamespace(**{name: namespace[name] for name in PROGRAMS})

@@ -34,6 +34,7 @@ from kernel_cases import (
     check_zero_temperature_ties,
     scenario_text,
 )
+from test_compiled_round import compare_rounds, needs_compiler
 from typer.testing import CliRunner
 
 from econspin.cli import app
@@ -171,18 +172,25 @@ def test_several_populations_heads_and_batch_elements_in_float32():
 
 @needs_triton
 def test_the_programs_leave_the_environment_and_triton_as_they_were():
-    """Interpreted and compiled programs come from one body without TRITON_INTERPRET or changes to triton's modules."""
-    import triton.language.standard as standard
+    """Interpreted and compiled programs from one body, without TRITON_INTERPRET; triton.language unpatched after.
 
-    from econspin.triton_kernels import programs
+    The interpreter leaves patches of the functions a program calls behind unless the launch
+    restores them; a compiled program traced afterwards would fail on them.
+    """
+    from econspin.triton_kernels import language_holders, programs
 
-    environment, library = dict(os.environ), dict(vars(standard))
+    environment = dict(os.environ)
+    language = [(holder, dict(vars(holder))) for holder in language_holders()]
     run = rollout(two_populations())
     triton_trade(run.state, triton_economy(run.economy))
     compiled, interpreted = programs(False), programs(True)
     assert type(compiled.row_max_program).__name__ == "JITFunction"
-    assert type(interpreted.row_max_program).__name__ == "InterpretedFunction"
-    assert dict(os.environ) == environment and dict(vars(standard)) == library
+    assert type(interpreted.row_max_program.program).__name__ == "InterpretedFunction"
+    assert dict(os.environ) == environment
+    for holder, before in language:
+        now = vars(holder)
+        changed = [name for name in before.keys() | now.keys() if now.get(name, before) is not before.get(name, now)]
+        assert [name for name in changed if not isinstance(now.get(name), type(os))] == [], holder
 
 
 @needs_triton
@@ -217,6 +225,40 @@ def test_the_memory_estimate_holds_nothing_n_by_n():
 
     assert round_bytes(20000, "triton") == pytest.approx(2 * round_bytes(10000, "triton"), rel=1e-12)
     assert round_bytes(20000, "triton") < round_bytes(20000, "fused") / 2
+
+
+@needs_triton
+@needs_compiler
+def test_the_compiled_round_on_the_triton_kernel_equals_the_eager_one():
+    """run.compile on a CPU: the round traced around the interpreted programs (an eager break), equal each round."""
+    torch._dynamo.reset()
+    compare_rounds(rollout(two_populations(heads=2, run={"kernel": "triton"})), rounds=2)
+    torch._dynamo.reset()
+
+
+def test_the_registered_operator_returns_fresh_outputs_of_the_right_shapes():
+    """econspin::triton_blocks traced with fake CUDA tensors (no GPU: its programs are not run, their outputs made)."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    import econspin.triton_blocks as blocks
+
+    if not blocks.REGISTERED:
+        pytest.skip("needs triton and torch.library.triton_op")
+    groups, agents, keys, columns = 3, 50, 6, 6
+    with FakeTensorMode():
+        left = torch.empty(groups, agents, keys, device="cuda")
+        right = torch.empty(groups, agents, keys, device="cuda").transpose(1, 2)
+        network, per_row, values = (
+            torch.empty(agents, agents, device="cuda"),
+            torch.empty(groups, agents, device="cuda"),
+            torch.empty(groups, agents, columns, device="cuda"),
+        )
+        outputs = torch.ops.econspin.triton_blocks(left, right, network, 1, per_row, values, per_row, 32, 16, 4)
+    shapes = [(tuple(output.shape), output.dtype, output.device.type) for output in outputs]
+    assert shapes == [((groups, agents), torch.float32, "cuda")] * 4 + [
+        ((groups, agents, columns), torch.float32, "cuda"),
+        ((groups, agents), torch.float64, "cuda"),
+    ]
 
 
 @needs_triton
