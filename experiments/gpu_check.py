@@ -33,7 +33,8 @@ left.
 8. ``flex_batched``: the FlexAttention kernel at B = 64, N = 256 (``flex_batched_cuda.json``).
 9. ``triton_tests``: the Triton kernel's compiled programs against the fused kernel
    (tests/test_triton.py's CUDA tests: hypothesis economies, and a few hundred agents in
-   several tile sizes, with and without a network).
+   several tile sizes, with and without a network), and rounds under ``run.compile`` (default
+   and reduce-overhead: the registered operator traced) against the eager ones.
 10. ``triton``: the Triton kernel (``run.kernel: triton``) beside the fused one and SDPA at
    N = 4096, 16384 and 65536 (B = 1) and B = 64, N = 256: its first round (compilation) timed
    apart, the round on each kernel, its next round against the fused one's, then the market
@@ -72,7 +73,7 @@ STEPS = {
     "flex": 120,
     "tf32": 50,
     "flex_batched": 60,
-    "triton_tests": 120,
+    "triton_tests": 180,
     "triton": 150,
 }
 BUDGET = 470  # seconds for all steps: one device call, leaving time in a session's lease to rerun one

@@ -323,3 +323,16 @@ def test_the_compiled_programs_at_a_few_hundred_agents(dtype):
             moved = MarketOutcome(**{name: getattr(outcome, name).cpu() for name in FIELDS})
             assert_outcomes_close(fused_trade(run.state, economy), moved, TOLERANCE[run.state.states.dtype])
             assert_money_conserved(moved)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU: the compiled Triton programs")
+@pytest.mark.parametrize("compile_mode", ["default", "reduce-overhead"])
+def test_the_compiled_programs_under_run_compile_equal_the_eager_rounds(compile_mode):
+    """On CUDA, run.compile traces the registered operator econspin::triton_blocks (CUDA graphs too)."""
+    from econspin.simulate import Rollout
+
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    run = Rollout.create([two_populations(heads=2, run={"kernel": "triton"})] * 2, [0, 1], "cuda", "float64")
+    compare_rounds(run, rounds=3, compile_mode=compile_mode)
+    torch._dynamo.reset()
