@@ -27,7 +27,8 @@ code (docs/performance.md, "The round compiled"):
 
 - the blocks of the N x N utilities (:func:`econspin.fused.expected_blocks`,
   :func:`econspin.fused_sampled.sampled_blocks`): Inductor's loops over a block recomputed
-  exp2 for each reduction and took 5x the eager round at N = 1024;
+  exp2 for each reduction and took 5x the eager round at N = 1024 (``run.kernel: triton``'s
+  blocks are traced on CUDA, as a registered operator: econspin.triton_blocks);
 - the loop of Wood's rejection step of the von Mises-Fisher spin draw over the agents left
   without an accepted attempt (sampled mode, d >= 2; :func:`econspin.response._wood_rest_eagerly`):
   it asks the host whether any agent is still without one, a graph break wherever it sits; the

@@ -17,11 +17,16 @@ Triton's interpreter (numpy, one program instance at a time: slow, for tests at 
 which is how the test suite checks them without a GPU. The interpreted and the compiled
 programs are built from the same function bodies (econspin.triton_kernels.programs).
 
+Under ``run.compile`` a CUDA round calls the programs through the operator
+``econspin::triton_blocks`` (``torch.library.triton_op``, torch >= 2.6), whose Triton kernels
+torch.compile and CUDA graphs see into: no break at the blocks (on a GPU: not yet run). On
+a CPU the interpreted programs stay an eager break (``torch.compiler.disable``), as the fused
+blocks are.
+
 Not covered, resolved as the flex kernel resolves them: sampled mode runs the fused kernel
 (econspin.scenario.resolved_kernel), fixed couplings are refused, a sparse network takes
-its own kernel, reduced-precision utilities are refused (econspin.precision), a round that
-asks for gradients takes the reference path, and under ``run.compile`` the programs run as
-an eager break (``torch.compiler.disable``) like the fused blocks.
+its own kernel, reduced-precision utilities are refused (econspin.precision), and a round
+that asks for gradients takes the reference path.
 
 Tile sizes (:class:`Tiles`) change the order of the sums only: results agree beyond rounding
 (tests/test_triton.py). Their best values on a GPU are what experiments/gpu_check.py's
