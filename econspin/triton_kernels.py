@@ -26,7 +26,9 @@ any order of the d_k + 2 products is bounded alike).
 
 The bodies below are plain functions: :func:`programs` decorates copies of them, in a
 namespace of their own, either with ``triton.jit`` (CUDA) or with Triton's interpreter (CPU
-tensors, through numpy), so that one process runs both without the TRITON_INTERPRET setting.
+tensors, through numpy), so that one process runs both without the TRITON_INTERPRET setting;
+each interpreted launch leaves ``triton.language`` as it found it (:func:`language_kept`), so
+that compiled programs traced later in the process see the library's own functions.
 """
 
 from __future__ import annotations
