@@ -54,7 +54,9 @@ from econspin.fused import (
     BlockTerms,
     RoundTerms,
     block_arguments,
+    blocks_as_operator,
     blocks_from_arguments,
+    eagerly,
     round_terms,
     row_blocks,
     row_statistics,
@@ -149,6 +151,8 @@ def sampled_blocks(
     mode (econspin.fused.expected_blocks).
     """
     if torch.compiler.is_compiling():
+        if not blocks_as_operator(terms.left.device):
+            return eagerly(sampled_blocks, terms, economy, uniforms, rows)
         *per_row, choice = _sampled_blocks_operator(*block_arguments(terms, economy, rows), uniforms)
         for kept, result in zip((terms.shifted_max, terms.total, terms.dot), per_row):
             kept.copy_(result)

@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 from test_cli import TINY
 from typer.testing import CliRunner
 
+from econspin import fused
 from econspin.bench_baselines import boltzmann_scenario
 from econspin.cli import app
 from econspin.compiled import missing_compiler
@@ -357,3 +358,16 @@ def test_the_block_operators_are_well_formed(mode, network):
     with torch.no_grad():
         *_, operator, arguments = block_calls(run.state, run.economy, 5)
     torch.library.opcheck(operator, arguments)
+
+
+@needs_compiler
+@pytest.mark.slow
+@pytest.mark.parametrize("case", ["expected, tap, two heads, visibility", "sampled, vmf, two heads"])
+def test_the_blocks_as_a_graph_break_equal_the_eager_round(case, monkeypatch):
+    """CUDA's route until a GPU has measured the operators (fused.OPERATOR_DEVICES): the blocks between graphs."""
+    monkeypatch.setattr(fused, "OPERATOR_DEVICES", ())
+    run = rollout(scenario(**SLOW_CASES[case]))
+    explained = explain_round(run)
+    assert any("eagerly" in reason.reason for reason in explained.break_reasons), explained.break_reasons
+    torch._dynamo.reset()
+    compare_rounds(run, rounds=3)
