@@ -21,21 +21,29 @@ trace). The keys of (element, round, agent), their hashes into the round's rando
 traced and fuse into the round's loops, bit for bit the eager words (the traced hash takes its
 64-bit products in 32-bit halves, :func:`econspin.randomness.mix64_exact`: Inductor's C++ for an
 overflowing int64 product is undefined behaviour, which GCC folded into wrong words;
-docs/performance.md, "The hashes compiled"). Three parts run eagerly between compiled graphs
-(``torch.compiler.disable``), each chosen by measurement or by a defect found in the compiled
-code (docs/performance.md, "The round compiled"):
+docs/performance.md, "The hashes compiled"). Two parts run eagerly, each chosen by measurement
+(docs/performance.md, "The round compiled"):
 
 - the blocks of the N x N utilities (:func:`econspin.fused.expected_blocks`,
   :func:`econspin.fused_sampled.sampled_blocks`): Inductor's loops over a block recomputed
-  exp2 for each reduction and took 5x the eager round at N = 1024 (``run.kernel: triton``'s
-  blocks are traced on CUDA, as a registered operator: econspin.triton_blocks);
+  exp2 for each reduction and took 5x the eager round at N = 1024. They are one node of the
+  compiled graph, a torch custom operator (``econspin::expected_blocks``,
+  ``econspin::sampled_blocks``) that runs the eager blocks: no graph break. On CUDA they
+  stay a graph break until a GPU has run the operators under CUDA graphs
+  (:data:`econspin.fused.OPERATOR_DEVICES`). (As
+  ``torch.compiler.disable`` functions, they and the inverse temperatures broke the round
+  into a graph per frame above each call: the expected round was 8 graphs, and is 1.)
+  ``run.kernel: triton``'s blocks are traced on CUDA instead, as the registered operator
+  ``econspin::triton_blocks`` of econspin.triton_blocks (its Triton kernels visible to Inductor).
 - the loop of Wood's rejection step of the von Mises-Fisher spin draw over the agents left
   without an accepted attempt (sampled mode, d >= 2; :func:`econspin.response._wood_rest_eagerly`):
   it asks the host whether any agent is still without one, a graph break wherever it sits; the
   rest of the draw (the concentration, every agent's first two attempts of Wood's step, the
-  Gaussians of the direction and its projection orthogonal to the field) is traced;
-- the effective inverse temperatures (:func:`econspin.fused.inverse_temperatures`): Inductor's
-  C++ for the int32 exponents of ``torch.frexp`` does not compile (torch 2.13, CPU).
+  Gaussians of the direction and its projection orthogonal to the field) is traced.
+
+The effective inverse temperatures (:mod:`econspin.temperature_limits`) are traced: their
+binary exponents come from log2 and exact powers of two, since Inductor's C++ for the int32
+exponents of ``torch.frexp`` does not compile (torch 2.13, CPU).
 
 Modes (``run.compile``):
 

@@ -11,7 +11,7 @@ docs/performance.md). For batch element b, head h, buyer i and seller j (market.
     z_ij = lambda_i U_ij                   the score_mod, lambda_i the natural inverse temperature,
 
 with the block mask allowing i -> j where j sells, j != i and the trade network has the edge.
-lambda_i = :func:`econspin.fused.inverse_temperatures` at T_i log2(e), i.e. 1 / T_i clamped to
+lambda_i = :func:`econspin.temperature_limits.inverse_temperatures` at T_i log2(e), i.e. 1 / T_i clamped to
 powers of two that make T = 0 and T = inf finite (fused.py's module doc): at T = 0 every
 seller but the best ones gets weight exactly 0 (the scores are 2^k U, exact), at T = inf
 every allowed seller weight exactly 1.
@@ -68,9 +68,10 @@ import torch
 from torch.nn.attention.flex_attention import AuxRequest, BlockMask, create_block_mask, flex_attention
 
 from econspin.economy import Economy
-from econspin.fused import asks_for_gradients, inverse_temperatures, projections, row_scales
+from econspin.fused import asks_for_gradients, projections
 from econspin.market import MarketOutcome, budgets, row_sizes, seller_bias, seller_moment_columns
 from econspin.state import State
+from econspin.temperature_limits import inverse_temperatures, row_scales
 
 LOG2E = math.log2(math.e)
 MIN_HEAD_DIM = 16  # Triton's tl.dot on CUDA: no narrower queries, keys or values

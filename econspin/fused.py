@@ -74,6 +74,7 @@ from econspin.economy_terms import EconomyTerms, economy_terms, side_by_side
 from econspin.market import MarketOutcome, budgets, row_sizes, seller_bias, seller_moments, tie_widths
 from econspin.precision import received_product, utility_operands, utility_product
 from econspin.state import State
+from econspin.temperature_limits import inverse_temperatures_and_ties, precision_limits, row_scales
 
 BLOCK_ENTRIES = 2**20  # entries of one (batch-heads, rows, N) block on a CPU: two blocks stay in the L2/L3 caches
 # On CUDA each block costs a dozen kernel launches whatever its size, so cache-sized blocks are
@@ -85,52 +86,6 @@ LN2 = math.log(2.0)
 # exp2 leaves its fast vector path where the result would be subnormal: scores are clamped to
 # these floors first, and weights up to 2^(floor + 1) (tiny against the row's largest, 1) set to 0
 EXP2_FLOOR = {torch.float32: -126.0, torch.float64: -1022.0}
-
-
-def _limits(dtype: torch.dtype) -> tuple[int, int, int]:
-    """(E, p, BIG exponent): scale exponent of the T = 0 rows, mantissa bits, mask exponent."""
-    info = torch.finfo(dtype)
-    max_exponent = int(math.log2(info.max)) + 1  # 128 or 1024
-    mantissa = round(-math.log2(info.eps)) + 1  # 24 or 53
-    return max_exponent - 28, mantissa, max_exponent - 8
-
-
-def mask_magnitude(dtype: torch.dtype) -> float:
-    """BIG: what a disallowed pair's score is lowered by (2^120 in float32, 2^1016 in float64)."""
-    return 2.0 ** _limits(dtype)[2]
-
-
-def inverse_temperatures(temperature: torch.Tensor, row_scale: torch.Tensor) -> torch.Tensor:
-    """beta_i = clamp(log2(e) / T_i, 2^(-p-6-e_i), 2^(E-e_i)) with 2^e_i > row_scale_i (module doc).
-
-    ``temperature`` broadcasts against ``row_scale`` (bounds on |U_il|); the result has the
-    dtype of ``row_scale``. T = 0 gives the upper limit, T = inf the lower one.
-    """
-    return inverse_temperatures_and_ties(temperature, row_scale, torch.zeros_like(row_scale))[0]
-
-
-# eager under run.compile (econspin.compiled): Inductor's C++ for frexp's int32 exponents does not
-# compile (torch 2.13, CPU: no vector conversion of that width), whatever the form of the clamp
-@torch.compiler.disable
-def inverse_temperatures_and_ties(
-    temperature: torch.Tensor, row_scale: torch.Tensor, utility_ties: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(beta_i, t_i): :func:`inverse_temperatures`, and the tie width of a row at the T = 0 limit.
-
-    t_i = beta_i w_i, w_i = ``utility_ties`` (market.tie_widths: the reference kernel's width, in
-    utilities), on rows whose beta_i is at its upper limit (T_i = 0, or log2(e) / T_i above
-    2^(E - e_i)), 0 on the others (module doc): beta_i is a power of two, so the scores
-    beta_i U_ij within t_i of the row's best are exactly the utilities within w_i of it.
-    """
-    dtype = row_scale.dtype
-    top, mantissa, _ = _limits(dtype)
-    smallest = int(math.log2(torch.finfo(dtype).tiny))  # -126 or -1022
-    _, exponent = torch.frexp(row_scale.double())  # row_scale < 2^exponent
-    exponent = exponent.clamp(min=-27, max=-smallest - mantissa - 6).double()
-    high, low = torch.exp2(top - exponent), torch.exp2(-mantissa - 6 - exponent)  # exact powers of two
-    wanted = math.log2(math.e) / temperature.double()
-    beta = torch.clamp(wanted, min=low, max=high).to(dtype)
-    return beta, torch.where(wanted >= high, beta * utility_ties, 0.0)
 
 
 def block_entries(device: torch.device | str, memory_budget: float, itemsize: int) -> int:
@@ -242,23 +197,21 @@ def asks_for_gradients(state: State, economy: Economy) -> bool:
 
 
 @dataclass(frozen=True)
-class RoundTerms:
-    """What every block of a round reads, and the per-row results the blocks write.
+class BlockTerms:
+    """What the blocks of a round read, and the per-row results they write.
 
     groups = B H: batch element b, head h is group b H + h. Every (groups, N) tensor holds
     one number per buyer row; ``shifted_max`` (m_i) and ``total`` (s_i) are written by
-    :func:`row_blocks`, the rest by the mode's own loop.
+    :func:`row_blocks`, ``dot`` by the mode's own loop.
     """
 
     # the utilities' operands, in run.utility_precision's dtype (econspin.precision)
     left: torch.Tensor  # (groups, N, d_k + 2): [beta_i q_i / sqrt(d_k), beta_i, 1]
     right: torch.Tensor  # (groups, d_k + 2, N): [k_j, b_j, c_j]
     delivered: torch.Tensor  # (groups, N, d): u_j = v_j W_O^h
-    fixed: EconomyTerms  # what depends on the economy alone, built once per economy (econspin.economy_terms)
-    beta: torch.Tensor  # (B, H, N) effective inverse temperatures (base 2)
-    spend: torch.Tensor  # (B, N) float64 budgets s_i
     share: torch.Tensor  # (groups, N) s_i / H in the working precision
     tie_width: torch.Tensor  # (groups, N) t_i: scores within t_i of the row's maximum are ties (module doc)
+    network_bias: torch.Tensor | None  # (N, N), 0 on edges and -BIG elsewhere, or None
     shifted_max: torch.Tensor  # (groups, N)
     total: torch.Tensor  # (groups, N)
     dot: torch.Tensor  # (groups, N) sum_j e_ij y_ij
@@ -267,15 +220,32 @@ class RoundTerms:
     def groups(self) -> int:
         return self.left.shape[0]
 
+
+@dataclass(frozen=True)
+class RoundTerms(BlockTerms):
+    """:class:`BlockTerms`, and what the rest of a fused step reads."""
+
+    fixed: EconomyTerms  # what depends on the economy alone, built once per economy (econspin.economy_terms)
+    beta: torch.Tensor  # (B, H, N) effective inverse temperatures (base 2)
+    spend: torch.Tensor  # (B, N) float64 budgets s_i
+
     @property
     def partners(self) -> torch.Tensor:
         """(groups, N) n_i, the allowed sellers."""
         return self.fixed.partners
 
-    @property
-    def network_bias(self) -> torch.Tensor | None:
-        """(N, N), 0 on edges and -BIG elsewhere, or None."""
-        return self.fixed.network_bias
+
+@dataclass(frozen=True)
+class BlockSettings:
+    """What the block loop reads of the economy (an :class:`Economy` has the same attributes).
+
+    The compiled round's block operators (:mod:`econspin.block_operators`) pass these alone.
+    """
+
+    chunk: int | None
+    memory_budget: float
+    utility_precision: str
+    trade_mask: torch.Tensor | None
 
 
 def projections(state: State, economy: Economy):
@@ -286,7 +256,7 @@ def projections(state: State, economy: Economy):
 def fixed_terms(state: State, economy: Economy) -> EconomyTerms:
     """The economy's part of a round in the state's precision and batch (econspin.economy_terms)."""
     dtype = state.states.dtype
-    return economy_terms(economy, dtype, state.states.shape[0], mask_magnitude(dtype))
+    return economy_terms(economy, dtype, state.states.shape[0], 2.0 ** precision_limits(dtype)[2])
 
 
 def projections_from(state: State, economy: Economy, fixed: EconomyTerms):
@@ -297,16 +267,6 @@ def projections_from(state: State, economy: Economy, fixed: EconomyTerms):
     )
     query, key = projected[..., :key_dimension], projected[..., key_dimension : 2 * key_dimension]
     return query, key, projected[..., 2 * key_dimension :], fixed.value_output
-
-
-def row_scales(sizes: tuple[torch.Tensor, ...]) -> torch.Tensor:
-    """|q_i| max(1, max_j |k_j|) + max_j |b_j| (B, H, N), from market.row_sizes: bounds |U_il| and |q_i| (module doc).
-
-    Wider than the tie width's bound (market.tie_widths) where the keys are shorter than 1:
-    beta_i q_i is an operand of the product and must stay below 2^E too.
-    """
-    query_norm, key_norm, bias_norm = sizes
-    return query_norm * key_norm.clamp(min=1.0) + bias_norm
 
 
 def round_terms(state: State, economy: Economy) -> RoundTerms:
@@ -343,13 +303,14 @@ def round_terms(state: State, economy: Economy) -> RoundTerms:
         spend=spend,
         share=share,
         tie_width=tie_width,
+        network_bias=fixed.network_bias,
         shifted_max=shifted_max,
         total=total,
         dot=dot,
     )
 
 
-def row_blocks(terms: RoundTerms, economy: Economy, rows: int | None = None):
+def row_blocks(terms: BlockTerms, economy: Economy | BlockSettings, rows: int | None = None):
     """Each block of buyer rows as (groups, rows, scores, weights), its m_i and s_i written to ``terms``.
 
     ``scores`` holds y_ij = beta_i U_ij - m_i (clamped at the exp2 floor), ``weights`` e_ij =
@@ -360,7 +321,7 @@ def row_blocks(terms: RoundTerms, economy: Economy, rows: int | None = None):
     left, right = terms.left, terms.right
     groups, agents = terms.groups, left.shape[1]
     dtype, device = terms.delivered.dtype, left.device
-    big, floor = mask_magnitude(dtype), EXP2_FLOOR[dtype]
+    big, floor = 2.0 ** precision_limits(dtype)[2], EXP2_FLOOR[dtype]
     entries = block_entries(device, economy.memory_budget, dtype.itemsize)
     group_size, block_rows = block_shape(groups, agents, rows if rows is not None else economy.chunk, entries)
     buffer = workspace("blocks", 2 * group_size * block_rows * agents, dtype, device)
@@ -453,16 +414,27 @@ def fused_trade(
     )
 
 
-# run.compile (econspin.compiled): the blocks run eagerly between the compiled per-round parts.
-# Inductor's own loops over a block took 5x the eager round at N = 1024 (it recomputed exp2 for
-# each reduction instead of keeping the weights; docs/performance.md); eagerly, each pass is one
-# vectorised loop over a block in the cache, and the products are MKL's
-@torch.compiler.disable
-def expected_blocks(terms: RoundTerms, economy: Economy, moment_rows: torch.Tensor, rows: int | None = None):
+def expected_blocks(
+    terms: BlockTerms, economy: Economy | BlockSettings, moment_rows: torch.Tensor, rows: int | None = None
+):
     """The blocks' per-row results: (|e_i.|, (e @ [u, moments])_i, float64 revenue (groups, N)), unnormalised.
 
-    Writes m_i, s_i and sum_j e_ij y_ij into ``terms`` as it goes.
+    Writes m_i, s_i and sum_j e_ij y_ij into ``terms`` as it goes. Under run.compile
+    (econspin.compiled) the blocks run eagerly all the same, as one node of the compiled graph
+    (:func:`_expected_blocks_operator`): Inductor's own loops over a block took 5x the eager round
+    at N = 1024 (it recomputed exp2 for each reduction instead of keeping the weights;
+    docs/performance.md), while eagerly each pass is one vectorised loop over a block in the
+    cache and the products are MKL's.
     """
+    if torch.compiler.is_compiling():
+        if not blocks_as_operator(terms.left.device):
+            return eagerly(expected_blocks, terms, economy, moment_rows, rows)
+        *per_row, norm, moments, revenue = _expected_blocks_operator(
+            *block_arguments(terms, economy, rows), moment_rows
+        )
+        for kept, result in zip((terms.shifted_max, terms.total, terms.dot), per_row):
+            kept.copy_(result)
+        return norm, moments, revenue
     groups, agents, d = terms.delivered.shape
     dtype, device = terms.delivered.dtype, terms.delivered.device
     norm = torch.empty(groups, agents, dtype=dtype, device=device)
@@ -482,6 +454,64 @@ def expected_blocks(terms: RoundTerms, economy: Economy, moment_rows: torch.Tens
         # a row vector times the block: 0.05 ms against 0.47 ms for block^T times a column at B = 128, N = 64
         revenue[g].add_(torch.bmm(per_unit[:, None, :], weights).squeeze(1))  # (+= would copy it back onto itself)
     return norm, moments, revenue
+
+
+# The devices whose compiled rounds call the blocks as one operator of their graph. On CUDA
+# they stay a graph break (:func:`eagerly`) until a GPU has run the operator under CUDA graphs
+# (run.compile: reduce-overhead would capture the blocks' kernels, and their reused workspaces
+# outlive the graph); experiments/gpu_check.py times both.
+OPERATOR_DEVICES = ("cpu",)
+
+
+def blocks_as_operator(device: torch.device) -> bool:
+    """Whether a compiled round on ``device`` calls the blocks as an operator (else as a graph break)."""
+    return device.type in OPERATOR_DEVICES
+
+
+@torch.compiler.disable
+def eagerly(function, *arguments):
+    """``function(*arguments)`` outside the compiled graph: a graph break in every frame above."""
+    return function(*arguments)
+
+
+def block_arguments(terms: BlockTerms, economy: Economy | BlockSettings, rows: int | None) -> tuple:
+    """What a block operator takes: the tensors of ``terms`` and the settings, None as -1."""
+    settings = (-1 if rows is None else rows, -1 if economy.chunk is None else economy.chunk)
+    tensors = (terms.left, terms.right, terms.delivered, terms.share, terms.tie_width, terms.network_bias)
+    return (*tensors, economy.trade_mask, *settings, float(economy.memory_budget), economy.utility_precision)
+
+
+def blocks_from_arguments(left, right, delivered, share, tie_width, network_bias, trade_mask, rows, chunk,
+                          memory_budget, utility_precision):
+    """(terms with fresh per-row results, settings, rows) from :func:`block_arguments`."""
+    per_row = [torch.empty(left.shape[:2], dtype=delivered.dtype, device=left.device) for _ in range(3)]
+    terms = BlockTerms(left, right, delivered, share, tie_width, network_bias, *per_row)
+    settings = BlockSettings(None if chunk < 0 else chunk, memory_budget, utility_precision, trade_mask)
+    return terms, settings, None if rows < 0 else rows
+
+
+# one node of a compiled round instead of a graph break in every frame above the call (a
+# torch.compiler.disable'd function splits the traced round there into graphs of its own)
+@torch.library.custom_op("econspin::expected_blocks", mutates_args=())
+def _expected_blocks_operator(
+    left: torch.Tensor, right: torch.Tensor, delivered: torch.Tensor, share: torch.Tensor, tie_width: torch.Tensor,
+    network_bias: torch.Tensor | None, trade_mask: torch.Tensor | None, rows: int, chunk: int,
+    memory_budget: float, utility_precision: str, moment_rows: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`expected_blocks` run eagerly: (m_i, s_i, sum e y, |e_i.|, moments, revenue)."""
+    terms, settings, rows = blocks_from_arguments(left, right, delivered, share, tie_width, network_bias,
+                                                  trade_mask, rows, chunk, memory_budget, utility_precision)
+    norm, moments, revenue = expected_blocks(terms, settings, moment_rows, rows)
+    return terms.shifted_max, terms.total, terms.dot, norm, moments, revenue
+
+
+@_expected_blocks_operator.register_fake
+def _(left, right, delivered, share, tie_width, network_bias, trade_mask, rows, chunk, memory_budget,
+      utility_precision, moment_rows):
+    groups, agents, d = delivered.shape
+    per_row = [delivered.new_empty(groups, agents) for _ in range(4)]
+    moments = delivered.new_empty(groups, agents, d + 2)
+    return *per_row, moments, delivered.new_empty(groups, agents, dtype=torch.float64)
 
 
 def row_statistics(state: State, economy: Economy, terms: RoundTerms):

@@ -49,7 +49,19 @@ import math
 import torch
 
 from econspin.economy import Economy
-from econspin.fused import RoundTerms, round_terms, row_blocks, row_statistics, workspace
+from econspin.fused import (
+    BlockSettings,
+    BlockTerms,
+    RoundTerms,
+    block_arguments,
+    blocks_as_operator,
+    blocks_from_arguments,
+    eagerly,
+    round_terms,
+    row_blocks,
+    row_statistics,
+    workspace,
+)
 from econspin.market import MarketOutcome
 from econspin.randomness import DRAW_CHOICE, Draws
 from econspin.state import State
@@ -130,14 +142,46 @@ def sampled_choices(
     return sampled_blocks(terms, economy, uniforms, rows).view(batch, heads, agents), terms
 
 
-@torch.compiler.disable  # run.compile: the blocks stay eager, as in expected mode (econspin.fused.expected_blocks)
-def sampled_blocks(terms: RoundTerms, economy: Economy, uniforms: torch.Tensor, rows: int | None = None):
-    """(groups, N) long: each row's seller drawn at its uniform (groups, N); writes m_i, s_i, sum e y to ``terms``."""
+def sampled_blocks(
+    terms: BlockTerms, economy: Economy | BlockSettings, uniforms: torch.Tensor, rows: int | None = None
+) -> torch.Tensor:
+    """(groups, N) long: each row's seller drawn at its uniform (groups, N); writes m_i, s_i, sum e y to ``terms``.
+
+    Under run.compile the blocks run eagerly, as one node of the compiled graph, as in expected
+    mode (econspin.fused.expected_blocks).
+    """
+    if torch.compiler.is_compiling():
+        if not blocks_as_operator(terms.left.device):
+            return eagerly(sampled_blocks, terms, economy, uniforms, rows)
+        *per_row, choice = _sampled_blocks_operator(*block_arguments(terms, economy, rows), uniforms)
+        for kept, result in zip((terms.shifted_max, terms.total, terms.dot), per_row):
+            kept.copy_(result)
+        return choice
     choice = torch.empty(uniforms.shape, dtype=torch.long, device=uniforms.device)
     for g, r, scores, weights in row_blocks(terms, economy, rows):
         choice[g, r] = inverse_cdf(weights, uniforms[g, r])
         terms.dot[g, r] = scores.mul_(weights).sum(-1)  # sum_j e_ij z_ij / ln 2 (entropy)
     return choice
+
+
+@torch.library.custom_op("econspin::sampled_blocks", mutates_args=())
+def _sampled_blocks_operator(
+    left: torch.Tensor, right: torch.Tensor, delivered: torch.Tensor, share: torch.Tensor, tie_width: torch.Tensor,
+    network_bias: torch.Tensor | None, trade_mask: torch.Tensor | None, rows: int, chunk: int,
+    memory_budget: float, utility_precision: str, uniforms: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`sampled_blocks` run eagerly: (m_i, s_i, sum e y, the sellers); econspin.fused's operator for why."""
+    terms, settings, rows = blocks_from_arguments(left, right, delivered, share, tie_width, network_bias,
+                                                  trade_mask, rows, chunk, memory_budget, utility_precision)
+    choice = sampled_blocks(terms, settings, uniforms, rows)
+    return terms.shifted_max, terms.total, terms.dot, choice
+
+
+@_sampled_blocks_operator.register_fake
+def _(left, right, delivered, share, tie_width, network_bias, trade_mask, rows, chunk, memory_budget,
+      utility_precision, uniforms):
+    per_row = [uniforms.new_empty(uniforms.shape, dtype=delivered.dtype) for _ in range(3)]
+    return *per_row, uniforms.new_empty(uniforms.shape, dtype=torch.long)
 
 
 def fused_sampled_trade(

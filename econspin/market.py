@@ -139,7 +139,7 @@ def row_sizes(query: torch.Tensor, key: torch.Tensor, bias: torch.Tensor) -> tup
 
     ``query`` is q_i / sqrt(d_k) (..., N, d_k), ``key`` k_j (..., N, d_k), ``bias`` b_j (..., N):
     |u_ij| <= |q_i| max_j |k_j| + max_j |b_j| (Cauchy-Schwarz). The tie width
-    (:func:`tie_widths`) and the fused kernel's row scale (fused.row_scales) are made of them.
+    (:func:`tie_widths`) and the fused kernel's row scale (temperature_limits.row_scales) are made of them.
     """
     key_norm = torch.linalg.vector_norm(key, dim=-1).amax(-1, keepdim=True)
     return torch.linalg.vector_norm(query, dim=-1), key_norm, bias.abs().amax(-1, keepdim=True)
@@ -155,7 +155,7 @@ def tie_widths(sizes: tuple[torch.Tensor, ...], key_dimension: int) -> torch.Ten
     bound, for the division and the bias's addition too. The one definition of a tie for the
     reference and fused kernels: the reference's blocks (choice.logit_rows) compare utilities
     with it, the fused kernel compares its scores beta_i U_ij with beta_i times it
-    (fused.inverse_temperatures_and_ties), beta_i a power of two: the same utilities tie.
+    (temperature_limits.inverse_temperatures_and_ties), beta_i a power of two: the same utilities tie.
     """
     query_norm, key_norm, bias_norm = sizes
     return (key_dimension + 4) * torch.finfo(query_norm.dtype).eps * (query_norm * key_norm + bias_norm)

@@ -69,7 +69,7 @@ STEPS = {
     "blocks": 60,
     "bench": 80,
     "batched": 60,
-    "rollout": 120,
+    "rollout": 160,
     "flex": 120,
     "tf32": 50,
     "flex_batched": 60,
@@ -199,11 +199,27 @@ def run_steps(out: Path, steps=tuple(STEPS), budget: float = BUDGET, archive: Pa
     return failed
 
 
-WAYS = {  # name: (chunk_rounds, sync_free, run.compile); chunk_rounds None: ROLLOUT_ROUNDS
-    "round by round, Wood's loop": (1, False, "off"),
-    "sync-free chunks, eager": (None, True, "off"),
-    "sync-free chunks, reduce-overhead": (None, True, "reduce-overhead"),
+WAYS = {  # name: (chunk_rounds, sync_free, run.compile, fused.OPERATOR_DEVICES); chunk_rounds None: ROLLOUT_ROUNDS
+    "round by round, Wood's loop": (1, False, "off", ("cpu",)),
+    "sync-free chunks, eager": (None, True, "off", ("cpu",)),
+    "sync-free chunks, reduce-overhead": (None, True, "reduce-overhead", ("cpu",)),
+    # the blocks as one operator of the compiled graph on CUDA too: the whole expected round one CUDA graph
+    "sync-free chunks, reduce-overhead, blocks inside the graph": (None, True, "reduce-overhead", ("cpu", "cuda")),
 }
+
+
+def with_operator_devices(devices: tuple[str, ...], function):
+    """``function`` run with fused.OPERATOR_DEVICES set to ``devices`` (a compiled round traces with them)."""
+    from econspin import fused
+
+    def call():
+        kept, fused.OPERATOR_DEVICES = fused.OPERATOR_DEVICES, devices
+        try:
+            return function()
+        finally:
+            fused.OPERATOR_DEVICES = kept
+
+    return call
 
 
 def rollout_timing(
@@ -224,13 +240,14 @@ def rollout_timing(
         functions = {"sdpa forward": lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v)}
         rollouts, errors = {}, {}
         for name in ways:
-            chunk_rounds, sync_free, compile_mode = WAYS[name]
+            chunk_rounds, sync_free, compile_mode, operator_devices = WAYS[name]
             try:
                 rollout = Rollout.create([bench_scenario(agents, mode=mode)] * batch, list(range(batch)), str(device))
                 rollout.economy = dataclasses.replace(rollout.economy, compile=compile_mode)
                 rollout.chunk_rounds, rollout.sync_free = chunk_rounds or rounds, sync_free
-                rollout.advance(rounds)  # warm-up: compilation, graph capture
-                functions[name] = lambda r=rollout: r.advance(rounds)
+                play = with_operator_devices(operator_devices, lambda r=rollout: r.advance(rounds))
+                play()  # warm-up: compilation, graph capture
+                functions[name] = play
                 rollouts[name] = rollout
             except Exception:  # reported, not fatal: the other ways are still timed
                 errors[name] = traceback.format_exc()[-3000:]

@@ -18,13 +18,19 @@ import dataclasses
 
 import pytest
 import torch
+from fused_cases import economies
 from helpers import rollout, scenario
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from test_cli import TINY
 from typer.testing import CliRunner
 
+from econspin import fused
 from econspin.bench_baselines import boltzmann_scenario
 from econspin.cli import app
 from econspin.compiled import missing_compiler
+from econspin.fused import block_arguments, expected_blocks, round_terms
+from econspin.fused_sampled import sampled_blocks
 from econspin.output import load_checkpoint, save_checkpoint
 from econspin.randomness import round_draws, round_tag
 from econspin.response import sample_von_mises_fisher
@@ -82,6 +88,8 @@ def test_compiled_round_equals_the_eager_round_with_limits_of_temperature():
         "hot": {"count": 3, "temperature": float("inf"), "spend": 0.1},
     }
     compare_rounds(rollout(scenario(populations=populations)), rounds=3)
+    # one graph: the blocks are one node of it (a custom operator), the inverse temperatures traced
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1
 
 
 SLOW_CASES = {
@@ -201,15 +209,37 @@ def test_the_compiled_spin_draw_takes_the_loops_draws(dimension):
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 2  # one graph each side of the loop
 
 
+def explain_round(run):
+    """torch._dynamo.explain of one compiled round of ``run``."""
+    tag = torch.tensor(round_tag(run.state.round))
+    with torch.no_grad():
+        return torch._dynamo.explain(play_tagged)(run.state, run.economy, tag)
+
+
 @needs_compiler
 @pytest.mark.slow
 def test_the_compiled_uniform_round_is_one_graph():
     """The O(N) round, its hashes and the keying of its agents traced whole: no eager island, no graph break."""
-    run = rollout(boltzmann_scenario(100))
-    tag = torch.tensor(round_tag(run.state.round))
-    with torch.no_grad():
-        explained = torch._dynamo.explain(play_tagged)(run.state, run.economy, tag)
+    explained = explain_round(rollout(boltzmann_scenario(100)))
     assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons
+
+
+@needs_compiler
+@pytest.mark.slow
+@pytest.mark.parametrize("case", ["expected, tap, two heads, visibility", "expected, dense network"])
+def test_the_compiled_expected_round_is_one_graph(case):
+    """The fused blocks are one node (econspin::expected_blocks) and the inverse temperatures traced: no break."""
+    explained = explain_round(rollout(scenario(**SLOW_CASES[case])))
+    assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons
+
+
+@needs_compiler
+@pytest.mark.slow
+def test_the_compiled_sampled_round_breaks_only_at_woods_loop():
+    """The sampled blocks are one node (econspin::sampled_blocks): the loop of Wood's step is the only break."""
+    explained = explain_round(rollout(scenario(**SLOW_CASES["sampled, vmf, two heads"])))
+    assert explained.graph_break_count > 0
+    assert all("_wood_rest_eagerly" in reason.reason for reason in explained.break_reasons), explained.break_reasons
 
 
 @needs_compiler
@@ -288,3 +318,56 @@ def test_bench_times_the_compiled_round_beside_the_eager_one():
     assert "skipped" in boltzmann or boltzmann["compiled_ratio"] == pytest.approx(
         boltzmann["mesa_ms"] / boltzmann["compiled_ms"]
     )
+
+
+def block_calls(state, economy, rows):
+    """(eager terms, what the eager blocks return, the operator's results, the operator and its arguments)."""
+    eager, operated = round_terms(state, economy), round_terms(state, economy)
+    arguments = block_arguments(operated, economy, rows)
+    generator = torch.Generator().manual_seed(rows)
+    if economy.mode == "expected":
+        extra = torch.rand(eager.groups, 2, eager.left.shape[1], generator=generator, dtype=torch.float64)
+        extra = extra.to(eager.delivered.dtype)
+        want, operator = expected_blocks(eager, economy, extra, rows), torch.ops.econspin.expected_blocks.default
+    else:
+        extra = torch.rand(eager.groups, eager.left.shape[1], generator=generator, dtype=torch.float64)
+        extra = extra.to(eager.delivered.dtype)
+        want, operator = (sampled_blocks(eager, economy, extra, rows),), torch.ops.econspin.sampled_blocks.default
+    return eager, want, operator(*arguments, extra), operator, (*arguments, extra)
+
+
+@given(st.sampled_from(["expected", "sampled"]).flatmap(economies), st.integers(1, 12))
+@settings(max_examples=40, deadline=None, derandomize=True)
+def test_the_block_operators_are_the_eager_blocks(drawn, rows):
+    """econspin::expected_blocks and ::sampled_blocks, what a compiled round calls, give the eager blocks' bits."""
+    state, economy = drawn
+    with torch.no_grad():
+        eager, want, got, _, _ = block_calls(state, economy, rows)
+    for name, kept, result in zip(("m", "s", "sum e y"), (eager.shifted_max, eager.total, eager.dot), got):
+        assert torch.equal(kept, result), name
+    for wanted, result in zip(want, got[3:], strict=True):
+        assert torch.equal(wanted, result)
+
+
+@pytest.mark.parametrize("mode", ["expected", "sampled"])
+@pytest.mark.parametrize("network", [False, True])
+def test_the_block_operators_are_well_formed(mode, network):
+    """torch.library.opcheck: schema, fake tensors (the shapes a compiled graph plans for), no aliasing."""
+    options = {"network": {"generator": "gnp_random_graph", "params": {"p": 0.5}}} if network else {}
+    run = rollout(scenario(mode=mode, heads=2, **options))
+    with torch.no_grad():
+        *_, operator, arguments = block_calls(run.state, run.economy, 5)
+    torch.library.opcheck(operator, arguments)
+
+
+@needs_compiler
+@pytest.mark.slow
+@pytest.mark.parametrize("case", ["expected, tap, two heads, visibility", "sampled, vmf, two heads"])
+def test_the_blocks_as_a_graph_break_equal_the_eager_round(case, monkeypatch):
+    """CUDA's route until a GPU has measured the operators (fused.OPERATOR_DEVICES): the blocks between graphs."""
+    monkeypatch.setattr(fused, "OPERATOR_DEVICES", ())
+    run = rollout(scenario(**SLOW_CASES[case]))
+    explained = explain_round(run)
+    assert any("eagerly" in reason.reason for reason in explained.break_reasons), explained.break_reasons
+    torch._dynamo.reset()
+    compare_rounds(run, rounds=3)

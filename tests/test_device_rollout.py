@@ -280,6 +280,24 @@ def test_the_gpu_checks_rollout_timing_runs_on_the_cpu():
     assert len(timed_ways) == 4 and all(row["ms"] > 0 and row["same bits as the first way"] for row in timed_ways)
 
 
+def test_the_gpu_checks_operator_devices_hold_only_for_the_call():
+    """The way that puts the blocks inside CUDA's graph sets fused.OPERATOR_DEVICES for its calls, then restores it."""
+    from econspin import fused
+    from experiments import gpu_check
+
+    seen = []
+    play = gpu_check.with_operator_devices(("cpu", "cuda"), lambda: seen.append(fused.OPERATOR_DEVICES))
+    play()
+    assert seen == [("cpu", "cuda")] and fused.OPERATOR_DEVICES == ("cpu",)
+
+    def failing():
+        raise RuntimeError("capture failed")
+
+    with pytest.raises(RuntimeError):
+        gpu_check.with_operator_devices(("cuda",), failing)()
+    assert fused.OPERATOR_DEVICES == ("cpu",)
+
+
 def test_the_compiled_rounds_tag_is_made_on_the_device_with_the_same_value():
     """run.compile's sampled round takes its round as a tag tensor: filled in place, no copy from the host."""
     from econspin.randomness import round_tag
