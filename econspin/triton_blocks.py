@@ -20,8 +20,9 @@ programs are built from the same function bodies (econspin.triton_kernels.progra
 Under ``run.compile`` a CUDA round calls the programs through the operator
 ``econspin::triton_blocks`` (``torch.library.triton_op``, torch >= 2.6), whose Triton kernels
 torch.compile and CUDA graphs see into: no break at the blocks (on a GPU: not yet run). On
-a CPU the interpreted programs stay an eager break (``torch.compiler.disable``), as the fused
-blocks are.
+a CPU the interpreted programs stay an eager break (``torch.compiler.disable``): they serve
+tests, and a break costs them nothing next to the interpreter (the fused blocks are a custom
+operator there instead, econspin.fused).
 
 Not covered, resolved as the flex kernel resolves them: sampled mode runs the fused kernel
 (econspin.scenario.resolved_kernel), fixed couplings are refused, a sparse network takes
