@@ -293,41 +293,6 @@ def test_the_gpu_checks_triton_timing_runs_on_the_cpu():
     assert [row["tiles"] for row in errors] == [[8, 16, 1]] and "power of two" in errors[0]["error"]
 
 
-H100_SHARED_MEMORY = 232448  # bytes of shared memory one program may use on sm_90 (227 KiB)
-POINTER_ARGUMENTS = {
-    "left",
-    "right",
-    "shifted_max",
-    "tie_width",
-    "values",
-    "total",
-    "norm",
-    "dot",
-    "moments",
-    "per_unit",
-}
-
-
-def compiled_for_sm90(program, dtype: str, constants: dict, warps: int):
-    """``program`` compiled by triton for an sm_90 GPU (AST, TTIR, PTX, then ptxas to a cubin): no GPU needed."""
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-    from triton.compiler import compile as triton_compile
-
-    signature = {}
-    for name in program.arg_names:
-        if name in constants:
-            signature[name] = "constexpr"
-        elif name == "network":
-            signature[name] = "*u8" if constants["NETWORK"] == 2 else f"*{dtype}"
-        elif name == "revenue":
-            signature[name] = "*fp64"
-        else:
-            signature[name] = f"*{dtype}" if name in POINTER_ARGUMENTS else "i32"
-    source = ASTSource(program, signature, {name: value for name, value in constants.items() if name in signature})
-    return triton_compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": warps})
-
-
 @needs_triton
 @pytest.mark.parametrize("dtype", ["fp32", "fp64"])
 @pytest.mark.parametrize(
@@ -337,14 +302,12 @@ def test_the_programs_compile_for_an_h100_at_the_default_tiles(dtype, network):
     """What a GPU would compile, checked here: d_k = 32 (the benchmark's), within an H100's shared memory."""
     from econspin.triton_blocks import DEFAULT_TILES
     from econspin.triton_kernels import programs
+    from experiments.triton_compile_check import H100_SHARED_MEMORY, PROGRAMS, compiled_for_sm90, program_constants
 
     pytest.importorskip("triton.backends.nvidia")
-    tiles, floor = DEFAULT_TILES["cuda"], -126.0 if dtype == "fp32" else -1022.0
-    constants = dict(KEYS_PADDED=64, NETWORK=network, BIG=2.0 ** (120 if dtype == "fp32" else 1016))
-    constants.update(BLOCK_ROWS=tiles.rows, BLOCK_COLUMNS=tiles.columns, FLOOR=floor, THRESHOLD=2.0 ** (floor + 1))
-    constants["VALUES_PADDED"] = 64  # d = 32: 34 value columns
-    kernels = programs(False)
-    for name in ("row_max_program", "row_sums_program", "revenue_program"):
+    tiles, kernels = DEFAULT_TILES["cuda"], programs(False)
+    constants = program_constants(dtype, network, tiles.rows, tiles.columns)
+    for name in PROGRAMS:
         compiled = compiled_for_sm90(getattr(kernels, name), dtype, constants, tiles.warps)
         assert compiled.asm["cubin"] and compiled.metadata.shared <= H100_SHARED_MEMORY, (
             name,
