@@ -256,20 +256,21 @@ def revenue_program(
     tl.store(revenue + group * agents + columns, earned, mask=columns < agents)
 
 
-HELPERS = ("score_tile", "weight_tile")
-PROGRAMS = ("row_max_program", "row_sums_program", "revenue_program")
-# the library's reductions, under names of their own: a program's namespace holds the kind it runs with
-LIBRARY = {"sum_over": tl.sum, "max_over": tl.max}
-
-
 def sum_over(values, axis):
-    """tl.sum (the body of a program calls this name: :func:`programs` binds it)."""
-    raise NotImplementedError("sum_over runs inside a Triton program only")
+    """tl.sum over ``axis``: compiled programs run this body, interpreted ones the library's (:func:`programs`)."""
+    return tl.sum(values, axis)
 
 
 def max_over(values, axis):
-    """tl.max (the body of a program calls this name: :func:`programs` binds it)."""
-    raise NotImplementedError("max_over runs inside a Triton program only")
+    """tl.max over ``axis``: compiled programs run this body, interpreted ones the library's (:func:`programs`)."""
+    return tl.max(values, axis)
+
+
+HELPERS = ("score_tile", "weight_tile", "sum_over", "max_over")
+PROGRAMS = ("row_max_program", "row_sums_program", "revenue_program")
+# the library functions the reductions call: the interpreter cannot call them from an interpreted
+# program (they are triton.jit functions), so an interpreted program runs an interpreted copy of each instead
+REDUCTIONS = {"sum_over": tl.sum, "max_over": tl.max}
 
 
 def function_copy(function: types.FunctionType, namespace: dict) -> types.FunctionType:
@@ -339,14 +340,16 @@ def programs(interpreted_kind: bool) -> types.SimpleNamespace:
     """The three programs, compiled by ``triton.jit`` or (``interpreted_kind``) run by Triton's interpreter.
 
     Copies of the functions above share a namespace of their own (a copy of this module's), in
-    which each helper's name is its decorated copy and :data:`LIBRARY`'s names the library's
-    functions of the same kind: the programs call only functions of their own kind. Built once
-    per process and kind; neither kind reads or sets TRITON_INTERPRET.
+    which each helper's name is its decorated copy, and for the interpreter each reduction's
+    name an interpreted copy of the library function it calls (:data:`REDUCTIONS`): the programs
+    call only functions of their own kind. Built once per process and kind; neither kind reads
+    or sets TRITON_INTERPRET.
     """
     namespace = dict(globals())
-    for name, function in LIBRARY.items():
-        namespace[name] = interpreted(function.fn) if interpreted_kind else function
     for name in (*HELPERS, *PROGRAMS):
+        if interpreted_kind and name in REDUCTIONS:
+            namespace[name] = interpreted(REDUCTIONS[name].fn)
+            continue
         copy = function_copy(globals()[name], namespace)
         namespace[name] = InterpretedFunction(copy) if interpreted_kind else triton.jit(copy)
     if interpreted_kind:
