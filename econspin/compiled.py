@@ -33,6 +33,8 @@ docs/performance.md, "The hashes compiled"). Two parts run eagerly, each chosen 
   (:data:`econspin.fused.OPERATOR_DEVICES`). (As
   ``torch.compiler.disable`` functions, they and the inverse temperatures broke the round
   into a graph per frame above each call: the expected round was 8 graphs, and is 1.)
+  ``run.kernel: triton``'s blocks are traced on CUDA instead, as the registered operator
+  ``econspin::triton_blocks`` of econspin.triton_blocks (its Triton kernels visible to Inductor).
 - the loop of Wood's rejection step of the von Mises-Fisher spin draw over the agents left
   without an accepted attempt (sampled mode, d >= 2; :func:`econspin.response._wood_rest_eagerly`):
   it asks the host whether any agent is still without one, a graph break wherever it sits; the

@@ -73,7 +73,9 @@ class Economy:
         kernel: ``fused``: the fast paths where they apply (econspin.uniform where choice ignores
             utilities, econspin.fused and econspin.fused_sampled for the attention market),
             ``flex``: the expected mode as FlexAttention passes (econspin.flex; the O(N) uniform
-            step still applies), or ``reference``: econspin.market.trade; resolved from run.kernel.
+            step still applies), ``triton``: the expected mode's blocks as Triton programs
+            (econspin.triton_blocks; likewise), or ``reference``: econspin.market.trade; resolved
+            from run.kernel.
         population_counts: each population's size, its agents next to each other (empty: not known).
         uniform_choice: every utility u_ij is zero in every batch element (:func:`utilities_vanish`),
             so that choice is uniform over the allowed sellers at any temperature.
@@ -278,6 +280,10 @@ def build_economy(
     kernel = resolved_kernel(first.run.kernel, market.mode, market.couplings is not None)
     kind = "couplings" if market.couplings is not None else "sparse" if trade_edges is not None else "attention"
     conflict = precision_conflict(first.run.utility_precision, str(dtype).removeprefix("torch."), device, kernel, kind)
+    if kernel == "triton" and kind == "attention":  # a sparse network takes its own kernel, which needs no triton
+        from econspin.triton_blocks import triton_missing  # it builds on the economy: imported here
+
+        conflict = conflict or triton_missing()
     if conflict:
         raise ScenarioError(conflict)
     couplings = None

@@ -64,6 +64,7 @@ from __future__ import annotations
 import itertools
 import math
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -354,20 +355,30 @@ def row_blocks(terms: BlockTerms, economy: Economy | BlockSettings, rows: int | 
 
 
 def fused_trade(
-    state: State, economy: Economy, rows: int | None = None, variances: torch.Tensor | None = None
+    state: State,
+    economy: Economy,
+    rows: int | None = None,
+    variances: torch.Tensor | None = None,
+    blocks: Callable | None = None,
 ) -> MarketOutcome:
     """Expected-mode steps 1-5 for every buyer, as :func:`econspin.market.trade` computes them.
 
     ``rows`` fixes the buyer rows per block (default: ``run.chunk``, else cache-sized blocks);
     the result does not depend on it beyond rounding. ``variances``: the sellers' spin
-    variances c_j (market.spin_variance), where the round has them already.
+    variances c_j (market.spin_variance), where the round has them already. ``blocks``: the
+    block pass, ``blocks(terms, economy, moment_rows)`` with the results of
+    :func:`expected_blocks` (default: that one, with ``rows``); econspin.triton_blocks passes
+    its Triton programs here, and everything else of the step is this function's.
     """
     terms = round_terms(state, economy)
     groups, agents, d = terms.delivered.shape
     delivered = terms.delivered.view(-1, economy.heads, agents, d)
     moment_rows = torch.stack(seller_moments(state, economy, delivered, terms.fixed.gains, variances), dim=-2)
     moment_rows = moment_rows.view(groups, 2, agents)  # [|u_j|^2, c_j |W_V W_O|_F^2] as two rows
-    norm, moments, revenue = expected_blocks(terms, economy, moment_rows, rows)
+    if blocks is None:
+        norm, moments, revenue = expected_blocks(terms, economy, moment_rows, rows)
+    else:
+        norm, moments, revenue = blocks(terms, economy, moment_rows)
 
     batch, heads = state.states.shape[0], economy.heads
     entropy, surplus, inverse_total = row_statistics(state, economy, terms)

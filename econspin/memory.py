@@ -8,8 +8,9 @@ heads, the batch, the network's edges, the rounds recorded, a sweep's points):
 - ``round``: one round's working memory, at the block size the run will use (the per-agent
   tensors and, in the dense kernels, blocks of buyer rows x N: the fused kernel's two
   cache-sized blocks, the reference kernel's blocks as tall as ``run.memory_budget_mb``
-  allows, the FlexAttention kernel's whole N x N scores per head (its eager form); in the
-  sparse kernel, chunks of edges; with couplings, the per-agent tensors only);
+  allows, the FlexAttention kernel's whole N x N scores per head (its eager form), none in
+  the Triton kernel (tiles in registers); in the sparse kernel, chunks of edges; with
+  couplings, the per-agent tensors only);
 - ``initial state``: the round-0 draw, made in float64 on the host;
 - ``projections``: W_Q, W_K, W_V, W_O of every element, and the products a round forms of them;
 - ``trade mask``: a dense network's N x N mask (and the kernel's additive bias, where kept);
@@ -218,6 +219,8 @@ def estimate_memory(
         dense_kernel = resolved_kernel(run.kernel, market.mode, couplings=False)
         if dense_kernel == "flex":  # FlexAttention's eager form: whole score tensors
             device["round"] = batch * model.agent_bytes() + FLEX_BYTES_PER_PAIR * batch * heads * agents * agents
+        elif dense_kernel == "triton":  # tiles in registers: the per-agent tensors and the (d + 2) value columns
+            device["round"] = batch * (model.agent_bytes() + heads * agents * (2 * d + 4) * itemsize)
         elif dense_kernel == "fused":  # the fused kernels (either mode): two blocks, reused
             from econspin.fused import block_entries, block_shape  # fused builds on the economy, which reads this
 

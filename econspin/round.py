@@ -21,6 +21,7 @@ from econspin.randomness import Draws, agent_draws, round_tag
 from econspin.response import RejectionBudget
 from econspin.sparse import sparse_trade
 from econspin.state import State
+from econspin.triton_blocks import triton_trade, uses_triton
 from econspin.uniform import uniform_trade, uses_uniform
 
 
@@ -126,7 +127,8 @@ def market_step(state: State, economy: Economy, draws=None, variances: torch.Ten
     """Steps 1-5 on the kernel that applies (the one place that decides).
 
     Uniform choice in O(N) (:mod:`econspin.uniform`), the sparse network's edges, the
-    FlexAttention passes (:mod:`econspin.flex`), the fused blocks, or the reference blocks.
+    FlexAttention passes (:mod:`econspin.flex`), the Triton programs (:mod:`econspin.triton_blocks`),
+    the fused blocks, or the reference blocks.
     ``variances``: the spins' variances c_i (market.spin_variance), where the round has them
     already (the fused expected step reads them instead of computing them again).
     """
@@ -136,6 +138,8 @@ def market_step(state: State, economy: Economy, draws=None, variances: torch.Ten
         return sparse_trade(state, economy, draws)
     if uses_flex(state, economy):
         return flex_trade(state, economy)
+    if uses_triton(state, economy):
+        return triton_trade(state, economy, variances=variances)
     if uses_fused(state, economy):
         if economy.mode == "sampled":
             return fused_sampled_trade(state, economy, draws)

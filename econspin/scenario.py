@@ -142,8 +142,10 @@ class Run(StrictModel):
     # the market step: auto takes the fast paths where they apply (econspin.uniform where choice
     # ignores utilities, econspin.fused and econspin.fused_sampled for the attention market, either
     # mode), reference the readable blocks (econspin.market), flex the expected mode as
-    # FlexAttention passes (econspin.flex: compiled on CUDA, eager and slow on a CPU; sampled mode fused)
-    kernel: Literal["auto", "reference", "fused", "flex"] = "auto"
+    # FlexAttention passes (econspin.flex: compiled on CUDA, eager and slow on a CPU; sampled mode fused),
+    # triton the expected mode's blocks as Triton programs (econspin.triton_blocks: compiled on CUDA,
+    # interpreted and slow on a CPU; needs the triton package; sampled mode fused)
+    kernel: Literal["auto", "reference", "fused", "flex", "triton"] = "auto"
     # the round through torch.compile (econspin.compiled): off (eager, the default), default, or
     # reduce-overhead (CUDA graphs on a GPU; default on the CPU)
     compile: Literal["off", "default", "reduce-overhead"] = "off"
@@ -208,7 +210,7 @@ class Scenario(StrictModel):
                 "market.network: market.couplings replaces the trade market with fixed couplings, so no trade "
                 "network is read; remove one of market.network and market.couplings"
             )
-        if self.run.kernel in ("fused", "flex") and self.market.couplings is not None:
+        if self.run.kernel in ("fused", "flex", "triton") and self.market.couplings is not None:
             raise ValueError(
                 f"run.kernel: {self.run.kernel} covers the attention market, not fixed couplings; use auto"
             )
@@ -321,10 +323,13 @@ class Scenario(StrictModel):
 
 
 def resolved_kernel(kernel: str, mode: str, couplings: bool) -> str:
-    """run.kernel as the economy keeps it: reference, fused, or flex (expected mode only; sampled runs fused)."""
+    """run.kernel as the economy keeps it: reference, fused, flex or triton (the last two expected mode only).
+
+    Sampled mode on flex or triton runs the fused kernel (its own sampled step).
+    """
     if kernel == "reference" or couplings:
         return "reference"
-    return "flex" if kernel == "flex" and mode == "expected" else "fused"
+    return kernel if kernel in ("flex", "triton") and mode == "expected" else "fused"
 
 
 def check_network(network: Network, sizes: dict[str, int]) -> None:

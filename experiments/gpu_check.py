@@ -31,6 +31,15 @@ left.
    is measured (``flex_cuda.json``).
 7. ``tf32``: the fused round with TF32 utilities at N = 16384 and 65536 (``tf32_cuda.json``).
 8. ``flex_batched``: the FlexAttention kernel at B = 64, N = 256 (``flex_batched_cuda.json``).
+9. ``triton_tests``: the Triton kernel's compiled programs against the fused kernel
+   (tests/test_triton.py's CUDA tests: hypothesis economies, and a few hundred agents in
+   several tile sizes, with and without a network), and rounds under ``run.compile`` (default
+   and reduce-overhead: the registered operator traced) against the eager ones.
+10. ``triton``: the Triton kernel (``run.kernel: triton``) beside the fused one and SDPA at
+   N = 4096, 16384 and 65536 (B = 1) and B = 64, N = 256: its first round (compilation) timed
+   apart, the round on each kernel, its next round against the fused one's, then the market
+   step alone per tile size (:data:`TRITON_TILES`) against the fused market step, each with
+   its largest difference from the fused outcome (``triton_cuda.json``).
 
 Without a CUDA device, or with ``--dry-run``, it prints the plan and exits 0 (the test suite
 runs it so, tests/test_device_rollout.py, so that it does not rot).
@@ -40,6 +49,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import os
 import subprocess
@@ -53,7 +63,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 # seconds each step may take, in the order run; the rollout compiles reduce-overhead twice (both
-# modes), flex compiles five passes per shape
+# modes), flex compiles five passes per shape, triton three programs per dtype, network kind and tile size
 STEPS = {
     "tests": 130,
     "blocks": 60,
@@ -63,11 +73,16 @@ STEPS = {
     "flex": 120,
     "tf32": 50,
     "flex_batched": 60,
+    "triton_tests": 180,
+    "triton": 150,
 }
 BUDGET = 470  # seconds for all steps: one device call, leaving time in a session's lease to rerun one
 ROLLOUT_SHAPE = (64, 256)  # B, N: the GPU target of issue 9 (<= 5x SDPA forward)
 ROLLOUT_ROUNDS = 32
 LARGE = "16384,65536"  # the GPU sizes of issue 9's targets (<= 2.5x SDPA, 4e11 pairs/s)
+TRITON_SHAPES = ((1, 4096), (1, 16384), (1, 65536), (64, 256))  # (B, N): issue 9's GPU targets
+# (buyers, sellers, warps) per tile: the sweep that picks econspin.triton_blocks.DEFAULT_TILES["cuda"]
+TRITON_TILES = ((64, 64, 4), (32, 64, 4), (64, 32, 4), (128, 64, 8), (64, 128, 4), (128, 128, 8))
 
 
 def step_commands(out: Path) -> dict[str, list[str]]:
@@ -79,12 +94,14 @@ def step_commands(out: Path) -> dict[str, list[str]]:
         "tests/test_flex.py::test_the_passes_on_a_gpu_equal_the_fused_kernel",
     ]
 
+    tests_command = [python, "-m", "pytest", "-q", "-n", "0", "-p", "no:cacheprovider"]
+
     def bench(json_name: str, *options: str) -> list[str]:
         return [python, "-m", "econspin", "bench", "--device", "cuda", "--baselines", "none", *options,
                 "--json", str(out / json_name)]  # fmt: skip
 
     return {
-        "tests": [python, "-m", "pytest", "-q", "-n", "0", "-p", "no:cacheprovider", *tests],
+        "tests": [*tests_command, *tests],
         "blocks": [python, "-m", "experiments.gpu_check", "--measure", "blocks", "--out", str(out)],
         "bench": bench(
             "bench_cuda.json",
@@ -128,6 +145,8 @@ def step_commands(out: Path) -> dict[str, list[str]]:
         "flex_batched": bench(
             "flex_batched_cuda.json", "--sizes", "256", "--batches", "64", "--kernels", "fused,flex", "--repeats", "5"
         ),  # fmt: skip
+        "triton_tests": [*tests_command, "tests/test_triton.py", "-k", "compiled_programs"],
+        "triton": [python, "-m", "experiments.gpu_check", "--measure", "triton", "--out", str(out)],
     }
 
 
@@ -332,7 +351,92 @@ def flex_timing(device: torch.device, sizes=(4096, 16384, 65536), repeats: int =
     return rows
 
 
-MEASURES = {"blocks": block_timing, "rollout": rollout_timing, "flex": flex_timing}
+def synchronised(function, device: torch.device):
+    """``function()``, the device's work finished before it returns."""
+    result = function()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return result
+
+
+def tile_sweep(state, fused, triton, tiles, repeats: int, device: torch.device, clock: str) -> list[dict]:
+    """The market step alone per tile size (triton_timing), beside the fused market step, with its difference."""
+    from econspin.bench import relative_difference, timed
+    from econspin.fused import fused_trade
+    from econspin.market import MarketOutcome
+    from econspin.triton_blocks import Tiles, triton_trade
+
+    batch, agents = state.states.shape[:2]
+    want = fused_trade(state, fused)
+    market, differences, rows = {"fused": lambda: fused_trade(state, fused)}, {}, []
+    for sizes in tiles:
+        try:
+            market[sizes] = functools.partial(triton_trade, state, triton, tiles=Tiles(*sizes))
+            got = synchronised(market[sizes], device)  # the first call compiles this size's programs
+        except Exception as error:  # reported, not fatal: the other sizes are still timed
+            market.pop(sizes, None)
+            rows.append({"batch": batch, "agents": agents, "tiles": list(sizes), "error": repr(error)[-2000:]})
+            print(rows[-1], flush=True)
+            continue
+        fields = (field.name for field in dataclasses.fields(MarketOutcome))
+        differences[sizes] = max(relative_difference(getattr(want, name), getattr(got, name)) for name in fields)
+    times = timed(market, repeats=repeats, device=device, clock=clock)
+    for sizes, difference in differences.items():
+        row = {"batch": batch, "agents": agents, "tiles": list(sizes), "market ms": times[sizes] * 1e3}
+        row.update({"fused market ms": times["fused"] * 1e3, "difference from fused": difference})
+        print(row, flush=True)
+        rows.append(row)
+    return rows
+
+
+def triton_timing(
+    device: torch.device, shapes=TRITON_SHAPES, tiles=TRITON_TILES, repeats: int = 3, clock: str = "wall"
+) -> list[dict]:
+    """Milliseconds of one round on the Triton kernel, the fused kernel and SDPA per (B, N), and per tile size.
+
+    Per shape: the first Triton round (its programs compiled) timed apart; the round on either
+    kernel and SDPA forward, interleaved; the Triton round's next states and money against the
+    fused one's. Then the market step alone (the only part that differs) per tile size of
+    ``tiles`` ((buyers, sellers, warps)) beside the fused market step, each with its largest
+    relative difference from the fused outcome over every field; a tile size that fails
+    (compilation, resources) gives a row with its error. Each row is printed as it is measured.
+    """
+    from econspin.bench import bench_scenario, floor_inputs, round_difference, timed
+    from econspin.round import step
+    from econspin.simulate import Rollout
+
+    rows = []
+    for batch, agents in shapes:
+        rollout = Rollout.create([bench_scenario(agents)] * batch, list(range(batch)), str(device), "float32")
+        state, fused = rollout.state, rollout.economy
+        triton = dataclasses.replace(fused, kernel="triton")
+        q, k, v = floor_inputs(batch, fused.heads, agents, device)
+        pairs = batch * agents * agents
+        with torch.no_grad():
+            started = time.perf_counter()
+            first = synchronised(lambda: step(state, triton), device)
+            row = {"batch": batch, "agents": agents, "first triton round s": time.perf_counter() - started}
+            functions = {
+                "sdpa forward": lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v),
+                "fused": lambda: step(state, fused),
+                "triton": lambda: step(state, triton),
+            }
+            times = timed(functions, repeats=repeats, device=device, clock=clock)
+            row.update({f"{name} ms": seconds * 1e3 for name, seconds in times.items()})
+            for name in ("fused", "triton"):
+                row[f"{name} ratio"] = times[name] / times["sdpa forward"]
+                row[f"{name} pairs per s"] = pairs / times[name]
+            row["triton difference from fused"] = round_difference(step(state, fused), first)
+            print(row, flush=True)
+            rows.append(row)
+
+            rows += tile_sweep(state, fused, triton, tiles, repeats, device, clock)
+        if device.type == "cuda":
+            torch.cuda.empty_cache()  # the fused kernel's blocks at this size, before the next one's
+    return rows
+
+
+MEASURES = {"blocks": block_timing, "rollout": rollout_timing, "flex": flex_timing, "triton": triton_timing}
 
 
 def main(arguments: list[str] | None = None) -> int:

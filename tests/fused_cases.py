@@ -112,6 +112,13 @@ def economies(draw, mode="expected"):
     return state, economy
 
 
+def on_device(frozen, device):
+    """The same dataclass with every tensor field moved to ``device`` (the market step reads no other)."""
+    fields = (field.name for field in dataclasses.fields(frozen))
+    tensors = {name: getattr(frozen, name) for name in fields if isinstance(getattr(frozen, name), torch.Tensor)}
+    return dataclasses.replace(frozen, **{name: tensor.to(device) for name, tensor in tensors.items()})
+
+
 def on_meta(frozen):
     """The same dataclass with every tensor moved to the meta device (shapes only, no data)."""
     moved = {

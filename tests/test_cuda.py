@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from fused_cases import TOLERANCE, assert_equals_oracle, assert_outcomes_close, economies
+from fused_cases import TOLERANCE, assert_equals_oracle, assert_outcomes_close, economies, on_device
 from hypothesis import given, settings
 
 from econspin import Scenario
@@ -33,13 +33,6 @@ pytestmark = pytest.mark.skipif(
     reason="needs a CUDA GPU (ECONSPIN_GPU_TEST_DEVICE=cpu checks the tests)",
 )
 SCENARIOS = Path(__file__).resolve().parents[1] / "scenarios"
-
-
-def on_device(frozen, device):
-    """The same dataclass with every tensor field moved to ``device`` (the market step reads no other)."""
-    fields = (field.name for field in dataclasses.fields(frozen))
-    tensors = {name: getattr(frozen, name) for name in fields if isinstance(getattr(frozen, name), torch.Tensor)}
-    return dataclasses.replace(frozen, **{name: tensor.to(device) for name, tensor in tensors.items()})
 
 
 def on_host(outcome):

@@ -231,6 +231,7 @@ def test_tf32_switch_is_scoped_to_the_product():
         ({"dtype": "float64", "utility_precision": "bfloat16"}, {}, "needs run.dtype: float32"),
         ({"kernel": "reference", "utility_precision": "bfloat16"}, {}, "needs run.kernel: auto or fused"),
         ({"kernel": "flex", "utility_precision": "bfloat16"}, {}, "the flex kernel computes at full precision"),
+        ({"kernel": "triton", "utility_precision": "bfloat16"}, {}, "the triton kernel computes at full precision"),
         ({"utility_precision": "bfloat16"}, {"couplings": {"curie_weiss": 1.0}}, "market.couplings has none"),
     ],
 )

@@ -1,0 +1,213 @@
+"""``run.kernel: triton``: the expected-mode block pass as hand-written Triton programs.
+
+:func:`triton_blocks` computes exactly what :func:`econspin.fused.expected_blocks` computes
+(the same equations, fused.py's module doc: m_i, s_i, sum_j e_ij y_ij written into the round's
+terms; |e_i.|, e @ [u, moment columns] and float64 revenue returned) in three passes over
+tiles of buyers x sellers, flash-attention style: nothing N x N is stored, each tile's
+utilities are one ``tl.dot`` in registers (econspin.triton_kernels). Everything else of the
+step (the projections, temperatures and tie widths before; the entropies, surplus, moments'
+normalisation and money's float64 rescaling after) is :func:`econspin.fused.fused_trade`'s,
+which takes this pass as its ``blocks``.
+
+Why: on a GPU the fused kernel's blocks run a dozen eager elementwise kernels over every
+block, each reading and writing it from memory (docs/performance.md, "On a GPU: NVIDIA
+H200"); here each tile is read once per pass and the elementwise work stays in registers.
+On CUDA tensors the programs are compiled by ``triton.jit``; on CPU tensors they run under
+Triton's interpreter (numpy, one program instance at a time: slow, for tests at small N),
+which is how the test suite checks them without a GPU. The interpreted and the compiled
+programs are built from the same function bodies (econspin.triton_kernels.programs).
+
+Under ``run.compile`` a CUDA round calls the programs through the operator
+``econspin::triton_blocks`` (``torch.library.triton_op``, torch >= 2.6), whose Triton kernels
+torch.compile and CUDA graphs see into: no break at the blocks (on a GPU: not yet run). On
+a CPU the interpreted programs stay an eager break (``torch.compiler.disable``): they serve
+tests, and a break costs them nothing next to the interpreter (the fused blocks are a custom
+operator there instead, econspin.fused).
+
+Not covered, resolved as the flex kernel resolves them: sampled mode runs the fused kernel
+(econspin.scenario.resolved_kernel), fixed couplings are refused, a sparse network takes
+its own kernel, reduced-precision utilities are refused (econspin.precision), and a round
+that asks for gradients takes the reference path.
+
+Tile sizes (:class:`Tiles`) change the order of the sums only: results agree beyond rounding
+(tests/test_triton.py). Their best values on a GPU are what experiments/gpu_check.py's
+``triton`` step measures; its timing is pending (docs/performance.md, "The Triton kernel").
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+from dataclasses import dataclass
+
+import torch
+
+from econspin.economy import Economy
+from econspin.fused import EXP2_FLOOR, RoundTerms, asks_for_gradients, fused_trade
+from econspin.market import MarketOutcome
+from econspin.state import State
+from econspin.temperature_limits import precision_limits
+
+MIN_DOT = 16  # tl.dot on CUDA: no tile side and no contraction narrower
+
+
+@dataclass(frozen=True)
+class Tiles:
+    """Buyers and sellers per tile (powers of two >= 16), and warps per program on CUDA."""
+
+    rows: int = 64
+    columns: int = 64
+    warps: int = 4
+
+    def __post_init__(self):
+        for name in ("rows", "columns"):
+            size = getattr(self, name)
+            if size < MIN_DOT or size & (size - 1):
+                raise ValueError(f"Tiles.{name}: {size} is not a power of two >= {MIN_DOT}")
+
+
+# the interpreter runs one program instance at a time in Python: at the test suite's small N
+# the smallest tiles waste the least on padding; on CUDA 64 x 64 until measured (gpu_check's triton step)
+DEFAULT_TILES = {"cuda": Tiles(64, 64, 4), "cpu": Tiles(16, 16, 1)}
+
+
+def triton_missing() -> str | None:
+    """Why ``run.kernel: triton`` cannot run here (one line), or None where the triton package imports."""
+    if importlib.util.find_spec("triton") is None:
+        return "run.kernel: triton needs the triton package (pip install 'econspin[gpu]'); use run.kernel: fused"
+    return None
+
+
+def uses_triton(state: State, economy: Economy) -> bool:
+    """Whether a round takes :func:`triton_trade`: run.kernel triton, expected mode, dense, no gradients."""
+    if economy.kernel != "triton" or economy.mode != "expected" or economy.couplings is not None:
+        return False
+    return economy.trade_edges is None and not asks_for_gradients(state, economy)
+
+
+def triton_trade(
+    state: State, economy: Economy, variances: torch.Tensor | None = None, tiles: Tiles | None = None
+) -> MarketOutcome:
+    """Expected-mode steps 1-5 as :func:`econspin.fused.fused_trade` with the Triton block pass."""
+    return fused_trade(state, economy, variances=variances, blocks=functools.partial(triton_blocks, tiles=tiles))
+
+
+def padded_width(width: int) -> int:
+    """The smallest power of two >= max(width, MIN_DOT): a tl.arange and a tl.dot's contraction."""
+    return max(MIN_DOT, 1 << (width - 1).bit_length())
+
+
+def triton_blocks(terms: RoundTerms, economy: Economy, moment_rows: torch.Tensor, tiles: Tiles | None = None):
+    """:func:`econspin.fused.expected_blocks` by the Triton programs: (|e_i.|, e @ [u, moments], float64 revenue).
+
+    Writes m_i, s_i and sum_j e_ij y_ij into ``terms``. ``tiles``: default :data:`DEFAULT_TILES`
+    for the device. CPU tensors run the interpreted programs, CUDA tensors the compiled ones:
+    eagerly, launched from :func:`launched_blocks`; under ``run.compile`` as the registered
+    operator ``econspin::triton_blocks`` (:func:`registered_blocks`), which torch.compile and CUDA
+    graphs see into; on a CPU (or a torch without ``torch.library.triton_op``) as an eager break.
+    """
+    left, dtype = terms.left, terms.delivered.dtype
+    if left.dtype != dtype:  # what econspin.precision refuses for a scenario; here for an economy made by hand
+        raise ValueError(f"run.kernel: triton computes at full precision, not run.utility_precision {left.dtype}")
+    tiles = tiles or DEFAULT_TILES["cuda" if left.is_cuda else "cpu"]
+    if terms.network_bias is not None:
+        network, network_kind = terms.network_bias, 1
+    elif economy.trade_mask is not None:
+        network, network_kind = economy.trade_mask.contiguous().view(torch.uint8), 2
+    else:
+        network, network_kind = left, 0  # never read
+    values = torch.cat([terms.delivered, moment_rows.transpose(1, 2)], dim=-1)  # [u_j, |u_j|^2, c_j |W|^2]
+    operands = (left, terms.right, network, network_kind, terms.tie_width, values, terms.share)
+    if left.is_cuda and torch.compiler.is_compiling() and REGISTERED:
+        results = torch.ops.econspin.triton_blocks(*operands, tiles.rows, tiles.columns, tiles.warps)
+    else:
+        results = eager_blocks(*operands, tiles.rows, tiles.columns, tiles.warps)
+    shifted_max, total, dot, norm, moments, revenue = results
+    for kept, result in ((terms.shifted_max, shifted_max), (terms.total, total), (terms.dot, dot)):
+        kept.copy_(result)  # what row_statistics reads after the blocks
+    return norm, moments, revenue
+
+
+def launched_blocks(
+    left: torch.Tensor,
+    right: torch.Tensor,
+    network: torch.Tensor,
+    network_kind: int,
+    tie_width: torch.Tensor,
+    values: torch.Tensor,
+    share: torch.Tensor,
+    rows: int,
+    columns: int,
+    warps: int,
+    wrap=None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The three programs on a round's operands (econspin.fused.RoundTerms): fresh (m, s, sum e y, |e|, e @ values, R).
+
+    ``network``: the (N, N) bias (``network_kind`` 1), the trade mask as bytes (2), or anything
+    (0: no network); ``values`` (groups, N, d + 2); ``share`` s_i / H. ``wrap``: what each program
+    is launched through (torch.library.wrap_triton inside the registered operator).
+    """
+    from econspin.triton_kernels import programs  # triton is optional: imported where the kernel runs
+
+    kernels = programs(interpreted_kind=not left.is_cuda)
+    wrap = wrap or (lambda program: program)
+    groups, agents, keys = left.shape  # keys = d_k + 2: a runtime number (one program for every d_k up to 14)
+    dtype, device, value_columns = values.dtype, left.device, values.shape[-1]
+    floor = EXP2_FLOOR[dtype]
+    constants = dict(KEYS_PADDED=padded_width(keys), BIG=2.0 ** precision_limits(dtype)[2], NETWORK=network_kind)
+    shape = dict(BLOCK_ROWS=rows, BLOCK_COLUMNS=columns, num_warps=warps)
+    weights = dict(FLOOR=floor, THRESHOLD=2.0 ** (floor + 1))
+    operands = (left, right, network)
+    strides = (*left.stride(), *right.stride())
+    tie_width = tie_width.contiguous()
+    # every per-row result is (groups, N) and contiguous: the programs index them so
+    shifted_max, total, dot, norm = (torch.empty(groups, agents, dtype=dtype, device=device) for _ in range(4))
+    moments = torch.empty(groups, agents, value_columns, dtype=dtype, device=device)
+    revenue = torch.empty(groups, agents, dtype=torch.float64, device=device)
+    rows_grid, columns_grid = (tiles_covering(agents, rows), groups), (tiles_covering(agents, columns), groups)
+
+    wrap(kernels.row_max_program)[rows_grid](*operands, shifted_max, agents, keys, *strides, **constants, **shape)
+    wrap(kernels.row_sums_program)[rows_grid](
+        *operands, shifted_max, tie_width, values, total, norm, dot, moments, agents, keys,
+        *strides, *values.stride(), value_columns, VALUES_PADDED=padded_width(value_columns),
+        **constants, **weights, **shape,
+    )  # fmt: skip
+    # total >= 1 on a row with partners (its best seller weighs exactly 1), 0 on an empty row
+    per_unit = (share / total.clamp(min=1.0)).contiguous()
+    wrap(kernels.revenue_program)[columns_grid](
+        *operands, shifted_max, tie_width, per_unit, revenue, agents, keys, *strides,
+        **constants, **weights, **shape,
+    )  # fmt: skip
+    return shifted_max, total, dot, norm, moments, revenue
+
+
+# eagerly, and under run.compile where the operator is not used (CPU tensors: the interpreter runs numpy)
+eager_blocks = torch.compiler.disable(launched_blocks)
+
+# econspin::triton_blocks: the programs as an operator whose triton kernels torch.compile sees
+# (torch.library.triton_op, torch >= 2.6), so that a compiled CUDA round, CUDA graphs included,
+# needs no break at the blocks. It reads its inputs and returns fresh tensors: nothing mutated.
+REGISTERED = hasattr(torch.library, "triton_op") and triton_missing() is None
+if REGISTERED:
+
+    @torch.library.triton_op("econspin::triton_blocks", mutates_args=())
+    def registered_blocks(
+        left: torch.Tensor,
+        right: torch.Tensor,
+        network: torch.Tensor,
+        network_kind: int,
+        tie_width: torch.Tensor,
+        values: torch.Tensor,
+        share: torch.Tensor,
+        rows: int,
+        columns: int,
+        warps: int,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:func:`launched_blocks` with each program launched through torch.library.wrap_triton."""
+        operands = (left, right, network, network_kind, tie_width, values, share, rows, columns, warps)
+        return launched_blocks(*operands, wrap=torch.library.wrap_triton)
+
+
+def tiles_covering(size: int, tile: int) -> int:
+    """Tiles of ``tile`` that cover ``size``."""
+    return -(-size // tile)

@@ -1,0 +1,360 @@
+"""The Triton block pass (econspin.triton_blocks) against the reference market, the fused kernel and the oracle.
+
+On a CPU the programs run under Triton's interpreter: the same bodies a CUDA GPU compiles
+(econspin.triton_kernels.programs), one program instance at a time, so the economies here are
+small. The CUDA test at the end compares the compiled programs with the fused kernel.
+"""
+
+import dataclasses
+import importlib.util
+import math
+import os
+import sys
+
+import pytest
+import torch
+from fused_cases import (
+    FIELDS,
+    TOLERANCE,
+    assert_equals_oracle,
+    assert_outcomes_close,
+    economies,
+    on_device,
+    two_populations,
+)
+from helpers import rollout, scenario
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from kernel_cases import (
+    check_command_line_equals_fused,
+    check_infinite_temperature_uniform,
+    check_isolated_buyers,
+    check_kernel_switch_and_rollout,
+    check_several_populations_in_float32,
+    check_zero_temperature_ties,
+    scenario_text,
+)
+from test_compiled_round import compare_rounds, needs_compiler
+from typer.testing import CliRunner
+
+from econspin.cli import app
+from econspin.fused import fused_trade
+from econspin.host_syncs import HostSyncRecorder
+from econspin.market import MarketOutcome, trade
+from econspin.triton_blocks import Tiles, triton_trade, uses_triton
+
+runner = CliRunner()
+needs_triton = pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="needs the triton package")
+TILES = st.sampled_from([None, Tiles(16, 16), Tiles(16, 32), Tiles(32, 16)])
+
+
+def triton_economy(economy):
+    return dataclasses.replace(economy, kernel="triton")
+
+
+def triton_outcome(state, economy):
+    """The triton kernel's market step on an economy built for the fused one."""
+    return triton_trade(state, triton_economy(economy))
+
+
+def assert_money_conserved(outcome: MarketOutcome) -> None:
+    """Revenue sums to the budgets spent, in float64, whatever the working precision."""
+    assert outcome.revenue.dtype == outcome.spending.dtype == torch.float64
+    assert torch.all(outcome.revenue >= 0)
+    assert torch.allclose(outcome.revenue.sum(1), outcome.spending.sum(1), rtol=1e-13, atol=0)
+
+
+@needs_triton
+@given(economies(), TILES)
+@settings(max_examples=40, deadline=None, derandomize=True)
+def test_triton_equals_reference_and_fused(drawn, tiles):
+    state, economy = drawn
+    outcome = triton_trade(state, triton_economy(economy), tiles=tiles)
+    tolerance = TOLERANCE[state.states.dtype]
+    assert_outcomes_close(trade(state, economy), outcome, tolerance)
+    assert_outcomes_close(fused_trade(state, economy), outcome, tolerance)
+    assert_money_conserved(outcome)
+
+
+@pytest.mark.slow
+@needs_triton
+@given(economies(), TILES)
+@settings(max_examples=300, deadline=None)
+def test_triton_equals_reference_and_fused_many(drawn, tiles):
+    test_triton_equals_reference_and_fused.hypothesis.inner_test(drawn, tiles)
+
+
+@needs_triton
+@given(economies().filter(lambda drawn: drawn[0].states.dtype == torch.float64))
+@settings(max_examples=8, deadline=None, derandomize=True)
+def test_triton_equals_the_independent_oracle(drawn):
+    """Against econspin.reference (plain float64 numpy, one buyer at a time), as the fused kernel is."""
+    state, economy = drawn
+    assert_equals_oracle(triton_trade(state, triton_economy(economy)), state, economy)
+
+
+@needs_triton
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_tile_sizes_change_nothing_beyond_rounding(dtype):
+    """N = 64 in tiles of 16 to 64 buyers and sellers (one tile, several, and partial ones), T = 0 rows, a network."""
+    run = rollout([two_populations(heads=2, visibility=-0.7)] * 2, dtype=dtype)
+    state = run.state.replace(temperature=run.state.temperature.index_fill(1, torch.tensor([0, 5, 41]), 0.0))
+    mask = torch.rand(64, 64, generator=torch.Generator().manual_seed(5)) < 0.6
+    for economy in (run.economy, dataclasses.replace(run.economy, trade_mask=mask)):
+        economy = triton_economy(economy)
+        whole = triton_trade(state, economy, tiles=Tiles(64, 64))
+        assert_outcomes_close(fused_trade(state, economy), whole, TOLERANCE[state.states.dtype])
+        for tiles in (Tiles(16, 16), Tiles(32, 16), Tiles(16, 64)):
+            assert_outcomes_close(
+                whole, triton_trade(state, economy, tiles=tiles), 1e-13 if dtype == "float64" else 1e-6
+            )
+
+
+def test_tiles_are_powers_of_two_of_at_least_16():
+    for rows, columns in ((8, 16), (16, 24), (48, 64)):
+        with pytest.raises(ValueError, match="power of two >= 16"):
+            Tiles(rows, columns)
+
+
+@needs_triton
+def test_reduced_precision_utilities_are_refused_on_an_economy_made_by_hand():
+    run = rollout(two_populations(), dtype="float32")
+    economy = dataclasses.replace(triton_economy(run.economy), utility_precision="bfloat16")
+    with pytest.raises(ValueError, match="run.kernel: triton computes at full precision"):
+        triton_trade(run.state, economy)
+
+
+@needs_triton
+def test_zero_temperature_is_the_argmax_with_ties_split_equally():
+    check_zero_temperature_ties(triton_outcome)
+
+
+@needs_triton
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_utilities_within_the_tie_width_are_ties_at_zero_temperature(dtype):
+    """Sellers a unit in the last place apart: a T = 0 buyer splits the market between them, as on the other kernels.
+
+    Their utilities differ by less than the tie width t_i (market.tie_widths), which allows for
+    the rounding of any order of the utilities' sums; so tl.dot may round them either way.
+    """
+    populations = {
+        "buyers": {"count": 5, "temperature": 0.0, "sells": False, "state": {"scale": 1.2}},
+        "sellers": {"count": 4, "buys": False, "projections": {"init": "identity", "scale": 0.5}},
+    }
+    run = rollout(scenario(populations=populations, d=3, output="random"), dtype=dtype)
+    value = torch.tensor(0.7, dtype=run.state.states.dtype)
+    for seller in range(4):
+        run.state.states[0, 5 + seller] = value
+        value = torch.nextafter(value, torch.tensor(1.0, dtype=value.dtype))  # one unit in the last place up
+    outcome = triton_trade(run.state, triton_economy(run.economy))
+    spent = outcome.spending[0, :5].sum()
+    assert torch.allclose(outcome.revenue[0, 5:], (spent / 4).expand(4), rtol=1e-6 if dtype == "float32" else 1e-13)
+    assert_outcomes_close(trade(run.state, run.economy), outcome, TOLERANCE[run.state.states.dtype])
+    assert_outcomes_close(fused_trade(run.state, run.economy), outcome, TOLERANCE[run.state.states.dtype])
+
+
+@needs_triton
+def test_infinite_temperature_is_uniform_over_allowed_partners():
+    check_infinite_temperature_uniform(triton_outcome)
+
+
+@needs_triton
+@pytest.mark.parametrize("bias", [True, False])
+def test_buyers_with_nobody_to_buy_from_spend_and_receive_nothing(bias):
+    """A network as the additive bias, and (a budget too small to keep the bias) as the mask itself."""
+    assert_money_conserved(check_isolated_buyers(triton_outcome, memory_budget_scale=float(bias)))
+
+
+@needs_triton
+def test_several_populations_heads_and_batch_elements_in_float32():
+    assert_money_conserved(check_several_populations_in_float32(triton_outcome))
+
+
+@needs_triton
+def test_the_programs_leave_the_environment_and_triton_as_they_were():
+    """Interpreted and compiled programs from one body, without TRITON_INTERPRET; triton.language unpatched after.
+
+    The interpreter leaves patches of the functions a program calls behind unless the launch
+    restores them; a compiled program traced afterwards would fail on them.
+    """
+    from econspin.triton_kernels import language_holders, programs
+
+    environment = dict(os.environ)
+    language = [(holder, dict(vars(holder))) for holder in language_holders()]
+    run = rollout(two_populations())
+    triton_trade(run.state, triton_economy(run.economy))
+    compiled, interpreted = programs(False), programs(True)
+    assert type(compiled.row_max_program).__name__ == "JITFunction"
+    assert type(interpreted.row_max_program.program).__name__ == "InterpretedFunction"
+    assert dict(os.environ) == environment
+    for holder, before in language:
+        now = vars(holder)
+        changed = [name for name in before.keys() | now.keys() if now.get(name, before) is not before.get(name, now)]
+        assert [name for name in changed if not isinstance(now.get(name), type(os))] == [], holder
+
+
+@needs_triton
+@pytest.mark.parametrize("network", [False, True])
+def test_the_triton_step_never_waits_on_the_host(network):
+    """The launches size their grids from shapes alone: no value read, no data-dependent shape, in the whole step."""
+    run = rollout(two_populations(heads=2, visibility=0.5), dtype="float32")
+    economy = triton_economy(run.economy)
+    if network:
+        mask = torch.rand(64, 64, generator=torch.Generator().manual_seed(4)) < 0.5
+        economy = dataclasses.replace(economy, trade_mask=mask)
+    state = run.state.replace(temperature=run.state.temperature.index_fill(1, torch.tensor([0, 3]), 0.0))
+    first = triton_trade(state, economy)  # the network's bias is built once per economy, here
+    with torch.no_grad(), HostSyncRecorder() as recorder:
+        again = triton_trade(state, economy)
+    assert recorder.events == [], "\n".join(recorder.summary())
+    assert_outcomes_close(first, again, 0.0)
+
+
+@needs_triton
+def test_the_kernel_switch_and_a_whole_rollout():
+    check_kernel_switch_and_rollout("triton", uses_triton, rounds=6, tolerance=1e-12)
+
+
+def test_the_memory_estimate_holds_nothing_n_by_n():
+    """The round's working memory grows as N (tiles live in registers), not as the fused kernel's N-wide blocks."""
+    from econspin.memory import estimate_memory
+
+    def round_bytes(agents: int, kernel: str) -> float:
+        economy = scenario(populations={"a": {"count": agents}}, run={"kernel": kernel})
+        return estimate_memory(economy, 2, torch.float32).device["round"]
+
+    assert round_bytes(20000, "triton") == pytest.approx(2 * round_bytes(10000, "triton"), rel=1e-12)
+    assert round_bytes(20000, "triton") < round_bytes(20000, "fused") / 2
+
+
+@needs_triton
+@needs_compiler
+def test_the_compiled_round_on_the_triton_kernel_equals_the_eager_one():
+    """run.compile on a CPU: the round traced around the interpreted programs (an eager break), equal each round."""
+    torch._dynamo.reset()
+    compare_rounds(rollout(two_populations(heads=2, run={"kernel": "triton"})), rounds=2)
+    torch._dynamo.reset()
+
+
+def test_the_registered_operator_returns_fresh_outputs_of_the_right_shapes():
+    """econspin::triton_blocks traced with fake CUDA tensors (no GPU: its programs are not run, their outputs made)."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    import econspin.triton_blocks as blocks
+
+    if not blocks.REGISTERED:
+        pytest.skip("needs triton and torch.library.triton_op")
+    groups, agents, keys, columns = 3, 50, 6, 6
+    with FakeTensorMode():
+        left = torch.empty(groups, agents, keys, device="cuda")
+        right = torch.empty(groups, agents, keys, device="cuda").transpose(1, 2)
+        network, per_row, values = (
+            torch.empty(agents, agents, device="cuda"),
+            torch.empty(groups, agents, device="cuda"),
+            torch.empty(groups, agents, columns, device="cuda"),
+        )
+        outputs = torch.ops.econspin.triton_blocks(left, right, network, 1, per_row, values, per_row, 32, 16, 4)
+    shapes = [(tuple(output.shape), output.dtype, output.device.type) for output in outputs]
+    assert shapes == [((groups, agents), torch.float32, "cuda")] * 4 + [
+        ((groups, agents, columns), torch.float32, "cuda"),
+        ((groups, agents), torch.float64, "cuda"),
+    ]
+
+
+@needs_triton
+def test_a_triton_scenario_runs_from_the_command_line_as_the_fused_one(tmp_path):
+    check_command_line_equals_fused("triton", tmp_path, steps=4)
+
+
+def test_without_triton_the_kernel_is_refused_in_one_line(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "triton", None)  # importlib then finds no triton
+    path = tmp_path / "triton.yaml"
+    path.write_text(scenario_text("triton", steps=4))
+    result = runner.invoke(app, ["run", str(path), "--out", str(tmp_path / "refused"), "--quiet"])
+    assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1, result.output
+    assert "run.kernel: triton needs the triton package" in result.output
+    assert not (tmp_path / "refused").exists()
+    sampled = scenario_text("triton", steps=4).replace("visibility: 0.5", "visibility: 0.5, mode: sampled")
+    path.write_text(sampled)  # sampled mode runs the fused kernel: no triton needed
+    result = runner.invoke(app, ["run", str(path), "--out", str(tmp_path / "sampled"), "--quiet"])
+    assert result.exit_code == 0, result.output
+
+
+@needs_triton
+def test_the_gpu_checks_triton_timing_runs_on_the_cpu():
+    """experiments/gpu_check.py's triton step at a tiny shape, so that the GPU session does not find it broken."""
+    from experiments import gpu_check
+
+    rows = gpu_check.triton_timing(torch.device("cpu"), shapes=((2, 20),), tiles=((16, 16, 1), (8, 16, 1)), repeats=1)
+    rounds = rows[0]
+    errors, tiles = [row for row in rows if "error" in row], [row for row in rows if "market ms" in row]
+    assert rounds["triton ms"] > 0 and rounds["triton difference from fused"] < 1e-5
+    assert [row["tiles"] for row in tiles] == [[16, 16, 1]] and tiles[0]["difference from fused"] < 1e-5
+    assert [row["tiles"] for row in errors] == [[8, 16, 1]] and "power of two" in errors[0]["error"]
+
+
+@needs_triton
+@pytest.mark.parametrize("dtype", ["fp32", "fp64"])
+@pytest.mark.parametrize(
+    "network", [1, pytest.param(0, marks=pytest.mark.slow), pytest.param(2, marks=pytest.mark.slow)]
+)
+def test_the_programs_compile_for_an_h100_at_the_default_tiles(dtype, network):
+    """What a GPU would compile, checked here: d_k = 32 (the benchmark's), within an H100's shared memory."""
+    from econspin.triton_blocks import DEFAULT_TILES
+    from econspin.triton_kernels import programs
+    from experiments.triton_compile_check import H100_SHARED_MEMORY, PROGRAMS, compiled_for_sm90, program_constants
+
+    pytest.importorskip("triton.backends.nvidia")
+    tiles, kernels = DEFAULT_TILES["cuda"], programs(False)
+    constants = program_constants(dtype, network, tiles.rows, tiles.columns)
+    for name in PROGRAMS:
+        compiled = compiled_for_sm90(getattr(kernels, name), dtype, constants, tiles.warps)
+        assert compiled.asm["cubin"] and compiled.metadata.shared <= H100_SHARED_MEMORY, (
+            name,
+            compiled.metadata.shared,
+        )
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU: the compiled Triton programs")
+@given(economies())
+@settings(max_examples=30, deadline=None, derandomize=True)
+def test_the_compiled_programs_on_a_gpu_equal_the_fused_kernel(drawn):
+    """The same economies as on the CPU, compiled by triton.jit (default tiles: each size is compiled apart)."""
+    state, economy = drawn
+    outcome = triton_trade(on_device(state, "cuda"), on_device(triton_economy(economy), "cuda"))
+    moved = MarketOutcome(**{name: getattr(outcome, name).cpu() for name in FIELDS})
+    assert_outcomes_close(fused_trade(state, economy), moved, TOLERANCE[state.states.dtype])
+    assert_money_conserved(moved)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU: the compiled Triton programs")
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_the_compiled_programs_at_a_few_hundred_agents(dtype):
+    """Several tiles each way, partial tiles, a network, T = 0 and inf rows: the GPU against the CPU's fused kernel."""
+    populations = {
+        "human": {"count": 300, "temperature": 0.8, "spend": 0.2},
+        "ai": {"count": 100, "temperature": 0.0, "spend": 0.5},
+        "firm": {"count": 60, "temperature": math.inf, "buys": False},
+    }
+    run = rollout([scenario(populations=populations, heads=2, d=8, visibility=0.4)] * 3, dtype=dtype)
+    mask = torch.rand(460, 460, generator=torch.Generator().manual_seed(2)) < 0.7
+    for economy in (run.economy, dataclasses.replace(run.economy, trade_mask=mask)):
+        state, moved_economy = (on_device(frozen, "cuda") for frozen in (run.state, triton_economy(economy)))
+        for tiles in (None, Tiles(32, 16, 2), Tiles(64, 32, 4)):  # (128 x 64 in float64 needs more shared memory)
+            outcome = triton_trade(state, moved_economy, tiles=tiles)
+            moved = MarketOutcome(**{name: getattr(outcome, name).cpu() for name in FIELDS})
+            assert_outcomes_close(fused_trade(run.state, economy), moved, TOLERANCE[run.state.states.dtype])
+            assert_money_conserved(moved)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU: the compiled Triton programs")
+@pytest.mark.parametrize("compile_mode", ["default", "reduce-overhead"])
+def test_the_compiled_programs_under_run_compile_equal_the_eager_rounds(compile_mode):
+    """On CUDA, run.compile traces the registered operator econspin::triton_blocks (CUDA graphs too)."""
+    from econspin.simulate import Rollout
+
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    run = Rollout.create([two_populations(heads=2, run={"kernel": "triton"})] * 2, [0, 1], "cuda", "float64")
+    compare_rounds(run, rounds=3, compile_mode=compile_mode)
+    torch._dynamo.reset()
