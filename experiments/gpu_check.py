@@ -75,6 +75,7 @@ STEPS = {
     "flex_batched": 60,
     "triton_tests": 180,
     "triton": 150,
+    "million": 150,
 }
 BUDGET = 470  # seconds for all steps: one device call, leaving time in a session's lease to rerun one
 ROLLOUT_SHAPE = (64, 256)  # B, N: the GPU target of issue 9 (<= 5x SDPA forward)
@@ -147,6 +148,8 @@ def step_commands(out: Path) -> dict[str, list[str]]:
         ),  # fmt: skip
         "triton_tests": [*tests_command, "tests/test_triton.py", "-k", "compiled_programs"],
         "triton": [python, "-m", "experiments.gpu_check", "--measure", "triton", "--out", str(out)],
+        "million": [python, "-m", "experiments.gpu_million", "--kernels", "fused,triton",
+                    "--json", str(out / "million_cuda.json")],  # fmt: skip
     }
 
 

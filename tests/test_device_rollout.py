@@ -12,6 +12,7 @@ corrections none/tap/ffn, the responses, schedules and events, and the metrics.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 
@@ -296,6 +297,17 @@ def test_the_gpu_checks_operator_devices_hold_only_for_the_call():
     with pytest.raises(RuntimeError):
         gpu_check.with_operator_devices(("cuda",), failing)()
     assert fused.OPERATOR_DEVICES == ("cpu",)
+
+
+def test_the_gpu_checks_million_step_runs_on_the_cpu(tmp_path):
+    """experiments.gpu_million at a tiny N on the CPU: a row per kernel, money kept, the JSON written."""
+    from experiments import gpu_million
+
+    assert gpu_million.main(["--agents", "48", "--device", "cpu", "--kernels", "fused,reference",
+                             "--json", str(tmp_path / "rows.json")]) == 0  # fmt: skip
+    rows = json.loads((tmp_path / "rows.json").read_text())
+    assert [row["kernel"] for row in rows] == ["fused", "reference"]
+    assert all(row["round s"] > 0 and row["money drift"] < 1e-12 and row["estimated round bytes"] > 0 for row in rows)
 
 
 def test_the_compiled_rounds_tag_is_made_on_the_device_with_the_same_value():
