@@ -36,6 +36,7 @@ from econspin.wood import (
     RejectionBudget,
     _wood_component,
     _wood_constants,
+    _wood_continued,
     _wood_first,
     _wood_rest,
 )
@@ -324,13 +325,19 @@ def _wood_first_traced(kappa: torch.Tensor, dimension: int, draws: Draws):
     """(w, pending, constants) of :func:`_wood_first`: under run.compile, the traced part of Wood's step.
 
     Every agent's first ``WOOD_FIRST_ATTEMPTS`` attempts (nearly all of the work: at most 12%
-    of the agents need more) fuse with their hashes into the compiled graph; the agents left
-    without an accepted attempt continue in :func:`_wood_rest_eagerly`, the loop's graph break.
+    of the agents need more) fuse with their hashes into the compiled graph, and so do the next
+    ``WOOD_MORE_ATTEMPTS`` of a fixed number of the agents left (:func:`econspin.wood._wood_continued`);
+    whoever is still left continues in :func:`_wood_rest_eagerly`, the loop's graph break (which
+    then most rounds only asks whether anyone is).
     The same attempts, the same first accepted one: the loop's draw, to the rounding of the
     compiled log, cos and expm1 (as the compiled Gaussians, econspin.randomness).
     """
     constants, finite = _wood_constants(kappa, dimension)
-    return *_wood_first(constants, finite, dimension, draws, WOOD_FIRST_ATTEMPTS), constants
+    result, pending = _wood_first(constants, finite, dimension, draws, WOOD_FIRST_ATTEMPTS)
+    # the loop's next attempts for a fixed number of the agents left, still in the graph
+    more = (WOOD_FIRST_ATTEMPTS, WOOD_MORE_ATTEMPTS)
+    result, pending = _wood_continued(result, pending, constants, dimension, draws, *more)
+    return result, pending, constants
 
 
 @torch.compiler.disable

@@ -124,6 +124,54 @@ def _wood_rest(result, pending, constants, dimension: int, draws: Draws, start: 
     return result.clamp_(-1.0, 1.0)
 
 
+WOOD_TRACED_SHARE = 16  # under run.compile, up to 1/16 of the agents continue inside the graph
+WOOD_TRACED_MINIMUM = 16  # ... and at least this many (one economy of 64 agents leaves 2-3 on average)
+
+
+def _wood_continued(result, pending, constants, dimension: int, draws: Draws, start: int, more_attempts: int):
+    """(w, pending) after attempts start .. start + more_attempts - 1 of up to a fixed number of pending agents.
+
+    The loop over the agents left (:func:`_wood_rest`) asks the host how many there are; under
+    run.compile it is eager, a few dozen operations on a few hundred agents, and cost 0.6 ms of a
+    sampled round at B = 128, N = 64 (about 300 agents left of 8192; 0.29 ms with 2 left at
+    B = 1; docs/performance.md, "The sampled round at d = 32"). Here, with shapes fixed in
+    advance, so that it traces into the graph of the first attempts: the first ``capacity``
+    pending agents in row order (max(WOOD_TRACED_MINIMUM, agents / WOOD_TRACED_SHARE)) make the
+    loop's next attempts, gathered by their rank among the pending (a cumulative count), and
+    their results go back by the same indices; slots beyond the pending count compute for
+    agent 0 and write nowhere. Who is still pending (beyond the capacity, or with none of these
+    attempts accepted) is left to the loop, which starts again at ``start``: every attempt is
+    counter-based, so those it repeats are rejected again, and each agent's draw is still its
+    first accepted attempt.
+    """
+    shape = result.shape
+    flat_pending = pending.reshape(-1)
+    agents = flat_pending.numel()
+    capacity = min(agents, max(WOOD_TRACED_MINIMUM, agents // WOOD_TRACED_SHARE))
+    if capacity == 0:
+        return result, pending
+    device = result.device
+    rank = torch.cumsum(flat_pending, 0) - 1
+    taken = flat_pending & (rank < capacity)
+    # each taken agent's index into its slot; the others into a spare slot, dropped
+    slots = torch.zeros(capacity + 1, dtype=torch.long, device=device)
+    slots = slots.scatter(0, torch.where(taken, rank, capacity), torch.arange(agents, device=device))[:capacity]
+    filled = torch.arange(capacity, device=device) < flat_pending.sum()
+    more, more_accepted = _wood_attempts(
+        constants.reshape(constants.shape[0], -1)[:, slots],
+        dimension,
+        Draws(draws.keys.reshape(-1)[slots]),
+        start,
+        more_attempts,
+    )
+    flat_result = result.reshape(-1)
+    values = torch.where(more_accepted, more, flat_result[slots])
+    target = torch.where(filled, slots, agents)  # slots past the pending count: the spare entry
+    spare_result = torch.cat([flat_result, flat_result.new_zeros(1)]).scatter(0, target, values)
+    spare_pending = torch.cat([flat_pending, flat_pending.new_zeros(1)]).scatter(0, target, ~more_accepted)
+    return spare_result[:agents].view(shape), spare_pending[:agents].view(shape)
+
+
 def _wood_budgeted(constants, finite, dimension: int, draws: Draws, budget: RejectionBudget, group: int):
     """Wood's component with ``budget.attempts`` attempts for every agent, ``group`` at a time.
 
