@@ -11,10 +11,12 @@ the process's CPU clock and nothing else running in the process:
   ``extern_kernels.bmm``: after the warm-up rounds have compiled the round, the loaded
   compiled modules' kernel functions are wrapped in a timer (the modules look them up by name
   at every call);
-- the parts of the round that run eagerly between the graphs (``torch.compiler.disable``):
-  the sampled blocks (and the inversion inside them), the loop of Wood's step over the agents
-  left, the effective inverse temperatures; wrapped before the first round is compiled, each
-  wrapper disabled as the function it replaces.
+- the parts of the round that run eagerly: the loop of Wood's step over the agents left
+  (``torch.compiler.disable``: a graph break), wrapped before the first round is compiled (the
+  wrapper disabled as the function it replaces), and the inversion inside the sampled blocks;
+- the blocks, which the graph calls as custom operators (``econspin::expected_blocks``,
+  ``econspin::sampled_blocks``): their CPU time from torch.profiler in a second series of
+  rounds (one event each, nothing inside them instrumented).
 
 What the parts leave of the round is the rest: TorchDynamo's entries and guards between
 graphs, Python, and eager operations outside these functions. Times are medians' worth of
@@ -30,7 +32,6 @@ import time
 
 import torch
 
-import econspin.fused as fused
 import econspin.fused_sampled as fused_sampled
 import econspin.response as response
 from experiments.benchmark_ensemble import ensemble
@@ -52,16 +53,10 @@ def timed(name: str, function, disabled: bool):
 
 def wrap_eager_islands() -> None:
     """The functions run eagerly between compiled graphs, timed (before anything is compiled)."""
-    islands = (
-        (fused_sampled, "sampled_blocks"),
-        (response, "_wood_rest_eagerly"),
-        (fused, "inverse_temperatures_and_ties"),
-    )
-    for module, name in islands:
-        function = getattr(module, name)
-        setattr(module, name, timed(f"eager {name}", getattr(function, "__wrapped__", function), True))
-    inversion = fused_sampled.inverse_cdf
-    fused_sampled.inverse_cdf = timed("eager   inverse_cdf (inside the sampled blocks)", inversion, False)
+    loop = response._wood_rest_eagerly
+    response._wood_rest_eagerly = timed("eager _wood_rest_eagerly", getattr(loop, "__wrapped__", loop), True)
+    inversion = fused_sampled.inverse_cdf  # called only inside the sampled blocks' operator, eagerly
+    fused_sampled.inverse_cdf = timed("eager   inverse_cdf (inside econspin::sampled_blocks)", inversion, False)
 
 
 def wrap_compiled_kernels() -> None:
@@ -85,6 +80,20 @@ def wrap_compiled_kernels() -> None:
                 return result
 
             extern.bmm = bmm
+
+
+def operator_times(step, state, economy, rounds: int) -> dict[str, float]:
+    """CPU ms a round in each econspin:: custom operator (the blocks), from torch.profiler over ``rounds`` rounds."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as profiler:
+        for _ in range(rounds):
+            state = step(state, economy)
+    return {
+        f"operator {event.key}": event.cpu_time_total / rounds / 1e3
+        for event in profiler.key_averages()
+        if event.key.startswith("econspin::")
+    }
 
 
 def main() -> None:
@@ -114,7 +123,8 @@ def main() -> None:
         for _ in range(arguments.rounds):
             state = step(state, economy)
         total = time.process_time() - started
-    per_round = {name: seconds / arguments.rounds * 1e3 for name, seconds in TIMES.items()}
+        per_round = {name: seconds / arguments.rounds * 1e3 for name, seconds in TIMES.items()}
+        per_round.update(operator_times(step, state, economy, arguments.rounds))
     print(
         f"{arguments.mode}, B = {arguments.batch}, N = {arguments.agents}, d = {arguments.dimension} "
         f"{arguments.response}, compile {arguments.compile}: round {total / arguments.rounds * 1e3:.3f} ms (CPU time)"
