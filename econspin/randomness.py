@@ -292,9 +292,9 @@ def cos_sin_of_turns(low: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(cos a, sin a) in float64 for a = 2 pi (low + 1/2) 2^-32, ``low`` int64 in [0, 2^32).
 
     The angles of :meth:`Draws.normal`, as the compiled round takes them: torch's cos and sin
-    of the rounded angle compile to Sleef's, whose argument reduction cost 0.22 ms of the 0.97 ms
-    the Gaussians of B = 128, N = 64, d = 32 took compiled (docs/performance.md, "The sampled
-    round at d = 32"). Here the reduction is exact on the integer: the eighth of the turn
+    of the rounded angle compile to Sleef's, with which the Gaussians of B = 128, N = 64, d = 32
+    took 0.97 ms compiled, against 0.75 ms with these (docs/performance.md, "The sampled round at
+    d = 32"). Here the reduction is exact on the integer: the eighth of the turn
     (low's top 3 bits) picks an axis q pi / 2 and the offset from it, |x| <= pi / 4, an integer
     plus 1/2 times 2 pi 2^-32 (one rounding); cos x and sin x are then polynomials (the Taylor
     series to below 2^-60), and the axis swaps and signs them. Within 1e-15 of torch's cos and
