@@ -25,12 +25,21 @@ All are written in T rather than beta so that T = 0 and T = inf are exact limits
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 
 from econspin.randomness import DRAW_DIRECTION, DRAW_SPIN, Draws
 from econspin.registry import class_registrar
+from econspin.wood import (
+    WOOD_FIRST_ATTEMPTS,
+    WOOD_MORE_ATTEMPTS,
+    RejectionBudget,
+    _wood_component,
+    _wood_constants,
+    _wood_continued,
+    _wood_first,
+    _wood_rest,
+)
 
 RESPONSES: dict[str, type["SpinResponse"]] = {}
 register_response = class_registrar(RESPONSES)  # @register_response("name") on a class
@@ -316,13 +325,19 @@ def _wood_first_traced(kappa: torch.Tensor, dimension: int, draws: Draws):
     """(w, pending, constants) of :func:`_wood_first`: under run.compile, the traced part of Wood's step.
 
     Every agent's first ``WOOD_FIRST_ATTEMPTS`` attempts (nearly all of the work: at most 12%
-    of the agents need more) fuse with their hashes into the compiled graph; the agents left
-    without an accepted attempt continue in :func:`_wood_rest_eagerly`, the loop's graph break.
+    of the agents need more) fuse with their hashes into the compiled graph, and so do the next
+    ``WOOD_MORE_ATTEMPTS`` of a fixed number of the agents left (:func:`econspin.wood._wood_continued`);
+    whoever is still left continues in :func:`_wood_rest_eagerly`, the loop's graph break (which
+    then most rounds only asks whether anyone is).
     The same attempts, the same first accepted one: the loop's draw, to the rounding of the
     compiled log, cos and expm1 (as the compiled Gaussians, econspin.randomness).
     """
     constants, finite = _wood_constants(kappa, dimension)
-    return *_wood_first(constants, finite, dimension, draws, WOOD_FIRST_ATTEMPTS), constants
+    result, pending = _wood_first(constants, finite, dimension, draws, WOOD_FIRST_ATTEMPTS)
+    # the loop's next attempts for a fixed number of the agents left, still in the graph
+    more = (WOOD_FIRST_ATTEMPTS, WOOD_MORE_ATTEMPTS)
+    result, pending = _wood_continued(result, pending, constants, dimension, draws, *more)
+    return result, pending, constants
 
 
 @torch.compiler.disable
@@ -347,142 +362,3 @@ def _sum_leading(values: torch.Tensor, in_place: bool = False) -> torch.Tensor:
             folded[-1] += values[-1]
         values = folded
     return values[0]
-
-
-@dataclass(frozen=True)
-class RejectionBudget:
-    """Wood's sampler with a fixed number of attempts per agent, so that no round waits on the host.
-
-    The exact loop asks the host after each batch of attempts whether any agent is still
-    without an accepted one. With a budget, every agent makes ``attempts`` attempts at once,
-    the agents with none accepted are counted into ``unresolved`` (a device int64 scalar,
-    added to in place), and nothing is read back. Attempts are counter-based, so every agent
-    accepted within the budget gets the very number the loop gives it; a caller that finds
-    ``unresolved`` nonzero must play the round again with the loop (econspin.simulate replays
-    the chunk of rounds). ``attempts`` is chosen in docs/performance.md ("The sync-free rollout").
-    """
-
-    attempts: int
-    unresolved: torch.Tensor
-
-    @classmethod
-    def on(cls, device: torch.device, attempts: int) -> "RejectionBudget":
-        """A budget of ``attempts`` per agent with no unresolved agent counted yet."""
-        if attempts < 1:
-            raise ValueError(f"a rejection budget needs at least one attempt, not {attempts}")
-        return cls(attempts, torch.zeros((), dtype=torch.int64, device=device))
-
-
-WOOD_FIRST_ATTEMPTS = 2  # attempts every agent makes at once; Wood's acceptance is >= 0.65 a try
-WOOD_MORE_ATTEMPTS = 8  # attempts at once for the few agents (<= 12%) that still have none
-
-
-def _wood_component(
-    kappa: torch.Tensor,
-    dimension: int,
-    draws: Draws,
-    attempts: int = WOOD_FIRST_ATTEMPTS,
-    more_attempts: int = WOOD_MORE_ATTEMPTS,
-    budget: RejectionBudget | None = None,
-):
-    """W = s . theta_hat / R for each agent, by Wood's rejection algorithm (float64).
-
-    With m = d - 1, b = m / (2k + sqrt(4k^2 + m^2)), x0 = (1 - b) / (1 + b) and
-    c = k x0 + m log(1 - x0^2), an attempt proposes z ~ Beta(m/2, m/2),
-    w = (1 - (1 + b) z) / (1 - (1 - b) z), and accepts it when
-    k w + m log(1 - x0 w) - c >= log U. The proposal is z = (1 + t) / 2 with t the first
-    coordinate of a uniform point on the sphere S^(d-1), drawn from two uniforms by Ulrich's
-    (1984) polar method: t = sqrt(1 - U1^(2/(d-2))) cos(2 pi U2) (d = 2: t = cos(2 pi U2)),
-    since the first two coordinates have radius^2 = 1 - U1^(2/(d-2)) and a uniform angle.
-    With z = (1 + t)/2, w = ((1 - b) - (1 + b) t) / ((1 + b) - (1 - b) t).
-
-    Attempt a of an agent uses the uniforms 3a (U1), 3a + 1 (U) and 3a + 2 (U2) of its spin
-    stream, and the result is its first accepted attempt: the law of the rejection sampler,
-    and the same number however many attempts are evaluated at once. ``attempts`` of them
-    are evaluated for every agent together (one host synchronisation a round, to see whether
-    any agent has none accepted); the agents with none accepted (at most 0.35^attempts of
-    them: Wood's acceptance rate is at least 0.65 for every d and k) continue, ``more_attempts``
-    at a time, in a loop over those agents only.
-
-    With a ``budget`` there is no loop: ``budget.attempts`` attempts for every agent, and the
-    agents left without an accepted one are added to ``budget.unresolved`` (their value is
-    then not a draw of the law; the caller replays them with the loop).
-    """
-    constants, finite = _wood_constants(kappa, dimension)
-    if budget is not None:
-        return _wood_budgeted(constants, finite, dimension, draws, budget, more_attempts)
-    result, pending = _wood_first(constants, finite, dimension, draws, attempts)
-    return _wood_rest(result, pending, constants, dimension, draws, attempts, more_attempts)
-
-
-def _wood_constants(kappa: torch.Tensor, dimension: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """((5, ...) float64 constants 1 - b, 1 + b, x0, k, c of :func:`_wood_component`, where kappa is finite)."""
-    m1 = dimension - 1.0
-    finite = torch.isfinite(kappa)
-    k = torch.where(finite, kappa, torch.zeros_like(kappa))
-    b = m1 / (2.0 * k + torch.sqrt(4.0 * k**2 + m1**2))
-    x0 = (1.0 - b) / (1.0 + b)
-    c = k * x0 + m1 * torch.log1p(-(x0**2).clamp(max=1 - 1e-16))
-    return torch.stack([1.0 - b, 1.0 + b, x0, k, c]), finite
-
-
-def _wood_first(constants, finite, dimension: int, draws: Draws, attempts: int):
-    """(w, pending): each agent's first accepted of its first ``attempts``, and who has none.
-
-    w = 1 where kappa is infinite (T = 0); pending: the agents with a finite kappa and no
-    attempt accepted yet (their w is not a draw until :func:`_wood_rest`).
-    """
-    result, accepted = _wood_attempts(constants, dimension, draws, 0, attempts)
-    return torch.where(finite, result, torch.ones_like(result)), finite & ~accepted
-
-
-def _wood_rest(result, pending, constants, dimension: int, draws: Draws, start: int, more_attempts: int):
-    """Wood's component once the first ``start`` attempts are made (:func:`_wood_first`).
-
-    The ``pending`` agents make ``more_attempts`` more at a time until each has one accepted.
-    """
-    while bool(pending.any()):
-        index = pending.nonzero(as_tuple=True)
-        more, more_accepted = _wood_attempts(
-            constants[(slice(None), *index)], dimension, draws[index], start, more_attempts
-        )
-        result = result.index_put(index, torch.where(more_accepted, more, result[index]))
-        pending = pending.index_put(index, ~more_accepted)
-        start += more_attempts
-    return result.clamp_(-1.0, 1.0)
-
-
-def _wood_budgeted(constants, finite, dimension: int, draws: Draws, budget: RejectionBudget, group: int):
-    """Wood's component with ``budget.attempts`` attempts for every agent, ``group`` at a time.
-
-    In groups, so that memory stays that of ``group`` attempts (each holds three float64
-    uniforms an agent); every group is computed for every agent, as no one asks the host
-    whether any is still needed.
-    """
-    result, accepted = _wood_attempts(constants, dimension, draws, 0, min(group, budget.attempts))
-    for start in range(group, budget.attempts, group):
-        more, more_accepted = _wood_attempts(constants, dimension, draws, start, min(group, budget.attempts - start))
-        result = torch.where(accepted, result, more)  # an earlier accepted attempt wins
-        accepted = accepted | more_accepted
-    budget.unresolved.add_((finite & ~accepted).sum())
-    result = torch.where(finite, result, torch.ones_like(result))
-    return result.clamp_(-1.0, 1.0)
-
-
-def _wood_attempts(constants: torch.Tensor, dimension: int, draws: Draws, start: int, count: int):
-    """Attempts start .. start + count - 1 for every agent: (first accepted w, whether any)."""
-    uniform = draws.uniform(DRAW_SPIN, 3 * count, 3 * start).unflatten(0, (count, 3))  # (count, 3, ...)
-    logs = torch.log(uniform[:, :2])  # log U1, log U
-    t = torch.cos((2.0 * math.pi) * uniform[:, 2])
-    if dimension > 2:
-        t *= torch.sqrt(torch.expm1(logs[:, 0] * (2.0 / (dimension - 2))).neg_())
-    low, high, x0, k, c = constants
-    w = torch.addcmul(low, high, t, value=-1.0).div_(torch.addcmul(high, low, t, value=-1.0))
-    # k w + m log(1 - x0 w) - c >= log U
-    score = torch.log((1.0 - x0 * w).clamp_(min=1e-300)).mul_(dimension - 1.0).addcmul_(k, w).sub_(c)
-    accept = score >= logs[:, 1]
-    result, accepted = w[-1], accept[-1]
-    for attempt in range(count - 2, -1, -1):  # the first accepted one wins
-        result = torch.where(accept[attempt], w[attempt], result)
-        accepted = accepted | accept[attempt]
-    return result, accepted

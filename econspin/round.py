@@ -104,12 +104,11 @@ def play(
     # c_i, each spin's variance: the expected mode's field variance, and the fused step's seller moments
     variances = None if sampled else spin_variance(state.states, economy.radius)
     outcome = market_step(state, economy, draws, variances)
-    rates = field_weights(economy)  # 1 - eta_i, eta_i and their squares, made once per economy
-    field = state.fields + rates.kept * state.states + rates.adapted * outcome.received
     if sampled:
+        field, _ = field_of(state, economy, outcome.received)
         new_states = economy.response.sample(field, state.temperature, draws, budget)
     else:
-        field_variance = rates.kept_squared * variances + rates.adapted_squared * outcome.field_variance
+        field, field_variance = field_of(state, economy, outcome.received, variances, outcome.field_variance)
         context = FieldContext(
             field=field,
             state=state.states,
@@ -121,6 +120,34 @@ def play(
         )
         new_states = _corrected_states(context, economy)
     return new_states, state.money - outcome.spending + outcome.revenue, outcome
+
+
+def field_of(
+    state: State,
+    economy: Economy,
+    received: torch.Tensor,
+    variances: torch.Tensor | None = None,
+    market_variance: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(theta_i, sigma_i^2): MODEL.md step 6's field from the received signal a_i, and its variance.
+
+    theta_i = h_i + (1 - eta_i) x_i + eta_i a_i; given the spins' variances c_i and the market's
+    part of the field variance, sigma_i^2 = (1 - eta_i)^2 c_i + eta_i^2 Var(a_i) / d (else None).
+
+    A function of its own for ``run.compile``: TorchDynamo traces a frame only where an argument
+    is a tensor (or its code names the torch module), and :func:`play` has neither (a state, an
+    economy, draws). The market step's blocks break the graph inside a call of ``play``, so
+    TorchDynamo runs ``play`` eagerly and traces the functions it calls: written in ``play``, the
+    field was four eager passes over (B, N, d) (0.26 ms of a sampled round at B = 128, N = 64,
+    d = 32) and the field weights a compiled graph of their own every round (docs/performance.md,
+    "The sampled round at d = 32"). Here, with the received signal an argument, one compiled loop.
+    Eagerly the same operations in the same order.
+    """
+    rates = field_weights(economy)  # 1 - eta_i, eta_i and their squares, made once per economy
+    field = state.fields + rates.kept * state.states + rates.adapted * received
+    if variances is None:
+        return field, None
+    return field, rates.kept_squared * variances + rates.adapted_squared * market_variance
 
 
 def market_step(state: State, economy: Economy, draws=None, variances: torch.Tensor | None = None):

@@ -1,0 +1,49 @@
+"""Wood's sampler continued inside the compiled graph for a fixed number of agents (econspin.wood)."""
+
+import math
+
+import pytest
+import torch
+
+from econspin import wood
+from econspin.randomness import round_draws
+from econspin.response import _wood_first_traced
+
+
+def split_step(kappa: torch.Tensor, dimension: int, draws) -> tuple[torch.Tensor, int]:
+    """The compiled round's Wood step run eagerly (first attempts, continuation, loop): (w, agents left to the loop)."""
+    result, pending, constants = _wood_first_traced(kappa, dimension, draws)
+    left = int(pending.sum())
+    attempts = (wood.WOOD_FIRST_ATTEMPTS, wood.WOOD_MORE_ATTEMPTS)
+    return wood._wood_rest(result, pending, constants, dimension, draws, *attempts), left
+
+
+ROOM = {"one agent": (1, 10**9), "the default": (wood.WOOD_TRACED_MINIMUM, wood.WOOD_TRACED_SHARE), "all": (10**6, 1)}
+
+
+@pytest.mark.parametrize("dimension", [2, 3, 16])
+@pytest.mark.parametrize("room", sorted(ROOM))
+def test_the_continued_step_draws_what_the_loop_draws(monkeypatch, dimension, room):
+    """Bit for bit the loop's w, whether the continuation takes one agent, the default share, or all of them.
+
+    With room for one agent most of those left go on to the loop, which repeats the attempts
+    the continuation made for nobody else; with room for all, the loop finds no one. Infinite
+    kappa (T = 0) keeps w = 1 and is never pending.
+    """
+    minimum, share = ROOM[room]
+    monkeypatch.setattr(wood, "WOOD_TRACED_MINIMUM", minimum)
+    monkeypatch.setattr(wood, "WOOD_TRACED_SHARE", share)
+    kappa = torch.logspace(-2, 4, 3000, dtype=torch.float64).reshape(3, 1000)
+    kappa[0, :5] = math.inf
+    draws = round_draws(torch.tensor([1, 2, 3]), 4, 1000)
+    want = wood._wood_component(kappa, dimension, draws)
+    got, left = split_step(kappa, dimension, draws)
+    assert torch.equal(got, want)
+    assert torch.all(got[0, :5] == 1)
+    _, pending = wood._wood_first(*wood._wood_constants(kappa, dimension), dimension, draws, wood.WOOD_FIRST_ATTEMPTS)
+    before = int(pending.sum())
+    assert before > 1  # there was something to continue
+    if room == "one agent":
+        assert left >= before - 1  # one agent continued in the graph, the rest to the loop
+    else:  # the default's 187 slots hold nearly all here: few are left (overflow, 8 more rejections)
+        assert left < before / 10
