@@ -30,16 +30,19 @@ docs/performance.md, "The hashes compiled"). Two parts run eagerly, each chosen 
   compiled graph, a torch custom operator (``econspin::expected_blocks``,
   ``econspin::sampled_blocks``) that runs the eager blocks: no graph break. On CUDA they
   stay a graph break until a GPU has run the operators under CUDA graphs
-  (:data:`econspin.fused.OPERATOR_DEVICES`). (As
+  (:data:`econspin.compiled.OPERATOR_DEVICES`). (As
   ``torch.compiler.disable`` functions, they and the inverse temperatures broke the round
   into a graph per frame above each call: the expected round was 8 graphs, and is 1.)
   ``run.kernel: triton``'s blocks are traced on CUDA instead, as the registered operator
   ``econspin::triton_blocks`` of econspin.triton_blocks (its Triton kernels visible to Inductor).
 - the loop of Wood's rejection step of the von Mises-Fisher spin draw over the agents left
-  without an accepted attempt (sampled mode, d >= 2; :func:`econspin.response._wood_rest_eagerly`):
-  it asks the host whether any agent is still without one, a graph break wherever it sits; the
-  rest of the draw (the concentration, every agent's first two attempts of Wood's step, the
-  Gaussians of the direction and its projection orthogonal to the field) is traced.
+  without an accepted attempt (sampled mode, d >= 2): it asks the host whether any agent is
+  still without one, which no graph can hold. It is one custom operator of the graph too
+  (``econspin::wood_rest``, :func:`econspin.wood.wood_rest_operator`), so the compiled sampled
+  round is one graph as well; on CUDA a graph break (:func:`econspin.response._wood_rest_eagerly`).
+  The rest of the draw (the concentration, every agent's first attempts of Wood's step and the
+  next ones of a fixed number of the agents left, the Gaussians of the direction and its
+  projection orthogonal to the field) is traced.
 
 The effective inverse temperatures (:mod:`econspin.temperature_limits`) are traced: their
 binary exponents come from log2 and exact powers of two, since Inductor's C++ for the int32
@@ -69,6 +72,23 @@ from typing import Callable
 import torch
 
 COMPILE_MODES = ("off", "default", "reduce-overhead")
+# The devices whose compiled rounds call their eager parts (the blocks, Wood's loop) as custom
+# operators, one node of the graph each. On CUDA they stay graph breaks (:func:`eagerly`) until a
+# GPU has run the operators under CUDA graphs (run.compile: reduce-overhead would capture the
+# blocks' kernels, their reused workspaces outlive the graph, and Wood's loop asks the host);
+# experiments/gpu_check.py times both.
+OPERATOR_DEVICES = ("cpu",)
+
+
+def eager_parts_as_operators(device: torch.device) -> bool:
+    """Whether a compiled round on ``device`` calls its eager parts as operators (else as graph breaks)."""
+    return device.type in OPERATOR_DEVICES
+
+
+@torch.compiler.disable
+def eagerly(function, *arguments):
+    """``function(*arguments)`` outside the compiled graph: a graph break in every frame above."""
+    return function(*arguments)
 
 
 class CompilerMissing(RuntimeError):

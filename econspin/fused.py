@@ -69,6 +69,7 @@ from dataclasses import dataclass
 
 import torch
 
+from econspin.compiled import eager_parts_as_operators, eagerly
 from econspin.economy import Economy
 from econspin.economy_terms import EconomyTerms, economy_terms, side_by_side
 from econspin.market import MarketOutcome, budgets, row_sizes, seller_bias, seller_moments, tie_widths
@@ -427,7 +428,7 @@ def expected_blocks(
     cache and the products are MKL's.
     """
     if torch.compiler.is_compiling():
-        if not blocks_as_operator(terms.left.device):
+        if not eager_parts_as_operators(terms.left.device):
             return eagerly(expected_blocks, terms, economy, moment_rows, rows)
         *per_row, norm, moments, revenue = _expected_blocks_operator(
             *block_arguments(terms, economy, rows), moment_rows
@@ -454,24 +455,6 @@ def expected_blocks(
         # a row vector times the block: 0.05 ms against 0.47 ms for block^T times a column at B = 128, N = 64
         revenue[g].add_(torch.bmm(per_unit[:, None, :], weights).squeeze(1))  # (+= would copy it back onto itself)
     return norm, moments, revenue
-
-
-# The devices whose compiled rounds call the blocks as one operator of their graph. On CUDA
-# they stay a graph break (:func:`eagerly`) until a GPU has run the operator under CUDA graphs
-# (run.compile: reduce-overhead would capture the blocks' kernels, and their reused workspaces
-# outlive the graph); experiments/gpu_check.py times both.
-OPERATOR_DEVICES = ("cpu",)
-
-
-def blocks_as_operator(device: torch.device) -> bool:
-    """Whether a compiled round on ``device`` calls the blocks as an operator (else as a graph break)."""
-    return device.type in OPERATOR_DEVICES
-
-
-@torch.compiler.disable
-def eagerly(function, *arguments):
-    """``function(*arguments)`` outside the compiled graph: a graph break in every frame above."""
-    return function(*arguments)
 
 
 def block_arguments(terms: BlockTerms, economy: Economy | BlockSettings, rows: int | None) -> tuple:

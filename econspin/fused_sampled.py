@@ -48,15 +48,14 @@ import math
 
 import torch
 
+from econspin.compiled import eager_parts_as_operators, eagerly
 from econspin.economy import Economy
 from econspin.fused import (
     BlockSettings,
     BlockTerms,
     RoundTerms,
     block_arguments,
-    blocks_as_operator,
     blocks_from_arguments,
-    eagerly,
     round_terms,
     row_blocks,
     row_statistics,
@@ -151,7 +150,7 @@ def sampled_blocks(
     mode (econspin.fused.expected_blocks).
     """
     if torch.compiler.is_compiling():
-        if not blocks_as_operator(terms.left.device):
+        if not eager_parts_as_operators(terms.left.device):
             return eagerly(sampled_blocks, terms, economy, uniforms, rows)
         *per_row, choice = _sampled_blocks_operator(*block_arguments(terms, economy, rows), uniforms)
         for kept, result in zip((terms.shifted_max, terms.total, terms.dot), per_row):

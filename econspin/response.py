@@ -28,6 +28,7 @@ import math
 
 import torch
 
+from econspin.compiled import eager_parts_as_operators
 from econspin.randomness import DRAW_DIRECTION, DRAW_SPIN, Draws
 from econspin.registry import class_registrar
 from econspin.wood import (
@@ -39,6 +40,7 @@ from econspin.wood import (
     _wood_continued,
     _wood_first,
     _wood_rest,
+    wood_rest_operator,
 )
 
 RESPONSES: dict[str, type["SpinResponse"]] = {}
@@ -238,7 +240,8 @@ def bessel_ratio(kappa: torch.Tensor, dimension: int) -> torch.Tensor:
 
 
 # traced under run.compile (econspin.compiled), all but the loop of Wood's step over the agents
-# left without an accepted attempt (_wood_rest_eagerly) and the budgeted step (_wood_component_eagerly):
+# left without an accepted attempt (_wood_rest_compiled: an operator of the graph on the CPU) and
+# the budgeted step (_wood_component_eagerly):
 # the concentration, Wood's first attempts, the Box-Muller Gaussians with their hashes and the
 # direction fuse into the round
 def sample_von_mises_fisher(
@@ -272,8 +275,8 @@ def sample_von_mises_fisher(
         sign = torch.where(norm > 0, direction[..., 0], torch.ones_like(norm))
         spin = torch.where(aligned, 1.0, -1.0).to(dtype) * sign
         return radius * spin.unsqueeze(-1)
-    if budget is None and torch.compiler.is_compiling():  # the break in this frame: one graph before, one after
-        along = _wood_rest_eagerly(*_wood_first_traced(kappa.double(), dimension, draws), dimension, draws)
+    if budget is None and torch.compiler.is_compiling():
+        along = _wood_rest_compiled(*_wood_first_traced(kappa.double(), dimension, draws), dimension, draws)
     else:
         along = _wood_component_eagerly(kappa.double(), dimension, draws, budget)
     along = torch.where(norm > 0, along, torch.zeros_like(along))  # no field: all of it orthogonal
@@ -338,6 +341,18 @@ def _wood_first_traced(kappa: torch.Tensor, dimension: int, draws: Draws):
     more = (WOOD_FIRST_ATTEMPTS, WOOD_MORE_ATTEMPTS)
     result, pending = _wood_continued(result, pending, constants, dimension, draws, *more)
     return result, pending, constants
+
+
+def _wood_rest_compiled(result, pending, constants, dimension: int, draws: Draws) -> torch.Tensor:
+    """:func:`_wood_rest` under run.compile: one operator of the graph (econspin::wood_rest), or a graph break.
+
+    The loop asks the host whether any agent is left, so it cannot be traced: on the devices of
+    econspin.compiled.OPERATOR_DEVICES (the CPU) it runs inside a custom operator, one node of
+    the compiled round, elsewhere (CUDA) between graphs (:func:`_wood_rest_eagerly`).
+    """
+    if eager_parts_as_operators(result.device):
+        return wood_rest_operator(result, pending, constants, draws.keys, dimension)
+    return _wood_rest_eagerly(result, pending, constants, dimension, draws)
 
 
 @torch.compiler.disable

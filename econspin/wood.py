@@ -124,6 +124,24 @@ def _wood_rest(result, pending, constants, dimension: int, draws: Draws, start: 
     return result.clamp_(-1.0, 1.0)
 
 
+# under run.compile (econspin.compiled), on the devices of OPERATOR_DEVICES: the loop as one node of
+# the compiled graph instead of a graph break (torch.compiler.disable splits the round into a graph
+# per frame above the call); it asks the host whether anyone is left, inside the operator
+@torch.library.custom_op("econspin::wood_rest", mutates_args=())
+def wood_rest_operator(
+    result: torch.Tensor, pending: torch.Tensor, constants: torch.Tensor, keys: torch.Tensor, dimension: int
+) -> torch.Tensor:
+    """:func:`_wood_rest` after WOOD_FIRST_ATTEMPTS attempts, on the agents' keys (``Draws.keys``)."""
+    # a copy: the loop clamps its result in place, and an operator may not write into its inputs
+    start, more = WOOD_FIRST_ATTEMPTS, WOOD_MORE_ATTEMPTS
+    return _wood_rest(result.clone(), pending, constants, dimension, Draws(keys), start, more)
+
+
+@wood_rest_operator.register_fake
+def _(result, pending, constants, keys, dimension):
+    return torch.empty_like(result)
+
+
 WOOD_TRACED_SHARE = 16  # under run.compile, up to 1/16 of the agents continue inside the graph
 WOOD_TRACED_MINIMUM = 16  # ... and at least this many (one economy of 64 agents leaves 2-3 on average)
 

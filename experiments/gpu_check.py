@@ -202,7 +202,7 @@ def run_steps(out: Path, steps=tuple(STEPS), budget: float = BUDGET, archive: Pa
     return failed
 
 
-WAYS = {  # name: (chunk_rounds, sync_free, run.compile, fused.OPERATOR_DEVICES); chunk_rounds None: ROLLOUT_ROUNDS
+WAYS = {  # name: (chunk_rounds, sync_free, run.compile, compiled.OPERATOR_DEVICES); chunk_rounds None: ROLLOUT_ROUNDS
     "round by round, Wood's loop": (1, False, "off", ("cpu",)),
     "sync-free chunks, eager": (None, True, "off", ("cpu",)),
     "sync-free chunks, reduce-overhead": (None, True, "reduce-overhead", ("cpu",)),
@@ -212,15 +212,15 @@ WAYS = {  # name: (chunk_rounds, sync_free, run.compile, fused.OPERATOR_DEVICES)
 
 
 def with_operator_devices(devices: tuple[str, ...], function):
-    """``function`` run with fused.OPERATOR_DEVICES set to ``devices`` (a compiled round traces with them)."""
-    from econspin import fused
+    """``function`` run with compiled.OPERATOR_DEVICES set to ``devices`` (a compiled round traces with them)."""
+    from econspin import compiled
 
     def call():
-        kept, fused.OPERATOR_DEVICES = fused.OPERATOR_DEVICES, devices
+        kept, compiled.OPERATOR_DEVICES = compiled.OPERATOR_DEVICES, devices
         try:
             return function()
         finally:
-            fused.OPERATOR_DEVICES = kept
+            compiled.OPERATOR_DEVICES = kept
 
     return call
 

@@ -282,21 +282,21 @@ def test_the_gpu_checks_rollout_timing_runs_on_the_cpu():
 
 
 def test_the_gpu_checks_operator_devices_hold_only_for_the_call():
-    """The way that puts the blocks inside CUDA's graph sets fused.OPERATOR_DEVICES for its calls, then restores it."""
-    from econspin import fused
+    """The way with the blocks inside CUDA's graph sets compiled.OPERATOR_DEVICES for its calls, then restores it."""
+    from econspin import compiled
     from experiments import gpu_check
 
     seen = []
-    play = gpu_check.with_operator_devices(("cpu", "cuda"), lambda: seen.append(fused.OPERATOR_DEVICES))
+    play = gpu_check.with_operator_devices(("cpu", "cuda"), lambda: seen.append(compiled.OPERATOR_DEVICES))
     play()
-    assert seen == [("cpu", "cuda")] and fused.OPERATOR_DEVICES == ("cpu",)
+    assert seen == [("cpu", "cuda")] and compiled.OPERATOR_DEVICES == ("cpu",)
 
     def failing():
         raise RuntimeError("capture failed")
 
     with pytest.raises(RuntimeError):
         gpu_check.with_operator_devices(("cuda",), failing)()
-    assert fused.OPERATOR_DEVICES == ("cpu",)
+    assert compiled.OPERATOR_DEVICES == ("cpu",)
 
 
 def test_the_gpu_checks_million_step_runs_on_the_cpu(tmp_path):

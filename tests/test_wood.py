@@ -47,3 +47,24 @@ def test_the_continued_step_draws_what_the_loop_draws(monkeypatch, dimension, ro
         assert left >= before - 1  # one agent continued in the graph, the rest to the loop
     else:  # the default's 187 slots hold nearly all here: few are left (overflow, 8 more rejections)
         assert left < before / 10
+
+
+@pytest.mark.parametrize("dimension", [2, 3, 16])
+def test_the_loops_operator_draws_what_the_loop_draws(monkeypatch, dimension):
+    """econspin::wood_rest, what a compiled round calls for the agents left: the loop's w bit for bit.
+
+    Its inputs untouched, and a well-formed operator (torch.library.opcheck: schema, fake tensors).
+    """
+    monkeypatch.setattr(wood, "WOOD_TRACED_MINIMUM", 1)  # the continuation takes one agent: the loop has more
+    monkeypatch.setattr(wood, "WOOD_TRACED_SHARE", 10**9)
+    kappa = torch.logspace(-2, 4, 600, dtype=torch.float64).reshape(3, 200)
+    kappa[0, :5] = math.inf
+    draws = round_draws(torch.tensor([1, 2, 3]), 4, 200)
+    result, pending, constants = _wood_first_traced(kappa, dimension, draws)
+    assert bool(pending.any())  # the loop has work: agents left after the continuation
+    kept = result.clone()
+    got = wood.wood_rest_operator(result, pending, constants, draws.keys, dimension)
+    assert torch.equal(result, kept)
+    attempts = (wood.WOOD_FIRST_ATTEMPTS, wood.WOOD_MORE_ATTEMPTS)
+    assert torch.equal(got, wood._wood_rest(result.clone(), pending, constants, dimension, draws, *attempts))
+    torch.library.opcheck(wood.wood_rest_operator, (result, pending, constants, draws.keys, dimension))
