@@ -221,6 +221,11 @@ class BlockTerms:
     def groups(self) -> int:
         return self.left.shape[0]
 
+    def keep_rows(self, shifted_max: torch.Tensor, total: torch.Tensor, dot: torch.Tensor) -> None:
+        """Copy m_i, s_i and sum e y from an operator that returns them (the eager loops write them here)."""
+        for kept, result in ((self.shifted_max, shifted_max), (self.total, total), (self.dot, dot)):
+            kept.copy_(result)
+
 
 @dataclass(frozen=True)
 class RoundTerms(BlockTerms):
@@ -433,8 +438,7 @@ def expected_blocks(
         *per_row, norm, moments, revenue = _expected_blocks_operator(
             *block_arguments(terms, economy, rows), moment_rows
         )
-        for kept, result in zip((terms.shifted_max, terms.total, terms.dot), per_row):
-            kept.copy_(result)
+        terms.keep_rows(*per_row)
         return norm, moments, revenue
     groups, agents, d = terms.delivered.shape
     dtype, device = terms.delivered.dtype, terms.delivered.device

@@ -153,8 +153,7 @@ def sampled_blocks(
         if not eager_parts_as_operators(terms.left.device):
             return eagerly(sampled_blocks, terms, economy, uniforms, rows)
         *per_row, choice = _sampled_blocks_operator(*block_arguments(terms, economy, rows), uniforms)
-        for kept, result in zip((terms.shifted_max, terms.total, terms.dot), per_row):
-            kept.copy_(result)
+        terms.keep_rows(*per_row)
         return choice
     choice = torch.empty(uniforms.shape, dtype=torch.long, device=uniforms.device)
     for g, r, scores, weights in row_blocks(terms, economy, rows):

@@ -123,8 +123,7 @@ def triton_blocks(terms: RoundTerms, economy: Economy, moment_rows: torch.Tensor
     else:
         results = eager_blocks(*operands, tiles.rows, tiles.columns, tiles.warps)
     shifted_max, total, dot, norm, moments, revenue = results
-    for kept, result in ((terms.shifted_max, shifted_max), (terms.total, total), (terms.dot, dot)):
-        kept.copy_(result)  # what row_statistics reads after the blocks
+    terms.keep_rows(shifted_max, total, dot)  # what row_statistics reads after the blocks
     return norm, moments, revenue
 
 
