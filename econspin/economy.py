@@ -85,7 +85,7 @@ class Economy:
             precision of the fused kernels' utilities product (:mod:`econspin.precision`).
         shared_projections: the batch has several elements and all have the same W_Q, W_K, W_V
             and W_O (found when built: a sweep's points drawn from one seed), so that one set of
-            weights projects them all (:func:`econspin.fused.projections`).
+            weights projects them all (:func:`econspin.projections.projections`).
         every_agent_buys: every population buys (``buyer`` is all True): the fused step need not
             mask what sellers-only agents would receive.
     """

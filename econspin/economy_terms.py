@@ -27,6 +27,8 @@ import torch
 
 from econspin.economy import Economy
 from econspin.market import seller_gains
+from econspin.state import State
+from econspin.temperature_limits import precision_limits
 
 
 @dataclass(frozen=True)
@@ -163,3 +165,9 @@ def network_terms(economy: Economy, dtype: torch.dtype, big: float):
     bias = torch.zeros(trade_mask.shape, dtype=dtype, device=trade_mask.device).masked_fill_(~trade_mask, -big)
     entry[1][dtype] = (seller, bias, allowed.sum(-1))
     return bias, entry[1][dtype][2]
+
+
+def fixed_terms(state: State, economy: Economy) -> EconomyTerms:
+    """The economy's part of a round in the state's precision and batch (:func:`economy_terms`)."""
+    dtype = state.states.dtype
+    return economy_terms(economy, dtype, state.states.shape[0], 2.0 ** precision_limits(dtype)[2])

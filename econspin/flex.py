@@ -68,8 +68,9 @@ import torch
 from torch.nn.attention.flex_attention import AuxRequest, BlockMask, create_block_mask, flex_attention
 
 from econspin.economy import Economy
-from econspin.fused import asks_for_gradients, projections
+from econspin.fused import asks_for_gradients
 from econspin.market import MarketOutcome, budgets, row_sizes, seller_bias, seller_moment_columns
+from econspin.projections import projections
 from econspin.state import State
 from econspin.temperature_limits import inverse_temperatures, row_scales
 

@@ -61,7 +61,6 @@ The sampled mode and fixed couplings stay on :func:`econspin.market.trade`.
 
 from __future__ import annotations
 
-import itertools
 import math
 import threading
 from collections.abc import Callable
@@ -71,9 +70,10 @@ import torch
 
 from econspin.compiled import eager_parts_as_operators, eagerly
 from econspin.economy import Economy
-from econspin.economy_terms import EconomyTerms, economy_terms, side_by_side
+from econspin.economy_terms import EconomyTerms, fixed_terms
 from econspin.market import MarketOutcome, budgets, row_sizes, seller_bias, seller_moments, tie_widths
 from econspin.precision import received_product, utility_operands, utility_product
+from econspin.projections import projections_from
 from econspin.state import State
 from econspin.temperature_limits import inverse_temperatures_and_ties, precision_limits, row_scales
 
@@ -113,42 +113,6 @@ def block_shape(groups: int, agents: int, rows: int | None = None, entries: int 
     rows = max(1, min(rows, agents))
     together = entries // (agents * agents) if rows == agents else 1
     return max(1, min(groups, together)), rows
-
-
-def project_all(
-    states: torch.Tensor, weights: torch.Tensor, population: torch.Tensor, counts: tuple[int, ...] = ()
-) -> torch.Tensor:
-    """x_i W^{p(i)} for every agent: (B, N, d) with (B, P, H, d, F) -> (B, H, N, F).
-
-    With ``counts`` (the populations' sizes, agents of population p next to each other, as
-    :func:`econspin.economy.build_economy` orders them): one product per population on its
-    own rows. Without: one product against every population's weights side by side, then
-    each agent keeps its own population's columns (P times the multiply-adds, and a gather:
-    at B = 128, N = 64, d = 32, P = 2 that took 2.5 ms against 0.7 ms for the slices).
-    ``weights`` with a batch of 1 serve every element (the same products, each element's
-    against one copy of the weights).
-    """
-    return project_side_by_side(states, side_by_side(weights, states.shape[0]), weights.shape[2], population, counts)
-
-
-def project_side_by_side(
-    states: torch.Tensor, arranged: torch.Tensor, heads: int, population: torch.Tensor, counts: tuple[int, ...] = ()
-) -> torch.Tensor:
-    """:func:`project_all` from its weights already side by side (economy_terms.side_by_side, (B, P, d, H F))."""
-    batch = states.shape[0]
-    _, populations, d, columns = arranged.shape
-    if populations == 1:
-        own = torch.bmm(states, arranged[:, 0])
-    elif len(counts) == populations and sum(counts) == states.shape[1]:
-        starts = [0, *itertools.accumulate(counts)]
-        own = torch.cat(
-            [torch.bmm(states[:, starts[p] : starts[p + 1]], arranged[:, p]) for p in range(populations)], dim=1
-        )
-    else:
-        every = torch.bmm(states, arranged.transpose(1, 2).reshape(batch, d, populations * columns))
-        every = every.view(batch, -1, populations, columns)
-        own = every[:, torch.arange(population.shape[0]), population]
-    return own.view(batch, -1, heads, columns // heads).transpose(1, 2)
 
 
 _WORKSPACES = threading.local()  # per thread: {(name, dtype, device): the largest buffer asked for}
@@ -252,27 +216,6 @@ class BlockSettings:
     memory_budget: float
     utility_precision: str
     trade_mask: torch.Tensor | None
-
-
-def projections(state: State, economy: Economy):
-    """(q_i / sqrt(d_k), k_i, u_i = x_i W_V W_O, W_V W_O), each (B, H, N, .), from one product per population."""
-    return projections_from(state, economy, fixed_terms(state, economy))
-
-
-def fixed_terms(state: State, economy: Economy) -> EconomyTerms:
-    """The economy's part of a round in the state's precision and batch (econspin.economy_terms)."""
-    dtype = state.states.dtype
-    return economy_terms(economy, dtype, state.states.shape[0], 2.0 ** precision_limits(dtype)[2])
-
-
-def projections_from(state: State, economy: Economy, fixed: EconomyTerms):
-    """:func:`projections` with the weights side by side from ``fixed`` (economy_terms.economy_terms)."""
-    key_dimension = economy.query.shape[-1]
-    projected = project_side_by_side(
-        state.states, fixed.projection, economy.heads, economy.population, economy.population_counts
-    )
-    query, key = projected[..., :key_dimension], projected[..., key_dimension : 2 * key_dimension]
-    return query, key, projected[..., 2 * key_dimension :], fixed.value_output
 
 
 def round_terms(state: State, economy: Economy) -> RoundTerms:

@@ -14,8 +14,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from econspin import ScenarioError
-from econspin.fused import fused_trade, project_all, uses_fused
+from econspin.fused import fused_trade, uses_fused
 from econspin.market import project, trade
+from econspin.projections import project_all
 from econspin.round import step
 
 
