@@ -120,6 +120,12 @@ class Economy:
     shared_projections: bool = False
     every_agent_buys: bool = False
 
+    def __post_init__(self):
+        # the flag states a fact about the weights: a copy given other weights (dataclasses.replace)
+        # keeps it only where it still holds, and one copy of the weights then never serves all
+        if self.shared_projections and not weights_shared(self.query, self.key, self.value, self.output):
+            object.__setattr__(self, "shared_projections", False)
+
     @property
     def batch_size(self) -> int:
         return self.spend.shape[0]
@@ -336,9 +342,13 @@ def build_economy(
         compile=first.run.compile,
         utility_precision=first.run.utility_precision,
         every_agent_buys=bool(buys.all()),
-        shared_projections=len(scenarios) > 1
-        and all(torch.equal(t, t[:1].expand_as(t)) for t in (query, key, value, output)),
+        shared_projections=len(scenarios) > 1,  # kept where the weights are the same (Economy.__post_init__)
     )
+
+
+def weights_shared(*weights: torch.Tensor) -> bool:
+    """Whether every batch element has the same values in each of ``weights`` (a host read: not in a round)."""
+    return all(torch.equal(t, t[:1].expand_as(t)) for t in weights)
 
 
 def utilities_vanish(query: torch.Tensor, key: torch.Tensor, visibility: torch.Tensor) -> bool:

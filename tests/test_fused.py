@@ -216,6 +216,25 @@ def test_one_copy_of_shared_weights_projects_every_element_bit_for_bit(dtype, d,
     assert torch.equal(shared.states, apart.states) and torch.equal(shared.money, apart.money)
 
 
+def test_other_weights_given_to_a_shared_economy_are_not_shared():
+    """dataclasses.replace with weights that differ by element drops the flag: each element's own weights project it."""
+    run = rollout([two_populations()] * 3, dtype="float64")
+    economy = run.economy
+    assert economy.shared_projections
+    query = economy.query.clone()
+    query[1] *= 2.0  # element 1 looks for other things
+    changed = dataclasses.replace(economy, query=query)
+    assert not changed.shared_projections
+    alone = rollout([two_populations()], dtype="float64")
+    element = dataclasses.replace(alone.economy, query=query[1:2])
+    with torch.no_grad():
+        together = step(run.state, changed)
+        apart = step(dataclasses.replace(run.state, **{
+            name: getattr(run.state, name)[1:2] for name in ("states", "fields", "money", "temperature", "random_keys")
+        }), element)
+    assert torch.allclose(together.states[1:2], apart.states, rtol=1e-12, atol=1e-12)
+
+
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("sellers", [4, 9, 17, 33, 70])
 def test_identical_sellers_at_zero_temperature_split_the_market_equally(dtype, sellers):
