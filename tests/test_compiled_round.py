@@ -187,7 +187,8 @@ def test_a_compiled_rollout_compiles_once(case):
 def test_the_compiled_spin_draw_takes_the_loops_draws(dimension):
     """The vMF draw compiled against the eager draw, kappa from 1e-2 to 1e4, T = 0, no field: 1e-9.
 
-    Compiled, Wood's first attempts are traced and the loop over the agents left stays eager.
+    Compiled, Wood's first attempts are traced and the loop over the agents left runs eagerly
+    inside its operator (econspin::wood_rest, on the CPU).
     An attempt accepted compiled but not eagerly (or another attempt's w) would move the spin
     by order one. Not 1e-12: w = ((1 - b) - (1 + b) t) / ((1 + b) - (1 - b) t) cancels as t -> 1,
     with b ~ (d - 1) / (4 kappa), so its rounding (which Inductor may fuse differently) is

@@ -1,4 +1,4 @@
-"""Wood's sampler continued inside the compiled graph for a fixed number of agents (econspin.wood)."""
+"""Wood's sampler continued inside the compiled graph for a fixed number of agents; its loop as an operator."""
 
 import math
 
