@@ -317,9 +317,9 @@ def _wood_component_eagerly(
     Compiled without a budget, the step is split instead: its first attempts traced
     (:func:`_wood_first_traced`), its loop run eagerly (:func:`_wood_rest_compiled`), since the
     loop asks the host whether any agent still lacks an accepted attempt: one custom operator of
-    the graph on the CPU, a graph break on CUDA. With a ``budget`` there is no loop, but the count of unresolved agents is added to in
-    place, and torch.compile does not replay a graph that mutates an input as a CUDA graph
-    (reduce-overhead skips it): it stays eager too.
+    the graph on the CPU, a graph break on CUDA. With a ``budget`` there is no loop, but the
+    count of unresolved agents is added to in place, and torch.compile does not replay a graph
+    that mutates an input as a CUDA graph (reduce-overhead skips it): it stays eager too.
     """
     return _wood_component(kappa, dimension, draws, budget=budget)
 
