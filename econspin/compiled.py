@@ -34,12 +34,15 @@ docs/performance.md, "The hashes compiled"). Two parts run eagerly, each chosen 
   ``torch.compiler.disable`` functions, they and the inverse temperatures broke the round
   into a graph per frame above each call: the expected round was 8 graphs, and is 1.)
   ``run.kernel: triton``'s blocks are traced on CUDA instead, as the registered operator
-  ``econspin::triton_blocks`` of econspin.triton_blocks (its Triton kernels visible to Inductor).
+  ``econspin::triton_blocks`` of econspin.triton_blocks (its Triton kernels visible to Inductor);
+  on the CPU its interpreted programs are a graph break.
 - the loop of Wood's rejection step of the von Mises-Fisher spin draw over the agents left
   without an accepted attempt (sampled mode, d >= 2): it asks the host whether any agent is
   still without one, which no graph can hold. It is one custom operator of the graph too
   (``econspin::wood_rest``, :func:`econspin.wood.wood_rest_operator`), so the compiled sampled
   round is one graph as well; on CUDA a graph break (:func:`econspin.response._wood_rest_eagerly`).
+  With a rejection budget (the sync-free rollout) there is no loop, and the whole of Wood's
+  step is a graph break on every device (:func:`econspin.response._wood_component_eagerly`).
   The rest of the draw (the concentration, every agent's first attempts of Wood's step and the
   next ones of a fixed number of the agents left, the Gaussians of the direction and its
   projection orthogonal to the field) is traced.

@@ -56,7 +56,8 @@ sum_j R_j equals sum_i s_i (the budgets actually spent) to float64 rounding, wha
 working precision; each R_j then carries the working precision's rounding. Memory is
 O(B H N (2 d_k + d)) plus two blocks of :func:`block_entries` entries (and the network's bias, if any).
 
-The sampled mode and fixed couplings stay on :func:`econspin.market.trade`.
+Sampled mode draws from the same blocks (econspin.fused_sampled); fixed couplings, a sparse
+trade network and a round that asks for gradients take other paths (:func:`uses_fused`).
 """
 
 from __future__ import annotations
@@ -370,10 +371,11 @@ def expected_blocks(
 
     Writes m_i, s_i and sum_j e_ij y_ij into ``terms`` as it goes. Under run.compile
     (econspin.compiled) the blocks run eagerly all the same, as one node of the compiled graph
-    (:func:`_expected_blocks_operator`): Inductor's own loops over a block took 5x the eager round
-    at N = 1024 (it recomputed exp2 for each reduction instead of keeping the weights;
-    docs/performance.md), while eagerly each pass is one vectorised loop over a block in the
-    cache and the products are MKL's.
+    (:func:`_expected_blocks_operator`) on the devices of econspin.compiled.OPERATOR_DEVICES (the
+    CPU), as a graph break elsewhere (CUDA; econspin.compiled.eagerly): Inductor's own loops
+    over a block took 5x the eager round at N = 1024 (it recomputed exp2 for each reduction
+    instead of keeping the weights; docs/performance.md), while eagerly each pass is one
+    vectorised loop over a block in the cache and the products are MKL's.
     """
     if torch.compiler.is_compiling():
         if not eager_parts_as_operators(terms.left.device):

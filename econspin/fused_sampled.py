@@ -146,8 +146,8 @@ def sampled_blocks(
 ) -> torch.Tensor:
     """(groups, N) long: each row's seller drawn at its uniform (groups, N); writes m_i, s_i, sum e y to ``terms``.
 
-    Under run.compile the blocks run eagerly, as one node of the compiled graph, as in expected
-    mode (econspin.fused.expected_blocks).
+    Under run.compile the blocks run eagerly, as one node of the compiled graph on the CPU and a
+    graph break on CUDA, as in expected mode (econspin.fused.expected_blocks).
     """
     if torch.compiler.is_compiling():
         if not eager_parts_as_operators(terms.left.device):

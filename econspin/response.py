@@ -315,11 +315,11 @@ def _wood_component_eagerly(
     """:func:`_wood_component`, kept eager under run.compile (eagerly, the whole step is this).
 
     Compiled without a budget, the step is split instead: its first attempts traced
-    (:func:`_wood_first_traced`), its loop eager (:func:`_wood_rest_eagerly`), since the loop asks
-    the host whether any agent still lacks an accepted attempt, a graph break wherever it sits.
-    With a ``budget`` there is no loop, but the count of unresolved agents is added to in
-    place, and torch.compile does not replay a graph that mutates an input as a CUDA graph
-    (reduce-overhead skips it): it stays eager too.
+    (:func:`_wood_first_traced`), its loop run eagerly (:func:`_wood_rest_compiled`), since the
+    loop asks the host whether any agent still lacks an accepted attempt: one custom operator of
+    the graph on the CPU, a graph break on CUDA. With a ``budget`` there is no loop, but the
+    count of unresolved agents is added to in place, and torch.compile does not replay a graph
+    that mutates an input as a CUDA graph (reduce-overhead skips it): it stays eager too.
     """
     return _wood_component(kappa, dimension, draws, budget=budget)
 
@@ -330,8 +330,9 @@ def _wood_first_traced(kappa: torch.Tensor, dimension: int, draws: Draws):
     Every agent's first ``WOOD_FIRST_ATTEMPTS`` attempts (nearly all of the work: at most 12%
     of the agents need more) fuse with their hashes into the compiled graph, and so do the next
     ``WOOD_MORE_ATTEMPTS`` of a fixed number of the agents left (:func:`econspin.wood._wood_continued`);
-    whoever is still left continues in :func:`_wood_rest_eagerly`, the loop's graph break (which
-    then most rounds only asks whether anyone is).
+    whoever is still left continues in the loop (:func:`_wood_rest_compiled`: the operator
+    econspin::wood_rest on the CPU, a graph break on CUDA), which then most rounds only asks
+    whether anyone is.
     The same attempts, the same first accepted one: the loop's draw, to the rounding of the
     compiled log, cos and expm1 (as the compiled Gaussians, econspin.randomness).
     """

@@ -44,7 +44,7 @@ def step(state: State, economy: Economy, budget: RejectionBudget | None = None) 
 
     With a ``budget``, sampled mode's von Mises-Fisher draws make a fixed number of attempts
     and count the agents left unresolved on the device instead of asking the host
-    (:class:`~econspin.response.RejectionBudget`): a round that then needs no host at all.
+    (:class:`~econspin.wood.RejectionBudget`): a round that then needs no host at all.
     """
     sampled = economy.mode == "sampled"
     graphs = economy.compile == "reduce-overhead" and state.states.is_cuda

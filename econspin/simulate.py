@@ -127,7 +127,7 @@ class Rollout:
 
         Rounds are played in chunks of ``chunk_rounds``: within a chunk nothing is read back
         from the device (the metrics stay device tensors, and sampled rounds draw with a
-        :class:`~econspin.response.RejectionBudget` where ``sync_free`` says so), and each
+        :class:`~econspin.wood.RejectionBudget` where ``sync_free`` says so), and each
         chunk's metrics are copied to the host at once at its end. ``on_round`` is called with
         the round number after each round is played, as it is queued: on a GPU the device may
         still be computing it.

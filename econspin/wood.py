@@ -150,8 +150,9 @@ def _wood_continued(result, pending, constants, dimension: int, draws: Draws, st
     """(w, pending) after attempts start .. start + more_attempts - 1 of up to a fixed number of pending agents.
 
     The loop over the agents left (:func:`_wood_rest`) asks the host how many there are; under
-    run.compile it is eager, a few dozen operations on a few hundred agents, and cost 0.6 ms of a
-    sampled round at B = 128, N = 64 (about 300 agents left of 8192; 0.29 ms with 2 left at
+    run.compile it runs eagerly (a graph break when this was measured; since then an operator of
+    the graph on the CPU, :func:`wood_rest_operator`), a few dozen operations on a few hundred
+    agents, and cost 0.6 ms of a sampled round at B = 128, N = 64 (about 300 agents left of 8192; 0.29 ms with 2 left at
     B = 1; docs/performance.md, "The sampled round at d = 32"). Here, with shapes fixed in
     advance, so that it traces into the graph of the first attempts: the first ``capacity``
     pending agents in row order (max(WOOD_TRACED_MINIMUM, agents / WOOD_TRACED_SHARE)) make the

@@ -11,12 +11,15 @@ the process's CPU clock and nothing else running in the process:
   ``extern_kernels.bmm``: after the warm-up rounds have compiled the round, the loaded
   compiled modules' kernel functions are wrapped in a timer (the modules look them up by name
   at every call);
-- the parts of the round that run eagerly: the loop of Wood's step over the agents left
-  (``torch.compiler.disable``: a graph break), wrapped before the first round is compiled (the
-  wrapper disabled as the function it replaces), and the inversion inside the sampled blocks;
-- the blocks, which the graph calls as custom operators (``econspin::expected_blocks``,
-  ``econspin::sampled_blocks``): their CPU time from torch.profiler in a second series of
-  rounds (one event each, nothing inside them instrumented).
+- the parts of the round that run eagerly outside the operators: the inversion inside the
+  sampled blocks, and the loop of Wood's step over the agents left where it is a graph break
+  (``response._wood_rest_eagerly``, ``torch.compiler.disable``: on a device outside
+  ``compiled.OPERATOR_DEVICES``, so not on the CPU since Wood's loop became an operator),
+  wrapped before the first round is compiled (the wrapper disabled as the function it replaces);
+- the custom operators the graph calls, the blocks (``econspin::expected_blocks``,
+  ``econspin::sampled_blocks``) and, on the CPU, Wood's loop (``econspin::wood_rest``): their
+  CPU time from torch.profiler in a second series of rounds (one event each, nothing inside
+  them instrumented).
 
 What the parts leave of the round is the rest: TorchDynamo's entries and guards between
 graphs, Python, and eager operations outside these functions. Times are medians' worth of
@@ -83,7 +86,7 @@ def wrap_compiled_kernels() -> None:
 
 
 def operator_times(step, state, economy, rounds: int) -> dict[str, float]:
-    """CPU ms a round in each econspin:: custom operator (the blocks), from torch.profiler over ``rounds`` rounds."""
+    """CPU ms a round in each econspin:: operator (the blocks, Wood's loop), by torch.profiler over ``rounds``."""
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU]) as profiler:

@@ -24,8 +24,9 @@ left.
    beside the fused one (their next states compared) (``batched_cuda.json``).
 5. ``rollout``: the time of a round at B = 64, N = 256 (d = 32, the benchmark economy, both
    modes) played round by round with Wood's loop, in sync-free chunks of 32 rounds eagerly,
-   and in sync-free chunks under ``run.compile: reduce-overhead`` (CUDA graphs), against
-   torch's scaled_dot_product_attention forward on the same shapes; ``rollout_cuda.json``.
+   in sync-free chunks under ``run.compile: reduce-overhead`` (CUDA graphs), and so again with
+   the blocks as operators inside the graph on CUDA too (compiled.OPERATOR_DEVICES, :data:`WAYS`),
+   against torch's scaled_dot_product_attention forward on the same shapes; ``rollout_cuda.json``.
 6. ``flex``: the FlexAttention kernel beside the fused one and SDPA at N = 16384 and 65536,
    its first call (the compilation of its five passes) timed apart, each row printed as it
    is measured (``flex_cuda.json``).
@@ -40,6 +41,9 @@ left.
    apart, the round on each kernel, its next round against the fused one's, then the market
    step alone per tile size (:data:`TRITON_TILES`) against the fused market step, each with
    its largest difference from the fused outcome (``triton_cuda.json``).
+11. ``million``: one round of N = 10^6 fully connected agents on the fused and the Triton
+   kernel, its time and peak memory against econspin.memory's estimate
+   (experiments/gpu_million.py; ``million_cuda.json``).
 
 Without a CUDA device, or with ``--dry-run``, it prints the plan and exits 0 (the test suite
 runs it so, tests/test_device_rollout.py, so that it does not rot).

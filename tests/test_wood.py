@@ -1,4 +1,4 @@
-"""Wood's sampler continued inside the compiled graph for a fixed number of agents (econspin.wood)."""
+"""Wood's sampler continued inside the compiled graph for a fixed number of agents; its loop as an operator."""
 
 import math
 
@@ -67,4 +67,6 @@ def test_the_loops_operator_draws_what_the_loop_draws(monkeypatch, dimension):
     assert torch.equal(result, kept)
     attempts = (wood.WOOD_FIRST_ATTEMPTS, wood.WOOD_MORE_ATTEMPTS)
     assert torch.equal(got, wood._wood_rest(result.clone(), pending, constants, dimension, draws, *attempts))
+    # and the step's draw unsplit (each agent's first accepted attempt), whatever attempt the operator starts at
+    assert torch.equal(got, wood._wood_component(kappa, dimension, draws))
     torch.library.opcheck(wood.wood_rest_operator, (result, pending, constants, draws.keys, dimension))
