@@ -78,8 +78,9 @@ COMPILE_MODES = ("off", "default", "reduce-overhead")
 # The devices whose compiled rounds call their eager parts (the blocks, Wood's loop) as custom
 # operators, one node of the graph each. On CUDA they stay graph breaks (:func:`eagerly`) until a
 # GPU has run the operators under CUDA graphs (run.compile: reduce-overhead would capture the
-# blocks' kernels, their reused workspaces outlive the graph, and Wood's loop asks the host);
-# experiments/gpu_check.py times both.
+# blocks' eager kernels inside the graph; the blocks keep no buffer across calls there, since
+# fused.workspace reuses memory on the CPU only; Wood's loop asks the host, and with a rejection
+# budget it is not called); experiments/gpu_check.py times both.
 OPERATOR_DEVICES = ("cpu",)
 
 

@@ -129,7 +129,13 @@ def workspace(name: str, size: int, dtype: torch.dtype, device: torch.device) ->
     running simulation against 1 ms when their memory was reused (docs/performance.md).
     A buffer is valid until the next call with the same name on the same thread: the
     callers use it within one round and return nothing that aliases it.
+
+    On the CPU only. Elsewhere (CUDA) a fresh tensor: torch's caching allocator hands the same
+    memory back with nothing to fault in, and a buffer kept from call to call would outlive a
+    graph that CUDA graphs captured (run.compile: reduce-overhead) in the graphs' own memory.
     """
+    if torch.device(device).type != "cpu":
+        return torch.empty(size, dtype=dtype, device=device)
     buffers = getattr(_WORKSPACES, "buffers", None)
     if buffers is None:
         buffers = _WORKSPACES.buffers = {}

@@ -297,6 +297,7 @@ def test_each_thread_has_buffers_of_its_own():
     """Two threads playing rounds at once must not write into each other's blocks."""
     import threading
 
+    from econspin import fused
     from econspin.fused import workspace
 
     here = workspace("blocks", 16, torch.float64, torch.device("cpu"))
@@ -306,6 +307,9 @@ def test_each_thread_has_buffers_of_its_own():
     worker.join()
     assert here.data_ptr() != there[0].data_ptr()
     assert workspace("blocks", 8, torch.float64, "cpu").data_ptr() == here.data_ptr()  # reused on this thread
+    # off the CPU nothing is kept: CUDA's caching allocator reuses memory, and CUDA graphs own theirs
+    workspace("blocks", 8, torch.float64, "meta")
+    assert all(device.type == "cpu" for _, _, device in fused._WORKSPACES.buffers)
     runs = [rollout([sampled_market(heads=2)] * 2, replicas=[r, r + 1]) for r in range(4)]
     alone = [sampled_choices(run.state, run.economy)[0] for run in runs]
     together = [None] * len(runs)
