@@ -123,7 +123,9 @@ class Economy:
     def __post_init__(self):
         # the flag states a fact about the weights: a copy given other weights (dataclasses.replace)
         # keeps it only where it still holds, and one copy of the weights then never serves all
-        if self.shared_projections and not weights_shared(self.query, self.key, self.value, self.output):
+        # (weights on the meta device, shapes without values, keep what they were given)
+        weights = (self.query, self.key, self.value, self.output)
+        if self.shared_projections and self.query.device.type != "meta" and not weights_shared(*weights):
             object.__setattr__(self, "shared_projections", False)
 
     @property
