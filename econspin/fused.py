@@ -216,7 +216,7 @@ class RoundTerms(BlockTerms):
 class BlockSettings:
     """What the block loop reads of the economy (an :class:`Economy` has the same attributes).
 
-    The compiled round's block operators (:mod:`econspin.block_operators`) pass these alone.
+    The compiled round's block operators (:func:`block_arguments`) pass these alone.
     """
 
     chunk: int | None
@@ -386,11 +386,7 @@ def expected_blocks(
     if torch.compiler.is_compiling():
         if not eager_parts_as_operators(terms.left.device):
             return eagerly(expected_blocks, terms, economy, moment_rows, rows)
-        *per_row, norm, moments, revenue = _expected_blocks_operator(
-            *block_arguments(terms, economy, rows), moment_rows
-        )
-        terms.keep_rows(*per_row)
-        return norm, moments, revenue
+        return operator_results(_expected_blocks_operator, terms, economy, rows, moment_rows)
     groups, agents, d = terms.delivered.shape
     dtype, device = terms.delivered.dtype, terms.delivered.device
     norm = torch.empty(groups, agents, dtype=dtype, device=device)
@@ -417,6 +413,13 @@ def block_arguments(terms: BlockTerms, economy: Economy | BlockSettings, rows: i
     settings = (-1 if rows is None else rows, -1 if economy.chunk is None else economy.chunk)
     tensors = (terms.left, terms.right, terms.delivered, terms.share, terms.tie_width, terms.network_bias)
     return (*tensors, economy.trade_mask, *settings, float(economy.memory_budget), economy.utility_precision)
+
+
+def operator_results(operator, terms: BlockTerms, economy: Economy | BlockSettings, rows: int | None, extra):
+    """A block operator's results after m_i, s_i and sum e y, which go into ``terms`` as the eager loops write them."""
+    results = operator(*block_arguments(terms, economy, rows), extra)
+    terms.keep_rows(*results[:3])
+    return results[3:]
 
 
 def blocks_from_arguments(left, right, delivered, share, tie_width, network_bias, trade_mask, rows, chunk,

@@ -54,8 +54,8 @@ from econspin.fused import (
     BlockSettings,
     BlockTerms,
     RoundTerms,
-    block_arguments,
     blocks_from_arguments,
+    operator_results,
     round_terms,
     row_blocks,
     row_statistics,
@@ -152,9 +152,7 @@ def sampled_blocks(
     if torch.compiler.is_compiling():
         if not eager_parts_as_operators(terms.left.device):
             return eagerly(sampled_blocks, terms, economy, uniforms, rows)
-        *per_row, choice = _sampled_blocks_operator(*block_arguments(terms, economy, rows), uniforms)
-        terms.keep_rows(*per_row)
-        return choice
+        return operator_results(_sampled_blocks_operator, terms, economy, rows, uniforms)[0]
     choice = torch.empty(uniforms.shape, dtype=torch.long, device=uniforms.device)
     for g, r, scores, weights in row_blocks(terms, economy, rows):
         choice[g, r] = inverse_cdf(weights, uniforms[g, r])

@@ -136,9 +136,10 @@ def field_of(
 
     A function of its own for ``run.compile``: TorchDynamo traces a frame only where an argument
     is a tensor (or its code names the torch module), and :func:`play` has neither (a state, an
-    economy, draws). The market step's blocks break the graph inside a call of ``play``, so
-    TorchDynamo runs ``play`` eagerly and traces the functions it calls: written in ``play``, the
-    field was four eager passes over (B, N, d) (0.26 ms of a sampled round at B = 128, N = 64,
+    economy, draws). Where the round breaks the graph inside a call of ``play`` (the blocks and
+    Wood's loop on CUDA, econspin.compiled.OPERATOR_DEVICES; on the CPU too until they became
+    operators), TorchDynamo runs ``play`` eagerly and traces the functions it calls: written in
+    ``play``, the field was four eager passes over (B, N, d) (0.26 ms of a sampled round at B = 128, N = 64,
     d = 32) and the field weights a compiled graph of their own every round (docs/performance.md,
     "The sampled round at d = 32"). Here, with the received signal an argument, one compiled loop.
     Eagerly the same operations in the same order.
