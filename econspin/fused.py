@@ -415,9 +415,9 @@ def block_arguments(terms: BlockTerms, economy: Economy | BlockSettings, rows: i
     return (*tensors, economy.trade_mask, *settings, float(economy.memory_budget), economy.utility_precision)
 
 
-def operator_results(operator, terms: BlockTerms, economy: Economy | BlockSettings, rows: int | None, extra):
+def operator_results(operator, terms: BlockTerms, economy: Economy | BlockSettings, rows: int | None, *extra):
     """A block operator's results after m_i, s_i and sum e y, which go into ``terms`` as the eager loops write them."""
-    results = operator(*block_arguments(terms, economy, rows), extra)
+    results = operator(*block_arguments(terms, economy, rows), *extra)
     terms.keep_rows(*results[:3])
     return results[3:]
 

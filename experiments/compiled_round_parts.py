@@ -11,8 +11,9 @@ the process's CPU clock and nothing else running in the process:
   ``extern_kernels.bmm``: after the warm-up rounds have compiled the round, the loaded
   compiled modules' kernel functions are wrapped in a timer (the modules look them up by name
   at every call);
-- the parts of the round that run eagerly outside the operators: the inversion inside the
-  sampled blocks, and the loop of Wood's step over the agents left where it is a graph break
+- the parts of the round that run eagerly: the inversion inside the sampled blocks (eager but
+  for its compiled count of the running sums), and the loop of Wood's step over the agents
+  left where it is a graph break
   (``response._wood_rest_eagerly``, ``torch.compiler.disable``: on a device outside
   ``compiled.OPERATOR_DEVICES``, so not on the CPU since Wood's loop became an operator),
   wrapped before the first round is compiled (the wrapper disabled as the function it replaces);
@@ -58,8 +59,8 @@ def wrap_eager_islands() -> None:
     """The functions run eagerly between compiled graphs, timed (before anything is compiled)."""
     loop = response._wood_rest_eagerly
     response._wood_rest_eagerly = timed("eager _wood_rest_eagerly", getattr(loop, "__wrapped__", loop), True)
-    inversion = fused_sampled.inverse_cdf  # called only inside the sampled blocks' operator, eagerly
-    fused_sampled.inverse_cdf = timed("eager   inverse_cdf (inside econspin::sampled_blocks)", inversion, False)
+    inversion = fused_sampled.inverse_cdf  # called only inside the sampled blocks' operator
+    fused_sampled.inverse_cdf = timed("inverse_cdf (inside econspin::sampled_blocks)", inversion, False)
 
 
 def wrap_compiled_kernels() -> None:

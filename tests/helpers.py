@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import pytest
+import torch
+
 from econspin import Scenario
+from econspin.compiled import missing_compiler
 from econspin.randomness import dynamics_keys
 from econspin.simulate import Rollout
+
+MISSING_COMPILER = missing_compiler(torch.device("cpu"))  # why torch.compile cannot build CPU kernels here, or None
+needs_compiler = pytest.mark.skipif(MISSING_COMPILER is not None, reason=MISSING_COMPILER or "")
 
 
 def scenario(**market) -> Scenario:

@@ -19,7 +19,7 @@ import dataclasses
 import pytest
 import torch
 from fused_cases import economies
-from helpers import rollout, scenario
+from helpers import MISSING_COMPILER, needs_compiler, rollout, scenario
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_cli import TINY
@@ -27,7 +27,6 @@ from typer.testing import CliRunner
 
 from econspin.bench_baselines import boltzmann_scenario
 from econspin.cli import app
-from econspin.compiled import missing_compiler
 from econspin.fused import block_arguments, expected_blocks, round_terms
 from econspin.fused_sampled import sampled_blocks
 from econspin.output import load_checkpoint, save_checkpoint
@@ -37,8 +36,6 @@ from econspin.round import play_tagged, step
 from econspin.scenario import ScenarioError
 from econspin.uniform import uses_uniform
 
-MISSING = missing_compiler(torch.device("cpu"))
-needs_compiler = pytest.mark.skipif(MISSING is not None, reason=MISSING or "")
 TOLERANCE = 1e-12
 FIELDS = ("states", "money", "revenue", "spending", "entropy", "surplus")
 
@@ -320,20 +317,23 @@ def test_bench_times_the_compiled_round_beside_the_eager_one():
     )
 
 
-def block_calls(state, economy, rows):
-    """(eager terms, what the eager blocks return, the operator's results, the operator and its arguments)."""
+def block_calls(state, economy, rows, compiled_inversion=False):
+    """(eager terms, what the eager blocks return, the operator's results, the operator and its arguments).
+
+    ``compiled_inversion``: the sampled operator counts the running sums with its compiled function.
+    """
     eager, operated = round_terms(state, economy), round_terms(state, economy)
-    arguments = block_arguments(operated, economy, rows)
     generator = torch.Generator().manual_seed(rows)
     if economy.mode == "expected":
-        extra = torch.rand(eager.groups, 2, eager.left.shape[1], generator=generator, dtype=torch.float64)
-        extra = extra.to(eager.delivered.dtype)
-        want, operator = expected_blocks(eager, economy, extra, rows), torch.ops.econspin.expected_blocks.default
+        moment_rows = torch.rand(eager.groups, 2, eager.left.shape[1], generator=generator, dtype=torch.float64)
+        extra = (moment_rows.to(eager.delivered.dtype),)
+        want, operator = expected_blocks(eager, economy, *extra, rows), torch.ops.econspin.expected_blocks.default
     else:
-        extra = torch.rand(eager.groups, eager.left.shape[1], generator=generator, dtype=torch.float64)
-        extra = extra.to(eager.delivered.dtype)
-        want, operator = (sampled_blocks(eager, economy, extra, rows),), torch.ops.econspin.sampled_blocks.default
-    return eager, want, operator(*arguments, extra), operator, (*arguments, extra)
+        uniforms = torch.rand(eager.groups, eager.left.shape[1], generator=generator, dtype=torch.float64)
+        extra = (uniforms.to(eager.delivered.dtype), compiled_inversion)
+        want, operator = (sampled_blocks(eager, economy, extra[0], rows),), torch.ops.econspin.sampled_blocks.default
+    arguments = (*block_arguments(operated, economy, rows), *extra)
+    return eager, want, operator(*arguments), operator, arguments
 
 
 @given(st.sampled_from(["expected", "sampled"]).flatmap(economies), st.integers(1, 12))
@@ -352,11 +352,15 @@ def test_the_block_operators_are_the_eager_blocks(drawn, rows):
 @pytest.mark.parametrize("mode", ["expected", "sampled"])
 @pytest.mark.parametrize("network", [False, True])
 def test_the_block_operators_are_well_formed(mode, network):
-    """torch.library.opcheck: schema, fake tensors (the shapes a compiled graph plans for), no aliasing."""
+    """torch.library.opcheck: schema, fake tensors (the shapes a compiled graph plans for), no aliasing.
+
+    The sampled operator with its compiled count of the running sums where a compiler is at hand
+    (as a compiled round calls it).
+    """
     options = {"network": {"generator": "gnp_random_graph", "params": {"p": 0.5}}} if network else {}
     run = rollout(scenario(mode=mode, heads=2, **options))
     with torch.no_grad():
-        *_, operator, arguments = block_calls(run.state, run.economy, 5)
+        *_, operator, arguments = block_calls(run.state, run.economy, 5, compiled_inversion=MISSING_COMPILER is None)
     torch.library.opcheck(operator, arguments)
 
 

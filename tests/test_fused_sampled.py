@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 from fused_cases import TOLERANCE, assert_outcomes_close, economies, on_meta, two_populations
-from helpers import rollout, scenario
+from helpers import MISSING_COMPILER, needs_compiler, rollout, scenario
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import stats
@@ -45,19 +45,31 @@ def near_a_boundary(alpha, uniforms, tolerance):
     return ((cumulative - uniforms[..., None]).abs() < tolerance).any(-1)
 
 
+def inversion_rows(seed, agents, dtype, rows=17):
+    """(weights (3, rows, N), uniforms (3, rows)), rows >= 9: exact ties, random rows, rows with nobody to buy from.
+
+    Integer weights (exact sums: exact ties), a block of random ones, and in every block a row
+    of zeros (5), a row whose only seller is the last column (6), a T = 0 row (weights 0 or 1,
+    7) and a T = inf row (every seller 1, 8); the first block's thresholds lie exactly on boundaries.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    weights = torch.randint(0, 4, (3, rows, agents), generator=generator).double()
+    weights[1] = torch.rand(rows, agents, generator=generator, dtype=torch.float64)
+    weights[:, 5] = 0.0
+    weights[:, 6] = 0.0
+    weights[:, 6, -1] = 1.0
+    weights[:, 7] = weights[:, 7] == 3
+    weights[:, 8] = 1.0
+    uniforms = torch.rand(3, rows, generator=generator, dtype=torch.float64)
+    uniforms[0] = torch.randint(1, 16, (rows,), generator=generator) / 16
+    return weights.to(getattr(torch, dtype)), uniforms
+
+
 @given(st.integers(0, 2**31), st.integers(1, 300), st.integers(1, 40), st.sampled_from(["float64", "float32"]))
 @settings(max_examples=80, deadline=None, derandomize=True)
 def test_inverse_cdf_picks_what_whole_row_inversion_picks(seed, agents, tile, dtype):
     """Two-level inversion == choice.sample_choice, whatever the tile, on rows with zeros, ties and empty rows."""
-    generator = torch.Generator().manual_seed(seed)
-    weights = torch.randint(0, 4, (3, 17, agents), generator=generator).double()  # exact sums: exact ties
-    weights[1] = torch.rand(17, agents, generator=generator, dtype=torch.float64)
-    weights[:, 5] = 0.0  # rows with nobody to buy from
-    weights[:, 6] = 0.0
-    weights[:, 6, -1] = 1.0  # a row whose only seller is the last column
-    weights = weights.to(getattr(torch, dtype))
-    uniforms = torch.rand(3, 17, generator=generator, dtype=torch.float64)
-    uniforms[0] = torch.randint(1, 16, (17,), generator=generator) / 16  # thresholds exactly on boundaries
+    weights, uniforms = inversion_rows(seed, agents, dtype)
     want = sample_choice(weights, uniforms)
     assert torch.equal(want[:, 5], torch.full((3,), -1)) and torch.equal(want[:, 6], torch.full((3,), agents - 1))
     for width in (None, tile, agents):
@@ -65,6 +77,36 @@ def test_inverse_cdf_picks_what_whole_row_inversion_picks(seed, agents, tile, dt
         assert torch.equal(got, want), width
     chosen = want.clamp(min=0)[..., None]
     assert torch.all(weights.gather(-1, chosen).squeeze(-1)[want >= 0] > 0)  # never a seller of weight 0
+
+
+# (N, tile, dtype), one compilation each: one level; tiles of 8, the last of 5
+COMPILED_INVERSIONS = [(13, None, "float64"), (37, 8, "float32")]
+# one level at the ensembles' N = 64; tiles of 16, the last of 4; tiles of 32, the last of 12
+LARGER_COMPILED_INVERSIONS = [(64, None, "float32"), (100, None, "float32"), (300, 32, "float64")]
+
+
+@needs_compiler
+@given(st.integers(0, 2**31), st.integers(9, 40), st.sampled_from(COMPILED_INVERSIONS))
+@settings(max_examples=12, deadline=None, derandomize=True)
+def test_the_compiled_inversion_draws_the_eager_sellers(seed, rows, case):
+    """compiled_positions (a compiled round's blocks) gives running_positions' sellers: same sums, thresholds, count.
+
+    Over blocks of any height (the compiled rows are dynamic), with ties, empty rows, T = 0 and
+    T = inf rows and a narrower last tile.
+    """
+    agents, tile, dtype = case
+    weights, uniforms = inversion_rows(seed, agents, dtype, rows)
+    want = inverse_cdf(weights, uniforms, tile)
+    assert torch.equal(inverse_cdf(weights, uniforms, tile, compiled=True), want)
+    assert torch.equal(want, sample_choice(weights, uniforms))
+
+
+@needs_compiler
+@pytest.mark.slow
+@given(st.integers(0, 2**31), st.integers(9, 40), st.sampled_from(LARGER_COMPILED_INVERSIONS))
+@settings(max_examples=30, deadline=None, derandomize=True)
+def test_the_compiled_inversion_draws_the_eager_sellers_at_larger_n(seed, rows, case):
+    test_the_compiled_inversion_draws_the_eager_sellers.hypothesis.inner_test(seed, rows, case)
 
 
 def test_a_tile_sum_rounded_up_still_gives_a_seller_of_positive_weight():
@@ -76,7 +118,8 @@ def test_a_tile_sum_rounded_up_still_gives_a_seller_of_positive_weight():
     weights = torch.tensor([[1.0, 1.5 * 2**-24, 0.0, 1.0]], dtype=torch.float32)
     total = 2.0 + 2**-23  # the float32 tile sums, accumulated in float64
     uniforms = torch.tensor([(1.0 + 1.75 * 2**-24) / total], dtype=torch.float64)
-    assert inverse_cdf(weights, uniforms, tile=2).tolist() == [1]
+    for compiled in (False, True) if MISSING_COMPILER is None else (False,):
+        assert inverse_cdf(weights, uniforms, tile=2, compiled=compiled).tolist() == [1]
 
 
 def test_tiles_split_rows_as_documented():
