@@ -28,7 +28,9 @@ docs/performance.md, "The hashes compiled"). Two parts run eagerly, each chosen 
   :func:`econspin.fused_sampled.sampled_blocks`): Inductor's loops over a block recomputed
   exp2 for each reduction and took 5x the eager round at N = 1024. They are one node of the
   compiled graph, a torch custom operator (``econspin::expected_blocks``,
-  ``econspin::sampled_blocks``) that runs the eager blocks: no graph break. On CUDA they
+  ``econspin::sampled_blocks``) that runs the eager blocks: no graph break (inside, the
+  sampled blocks count their running sums with a loop of their own compiled,
+  :func:`econspin.fused_sampled.compiled_positions`: the same sellers). On CUDA they
   stay a graph break until a GPU has run the operators under CUDA graphs
   (:data:`econspin.compiled.OPERATOR_DEVICES`). (As
   ``torch.compiler.disable`` functions, they and the inverse temperatures broke the round

@@ -42,7 +42,7 @@ compiled round (run.compile, where the blocks are the operator econspin::sampled
 compiled loop over the rows does it instead (:func:`compiled_positions`): the same float64
 sums in the same order, the same thresholds and the count, written column by column so that
 Inductor vectorises across rows and keeps a row's sums in registers: the same sellers, bit for
-bit, in 0.27 ms against 0.68 ms for a 128 x 64 x 64 block (docs/performance.md, "The
+bit, in 0.31 ms against 0.6-0.8 ms for a 128 x 64 x 64 block (docs/performance.md, "The
 inversion's count compiled"). The eager round compiles nothing.
 
 After the blocks, the received signal is a gather of u_{c_i} and revenue a scatter-add of
@@ -56,6 +56,8 @@ from __future__ import annotations
 
 import functools
 import math
+import types
+from collections.abc import Callable
 
 import torch
 
@@ -194,12 +196,21 @@ def unrolled_positions(
 
 
 @functools.cache
-def _compiled_unrolled_positions():
+def _compiled_unrolled_positions(shape: tuple) -> Callable:
+    """:func:`unrolled_positions` compiled for one (tile, N, levels, dtype), as a function of its own.
+
+    Its own code object, so its own compilations: TorchDynamo counts them (at most
+    torch._dynamo.config.recompile_limit, 8) per code object, and a process that plays economies
+    of several sizes would otherwise run out of them and then run the unrolled loop eagerly, a
+    few hundred small operations. The number of rows is dynamic (compiled_positions marks it):
+    row blocks of other heights reuse the code.
+    """
+    code = unrolled_positions.__code__
+    code = code.replace(co_name=f"{code.co_name}_{'_'.join(str(part) for part in shape)}")
+    function = types.FunctionType(code, unrolled_positions.__globals__, code.co_name)
     # Inductor leaves a loop with 35 strided loads or more scalar (cpp.enable_tiling_heuristics),
-    # here one per column: vectorised across rows it took 0.26 ms against 0.59 ms for a
-    # 128 x 64 x 64 block. The number of rows is dynamic (compiled_positions marks it): row blocks
-    # of other heights reuse the code
-    return torch.compile(unrolled_positions, dynamic=False, options={"cpp.enable_tiling_heuristics": False})
+    # here one per column: vectorised across rows it took 0.26 ms against 0.59 ms for a 128 x 64 x 64 block
+    return torch.compile(function, dynamic=False, options={"cpp.enable_tiling_heuristics": False})
 
 
 def compiled_positions(
@@ -208,7 +219,7 @@ def compiled_positions(
 ) -> torch.Tensor:
     """(..., rows, 1): :func:`running_positions` of the tiles of ``weights`` from ``first_column``, bit for bit.
 
-    By :func:`unrolled_positions` compiled, once per tile width and level count.
+    By :func:`unrolled_positions` compiled, once per tile width, N, level count and dtype.
     """
     agents = weights.shape[-1]
     flat = [None if value is None else value.reshape(-1, 1) for value in (first_column, start, threshold)]
@@ -217,7 +228,8 @@ def compiled_positions(
     for argument in arguments:
         if isinstance(argument, torch.Tensor) and argument.shape[0] > 1:  # (a dimension of 1 is specialised)
             torch._dynamo.mark_dynamic(argument, 0)
-    position = _compiled_unrolled_positions()(*arguments)
+    shape = (tile, agents, "one" if first_column is None else "two", str(weights.dtype).removeprefix("torch."))
+    position = _compiled_unrolled_positions(shape)(*arguments)
     return position.view(*weights.shape[:-1], 1)
 
 
