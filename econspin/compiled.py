@@ -89,6 +89,23 @@ def eager_parts_as_operators(device: torch.device) -> bool:
     return device.type in OPERATOR_DEVICES
 
 
+def stored(tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor`` itself; under torch.compile, a view of it that makes Inductor store it instead of inlining it.
+
+    Inductor writes an elementwise result into memory only where a heuristic asks (a reduction,
+    a heavy operation such as exp read twice, many reads); otherwise it recomputes the result
+    inside every loop that reads it, in that loop's layout. Where that loop runs over another
+    axis the recomputation can cost more than the stored values: the von Mises-Fisher draw's
+    per-agent coefficients, inlined into the loop over each agent's d components, became
+    scalar code with three square roots per agent and component block (docs/performance.md,
+    "The spin draw's loops"). Inductor's lowering of ``as_strided`` stores its input, so the
+    traced round gets such a view of the tensor onto its own sizes and strides: the same values.
+    """
+    if torch.compiler.is_compiling():
+        return tensor.as_strided(tensor.shape, tensor.stride())
+    return tensor
+
+
 @torch.compiler.disable
 def eagerly(function, *arguments):
     """``function(*arguments)`` outside the compiled graph: a graph break in every frame above."""

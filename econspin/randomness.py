@@ -272,7 +272,9 @@ class Draws:
         radius = high.log_().mul_(-2.0).sqrt_()
         if torch.compiler.is_compiling():  # the halves written by out= into one buffer compiled to masked loops
             cosine, sine = cos_sin_of_turns(words & _LOW_32)  # torch's cos and sin to rounding, faster compiled
-            return torch.stack([cosine, sine]).mul_(radius).flatten(0, 1)[:count]
+            # each half times the radius before stacking (the same products): Inductor then stores the
+            # Gaussians themselves, not the cosines, the sines and the radii for every reader to multiply
+            return torch.stack([cosine * radius, sine * radius]).flatten(0, 1)[:count]
         angle = words.bitwise_and_(_LOW_32).to(torch.float64).add_(0.5).mul_(2.0 * math.pi * 2.0**-32)
         normals = torch.empty((2 * pairs, *words.shape[1:]), dtype=torch.float64, device=words.device)
         torch.cos(angle, out=normals[:pairs])
