@@ -47,6 +47,12 @@ docs/performance.md, "The hashes compiled"). Two parts run eagerly, each chosen 
   next ones of a fixed number of the agents left, the Gaussians of the direction and its
   projection orthogonal to the field) is traced.
 
+Where Inductor would recompute an elementwise result inside every loop that reads it (its
+heuristics store a result only after a reduction, a heavy operation read twice or many reads),
+:func:`stored` makes it keep the result instead; the spin draw stores its per-agent coefficients,
+the field's layout and direction, and Wood's w this way (docs/performance.md, "The spin draw's
+loops").
+
 The effective inverse temperatures (:mod:`econspin.temperature_limits`) are traced: their
 binary exponents come from log2 and exact powers of two, since Inductor's C++ for the int32
 exponents of ``torch.frexp`` does not compile (torch 2.13, CPU).
