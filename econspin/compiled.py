@@ -50,7 +50,7 @@ docs/performance.md, "The hashes compiled"). Two parts run eagerly, each chosen 
 Where Inductor would recompute an elementwise result inside every loop that reads it (its
 heuristics store a result only after a reduction, a heavy operation read twice or many reads),
 :func:`stored` makes it keep the result instead; the spin draw stores its per-agent coefficients,
-the field's layout and direction, and Wood's w this way (docs/performance.md, "The spin draw's
+the field's layout and direction and its dot product this way (docs/performance.md, "The spin draw's
 loops").
 
 The effective inverse temperatures (:mod:`econspin.temperature_limits`) are traced: their

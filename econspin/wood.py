@@ -18,7 +18,6 @@ from dataclasses import dataclass
 
 import torch
 
-from econspin.compiled import stored
 from econspin.randomness import DRAW_SPIN, Draws
 
 
@@ -217,9 +216,7 @@ def _wood_attempts(constants: torch.Tensor, dimension: int, draws: Draws, start:
     if dimension > 2:
         t *= torch.sqrt(torch.expm1(logs[:, 0] * (2.0 / (dimension - 2))).neg_())
     low, high, x0, k, c = constants
-    # stored under run.compile: inlined, Inductor recomputed each attempt's cos, expm1 and sqrt in the
-    # loop that picks the first accepted attempt, after the loop that scored it (econspin.compiled.stored)
-    w = stored(torch.addcmul(low, high, t, value=-1.0).div_(torch.addcmul(high, low, t, value=-1.0)))
+    w = torch.addcmul(low, high, t, value=-1.0).div_(torch.addcmul(high, low, t, value=-1.0))
     # k w + m log(1 - x0 w) - c >= log U
     score = torch.log((1.0 - x0 * w).clamp_(min=1e-300)).mul_(dimension - 1.0).addcmul_(k, w).sub_(c)
     accept = score >= logs[:, 1]
