@@ -49,6 +49,12 @@ docs/performance.md, "The hashes compiled"). Two parts run eagerly, each chosen 
   next ones of a fixed number of the agents left, the Gaussians of the direction and its
   projection orthogonal to the field) is traced.
 
+Where Inductor would recompute an elementwise result inside every loop that reads it (its
+heuristics store a result only after a reduction, a heavy operation read twice or many reads),
+:func:`stored` makes it keep the result instead; the spin draw stores its per-agent coefficients,
+the field's layout and direction and its dot product this way (docs/performance.md, "The spin draw's
+loops").
+
 The effective inverse temperatures (:mod:`econspin.temperature_limits`) are traced: their
 binary exponents come from log2 and exact powers of two, since Inductor's C++ for the int32
 exponents of ``torch.frexp`` does not compile (torch 2.13, CPU).
@@ -89,6 +95,23 @@ OPERATOR_DEVICES = ("cpu",)
 def eager_parts_as_operators(device: torch.device) -> bool:
     """Whether a compiled round on ``device`` calls its eager parts as operators (else as graph breaks)."""
     return device.type in OPERATOR_DEVICES
+
+
+def stored(tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor`` itself; under torch.compile, a view of it that makes Inductor store it instead of inlining it.
+
+    Inductor writes an elementwise result into memory only where a heuristic asks (a reduction,
+    a heavy operation such as exp read twice, many reads); otherwise it recomputes the result
+    inside every loop that reads it, in that loop's layout. Where that loop runs over another
+    axis the recomputation can cost more than the stored values: the von Mises-Fisher draw's
+    per-agent coefficients, inlined into the loop over each agent's d components, became
+    scalar code with three square roots per agent and component block (docs/performance.md,
+    "The spin draw's loops"). Inductor's lowering of ``as_strided`` stores its input, so the
+    traced round gets such a view of the tensor onto its own sizes and strides: the same values.
+    """
+    if torch.compiler.is_compiling():
+        return tensor.as_strided(tensor.shape, tensor.stride())
+    return tensor
 
 
 @torch.compiler.disable

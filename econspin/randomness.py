@@ -88,7 +88,6 @@ _MULTIPLIER_1 = _signed(0xBF58476D1CE4E5B9)
 _MULTIPLIER_2 = _signed(0x94D049BB133111EB)
 _LOW_34, _LOW_37, _LOW_33, _LOW_32 = (1 << 34) - 1, (1 << 37) - 1, (1 << 33) - 1, (1 << 32) - 1
 _MANTISSA = (1 << 52) - 1
-_SIGN_32 = 1 << 31
 
 
 def mix64(x: torch.Tensor) -> torch.Tensor:
@@ -165,18 +164,25 @@ def _times_exact(x: torch.Tensor, multiplier: int) -> torch.Tensor:
     """The product x * multiplier modulo 2^64 (two's complement), every intermediate within int64.
 
     With x = a 2^32 + b and multiplier = c 2^32 + e (b, e the unsigned low halves, a, c the
-    signed high ones): x * multiplier = b e + 2^32 (a e + b c) modulo 2^64. Both SplitMix
-    multipliers have e < 2^31, so b e < 2^63; |a e| < 2^62 and |b c| < 2^63; only the low 32 bits
-    of the cross terms and of (b e >> 32) matter, summed below 2^34; the high half is then
-    sign-extended from 32 bits and scaled by 2^32 (at most 2^63 in magnitude, exact).
+    signed high ones): x * multiplier = b e + 2^32 (a e + b c) modulo 2^64. The high word is
+    the low half of a e + b c + (b e >> 32), shifted up by 32 (a left shift of a signed int64 is
+    defined in C++20, modulo 2^64, which Inductor compiles to; GCC defines it in every mode);
+    the low word is b e's. For both SplitMix multipliers (|c| < 2^31, e < 2^29) neither b e
+    (< 2^61) nor the sum (< 2^63, bounded from the halves' ranges) leaves int64: 3 products and
+    8 other operations, where the form before (cross terms masked, the high word sign-extended
+    and multiplied by 2^32) took 4 and 12 (docs/performance.md, "The spin draw's loops").
     """
     high_multiplier, low_multiplier = multiplier >> 32, multiplier & _LOW_32
-    assert low_multiplier < 1 << 31, "the low half of the multiplier must keep b e below 2^63"
+    assert _cross_sum_bound(high_multiplier, low_multiplier) < 1 << 63, "a e + b c + (b e >> 32) must stay in int64"
     low, high = x & _LOW_32, x >> 32
     product = low * low_multiplier
-    top = ((high * low_multiplier) & _LOW_32) + ((low * high_multiplier) & _LOW_32) + (product >> 32)
-    top = ((top & _LOW_32) ^ _SIGN_32) - _SIGN_32  # the high word as a signed 32-bit number
-    return (top * (1 << 32)) | (product & _LOW_32)
+    cross = high * low_multiplier + low * high_multiplier + (product >> 32)
+    return (cross << 32) | (product & _LOW_32)
+
+
+def _cross_sum_bound(high_multiplier: int, low_multiplier: int) -> int:
+    """The largest |a e + b c + (b e >> 32)| of :func:`_times_exact`, a in [-2^31, 2^31), b in [0, 2^32)."""
+    return 2**31 * low_multiplier + (2**32 - 1) * abs(high_multiplier) + (((2**32 - 1) * low_multiplier) >> 32)
 
 
 def _keyed(keys: torch.Tensor, mixed_tags: torch.Tensor | int) -> torch.Tensor:
@@ -272,7 +278,9 @@ class Draws:
         radius = high.log_().mul_(-2.0).sqrt_()
         if torch.compiler.is_compiling():  # the halves written by out= into one buffer compiled to masked loops
             cosine, sine = cos_sin_of_turns(words & _LOW_32)  # torch's cos and sin to rounding, faster compiled
-            return torch.stack([cosine, sine]).mul_(radius).flatten(0, 1)[:count]
+            # each half times the radius before stacking (the same products): Inductor then stores the
+            # Gaussians themselves, not the cosines, the sines and the radii for every reader to multiply
+            return torch.stack([cosine * radius, sine * radius]).flatten(0, 1)[:count]
         angle = words.bitwise_and_(_LOW_32).to(torch.float64).add_(0.5).mul_(2.0 * math.pi * 2.0**-32)
         normals = torch.empty((2 * pairs, *words.shape[1:]), dtype=torch.float64, device=words.device)
         torch.cos(angle, out=normals[:pairs])

@@ -28,7 +28,7 @@ import math
 
 import torch
 
-from econspin.compiled import eager_parts_as_operators
+from econspin.compiled import eager_parts_as_operators, stored
 from econspin.randomness import DRAW_DIRECTION, DRAW_SPIN, Draws
 from econspin.registry import class_registrar
 from econspin.wood import (
@@ -261,13 +261,10 @@ def sample_von_mises_fisher(
 
     With a ``budget``, Wood's sampler runs without host synchronisation (:class:`RejectionBudget`).
     """
-    norm, direction = _norm_and_direction(theta)
-    cold = temperature == 0
-    kappa = radius * norm / torch.where(cold, torch.ones_like(temperature), temperature)
-    kappa = torch.where(cold, torch.full_like(kappa, math.inf), kappa)
-    kappa = torch.where(norm > 0, kappa, torch.zeros_like(kappa))
     dimension, dtype = theta.shape[-1], theta.dtype
     if dimension == 1:
+        norm, direction = _norm_and_direction(theta)
+        kappa = _concentration(norm, temperature, radius)
         uniform = draws.uniform(DRAW_SPIN, 1)[0]
         # aligned when U < 1 / (1 + exp(-2 kappa)); written with exp, which (unlike torch's
         # sigmoid) gives the same bits for an agent whatever the tensor it sits in
@@ -275,7 +272,10 @@ def sample_von_mises_fisher(
         sign = torch.where(norm > 0, direction[..., 0], torch.ones_like(norm))
         spin = torch.where(aligned, 1.0, -1.0).to(dtype) * sign
         return radius * spin.unsqueeze(-1)
-    if budget is None and torch.compiler.is_compiling():
+    compiling = torch.compiler.is_compiling()
+    norm, unit = _norm_and_unit(theta, compiling)
+    kappa = _concentration(norm, temperature, radius)
+    if budget is None and compiling:
         along = _wood_rest_compiled(*_wood_first_traced(kappa.double(), dimension, draws), dimension, draws)
     else:
         along = _wood_component_eagerly(kappa.double(), dimension, draws, budget)
@@ -285,13 +285,11 @@ def sample_von_mises_fisher(
     # place otherwise, the same arithmetic: every (d, ...) float64 temporary is d MiB at
     # B = 128, N = 64, and fresh pages of that size cost more than the sums (docs/performance.md)
     gaussian = draws.normal(DRAW_DIRECTION, dimension)  # (d, ...)
-    # the zero vector where there is no field; cast and laid out in one copy (.double() of the
-    # moved view keeps its strides, and .contiguous() then copied it a second time)
-    unit = direction.movedim(-1, 0).to(torch.float64, memory_format=torch.contiguous_format)
     # compiled, the out-of-place form (the same arithmetic): Inductor fuses it and plans its own buffers
-    out_of_place = (torch.is_grad_enabled() and unit.requires_grad) or torch.compiler.is_compiling()
+    out_of_place = (torch.is_grad_enabled() and unit.requires_grad) or compiling
     products = gaussian * unit
-    dot = _sum_leading(products, in_place=not out_of_place)
+    # stored compiled: inlined, the last halvings of the sum were redone for each of the d components
+    dot = stored(_sum_leading(products, in_place=not out_of_place))
     if out_of_place:
         orthogonal = torch.addcmul(gaussian, unit, dot, value=-1.0)
         squares = orthogonal * orthogonal
@@ -299,13 +297,47 @@ def sample_von_mises_fisher(
         orthogonal = gaussian.addcmul_(unit, dot, value=-1.0)
         squares = torch.mul(orthogonal, orthogonal, out=products)
     length = torch.sqrt(_sum_leading(squares, in_place=not out_of_place)).clamp(min=1e-300)
-    # s = R (w theta_hat + sqrt(1 - w^2) g_perp / |g_perp|), the radius folded into the coefficients
-    sideways = torch.sqrt((1.0 - along * along).clamp(min=0.0)) * (radius / length)
+    # s = R (w theta_hat + sqrt(1 - w^2) g_perp / |g_perp|), the radius folded into the coefficients;
+    # compiled, each agent's two coefficients stored once (inlined into the loop over its
+    # components, they were scalar code, three square roots per agent and block of components)
+    sideways = stored(torch.sqrt((1.0 - along * along).clamp(min=0.0)) * (radius / length))
+    along_scaled = stored(radius * along)
     if out_of_place:
-        spin = torch.addcmul(orthogonal * sideways, unit, radius * along)
+        spin = torch.addcmul(orthogonal * sideways, unit, along_scaled)
     else:
-        spin = orthogonal.mul_(sideways).addcmul_(unit, radius * along)
+        spin = orthogonal.mul_(sideways).addcmul_(unit, along_scaled)
+    if compiling:  # cast in the (d, ...) layout and stored, so that the transposing copy moves float32
+        spin = stored(spin.to(dtype))
     return torch.empty(theta.shape, dtype=dtype, device=theta.device).copy_(spin.movedim(0, -1))
+
+
+def _concentration(norm: torch.Tensor, temperature: torch.Tensor, radius: float) -> torch.Tensor:
+    """The concentration kappa = R |theta| / T: infinite at T = 0, zero where there is no field."""
+    cold = temperature == 0
+    kappa = radius * norm / torch.where(cold, torch.ones_like(temperature), temperature)
+    kappa = torch.where(cold, torch.full_like(kappa, math.inf), kappa)
+    return torch.where(norm > 0, kappa, torch.zeros_like(kappa))
+
+
+def _norm_and_unit(theta: torch.Tensor, compiling: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(|theta|, theta_hat in float64 laid out (d, ...)), theta_hat the zero vector where theta = 0.
+
+    Eagerly theta_hat is cast and laid out in one copy (.double() of the moved view keeps its
+    strides, and .contiguous() then copied it a second time). Compiled, theta is laid out
+    (d, ...) once in its own precision and stored (econspin.compiled.stored), |theta|^2 summed
+    over d by halving (elementwise over rows of agents, as the draw's other sums), and theta_hat
+    stored in theta's precision, read as float64 (the same values). Left to Inductor, the norm
+    was a horizontal sum per agent and theta_hat was transposed, with a scalar square root per
+    agent, in every loop that read it; the compiled norm may differ from torch's in its last
+    place (so did Inductor's own sum), as compiled arithmetic does (econspin.compiled).
+    """
+    if not compiling:
+        norm, direction = _norm_and_direction(theta)
+        return norm, direction.movedim(-1, 0).to(torch.float64, memory_format=torch.contiguous_format)
+    laid_out = stored(theta.movedim(-1, 0).contiguous())
+    norm = torch.sqrt(_sum_leading(laid_out * laid_out))
+    direction = stored(laid_out / torch.where(norm > 0, norm, 1.0))
+    return norm, direction.to(torch.float64)
 
 
 @torch.compiler.disable

@@ -71,7 +71,9 @@ def wrap_compiled_kernels() -> None:
     modules = list(modules.values()) if isinstance(modules, dict) else list(modules)
     for module in modules:
         for name in [name for name in dir(module) if name.startswith("cpp_fused")]:
-            setattr(module, name, timed(f"kernel {name[len('cpp_fused_') :][:70]}", getattr(module, name), False))
+            # the fused operations' names, cut, and the kernel's number: two kernels may share the first 70 characters
+            label = f"kernel {name[len('cpp_fused_') :][:70]} ..._{name.rsplit('_', 1)[-1]}"
+            setattr(module, name, timed(label, getattr(module, name), False))
         extern = getattr(module, "extern_kernels", None)
         if extern is not None and not getattr(extern, "_timed", False):
             extern._timed = True

@@ -15,6 +15,7 @@ are marked slow (pytest -m slow tests/test_compiled_round.py).
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import pytest
 import torch
@@ -27,6 +28,7 @@ from typer.testing import CliRunner
 
 from econspin.bench_baselines import boltzmann_scenario
 from econspin.cli import app
+from econspin.compiled import stored
 from econspin.fused import block_arguments, expected_blocks, round_terms
 from econspin.fused_sampled import sampled_blocks
 from econspin.output import load_checkpoint, save_checkpoint
@@ -347,6 +349,35 @@ def test_the_block_operators_are_the_eager_blocks(drawn, rows):
         assert torch.equal(kept, result), name
     for wanted, result in zip(want, got[3:], strict=True):
         assert torch.equal(wanted, result)
+
+
+def _cosine_sums(x: torch.Tensor, keep: bool):
+    """The sums over both axes of 3 cos x, with 3 cos x stored (compiled.stored) or left to Inductor."""
+    tripled = torch.cos(x) * 3.0
+    tripled = stored(tripled) if keep else tripled
+    return tripled.sum(0), tripled.sum(1)
+
+
+@needs_compiler
+def test_a_stored_tensor_is_computed_once_in_the_compiled_code():
+    """compiled.stored: Inductor keeps the tensor instead of recomputing it in each loop that reads it.
+
+    Read by two reductions over different axes, 3 cos x is computed inside each of them unless
+    stored: one cos in the generated code instead of two, and the same sums. Eagerly the
+    tensor itself.
+    """
+    from torch._inductor.utils import run_and_get_code
+
+    x = torch.randn(64, 48, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    assert stored(x) is x
+    cosines = {}
+    for keep in (False, True):
+        torch._dynamo.reset()
+        sums, code = run_and_get_code(torch.compile(functools.partial(_cosine_sums, keep=keep), dynamic=False), x)
+        cosines[keep] = sum(source.count(".cos()") + source.count("std::cos(") for source in code)
+        for want, got in zip(_cosine_sums(x, keep), sums, strict=True):
+            torch.testing.assert_close(got, want, rtol=1e-14, atol=1e-14)
+    assert cosines == {False: 2, True: 1}
 
 
 @pytest.mark.parametrize("mode", ["expected", "sampled"])
