@@ -79,6 +79,12 @@ from econspin.randomness import DRAW_CHOICE, Draws
 from econspin.state import State
 
 ONE_TILE = 64  # rows up to this many sellers are searched in one level
+# a compiled round's blocks count with compiled_positions where a block's rows times its tile
+# width reach this; below it the call into the compiled loop (about 0.06-0.1 ms) costs more than
+# the eager count (python -m experiments.inversion_count, 1 thread: N = 64 with 1, 16 and 32
+# economies a block, 0.035 / 0.102, 0.097 / 0.098 and 0.264 / 0.128 ms eager / compiled;
+# N = 1024, B = 1, 32 768 sums, 0.466 / 0.601 ms; N = 256, B = 16, 65 536, 0.92 / 0.71 ms)
+COMPILED_COUNT_FROM = 1 << 16
 
 
 def tile_width(agents: int) -> int:
@@ -233,6 +239,12 @@ def compiled_positions(
     return position.view(*weights.shape[:-1], 1)
 
 
+def count_work(weights: torch.Tensor) -> int:
+    """The running sums the count of a block of ``weights`` (..., rows, N) takes: rows times the tile width."""
+    agents = weights.shape[-1]
+    return weights.numel() // max(agents, 1) * min(tile_width(agents), agents)
+
+
 def _below_total(uniforms: torch.Tensor, total: torch.Tensor) -> torch.Tensor:
     """The threshold u * total, kept strictly below total (as :func:`econspin.choice.sample_choice` keeps it)."""
     return torch.minimum(uniforms.unsqueeze(-1).double() * total, torch.nextafter(total, torch.zeros_like(total)))
@@ -258,7 +270,8 @@ def sampled_blocks(
 
     Under run.compile the blocks run eagerly, as one node of the compiled graph on the CPU and a
     graph break on CUDA, as in expected mode (econspin.fused.expected_blocks); the node counts
-    the running sums with :func:`compiled_positions` (``compiled_inversion``): the same sellers.
+    the running sums with :func:`compiled_positions` (``compiled_inversion``) in blocks of at
+    least COMPILED_COUNT_FROM sums: the same sellers.
     """
     if torch.compiler.is_compiling():
         if not eager_parts_as_operators(terms.left.device):
@@ -266,7 +279,8 @@ def sampled_blocks(
         return operator_results(_sampled_blocks_operator, terms, economy, rows, uniforms, True)[0]
     choice = torch.empty(uniforms.shape, dtype=torch.long, device=uniforms.device)
     for g, r, scores, weights in row_blocks(terms, economy, rows):
-        choice[g, r] = inverse_cdf(weights, uniforms[g, r], compiled=compiled_inversion)
+        compiled = compiled_inversion and count_work(weights) >= COMPILED_COUNT_FROM
+        choice[g, r] = inverse_cdf(weights, uniforms[g, r], compiled=compiled)
         terms.dot[g, r] = scores.mul_(weights).sum(-1)  # sum_j e_ij z_ij / ln 2 (entropy)
     return choice
 
