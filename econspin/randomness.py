@@ -28,12 +28,13 @@ give a uniform on the open interval (0, 1): (m + 1/2) 2^-52 with m uniform on [0
 from __future__ import annotations
 
 import functools
-import math
 import weakref
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+
+from econspin.gaussians import box_muller
 
 STREAM_DYNAMICS = 0
 STREAM_DISORDER = 1
@@ -265,65 +266,15 @@ class Draws:
             return self.block.uniforms(stream, count, start)[self.place].clone()
         return to_unit(self.words(stream, count, start))
 
-    def normal(self, stream: int, count: int) -> torch.Tensor:
-        """(count, ...) float64 standard Gaussians by Box-Muller, a pair from each of ceil(count / 2) words.
+    def normal(self, stream: int, count: int, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+        """(count, ...) standard Gaussians in ``dtype`` (float64 or float32), a Box-Muller pair a word.
 
-        A word's two 32-bit halves give the uniforms (h + 1/2) 2^-32 of the radius and the
-        angle (as in cuRAND), which halves the hashing: the pairs' radius stops at 6.7, a tail
-        of probability 1.2e-10, which matters nowhere the engine uses Gaussians (directions).
+        From ceil(count / 2) words (:func:`econspin.gaussians.box_muller`): a word's two 32-bit
+        halves give the uniforms (h + 1/2) 2^-32 of the radius and the angle; the radius stops
+        at 6.7, a tail of probability 1.2e-10. float32 takes the same words and gives the float64
+        pair to float32 rounding of its uniforms (a radius at least 3.5e-4).
         """
-        pairs = (count + 1) // 2
-        words = self.words(stream, pairs)
-        high = ((words >> 32) & _LOW_32).to(torch.float64).add_(0.5).mul_(2.0**-32)
-        radius = high.log_().mul_(-2.0).sqrt_()
-        if torch.compiler.is_compiling():  # the halves written by out= into one buffer compiled to masked loops
-            cosine, sine = cos_sin_of_turns(words & _LOW_32)  # torch's cos and sin to rounding, faster compiled
-            # each half times the radius before stacking (the same products): Inductor then stores the
-            # Gaussians themselves, not the cosines, the sines and the radii for every reader to multiply
-            return torch.stack([cosine * radius, sine * radius]).flatten(0, 1)[:count]
-        angle = words.bitwise_and_(_LOW_32).to(torch.float64).add_(0.5).mul_(2.0 * math.pi * 2.0**-32)
-        normals = torch.empty((2 * pairs, *words.shape[1:]), dtype=torch.float64, device=words.device)
-        torch.cos(angle, out=normals[:pairs])
-        torch.sin(angle, out=normals[pairs:])
-        normals.view(2, *radius.shape).mul_(radius)  # both halves times the pair's radius
-        return normals[:count]
-
-
-# Taylor coefficients of sin(x) / x and cos(x) in x^2: on |x| <= pi / 4 the first omitted terms,
-# x^18 / 18! and x^20 / 20!, are below 2^-60 (float64 rounds at 2^-53)
-_SINE_SERIES = tuple((-1) ** k / math.factorial(2 * k + 1) for k in range(9))
-_COSINE_SERIES = tuple((-1) ** k / math.factorial(2 * k) for k in range(10))
-_EIGHTH = 1 << 29  # an eighth of a turn, in units of 2^-32 turns
-
-
-def cos_sin_of_turns(low: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(cos a, sin a) in float64 for a = 2 pi (low + 1/2) 2^-32, ``low`` int64 in [0, 2^32).
-
-    The angles of :meth:`Draws.normal`, as the compiled round takes them: torch's cos and sin
-    of the rounded angle compile to Sleef's, with which the Gaussians of B = 128, N = 64, d = 32
-    took 0.97 ms compiled, against 0.75 ms with these (docs/performance.md, "The sampled round at
-    d = 32"). Here the reduction is exact on the integer: the eighth of the turn
-    (low's top 3 bits) picks an axis q pi / 2 and the offset from it, |x| <= pi / 4, an integer
-    plus 1/2 times 2 pi 2^-32 (one rounding); cos x and sin x are then polynomials (the Taylor
-    series to below 2^-60), and the axis swaps and signs them. Within 1e-15 of torch's cos and
-    sin of the same angle (which carries the rounding of a 2 pi-sized argument): the compiled
-    Gaussians stay within the tolerance tests/test_randomness.py holds them to.
-    """
-    eighth = low >> 29
-    towards_next = (eighth & 1) == 1  # odd eighths measure their offset back from the next axis
-    offset = (low & (_EIGHTH - 1)).to(torch.float64) + 0.5  # exact: an integer and a half below 2^29
-    x = torch.where(towards_next, _EIGHTH - offset, offset) * (2.0 * math.pi * 2.0**-32)
-    square = x * x
-    sine, cosine = _SINE_SERIES[-1], _COSINE_SERIES[-1]
-    for coefficient in reversed(_SINE_SERIES[:-1]):
-        sine = sine * square + coefficient
-    for coefficient in reversed(_COSINE_SERIES[:-1]):
-        cosine = cosine * square + coefficient
-    sine = torch.where(towards_next, -x, x) * sine  # the offset's sign
-    axis = ((eighth + 1) >> 1) & 3  # a = axis pi / 2 + offset
-    cos_a = torch.where(axis == 0, cosine, torch.where(axis == 1, -sine, torch.where(axis == 2, -cosine, sine)))
-    sin_a = torch.where(axis == 0, sine, torch.where(axis == 1, cosine, torch.where(axis == 2, -sine, -cosine)))
-    return cos_a, sin_a
+        return box_muller(self.words(stream, (count + 1) // 2), count, dtype)
 
 
 def round_draws(keys: torch.Tensor, round_index: int, agents: int) -> Draws:

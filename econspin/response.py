@@ -273,7 +273,10 @@ def sample_von_mises_fisher(
         spin = torch.where(aligned, 1.0, -1.0).to(dtype) * sign
         return radius * spin.unsqueeze(-1)
     compiling = torch.compiler.is_compiling()
-    norm, unit = _norm_and_unit(theta, compiling)
+    # the Gaussians, theta_hat and the projection in the state's precision where it is float32
+    # (docs/performance.md, "The spin's direction in float32"); Wood's w and the coefficients in float64
+    working = torch.float32 if dtype == torch.float32 else torch.float64
+    norm, unit = _norm_and_unit(theta, compiling, working)
     kappa = _concentration(norm, temperature, radius)
     if budget is None and compiling:
         along = _wood_rest_compiled(*_wood_first_traced(kappa.double(), dimension, draws), dimension, draws)
@@ -284,7 +287,7 @@ def sample_von_mises_fisher(
     # Out of place where the field's gradient flows (a sampled round stays differentiable); in
     # place otherwise, the same arithmetic: every (d, ...) float64 temporary is d MiB at
     # B = 128, N = 64, and fresh pages of that size cost more than the sums (docs/performance.md)
-    gaussian = draws.normal(DRAW_DIRECTION, dimension)  # (d, ...)
+    gaussian = draws.normal(DRAW_DIRECTION, dimension, working)  # (d, ...)
     # compiled, the out-of-place form (the same arithmetic): Inductor fuses it and plans its own buffers
     out_of_place = (torch.is_grad_enabled() and unit.requires_grad) or compiling
     products = gaussian * unit
@@ -296,12 +299,15 @@ def sample_von_mises_fisher(
     else:
         orthogonal = gaussian.addcmul_(unit, dot, value=-1.0)
         squares = torch.mul(orthogonal, orthogonal, out=products)
-    length = torch.sqrt(_sum_leading(squares, in_place=not out_of_place)).clamp(min=1e-300)
-    # s = R (w theta_hat + sqrt(1 - w^2) g_perp / |g_perp|), the radius folded into the coefficients;
-    # compiled, each agent's two coefficients stored once (inlined into the loop over its
-    # components, they were scalar code, three square roots per agent and block of components)
-    sideways = stored(torch.sqrt((1.0 - along * along).clamp(min=0.0)) * (radius / length))
-    along_scaled = stored(radius * along)
+    length = torch.sqrt(_sum_leading(squares, in_place=not out_of_place))
+    # s = R (w theta_hat + sqrt(1 - w^2) g_perp / |g_perp|), the radius folded into the coefficients,
+    # taken in float64 (1 - w ~ 1 / kappa: float32 would round sqrt(1 - w^2) away at large kappa)
+    # and cast once; compiled, each agent's two coefficients stored once (inlined into the loop
+    # over its components, they were scalar code, three square roots per agent and block of components)
+    sideways = torch.sqrt((1.0 - along * along).clamp(min=0.0)) * (radius / length.double().clamp(min=1e-300))
+    if working != torch.float64:  # no Gaussian left orthogonal (g_perp = 0): 0 times the largest float, not inf
+        sideways = sideways.clamp(max=torch.finfo(working).max).to(working)
+    sideways, along_scaled = stored(sideways), stored((radius * along).to(working))
     if out_of_place:
         spin = torch.addcmul(orthogonal * sideways, unit, along_scaled)
     else:
@@ -319,8 +325,10 @@ def _concentration(norm: torch.Tensor, temperature: torch.Tensor, radius: float)
     return torch.where(norm > 0, kappa, torch.zeros_like(kappa))
 
 
-def _norm_and_unit(theta: torch.Tensor, compiling: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """(|theta|, theta_hat in float64 laid out (d, ...)), theta_hat the zero vector where theta = 0.
+def _norm_and_unit(
+    theta: torch.Tensor, compiling: bool, precision: torch.dtype = torch.float64
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(|theta|, theta_hat in ``precision`` laid out (d, ...)), theta_hat the zero vector where theta = 0.
 
     Eagerly theta_hat is cast and laid out in one copy (.double() of the moved view keeps its
     strides, and .contiguous() then copied it a second time). Compiled, theta is laid out
@@ -333,11 +341,11 @@ def _norm_and_unit(theta: torch.Tensor, compiling: bool) -> tuple[torch.Tensor, 
     """
     if not compiling:
         norm, direction = _norm_and_direction(theta)
-        return norm, direction.movedim(-1, 0).to(torch.float64, memory_format=torch.contiguous_format)
+        return norm, direction.movedim(-1, 0).to(precision, memory_format=torch.contiguous_format)
     laid_out = stored(theta.movedim(-1, 0).contiguous())
     norm = torch.sqrt(_sum_leading(laid_out * laid_out))
     direction = stored(laid_out / torch.where(norm > 0, norm, 1.0))
-    return norm, direction.to(torch.float64)
+    return norm, direction.to(precision)
 
 
 @torch.compiler.disable

@@ -184,7 +184,8 @@ def test_a_compiled_rollout_compiles_once(case):
 @needs_compiler
 @pytest.mark.slow
 @pytest.mark.parametrize("dimension", [2, 3, 16])
-def test_the_compiled_spin_draw_takes_the_loops_draws(dimension):
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_the_compiled_spin_draw_takes_the_loops_draws(dimension, dtype):
     """The vMF draw compiled against the eager draw, kappa from 1e-2 to 1e4, T = 0, no field: 1e-9.
 
     Compiled, Wood's first attempts are traced and the loop over the agents left runs eagerly
@@ -193,19 +194,26 @@ def test_the_compiled_spin_draw_takes_the_loops_draws(dimension):
     by order one. Not 1e-12: w = ((1 - b) - (1 + b) t) / ((1 + b) - (1 - b) t) cancels as t -> 1,
     with b ~ (d - 1) / (4 kappa), so its rounding (which Inductor may fuse differently) is
     eps / b relative: about 1e-11 at kappa = 1e4.
+
+    In float32 the direction is drawn in float32: the compiled Gaussians' angles are reduced
+    exactly, the eager ones rounded to float32 (test_randomness), and the compiled |theta| may
+    differ in its last place: 2e-5 of R (6.2e-6 measured at d = 2, 4.6e-7 at d = 16), still far
+    below an attempt accepted on one side only.
     """
     count = 2000
     generator = torch.Generator().manual_seed(dimension)
     theta = torch.randn(2, count, dimension, dtype=torch.float64, generator=generator)
     theta = theta * torch.logspace(-2, 4, count, dtype=torch.float64)[:, None] / theta.norm(dim=-1, keepdim=True)
+    theta = theta.to(dtype)
     theta[0, :10] = 0.0
-    temperature = torch.ones(2, count, dtype=torch.float64)
+    temperature = torch.ones(2, count, dtype=dtype)
     temperature[1, :10] = 0.0
     draws = round_draws(torch.tensor([3, 4]), 7, count)
     with torch.no_grad():
         eager = sample_von_mises_fisher(theta, temperature, 1.5, draws)
         compiled = torch.compile(sample_von_mises_fisher, dynamic=False)(theta, temperature, 1.5, draws)
-    assert close(eager, compiled, 1e-9), (eager - compiled).abs().max()
+    assert compiled.dtype == dtype
+    assert close(eager, compiled, 1e-9 if dtype == torch.float64 else 2e-5), (eager - compiled).abs().max()
     # one graph: the loop of Wood's step over the agents left is one operator of it (econspin::wood_rest)
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1
 

@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 
 from econspin.cli import app
 from econspin.compiled import missing_compiler
+from econspin.gaussians import box_muller, cos_sin_of_turns
 from econspin.output import CheckpointError, load_checkpoint, save_checkpoint
 from econspin.randomness import (
     DRAW_CHOICE,
@@ -21,7 +22,6 @@ from econspin.randomness import (
     ROUND_BLOCK_ENTRIES,
     Draws,
     agent_draws,
-    cos_sin_of_turns,
     dynamics_key,
     dynamics_keys,
     mix64,
@@ -84,6 +84,7 @@ def _every_draw(keys: torch.Tensor):
         draws.uniform(DRAW_CHOICE, 3),
         draws.normal(DRAW_SPIN, 7),
         Draws(keys).words(DRAW_SPIN, 4),  # element keys used directly as agent keys
+        draws.normal(DRAW_SPIN, 7, torch.float32),
     )
 
 
@@ -97,17 +98,21 @@ def test_compiled_draws_are_the_eager_draws(keys, extreme):
     """torch.compile (Inductor, CPU) hashes as eagerly: the same integer words and uniforms bit for bit.
 
     The Gaussians go through compiled log, cos and sin, which may round differently in the last
-    place: equal to 4 ulps of their largest value (6.7).
+    place: equal to 4 ulps of their largest value (6.7). In float32 the compiled angle is reduced
+    exactly on its integer and the eager one rounded to float32 (up to 2π: 2.4e-7 and 1.9e-7 for
+    the integer's rounding), with cos and sin to an ulp: within 1e-6 radians times the radius.
     """
     if not COMPILED_DRAWS:
         COMPILED_DRAWS.append(torch.compile(_every_draw, dynamic=False))
     keys = torch.tensor([keys[0], extreme, keys[2]], dtype=torch.int64)
     compiled, eager = COMPILED_DRAWS[0](keys), _every_draw(keys)
-    normal = 4  # the Gaussians' place in _every_draw's tuple
+    normal, single = 4, 6  # the Gaussians' places in _every_draw's tuple
     for index, (want, got) in enumerate(zip(eager, compiled)):
-        if index != normal:
+        if index not in (normal, single):
             assert torch.equal(want, got), f"draw {index} differs"
     torch.testing.assert_close(compiled[normal], eager[normal], rtol=0, atol=4 * 8 * 2.0**-52)
+    assert compiled[single].dtype == torch.float32
+    torch.testing.assert_close(compiled[single], eager[single], rtol=0, atol=1e-6 * 6.7)
 
 
 def test_uniforms_are_in_the_open_interval_with_52_bits():
@@ -193,12 +198,67 @@ def test_consecutive_small_keys_give_unrelated_streams():
     assert float(off_diagonal.std()) == pytest.approx(1 / math.sqrt(64), rel=0.05)
 
 
-def test_normals_by_box_muller():
-    z = round_draws(dynamics_keys([1] * 32, list(range(32))), 0, 256).normal(DRAW_SPIN, 7).flatten()
-    assert z.shape == (32 * 256 * 7,)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_normals_by_box_muller(dtype):
+    z = round_draws(dynamics_keys([1] * 32, list(range(32))), 0, 256).normal(DRAW_SPIN, 7, dtype).flatten()
+    assert z.shape == (32 * 256 * 7,) and z.dtype == dtype
     assert abs(float(z.mean())) < 5 / math.sqrt(z.numel())
     assert abs(float(z.var()) - 1) < 5 * math.sqrt(2 / z.numel())
     assert stats.kstest(z.numpy(), "norm").pvalue > 1e-4
+
+
+def test_float64_normals_are_box_muller_of_the_two_halves_bit_for_bit():
+    """The float64 pair of a word: sqrt(-2 ln u) (cos a, sin a), u and a/2π the halves' (h + 1/2) 2^-32, as written."""
+    draws = round_draws(dynamics_keys([3, 3], [0, 1]), 5, 40)
+    words = draws.words(DRAW_SPIN, 4)
+    radius = ((((words >> 32) & (2**32 - 1)).double() + 0.5) * 2.0**-32).log() * -2.0
+    angle = (((words & (2**32 - 1)).double() + 0.5) * (2 * math.pi * 2.0**-32))
+    want = torch.cat([torch.cos(angle) * radius.sqrt(), torch.sin(angle) * radius.sqrt()])
+    assert torch.equal(draws.normal(DRAW_SPIN, 7), want[:7])
+    assert torch.equal(draws.normal(DRAW_SPIN, 8, torch.float64), want)
+
+
+def _float64_and_float32_pairs(words: torch.Tensor):
+    """The pairs of ``words`` (W,) in float64 and float32 (2, W), and the float64 radii."""
+    wide, narrow = box_muller(words[None].clone(), 2), box_muller(words[None].clone(), 2, torch.float32)
+    return wide, narrow, wide.norm(dim=0)
+
+
+def test_float32_normals_are_the_float64_ones_to_rounding():
+    """The same words: within 2^-23 / r (u's two roundings) + 1e-6 r (the angle's) of the float64 pair.
+
+    At the top of the radius's half (h >= 2^32 - 384), where float32 rounds u to 1 - 2^-24 or 1,
+    the radius is kept at sqrt(-2 ln(1 - 2^-24)) = 3.5e-4: never a pair (0, 0), whatever the angle.
+    """
+    generator = torch.Generator().manual_seed(5)
+    words = torch.cat([torch.tensor(EXTREMES), torch.randint(-(2**63), 2**63 - 1, (200_000,), generator=generator)])
+    wide, narrow, radius = _float64_and_float32_pairs(words)
+    assert narrow.dtype == torch.float32
+    error = (narrow.double() - wide).abs().max(dim=0).values
+    assert torch.all(error <= 2.0**-23 / radius + 1e-6 * radius)
+    top = torch.arange(2**32 - 400, 2**32, dtype=torch.int64)
+    _, narrow, radius = _float64_and_float32_pairs((top << 32) | (top & 7) << 29)  # every eighth of the turn
+    narrow_radius = narrow.double().norm(dim=0)
+    assert float(narrow_radius.min()) == pytest.approx(math.sqrt(-2 * math.log1p(-(2.0**-24))), rel=1e-6)
+    assert torch.all((narrow_radius - radius).abs() <= 3.4e-4)
+
+
+def test_cos_sin_of_turns_in_float32_is_within_an_ulp_of_one():
+    """The compiled float32 angles: every eighth's edges and random integers, against the float64 ones (2^-52).
+
+    Within 1.2e-7 (2 ulps of 1): the offset's three roundings and the polynomials (degrees 9
+    and 8; a term fewer in either is 3.7e-7 or 3.6e-6 off).
+    """
+    edges = [e * 2**29 + offset for e in range(8) for offset in (0, 1, 2**28, 2**29 - 2, 2**29 - 1)]
+    generator = torch.Generator().manual_seed(12)
+    low = torch.cat([torch.tensor(edges), torch.randint(0, 2**32, (100_000,), generator=generator)])
+    cosine, sine = cos_sin_of_turns(low, torch.float32)
+    assert cosine.dtype == sine.dtype == torch.float32
+    want_cosine, want_sine = cos_sin_of_turns(low)
+    torch.testing.assert_close(cosine.double(), want_cosine, rtol=0, atol=1.2e-7)
+    torch.testing.assert_close(sine.double(), want_sine, rtol=0, atol=1.2e-7)
+    with pytest.raises(ValueError, match="float64 or float32"):
+        cos_sin_of_turns(low, torch.float16)
 
 
 def test_cos_sin_of_turns_is_torch_cos_and_sin_to_rounding():
