@@ -259,6 +259,13 @@ def sample_von_mises_fisher(
     Box-Muller Gaussians. At theta = 0 the spin is uniform on the sphere; at T = 0 it is
     R theta_hat.
 
+    Precision: w is float64. The Gaussians, theta_hat and g_perp are float32 where theta is
+    float32 (econspin.gaussians: the same hashed words, the float64 Gaussians to float32
+    rounding of their uniforms), float64 otherwise; the coefficients R w and
+    R sqrt(1 - w^2) / |g_perp| are float64, cast once. A float32 spin is thus the float64 draw
+    of the same field within 1e-5 of R at d >= 3 (tests/test_response.py). Where g_perp = 0 (no
+    Gaussian left orthogonal) the spin is R w theta_hat.
+
     With a ``budget``, Wood's sampler runs without host synchronisation (:class:`RejectionBudget`).
     """
     dimension, dtype = theta.shape[-1], theta.dtype
@@ -286,7 +293,8 @@ def sample_von_mises_fisher(
     # the direction in (d, ...) layout: reductions over d run across contiguous rows of agents.
     # Out of place where the field's gradient flows (a sampled round stays differentiable); in
     # place otherwise, the same arithmetic: every (d, ...) float64 temporary is d MiB at
-    # B = 128, N = 64, and fresh pages of that size cost more than the sums (docs/performance.md)
+    # B = 128, N = 64 (half in float32), and fresh pages of that size cost more than the sums
+    # (docs/performance.md)
     gaussian = draws.normal(DRAW_DIRECTION, dimension, working)  # (d, ...)
     # compiled, the out-of-place form (the same arithmetic): Inductor fuses it and plans its own buffers
     out_of_place = (torch.is_grad_enabled() and unit.requires_grad) or compiling
