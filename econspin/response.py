@@ -292,9 +292,9 @@ def sample_von_mises_fisher(
     along = torch.where(norm > 0, along, torch.zeros_like(along))  # no field: all of it orthogonal
     # the direction in (d, ...) layout: reductions over d run across contiguous rows of agents.
     # Out of place where the field's gradient flows (a sampled round stays differentiable); in
-    # place otherwise, the same arithmetic: every (d, ...) float64 temporary is d MiB at
-    # B = 128, N = 64 (half in float32), and fresh pages of that size cost more than the sums
-    # (docs/performance.md)
+    # place otherwise, the same arithmetic: every (d, ...) float64 temporary is d / 16 MiB at
+    # B = 128, N = 64 (half that in float32), and fresh pages of that size cost more than the
+    # sums (docs/performance.md)
     gaussian = draws.normal(DRAW_DIRECTION, dimension, working)  # (d, ...)
     # compiled, the out-of-place form (the same arithmetic): Inductor fuses it and plans its own buffers
     out_of_place = (torch.is_grad_enabled() and unit.requires_grad) or compiling
