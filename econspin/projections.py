@@ -3,7 +3,9 @@
 The queries, keys and delivered values of a round (MODEL.md step 1) for the fused, flex and
 Triton kernels, from the weights of every population side by side
 (:func:`econspin.economy_terms.side_by_side`, built once per economy). The reference kernel
-projects head by head in econspin.market (``project``); tests hold the two equal.
+projects head by head in econspin.market (``project``); tests hold the two equal. The
+populations' rows are joined by :func:`rows_together`: torch.cat eagerly, under torch.compile
+a choice by row that Inductor reads in place instead of copying the products into a buffer.
 """
 
 from __future__ import annotations
