@@ -245,7 +245,10 @@ def round_terms(state: State, economy: Economy) -> RoundTerms:
     beta, tie_width = inverse_temperatures_and_ties(state.temperature[:, None, :], row_scales(sizes), utility_ties)
     left = torch.cat([query * beta[..., None], beta[..., None], fixed.ones], dim=-1)
     right = torch.cat([key, bias[..., None], fixed.seller_column[..., None]], dim=-1)
-    left, right, delivered = (t.reshape(groups, agents, -1) for t in (left, right, delivered))
+    left, right = (t.reshape(groups, agents, -1) for t in (left, right))
+    # contiguous, not a view of the projections: a compiled round then writes u_j alone (1 of the 3 MiB of
+    # projections at B = 128, N = 64, d = 32), where the blocks read it (econspin.projections.rows_together)
+    delivered = delivered.reshape(groups, agents, d).contiguous()
     tie_width = tie_width.reshape(groups, agents)
     share = (spend / heads).to(dtype)[:, None, :].expand(batch, heads, agents).reshape(groups, agents)
     shifted_max, total, dot = torch.empty(3, groups, agents, dtype=dtype, device=device).unbind()

@@ -3,7 +3,9 @@
 The queries, keys and delivered values of a round (MODEL.md step 1) for the fused, flex and
 Triton kernels, from the weights of every population side by side
 (:func:`econspin.economy_terms.side_by_side`, built once per economy). The reference kernel
-projects head by head in econspin.market (``project``); tests hold the two equal.
+projects head by head in econspin.market (``project``); tests hold the two equal. The
+populations' rows are joined by :func:`rows_together`: torch.cat eagerly, under torch.compile
+a choice by row that Inductor reads in place instead of copying the products into a buffer.
 """
 
 from __future__ import annotations
@@ -43,14 +45,36 @@ def project_side_by_side(
         own = torch.bmm(states, arranged[:, 0])
     elif len(counts) == populations and sum(counts) == states.shape[1]:
         starts = [0, *itertools.accumulate(counts)]
-        own = torch.cat(
-            [torch.bmm(states[:, starts[p] : starts[p + 1]], arranged[:, p]) for p in range(populations)], dim=1
+        own = rows_together(
+            [torch.bmm(states[:, starts[p] : starts[p + 1]], arranged[:, p]) for p in range(populations)]
         )
     else:
         every = torch.bmm(states, arranged.transpose(1, 2).reshape(batch, d, populations * columns))
         every = every.view(batch, -1, populations, columns)
         own = every[:, torch.arange(population.shape[0]), population]
     return own.view(batch, -1, heads, columns // heads).transpose(1, 2)
+
+
+def rows_together(pieces: list[torch.Tensor]) -> torch.Tensor:
+    """``torch.cat(pieces, dim=1)``; under torch.compile the same values as a choice by row, which Inductor inlines.
+
+    Inductor writes every concatenation on the CPU into memory of its own (its cat lowering
+    always makes a ConcatKernel there), and the products' results cannot be written into it
+    in place: a copy of the (B, N, H (2 d_k + d)) projections every round (3 MiB at B = 128,
+    N = 64, d = 32), most of it in pages fresh from the system. Each piece padded with zeros
+    to every row and the rows chosen by their index are pointwise operations instead, read
+    where the round reads the projections.
+    """
+    if not torch.compiler.is_compiling():
+        return torch.cat(pieces, dim=1)
+    rows = sum(piece.shape[1] for piece in pieces)
+    index = torch.arange(rows, device=pieces[0].device)[None, :, None]
+    together, start = None, 0
+    for piece in pieces:
+        padded = torch.nn.functional.pad(piece, (0, 0, start, rows - start - piece.shape[1]))
+        together = padded if together is None else torch.where(index < start, together, padded)
+        start += piece.shape[1]
+    return together
 
 
 def projections(state: State, economy: Economy):

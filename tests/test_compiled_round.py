@@ -33,6 +33,7 @@ from econspin.compiled import stored
 from econspin.fused import block_arguments, expected_blocks, round_terms
 from econspin.fused_sampled import sampled_blocks
 from econspin.output import load_checkpoint, save_checkpoint
+from econspin.projections import rows_together
 from econspin.randomness import round_draws, round_tag
 from econspin.response import sample_von_mises_fisher
 from econspin.round import play_tagged, step
@@ -387,6 +388,37 @@ def test_a_stored_tensor_is_computed_once_in_the_compiled_code():
         for want, got in zip(_cosine_sums(x, keep), sums, strict=True):
             torch.testing.assert_close(got, want, rtol=1e-14, atol=1e-14)
     assert cosines == {False: 2, True: 1}
+
+
+def _joined_rows(*pieces: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Of the pieces joined by rows: each row's first entry doubled, its largest entry, and its sum."""
+    joined = rows_together(list(pieces))
+    return joined[..., 0] * 2.0, joined.amax(-1), joined.sum(-1)
+
+
+@needs_compiler
+def test_rows_joined_under_compile_are_torch_cat_and_never_written_out():
+    """projections.rows_together: compiled, the values of torch.cat, with no buffer of the joined rows.
+
+    The populations' projections are joined this way so that Inductor reads each population's
+    product where the round reads the rows, instead of copying them into a concatenation
+    first. Rows are chosen, never added: -0 and NaN come through as they were.
+    """
+    from torch._inductor.utils import run_and_get_code
+
+    generator = torch.Generator().manual_seed(1)
+    pieces = [torch.randn(3, rows, 6, dtype=torch.float64, generator=generator) for rows in (5, 2, 4)]
+    pieces[1][0, 0, 0], pieces[1][0, 1, 1] = -0.0, float("nan")
+    eagerly = rows_together(pieces)
+    assert torch.equal(eagerly.nan_to_num(7.0), torch.cat(pieces, dim=1).nan_to_num(7.0))
+    got, code = run_and_get_code(torch.compile(_joined_rows, dynamic=False), *pieces)
+    want = _joined_rows(*pieces)
+    for exact in range(2):  # a copy and a maximum: the same bits
+        assert torch.equal(got[exact].nan_to_num(7.0), want[exact].nan_to_num(7.0))
+        assert torch.equal(got[exact].signbit(), want[exact].signbit())
+    torch.testing.assert_close(got[2], want[2], rtol=1e-14, atol=1e-14, equal_nan=True)
+    # the joined (3, 11, 6) rows are read in the loops that use them, never allocated
+    assert not any("(3, 11, 6)" in line for source in code for line in source.splitlines() if "empty_strided" in line)
 
 
 @pytest.mark.parametrize("mode", ["expected", "sampled"])
