@@ -293,11 +293,10 @@ class Draws:
 # x^18 / 18! and x^20 / 20!, are below 2^-60 (float64 rounds at 2^-53)
 _SINE_SERIES = tuple((-1) ** k / math.factorial(2 * k + 1) for k in range(9))
 _COSINE_SERIES = tuple((-1) ** k / math.factorial(2 * k) for k in range(10))
-_EIGHTH = 1 << 29  # an eighth of a turn, in units of 2^-32 turns
 
 
-def cos_sin_of_turns(low: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(cos a, sin a) in float64 for a = 2 pi (low + 1/2) 2^-32, ``low`` int64 in [0, 2^32).
+def cos_sin_of_turns(low: torch.Tensor, bits: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+    """(cos a, sin a) in float64 for a = 2 pi (low + 1/2) 2^-bits, ``low`` int64 in [0, 2^bits), 3 < bits <= 52.
 
     The angles of :meth:`Draws.normal`, as the compiled round takes them: torch's cos and sin
     of the rounded angle compile to Sleef's, with which the Gaussians of B = 128, N = 64, d = 32
@@ -307,12 +306,15 @@ def cos_sin_of_turns(low: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     plus 1/2 times 2 pi 2^-32 (one rounding); cos x and sin x are then polynomials (the Taylor
     series to below 2^-60), and the axis swaps and signs them. Within 1e-15 of torch's cos and
     sin of the same angle (which carries the rounding of a 2 pi-sized argument): the compiled
-    Gaussians stay within the tolerance tests/test_randomness.py holds them to.
+    Gaussians stay within the tolerance tests/test_randomness.py holds them to. With bits = 52,
+    the angle of a uniform's 52-bit integer (``to_unit``): the compiled cosine of Wood's
+    proposals (econspin.wood), the offset below 2^49 still exact plus 1/2.
     """
-    eighth = low >> 29
+    eighth_bits = bits - 3
+    eighth = low >> eighth_bits
     towards_next = (eighth & 1) == 1  # odd eighths measure their offset back from the next axis
-    offset = (low & (_EIGHTH - 1)).to(torch.float64) + 0.5  # exact: an integer and a half below 2^29
-    x = torch.where(towards_next, _EIGHTH - offset, offset) * (2.0 * math.pi * 2.0**-32)
+    offset = (low & ((1 << eighth_bits) - 1)).to(torch.float64) + 0.5  # exact: an integer and a half below 2^49
+    x = torch.where(towards_next, (1 << eighth_bits) - offset, offset) * (2.0 * math.pi * 2.0**-bits)
     square = x * x
     sine, cosine = _SINE_SERIES[-1], _COSINE_SERIES[-1]
     for coefficient in reversed(_SINE_SERIES[:-1]):
