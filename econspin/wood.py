@@ -154,8 +154,13 @@ def _wood_first_marked(constants, finite, dimension: int, draws: Draws, attempts
     vectorised. An accepted w is never NaN (a NaN score is never accepted), and w = 1 where
     kappa is infinite, so the mark means pending and nothing else.
     """
-    result, pending = _wood_first(constants, finite, dimension, draws, attempts)
-    return torch.where(pending, math.nan, result)
+    if not torch.compiler.is_compiling():
+        result, pending = _wood_first(constants, finite, dimension, draws, attempts)
+        return torch.where(pending, math.nan, result)
+    # every agent's first attempts, one expression each (the continuation keeps the batched form:
+    # unrolled there too, its kernel made the round at B = 1 slower by 0.1 ms)
+    result, accepted = _wood_attempts_traced(constants, dimension, draws, 0, attempts)
+    return torch.where(finite, torch.where(accepted, result, math.nan), 1.0)
 
 
 WOOD_TRACED_SHARE = 16  # under run.compile, up to 1/16 of the agents continue inside the graph
@@ -227,8 +232,6 @@ def _wood_budgeted(constants, finite, dimension: int, draws: Draws, budget: Reje
 
 def _wood_attempts(constants: torch.Tensor, dimension: int, draws: Draws, start: int, count: int):
     """Attempts start .. start + count - 1 for every agent: (first accepted w, whether any)."""
-    if torch.compiler.is_compiling():
-        return _wood_attempts_traced(constants, dimension, draws, start, count)
     uniform = draws.uniform(DRAW_SPIN, 3 * count, 3 * start).unflatten(0, (count, 3))  # (count, 3, ...)
     logs = torch.log(uniform[:, :2])  # log U1, log U
     t = torch.cos((2.0 * math.pi) * uniform[:, 2])
@@ -247,7 +250,13 @@ def _wood_attempts(constants: torch.Tensor, dimension: int, draws: Draws, start:
 
 
 def _wood_attempts_traced(constants: torch.Tensor, dimension: int, draws: Draws, start: int, count: int):
-    """:func:`_wood_attempts` as torch.compile is given it: each attempt one expression of the agents' keys."""
+    """:func:`_wood_attempts` as torch.compile is given every agent's first attempts.
+
+    Each attempt is one expression of the agents' keys: its three uniforms hashed apart and its
+    cosine from the third's 52-bit integer (:func:`econspin.randomness.cos_sin_of_turns`, within
+    1e-15 of torch's cos), so Inductor fuses the attempts into one loop over the agents. Batched
+    as eagerly, it stored part of the hashes, the logs and t, and recomputed w.
+    """
     low, high, x0, k, c = constants
     result = accepted = None
     for attempt in range(start + count - 1, start - 1, -1):  # the first accepted one wins
