@@ -70,8 +70,10 @@ def box_muller(words: torch.Tensor, count: int, dtype: torch.dtype = torch.float
     return normals[:count]
 
 
-def cos_sin_of_turns(low: torch.Tensor, dtype: torch.dtype = torch.float64) -> tuple[torch.Tensor, torch.Tensor]:
-    """(cos a, sin a) in ``dtype`` (float64 or float32) for a = 2 pi (low + 1/2) 2^-32, ``low`` int64 in [0, 2^32).
+def cos_sin_of_turns(
+    low: torch.Tensor, dtype: torch.dtype = torch.float64, bits: int = 32
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(cos a, sin a) in ``dtype`` (float64 or float32) for a = 2 pi (low + 1/2) 2^-bits, ``low`` int64 in [0, 2^bits).
 
     The angles of :func:`box_muller`, as the compiled round takes them: torch's cos and sin
     of the rounded angle compile to Sleef's, with which the float64 Gaussians of B = 128,
@@ -87,14 +89,22 @@ def cos_sin_of_turns(low: torch.Tensor, dtype: torch.dtype = torch.float64) -> t
     float32: the offset counted back from the next axis is taken on the integer (the 29 bits
     complemented), then converted and scaled (three roundings): within 2 ulps of 1 (1.2e-7) of
     the exact values (1.1e-7 measured over 2 million; tests/test_randomness.py).
+
+    ``bits`` = 52 (float64 only): the angle of a uniform's 52-bit integer (``to_unit``), the
+    compiled cosine of Wood's proposals (econspin.wood); the offset, below 2^49, is still an
+    exact integer plus 1/2, and the scale 2 pi 2^-bits differs from 2 pi 2^-32 by a power of two.
     """
     if dtype not in _TERMS:
         raise ValueError(f"cos_sin_of_turns computes in float64 or float32, not {dtype}")
-    eighth = low >> 29
+    if dtype != torch.float64 and bits != 32:
+        raise ValueError(f"cos_sin_of_turns takes {bits}-bit angles in float64 only")
+    eighth_bits = bits - 3
+    eighth = low >> eighth_bits
     towards_next = (eighth & 1) == 1  # odd eighths measure their offset back from the next axis
     if dtype == torch.float64:
-        offset = (low & (_EIGHTH - 1)).to(torch.float64) + 0.5  # exact: an integer and a half below 2^29
-        x = torch.where(towards_next, _EIGHTH - offset, offset) * _TURN_UNIT
+        # exact: an integer and a half below 2^49; the unit of 2^-bits turns, _TURN_UNIT times a power of two
+        offset = (low & ((1 << eighth_bits) - 1)).to(torch.float64) + 0.5
+        x = torch.where(towards_next, (1 << eighth_bits) - offset, offset) * (_TURN_UNIT * 2.0 ** (32 - bits))
     else:  # 2^29 - (k + 1/2) = (2^29 - 1 - k) + 1/2: the complement of the offset's 29 bits, then one rounding
         x = ((torch.where(towards_next, ~low, low) & (_EIGHTH - 1)).to(dtype) + 0.5) * _TURN_UNIT
     square = x * x

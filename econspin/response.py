@@ -38,7 +38,7 @@ from econspin.wood import (
     _wood_component,
     _wood_constants,
     _wood_continued,
-    _wood_first,
+    _wood_first_marked,
     _wood_rest,
     wood_rest_operator,
 )
@@ -373,41 +373,41 @@ def _wood_component_eagerly(
 
 
 def _wood_first_traced(kappa: torch.Tensor, dimension: int, draws: Draws):
-    """(w, pending, constants) of :func:`_wood_first`: under run.compile, the traced part of Wood's step.
+    """(w marked NaN where pending, constants): under run.compile, the traced part of Wood's step.
 
     Every agent's first ``WOOD_FIRST_ATTEMPTS`` attempts (nearly all of the work: at most 12%
     of the agents need more) fuse with their hashes into the compiled graph, and so do the next
     ``WOOD_MORE_ATTEMPTS`` of a fixed number of the agents left (:func:`econspin.wood._wood_continued`);
-    whoever is still left continues in the loop (:func:`_wood_rest_compiled`: the operator
-    econspin::wood_rest on the CPU, a graph break on CUDA), which then most rounds only asks
-    whether anyone is.
+    whoever is still left (NaN in w, :func:`econspin.wood._wood_first_marked`) continues in the
+    loop (:func:`_wood_rest_compiled`: the operator econspin::wood_rest on the CPU, a graph break
+    on CUDA), which then most rounds only asks whether anyone is.
     The same attempts, the same first accepted one: the loop's draw, to the rounding of the
     compiled log, cos and expm1 (as the compiled Gaussians, econspin.randomness).
     """
     constants, finite = _wood_constants(kappa, dimension)
-    result, pending = _wood_first(constants, finite, dimension, draws, WOOD_FIRST_ATTEMPTS)
+    marked = _wood_first_marked(constants, finite, dimension, draws, WOOD_FIRST_ATTEMPTS)
     # the loop's next attempts for a fixed number of the agents left, still in the graph
-    more = (WOOD_FIRST_ATTEMPTS, WOOD_MORE_ATTEMPTS)
-    result, pending = _wood_continued(result, pending, constants, dimension, draws, *more)
-    return result, pending, constants
+    marked = _wood_continued(marked, constants, dimension, draws, WOOD_FIRST_ATTEMPTS, WOOD_MORE_ATTEMPTS)
+    return marked, constants
 
 
-def _wood_rest_compiled(result, pending, constants, dimension: int, draws: Draws) -> torch.Tensor:
+def _wood_rest_compiled(marked, constants, dimension: int, draws: Draws) -> torch.Tensor:
     """:func:`_wood_rest` under run.compile: one operator of the graph (econspin::wood_rest), or a graph break.
 
     The loop asks the host whether any agent is left, so it cannot be traced: on the devices of
     econspin.compiled.OPERATOR_DEVICES (the CPU) it runs inside a custom operator, one node of
     the compiled round, elsewhere (CUDA) between graphs (:func:`_wood_rest_eagerly`).
     """
-    if eager_parts_as_operators(result.device):
-        return wood_rest_operator(result, pending, constants, draws.keys, dimension)
-    return _wood_rest_eagerly(result, pending, constants, dimension, draws)
+    if eager_parts_as_operators(marked.device):
+        return wood_rest_operator(marked, constants, draws.keys, dimension)
+    return _wood_rest_eagerly(marked, constants, dimension, draws)
 
 
 @torch.compiler.disable
-def _wood_rest_eagerly(result, pending, constants, dimension: int, draws: Draws) -> torch.Tensor:
+def _wood_rest_eagerly(marked, constants, dimension: int, draws: Draws) -> torch.Tensor:
     """:func:`_wood_rest`, kept eager under run.compile: it asks the host whether any agent is left."""
-    return _wood_rest(result, pending, constants, dimension, draws, WOOD_FIRST_ATTEMPTS, WOOD_MORE_ATTEMPTS)
+    pending = torch.isnan(marked)
+    return _wood_rest(marked, pending, constants, dimension, draws, WOOD_FIRST_ATTEMPTS, WOOD_MORE_ATTEMPTS)
 
 
 def _sum_leading(values: torch.Tensor, in_place: bool = False) -> torch.Tensor:

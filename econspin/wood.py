@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
+from econspin.gaussians import cos_sin_of_turns
 from econspin.randomness import DRAW_SPIN, Draws
 
 
@@ -129,25 +130,48 @@ def _wood_rest(result, pending, constants, dimension: int, draws: Draws, start: 
 # per frame above the call); it asks the host whether anyone is left, inside the operator
 @torch.library.custom_op("econspin::wood_rest", mutates_args=())
 def wood_rest_operator(
-    result: torch.Tensor, pending: torch.Tensor, constants: torch.Tensor, keys: torch.Tensor, dimension: int
+    marked: torch.Tensor, constants: torch.Tensor, keys: torch.Tensor, dimension: int
 ) -> torch.Tensor:
-    """:func:`_wood_rest` after WOOD_FIRST_ATTEMPTS attempts, on the agents' keys (``Draws.keys``)."""
+    """:func:`_wood_rest` after WOOD_FIRST_ATTEMPTS attempts, on the agents' keys (``Draws.keys``).
+
+    ``marked``: w with NaN where the agent has no accepted attempt yet (:func:`_wood_first_marked`).
+    """
     # a copy: the loop clamps its result in place, and an operator may not write into its inputs
     start, more = WOOD_FIRST_ATTEMPTS, WOOD_MORE_ATTEMPTS
-    return _wood_rest(result.clone(), pending, constants, dimension, Draws(keys), start, more)
+    return _wood_rest(marked.clone(), torch.isnan(marked), constants, dimension, Draws(keys), start, more)
 
 
 @wood_rest_operator.register_fake
-def _(result, pending, constants, keys, dimension):
-    return torch.empty_like(result)
+def _(marked, constants, keys, dimension):
+    return torch.empty_like(marked)
+
+
+def _wood_first_marked(constants, finite, dimension: int, draws: Draws, attempts: int) -> torch.Tensor:
+    """:func:`_wood_first` with who is pending marked in w itself: NaN where no attempt is accepted yet.
+
+    The form of the compiled round: Inductor's C++ stores and loads a bool tensor one byte at a
+    time in loops over its 64-byte vectors (with the pending agents' masks, the continuation's
+    kernel spent about half its time there); the mark travels in the float64 w, which it stores
+    vectorised. An accepted w is never NaN (a NaN score is never accepted), and w = 1 where
+    kappa is infinite, so the mark means pending and nothing else.
+    """
+    if not torch.compiler.is_compiling():
+        result, pending = _wood_first(constants, finite, dimension, draws, attempts)
+        return torch.where(pending, math.nan, result)
+    # every agent's first attempts, one expression each (the continuation keeps the batched form:
+    # unrolled there too, its kernel made the round at B = 1 slower by 0.1 ms)
+    result, accepted = _wood_attempts_traced(constants, dimension, draws, 0, attempts)
+    return torch.where(finite, torch.where(accepted, result, math.nan), 1.0)
 
 
 WOOD_TRACED_SHARE = 16  # under run.compile, up to 1/16 of the agents continue inside the graph
 WOOD_TRACED_MINIMUM = 16  # ... and at least this many (one economy of 64 agents leaves 2-3 on average)
 
 
-def _wood_continued(result, pending, constants, dimension: int, draws: Draws, start: int, more_attempts: int):
-    """(w, pending) after attempts start .. start + more_attempts - 1 of up to a fixed number of pending agents.
+def _wood_continued(marked, constants, dimension: int, draws: Draws, start: int, more_attempts: int):
+    """The marked w (:func:`_wood_first_marked`) after attempts start .. start + more_attempts - 1 of some pending.
+
+    Up to a fixed number of the pending agents make these attempts.
 
     The loop over the agents left (:func:`_wood_rest`) asks the host how many there are; under
     run.compile it runs eagerly (a graph break when this was measured; since then an operator of
@@ -157,19 +181,20 @@ def _wood_continued(result, pending, constants, dimension: int, draws: Draws, st
     advance, so that it traces into the graph of the first attempts: the first ``capacity``
     pending agents in row order (max(WOOD_TRACED_MINIMUM, agents / WOOD_TRACED_SHARE)) make the
     loop's next attempts, gathered by their rank among the pending (a cumulative count), and
-    their results go back by the same indices; slots beyond the pending count compute for
-    agent 0 and write nowhere. Who is still pending (beyond the capacity, or with none of these
-    attempts accepted) is left to the loop, which starts again at ``start``: every attempt is
-    counter-based, so those it repeats are rejected again, and each agent's draw is still its
-    first accepted attempt.
+    their results go back by the same indices (NaN again where none is accepted); slots beyond
+    the pending count compute for agent 0 and write nowhere. Who is still pending (beyond the
+    capacity, or with none of these attempts accepted) is left to the loop, which starts again
+    at ``start``: every attempt is counter-based, so those it repeats are rejected again, and
+    each agent's draw is still its first accepted attempt.
     """
-    shape = result.shape
-    flat_pending = pending.reshape(-1)
-    agents = flat_pending.numel()
+    shape = marked.shape
+    flat_result = marked.reshape(-1)
+    agents = flat_result.numel()
     capacity = min(agents, max(WOOD_TRACED_MINIMUM, agents // WOOD_TRACED_SHARE))
     if capacity == 0:
-        return result, pending
-    device = result.device
+        return marked
+    device = marked.device
+    flat_pending = torch.isnan(flat_result)
     rank = torch.cumsum(flat_pending, 0) - 1
     taken = flat_pending & (rank < capacity)
     # each taken agent's index into its slot; the others into a spare slot, dropped
@@ -183,12 +208,10 @@ def _wood_continued(result, pending, constants, dimension: int, draws: Draws, st
         start,
         more_attempts,
     )
-    flat_result = result.reshape(-1)
-    values = torch.where(more_accepted, more, flat_result[slots])
+    values = torch.where(more_accepted, more, math.nan)
     target = torch.where(filled, slots, agents)  # slots past the pending count: the spare entry
     spare_result = torch.cat([flat_result, flat_result.new_zeros(1)]).scatter(0, target, values)
-    spare_pending = torch.cat([flat_pending, flat_pending.new_zeros(1)]).scatter(0, target, ~more_accepted)
-    return spare_result[:agents].view(shape), spare_pending[:agents].view(shape)
+    return spare_result[:agents].view(shape)
 
 
 def _wood_budgeted(constants, finite, dimension: int, draws: Draws, budget: RejectionBudget, group: int):
@@ -224,4 +247,31 @@ def _wood_attempts(constants: torch.Tensor, dimension: int, draws: Draws, start:
     for attempt in range(count - 2, -1, -1):  # the first accepted one wins
         result = torch.where(accept[attempt], w[attempt], result)
         accepted = accepted | accept[attempt]
+    return result, accepted
+
+
+def _wood_attempts_traced(constants: torch.Tensor, dimension: int, draws: Draws, start: int, count: int):
+    """:func:`_wood_attempts` as torch.compile is given every agent's first attempts.
+
+    Each attempt is one expression of the agents' keys: its three uniforms hashed apart and its
+    cosine from the third's 52-bit integer (:func:`econspin.gaussians.cos_sin_of_turns`, within
+    1e-15 of torch's cos), so Inductor fuses the attempts into one loop over the agents. Batched
+    as eagerly, it stored part of the hashes, the logs and t, and recomputed w.
+    """
+    low, high, x0, k, c = constants
+    result = accepted = None
+    for attempt in range(start + count - 1, start - 1, -1):  # the first accepted one wins
+        first = draws.uniform(DRAW_SPIN, 1, 3 * attempt)[0]
+        threshold = torch.log(draws.uniform(DRAW_SPIN, 1, 3 * attempt + 1)[0])
+        mantissa = (draws.words(DRAW_SPIN, 1, 3 * attempt + 2)[0] >> 12) & ((1 << 52) - 1)
+        t = cos_sin_of_turns(mantissa, bits=52)[0]
+        if dimension > 2:
+            t = t * torch.sqrt(-torch.expm1(torch.log(first) * (2.0 / (dimension - 2))))
+        w = (low - high * t) / (high - low * t)
+        score = torch.log((1.0 - x0 * w).clamp(min=1e-300)) * (dimension - 1.0) + k * w - c
+        accept = score >= threshold
+        if result is None:
+            result, accepted = w, accept
+        else:
+            result, accepted = torch.where(accept, w, result), accepted | accept
     return result, accepted

@@ -283,6 +283,21 @@ def test_cos_sin_of_turns_is_torch_cos_and_sin_to_rounding():
         assert abs(float(sine[index]) - mpmath.sin(exact)) <= 4.5e-16
 
 
+def test_cos_sin_of_turns_of_a_uniforms_52_bits_is_torch_cos_to_rounding():
+    """Wood's compiled proposals: the angle 2 pi U of a uniform's integer m, U = (m + 1/2) 2^-52.
+
+    Against torch's cos and sin of 2 pi U (what the eager sampler computes) within 1e-15, every
+    eighth of the turn, its edges and random integers.
+    """
+    edges = [e * 2**49 + offset for e in range(8) for offset in (0, 1, 2**48, 2**49 - 2, 2**49 - 1)]
+    generator = torch.Generator().manual_seed(12)
+    mantissa = torch.cat([torch.tensor(edges), torch.randint(0, 2**52, (20000,), generator=generator)])
+    cosine, sine = cos_sin_of_turns(mantissa, bits=52)
+    uniform = (mantissa.double() + 0.5) * 2.0**-52
+    torch.testing.assert_close(cosine, torch.cos(2.0 * math.pi * uniform), rtol=0, atol=1e-15)
+    torch.testing.assert_close(sine, torch.sin(2.0 * math.pi * uniform), rtol=0, atol=1e-15)
+
+
 def test_draws_depend_only_on_key_round_agent():
     keys = dynamics_keys([5, 5, 9], [0, 1, 0])
     together = round_draws(keys, 3, 10)

@@ -12,10 +12,10 @@ from econspin.response import _wood_first_traced
 
 def split_step(kappa: torch.Tensor, dimension: int, draws) -> tuple[torch.Tensor, int]:
     """The compiled round's Wood step run eagerly (first attempts, continuation, loop): (w, agents left to the loop)."""
-    result, pending, constants = _wood_first_traced(kappa, dimension, draws)
-    left = int(pending.sum())
+    marked, constants = _wood_first_traced(kappa, dimension, draws)
+    pending = torch.isnan(marked)  # the agents left are marked NaN
     attempts = (wood.WOOD_FIRST_ATTEMPTS, wood.WOOD_MORE_ATTEMPTS)
-    return wood._wood_rest(result, pending, constants, dimension, draws, *attempts), left
+    return wood._wood_rest(marked, pending, constants, dimension, draws, *attempts), int(pending.sum())
 
 
 ROOM = {"one agent": (1, 10**9), "the default": (wood.WOOD_TRACED_MINIMUM, wood.WOOD_TRACED_SHARE), "all": (10**6, 1)}
@@ -60,13 +60,14 @@ def test_the_loops_operator_draws_what_the_loop_draws(monkeypatch, dimension):
     kappa = torch.logspace(-2, 4, 600, dtype=torch.float64).reshape(3, 200)
     kappa[0, :5] = math.inf
     draws = round_draws(torch.tensor([1, 2, 3]), 4, 200)
-    result, pending, constants = _wood_first_traced(kappa, dimension, draws)
+    marked, constants = _wood_first_traced(kappa, dimension, draws)
+    pending = torch.isnan(marked)
     assert bool(pending.any())  # the loop has work: agents left after the continuation
-    kept = result.clone()
-    got = wood.wood_rest_operator(result, pending, constants, draws.keys, dimension)
-    assert torch.equal(result, kept)
+    kept = marked.clone()
+    got = wood.wood_rest_operator(marked, constants, draws.keys, dimension)
+    assert torch.equal(marked.view(torch.int64), kept.view(torch.int64))  # bit for bit, the NaN marks too
     attempts = (wood.WOOD_FIRST_ATTEMPTS, wood.WOOD_MORE_ATTEMPTS)
-    assert torch.equal(got, wood._wood_rest(result.clone(), pending, constants, dimension, draws, *attempts))
+    assert torch.equal(got, wood._wood_rest(marked.clone(), pending, constants, dimension, draws, *attempts))
     # and the step's draw unsplit (each agent's first accepted attempt), whatever attempt the operator starts at
     assert torch.equal(got, wood._wood_component(kappa, dimension, draws))
-    torch.library.opcheck(wood.wood_rest_operator, (result, pending, constants, draws.keys, dimension))
+    torch.library.opcheck(wood.wood_rest_operator, (marked, constants, draws.keys, dimension))
