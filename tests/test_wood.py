@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from econspin import wood
+from econspin import response, wood
 from econspin.randomness import round_draws
 from econspin.response import _wood_first_traced
 
@@ -23,16 +23,20 @@ ROOM = {"one agent": (1, 10**9), "the default": (wood.WOOD_TRACED_MINIMUM, wood.
 
 @pytest.mark.parametrize("dimension", [2, 3, 16])
 @pytest.mark.parametrize("room", sorted(ROOM))
-def test_the_continued_step_draws_what_the_loop_draws(monkeypatch, dimension, room):
+@pytest.mark.parametrize("more", [wood.WOOD_MORE_ATTEMPTS, 1])
+def test_the_continued_step_draws_what_the_loop_draws(monkeypatch, dimension, room, more):
     """Bit for bit the loop's w, whether the continuation takes one agent, the default share, or all of them.
 
     With room for one agent most of those left go on to the loop, which repeats the attempts
     the continuation made for nobody else; with room for all, the loop finds no one. Infinite
-    kappa (T = 0) keeps w = 1 and is never pending.
+    kappa (T = 0) keeps w = 1 and is never pending. With one more attempt at a time, many
+    continued agents have it rejected too: they must stay marked for the loop.
     """
     minimum, share = ROOM[room]
     monkeypatch.setattr(wood, "WOOD_TRACED_MINIMUM", minimum)
     monkeypatch.setattr(wood, "WOOD_TRACED_SHARE", share)
+    monkeypatch.setattr(wood, "WOOD_MORE_ATTEMPTS", more)
+    monkeypatch.setattr(response, "WOOD_MORE_ATTEMPTS", more)  # the traced step's own binding of it
     kappa = torch.logspace(-2, 4, 3000, dtype=torch.float64).reshape(3, 1000)
     kappa[0, :5] = math.inf
     draws = round_draws(torch.tensor([1, 2, 3]), 4, 1000)
@@ -45,6 +49,8 @@ def test_the_continued_step_draws_what_the_loop_draws(monkeypatch, dimension, ro
     assert before > 1  # there was something to continue
     if room == "one agent":
         assert left >= before - 1  # one agent continued in the graph, the rest to the loop
+    elif more == 1:  # some continued agents had their one more attempt rejected: still left to the loop
+        assert 0 < left < before
     else:  # the default's 187 slots hold nearly all here: few are left (overflow, 8 more rejections)
         assert left < before / 10
 
