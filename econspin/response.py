@@ -382,7 +382,7 @@ def _wood_first_traced(kappa: torch.Tensor, dimension: int, draws: Draws):
     loop (:func:`_wood_rest_compiled`: the operator econspin::wood_rest on the CPU, a graph break
     on CUDA), which then most rounds only asks whether anyone is.
     The same attempts, the same first accepted one: the loop's draw, to the rounding of the
-    compiled log, cos and expm1 (as the compiled Gaussians, econspin.randomness).
+    compiled log, cos and expm1 (as the compiled Gaussians, econspin.gaussians).
     """
     constants, finite = _wood_constants(kappa, dimension)
     marked = _wood_first_marked(constants, finite, dimension, draws, WOOD_FIRST_ATTEMPTS)
