@@ -88,7 +88,8 @@ def _signed(value: int) -> int:
 _MULTIPLIER_1 = _signed(0xBF58476D1CE4E5B9)
 _MULTIPLIER_2 = _signed(0x94D049BB133111EB)
 _LOW_34, _LOW_37, _LOW_33, _LOW_32 = (1 << 34) - 1, (1 << 37) - 1, (1 << 33) - 1, (1 << 32) - 1
-_MANTISSA = (1 << 52) - 1
+UNIT_BITS = 52  # a uniform is (m + 1/2) 2^-UNIT_BITS, m the word's top UNIT_BITS bits
+_MANTISSA = (1 << UNIT_BITS) - 1
 
 
 def mix64(x: torch.Tensor) -> torch.Tensor:
@@ -222,11 +223,18 @@ def _kept_mixed_tags(start: int, count: int, device: torch.device, trailing: int
     return tags.reshape(count, *([1] * trailing))
 
 
+def unit_integers(words: torch.Tensor) -> torch.Tensor:
+    """The integers m in [0, 2^UNIT_BITS) of the uniforms (m + 1/2) 2^-UNIT_BITS :func:`to_unit` makes of ``words``.
+
+    (Eagerly to_unit takes the shift and the mask as tensors made once: the same bits.)
+    """
+    return (words >> (64 - UNIT_BITS)) & _MANTISSA
+
+
 def to_unit(words: torch.Tensor) -> torch.Tensor:
     """Uniforms on (0, 1) in float64 from int64 words: (top 52 bits + 1/2) 2^-52."""
     if torch.compiler.is_compiling():
-        mantissa = ((words >> 12) & _MANTISSA).to(torch.float64)
-        return mantissa.add_(0.5).mul_(2.0**-52)
+        return unit_integers(words).to(torch.float64).add_(0.5).mul_(2.0**-UNIT_BITS)
     shift, mask, half, scale = _constants_on(words.device)[1]  # the same numbers, made once
     return ((words >> shift) & mask).to(torch.float64).add_(half).mul_(scale)
 

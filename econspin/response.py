@@ -39,7 +39,7 @@ from econspin.wood import (
     _wood_constants,
     _wood_continued,
     _wood_first_marked,
-    _wood_rest,
+    _wood_rest_marked,
     wood_rest_operator,
 )
 
@@ -342,9 +342,9 @@ def _norm_and_unit(
     strides, and .contiguous() then copied it a second time). Compiled, theta is laid out
     (d, ...) once in its own precision and stored (econspin.compiled.stored), |theta|^2 summed
     over d by halving (elementwise over rows of agents, as the draw's other sums), and theta_hat
-    stored in theta's precision, read as float64 (the same values). Left to Inductor, the norm
-    was a horizontal sum per agent and theta_hat was transposed, with a scalar square root per
-    agent, in every loop that read it; the compiled norm may differ from torch's in its last
+    stored in theta's precision, read in ``precision`` (float64: the same values). Left to
+    Inductor, the norm was a horizontal sum per agent and theta_hat was transposed, with a
+    scalar square root per agent, in every loop that read it; the compiled norm may differ from torch's in its last
     place (so did Inductor's own sum), as compiled arithmetic does (econspin.compiled).
     """
     if not compiling:
@@ -406,8 +406,7 @@ def _wood_rest_compiled(marked, constants, dimension: int, draws: Draws) -> torc
 @torch.compiler.disable
 def _wood_rest_eagerly(marked, constants, dimension: int, draws: Draws) -> torch.Tensor:
     """:func:`_wood_rest`, kept eager under run.compile: it asks the host whether any agent is left."""
-    pending = torch.isnan(marked)
-    return _wood_rest(marked, pending, constants, dimension, draws, WOOD_FIRST_ATTEMPTS, WOOD_MORE_ATTEMPTS)
+    return _wood_rest_marked(marked, constants, dimension, draws)
 
 
 def _sum_leading(values: torch.Tensor, in_place: bool = False) -> torch.Tensor:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from econspin.gaussians import cos_sin_of_turns
-from econspin.randomness import DRAW_SPIN, Draws
+from econspin.randomness import DRAW_SPIN, UNIT_BITS, Draws, unit_integers
 
 
 @dataclass(frozen=True)
@@ -137,8 +137,7 @@ def wood_rest_operator(
     ``marked``: w with NaN where the agent has no accepted attempt yet (:func:`_wood_first_marked`).
     """
     # a copy: the loop clamps its result in place, and an operator may not write into its inputs
-    start, more = WOOD_FIRST_ATTEMPTS, WOOD_MORE_ATTEMPTS
-    return _wood_rest(marked.clone(), torch.isnan(marked), constants, dimension, Draws(keys), start, more)
+    return _wood_rest_marked(marked.clone(), constants, dimension, Draws(keys))
 
 
 @wood_rest_operator.register_fake
@@ -162,6 +161,11 @@ def _wood_first_marked(constants, finite, dimension: int, draws: Draws, attempts
     # unrolled there too, its kernel made the round at B = 1 slower by 0.1 ms)
     result, accepted = _wood_attempts_traced(constants, dimension, draws, 0, attempts)
     return torch.where(finite, torch.where(accepted, result, math.nan), 1.0)
+
+
+def _wood_rest_marked(marked, constants, dimension: int, draws: Draws) -> torch.Tensor:
+    """:func:`_wood_rest` of the agents marked NaN in w after the first attempts; ``marked`` may be written into."""
+    return _wood_rest(marked, torch.isnan(marked), constants, dimension, draws, WOOD_FIRST_ATTEMPTS, WOOD_MORE_ATTEMPTS)
 
 
 WOOD_TRACED_SHARE = 16  # under run.compile, up to 1/16 of the agents continue inside the graph
@@ -263,8 +267,8 @@ def _wood_attempts_traced(constants: torch.Tensor, dimension: int, draws: Draws,
     for attempt in range(start + count - 1, start - 1, -1):  # the first accepted one wins
         first = draws.uniform(DRAW_SPIN, 1, 3 * attempt)[0]
         threshold = torch.log(draws.uniform(DRAW_SPIN, 1, 3 * attempt + 1)[0])
-        mantissa = (draws.words(DRAW_SPIN, 1, 3 * attempt + 2)[0] >> 12) & ((1 << 52) - 1)
-        t = cos_sin_of_turns(mantissa, bits=52)[0]
+        angle = unit_integers(draws.words(DRAW_SPIN, 1, 3 * attempt + 2)[0])  # U2 = (angle + 1/2) 2^-52
+        t = cos_sin_of_turns(angle, bits=UNIT_BITS)[0]
         if dimension > 2:
             t = t * torch.sqrt(-torch.expm1(torch.log(first) * (2.0 / (dimension - 2))))
         w = (low - high * t) / (high - low * t)
