@@ -9,7 +9,8 @@ keeping freed memory if this process does: :mod:`econspin.allocator`). Tables co
 shards finish: each is recorded in the output folder's ``shards/``
 (:mod:`econspin.shard_record`, the record both backends keep) and advances the progress bar;
 the sweep table is assembled from the record, so a re-run after a crash or Ctrl-C, on either
-backend, runs only the shards not recorded.
+backend, runs only the shards not recorded. Ctrl-C cancels no task (see _run_shards): the
+connection's end stops them.
 
 A failing shard is retried by Ray (``SHARD_RETRIES`` more tries, for exceptions and for dead
 workers alike); one that fails every try is reported with its points while the others finish.
@@ -120,8 +121,9 @@ def start_local_ray(ray, cpus: int | None = None) -> None:
 def connected(options: RayOptions) -> Iterator[str]:
     """This process connected to Ray for the block; yields where the shards run, for messages.
 
-    A connection this process already has is used as it is (and left open); otherwise the
-    cluster at ``options.address``, or a local instance, which is shut down afterwards.
+    A connection this process already has is used as it is (and left open: the tasks of an
+    interrupted sweep run on); otherwise the cluster at ``options.address``, or a local
+    instance, which is shut down afterwards, also after Ctrl-C: that stops the tasks.
     """
     ray = import_ray()
     if ray.is_initialized():
@@ -261,21 +263,24 @@ def _run_shards(todo, points, scenario, record, options, where, progress, run) -
         ).remote(run, own_points, shard.elements, settings.steps, settings.device, settings.dtype, threads, keep_memory)
         pending[reference] = shard
     failures = []
-    try:
-        with progress(settings.steps * len(todo)) as advance:
-            while pending:
-                ready, _ = ray.wait(list(pending), num_returns=1)
-                shard = pending.pop(ready[0])
-                try:
-                    table = ray.get(ready[0])
-                except ray.exceptions.RayError as error:
-                    tries = SHARD_RETRIES + 1
-                    failures.append(f"{describe(shard, points)} failed {tries} times: {failure_reason(error)}")
-                    continue
-                record.save(shard.name, table)
-                for round_number in range(1, settings.steps + 1):
-                    advance(round_number)
-    finally:
-        for reference in pending:  # interrupted: stop what still runs
-            ray.cancel(reference, force=True)
+    # Interrupted (Ctrl-C), the shards still pending are not cancelled: in Ray 2.60 ray.cancel
+    # of a task whose result is arriving fails the task while its reply is being handled, and
+    # Ray then aborts this process (RAY_CHECK "Tried to complete task that was not pending";
+    # force or not, experiments/ray_cancel_race.py). Leaving the connection stops them instead:
+    # connected() shuts down the local instance, or disconnects from the cluster, whose
+    # raylets then end this job's tasks. On a connection the caller keeps they run to their
+    # end, and their tables are dropped.
+    with progress(settings.steps * len(todo)) as advance:
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            shard = pending.pop(ready[0])
+            try:
+                table = ray.get(ready[0])
+            except ray.exceptions.RayError as error:
+                tries = SHARD_RETRIES + 1
+                failures.append(f"{describe(shard, points)} failed {tries} times: {failure_reason(error)}")
+                continue
+            record.save(shard.name, table)
+            for round_number in range(1, settings.steps + 1):
+                advance(round_number)
     return failures

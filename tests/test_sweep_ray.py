@@ -4,10 +4,12 @@ The tests that need Ray share one local instance of 2 CPUs (started as ``econspi
 starts one) and skip where Ray is not installed; the missing-Ray and option tests run anyway.
 """
 
+import contextlib
 import functools
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -98,6 +100,19 @@ def dies_once(marker: Path, points, elements, steps, device, dtype):
         marker.write_text("died\n")
         os._exit(1)
     return run_shard(points, elements, steps, device, dtype)
+
+
+def waits_for_marker(marker: Path, log: Path, points, elements, steps, device, dtype):
+    """run_shard; a shard without point 0 first waits for ``marker`` (two minutes at most), then logs its end."""
+    if 0 not in points:
+        deadline = time.time() + 120
+        while not marker.exists() and time.time() < deadline:
+            time.sleep(0.05)
+    table = run_shard(points, elements, steps, device, dtype)
+    if 0 not in points:
+        with open(log, "a") as stream:
+            stream.write(" ".join(str(index) for index in sorted(points)) + "\n")
+    return table
 
 
 def large_blocks_are_mapped() -> bool:
@@ -236,6 +251,37 @@ def test_a_shard_task_keeps_freed_memory_only_when_asked(monkeypatch):
                            keep_memory)
         assert table.attrs["device"] == "cpu"
     assert asked == [True]
+
+
+def test_an_interrupted_sweep_leaves_the_shards_still_running_on_a_connection_it_keeps(local_ray, tmp_path):
+    """Ctrl-C cancels no shard: Ray 2.60 aborts the process that cancels a task whose result is arriving.
+
+    (experiments/ray_cancel_race.py forces that interleaving.) On the connection the process
+    had, which the sweep leaves open, the other shards run to their end, unrecorded; the
+    command's own connection is shut down after the sweep, which stops them.
+    """
+    marker, log = tmp_path / "go on", tmp_path / "ended"
+    base, grids, points = sweep_parts()
+    shards = plan_shards(points, base.run.replicas, base.run.dtype, 2)
+    record = ShardRecord(tmp_path / "out", sweep_definition(base, grids, 2, shards))
+
+    def stop(_round):
+        raise KeyboardInterrupt
+
+    run = functools.partial(waits_for_marker, marker, log)
+    with pytest.raises(KeyboardInterrupt):
+        sweep_on_ray(points, shards, record, base, RayOptions(), lambda rounds: contextlib.nullcontext(stop), run=run)
+    assert record.finished() == {"shard-0"}
+    marker.write_text("go on\n")
+
+    def ended() -> list[str]:
+        return sorted(log.read_text().splitlines()) if log.exists() else []
+
+    deadline = time.time() + 120
+    while time.time() < deadline and len(ended()) < 2:
+        time.sleep(0.05)
+    assert ended() == ["2 3", "4 5"]  # neither was cancelled
+    assert record.finished() == {"shard-0"}  # and neither was recorded
 
 
 def test_shards_no_node_can_run_are_refused_before_any_starts(local_ray, tmp_path):
