@@ -119,11 +119,11 @@ def inverse_cdf(
 
 def compiled_draws(
     weights: torch.Tensor, uniforms: torch.Tensor, tile: int | None = None, scores: torch.Tensor | None = None
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(:func:`inverse_cdf`'s draws, (..., rows) sum_j e_ij y_ij of ``scores`` y (..., rows, N) or None).
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """(:func:`inverse_cdf`'s draws, (..., rows) s_i = sum_j e_ij and sum_j e_ij y_ij of ``scores`` y, or None).
 
     The tile of the threshold found eagerly, then one call of :func:`compiled_positions` for the
-    seller within it and, from the same call, the entropy's sum of ``scores`` times ``weights``.
+    seller within it and, from the same call with ``scores`` (..., rows, N), the rows' sums.
     """
     tile, levels = threshold_tiles(weights, uniforms, tile)
     return compiled_positions(weights, uniforms, tile, *levels, scores=scores)
@@ -200,7 +200,7 @@ def running_positions(
 def unrolled_positions(
     weights: torch.Tensor, uniforms: torch.Tensor | None, tile: int, first_column: torch.Tensor | None,
     start: torch.Tensor | None, threshold: torch.Tensor | None, scores: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """(rows, 1) :func:`drawn_columns` of :func:`running_positions` of (rows, N) ``weights``, for torch.compile.
 
     The same float64 sums in the same order, ((e_1 + e_2) + e_3) + ..., as torch's cumsum adds
@@ -209,9 +209,11 @@ def unrolled_positions(
     that reads each weight of the tile once and keeps a row's sums in registers (no float64
     copy of the block, no gathered tile, no binary search). One level: ``uniforms`` (rows,);
     two levels: the tile's ``first_column``, ``start`` and ``threshold`` (rows, 1). With
-    ``scores`` (rows, N), also the rows' sum_j e_ij y_ij (rows,), the entropy's, in a loop of
-    Inductor's own that reads the block once and writes nothing back (eagerly a product
-    written over the scores, then summed: 0.10 against 0.05 ms for a 128 x 64 x 64 block).
+    ``scores`` (rows, N), also the rows' totals s_i and sum_j e_ij y_ij (rows,), the entropy's:
+    s_i in one level the float64 running sum's last, rounded to the working precision (0.05 ms
+    eagerly for the block's sum), sum e y in a loop of Inductor's own that reads the block once
+    and writes nothing back (eagerly a product written over the scores, then summed: 0.10
+    against 0.05 ms for a 128 x 64 x 64 block); both equal the eager sums to rounding.
     """
     agents = weights.shape[-1]
     if first_column is None:
@@ -233,7 +235,10 @@ def unrolled_positions(
     while len(counted) > 1:
         counted = [a + b for a, b in zip(counted[0::2], counted[1::2])] + counted[len(counted) - len(counted) % 2 :]
     columns = drawn_columns(counted[0].long(), first_column, tile)
-    return columns, None if scores is None else (scores * weights).sum(-1)
+    if scores is None:
+        return columns, None, None
+    totals = weights.sum(-1) if first_column is not None else running[-1].squeeze(-1).to(weights.dtype)
+    return columns, totals, (scores * weights).sum(-1)
 
 
 @functools.cache
@@ -257,8 +262,8 @@ def _compiled_unrolled_positions(shape: tuple) -> Callable:
 def compiled_positions(
     weights: torch.Tensor, uniforms: torch.Tensor, tile: int, first_column: torch.Tensor | None = None,
     start: torch.Tensor | None = None, threshold: torch.Tensor | None = None, scores: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """((..., rows) the sellers drawn, bit for bit :func:`inverse_cdf`'s, and sum_j e_ij y_ij of ``scores`` or None).
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """((..., rows) the sellers drawn, bit for bit :func:`inverse_cdf`'s; with ``scores``, s_i and sum_j e_ij y_ij).
 
     By :func:`unrolled_positions` compiled, once per tile width, N, level count, dtype and
     whether ``scores`` come too.
@@ -273,9 +278,9 @@ def compiled_positions(
             torch._dynamo.mark_dynamic(argument, 0)
     shape = (tile, agents, "one" if first_column is None else "two", str(weights.dtype).removeprefix("torch."))
     shape = (*shape, "dots") if scores is not None else shape
-    columns, dots = _compiled_unrolled_positions(shape)(*arguments)
+    columns, *sums = _compiled_unrolled_positions(shape)(*arguments)
     rows = weights.shape[:-1]
-    return columns.view(rows), None if dots is None else dots.view(rows)
+    return columns.view(rows), *(None if values is None else values.view(rows) for values in sums)
 
 
 def count_work(weights: torch.Tensor) -> int:
@@ -319,9 +324,10 @@ def sampled_blocks(
     choice = torch.empty(uniforms.shape, dtype=torch.long, device=uniforms.device)
     for g, r, scores, weights in row_blocks(terms, economy, rows):
         if compiled_inversion and count_work(weights) >= COMPILED_COUNT_FROM:
-            # the entropy's sum from the count's call: a pass over the block fewer, the sum to rounding
-            choice[g, r], terms.dot[g, r] = compiled_draws(weights, uniforms[g, r], scores=scores)
+            # s_i and the entropy's sum from the count's call, two passes over the block fewer: the sums to rounding
+            choice[g, r], terms.total[g, r], terms.dot[g, r] = compiled_draws(weights, uniforms[g, r], scores=scores)
         else:
+            torch.sum(weights, -1, out=terms.total[g, r])
             choice[g, r] = inverse_cdf(weights, uniforms[g, r])
             terms.dot[g, r] = scores.mul_(weights).sum(-1)  # sum_j e_ij z_ij / ln 2 (entropy)
     return choice

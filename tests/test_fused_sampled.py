@@ -100,13 +100,13 @@ def test_the_compiled_inversion_draws_the_eager_sellers(seed, rows, case):
     assert torch.equal(inverse_cdf(weights, uniforms, tile, compiled=True), want)
     assert torch.equal(want, sample_choice(weights, uniforms))
     # with the blocks' scores y <= 0 (as econspin.fused.row_blocks leaves them): the same draws, and
-    # sum_j e_ij y_ij from the same call, to the working precision's rounding of the sum
+    # s_i and sum_j e_ij y_ij from the same call, to the working precision's rounding of the sums
     scores = -torch.rand(weights.shape, generator=torch.Generator().manual_seed(seed), dtype=weights.dtype) * 10
-    drawn, dots = compiled_draws(weights, uniforms, tile, scores=scores)
+    drawn, totals, dots = compiled_draws(weights, uniforms, tile, scores=scores)
     assert torch.equal(drawn, want)
-    eager_dots = (scores * weights).sum(-1)
     tolerance = 1e-12 if weights.dtype == torch.float64 else 1e-5
-    assert torch.allclose(dots, eager_dots, rtol=tolerance, atol=tolerance * float(eager_dots.abs().max()))
+    for got, eager in ((totals, weights.sum(-1)), (dots, (scores * weights).sum(-1))):
+        assert torch.allclose(got, eager, rtol=tolerance, atol=tolerance * float(eager.abs().max()))
 
 
 @needs_compiler
