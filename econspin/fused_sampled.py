@@ -43,7 +43,9 @@ compiled loop over the rows does it instead (:func:`compiled_positions`): the sa
 sums in the same order, the same thresholds and the count, written column by column so that
 Inductor vectorises across rows and keeps a row's sums in registers: the same sellers, bit for
 bit, in 0.31 ms against 0.6-0.8 ms for a 128 x 64 x 64 block (docs/performance.md, "The
-inversion's count compiled"). The eager round compiles nothing.
+inversion's count compiled"); the same call sums s_i and sum_j e_ij y_ij, which the eager loop
+takes in passes of their own (docs/performance.md, "The sampled blocks' sums from the compiled
+count"). The eager round compiles nothing.
 
 After the blocks, the received signal is a gather of u_{c_i} and revenue a scatter-add of
 s_i / H at c_i in float64, market by market in row order as the reference adds them (so on
@@ -315,7 +317,8 @@ def sampled_blocks(
     Under run.compile the blocks run eagerly, as one node of the compiled graph on the CPU and a
     graph break on CUDA, as in expected mode (econspin.fused.expected_blocks); the node counts
     the running sums with :func:`compiled_positions` (``compiled_inversion``) in blocks of at
-    least COMPILED_COUNT_FROM sums: the same sellers.
+    least COMPILED_COUNT_FROM sums: the same sellers. That call also returns s_i and sum e y
+    (equal to the eager sums to rounding), two passes over the block fewer than the eager loop.
     """
     if torch.compiler.is_compiling():
         if not eager_parts_as_operators(terms.left.device):
