@@ -173,8 +173,8 @@ class BlockTerms:
     """What the blocks of a round read, and the per-row results they write.
 
     groups = B H: batch element b, head h is group b H + h. Every (groups, N) tensor holds
-    one number per buyer row; ``shifted_max`` (m_i) and ``total`` (s_i) are written by
-    :func:`row_blocks`, ``dot`` by the mode's own loop.
+    one number per buyer row; ``shifted_max`` (m_i) is written by :func:`row_blocks`,
+    ``total`` (s_i) and ``dot`` by the mode's own loop.
     """
 
     # the utilities' operands, in run.utility_precision's dtype (econspin.precision)
@@ -270,12 +270,13 @@ def round_terms(state: State, economy: Economy) -> RoundTerms:
 
 
 def row_blocks(terms: BlockTerms, economy: Economy | BlockSettings, rows: int | None = None):
-    """Each block of buyer rows as (groups, rows, scores, weights), its m_i and s_i written to ``terms``.
+    """Each block of buyer rows as (groups, rows, scores, weights), its m_i written to ``terms``.
 
     ``scores`` holds y_ij = beta_i U_ij - m_i (clamped at the exp2 floor), ``weights`` e_ij =
     2^(y_ij) (0 below twice the floor, for disallowed pairs and for every row without a
-    partner). Both live in one buffer, reused from round to round (:func:`workspace`): a block
-    is valid until the next is yielded.
+    partner); the caller writes s_i = sum_j e_ij (the sampled blocks' compiled count sums the
+    rows it reads anyway: econspin.fused_sampled). Both live in one buffer, reused from round
+    to round (:func:`workspace`): a block is valid until the next is yielded.
     """
     left, right = terms.left, terms.right
     groups, agents = terms.groups, left.shape[1]
@@ -309,7 +310,6 @@ def row_blocks(terms: BlockTerms, economy: Economy | BlockSettings, rows: int | 
             # y_ij = z_ij / ln 2; 0 on the ties of a row at the T = 0 limit (module doc), where t_i > 0
             scores.sub_(row_max - terms.tie_width[g, r, None]).clamp_(min=floor, max=0.0)
             torch.nn.functional.threshold_(torch.exp2(scores, out=weights), 2.0 ** (floor + 1), 0.0)
-            torch.sum(weights, -1, out=terms.total[g, r])
             yield g, r, scores, weights
 
 
@@ -398,6 +398,7 @@ def expected_blocks(
     low = terms.left.dtype if terms.left.dtype != dtype else None  # bf16 utilities: the received product too
     delivered = terms.delivered if low is None else terms.delivered.to(low)
     for g, r, scores, weights in row_blocks(terms, economy, rows):
+        torch.sum(weights, -1, out=terms.total[g, r])
         torch.linalg.vector_norm(weights, dim=-1, out=norm[g, r])
         torch.sum(scores.mul_(weights), -1, out=terms.dot[g, r])  # sum_j e_ij z_ij / ln 2
         rounded = None if low is None else workspace("low weights", weights.numel(), low, device)

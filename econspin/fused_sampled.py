@@ -43,7 +43,9 @@ compiled loop over the rows does it instead (:func:`compiled_positions`): the sa
 sums in the same order, the same thresholds and the count, written column by column so that
 Inductor vectorises across rows and keeps a row's sums in registers: the same sellers, bit for
 bit, in 0.31 ms against 0.6-0.8 ms for a 128 x 64 x 64 block (docs/performance.md, "The
-inversion's count compiled"). The eager round compiles nothing.
+inversion's count compiled"); the same call sums s_i and sum_j e_ij y_ij, which the eager loop
+takes in passes of their own (docs/performance.md, "The sampled blocks' sums from the compiled
+count"). The eager round compiles nothing.
 
 After the blocks, the received signal is a gather of u_{c_i} and revenue a scatter-add of
 s_i / H at c_i in float64, market by market in row order as the reference adds them (so on
@@ -107,33 +109,62 @@ def inverse_cdf(
     Two levels (module docstring): the tile of the threshold from the tile sums (taken in the
     working precision, accumulated in float64), then the seller within that tile from a
     float64 running sum. -1 where a row's weights are all 0. ``compiled``: the seller within
-    the tile found by :func:`compiled_positions` (a compiled round's blocks), else by
+    the tile found by :func:`compiled_draws` (a compiled round's blocks), else by
     :func:`running_positions`; the same sellers.
+    """
+    if compiled:
+        return compiled_draws(weights, uniforms, tile)[0]
+    tile, (first_column, start, threshold) = threshold_tiles(weights, uniforms, tile)
+    in_tile = weights if first_column is None else tile_columns(weights, first_column, tile)
+    return drawn_columns(running_positions(in_tile, uniforms, start, threshold), first_column, tile).squeeze(-1)
+
+
+def compiled_draws(
+    weights: torch.Tensor, uniforms: torch.Tensor, tile: int | None = None, scores: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """(:func:`inverse_cdf`'s draws, (..., rows) s_i = sum_j e_ij and sum_j e_ij y_ij of ``scores`` y, or None).
+
+    The tile of the threshold found eagerly, then one call of :func:`compiled_positions` for the
+    seller within it and, from the same call with ``scores`` (..., rows, N), the rows' sums.
+    """
+    tile, levels = threshold_tiles(weights, uniforms, tile)
+    return compiled_positions(weights, uniforms, tile, *levels, scores=scores)
+
+
+def threshold_tiles(
+    weights: torch.Tensor, uniforms: torch.Tensor, tile: int | None = None
+) -> tuple[int, tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]]:
+    """(the tile width, (first column, start, threshold)): the tile of each row's threshold; None in one tile.
+
+    The first level of the inversion: the tile sums in the working precision, accumulated in
+    float64, and the first tile whose accumulated sum passes u * total; ``start`` is the sum
+    of the tiles before it, each (..., rows, 1).
     """
     agents = weights.shape[-1]
     tile = min(tile or tile_width(agents), agents)
     count = -(-agents // tile)
     if count == 1:  # one tile: no first level
-        first_column = start = threshold = None
-    else:
-        full = agents // tile
-        sums = weights[..., : full * tile].unflatten(-1, (full, tile)).sum(-1)
-        if count > full:  # the last, narrower tile
-            sums = torch.cat([sums, weights[..., full * tile :].sum(-1, keepdim=True)], dim=-1)
-        cumulative = sums.double().cumsum(-1)  # (a float32 block's .sum(dtype=float64) takes a slow path)
-        threshold = _below_total(uniforms, cumulative[..., -1:])
-        chosen_tile = torch.searchsorted(cumulative, threshold, right=True).clamp_(max=count - 1)
-        start = torch.where(chosen_tile > 0, cumulative.gather(-1, (chosen_tile - 1).clamp(min=0)), 0.0)
-        first_column = chosen_tile * tile
-    if compiled:
-        position = compiled_positions(weights, uniforms, tile, first_column, start, threshold)
-    else:
-        in_tile = weights if first_column is None else tile_columns(weights, first_column, tile)
-        position = running_positions(in_tile, uniforms, start, threshold)
-    # every running sum at or below the threshold (position = tile) only where they are all 0 (threshold 0): a row
-    # of weight 0, whose first level found a tile of total 0 too. Elsewhere the threshold lies below the tile's end
+        return tile, (None, None, None)
+    full = agents // tile
+    sums = weights[..., : full * tile].unflatten(-1, (full, tile)).sum(-1)
+    if count > full:  # the last, narrower tile
+        sums = torch.cat([sums, weights[..., full * tile :].sum(-1, keepdim=True)], dim=-1)
+    cumulative = sums.double().cumsum(-1)  # (a float32 block's .sum(dtype=float64) takes a slow path)
+    threshold = _below_total(uniforms, cumulative[..., -1:])
+    chosen_tile = torch.searchsorted(cumulative, threshold, right=True).clamp_(max=count - 1)
+    start = torch.where(chosen_tile > 0, cumulative.gather(-1, (chosen_tile - 1).clamp(min=0)), 0.0)
+    return tile, (chosen_tile * tile, start, threshold)
+
+
+def drawn_columns(position: torch.Tensor, first_column: torch.Tensor | None, tile: int) -> torch.Tensor:
+    """The seller drawn at each row's ``position`` in the tile from ``first_column`` (None: the row), -1 for none.
+
+    Every running sum is at or below the threshold (position = tile) only where they are all 0
+    (threshold 0): a row of weight 0, whose first level found a tile of total 0 too. Elsewhere
+    the threshold lies below the tile's end.
+    """
     column = position if first_column is None else first_column + position
-    return torch.where(position == tile, -1, column).squeeze(-1)
+    return torch.where(position == tile, -1, column)
 
 
 def tile_columns(weights: torch.Tensor, first_column: torch.Tensor, tile: int) -> torch.Tensor:
@@ -170,16 +201,21 @@ def running_positions(
 
 def unrolled_positions(
     weights: torch.Tensor, uniforms: torch.Tensor | None, tile: int, first_column: torch.Tensor | None,
-    start: torch.Tensor | None, threshold: torch.Tensor | None,
-) -> torch.Tensor:
-    """:func:`running_positions` of the (rows, N) ``weights``' tiles, written column by column for torch.compile.
+    start: torch.Tensor | None, threshold: torch.Tensor | None, scores: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """(rows, 1) :func:`drawn_columns` of :func:`running_positions` of (rows, N) ``weights``, for torch.compile.
 
     The same float64 sums in the same order, ((e_1 + e_2) + e_3) + ..., as torch's cumsum adds
-    them, the same thresholds, and a count of the sums at or below them: elementwise across
-    rows, so that Inductor makes one loop over the rows, vectorised, that reads each weight of
-    the tile once and keeps a row's sums in registers (no float64 copy of the block, no
-    gathered tile, no binary search). One level: ``uniforms`` (rows,); two levels: the tile's
-    ``first_column``, ``start`` and ``threshold`` (rows, 1).
+    them, the same thresholds, and a count of the sums at or below them: written column by
+    column, elementwise across rows, so that Inductor makes one loop over the rows, vectorised,
+    that reads each weight of the tile once and keeps a row's sums in registers (no float64
+    copy of the block, no gathered tile, no binary search). One level: ``uniforms`` (rows,);
+    two levels: the tile's ``first_column``, ``start`` and ``threshold`` (rows, 1). With
+    ``scores`` (rows, N), also the rows' totals s_i and sum_j e_ij y_ij (rows,), the entropy's:
+    s_i in one level the float64 running sum's last, rounded to the working precision (0.05 ms
+    eagerly for the block's sum), sum e y in a loop of Inductor's own that reads the block once
+    and writes nothing back (eagerly a product written over the scores, then summed: 0.10
+    against 0.05 ms for a 128 x 64 x 64 block); both equal the eager sums to rounding.
     """
     agents = weights.shape[-1]
     if first_column is None:
@@ -195,10 +231,16 @@ def unrolled_positions(
     else:
         running = [partial + start for partial in running]
         threshold = torch.minimum(threshold, torch.nextafter(running[-1], torch.zeros_like(threshold)))
-    counted = [(partial <= threshold).long() for partial in running]
-    while len(counted) > 1:  # a tree of integer sums (exact in any order): short dependency chains
+    # the count as a tree of sums of 0 and 1 in float64 (exact in any order; short dependency chains),
+    # cast to an integer once: 0.24 against 0.28 ms for a 128 x 64 x 64 block summed in int64
+    counted = [(partial <= threshold).double() for partial in running]
+    while len(counted) > 1:
         counted = [a + b for a, b in zip(counted[0::2], counted[1::2])] + counted[len(counted) - len(counted) % 2 :]
-    return counted[0]
+    columns = drawn_columns(counted[0].long(), first_column, tile)
+    if scores is None:
+        return columns, None, None
+    totals = weights.sum(-1) if first_column is not None else running[-1].squeeze(-1).to(weights.dtype)
+    return columns, totals, (scores * weights).sum(-1)
 
 
 @functools.cache
@@ -221,22 +263,26 @@ def _compiled_unrolled_positions(shape: tuple) -> Callable:
 
 def compiled_positions(
     weights: torch.Tensor, uniforms: torch.Tensor, tile: int, first_column: torch.Tensor | None = None,
-    start: torch.Tensor | None = None, threshold: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """(..., rows, 1): :func:`running_positions` of the tiles of ``weights`` from ``first_column``, bit for bit.
+    start: torch.Tensor | None = None, threshold: torch.Tensor | None = None, scores: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """((..., rows) the sellers drawn, bit for bit :func:`inverse_cdf`'s; with ``scores``, s_i and sum_j e_ij y_ij).
 
-    By :func:`unrolled_positions` compiled, once per tile width, N, level count and dtype.
+    By :func:`unrolled_positions` compiled, once per tile width, N, level count, dtype and
+    whether ``scores`` come too.
     """
     agents = weights.shape[-1]
     flat = [None if value is None else value.reshape(-1, 1) for value in (first_column, start, threshold)]
     uniforms = uniforms.reshape(-1) if start is None else None
-    arguments = [weights.reshape(-1, agents), uniforms, tile, *flat]
+    blocks = [None if value is None else value.reshape(-1, agents) for value in (weights, scores)]
+    arguments = [blocks[0], uniforms, tile, *flat, blocks[1]]
     for argument in arguments:
         if isinstance(argument, torch.Tensor) and argument.shape[0] > 1:  # (a dimension of 1 is specialised)
             torch._dynamo.mark_dynamic(argument, 0)
     shape = (tile, agents, "one" if first_column is None else "two", str(weights.dtype).removeprefix("torch."))
-    position = _compiled_unrolled_positions(shape)(*arguments)
-    return position.view(*weights.shape[:-1], 1)
+    shape = (*shape, "dots") if scores is not None else shape
+    columns, *sums = _compiled_unrolled_positions(shape)(*arguments)
+    rows = weights.shape[:-1]
+    return columns.view(rows), *(None if values is None else values.view(rows) for values in sums)
 
 
 def count_work(weights: torch.Tensor) -> int:
@@ -271,7 +317,8 @@ def sampled_blocks(
     Under run.compile the blocks run eagerly, as one node of the compiled graph on the CPU and a
     graph break on CUDA, as in expected mode (econspin.fused.expected_blocks); the node counts
     the running sums with :func:`compiled_positions` (``compiled_inversion``) in blocks of at
-    least COMPILED_COUNT_FROM sums: the same sellers.
+    least COMPILED_COUNT_FROM sums: the same sellers. That call also returns s_i and sum e y
+    (equal to the eager sums to rounding), two passes over the block fewer than the eager loop.
     """
     if torch.compiler.is_compiling():
         if not eager_parts_as_operators(terms.left.device):
@@ -279,9 +326,13 @@ def sampled_blocks(
         return operator_results(_sampled_blocks_operator, terms, economy, rows, uniforms, True)[0]
     choice = torch.empty(uniforms.shape, dtype=torch.long, device=uniforms.device)
     for g, r, scores, weights in row_blocks(terms, economy, rows):
-        compiled = compiled_inversion and count_work(weights) >= COMPILED_COUNT_FROM
-        choice[g, r] = inverse_cdf(weights, uniforms[g, r], compiled=compiled)
-        terms.dot[g, r] = scores.mul_(weights).sum(-1)  # sum_j e_ij z_ij / ln 2 (entropy)
+        if compiled_inversion and count_work(weights) >= COMPILED_COUNT_FROM:
+            # s_i and the entropy's sum from the count's call, two passes over the block fewer: the sums to rounding
+            choice[g, r], terms.total[g, r], terms.dot[g, r] = compiled_draws(weights, uniforms[g, r], scores=scores)
+        else:
+            torch.sum(weights, -1, out=terms.total[g, r])
+            choice[g, r] = inverse_cdf(weights, uniforms[g, r])
+            terms.dot[g, r] = scores.mul_(weights).sum(-1)  # sum_j e_ij z_ij / ln 2 (entropy)
     return choice
 
 

@@ -11,9 +11,9 @@ the process's CPU clock and nothing else running in the process:
   ``extern_kernels.bmm``: after the warm-up rounds have compiled the round, the loaded
   compiled modules' kernel functions are wrapped in a timer (the modules look them up by name
   at every call);
-- the parts of the round that run eagerly: the inversion inside the sampled blocks (eager but
-  for its compiled count of the running sums), and the loop of Wood's step over the agents
-  left where it is a graph break
+- the parts of the round that run eagerly: the inversion inside the sampled blocks (eager, or
+  ``compiled_draws``: its compiled count of the running sums, which also sums e y), and the
+  loop of Wood's step over the agents left where it is a graph break
   (``response._wood_rest_eagerly``, ``torch.compiler.disable``: on a device outside
   ``compiled.OPERATOR_DEVICES``, so not on the CPU since Wood's loop became an operator),
   wrapped before the first round is compiled (the wrapper disabled as the function it replaces);
@@ -59,8 +59,10 @@ def wrap_eager_islands() -> None:
     """The functions run eagerly between compiled graphs, timed (before anything is compiled)."""
     loop = response._wood_rest_eagerly
     response._wood_rest_eagerly = timed("eager _wood_rest_eagerly", getattr(loop, "__wrapped__", loop), True)
-    inversion = fused_sampled.inverse_cdf  # called only inside the sampled blocks' operator
+    # called only inside the sampled blocks' operator: the eager inversion, or the compiled count with sum e y
+    inversion, counted = fused_sampled.inverse_cdf, fused_sampled.compiled_draws
     fused_sampled.inverse_cdf = timed("inverse_cdf (inside econspin::sampled_blocks)", inversion, False)
+    fused_sampled.compiled_draws = timed("compiled_draws and sum e y (inside econspin::sampled_blocks)", counted, False)
 
 
 def wrap_compiled_kernels() -> None:

@@ -361,6 +361,24 @@ def test_the_block_operators_are_the_eager_blocks(drawn, rows):
         assert torch.equal(wanted, result)
 
 
+@needs_compiler
+@given(economies(mode="sampled"), st.integers(1, 12))
+@settings(max_examples=10, deadline=None, derandomize=True)
+def test_the_sampled_operator_with_its_compiled_count_draws_the_eager_sellers(drawn, rows):
+    """econspin::sampled_blocks counting with its compiled function, on blocks of every size: the eager blocks' draws.
+
+    m_i bit for bit; s_i and sum e y, which the compiled call sums itself, to rounding.
+    """
+    state, economy = drawn
+    with torch.no_grad(), pytest.MonkeyPatch.context() as patch:
+        patch.setattr(fused_sampled, "COMPILED_COUNT_FROM", 0)
+        eager, want, got, _, _ = block_calls(state, economy, rows, compiled_inversion=True)
+    tolerance = 1e-12 if eager.dot.dtype == torch.float64 else 1e-5
+    assert torch.equal(eager.shifted_max, got[0])
+    assert close(eager.total, got[1], tolerance) and close(eager.dot, got[2], tolerance)
+    assert torch.equal(want[0], got[3])
+
+
 def _cosine_sums(x: torch.Tensor, keep: bool):
     """The sums over both axes of 3 cos x, with 3 cos x stored (compiled.stored) or left to Inductor."""
     tripled = torch.cos(x) * 3.0

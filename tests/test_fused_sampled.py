@@ -19,7 +19,7 @@ from scipy import stats
 
 from econspin.choice import logit_rows, sample_choice
 from econspin.fused import uses_fused
-from econspin.fused_sampled import fused_sampled_trade, inverse_cdf, sampled_choices, tile_width
+from econspin.fused_sampled import compiled_draws, fused_sampled_trade, inverse_cdf, sampled_choices, tile_width
 from econspin.market import allowed_sellers, network_mask, project, seller_bias, trade
 from econspin.randomness import DRAW_CHOICE, dynamics_keys
 from econspin.round import step
@@ -99,6 +99,14 @@ def test_the_compiled_inversion_draws_the_eager_sellers(seed, rows, case):
     want = inverse_cdf(weights, uniforms, tile)
     assert torch.equal(inverse_cdf(weights, uniforms, tile, compiled=True), want)
     assert torch.equal(want, sample_choice(weights, uniforms))
+    # with the blocks' scores y <= 0 (as econspin.fused.row_blocks leaves them): the same draws, and
+    # s_i and sum_j e_ij y_ij from the same call, to the working precision's rounding of the sums
+    scores = -torch.rand(weights.shape, generator=torch.Generator().manual_seed(seed), dtype=weights.dtype) * 10
+    drawn, totals, dots = compiled_draws(weights, uniforms, tile, scores=scores)
+    assert torch.equal(drawn, want)
+    tolerance = 1e-12 if weights.dtype == torch.float64 else 1e-5
+    for got, eager in ((totals, weights.sum(-1)), (dots, (scores * weights).sum(-1))):
+        assert torch.allclose(got, eager, rtol=tolerance, atol=tolerance * float(eager.abs().max()))
 
 
 @needs_compiler
