@@ -405,7 +405,7 @@ def _direction_words(keys: torch.Tensor, tag: torch.Tensor) -> torch.Tensor:
 
 @pytest.mark.skipif(missing_compiler(torch.device("cpu")) is not None, reason="no C++ compiler for torch.compile")
 def test_compiled_words_read_the_agents_keys_instead_of_hashing_them_again():
-    """Compiled, the agents' keys are hashed once a round and stored: the loop of a stream's words hashes its own level only.
+    """Compiled, the agents' keys are hashed once a round and stored: a stream's words hash their own level only.
 
     Left to Inductor, the keys of (element, round, agent) were recomputed in every loop over
     the draws of a stream, one mix64 (two exact products) more per word (docs/performance.md,
