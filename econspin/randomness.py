@@ -34,6 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from econspin.compiled import stored
 from econspin.gaussians import box_muller
 
 STREAM_DYNAMICS = 0
@@ -368,7 +369,9 @@ def agent_draws(keys: torch.Tensor, mixed_round: torch.Tensor | int, agents: int
     """:func:`round_draws` from the round's tag (:func:`round_tag`), a Python int or a 0-d int64 tensor.
 
     The compiled round (``run.compile``) is given the tag as a tensor, so that it traces the
-    keying of its agents once for every round instead of once per round index.
+    keying of its agents once for every round instead of once per round index. There the agents'
+    keys are stored (econspin.compiled.stored): inlined, Inductor hashed them again in every loop
+    over a stream's words, one mix64 per word more (docs/performance.md, "The agents' keys stored").
     """
     round_keys = _keyed(keys, mixed_round)
-    return Draws(_keyed(round_keys.unsqueeze(-1), _mixed_tags(_LEVEL_AGENT, agents, keys.device)))
+    return Draws(stored(_keyed(round_keys.unsqueeze(-1), _mixed_tags(_LEVEL_AGENT, agents, keys.device))))

@@ -17,6 +17,7 @@ from econspin.gaussians import box_muller, cos_sin_of_turns
 from econspin.output import CheckpointError, load_checkpoint, save_checkpoint
 from econspin.randomness import (
     DRAW_CHOICE,
+    DRAW_DIRECTION,
     DRAW_SPIN,
     ROUND_BLOCK,
     ROUND_BLOCK_ENTRIES,
@@ -396,3 +397,29 @@ def test_a_block_of_rounds_gives_each_round_its_own_keys_and_uniforms():
     # the documented chain, one agent's word, through a kept block
     word = round_draws(keys[:1], ROUND_BLOCK + 3, 37).words(DRAW_CHOICE, 1)[0, 0, 36]
     assert int(word) % 2**64 == _reference_word(int(keys[0]), ROUND_BLOCK + 3, 36, DRAW_CHOICE, 0)
+
+
+def _direction_words(keys: torch.Tensor, tag: torch.Tensor) -> torch.Tensor:
+    return agent_draws(keys, tag, 64).words(DRAW_DIRECTION, 8)
+
+
+@pytest.mark.skipif(missing_compiler(torch.device("cpu")) is not None, reason="no C++ compiler for torch.compile")
+def test_compiled_words_read_the_agents_keys_instead_of_hashing_them_again():
+    """Compiled, the agents' keys are hashed once a round and stored: a stream's words hash their own level only.
+
+    Left to Inductor, the keys of (element, round, agent) were recomputed in every loop over
+    the draws of a stream, one mix64 (two exact products) more per word (docs/performance.md,
+    "The agents' keys stored"). The loop writing the (8, B, N) words holds two mix64s, its
+    tag's and the word's: four exact products, each a left shift by 32. The words are the eager ones.
+    """
+    from torch._inductor.utils import run_and_get_code
+
+    keys, tag = torch.tensor([3, 4]), torch.tensor(round_tag(5))
+    torch._dynamo.reset()
+    words, code = run_and_get_code(torch.compile(_direction_words, dynamic=False), keys, tag)
+    assert torch.equal(words, _direction_words(keys, tag))
+    source = "\n".join(code)
+    loops = source[source.index('extern "C"') :].split("\n    {\n")  # the kernel's top-level loops
+    words_loop = [loop for loop in loops if "x0<static_cast<int64_t>(8L)" in loop]
+    assert len(words_loop) == 1
+    assert words_loop[0].count(" << ") == 4
