@@ -84,6 +84,7 @@ BLOCK_ENTRIES = 2**20  # entries of one (batch-heads, rows, N) block on a CPU: t
 # entries), 121 ms in blocks of 512 and 98 ms in blocks of 8192 (docs/performance.md, "On a GPU")
 GPU_BLOCK_ENTRIES = 2**27
 MIN_ROWS = 32  # thinner blocks cost more in overhead than the cache saves
+PIECE_ROWS = 256  # a block of more rows has its 1- and 2-row products cut into pieces of this many (block_products)
 LN2 = math.log(2.0)
 # exp2 leaves its fast vector path where the result would be subnormal: scores are clamped to
 # these floors first, and weights up to 2^(floor + 1) (tiny against the row's largest, 1) set to 0
@@ -403,13 +404,38 @@ def expected_blocks(
         torch.sum(scores.mul_(weights), -1, out=terms.dot[g, r])  # sum_j e_ij z_ij / ln 2
         rounded = None if low is None else workspace("low weights", weights.numel(), low, device)
         moments[g, r, :d] = received_product(weights, delivered[g], rounded)  # (d columns: no padding)
-        moments[g, r, d:] = torch.bmm(moment_rows[g], weights.transpose(1, 2)).transpose(1, 2)
         # total >= 1 on a row with partners (its best seller weighs exactly 1), 0 on an empty row,
         # whose weights are all 0: what it would spend goes nowhere
         per_unit = terms.share[g, r] / terms.total[g, r].clamp(min=1.0)
-        # a row vector times the block: 0.05 ms against 0.47 ms for block^T times a column at B = 128, N = 64
-        revenue[g].add_(torch.bmm(per_unit[:, None, :], weights).squeeze(1))  # (+= would copy it back onto itself)
+        block_products(moment_rows[g], per_unit, weights, moments[g, r, d:], revenue[g])
     return norm, moments, revenue
+
+
+def block_products(moment_rows: torch.Tensor, per_unit: torch.Tensor, weights: torch.Tensor, moments: torch.Tensor,
+                   revenue: torch.Tensor) -> None:
+    """The block's 1- and 2-row products: moments = (moment_rows @ e^T)^T, revenue += per_unit @ e (in float64).
+
+    MKL runs a product of 1 or 2 rows on one thread: at N = 1024, B = 1 (one block of 1024 rows)
+    the second thread sat idle through 0.25 ms of them. A block of many rows is therefore cut into
+    pieces of PIECE_ROWS rows, batched in one product, which MKL spreads over the threads. The
+    pieces' size is fixed, not the threads' count: the numbers depend on neither the threads nor
+    the batch (a batched sweep keeps each point's bits). The pieces' revenue is summed in float64.
+    """
+    groups, rows, agents = weights.shape
+    pieces = rows // PIECE_ROWS if rows % PIECE_ROWS == 0 else 1
+    if pieces < 2:
+        moments.copy_(torch.bmm(moment_rows, weights.transpose(1, 2)).transpose(1, 2))
+        # a row vector times the block: 0.05 ms against 0.47 ms for block^T times a column at B = 128, N = 64
+        revenue.add_(torch.bmm(per_unit[:, None, :], weights).squeeze(1))  # (+= would copy it back onto itself)
+        return
+    cut = weights.reshape(groups * pieces, PIECE_ROWS, agents)
+    kinds = moment_rows.shape[1]  # every piece reads its group's moment rows (one group: a view, no copy)
+    every_piece = moment_rows[:, None].expand(groups, pieces, kinds, agents).reshape(groups * pieces, kinds, agents)
+    # (groups pieces, kinds, PIECE_ROWS): a piece's columns are its rows' moments, in order
+    piece_moments = torch.bmm(every_piece, cut.transpose(1, 2)).view(groups, pieces, kinds, PIECE_ROWS)
+    moments.unflatten(1, (pieces, PIECE_ROWS)).copy_(piece_moments.transpose(2, 3))
+    earned = torch.bmm(per_unit.reshape(groups * pieces, 1, PIECE_ROWS), cut).view(groups, pieces, agents)
+    revenue.add_(earned.sum(1, dtype=torch.float64))
 
 
 def block_arguments(terms: BlockTerms, economy: Economy | BlockSettings, rows: int | None) -> tuple:

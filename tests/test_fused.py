@@ -61,6 +61,28 @@ def test_block_size_and_batch_grouping_do_not_change_the_result(monkeypatch):
     assert_outcomes_close(whole, fused_trade(state, run.economy), 1e-13)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_blocks_in_pieces_give_the_whole_blocks_numbers_and_each_element_its_bits_alone(monkeypatch, dtype):
+    """A block's 1- and 2-row products cut into pieces of PIECE_ROWS rows (fused.block_products).
+
+    The same round as the whole block's products to rounding, money conserved, and each batch
+    element the bits it gets alone (the pieces' size does not depend on the batch).
+    """
+    name = str(dtype).removeprefix("torch.")
+    run = rollout([two_populations(heads=2, visibility=-0.7)] * 3, dtype=name)
+    state = run.state.replace(temperature=run.state.temperature.index_fill(1, torch.tensor([0, 5]), 0.0))
+    whole = fused_trade(state, run.economy, rows=32)
+    monkeypatch.setattr("econspin.fused.PIECE_ROWS", 8)  # blocks of 32 rows in 4 pieces, the last block of 32 too
+    pieces = fused_trade(state, run.economy, rows=32)
+    assert_outcomes_close(whole, pieces, 1e-13 if dtype == torch.float64 else TOLERANCE[dtype])
+    assert torch.allclose(pieces.revenue.sum(1), pieces.spending.sum(1), rtol=1e-13, atol=0)
+    alone = rollout(two_populations(heads=2, visibility=-0.7), dtype=name)
+    first = alone.state.replace(temperature=state.temperature[:1])
+    one = fused_trade(first, alone.economy, rows=32)
+    for field in dataclasses.fields(one):
+        assert torch.equal(getattr(pieces, field.name)[:1], getattr(one, field.name)), field.name
+
+
 def test_zero_temperature_is_the_argmax_with_ties_split_equally():
     populations = {"a": {"count": 40, "temperature": 0.0, "projections": {"init": "identity"}}}
     run = rollout(scenario(populations=populations, output="identity"))  # d = d_k = 4: U = x_i . x_j / 2
