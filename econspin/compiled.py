@@ -97,6 +97,30 @@ def eager_parts_as_operators(device: torch.device) -> bool:
     return device.type in OPERATOR_DEVICES
 
 
+# the eager parts' operators (econspin.fused, econspin.fused_sampled), registered on the dispatcher directly
+_OPERATORS = torch.library.Library("econspin", "FRAGMENT")
+
+
+def eager_operator(name: str, fake: Callable) -> Callable:
+    """A decorator: ``function`` as the operator econspin::``name`` (schema from its annotations), ``fake`` its shapes.
+
+    Called through the dispatcher straight into ``function``, not through torch.library.custom_op's
+    wrappers (autograd's, Dynamo's, the check of outputs for aliases): 4 against 11-15 us a call for an
+    operator that does nothing, 0.19 against 0.20 ms for the expected blocks at B = 1, N = 64
+    (docs/performance.md). Nothing differentiates through it: a round whose inputs require gradients
+    takes no operator (econspin.fused.uses_fused). torch.library.opcheck checks the schema and the fake
+    shapes (tests/test_compiled_round.py).
+    """
+
+    def register(function: Callable):
+        _OPERATORS.define(name + torch.library.infer_schema(function, mutates_args=()))
+        _OPERATORS.impl(name, function, "CompositeExplicitAutograd")
+        torch.library.register_fake(f"econspin::{name}", fake, lib=_OPERATORS)
+        return getattr(torch.ops.econspin, name).default
+
+    return register
+
+
 def stored(tensor: torch.Tensor) -> torch.Tensor:
     """``tensor`` itself; under torch.compile, a view of it that makes Inductor store it instead of inlining it.
 

@@ -69,7 +69,7 @@ from dataclasses import dataclass
 
 import torch
 
-from econspin.compiled import eager_parts_as_operators, eagerly
+from econspin.compiled import eager_operator, eager_parts_as_operators, eagerly
 from econspin.economy import Economy
 from econspin.economy_terms import EconomyTerms, fixed_terms
 from econspin.market import MarketOutcome, budgets, row_sizes, seller_bias, seller_moments, tie_widths
@@ -455,15 +455,23 @@ def operator_results(operator, terms: BlockTerms, economy: Economy | BlockSettin
 def blocks_from_arguments(left, right, delivered, share, tie_width, network_bias, trade_mask, rows, chunk,
                           memory_budget, utility_precision):
     """(terms with fresh per-row results, settings, rows) from :func:`block_arguments`."""
-    per_row = [torch.empty(left.shape[:2], dtype=delivered.dtype, device=left.device) for _ in range(3)]
+    per_row = [delivered.new_empty(delivered.shape[0], delivered.shape[1]) for _ in range(3)]  # 0.8 us, not 2.6
     terms = BlockTerms(left, right, delivered, share, tie_width, network_bias, *per_row)
     settings = BlockSettings(None if chunk < 0 else chunk, memory_budget, utility_precision, trade_mask)
     return terms, settings, None if rows < 0 else rows
 
 
+def _expected_blocks_shapes(left, right, delivered, share, tie_width, network_bias, trade_mask, rows, chunk,
+                            memory_budget, utility_precision, moment_rows):
+    groups, agents, d = delivered.shape
+    per_row = [delivered.new_empty(groups, agents) for _ in range(4)]
+    moments = delivered.new_empty(groups, agents, d + 2)
+    return *per_row, moments, delivered.new_empty(groups, agents, dtype=torch.float64)
+
+
 # one node of a compiled round instead of a graph break in every frame above the call (a
 # torch.compiler.disable'd function splits the traced round there into graphs of its own)
-@torch.library.custom_op("econspin::expected_blocks", mutates_args=())
+@eager_operator("expected_blocks", _expected_blocks_shapes)
 def _expected_blocks_operator(
     left: torch.Tensor, right: torch.Tensor, delivered: torch.Tensor, share: torch.Tensor, tie_width: torch.Tensor,
     network_bias: torch.Tensor | None, trade_mask: torch.Tensor | None, rows: int, chunk: int,
@@ -474,15 +482,6 @@ def _expected_blocks_operator(
                                                   trade_mask, rows, chunk, memory_budget, utility_precision)
     norm, moments, revenue = expected_blocks(terms, settings, moment_rows, rows)
     return terms.shifted_max, terms.total, terms.dot, norm, moments, revenue
-
-
-@_expected_blocks_operator.register_fake
-def _(left, right, delivered, share, tie_width, network_bias, trade_mask, rows, chunk, memory_budget,
-      utility_precision, moment_rows):
-    groups, agents, d = delivered.shape
-    per_row = [delivered.new_empty(groups, agents) for _ in range(4)]
-    moments = delivered.new_empty(groups, agents, d + 2)
-    return *per_row, moments, delivered.new_empty(groups, agents, dtype=torch.float64)
 
 
 def row_statistics(state: State, economy: Economy, terms: RoundTerms):

@@ -63,7 +63,7 @@ from collections.abc import Callable
 
 import torch
 
-from econspin.compiled import eager_parts_as_operators, eagerly
+from econspin.compiled import eager_operator, eager_parts_as_operators, eagerly
 from econspin.economy import Economy
 from econspin.fused import (
     BlockSettings,
@@ -336,7 +336,13 @@ def sampled_blocks(
     return choice
 
 
-@torch.library.custom_op("econspin::sampled_blocks", mutates_args=())
+def _sampled_blocks_shapes(left, right, delivered, share, tie_width, network_bias, trade_mask, rows, chunk,
+                           memory_budget, utility_precision, uniforms, compiled_inversion):
+    per_row = [uniforms.new_empty(uniforms.shape, dtype=delivered.dtype) for _ in range(3)]
+    return *per_row, uniforms.new_empty(uniforms.shape, dtype=torch.long)
+
+
+@eager_operator("sampled_blocks", _sampled_blocks_shapes)
 def _sampled_blocks_operator(
     left: torch.Tensor, right: torch.Tensor, delivered: torch.Tensor, share: torch.Tensor, tie_width: torch.Tensor,
     network_bias: torch.Tensor | None, trade_mask: torch.Tensor | None, rows: int, chunk: int,
@@ -347,13 +353,6 @@ def _sampled_blocks_operator(
                                                   trade_mask, rows, chunk, memory_budget, utility_precision)
     choice = sampled_blocks(terms, settings, uniforms, rows, compiled_inversion)
     return terms.shifted_max, terms.total, terms.dot, choice
-
-
-@_sampled_blocks_operator.register_fake
-def _(left, right, delivered, share, tie_width, network_bias, trade_mask, rows, chunk, memory_budget,
-      utility_precision, uniforms, compiled_inversion):
-    per_row = [uniforms.new_empty(uniforms.shape, dtype=delivered.dtype) for _ in range(3)]
-    return *per_row, uniforms.new_empty(uniforms.shape, dtype=torch.long)
 
 
 def fused_sampled_trade(
