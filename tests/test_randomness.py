@@ -5,14 +5,13 @@ import math
 import numpy as np
 import pytest
 import torch
-from helpers import rollout, scenario
+from helpers import needs_compiler, rollout, scenario
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import stats
 from typer.testing import CliRunner
 
 from econspin.cli import app
-from econspin.compiled import missing_compiler
 from econspin.gaussians import box_muller, cos_sin_of_turns
 from econspin.output import CheckpointError, load_checkpoint, save_checkpoint
 from econspin.randomness import (
@@ -92,7 +91,7 @@ def _every_draw(keys: torch.Tensor):
 COMPILED_DRAWS = []  # compiled once per test session: the hypothesis examples below reuse it
 
 
-@pytest.mark.skipif(missing_compiler(torch.device("cpu")) is not None, reason="no C++ compiler for torch.compile")
+@needs_compiler
 @given(keys=st.lists(INT64, min_size=3, max_size=3), extreme=st.sampled_from(EXTREMES))
 @settings(max_examples=25, deadline=None)
 def test_compiled_draws_are_the_eager_draws(keys, extreme):
@@ -403,7 +402,7 @@ def _direction_words(keys: torch.Tensor, tag: torch.Tensor) -> torch.Tensor:
     return agent_draws(keys, tag, 64).words(DRAW_DIRECTION, 8)
 
 
-@pytest.mark.skipif(missing_compiler(torch.device("cpu")) is not None, reason="no C++ compiler for torch.compile")
+@needs_compiler
 def test_compiled_words_read_the_agents_keys_instead_of_hashing_them_again():
     """Compiled, the agents' keys are hashed once a round and stored: a stream's words hash their own level only.
 
