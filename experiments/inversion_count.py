@@ -6,7 +6,8 @@ For each N:B, B economies of N agents as in experiments/benchmark_ensemble.py pl
 sampled rounds; the last block that :func:`econspin.fused_sampled.inverse_cdf` received (the
 unnormalised weights of the round and their uniforms) is kept and inverted again, eagerly
 (``compiled=False``: float64 copy, cumsum, searchsorted) and with the count compiled
-(``compiled=True``, what a compiled round's blocks call), each timed alone (1 thread, CPU
+(``compiled=True``: the count a compiled round's blocks call, there through
+``compiled_draws`` with the rows' sums too), each timed alone (1 thread, CPU
 time, median of 7 series of 50 calls), and the two draws compared bit for bit.
 
 ``--rounds``: instead, the compiled sampled round itself, median of 20 series of 5 rounds (CPU
