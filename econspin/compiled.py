@@ -184,7 +184,7 @@ def require_compiler(mode: str, device: torch.device) -> None:
 
 
 # The devices whose compiled rounds call their kernels from Inductor's C++ wrapper (cpp_wrapper) instead of its
-# Python one: the graph's call, its buffers, size checks and views, is C++. On the CPU 0.03 ms less a round at
+# Python one: the graph's call, its buffers, size checks and views, is C++. On the CPU 0.03-0.08 ms less a round at
 # B = 1, N = 256, the same kernels and bits (docs/performance.md, "The compiled round's guards and wrapper");
 # not run on CUDA.
 CPP_WRAPPER_DEVICES = ("cpu",)
@@ -196,11 +196,12 @@ def round_guards(guards) -> list[bool]:
     What the round reads of its arguments stays guarded (the state's and the economy's tensors, their
     shapes, dtypes and devices, every setting the trace read: mode, response, populations, budgets,
     memory budget, ...), and so does torch's global state (grad mode, threads, default dtype): a change
-    there recompiles. Left out: the 131 of the round's 213 guards that check that econspin's and torch's
-    module globals (functions, constants, modules) are still what the trace read, which nothing changes
-    while a rollout runs. Each costs little, but the check runs at the start of every round on caches the
-    round's blocks have just filled: 0.1-0.2 ms for the 213 (docs/performance.md, "The compiled round's
-    guards and wrapper"). Whoever patches a module global that the round reads (tests) calls torch._dynamo.reset().
+    there recompiles. Left out: the guards that econspin's and torch's module globals (functions, constants,
+    modules) are still what the trace read, which nothing changes while a rollout runs: 82 guards of the
+    benchmark round's 213 remain. Each costs little, but the check runs at the start of every round on
+    caches the round has just filled: 0.07-0.2 ms for the 213, 0.04-0.1 ms for the 82 (docs/performance.md,
+    "The compiled round's guards and wrapper"). Whoever patches a module global that the round reads
+    (tests) calls torch._dynamo.reset().
     """
     return [not guard.is_global for guard in guards]
 
