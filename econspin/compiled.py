@@ -66,9 +66,11 @@ Modes (``run.compile``):
 - ``reduce-overhead``: ``torch.compile(mode="reduce-overhead")``, which on a GPU replays the
   compiled kernels as CUDA graphs (on the CPU it is ``default``).
 
-The compiled function is built once per mode and kept for the process (:func:`compiled_function`);
-TorchDynamo compiles it once per economy shape (``dynamic=False``: shapes are constants; a
-rollout never changes them) and reuses it for every later round and every economy of the same
+The compiled function is built once per mode and device type and kept for the process
+(:func:`compiled_function`); on the CPU Inductor's C++ wrapper calls its kernels, and its guards
+leave out module globals (:func:`round_guards`: what the round reads of the state and the economy
+stays guarded). TorchDynamo compiles it once per economy shape (``dynamic=False``: shapes are
+constants; a rollout never changes them) and reuses it for every later round and every economy of the same
 shapes (and settings: mode, populations, response). Past torch's limit of compilations per
 function (``torch._dynamo.config.recompile_limit``, 8), further shapes run eagerly.
 """
@@ -181,9 +183,39 @@ def require_compiler(mode: str, device: torch.device) -> None:
         raise CompilerMissing(f"run.compile: {mode}: {reason}; use run.compile: off")
 
 
+# The devices whose compiled rounds call their kernels from Inductor's C++ wrapper (cpp_wrapper) instead of its
+# Python one: the graph's call, its buffers, size checks and views, is C++. On the CPU 0.03-0.08 ms less a round at
+# B = 1, N = 256, the same kernels and bits (docs/performance.md, "The compiled round's guards and wrapper");
+# not run on CUDA.
+CPP_WRAPPER_DEVICES = ("cpu",)
+
+
+def round_guards(guards) -> list[bool]:
+    """TorchDynamo's guard filter for the compiled round: keep every guard but those on module globals.
+
+    What the round reads of its arguments stays guarded (the state's and the economy's tensors, their
+    shapes, dtypes and devices, every setting the trace read: mode, response, populations, budgets,
+    memory budget, ...), and so does torch's global state (grad mode, threads, default dtype): a change
+    there recompiles. Left out: the guards that econspin's and torch's module globals (functions, constants,
+    modules) are still what the trace read, which nothing changes while a rollout runs: 82 guards of the
+    benchmark round's 213 remain. Each costs little, but the check runs at the start of every round on
+    caches the round has just filled: 0.07-0.2 ms for the 213, 0.04-0.1 ms for the 82 (docs/performance.md,
+    "The compiled round's guards and wrapper"). Whoever patches a module global that the round reads
+    (tests) calls torch._dynamo.reset().
+    """
+    return [not guard.is_global for guard in guards]
+
+
 @functools.cache
-def compiled_function(function: Callable, mode: str) -> Callable:
-    """``function`` compiled by torch.compile in ``mode`` (a run.compile value other than off), once per process."""
+def compiled_function(function: Callable, mode: str, device_type: str = "cpu") -> Callable:
+    """``function`` compiled by torch.compile in ``mode`` (a run.compile value other than off) for ``device_type``.
+
+    Built once per process and device type, with ``mode``'s options (torch.compile takes a mode or
+    options, not both), :func:`round_guards` and, on CPP_WRAPPER_DEVICES, Inductor's C++ wrapper.
+    """
     if mode not in COMPILE_MODES or mode == "off":
         raise ValueError(f"run.compile: {mode!r} is not a compiling mode; choose one of {COMPILE_MODES[1:]}")
-    return torch.compile(function, mode=mode, dynamic=False)
+    options = {**torch._inductor.list_mode_options(mode, False), "guard_filter_fn": round_guards}
+    if device_type in CPP_WRAPPER_DEVICES:
+        options["cpp_wrapper"] = True
+    return torch.compile(function, dynamic=False, options=options)

@@ -54,7 +54,9 @@ def step(state: State, economy: Economy, budget: RejectionBudget | None = None) 
         tag = round_tag_tensor(state) if sampled else None
         if graphs:  # CUDA graphs: each round a new step of torch's graph tree
             torch.compiler.cudagraph_mark_step_begin()
-        new_states, money, outcome = compiled_function(play_tagged, economy.compile)(state, economy, tag, budget)
+        new_states, money, outcome = compiled_function(play_tagged, economy.compile, state.states.device.type)(
+            state, economy, tag, budget
+        )
     handed_on = {
         "states": new_states,
         "money": money,

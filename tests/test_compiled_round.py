@@ -24,6 +24,7 @@ from helpers import MISSING_COMPILER, needs_compiler, rollout, scenario
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_cli import TINY
+from torch._inductor.utils import run_and_get_code
 from typer.testing import CliRunner
 
 import econspin.fused_sampled as fused_sampled
@@ -36,7 +37,7 @@ from econspin.output import load_checkpoint, save_checkpoint
 from econspin.projections import rows_together
 from econspin.randomness import round_draws, round_tag
 from econspin.response import sample_von_mises_fisher
-from econspin.round import play_tagged, step
+from econspin.round import play_tagged, round_tag_tensor, step
 from econspin.scenario import ScenarioError
 from econspin.uniform import uses_uniform
 
@@ -158,6 +159,53 @@ def test_compiled_uniform_round_equals_the_eager_one(mode):
 def test_reduce_overhead_mode_equals_the_eager_round():
     """Mode reduce-overhead (CUDA graphs on a GPU; the default compilation on the CPU)."""
     compare_rounds(rollout(scenario(mode="sampled")), rounds=2, compile_mode="reduce-overhead")
+
+
+@needs_compiler
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["expected", "sampled"])
+def test_the_compiled_cpu_round_is_called_from_cpp_with_the_python_wrappers_bits(mode):
+    """On the CPU Inductor's C++ wrapper calls the round's kernels and operators (compiled.CPP_WRAPPER_DEVICES).
+
+    The same graph called from its Python wrapper gives the same bits: the wrapper calls, it does not compute.
+    """
+    run = rollout(scenario(mode=mode))
+    economy = dataclasses.replace(run.economy, compile="default")
+    tag = round_tag_tensor(run.state) if mode == "sampled" else None
+    with torch.no_grad():
+        got, sources = run_and_get_code(step, run.state, economy)
+        torch._dynamo.reset()
+        python_wrapper = torch.compile(play_tagged, mode="default", dynamic=False)
+        states, money, outcome = python_wrapper(run.state, economy, tag)
+    assert len(sources) == 1 and "cpp_wrapper_src" in sources[0]
+    wanted = {"states": states, "money": money, "revenue": outcome.revenue, "spending": outcome.spending,
+              "entropy": outcome.entropy, "surplus": outcome.surplus}
+    for name, want in wanted.items():
+        assert torch.equal(getattr(got, name), want), name
+
+
+@needs_compiler
+@pytest.mark.slow
+def test_a_changed_setting_recompiles_the_round_whose_guards_leave_out_module_globals():
+    """The guards the round keeps (compiled.round_guards) tell apart economies that differ in a setting, not a tensor.
+
+    The budgets' rule, a string the trace reads: the second economy's compiled round is its eager round,
+    from a graph of its own, not the first economy's. No guard reads a module global (``G[...]``).
+    """
+    run = rollout(scenario())
+    share = dataclasses.replace(run.economy, compile="default")
+    unit = dataclasses.replace(share, spend_rule="unit")
+    with torch.no_grad():
+        first = step(run.state, share)
+        got = step(run.state, unit)
+        want = step(run.state, dataclasses.replace(unit, compile="off"))
+    assert not torch.equal(first.spending, want.spending)  # the rule matters here
+    for name in FIELDS:
+        assert close(getattr(want, name), getattr(got, name)), name
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 2
+    entries = torch._dynamo.eval_frame._debug_get_cache_entry_list(play_tagged.__code__)
+    guards = str(entries[0].guard_manager)
+    assert "L['economy'].spend_rule" in guards and "G[" not in guards
 
 
 ROLLOUTS = {
