@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
+from econspin.compiled import eager_operator
 from econspin.gaussians import cos_sin_of_turns
 from econspin.randomness import DRAW_SPIN, UNIT_BITS, Draws, unit_integers
 
@@ -127,22 +128,23 @@ def _wood_rest(result, pending, constants, dimension: int, draws: Draws, start: 
 
 # under run.compile (econspin.compiled), on the devices of OPERATOR_DEVICES: the loop as one node of
 # the compiled graph instead of a graph break (torch.compiler.disable splits the round into a graph
-# per frame above the call); it asks the host whether anyone is left, inside the operator
-@torch.library.custom_op("econspin::wood_rest", mutates_args=())
-def wood_rest_operator(
+# per frame above the call); it asks the host whether anyone is left, inside the operator. Registered
+# on the dispatcher directly (econspin.compiled.eager_operator), not by torch.library.custom_op, whose
+# wrappers cost 22 us a call; nothing differentiates through it: a traced draw whose w requires a
+# gradient takes the graph break instead (econspin.response._wood_rest_compiled)
+def _wood_rest_of_keys(
     marked: torch.Tensor, constants: torch.Tensor, keys: torch.Tensor, dimension: int
 ) -> torch.Tensor:
     """:func:`_wood_rest` after WOOD_FIRST_ATTEMPTS attempts, on the agents' keys (``Draws.keys``).
 
     ``marked``: w with NaN where the agent has no accepted attempt yet (:func:`_wood_first_marked`).
     """
-    # a copy: the loop clamps its result in place, and an operator may not write into its inputs
-    return _wood_rest_marked(marked.clone(), constants, dimension, Draws(keys))
+    return _wood_rest_marked(marked, constants, dimension, Draws(keys))
 
 
-@wood_rest_operator.register_fake
-def _(marked, constants, keys, dimension):
-    return torch.empty_like(marked)
+wood_rest_operator = eager_operator("wood_rest", lambda marked, constants, keys, dimension: torch.empty_like(marked))(
+    _wood_rest_of_keys
+)
 
 
 def _wood_first_marked(constants, finite, dimension: int, draws: Draws, attempts: int) -> torch.Tensor:
@@ -164,7 +166,15 @@ def _wood_first_marked(constants, finite, dimension: int, draws: Draws, attempts
 
 
 def _wood_rest_marked(marked, constants, dimension: int, draws: Draws) -> torch.Tensor:
-    """:func:`_wood_rest` of the agents marked NaN in w after the first attempts; ``marked`` may be written into."""
+    """:func:`_wood_rest` of the agents marked NaN in w after the first attempts: a new tensor, ``marked`` untouched.
+
+    Most rounds no agent is left: a NaN anywhere makes the sum NaN, and w is within [-1, 1] elsewhere
+    (1 where kappa is infinite), so the sum is finite exactly when none is marked. One pass and one
+    host read, where ``isnan(marked).any()`` took 22 us at B = 128, N = 64 (docs/performance.md).
+    """
+    if not math.isnan(float(marked.detach().sum())):
+        return marked.clamp(-1.0, 1.0)
+    # _wood_rest's first index_put makes a new tensor: the loop never writes into marked
     return _wood_rest(marked, torch.isnan(marked), constants, dimension, draws, WOOD_FIRST_ATTEMPTS, WOOD_MORE_ATTEMPTS)
 
 

@@ -59,7 +59,8 @@ def test_the_continued_step_draws_what_the_loop_draws(monkeypatch, dimension, ro
 def test_the_loops_operator_draws_what_the_loop_draws(monkeypatch, dimension):
     """econspin::wood_rest, what a compiled round calls for the agents left: the loop's w bit for bit.
 
-    Its inputs untouched, and a well-formed operator (torch.library.opcheck: schema, fake tensors).
+    Its inputs untouched, and a well-formed operator (torch.library.opcheck: schema, fake tensors),
+    with agents left and with none.
     """
     monkeypatch.setattr(wood, "WOOD_TRACED_MINIMUM", 1)  # the continuation takes one agent: the loop has more
     monkeypatch.setattr(wood, "WOOD_TRACED_SHARE", 10**9)
@@ -77,3 +78,7 @@ def test_the_loops_operator_draws_what_the_loop_draws(monkeypatch, dimension):
     # and the step's draw unsplit (each agent's first accepted attempt), whatever attempt the operator starts at
     assert torch.equal(got, wood._wood_component(kappa, dimension, draws))
     torch.library.opcheck(wood.wood_rest_operator, (marked, constants, draws.keys, dimension))
+    # no agent left (the operator's check is one sum): w itself, as a new tensor, and a well-formed operator again
+    done = wood.wood_rest_operator(got, constants, draws.keys, dimension)
+    assert torch.equal(done, got) and done.data_ptr() != got.data_ptr()
+    torch.library.opcheck(wood.wood_rest_operator, (got, constants, draws.keys, dimension))
