@@ -92,7 +92,9 @@ def _wood_component(
 def _wood_constants(kappa: torch.Tensor, dimension: int) -> tuple[torch.Tensor, torch.Tensor]:
     """((5, ...) float64 constants 1 - b, 1 + b, x0, k, c of :func:`_wood_component`, where kappa is finite)."""
     m1 = dimension - 1.0
-    finite = torch.isfinite(kappa)
+    # |kappa| < inf is isfinite (false for NaN too); compiled, one vector comparison, where Inductor's
+    # isfinite joined two masks through int32 ones, converted a lane at a time
+    finite = kappa.abs() < math.inf
     k = torch.where(finite, kappa, torch.zeros_like(kappa))
     b = m1 / (2.0 * k + torch.sqrt(4.0 * k**2 + m1**2))
     x0 = (1.0 - b) / (1.0 + b)
@@ -161,8 +163,7 @@ def _wood_first_marked(constants, finite, dimension: int, draws: Draws, attempts
         return torch.where(pending, math.nan, result)
     # every agent's first attempts, one expression each (the continuation keeps the batched form:
     # unrolled there too, its kernel made the round at B = 1 slower by 0.1 ms)
-    result, accepted = _wood_attempts_traced(constants, dimension, draws, 0, attempts)
-    return torch.where(finite, torch.where(accepted, result, math.nan), 1.0)
+    return torch.where(finite, _wood_attempts_traced(constants, dimension, draws, 0, attempts), 1.0)
 
 
 def _wood_rest_marked(marked, constants, dimension: int, draws: Draws) -> torch.Tensor:
@@ -208,12 +209,15 @@ def _wood_continued(marked, constants, dimension: int, draws: Draws, start: int,
     if capacity == 0:
         return marked
     device = marked.device
-    flat_pending = torch.isnan(flat_result)
+    # NaN is the one value unequal to itself: a vector comparison compiled, where Inductor's C++
+    # took isnan of float64 a lane at a time (stored, tested, loaded back as a mask)
+    flat_pending = flat_result != flat_result
     rank = torch.cumsum(flat_pending, 0) - 1
-    taken = flat_pending & (rank < capacity)
-    # each taken agent's index into its slot; the others into a spare slot, dropped
+    # each pending agent of rank below the capacity into its slot; the others into a spare slot, dropped
+    # (the rank clamped, not a second mask and'ed: compiled, Inductor joins masks through int32 ones)
+    slot = torch.where(flat_pending, rank.clamp(max=capacity), capacity)
     slots = torch.zeros(capacity + 1, dtype=torch.long, device=device)
-    slots = slots.scatter(0, torch.where(taken, rank, capacity), torch.arange(agents, device=device))[:capacity]
+    slots = slots.scatter(0, slot, torch.arange(agents, device=device))[:capacity]
     filled = torch.arange(capacity, device=device) < flat_pending.sum()
     more, more_accepted = _wood_attempts(
         constants.reshape(constants.shape[0], -1)[:, slots],
@@ -265,15 +269,18 @@ def _wood_attempts(constants: torch.Tensor, dimension: int, draws: Draws, start:
 
 
 def _wood_attempts_traced(constants: torch.Tensor, dimension: int, draws: Draws, start: int, count: int):
-    """:func:`_wood_attempts` as torch.compile is given every agent's first attempts.
+    """:func:`_wood_attempts` as torch.compile is given every agent's first attempts: w, NaN where none is accepted.
 
     Each attempt is one expression of the agents' keys: its three uniforms hashed apart and its
     cosine from the third's 52-bit integer (:func:`econspin.gaussians.cos_sin_of_turns`, within
     1e-15 of torch's cos), so Inductor fuses the attempts into one loop over the agents. Batched
-    as eagerly, it stored part of the hashes, the logs and t, and recomputed w.
+    as eagerly, it stored part of the hashes, the logs and t, and recomputed w. Who has an
+    accepted attempt is the mark itself (the last attempt's w, or NaN, then each earlier accepted
+    one over it), not a bool or'ed attempt by attempt: Inductor joined those masks through int32
+    ones, converted from the float64 comparisons a lane at a time.
     """
     low, high, x0, k, c = constants
-    result = accepted = None
+    result = None
     for attempt in range(start + count - 1, start - 1, -1):  # the first accepted one wins
         first = draws.uniform(DRAW_SPIN, 1, 3 * attempt)[0]
         threshold = torch.log(draws.uniform(DRAW_SPIN, 1, 3 * attempt + 1)[0])
@@ -283,9 +290,5 @@ def _wood_attempts_traced(constants: torch.Tensor, dimension: int, draws: Draws,
             t = t * torch.sqrt(-torch.expm1(torch.log(first) * (2.0 / (dimension - 2))))
         w = (low - high * t) / (high - low * t)
         score = torch.log((1.0 - x0 * w).clamp(min=1e-300)) * (dimension - 1.0) + k * w - c
-        accept = score >= threshold
-        if result is None:
-            result, accepted = w, accept
-        else:
-            result, accepted = torch.where(accept, w, result), accepted | accept
-    return result, accepted
+        result = torch.where(score >= threshold, w, math.nan if result is None else result)
+    return result

@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+from helpers import needs_compiler
 
 from econspin import response, wood
 from econspin.randomness import round_draws
@@ -82,3 +83,35 @@ def test_the_loops_operator_draws_what_the_loop_draws(monkeypatch, dimension):
     done = wood.wood_rest_operator(got, constants, draws.keys, dimension)
     assert torch.equal(done, got) and done.data_ptr() != got.data_ptr()
     torch.library.opcheck(wood.wood_rest_operator, (got, constants, draws.keys, dimension))
+
+
+@needs_compiler
+def test_the_compiled_first_attempts_test_their_marks_with_vector_comparisons():
+    """Compiled, Wood's traced step tests NaN and finiteness with comparisons, and marks w without bool masks or'ed.
+
+    Checked in its loops over all the agents (the continuation's loop over its slots keeps the
+    batched attempts' masks, the eager form). Inductor's C++ took isnan of float64 a lane at a
+    time (the vector stored, std::isnan on each double, a mask loaded back), and joined float64
+    comparisons through int32 masks converted a lane at a time: about a quarter of the
+    instructions of the loop of the first attempts (docs/performance.md, "Wood's traced step").
+    The step is still the loop's draw.
+    """
+    from torch._inductor.utils import run_and_get_code
+
+    kappa = torch.logspace(-2, 4, 600, dtype=torch.float64).reshape(3, 200)
+    kappa[0, :5] = math.inf
+    draws = round_draws(torch.tensor([1, 2, 3]), 4, 200)
+    torch._dynamo.reset()
+    (marked, constants), code = run_and_get_code(
+        torch.compile(lambda kappa, keys: _wood_first_traced(kappa, 16, wood.Draws(keys)), dynamic=False),
+        kappa,
+        draws.keys,
+    )
+    source = "\n".join(code)
+    loops = source[source.index('extern "C"') :].split("\n    {\n")  # the kernel's top-level loops
+    over_agents = [loop for loop in loops if "x0<static_cast<int64_t>(600L)" in loop]
+    assert len(over_agents) >= 2  # the constants, the first attempts with the pending agents' ranks, the marks
+    assert not any("std::isnan" in loop or "cast<int32_t" in loop for loop in over_agents)
+    attempts = (wood.WOOD_FIRST_ATTEMPTS, wood.WOOD_MORE_ATTEMPTS)
+    got = wood._wood_rest(marked, torch.isnan(marked), constants, 16, draws, *attempts)
+    assert torch.allclose(got, wood._wood_component(kappa, 16, draws), rtol=0, atol=1e-9)
