@@ -93,7 +93,7 @@ def test_the_compiled_first_attempts_test_their_marks_with_vector_comparisons():
     batched attempts' masks, the eager form). Inductor's C++ took isnan of float64 a lane at a
     time (the vector stored, std::isnan on each double, a mask loaded back), and joined float64
     comparisons through int32 masks converted a lane at a time: about a quarter of the
-    instructions of the loop of the first attempts (docs/performance.md, "Wood's traced step").
+    instructions of the loop of the first attempts (docs/performance.md, "The spin draw's masks").
     The step is still the loop's draw.
     """
     from torch._inductor.utils import run_and_get_code
