@@ -40,9 +40,10 @@ docs/performance.md, "The hashes compiled"). Two parts run eagerly, each chosen 
   on the CPU its interpreted programs are a graph break.
 - the loop of Wood's rejection step of the von Mises-Fisher spin draw over the agents left
   without an accepted attempt (sampled mode, d >= 2): it asks the host whether any agent is
-  still without one, which no graph can hold. It is one custom operator of the graph too
+  still without one, which no graph can hold. It is one operator of the graph too
   (``econspin::wood_rest``, :func:`econspin.wood.wood_rest_operator`), so the compiled sampled
-  round is one graph as well; on CUDA a graph break (:func:`econspin.response._wood_rest_eagerly`).
+  round is one graph as well; on CUDA, and where w requires a gradient, a graph break
+  (:func:`econspin.response._wood_rest_eagerly`).
   With a rejection budget (the sync-free rollout) there is no loop, and the whole of Wood's
   step is a graph break on every device (:func:`econspin.response._wood_component_eagerly`).
   The rest of the draw (the concentration, every agent's first attempts of Wood's step and the
@@ -110,8 +111,9 @@ def eager_operator(name: str, fake: Callable) -> Callable:
     wrappers (autograd's, Dynamo's, the check of outputs for aliases): 4 against 11-15 us a call for an
     operator that does nothing, 0.19 against 0.20 ms for the expected blocks at B = 1, N = 64
     (docs/performance.md). Nothing differentiates through it: a round whose inputs require gradients
-    takes no operator (econspin.fused.uses_fused). torch.library.opcheck checks the schema and the fake
-    shapes (tests/test_compiled_round.py).
+    takes no block operator (econspin.fused.uses_fused), nor Wood's loop's where w requires one
+    (econspin.response._wood_rest_compiled). torch.library.opcheck checks the schema and the fake
+    shapes (tests/test_compiled_round.py, tests/test_wood.py).
     """
 
     def register(function: Callable):

@@ -99,6 +99,8 @@ def cos_sin_of_turns(
     if dtype != torch.float64 and bits != 32:
         raise ValueError(f"cos_sin_of_turns takes {bits}-bit angles in float64 only")
     eighth_bits = bits - 3
+    if dtype != torch.float64:  # the 32 bits as int32 (wrapped, the same bits): 16 lanes a vector where int64 has 8
+        low = low.to(torch.int32)  # eighths 4..7 then read -4..-1: the same parity, and the same axis modulo 4
     eighth = low >> eighth_bits
     towards_next = (eighth & 1) == 1  # odd eighths measure their offset back from the next axis
     if dtype == torch.float64:

@@ -396,9 +396,12 @@ def _wood_rest_compiled(marked, constants, dimension: int, draws: Draws) -> torc
 
     The loop asks the host whether any agent is left, so it cannot be traced: on the devices of
     econspin.compiled.OPERATOR_DEVICES (the CPU) it runs inside a custom operator, one node of
-    the compiled round, elsewhere (CUDA) between graphs (:func:`_wood_rest_eagerly`).
+    the compiled round, elsewhere (CUDA) between graphs (:func:`_wood_rest_eagerly`). The operator
+    has no autograd kernel (econspin.compiled.eager_operator): where w requires a gradient (a
+    sampled round differentiated through its draw) the loop is a graph break on every device, and
+    the gradient flows through it as eagerly.
     """
-    if eager_parts_as_operators(marked.device):
+    if eager_parts_as_operators(marked.device) and not (torch.is_grad_enabled() and marked.requires_grad):
         return wood_rest_operator(marked, constants, draws.keys, dimension)
     return _wood_rest_eagerly(marked, constants, dimension, draws)
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
+from econspin.compiled import eager_operator
 from econspin.gaussians import cos_sin_of_turns
 from econspin.randomness import DRAW_SPIN, UNIT_BITS, Draws, unit_integers
 
@@ -91,7 +92,9 @@ def _wood_component(
 def _wood_constants(kappa: torch.Tensor, dimension: int) -> tuple[torch.Tensor, torch.Tensor]:
     """((5, ...) float64 constants 1 - b, 1 + b, x0, k, c of :func:`_wood_component`, where kappa is finite)."""
     m1 = dimension - 1.0
-    finite = torch.isfinite(kappa)
+    # |kappa| < inf is isfinite (false for NaN too); compiled, one vector comparison, where Inductor's
+    # isfinite joined two masks through int32 ones, converted a lane at a time
+    finite = kappa.abs() < math.inf
     k = torch.where(finite, kappa, torch.zeros_like(kappa))
     b = m1 / (2.0 * k + torch.sqrt(4.0 * k**2 + m1**2))
     x0 = (1.0 - b) / (1.0 + b)
@@ -127,22 +130,23 @@ def _wood_rest(result, pending, constants, dimension: int, draws: Draws, start: 
 
 # under run.compile (econspin.compiled), on the devices of OPERATOR_DEVICES: the loop as one node of
 # the compiled graph instead of a graph break (torch.compiler.disable splits the round into a graph
-# per frame above the call); it asks the host whether anyone is left, inside the operator
-@torch.library.custom_op("econspin::wood_rest", mutates_args=())
-def wood_rest_operator(
+# per frame above the call); it asks the host whether anyone is left, inside the operator. Registered
+# on the dispatcher directly (econspin.compiled.eager_operator), not by torch.library.custom_op, whose
+# wrappers cost 22 us a call; nothing differentiates through it: a traced draw whose w requires a
+# gradient takes the graph break instead (econspin.response._wood_rest_compiled)
+def _wood_rest_of_keys(
     marked: torch.Tensor, constants: torch.Tensor, keys: torch.Tensor, dimension: int
 ) -> torch.Tensor:
     """:func:`_wood_rest` after WOOD_FIRST_ATTEMPTS attempts, on the agents' keys (``Draws.keys``).
 
     ``marked``: w with NaN where the agent has no accepted attempt yet (:func:`_wood_first_marked`).
     """
-    # a copy: the loop clamps its result in place, and an operator may not write into its inputs
-    return _wood_rest_marked(marked.clone(), constants, dimension, Draws(keys))
+    return _wood_rest_marked(marked, constants, dimension, Draws(keys))
 
 
-@wood_rest_operator.register_fake
-def _(marked, constants, keys, dimension):
-    return torch.empty_like(marked)
+wood_rest_operator = eager_operator("wood_rest", lambda marked, constants, keys, dimension: torch.empty_like(marked))(
+    _wood_rest_of_keys
+)
 
 
 def _wood_first_marked(constants, finite, dimension: int, draws: Draws, attempts: int) -> torch.Tensor:
@@ -159,12 +163,19 @@ def _wood_first_marked(constants, finite, dimension: int, draws: Draws, attempts
         return torch.where(pending, math.nan, result)
     # every agent's first attempts, one expression each (the continuation keeps the batched form:
     # unrolled there too, its kernel made the round at B = 1 slower by 0.1 ms)
-    result, accepted = _wood_attempts_traced(constants, dimension, draws, 0, attempts)
-    return torch.where(finite, torch.where(accepted, result, math.nan), 1.0)
+    return torch.where(finite, _wood_attempts_traced(constants, dimension, draws, 0, attempts), 1.0)
 
 
 def _wood_rest_marked(marked, constants, dimension: int, draws: Draws) -> torch.Tensor:
-    """:func:`_wood_rest` of the agents marked NaN in w after the first attempts; ``marked`` may be written into."""
+    """:func:`_wood_rest` of the agents marked NaN in w after the first attempts: a new tensor, ``marked`` untouched.
+
+    Most rounds no agent is left: a NaN anywhere makes the sum NaN, and w is within [-1, 1] elsewhere
+    (1 where kappa is infinite), so the sum is finite exactly when none is marked. One pass and one
+    host read, where ``isnan(marked).any()`` took 22 us at B = 128, N = 64 (docs/performance.md).
+    """
+    if not math.isnan(float(marked.detach().sum())):
+        return marked.clamp(-1.0, 1.0)
+    # _wood_rest's first index_put makes a new tensor: the loop never writes into marked
     return _wood_rest(marked, torch.isnan(marked), constants, dimension, draws, WOOD_FIRST_ATTEMPTS, WOOD_MORE_ATTEMPTS)
 
 
@@ -198,12 +209,15 @@ def _wood_continued(marked, constants, dimension: int, draws: Draws, start: int,
     if capacity == 0:
         return marked
     device = marked.device
-    flat_pending = torch.isnan(flat_result)
+    # NaN is the one value unequal to itself: a vector comparison compiled, where Inductor's C++
+    # took isnan of float64 a lane at a time (stored, tested, loaded back as a mask)
+    flat_pending = flat_result != flat_result
     rank = torch.cumsum(flat_pending, 0) - 1
-    taken = flat_pending & (rank < capacity)
-    # each taken agent's index into its slot; the others into a spare slot, dropped
+    # each pending agent of rank below the capacity into its slot; the others into a spare slot, dropped
+    # (the rank clamped, not a second mask and'ed: compiled, Inductor joins masks through int32 ones)
+    slot = torch.where(flat_pending, rank.clamp(max=capacity), capacity)
     slots = torch.zeros(capacity + 1, dtype=torch.long, device=device)
-    slots = slots.scatter(0, torch.where(taken, rank, capacity), torch.arange(agents, device=device))[:capacity]
+    slots = slots.scatter(0, slot, torch.arange(agents, device=device))[:capacity]
     filled = torch.arange(capacity, device=device) < flat_pending.sum()
     more, more_accepted = _wood_attempts(
         constants.reshape(constants.shape[0], -1)[:, slots],
@@ -255,15 +269,18 @@ def _wood_attempts(constants: torch.Tensor, dimension: int, draws: Draws, start:
 
 
 def _wood_attempts_traced(constants: torch.Tensor, dimension: int, draws: Draws, start: int, count: int):
-    """:func:`_wood_attempts` as torch.compile is given every agent's first attempts.
+    """:func:`_wood_attempts` as torch.compile is given every agent's first attempts: w, NaN where none is accepted.
 
     Each attempt is one expression of the agents' keys: its three uniforms hashed apart and its
     cosine from the third's 52-bit integer (:func:`econspin.gaussians.cos_sin_of_turns`, within
     1e-15 of torch's cos), so Inductor fuses the attempts into one loop over the agents. Batched
-    as eagerly, it stored part of the hashes, the logs and t, and recomputed w.
+    as eagerly, it stored part of the hashes, the logs and t, and recomputed w. Who has an
+    accepted attempt is the mark itself (the last attempt's w, or NaN, then each earlier accepted
+    one over it), not a bool or'ed attempt by attempt: Inductor joined those masks through int32
+    ones, converted from the float64 comparisons a lane at a time.
     """
     low, high, x0, k, c = constants
-    result = accepted = None
+    result = None
     for attempt in range(start + count - 1, start - 1, -1):  # the first accepted one wins
         first = draws.uniform(DRAW_SPIN, 1, 3 * attempt)[0]
         threshold = torch.log(draws.uniform(DRAW_SPIN, 1, 3 * attempt + 1)[0])
@@ -273,9 +290,5 @@ def _wood_attempts_traced(constants: torch.Tensor, dimension: int, draws: Draws,
             t = t * torch.sqrt(-torch.expm1(torch.log(first) * (2.0 / (dimension - 2))))
         w = (low - high * t) / (high - low * t)
         score = torch.log((1.0 - x0 * w).clamp(min=1e-300)) * (dimension - 1.0) + k * w - c
-        accept = score >= threshold
-        if result is None:
-            result, accepted = w, accept
-        else:
-            result, accepted = torch.where(accept, w, result), accepted | accept
-    return result, accepted
+        result = torch.where(score >= threshold, w, math.nan if result is None else result)
+    return result

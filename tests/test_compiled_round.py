@@ -267,6 +267,31 @@ def test_the_compiled_spin_draw_takes_the_loops_draws(dimension, dtype):
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1
 
 
+@needs_compiler
+@pytest.mark.slow
+@pytest.mark.parametrize("dimension", [3, 16])
+def test_the_compiled_spin_draw_passes_the_fields_gradient_as_the_eager_one(dimension):
+    """Compiled with a field that requires a gradient, the draw differentiates as eagerly does.
+
+    Wood's loop is an operator with no autograd kernel (econspin::wood_rest, registered on the
+    dispatcher directly): where w requires a gradient it runs as a graph break instead, so the
+    gradient through the accepted attempts' w flows as in the eager draw (through the operator
+    it would be dropped without a word, the spins the same).
+    """
+    count = 300
+    generator = torch.Generator().manual_seed(dimension)
+    theta = 2.0 * torch.randn(2, count, dimension, dtype=torch.float64, generator=generator)
+    temperature = torch.ones(2, count, dtype=torch.float64)
+    weights = torch.randn(2, count, dimension, dtype=torch.float64, generator=generator)
+    draws = round_draws(torch.tensor([3, 4]), 7, count)
+    gradients = []
+    for draw in (sample_von_mises_fisher, torch.compile(sample_von_mises_fisher, dynamic=False)):
+        field = theta.clone().requires_grad_(True)
+        (draw(field, temperature, 1.5, draws) * weights).sum().backward()
+        gradients.append(field.grad)
+    assert close(gradients[0], gradients[1], 1e-9), (gradients[0] - gradients[1]).abs().max()
+
+
 def explain_round(run):
     """torch._dynamo.explain of one compiled round of ``run``."""
     tag = torch.tensor(round_tag(run.state.round))

@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+from helpers import needs_compiler
 
 from econspin import response, wood
 from econspin.randomness import round_draws
@@ -59,7 +60,8 @@ def test_the_continued_step_draws_what_the_loop_draws(monkeypatch, dimension, ro
 def test_the_loops_operator_draws_what_the_loop_draws(monkeypatch, dimension):
     """econspin::wood_rest, what a compiled round calls for the agents left: the loop's w bit for bit.
 
-    Its inputs untouched, and a well-formed operator (torch.library.opcheck: schema, fake tensors).
+    Its inputs untouched, and a well-formed operator (torch.library.opcheck: schema, fake tensors),
+    with agents left and with none.
     """
     monkeypatch.setattr(wood, "WOOD_TRACED_MINIMUM", 1)  # the continuation takes one agent: the loop has more
     monkeypatch.setattr(wood, "WOOD_TRACED_SHARE", 10**9)
@@ -77,3 +79,39 @@ def test_the_loops_operator_draws_what_the_loop_draws(monkeypatch, dimension):
     # and the step's draw unsplit (each agent's first accepted attempt), whatever attempt the operator starts at
     assert torch.equal(got, wood._wood_component(kappa, dimension, draws))
     torch.library.opcheck(wood.wood_rest_operator, (marked, constants, draws.keys, dimension))
+    # no agent left (the operator's check is one sum): w itself, as a new tensor, and a well-formed operator again
+    done = wood.wood_rest_operator(got, constants, draws.keys, dimension)
+    assert torch.equal(done, got) and done.data_ptr() != got.data_ptr()
+    torch.library.opcheck(wood.wood_rest_operator, (got, constants, draws.keys, dimension))
+
+
+@needs_compiler
+def test_the_compiled_first_attempts_test_their_marks_with_vector_comparisons():
+    """Compiled, Wood's traced step tests NaN and finiteness with comparisons, and marks w without bool masks or'ed.
+
+    Checked in its loops over all the agents (the continuation's loop over its slots keeps the
+    batched attempts' masks, the eager form). Inductor's C++ took isnan of float64 a lane at a
+    time (the vector stored, std::isnan on each double, a mask loaded back), and joined float64
+    comparisons through int32 masks converted a lane at a time: about a quarter of the
+    instructions of the loop of the first attempts (docs/performance.md, "The spin draw's masks").
+    The step is still the loop's draw.
+    """
+    from torch._inductor.utils import run_and_get_code
+
+    kappa = torch.logspace(-2, 4, 600, dtype=torch.float64).reshape(3, 200)
+    kappa[0, :5] = math.inf
+    draws = round_draws(torch.tensor([1, 2, 3]), 4, 200)
+    torch._dynamo.reset()
+    (marked, constants), code = run_and_get_code(
+        torch.compile(lambda kappa, keys: _wood_first_traced(kappa, 16, wood.Draws(keys)), dynamic=False),
+        kappa,
+        draws.keys,
+    )
+    source = "\n".join(code)
+    loops = source[source.index('extern "C"') :].split("\n    {\n")  # the kernel's top-level loops
+    over_agents = [loop for loop in loops if "x0<static_cast<int64_t>(600L)" in loop]
+    assert len(over_agents) >= 2  # the constants, the first attempts with the pending agents' ranks, the marks
+    assert not any("std::isnan" in loop or "cast<int32_t" in loop for loop in over_agents)
+    attempts = (wood.WOOD_FIRST_ATTEMPTS, wood.WOOD_MORE_ATTEMPTS)
+    got = wood._wood_rest(marked, torch.isnan(marked), constants, 16, draws, *attempts)
+    assert torch.allclose(got, wood._wood_component(kappa, 16, draws), rtol=0, atol=1e-9)
