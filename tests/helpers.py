@@ -44,3 +44,10 @@ def shared_start_ensemble(scenario: Scenario, replicas: int, dtype="float64") ->
     keys = dynamics_keys([scenario.run.seed] * replicas, list(range(replicas)))
     run.state = run.state.replace(random_keys=keys)
     return run
+
+
+def generated_loops(code: list[str], extent: int) -> list[str]:
+    """The top-level loops over ``extent`` values in Inductor's generated C++ (``run_and_get_code``'s sources)."""
+    source = "\n".join(code)
+    loops = source[source.index('extern "C"') :].split("\n    {\n")
+    return [loop for loop in loops if f"x0<static_cast<int64_t>({extent}L)" in loop]

@@ -467,8 +467,6 @@ def test_a_stored_tensor_is_computed_once_in_the_compiled_code():
     stored: one cos in the generated code instead of two, and the same sums. Eagerly the
     tensor itself.
     """
-    from torch._inductor.utils import run_and_get_code
-
     x = torch.randn(64, 48, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     assert stored(x) is x
     cosines = {}
@@ -495,8 +493,6 @@ def test_rows_joined_under_compile_are_torch_cat_and_never_written_out():
     product where the round reads the rows, instead of copying them into a concatenation
     first. Rows are chosen, never added: -0 and NaN come through as they were.
     """
-    from torch._inductor.utils import run_and_get_code
-
     generator = torch.Generator().manual_seed(1)
     pieces = [torch.randn(3, rows, 6, dtype=torch.float64, generator=generator) for rows in (5, 2, 4)]
     pieces[1][0, 0, 0], pieces[1][0, 1, 1] = -0.0, float("nan")

@@ -5,10 +5,11 @@ import math
 import numpy as np
 import pytest
 import torch
-from helpers import needs_compiler, rollout, scenario
+from helpers import generated_loops, needs_compiler, rollout, scenario
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import stats
+from torch._inductor.utils import run_and_get_code
 from typer.testing import CliRunner
 
 from econspin.cli import app
@@ -411,14 +412,10 @@ def test_compiled_words_read_the_agents_keys_instead_of_hashing_them_again():
     "The agents' keys stored"). The loop writing the (8, B, N) words holds two mix64s, its
     tag's and the word's: four exact products, each a left shift by 32. The words are the eager ones.
     """
-    from torch._inductor.utils import run_and_get_code
-
     keys, tag = torch.tensor([3, 4]), torch.tensor(round_tag(5))
     torch._dynamo.reset()
     words, code = run_and_get_code(torch.compile(_direction_words, dynamic=False), keys, tag)
     assert torch.equal(words, _direction_words(keys, tag))
-    source = "\n".join(code)
-    loops = source[source.index('extern "C"') :].split("\n    {\n")  # the kernel's top-level loops
-    words_loop = [loop for loop in loops if "x0<static_cast<int64_t>(8L)" in loop]
+    words_loop = generated_loops(code, 8)
     assert len(words_loop) == 1
     assert words_loop[0].count(" << ") == 4

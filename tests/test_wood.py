@@ -4,7 +4,8 @@ import math
 
 import pytest
 import torch
-from helpers import needs_compiler
+from helpers import generated_loops, needs_compiler
+from torch._inductor.utils import run_and_get_code
 
 from econspin import response, wood
 from econspin.randomness import round_draws
@@ -96,8 +97,6 @@ def test_the_compiled_first_attempts_test_their_marks_with_vector_comparisons():
     instructions of the loop of the first attempts (docs/performance.md, "The spin draw's masks").
     The step is still the loop's draw.
     """
-    from torch._inductor.utils import run_and_get_code
-
     kappa = torch.logspace(-2, 4, 600, dtype=torch.float64).reshape(3, 200)
     kappa[0, :5] = math.inf
     draws = round_draws(torch.tensor([1, 2, 3]), 4, 200)
@@ -107,9 +106,7 @@ def test_the_compiled_first_attempts_test_their_marks_with_vector_comparisons():
         kappa,
         draws.keys,
     )
-    source = "\n".join(code)
-    loops = source[source.index('extern "C"') :].split("\n    {\n")  # the kernel's top-level loops
-    over_agents = [loop for loop in loops if "x0<static_cast<int64_t>(600L)" in loop]
+    over_agents = generated_loops(code, 600)
     assert len(over_agents) >= 2  # the constants, the first attempts with the pending agents' ranks, the marks
     assert not any("std::isnan" in loop or "cast<int32_t" in loop for loop in over_agents)
     attempts = (wood.WOOD_FIRST_ATTEMPTS, wood.WOOD_MORE_ATTEMPTS)
