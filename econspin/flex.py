@@ -66,6 +66,7 @@ import weakref
 
 import torch
 from torch.nn.attention.flex_attention import AuxRequest, BlockMask, create_block_mask, flex_attention
+from torch.utils._python_dispatch import is_in_torch_dispatch_mode
 
 from econspin.economy import Economy
 from econspin.fused import asks_for_gradients
@@ -76,6 +77,7 @@ from econspin.temperature_limits import inverse_temperatures, row_scales
 
 LOG2E = math.log2(math.e)
 MIN_HEAD_DIM = 16  # Triton's tl.dot on CUDA: no narrower queries, keys or values
+COMPILED_DEVICES = ("cuda",)  # where the float32 passes run compiled: torch 2.13's CPU FlexAttention returns no LSE
 RECOMPILE_LIMIT = 64  # compiled graphs of FlexAttention per process: 5 passes x the shapes it meets
 
 
@@ -104,6 +106,17 @@ def _compiled_flex_attention():
     return torch.compile(flex_attention, dynamic=False)
 
 
+def compiles(query: torch.Tensor) -> bool:
+    """Whether a pass on ``query`` runs compiled: float32 on COMPILED_DEVICES, outside any torch dispatch mode.
+
+    Under a dispatch mode (econspin.host_syncs.HostSyncRecorder, debugging modes) the eager form
+    runs: torch.compile does not trace under one, and a compiled FlexAttention called there
+    leaves Dynamo unable to trace FlexAttention's operator for the rest of the process (torch
+    2.11-2.13: every later call, eager or compiled, fails in ``sdpa_dense``; tests/test_flex.py).
+    """
+    return query.device.type in COMPILED_DEVICES and query.dtype == torch.float32 and not is_in_torch_dispatch_mode()
+
+
 def attention(query, key, value, score_mod, block_mask: BlockMask):
     """(output, LSE) of one FlexAttention pass; compiled on CUDA in float32, eager elsewhere.
 
@@ -113,7 +126,7 @@ def attention(query, key, value, score_mod, block_mask: BlockMask):
     (Eagerly, FlexAttention's own tracing wrapper falls back to the same operator past it.)
     """
     function, limit = flex_attention, torch._dynamo.config.recompile_limit
-    if query.device.type == "cuda" and query.dtype == torch.float32:
+    if compiles(query):
         function, limit = _compiled_flex_attention(), RECOMPILE_LIMIT
     with warnings.catch_warnings(), torch._dynamo.config.patch(recompile_limit=limit):
         # eager is this kernel's purpose off CUDA: no advice to compile

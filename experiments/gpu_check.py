@@ -44,6 +44,14 @@ left.
 11. ``million``: one round of N = 10^6 fully connected agents on the fused and the Triton
    kernel, its time and peak memory against econspin.memory's estimate
    (experiments/gpu_million.py; ``million_cuda.json``).
+12. ``compiled``: the round under ``run.compile: default`` against SDPA at N = 4096 to 65536,
+   B = 1 (``compiled_cuda.json``): on CUDA Inductor traces the blocks and fuses their
+   elementwise passes, which the eager round runs as some 20 kernels a block.
+13. ``profile``: where a round's device time goes (experiments/gpu_profile.py): the kernels of
+   the fused and Triton rounds by device time at B = 1, N = 16384 and B = 64, N = 256, eager
+   and compiled (``profile_cuda.json``).
+14. ``profile_graphs``: the same for the expected round under reduce-overhead (CUDA graphs) at
+   B = 64, N = 256, the rollout step's fastest way (``profile_graphs_cuda.json``).
 
 Without a CUDA device, or with ``--dry-run``, it prints the plan and exits 0 (the test suite
 runs it so, tests/test_device_rollout.py, so that it does not rot).
@@ -80,6 +88,9 @@ STEPS = {
     "triton_tests": 180,
     "triton": 150,
     "million": 150,
+    "compiled": 120,
+    "profile": 120,
+    "profile_graphs": 60,
 }
 BUDGET = 470  # seconds for all steps: one device call, leaving time in a session's lease to rerun one
 ROLLOUT_SHAPE = (64, 256)  # B, N: the GPU target of issue 9 (<= 5x SDPA forward)
@@ -154,6 +165,13 @@ def step_commands(out: Path) -> dict[str, list[str]]:
         "triton": [python, "-m", "experiments.gpu_check", "--measure", "triton", "--out", str(out)],
         "million": [python, "-m", "experiments.gpu_million", "--kernels", "fused,triton",
                     "--json", str(out / "million_cuda.json")],  # fmt: skip
+        "compiled": bench("compiled_cuda.json", "--sizes", f"4096,{LARGE}", "--batches", "1", "--kernels", "fused",
+                          "--compile", "default", "--repeats", "5"),  # fmt: skip
+        "profile": [python, "-m", "experiments.gpu_profile", "--shapes", "1x16384,64x256", "--kernels", "fused,triton",
+                    "--compile", "off,default", "--json", str(out / "profile_cuda.json")],  # fmt: skip
+        "profile_graphs": [python, "-m", "experiments.gpu_profile", "--shapes", "64x256", "--kernels", "fused",
+                           "--compile", "reduce-overhead",
+                           "--json", str(out / "profile_graphs_cuda.json")],  # fmt: skip
     }
 
 

@@ -310,6 +310,21 @@ def test_the_gpu_checks_million_step_runs_on_the_cpu(tmp_path):
     assert all(row["round s"] > 0 and row["money drift"] < 1e-12 and row["estimated round bytes"] > 0 for row in rows)
 
 
+def test_the_gpu_profile_runs_on_the_cpu(tmp_path):
+    """experiments.gpu_profile at a tiny shape on the CPU: one row per kernel, its operators ranked by time."""
+    from experiments import gpu_profile
+
+    assert gpu_profile.main(["--device", "cpu", "--shapes", "2x32", "--kernels", "fused,reference", "--rounds", "1",
+                             "--top", "4", "--json", str(tmp_path / "profile.json")]) == 0  # fmt: skip
+    rows = json.loads((tmp_path / "profile.json").read_text())["rows"]
+    assert [(row["kernel"], row["batch"], row["agents"]) for row in rows] == [("fused", 2, 32), ("reference", 2, 32)]
+    for row in rows:
+        times = [entry["ms per round"] for entry in row["top"]]
+        assert len(times) == 4 and times == sorted(times, reverse=True) and times[-1] > 0
+        assert row["wall ms per round"] > 0
+    assert any(entry["name"] == "aten::bmm" for entry in rows[0]["top"])  # the fused round's work: the blocks' products
+
+
 def test_the_compiled_rounds_tag_is_made_on_the_device_with_the_same_value():
     """run.compile's sampled round takes its round as a tag tensor: filled in place, no copy from the host."""
     from econspin.randomness import round_tag

@@ -145,6 +145,32 @@ def test_the_passes_on_a_gpu_equal_the_fused_kernel(dtype):
     assert_outcomes_close(fused_trade(run.state, run.economy), moved, TOLERANCE[run.state.states.dtype])
 
 
+def test_a_pass_under_a_dispatch_mode_runs_eagerly_and_leaves_flex_usable(monkeypatch):
+    """Where the passes run compiled, a pass under HostSyncRecorder runs the eager form instead.
+
+    A compiled FlexAttention called under a torch dispatch mode leaves Dynamo unable to trace
+    FlexAttention's operator for the rest of the process: on an H100 the GPU test above then
+    failed after tests/test_device_rollout.py's flex case. The CPU stands in for CUDA here.
+    """
+    import econspin.flex as flex_module
+
+    monkeypatch.setattr(flex_module, "COMPILED_DEVICES", ("cpu", "cuda"))
+    run = rollout(two_populations(heads=2), dtype="float32")
+    torch._dynamo.reset()
+    try:
+        with HostSyncRecorder() as recorder:
+            assert not flex_module.compiles(run.state.states)
+            watched = flex_outcome(run.state, run.economy)
+        assert recorder.events == []
+        assert flex_module.compiles(run.state.states)  # outside the mode, float32 on a listed device compiles
+        assert_outcomes_close(fused_trade(run.state, run.economy), watched, TOLERANCE[torch.float32])
+        float64 = rollout(two_populations(heads=2))  # eager, after: FlexAttention still traces
+        got = flex_outcome(float64.state, float64.economy)
+        assert_outcomes_close(fused_trade(float64.state, float64.economy), got, TOLERANCE[torch.float64])
+    finally:
+        torch._dynamo.reset()  # a failure here must not leave the process unable to run FlexAttention
+
+
 def test_head_dimensions_are_padded_to_a_power_of_two_of_at_least_16():
     for width, want in ((1, 16), (16, 16), (17, 32), (40, 64)):
         columns = padded(torch.ones(2, width))

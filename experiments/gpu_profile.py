@@ -1,0 +1,125 @@
+"""Where one round's device time goes: its kernels by device time, per kernel choice and shape.
+
+    python -m experiments.gpu_profile [--device cuda] [--shapes 1x16384,64x256] [--kernels fused,triton]
+                                      [--mode expected] [--compile off,default] [--rounds 3] [--top 12] [--json FILE]
+
+For each shape (B x N, the benchmark economy of ``econspin bench``, float32) and each
+``run.kernel`` and each ``run.compile`` of ``--compile``: three rounds warm up (compilation, CUDA graphs'
+recording under reduce-overhead), ``--rounds`` rounds run under torch.profiler,
+and the table lists the device kernels by their time per round, with how often each runs a
+round. On a CPU the "kernels" are torch's operators by self CPU time. Beside them, per round:
+the number of kernels launched, the device's busy time (the sum of kernel times) and the wall
+time of the same rounds unprofiled. Wall time well above the busy time is time the device
+waits for the host (launches, Python), the bound of the small shapes (docs/performance.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+from torch.autograd import DeviceType
+from torch.profiler import ProfilerActivity, profile
+
+from econspin.bench import bench_scenario
+from econspin.round import step
+from econspin.simulate import Rollout
+from experiments.gpu_check import synchronised
+
+WARM_UP = 3  # rounds before the measured ones: compilation, and reduce-overhead's recording of its graphs
+
+
+def kernel_times(profiler, device: torch.device) -> dict[str, list[float]]:
+    """{kernel name: [count, total microseconds]} from a finished profiler: device kernels, or CPU self times."""
+    totals: dict[str, list[float]] = defaultdict(lambda: [0, 0.0])
+    if device.type == "cuda":
+        for event in profiler.events():
+            if event.device_type == DeviceType.CUDA:
+                totals[event.name][0] += 1
+                totals[event.name][1] += event.time_range.elapsed_us()
+    else:
+        for event in profiler.key_averages():
+            totals[event.key] = [event.count, event.self_cpu_time_total]
+    return dict(totals)
+
+
+def profile_round(
+    batch: int, agents: int, kernel: str, mode: str, device: torch.device, rounds: int, top: int, compile_mode: str
+) -> dict:
+    """The profile of ``rounds`` rounds at (batch, agents) on ``kernel``: the top kernels and the totals, per round."""
+    rollout = Rollout.create([bench_scenario(agents, mode=mode)] * batch, list(range(batch)), str(device), "float32")
+    state, economy = rollout.state, dataclasses.replace(rollout.economy, kernel=kernel, compile=compile_mode)
+    with torch.no_grad():
+        for _ in range(WARM_UP):
+            synchronised(lambda: step(state, economy), device)
+        started = time.perf_counter()
+        for _ in range(rounds):
+            synchronised(lambda: step(state, economy), device)
+        wall = (time.perf_counter() - started) / rounds
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+        with profile(activities=activities) as profiler:
+            for _ in range(rounds):
+                synchronised(lambda: step(state, economy), device)
+    totals = kernel_times(profiler, device)
+    ranked = sorted(totals.items(), key=lambda item: -item[1][1])
+    busy = sum(microseconds for _, microseconds in totals.values()) if device.type == "cuda" else None
+    return {
+        "batch": batch,
+        "agents": agents,
+        "kernel": kernel,
+        "mode": mode,
+        "compile": compile_mode,
+        "wall ms per round": wall * 1e3,
+        "kernels per round": sum(count for count, _ in totals.values()) / rounds if device.type == "cuda" else None,
+        "device busy ms per round": busy / rounds / 1e3 if busy is not None else None,
+        "top": [
+            {"name": name[:120], "per round": count / rounds, "ms per round": microseconds / rounds / 1e3}
+            for name, (count, microseconds) in ranked[:top]
+        ],
+    }
+
+
+def shapes_option(text: str) -> list[tuple[int, int]]:
+    """'1x16384,64x256' -> [(1, 16384), (64, 256)]."""
+    return [tuple(int(part) for part in shape.split("x")) for shape in text.split(",")]
+
+
+def main(arguments: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--shapes", type=shapes_option, default=shapes_option("1x16384,64x256"), help="B x N, ...")
+    parser.add_argument("--kernels", default="fused,triton", help="run.kernel values, comma-separated")
+    parser.add_argument("--mode", default="expected", choices=("expected", "sampled"))
+    parser.add_argument("--compile", default="off", help="run.compile values, comma-separated")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--top", type=int, default=12)
+    parser.add_argument("--json", type=Path)
+    options = parser.parse_args(arguments)
+    device = torch.device(options.device)
+    rows = []
+    runs = [(shape, kernel, compile_mode) for shape in options.shapes for kernel in options.kernels.split(",")
+            for compile_mode in options.compile.split(",")]  # fmt: skip
+    for (batch, agents), kernel, compile_mode in runs:
+        row = profile_round(batch, agents, kernel, options.mode, device, options.rounds, options.top, compile_mode)
+        rows.append(row)
+        line = f"{kernel}, B = {batch}, N = {agents}, {options.mode}, compile {compile_mode}: "
+        line += f"wall {row['wall ms per round']:.3f} ms a round"
+        if device.type == "cuda":
+            line += f", {row['kernels per round']:.0f} kernels, device busy {row['device busy ms per round']:.3f} ms"
+        print(line)
+        for entry in row["top"]:
+            print(f"  {entry['ms per round']:9.3f} ms  x{entry['per round']:6.1f}  {entry['name']}")
+    if options.json:
+        result = {"device": options.device, "torch": torch.__version__, "rows": rows}
+        options.json.write_text(json.dumps(result, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
