@@ -11,6 +11,7 @@ from typing import Callable
 
 import torch
 
+from econspin.compiled import compiled_function
 from econspin.economy import Economy
 from econspin.state import State
 
@@ -129,14 +130,34 @@ def metric_functions(economy: Economy) -> dict[str, Metric]:
 TRADE_METRICS = ("hhi", "cr4", "attention_entropy", "surplus")
 
 
-def measure(state: State, economy: Economy) -> torch.Tensor:
-    """All observables as one (B, M) float64 tensor, columns as in :func:`metric_functions`.
+def observables(state: State, economy: Economy) -> torch.Tensor:
+    """Every observable of a state after a round: one (B, M) float64 tensor, columns as in :func:`metric_functions`.
 
-    At round 0 (the initial state) the trade observables are NaN: no round has been played.
+    No branch on the round: what a rollout compiles under ``run.compile`` (:func:`measure_played`).
     """
-    functions = metric_functions(economy)
-    values = torch.stack([function(state, economy).double() for function in functions.values()], dim=1)
+    return torch.stack([function(state, economy).double() for function in metric_functions(economy).values()], dim=1)
+
+
+def measure(state: State, economy: Economy) -> torch.Tensor:
+    """:func:`observables`, except at round 0 (the initial state): there the trade observables are NaN."""
+    values = observables(state, economy)
     if state.round == 0:
-        traded = [index for index, name in enumerate(functions) if name in TRADE_METRICS]
+        traded = [index for index, name in enumerate(metric_functions(economy)) if name in TRADE_METRICS]
         values[:, traded] = float("nan")
+    return values
+
+
+def measure_played(state: State, economy: Economy) -> torch.Tensor:
+    """:func:`measure` of a state after at least one round, compiled where the economy's round is.
+
+    Under ``run.compile`` the observables are compiled too (one graph, a CUDA graph under
+    reduce-overhead): eagerly they are some 60 small operations a round, each a kernel launch on
+    a GPU, about as many as the compiled round's own (docs/performance.md, "The metrics
+    compiled"). Compiled, they agree with the eager ones to rounding.
+    """
+    if economy.compile == "off":
+        return measure(state, economy)
+    values = compiled_function(observables, economy.compile, state.states.device.type)(state, economy)
+    if economy.compile == "reduce-overhead" and state.states.is_cuda:
+        values = values.clone()  # the next replay of the graph writes into its outputs
     return values

@@ -15,7 +15,7 @@ import pandas as pd
 import torch
 
 from econspin.economy import DTYPES, Economy, build_economy, resolve_device
-from econspin.metrics import measure, metric_functions
+from econspin.metrics import measure, measure_played, metric_functions
 from econspin.preflight import preflight_run
 from econspin.response import RejectionBudget
 from econspin.round import step
@@ -170,7 +170,7 @@ class Rollout:
         for _ in range(rounds):
             self.previous = apply_plan(self.state, self.economy, self.scenarios) if planned else self.state
             self.state = step(self.previous, self.economy, budget)
-            rows.append(measure(self.state, self.economy))
+            rows.append(measure_played(self.state, self.economy))
             if on_round is not None:
                 on_round(self.state.round)
         return rows
