@@ -203,9 +203,11 @@ def round_guards(guards) -> list[bool]:
     benchmark round's 213 remain. Each costs little, but the check runs at the start of every round on
     caches the round has just filled: 0.07-0.2 ms for the 213, 0.04-0.1 ms for the 82 (docs/performance.md,
     "The compiled round's guards and wrapper"). Whoever patches a module global that the round reads
-    (tests) calls torch._dynamo.reset().
+    (tests) calls torch._dynamo.reset(). Kept: the guards on :data:`OPERATOR_DEVICES`, a switch that
+    experiments/gpu_check.py flips between ways of playing the same rollout, timed in turn: each
+    setting gets its own graph (without them, the graph traced first served both).
     """
-    return [not guard.is_global for guard in guards]
+    return [not guard.is_global or ".OPERATOR_DEVICES" in guard.name for guard in guards]
 
 
 @functools.cache

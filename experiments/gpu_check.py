@@ -51,7 +51,8 @@ left.
    the fused and Triton rounds by device time at B = 1, N = 16384 and B = 64, N = 256, eager
    and compiled (``profile_cuda.json``).
 14. ``profile_graphs``: the same for the expected round under reduce-overhead (CUDA graphs) at
-   B = 64, N = 256, the rollout step's fastest way (``profile_graphs_cuda.json``).
+   B = 64, N = 256, the rollout step's fastest way, with the blocks between the graphs and as
+   one operator inside (``profile_graphs_cuda.json``): kernels launched alone against graphs.
 
 Without a CUDA device, or with ``--dry-run``, it prints the plan and exits 0 (the test suite
 runs it so, tests/test_device_rollout.py, so that it does not rot).
@@ -170,7 +171,7 @@ def step_commands(out: Path) -> dict[str, list[str]]:
         "profile": [python, "-m", "experiments.gpu_profile", "--shapes", "1x16384,64x256", "--kernels", "fused,triton",
                     "--compile", "off,default", "--json", str(out / "profile_cuda.json")],  # fmt: skip
         "profile_graphs": [python, "-m", "experiments.gpu_profile", "--shapes", "64x256", "--kernels", "fused",
-                           "--compile", "reduce-overhead",
+                           "--compile", "reduce-overhead", "--operator-devices", "cpu,cpu+cuda",
                            "--json", str(out / "profile_graphs_cuda.json")],  # fmt: skip
     }
 

@@ -1,16 +1,22 @@
 """Where one round's device time goes: its kernels by device time, per kernel choice and shape.
 
     python -m experiments.gpu_profile [--device cuda] [--shapes 1x16384,64x256] [--kernels fused,triton]
-                                      [--mode expected] [--compile off,default] [--rounds 3] [--top 12] [--json FILE]
+                                      [--mode expected] [--compile off,default] [--operator-devices cpu,cpu+cuda]
+                                      [--rounds 3] [--top 12] [--json FILE]
 
 For each shape (B x N, the benchmark economy of ``econspin bench``, float32) and each
 ``run.kernel`` and each ``run.compile`` of ``--compile``: three rounds warm up (compilation, CUDA graphs'
 recording under reduce-overhead), ``--rounds`` rounds run under torch.profiler,
 and the table lists the device kernels by their time per round, with how often each runs a
 round. On a CPU the "kernels" are torch's operators by self CPU time. Beside them, per round:
-the number of kernels launched, the device's busy time (the sum of kernel times) and the wall
-time of the same rounds unprofiled. Wall time well above the busy time is time the device
-waits for the host (launches, Python), the bound of the small shapes (docs/performance.md).
+the number of kernels run, how many the host launched one by one and how many CUDA graphs it
+launched (a round under reduce-overhead replays its graphs: kernels run, few launched), the
+device's busy time (the sum of kernel times) and the wall time of the same rounds unprofiled.
+``--operator-devices`` sets ``econspin.compiled.OPERATOR_DEVICES`` for a compiled round: with
+``cpu+cuda`` the blocks are one operator inside the compiled graph on CUDA too (gpu_check's
+rollout step, its fourth way), else on CUDA they run between the graphs. Wall time well above
+the busy time is time the device waits for the host (launches, Python), the bound of the small
+shapes (docs/performance.md).
 """
 
 from __future__ import annotations
@@ -30,9 +36,17 @@ from torch.profiler import ProfilerActivity, profile
 from econspin.bench import bench_scenario
 from econspin.round import step
 from econspin.simulate import Rollout
-from experiments.gpu_check import synchronised
+from experiments.gpu_check import synchronised, with_operator_devices
 
+KERNEL_LAUNCHES = ("cudaLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernel", "cuLaunchKernelEx")  # runtime, driver
 WARM_UP = 3  # rounds before the measured ones: compilation, and reduce-overhead's recording of its graphs
+
+
+def host_launches(profiler) -> tuple[int, int]:
+    """(kernels the host launched one by one, CUDA graphs it launched) in a finished profiler's CUDA runtime calls."""
+    names = [event.name for event in profiler.events() if event.device_type == DeviceType.CPU]
+    kernels = sum(name in KERNEL_LAUNCHES for name in names)
+    return kernels, sum(name == "cudaGraphLaunch" for name in names)
 
 
 def kernel_times(profiler, device: torch.device) -> dict[str, list[float]]:
@@ -50,9 +64,16 @@ def kernel_times(profiler, device: torch.device) -> dict[str, list[float]]:
 
 
 def profile_round(
-    batch: int, agents: int, kernel: str, mode: str, device: torch.device, rounds: int, top: int, compile_mode: str
+    batch: int, agents: int, kernel: str, mode: str, device: torch.device, rounds: int, top: int, compile_mode: str,
+    operator_devices: tuple[str, ...] = ("cpu",),
 ) -> dict:
     """The profile of ``rounds`` rounds at (batch, agents) on ``kernel``: the top kernels and the totals, per round."""
+    return with_operator_devices(
+        operator_devices, lambda: _profile_round(batch, agents, kernel, mode, device, rounds, top, compile_mode)
+    )() | {"operator devices": "+".join(operator_devices)}
+
+
+def _profile_round(batch, agents, kernel, mode, device, rounds, top, compile_mode) -> dict:
     rollout = Rollout.create([bench_scenario(agents, mode=mode)] * batch, list(range(batch)), str(device), "float32")
     state, economy = rollout.state, dataclasses.replace(rollout.economy, kernel=kernel, compile=compile_mode)
     with torch.no_grad():
@@ -69,6 +90,7 @@ def profile_round(
     totals = kernel_times(profiler, device)
     ranked = sorted(totals.items(), key=lambda item: -item[1][1])
     busy = sum(microseconds for _, microseconds in totals.values()) if device.type == "cuda" else None
+    kernel_launches, graph_launches = host_launches(profiler)
     return {
         "batch": batch,
         "agents": agents,
@@ -78,6 +100,8 @@ def profile_round(
         "wall ms per round": wall * 1e3,
         "kernels per round": sum(count for count, _ in totals.values()) / rounds if device.type == "cuda" else None,
         "device busy ms per round": busy / rounds / 1e3 if busy is not None else None,
+        "kernel launches per round": kernel_launches / rounds,
+        "graph launches per round": graph_launches / rounds,
         "top": [
             {"name": name[:120], "per round": count / rounds, "ms per round": microseconds / rounds / 1e3}
             for name, (count, microseconds) in ranked[:top]
@@ -97,21 +121,28 @@ def main(arguments: list[str] | None = None) -> int:
     parser.add_argument("--kernels", default="fused,triton", help="run.kernel values, comma-separated")
     parser.add_argument("--mode", default="expected", choices=("expected", "sampled"))
     parser.add_argument("--compile", default="off", help="run.compile values, comma-separated")
+    parser.add_argument("--operator-devices", default="cpu",
+                        help="compiled.OPERATOR_DEVICES settings, comma-separated; devices joined by +")  # fmt: skip
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--top", type=int, default=12)
     parser.add_argument("--json", type=Path)
     options = parser.parse_args(arguments)
     device = torch.device(options.device)
     rows = []
-    runs = [(shape, kernel, compile_mode) for shape in options.shapes for kernel in options.kernels.split(",")
-            for compile_mode in options.compile.split(",")]  # fmt: skip
-    for (batch, agents), kernel, compile_mode in runs:
-        row = profile_round(batch, agents, kernel, options.mode, device, options.rounds, options.top, compile_mode)
+    runs = [(shape, kernel, compile_mode, devices) for shape in options.shapes for kernel in options.kernels.split(",")
+            for compile_mode in options.compile.split(",")
+            for devices in options.operator_devices.split(",")]  # fmt: skip
+    for (batch, agents), kernel, compile_mode, devices in runs:
+        operator_devices = tuple(devices.split("+"))
+        row = profile_round(
+            batch, agents, kernel, options.mode, device, options.rounds, options.top, compile_mode, operator_devices
+        )
         rows.append(row)
-        line = f"{kernel}, B = {batch}, N = {agents}, {options.mode}, compile {compile_mode}: "
+        line = f"{kernel}, B = {batch}, N = {agents}, {options.mode}, compile {compile_mode}, operators on {devices}: "
         line += f"wall {row['wall ms per round']:.3f} ms a round"
         if device.type == "cuda":
-            line += f", {row['kernels per round']:.0f} kernels, device busy {row['device busy ms per round']:.3f} ms"
+            line += f", {row['kernels per round']:.0f} kernels ({row['kernel launches per round']:.0f} launched alone,"
+            line += f" {row['graph launches per round']:.0f} graphs), busy {row['device busy ms per round']:.3f} ms"
         print(line)
         for entry in row["top"]:
             print(f"  {entry['ms per round']:9.3f} ms  x{entry['per round']:6.1f}  {entry['name']}")

@@ -191,7 +191,8 @@ def test_a_changed_setting_recompiles_the_round_whose_guards_leave_out_module_gl
     """The guards the round keeps (compiled.round_guards) tell apart economies that differ in a setting, not a tensor.
 
     The budgets' rule, a string the trace reads: the second economy's compiled round is its eager round,
-    from a graph of its own, not the first economy's. No guard reads a module global (``G[...]``).
+    from a graph of its own, not the first economy's. No guard reads a module global (``G[...]``) but
+    the switch compiled.OPERATOR_DEVICES.
     """
     run = rollout(scenario())
     share = dataclasses.replace(run.economy, compile="default")
@@ -206,7 +207,9 @@ def test_a_changed_setting_recompiles_the_round_whose_guards_leave_out_module_gl
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 2
     entries = torch._dynamo.eval_frame._debug_get_cache_entry_list(play_tagged.__code__)
     guards = str(entries[0].guard_manager)
-    assert "L['economy'].spend_rule" in guards and "G[" not in guards
+    on_globals = [line for line in guards.splitlines() if "G[" in line and ("MATCH" in line or "CHECK" in line)]
+    assert "L['economy'].spend_rule" in guards and on_globals
+    assert all("OPERATOR_DEVICES" in line for line in on_globals), on_globals
 
 
 ROLLOUTS = {
@@ -217,6 +220,30 @@ ROLLOUTS = {
     ),
     "uniform": lambda: boltzmann_scenario(100).with_overrides({"run.compile": "default"}),
 }
+
+
+@needs_compiler
+def test_the_operator_devices_switch_is_guarded_among_module_globals(monkeypatch):
+    """compiled.OPERATOR_DEVICES flipped (gpu_check's rollout ways) retraces the round: its guards are kept.
+
+    Without them the graph traced first (the blocks one operator) served the flipped setting
+    too: on the H100 gpu_check's "blocks inside the graph" way replayed the other way's graph.
+    """
+    from econspin import compiled
+
+    run = rollout(scenario(run={"compile": "default"}))
+    with torch.no_grad():
+        for _ in range(2):  # the second round reads the caches the first filled: traced with them
+            step(run.state, run.economy)  # the blocks one operator of one graph
+        operators = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+        monkeypatch.setattr(compiled, "OPERATOR_DEVICES", ())
+        step(run.state, run.economy)  # the blocks traced around: graph breaks, graphs of their own
+        traced = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+        assert traced > operators + 1
+        monkeypatch.setattr(compiled, "OPERATOR_DEVICES", ("cpu",))
+        again = step(run.state, run.economy)
+    eager = step(run.state, dataclasses.replace(run.economy, compile="off"))
+    assert all(close(getattr(eager, name), getattr(again, name)) for name in FIELDS)
 
 
 @needs_compiler
