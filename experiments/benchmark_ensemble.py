@@ -6,7 +6,8 @@ round (median of interleaved repeats after warm-up) for B in {1, --batch} and bo
 prints the ratios sampled / expected and B / 1, by wall clock and by the CPU time of this process (the
 latter is less disturbed by other work on a shared machine; with one thread it is the work
 done). Times depend on the machine and its load; the ratios, measured in one run, are what
-to compare.
+to compare. Each case plays ``--block`` rounds a turn and its first is not counted: what is
+timed is a round in steady state, as a run of that economy alone plays it.
 
     python -m experiments.benchmark_ensemble --agents 64 --dimension 16 --batch 128 --threads 1
 """
@@ -22,6 +23,8 @@ import torch
 from econspin import Scenario, keep_freed_memory
 from econspin.round import step
 from econspin.simulate import Rollout
+
+BLOCK = 6  # rounds of one case in a turn; the first of them is not counted
 
 
 def ensemble(batch: int, mode: str, agents: int, dimension: int, device: str, response: str, kernel: str,
@@ -44,27 +47,39 @@ def ensemble(batch: int, mode: str, agents: int, dimension: int, device: str, re
     return state, economy
 
 
-def interleaved_times(cases: dict, repeats: int) -> dict:
-    """Median (wall, CPU) seconds of one round of each case, the cases timed in turn, repeat after repeat."""
+def interleaved_times(cases: dict, repeats: int, block: int = BLOCK) -> dict:
+    """Median (wall, CPU) seconds of one round of each case, the cases timed in turn, repeat after repeat.
+
+    Each turn plays ``block`` rounds of one case and keeps the times of all but the first: the
+    first round after another case's pays for caches that case filled (at B = 1 the round's
+    code and data, evicted by a B = 128 round: the compiled B = 1 round measured 0.55-1.0 ms
+    right after other cases, 0.33-0.44 ms in steady state; docs/performance.md). ``block`` 1
+    times every round right after another case, as this script did before.
+    """
     samples = {name: ([], []) for name in cases}
     with torch.no_grad():
         for _ in range(repeats):
             for name, (state, economy) in cases.items():
-                started, started_cpu = time.perf_counter(), time.process_time()
-                step(state, economy)
-                if state.states.is_cuda:
-                    torch.cuda.synchronize()
-                samples[name][0].append(time.perf_counter() - started)
-                samples[name][1].append(time.process_time() - started_cpu)
+                for round_index in range(block):
+                    started, started_cpu = time.perf_counter(), time.process_time()
+                    step(state, economy)
+                    if state.states.is_cuda:
+                        torch.cuda.synchronize()
+                    wall, cpu = time.perf_counter() - started, time.process_time() - started_cpu
+                    if round_index > 0 or block == 1:
+                        samples[name][0].append(wall)
+                        samples[name][1].append(cpu)
     return {name: (statistics.median(wall), statistics.median(cpu)) for name, (wall, cpu) in samples.items()}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--agents", type=int, default=64)
     parser.add_argument("--dimension", type=int, default=16)
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--block", type=int, default=BLOCK,
+                        help="rounds of one case a turn, the first not counted (1: every round after another case)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--response", default="vmf")
@@ -72,7 +87,7 @@ def main() -> None:
     parser.add_argument("--compile", default="off", help="run.compile: also time the compiled round (default, ...)")
     parser.add_argument("--keep-memory", action="store_true",
                         help="call econspin.keep_freed_memory() first (as the econspin command does)")
-    arguments = parser.parse_args()
+    arguments = parser.parse_args(argv)
     if arguments.keep_memory:
         print(f"keep_freed_memory: {keep_freed_memory()}")
     torch.set_num_threads(arguments.threads)
@@ -90,7 +105,7 @@ def main() -> None:
                     batch, mode, n, d, arguments.device, arguments.response, arguments.kernel, setting
                 )
                 compile_seconds[batch, mode, setting] = time.process_time() - started
-    times = interleaved_times(cases, arguments.repeats)
+    times = interleaved_times(cases, arguments.repeats, arguments.block)
     for (batch, mode, setting), (wall, cpu) in times.items():
         built = f"   (built and warmed up in {compile_seconds[batch, mode, setting]:.1f} s cpu)"
         print(f"B = {batch:4d}  {mode:9s} round, compile {setting:8s} wall {wall * 1e3:9.2f} ms   "

@@ -45,8 +45,8 @@ left.
    kernel, its time and peak memory against econspin.memory's estimate
    (experiments/gpu_million.py; ``million_cuda.json``).
 12. ``compiled``: the round under ``run.compile: default`` against SDPA at N = 4096 to 65536,
-   B = 1 (``compiled_cuda.json``): on CUDA Inductor traces the blocks and fuses their
-   elementwise passes, which the eager round runs as some 20 kernels a block.
+   B = 1 (``compiled_cuda.json``): what compiling the rest of the round gains at large N, the
+   blocks running eagerly between its graphs on CUDA (econspin.fused.expected_blocks).
 13. ``profile``: where a round's device time goes (experiments/gpu_profile.py): the kernels of
    the fused and Triton rounds by device time at B = 1, N = 16384 and B = 64, N = 256, eager
    and compiled (``profile_cuda.json``).

@@ -1,6 +1,7 @@
 """`econspin bench`: the structure of its table and JSON, never its timings."""
 
 import json
+import types
 
 import pytest
 import torch
@@ -94,3 +95,29 @@ def test_bench_quick_as_documented(tmp_path):
     result = check_result(out, SIZES[True], (1, 16))
     assert sum(row["compared"] for row in result["rows"]) >= 4
     assert all(result[name] for name in SECTIONS)  # every baseline section measured in the same run
+
+
+def test_the_ensemble_benchmark_times_steady_rounds_of_each_case(capsys, monkeypatch):
+    """experiments.benchmark_ensemble: each case plays turns of --block rounds, the first of each turn not counted."""
+    from experiments import benchmark_ensemble
+
+    benchmark_ensemble.main(["--agents", "8", "--batch", "2", "--repeats", "2", "--threads", "1", "--block", "2"])
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("B = ")]
+    assert len(rows) == 4 and all(float(row.split("cpu")[1].split("ms")[0]) > 0 for row in rows)
+
+    played, durations, clock = [], iter([10.0, 1.0] * 4), {"now": 0.0, "round": None}
+    monkeypatch.setattr(benchmark_ensemble, "step", lambda state, economy: played.append(economy))
+
+    def process_time():  # read at a round's start, then at its end: the first round of a turn lasts 10 s
+        if clock["round"] is None:
+            clock["round"] = next(durations)
+        else:
+            clock["now"], clock["round"] = clock["now"] + clock["round"], None
+        return clock["now"]
+
+    clocks = types.SimpleNamespace(perf_counter=benchmark_ensemble.time.perf_counter, process_time=process_time)
+    monkeypatch.setattr(benchmark_ensemble, "time", clocks)  # this module's clock only
+    state = types.SimpleNamespace(states=torch.zeros(1))  # what the timing reads of a state: its device
+    times = benchmark_ensemble.interleaved_times({"a": (state, "a"), "b": (state, "b")}, repeats=2, block=2)
+    assert played == ["a", "a", "b", "b"] * 2
+    assert times["a"][1] == times["b"][1] == 1.0  # counted, the 10 s would make the median 5.5
