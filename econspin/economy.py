@@ -11,7 +11,6 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass
-from typing import NamedTuple
 
 import torch
 
@@ -23,6 +22,7 @@ from econspin.corrections import (
     feed_forward_weights,
 )
 from econspin.couplings import coupling_matrix
+from econspin.members import AgentSet, Members
 from econspin.memory import MemoryModel, check_memory
 from econspin.network import (
     TradeEdges,
@@ -36,14 +36,6 @@ from econspin.precision import precision_conflict
 from econspin.randomness import STREAM_DISORDER, derive_seed, make_generator
 from econspin.response import SpinResponse, make_response
 from econspin.scenario import Scenario, ScenarioError, resolved_kernel
-
-
-class Members(NamedTuple):
-    """Agent indices (long tensors, ascending) of the buyers, the sellers and each population."""
-
-    buyers: torch.Tensor
-    sellers: torch.Tensor
-    populations: tuple[torch.Tensor, ...]
 
 
 @dataclass(frozen=True)
@@ -162,15 +154,10 @@ class Economy:
 
     @functools.cached_property
     def members(self) -> Members:
-        """Who is a buyer, a seller, in each population, as indices: found once per economy.
-
-        Selecting by a bool mask (``money[:, mask]``) sizes its result from the mask's values,
-        which on a GPU makes the host wait for the device; selecting by these indices does not,
-        and gives the same values in the same order (econspin.metrics reads them every round).
-        """
+        """Who is a buyer, a seller, in each population (econspin.members): found once per economy."""
         count = len(self.population_names)
-        populations = tuple(self.population_mask(index).nonzero().squeeze(1) for index in range(count))
-        return Members(self.buyer.nonzero().squeeze(1), self.seller.nonzero().squeeze(1), populations)
+        populations = tuple(AgentSet.of_mask(self.population_mask(index)) for index in range(count))
+        return Members(AgentSet.of_mask(self.buyer), AgentSet.of_mask(self.seller), populations)
 
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}  # run.dtype

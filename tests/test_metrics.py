@@ -6,6 +6,7 @@ econspin.metrics: pairwise differences for the Gini, sorting for CR4).
 """
 
 import math
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -14,7 +15,9 @@ from helpers import rollout, scenario
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from econspin.metrics import METRICS, measure, metric_functions, metric_names, revenue_shares
+import econspin.metrics as metrics_module
+from econspin.members import AgentSet
+from econspin.metrics import METRICS, measure, metric_functions, metric_names, revenue_shares, sorted_rows
 from econspin.round import step
 
 MARKET_OF_FIVE = {  # 3 firms that only sell, 2 households that only buy
@@ -249,3 +252,93 @@ def test_metric_columns_name_every_observable_and_each_populations_share():
     assert names[-2:] == ["wealth_share_human", "wealth_share_ai"]
     assert names == list(metric_functions(run.economy))
     assert {"hhi", "cr4", "gini", "attention_entropy", "surplus", "total_wealth", "order"} <= set(names)
+
+
+FLOATS = st.one_of(
+    st.floats(allow_nan=False, width=32),  # infinities, both zeros, subnormals included
+    st.sampled_from([0.0, -0.0, 1.0, 2.0]),  # ties
+)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.sampled_from([torch.float32, torch.float64]),
+    st.integers(1, 3),
+    st.sampled_from([1, 255, 256, 3000]),
+    st.data(),
+)
+def test_sorted_rows_equal_torchs_sort_bit_for_bit(dtype, batch, count, data):
+    """sorted_rows (the long rows as one radix-sorted integer key on the CPU) gives sort(dim=1)'s values exactly."""
+    drawn = data.draw(st.lists(FLOATS, min_size=8, max_size=8))
+    generator = torch.Generator().manual_seed(data.draw(st.integers(0, 2**16)))
+    values = torch.tensor(drawn, dtype=dtype)[torch.randint(0, 8, (batch, count), generator=generator)]
+    values = values * torch.rand(batch, count, generator=generator, dtype=dtype).add(0.5)  # not only 8 values
+    with mock.patch.object(metrics_module, "RADIX_VALUES", 1):  # the keys from 256 a row, however few rows
+        got = sorted_rows(values)
+    want = values.sort(dim=1).values
+    assert got.dtype == dtype and torch.equal(want, got)  # -0.0 and 0.0 may trade places: equal values
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("batch", [1, 3])
+def test_sorted_rows_of_every_kind_of_value(dtype, batch):
+    """Each path of sorted_rows against torch's sort, on negatives, both zeros, infinities, subnormals and ties.
+
+    The paths: the keys of float32 rows, the key of one float64 row, torch's sort for several float64 rows.
+    """
+    kinds = [-math.inf, -3.5, -1e-40, -0.0, 0.0, 1e-45, 2.0, 2.0, 7e30, math.inf]
+    generator = torch.Generator().manual_seed(batch)
+    values = torch.tensor(kinds, dtype=dtype)[torch.randint(0, len(kinds), (batch, 300), generator=generator)]
+    with mock.patch.object(metrics_module, "RADIX_VALUES", 1):
+        assert torch.equal(sorted_rows(values), values.sort(dim=1).values)
+
+
+def test_sorted_rows_take_the_integer_keys_for_long_rows_only(monkeypatch):
+    """The keys where the rows are long and many (the radix sort pays), torch's sort below either bound."""
+    import econspin.metrics as metrics
+
+    used = []
+    original = torch.Tensor.sort
+
+    def recording(tensor, *arguments, **keywords):
+        used.append(tensor.dtype)
+        return original(tensor, *arguments, **keywords)
+
+    monkeypatch.setattr(torch.Tensor, "sort", recording)
+    for shape, want in (((64, 256), torch.int64), ((1, 20000), torch.int64), ((2, 300), torch.float32),
+                        ((512, 64), torch.float32)):  # fmt: skip
+        used.clear()
+        metrics.sorted_rows(torch.rand(*shape))
+        assert used == [want], shape
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.booleans(), min_size=1, max_size=12))
+def test_an_agent_set_selects_its_agents_columns_as_the_indices_do(mask):
+    """AgentSet.of: a view of the range where the agents are consecutive, the same values as index_select always."""
+    chosen = torch.tensor(mask)
+    agents = AgentSet.of_mask(chosen)
+    values = torch.arange(3.0 * len(mask)).view(3, len(mask))
+    assert torch.equal(agents.indices, chosen.nonzero().squeeze(1))
+    assert torch.equal(agents.of(values), values.index_select(1, agents.indices))
+    indices = agents.indices.tolist()
+    consecutive = indices == list(range(indices[0], indices[-1] + 1)) if indices else True
+    assert (agents.span is not None) == consecutive
+    if indices and agents.span is not None:
+        assert agents.of(values).untyped_storage().data_ptr() == values.untyped_storage().data_ptr()  # a view
+
+
+def test_metrics_of_agents_apart_equal_those_of_agents_together():
+    """Buyers in two runs (a population that does not buy between them): the gathered columns' metrics."""
+    populations = {
+        "a": {"count": 5, "temperature": 1.0},
+        "firms": {"count": 4, "buys": False, "temperature": 1.0},
+        "b": {"count": 6, "temperature": 0.5},
+    }
+    run = rollout(scenario(populations=populations))
+    run.advance(2)
+    members = run.economy.members
+    assert members.buyers.span is None and members.sellers.span == (0, 15)
+    assert all(population.span is not None for population in members.populations)
+    want = torch.stack([run.state.entropy.index_select(1, members.buyers.indices).mean(1)])
+    assert torch.equal(metric_functions(run.economy)["attention_entropy"](run.state, run.economy), want[0])
