@@ -11,7 +11,7 @@ from unittest import mock
 import numpy as np
 import pytest
 import torch
-from helpers import rollout, scenario
+from helpers import needs_compiler, rollout, scenario
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -342,3 +342,13 @@ def test_metrics_of_agents_apart_equal_those_of_agents_together():
     assert all(population.span is not None for population in members.populations)
     want = torch.stack([run.state.entropy.index_select(1, members.buyers.indices).mean(1)])
     assert torch.equal(metric_functions(run.economy)["attention_entropy"](run.state, run.economy), want[0])
+
+
+@needs_compiler
+def test_sorted_rows_compiled_equal_torchs_sort():
+    """Under run.compile the metrics are traced (metrics.measure_played): the keys' bit views and shifts compile."""
+    generator = torch.Generator().manual_seed(1)
+    for shape, dtype in (((64, 256), torch.float32), ((1, 16384), torch.float64)):  # both kinds of key
+        values = (torch.randn(*shape, generator=generator) * 100).to(dtype)
+        compiled = torch.compile(sorted_rows, dynamic=False)(values)
+        assert torch.equal(compiled, values.sort(dim=1).values), (shape, dtype)
