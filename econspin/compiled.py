@@ -210,6 +210,11 @@ def round_guards(guards) -> list[bool]:
     return [not guard.is_global or ".OPERATOR_DEVICES" in guard.name for guard in guards]
 
 
+def replays_cuda_graphs(mode: str, device: torch.device) -> bool:
+    """Whether a function compiled in ``mode`` on ``device`` runs as CUDA graphs (a replay overwrites their outputs)."""
+    return mode == "reduce-overhead" and device.type == "cuda"
+
+
 @functools.cache
 def compiled_function(function: Callable, mode: str, device_type: str = "cpu") -> Callable:
     """``function`` compiled by torch.compile in ``mode`` (a run.compile value other than off) for ``device_type``.

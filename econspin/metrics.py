@@ -11,7 +11,7 @@ from typing import Callable
 
 import torch
 
-from econspin.compiled import compiled_function
+from econspin.compiled import compiled_function, replays_cuda_graphs
 from econspin.economy import Economy
 from econspin.state import State
 
@@ -194,6 +194,6 @@ def measure_played(state: State, economy: Economy) -> torch.Tensor:
     if economy.compile == "off":
         return measure(state, economy)
     values = compiled_function(observables, economy.compile, state.states.device.type)(state, economy)
-    if economy.compile == "reduce-overhead" and state.states.is_cuda:
+    if replays_cuda_graphs(economy.compile, state.states.device):
         values = values.clone()  # the next replay of the graph writes into its outputs
     return values

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from econspin.compiled import compiled_function
+from econspin.compiled import compiled_function, replays_cuda_graphs
 from econspin.corrections import FieldContext
 from econspin.economy import Economy
 from econspin.economy_terms import field_weights
@@ -47,7 +47,7 @@ def step(state: State, economy: Economy, budget: RejectionBudget | None = None) 
     (:class:`~econspin.wood.RejectionBudget`): a round that then needs no host at all.
     """
     sampled = economy.mode == "sampled"
-    graphs = economy.compile == "reduce-overhead" and state.states.is_cuda
+    graphs = replays_cuda_graphs(economy.compile, state.states.device)
     if economy.compile == "off":
         new_states, money, outcome = play(state, economy, state.draws() if sampled else None, budget)
     else:
