@@ -90,7 +90,7 @@ COMPILE_MODES = ("off", "default", "reduce-overhead")
 # operators, one node of the graph each. On CUDA they stay graph breaks (:func:`eagerly`) until a
 # GPU has run the operators under CUDA graphs (run.compile: reduce-overhead would capture the
 # blocks' eager kernels inside the graph; the blocks keep no buffer across calls there, since
-# fused.workspace reuses memory on the CPU only; Wood's loop asks the host, and with a rejection
+# econspin.workspace reuses memory on the CPU only; Wood's loop asks the host, and with a rejection
 # budget it is not called); experiments/gpu_check.py times both.
 OPERATOR_DEVICES = ("cpu",)
 

@@ -63,12 +63,13 @@ trade network and a round that asks for gradients take other paths (:func:`uses_
 from __future__ import annotations
 
 import math
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
+from econspin import block_pass
+from econspin.block_pass import weigh
 from econspin.compiled import eager_operator, eager_parts_as_operators, eagerly
 from econspin.economy import Economy
 from econspin.economy_terms import EconomyTerms, fixed_terms
@@ -77,6 +78,7 @@ from econspin.precision import received_product, utility_operands, utility_produ
 from econspin.projections import projections_from
 from econspin.state import State
 from econspin.temperature_limits import inverse_temperatures_and_ties, precision_limits, row_scales
+from econspin.workspace import workspace
 
 BLOCK_ENTRIES = 2**20  # entries of one (batch-heads, rows, N) block on a CPU: two blocks stay in the L2/L3 caches
 # On CUDA each block costs a dozen kernel launches whatever its size, so cache-sized blocks are
@@ -115,36 +117,6 @@ def block_shape(groups: int, agents: int, rows: int | None = None, entries: int 
     rows = max(1, min(rows, agents))
     together = entries // (agents * agents) if rows == agents else 1
     return max(1, min(groups, together)), rows
-
-
-_WORKSPACES = threading.local()  # per thread: {(name, dtype, device): the largest buffer asked for}
-
-
-def workspace(name: str, size: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """A flat buffer of ``size`` entries, the same memory from round to round (per thread and name).
-
-    A fresh tensor of a few MiB each round comes from pages the C allocator has just taken
-    from the system (glibc serves such sizes by mmap and gives them back on free), and
-    faulting those pages in cost more than the work done in them: at B = 128, N = 64 the
-    float64 running sums of the sampled round's inversion (4 MiB) took 5 ms a round in a
-    running simulation against 1 ms when their memory was reused (docs/performance.md).
-    A buffer is valid until the next call with the same name on the same thread: the
-    callers use it within one round and return nothing that aliases it.
-
-    On the CPU only. Elsewhere (CUDA) a fresh tensor: torch's caching allocator hands the same
-    memory back with nothing to fault in, and a buffer kept from call to call would outlive a
-    graph that CUDA graphs captured (run.compile: reduce-overhead) in the graphs' own memory.
-    """
-    if torch.device(device).type != "cpu":
-        return torch.empty(size, dtype=dtype, device=device)
-    buffers = getattr(_WORKSPACES, "buffers", None)
-    if buffers is None:
-        buffers = _WORKSPACES.buffers = {}
-    key = (name, dtype, torch.device(device))
-    buffer = buffers.get(key)
-    if buffer is None or buffer.numel() < size:
-        buffer = buffers[key] = torch.empty(size, dtype=dtype, device=device)
-    return buffer[:size]
 
 
 def uses_fused(state: State, economy: Economy) -> bool:
@@ -270,14 +242,16 @@ def round_terms(state: State, economy: Economy) -> RoundTerms:
     )
 
 
-def row_blocks(terms: BlockTerms, economy: Economy | BlockSettings, rows: int | None = None):
+def row_blocks(terms: BlockTerms, economy: Economy | BlockSettings, rows: int | None = None, weighed: bool = True):
     """Each block of buyer rows as (groups, rows, scores, weights), its m_i written to ``terms``.
 
     ``scores`` holds y_ij = beta_i U_ij - m_i (clamped at the exp2 floor), ``weights`` e_ij =
     2^(y_ij) (0 below twice the floor, for disallowed pairs and for every row without a
-    partner); the caller writes s_i = sum_j e_ij (the sampled blocks' compiled count sums the
-    rows it reads anyway: econspin.fused_sampled). Both live in one buffer, reused from round
-    to round (:func:`workspace`): a block is valid until the next is yielded.
+    partner; econspin.block_pass.weigh); the caller writes s_i = sum_j e_ij (the sampled blocks'
+    compiled count sums the rows it reads anyway: econspin.fused_sampled). Both live in one
+    buffer, reused from round to round (:func:`workspace`): a block is valid until the next is
+    yielded. Not ``weighed``: ``scores`` holds beta_i U_ij with the diagonal and the network
+    applied, and neither ``weights`` nor m_i is written (econspin.block_pass.weigh_and_sum's to do).
     """
     left, right = terms.left, terms.right
     groups, agents = terms.groups, left.shape[1]
@@ -290,7 +264,6 @@ def row_blocks(terms: BlockTerms, economy: Economy | BlockSettings, rows: int | 
     if left.dtype != dtype:
         low = workspace("low blocks", group_size * block_rows * agents, left.dtype, device)
     tf32 = economy.utility_precision == "tf32"
-    zero = torch.zeros((), dtype=dtype, device=device)  # where(..., out=) takes no Python number
     for g0 in range(0, groups, group_size):
         g = slice(g0, min(g0 + group_size, groups))
         for r0 in range(0, agents, block_rows):
@@ -305,12 +278,8 @@ def row_blocks(terms: BlockTerms, economy: Economy | BlockSettings, rows: int | 
                 scores.add_(terms.network_bias[r])
             elif economy.trade_mask is not None:
                 scores.masked_fill_(~economy.trade_mask[r], -big)
-            # the per-row results are written where they are kept (out=): no copy, one operation fewer each
-            row_max = torch.amax(scores, -1, keepdim=True, out=terms.shifted_max[g, r, None])
-            torch.where(row_max > -0.5 * big, row_max, zero, out=row_max)
-            # y_ij = z_ij / ln 2; 0 on the ties of a row at the T = 0 limit (module doc), where t_i > 0
-            scores.sub_(row_max - terms.tie_width[g, r, None]).clamp_(min=floor, max=0.0)
-            torch.nn.functional.threshold_(torch.exp2(scores, out=weights), 2.0 ** (floor + 1), 0.0)
+            if weighed:
+                weigh(scores, weights, terms.shifted_max[g, r, None], terms.tie_width[g, r], big, floor)
             yield g, r, scores, weights
 
 
@@ -398,24 +367,32 @@ def expected_blocks(
     revenue = torch.zeros(groups, agents, dtype=torch.float64, device=device)
     low = terms.left.dtype if terms.left.dtype != dtype else None  # bf16 utilities: the received product too
     delivered = terms.delivered if low is None else terms.delivered.to(low)
-    for g, r, scores, weights in row_blocks(terms, economy, rows):
-        torch.sum(weights, -1, out=terms.total[g, r])
-        torch.linalg.vector_norm(weights, dim=-1, out=norm[g, r])
-        torch.sum(scores.mul_(weights), -1, out=terms.dot[g, r])  # sum_j e_ij z_ij / ln 2
+    one_pass = block_pass.compiles(terms.delivered)  # the block's passes as one compiled kernel (a GPU's)
+    limits = 2.0 ** precision_limits(dtype)[2], EXP2_FLOOR[dtype]
+    for g, r, scores, weights in row_blocks(terms, economy, rows, weighed=not one_pass):
+        if one_pass:
+            sums = block_pass.weigh_and_sum(scores, weights, terms.tie_width[g, r], moment_rows[g], *limits)
+            for kept, result in zip((terms.shifted_max, terms.total, norm, terms.dot, moments[..., d:]), sums):
+                kept[g, r] = result
+        else:
+            torch.sum(weights, -1, out=terms.total[g, r])
+            torch.linalg.vector_norm(weights, dim=-1, out=norm[g, r])
+            torch.sum(scores.mul_(weights), -1, out=terms.dot[g, r])  # sum_j e_ij z_ij / ln 2
         rounded = None if low is None else workspace("low weights", weights.numel(), low, device)
         moments[g, r, :d] = received_product(weights, delivered[g], rounded)  # (d columns: no padding)
         # total >= 1 on a row with partners (its best seller weighs exactly 1), 0 on an empty row,
         # whose weights are all 0: what it would spend goes nowhere
         per_unit = terms.share[g, r] / terms.total[g, r].clamp(min=1.0)
-        block_products(moment_rows[g], per_unit, weights, moments[g, r, d:], revenue[g])
+        block_products(None if one_pass else moment_rows[g], per_unit, weights, moments[g, r, d:], revenue[g])
     return norm, moments, revenue
 
 
-def block_products(moment_rows: torch.Tensor, per_unit: torch.Tensor, weights: torch.Tensor, moments: torch.Tensor,
-                   revenue: torch.Tensor) -> None:
+def block_products(moment_rows: torch.Tensor | None, per_unit: torch.Tensor, weights: torch.Tensor,
+                   moments: torch.Tensor, revenue: torch.Tensor) -> None:
     """The block's 1- and 2-row products: moments = (moment_rows @ e^T)^T, revenue += per_unit @ e (in float64).
 
-    MKL runs a product of 1 or 2 rows on one thread: at N = 1024, B = 1 (one block of 1024 rows)
+    No ``moment_rows``: the revenue alone (the compiled pass summed the moments). MKL runs a
+    product of 1 or 2 rows on one thread: at N = 1024, B = 1 (one block of 1024 rows)
     the second thread sat idle through 0.25 ms of them. A block of many rows is therefore cut into
     pieces of PIECE_ROWS rows, batched in one product, which MKL spreads over the threads. The
     pieces' size is fixed, not the threads' count: the numbers depend on neither the threads nor
@@ -424,16 +401,18 @@ def block_products(moment_rows: torch.Tensor, per_unit: torch.Tensor, weights: t
     groups, rows, agents = weights.shape
     pieces = rows // PIECE_ROWS if rows % PIECE_ROWS == 0 else 1
     if pieces < 2:
-        moments.copy_(torch.bmm(moment_rows, weights.transpose(1, 2)).transpose(1, 2))
+        if moment_rows is not None:
+            moments.copy_(torch.bmm(moment_rows, weights.transpose(1, 2)).transpose(1, 2))
         # a row vector times the block: 0.05 ms against 0.47 ms for block^T times a column at B = 128, N = 64
         revenue.add_(torch.bmm(per_unit[:, None, :], weights).squeeze(1))  # (+= would copy it back onto itself)
         return
     cut = weights.reshape(groups * pieces, PIECE_ROWS, agents)
-    kinds = moment_rows.shape[1]  # every piece reads its group's moment rows (one group: a view, no copy)
-    every_piece = moment_rows[:, None].expand(groups, pieces, kinds, agents).reshape(groups * pieces, kinds, agents)
-    # (groups pieces, kinds, PIECE_ROWS): a piece's columns are its rows' moments, in order
-    piece_moments = torch.bmm(every_piece, cut.transpose(1, 2)).view(groups, pieces, kinds, PIECE_ROWS)
-    moments.unflatten(1, (pieces, PIECE_ROWS)).copy_(piece_moments.transpose(2, 3))
+    if moment_rows is not None:
+        kinds = moment_rows.shape[1]  # every piece reads its group's moment rows (one group: a view, no copy)
+        every_piece = moment_rows[:, None].expand(groups, pieces, kinds, agents).reshape(groups * pieces, kinds, agents)
+        # (groups pieces, kinds, PIECE_ROWS): a piece's columns are its rows' moments, in order
+        piece_moments = torch.bmm(every_piece, cut.transpose(1, 2)).view(groups, pieces, kinds, PIECE_ROWS)
+        moments.unflatten(1, (pieces, PIECE_ROWS)).copy_(piece_moments.transpose(2, 3))
     earned = torch.bmm(per_unit.reshape(groups * pieces, 1, PIECE_ROWS), cut).view(groups, pieces, agents)
     revenue.add_(earned.sum(1, dtype=torch.float64))
 

@@ -74,11 +74,11 @@ from econspin.fused import (
     round_terms,
     row_blocks,
     row_statistics,
-    workspace,
 )
 from econspin.market import MarketOutcome
 from econspin.randomness import DRAW_CHOICE, Draws
 from econspin.state import State
+from econspin.workspace import workspace
 
 ONE_TILE = 64  # rows up to this many sellers are searched in one level
 # a compiled round's blocks count with compiled_positions where a block's rows times its tile

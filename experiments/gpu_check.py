@@ -53,6 +53,11 @@ left.
 14. ``profile_graphs``: the same for the expected round under reduce-overhead (CUDA graphs) at
    B = 64, N = 256, the rollout step's fastest way, with the blocks between the graphs and as
    one operator inside (``profile_graphs_cuda.json``): kernels launched alone against graphs.
+15. ``block_pass``: the fused round with its blocks' eager passes and with them compiled into one
+   kernel (econspin.block_pass) at N = 4096-65536 and B = 64, N = 256, in the default blocks and
+   in blocks of 2048 rows, against SDPA (experiments/gpu_block_pass.py; ``block_pass_cuda.json``).
+16. ``profile_block_pass``: the profile (experiments/gpu_profile.py) of the fused round at N = 16384
+   and 65536 with the eager passes and the compiled one (``profile_block_pass_cuda.json``).
 
 Without a CUDA device, or with ``--dry-run``, it prints the plan and exits 0 (the test suite
 runs it so, tests/test_device_rollout.py, so that it does not rot).
@@ -92,6 +97,8 @@ STEPS = {
     "compiled": 120,
     "profile": 120,
     "profile_graphs": 60,
+    "block_pass": 150,
+    "profile_block_pass": 60,
 }
 BUDGET = 470  # seconds for all steps: one device call, leaving time in a session's lease to rerun one
 ROLLOUT_SHAPE = (64, 256)  # B, N: the GPU target of issue 9 (<= 5x SDPA forward)
@@ -120,45 +127,14 @@ def step_commands(out: Path) -> dict[str, list[str]]:
     return {
         "tests": [*tests_command, *tests],
         "blocks": [python, "-m", "experiments.gpu_check", "--measure", "blocks", "--out", str(out)],
-        "bench": bench(
-            "bench_cuda.json",
-            "--sizes",
-            f"1024,4096,{LARGE}",
-            "--batches",
-            "1",
-            "--kernels",
-            "fused",
-            "--utilities",
-            "bfloat16",
-            "--repeats",
-            "5",
-        ),  # fmt: skip
-        "batched": bench(
-            "batched_cuda.json",
-            "--sizes",
-            "256,1024",
-            "--batches",
-            "1,16,64",
-            "--modes",
-            "expected,sampled",
-            "--repeats",
-            "5",
-        ),  # fmt: skip
+        "bench": bench("bench_cuda.json", "--sizes", f"1024,4096,{LARGE}", "--batches", "1", "--kernels", "fused",
+                       "--utilities", "bfloat16", "--repeats", "5"),  # fmt: skip
+        "batched": bench("batched_cuda.json", "--sizes", "256,1024", "--batches", "1,16,64",
+                         "--modes", "expected,sampled", "--repeats", "5"),  # fmt: skip
         "rollout": [python, "-m", "experiments.gpu_check", "--measure", "rollout", "--out", str(out)],
         "flex": [python, "-m", "experiments.gpu_check", "--measure", "flex", "--out", str(out)],
-        "tf32": bench(
-            "tf32_cuda.json",
-            "--sizes",
-            LARGE,
-            "--batches",
-            "1",
-            "--kernels",
-            "fused",
-            "--utilities",
-            "tf32",
-            "--repeats",
-            "5",
-        ),  # fmt: skip
+        "tf32": bench("tf32_cuda.json", "--sizes", LARGE, "--batches", "1", "--kernels", "fused", "--utilities", "tf32",
+                      "--repeats", "5"),  # fmt: skip
         "flex_batched": bench(
             "flex_batched_cuda.json", "--sizes", "256", "--batches", "64", "--kernels", "fused,flex", "--repeats", "5"
         ),  # fmt: skip
@@ -173,6 +149,11 @@ def step_commands(out: Path) -> dict[str, list[str]]:
         "profile_graphs": [python, "-m", "experiments.gpu_profile", "--shapes", "64x256", "--kernels", "fused",
                            "--compile", "reduce-overhead", "--operator-devices", "cpu,cpu+cuda",
                            "--json", str(out / "profile_graphs_cuda.json")],  # fmt: skip
+        "block_pass": [python, "-m", "experiments.gpu_block_pass", "--device", "cuda",
+                       "--shapes", "1x4096,1x16384,1x65536,64x256", "--rows", "default,2048",
+                       "--json", str(out / "block_pass_cuda.json")],  # fmt: skip
+        "profile_block_pass": [python, "-m", "experiments.gpu_profile", "--shapes", "1x16384,1x65536", "--kernels",
+                               "fused", "--block-pass", "off,on", "--json", str(out / "profile_block_pass_cuda.json")],
     }
 
 
@@ -234,18 +215,25 @@ WAYS = {  # name: (chunk_rounds, sync_free, run.compile, compiled.OPERATOR_DEVIC
 }
 
 
+def with_setting(module, name: str, value, function):
+    """``function`` wrapped: each call runs with ``module.name`` set to ``value``, restored after."""
+
+    def call():
+        kept = getattr(module, name)
+        setattr(module, name, value)
+        try:
+            return function()
+        finally:
+            setattr(module, name, kept)
+
+    return call
+
+
 def with_operator_devices(devices: tuple[str, ...], function):
     """``function`` run with compiled.OPERATOR_DEVICES set to ``devices`` (a compiled round traces with them)."""
     from econspin import compiled
 
-    def call():
-        kept, compiled.OPERATOR_DEVICES = compiled.OPERATOR_DEVICES, devices
-        try:
-            return function()
-        finally:
-            compiled.OPERATOR_DEVICES = kept
-
-    return call
+    return with_setting(compiled, "OPERATOR_DEVICES", devices, function)
 
 
 def rollout_timing(

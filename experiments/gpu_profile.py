@@ -2,7 +2,7 @@
 
     python -m experiments.gpu_profile [--device cuda] [--shapes 1x16384,64x256] [--kernels fused,triton]
                                       [--mode expected] [--compile off,default] [--operator-devices cpu,cpu+cuda]
-                                      [--rounds 3] [--top 12] [--json FILE]
+                                      [--block-pass off,on] [--rounds 3] [--top 12] [--json FILE]
 
 For each shape (B x N, the benchmark economy of ``econspin bench``, float32) and each
 ``run.kernel`` and each ``run.compile`` of ``--compile``: three rounds warm up (compilation, CUDA graphs'
@@ -14,7 +14,9 @@ launched (a round under reduce-overhead replays its graphs: kernels run, few lau
 device's busy time (the sum of kernel times) and the wall time of the same rounds unprofiled.
 ``--operator-devices`` sets ``econspin.compiled.OPERATOR_DEVICES`` for a compiled round: with
 ``cpu+cuda`` the blocks are one operator inside the compiled graph on CUDA too (gpu_check's
-rollout step, its fourth way), else on CUDA they run between the graphs. Wall time well above
+rollout step, its fourth way), else on CUDA they run between the graphs. ``--block-pass on``
+lists the device in ``econspin.block_pass.COMPILED_DEVICES``: the blocks' elementwise passes
+compiled into one kernel (gpu_check's ``block_pass`` step times it). Wall time well above
 the busy time is time the device waits for the host (launches, Python), the bound of the small
 shapes (docs/performance.md).
 """
@@ -33,10 +35,11 @@ import torch
 from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
+from econspin import block_pass
 from econspin.bench import bench_scenario
 from econspin.round import step
 from econspin.simulate import Rollout
-from experiments.gpu_check import synchronised, with_operator_devices
+from experiments.gpu_check import synchronised, with_operator_devices, with_setting
 
 KERNEL_LAUNCHES = ("cudaLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernel", "cuLaunchKernelEx")  # runtime, driver
 WARM_UP = 3  # rounds before the measured ones: compilation, and reduce-overhead's recording of its graphs
@@ -65,12 +68,15 @@ def kernel_times(profiler, device: torch.device) -> dict[str, list[float]]:
 
 def profile_round(
     batch: int, agents: int, kernel: str, mode: str, device: torch.device, rounds: int, top: int, compile_mode: str,
-    operator_devices: tuple[str, ...] = ("cpu",),
+    operator_devices: tuple[str, ...] = ("cpu",), compiled_pass: bool = False,
 ) -> dict:
     """The profile of ``rounds`` rounds at (batch, agents) on ``kernel``: the top kernels and the totals, per round."""
-    return with_operator_devices(
+    profiled = with_operator_devices(
         operator_devices, lambda: _profile_round(batch, agents, kernel, mode, device, rounds, top, compile_mode)
-    )() | {"operator devices": "+".join(operator_devices)}
+    )
+    pass_devices = (device.type,) if compiled_pass else ()
+    row = with_setting(block_pass, "COMPILED_DEVICES", pass_devices, profiled)()
+    return row | {"operator devices": "+".join(operator_devices), "compiled block pass": compiled_pass}
 
 
 def _profile_round(batch, agents, kernel, mode, device, rounds, top, compile_mode) -> dict:
@@ -123,23 +129,23 @@ def main(arguments: list[str] | None = None) -> int:
     parser.add_argument("--compile", default="off", help="run.compile values, comma-separated")
     parser.add_argument("--operator-devices", default="cpu",
                         help="compiled.OPERATOR_DEVICES settings, comma-separated; devices joined by +")  # fmt: skip
+    parser.add_argument("--block-pass", default="off", help="off, on or off,on: the blocks' passes compiled")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--top", type=int, default=12)
     parser.add_argument("--json", type=Path)
     options = parser.parse_args(arguments)
     device = torch.device(options.device)
     rows = []
-    runs = [(shape, kernel, compile_mode, devices) for shape in options.shapes for kernel in options.kernels.split(",")
-            for compile_mode in options.compile.split(",")
-            for devices in options.operator_devices.split(",")]  # fmt: skip
-    for (batch, agents), kernel, compile_mode, devices in runs:
+    runs = [(shape, kernel, compile_mode, devices, passes) for shape in options.shapes
+            for kernel in options.kernels.split(",") for compile_mode in options.compile.split(",")
+            for devices in options.operator_devices.split(",") for passes in options.block_pass.split(",")]  # fmt: skip
+    for (batch, agents), kernel, compile_mode, devices, passes in runs:
         operator_devices = tuple(devices.split("+"))
-        row = profile_round(
-            batch, agents, kernel, options.mode, device, options.rounds, options.top, compile_mode, operator_devices
-        )
+        row = profile_round(batch, agents, kernel, options.mode, device, options.rounds, options.top, compile_mode,
+                            operator_devices, passes == "on")  # fmt: skip
         rows.append(row)
-        line = f"{kernel}, B = {batch}, N = {agents}, {options.mode}, compile {compile_mode}, operators on {devices}: "
-        line += f"wall {row['wall ms per round']:.3f} ms a round"
+        line = f"{kernel}, B = {batch}, N = {agents}, {options.mode}, compile {compile_mode}, operators on {devices}, "
+        line += f"compiled block pass {passes}: wall {row['wall ms per round']:.3f} ms a round"
         if device.type == "cuda":
             line += f", {row['kernels per round']:.0f} kernels ({row['kernel launches per round']:.0f} launched alone,"
             line += f" {row['graph launches per round']:.0f} graphs), busy {row['device busy ms per round']:.3f} ms"

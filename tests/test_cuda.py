@@ -22,6 +22,7 @@ import pytest
 import torch
 from fused_cases import TOLERANCE, assert_equals_oracle, assert_outcomes_close, economies, on_device
 from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from econspin import Scenario
 from econspin.fused import fused_trade
@@ -49,6 +50,27 @@ def test_the_expected_market_on_the_gpu_equals_the_cpu_and_the_oracle(drawn):
     assert_equals_oracle(gpu, state, economy)
     spent, earned = gpu.spending.sum(1), gpu.revenue.sum(1)
     assert torch.allclose(spent, earned, rtol=1e-12 if state.money.dtype == torch.float64 else 1e-6)
+
+
+@given(economies(), st.integers(1, 12))
+@settings(max_examples=30, deadline=None, derandomize=True)
+def test_the_compiled_block_pass_on_the_gpu_equals_the_cpu_and_the_oracle(drawn, rows):
+    """econspin.block_pass's kernel (Triton on a GPU) against the CPU's eager passes, blocks of ``rows`` rows too."""
+    from econspin import block_pass
+
+    state, economy = drawn
+    kept, block_pass.COMPILED_DEVICES = block_pass.COMPILED_DEVICES, (torch.device(DEVICE).type,)
+    try:
+        on_gpu = on_device(state, DEVICE), on_device(economy, DEVICE)
+        assert block_pass.compiles(on_gpu[0].states)
+        outcomes = [on_host(fused_trade(*on_gpu, block)) for block in (None, rows)]
+    finally:
+        block_pass.COMPILED_DEVICES = kept
+    for gpu in outcomes:
+        assert_outcomes_close(fused_trade(state, economy), gpu, TOLERANCE[state.states.dtype])
+        assert_equals_oracle(gpu, state, economy)
+        spent, earned = gpu.spending.sum(1), gpu.revenue.sum(1)
+        assert torch.allclose(spent, earned, rtol=1e-12 if state.money.dtype == torch.float64 else 1e-6)
 
 
 @given(economies(mode="sampled"))

@@ -325,7 +325,7 @@ def test_a_sampled_rollout_is_the_same_on_either_kernel():
 def test_buffers_reused_between_rounds_of_other_shapes_change_no_number():
     """A round after rounds of other shapes and modes gives the bits it gave first.
 
-    The blocks and the running sums live in memory kept from round to round (fused.workspace).
+    The blocks and the running sums live in memory kept from round to round (econspin.workspace).
     """
     small = rollout([sampled_market(heads=2, visibility=0.5)] * 2)
     large = rollout([scenario(populations={"human": {"count": 90, "temperature": 0.5}}, mode="sampled")] * 3)
@@ -348,8 +348,8 @@ def test_each_thread_has_buffers_of_its_own():
     """Two threads playing rounds at once must not write into each other's blocks."""
     import threading
 
-    from econspin import fused
-    from econspin.fused import workspace
+    from econspin import workspace as kept
+    from econspin.workspace import workspace
 
     here = workspace("blocks", 16, torch.float64, torch.device("cpu"))
     there = []
@@ -360,7 +360,7 @@ def test_each_thread_has_buffers_of_its_own():
     assert workspace("blocks", 8, torch.float64, "cpu").data_ptr() == here.data_ptr()  # reused on this thread
     # off the CPU nothing is kept: CUDA's caching allocator reuses memory, and CUDA graphs own theirs
     workspace("blocks", 8, torch.float64, "meta")
-    assert all(device.type == "cpu" for _, _, device in fused._WORKSPACES.buffers)
+    assert all(device.type == "cpu" for _, _, device in kept._WORKSPACES.buffers)
     runs = [rollout([sampled_market(heads=2)] * 2, replicas=[r, r + 1]) for r in range(4)]
     alone = [sampled_choices(run.state, run.economy)[0] for run in runs]
     together = [None] * len(runs)

@@ -1,0 +1,99 @@
+"""A block's elementwise passes: eager, one operation at a time, or compiled into one kernel.
+
+The expected-mode blocks (econspin.fused) take, for every buyer row i of a block of scores
+beta_i U_ij (the diagonal and the trade network already applied, -BIG where j is no seller):
+
+    m_i    = max_j score_ij, or 0 on a row without a seller (every score -BIG)
+    y_ij   = clamp(score_ij - (m_i - t_i), floor, 0)                   (t_i the row's tie width)
+    e_ij   = 2^(y_ij), or 0 where that is at most 2^(floor + 1)
+    s_i    = sum_j e_ij,    |e_i.| = (sum_j e_ij^2)^(1/2),    sum_j e_ij y_ij
+    r_ik   = sum_j e_ij w_kj                                            (the two moment rows w_k)
+
+and leave e in the block's weights for its products (received, revenue).
+
+:func:`weigh` computes e and m_i, one eager torch operation at a time: the blocks of both
+modes take it (the sampled blocks' draw reads e alone). Eagerly the expected blocks then take
+each sum as a pass of its own and the moment rows as a product (econspin.fused.expected_blocks):
+about ten passes over the block. On a CPU the block is sized to stay in the cache and each
+eager pass is one vectorised loop over it; compiled, the same equations run no faster there
+(docs/performance.md). On a GPU a block is larger than the cache, so every pass reads the
+whole block from device memory (and most write it): on an H100 these passes were 57-72% of a
+fused round's device time at N = 16384-65536, and a batched cuBLAS gemv over 512-row blocks
+(``gemmSN_TN``, by its shapes the moment rows' product) 23% at N = 65536. :func:`weigh_and_sum` is all of it
+compiled by torch.compile (:func:`one_pass`): one kernel that reads the block twice (the row
+maximum, then the rest) and writes e once, the moments two more sums in it.
+
+Where: the devices of :data:`COMPILED_DEVICES` (none until a GPU has measured the compiled
+pass: experiments/gpu_check.py's ``block_pass`` step times both), outside any torch dispatch
+mode (a function compiled under one breaks Dynamo for the process, econspin.flex.compiles),
+outside a compiled round's tracing and outside a CUDA graph's capture (the blocks run eagerly
+there, econspin.compiled). The two forms agree to rounding (tests/test_block_pass.py): the
+sums are taken in another order.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+from torch.utils._python_dispatch import is_in_torch_dispatch_mode
+
+# the devices whose expected blocks take the compiled pass; the CPU's cache-sized blocks gain nothing from it
+COMPILED_DEVICES: tuple[str, ...] = ()
+# graphs of the pass per process (two dtypes, sizes of 1 specialised apart): above Dynamo's default of 8, past
+# which the pass would run its Python eagerly, operation by operation
+RECOMPILE_LIMIT = 32
+
+
+def compiles(scores: torch.Tensor) -> bool:
+    """Whether the pass over ``scores`` runs compiled (module doc)."""
+    if scores.device.type not in COMPILED_DEVICES or torch.compiler.is_compiling() or is_in_torch_dispatch_mode():
+        return False
+    return not (scores.device.type == "cuda" and torch.cuda.is_current_stream_capturing())
+
+
+def weigh(scores: torch.Tensor, weights: torch.Tensor, row_max: torch.Tensor, tie_width: torch.Tensor,
+          big: float, floor: float) -> None:
+    """Write e into ``weights``, m_i into ``row_max`` (rows, 1) and y into ``scores``: eagerly, in place.
+
+    ``tie_width``: (..., rows) t_i. The per-row result is written where it is kept (out=): no copy.
+    """
+    zero = torch.zeros((), dtype=scores.dtype, device=scores.device)  # where(..., out=) takes no Python number
+    torch.amax(scores, -1, keepdim=True, out=row_max)
+    torch.where(row_max > -0.5 * big, row_max, zero, out=row_max)
+    # y_ij = z_ij / ln 2; 0 on the ties of a row at the T = 0 limit (econspin.fused), where t_i > 0
+    scores.sub_(row_max - tie_width[..., None]).clamp_(min=floor, max=0.0)
+    torch.nn.functional.threshold_(torch.exp2(scores, out=weights), 2.0 ** (floor + 1), 0.0)
+
+
+def weigh_and_sum(scores: torch.Tensor, weights: torch.Tensor, tie_width: torch.Tensor, moment_rows: torch.Tensor,
+                  big: float, floor: float) -> tuple[torch.Tensor, ...]:
+    """(m_i, s_i, |e_i.|, sum_j e_ij y_ij, r_i.) for a block by the compiled kernel, e written into ``weights``.
+
+    ``scores``, ``weights``: (groups, rows, N); ``tie_width``: (groups, rows); ``moment_rows``:
+    (groups, 2, N). Returns four (groups, rows) tensors and the (groups, rows, 2) moments. Where
+    :func:`compiles` is false, econspin.fused.expected_blocks takes the same equations eagerly
+    (:func:`weigh`, then a pass per sum and a product for the moments).
+    """
+    with torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT):
+        return _compiled_pass()(scores, weights, tie_width, moment_rows, big, floor)
+
+
+def one_pass(scores: torch.Tensor, weights: torch.Tensor, tie_width: torch.Tensor, moment_rows: torch.Tensor,
+             big: float, floor: float) -> tuple[torch.Tensor, ...]:
+    """:func:`weigh_and_sum`'s equations for torch.compile: whole-tensor expressions, ``weights`` the one write."""
+    row_max = scores.amax(-1, keepdim=True)
+    row_max = torch.where(row_max > -0.5 * big, row_max, 0.0)
+    shifted = (scores - (row_max - tie_width[..., None])).clamp(floor, 0.0)
+    powers = torch.exp2(shifted)
+    powers = torch.where(powers > 2.0 ** (floor + 1), powers, 0.0)
+    weights.copy_(powers)
+    moments = torch.stack([(powers * moment_rows[:, None, k]).sum(-1) for k in range(moment_rows.shape[1])], -1)
+    norm = (powers * powers).sum(-1).sqrt()
+    return row_max.squeeze(-1), powers.sum(-1), norm, (powers * shifted).sum(-1), moments
+
+
+@functools.cache
+def _compiled_pass():
+    """:func:`one_pass` compiled, once per process; shapes go dynamic on their first change (torch's default)."""
+    return torch.compile(one_pass)

@@ -1,0 +1,102 @@
+"""The fused round with its blocks' passes eager and compiled into one kernel (econspin.block_pass), against SDPA.
+
+On a GPU the fused round's eager passes over each block of utilities read the block from
+device memory each time: 57-72% of its device time on an H100 at N = 16384-65536
+(docs/performance.md). ``econspin.block_pass`` writes them as one compiled kernel. This script
+plays the benchmark economy (``econspin.bench``'s: d = 32, one head, expected mode, float32)
+at each ``--shapes`` B x N on ``--device``, with the eager passes and with the compiled pass
+(``block_pass.COMPILED_DEVICES`` naming the device), at each ``--rows`` (buyer rows per
+block; ``default`` the device's own), beside torch's SDPA forward on the same shapes, and
+prints one JSON row per shape and way: ms a round (median of ``--repeats``, interleaved),
+the ratio to SDPA, the compiled pass's first round apart (its compilation) and its next state's
+largest relative difference from the eager round's. experiments/gpu_check.py runs it as its
+``block_pass`` step.
+
+    python -m experiments.gpu_block_pass --device cuda --shapes 1x16384,1x65536,64x256 --json block_pass.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+import torch
+
+WAYS = ("eager passes", "compiled pass")
+
+
+def with_compiled_pass(devices: tuple[str, ...], function):
+    """``function`` run with econspin.block_pass.COMPILED_DEVICES set to ``devices``."""
+    from econspin import block_pass
+    from experiments.gpu_check import with_setting
+
+    return with_setting(block_pass, "COMPILED_DEVICES", devices, function)
+
+
+def pass_timing(device: torch.device, shapes, rows_per_block=(None,), repeats: int = 5) -> list[dict]:
+    """One row per shape, rows per block and way, and one for SDPA per shape (module doc)."""
+    from econspin.bench import bench_scenario, floor_inputs, round_difference, timed
+    from econspin.round import step
+    from econspin.simulate import Rollout
+
+    rows = []
+    for batch, agents in shapes:
+        rollout = Rollout.create([bench_scenario(agents)] * batch, list(range(batch)), str(device), "float32")
+        q, k, v = floor_inputs(batch, 1, agents, device)
+        functions = {"sdpa forward": lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v)}
+        firsts, first_seconds = {}, {}
+        for rows_each in rows_per_block:
+            economy = dataclasses.replace(rollout.economy, chunk=rows_each)
+            for way in WAYS:
+                devices = (device.type,) if way == "compiled pass" else ()
+                play = with_compiled_pass(devices, lambda e=economy: step(rollout.state, e))
+                started = time.perf_counter()
+                with torch.no_grad():
+                    firsts[rows_each, way] = play()
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                first_seconds[rows_each, way] = time.perf_counter() - started
+                functions[rows_each, way] = play
+        with torch.no_grad():
+            times = timed(functions, repeats=repeats, device=device)
+        floor = times.pop("sdpa forward")
+        rows.append({"batch": batch, "agents": agents, "way": "sdpa forward", "ms": floor * 1e3})
+        for (rows_each, way), seconds in times.items():
+            row = {"batch": batch, "agents": agents, "rows per block": rows_each or "default", "way": way}
+            row.update({"ms": seconds * 1e3, "ratio to sdpa": seconds / floor})
+            row["first round s"] = first_seconds[rows_each, way]
+            row["difference from the eager passes"] = round_difference(
+                firsts[rows_each, "eager passes"], firsts[rows_each, way]
+            )
+            rows.append(row)
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    return rows
+
+
+def main(arguments: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--shapes", default="1x16384,1x65536,64x256", help="B x N, comma-separated")
+    parser.add_argument("--rows", default="default",
+                        help="buyer rows per block, comma-separated; default: the device's")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--json", type=Path, help="write the rows here too")
+    options = parser.parse_args(arguments)
+    shapes = [tuple(int(n) for n in shape.split("x")) for shape in options.shapes.split(",")]
+    rows_per_block = tuple(None if rows == "default" else int(rows) for rows in options.rows.split(","))
+    device = torch.device(options.device)
+    rows = pass_timing(device, shapes, rows_per_block, options.repeats)
+    for row in rows:
+        print(json.dumps(row))
+    if options.json:
+        name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+        options.json.write_text(json.dumps({"device": name, "torch": torch.__version__, "rows": rows}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,209 @@
+"""The blocks' passes compiled into one kernel (econspin.block_pass) against the eager passes and the reference.
+
+The compiled pass is meant for a GPU, where CI has none: here the CPU is listed in
+``block_pass.COMPILED_DEVICES`` instead, and torch.compile writes the same equations as C++
+loops. The two forms take their sums in other orders, so they agree to rounding, with the
+exact zeros and ones of the T = 0 and T = inf limits in the same places.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+
+import pytest
+import torch
+from fused_cases import TOLERANCE, assert_equals_oracle, assert_outcomes_close, economies, two_populations
+from helpers import rollout
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from econspin import block_pass
+from econspin.fused import EXP2_FLOOR, fused_trade
+from econspin.host_syncs import HostSyncRecorder
+from econspin.market import trade
+from econspin.round import step
+from econspin.temperature_limits import precision_limits
+
+
+@contextlib.contextmanager
+def compiled_on(*devices: str, calls: list | None = None):
+    """block_pass.COMPILED_DEVICES set to ``devices``; each compiled pass taken appended to ``calls``."""
+    kept_devices, kept_pass = block_pass.COMPILED_DEVICES, block_pass.weigh_and_sum
+
+    def counted(*arguments):
+        if calls is not None:
+            calls.append(arguments[0].shape)
+        return kept_pass(*arguments)
+
+    block_pass.COMPILED_DEVICES, block_pass.weigh_and_sum = devices, counted
+    try:
+        yield
+    finally:
+        block_pass.COMPILED_DEVICES, block_pass.weigh_and_sum = kept_devices, kept_pass
+
+
+def test_the_default_compiles_on_no_device():
+    """Until a GPU has measured it, every device takes the eager passes (the CPU gains nothing: module doc)."""
+    assert block_pass.COMPILED_DEVICES == ()
+    run = rollout(two_populations(heads=2), dtype="float32")
+    assert not block_pass.compiles(run.state.states)
+
+
+@given(economies(), st.integers(1, 12))
+@settings(max_examples=40, deadline=None, derandomize=True)
+def test_the_compiled_pass_gives_the_reference_numbers(drawn, rows):
+    """Shapes, populations, heads, flags, masks, networks, budgets, temperatures 0, inf and ties, both dtypes."""
+    state, economy = drawn
+    eager = fused_trade(state, economy, rows)
+    calls = []
+    with compiled_on("cpu", calls=calls):
+        compiled = fused_trade(state, economy, rows)
+    assert calls, "the compiled pass was not taken"
+    tolerance = TOLERANCE[state.states.dtype]
+    assert_outcomes_close(trade(state, economy), compiled, tolerance)
+    assert_outcomes_close(eager, compiled, tolerance)
+    assert_equals_oracle(compiled, state, economy)
+
+
+def block(dtype: torch.dtype, generator: torch.Generator):
+    """Scores of 3 groups x 6 rows x 17 sellers with every case of a block, and their tie widths and moment rows.
+
+    Row 0 of group 0 has no seller (all -BIG); row 1 ties three sellers exactly and row 2 within
+    its tie width (a T = 0 row); row 3 is a T = inf row (scores within 2^-(p + 6) of 0, p the mantissa's bits); row 4
+    has scores far below the exp2 floor beside its best; the rest are ordinary.
+    """
+    big = 2.0 ** precision_limits(dtype)[2]
+    scores = torch.randn(3, 6, 17, dtype=dtype, generator=generator) * 8
+    scores[:, :, 5] = -big  # a non-seller in every row
+    scores[0, 0] = -big
+    scores[0, 1, [2, 7, 11]] = 30.0
+    tie_width = torch.zeros(3, 6, dtype=dtype)
+    scores[0, 2, [3, 4]] = torch.tensor([50.0, 50.0 - 2.0**-20], dtype=dtype)
+    tie_width[0, 2] = 2.0**-18
+    scores[1, 3] = torch.rand(17, dtype=dtype, generator=generator) * 2.0 ** (math.log2(torch.finfo(dtype).eps) - 6)
+    scores[1, 4] = torch.tensor([0.0] + [-1000.0] * 16, dtype=dtype)
+    moment_rows = torch.rand(3, 2, 17, dtype=dtype, generator=generator)
+    return scores, tie_width, moment_rows, big, EXP2_FLOOR[dtype]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_one_block_either_way(dtype):
+    """The compiled kernel's (m, s, |e|, sum e y, moments) and weights against the eager passes, every kind of row."""
+    scores, tie_width, moment_rows, big, floor = block(dtype, torch.Generator().manual_seed(5))
+    eager_scores, eager_weights, row_max = scores.clone(), torch.empty_like(scores), torch.empty(3, 6, 1, dtype=dtype)
+    block_pass.weigh(eager_scores, eager_weights, row_max, tie_width, big, floor)
+    shifted = eager_scores.clone()
+    want = (
+        row_max.squeeze(-1),
+        eager_weights.sum(-1),
+        torch.linalg.vector_norm(eager_weights, dim=-1),
+        (shifted * eager_weights).sum(-1),
+        torch.bmm(moment_rows, eager_weights.transpose(1, 2)).transpose(1, 2),
+    )
+    weights = torch.full_like(scores, math.nan)
+    with compiled_on("cpu"):
+        assert block_pass.compiles(scores)
+        got = block_pass.weigh_and_sum(scores.clone(), weights, tie_width, moment_rows, big, floor)
+    assert torch.equal(got[0], want[0])  # a maximum, exactly; 0 on the row without a seller
+    assert got[0][0, 0] == 0 and torch.all(weights[0, 0] == 0)
+    # exact zeros (non-sellers, below the floor) and exact ones (the best sellers, ties) where the eager pass has them
+    for exact in (0.0, 1.0):
+        assert torch.equal(weights == exact, eager_weights == exact), exact
+    assert torch.equal(weights[0, 1] == 1, torch.isin(torch.arange(17), torch.tensor([2, 7, 11])))
+    assert torch.all(weights[0, 2, [3, 4]] == 1) and torch.all(weights[1, 3] == 1)
+    assert torch.allclose(weights, eager_weights, rtol=4 * torch.finfo(dtype).eps, atol=0)
+    tolerance = TOLERANCE[dtype] / 10
+    for name, wanted, result in zip(("max", "sum", "norm", "dot", "moments"), want, got):
+        assert wanted.shape == result.shape and wanted.dtype == result.dtype, name
+        assert torch.allclose(result, wanted, rtol=tolerance, atol=tolerance * float(wanted.abs().max())), name
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_money_is_conserved_with_the_compiled_pass(dtype):
+    run = rollout(two_populations(heads=3, visibility=1.5), dtype=dtype)
+    start = run.state.money.sum(1)
+    with compiled_on("cpu"), torch.no_grad():
+        outcome = fused_trade(run.state, run.economy, rows=5)
+        assert torch.allclose(outcome.revenue.sum(1), outcome.spending.sum(1), rtol=1e-13, atol=0)
+        for _ in range(20):
+            run.state = step(run.state, run.economy)
+    assert float((run.state.money.sum(1) / start - 1).abs().max()) < 1e-12
+
+
+def test_where_the_pass_is_not_compiled():
+    """Off the listed devices, while torch.compile traces, and under a torch dispatch mode: the eager passes."""
+    scores = torch.zeros(1, 2, 3)
+    with compiled_on("cuda"):
+        assert not block_pass.compiles(scores)
+    with compiled_on("cpu"):
+        assert block_pass.compiles(scores)
+        traced = torch.compile(lambda x: x + block_pass.compiles(x), backend="eager", fullgraph=True)
+        assert torch.equal(traced(scores), scores)  # False inside the trace
+        with HostSyncRecorder():
+            assert not block_pass.compiles(scores)
+
+
+def test_a_round_under_the_host_sync_recorder_runs_eagerly_and_leaves_the_pass_compilable():
+    """The recorder is a dispatch mode: torch.compile must not run under it (econspin.flex.compiles)."""
+    run = rollout(two_populations(heads=2, visibility=0.5), dtype="float32")
+    state = run.state.replace(temperature=run.state.temperature.index_fill(1, torch.tensor([0, 3]), 0.0))
+    calls = []
+    with compiled_on("cpu", calls=calls):
+        with torch.no_grad(), HostSyncRecorder() as recorder:
+            watched = fused_trade(state, run.economy, rows=16)
+        assert recorder.events == [], "\n".join(recorder.summary())
+        assert calls == []
+        compiled = fused_trade(state, run.economy, rows=16)
+        assert calls
+    assert_outcomes_close(watched, compiled, TOLERANCE[torch.float32])
+
+
+@pytest.mark.slow
+def test_a_compiled_round_takes_the_compiled_pass_inside_its_blocks_operator():
+    """run.compile on the CPU: the blocks operator runs the eager blocks, which take the compiled pass listed.
+
+    (The first round, which traces the compiled round, runs its operator under a dispatch mode: the eager passes.)
+    """
+    import dataclasses
+
+    run = rollout([two_populations(heads=2, visibility=0.5)] * 2, dtype="float32")
+    eager = step(run.state, run.economy)
+    calls = []
+    economy = dataclasses.replace(run.economy, compile="default")
+    with compiled_on("cpu", calls=calls), torch.no_grad():
+        step(run.state, economy)
+        compiled = step(run.state, economy)
+    assert calls
+    assert torch.allclose(compiled.states, eager.states, rtol=0, atol=1e-5)
+    assert torch.allclose(compiled.money, eager.money, rtol=1e-6, atol=0)
+
+
+def test_the_gpu_experiment_runs_end_to_end_on_the_cpu(tmp_path):
+    from experiments import gpu_block_pass
+
+    out = tmp_path / "block_pass.json"
+    assert gpu_block_pass.main(["--device", "cpu", "--shapes", "2x48", "--rows", "default,16", "--repeats", "1",
+                                "--json", str(out)]) == 0  # fmt: skip
+    rows = json.loads(out.read_text())["rows"]
+    ways = [(row.get("rows per block"), row["way"]) for row in rows]
+    assert ways == [(None, "sdpa forward"), ("default", "eager passes"), ("default", "compiled pass"),
+                    (16, "eager passes"), (16, "compiled pass")]  # fmt: skip
+    assert all(row["difference from the eager passes"] < 1e-5 for row in rows[1:])
+    assert all(row["ratio to sdpa"] > 0 for row in rows[1:])
+    assert block_pass.COMPILED_DEVICES == ()  # restored
+
+
+def test_the_gpu_profile_lists_the_compiled_pass(tmp_path):
+    """experiments.gpu_profile --block-pass off,on on the CPU: the second round's blocks call the compiled graph."""
+    from experiments import gpu_profile
+
+    out = tmp_path / "profile.json"
+    assert gpu_profile.main(["--device", "cpu", "--shapes", "1x256", "--kernels", "fused", "--block-pass", "off,on",
+                             "--rounds", "1", "--top", "40", "--json", str(out)]) == 0  # fmt: skip
+    rows = json.loads(out.read_text())["rows"]
+    assert [row["compiled block pass"] for row in rows] == [False, True]
+    compiled = [any("Compiled" in entry["name"] for entry in row["top"]) for row in rows]
+    assert compiled == [False, True]
+    assert block_pass.COMPILED_DEVICES == ()
