@@ -38,6 +38,8 @@ import functools
 import torch
 from torch.utils._python_dispatch import is_in_torch_dispatch_mode
 
+from econspin.compiled import stored
+
 # the devices whose expected blocks take the compiled pass; the CPU's cache-sized blocks gain nothing from it
 COMPILED_DEVICES: tuple[str, ...] = ()
 # graphs of the pass per process (two dtypes, sizes of 1 specialised apart): above Dynamo's default of 8, past
@@ -86,7 +88,9 @@ def one_pass(scores: torch.Tensor, weights: torch.Tensor, tie_width: torch.Tenso
     row_max = torch.where(row_max > -0.5 * big, row_max, 0.0)
     shifted = (scores - (row_max - tie_width[..., None])).clamp(floor, 0.0)
     powers = torch.exp2(shifted)
-    powers = torch.where(powers > 2.0 ** (floor + 1), powers, 0.0)
+    # stored (a view Inductor writes out): else it computes exp2 twice, in the sums' loop and again in a third loop
+    # over the block that writes the weights
+    powers = stored(torch.where(powers > 2.0 ** (floor + 1), powers, 0.0))
     weights.copy_(powers)
     moments = torch.stack([(powers * moment_rows[:, None, k]).sum(-1) for k in range(moment_rows.shape[1])], -1)
     norm = (powers * powers).sum(-1).sqrt()
