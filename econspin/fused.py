@@ -50,6 +50,9 @@ Every reduction of MODEL.md then comes from the unnormalised block e, while it i
     impact:       kappa_i = |e_i.|^2 / s_i^2
     revenue:      R_j += sum_i e_ij (s_i^budget / H) / s_i               (alpha^T share, a vector @ e)
 
+Eagerly these are a dozen passes over the block, cheap on a CPU, where it stays in the cache;
+on the devices of econspin.block_pass.COMPILED_DEVICES (none yet: a GPU's, once measured) the
+elementwise ones and the moments are one compiled kernel instead, two reads of the block.
 The normalisation by s_i is applied to the small per-row results, never to the block. Money:
 revenue is accumulated in float64 over blocks and rescaled per batch element so that
 sum_j R_j equals sum_i s_i (the budgets actually spent) to float64 rounding, whatever the
