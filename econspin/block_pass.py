@@ -1,34 +1,40 @@
 """A block's elementwise passes: eager, one operation at a time, or compiled into one kernel.
 
-The expected-mode blocks (econspin.fused) take, for every buyer row i of a block of scores
-beta_i U_ij (the diagonal and the trade network already applied, -BIG where j is no seller):
+The blocks of both modes (econspin.fused, econspin.fused_sampled) take, for every buyer row i
+of a block of scores beta_i U_ij (the diagonal and the trade network already applied, -BIG
+where j is no seller):
 
     m_i    = max_j score_ij, or 0 on a row without a seller (every score -BIG)
     y_ij   = clamp(score_ij - (m_i - t_i), floor, 0)                   (t_i the row's tie width)
     e_ij   = 2^(y_ij), or 0 where that is at most 2^(floor + 1)
+
+and the expected blocks the row sums
+
     s_i    = sum_j e_ij,    |e_i.| = (sum_j e_ij^2)^(1/2),    sum_j e_ij y_ij
     r_ik   = sum_j e_ij w_kj                                            (the two moment rows w_k)
 
-and leave e in the block's weights for its products (received, revenue).
+leaving e in the block's weights for its products (received, revenue); the sampled blocks'
+draw reads e and y (econspin.fused_sampled).
 
-:func:`weigh` computes e and m_i, one eager torch operation at a time: the blocks of both
-modes take it (the sampled blocks' draw reads e alone). Eagerly the expected blocks then take
-each sum as a pass of its own and the moment rows as a product (econspin.fused.expected_blocks):
-about ten passes over the block. On a CPU the block is sized to stay in the cache and each
-eager pass is one vectorised loop over it; compiled, the same equations run no faster there
-(docs/performance.md). On a GPU a block is larger than the cache, so every pass reads the
-whole block from device memory (and most write it): on an H100 these passes were 57-72% of a
-fused round's device time at N = 16384-65536, and a batched cuBLAS gemv over 512-row blocks
-(``gemmSN_TN``, by its shapes the moment rows' product) 23% at N = 65536. :func:`weigh_and_sum` is all of it
-compiled by torch.compile (:func:`one_pass`): one kernel that reads the block twice (the row
-maximum, then the rest) and writes e once, the moments two more sums in it.
+:func:`weigh` computes m_i, y and e, eagerly one torch operation at a time: five passes over
+the block. The expected blocks then take each sum as a pass of its own and the moment rows as
+a product (econspin.fused.expected_blocks): about sixteen reads and writes of the block in all.
+On a CPU the block is sized to stay in the cache and each eager pass is one vectorised loop
+over it; compiled, the same equations run no faster there (docs/performance.md). On a GPU a
+block is larger than the cache, so every pass reads the whole block from device memory (and
+most write it): on an H100 these passes were 57-72% of a fused round's device time at
+N = 16384-65536, and a batched cuBLAS gemv over 512-row blocks (``gemmSN_TN``, by its shapes
+the moment rows' product) 23% at N = 65536. Compiled by torch.compile, :func:`weigh_and_sum`
+(:func:`one_pass`) is one kernel that reads the block twice (the row maximum, then the rest)
+and writes e once, the sums and moments in it; :func:`weigh` (:func:`weigh_in_one_pass`) reads
+it twice and writes y and e.
 
 Where: the devices of :data:`COMPILED_DEVICES` (none until a GPU has measured the compiled
 pass: experiments/gpu_check.py's ``block_pass`` step times both), outside any torch dispatch
 mode (a function compiled under one breaks Dynamo for the process, econspin.flex.compiles),
 outside a compiled round's tracing and outside a CUDA graph's capture (the blocks run eagerly
 there, econspin.compiled). The two forms agree to rounding (tests/test_block_pass.py): the
-sums are taken in another order.
+sums are taken in another order; the sampled blocks draw the same sellers from either.
 """
 
 from __future__ import annotations
@@ -40,7 +46,7 @@ from torch.utils._python_dispatch import is_in_torch_dispatch_mode
 
 from econspin.compiled import stored
 
-# the devices whose expected blocks take the compiled pass; the CPU's cache-sized blocks gain nothing from it
+# the devices whose blocks take the compiled passes; the CPU's cache-sized blocks gain nothing from them
 COMPILED_DEVICES: tuple[str, ...] = ()
 # graphs of the pass per process (two dtypes, sizes of 1 specialised apart): above Dynamo's default of 8, past
 # which the pass would run its Python eagerly, operation by operation
@@ -56,10 +62,16 @@ def compiles(scores: torch.Tensor) -> bool:
 
 def weigh(scores: torch.Tensor, weights: torch.Tensor, row_max: torch.Tensor, tie_width: torch.Tensor,
           big: float, floor: float) -> None:
-    """Write e into ``weights``, m_i into ``row_max`` (rows, 1) and y into ``scores``: eagerly, in place.
+    """Write e into ``weights``, m_i into ``row_max`` (..., rows, 1) and y into ``scores``, in place.
 
-    ``tie_width``: (..., rows) t_i. The per-row result is written where it is kept (out=): no copy.
+    ``tie_width``: (..., rows) t_i. Eagerly, one torch operation at a time, the per-row result
+    written where it is kept (out=): no copy. Where :func:`compiles`, one compiled kernel
+    (:func:`weigh_in_one_pass`: two reads of the block, two writes), the same numbers to rounding.
     """
+    if compiles(scores):
+        with torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT):
+            row_max.copy_(_compiled(weigh_in_one_pass)(scores, weights, tie_width, big, floor))
+        return
     zero = torch.zeros((), dtype=scores.dtype, device=scores.device)  # where(..., out=) takes no Python number
     torch.amax(scores, -1, keepdim=True, out=row_max)
     torch.where(row_max > -0.5 * big, row_max, zero, out=row_max)
@@ -78,26 +90,43 @@ def weigh_and_sum(scores: torch.Tensor, weights: torch.Tensor, tie_width: torch.
     (:func:`weigh`, then a pass per sum and a product for the moments).
     """
     with torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT):
-        return _compiled_pass()(scores, weights, tie_width, moment_rows, big, floor)
+        return _compiled(one_pass)(scores, weights, tie_width, moment_rows, big, floor)
+
+
+def _shifted_and_weights(scores, tie_width, big, floor):
+    """(m_i, y, e) as whole-tensor expressions, for torch.compile; e stored (compiled.stored).
+
+    Stored, because Inductor would otherwise compute them again in each loop that writes or
+    sums them: in :func:`one_pass` exp2 twice, once in the sums' loop and once more in a third
+    loop over the block that wrote the weights.
+    """
+    row_max = scores.amax(-1, keepdim=True)
+    row_max = torch.where(row_max > -0.5 * big, row_max, 0.0)
+    shifted = (scores - (row_max - tie_width[..., None])).clamp(floor, 0.0)
+    powers = torch.exp2(shifted)
+    return row_max, shifted, stored(torch.where(powers > 2.0 ** (floor + 1), powers, 0.0))
 
 
 def one_pass(scores: torch.Tensor, weights: torch.Tensor, tie_width: torch.Tensor, moment_rows: torch.Tensor,
              big: float, floor: float) -> tuple[torch.Tensor, ...]:
     """:func:`weigh_and_sum`'s equations for torch.compile: whole-tensor expressions, ``weights`` the one write."""
-    row_max = scores.amax(-1, keepdim=True)
-    row_max = torch.where(row_max > -0.5 * big, row_max, 0.0)
-    shifted = (scores - (row_max - tie_width[..., None])).clamp(floor, 0.0)
-    powers = torch.exp2(shifted)
-    # stored (a view Inductor writes out): else it computes exp2 twice, in the sums' loop and again in a third loop
-    # over the block that writes the weights
-    powers = stored(torch.where(powers > 2.0 ** (floor + 1), powers, 0.0))
+    row_max, shifted, powers = _shifted_and_weights(scores, tie_width, big, floor)
     weights.copy_(powers)
     moments = torch.stack([(powers * moment_rows[:, None, k]).sum(-1) for k in range(moment_rows.shape[1])], -1)
     norm = (powers * powers).sum(-1).sqrt()
     return row_max.squeeze(-1), powers.sum(-1), norm, (powers * shifted).sum(-1), moments
 
 
+def weigh_in_one_pass(scores: torch.Tensor, weights: torch.Tensor, tie_width: torch.Tensor, big: float,
+                      floor: float) -> torch.Tensor:
+    """:func:`weigh`'s equations for torch.compile: y written over ``scores``, e into ``weights``; returns m_i."""
+    row_max, shifted, powers = _shifted_and_weights(scores, tie_width, big, floor)
+    scores.copy_(shifted)
+    weights.copy_(powers)
+    return row_max
+
+
 @functools.cache
-def _compiled_pass():
-    """:func:`one_pass` compiled, once per process; shapes go dynamic on their first change (torch's default)."""
-    return torch.compile(one_pass)
+def _compiled(function):
+    """``function`` compiled, once per process; shapes go dynamic on their first change (torch's default)."""
+    return torch.compile(function)

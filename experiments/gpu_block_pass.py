@@ -3,8 +3,8 @@
 On a GPU the fused round's eager passes over each block of utilities read the block from
 device memory each time: 57-72% of its device time on an H100 at N = 16384-65536
 (docs/performance.md). ``econspin.block_pass`` writes them as one compiled kernel. This script
-plays the benchmark economy (``econspin.bench``'s: d = 32, one head, expected mode, float32)
-at each ``--shapes`` B x N on ``--device``, with the eager passes and with the compiled pass
+plays the benchmark economy (``econspin.bench``'s: d = 32, one head, float32) in each of
+``--modes`` at each ``--shapes`` B x N on ``--device``, with the eager passes and with the compiled passes
 (``block_pass.COMPILED_DEVICES`` naming the device), at each ``--rows`` (buyer rows per
 block; ``default`` the device's own), beside torch's SDPA forward on the same shapes, and
 prints one JSON row per shape and way: ms a round (median of ``--repeats``, interleaved),
@@ -12,7 +12,7 @@ the ratio to SDPA, the compiled pass's first round apart (its compilation) and i
 largest relative difference from the eager round's. experiments/gpu_check.py runs it as its
 ``block_pass`` step.
 
-    python -m experiments.gpu_block_pass --device cuda --shapes 1x16384,1x65536,64x256 --json block_pass.json
+    python -m experiments.gpu_block_pass --device cuda --shapes 1x16384,1x65536,64x256 --modes expected,sampled
 """
 
 from __future__ import annotations
@@ -36,15 +36,17 @@ def with_compiled_pass(devices: tuple[str, ...], function):
     return with_setting(block_pass, "COMPILED_DEVICES", devices, function)
 
 
-def pass_timing(device: torch.device, shapes, rows_per_block=(None,), repeats: int = 5) -> list[dict]:
-    """One row per shape, rows per block and way, and one for SDPA per shape (module doc)."""
+def pass_timing(device: torch.device, shapes, rows_per_block=(None,), repeats: int = 5,
+                modes=("expected",)) -> list[dict]:
+    """One row per mode, shape, rows per block and way, and one for SDPA per mode and shape (module doc)."""
     from econspin.bench import bench_scenario, floor_inputs, round_difference, timed
     from econspin.round import step
     from econspin.simulate import Rollout
 
     rows = []
-    for batch, agents in shapes:
-        rollout = Rollout.create([bench_scenario(agents)] * batch, list(range(batch)), str(device), "float32")
+    for mode, (batch, agents) in ((mode, shape) for mode in modes for shape in shapes):
+        scenario = bench_scenario(agents, mode=mode)
+        rollout = Rollout.create([scenario] * batch, list(range(batch)), str(device), "float32")
         q, k, v = floor_inputs(batch, 1, agents, device)
         functions = {"sdpa forward": lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v)}
         firsts, first_seconds = {}, {}
@@ -63,9 +65,9 @@ def pass_timing(device: torch.device, shapes, rows_per_block=(None,), repeats: i
         with torch.no_grad():
             times = timed(functions, repeats=repeats, device=device)
         floor = times.pop("sdpa forward")
-        rows.append({"batch": batch, "agents": agents, "way": "sdpa forward", "ms": floor * 1e3})
+        rows.append({"mode": mode, "batch": batch, "agents": agents, "way": "sdpa forward", "ms": floor * 1e3})
         for (rows_each, way), seconds in times.items():
-            row = {"batch": batch, "agents": agents, "rows per block": rows_each or "default", "way": way}
+            row = {"mode": mode, "batch": batch, "agents": agents, "rows per block": rows_each or "default", "way": way}
             row.update({"ms": seconds * 1e3, "ratio to sdpa": seconds / floor})
             row["first round s"] = first_seconds[rows_each, way]
             row["difference from the eager passes"] = round_difference(
@@ -83,13 +85,14 @@ def main(arguments: list[str] | None = None) -> int:
     parser.add_argument("--shapes", default="1x16384,1x65536,64x256", help="B x N, comma-separated")
     parser.add_argument("--rows", default="default",
                         help="buyer rows per block, comma-separated; default: the device's")
+    parser.add_argument("--modes", default="expected", help="market modes, comma-separated: expected, sampled")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--json", type=Path, help="write the rows here too")
     options = parser.parse_args(arguments)
     shapes = [tuple(int(n) for n in shape.split("x")) for shape in options.shapes.split(",")]
     rows_per_block = tuple(None if rows == "default" else int(rows) for rows in options.rows.split(","))
     device = torch.device(options.device)
-    rows = pass_timing(device, shapes, rows_per_block, options.repeats)
+    rows = pass_timing(device, shapes, rows_per_block, options.repeats, tuple(options.modes.split(",")))
     for row in rows:
         print(json.dumps(row))
     if options.json:

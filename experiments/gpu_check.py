@@ -53,8 +53,8 @@ left.
 14. ``profile_graphs``: the same for the expected round under reduce-overhead (CUDA graphs) at
    B = 64, N = 256, the rollout step's fastest way, with the blocks between the graphs and as
    one operator inside (``profile_graphs_cuda.json``): kernels launched alone against graphs.
-15. ``block_pass``: the fused round with its blocks' eager passes and with them compiled into one
-   kernel (econspin.block_pass) at N = 4096-65536 and B = 64, N = 256, in the default blocks and
+15. ``block_pass``: the fused round, both modes, with its blocks' eager passes and with them compiled
+   into one kernel (econspin.block_pass) at N = 4096-65536 and B = 64, N = 256, in the default blocks and
    in blocks of 2048 rows, against SDPA (experiments/gpu_block_pass.py; ``block_pass_cuda.json``).
 16. ``profile_block_pass``: the profile (experiments/gpu_profile.py) of the fused round at N = 16384
    and 65536 with the eager passes and the compiled one (``profile_block_pass_cuda.json``).
@@ -97,7 +97,7 @@ STEPS = {
     "compiled": 120,
     "profile": 120,
     "profile_graphs": 60,
-    "block_pass": 150,
+    "block_pass": 200,
     "profile_block_pass": 60,
 }
 BUDGET = 470  # seconds for all steps: one device call, leaving time in a session's lease to rerun one
@@ -151,7 +151,7 @@ def step_commands(out: Path) -> dict[str, list[str]]:
                            "--json", str(out / "profile_graphs_cuda.json")],  # fmt: skip
         "block_pass": [python, "-m", "experiments.gpu_block_pass", "--device", "cuda",
                        "--shapes", "1x4096,1x16384,1x65536,64x256", "--rows", "default,2048",
-                       "--json", str(out / "block_pass_cuda.json")],  # fmt: skip
+                       "--modes", "expected,sampled", "--json", str(out / "block_pass_cuda.json")],  # fmt: skip
         "profile_block_pass": [python, "-m", "experiments.gpu_profile", "--shapes", "1x16384,1x65536", "--kernels",
                                "fused", "--block-pass", "off,on", "--json", str(out / "profile_block_pass_cuda.json")],
     }

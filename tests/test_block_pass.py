@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 
 from econspin import block_pass
 from econspin.fused import EXP2_FLOOR, fused_trade
+from econspin.fused_sampled import fused_sampled_trade, sampled_choices
 from econspin.host_syncs import HostSyncRecorder
 from econspin.market import trade
 from econspin.round import step
@@ -67,6 +68,19 @@ def test_the_compiled_pass_gives_the_reference_numbers(drawn, rows):
     assert_equals_oracle(compiled, state, economy)
 
 
+@given(economies(mode="sampled"), st.integers(1, 12))
+@settings(max_examples=40, deadline=None, derandomize=True)
+def test_the_sampled_blocks_draw_the_same_sellers_from_the_compiled_weights(drawn, rows):
+    """block_pass.weigh compiled: y and e from one kernel, the inversion draws the eager blocks' sellers."""
+    state, economy = drawn
+    eager, _ = sampled_choices(state, economy, rows=rows)
+    with compiled_on("cpu"):
+        compiled, terms = sampled_choices(state, economy, rows=rows)
+        outcome = fused_sampled_trade(state, economy, rows=rows)
+    assert torch.equal(compiled, eager)
+    assert_outcomes_close(trade(state, economy), outcome, TOLERANCE[state.states.dtype])
+
+
 def block(dtype: torch.dtype, generator: torch.Generator):
     """Scores of 3 groups x 6 rows x 17 sellers with every case of a block, and their tie widths and moment rows.
 
@@ -102,10 +116,16 @@ def test_one_block_either_way(dtype):
         (shifted * eager_weights).sum(-1),
         torch.bmm(moment_rows, eager_weights.transpose(1, 2)).transpose(1, 2),
     )
-    weights = torch.full_like(scores, math.nan)
+    weights, weighed_weights = torch.full_like(scores, math.nan), torch.full_like(scores, math.nan)
+    weighed, weighed_max = scores.clone(), torch.full_like(row_max, math.nan)
     with compiled_on("cpu"):
         assert block_pass.compiles(scores)
         got = block_pass.weigh_and_sum(scores.clone(), weights, tie_width, moment_rows, big, floor)
+        block_pass.weigh(weighed, weighed_weights, weighed_max, tie_width, big, floor)  # the sampled blocks' kernel
+    assert torch.equal(weighed_max, row_max) and torch.equal(weighed, shifted)  # y: the same operations, exactly
+    assert torch.allclose(weighed_weights, eager_weights, rtol=4 * torch.finfo(dtype).eps, atol=0)
+    for exact in (0.0, 1.0):
+        assert torch.equal(weighed_weights == exact, eager_weights == exact), exact
     assert torch.equal(got[0], want[0])  # a maximum, exactly; 0 on the row without a seller
     assert got[0][0, 0] == 0 and torch.all(weights[0, 0] == 0)
     # exact zeros (non-sellers, below the floor) and exact ones (the best sellers, ties) where the eager pass has them
@@ -185,13 +205,14 @@ def test_the_gpu_experiment_runs_end_to_end_on_the_cpu(tmp_path):
 
     out = tmp_path / "block_pass.json"
     assert gpu_block_pass.main(["--device", "cpu", "--shapes", "2x48", "--rows", "default,16", "--repeats", "1",
-                                "--json", str(out)]) == 0  # fmt: skip
+                                "--modes", "expected,sampled", "--json", str(out)]) == 0  # fmt: skip
     rows = json.loads(out.read_text())["rows"]
     ways = [(row.get("rows per block"), row["way"]) for row in rows]
-    assert ways == [(None, "sdpa forward"), ("default", "eager passes"), ("default", "compiled pass"),
-                    (16, "eager passes"), (16, "compiled pass")]  # fmt: skip
-    assert all(row["difference from the eager passes"] < 1e-5 for row in rows[1:])
-    assert all(row["ratio to sdpa"] > 0 for row in rows[1:])
+    assert ways == 2 * [(None, "sdpa forward"), ("default", "eager passes"), ("default", "compiled pass"),
+                        (16, "eager passes"), (16, "compiled pass")]  # fmt: skip
+    assert [row["mode"] for row in rows] == 5 * ["expected"] + 5 * ["sampled"]
+    timed = [row for row in rows if row["way"] != "sdpa forward"]
+    assert all(row["difference from the eager passes"] < 1e-5 and row["ratio to sdpa"] > 0 for row in timed)
     assert block_pass.COMPILED_DEVICES == ()  # restored
 
 

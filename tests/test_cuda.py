@@ -26,6 +26,7 @@ from hypothesis import strategies as st
 
 from econspin import Scenario
 from econspin.fused import fused_trade
+from econspin.fused_sampled import fused_sampled_trade
 from econspin.simulate import Rollout
 
 DEVICE = os.environ.get("ECONSPIN_GPU_TEST_DEVICE", "cuda")
@@ -74,12 +75,27 @@ def test_the_compiled_block_pass_on_the_gpu_equals_the_cpu_and_the_oracle(drawn,
 
 
 @given(economies(mode="sampled"))
+@settings(max_examples=30, deadline=None, derandomize=True)
+def test_the_compiled_weights_on_the_gpu_draw_the_cpu_sellers(drawn):
+    """econspin.block_pass.weigh compiled (Triton on a GPU): the sampled blocks draw the CPU's eager sellers."""
+    from econspin import block_pass
+
+    state, economy = drawn
+    kept, block_pass.COMPILED_DEVICES = block_pass.COMPILED_DEVICES, (torch.device(DEVICE).type,)
+    try:
+        gpu = on_host(fused_sampled_trade(on_device(state, DEVICE), on_device(economy, DEVICE)))
+    finally:
+        block_pass.COMPILED_DEVICES = kept
+    assert_outcomes_close(fused_sampled_trade(state, economy), gpu, TOLERANCE[state.states.dtype])
+
+
+@given(economies(mode="sampled"))
 @settings(max_examples=40, deadline=None, derandomize=True)
 def test_the_sampled_market_on_the_gpu_draws_the_cpu_sellers(drawn):
     """Counter-based draws: the same seller for every buyer, so the same flows to rounding."""
     state, economy = drawn
-    gpu = on_host(fused_trade(on_device(state, DEVICE), on_device(economy, DEVICE)))
-    assert_outcomes_close(fused_trade(state, economy), gpu, TOLERANCE[state.states.dtype])
+    gpu = on_host(fused_sampled_trade(on_device(state, DEVICE), on_device(economy, DEVICE)))
+    assert_outcomes_close(fused_sampled_trade(state, economy), gpu, TOLERANCE[state.states.dtype])
 
 
 def played(path: str, device: str, rounds: int, **overrides) -> Rollout:
