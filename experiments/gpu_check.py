@@ -83,7 +83,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # seconds each step may take, in the order run; the rollout compiles reduce-overhead twice (both
 # modes), flex compiles five passes per shape, triton three programs per dtype, network kind and tile size
 STEPS = {
-    "tests": 130,
+    "tests": 200,
     "blocks": 60,
     "bench": 80,
     "batched": 60,
