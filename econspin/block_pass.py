@@ -81,16 +81,17 @@ def weigh(scores: torch.Tensor, weights: torch.Tensor, row_max: torch.Tensor, ti
 
 
 def weigh_and_sum(scores: torch.Tensor, weights: torch.Tensor, tie_width: torch.Tensor, moment_rows: torch.Tensor,
-                  big: float, floor: float) -> tuple[torch.Tensor, ...]:
-    """(m_i, s_i, |e_i.|, sum_j e_ij y_ij, r_i.) for a block by the compiled kernel, e written into ``weights``.
+                  big: float, floor: float, outputs: tuple[torch.Tensor, ...]) -> None:
+    """(m_i, s_i, |e_i.|, sum_j e_ij y_ij, r_i.) of a block by the compiled kernel into ``outputs``; e into ``weights``.
 
     ``scores``, ``weights``: (groups, rows, N); ``tie_width``: (groups, rows); ``moment_rows``:
-    (groups, 2, N). Returns four (groups, rows) tensors and the (groups, rows, 2) moments. Where
+    (groups, 2, N); ``outputs``: four (groups, rows) tensors and a (groups, rows, 2) one, views
+    of where the round keeps them (written by the kernel: no copy a launch of its own). Where
     :func:`compiles` is false, econspin.fused.expected_blocks takes the same equations eagerly
     (:func:`weigh`, then a pass per sum and a product for the moments).
     """
     with torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT):
-        return _compiled(one_pass)(scores, weights, tie_width, moment_rows, big, floor)
+        _compiled(one_pass_into)(scores, weights, tie_width, moment_rows, big, floor, *outputs)
 
 
 def _shifted_and_weights(scores, tie_width, big, floor):
@@ -115,6 +116,12 @@ def one_pass(scores: torch.Tensor, weights: torch.Tensor, tie_width: torch.Tenso
     moments = torch.stack([(powers * moment_rows[:, None, k]).sum(-1) for k in range(moment_rows.shape[1])], -1)
     norm = (powers * powers).sum(-1).sqrt()
     return row_max.squeeze(-1), powers.sum(-1), norm, (powers * shifted).sum(-1), moments
+
+
+def one_pass_into(scores, weights, tie_width, moment_rows, big: float, floor: float, *outputs) -> None:
+    """:func:`one_pass` with its results copied into ``outputs`` (inside the compiled kernel)."""
+    for output, result in zip(outputs, one_pass(scores, weights, tie_width, moment_rows, big, floor)):
+        output.copy_(result)
 
 
 def weigh_in_one_pass(scores: torch.Tensor, weights: torch.Tensor, tie_width: torch.Tensor, big: float,

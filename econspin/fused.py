@@ -374,9 +374,8 @@ def expected_blocks(
     limits = 2.0 ** precision_limits(dtype)[2], EXP2_FLOOR[dtype]
     for g, r, scores, weights in row_blocks(terms, economy, rows, weighed=not one_pass):
         if one_pass:
-            sums = block_pass.weigh_and_sum(scores, weights, terms.tie_width[g, r], moment_rows[g], *limits)
-            for kept, result in zip((terms.shifted_max, terms.total, norm, terms.dot, moments[..., d:]), sums):
-                kept[g, r] = result
+            kept = (terms.shifted_max[g, r], terms.total[g, r], norm[g, r], terms.dot[g, r], moments[g, r, d:])
+            block_pass.weigh_and_sum(scores, weights, terms.tie_width[g, r], moment_rows[g], *limits, kept)
         else:
             torch.sum(weights, -1, out=terms.total[g, r])
             torch.linalg.vector_norm(weights, dim=-1, out=norm[g, r])

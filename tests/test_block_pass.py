@@ -120,7 +120,8 @@ def test_one_block_either_way(dtype):
     weighed, weighed_max = scores.clone(), torch.full_like(row_max, math.nan)
     with compiled_on("cpu"):
         assert block_pass.compiles(scores)
-        got = block_pass.weigh_and_sum(scores.clone(), weights, tie_width, moment_rows, big, floor)
+        got = tuple(torch.full_like(wanted, math.nan) for wanted in want)
+        block_pass.weigh_and_sum(scores.clone(), weights, tie_width, moment_rows, big, floor, got)
         block_pass.weigh(weighed, weighed_weights, weighed_max, tie_width, big, floor)  # the sampled blocks' kernel
     assert torch.equal(weighed_max, row_max) and torch.equal(weighed, shifted)  # y: the same operations, exactly
     assert torch.allclose(weighed_weights, eager_weights, rtol=4 * torch.finfo(dtype).eps, atol=0)
