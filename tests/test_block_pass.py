@@ -181,24 +181,43 @@ def test_a_round_under_the_host_sync_recorder_runs_eagerly_and_leaves_the_pass_c
     assert_outcomes_close(watched, compiled, TOLERANCE[torch.float32])
 
 
-@pytest.mark.slow
-def test_a_compiled_round_takes_the_compiled_pass_inside_its_blocks_operator():
-    """run.compile on the CPU: the blocks operator runs the eager blocks, which take the compiled pass listed.
+def compiled_graph_calls(function) -> int:
+    """How many compiled graphs (Inductor's) ``function()`` called, by torch.profiler."""
+    from torch.profiler import profile
 
-    (The first round, which traces the compiled round, runs its operator under a dispatch mode: the eager passes.)
+    with profile() as profiler:
+        function()
+    return sum("CompiledFxGraph" in event.name for event in profiler.events())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("operator_devices", [("cpu",), ()], ids=["operator", "graph break"])
+def test_a_compiled_round_takes_the_compiled_pass_in_its_blocks(monkeypatch, operator_devices):
+    """run.compile on the CPU, the blocks as the graph's operator or (CUDA's route) as a graph break.
+
+    Either way the blocks run eagerly and take the compiled pass listed, as a compiled graph of its
+    own (one more a round than without it), not its Python run eagerly. (The first round, which
+    compiles the round, runs the operator under a torch dispatch mode: the eager passes there.)
     """
     import dataclasses
 
+    monkeypatch.setattr("econspin.compiled.OPERATOR_DEVICES", operator_devices)
+    torch._dynamo.reset()  # the switch is read when the round is traced
     run = rollout([two_populations(heads=2, visibility=0.5)] * 2, dtype="float32")
     eager = step(run.state, run.economy)
-    calls = []
     economy = dataclasses.replace(run.economy, compile="default")
-    with compiled_on("cpu", calls=calls), torch.no_grad():
+    calls = []
+    with torch.no_grad():
         step(run.state, economy)
-        compiled = step(run.state, economy)
-    assert calls
+        without = compiled_graph_calls(lambda: step(run.state, economy))
+        with compiled_on("cpu", calls=calls):
+            step(run.state, economy)
+            with_pass = compiled_graph_calls(lambda: step(run.state, economy))
+            compiled = step(run.state, economy)
+    assert calls and with_pass == without + 1
     assert torch.allclose(compiled.states, eager.states, rtol=0, atol=1e-5)
     assert torch.allclose(compiled.money, eager.money, rtol=1e-6, atol=0)
+    torch._dynamo.reset()
 
 
 def test_the_gpu_experiment_runs_end_to_end_on_the_cpu(tmp_path):
