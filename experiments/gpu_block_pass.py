@@ -79,6 +79,16 @@ def pass_timing(device: torch.device, shapes, rows_per_block=(None,), repeats: i
     return rows
 
 
+def summary(rows: list[dict]) -> str:
+    """One line: the compiled pass's round over the eager passes' round, per mode, shape and rows per block."""
+    eager = {(r["mode"], r["batch"], r["agents"], r["rows per block"]): r["ms"] for r in rows
+             if r["way"] == "eager passes"}  # fmt: skip
+    ratios = [f"{mode} {batch}x{agents} rows {each}: {r['ms'] / eager[mode, batch, agents, each]:.2f}"
+              for r in rows if r["way"] == "compiled pass"
+              for mode, batch, agents, each in [(r["mode"], r["batch"], r["agents"], r["rows per block"])]]  # fmt: skip
+    return "compiled pass / eager passes, a round: " + "; ".join(ratios)
+
+
 def main(arguments: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -95,6 +105,7 @@ def main(arguments: list[str] | None = None) -> int:
     rows = pass_timing(device, shapes, rows_per_block, options.repeats, tuple(options.modes.split(",")))
     for row in rows:
         print(json.dumps(row))
+    print(summary(rows))  # last: gpu_check prints each step's last line
     if options.json:
         name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
         options.json.write_text(json.dumps({"device": name, "torch": torch.__version__, "rows": rows}, indent=1))

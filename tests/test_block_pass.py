@@ -234,6 +234,8 @@ def test_the_gpu_experiment_runs_end_to_end_on_the_cpu(tmp_path):
     timed = [row for row in rows if row["way"] != "sdpa forward"]
     assert all(row["difference from the eager passes"] < 1e-5 and row["ratio to sdpa"] > 0 for row in timed)
     assert block_pass.COMPILED_DEVICES == ()  # restored
+    line = gpu_block_pass.summary(rows)
+    assert line.startswith("compiled pass / eager passes") and line.count(":") == 5 and "sampled 2x48 rows 16" in line
 
 
 def test_the_gpu_profile_lists_the_compiled_pass(tmp_path):
