@@ -45,7 +45,8 @@ Inductor vectorises across rows and keeps a row's sums in registers: the same se
 bit, in 0.31 ms against 0.6-0.8 ms for a 128 x 64 x 64 block (docs/performance.md, "The
 inversion's count compiled"); the same call sums s_i and sum_j e_ij y_ij, which the eager loop
 takes in passes of their own (docs/performance.md, "The sampled blocks' sums from the compiled
-count"). The eager round compiles nothing.
+count"). The eager round compiles nothing, but on the devices of
+econspin.block_pass.COMPILED_DEVICES (none by default) the weights y and e of each block.
 
 After the blocks, the received signal is a gather of u_{c_i} and revenue a scatter-add of
 s_i / H at c_i in float64, market by market in row order as the reference adds them (so on
