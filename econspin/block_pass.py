@@ -39,25 +39,36 @@ sums are taken in another order; the sampled blocks draw the same sellers from e
 
 from __future__ import annotations
 
+import contextlib
 import functools
 
 import torch
+import torch.fx.experimental._config as fx_config
 from torch.utils._python_dispatch import is_in_torch_dispatch_mode
 
-from econspin.compiled import stored
+from econspin.compiled import missing_compiler, stored
 
 # the devices whose blocks take the compiled passes; the CPU's cache-sized blocks gain nothing from them
 COMPILED_DEVICES: tuple[str, ...] = ()
-# graphs of the pass per process (two dtypes, sizes of 1 specialised apart): above Dynamo's default of 8, past
-# which the pass would run its Python eagerly, operation by operation
-RECOMPILE_LIMIT = 32
+# graphs of each pass per process (two dtypes; sizes of 1, whole and partial blocks specialised apart; the test
+# suite's many economies make 20): above Dynamo's default of 8, past which a pass runs its Python eagerly,
+# operation by operation (the same numbers)
+RECOMPILE_LIMIT = 64
 
 
 def compiles(scores: torch.Tensor) -> bool:
-    """Whether the pass over ``scores`` runs compiled (module doc)."""
+    """Whether the pass over ``scores`` runs compiled (module doc), where torch.compile can build it."""
     if scores.device.type not in COMPILED_DEVICES or torch.compiler.is_compiling() or is_in_torch_dispatch_mode():
         return False
-    return not (scores.device.type == "cuda" and torch.cuda.is_current_stream_capturing())
+    if scores.device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+        return False
+    return _can_compile(scores.device.type)
+
+
+@functools.cache
+def _can_compile(device_type: str) -> bool:
+    """Whether torch.compile has a compiler for ``device_type`` here (else the eager passes: the same numbers)."""
+    return missing_compiler(torch.device(device_type)) is None
 
 
 def weigh(scores: torch.Tensor, weights: torch.Tensor, row_max: torch.Tensor, tie_width: torch.Tensor,
@@ -69,7 +80,7 @@ def weigh(scores: torch.Tensor, weights: torch.Tensor, row_max: torch.Tensor, ti
     (:func:`weigh_in_one_pass`: two reads of the block, two writes), the same numbers to rounding.
     """
     if compiles(scores):
-        with torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT):
+        with compiling():
             row_max.copy_(_compiled(weigh_in_one_pass)(scores, weights, tie_width, big, floor))
         return
     zero = torch.zeros((), dtype=scores.dtype, device=scores.device)  # where(..., out=) takes no Python number
@@ -90,7 +101,7 @@ def weigh_and_sum(scores: torch.Tensor, weights: torch.Tensor, tie_width: torch.
     :func:`compiles` is false, econspin.fused.expected_blocks takes the same equations eagerly
     (:func:`weigh`, then a pass per sum and a product for the moments).
     """
-    with torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT):
+    with compiling():
         _compiled(one_pass_into)(scores, weights, tie_width, moment_rows, big, floor, *outputs)
 
 
@@ -131,6 +142,21 @@ def weigh_in_one_pass(scores: torch.Tensor, weights: torch.Tensor, tie_width: to
     scores.copy_(shifted)
     weights.copy_(powers)
     return row_max
+
+
+@contextlib.contextmanager
+def compiling():
+    """The settings a compiled pass is traced under (they act where a call compiles: a new shape or dtype).
+
+    The passes take views: the block's weights, its rows' tie widths and the round's per-row tensors,
+    whose storage offsets change from block to block. Dynamo makes a changed offset symbolic, but
+    with duck sizing it also guards any offset that equals a size (or another offset) to stay equal,
+    and the next block whose offset differs recompiles: at N = 65536 in blocks of 512 rows, the
+    second block's offset 512 is the block's height. Without duck sizing each offset is a symbol of
+    its own. RECOMPILE_LIMIT then bounds what is left (dtypes, sizes of 1 specialised apart).
+    """
+    with torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT), fx_config.patch(use_duck_shape=False):
+        yield
 
 
 @functools.cache

@@ -154,7 +154,7 @@ def test_money_is_conserved_with_the_compiled_pass(dtype):
 
 
 def test_where_the_pass_is_not_compiled():
-    """Off the listed devices, while torch.compile traces, and under a torch dispatch mode: the eager passes."""
+    """Off the listed devices, while torch.compile traces, under a dispatch mode, without a compiler: eager passes."""
     scores = torch.zeros(1, 2, 3)
     with compiled_on("cuda"):
         assert not block_pass.compiles(scores)
@@ -164,6 +164,11 @@ def test_where_the_pass_is_not_compiled():
         assert torch.equal(traced(scores), scores)  # False inside the trace
         with HostSyncRecorder():
             assert not block_pass.compiles(scores)
+    with compiled_on("cpu"), pytest.MonkeyPatch.context() as patch:  # no C++ compiler here: the eager passes
+        block_pass._can_compile.cache_clear()
+        patch.setattr(block_pass, "missing_compiler", lambda device: "no compiler")
+        assert not block_pass.compiles(scores)
+    block_pass._can_compile.cache_clear()
 
 
 def test_a_round_under_the_host_sync_recorder_runs_eagerly_and_leaves_the_pass_compilable():
@@ -242,6 +247,7 @@ def test_the_gpu_profile_lists_the_compiled_pass(tmp_path):
     """experiments.gpu_profile --block-pass off,on on the CPU: the second round's blocks call the compiled graph."""
     from experiments import gpu_profile
 
+    torch._dynamo.reset()  # compiled graphs from the tests before (a pass past its recompile limit runs eagerly)
     out = tmp_path / "profile.json"
     assert gpu_profile.main(["--device", "cpu", "--shapes", "1x256", "--kernels", "fused", "--block-pass", "off,on",
                              "--rounds", "1", "--top", "40", "--json", str(out)]) == 0  # fmt: skip
