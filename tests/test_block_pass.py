@@ -141,6 +141,21 @@ def test_one_block_either_way(dtype):
         assert torch.allclose(result, wanted, rtol=tolerance, atol=tolerance * float(wanted.abs().max())), name
 
 
+@pytest.mark.parametrize("precision", ["bfloat16", "tf32"])
+def test_reduced_precision_utilities_take_the_compiled_pass_too(precision):
+    """run.utility_precision: the scores come from bf16 (or TF32) products; the pass over them is the same."""
+    import dataclasses
+
+    run = rollout([two_populations(heads=2, visibility=0.5)] * 2, dtype="float32")
+    economy = dataclasses.replace(run.economy, utility_precision=precision)
+    eager = fused_trade(run.state, economy, rows=16)
+    calls = []
+    with compiled_on("cpu", calls=calls):
+        compiled = fused_trade(run.state, economy, rows=16)
+    assert len(calls) == 16  # 2 elements x 2 heads, 64 agents in blocks of 16 rows
+    assert_outcomes_close(eager, compiled, TOLERANCE[torch.float32])
+
+
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_money_is_conserved_with_the_compiled_pass(dtype):
     run = rollout(two_populations(heads=3, visibility=1.5), dtype=dtype)
