@@ -81,7 +81,7 @@ def weigh(scores: torch.Tensor, weights: torch.Tensor, row_max: torch.Tensor, ti
     """
     if compiles(scores):
         with compiling():
-            row_max.copy_(_compiled(weigh_in_one_pass)(scores, weights, tie_width, big, floor))
+            _compiled(weigh_in_one_pass)(scores, weights, row_max, tie_width, big, floor)
         return
     zero = torch.zeros((), dtype=scores.dtype, device=scores.device)  # where(..., out=) takes no Python number
     torch.amax(scores, -1, keepdim=True, out=row_max)
@@ -102,15 +102,15 @@ def weigh_and_sum(scores: torch.Tensor, weights: torch.Tensor, tie_width: torch.
     (:func:`weigh`, then a pass per sum and a product for the moments).
     """
     with compiling():
-        _compiled(one_pass_into)(scores, weights, tie_width, moment_rows, big, floor, *outputs)
+        _compiled(one_pass)(scores, weights, tie_width, moment_rows, big, floor, *outputs)
 
 
 def _shifted_and_weights(scores, tie_width, big, floor):
     """(m_i, y, e) as whole-tensor expressions, for torch.compile; e stored (compiled.stored).
 
-    Stored, because Inductor would otherwise compute them again in each loop that writes or
-    sums them: in :func:`one_pass` exp2 twice, once in the sums' loop and once more in a third
-    loop over the block that wrote the weights.
+    Stored, because Inductor would otherwise compute e again in each loop that writes or sums
+    it: in :func:`one_pass` exp2 twice, once in the sums' loop and once more in a third loop
+    over the block that wrote the weights.
     """
     row_max = scores.amax(-1, keepdim=True)
     row_max = torch.where(row_max > -0.5 * big, row_max, 0.0)
@@ -120,28 +120,24 @@ def _shifted_and_weights(scores, tie_width, big, floor):
 
 
 def one_pass(scores: torch.Tensor, weights: torch.Tensor, tie_width: torch.Tensor, moment_rows: torch.Tensor,
-             big: float, floor: float) -> tuple[torch.Tensor, ...]:
-    """:func:`weigh_and_sum`'s equations for torch.compile: whole-tensor expressions, ``weights`` the one write."""
+             big: float, floor: float, *outputs: torch.Tensor) -> None:
+    """:func:`weigh_and_sum`'s equations for torch.compile: e to ``weights``, (m, s, |e|, sum e y, r) to ``outputs``."""
     row_max, shifted, powers = _shifted_and_weights(scores, tie_width, big, floor)
     weights.copy_(powers)
     moments = torch.stack([(powers * moment_rows[:, None, k]).sum(-1) for k in range(moment_rows.shape[1])], -1)
     norm = (powers * powers).sum(-1).sqrt()
-    return row_max.squeeze(-1), powers.sum(-1), norm, (powers * shifted).sum(-1), moments
-
-
-def one_pass_into(scores, weights, tie_width, moment_rows, big: float, floor: float, *outputs) -> None:
-    """:func:`one_pass` with its results copied into ``outputs`` (inside the compiled kernel)."""
-    for output, result in zip(outputs, one_pass(scores, weights, tie_width, moment_rows, big, floor)):
+    results = (row_max.squeeze(-1), powers.sum(-1), norm, (powers * shifted).sum(-1), moments)
+    for output, result in zip(outputs, results):
         output.copy_(result)
 
 
-def weigh_in_one_pass(scores: torch.Tensor, weights: torch.Tensor, tie_width: torch.Tensor, big: float,
-                      floor: float) -> torch.Tensor:
-    """:func:`weigh`'s equations for torch.compile: y written over ``scores``, e into ``weights``; returns m_i."""
-    row_max, shifted, powers = _shifted_and_weights(scores, tie_width, big, floor)
+def weigh_in_one_pass(scores: torch.Tensor, weights: torch.Tensor, row_max: torch.Tensor, tie_width: torch.Tensor,
+                      big: float, floor: float) -> None:
+    """:func:`weigh`'s equations for torch.compile: y over ``scores``, e into ``weights``, m_i into ``row_max``."""
+    maximum, shifted, powers = _shifted_and_weights(scores, tie_width, big, floor)
     scores.copy_(shifted)
     weights.copy_(powers)
-    return row_max
+    row_max.copy_(maximum)
 
 
 @contextlib.contextmanager

@@ -96,6 +96,11 @@ LN2 = math.log(2.0)
 EXP2_FLOOR = {torch.float32: -126.0, torch.float64: -1022.0}
 
 
+def exp2_limits(dtype: torch.dtype) -> tuple[float, float]:
+    """(BIG, the exp2 floor) of ``dtype``: -BIG marks a non-seller's score, the floor clamps y before exp2."""
+    return 2.0 ** precision_limits(dtype)[2], EXP2_FLOOR[dtype]
+
+
 def block_entries(device: torch.device | str, memory_budget: float, itemsize: int) -> int:
     """Entries of one block: BLOCK_ENTRIES on a CPU, more on CUDA.
 
@@ -259,7 +264,7 @@ def row_blocks(terms: BlockTerms, economy: Economy | BlockSettings, rows: int | 
     left, right = terms.left, terms.right
     groups, agents = terms.groups, left.shape[1]
     dtype, device = terms.delivered.dtype, left.device
-    big, floor = 2.0 ** precision_limits(dtype)[2], EXP2_FLOOR[dtype]
+    big, floor = exp2_limits(dtype)
     entries = block_entries(device, economy.memory_budget, dtype.itemsize)
     group_size, block_rows = block_shape(groups, agents, rows if rows is not None else economy.chunk, entries)
     buffer = workspace("blocks", 2 * group_size * block_rows * agents, dtype, device)
@@ -370,12 +375,11 @@ def expected_blocks(
     revenue = torch.zeros(groups, agents, dtype=torch.float64, device=device)
     low = terms.left.dtype if terms.left.dtype != dtype else None  # bf16 utilities: the received product too
     delivered = terms.delivered if low is None else terms.delivered.to(low)
-    one_pass = block_pass.compiles(terms.delivered)  # the block's passes as one compiled kernel (a GPU's)
-    limits = 2.0 ** precision_limits(dtype)[2], EXP2_FLOOR[dtype]
-    for g, r, scores, weights in row_blocks(terms, economy, rows, weighed=not one_pass):
-        if one_pass:
+    compiled_pass = block_pass.compiles(terms.delivered)  # the block's passes as one compiled kernel (a GPU's)
+    for g, r, scores, weights in row_blocks(terms, economy, rows, weighed=not compiled_pass):
+        if compiled_pass:
             kept = (terms.shifted_max[g, r], terms.total[g, r], norm[g, r], terms.dot[g, r], moments[g, r, d:])
-            block_pass.weigh_and_sum(scores, weights, terms.tie_width[g, r], moment_rows[g], *limits, kept)
+            block_pass.weigh_and_sum(scores, weights, terms.tie_width[g, r], moment_rows[g], *exp2_limits(dtype), kept)
         else:
             torch.sum(weights, -1, out=terms.total[g, r])
             torch.linalg.vector_norm(weights, dim=-1, out=norm[g, r])
@@ -385,7 +389,7 @@ def expected_blocks(
         # total >= 1 on a row with partners (its best seller weighs exactly 1), 0 on an empty row,
         # whose weights are all 0: what it would spend goes nowhere
         per_unit = terms.share[g, r] / terms.total[g, r].clamp(min=1.0)
-        block_products(None if one_pass else moment_rows[g], per_unit, weights, moments[g, r, d:], revenue[g])
+        block_products(None if compiled_pass else moment_rows[g], per_unit, weights, moments[g, r, d:], revenue[g])
     return norm, moments, revenue
 
 

@@ -43,10 +43,9 @@ from dataclasses import dataclass
 import torch
 
 from econspin.economy import Economy
-from econspin.fused import EXP2_FLOOR, RoundTerms, asks_for_gradients, fused_trade
+from econspin.fused import RoundTerms, asks_for_gradients, exp2_limits, fused_trade
 from econspin.market import MarketOutcome
 from econspin.state import State
-from econspin.temperature_limits import precision_limits
 
 MIN_DOT = 16  # tl.dot on CUDA: no tile side and no contraction narrower
 
@@ -152,8 +151,8 @@ def launched_blocks(
     wrap = wrap or (lambda program: program)
     groups, agents, keys = left.shape  # keys = d_k + 2: a runtime number (one program for every d_k up to 14)
     dtype, device, value_columns = values.dtype, left.device, values.shape[-1]
-    floor = EXP2_FLOOR[dtype]
-    constants = dict(KEYS_PADDED=padded_width(keys), BIG=2.0 ** precision_limits(dtype)[2], NETWORK=network_kind)
+    big, floor = exp2_limits(dtype)
+    constants = dict(KEYS_PADDED=padded_width(keys), BIG=big, NETWORK=network_kind)
     shape = dict(BLOCK_ROWS=rows, BLOCK_COLUMNS=columns, num_warps=warps)
     weights = dict(FLOOR=floor, THRESHOLD=2.0 ** (floor + 1))
     operands = (left, right, network)

@@ -20,12 +20,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from econspin import block_pass
-from econspin.fused import EXP2_FLOOR, fused_trade
+from econspin.fused import exp2_limits, fused_trade
 from econspin.fused_sampled import fused_sampled_trade, sampled_choices
 from econspin.host_syncs import HostSyncRecorder
 from econspin.market import trade
 from econspin.round import step
-from econspin.temperature_limits import precision_limits
 
 
 @contextlib.contextmanager
@@ -88,7 +87,7 @@ def block(dtype: torch.dtype, generator: torch.Generator):
     its tie width (a T = 0 row); row 3 is a T = inf row (scores within 2^-(p + 6) of 0, p the mantissa's bits); row 4
     has scores far below the exp2 floor beside its best; the rest are ordinary.
     """
-    big = 2.0 ** precision_limits(dtype)[2]
+    big, floor = exp2_limits(dtype)
     scores = torch.randn(3, 6, 17, dtype=dtype, generator=generator) * 8
     scores[:, :, 5] = -big  # a non-seller in every row
     scores[0, 0] = -big
@@ -99,7 +98,7 @@ def block(dtype: torch.dtype, generator: torch.Generator):
     scores[1, 3] = torch.rand(17, dtype=dtype, generator=generator) * 2.0 ** (math.log2(torch.finfo(dtype).eps) - 6)
     scores[1, 4] = torch.tensor([0.0] + [-1000.0] * 16, dtype=dtype)
     moment_rows = torch.rand(3, 2, 17, dtype=dtype, generator=generator)
-    return scores, tie_width, moment_rows, big, EXP2_FLOOR[dtype]
+    return scores, tie_width, moment_rows, big, floor
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
