@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import time
 from pathlib import Path
 
 import torch
@@ -39,7 +38,7 @@ def with_compiled_pass(devices: tuple[str, ...], function):
 def pass_timing(device: torch.device, shapes, rows_per_block=(None,), repeats: int = 5,
                 modes=("expected",)) -> list[dict]:
     """One row per mode, shape, rows per block and way, and one for SDPA per mode and shape (module doc)."""
-    from econspin.bench import bench_scenario, floor_inputs, round_difference, timed
+    from econspin.bench import bench_scenario, compile_first, floor_inputs, round_difference, timed
     from econspin.round import step
     from econspin.simulate import Rollout
 
@@ -54,14 +53,9 @@ def pass_timing(device: torch.device, shapes, rows_per_block=(None,), repeats: i
             economy = dataclasses.replace(rollout.economy, chunk=rows_each)
             for way in WAYS:
                 devices = (device.type,) if way == "compiled pass" else ()
-                play = with_compiled_pass(devices, lambda e=economy: step(rollout.state, e))
-                started = time.perf_counter()
-                with torch.no_grad():
-                    firsts[rows_each, way] = play()
-                if device.type == "cuda":
-                    torch.cuda.synchronize(device)
-                first_seconds[rows_each, way] = time.perf_counter() - started
-                functions[rows_each, way] = play
+                first = with_compiled_pass(devices, lambda e=economy: compile_first(rollout.state, e, device))
+                firsts[rows_each, way], first_seconds[rows_each, way] = first()
+                functions[rows_each, way] = with_compiled_pass(devices, lambda e=economy: step(rollout.state, e))
         with torch.no_grad():
             times = timed(functions, repeats=repeats, device=device)
         floor = times.pop("sdpa forward")
