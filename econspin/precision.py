@@ -39,8 +39,10 @@ exactly as at full precision:
   setting is refused there rather than silently meaning ``full``.
 
 Only with run.dtype float32 (a float64 run asks for float64 accuracy), on the fused kernels
-of the attention market: the reference kernel, fixed couplings and the sparse network's kernel
-have no such product, and are refused with one line. A round that needs gradients takes the
+of the attention market and on the Triton kernel (econspin.triton_blocks: the same two
+products as tl.dot on the tensor cores, each tile rounded as torch rounds a block): the
+reference kernel, the flex kernel, fixed couplings and the sparse network's kernel are
+refused with one line. A round that needs gradients takes the
 reference path (econspin.fused.uses_fused) and so full precision.
 """
 
@@ -51,13 +53,14 @@ import contextlib
 import torch
 
 UTILITY_PRECISIONS = ("full", "bfloat16", "tf32")
+PRECISION_KERNELS = ("fused", "triton")  # the kernels with a utilities' product to round (triton: its tl.dot)
 LOW_DTYPES = {"bfloat16": torch.bfloat16}  # the operands' dtype, where it is not the working one
 
 
 def precision_conflict(precision: str, dtype: str, device: torch.device | None, kernel: str, market: str) -> str:
     """Why ``run.utility_precision: precision`` cannot run here, as one line; '' when it can.
 
-    ``dtype`` is run.dtype's name, ``kernel`` the resolved kernel (``fused``, ``flex`` or
+    ``dtype`` is run.dtype's name, ``kernel`` the resolved kernel (``fused``, ``flex``, ``triton`` or
     ``reference``: :func:`econspin.scenario.resolved_kernel`), ``market`` which market kernel
     the economy takes: ``attention``, ``couplings`` or ``sparse``; ``device`` None (a scenario
     read before it is built) leaves the device unchecked.
@@ -71,8 +74,8 @@ def precision_conflict(precision: str, dtype: str, device: torch.device | None, 
         return f"{key} rounds the attention market's utilities; market.couplings has none (use full)"
     if market == "sparse":
         return f"{key} applies to the dense fused kernels; this trade network runs on the sparse kernel (use full)"
-    if kernel != "fused":
-        return f"{key} needs run.kernel: auto or fused (the {kernel} kernel computes at full precision)"
+    if kernel not in PRECISION_KERNELS:
+        return f"{key} needs run.kernel: auto, fused or triton (the {kernel} kernel computes at full precision)"
     if precision == "tf32" and device is not None and device.type != "cuda":
         return f"{key} is a CUDA tensor-core mode and this run is on the {device.type}; use bfloat16 on a CPU"
     return ""

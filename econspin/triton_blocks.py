@@ -24,10 +24,12 @@ a CPU the interpreted programs stay an eager break (``torch.compiler.disable``):
 tests, and a break costs them nothing next to the interpreter (the fused blocks are a custom
 operator there instead, econspin.fused).
 
-Not covered, resolved as the flex kernel resolves them: sampled mode runs the fused kernel
-(econspin.scenario.resolved_kernel), fixed couplings are refused, a sparse network takes
-its own kernel, reduced-precision utilities are refused (econspin.precision), and a round
-that asks for gradients takes the reference path.
+Reduced-precision utilities (``run.utility_precision``, econspin.precision) run here too, as
+in the fused kernel: bf16 operands on the tensor cores (float32 sums, each tile rounded to
+bf16 as torch's product rounds a block), the received product e @ u on bf16 too; or TF32 on
+CUDA. Not covered, resolved as the flex kernel resolves them: sampled mode runs the fused
+kernel (econspin.scenario.resolved_kernel), fixed couplings are refused, a sparse network
+takes its own kernel, and a round that asks for gradients takes the reference path.
 
 Tile sizes (:class:`Tiles`) change the order of the sums only: results agree beyond rounding
 (tests/test_triton.py). Their best values on a GPU are what experiments/gpu_check.py's
@@ -96,6 +98,10 @@ def padded_width(width: int) -> int:
     return max(MIN_DOT, 1 << (width - 1).bit_length())
 
 
+# run.utility_precision -> the programs' UTILITIES and RECEIVED (econspin.triton_kernels.product)
+PRODUCT_PRECISIONS = {"full": ("ieee", "ieee"), "bfloat16": ("bf16", "bf16"), "tf32": ("tf32", "ieee")}
+
+
 def triton_blocks(terms: RoundTerms, economy: Economy, moment_rows: torch.Tensor, tiles: Tiles | None = None):
     """:func:`econspin.fused.expected_blocks` by the Triton programs: (|e_i.|, e @ [u, moments], float64 revenue).
 
@@ -104,10 +110,10 @@ def triton_blocks(terms: RoundTerms, economy: Economy, moment_rows: torch.Tensor
     eagerly, launched from :func:`launched_blocks`; under ``run.compile`` as the registered
     operator ``econspin::triton_blocks`` (:func:`registered_blocks`), which torch.compile and CUDA
     graphs see into; on a CPU (or a torch without ``torch.library.triton_op``) as an eager break.
+    ``economy.utility_precision`` sets the products' precision (:data:`PRODUCT_PRECISIONS`); with
+    bfloat16 the operands in ``terms`` are bf16 already (econspin.precision.utility_operands).
     """
-    left, dtype = terms.left, terms.delivered.dtype
-    if left.dtype != dtype:  # what econspin.precision refuses for a scenario; here for an economy made by hand
-        raise ValueError(f"run.kernel: triton computes at full precision, not run.utility_precision {left.dtype}")
+    left = terms.left
     tiles = tiles or DEFAULT_TILES["cuda" if left.is_cuda else "cpu"]
     if terms.network_bias is not None:
         network, network_kind = terms.network_bias, 1
@@ -115,12 +121,14 @@ def triton_blocks(terms: RoundTerms, economy: Economy, moment_rows: torch.Tensor
         network, network_kind = economy.trade_mask.contiguous().view(torch.uint8), 2
     else:
         network, network_kind = left, 0  # never read
-    values = torch.cat([terms.delivered, moment_rows.transpose(1, 2)], dim=-1)  # [u_j, |u_j|^2, c_j |W|^2]
-    operands = (left, terms.right, network, network_kind, terms.tie_width, values, terms.share)
+    utilities, received = PRODUCT_PRECISIONS[economy.utility_precision]
+    delivered = terms.delivered.to(left.dtype)  # u_j, in bf16 where the received product is
+    operands = (left, terms.right, network, network_kind, terms.tie_width, delivered, moment_rows, terms.share)
+    settings = (tiles.rows, tiles.columns, tiles.warps, utilities, received)
     if left.is_cuda and torch.compiler.is_compiling() and REGISTERED:
-        results = torch.ops.econspin.triton_blocks(*operands, tiles.rows, tiles.columns, tiles.warps)
+        results = torch.ops.econspin.triton_blocks(*operands, *settings)
     else:
-        results = eager_blocks(*operands, tiles.rows, tiles.columns, tiles.warps)
+        results = eager_blocks(*operands, *settings)
     shifted_max, total, dot, norm, moments, revenue = results
     terms.keep_rows(shifted_max, total, dot)  # what row_statistics reads after the blocks
     return norm, moments, revenue
@@ -132,27 +140,33 @@ def launched_blocks(
     network: torch.Tensor,
     network_kind: int,
     tie_width: torch.Tensor,
-    values: torch.Tensor,
+    delivered: torch.Tensor,
+    moment_rows: torch.Tensor,
     share: torch.Tensor,
     rows: int,
     columns: int,
     warps: int,
+    utilities: str,
+    received: str,
     wrap=None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The three programs on a round's operands (econspin.fused.RoundTerms): fresh (m, s, sum e y, |e|, e @ values, R).
+    """The three programs on a round's operands (econspin.fused.RoundTerms): fresh (m, s, sum e y, |e|, moments, R).
 
     ``network``: the (N, N) bias (``network_kind`` 1), the trade mask as bytes (2), or anything
-    (0: no network); ``values`` (groups, N, d + 2); ``share`` s_i / H. ``wrap``: what each program
-    is launched through (torch.library.wrap_triton inside the registered operator).
+    (0: no network); ``delivered`` u (groups, N, d), ``moment_rows`` (groups, 2, N), ``share``
+    s_i / H; ``utilities`` and ``received``: the products' precisions (:data:`PRODUCT_PRECISIONS`).
+    The moments come back as (groups, N, d + 2): [e @ u, e @ moment_rows^T]. ``wrap``: what each
+    program is launched through (torch.library.wrap_triton inside the registered operator).
     """
     from econspin.triton_kernels import programs  # triton is optional: imported where the kernel runs
 
     kernels = programs(interpreted_kind=not left.is_cuda)
     wrap = wrap or (lambda program: program)
-    groups, agents, keys = left.shape  # keys = d_k + 2: a runtime number (one program for every d_k up to 14)
-    dtype, device, value_columns = values.dtype, left.device, values.shape[-1]
+    groups, agents, keys = left.shape  # keys = d_k + 2: a runtime number (one program for every d_k up to 16)
+    dimension = delivered.shape[-1]
+    dtype, device = share.dtype, left.device  # the working precision (left is bf16 with bf16 utilities)
     big, floor = exp2_limits(dtype)
-    constants = dict(KEYS_PADDED=padded_width(keys), BIG=big, NETWORK=network_kind)
+    constants = dict(KEYS_PADDED=padded_width(keys - 2), BIG=big, NETWORK=network_kind, UTILITIES=utilities)
     shape = dict(BLOCK_ROWS=rows, BLOCK_COLUMNS=columns, num_warps=warps)
     weights = dict(FLOOR=floor, THRESHOLD=2.0 ** (floor + 1))
     operands = (left, right, network)
@@ -160,15 +174,15 @@ def launched_blocks(
     tie_width = tie_width.contiguous()
     # every per-row result is (groups, N) and contiguous: the programs index them so
     shifted_max, total, dot, norm = (torch.empty(groups, agents, dtype=dtype, device=device) for _ in range(4))
-    moments = torch.empty(groups, agents, value_columns, dtype=dtype, device=device)
+    moments = torch.empty(groups, agents, dimension + 2, dtype=dtype, device=device)
     revenue = torch.empty(groups, agents, dtype=torch.float64, device=device)
     rows_grid, columns_grid = (tiles_covering(agents, rows), groups), (tiles_covering(agents, columns), groups)
 
     wrap(kernels.row_max_program)[rows_grid](*operands, shifted_max, agents, keys, *strides, **constants, **shape)
     wrap(kernels.row_sums_program)[rows_grid](
-        *operands, shifted_max, tie_width, values, total, norm, dot, moments, agents, keys,
-        *strides, *values.stride(), value_columns, VALUES_PADDED=padded_width(value_columns),
-        **constants, **weights, **shape,
+        *operands, shifted_max, tie_width, delivered, moment_rows, total, norm, dot, moments, agents, keys,
+        *strides, *delivered.stride(), *moment_rows.stride(), dimension, VALUES_PADDED=padded_width(dimension),
+        RECEIVED=received, **constants, **weights, **shape,
     )  # fmt: skip
     # total >= 1 on a row with partners (its best seller weighs exactly 1), 0 on an empty row
     per_unit = (share / total.clamp(min=1.0)).contiguous()
@@ -195,15 +209,19 @@ if REGISTERED:
         network: torch.Tensor,
         network_kind: int,
         tie_width: torch.Tensor,
-        values: torch.Tensor,
+        delivered: torch.Tensor,
+        moment_rows: torch.Tensor,
         share: torch.Tensor,
         rows: int,
         columns: int,
         warps: int,
+        utilities: str,
+        received: str,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """:func:`launched_blocks` with each program launched through torch.library.wrap_triton."""
-        operands = (left, right, network, network_kind, tie_width, values, share, rows, columns, warps)
-        return launched_blocks(*operands, wrap=torch.library.wrap_triton)
+        operands = (left, right, network, network_kind, tie_width, delivered, moment_rows, share)
+        settings = (rows, columns, warps, utilities, received)
+        return launched_blocks(*operands, *settings, wrap=torch.library.wrap_triton)
 
 
 def tiles_covering(size: int, tile: int) -> int:

@@ -13,16 +13,19 @@ three passes, since e_ij needs the row maximum m_i first and revenue needs each 
 
 1. :func:`row_max_program` (grid: row tiles x groups): m_i = max_j S_ij, 0 where no seller is
    allowed (the maximum is then about -BIG).
-2. :func:`row_sums_program` (same grid): s_i = sum_j e_ij, |e_i.|, sum_j e_ij y_ij and
-   (e @ values)_i for values = [u_j, |u_j|^2, c_j |W_V W_O|^2] (d + 2 columns, a tl.dot).
+2. :func:`row_sums_program` (same grid): s_i = sum_j e_ij, |e_i.|, sum_j e_ij y_ij, (e @ u)_i
+   (d columns, a tl.dot) and sum_j e_ij [|u_j|^2, c_j |W_V W_O|^2] (two sums of products).
 3. :func:`revenue_program` (grid: seller tiles x groups): R_j = sum_i e_ij p_i, p_i = (s_i / H) /
    max(s_i, 1), each tile's sum added into a float64 accumulator: deterministic, no atomics.
 
-Every tl.dot runs with ``input_precision="ieee"``: TF32 (Triton's float32 default on CUDA)
-rounds the operands to 10 bits, which would move utilities by far more than the T = 0 tie
-width and the 1e-5 tolerance allow. The scores' sums run in another order than torch's
-matrix product; their rounding stays within the tie width t_i (econspin.fused's module doc:
-any order of the d_k + 2 products is bounded alike).
+At full precision every tl.dot runs with ``input_precision="ieee"``: TF32 (Triton's float32
+default on CUDA) rounds the operands to 10 bits, which would move utilities by far more than
+the T = 0 tie width and the 1e-5 tolerance allow. The scores' sums run in another order than
+torch's matrix product; their rounding stays within the tie width t_i (econspin.fused's module
+doc: any order of the d_k + 2 products is bounded alike). ``run.utility_precision`` (UTILITIES,
+RECEIVED; econspin.precision) asks for the scores' product on the tensor cores instead: bf16
+operands with float32 sums, the tile rounded to bf16 as torch's bf16 product rounds it, and
+the received product e @ u on bf16 too; or TF32 for the scores' product alone.
 
 The bodies below are plain functions: :func:`programs` decorates copies of them, in a
 namespace of their own, either with ``triton.jit`` (CUDA) or with Triton's interpreter (CPU
@@ -59,27 +62,38 @@ def score_tile(
     BIG: tl.constexpr,
     BLOCK_ROWS: tl.constexpr,
     BLOCK_COLUMNS: tl.constexpr,
+    UTILITIES: tl.constexpr,
 ):
     """S_ij for a tile of BLOCK_ROWS buyers from ``row_start`` and BLOCK_COLUMNS sellers from ``column_start``.
 
-    ``left`` and ``right`` point at the group's operands; ``network`` at the N x N bias
-    (NETWORK 1) or the trade mask as bytes (NETWORK 2); NETWORK 0: none.
+    ``left`` and ``right`` point at the group's operands (bf16 ones with UTILITIES "bf16");
+    ``network`` at the N x N bias (NETWORK 1) or the trade mask as bytes (NETWORK 2); NETWORK
+    0: none. UTILITIES: the product's precision, "ieee", "tf32" or "bf16" (:func:`product`).
+
+    The product runs over the d_k = ``keys`` - 2 query-key columns (padded to KEYS_PADDED), and
+    the last two, beta_i b_j + 1 c_j, are added as two products a pair: inside the tl.dot they
+    would pad d_k = 32 to 64 and double its work. Any order of the d_k + 2 products is bounded
+    alike (econspin.fused's module doc), so the scores are those of one product.
     """
     rows = row_start + tl.arange(0, BLOCK_ROWS)
     columns = column_start + tl.arange(0, BLOCK_COLUMNS)
     key = tl.arange(0, KEYS_PADDED)
+    features = keys - 2
     row_in, column_in = rows[:, None] < agents, columns[None, :] < agents
-    buyers = tl.load(
-        left + rows[:, None] * left_row_stride + key[None, :] * left_key_stride,
-        mask=row_in & (key[None, :] < keys),
-        other=0.0,
-    )
+    buyer_rows = left + rows[:, None] * left_row_stride
+    seller_columns = right + columns[None, :] * right_column_stride
+    buyers = tl.load(buyer_rows + key[None, :] * left_key_stride, mask=row_in & (key[None, :] < features), other=0.0)
     sellers = tl.load(
-        right + key[:, None] * right_key_stride + columns[None, :] * right_column_stride,
-        mask=(key[:, None] < keys) & column_in,
-        other=0.0,
+        seller_columns + key[:, None] * right_key_stride, mask=(key[:, None] < features) & column_in, other=0.0
     )
-    scores = tl.dot(buyers, sellers, input_precision="ieee")
+    scores = product(buyers, sellers, UTILITIES)
+    beta = tl.load(buyer_rows + features * left_key_stride, mask=row_in, other=0.0).to(scores.dtype)
+    bias = tl.load(seller_columns + features * right_key_stride, mask=column_in, other=0.0).to(scores.dtype)
+    ones = tl.load(buyer_rows + (features + 1) * left_key_stride, mask=row_in, other=0.0).to(scores.dtype)
+    sellable = tl.load(seller_columns + (features + 1) * right_key_stride, mask=column_in, other=0.0)
+    scores += beta * bias + ones * sellable.to(scores.dtype)  # c_j = 0, or -2^120 on a non-seller
+    if UTILITIES == "bf16":  # as torch's bf16 product: float32 sums rounded once to bf16 (econspin.precision)
+        scores = bf16_rounded(scores)
     allowed = row_in & column_in & (rows[:, None] != columns[None, :])
     # N^2 passes 2^31 at N = 46341: the network's offsets in 64 bits
     pair = rows[:, None].to(tl.int64) * agents + columns[None, :]
@@ -116,6 +130,7 @@ def row_max_program(
     BIG: tl.constexpr,
     BLOCK_ROWS: tl.constexpr,
     BLOCK_COLUMNS: tl.constexpr,
+    UTILITIES: tl.constexpr,
 ):
     """Pass 1: m_i = max_j S_ij, or 0 on a row with no allowed seller; ``shifted_max`` is (groups, N) contiguous."""
     row_start = tl.program_id(0) * BLOCK_ROWS
@@ -127,7 +142,7 @@ def row_max_program(
         scores = score_tile(
             left, right, network, row_start, column_start, agents, keys,
             left_row_stride, left_key_stride, right_key_stride, right_column_stride,
-            KEYS_PADDED, NETWORK, BIG, BLOCK_ROWS, BLOCK_COLUMNS,
+            KEYS_PADDED, NETWORK, BIG, BLOCK_ROWS, BLOCK_COLUMNS, UTILITIES,
         )  # fmt: skip
         best = tl.maximum(best, max_over(scores, 1))
     rows = row_start + tl.arange(0, BLOCK_ROWS)
@@ -141,7 +156,8 @@ def row_sums_program(
     network,
     shifted_max,
     tie_width,
-    values,
+    delivered,
+    moment_rows,
     total,
     norm,
     dot,
@@ -154,10 +170,13 @@ def row_sums_program(
     right_group_stride,
     right_key_stride,
     right_column_stride,
-    value_group_stride,
-    value_row_stride,
-    value_column_stride,
-    value_columns,
+    delivered_group_stride,
+    delivered_row_stride,
+    delivered_column_stride,
+    moment_group_stride,
+    moment_kind_stride,
+    moment_column_stride,
+    dimension,
     KEYS_PADDED: tl.constexpr,
     VALUES_PADDED: tl.constexpr,
     NETWORK: tl.constexpr,
@@ -166,13 +185,24 @@ def row_sums_program(
     THRESHOLD: tl.constexpr,
     BLOCK_ROWS: tl.constexpr,
     BLOCK_COLUMNS: tl.constexpr,
+    UTILITIES: tl.constexpr,
+    RECEIVED: tl.constexpr,
 ):
-    """Pass 2: s_i, |e_i.|, sum_j e_ij y_ij into (groups, N) outputs, (e @ values)_i into (groups, N, columns)."""
+    """Pass 2: s_i, |e_i.|, sum_j e_ij y_ij into (groups, N) outputs; (groups, N, d + 2) ``moments``.
+
+    moments_i = [(e @ u)_i, sum_j e_ij mu_1j, sum_j e_ij mu_2j], with u = ``delivered`` (groups,
+    N, d) and mu = ``moment_rows`` (groups, 2, N) = [|u_j|^2, c_j |W_V W_O|^2]. e @ u is a tl.dot
+    of d columns (padded to VALUES_PADDED) in RECEIVED's precision: "bf16" (e rounded to the bf16
+    of u, float32 sums rounded once at the end, as econspin.precision.received_product) or
+    "ieee". The two moment columns are sums of products in the working precision: inside the dot
+    they would pad d = 32 to 64 columns, and with bf16 values they would be rounded.
+    """
     row_start = tl.program_id(0) * BLOCK_ROWS
     group = tl.program_id(1).to(tl.int64)
     left += group * left_group_stride
     right += group * right_group_stride
-    values += group * value_group_stride
+    delivered += group * delivered_group_stride
+    moment_rows += group * moment_group_stride
     rows = row_start + tl.arange(0, BLOCK_ROWS)
     row_in = rows < agents
     shift = tl.load(shifted_max + group * agents + rows, mask=row_in, other=0.0)
@@ -180,33 +210,48 @@ def row_sums_program(
     sums = tl.full([BLOCK_ROWS], 0.0, shift.dtype)
     squares = tl.full([BLOCK_ROWS], 0.0, shift.dtype)
     products = tl.full([BLOCK_ROWS], 0.0, shift.dtype)
+    firsts = tl.full([BLOCK_ROWS], 0.0, shift.dtype)
+    seconds = tl.full([BLOCK_ROWS], 0.0, shift.dtype)
     received = tl.full([BLOCK_ROWS, VALUES_PADDED], 0.0, shift.dtype)
     columns = tl.arange(0, VALUES_PADDED)
     for column_start in range(0, agents, BLOCK_COLUMNS):
         scores = score_tile(
             left, right, network, row_start, column_start, agents, keys,
             left_row_stride, left_key_stride, right_key_stride, right_column_stride,
-            KEYS_PADDED, NETWORK, BIG, BLOCK_ROWS, BLOCK_COLUMNS,
+            KEYS_PADDED, NETWORK, BIG, BLOCK_ROWS, BLOCK_COLUMNS, UTILITIES,
         )  # fmt: skip
         shifted, weights = weight_tile(scores, shift, FLOOR, THRESHOLD)
         sums += sum_over(weights, 1)
         squares += sum_over(weights * weights, 1)
         products += sum_over(shifted * weights, 1)
         sellers = column_start + tl.arange(0, BLOCK_COLUMNS)
-        delivered = tl.load(
-            values + sellers[:, None] * value_row_stride + columns[None, :] * value_column_stride,
-            mask=(sellers[:, None] < agents) & (columns[None, :] < value_columns),
+        seller_in = sellers < agents
+        first = tl.load(moment_rows + sellers * moment_column_stride, mask=seller_in, other=0.0)
+        second = tl.load(moment_rows + moment_kind_stride + sellers * moment_column_stride, mask=seller_in, other=0.0)
+        firsts += sum_over(weights * first[None, :], 1)
+        seconds += sum_over(weights * second[None, :], 1)
+        values = tl.load(
+            delivered + sellers[:, None] * delivered_row_stride + columns[None, :] * delivered_column_stride,
+            mask=seller_in[:, None] & (columns[None, :] < dimension),
             other=0.0,
         )
-        received += tl.dot(weights, delivered, input_precision="ieee")
+        if RECEIVED == "bf16":  # e_ij rounded to bf16 as torch rounds it (the cast then exact on either kind)
+            received += product(bf16_rounded(weights).to(tl.bfloat16), values, RECEIVED)
+        else:
+            received += product(weights, values, RECEIVED)
+    if RECEIVED == "bf16":
+        received = bf16_rounded(received)
     tl.store(total + group * agents + rows, sums, mask=row_in)
     tl.store(norm + group * agents + rows, tl.sqrt(squares), mask=row_in)
     tl.store(dot + group * agents + rows, products, mask=row_in)
+    row_moments = moments + (group * agents + rows) * (dimension + 2)
     tl.store(
-        moments + (group * agents + rows[:, None]) * value_columns + columns[None, :],
+        row_moments[:, None] + columns[None, :],
         received,
-        mask=row_in[:, None] & (columns[None, :] < value_columns),
+        mask=row_in[:, None] & (columns[None, :] < dimension),
     )
+    tl.store(row_moments + dimension, firsts, mask=row_in)
+    tl.store(row_moments + dimension + 1, seconds, mask=row_in)
 
 
 def revenue_program(
@@ -232,6 +277,7 @@ def revenue_program(
     THRESHOLD: tl.constexpr,
     BLOCK_ROWS: tl.constexpr,
     BLOCK_COLUMNS: tl.constexpr,
+    UTILITIES: tl.constexpr,
 ):
     """Pass 3: R_j = sum_i e_ij p_i over every buyer tile, into float64 ``revenue`` (groups, N)."""
     column_start = tl.program_id(0) * BLOCK_COLUMNS
@@ -248,12 +294,48 @@ def revenue_program(
         scores = score_tile(
             left, right, network, row_start, column_start, agents, keys,
             left_row_stride, left_key_stride, right_key_stride, right_column_stride,
-            KEYS_PADDED, NETWORK, BIG, BLOCK_ROWS, BLOCK_COLUMNS,
+            KEYS_PADDED, NETWORK, BIG, BLOCK_ROWS, BLOCK_COLUMNS, UTILITIES,
         )  # fmt: skip
         _, weights = weight_tile(scores, shift, FLOOR, THRESHOLD)
         earned += sum_over(weights * paid[:, None], 0).to(tl.float64)
     columns = column_start + tl.arange(0, BLOCK_COLUMNS)
     tl.store(revenue + group * agents + columns, earned, mask=columns < agents)
+
+
+def bf16_rounded(values):
+    """float32 ``values`` rounded to the nearest bf16, ties to even, as float32: torch's ``.to(torch.bfloat16)``.
+
+    Written on the bits, not as ``.to(tl.bfloat16)``: Triton's interpreter (3.9) truncates that
+    cast where a GPU rounds to nearest, so a cast would make the CPU's tests check other numbers
+    than the GPU computes. (No NaN reaches it; infinities keep their bits.)
+    """
+    bits = values.to(tl.uint32, bitcast=True)
+    bits = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16) << 16
+    return bits.to(tl.float32, bitcast=True)
+
+
+def product(left, right, PRECISION: tl.constexpr):
+    """The tl.dot of two tiles, float32 (or float64) sums: PRECISION "tf32" on the tensor cores' TF32, else exact.
+
+    bf16 operands ("bf16") multiply exactly on the tensor cores; float32 ones with "ieee" are
+    not rounded (Triton's float32 default on CUDA is TF32, which keeps 10 bits of each operand
+    and would move utilities by far more than the T = 0 tie width and the 1e-5 tolerance allow).
+    """
+    if PRECISION == "tf32":
+        return tl.dot(left, right, input_precision="tf32")
+    return tl.dot(left, right, input_precision="ieee")
+
+
+def widened_product(left, right, PRECISION: tl.constexpr):
+    """:func:`product` for the interpreter: bf16 operands widened to float32 first, exactly.
+
+    The interpreter's tl.dot multiplies bf16 operands as the integers that store them (triton
+    3.9: numpy's matmul of their uint16 bits); widened, the products are exact and the sums
+    float32, as on the tensor cores.
+    """
+    if PRECISION == "bf16":
+        return tl.dot(left.to(tl.float32), right.to(tl.float32), input_precision="ieee")
+    return tl.dot(left, right, input_precision="ieee")
 
 
 def sum_over(values, axis):
@@ -266,11 +348,12 @@ def max_over(values, axis):
     return tl.max(values, axis)
 
 
-HELPERS = ("score_tile", "weight_tile", "sum_over", "max_over")
+HELPERS = ("score_tile", "weight_tile", "bf16_rounded", "sum_over", "max_over", "product")
 PROGRAMS = ("row_max_program", "row_sums_program", "revenue_program")
-# the library functions the reductions call: the interpreter cannot call them from an interpreted
-# program (they are triton.jit functions), so an interpreted program runs an interpreted copy of each instead
-REDUCTIONS = {"sum_over": tl.sum, "max_over": tl.max}
+# what an interpreted program calls instead of a helper: for the reductions, the library functions'
+# bodies (the interpreter cannot call them from an interpreted program: they are triton.jit
+# functions); for the product, the body that widens bf16 operands
+INTERPRETED_BODIES = {"sum_over": tl.sum.fn, "max_over": tl.max.fn, "product": widened_product}
 
 
 def function_copy(function: types.FunctionType, namespace: dict) -> types.FunctionType:
@@ -340,15 +423,15 @@ def programs(interpreted_kind: bool) -> types.SimpleNamespace:
     """The three programs, compiled by ``triton.jit`` or (``interpreted_kind``) run by Triton's interpreter.
 
     Copies of the functions above share a namespace of their own (a copy of this module's), in
-    which each helper's name is its decorated copy, and for the interpreter each reduction's
-    name an interpreted copy of the library function it calls (:data:`REDUCTIONS`): the programs
-    call only functions of their own kind. Built once per process and kind; neither kind reads
-    or sets TRITON_INTERPRET.
+    which each helper's name is its decorated copy; for the interpreter the names in
+    :data:`INTERPRETED_BODIES` are interpreted copies of the bodies there (the library's
+    reductions, the widening product): the programs call only functions of their own kind.
+    Built once per process and kind; neither kind reads or sets TRITON_INTERPRET.
     """
     namespace = dict(globals())
     for name in (*HELPERS, *PROGRAMS):
-        if interpreted_kind and name in REDUCTIONS:
-            namespace[name] = interpreted(REDUCTIONS[name].fn)
+        if interpreted_kind and name in INTERPRETED_BODIES:
+            namespace[name] = interpreted(INTERPRETED_BODIES[name])
             continue
         copy = function_copy(globals()[name], namespace)
         namespace[name] = InterpretedFunction(copy) if interpreted_kind else triton.jit(copy)

@@ -58,6 +58,11 @@ left.
    in blocks of 2048 rows, against SDPA (experiments/gpu_block_pass.py; ``block_pass_cuda.json``).
 16. ``profile_block_pass``: the profile (experiments/gpu_profile.py) of the fused round at N = 16384
    and 65536 with the eager passes and the compiled one (``profile_block_pass_cuda.json``).
+17. ``triton_precision``: the ``triton`` step with the Triton kernel's products on the tensor
+   cores (``run.utility_precision`` bfloat16, then tf32) at N = 16384 and 65536 and B = 64,
+   N = 256, beside the full-precision fused round (the differences are the reduced precision's
+   error) and SDPA forward in float32 and at that precision, with pairs per second against issue
+   9's 4e11, and the market step per tile size (``triton_precision_cuda.json``).
 
 Without a CUDA device, or with ``--dry-run``, it prints the plan and exits 0 (the test suite
 runs it so, tests/test_device_rollout.py, so that it does not rot).
@@ -99,6 +104,7 @@ STEPS = {
     "profile_graphs": 60,
     "block_pass": 200,
     "profile_block_pass": 60,
+    "triton_precision": 200,
 }
 BUDGET = 470  # seconds for all steps: one device call, leaving time in a session's lease to rerun one
 ROLLOUT_SHAPE = (64, 256)  # B, N: the GPU target of issue 9 (<= 5x SDPA forward)
@@ -107,6 +113,9 @@ LARGE = "16384,65536"  # the GPU sizes of issue 9's targets (<= 2.5x SDPA, 4e11 
 TRITON_SHAPES = ((1, 4096), (1, 16384), (1, 65536), (64, 256))  # (B, N): issue 9's GPU targets
 # (buyers, sellers, warps) per tile: the sweep that picks econspin.triton_blocks.DEFAULT_TILES["cuda"]
 TRITON_TILES = ((64, 64, 4), (32, 64, 4), (64, 32, 4), (128, 64, 8), (64, 128, 4), (128, 128, 8))
+# the bf16 and TF32 products (run.utility_precision) against issue 9's 4e11 pairs/s: large N, and B = 64, N = 256
+TRITON_PRECISION_SHAPES = ((1, 16384), (1, 65536), (64, 256))
+TRITON_PRECISION_TILES = ((64, 64, 4), (128, 64, 4), (128, 64, 8), (64, 128, 4), (128, 128, 8))
 
 
 def step_commands(out: Path) -> dict[str, list[str]]:
@@ -140,6 +149,7 @@ def step_commands(out: Path) -> dict[str, list[str]]:
         ),  # fmt: skip
         "triton_tests": [*tests_command, "tests/test_triton.py", "-k", "compiled_programs"],
         "triton": [python, "-m", "experiments.gpu_check", "--measure", "triton", "--out", str(out)],
+        "triton_precision": [python, "-m", "experiments.gpu_check", "--measure", "triton_precision", "--out", str(out)],
         "million": [python, "-m", "experiments.gpu_million", "--kernels", "fused,triton",
                     "--json", str(out / "million_cuda.json")],  # fmt: skip
         "compiled": bench("compiled_cuda.json", "--sizes", f"4096,{LARGE}", "--batches", "1", "--kernels", "fused",
@@ -404,7 +414,12 @@ def tile_sweep(state, fused, triton, tiles, repeats: int, device: torch.device, 
 
 
 def triton_timing(
-    device: torch.device, shapes=TRITON_SHAPES, tiles=TRITON_TILES, repeats: int = 3, clock: str = "wall"
+    device: torch.device,
+    shapes=TRITON_SHAPES,
+    tiles=TRITON_TILES,
+    repeats: int = 3,
+    clock: str = "wall",
+    precision: str = "full",
 ) -> list[dict]:
     """Milliseconds of one round on the Triton kernel, the fused kernel and SDPA per (B, N), and per tile size.
 
@@ -414,8 +429,11 @@ def triton_timing(
     ``tiles`` ((buyers, sellers, warps)) beside the fused market step, each with its largest
     relative difference from the fused outcome over every field; a tile size that fails
     (compilation, resources) gives a row with its error. Each row is printed as it is measured.
+    ``precision``: the Triton kernel's run.utility_precision. The fused kernel stays at full
+    precision, so that the differences are the reduced precision's error, and SDPA forward at
+    that precision (bf16 operands, or TF32) is timed beside the float32 one.
     """
-    from econspin.bench import bench_scenario, floor_inputs, round_difference, timed
+    from econspin.bench import bench_scenario, floor_inputs, low_precision_floor, round_difference, timed
     from econspin.round import step
     from econspin.simulate import Rollout
 
@@ -423,23 +441,28 @@ def triton_timing(
     for batch, agents in shapes:
         rollout = Rollout.create([bench_scenario(agents)] * batch, list(range(batch)), str(device), "float32")
         state, fused = rollout.state, rollout.economy
-        triton = dataclasses.replace(fused, kernel="triton")
+        triton = dataclasses.replace(fused, kernel="triton", utility_precision=precision)
         q, k, v = floor_inputs(batch, fused.heads, agents, device)
         pairs = batch * agents * agents
         with torch.no_grad():
             started = time.perf_counter()
             first = synchronised(lambda: step(state, triton), device)
-            row = {"batch": batch, "agents": agents, "first triton round s": time.perf_counter() - started}
+            row = {"batch": batch, "agents": agents, "precision": precision}
+            row["first triton round s"] = time.perf_counter() - started
             functions = {
                 "sdpa forward": lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v),
                 "fused": lambda: step(state, fused),
                 "triton": lambda: step(state, triton),
             }
+            if precision != "full":
+                functions[f"sdpa forward {precision}"] = low_precision_floor(q, k, v, precision)
             times = timed(functions, repeats=repeats, device=device, clock=clock)
             row.update({f"{name} ms": seconds * 1e3 for name, seconds in times.items()})
             for name in ("fused", "triton"):
                 row[f"{name} ratio"] = times[name] / times["sdpa forward"]
                 row[f"{name} pairs per s"] = pairs / times[name]
+            if precision != "full":
+                row[f"triton ratio to sdpa {precision}"] = times["triton"] / times[f"sdpa forward {precision}"]
             row["triton difference from fused"] = round_difference(step(state, fused), first)
             print(row, flush=True)
             rows.append(row)
@@ -450,7 +473,21 @@ def triton_timing(
     return rows
 
 
-MEASURES = {"blocks": block_timing, "rollout": rollout_timing, "flex": flex_timing, "triton": triton_timing}
+def triton_precision_timing(
+    device: torch.device, shapes=TRITON_PRECISION_SHAPES, tiles=TRITON_PRECISION_TILES, repeats: int = 3
+) -> list[dict]:
+    """:func:`triton_timing` with the Triton kernel's products on the tensor cores: bf16, then TF32 utilities."""
+    return [row for precision in ("bfloat16", "tf32") for row in triton_timing(device, shapes, tiles, repeats,
+                                                                                 precision=precision)]  # fmt: skip
+
+
+MEASURES = {
+    "blocks": block_timing,
+    "rollout": rollout_timing,
+    "flex": flex_timing,
+    "triton": triton_timing,
+    "triton_precision": triton_precision_timing,
+}
 
 
 def main(arguments: list[str] | None = None) -> int:

@@ -9,6 +9,7 @@ the 1e-5 of tests/test_fused.py.
 """
 
 import dataclasses
+import importlib.util
 import json
 import math
 
@@ -62,13 +63,30 @@ def exact_rows(state, economy):
     return alpha, allowed, delta, terms.delivered, terms.beta.reshape(groups, agents), terms.share
 
 
+def triton_kernel(state, economy, **keywords):
+    """The Triton kernel's market step (run.kernel: triton) on ``economy``, its programs interpreted on a CPU."""
+    from econspin.triton_blocks import triton_trade
+
+    return triton_trade(state, dataclasses.replace(economy, kernel="triton"), **keywords)
+
+
+KERNELS = {"fused": fused_trade, "triton": triton_kernel}
+needs_triton = pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="needs the triton package")
+EITHER_KERNEL = pytest.mark.parametrize("kernel", ["fused", pytest.param("triton", marks=needs_triton)])
+
+
 @given(economies())
 @settings(max_examples=40, deadline=None, derandomize=True)
 def test_the_bf16_round_keeps_within_the_bound_from_bf16_rounding(drawn):
+    assert_within_the_bf16_bound(drawn, fused_trade)
+
+
+def assert_within_the_bf16_bound(drawn, trade) -> None:
+    """``trade`` at bf16 utilities against float64 (``drawn`` widened): received, revenue, surplus within the bound."""
     state, economy = drawn
     state32, economy32 = at(state, torch.float32), at(economy, torch.float32)
     state64, economy64 = at(state32, torch.float64), at(economy32, torch.float64)  # the same numbers, widened
-    want, got = fused_trade(state64, economy64), fused_trade(state32, bf16(economy32))
+    want, got = fused_trade(state64, economy64), trade(state32, bf16(economy32))
     alpha, allowed, delta, delivered, beta, share = exact_rows(state64, economy64)
     batch, agents = state.money.shape
     heads = economy.heads
@@ -153,10 +171,11 @@ def test_money_is_conserved_and_budgets_spent_at_bf16():
         assert bool(torch.all(state.money >= 0))
 
 
-def test_infinite_temperature_is_exactly_uniform_at_bf16():
+@EITHER_KERNEL
+def test_infinite_temperature_is_exactly_uniform_at_bf16(kernel):
     run = rollout(two_populations(heads=2, visibility=0.8), dtype="float32")
     state = run.state.replace(temperature=torch.full_like(run.state.temperature, math.inf))
-    outcome = fused_trade(state, bf16(run.economy))
+    outcome = KERNELS[kernel](state, bf16(run.economy))
     terms = round_terms(state, run.economy)
     allowed = run.economy.seller.expand(64, 64).clone().fill_diagonal_(False).float()
     uniform = allowed / allowed.sum(1, keepdim=True)
@@ -167,29 +186,81 @@ def test_infinite_temperature_is_exactly_uniform_at_bf16():
     assert torch.allclose(outcome.impact, 1 / allowed.sum(1)[None].expand(1, 64), rtol=1e-6, atol=0)
 
 
+@EITHER_KERNEL
+def test_the_received_product_is_rounded_once_to_bf16(kernel):
+    """The received product's float32 sum comes back rounded to bf16, as torch's bf16 product returns it.
+
+    At T = inf each allowed seller weighs exactly 1, so with one head the received signal is
+    that rounded sum over n_i sellers, divided by n_i = 1 / impact: times n_i it lies on the bf16 grid.
+    """
+    run = rollout(two_populations(heads=1, visibility=0.8), dtype="float32")
+    state = run.state.replace(temperature=torch.full_like(run.state.temperature, math.inf))
+    outcome = KERNELS[kernel](state, bf16(run.economy))
+    sums = outcome.received.double() * (1 / outcome.impact.double())[..., None].round()
+    on_the_grid = sums.to(torch.bfloat16).double()
+    assert torch.all((sums - on_the_grid).abs() <= 2.0**-20 * sums.abs())
+    assert int((on_the_grid != 0).sum()) > 100
+
+
+def zero_temperature_economy():
+    """300 agents at T = 0, d = 8, with bf16 utilities: (state, economy, the round's bf16 terms)."""
+    populations = {"a": {"count": 300, "temperature": 0.0, "projections": {"scale": 1.0}}}
+    run = rollout(scenario(populations=populations, d=8, output="identity"), dtype="float32")
+    state, economy = run.state, bf16(run.economy)
+    return state, economy, round_terms(state, economy)
+
+
+def assert_the_argmax_of(outcome, best, delivered, rows):
+    """``outcome`` on ``rows`` splits each buyer's budget equally among its ``best`` sellers."""
+    ties = best.sum(-1)
+    alpha = best.float() / ties[..., None]
+    bound = RECEIVED * (alpha @ delivered.abs()) + 1e-6
+    assert torch.all(((outcome.received - alpha @ delivered).abs() <= bound)[rows])
+    assert torch.allclose(outcome.impact[rows], 1 / ties.float()[rows], rtol=1e-6, atol=0)
+    return alpha
+
+
 def test_zero_temperature_is_the_argmax_of_the_bf16_utilities():
     """T = 0 at bf16: every seller whose bf16-rounded utility equals the best shares the budget equally.
 
     With utilities that all differ, full precision picks one seller per row; bf16 rounding
     makes near-best sellers tie, and the round splits among exactly those.
     """
-    populations = {"a": {"count": 300, "temperature": 0.0, "projections": {"scale": 1.0}}}
-    run = rollout(scenario(populations=populations, d=8, output="identity"), dtype="float32")
-    state, economy = run.state, bf16(run.economy)
-    low = round_terms(state, economy)
+    state, economy, low = zero_temperature_economy()
     rounded = torch.bmm(low.left, low.right).float()  # bf16 utilities (times the power of two beta_i)
     rounded.diagonal(dim1=1, dim2=2).fill_(-math.inf)
     best = rounded == rounded.amax(-1, keepdim=True)
-    ties = best.sum(-1)
-    assert int((ties > 1).sum()) >= 5  # rounding made ties
-    alpha = best.float() / ties[..., None]
+    assert int((best.sum(-1) > 1).sum()) >= 5  # rounding made ties
     outcome = fused_trade(state, economy, rows=64)
-    bound = RECEIVED * (alpha @ low.delivered.abs()) + 1e-6
-    assert torch.all((outcome.received - alpha @ low.delivered).abs() <= bound)
-    assert torch.allclose(outcome.impact, 1 / ties.float(), rtol=1e-6, atol=0)
+    alpha = assert_the_argmax_of(outcome, best, low.delivered, slice(None))
     assert torch.allclose(outcome.revenue[0], 0.1 * alpha[0].T.double() @ state.money[0], rtol=1e-6, atol=0)
-    full = fused_trade(state, run.economy)
+    full = fused_trade(state, dataclasses.replace(economy, utility_precision="full"))
     assert torch.equal(full.impact, torch.ones_like(full.impact))  # full precision: one seller per row
+
+
+@needs_triton
+def test_zero_temperature_on_the_triton_kernel_is_the_argmax_wherever_the_rounding_is_certain():
+    """The Triton kernel's T = 0 rows at bf16: the argmax of the bf16 rounding of the float32 sums.
+
+    Its float32 sums run in another order than torch's product. Where the d_k + 2 products
+    cancel, the sums differ by a few float32 units, and a utility near the midpoint of two bf16
+    values then rounds to either. So the test rounds the exact sums moved by the float32 sums'
+    error bound (16 2^-24 sum_k |left_ik right_kj|) both ways, and holds the kernel to the argmax
+    on the rows where the two roundings agree on every seller that could be the best.
+    """
+    state, economy, low = zero_temperature_economy()
+    exact = low.left.double() @ low.right.double()
+    error = 16 * 2.0**-24 * (low.left.double().abs() @ low.right.double().abs())
+    lower, upper = ((exact + sign * error).to(torch.bfloat16).double() for sign in (-1, 1))
+    lower.diagonal(dim1=1, dim2=2).fill_(-math.inf)
+    upper.diagonal(dim1=1, dim2=2).fill_(-math.inf)
+    floor = lower.amax(-1, keepdim=True)
+    contenders = upper >= floor  # every seller whose rounded utility could be the row's best
+    certain = torch.all(~contenders | (lower == upper), dim=-1)
+    best = contenders & (lower == floor)
+    assert float(certain.float().mean()) > 0.9
+    assert int((best.sum(-1) > 1)[certain].sum()) >= 5  # rounding made ties on rows it is certain of
+    assert_the_argmax_of(triton_kernel(state, economy), best, low.delivered, certain)
 
 
 def test_blocks_do_not_change_the_bf16_round(monkeypatch):
@@ -229,9 +300,8 @@ def test_tf32_switch_is_scoped_to_the_product():
     "run, market, expected",
     [
         ({"dtype": "float64", "utility_precision": "bfloat16"}, {}, "needs run.dtype: float32"),
-        ({"kernel": "reference", "utility_precision": "bfloat16"}, {}, "needs run.kernel: auto or fused"),
+        ({"kernel": "reference", "utility_precision": "bfloat16"}, {}, "needs run.kernel: auto, fused or triton"),
         ({"kernel": "flex", "utility_precision": "bfloat16"}, {}, "the flex kernel computes at full precision"),
-        ({"kernel": "triton", "utility_precision": "bfloat16"}, {}, "the triton kernel computes at full precision"),
         ({"utility_precision": "bfloat16"}, {"couplings": {"curie_weiss": 1.0}}, "market.couplings has none"),
     ],
 )

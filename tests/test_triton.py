@@ -6,6 +6,7 @@ small. The CUDA test at the end compares the compiled programs with the fused ke
 """
 
 import dataclasses
+import functools
 import importlib.util
 import math
 import os
@@ -35,12 +36,15 @@ from kernel_cases import (
     scenario_text,
 )
 from test_compiled_round import compare_rounds, needs_compiler
+from test_reduced_precision import assert_within_the_bf16_bound, triton_kernel
 from typer.testing import CliRunner
 
+from econspin.bench import relative_difference
 from econspin.cli import app
 from econspin.fused import fused_trade
 from econspin.host_syncs import HostSyncRecorder
 from econspin.market import MarketOutcome, trade
+from econspin.round import step
 from econspin.triton_blocks import Tiles, triton_trade, uses_triton
 
 runner = CliRunner()
@@ -117,11 +121,34 @@ def test_tiles_are_powers_of_two_of_at_least_16():
 
 
 @needs_triton
-def test_reduced_precision_utilities_are_refused_on_an_economy_made_by_hand():
-    run = rollout(two_populations(), dtype="float32")
-    economy = dataclasses.replace(triton_economy(run.economy), utility_precision="bfloat16")
-    with pytest.raises(ValueError, match="run.kernel: triton computes at full precision"):
-        triton_trade(run.state, economy)
+@given(economies(), TILES)
+@settings(max_examples=30, deadline=None, derandomize=True)
+def test_bf16_utilities_keep_within_the_bound_from_bf16_rounding(drawn, tiles):
+    """run.utility_precision: bfloat16 on the Triton kernel, held to the fused kernel's bound against float64.
+
+    The limits (T = inf uniform, T = 0 the argmax of the rounded utilities, ties split) are
+    tests/test_reduced_precision.py's, run on both kernels there.
+    """
+    assert_within_the_bf16_bound(drawn, functools.partial(triton_kernel, tiles=tiles))
+
+
+@needs_triton
+def test_bf16_utilities_on_the_triton_kernel_conserve_money_over_rounds():
+    low = {"kernel": "triton", "utility_precision": "bfloat16"}
+    run = rollout(two_populations(heads=2, visibility=0.5, run=low), dtype="float32")
+    state, economy = run.state, run.economy
+    assert uses_triton(state, economy) and economy.utility_precision == "bfloat16"
+    full = triton_trade(state, dataclasses.replace(economy, utility_precision="full"))
+    rounded = triton_trade(state, economy)
+    assert_money_conserved(rounded)
+    assert torch.equal(rounded.spending, full.spending)  # budgets do not depend on the utilities
+    assert 1e-4 < relative_difference(full.received, rounded.received) < 0.1  # rounded, not lost
+    start = state.money.sum(1)
+    with torch.no_grad():
+        for _ in range(5):
+            state = step(state, economy)
+    assert float((state.money.sum(1) / start - 1).abs().max()) < 1e-12
+    assert bool(torch.all(state.money >= 0))
 
 
 @needs_triton
@@ -236,27 +263,33 @@ def test_the_compiled_round_on_the_triton_kernel_equals_the_eager_one():
     torch._dynamo.reset()
 
 
-def test_the_registered_operator_returns_fresh_outputs_of_the_right_shapes():
-    """econspin::triton_blocks traced with fake CUDA tensors (no GPU: its programs are not run, their outputs made)."""
+@pytest.mark.parametrize("precision, operands", [("ieee", torch.float32), ("bf16", torch.bfloat16)])
+def test_the_registered_operator_returns_fresh_outputs_of_the_right_shapes(precision, operands):
+    """econspin::triton_blocks traced with fake CUDA tensors (no GPU: its programs are not run, their outputs made).
+
+    With bf16 products the operands are bf16, and the outputs in the working precision all the same.
+    """
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     import econspin.triton_blocks as blocks
 
     if not blocks.REGISTERED:
         pytest.skip("needs triton and torch.library.triton_op")
-    groups, agents, keys, columns = 3, 50, 6, 6
+    groups, agents, keys, dimension = 3, 50, 6, 4
     with FakeTensorMode():
-        left = torch.empty(groups, agents, keys, device="cuda")
-        right = torch.empty(groups, agents, keys, device="cuda").transpose(1, 2)
-        network, per_row, values = (
+        left = torch.empty(groups, agents, keys, device="cuda", dtype=operands)
+        right = torch.empty(groups, agents, keys, device="cuda", dtype=operands).transpose(1, 2)
+        network, per_row, delivered, moment_rows = (
             torch.empty(agents, agents, device="cuda"),
             torch.empty(groups, agents, device="cuda"),
-            torch.empty(groups, agents, columns, device="cuda"),
+            torch.empty(groups, agents, dimension, device="cuda", dtype=operands),
+            torch.empty(groups, 2, agents, device="cuda"),
         )
-        outputs = torch.ops.econspin.triton_blocks(left, right, network, 1, per_row, values, per_row, 32, 16, 4)
+        arguments = (left, right, network, 1, per_row, delivered, moment_rows, per_row)
+        outputs = torch.ops.econspin.triton_blocks(*arguments, 32, 16, 4, precision, precision)
     shapes = [(tuple(output.shape), output.dtype, output.device.type) for output in outputs]
     assert shapes == [((groups, agents), torch.float32, "cuda")] * 4 + [
-        ((groups, agents, columns), torch.float32, "cuda"),
+        ((groups, agents, dimension + 2), torch.float32, "cuda"),
         ((groups, agents), torch.float64, "cuda"),
     ]
 
@@ -294,25 +327,62 @@ def test_the_gpu_checks_triton_timing_runs_on_the_cpu():
 
 
 @needs_triton
-@pytest.mark.parametrize("dtype", ["fp32", "fp64"])
+def test_the_gpu_checks_reduced_precision_timing_runs_on_the_cpu():
+    """gpu_check's triton_precision step (bf16 products) at a tiny shape: its rows, beside bf16 SDPA."""
+    from experiments import gpu_check
+
+    rows = gpu_check.triton_timing(
+        torch.device("cpu"), shapes=((2, 20),), tiles=((16, 16, 1),), repeats=1, precision="bfloat16"
+    )
+    rounds, tiles = rows
+    assert rounds["precision"] == "bfloat16" and rounds["sdpa forward bfloat16 ms"] > 0
+    assert rounds["triton ratio to sdpa bfloat16"] > 0 and rounds["triton pairs per s"] > 0
+    # the error of bf16 utilities against the full-precision fused round: rounded, and small
+    assert 1e-6 < rounds["triton difference from fused"] < 0.05
+    assert tiles["tiles"] == [16, 16, 1] and 1e-6 < tiles["difference from fused"] < 0.1
+    assert "triton_precision" in gpu_check.STEPS and "triton_precision" in gpu_check.MEASURES
+
+
+@needs_triton
+@pytest.mark.parametrize("case", ["fp32", "fp64", "bf16", "tf32"])
 @pytest.mark.parametrize(
     "network", [1, pytest.param(0, marks=pytest.mark.slow), pytest.param(2, marks=pytest.mark.slow)]
 )
-def test_the_programs_compile_for_an_h100_at_the_default_tiles(dtype, network):
-    """What a GPU would compile, checked here: d_k = 32 (the benchmark's), within an H100's shared memory."""
+def test_the_programs_compile_for_an_h100_at_the_default_tiles(case, network):
+    """What a GPU would compile, checked here: d_k = 32 (the benchmark's), within an H100's shared memory.
+
+    run.utility_precision's products (bf16, tf32) run on the tensor cores: every program's PTX
+    has Hopper's warp-group matrix instructions on those operands; at full precision none with
+    rounded operands.
+    """
     from econspin.triton_blocks import DEFAULT_TILES
     from econspin.triton_kernels import programs
-    from experiments.triton_compile_check import H100_SHARED_MEMORY, PROGRAMS, compiled_for_sm90, program_constants
+    from experiments.triton_compile_check import (
+        H100_SHARED_MEMORY,
+        PROGRAMS,
+        compiled_for_sm90,
+        program_constants,
+        tensor_core_instructions,
+    )
 
     pytest.importorskip("triton.backends.nvidia")
     tiles, kernels = DEFAULT_TILES["cuda"], programs(False)
-    constants = program_constants(dtype, network, tiles.rows, tiles.columns)
+    constants = program_constants(case, network, tiles.rows, tiles.columns)
     for name in PROGRAMS:
-        compiled = compiled_for_sm90(getattr(kernels, name), dtype, constants, tiles.warps)
+        compiled = compiled_for_sm90(getattr(kernels, name), case, constants, tiles.warps)
         assert compiled.asm["cubin"] and compiled.metadata.shared <= H100_SHARED_MEMORY, (
             name,
             compiled.metadata.shared,
         )
+        kinds = set(tensor_core_instructions(compiled))
+        if case in ("fp32", "fp64"):  # fp64 may take the tensor cores' exact DMMA (m8n8k4.f64)
+            assert not any(".bf16" in kind or ".tf32" in kind for kind in kinds), (name, kinds)
+        else:
+            operands = ".bf16.bf16" if case == "bf16" else ".tf32.tf32"
+            assert kinds and any(kind.endswith(operands) for kind in kinds), (name, kinds)
+            # the received product on bf16 too (m64n32: e @ u, d = 32 columns); with tf32 it stays exact
+            received = any(".m64n32k" in kind for kind in kinds)
+            assert received == (case == "bf16" and name == "row_sums_program"), (name, kinds)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU: the compiled Triton programs")
@@ -325,6 +395,34 @@ def test_the_compiled_programs_on_a_gpu_equal_the_fused_kernel(drawn):
     moved = MarketOutcome(**{name: getattr(outcome, name).cpu() for name in FIELDS})
     assert_outcomes_close(fused_trade(state, economy), moved, TOLERANCE[state.states.dtype])
     assert_money_conserved(moved)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU: the compiled Triton programs")
+@given(economies())
+@settings(max_examples=20, deadline=None, derandomize=True)
+def test_the_compiled_programs_in_bf16_on_a_gpu_keep_within_the_bound(drawn):
+    """bf16 utilities on the tensor cores (wgmma): within the bound of bf16 rounding against the CPU's float64."""
+
+    def on_the_gpu(state, economy):
+        outcome = triton_kernel(on_device(state, "cuda"), on_device(economy, "cuda"))
+        return MarketOutcome(**{name: getattr(outcome, name).cpu() for name in FIELDS})
+
+    assert_within_the_bf16_bound(drawn, on_the_gpu)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU: the compiled Triton programs")
+@pytest.mark.parametrize("precision", ["bfloat16", "tf32"])
+def test_the_compiled_programs_with_reduced_precision_at_a_few_hundred_agents(precision):
+    """The tensor cores' products at 460 agents, two tile sizes: money conserved, close to full precision."""
+    populations = {"human": {"count": 300, "temperature": 0.8, "spend": 0.2}, "ai": {"count": 160, "temperature": 2.0}}
+    run = rollout([scenario(populations=populations, heads=2, d=32, visibility=0.4)] * 2, dtype="float32")
+    state, economy = (on_device(frozen, "cuda") for frozen in (run.state, triton_economy(run.economy)))
+    full = triton_trade(state, economy)
+    for tiles in (None, Tiles(128, 64, 8)):
+        outcome = triton_trade(state, dataclasses.replace(economy, utility_precision=precision), tiles=tiles)
+        assert_money_conserved(outcome)
+        assert relative_difference(full.received, outcome.received) < 0.05
+        assert relative_difference(full.revenue, outcome.revenue) < 0.05
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU: the compiled Triton programs")
