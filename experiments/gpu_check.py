@@ -26,7 +26,9 @@ left.
    modes) played round by round with Wood's loop, in sync-free chunks of 32 rounds eagerly,
    in sync-free chunks under ``run.compile: reduce-overhead`` (CUDA graphs), and so again with
    the blocks as operators inside the graph on CUDA too (compiled.OPERATOR_DEVICES, :data:`WAYS`),
-   against torch's scaled_dot_product_attention forward on the same shapes; ``rollout_cuda.json``.
+   and (expected mode) on the Triton kernel, whose programs the graph holds, at full precision
+   and on bf16 products, against torch's scaled_dot_product_attention forward on the same
+   shapes; ``rollout_cuda.json``.
 6. ``flex``: the FlexAttention kernel beside the fused one and SDPA at N = 16384 and 65536,
    its first call (the compilation of its five passes) timed apart, each row printed as it
    is measured (``flex_cuda.json``).
@@ -92,7 +94,7 @@ STEPS = {
     "blocks": 60,
     "bench": 80,
     "batched": 60,
-    "rollout": 160,
+    "rollout": 220,
     "flex": 120,
     "tf32": 50,
     "flex_batched": 60,
@@ -216,12 +218,19 @@ def run_steps(out: Path, steps=tuple(STEPS), budget: float = BUDGET, archive: Pa
     return failed
 
 
-WAYS = {  # name: (chunk_rounds, sync_free, run.compile, compiled.OPERATOR_DEVICES); chunk_rounds None: ROLLOUT_ROUNDS
-    "round by round, Wood's loop": (1, False, "off", ("cpu",)),
-    "sync-free chunks, eager": (None, True, "off", ("cpu",)),
-    "sync-free chunks, reduce-overhead": (None, True, "reduce-overhead", ("cpu",)),
+# name: (chunk_rounds, sync_free, run.compile, compiled.OPERATOR_DEVICES, changes to the economy); chunk_rounds
+# None: ROLLOUT_ROUNDS. A way that sets run.kernel triton plays expected mode only (sampled mode runs fused).
+WAYS = {
+    "round by round, Wood's loop": (1, False, "off", ("cpu",), {}),
+    "sync-free chunks, eager": (None, True, "off", ("cpu",), {}),
+    "sync-free chunks, reduce-overhead": (None, True, "reduce-overhead", ("cpu",), {}),
     # the blocks as one operator of the compiled graph on CUDA too: the whole expected round one CUDA graph
-    "sync-free chunks, reduce-overhead, blocks inside the graph": (None, True, "reduce-overhead", ("cpu", "cuda")),
+    "sync-free chunks, reduce-overhead, blocks inside the graph": (None, True, "reduce-overhead", ("cpu", "cuda"), {}),
+    # the Triton kernel's programs inside the graph (econspin::triton_blocks), at full precision and on bf16 products
+    "sync-free chunks, reduce-overhead, Triton kernel": (None, True, "reduce-overhead", ("cpu",), {"kernel": "triton"}),
+    "sync-free chunks, reduce-overhead, Triton kernel, bf16 products": (
+        None, True, "reduce-overhead", ("cpu",), {"kernel": "triton", "utility_precision": "bfloat16"},
+    ),  # fmt: skip
 }
 
 
@@ -264,10 +273,12 @@ def rollout_timing(
         functions = {"sdpa forward": lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v)}
         rollouts, errors = {}, {}
         for name in ways:
-            chunk_rounds, sync_free, compile_mode, operator_devices = WAYS[name]
+            chunk_rounds, sync_free, compile_mode, operator_devices, changes = WAYS[name]
+            if changes.get("kernel") == "triton" and mode == "sampled":
+                continue
             try:
                 rollout = Rollout.create([bench_scenario(agents, mode=mode)] * batch, list(range(batch)), str(device))
-                rollout.economy = dataclasses.replace(rollout.economy, compile=compile_mode)
+                rollout.economy = dataclasses.replace(rollout.economy, compile=compile_mode, **changes)
                 rollout.chunk_rounds, rollout.sync_free = chunk_rounds or rounds, sync_free
                 play = with_operator_devices(operator_devices, lambda r=rollout: r.advance(rounds))
                 play()  # warm-up: compilation, graph capture

@@ -270,15 +270,25 @@ def test_the_gpu_check_packs_each_finished_step_and_skips_what_the_budget_cannot
     assert gpu_check.run_steps(tmp_path / "out", ("tests",), budget=9, archive=archive) == 1  # 9 < 20 / 2
 
 
-def test_the_gpu_checks_rollout_timing_runs_on_the_cpu():
-    """Its code, at a tiny shape and without compiling, so that the GPU session does not find it broken."""
+def test_the_gpu_checks_rollout_timing_runs_on_the_cpu(monkeypatch):
+    """Its code, at a tiny shape and without compiling, so that the GPU session does not find it broken.
+
+    A way on the Triton kernel (here eager, its programs interpreted) plays expected mode alone.
+    """
     from experiments import gpu_check
 
+    triton = {"kernel": "triton", "utility_precision": "bfloat16"}
+    monkeypatch.setitem(gpu_check.WAYS, "Triton kernel, eager", (None, True, "off", ("cpu",), triton))
     ways = ("round by round, Wood's loop", "sync-free chunks, eager")
-    rows = gpu_check.rollout_timing(torch.device("cpu"), shape=(2, 16), rounds=3, ways=ways, repeats=1)
+    rows = gpu_check.rollout_timing(
+        torch.device("cpu"), shape=(2, 16), rounds=3, ways=(*ways, "Triton kernel, eager"), repeats=1
+    )
     assert [row for row in rows if "error" in row] == []
     timed_ways = [row for row in rows if row["way"] in ways]
     assert len(timed_ways) == 4 and all(row["ms"] > 0 and row["same bits as the first way"] for row in timed_ways)
+    on_triton = [row for row in rows if row["way"] == "Triton kernel, eager"]
+    assert [row["mode"] for row in on_triton] == ["expected"] and on_triton[0]["ms"] > 0
+    assert not on_triton[0]["same bits as the first way"]  # bf16 products: other numbers
 
 
 def test_the_gpu_checks_operator_devices_hold_only_for_the_call():
