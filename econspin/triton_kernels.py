@@ -63,6 +63,7 @@ def score_tile(
     BLOCK_ROWS: tl.constexpr,
     BLOCK_COLUMNS: tl.constexpr,
     UTILITIES: tl.constexpr,
+    INTERIOR: tl.constexpr,
 ):
     """S_ij for a tile of BLOCK_ROWS buyers from ``row_start`` and BLOCK_COLUMNS sellers from ``column_start``.
 
@@ -74,12 +75,15 @@ def score_tile(
     the last two, beta_i b_j + 1 c_j, are added as two products a pair: inside the tl.dot they
     would pad d_k = 32 to 64 and double its work. Any order of the d_k + 2 products is bounded
     alike (econspin.fused's module doc), so the scores are those of one product.
+
+    INTERIOR: the caller knows every buyer and seller of the tile in range and none of them the
+    same agent (:func:`tile_scores`); the masks, constant true, then cost nothing.
     """
     rows = row_start + tl.arange(0, BLOCK_ROWS)
     columns = column_start + tl.arange(0, BLOCK_COLUMNS)
     key = tl.arange(0, KEYS_PADDED)
     features = keys - 2
-    row_in, column_in = rows[:, None] < agents, columns[None, :] < agents
+    row_in, column_in = (rows[:, None] < agents) | INTERIOR, (columns[None, :] < agents) | INTERIOR
     buyer_rows = left + rows[:, None] * left_row_stride
     seller_columns = right + columns[None, :] * right_column_stride
     buyers = tl.load(buyer_rows + key[None, :] * left_key_stride, mask=row_in & (key[None, :] < features), other=0.0)
@@ -94,7 +98,7 @@ def score_tile(
     scores += beta * bias + ones * sellable.to(scores.dtype)  # c_j = 0, or -2^120 on a non-seller
     if UTILITIES == "bf16":  # as torch's bf16 product: float32 sums rounded once to bf16 (econspin.precision)
         scores = bf16_rounded(scores)
-    allowed = row_in & column_in & (rows[:, None] != columns[None, :])
+    allowed = row_in & column_in & ((rows[:, None] != columns[None, :]) | INTERIOR)
     # N^2 passes 2^31 at N = 46341: the network's offsets in 64 bits
     pair = rows[:, None].to(tl.int64) * agents + columns[None, :]
     if NETWORK == 1:
@@ -103,6 +107,49 @@ def score_tile(
         edge = tl.load(network + pair, mask=row_in & column_in, other=0)
         allowed = allowed & (edge != 0)
     return tl.where(allowed, scores, -BIG)
+
+
+def tile_scores(
+    left,
+    right,
+    network,
+    row_start,
+    column_start,
+    agents,
+    keys,
+    left_row_stride,
+    left_key_stride,
+    right_key_stride,
+    right_column_stride,
+    KEYS_PADDED: tl.constexpr,
+    NETWORK: tl.constexpr,
+    BIG: tl.constexpr,
+    BLOCK_ROWS: tl.constexpr,
+    BLOCK_COLUMNS: tl.constexpr,
+    UTILITIES: tl.constexpr,
+):
+    """:func:`score_tile`, without its range and diagonal masks on an interior tile.
+
+    A tile is interior when all its buyers and sellers are below N and its buyer and seller
+    ranges do not overlap (so no buyer meets itself): at large N all tiles but about two a row
+    of tiles (the diagonal's and the last). The branch is one per tile, the same for every
+    thread of a program, as flash attention's causal mask is applied on the diagonal's tiles alone.
+    """
+    inside = (row_start + BLOCK_ROWS <= agents) & (column_start + BLOCK_COLUMNS <= agents)
+    apart = (column_start + BLOCK_COLUMNS <= row_start) | (row_start + BLOCK_ROWS <= column_start)
+    if inside & apart:
+        scores = score_tile(
+            left, right, network, row_start, column_start, agents, keys,
+            left_row_stride, left_key_stride, right_key_stride, right_column_stride,
+            KEYS_PADDED, NETWORK, BIG, BLOCK_ROWS, BLOCK_COLUMNS, UTILITIES, True,
+        )  # fmt: skip
+    else:
+        scores = score_tile(
+            left, right, network, row_start, column_start, agents, keys,
+            left_row_stride, left_key_stride, right_key_stride, right_column_stride,
+            KEYS_PADDED, NETWORK, BIG, BLOCK_ROWS, BLOCK_COLUMNS, UTILITIES, False,
+        )  # fmt: skip
+    return scores
 
 
 def weight_tile(scores, shift, FLOOR: tl.constexpr, THRESHOLD: tl.constexpr):
@@ -139,7 +186,7 @@ def row_max_program(
     right += group * right_group_stride
     best = tl.full([BLOCK_ROWS], -float("inf"), shifted_max.dtype.element_ty)
     for column_start in range(0, agents, BLOCK_COLUMNS):
-        scores = score_tile(
+        scores = tile_scores(
             left, right, network, row_start, column_start, agents, keys,
             left_row_stride, left_key_stride, right_key_stride, right_column_stride,
             KEYS_PADDED, NETWORK, BIG, BLOCK_ROWS, BLOCK_COLUMNS, UTILITIES,
@@ -215,7 +262,7 @@ def row_sums_program(
     received = tl.full([BLOCK_ROWS, VALUES_PADDED], 0.0, shift.dtype)
     columns = tl.arange(0, VALUES_PADDED)
     for column_start in range(0, agents, BLOCK_COLUMNS):
-        scores = score_tile(
+        scores = tile_scores(
             left, right, network, row_start, column_start, agents, keys,
             left_row_stride, left_key_stride, right_key_stride, right_column_stride,
             KEYS_PADDED, NETWORK, BIG, BLOCK_ROWS, BLOCK_COLUMNS, UTILITIES,
@@ -291,7 +338,7 @@ def revenue_program(
         shift = tl.load(shifted_max + group * agents + rows, mask=row_in, other=0.0)
         shift -= tl.load(tie_width + group * agents + rows, mask=row_in, other=0.0)
         paid = tl.load(per_unit + group * agents + rows, mask=row_in, other=0.0)
-        scores = score_tile(
+        scores = tile_scores(
             left, right, network, row_start, column_start, agents, keys,
             left_row_stride, left_key_stride, right_key_stride, right_column_stride,
             KEYS_PADDED, NETWORK, BIG, BLOCK_ROWS, BLOCK_COLUMNS, UTILITIES,
@@ -348,7 +395,7 @@ def max_over(values, axis):
     return tl.max(values, axis)
 
 
-HELPERS = ("score_tile", "weight_tile", "bf16_rounded", "sum_over", "max_over", "product")
+HELPERS = ("score_tile", "tile_scores", "weight_tile", "bf16_rounded", "sum_over", "max_over", "product")
 PROGRAMS = ("row_max_program", "row_sums_program", "revenue_program")
 # what an interpreted program calls instead of a helper: for the reductions, the library functions'
 # bodies (the interpreter cannot call them from an interpreted program: they are triton.jit

@@ -114,6 +114,23 @@ def test_tile_sizes_change_nothing_beyond_rounding(dtype):
             )
 
 
+@needs_triton
+@pytest.mark.parametrize("agents", [47, 48, 49])
+def test_interior_tiles_and_the_tiles_at_the_edges(agents):
+    """N one below, at and one above a multiple of 16: the tiles the programs take as interior (no masks) and the rest.
+
+    Two economies a batch, so that a tile read one agent past N would read the other's numbers.
+    """
+    populations = {"human": {"count": 30, "temperature": 0.7}, "ai": {"count": agents - 30, "temperature": 0.0}}
+    run = rollout([scenario(populations=populations, heads=2, d=8, visibility=0.3)] * 2, dtype="float64")
+    mask = torch.rand(agents, agents, generator=torch.Generator().manual_seed(3)) < 0.7
+    for economy in (run.economy, dataclasses.replace(run.economy, trade_mask=mask)):
+        economy = triton_economy(economy)
+        want = fused_trade(run.state, economy)
+        for tiles in (Tiles(16, 16), Tiles(16, 32), Tiles(32, 16)):
+            assert_outcomes_close(want, triton_trade(run.state, economy, tiles=tiles), TOLERANCE[torch.float64])
+
+
 def test_tiles_are_powers_of_two_of_at_least_16():
     for rows, columns in ((8, 16), (16, 24), (48, 64)):
         with pytest.raises(ValueError, match="power of two >= 16"):
