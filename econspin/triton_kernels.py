@@ -64,6 +64,7 @@ def score_tile(
     BLOCK_COLUMNS: tl.constexpr,
     UTILITIES: tl.constexpr,
     INTERIOR: tl.constexpr,
+    ROUNDED: tl.constexpr,
 ):
     """S_ij for a tile of BLOCK_ROWS buyers from ``row_start`` and BLOCK_COLUMNS sellers from ``column_start``.
 
@@ -77,7 +78,10 @@ def score_tile(
     alike (econspin.fused's module doc), so the scores are those of one product.
 
     INTERIOR: the caller knows every buyer and seller of the tile in range and none of them the
-    same agent (:func:`tile_scores`); the masks, constant true, then cost nothing.
+    same agent (:func:`tile_scores`); the masks, constant true, then cost nothing. ROUNDED:
+    bf16 products' scores rounded to bf16; a caller that needs only the row maximum rounds that
+    instead (rounding to nearest is monotone: the maximum of the rounded scores is the rounded
+    maximum, and -BIG, a power of two, rounds to itself).
     """
     rows = row_start + tl.arange(0, BLOCK_ROWS)
     columns = column_start + tl.arange(0, BLOCK_COLUMNS)
@@ -97,7 +101,8 @@ def score_tile(
     sellable = tl.load(seller_columns + (features + 1) * right_key_stride, mask=column_in, other=0.0)
     scores += beta * bias + ones * sellable.to(scores.dtype)  # c_j = 0, or -2^120 on a non-seller
     if UTILITIES == "bf16":  # as torch's bf16 product: float32 sums rounded once to bf16 (econspin.precision)
-        scores = bf16_rounded(scores)
+        if ROUNDED:
+            scores = bf16_rounded(scores)
     allowed = row_in & column_in & ((rows[:, None] != columns[None, :]) | INTERIOR)
     # N^2 passes 2^31 at N = 46341: the network's offsets in 64 bits
     pair = rows[:, None].to(tl.int64) * agents + columns[None, :]
@@ -127,6 +132,7 @@ def tile_scores(
     BLOCK_ROWS: tl.constexpr,
     BLOCK_COLUMNS: tl.constexpr,
     UTILITIES: tl.constexpr,
+    ROUNDED: tl.constexpr,
 ):
     """:func:`score_tile`, without its range and diagonal masks on an interior tile.
 
@@ -141,13 +147,13 @@ def tile_scores(
         scores = score_tile(
             left, right, network, row_start, column_start, agents, keys,
             left_row_stride, left_key_stride, right_key_stride, right_column_stride,
-            KEYS_PADDED, NETWORK, BIG, BLOCK_ROWS, BLOCK_COLUMNS, UTILITIES, True,
+            KEYS_PADDED, NETWORK, BIG, BLOCK_ROWS, BLOCK_COLUMNS, UTILITIES, True, ROUNDED,
         )  # fmt: skip
     else:
         scores = score_tile(
             left, right, network, row_start, column_start, agents, keys,
             left_row_stride, left_key_stride, right_key_stride, right_column_stride,
-            KEYS_PADDED, NETWORK, BIG, BLOCK_ROWS, BLOCK_COLUMNS, UTILITIES, False,
+            KEYS_PADDED, NETWORK, BIG, BLOCK_ROWS, BLOCK_COLUMNS, UTILITIES, False, ROUNDED,
         )  # fmt: skip
     return scores
 
@@ -189,9 +195,11 @@ def row_max_program(
         scores = tile_scores(
             left, right, network, row_start, column_start, agents, keys,
             left_row_stride, left_key_stride, right_key_stride, right_column_stride,
-            KEYS_PADDED, NETWORK, BIG, BLOCK_ROWS, BLOCK_COLUMNS, UTILITIES,
+            KEYS_PADDED, NETWORK, BIG, BLOCK_ROWS, BLOCK_COLUMNS, UTILITIES, False,
         )  # fmt: skip
         best = tl.maximum(best, max_over(scores, 1))
+    if UTILITIES == "bf16":  # the maximum of the rounded scores (score_tile's ROUNDED)
+        best = bf16_rounded(best)
     rows = row_start + tl.arange(0, BLOCK_ROWS)
     best = tl.where(best > -0.5 * BIG, best, 0.0)
     tl.store(shifted_max + group * agents + rows, best, mask=rows < agents)
@@ -265,7 +273,7 @@ def row_sums_program(
         scores = tile_scores(
             left, right, network, row_start, column_start, agents, keys,
             left_row_stride, left_key_stride, right_key_stride, right_column_stride,
-            KEYS_PADDED, NETWORK, BIG, BLOCK_ROWS, BLOCK_COLUMNS, UTILITIES,
+            KEYS_PADDED, NETWORK, BIG, BLOCK_ROWS, BLOCK_COLUMNS, UTILITIES, True,
         )  # fmt: skip
         shifted, weights = weight_tile(scores, shift, FLOOR, THRESHOLD)
         sums += sum_over(weights, 1)
@@ -341,7 +349,7 @@ def revenue_program(
         scores = tile_scores(
             left, right, network, row_start, column_start, agents, keys,
             left_row_stride, left_key_stride, right_key_stride, right_column_stride,
-            KEYS_PADDED, NETWORK, BIG, BLOCK_ROWS, BLOCK_COLUMNS, UTILITIES,
+            KEYS_PADDED, NETWORK, BIG, BLOCK_ROWS, BLOCK_COLUMNS, UTILITIES, True,
         )  # fmt: skip
         _, weights = weight_tile(scores, shift, FLOOR, THRESHOLD)
         earned += sum_over(weights * paid[:, None], 0).to(tl.float64)
