@@ -45,75 +45,6 @@ import triton.language as tl
 from triton.runtime.interpreter import InterpretedFunction
 
 
-def score_tile(
-    left,
-    right,
-    network,
-    row_start,
-    column_start,
-    agents,
-    keys,
-    left_row_stride,
-    left_key_stride,
-    right_key_stride,
-    right_column_stride,
-    KEYS_PADDED: tl.constexpr,
-    NETWORK: tl.constexpr,
-    BIG: tl.constexpr,
-    BLOCK_ROWS: tl.constexpr,
-    BLOCK_COLUMNS: tl.constexpr,
-    UTILITIES: tl.constexpr,
-    INTERIOR: tl.constexpr,
-    ROUNDED: tl.constexpr,
-):
-    """S_ij for a tile of BLOCK_ROWS buyers from ``row_start`` and BLOCK_COLUMNS sellers from ``column_start``.
-
-    ``left`` and ``right`` point at the group's operands (bf16 ones with UTILITIES "bf16");
-    ``network`` at the N x N bias (NETWORK 1) or the trade mask as bytes (NETWORK 2); NETWORK
-    0: none. UTILITIES: the product's precision, "ieee", "tf32" or "bf16" (:func:`product`).
-
-    The product runs over the d_k = ``keys`` - 2 query-key columns (padded to KEYS_PADDED), and
-    the last two, beta_i b_j + 1 c_j, are added as two products a pair: inside the tl.dot they
-    would pad d_k = 32 to 64 and double its work. Any order of the d_k + 2 products is bounded
-    alike (econspin.fused's module doc), so the scores are those of one product.
-
-    INTERIOR: the caller knows every buyer and seller of the tile in range and none of them the
-    same agent (:func:`tile_scores`); the masks, constant true, then cost nothing. ROUNDED:
-    bf16 products' scores rounded to bf16; a caller that needs only the row maximum rounds that
-    instead (rounding to nearest is monotone: the maximum of the rounded scores is the rounded
-    maximum, and -BIG, a power of two, rounds to itself).
-    """
-    rows = row_start + tl.arange(0, BLOCK_ROWS)
-    columns = column_start + tl.arange(0, BLOCK_COLUMNS)
-    key = tl.arange(0, KEYS_PADDED)
-    features = keys - 2
-    row_in, column_in = (rows[:, None] < agents) | INTERIOR, (columns[None, :] < agents) | INTERIOR
-    buyer_rows = left + rows[:, None] * left_row_stride
-    seller_columns = right + columns[None, :] * right_column_stride
-    buyers = tl.load(buyer_rows + key[None, :] * left_key_stride, mask=row_in & (key[None, :] < features), other=0.0)
-    sellers = tl.load(
-        seller_columns + key[:, None] * right_key_stride, mask=(key[:, None] < features) & column_in, other=0.0
-    )
-    scores = product(buyers, sellers, UTILITIES)
-    beta = tl.load(buyer_rows + features * left_key_stride, mask=row_in, other=0.0).to(scores.dtype)
-    bias = tl.load(seller_columns + features * right_key_stride, mask=column_in, other=0.0).to(scores.dtype)
-    ones = tl.load(buyer_rows + (features + 1) * left_key_stride, mask=row_in, other=0.0).to(scores.dtype)
-    sellable = tl.load(seller_columns + (features + 1) * right_key_stride, mask=column_in, other=0.0)
-    scores += beta * bias + ones * sellable.to(scores.dtype)  # c_j = 0, or -2^120 on a non-seller
-    if UTILITIES == "bf16":  # as torch's bf16 product: float32 sums rounded once to bf16 (econspin.precision)
-        if ROUNDED:
-            scores = bf16_rounded(scores)
-    allowed = row_in & column_in & ((rows[:, None] != columns[None, :]) | INTERIOR)
-    # N^2 passes 2^31 at N = 46341: the network's offsets in 64 bits
-    pair = rows[:, None].to(tl.int64) * agents + columns[None, :]
-    if NETWORK == 1:
-        scores += tl.load(network + pair, mask=row_in & column_in, other=0.0)
-    if NETWORK == 2:
-        edge = tl.load(network + pair, mask=row_in & column_in, other=0)
-        allowed = allowed & (edge != 0)
-    return tl.where(allowed, scores, -BIG)
-
-
 def tile_scores(
     left,
     right,
@@ -134,28 +65,82 @@ def tile_scores(
     UTILITIES: tl.constexpr,
     ROUNDED: tl.constexpr,
 ):
-    """:func:`score_tile`, without its range and diagonal masks on an interior tile.
+    """S_ij for a tile of BLOCK_ROWS buyers from ``row_start`` and BLOCK_COLUMNS sellers from ``column_start``.
 
-    A tile is interior when all its buyers and sellers are below N and its buyer and seller
-    ranges do not overlap (so no buyer meets itself): at large N all tiles but about two a row
-    of tiles (the diagonal's and the last). The branch is one per tile, the same for every
-    thread of a program, as flash attention's causal mask is applied on the diagonal's tiles alone.
+    ``left`` and ``right`` point at the group's operands (bf16 ones with UTILITIES "bf16");
+    ``network`` at the N x N bias (NETWORK 1) or the trade mask as bytes (NETWORK 2); NETWORK
+    0: none. UTILITIES: the product's precision, "ieee", "tf32" or "bf16" (:func:`product`);
+    ROUNDED: bf16 products' scores rounded to bf16. A caller that needs only the row maximum
+    rounds that instead: rounding to nearest is monotone, so the maximum of the rounded scores
+    is the rounded maximum, and -BIG, a power of two, rounds to itself.
+
+    An interior tile (all its buyers and sellers below N, its buyer and seller ranges apart, so
+    that no buyer meets itself) takes :func:`score_tile` without the range and diagonal masks:
+    at large N all tiles but about two a row of tiles. The branch is one per tile, the same for
+    every thread of a program, as flash attention applies its causal mask on the diagonal's tiles alone.
     """
+    rows = row_start + tl.arange(0, BLOCK_ROWS)
+    columns = column_start + tl.arange(0, BLOCK_COLUMNS)
+    buyers = left + rows[:, None] * left_row_stride  # each buyer's operand row
+    sellers = right + columns[None, :] * right_column_stride  # each seller's operand column
+    pairs = network + rows[:, None].to(tl.int64) * agents + columns[None, :]  # N^2 passes 2^31 at N = 46341
     inside = (row_start + BLOCK_ROWS <= agents) & (column_start + BLOCK_COLUMNS <= agents)
     apart = (column_start + BLOCK_COLUMNS <= row_start) | (row_start + BLOCK_ROWS <= column_start)
     if inside & apart:
-        scores = score_tile(
-            left, right, network, row_start, column_start, agents, keys,
-            left_row_stride, left_key_stride, right_key_stride, right_column_stride,
-            KEYS_PADDED, NETWORK, BIG, BLOCK_ROWS, BLOCK_COLUMNS, UTILITIES, True, ROUNDED,
-        )  # fmt: skip
+        scores = score_tile(buyers, sellers, pairs, rows, columns, agents, keys, left_key_stride, right_key_stride,
+                            KEYS_PADDED, NETWORK, BIG, UTILITIES, ROUNDED, True)  # fmt: skip
     else:
-        scores = score_tile(
-            left, right, network, row_start, column_start, agents, keys,
-            left_row_stride, left_key_stride, right_key_stride, right_column_stride,
-            KEYS_PADDED, NETWORK, BIG, BLOCK_ROWS, BLOCK_COLUMNS, UTILITIES, False, ROUNDED,
-        )  # fmt: skip
+        scores = score_tile(buyers, sellers, pairs, rows, columns, agents, keys, left_key_stride, right_key_stride,
+                            KEYS_PADDED, NETWORK, BIG, UTILITIES, ROUNDED, False)  # fmt: skip
     return scores
+
+
+def score_tile(
+    buyers,
+    sellers,
+    pairs,
+    rows,
+    columns,
+    agents,
+    keys,
+    buyer_key_stride,
+    seller_key_stride,
+    KEYS_PADDED: tl.constexpr,
+    NETWORK: tl.constexpr,
+    BIG: tl.constexpr,
+    UTILITIES: tl.constexpr,
+    ROUNDED: tl.constexpr,
+    INTERIOR: tl.constexpr,
+):
+    """The scores of :func:`tile_scores`' tile: ``buyers``, ``sellers`` and ``pairs`` point at its operands and network.
+
+    The product runs over the d_k = ``keys`` - 2 query-key columns (padded to KEYS_PADDED), and
+    the last two, beta_i b_j + 1 c_j, are added as two products a pair: inside the tl.dot they
+    would pad d_k = 32 to 64 and double its work. Any order of the d_k + 2 products is bounded
+    alike (econspin.fused's module doc), so the scores are those of one product. INTERIOR: the
+    range and diagonal masks are constant true, and cost nothing.
+    """
+    key = tl.arange(0, KEYS_PADDED)
+    features = keys - 2
+    row_in, column_in = (rows[:, None] < agents) | INTERIOR, (columns[None, :] < agents) | INTERIOR
+    left = tl.load(buyers + key[None, :] * buyer_key_stride, mask=row_in & (key[None, :] < features), other=0.0)
+    right = tl.load(sellers + key[:, None] * seller_key_stride, mask=(key[:, None] < features) & column_in, other=0.0)
+    scores = product(left, right, UTILITIES)
+    beta = tl.load(buyers + features * buyer_key_stride, mask=row_in, other=0.0).to(scores.dtype)
+    bias = tl.load(sellers + features * seller_key_stride, mask=column_in, other=0.0).to(scores.dtype)
+    ones = tl.load(buyers + (features + 1) * buyer_key_stride, mask=row_in, other=0.0).to(scores.dtype)
+    sellable = tl.load(sellers + (features + 1) * seller_key_stride, mask=column_in, other=0.0)
+    scores += beta * bias + ones * sellable.to(scores.dtype)  # c_j = 0, or -2^120 on a non-seller
+    if UTILITIES == "bf16":  # as torch's bf16 product: float32 sums rounded once to bf16 (econspin.precision)
+        if ROUNDED:
+            scores = bf16_rounded(scores)
+    allowed = row_in & column_in & ((rows[:, None] != columns[None, :]) | INTERIOR)
+    if NETWORK == 1:
+        scores += tl.load(pairs, mask=row_in & column_in, other=0.0)
+    if NETWORK == 2:
+        edge = tl.load(pairs, mask=row_in & column_in, other=0)
+        allowed = allowed & (edge != 0)
+    return tl.where(allowed, scores, -BIG)
 
 
 def weight_tile(scores, shift, FLOOR: tl.constexpr, THRESHOLD: tl.constexpr):
@@ -403,7 +388,7 @@ def max_over(values, axis):
     return tl.max(values, axis)
 
 
-HELPERS = ("score_tile", "tile_scores", "weight_tile", "bf16_rounded", "sum_over", "max_over", "product")
+HELPERS = ("tile_scores", "score_tile", "weight_tile", "bf16_rounded", "sum_over", "max_over", "product")
 PROGRAMS = ("row_max_program", "row_sums_program", "revenue_program")
 # what an interpreted program calls instead of a helper: for the reductions, the library functions'
 # bodies (the interpreter cannot call them from an interpreted program: they are triton.jit
