@@ -30,7 +30,7 @@ WAYS = ("eager passes", "compiled pass")
 def with_compiled_pass(devices: tuple[str, ...], function):
     """``function`` run with econspin.block_pass.COMPILED_DEVICES set to ``devices``."""
     from econspin import block_pass
-    from experiments.gpu_check import with_setting
+    from experiments.gpu_measures import with_setting
 
     return with_setting(block_pass, "COMPILED_DEVICES", devices, function)
 

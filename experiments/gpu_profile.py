@@ -39,7 +39,7 @@ from econspin import block_pass
 from econspin.bench import bench_scenario
 from econspin.round import step
 from econspin.simulate import Rollout
-from experiments.gpu_check import synchronised, with_operator_devices, with_setting
+from experiments.gpu_measures import synchronised, with_operator_devices, with_setting
 
 KERNEL_LAUNCHES = ("cudaLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernel", "cuLaunchKernelEx")  # runtime, driver
 WARM_UP = 3  # rounds before the measured ones: compilation, and reduce-overhead's recording of its graphs

@@ -275,12 +275,12 @@ def test_the_gpu_checks_rollout_timing_runs_on_the_cpu(monkeypatch):
 
     A way on the Triton kernel (here eager, its programs interpreted) plays expected mode alone.
     """
-    from experiments import gpu_check
+    from experiments import gpu_measures
 
     triton = {"kernel": "triton", "utility_precision": "bfloat16"}
-    monkeypatch.setitem(gpu_check.WAYS, "Triton kernel, eager", (None, True, "off", ("cpu",), triton))
+    monkeypatch.setitem(gpu_measures.WAYS, "Triton kernel, eager", (None, True, "off", ("cpu",), triton))
     ways = ("round by round, Wood's loop", "sync-free chunks, eager")
-    rows = gpu_check.rollout_timing(
+    rows = gpu_measures.rollout_timing(
         torch.device("cpu"), shape=(2, 16), rounds=3, ways=(*ways, "Triton kernel, eager"), repeats=1
     )
     assert [row for row in rows if "error" in row] == []
@@ -294,10 +294,10 @@ def test_the_gpu_checks_rollout_timing_runs_on_the_cpu(monkeypatch):
 def test_the_gpu_checks_operator_devices_hold_only_for_the_call():
     """The way with the blocks inside CUDA's graph sets compiled.OPERATOR_DEVICES for its calls, then restores it."""
     from econspin import compiled
-    from experiments import gpu_check
+    from experiments import gpu_measures
 
     seen = []
-    play = gpu_check.with_operator_devices(("cpu", "cuda"), lambda: seen.append(compiled.OPERATOR_DEVICES))
+    play = gpu_measures.with_operator_devices(("cpu", "cuda"), lambda: seen.append(compiled.OPERATOR_DEVICES))
     play()
     assert seen == [("cpu", "cuda")] and compiled.OPERATOR_DEVICES == ("cpu",)
 
@@ -305,7 +305,7 @@ def test_the_gpu_checks_operator_devices_hold_only_for_the_call():
         raise RuntimeError("capture failed")
 
     with pytest.raises(RuntimeError):
-        gpu_check.with_operator_devices(("cuda",), failing)()
+        gpu_measures.with_operator_devices(("cuda",), failing)()
     assert compiled.OPERATOR_DEVICES == ("cpu",)
 
 

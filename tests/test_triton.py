@@ -333,9 +333,10 @@ def test_without_triton_the_kernel_is_refused_in_one_line(tmp_path, monkeypatch)
 @needs_triton
 def test_the_gpu_checks_triton_timing_runs_on_the_cpu():
     """experiments/gpu_check.py's triton step at a tiny shape, so that the GPU session does not find it broken."""
-    from experiments import gpu_check
+    from experiments import gpu_measures
 
-    rows = gpu_check.triton_timing(torch.device("cpu"), shapes=((2, 20),), tiles=((16, 16, 1), (8, 16, 1)), repeats=1)
+    tiles = ((16, 16, 1), (8, 16, 1))
+    rows = gpu_measures.triton_timing(torch.device("cpu"), shapes=((2, 20),), tiles=tiles, repeats=1)
     rounds = rows[0]
     errors, tiles = [row for row in rows if "error" in row], [row for row in rows if "market ms" in row]
     assert rounds["triton ms"] > 0 and rounds["triton difference from fused"] < 1e-5
@@ -346,9 +347,9 @@ def test_the_gpu_checks_triton_timing_runs_on_the_cpu():
 @needs_triton
 def test_the_gpu_checks_reduced_precision_timing_runs_on_the_cpu():
     """gpu_check's triton_precision step (bf16 products) at a tiny shape: its rows, beside bf16 SDPA."""
-    from experiments import gpu_check
+    from experiments import gpu_check, gpu_measures
 
-    rows = gpu_check.triton_timing(
+    rows = gpu_measures.triton_timing(
         torch.device("cpu"), shapes=((2, 20),), tiles=((16, 16, 1),), repeats=1, precision="bfloat16"
     )
     rounds, tiles = rows
@@ -357,7 +358,7 @@ def test_the_gpu_checks_reduced_precision_timing_runs_on_the_cpu():
     # the error of bf16 utilities against the full-precision fused round: rounded, and small
     assert 1e-6 < rounds["triton difference from fused"] < 0.05
     assert tiles["tiles"] == [16, 16, 1] and 1e-6 < tiles["difference from fused"] < 0.1
-    assert "triton_precision" in gpu_check.STEPS and "triton_precision" in gpu_check.MEASURES
+    assert "triton_precision" in gpu_check.STEPS and "triton_precision" in gpu_measures.MEASURES
 
 
 @needs_triton
