@@ -8,6 +8,10 @@ float32) and times, in interleaved repeats after a warm-up, the median of
 - one round on the fused kernel (``econspin.fused``, sampled mode ``econspin.fused_sampled``),
 - with ``kernels`` naming it, one round on the FlexAttention kernel (``econspin.flex``; expected
   mode only: compiled on CUDA, eager on a CPU, where it is a correctness twin and slow),
+- with ``kernels`` naming it, one round on the Triton kernel (``econspin.triton_blocks``;
+  expected mode only: compiled on CUDA, interpreted on a CPU, where it runs at tiny N alone),
+  and with a reduced ``utility_precision`` once more at that precision (its products on a
+  GPU's tensor cores),
 - the floor: ``torch.nn.functional.scaled_dot_product_attention`` forward on q, k, v of
   shape (B, H, N, d_k), what any attention-shaped round must at least do.
 
@@ -42,7 +46,10 @@ REFERENCE_PAIRS = {True: 2**24, False: 2**28}  # largest B N^2 the reference ker
 FUSED_PAIRS = {True: 2**28, False: 2**32}
 # the FlexAttention kernel off CUDA materialises a few (B, N, N) score tensors per pass
 FLEX_PAIRS = {"cuda": FUSED_PAIRS, "cpu": {True: 2**20, False: 2**24}}
-KERNELS = ("reference", "fused", "flex")
+# Triton's interpreter runs a program instance at a time: 0.23 s a round at N = 64 (docs/performance.md)
+TRITON_PAIRS = {"cuda": FUSED_PAIRS, "cpu": {True: 2**12, False: 2**14}}
+KERNELS = ("reference", "fused", "flex", "triton")
+OPTIONAL_KERNELS = ("flex", "triton")  # timed where ``kernels`` names them, expected mode only
 DEFAULT_KERNELS = ("reference", "fused")
 DIMENSION = 32
 
@@ -150,7 +157,10 @@ def measure(
 
     ``kernels`` names the kernels timed (:data:`KERNELS`); with ``flex`` the row also holds
     ``flex_ms``, ``flex_ratio``, ``flex_pairs_per_s`` and ``flex_difference``, how far its next
-    round lies from the fused one (None where it was not run: sampled mode, or past ``FLEX_PAIRS``).
+    round lies from the fused one (None where it was not run: sampled mode, or past ``FLEX_PAIRS``);
+    with ``triton`` the same ``triton_*`` columns (past ``TRITON_PAIRS`` not run), and with a
+    reduced ``utility_precision`` also ``triton_low_ms``, ``triton_low_pairs_per_s`` and
+    ``triton_low_difference`` (from the full-precision fused round: the reduced precision's error).
     With ``compile_mode`` (a ``run.compile`` value other than off) the fused round is also
     timed compiled (:mod:`econspin.compiled`), interleaved with the others; its first call,
     the compilation, is timed apart (``compile_s``). With ``utility_precision`` (a
@@ -164,9 +174,10 @@ def measure(
     timed_kernels = kernels
     kernels = {name: dataclasses.replace(economy, kernel=name) for name in KERNELS}
     pairs = batch * agents * agents
-    flex_pairs = FLEX_PAIRS["cuda" if device.type == "cuda" else "cpu"][quick]
+    kind = "cuda" if device.type == "cuda" else "cpu"
     run = {"reference": pairs <= REFERENCE_PAIRS[quick], "fused": pairs <= FUSED_PAIRS[quick]}
-    run["flex"] = mode == "expected" and pairs <= flex_pairs
+    run["flex"] = mode == "expected" and pairs <= FLEX_PAIRS[kind][quick]
+    run["triton"] = mode == "expected" and pairs <= TRITON_PAIRS[kind][quick]
     run = {name: run[name] and name in timed_kernels for name in KERNELS}
     q, k, v = floor_inputs(batch, economy.heads, agents, device)
     functions = {"floor": lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v)}
@@ -195,12 +206,17 @@ def measure(
         functions["low_floor"] = low_precision_floor(q, k, v, utility_precision)
         with torch.no_grad():
             low_row["low_difference"] = against_fused(step(state, low))
+    if utility_precision != "full" and run["triton"]:
+        triton_low = dataclasses.replace(kernels["triton"], utility_precision=utility_precision)
+        functions["triton_low"] = lambda: step(state, triton_low)
+        with torch.no_grad():
+            low_row["triton_low_difference"] = against_fused(step(state, triton_low))
     with torch.no_grad():
         times = timed(functions, repeats, device, clock)
         row = {"mode": mode, "agents": agents, "batch": batch, "pairs": pairs, "repeats": repeats}
         row["floor_ms"] = times["floor"] * 1e3
-        for name in ("reference", "fused", "flex"):
-            if name == "flex" and "flex" not in timed_kernels:
+        for name in KERNELS:
+            if name in OPTIONAL_KERNELS and name not in timed_kernels:
                 continue  # its columns appear only where asked for
             seconds = times.get(name)
             row[f"{name}_ms"] = None if seconds is None else seconds * 1e3
@@ -209,8 +225,9 @@ def measure(
         row["speedup"] = (
             None if None in (row["reference_ms"], row["fused_ms"]) else row["reference_ms"] / row["fused_ms"]
         )
-        if "flex" in timed_kernels:
-            row["flex_difference"] = None if "flex" not in times else against_fused(step(state, kernels["flex"]))
+        for name in OPTIONAL_KERNELS:
+            if name in timed_kernels:
+                row[f"{name}_difference"] = None if name not in times else against_fused(step(state, kernels[name]))
         if "compiled" in times:
             compiled_row["compiled_ms"] = times["compiled"] * 1e3
             compiled_row["compiled_ratio"] = times["compiled"] / times["floor"]
@@ -221,6 +238,9 @@ def measure(
             low_row["low_ratio"] = times["low"] / times["floor"]
             low_row["low_speedup"] = times["fused"] / times["low"]
             low_row["low_pairs_per_s"] = pairs / times["low"]
+        if "triton_low" in times:
+            low_row["triton_low_ms"] = times["triton_low"] * 1e3
+            low_row["triton_low_pairs_per_s"] = pairs / times["triton_low"]
         row.update(low_row)
         row["compared"] = run["reference"] and run["fused"]
         row["state_difference"] = row["money_difference"] = None
@@ -345,11 +365,18 @@ def bench_table(result: dict):
             ("SDPA low ms", "low_floor_ms", ".3g"),
             ("low diff", "low_difference", ".1e"),
         ]
-    if "flex" in result.get("kernels", ()):  # the FlexAttention kernel beside the fused one
+    for name in OPTIONAL_KERNELS:  # the FlexAttention and Triton kernels beside the fused one
+        if name in result.get("kernels", ()):
+            extra_columns += [
+                (f"{name} ms", f"{name}_ms", ".3g"),
+                (f"{name}/SDPA", f"{name}_ratio", ".2f"),
+                (f"{name} diff", f"{name}_difference", ".1e"),
+            ]
+    if "triton" in result.get("kernels", ()) and result.get("utility_precision", "full") != "full":
         extra_columns += [
-            ("flex ms", "flex_ms", ".3g"),
-            ("flex/SDPA", "flex_ratio", ".2f"),
-            ("flex diff", "flex_difference", ".1e"),
+            ("triton low ms", "triton_low_ms", ".3g"),
+            ("triton low pairs/s", "triton_low_pairs_per_s", ".2e"),
+            ("triton low diff", "triton_low_difference", ".1e"),
         ]
     for column in (*headers, *(header for header, _, _ in extra_columns)):
         table.add_column(column, justify="right")

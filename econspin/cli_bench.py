@@ -19,6 +19,7 @@ from econspin.economy import resolve_device
 from econspin.output import check_writable, write_json
 from econspin.precision import UTILITY_PRECISIONS, precision_conflict
 from econspin.scenario import ScenarioError
+from econspin.triton_blocks import triton_missing
 
 
 @app.command()
@@ -47,7 +48,10 @@ def bench(
     ] = "full",
     kernels: Annotated[
         str,
-        typer.Option(help="Comma-separated kernels to time: reference, fused, flex (FlexAttention; slow on a CPU)."),
+        typer.Option(
+            help="Comma-separated kernels to time: reference, fused, flex (FlexAttention; slow on a CPU), triton "
+            "(for a GPU; a CPU's interpreter runs it at tiny N alone; with --utilities also at that precision)."
+        ),
     ] = "reference,fused",
 ):
     """Time one round of the reference and fused kernels against the attention floor (SDPA), and the baselines."""
@@ -83,6 +87,8 @@ def bench(
         chosen_kernels = tuple(kernels.split(","))
         if not set(chosen_kernels) <= set(KERNELS) or len(set(chosen_kernels)) != len(chosen_kernels):
             raise ScenarioError(f"--kernels {kernels!r}: give some of {', '.join(KERNELS)}, comma-separated")
+        if "triton" in chosen_kernels and triton_missing():
+            raise ScenarioError(triton_missing().replace("run.kernel: triton", "--kernels triton"))
         if json_file is not None:
             check_writable(json_file, "--json", folder=False)
         try:
@@ -108,8 +114,11 @@ def bench(
         )
     except (ScenarioError, CompilerMissing) as error:
         fail(str(error))
-    # 5 more columns for --compile and for --utilities, 3 for flex
-    width = 120 + 50 * (compile_mode != "off") + 50 * (utilities != "full") + 30 * ("flex" in chosen_kernels)
+    # 5 more columns for --compile and for --utilities, 3 for flex and for triton, 3 more for triton's --utilities
+    optional = sum(name in chosen_kernels for name in ("flex", "triton")) + ("triton" in chosen_kernels) * (
+        utilities != "full"
+    )
+    width = 120 + 50 * (compile_mode != "off") + 50 * (utilities != "full") + 45 * optional
     wide = Console(width=max(width, Console().width))
     for table in (bench_table(result), *baseline_tables(result)):
         wide.print(table)

@@ -1,6 +1,8 @@
 """`econspin bench`: the structure of its table and JSON, never its timings."""
 
+import importlib.util
 import json
+import sys
 import types
 
 import pytest
@@ -85,6 +87,34 @@ def test_bench_times_the_flex_kernel_when_asked(tmp_path):
     assert expected["reference_ms"] is None and expected["fused_ms"] > 0 and expected["flex_ms"] > 0
     assert expected["flex_difference"] < 1e-5
     assert sampled["flex_ms"] is None and sampled["flex_difference"] is None
+
+
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="needs the triton package")
+def test_bench_times_the_triton_kernel_and_its_bf16_products_when_asked(tmp_path):
+    """The Triton kernel beside the fused one (interpreted on a CPU, at tiny N alone), and at --utilities bfloat16."""
+    out = tmp_path / "bench.json"
+    arguments = ["bench", "--sizes", "32,256", "--batches", "1", "--repeats", "1", "--json", str(out)]
+    arguments += ["--threads", "1", "--baselines", "none", "--kernels", "fused,triton", "--utilities", "bfloat16"]
+    result = runner.invoke(app, arguments)
+    assert result.exit_code == 0, result.output
+    assert "triton/SDPA" in result.output and "triton low ms" in result.output
+    saved = json.loads(out.read_text())
+    assert saved["kernels"] == ["fused", "triton"]
+    small, large = saved["rows"]
+    triton_fields = {"triton_ms", "triton_ratio", "triton_pairs_per_s", "triton_difference"}
+    low_fields = {"low_ms", "low_floor_ms", "low_ratio", "low_speedup", "low_pairs_per_s", "low_difference"}
+    triton_low = {"triton_low_ms", "triton_low_pairs_per_s", "triton_low_difference"}
+    assert set(small) == ROW_FIELDS | triton_fields | low_fields | triton_low
+    assert small["triton_ms"] > 0 and small["triton_difference"] < 1e-5
+    assert small["triton_low_ms"] > 0 and 1e-6 < small["triton_low_difference"] < 0.1  # bf16: rounded, and close
+    assert large["triton_ms"] is None and "triton_low_ms" not in large  # N = 256 is past the interpreter's size
+
+
+def test_bench_refuses_the_triton_kernel_without_triton(monkeypatch):
+    monkeypatch.setitem(sys.modules, "triton", None)  # importlib then finds no triton
+    result = runner.invoke(app, ["bench", "--kernels", "fused,triton", "--quick"])
+    assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1, result.output
+    assert "--kernels triton needs the triton package" in result.output
 
 
 @pytest.mark.slow
