@@ -12,6 +12,7 @@ import math
 import os
 import sys
 
+import pandas as pd
 import pytest
 import torch
 from fused_cases import (
@@ -314,6 +315,22 @@ def test_the_registered_operator_returns_fresh_outputs_of_the_right_shapes(preci
 @needs_triton
 def test_a_triton_scenario_runs_from_the_command_line_as_the_fused_one(tmp_path):
     check_command_line_equals_fused("triton", tmp_path, steps=4)
+
+
+@needs_triton
+def test_a_triton_scenario_with_bf16_utilities_runs_from_the_command_line(tmp_path):
+    """run.utility_precision: bfloat16 on run.kernel: triton runs from a scenario file, near the fused run."""
+    tables = {}
+    for name in ("fused", "triton"):
+        text = scenario_text(name, steps=4).replace("dtype: float64", "dtype: float32, utility_precision: bfloat16")
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(text)
+        result = runner.invoke(app, ["run", str(path), "--out", str(tmp_path / name), "--quiet"])
+        assert result.exit_code == 0, result.output
+        tables[name] = pd.read_parquet(tmp_path / name / "metrics.parquet")
+    assert tables["fused"].columns.tolist() == tables["triton"].columns.tolist()
+    difference = float((tables["fused"] - tables["triton"]).abs().max().max())
+    assert difference < 1e-3, difference  # the same bf16 round, its sums in another order
 
 
 def test_without_triton_the_kernel_is_refused_in_one_line(tmp_path, monkeypatch):
