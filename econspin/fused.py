@@ -376,10 +376,11 @@ def expected_blocks(
     low = terms.left.dtype if terms.left.dtype != dtype else None  # bf16 utilities: the received product too
     delivered = terms.delivered if low is None else terms.delivered.to(low)
     compiled_pass = block_pass.compiles(terms.delivered)  # the block's passes as one compiled kernel (a GPU's)
+    limits = exp2_limits(dtype)
     for g, r, scores, weights in row_blocks(terms, economy, rows, weighed=not compiled_pass):
         if compiled_pass:
             kept = (terms.shifted_max[g, r], terms.total[g, r], norm[g, r], terms.dot[g, r], moments[g, r, d:])
-            block_pass.weigh_and_sum(scores, weights, terms.tie_width[g, r], moment_rows[g], *exp2_limits(dtype), kept)
+            block_pass.weigh_and_sum(scores, weights, terms.tie_width[g, r], moment_rows[g], *limits, kept)
         else:
             torch.sum(weights, -1, out=terms.total[g, r])
             torch.linalg.vector_norm(weights, dim=-1, out=norm[g, r])

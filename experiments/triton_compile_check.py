@@ -18,6 +18,10 @@ import collections
 import re
 import time
 
+import torch
+
+from econspin.fused import exp2_limits
+from econspin.triton_blocks import PRODUCT_PRECISIONS
 from econspin.triton_kernels import programs
 
 H100_SHARED_MEMORY = 232448  # bytes of shared memory one program may use on sm_90 (227 KiB)
@@ -36,15 +40,14 @@ POINTER_ARGUMENTS = {
 }
 LOW_OPERANDS = {"left", "right", "delivered"}  # bf16 with run.utility_precision: bfloat16
 PROGRAMS = ("row_max_program", "row_sums_program", "revenue_program")
-LIMITS = {"fp32": (2.0**120, -126.0), "fp64": (2.0**1016, -1022.0)}  # BIG and the exp2 floor (econspin.fused)
-# each case: the working dtype, the products' operands' dtype, the programs' UTILITIES and RECEIVED
-# (econspin.triton_blocks.PRODUCT_PRECISIONS): full precision in fp32 and fp64, then run.utility_precision's two
+# each case: the working dtype, the products' operands' dtype (Triton's names) and run.utility_precision
 CASES = {
-    "fp32": ("fp32", "fp32", "ieee", "ieee"),
-    "fp64": ("fp64", "fp64", "ieee", "ieee"),
-    "bf16": ("fp32", "bf16", "bf16", "bf16"),
-    "tf32": ("fp32", "fp32", "tf32", "ieee"),
+    "fp32": ("fp32", "fp32", "full"),
+    "fp64": ("fp64", "fp64", "full"),
+    "bf16": ("fp32", "bf16", "bfloat16"),
+    "tf32": ("fp32", "fp32", "tf32"),
 }
+WORKING_DTYPES = {"fp32": torch.float32, "fp64": torch.float64}
 # Hopper's warp-group and the older warp-level matrix instructions: the tensor cores
 TENSOR_CORE_INSTRUCTION = re.compile(r"\b(?:wgmma\.mma_async|mma\.sync)[\w.]*")
 
@@ -54,8 +57,9 @@ def program_constants(case: str, network: int, rows: int, columns: int, keys: in
 
     ``keys`` and ``values``: the padded widths of the two products (d_k = 32 and d = 32).
     """
-    working, _, utilities, received = CASES[case]
-    big, floor = LIMITS[working]
+    working, _, precision = CASES[case]
+    big, floor = exp2_limits(WORKING_DTYPES[working])
+    utilities, received = PRODUCT_PRECISIONS[precision]  # what econspin.triton_blocks launches the programs with
     return dict(KEYS_PADDED=keys, VALUES_PADDED=values, NETWORK=network, BIG=big, BLOCK_ROWS=rows,
                 BLOCK_COLUMNS=columns, FLOOR=floor, THRESHOLD=2.0 ** (floor + 1), UTILITIES=utilities,
                 RECEIVED=received)  # fmt: skip
@@ -67,7 +71,7 @@ def compiled_for_sm90(program, case: str, constants: dict, warps: int):
     from triton.compiler import ASTSource
     from triton.compiler import compile as triton_compile
 
-    dtype, low, _, _ = CASES[case]
+    dtype, low, _ = CASES[case]
     signature = {}
     for name in program.arg_names:
         if name in constants:

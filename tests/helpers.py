@@ -9,9 +9,12 @@ from econspin import Scenario
 from econspin.compiled import missing_compiler
 from econspin.randomness import dynamics_keys
 from econspin.simulate import Rollout
+from econspin.triton_blocks import triton_missing
 
 MISSING_COMPILER = missing_compiler(torch.device("cpu"))  # why torch.compile cannot build CPU kernels here, or None
 needs_compiler = pytest.mark.skipif(MISSING_COMPILER is not None, reason=MISSING_COMPILER or "")
+# run.kernel: triton's programs, interpreted on a CPU (econspin.triton_blocks.triton_missing says why not)
+needs_triton = pytest.mark.skipif(triton_missing() is not None, reason="needs the triton package")
 
 
 def scenario(**market) -> Scenario:

@@ -1,12 +1,12 @@
 """`econspin bench`: the structure of its table and JSON, never its timings."""
 
-import importlib.util
 import json
 import sys
 import types
 
 import pytest
 import torch
+from helpers import needs_triton
 from typer.testing import CliRunner
 
 from econspin.bench import SIZES
@@ -89,7 +89,7 @@ def test_bench_times_the_flex_kernel_when_asked(tmp_path):
     assert sampled["flex_ms"] is None and sampled["flex_difference"] is None
 
 
-@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="needs the triton package")
+@needs_triton
 def test_bench_times_the_triton_kernel_and_its_bf16_products_when_asked(tmp_path):
     """The Triton kernel beside the fused one (interpreted on a CPU, at tiny N alone), and at --utilities bfloat16."""
     out = tmp_path / "bench.json"

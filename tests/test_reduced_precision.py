@@ -9,14 +9,13 @@ the 1e-5 of tests/test_fused.py.
 """
 
 import dataclasses
-import importlib.util
 import json
 import math
 
 import pytest
 import torch
 from fused_cases import economies, two_populations
-from helpers import rollout, scenario
+from helpers import needs_triton, rollout, scenario
 from hypothesis import given, settings
 from typer.testing import CliRunner
 
@@ -71,7 +70,6 @@ def triton_kernel(state, economy, **keywords):
 
 
 KERNELS = {"fused": fused_trade, "triton": triton_kernel}
-needs_triton = pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="needs the triton package")
 EITHER_KERNEL = pytest.mark.parametrize("kernel", ["fused", pytest.param("triton", marks=needs_triton)])
 
 

@@ -7,7 +7,6 @@ small. The CUDA test at the end compares the compiled programs with the fused ke
 
 import dataclasses
 import functools
-import importlib.util
 import math
 import os
 import sys
@@ -24,7 +23,7 @@ from fused_cases import (
     on_device,
     two_populations,
 )
-from helpers import rollout, scenario
+from helpers import needs_triton, rollout, scenario
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from kernel_cases import (
@@ -49,17 +48,11 @@ from econspin.round import step
 from econspin.triton_blocks import Tiles, triton_trade, uses_triton
 
 runner = CliRunner()
-needs_triton = pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="needs the triton package")
 TILES = st.sampled_from([None, Tiles(16, 16), Tiles(16, 32), Tiles(32, 16)])
 
 
 def triton_economy(economy):
     return dataclasses.replace(economy, kernel="triton")
-
-
-def triton_outcome(state, economy):
-    """The triton kernel's market step on an economy built for the fused one."""
-    return triton_trade(state, triton_economy(economy))
 
 
 def assert_money_conserved(outcome: MarketOutcome) -> None:
@@ -171,7 +164,7 @@ def test_bf16_utilities_on_the_triton_kernel_conserve_money_over_rounds():
 
 @needs_triton
 def test_zero_temperature_is_the_argmax_with_ties_split_equally():
-    check_zero_temperature_ties(triton_outcome)
+    check_zero_temperature_ties(triton_kernel)
 
 
 @needs_triton
@@ -200,19 +193,19 @@ def test_utilities_within_the_tie_width_are_ties_at_zero_temperature(dtype):
 
 @needs_triton
 def test_infinite_temperature_is_uniform_over_allowed_partners():
-    check_infinite_temperature_uniform(triton_outcome)
+    check_infinite_temperature_uniform(triton_kernel)
 
 
 @needs_triton
 @pytest.mark.parametrize("bias", [True, False])
 def test_buyers_with_nobody_to_buy_from_spend_and_receive_nothing(bias):
     """A network as the additive bias, and (a budget too small to keep the bias) as the mask itself."""
-    assert_money_conserved(check_isolated_buyers(triton_outcome, memory_budget_scale=float(bias)))
+    assert_money_conserved(check_isolated_buyers(triton_kernel, memory_budget_scale=float(bias)))
 
 
 @needs_triton
 def test_several_populations_heads_and_batch_elements_in_float32():
-    assert_money_conserved(check_several_populations_in_float32(triton_outcome))
+    assert_money_conserved(check_several_populations_in_float32(triton_kernel))
 
 
 @needs_triton
