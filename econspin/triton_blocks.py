@@ -2,8 +2,8 @@
 
 :func:`triton_blocks` computes exactly what :func:`econspin.fused.expected_blocks` computes
 (the same equations, fused.py's module doc: m_i, s_i, sum_j e_ij y_ij written into the round's
-terms; |e_i.|, e @ [u, moment columns] and float64 revenue returned) in three passes over
-tiles of buyers x sellers, flash-attention style: nothing N x N is stored, each tile's
+terms; |e_i.|, e @ [u, moment columns] and float64 revenue returned) in two passes over
+tiles of buyers x sellers (the rows', then the columns'), flash-attention style: nothing N x N is stored, each tile's
 utilities are one ``tl.dot`` in registers (econspin.triton_kernels). Everything else of the
 step (the projections, temperatures and tie widths before; the entropies, surplus, moments'
 normalisation and money's float64 rescaling after) is :func:`econspin.fused.fused_trade`'s,
@@ -15,7 +15,7 @@ H200"); here each tile is read once per pass and the elementwise work stays in r
 On CUDA tensors the programs are compiled by ``triton.jit``; on CPU tensors they run under
 Triton's interpreter (numpy, one program instance at a time: slow, for tests at small N),
 which is how the test suite checks them without a GPU. The interpreted and the compiled
-programs are built from the same function bodies (econspin.triton_kernels.programs).
+programs are built from the same function bodies (econspin.triton_programs.programs).
 
 Under ``run.compile`` a CUDA round calls the programs through the operator
 ``econspin::triton_blocks`` (``torch.library.triton_op``, torch >= 2.6), whose Triton kernels
@@ -54,11 +54,17 @@ MIN_DOT = 16  # tl.dot on CUDA: no tile side and no contraction narrower
 
 @dataclass(frozen=True)
 class Tiles:
-    """Buyers and sellers per tile (powers of two >= 16), and warps per program on CUDA."""
+    """Buyers and sellers per tile (powers of two >= 16), warps per program on CUDA, and the rows' pass.
+
+    ``one_pass``: the rows' pass finds each row's maximum as it goes, one loop over the sellers
+    where a tile of rows has no row at the T = 0 limit (econspin.triton_kernels.row_sums_program);
+    False: always two loops, the maximum first. Both give the same results up to rounding.
+    """
 
     rows: int = 64
     columns: int = 64
     warps: int = 4
+    one_pass: bool = True
 
     def __post_init__(self):
         for name in ("rows", "columns"):
@@ -124,7 +130,7 @@ def triton_blocks(terms: RoundTerms, economy: Economy, moment_rows: torch.Tensor
     utilities, received = PRODUCT_PRECISIONS[economy.utility_precision]
     delivered = terms.delivered.to(left.dtype)  # u_j, in bf16 where the received product is
     operands = (left, terms.right, network, network_kind, terms.tie_width, delivered, moment_rows, terms.share)
-    settings = (tiles.rows, tiles.columns, tiles.warps, utilities, received)
+    settings = (tiles.rows, tiles.columns, tiles.warps, utilities, received, tiles.one_pass)
     if left.is_cuda and torch.compiler.is_compiling() and REGISTERED:
         results = torch.ops.econspin.triton_blocks(*operands, *settings)
     else:
@@ -148,17 +154,19 @@ def launched_blocks(
     warps: int,
     utilities: str,
     received: str,
+    one_pass: bool,
     wrap=None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The three programs on a round's operands (econspin.fused.RoundTerms): fresh (m, s, sum e y, |e|, moments, R).
+    """The two programs on a round's operands (econspin.fused.RoundTerms): fresh (m, s, sum e y, |e|, moments, R).
 
     ``network``: the (N, N) bias (``network_kind`` 1), the trade mask as bytes (2), or anything
     (0: no network); ``delivered`` u (groups, N, d), ``moment_rows`` (groups, 2, N), ``share``
-    s_i / H; ``utilities`` and ``received``: the products' precisions (:data:`PRODUCT_PRECISIONS`).
+    s_i / H; ``utilities`` and ``received``: the products' precisions (:data:`PRODUCT_PRECISIONS`);
+    ``one_pass``: :attr:`Tiles.one_pass`.
     The moments come back as (groups, N, d + 2): [e @ u, e @ moment_rows^T]. ``wrap``: what each
     program is launched through (torch.library.wrap_triton inside the registered operator).
     """
-    from econspin.triton_kernels import programs  # triton is optional: imported where the kernel runs
+    from econspin.triton_programs import programs  # triton is optional: imported where the kernel runs
 
     kernels = programs(interpreted_kind=not left.is_cuda)
     wrap = wrap or (lambda program: program)
@@ -178,11 +186,10 @@ def launched_blocks(
     revenue = torch.empty(groups, agents, dtype=torch.float64, device=device)
     rows_grid, columns_grid = (tiles_covering(agents, rows), groups), (tiles_covering(agents, columns), groups)
 
-    wrap(kernels.row_max_program)[rows_grid](*operands, shifted_max, agents, keys, *strides, **constants, **shape)
     wrap(kernels.row_sums_program)[rows_grid](
         *operands, shifted_max, tie_width, delivered, moment_rows, total, norm, dot, moments, agents, keys,
         *strides, *delivered.stride(), *moment_rows.stride(), dimension, VALUES_PADDED=padded_width(dimension),
-        RECEIVED=received, **constants, **weights, **shape,
+        RECEIVED=received, ONE_PASS=one_pass, **constants, **weights, **shape,
     )  # fmt: skip
     # total >= 1 on a row with partners (its best seller weighs exactly 1), 0 on an empty row
     per_unit = (share / total.clamp(min=1.0)).contiguous()
@@ -217,10 +224,11 @@ if REGISTERED:
         warps: int,
         utilities: str,
         received: str,
+        one_pass: bool,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """:func:`launched_blocks` with each program launched through torch.library.wrap_triton."""
         operands = (left, right, network, network_kind, tie_width, delivered, moment_rows, share)
-        settings = (rows, columns, warps, utilities, received)
+        settings = (rows, columns, warps, utilities, received, one_pass)
         return launched_blocks(*operands, *settings, wrap=torch.library.wrap_triton)
 
 

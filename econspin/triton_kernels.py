@@ -9,13 +9,15 @@ seller j the tile's scores are exactly those of :func:`econspin.fused.row_blocks
     S_ij = -BIG on the diagonal, outside the N x N range, and (bias) where the network has no edge,
     y_ij = clamp(S_ij - (m_i - t_i), FLOOR, 0),   e_ij = 2^(y_ij), set to 0 at or below 2^(FLOOR + 1),
 
-three passes, since e_ij needs the row maximum m_i first and revenue needs each row's s_i:
+two programs, since revenue needs each row's s_i before its weights are summed down the columns:
 
-1. :func:`row_max_program` (grid: row tiles x groups): m_i = max_j S_ij, 0 where no seller is
-   allowed (the maximum is then about -BIG).
-2. :func:`row_sums_program` (same grid): s_i = sum_j e_ij, |e_i.|, sum_j e_ij y_ij, (e @ u)_i
-   (d columns, a tl.dot) and sum_j e_ij [|u_j|^2, c_j |W_V W_O|^2] (two sums of products).
-3. :func:`revenue_program` (grid: seller tiles x groups): R_j = sum_i e_ij p_i, p_i = (s_i / H) /
+1. :func:`row_sums_program` (grid: row tiles x groups): m_i = max_j S_ij (0 where no seller is
+   allowed: the maximum is then about -BIG), s_i = sum_j e_ij, |e_i.|, sum_j e_ij y_ij, (e @ u)_i
+   (d columns, a tl.dot) and sum_j e_ij [|u_j|^2, c_j |W_V W_O|^2] (two sums of products). A
+   tile of rows with no row at the T = 0 limit finds m_i as it goes, rescaling its sums (one
+   loop over the sellers, as flash attention's online softmax); one with such a row finds m_i
+   first (two loops): its ties are measured from the final maximum.
+2. :func:`revenue_program` (grid: seller tiles x groups): R_j = sum_i e_ij p_i, p_i = (s_i / H) /
    max(s_i, 1), each tile's sum added into a float64 accumulator: deterministic, no atomics.
 
 At full precision every tl.dot runs with ``input_precision="ieee"``: TF32 (Triton's float32
@@ -27,22 +29,14 @@ RECEIVED; econspin.precision) asks for the scores' product on the tensor cores i
 operands with float32 sums, the tile rounded to bf16 as torch's bf16 product rounds it, and
 the received product e @ u on bf16 too; or TF32 for the scores' product alone.
 
-The bodies below are plain functions: :func:`programs` decorates copies of them, in a
-namespace of their own, either with ``triton.jit`` (CUDA) or with Triton's interpreter (CPU
-tensors, through numpy), so that one process runs both without the TRITON_INTERPRET setting;
-each interpreted launch leaves ``triton.language`` as it found it (:func:`language_kept`), so
-that compiled programs traced later in the process see the library's own functions.
+The bodies below are plain functions: :func:`econspin.triton_programs.programs` decorates
+copies of them (:data:`HELPERS` and :data:`PROGRAMS`), either with ``triton.jit`` (CUDA) or
+with Triton's interpreter (CPU tensors, through numpy), so that one process runs both.
 """
 
 from __future__ import annotations
 
-import contextlib
-import functools
-import types
-
-import triton
 import triton.language as tl
-from triton.runtime.interpreter import InterpretedFunction
 
 
 def tile_scores(
@@ -150,17 +144,16 @@ def weight_tile(scores, shift, FLOOR: tl.constexpr, THRESHOLD: tl.constexpr):
     return shifted, tl.where(weights > THRESHOLD, weights, 0.0)
 
 
-def row_max_program(
+def row_maximum(
+    best,
     left,
     right,
     network,
-    shifted_max,
+    row_start,
     agents,
     keys,
-    left_group_stride,
     left_row_stride,
     left_key_stride,
-    right_group_stride,
     right_key_stride,
     right_column_stride,
     KEYS_PADDED: tl.constexpr,
@@ -170,12 +163,10 @@ def row_max_program(
     BLOCK_COLUMNS: tl.constexpr,
     UTILITIES: tl.constexpr,
 ):
-    """Pass 1: m_i = max_j S_ij, or 0 on a row with no allowed seller; ``shifted_max`` is (groups, N) contiguous."""
-    row_start = tl.program_id(0) * BLOCK_ROWS
-    group = tl.program_id(1).to(tl.int64)
-    left += group * left_group_stride
-    right += group * right_group_stride
-    best = tl.full([BLOCK_ROWS], -float("inf"), shifted_max.dtype.element_ty)
+    """m_i = max_j S_ij over a tile of rows (a loop over every seller tile, from ``best``, -BIG in the working dtype).
+
+    0 on a row with no allowed seller.
+    """
     for column_start in range(0, agents, BLOCK_COLUMNS):
         scores = tile_scores(
             left, right, network, row_start, column_start, agents, keys,
@@ -185,9 +176,12 @@ def row_max_program(
         best = tl.maximum(best, max_over(scores, 1))
     if UTILITIES == "bf16":  # the maximum of the rounded scores (score_tile's ROUNDED)
         best = bf16_rounded(best)
-    rows = row_start + tl.arange(0, BLOCK_ROWS)
-    best = tl.where(best > -0.5 * BIG, best, 0.0)
-    tl.store(shifted_max + group * agents + rows, best, mask=rows < agents)
+    return empty_rows_shifted_by_zero(best, BIG)
+
+
+def empty_rows_shifted_by_zero(best, BIG: tl.constexpr):
+    """The rows' shifts from their maxima: a row with no allowed seller (maximum about -BIG) is shifted by 0."""
+    return tl.where(best > -0.5 * BIG, best, 0.0)
 
 
 def row_sums_program(
@@ -227,15 +221,23 @@ def row_sums_program(
     BLOCK_COLUMNS: tl.constexpr,
     UTILITIES: tl.constexpr,
     RECEIVED: tl.constexpr,
+    ONE_PASS: tl.constexpr,
 ):
-    """Pass 2: s_i, |e_i.|, sum_j e_ij y_ij into (groups, N) outputs; (groups, N, d + 2) ``moments``.
+    """The rows' pass: m_i, s_i, |e_i.|, sum_j e_ij y_ij into (groups, N) outputs; (groups, N, d + 2) ``moments``.
 
     moments_i = [(e @ u)_i, sum_j e_ij mu_1j, sum_j e_ij mu_2j], with u = ``delivered`` (groups,
-    N, d) and mu = ``moment_rows`` (groups, 2, N) = [|u_j|^2, c_j |W_V W_O|^2]. e @ u is a tl.dot
-    of d columns (padded to VALUES_PADDED) in RECEIVED's precision: "bf16" (e rounded to the bf16
-    of u, float32 sums rounded once at the end, as econspin.precision.received_product) or
-    "ieee". The two moment columns are sums of products in the working precision: inside the dot
-    they would pad d = 32 to 64 columns, and with bf16 values they would be rounded.
+    N, d) and mu = ``moment_rows`` (groups, 2, N) = [|u_j|^2, c_j |W_V W_O|^2] (:func:`tile_sums`).
+
+    ONE_PASS: a tile of rows none of which is at the T = 0 limit (every tie width t_i = 0) takes
+    one loop over the sellers, as flash attention does: each seller tile is weighed against the
+    rows' maximum so far, and when a later tile raises it by delta_i = m'_i - m_i, the sums so
+    far are scaled by 2^(-delta_i) (|e| squared by 2^(-2 delta_i)), and sum_j e_ij y_ij becomes
+    2^(-delta_i) (sum_j e_ij y_ij - delta_i s_i), since every y_ij drops by delta_i. At T = inf
+    the scores of a row lie within 2^-(p+5) of each other, where 2^(-delta) rounds to exactly 1:
+    the weights stay exactly 1. A tile with a row at the limit (t_i > 0: ties within t_i of the
+    final maximum, which no scaling reproduces) takes two loops, the maximum first (:func:`row_maximum`);
+    so does every tile without ONE_PASS. The branch is one per tile of rows, on data, in the
+    program: nothing waits on the host.
     """
     row_start = tl.program_id(0) * BLOCK_ROWS
     group = tl.program_id(1).to(tl.int64)
@@ -245,46 +247,55 @@ def row_sums_program(
     moment_rows += group * moment_group_stride
     rows = row_start + tl.arange(0, BLOCK_ROWS)
     row_in = rows < agents
-    shift = tl.load(shifted_max + group * agents + rows, mask=row_in, other=0.0)
-    shift -= tl.load(tie_width + group * agents + rows, mask=row_in, other=0.0)
-    sums = tl.full([BLOCK_ROWS], 0.0, shift.dtype)
-    squares = tl.full([BLOCK_ROWS], 0.0, shift.dtype)
-    products = tl.full([BLOCK_ROWS], 0.0, shift.dtype)
-    firsts = tl.full([BLOCK_ROWS], 0.0, shift.dtype)
-    seconds = tl.full([BLOCK_ROWS], 0.0, shift.dtype)
-    received = tl.full([BLOCK_ROWS, VALUES_PADDED], 0.0, shift.dtype)
-    columns = tl.arange(0, VALUES_PADDED)
+    ties = tl.load(tie_width + group * agents + rows, mask=row_in, other=0.0)
+    sums = tl.full([BLOCK_ROWS], 0.0, ties.dtype)
+    squares = tl.full([BLOCK_ROWS], 0.0, ties.dtype)
+    products = tl.full([BLOCK_ROWS], 0.0, ties.dtype)
+    firsts = tl.full([BLOCK_ROWS], 0.0, ties.dtype)
+    seconds = tl.full([BLOCK_ROWS], 0.0, ties.dtype)
+    received = tl.full([BLOCK_ROWS, VALUES_PADDED], 0.0, ties.dtype)
+    best = tl.full([BLOCK_ROWS], -BIG, ties.dtype)  # the rows' maximum so far (ONE_PASS)
+    one_pass = (max_over(ties, 0) == 0) & ONE_PASS
+    if one_pass:
+        shift = empty_rows_shifted_by_zero(best, BIG)  # raised tile by tile below
+    else:
+        shift = row_maximum(
+            best, left, right, network, row_start, agents, keys,
+            left_row_stride, left_key_stride, right_key_stride, right_column_stride,
+            KEYS_PADDED, NETWORK, BIG, BLOCK_ROWS, BLOCK_COLUMNS, UTILITIES,
+        )  # fmt: skip
     for column_start in range(0, agents, BLOCK_COLUMNS):
         scores = tile_scores(
             left, right, network, row_start, column_start, agents, keys,
             left_row_stride, left_key_stride, right_key_stride, right_column_stride,
             KEYS_PADDED, NETWORK, BIG, BLOCK_ROWS, BLOCK_COLUMNS, UTILITIES, True,
         )  # fmt: skip
-        shifted, weights = weight_tile(scores, shift, FLOOR, THRESHOLD)
-        sums += sum_over(weights, 1)
-        squares += sum_over(weights * weights, 1)
-        products += sum_over(shifted * weights, 1)
-        sellers = column_start + tl.arange(0, BLOCK_COLUMNS)
-        seller_in = sellers < agents
-        first = tl.load(moment_rows + sellers * moment_column_stride, mask=seller_in, other=0.0)
-        second = tl.load(moment_rows + moment_kind_stride + sellers * moment_column_stride, mask=seller_in, other=0.0)
-        firsts += sum_over(weights * first[None, :], 1)
-        seconds += sum_over(weights * second[None, :], 1)
-        values = tl.load(
-            delivered + sellers[:, None] * delivered_row_stride + columns[None, :] * delivered_column_stride,
-            mask=seller_in[:, None] & (columns[None, :] < dimension),
-            other=0.0,
-        )
-        if RECEIVED == "bf16":  # e_ij rounded to bf16 as torch rounds it (the cast then exact on either kind)
-            received += product(bf16_rounded(weights).to(tl.bfloat16), values, RECEIVED)
-        else:
-            received += product(weights, values, RECEIVED)
+        if one_pass:  # the same branch for every tile of the loop
+            best = tl.maximum(best, max_over(scores, 1))
+            raised = empty_rows_shifted_by_zero(best, BIG)
+            # a row's first allowed seller may lower its shift from 0: its sums are 0 then, any finite scale does
+            delta = raised - shift
+            scale = tl.exp2(tl.minimum(-delta, 0.0))
+            products = scale * (products - delta * sums)
+            sums *= scale
+            squares *= scale * scale
+            firsts *= scale
+            seconds *= scale
+            received *= scale[:, None]
+            shift = raised
+        sums, squares, products, firsts, seconds, received = tile_sums(
+            sums, squares, products, firsts, seconds, received, scores, shift - ties, delivered, moment_rows,
+            column_start, agents, delivered_row_stride, delivered_column_stride, moment_kind_stride,
+            moment_column_stride, dimension, VALUES_PADDED, FLOOR, THRESHOLD, BLOCK_COLUMNS, RECEIVED,
+        )  # fmt: skip
     if RECEIVED == "bf16":
         received = bf16_rounded(received)
+    tl.store(shifted_max + group * agents + rows, shift, mask=row_in)
     tl.store(total + group * agents + rows, sums, mask=row_in)
     tl.store(norm + group * agents + rows, tl.sqrt(squares), mask=row_in)
     tl.store(dot + group * agents + rows, products, mask=row_in)
     row_moments = moments + (group * agents + rows) * (dimension + 2)
+    columns = tl.arange(0, VALUES_PADDED)
     tl.store(
         row_moments[:, None] + columns[None, :],
         received,
@@ -292,6 +303,61 @@ def row_sums_program(
     )
     tl.store(row_moments + dimension, firsts, mask=row_in)
     tl.store(row_moments + dimension + 1, seconds, mask=row_in)
+
+
+def tile_sums(
+    sums,
+    squares,
+    products,
+    firsts,
+    seconds,
+    received,
+    scores,
+    shift,
+    delivered,
+    moment_rows,
+    column_start,
+    agents,
+    delivered_row_stride,
+    delivered_column_stride,
+    moment_kind_stride,
+    moment_column_stride,
+    dimension,
+    VALUES_PADDED: tl.constexpr,
+    FLOOR: tl.constexpr,
+    THRESHOLD: tl.constexpr,
+    BLOCK_COLUMNS: tl.constexpr,
+    RECEIVED: tl.constexpr,
+):
+    """The row sums with one more seller tile's weights e_ij = 2^(y_ij), y_ij = min(S_ij - ``shift``_i, 0).
+
+    e @ u is a tl.dot of d columns (padded to VALUES_PADDED) in RECEIVED's precision: "bf16" (e
+    rounded to the bf16 of u, float32 sums, rounded once at the end by the caller, as
+    econspin.precision.received_product) or "ieee". The two moment columns are sums of products in
+    the working precision: inside the dot they would pad d = 32 to 64 columns, and with bf16
+    values they would be rounded.
+    """
+    shifted, weights = weight_tile(scores, shift, FLOOR, THRESHOLD)
+    sums += sum_over(weights, 1)
+    squares += sum_over(weights * weights, 1)
+    products += sum_over(shifted * weights, 1)
+    sellers = column_start + tl.arange(0, BLOCK_COLUMNS)
+    seller_in = sellers < agents
+    first = tl.load(moment_rows + sellers * moment_column_stride, mask=seller_in, other=0.0)
+    second = tl.load(moment_rows + moment_kind_stride + sellers * moment_column_stride, mask=seller_in, other=0.0)
+    firsts += sum_over(weights * first[None, :], 1)
+    seconds += sum_over(weights * second[None, :], 1)
+    columns = tl.arange(0, VALUES_PADDED)
+    values = tl.load(
+        delivered + sellers[:, None] * delivered_row_stride + columns[None, :] * delivered_column_stride,
+        mask=seller_in[:, None] & (columns[None, :] < dimension),
+        other=0.0,
+    )
+    if RECEIVED == "bf16":  # e_ij rounded to bf16 as torch rounds it (the cast then exact on either kind)
+        received += product(bf16_rounded(weights).to(tl.bfloat16), values, RECEIVED)
+    else:
+        received += product(weights, values, RECEIVED)
+    return sums, squares, products, firsts, seconds, received
 
 
 def revenue_program(
@@ -319,7 +385,7 @@ def revenue_program(
     BLOCK_COLUMNS: tl.constexpr,
     UTILITIES: tl.constexpr,
 ):
-    """Pass 3: R_j = sum_i e_ij p_i over every buyer tile, into float64 ``revenue`` (groups, N)."""
+    """The columns' pass: R_j = sum_i e_ij p_i over every buyer tile, into float64 ``revenue`` (groups, N)."""
     column_start = tl.program_id(0) * BLOCK_COLUMNS
     group = tl.program_id(1).to(tl.int64)
     left += group * left_group_stride
@@ -388,93 +454,20 @@ def max_over(values, axis):
     return tl.max(values, axis)
 
 
-HELPERS = ("tile_scores", "score_tile", "weight_tile", "bf16_rounded", "sum_over", "max_over", "product")
-PROGRAMS = ("row_max_program", "row_sums_program", "revenue_program")
+HELPERS = (
+    "tile_scores",
+    "score_tile",
+    "weight_tile",
+    "row_maximum",
+    "empty_rows_shifted_by_zero",
+    "tile_sums",
+    "bf16_rounded",
+    "sum_over",
+    "max_over",
+    "product",
+)
+PROGRAMS = ("row_sums_program", "revenue_program")
 # what an interpreted program calls instead of a helper: for the reductions, the library functions'
 # bodies (the interpreter cannot call them from an interpreted program: they are triton.jit
 # functions); for the product, the body that widens bf16 operands
 INTERPRETED_BODIES = {"sum_over": tl.sum.fn, "max_over": tl.max.fn, "product": widened_product}
-
-
-def function_copy(function: types.FunctionType, namespace: dict) -> types.FunctionType:
-    """``function`` with ``namespace`` as its globals (the same code, defaults and annotations)."""
-    copy = types.FunctionType(function.__code__, namespace, function.__name__, function.__defaults__)
-    copy.__kwdefaults__, copy.__annotations__ = function.__kwdefaults__, function.__annotations__
-    copy.__qualname__, copy.__doc__ = function.__qualname__, function.__doc__
-    return copy
-
-
-def interpreted(function: types.FunctionType) -> InterpretedFunction:
-    """``function`` (a plain body) for Triton's interpreter, run in a copy of its own module's namespace.
-
-    The interpreter cannot call a ``triton.jit`` function from an interpreted one, and writes
-    its own names into the namespace it runs a body in: a copy keeps the library's module as it was.
-    """
-    return InterpretedFunction(function_copy(function, dict(function.__globals__)))
-
-
-def language_holders() -> list:
-    """triton.language's modules and classes: where the interpreter patches its own functions in."""
-    modules = [tl, tl.core, tl.math, tl.standard]
-    classes = {value for module in modules for value in vars(module).values() if isinstance(value, type)}
-    return modules + sorted((cls for cls in classes if cls.__module__.startswith("triton.")), key=str)
-
-
-@contextlib.contextmanager
-def language_kept():
-    """Inside: whatever the interpreter does to triton.language; after: triton.language as it was before.
-
-    A program run by the interpreter patches the language's functions for its run and restores
-    them, but a function it calls from the program (``score_tile``, the library's ``tl.sum``)
-    patches them again and leaves those patches behind (triton 3.9: ``tl.core.load``, ``full``
-    and 60 more stayed lambdas). A compiled program traced after that in the same process
-    fails on them ("Unsupported function referenced"): so each interpreted launch restores them.
-    """
-    saved = [(holder, dict(vars(holder))) for holder in language_holders()]
-    try:
-        yield
-    finally:
-        for holder, before in saved:
-            now = dict(vars(holder))
-            for name in now.keys() - before.keys():
-                if not isinstance(now[name], types.ModuleType):  # a submodule imported meanwhile stays
-                    delattr(holder, name)
-            for name, value in before.items():
-                if now.get(name, before) is not value:
-                    setattr(holder, name, value)
-
-
-class InterpretedProgram:
-    """An interpreted program whose launches (``program[grid](...)``) leave triton.language as they found it."""
-
-    def __init__(self, program: InterpretedFunction):
-        self.program = program
-
-    def __getitem__(self, grid):
-        def launch(*arguments, **keywords):
-            with language_kept():
-                return self.program[grid](*arguments, **keywords)
-
-        return launch
-
-
-@functools.cache
-def programs(interpreted_kind: bool) -> types.SimpleNamespace:
-    """The three programs, compiled by ``triton.jit`` or (``interpreted_kind``) run by Triton's interpreter.
-
-    Copies of the functions above share a namespace of their own (a copy of this module's), in
-    which each helper's name is its decorated copy; for the interpreter the names in
-    :data:`INTERPRETED_BODIES` are interpreted copies of the bodies there (the library's
-    reductions, the widening product): the programs call only functions of their own kind.
-    Built once per process and kind; neither kind reads or sets TRITON_INTERPRET.
-    """
-    namespace = dict(globals())
-    for name in (*HELPERS, *PROGRAMS):
-        if interpreted_kind and name in INTERPRETED_BODIES:
-            namespace[name] = interpreted(INTERPRETED_BODIES[name])
-            continue
-        copy = function_copy(globals()[name], namespace)
-        namespace[name] = InterpretedFunction(copy) if interpreted_kind else triton.jit(copy)
-    if interpreted_kind:
-        return types.SimpleNamespace(**{name: InterpretedProgram(namespace[name]) for name in PROGRAMS})
-    return types.SimpleNamespace(**{name: namespace[name] for name in PROGRAMS})

@@ -35,7 +35,7 @@ left.
 7. ``tf32``: the fused round with TF32 utilities at N = 16384 and 65536 (``tf32_cuda.json``).
 8. ``flex_batched``: the FlexAttention kernel at B = 64, N = 256 (``flex_batched_cuda.json``).
 9. ``triton_tests``: the Triton kernel's compiled programs against the fused kernel
-   (tests/test_triton.py's CUDA tests: hypothesis economies, and a few hundred agents in
+   (tests/test_triton_compiled.py's CUDA tests: hypothesis economies, and a few hundred agents in
    several tile sizes, with and without a network), and rounds under ``run.compile`` (default
    and reduce-overhead: the registered operator traced) against the eager ones.
 10. ``triton``: the Triton kernel (``run.kernel: triton``) beside the fused one and SDPA at
@@ -87,7 +87,7 @@ from experiments.gpu_measures import MEASURES
 
 ROOT = Path(__file__).resolve().parents[1]
 # seconds each step may take, in the order run; the rollout compiles reduce-overhead twice (both
-# modes), flex compiles five passes per shape, triton three programs per dtype, network kind and tile size
+# modes), flex compiles five passes per shape, triton two programs per dtype, network kind and tile size
 STEPS = {
     "tests": 200,
     "blocks": 60,
@@ -140,7 +140,7 @@ def step_commands(out: Path) -> dict[str, list[str]]:
         "flex_batched": bench(
             "flex_batched_cuda.json", "--sizes", "256", "--batches", "64", "--kernels", "fused,flex", "--repeats", "5"
         ),  # fmt: skip
-        "triton_tests": [*tests_command, "tests/test_triton.py", "-k", "compiled_programs"],
+        "triton_tests": [*tests_command, "tests/test_triton_compiled.py"],
         "triton": [python, "-m", "experiments.gpu_check", "--measure", "triton", "--out", str(out)],
         "triton_precision": [python, "-m", "experiments.gpu_check", "--measure", "triton_precision", "--out", str(out)],
         "million": [python, "-m", "experiments.gpu_million", "--kernels", "fused,triton",

@@ -22,11 +22,12 @@ import torch
 ROLLOUT_SHAPE = (64, 256)  # B, N: the GPU target of issue 9 (<= 5x SDPA forward)
 ROLLOUT_ROUNDS = 32
 TRITON_SHAPES = ((1, 4096), (1, 16384), (1, 65536), (64, 256))  # (B, N): issue 9's GPU targets
-# (buyers, sellers, warps) per tile: the sweep that picks econspin.triton_blocks.DEFAULT_TILES["cuda"]
-TRITON_TILES = ((64, 64, 4), (32, 64, 4), (64, 32, 4), (128, 64, 8), (64, 128, 4), (128, 128, 8))
+# (buyers, sellers, warps[, one_pass]) per tile: the sweep that picks econspin.triton_blocks.DEFAULT_TILES["cuda"];
+# one_pass False: the rows' pass in two loops, the maximum first, against the default one loop (Tiles.one_pass)
+TRITON_TILES = ((64, 64, 4), (64, 64, 4, False), (32, 64, 4), (64, 32, 4), (128, 64, 8), (64, 128, 4), (128, 128, 8))
 # the bf16 and TF32 products (run.utility_precision) against issue 9's 4e11 pairs/s: large N, and B = 64, N = 256
 TRITON_PRECISION_SHAPES = ((1, 16384), (1, 65536), (64, 256))
-TRITON_PRECISION_TILES = ((64, 64, 4), (128, 64, 4), (128, 64, 8), (64, 128, 4), (128, 128, 8))
+TRITON_PRECISION_TILES = ((64, 64, 4), (64, 64, 4, False), (128, 64, 4), (128, 64, 8), (64, 128, 4), (128, 128, 8))
 
 
 # name: (chunk_rounds, sync_free, run.compile, compiled.OPERATOR_DEVICES, changes to the economy); chunk_rounds
@@ -248,9 +249,10 @@ def triton_timing(
     Per shape: the first Triton round (its programs compiled) timed apart; the round on either
     kernel and SDPA forward, interleaved; the Triton round's next states and money against the
     fused one's. Then the market step alone (the only part that differs) per tile size of
-    ``tiles`` ((buyers, sellers, warps)) beside the fused market step, each with its largest
-    relative difference from the fused outcome over every field; a tile size that fails
-    (compilation, resources) gives a row with its error. Each row is printed as it is measured.
+    ``tiles`` ((buyers, sellers, warps[, one_pass]): econspin.triton_blocks.Tiles) beside the
+    fused market step, each with its largest relative difference from the fused outcome over
+    every field; a tile size that fails (compilation, resources) gives a row with its error.
+    Each row is printed as it is measured.
     ``precision``: the Triton kernel's run.utility_precision. The fused kernel stays at full
     precision, so that the differences are the reduced precision's error, and SDPA forward at
     that precision (bf16 operands, or TF32) is timed beside the float32 one.

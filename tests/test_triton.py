@@ -1,8 +1,8 @@
 """The Triton block pass (econspin.triton_blocks) against the reference market, the fused kernel and the oracle.
 
 On a CPU the programs run under Triton's interpreter: the same bodies a CUDA GPU compiles
-(econspin.triton_kernels.programs), one program instance at a time, so the economies here are
-small. The CUDA test at the end compares the compiled programs with the fused kernel.
+(econspin.triton_programs.programs), one program instance at a time, so the economies here are
+small. The compiled programs (for sm_90 here, and on a CUDA GPU) are tests/test_triton_compiled.py's.
 """
 
 import dataclasses
@@ -15,12 +15,10 @@ import pandas as pd
 import pytest
 import torch
 from fused_cases import (
-    FIELDS,
     TOLERANCE,
     assert_equals_oracle,
     assert_outcomes_close,
     economies,
-    on_device,
     two_populations,
 )
 from helpers import needs_triton, rollout, scenario
@@ -125,6 +123,36 @@ def test_interior_tiles_and_the_tiles_at_the_edges(agents):
             assert_outcomes_close(want, triton_trade(run.state, economy, tiles=tiles), TOLERANCE[torch.float64])
 
 
+@needs_triton
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_the_rows_pass_in_one_loop_equals_the_pass_in_two(dtype):
+    """Tiles.one_pass: each row's maximum found as the seller tiles go by, the sums so far rescaled as it rises.
+
+    Sellers' money rises with their index and visibility is high, so that the rows' best sellers lie in
+    the last tiles (checked: the last 16 sellers take most of the revenue) and most maxima rise
+    tile after tile, at T = 1, 0.05 and inf; T = 0 rows put a tile of buyers on the two loops.
+    """
+    populations = {"human": {"count": 40, "temperature": 1.0}, "ai": {"count": 40, "temperature": 0.05}}
+    run = rollout([scenario(populations=populations, heads=2, d=8, visibility=4.0)] * 2, dtype=dtype)
+    temperature = run.state.temperature.index_fill(1, torch.tensor([20, 21, 70]), math.inf)
+    money = 1.1 ** torch.arange(80, dtype=run.state.money.dtype).expand(2, 80)  # the richer, the later
+    state = run.state.replace(money=money.contiguous(), temperature=temperature)
+    state = state.replace(temperature=state.temperature.index_fill(1, torch.tensor([3, 50]), 0.0))
+    economy = triton_economy(run.economy)
+    two_loops = triton_trade(state, economy, tiles=Tiles(16, 16, one_pass=False))
+    assert float(two_loops.revenue[:, -16:].sum()) > 0.6 * float(two_loops.revenue.sum())
+    tolerance = TOLERANCE[state.states.dtype]
+    assert_outcomes_close(fused_trade(state, economy), two_loops, tolerance)
+    for tiles in (Tiles(16, 16), Tiles(32, 16), Tiles(16, 32), Tiles(64, 16)):
+        one_loop = triton_trade(state, economy, tiles=tiles)
+        assert_outcomes_close(two_loops, one_loop, tolerance)
+        assert_money_conserved(one_loop)
+        if dtype == "float64":  # T = inf: every weight exactly 1 in either pass, the entropy exactly 1
+            infinite = torch.tensor([20, 21, 70])
+            assert torch.allclose(one_loop.entropy[:, infinite], torch.ones(2, 3, dtype=torch.float64), rtol=1e-15)
+            assert torch.equal(one_loop.impact[:, infinite], two_loops.impact[:, infinite])
+
+
 def test_tiles_are_powers_of_two_of_at_least_16():
     for rows, columns in ((8, 16), (16, 24), (48, 64)):
         with pytest.raises(ValueError, match="power of two >= 16"):
@@ -192,6 +220,37 @@ def test_utilities_within_the_tie_width_are_ties_at_zero_temperature(dtype):
 
 
 @needs_triton
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_ties_within_the_tie_width_in_different_seller_tiles_stay_ties(dtype):
+    """T = 0 buyers whose best sellers lie in three seller tiles, each a unit in the last place above the one before.
+
+    The row maximum rises by less than the tie width from tile to tile, so every one of the
+    three is tied with the final maximum; a rows' pass that rescaled the earlier tiles' weights
+    (flash attention's online maximum) would give all to the last. Tiles of rows with a T = 0
+    row take the maximum first (econspin.triton_kernels.row_sums_program), in one pass or two.
+    """
+    populations = {
+        "buyers": {"count": 5, "temperature": 0.0, "sells": False, "projections": {"init": "identity", "scale": 0.5}},
+        "sellers": {"count": 40, "buys": False, "projections": {"init": "identity", "scale": 0.5}},
+    }
+    run = rollout(scenario(populations=populations, d=3, output="random"), dtype=dtype)
+    states = torch.zeros_like(run.state.states)  # the other sellers' utilities 0
+    states[0, :5] = 0.5
+    value = torch.tensor(0.7, dtype=states.dtype)
+    tied = (10, 20, 40)  # seller tiles 0, 1 and 2 of 16
+    for seller in tied:
+        states[0, seller] = value
+        value = torch.nextafter(value, torch.tensor(1.0, dtype=value.dtype))
+    state = run.state.replace(states=states)
+    for tiles in (Tiles(16, 16), Tiles(16, 16, one_pass=False)):
+        outcome = triton_trade(state, triton_economy(run.economy), tiles=tiles)
+        spent = outcome.spending[0, :5].sum()
+        revenue = outcome.revenue[0, list(tied)]
+        assert torch.allclose(revenue, (spent / 3).expand(3), rtol=1e-6 if dtype == "float32" else 1e-13)
+        assert_outcomes_close(fused_trade(state, run.economy), outcome, TOLERANCE[states.dtype])
+
+
+@needs_triton
 def test_infinite_temperature_is_uniform_over_allowed_partners():
     check_infinite_temperature_uniform(triton_kernel)
 
@@ -215,15 +274,15 @@ def test_the_programs_leave_the_environment_and_triton_as_they_were():
     The interpreter leaves patches of the functions a program calls behind unless the launch
     restores them; a compiled program traced afterwards would fail on them.
     """
-    from econspin.triton_kernels import language_holders, programs
+    from econspin.triton_programs import language_holders, programs
 
     environment = dict(os.environ)
     language = [(holder, dict(vars(holder))) for holder in language_holders()]
     run = rollout(two_populations())
     triton_trade(run.state, triton_economy(run.economy))
     compiled, interpreted = programs(False), programs(True)
-    assert type(compiled.row_max_program).__name__ == "JITFunction"
-    assert type(interpreted.row_max_program.program).__name__ == "InterpretedFunction"
+    assert type(compiled.row_sums_program).__name__ == "JITFunction"
+    assert type(interpreted.row_sums_program.program).__name__ == "InterpretedFunction"
     assert dict(os.environ) == environment
     for holder, before in language:
         now = vars(holder)
@@ -297,7 +356,7 @@ def test_the_registered_operator_returns_fresh_outputs_of_the_right_shapes(preci
             torch.empty(groups, 2, agents, device="cuda"),
         )
         arguments = (left, right, network, 1, per_row, delivered, moment_rows, per_row)
-        outputs = torch.ops.econspin.triton_blocks(*arguments, 32, 16, 4, precision, precision)
+        outputs = torch.ops.econspin.triton_blocks(*arguments, 32, 16, 4, precision, precision, True)
     shapes = [(tuple(output.shape), output.dtype, output.device.type) for output in outputs]
     assert shapes == [((groups, agents), torch.float32, "cuda")] * 4 + [
         ((groups, agents, dimension + 2), torch.float32, "cuda"),
@@ -369,118 +428,3 @@ def test_the_gpu_checks_reduced_precision_timing_runs_on_the_cpu():
     assert 1e-6 < rounds["triton difference from fused"] < 0.05
     assert tiles["tiles"] == [16, 16, 1] and 1e-6 < tiles["difference from fused"] < 0.1
     assert "triton_precision" in gpu_check.STEPS and "triton_precision" in gpu_measures.MEASURES
-
-
-@needs_triton
-@pytest.mark.parametrize("case", ["fp32", "fp64", "bf16", "tf32"])
-@pytest.mark.parametrize(
-    "network", [1, pytest.param(0, marks=pytest.mark.slow), pytest.param(2, marks=pytest.mark.slow)]
-)
-def test_the_programs_compile_for_an_h100_at_the_default_tiles(case, network):
-    """What a GPU would compile, checked here: d_k = 32 (the benchmark's), within an H100's shared memory.
-
-    run.utility_precision's products (bf16, tf32) run on the tensor cores: every program's PTX
-    has Hopper's warp-group matrix instructions on those operands; at full precision none with
-    rounded operands.
-    """
-    from econspin.triton_blocks import DEFAULT_TILES
-    from econspin.triton_kernels import programs
-    from experiments.triton_compile_check import (
-        H100_SHARED_MEMORY,
-        PROGRAMS,
-        compiled_for_sm90,
-        program_constants,
-        tensor_core_instructions,
-    )
-
-    pytest.importorskip("triton.backends.nvidia")
-    tiles, kernels = DEFAULT_TILES["cuda"], programs(False)
-    constants = program_constants(case, network, tiles.rows, tiles.columns)
-    for name in PROGRAMS:
-        compiled = compiled_for_sm90(getattr(kernels, name), case, constants, tiles.warps)
-        assert compiled.asm["cubin"] and compiled.metadata.shared <= H100_SHARED_MEMORY, (
-            name,
-            compiled.metadata.shared,
-        )
-        kinds = set(tensor_core_instructions(compiled))
-        if case in ("fp32", "fp64"):  # fp64 may take the tensor cores' exact DMMA (m8n8k4.f64)
-            assert not any(".bf16" in kind or ".tf32" in kind for kind in kinds), (name, kinds)
-        else:
-            operands = ".bf16.bf16" if case == "bf16" else ".tf32.tf32"
-            assert kinds and any(kind.endswith(operands) for kind in kinds), (name, kinds)
-            # the received product on bf16 too (m64n32: e @ u, d = 32 columns); with tf32 it stays exact
-            received = any(".m64n32k" in kind for kind in kinds)
-            assert received == (case == "bf16" and name == "row_sums_program"), (name, kinds)
-
-
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU: the compiled Triton programs")
-@given(economies())
-@settings(max_examples=30, deadline=None, derandomize=True)
-def test_the_compiled_programs_on_a_gpu_equal_the_fused_kernel(drawn):
-    """The same economies as on the CPU, compiled by triton.jit (default tiles: each size is compiled apart)."""
-    state, economy = drawn
-    outcome = triton_trade(on_device(state, "cuda"), on_device(triton_economy(economy), "cuda"))
-    moved = MarketOutcome(**{name: getattr(outcome, name).cpu() for name in FIELDS})
-    assert_outcomes_close(fused_trade(state, economy), moved, TOLERANCE[state.states.dtype])
-    assert_money_conserved(moved)
-
-
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU: the compiled Triton programs")
-@given(economies())
-@settings(max_examples=20, deadline=None, derandomize=True)
-def test_the_compiled_programs_in_bf16_on_a_gpu_keep_within_the_bound(drawn):
-    """bf16 utilities on the tensor cores (wgmma): within the bound of bf16 rounding against the CPU's float64."""
-
-    def on_the_gpu(state, economy):
-        outcome = triton_kernel(on_device(state, "cuda"), on_device(economy, "cuda"))
-        return MarketOutcome(**{name: getattr(outcome, name).cpu() for name in FIELDS})
-
-    assert_within_the_bf16_bound(drawn, on_the_gpu)
-
-
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU: the compiled Triton programs")
-@pytest.mark.parametrize("precision", ["bfloat16", "tf32"])
-def test_the_compiled_programs_with_reduced_precision_at_a_few_hundred_agents(precision):
-    """The tensor cores' products at 460 agents, two tile sizes: money conserved, close to full precision."""
-    populations = {"human": {"count": 300, "temperature": 0.8, "spend": 0.2}, "ai": {"count": 160, "temperature": 2.0}}
-    run = rollout([scenario(populations=populations, heads=2, d=32, visibility=0.4)] * 2, dtype="float32")
-    state, economy = (on_device(frozen, "cuda") for frozen in (run.state, triton_economy(run.economy)))
-    full = triton_trade(state, economy)
-    for tiles in (None, Tiles(128, 64, 8)):
-        outcome = triton_trade(state, dataclasses.replace(economy, utility_precision=precision), tiles=tiles)
-        assert_money_conserved(outcome)
-        assert relative_difference(full.received, outcome.received) < 0.05
-        assert relative_difference(full.revenue, outcome.revenue) < 0.05
-
-
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU: the compiled Triton programs")
-@pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_the_compiled_programs_at_a_few_hundred_agents(dtype):
-    """Several tiles each way, partial tiles, a network, T = 0 and inf rows: the GPU against the CPU's fused kernel."""
-    populations = {
-        "human": {"count": 300, "temperature": 0.8, "spend": 0.2},
-        "ai": {"count": 100, "temperature": 0.0, "spend": 0.5},
-        "firm": {"count": 60, "temperature": math.inf, "buys": False},
-    }
-    run = rollout([scenario(populations=populations, heads=2, d=8, visibility=0.4)] * 3, dtype=dtype)
-    mask = torch.rand(460, 460, generator=torch.Generator().manual_seed(2)) < 0.7
-    for economy in (run.economy, dataclasses.replace(run.economy, trade_mask=mask)):
-        state, moved_economy = (on_device(frozen, "cuda") for frozen in (run.state, triton_economy(economy)))
-        for tiles in (None, Tiles(32, 16, 2), Tiles(64, 32, 4)):  # (128 x 64 in float64 needs more shared memory)
-            outcome = triton_trade(state, moved_economy, tiles=tiles)
-            moved = MarketOutcome(**{name: getattr(outcome, name).cpu() for name in FIELDS})
-            assert_outcomes_close(fused_trade(run.state, economy), moved, TOLERANCE[run.state.states.dtype])
-            assert_money_conserved(moved)
-
-
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU: the compiled Triton programs")
-@pytest.mark.parametrize("compile_mode", ["default", "reduce-overhead"])
-def test_the_compiled_programs_under_run_compile_equal_the_eager_rounds(compile_mode):
-    """On CUDA, run.compile traces the registered operator econspin::triton_blocks (CUDA graphs too)."""
-    from econspin.simulate import Rollout
-
-    torch._dynamo.reset()
-    torch._dynamo.utils.counters.clear()
-    run = Rollout.create([two_populations(heads=2, run={"kernel": "triton"})] * 2, [0, 1], "cuda", "float64")
-    compare_rounds(run, rounds=3, compile_mode=compile_mode)
-    torch._dynamo.reset()
