@@ -298,15 +298,19 @@ def _below_total(uniforms: torch.Tensor, total: torch.Tensor) -> torch.Tensor:
 
 
 def sampled_choices(
-    state: State, economy: Economy, draws: Draws | None = None, rows: int | None = None
+    state: State, economy: Economy, draws: Draws | None = None, rows: int | None = None, blocks: Callable | None = None
 ) -> tuple[torch.Tensor, RoundTerms]:
-    """(B, H, N) long sellers c_ih (-1: nobody to buy from), and the round's terms (rows' statistics filled)."""
+    """(B, H, N) long sellers c_ih (-1: nobody to buy from), and the round's terms (rows' statistics filled).
+
+    ``blocks``: what draws them, :func:`sampled_blocks` by default (econspin.triton_blocks passes its own).
+    """
     batch, agents, _ = state.states.shape
     heads = economy.heads
     draws = state.draws() if draws is None else draws
     uniforms = draws.uniform(DRAW_CHOICE, heads).transpose(0, 1).reshape(batch * heads, agents)
     terms = round_terms(state, economy)
-    return sampled_blocks(terms, economy, uniforms, rows).view(batch, heads, agents), terms
+    blocks = blocks or sampled_blocks
+    return blocks(terms, economy, uniforms, rows).view(batch, heads, agents), terms
 
 
 def sampled_blocks(
@@ -357,14 +361,15 @@ def _sampled_blocks_operator(
 
 
 def fused_sampled_trade(
-    state: State, economy: Economy, draws: Draws | None = None, rows: int | None = None
+    state: State, economy: Economy, draws: Draws | None = None, rows: int | None = None, blocks: Callable | None = None
 ) -> MarketOutcome:
     """Sampled-mode steps 1-5 for every buyer, as :func:`econspin.market.trade` computes them.
 
     ``draws`` defaults to the state's own (``state.draws()``); ``rows`` fixes the buyer rows
-    per block (default: ``run.chunk``, else cache-sized blocks) and changes no draw.
+    per block (default: ``run.chunk``, else cache-sized blocks) and changes no draw; ``blocks``
+    draws the sellers (:func:`sampled_choices`).
     """
-    choice, terms = sampled_choices(state, economy, draws, rows)
+    choice, terms = sampled_choices(state, economy, draws, rows, blocks)
     batch, heads, agents = choice.shape
     d = terms.delivered.shape[-1]
     chosen = choice >= 0

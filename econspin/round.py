@@ -21,7 +21,7 @@ from econspin.randomness import Draws, agent_draws, round_tag
 from econspin.response import RejectionBudget
 from econspin.sparse import sparse_trade
 from econspin.state import State
-from econspin.triton_blocks import triton_trade, uses_triton
+from econspin.triton_blocks import triton_sampled_trade, triton_trade, uses_triton
 from econspin.uniform import uniform_trade, uses_uniform
 
 
@@ -169,6 +169,8 @@ def market_step(state: State, economy: Economy, draws=None, variances: torch.Ten
     if uses_flex(state, economy):
         return flex_trade(state, economy)
     if uses_triton(state, economy):
+        if economy.mode == "sampled":
+            return triton_sampled_trade(state, economy, draws)
         return triton_trade(state, economy, variances=variances)
     if uses_fused(state, economy):
         if economy.mode == "sampled":

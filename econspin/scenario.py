@@ -143,8 +143,8 @@ class Run(StrictModel):
     # ignores utilities, econspin.fused and econspin.fused_sampled for the attention market, either
     # mode), reference the readable blocks (econspin.market), flex the expected mode as
     # FlexAttention passes (econspin.flex: compiled on CUDA, eager and slow on a CPU; sampled mode fused),
-    # triton the expected mode's blocks as Triton programs (econspin.triton_blocks: compiled on CUDA,
-    # interpreted and slow on a CPU; needs the triton package; sampled mode fused)
+    # triton the blocks as Triton programs, either mode (econspin.triton_blocks: compiled on CUDA,
+    # interpreted and slow on a CPU; needs the triton package)
     kernel: Literal["auto", "reference", "fused", "flex", "triton"] = "auto"
     # the round through torch.compile (econspin.compiled): off (eager, the default), default, or
     # reduce-overhead (CUDA graphs on a GPU; default on the CPU)
@@ -323,13 +323,15 @@ class Scenario(StrictModel):
 
 
 def resolved_kernel(kernel: str, mode: str, couplings: bool) -> str:
-    """run.kernel as the economy keeps it: reference, fused, flex or triton (the last two expected mode only).
+    """run.kernel as the economy keeps it: reference, fused, flex (expected mode only) or triton.
 
-    Sampled mode on flex or triton runs the fused kernel (its own sampled step).
+    Sampled mode on flex runs the fused kernel (its own sampled step).
     """
     if kernel == "reference" or couplings:
         return "reference"
-    return kernel if kernel in ("flex", "triton") and mode == "expected" else "fused"
+    if kernel == "triton" or (kernel == "flex" and mode == "expected"):
+        return kernel
+    return "fused"
 
 
 def check_network(network: Network, sizes: dict[str, int]) -> None:

@@ -144,6 +144,14 @@ def weight_tile(scores, shift, FLOOR: tl.constexpr, THRESHOLD: tl.constexpr):
     return shifted, tl.where(weights > THRESHOLD, weights, 0.0)
 
 
+def row_tile(left, right, agents, left_group_stride, right_group_stride, BLOCK_ROWS: tl.constexpr):
+    """(first row, group, the group's operands, the rows, which rows are below N) of a program over tiles of rows."""
+    row_start = tl.program_id(0) * BLOCK_ROWS
+    group = tl.program_id(1).to(tl.int64)
+    rows = row_start + tl.arange(0, BLOCK_ROWS)
+    return row_start, group, left + group * left_group_stride, right + group * right_group_stride, rows, rows < agents
+
+
 def row_maximum(
     best,
     left,
@@ -222,11 +230,13 @@ def row_sums_program(
     UTILITIES: tl.constexpr,
     RECEIVED: tl.constexpr,
     ONE_PASS: tl.constexpr,
+    MOMENTS: tl.constexpr,
 ):
     """The rows' pass: m_i, s_i, |e_i.|, sum_j e_ij y_ij into (groups, N) outputs; (groups, N, d + 2) ``moments``.
 
     moments_i = [(e @ u)_i, sum_j e_ij mu_1j, sum_j e_ij mu_2j], with u = ``delivered`` (groups,
-    N, d) and mu = ``moment_rows`` (groups, 2, N) = [|u_j|^2, c_j |W_V W_O|^2] (:func:`tile_sums`).
+    N, d) and mu = ``moment_rows`` (groups, 2, N) = [|u_j|^2, c_j |W_V W_O|^2] (:func:`tile_sums`);
+    without MOMENTS (sampled mode, econspin.triton_draws) neither is read nor ``moments`` written.
 
     ONE_PASS: a tile of rows none of which is at the T = 0 limit (every tie width t_i = 0) takes
     one loop over the sellers, as flash attention does: each seller tile is weighed against the
@@ -239,14 +249,10 @@ def row_sums_program(
     so does every tile without ONE_PASS. The branch is one per tile of rows, on data, in the
     program: nothing waits on the host.
     """
-    row_start = tl.program_id(0) * BLOCK_ROWS
-    group = tl.program_id(1).to(tl.int64)
-    left += group * left_group_stride
-    right += group * right_group_stride
+    row_start, group, left, right, rows, row_in = row_tile(left, right, agents, left_group_stride,
+                                                           right_group_stride, BLOCK_ROWS)  # fmt: skip
     delivered += group * delivered_group_stride
     moment_rows += group * moment_group_stride
-    rows = row_start + tl.arange(0, BLOCK_ROWS)
-    row_in = rows < agents
     ties = tl.load(tie_width + group * agents + rows, mask=row_in, other=0.0)
     sums = tl.full([BLOCK_ROWS], 0.0, ties.dtype)
     squares = tl.full([BLOCK_ROWS], 0.0, ties.dtype)
@@ -279,21 +285,29 @@ def row_sums_program(
             products = scale * (products - delta * sums)
             sums *= scale
             squares *= scale * scale
-            firsts *= scale
-            seconds *= scale
-            received *= scale[:, None]
+            if MOMENTS:
+                firsts *= scale
+                seconds *= scale
+                received *= scale[:, None]
             shift = raised
         sums, squares, products, firsts, seconds, received = tile_sums(
             sums, squares, products, firsts, seconds, received, scores, shift - ties, delivered, moment_rows,
             column_start, agents, delivered_row_stride, delivered_column_stride, moment_kind_stride,
-            moment_column_stride, dimension, VALUES_PADDED, FLOOR, THRESHOLD, BLOCK_COLUMNS, RECEIVED,
+            moment_column_stride, dimension, VALUES_PADDED, FLOOR, THRESHOLD, BLOCK_COLUMNS, RECEIVED, MOMENTS,
         )  # fmt: skip
-    if RECEIVED == "bf16":
-        received = bf16_rounded(received)
     tl.store(shifted_max + group * agents + rows, shift, mask=row_in)
     tl.store(total + group * agents + rows, sums, mask=row_in)
     tl.store(norm + group * agents + rows, tl.sqrt(squares), mask=row_in)
     tl.store(dot + group * agents + rows, products, mask=row_in)
+    if MOMENTS:
+        if RECEIVED == "bf16":
+            received = bf16_rounded(received)
+        store_moments(moments, group, agents, rows, row_in, received, firsts, seconds, dimension, VALUES_PADDED)
+
+
+def store_moments(moments, group, agents, rows, row_in, received, firsts, seconds, dimension,
+                  VALUES_PADDED: tl.constexpr):  # fmt: skip
+    """The rows' [(e @ u)_i, sum_j e_ij mu_1j, sum_j e_ij mu_2j] into (groups, N, d + 2) ``moments``."""
     row_moments = moments + (group * agents + rows) * (dimension + 2)
     columns = tl.arange(0, VALUES_PADDED)
     tl.store(
@@ -328,6 +342,7 @@ def tile_sums(
     THRESHOLD: tl.constexpr,
     BLOCK_COLUMNS: tl.constexpr,
     RECEIVED: tl.constexpr,
+    MOMENTS: tl.constexpr,
 ):
     """The row sums with one more seller tile's weights e_ij = 2^(y_ij), y_ij = min(S_ij - ``shift``_i, 0).
 
@@ -341,22 +356,23 @@ def tile_sums(
     sums += sum_over(weights, 1)
     squares += sum_over(weights * weights, 1)
     products += sum_over(shifted * weights, 1)
-    sellers = column_start + tl.arange(0, BLOCK_COLUMNS)
-    seller_in = sellers < agents
-    first = tl.load(moment_rows + sellers * moment_column_stride, mask=seller_in, other=0.0)
-    second = tl.load(moment_rows + moment_kind_stride + sellers * moment_column_stride, mask=seller_in, other=0.0)
-    firsts += sum_over(weights * first[None, :], 1)
-    seconds += sum_over(weights * second[None, :], 1)
-    columns = tl.arange(0, VALUES_PADDED)
-    values = tl.load(
-        delivered + sellers[:, None] * delivered_row_stride + columns[None, :] * delivered_column_stride,
-        mask=seller_in[:, None] & (columns[None, :] < dimension),
-        other=0.0,
-    )
-    if RECEIVED == "bf16":  # e_ij rounded to bf16 as torch rounds it (the cast then exact on either kind)
-        received += product(bf16_rounded(weights).to(tl.bfloat16), values, RECEIVED)
-    else:
-        received += product(weights, values, RECEIVED)
+    if MOMENTS:
+        sellers = column_start + tl.arange(0, BLOCK_COLUMNS)
+        seller_in = sellers < agents
+        first = tl.load(moment_rows + sellers * moment_column_stride, mask=seller_in, other=0.0)
+        second = tl.load(moment_rows + moment_kind_stride + sellers * moment_column_stride, mask=seller_in, other=0.0)
+        firsts += sum_over(weights * first[None, :], 1)
+        seconds += sum_over(weights * second[None, :], 1)
+        columns = tl.arange(0, VALUES_PADDED)
+        values = tl.load(
+            delivered + sellers[:, None] * delivered_row_stride + columns[None, :] * delivered_column_stride,
+            mask=seller_in[:, None] & (columns[None, :] < dimension),
+            other=0.0,
+        )
+        if RECEIVED == "bf16":  # e_ij rounded to bf16 as torch rounds it (the cast then exact on either kind)
+            received += product(bf16_rounded(weights).to(tl.bfloat16), values, RECEIVED)
+        else:
+            received += product(weights, values, RECEIVED)
     return sums, squares, products, firsts, seconds, received
 
 
@@ -458,9 +474,11 @@ HELPERS = (
     "tile_scores",
     "score_tile",
     "weight_tile",
+    "row_tile",
     "row_maximum",
     "empty_rows_shifted_by_zero",
     "tile_sums",
+    "store_moments",
     "bf16_rounded",
     "sum_over",
     "max_over",

@@ -1,4 +1,4 @@
-"""The Triton kernel's bodies (econspin.triton_kernels) as programs of either kind: compiled or interpreted.
+"""The Triton kernel's bodies (econspin.triton_kernels, econspin.triton_draws) as programs of either kind.
 
 :func:`programs` decorates copies of the bodies, in a namespace of their own, either with
 ``triton.jit`` (CUDA tensors) or with Triton's interpreter (CPU tensors, through numpy), so
@@ -17,8 +17,12 @@ import triton
 import triton.language as tl
 from triton.runtime.interpreter import InterpretedFunction
 
-from econspin import triton_kernels
-from econspin.triton_kernels import HELPERS, INTERPRETED_BODIES, PROGRAMS
+from econspin import triton_draws, triton_kernels
+
+HELPERS = (*triton_kernels.HELPERS, *triton_draws.DRAW_HELPERS)
+# every program: the expected mode's two (econspin.triton_kernels), then the sampled mode's draw
+PROGRAMS = (*triton_kernels.PROGRAMS, *triton_draws.DRAW_PROGRAMS)
+INTERPRETED_BODIES = {**triton_kernels.INTERPRETED_BODIES, **triton_draws.DRAW_INTERPRETED_BODIES}
 
 
 def function_copy(function: types.FunctionType, namespace: dict) -> types.FunctionType:
@@ -87,14 +91,14 @@ class InterpretedProgram:
 def programs(interpreted_kind: bool) -> types.SimpleNamespace:
     """The programs, compiled by ``triton.jit`` or (``interpreted_kind``) run by Triton's interpreter.
 
-    Copies of econspin.triton_kernels' functions share a namespace of their own (a copy of
-    that module's), in which each helper's name is its decorated copy; for the interpreter the
-    names in :data:`~econspin.triton_kernels.INTERPRETED_BODIES` are interpreted copies of the
-    bodies there (the library's reductions, the widening product): the programs call only
-    functions of their own kind. Built once per process and kind; neither kind reads or sets
-    TRITON_INTERPRET.
+    Copies of the functions of econspin.triton_kernels and econspin.triton_draws share a
+    namespace of their own (a copy of those modules'), in which each helper's name is its
+    decorated copy; for the interpreter the names in :data:`INTERPRETED_BODIES` are interpreted
+    copies of the bodies there (the library's reductions and prefix sum, the widening product):
+    the programs call only functions of their own kind. Built once per process and kind;
+    neither kind reads or sets TRITON_INTERPRET.
     """
-    bodies = vars(triton_kernels)
+    bodies = {**vars(triton_kernels), **vars(triton_draws)}
     namespace = dict(bodies)
     for name in (*HELPERS, *PROGRAMS):
         if interpreted_kind and name in INTERPRETED_BODIES:

@@ -31,7 +31,8 @@ TRITON_PRECISION_TILES = ((64, 64, 4), (64, 64, 4, False), (128, 64, 4), (128, 6
 
 
 # name: (chunk_rounds, sync_free, run.compile, compiled.OPERATOR_DEVICES, changes to the economy); chunk_rounds
-# None: ROLLOUT_ROUNDS. A way that sets run.kernel triton plays expected mode only (sampled mode runs fused).
+# None: ROLLOUT_ROUNDS. A way that sets run.kernel triton plays expected mode only here (its sampled mode, the
+# Triton draw, would add two reduce-overhead compilations to the step's time)
 WAYS = {
     "round by round, Wood's loop": (1, False, "off", ("cpu",), {}),
     "sync-free chunks, eager": (None, True, "off", ("cpu",), {}),

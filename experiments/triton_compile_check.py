@@ -23,8 +23,7 @@ import torch
 
 from econspin.fused import exp2_limits
 from econspin.triton_blocks import PRODUCT_PRECISIONS
-from econspin.triton_kernels import PROGRAMS
-from econspin.triton_programs import programs
+from econspin.triton_programs import PROGRAMS, programs
 
 H100_SHARED_MEMORY = 232448  # bytes of shared memory one program may use on sm_90 (227 KiB)
 POINTER_ARGUMENTS = {
@@ -66,7 +65,7 @@ def program_constants(
     utilities, received = PRODUCT_PRECISIONS[precision]  # what econspin.triton_blocks launches the programs with
     return dict(KEYS_PADDED=keys, VALUES_PADDED=values, NETWORK=network, BIG=big, BLOCK_ROWS=rows,
                 BLOCK_COLUMNS=columns, FLOOR=floor, THRESHOLD=2.0 ** (floor + 1), UTILITIES=utilities,
-                RECEIVED=received, ONE_PASS=one_pass)  # fmt: skip
+                RECEIVED=received, ONE_PASS=one_pass, MOMENTS=True)  # fmt: skip
 
 
 def compiled_for_sm90(program, case: str, constants: dict, warps: int):
@@ -82,8 +81,10 @@ def compiled_for_sm90(program, case: str, constants: dict, warps: int):
             signature[name] = "constexpr"
         elif name == "network":
             signature[name] = "*u8" if constants["NETWORK"] == 2 else f"*{dtype}"
-        elif name == "revenue":
+        elif name in ("revenue", "uniforms"):
             signature[name] = "*fp64"
+        elif name == "choice":
+            signature[name] = "*i64"
         elif name in POINTER_ARGUMENTS:
             signature[name] = f"*{low}" if name in LOW_OPERANDS else f"*{dtype}"
         else:

@@ -100,15 +100,16 @@ def check_several_populations_in_float32(outcome_of) -> MarketOutcome:
     return outcome
 
 
-def check_kernel_switch_and_rollout(kernel: str, uses, rounds: int, tolerance: float) -> None:
+def check_kernel_switch_and_rollout(kernel: str, uses, rounds: int, tolerance: float, sampled: str = "fused") -> None:
     """run.kernel resolves, and a whole rollout on ``kernel`` ends where the fused kernel's does.
 
-    Sampled mode resolves to fused, couplings are refused, a round that asks for gradients
-    takes the reference path (``uses``: the kernel's own test), and ``rounds`` rounds end at the
-    fused kernel's states (to ``tolerance``) and money (relative), money conserved.
+    Sampled mode resolves to ``sampled`` (the kernel's own sampled step, or fused), couplings
+    are refused, a round that asks for gradients takes the reference path (``uses``: the
+    kernel's own test), and ``rounds`` rounds end at the fused kernel's states (to
+    ``tolerance``) and money (relative), money conserved.
     """
     assert rollout(two_populations(run={"kernel": kernel})).economy.kernel == kernel
-    assert rollout(two_populations(mode="sampled", run={"kernel": kernel})).economy.kernel == "fused"
+    assert rollout(two_populations(mode="sampled", run={"kernel": kernel})).economy.kernel == sampled
     with pytest.raises(ScenarioError, match=f"run.kernel: {kernel}"):
         two_populations(couplings={"curie_weiss": 1.0}, run={"kernel": kernel})
     run = rollout(two_populations(run={"kernel": kernel}))

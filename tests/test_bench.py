@@ -110,6 +110,18 @@ def test_bench_times_the_triton_kernel_and_its_bf16_products_when_asked(tmp_path
     assert large["triton_ms"] is None and "triton_low_ms" not in large  # N = 256 is past the interpreter's size
 
 
+@needs_triton
+def test_bench_times_the_triton_kernel_in_sampled_mode(tmp_path):
+    """Sampled rows time the Triton draw too: the fused kernel's sellers, so the same next round to rounding."""
+    out = tmp_path / "bench.json"
+    arguments = ["bench", "--sizes", "32", "--batches", "1,2", "--repeats", "1", "--json", str(out), "--threads", "1"]
+    result = runner.invoke(app, [*arguments, "--baselines", "none", "--kernels", "fused,triton", "--modes", "sampled"])
+    assert result.exit_code == 0, result.output
+    rows = json.loads(out.read_text())["rows"]
+    assert [row["mode"] for row in rows] == ["sampled", "sampled"]
+    assert all(row["triton_ms"] > 0 and row["triton_difference"] < 1e-5 for row in rows)
+
+
 def test_bench_refuses_the_triton_kernel_without_triton(monkeypatch):
     monkeypatch.setitem(sys.modules, "triton", None)  # importlib then finds no triton
     result = runner.invoke(app, ["bench", "--kernels", "fused,triton", "--quick"])

@@ -45,6 +45,19 @@ def near_a_boundary(alpha, uniforms, tolerance):
     return ((cumulative - uniforms[..., None]).abs() < tolerance).any(-1)
 
 
+def assert_the_same_draws(got, want, alpha, uniforms) -> bool:
+    """float64: the same sellers; float32: other sellers only where the uniform is within 1e-5 of a boundary.
+
+    Returns whether every draw is the same.
+    """
+    differ = got != want
+    if alpha.dtype == torch.float64:
+        assert not differ.any()
+    else:  # a float32 row may differ only where its uniform is within float32 rounding of a boundary
+        assert not (differ & ~near_a_boundary(alpha, uniforms, 1e-5)).any()
+    return not differ.any()
+
+
 def inversion_rows(seed, agents, dtype, rows=17):
     """(weights (3, rows, N), uniforms (3, rows)), rows >= 9: exact ties, random rows, rows with nobody to buy from.
 
@@ -143,31 +156,31 @@ def test_fused_sampled_equals_reference_draw_for_draw(drawn, rows):
     reference = trade(state, economy)
     for block in (None, rows):
         got, _ = sampled_choices(state, economy, rows=block)
-        differ = got != want
-        if state.states.dtype == torch.float64:
-            assert not differ.any()
-        else:  # a float32 row may differ only where its uniform is within float32 rounding of a boundary
-            assert not (differ & ~near_a_boundary(alpha, uniforms, 1e-5)).any()
-        if not differ.any():
+        if assert_the_same_draws(got, want, alpha, uniforms):
             assert_outcomes_close(
                 reference, fused_sampled_trade(state, economy, rows=block), TOLERANCE[state.states.dtype]
             )
 
 
-@pytest.mark.parametrize("dtype", ["float64", "float32"])
-def test_two_level_rows_equal_reference_draw_for_draw(dtype):
-    """N = 300: rows inverted in two levels (tiles of 32, the last of 12), with T = 0, T = inf and a network."""
+def three_hundred_agents(dtype: str, batch: int = 2):
+    """(state, economy) in sampled mode: N = 300, T = 0 every 7th agent, T = inf sellers, a 60% network, 3 isolated."""
     populations = {
         "human": {"count": 220, "temperature": 1.0, "spend": 0.3, "money": {"distribution": "pareto"}},
         "ai": {"count": 60, "temperature": 0.05, "spend": 0.9},
         "shop": {"count": 20, "temperature": math.inf, "buys": False},
     }
-    run = rollout([scenario(populations=populations, heads=2, visibility=0.5, mode="sampled")] * 2, dtype=dtype)
-    assert tile_width(300) == 32
+    run = rollout([scenario(populations=populations, heads=2, visibility=0.5, mode="sampled")] * batch, dtype=dtype)
     mask = torch.rand(300, 300, generator=torch.Generator().manual_seed(1)) < 0.6
     mask[:3] = False  # buyers with nobody to buy from
     economy = dataclasses.replace(run.economy, trade_mask=mask)
-    state = run.state.replace(temperature=run.state.temperature.index_fill(1, torch.arange(0, 300, 7), 0.0))
+    return run.state.replace(temperature=run.state.temperature.index_fill(1, torch.arange(0, 300, 7), 0.0)), economy
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_two_level_rows_equal_reference_draw_for_draw(dtype):
+    """N = 300: rows inverted in two levels (tiles of 32, the last of 12), with T = 0, T = inf and a network."""
+    state, economy = three_hundred_agents(dtype)
+    assert tile_width(300) == 32
     alpha, uniforms, want = reference_rows(state, economy)
     got, _ = sampled_choices(state, economy, rows=50)
     assert torch.all(got[..., :3] == -1) and (got >= 256).any()  # some draws in the last, narrower tile

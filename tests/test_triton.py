@@ -309,7 +309,7 @@ def test_the_triton_step_never_waits_on_the_host(network):
 
 @needs_triton
 def test_the_kernel_switch_and_a_whole_rollout():
-    check_kernel_switch_and_rollout("triton", uses_triton, rounds=6, tolerance=1e-12)
+    check_kernel_switch_and_rollout("triton", uses_triton, rounds=6, tolerance=1e-12, sampled="triton")
 
 
 def test_the_memory_estimate_holds_nothing_n_by_n():
@@ -326,10 +326,11 @@ def test_the_memory_estimate_holds_nothing_n_by_n():
 
 @needs_triton
 @needs_compiler
-def test_the_compiled_round_on_the_triton_kernel_equals_the_eager_one():
+@pytest.mark.parametrize("mode", ["expected", "sampled"])
+def test_the_compiled_round_on_the_triton_kernel_equals_the_eager_one(mode):
     """run.compile on a CPU: the round traced around the interpreted programs (an eager break), equal each round."""
     torch._dynamo.reset()
-    compare_rounds(rollout(two_populations(heads=2, run={"kernel": "triton"})), rounds=2)
+    compare_rounds(rollout(two_populations(heads=2, mode=mode, run={"kernel": "triton"})), rounds=2)
     torch._dynamo.reset()
 
 
@@ -394,8 +395,12 @@ def test_without_triton_the_kernel_is_refused_in_one_line(tmp_path, monkeypatch)
     assert "run.kernel: triton needs the triton package" in result.output
     assert not (tmp_path / "refused").exists()
     sampled = scenario_text("triton", steps=4).replace("visibility: 0.5", "visibility: 0.5, mode: sampled")
-    path.write_text(sampled)  # sampled mode runs the fused kernel: no triton needed
+    path.write_text(sampled)  # sampled mode runs the Triton draw: refused alike
     result = runner.invoke(app, ["run", str(path), "--out", str(tmp_path / "sampled"), "--quiet"])
+    assert result.exit_code == 2 and "run.kernel: triton needs the triton package" in result.output
+    assert not (tmp_path / "sampled").exists()
+    path.write_text(sampled.replace("kernel: triton", "kernel: fused"))  # the fused kernel needs no triton
+    result = runner.invoke(app, ["run", str(path), "--out", str(tmp_path / "fused"), "--quiet"])
     assert result.exit_code == 0, result.output
 
 

@@ -152,13 +152,33 @@ def test_the_compiled_programs_at_a_few_hundred_agents(dtype):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU: the compiled Triton programs")
+@given(economies(mode="sampled"))
+@settings(max_examples=20, deadline=None, derandomize=True)
+def test_the_compiled_programs_draw_the_fused_kernels_sellers_on_a_gpu(drawn):
+    """Sampled mode (econspin.triton_draws) compiled, against the fused kernel's draws on the CPU."""
+    from test_fused_sampled import assert_the_same_draws, reference_rows
+
+    from econspin.fused_sampled import sampled_choices
+    from econspin.triton_blocks import triton_sampled_blocks
+
+    state, economy = drawn
+    want, _ = sampled_choices(state, economy)
+    moved = (on_device(frozen, "cuda") for frozen in (state, economy))
+    got = sampled_choices(*moved, blocks=triton_sampled_blocks)[0].cpu()
+    alpha, uniforms, _ = reference_rows(state, economy)
+    assert_the_same_draws(got, want, alpha, uniforms)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU: the compiled Triton programs")
 @pytest.mark.parametrize("compile_mode", ["default", "reduce-overhead"])
-def test_the_compiled_programs_under_run_compile_equal_the_eager_rounds(compile_mode):
-    """On CUDA, run.compile traces the registered operator econspin::triton_blocks (CUDA graphs too)."""
+@pytest.mark.parametrize("mode", ["expected", "sampled"])
+def test_the_compiled_programs_under_run_compile_equal_the_eager_rounds(compile_mode, mode):
+    """On CUDA, run.compile traces the operators econspin::triton_blocks and ::triton_draws (CUDA graphs too)."""
     from econspin.simulate import Rollout
 
     torch._dynamo.reset()
     torch._dynamo.utils.counters.clear()
-    run = Rollout.create([two_populations(heads=2, run={"kernel": "triton"})] * 2, [0, 1], "cuda", "float64")
+    scenarios = [two_populations(heads=2, mode=mode, run={"kernel": "triton"})] * 2
+    run = Rollout.create(scenarios, [0, 1], "cuda", "float64")
     compare_rounds(run, rounds=3, compile_mode=compile_mode)
     torch._dynamo.reset()
