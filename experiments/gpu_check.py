@@ -65,6 +65,9 @@ left.
    N = 256, beside the full-precision fused round (the differences are the reduced precision's
    error) and SDPA forward in float32 and at that precision, with pairs per second against issue
    9's 4e11, and the market step per tile size (``triton_precision_cuda.json``).
+18. ``triton_sampled``: the ``triton`` step in sampled mode (the Triton draw, econspin.triton_draws)
+   at N = 16384 and 65536 and B = 64, N = 256, against the fused sampled round (the same sellers)
+   and SDPA forward, and the market step per tile size (``triton_sampled_cuda.json``).
 
 Without a CUDA device, or with ``--dry-run``, it prints the plan and exits 0 (the test suite
 runs it so, tests/test_device_rollout.py, so that it does not rot).
@@ -106,6 +109,7 @@ STEPS = {
     "block_pass": 200,
     "profile_block_pass": 60,
     "triton_precision": 200,
+    "triton_sampled": 120,
 }
 BUDGET = 470  # seconds for all steps: one device call, leaving time in a session's lease to rerun one
 LARGE = "16384,65536"  # the GPU sizes of issue 9's targets (<= 2.5x SDPA, 4e11 pairs/s)
@@ -143,6 +147,7 @@ def step_commands(out: Path) -> dict[str, list[str]]:
         "triton_tests": [*tests_command, "tests/test_triton_compiled.py"],
         "triton": [python, "-m", "experiments.gpu_check", "--measure", "triton", "--out", str(out)],
         "triton_precision": [python, "-m", "experiments.gpu_check", "--measure", "triton_precision", "--out", str(out)],
+        "triton_sampled": [python, "-m", "experiments.gpu_check", "--measure", "triton_sampled", "--out", str(out)],
         "million": [python, "-m", "experiments.gpu_million", "--kernels", "fused,triton",
                     "--json", str(out / "million_cuda.json")],  # fmt: skip
         "compiled": bench("compiled_cuda.json", "--sizes", f"4096,{LARGE}", "--batches", "1", "--kernels", "fused",

@@ -4,7 +4,8 @@
 
 :data:`MEASURES` names them: ``blocks`` (the fused round per buyer rows per block), ``rollout``
 (B = 64, N = 256 per way of playing, :data:`WAYS`), ``flex``, ``triton`` (the Triton kernel per
-shape and tile size) and ``triton_precision`` (the same with its products on the tensor cores).
+shape and tile size), ``triton_precision`` (the same with its products on the tensor cores) and
+``triton_sampled`` (the same in sampled mode).
 Each returns its rows, which gpu_check writes to ``NAME_cuda.json``; experiments/gpu_check.py's
 docstring says what each step is for. The helpers that set a module's switch for the length of
 a call (:func:`with_setting`) serve experiments/gpu_profile.py and gpu_block_pass.py too.
@@ -28,6 +29,7 @@ TRITON_TILES = ((64, 64, 4), (64, 64, 4, False), (32, 64, 4), (64, 32, 4), (128,
 # the bf16 and TF32 products (run.utility_precision) against issue 9's 4e11 pairs/s: large N, and B = 64, N = 256
 TRITON_PRECISION_SHAPES = ((1, 16384), (1, 65536), (64, 256))
 TRITON_PRECISION_TILES = ((64, 64, 4), (64, 64, 4, False), (128, 64, 4), (128, 64, 8), (64, 128, 4), (128, 128, 8))
+TRITON_SAMPLED_TILES = ((64, 64, 4), (64, 64, 4, False), (128, 64, 8))  # sampled mode: the draw's float64 sums
 
 
 # name: (chunk_rounds, sync_free, run.compile, compiled.OPERATOR_DEVICES, changes to the economy); chunk_rounds
@@ -211,15 +213,19 @@ def tile_sweep(state, fused, triton, tiles, repeats: int, device: torch.device, 
     """The market step alone per tile size (triton_timing), beside the fused market step, with its difference."""
     from econspin.bench import relative_difference, timed
     from econspin.fused import fused_trade
+    from econspin.fused_sampled import fused_sampled_trade
     from econspin.market import MarketOutcome
-    from econspin.triton_blocks import Tiles, triton_trade
+    from econspin.triton_blocks import Tiles, triton_sampled_trade, triton_trade
 
     batch, agents = state.states.shape[:2]
-    want = fused_trade(state, fused)
-    market, differences, rows = {"fused": lambda: fused_trade(state, fused)}, {}, []
+    fused_step, triton_step = (
+        (fused_sampled_trade, triton_sampled_trade) if fused.mode == "sampled" else (fused_trade, triton_trade)
+    )
+    want = fused_step(state, fused)
+    market, differences, rows = {"fused": lambda: fused_step(state, fused)}, {}, []
     for sizes in tiles:
         try:
-            market[sizes] = functools.partial(triton_trade, state, triton, tiles=Tiles(*sizes))
+            market[sizes] = functools.partial(triton_step, state, triton, tiles=Tiles(*sizes))
             got = synchronised(market[sizes], device)  # the first call compiles this size's programs
         except Exception as error:  # reported, not fatal: the other sizes are still timed
             market.pop(sizes, None)
@@ -244,6 +250,7 @@ def triton_timing(
     repeats: int = 3,
     clock: str = "wall",
     precision: str = "full",
+    mode: str = "expected",
 ) -> list[dict]:
     """Milliseconds of one round on the Triton kernel, the fused kernel and SDPA per (B, N), and per tile size.
 
@@ -256,7 +263,8 @@ def triton_timing(
     Each row is printed as it is measured.
     ``precision``: the Triton kernel's run.utility_precision. The fused kernel stays at full
     precision, so that the differences are the reduced precision's error, and SDPA forward at
-    that precision (bf16 operands, or TF32) is timed beside the float32 one.
+    that precision (bf16 operands, or TF32) is timed beside the float32 one. ``mode``: the
+    economy's (sampled: the Triton draw against fused_sampled's, the same sellers).
     """
     from econspin.bench import bench_scenario, floor_inputs, low_precision_floor, round_difference, timed
     from econspin.round import step
@@ -264,7 +272,8 @@ def triton_timing(
 
     rows = []
     for batch, agents in shapes:
-        rollout = Rollout.create([bench_scenario(agents)] * batch, list(range(batch)), str(device), "float32")
+        scenarios = [bench_scenario(agents, mode=mode)] * batch
+        rollout = Rollout.create(scenarios, list(range(batch)), str(device), "float32")
         state, fused = rollout.state, rollout.economy
         triton = dataclasses.replace(fused, kernel="triton", utility_precision=precision)
         q, k, v = floor_inputs(batch, fused.heads, agents, device)
@@ -272,7 +281,7 @@ def triton_timing(
         with torch.no_grad():
             started = time.perf_counter()
             first = synchronised(lambda: step(state, triton), device)
-            row = {"batch": batch, "agents": agents, "precision": precision}
+            row = {"batch": batch, "agents": agents, "precision": precision, "mode": mode}
             row["first triton round s"] = time.perf_counter() - started
             functions = {
                 "sdpa forward": lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v),
@@ -306,10 +315,18 @@ def triton_precision_timing(
                                                                                  precision=precision)]  # fmt: skip
 
 
+def triton_sampled_timing(
+    device: torch.device, shapes=TRITON_PRECISION_SHAPES, tiles=TRITON_SAMPLED_TILES, repeats: int = 3
+) -> list[dict]:
+    """:func:`triton_timing` in sampled mode: the Triton draw (econspin.triton_draws) against the fused one's."""
+    return triton_timing(device, shapes, tiles, repeats, mode="sampled")
+
+
 MEASURES = {
     "blocks": block_timing,
     "rollout": rollout_timing,
     "flex": flex_timing,
     "triton": triton_timing,
     "triton_precision": triton_precision_timing,
+    "triton_sampled": triton_sampled_timing,
 }

@@ -20,7 +20,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-from helpers import scenario
+from helpers import needs_triton, scenario
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch.nn.attention.flex_attention import flex_attention
@@ -61,6 +61,8 @@ CASES = {
     "expected ffn": dict(populations=populations("ffn")),
     "expected large_d": dict(populations=populations(), response="large_d"),
     "expected flex": dict(populations=populations(), run={"kernel": "flex"}),  # FlexAttention's eager form
+    "expected triton": dict(populations=populations(), run={"kernel": "triton"}),  # interpreted on a CPU
+    "sampled triton": dict(mode="sampled", response="vmf", populations=populations(), run={"kernel": "triton"}),
     "expected without buyers in one population": dict(populations=populations(buyers=False)),
     "sampled vmf": dict(mode="sampled", response="vmf", populations=populations()),
     "sampled vmf d = 2": dict(mode="sampled", response="vmf", d=2, populations=populations()),
@@ -93,7 +95,7 @@ def case_scenario(case: str) -> Scenario:
     return Scenario.from_dict({**yaml.safe_load(built.to_yaml()), "events": EVENT})
 
 
-@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize("case", [pytest.param(name, marks=[needs_triton] * ("triton" in name)) for name in CASES])
 def test_no_host_synchronisation_inside_a_chunk(case):
     run = rollout([case_scenario(case)] * 2, dtype="float32")
     run.sync_free = True

@@ -406,8 +406,8 @@ def test_without_triton_the_kernel_is_refused_in_one_line(tmp_path, monkeypatch)
 
 @needs_triton
 def test_the_gpu_checks_triton_timing_runs_on_the_cpu():
-    """experiments/gpu_check.py's triton step at a tiny shape, so that the GPU session does not find it broken."""
-    from experiments import gpu_measures
+    """experiments/gpu_check.py's triton and triton_sampled steps at a tiny shape, so that a GPU finds them whole."""
+    from experiments import gpu_check, gpu_measures
 
     tiles = ((16, 16, 1), (8, 16, 1))
     rows = gpu_measures.triton_timing(torch.device("cpu"), shapes=((2, 20),), tiles=tiles, repeats=1)
@@ -416,6 +416,10 @@ def test_the_gpu_checks_triton_timing_runs_on_the_cpu():
     assert rounds["triton ms"] > 0 and rounds["triton difference from fused"] < 1e-5
     assert [row["tiles"] for row in tiles] == [[16, 16, 1]] and tiles[0]["difference from fused"] < 1e-5
     assert [row["tiles"] for row in errors] == [[8, 16, 1]] and "power of two" in errors[0]["error"]
+    sampled = gpu_measures.triton_timing(torch.device("cpu"), ((2, 20),), ((16, 16, 1),), repeats=1, mode="sampled")
+    assert sampled[0]["mode"] == "sampled" and sampled[0]["triton difference from fused"] < 1e-5  # the same sellers
+    assert sampled[1]["difference from fused"] < 1e-5
+    assert "triton_sampled" in gpu_check.STEPS and "triton_sampled" in gpu_measures.MEASURES
 
 
 @needs_triton
