@@ -100,7 +100,7 @@ STEPS = {
     "flex": 120,
     "tf32": 50,
     "flex_batched": 60,
-    "triton_tests": 180,
+    "triton_tests": 300,  # since branch triton-sampled: sampled mode compiled too (two more run.compile rounds)
     "triton": 150,
     "million": 150,
     "compiled": 120,
