@@ -207,13 +207,13 @@ def launched_blocks(
     The moments come back as (groups, N, d + 2): [e @ u, e @ moment_rows^T]. ``wrap``: what each
     program is launched through (torch.library.wrap_triton inside the registered operator).
     """
-    launch = Launch.of(left, right, network, share.dtype, network_kind, utilities, rows, columns, warps, wrap)
-    shifted_max, total, dot, norm, moments = launch.rows_pass(tie_width, delivered, moment_rows, received, one_pass)
+    launch = Launch.of(left, right, network, tie_width, network_kind, utilities, rows, columns, warps, wrap)
+    shifted_max, total, dot, norm, moments = launch.rows_pass(delivered, moment_rows, received, one_pass)
     revenue = torch.empty(total.shape, dtype=torch.float64, device=total.device)
     # total >= 1 on a row with partners (its best seller weighs exactly 1), 0 on an empty row
     per_unit = (share / total.clamp(min=1.0)).contiguous()
     launch.wrap(launch.kernels.revenue_program)[launch.grid(columns)](
-        *launch.operands, shifted_max, tie_width, per_unit, revenue, launch.agents, launch.keys, *launch.strides,
+        *launch.operands, shifted_max, launch.tie_width, per_unit, revenue, launch.agents, launch.keys, *launch.strides,
         **launch.constants, **launch.weights, **launch.shape,
     )  # fmt: skip
     return shifted_max, total, dot, norm, moments, revenue
@@ -228,21 +228,21 @@ class Launch:
     left: torch.Tensor
     right: torch.Tensor
     network: torch.Tensor
-    dtype: torch.dtype  # the working precision (left is bf16 with bf16 utilities)
+    tie_width: torch.Tensor  # (groups, N) t_i, contiguous: every program reads it at group * N + row
     constants: dict
     weights: dict
     shape: dict
 
     @classmethod
-    def of(cls, left, right, network, dtype, network_kind, utilities, rows, columns, warps, wrap=None) -> Launch:
+    def of(cls, left, right, network, tie_width, network_kind, utilities, rows, columns, warps, wrap=None) -> Launch:
         from econspin.triton_programs import programs  # triton is optional: imported where the kernel runs
 
-        big, floor = exp2_limits(dtype)
+        big, floor = exp2_limits(tie_width.dtype)
         keys = left.shape[-1]  # d_k + 2: a runtime number (one program for every d_k up to 16)
         constants = dict(KEYS_PADDED=padded_width(keys - 2), BIG=big, NETWORK=network_kind, UTILITIES=utilities)
         return cls(
             programs(interpreted_kind=not left.is_cuda), wrap or (lambda program: program), left, right, network,
-            dtype, constants, dict(FLOOR=floor, THRESHOLD=2.0 ** (floor + 1)),
+            tie_width.contiguous(), constants, dict(FLOOR=floor, THRESHOLD=2.0 ** (floor + 1)),
             dict(BLOCK_ROWS=rows, BLOCK_COLUMNS=columns, num_warps=warps),
         )  # fmt: skip
 
@@ -259,6 +259,11 @@ class Launch:
         return self.left, self.right, self.network
 
     @property
+    def dtype(self) -> torch.dtype:
+        """The working precision, t_i's (left is bf16 with bf16 utilities)."""
+        return self.tie_width.dtype
+
+    @property
     def strides(self) -> tuple:
         return *self.left.stride(), *self.right.stride()
 
@@ -270,7 +275,7 @@ class Launch:
         """A fresh (groups, N) result in the working precision, contiguous: the programs index them so."""
         return torch.empty(self.left.shape[:2], dtype=self.dtype, device=self.left.device)
 
-    def rows_pass(self, tie_width, delivered, moment_rows, received, one_pass):
+    def rows_pass(self, delivered, moment_rows, received, one_pass):
         """econspin.triton_kernels.row_sums_program: fresh (m, s, sum e y, |e|, moments or None).
 
         ``delivered`` None: no moments (sampled mode): e @ u and the moment columns are neither
@@ -285,7 +290,7 @@ class Launch:
             moments = torch.empty(groups, agents, dimension + 2, dtype=self.dtype, device=self.left.device)
             strides = (*delivered.stride(), *moment_rows.stride())
         self.wrap(self.kernels.row_sums_program)[self.grid(self.shape["BLOCK_ROWS"])](
-            *self.operands, shifted_max, tie_width.contiguous(), *values, total, norm, dot,
+            *self.operands, shifted_max, self.tie_width, *values, total, norm, dot,
             self.left if moments is None else moments, agents, self.keys, *self.strides, *strides,
             dimension, VALUES_PADDED=padded_width(dimension), RECEIVED=received, ONE_PASS=one_pass,
             MOMENTS=delivered is not None, **self.constants, **self.weights, **self.shape,
@@ -313,11 +318,11 @@ def launched_draws(
     ``uniforms`` (groups, N); the other arguments as :func:`launched_blocks`' (the working
     precision is ``tie_width``'s).
     """
-    launch = Launch.of(left, right, network, tie_width.dtype, network_kind, utilities, rows, columns, warps, wrap)
-    shifted_max, total, dot, _, _ = launch.rows_pass(tie_width, None, None, "ieee", one_pass)
+    launch = Launch.of(left, right, network, tie_width, network_kind, utilities, rows, columns, warps, wrap)
+    shifted_max, total, dot, _, _ = launch.rows_pass(None, None, "ieee", one_pass)
     choice = torch.empty(total.shape, dtype=torch.long, device=total.device)
     launch.wrap(launch.kernels.draw_program)[launch.grid(rows)](
-        *launch.operands, shifted_max, tie_width.contiguous(), total, uniforms.contiguous(), choice,
+        *launch.operands, shifted_max, launch.tie_width, total, uniforms.contiguous(), choice,
         launch.agents, launch.keys, *launch.strides, **launch.constants, **launch.weights, **launch.shape,
     )  # fmt: skip
     return shifted_max, total, dot, choice

@@ -153,6 +153,23 @@ def test_the_rows_pass_in_one_loop_equals_the_pass_in_two(dtype):
             assert torch.equal(one_loop.impact[:, infinite], two_loops.impact[:, infinite])
 
 
+@needs_triton
+def test_tie_widths_in_any_layout_give_the_same_round():
+    """The programs index t_i as (groups, N) contiguous: a transposed layout of the same values changes nothing."""
+    from econspin.triton_blocks import triton_blocks
+
+    run = rollout([two_populations(heads=2)] * 2)
+    state = run.state.replace(temperature=run.state.temperature.index_fill(1, torch.tensor([0, 5, 41]), 0.0))
+    economy = triton_economy(run.economy)
+
+    def transposed_ties(terms, economy, moment_rows):
+        ties = terms.tie_width.T.contiguous().T  # the same values, column-major
+        assert not ties.is_contiguous() and bool((ties > 0).any())
+        return triton_blocks(dataclasses.replace(terms, tie_width=ties), economy, moment_rows)
+
+    assert_outcomes_close(triton_trade(state, economy), fused_trade(state, economy, blocks=transposed_ties), 0.0)
+
+
 def test_tiles_are_powers_of_two_of_at_least_16():
     for rows, columns in ((8, 16), (16, 24), (48, 64)):
         with pytest.raises(ValueError, match="power of two >= 16"):
