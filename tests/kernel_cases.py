@@ -100,6 +100,16 @@ def check_several_populations_in_float32(outcome_of) -> MarketOutcome:
     return outcome
 
 
+def few_hundred_agents(dtype: str):
+    """Three economies of 460 agents (T = 0.8 buyers, T = 0 buyers, T = inf sellers), two heads: the GPU tests' size."""
+    populations = {
+        "human": {"count": 300, "temperature": 0.8, "spend": 0.2},
+        "ai": {"count": 100, "temperature": 0.0, "spend": 0.5},
+        "firm": {"count": 60, "temperature": math.inf, "buys": False},
+    }
+    return rollout([scenario(populations=populations, heads=2, d=8, visibility=0.4)] * 3, dtype=dtype)
+
+
 def check_kernel_switch_and_rollout(kernel: str, uses, rounds: int, tolerance: float, sampled: str = "fused") -> None:
     """run.kernel resolves, and a whole rollout on ``kernel`` ends where the fused kernel's does.
 

@@ -4,7 +4,6 @@ On a CPU FlexAttention runs eagerly: the same passes, score_mods and masks a CUD
 """
 
 import dataclasses
-import math
 
 import pytest
 import torch
@@ -26,6 +25,7 @@ from kernel_cases import (
     check_kernel_switch_and_rollout,
     check_several_populations_in_float32,
     check_zero_temperature_ties,
+    few_hundred_agents,
     scenario_text,
 )
 from typer.testing import CliRunner
@@ -133,12 +133,7 @@ def test_several_populations_heads_and_batch_elements_in_float32():
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_the_passes_on_a_gpu_equal_the_fused_kernel(dtype):
     """float32 runs compiled (Triton), float64 eagerly: both against the fused kernel on the CPU."""
-    populations = {
-        "human": {"count": 300, "temperature": 0.8, "spend": 0.2},
-        "ai": {"count": 100, "temperature": 0.0, "spend": 0.5},
-        "firm": {"count": 60, "temperature": math.inf, "buys": False},
-    }
-    run = rollout([scenario(populations=populations, heads=2, d=8, visibility=0.4)] * 3, dtype=dtype)
+    run = few_hundred_agents(dtype)
     state, economy = (on_device(frozen, "cuda") for frozen in (run.state, flex_economy(run.economy)))
     outcome = flex_trade(state, economy)
     moved = MarketOutcome(**{name: getattr(outcome, name).cpu() for name in FIELDS})

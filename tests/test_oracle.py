@@ -248,9 +248,13 @@ def test_sampled_choices_match_the_oracle_draw_for_draw(spec):
 
     Revenue and money depend on the choices only, so they agree to rounding, round after round.
     """
-    run, graph = engine_and_graph(spec)
+    check_draws_against_the_oracle(*engine_and_graph(spec))
+
+
+def check_draws_against_the_oracle(run, graph, rounds: int = 3) -> None:
+    """``rounds`` sampled rounds: the oracle's inversion at the engine's uniforms, the same revenue and money."""
     rng = np.random.default_rng(0)  # the oracle's spins: not compared here
-    for round_index in range(3):
+    for round_index in range(rounds):
         reference_economy, reference_state = from_engine(run.economy, run.state, network=graph)
         uniforms = run.state.draws().uniform(DRAW_CHOICE, reference_economy.heads)[:, 0].numpy()  # (H, N)
         expected = reference_round(reference_economy, reference_state, rng, choice_uniforms=uniforms)

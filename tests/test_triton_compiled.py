@@ -6,13 +6,13 @@ interpreted programs, the same bodies, are tests/test_triton.py's.
 """
 
 import dataclasses
-import math
 
 import pytest
 import torch
 from fused_cases import FIELDS, TOLERANCE, assert_outcomes_close, economies, on_device, two_populations
 from helpers import needs_triton, rollout, scenario
 from hypothesis import given, settings
+from kernel_cases import few_hundred_agents
 from test_compiled_round import compare_rounds
 from test_reduced_precision import assert_within_the_bf16_bound, triton_kernel
 from test_triton import assert_money_conserved, triton_economy
@@ -134,12 +134,7 @@ def test_the_compiled_programs_with_reduced_precision_at_a_few_hundred_agents(pr
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_the_compiled_programs_at_a_few_hundred_agents(dtype):
     """Several tiles each way, partial tiles, a network, T = 0 and inf rows: the GPU against the CPU's fused kernel."""
-    populations = {
-        "human": {"count": 300, "temperature": 0.8, "spend": 0.2},
-        "ai": {"count": 100, "temperature": 0.0, "spend": 0.5},
-        "firm": {"count": 60, "temperature": math.inf, "buys": False},
-    }
-    run = rollout([scenario(populations=populations, heads=2, d=8, visibility=0.4)] * 3, dtype=dtype)
+    run = few_hundred_agents(dtype)
     mask = torch.rand(460, 460, generator=torch.Generator().manual_seed(2)) < 0.7
     for economy in (run.economy, dataclasses.replace(run.economy, trade_mask=mask)):
         state, moved_economy = (on_device(frozen, "cuda") for frozen in (run.state, triton_economy(economy)))

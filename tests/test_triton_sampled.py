@@ -8,7 +8,6 @@ test is in tests/test_triton_compiled.py.
 
 import dataclasses
 
-import numpy as np
 import pytest
 import torch
 from fused_cases import TOLERANCE, assert_outcomes_close, economies, two_populations
@@ -17,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from kernel_cases import check_command_line_equals_fused
 from test_fused_sampled import assert_the_same_draws, limits_economy, reference_rows, three_hundred_agents
-from test_oracle import close, engine_and_graph
+from test_oracle import check_draws_against_the_oracle, engine_and_graph
 from test_oracle import economies as oracle_economies
 from test_triton import TILES, assert_money_conserved, triton_economy
 
@@ -25,8 +24,7 @@ from econspin.fused import round_terms
 from econspin.fused_sampled import fused_sampled_trade, sampled_blocks, sampled_choices
 from econspin.host_syncs import HostSyncRecorder
 from econspin.market import trade
-from econspin.randomness import DRAW_CHOICE, dynamics_keys
-from econspin.reference import from_engine, reference_round
+from econspin.randomness import dynamics_keys
 from econspin.round import step
 from econspin.triton_blocks import Tiles, triton_sampled_blocks, triton_sampled_trade, uses_triton
 
@@ -186,15 +184,7 @@ def test_the_triton_draws_match_the_independent_oracle_round_after_round(spec):
     spec["run"]["kernel"] = "triton"
     run, graph = engine_and_graph(spec)
     assert run.economy.kernel == "triton"
-    rng = np.random.default_rng(0)  # the oracle's spins: not compared here
-    for round_index in range(3):
-        reference_economy, reference_state = from_engine(run.economy, run.state, network=graph)
-        uniforms = run.state.draws().uniform(DRAW_CHOICE, reference_economy.heads)[:, 0].numpy()  # (H, N)
-        expected = reference_round(reference_economy, reference_state, rng, choice_uniforms=uniforms)
-        new = step(run.state, run.economy)
-        close(new.revenue[0], expected.revenue, 1e-10, f"revenue, round {round_index}")
-        close(new.money[0], expected.money, 1e-10, f"money, round {round_index}")
-        run.state = new
+    check_draws_against_the_oracle(run, graph)
 
 
 @needs_triton
