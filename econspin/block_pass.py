@@ -105,7 +105,7 @@ def weigh_and_sum(scores: torch.Tensor, weights: torch.Tensor, tie_width: torch.
         _compiled(one_pass)(scores, weights, tie_width, moment_rows, big, floor, *outputs)
 
 
-def _shifted_and_weights(scores, tie_width, big, floor):
+def shifted_and_weights(scores, tie_width, big, floor):
     """(m_i, y, e) as whole-tensor expressions, for torch.compile; e stored (compiled.stored).
 
     Stored, because Inductor would otherwise compute e again in each loop that writes or sums
@@ -122,7 +122,7 @@ def _shifted_and_weights(scores, tie_width, big, floor):
 def one_pass(scores: torch.Tensor, weights: torch.Tensor, tie_width: torch.Tensor, moment_rows: torch.Tensor,
              big: float, floor: float, *outputs: torch.Tensor) -> None:
     """:func:`weigh_and_sum`'s equations for torch.compile: e to ``weights``, (m, s, |e|, sum e y, r) to ``outputs``."""
-    row_max, shifted, powers = _shifted_and_weights(scores, tie_width, big, floor)
+    row_max, shifted, powers = shifted_and_weights(scores, tie_width, big, floor)
     weights.copy_(powers)
     moments = torch.stack([(powers * moment_rows[:, None, k]).sum(-1) for k in range(moment_rows.shape[1])], -1)
     norm = (powers * powers).sum(-1).sqrt()
@@ -134,7 +134,7 @@ def one_pass(scores: torch.Tensor, weights: torch.Tensor, tie_width: torch.Tenso
 def weigh_in_one_pass(scores: torch.Tensor, weights: torch.Tensor, row_max: torch.Tensor, tie_width: torch.Tensor,
                       big: float, floor: float) -> None:
     """:func:`weigh`'s equations for torch.compile: y over ``scores``, e into ``weights``, m_i into ``row_max``."""
-    maximum, shifted, powers = _shifted_and_weights(scores, tie_width, big, floor)
+    maximum, shifted, powers = shifted_and_weights(scores, tie_width, big, floor)
     scores.copy_(shifted)
     weights.copy_(powers)
     row_max.copy_(maximum)

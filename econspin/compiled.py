@@ -25,7 +25,9 @@ docs/performance.md, "The hashes compiled"). Two parts run eagerly, each chosen 
 (docs/performance.md, "The round compiled"):
 
 - the blocks of the N x N utilities (:func:`econspin.fused.expected_blocks`,
-  :func:`econspin.fused_sampled.sampled_blocks`): Inductor's loops over a block recomputed
+  :func:`econspin.fused_sampled.sampled_blocks`), where the round needs several blocks or long
+  rows (a round of one block of rows of at most 512 sellers traces them into the graph instead:
+  :mod:`econspin.traced_blocks`): Inductor's loops over a block recomputed
   exp2 for each reduction and took 5x the eager round at N = 1024. They are one node of the
   compiled graph, a torch custom operator (``econspin::expected_blocks``,
   ``econspin::sampled_blocks``) that runs the eager blocks: no graph break (inside, the
@@ -93,6 +95,8 @@ COMPILE_MODES = ("off", "default", "reduce-overhead")
 # econspin.workspace reuses memory on the CPU only; Wood's loop asks the host, and with a rejection
 # budget it is not called); experiments/gpu_check.py times both.
 OPERATOR_DEVICES = ("cpu",)
+# module globals that choose how a compiled round is built, flipped between ways of one rollout: guarded (round_guards)
+SWITCHES = (".OPERATOR_DEVICES", ".TRACED_DEVICES")
 
 
 def eager_parts_as_operators(device: torch.device) -> bool:
@@ -203,11 +207,12 @@ def round_guards(guards) -> list[bool]:
     benchmark round's 213 remain. Each costs little, but the check runs at the start of every round on
     caches the round has just filled: 0.07-0.2 ms for the 213, 0.04-0.1 ms for the 82 (docs/performance.md,
     "The compiled round's guards and wrapper"). Whoever patches a module global that the round reads
-    (tests) calls torch._dynamo.reset(). Kept: the guards on :data:`OPERATOR_DEVICES`, a switch that
-    experiments/gpu_check.py flips between ways of playing the same rollout, timed in turn: each
-    setting gets its own graph (without them, the graph traced first served both).
+    (tests) calls torch._dynamo.reset(). Kept: the guards on :data:`SWITCHES` (:data:`OPERATOR_DEVICES`,
+    econspin.traced_blocks.TRACED_DEVICES), which experiments/gpu_check.py flips between ways of playing
+    the same rollout, timed in turn: each setting gets its own graph (without them, the graph traced
+    first served both).
     """
-    return [not guard.is_global or ".OPERATOR_DEVICES" in guard.name for guard in guards]
+    return [not guard.is_global or any(name in guard.name for name in SWITCHES) for guard in guards]
 
 
 def replays_cuda_graphs(mode: str, device: torch.device) -> bool:

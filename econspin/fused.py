@@ -357,7 +357,8 @@ def expected_blocks(
     """The blocks' per-row results: (|e_i.|, (e @ [u, moments])_i, float64 revenue (groups, N)), unnormalised.
 
     Writes m_i, s_i and sum_j e_ij y_ij into ``terms`` as it goes. Under run.compile
-    (econspin.compiled) the blocks run eagerly all the same, as one node of the compiled graph
+    (econspin.compiled), where the round is more than one block (else econspin.traced_blocks
+    traces its equations into the graph), the blocks run eagerly all the same, as one node of the compiled graph
     (:func:`_expected_blocks_operator`) on the devices of econspin.compiled.OPERATOR_DEVICES (the
     CPU), as a graph break elsewhere (CUDA; econspin.compiled.eagerly): Inductor's own loops
     over a block took 5x the eager round at N = 1024 (it recomputed exp2 for each reduction

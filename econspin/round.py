@@ -21,6 +21,7 @@ from econspin.randomness import Draws, agent_draws, round_tag
 from econspin.response import RejectionBudget
 from econspin.sparse import sparse_trade
 from econspin.state import State
+from econspin.traced_blocks import traced_expected_blocks, traced_sampled_blocks, traces
 from econspin.triton_blocks import triton_sampled_trade, triton_trade, uses_triton
 from econspin.uniform import uniform_trade, uses_uniform
 
@@ -158,7 +159,8 @@ def market_step(state: State, economy: Economy, draws=None, variances: torch.Ten
 
     Uniform choice in O(N) (:mod:`econspin.uniform`), the sparse network's edges, the
     FlexAttention passes (:mod:`econspin.flex`), the Triton programs (:mod:`econspin.triton_blocks`),
-    the fused blocks, or the reference blocks.
+    the fused blocks (traced whole into a compiled round of one block, :mod:`econspin.traced_blocks`),
+    or the reference blocks.
     ``variances``: the spins' variances c_i (market.spin_variance), where the round has them
     already (the fused expected step reads them instead of computing them again).
     """
@@ -173,9 +175,10 @@ def market_step(state: State, economy: Economy, draws=None, variances: torch.Ten
             return triton_sampled_trade(state, economy, draws)
         return triton_trade(state, economy, variances=variances)
     if uses_fused(state, economy):
+        traced = traces(state, economy)  # a compiled round of one block: its blocks traced into the graph
         if economy.mode == "sampled":
-            return fused_sampled_trade(state, economy, draws)
-        return fused_trade(state, economy, variances=variances)
+            return fused_sampled_trade(state, economy, draws, blocks=traced_sampled_blocks if traced else None)
+        return fused_trade(state, economy, variances=variances, blocks=traced_expected_blocks if traced else None)
     return trade(state, economy, draws)
 
 

@@ -17,10 +17,11 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from unittest import mock
 
 import torch
 
-from econspin import Scenario, keep_freed_memory
+from econspin import Scenario, keep_freed_memory, traced_blocks
 from econspin.round import step
 from econspin.simulate import Rollout
 
@@ -87,9 +88,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--compile", default="off", help="run.compile: also time the compiled round (default, ...)")
     parser.add_argument("--keep-memory", action="store_true",
                         help="call econspin.keep_freed_memory() first (as the econspin command does)")
+    parser.add_argument("--operator-blocks", action="store_true",
+                        help="compiled rounds call the blocks' operator even where one block holds the round "
+                             "(econspin.traced_blocks.TRACED_DEVICES emptied): the way before the blocks were traced")
     arguments = parser.parse_args(argv)
     if arguments.keep_memory:
         print(f"keep_freed_memory: {keep_freed_memory()}")
+    if arguments.operator_blocks:
+        print("the blocks' operator in every compiled round (econspin.traced_blocks.TRACED_DEVICES = ())")
+    traced = () if arguments.operator_blocks else traced_blocks.TRACED_DEVICES
+    with mock.patch.object(traced_blocks, "TRACED_DEVICES", traced):  # as it was, after
+        timed(arguments)
+
+
+def timed(arguments: argparse.Namespace) -> None:
+    """Build, time and print the cases of ``arguments`` (main's)."""
     torch.set_num_threads(arguments.threads)
     n, d, b = arguments.agents, arguments.dimension, arguments.batch
     print(f"N = {n}, d = {d}, response = {arguments.response}, kernel = {arguments.kernel}, "

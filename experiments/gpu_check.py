@@ -26,6 +26,7 @@ left.
    modes) played round by round with Wood's loop, in sync-free chunks of 32 rounds eagerly,
    in sync-free chunks under ``run.compile: reduce-overhead`` (CUDA graphs), and so again with
    the blocks as operators inside the graph on CUDA too (compiled.OPERATOR_DEVICES, gpu_measures.WAYS),
+   with the blocks traced into the graph (econspin.traced_blocks.TRACED_DEVICES: Inductor's kernels),
    and (expected mode) on the Triton kernel, whose programs the graph holds, at full precision
    and on bf16 products, against torch's scaled_dot_product_attention forward on the same
    shapes; ``rollout_cuda.json``.
@@ -53,8 +54,9 @@ left.
    the fused and Triton rounds by device time at B = 1, N = 16384 and B = 64, N = 256, eager
    and compiled (``profile_cuda.json``).
 14. ``profile_graphs``: the same for the expected round under reduce-overhead (CUDA graphs) at
-   B = 64, N = 256, the rollout step's fastest way, with the blocks between the graphs and as
-   one operator inside (``profile_graphs_cuda.json``): kernels launched alone against graphs.
+   B = 64, N = 256, the rollout step's fastest way, with the blocks between the graphs, as one
+   operator inside and traced into the graph (econspin.traced_blocks) (``profile_graphs_cuda.json``):
+   kernels launched alone against graphs.
 15. ``block_pass``: the fused round, both modes, with its blocks' eager passes and with them compiled
    into one kernel (econspin.block_pass) at N = 4096-65536 and B = 64, N = 256, in the default blocks and
    in blocks of 2048 rows, against SDPA (experiments/gpu_block_pass.py; ``block_pass_cuda.json``).
@@ -105,7 +107,7 @@ STEPS = {
     "million": 150,
     "compiled": 120,
     "profile": 120,
-    "profile_graphs": 60,
+    "profile_graphs": 100,  # four runs: the blocks between graphs, one operator inside, traced (twice: either operator)
     "block_pass": 200,
     "profile_block_pass": 60,
     "triton_precision": 200,
@@ -122,6 +124,7 @@ def step_commands(out: Path) -> dict[str, list[str]]:
         "tests/test_cuda.py",
         "tests/test_device_rollout.py",
         "tests/test_flex.py::test_the_passes_on_a_gpu_equal_the_fused_kernel",
+        "tests/test_traced_blocks.py::test_the_traced_blocks_on_a_gpu_give_the_blocks_results_and_the_eager_round",
     ]
 
     tests_command = [python, "-m", "pytest", "-q", "-n", "0", "-p", "no:cacheprovider"]
@@ -156,6 +159,7 @@ def step_commands(out: Path) -> dict[str, list[str]]:
                     "--compile", "off,default", "--json", str(out / "profile_cuda.json")],  # fmt: skip
         "profile_graphs": [python, "-m", "experiments.gpu_profile", "--shapes", "64x256", "--kernels", "fused",
                            "--compile", "reduce-overhead", "--operator-devices", "cpu,cpu+cuda",
+                           "--traced-devices", "cpu,cpu+cuda",
                            "--json", str(out / "profile_graphs_cuda.json")],  # fmt: skip
         "block_pass": [python, "-m", "experiments.gpu_block_pass", "--device", "cuda",
                        "--shapes", "1x4096,1x16384,1x65536,64x256", "--rows", "default,2048",

@@ -32,19 +32,26 @@ TRITON_PRECISION_TILES = ((64, 64, 4), (64, 64, 4, False), (128, 64, 4), (128, 6
 TRITON_SAMPLED_TILES = ((64, 64, 4), (64, 64, 4, False), (128, 64, 8))  # sampled mode: the draw's float64 sums
 
 
-# name: (chunk_rounds, sync_free, run.compile, compiled.OPERATOR_DEVICES, changes to the economy); chunk_rounds
-# None: ROLLOUT_ROUNDS. A way that sets run.kernel triton plays expected mode only here (its sampled mode, the
-# Triton draw, would add two reduce-overhead compilations to the step's time)
+# name: (chunk_rounds, sync_free, run.compile, switches (with_switches; {}: as they are), changes to the economy);
+# chunk_rounds None: ROLLOUT_ROUNDS. A way that sets run.kernel triton plays expected mode only here (its sampled
+# mode, the Triton draw, would add two reduce-overhead compilations to the step's time)
 WAYS = {
-    "round by round, Wood's loop": (1, False, "off", ("cpu",), {}),
-    "sync-free chunks, eager": (None, True, "off", ("cpu",), {}),
-    "sync-free chunks, reduce-overhead": (None, True, "reduce-overhead", ("cpu",), {}),
+    "round by round, Wood's loop": (1, False, "off", {}, {}),
+    "sync-free chunks, eager": (None, True, "off", {}, {}),
+    "sync-free chunks, reduce-overhead": (None, True, "reduce-overhead", {}, {}),
     # the blocks as one operator of the compiled graph on CUDA too: the whole expected round one CUDA graph
-    "sync-free chunks, reduce-overhead, blocks inside the graph": (None, True, "reduce-overhead", ("cpu", "cuda"), {}),
+    "sync-free chunks, reduce-overhead, blocks inside the graph": (
+        None, True, "reduce-overhead", {"OPERATOR_DEVICES": ("cpu", "cuda")}, {},
+    ),  # fmt: skip
+    # the blocks traced into the compiled graph (econspin.traced_blocks; B = 64, N = 256 is one block on CUDA):
+    # Inductor's kernels for them, inside the CUDA graph
+    "sync-free chunks, reduce-overhead, blocks traced": (
+        None, True, "reduce-overhead", {"TRACED_DEVICES": ("cpu", "cuda")}, {},
+    ),  # fmt: skip
     # the Triton kernel's programs inside the graph (econspin::triton_blocks), at full precision and on bf16 products
-    "sync-free chunks, reduce-overhead, Triton kernel": (None, True, "reduce-overhead", ("cpu",), {"kernel": "triton"}),
+    "sync-free chunks, reduce-overhead, Triton kernel": (None, True, "reduce-overhead", {}, {"kernel": "triton"}),
     "sync-free chunks, reduce-overhead, Triton kernel, bf16 products": (
-        None, True, "reduce-overhead", ("cpu",), {"kernel": "triton", "utility_precision": "bfloat16"},
+        None, True, "reduce-overhead", {}, {"kernel": "triton", "utility_precision": "bfloat16"},
     ),  # fmt: skip
 }
 
@@ -65,9 +72,22 @@ def with_setting(module, name: str, value, function):
 
 def with_operator_devices(devices: tuple[str, ...], function):
     """``function`` run with compiled.OPERATOR_DEVICES set to ``devices`` (a compiled round traces with them)."""
-    from econspin import compiled
+    return with_switches({"OPERATOR_DEVICES": devices}, function)
 
-    return with_setting(compiled, "OPERATOR_DEVICES", devices, function)
+
+def with_switches(switches: dict[str, tuple[str, ...]], function):
+    """``function`` run with each of econspin.compiled.SWITCHES named in ``switches`` set, restored after.
+
+    OPERATOR_DEVICES (econspin.compiled): the devices whose compiled rounds call the blocks as an
+    operator; TRACED_DEVICES (econspin.traced_blocks): those whose compiled rounds of one block
+    trace the blocks into the graph.
+    """
+    from econspin import compiled, traced_blocks
+
+    modules = {"OPERATOR_DEVICES": compiled, "TRACED_DEVICES": traced_blocks}
+    for name, devices in switches.items():
+        function = with_setting(modules[name], name, devices, function)
+    return function
 
 
 def rollout_timing(
@@ -88,14 +108,14 @@ def rollout_timing(
         functions = {"sdpa forward": lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v)}
         rollouts, errors = {}, {}
         for name in ways:
-            chunk_rounds, sync_free, compile_mode, operator_devices, changes = WAYS[name]
+            chunk_rounds, sync_free, compile_mode, switches, changes = WAYS[name]
             if changes.get("kernel") == "triton" and mode == "sampled":
                 continue
             try:
                 rollout = Rollout.create([bench_scenario(agents, mode=mode)] * batch, list(range(batch)), str(device))
                 rollout.economy = dataclasses.replace(rollout.economy, compile=compile_mode, **changes)
                 rollout.chunk_rounds, rollout.sync_free = chunk_rounds or rounds, sync_free
-                play = with_operator_devices(operator_devices, lambda r=rollout: r.advance(rounds))
+                play = with_switches(switches, lambda r=rollout: r.advance(rounds))
                 play()  # warm-up: compilation, graph capture
                 functions[name] = play
                 rollouts[name] = rollout

@@ -2,7 +2,8 @@
 
     python -m experiments.gpu_profile [--device cuda] [--shapes 1x16384,64x256] [--kernels fused,triton]
                                       [--mode expected] [--compile off,default] [--operator-devices cpu,cpu+cuda]
-                                      [--block-pass off,on] [--rounds 3] [--top 12] [--json FILE]
+                                      [--traced-devices cpu,cpu+cuda] [--block-pass off,on]
+                                      [--rounds 3] [--top 12] [--json FILE]
 
 For each shape (B x N, the benchmark economy of ``econspin bench``, float32) and each
 ``run.kernel`` and each ``run.compile`` of ``--compile``: three rounds warm up (compilation, CUDA graphs'
@@ -14,7 +15,10 @@ launched (a round under reduce-overhead replays its graphs: kernels run, few lau
 device's busy time (the sum of kernel times) and the wall time of the same rounds unprofiled.
 ``--operator-devices`` sets ``econspin.compiled.OPERATOR_DEVICES`` for a compiled round: with
 ``cpu+cuda`` the blocks are one operator inside the compiled graph on CUDA too (gpu_check's
-rollout step, its fourth way), else on CUDA they run between the graphs. ``--block-pass on``
+rollout step, its fourth way), else on CUDA they run between the graphs. ``--traced-devices``
+sets ``econspin.traced_blocks.TRACED_DEVICES``: with ``cpu+cuda`` a compiled round of one block
+(B = 64, N = 256 on CUDA) traces its blocks into the graph, Inductor's kernels for them (the
+rollout step's "blocks traced" way). ``--block-pass on``
 lists the device in ``econspin.block_pass.COMPILED_DEVICES``: the blocks' elementwise passes
 compiled into one kernel (gpu_check's ``block_pass`` step times it). Wall time well above
 the busy time is time the device waits for the host (launches, Python), the bound of the small
@@ -39,7 +43,7 @@ from econspin import block_pass
 from econspin.bench import bench_scenario
 from econspin.round import step
 from econspin.simulate import Rollout
-from experiments.gpu_measures import synchronised, with_operator_devices, with_setting
+from experiments.gpu_measures import synchronised, with_setting, with_switches
 
 KERNEL_LAUNCHES = ("cudaLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernel", "cuLaunchKernelEx")  # runtime, driver
 WARM_UP = 3  # rounds before the measured ones: compilation, and reduce-overhead's recording of its graphs
@@ -69,14 +73,17 @@ def kernel_times(profiler, device: torch.device) -> dict[str, list[float]]:
 def profile_round(
     batch: int, agents: int, kernel: str, mode: str, device: torch.device, rounds: int, top: int, compile_mode: str,
     operator_devices: tuple[str, ...] = ("cpu",), compiled_pass: bool = False,
+    traced_devices: tuple[str, ...] = ("cpu",),
 ) -> dict:
     """The profile of ``rounds`` rounds at (batch, agents) on ``kernel``: the top kernels and the totals, per round."""
-    profiled = with_operator_devices(
-        operator_devices, lambda: _profile_round(batch, agents, kernel, mode, device, rounds, top, compile_mode)
+    profiled = with_switches(
+        {"OPERATOR_DEVICES": operator_devices, "TRACED_DEVICES": traced_devices},
+        lambda: _profile_round(batch, agents, kernel, mode, device, rounds, top, compile_mode),
     )
     pass_devices = (device.type,) if compiled_pass else ()
     row = with_setting(block_pass, "COMPILED_DEVICES", pass_devices, profiled)()
-    return row | {"operator devices": "+".join(operator_devices), "compiled block pass": compiled_pass}
+    settings = {"operator devices": "+".join(operator_devices), "traced devices": "+".join(traced_devices)}
+    return row | settings | {"compiled block pass": compiled_pass}
 
 
 def _profile_round(batch, agents, kernel, mode, device, rounds, top, compile_mode) -> dict:
@@ -129,6 +136,8 @@ def main(arguments: list[str] | None = None) -> int:
     parser.add_argument("--compile", default="off", help="run.compile values, comma-separated")
     parser.add_argument("--operator-devices", default="cpu",
                         help="compiled.OPERATOR_DEVICES settings, comma-separated; devices joined by +")  # fmt: skip
+    parser.add_argument("--traced-devices", default="cpu",
+                        help="traced_blocks.TRACED_DEVICES settings, comma-separated; devices joined by +")  # fmt: skip
     parser.add_argument("--block-pass", default="off", help="off, on or off,on: the blocks' passes compiled")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--top", type=int, default=12)
@@ -136,15 +145,17 @@ def main(arguments: list[str] | None = None) -> int:
     options = parser.parse_args(arguments)
     device = torch.device(options.device)
     rows = []
-    runs = [(shape, kernel, compile_mode, devices, passes) for shape in options.shapes
+    runs = [(shape, kernel, compile_mode, devices, traced, passes) for shape in options.shapes
             for kernel in options.kernels.split(",") for compile_mode in options.compile.split(",")
-            for devices in options.operator_devices.split(",") for passes in options.block_pass.split(",")]  # fmt: skip
-    for (batch, agents), kernel, compile_mode, devices, passes in runs:
-        operator_devices = tuple(devices.split("+"))
+            for devices in options.operator_devices.split(",") for traced in options.traced_devices.split(",")
+            for passes in options.block_pass.split(",")]  # fmt: skip
+    for (batch, agents), kernel, compile_mode, devices, traced, passes in runs:
+        operator_devices, traced_devices = tuple(devices.split("+")), tuple(traced.split("+"))
         row = profile_round(batch, agents, kernel, options.mode, device, options.rounds, options.top, compile_mode,
-                            operator_devices, passes == "on")  # fmt: skip
+                            operator_devices, passes == "on", traced_devices)  # fmt: skip
         rows.append(row)
         line = f"{kernel}, B = {batch}, N = {agents}, {options.mode}, compile {compile_mode}, operators on {devices}, "
+        line += f"blocks traced on {traced}, "
         line += f"compiled block pass {passes}: wall {row['wall ms per round']:.3f} ms a round"
         if device.type == "cuda":
             line += f", {row['kernels per round']:.0f} kernels ({row['kernel launches per round']:.0f} launched alone,"

@@ -141,11 +141,19 @@ def test_bench_quick_as_documented(tmp_path):
 
 def test_the_ensemble_benchmark_times_steady_rounds_of_each_case(capsys, monkeypatch):
     """experiments.benchmark_ensemble: each case plays turns of --block rounds, the first of each turn not counted."""
+    from econspin import traced_blocks
     from experiments import benchmark_ensemble
 
-    benchmark_ensemble.main(["--agents", "8", "--batch", "2", "--repeats", "2", "--threads", "1", "--block", "2"])
+    arguments = ["--agents", "8", "--batch", "2", "--repeats", "2", "--threads", "1", "--block", "2"]
+    benchmark_ensemble.main(arguments)
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("B = ")]
     assert len(rows) == 4 and all(float(row.split("cpu")[1].split("ms")[0]) > 0 for row in rows)
+    seen = []  # --operator-blocks: no round traces its blocks while it times, and the switch is as it was after
+    monkeypatch.setattr(benchmark_ensemble, "ensemble", lambda *_, **__: seen.append(traced_blocks.TRACED_DEVICES))
+    monkeypatch.setattr(benchmark_ensemble, "interleaved_times", lambda cases, *_: dict.fromkeys(cases, (1.0, 1.0)))
+    benchmark_ensemble.main([*arguments, "--operator-blocks"])
+    assert seen == [()] * 4 and traced_blocks.TRACED_DEVICES == ("cpu",)
+    monkeypatch.undo()
 
     played, durations, clock = [], iter([10.0, 1.0] * 4), {"now": 0.0, "round": None}
     monkeypatch.setattr(benchmark_ensemble, "step", lambda state, economy: played.append(economy))

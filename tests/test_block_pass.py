@@ -221,7 +221,8 @@ def test_a_compiled_round_takes_the_compiled_pass_in_its_blocks(monkeypatch, ope
     import dataclasses
 
     monkeypatch.setattr("econspin.compiled.OPERATOR_DEVICES", operator_devices)
-    torch._dynamo.reset()  # the switch is read when the round is traced
+    monkeypatch.setattr("econspin.traced_blocks.TRACED_DEVICES", ())  # one block: else traced into the round's graph
+    torch._dynamo.reset()  # the switches are read when the round is traced
     run = rollout([two_populations(heads=2, visibility=0.5)] * 2, dtype="float32")
     eager = step(run.state, run.economy)
     economy = dataclasses.replace(run.economy, compile="default")

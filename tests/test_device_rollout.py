@@ -280,7 +280,7 @@ def test_the_gpu_checks_rollout_timing_runs_on_the_cpu(monkeypatch):
     from experiments import gpu_measures
 
     triton = {"kernel": "triton", "utility_precision": "bfloat16"}
-    monkeypatch.setitem(gpu_measures.WAYS, "Triton kernel, eager", (None, True, "off", ("cpu",), triton))
+    monkeypatch.setitem(gpu_measures.WAYS, "Triton kernel, eager", (None, True, "off", {}, triton))
     ways = ("round by round, Wood's loop", "sync-free chunks, eager")
     rows = gpu_measures.rollout_timing(
         torch.device("cpu"), shape=(2, 16), rounds=3, ways=(*ways, "Triton kernel, eager"), repeats=1
@@ -309,6 +309,22 @@ def test_the_gpu_checks_operator_devices_hold_only_for_the_call():
     with pytest.raises(RuntimeError):
         gpu_measures.with_operator_devices(("cuda",), failing)()
     assert compiled.OPERATOR_DEVICES == ("cpu",)
+
+
+def test_the_gpu_checks_switches_hold_only_for_the_call():
+    """The rollout ways' switches (the blocks traced on CUDA, the operator's devices) set for a call, then restored."""
+    from econspin import compiled, traced_blocks
+    from experiments import gpu_measures
+
+    seen = []
+    switches = {"TRACED_DEVICES": ("cpu", "cuda"), "OPERATOR_DEVICES": ("cuda",)}
+    play = gpu_measures.with_switches(
+        switches, lambda: seen.append((traced_blocks.TRACED_DEVICES, compiled.OPERATOR_DEVICES))
+    )
+    play()
+    assert seen == [(("cpu", "cuda"), ("cuda",))]
+    assert (traced_blocks.TRACED_DEVICES, compiled.OPERATOR_DEVICES) == (("cpu",), ("cpu",))
+    assert "blocks traced" in " ".join(gpu_measures.WAYS)
 
 
 def test_the_gpu_checks_million_step_runs_on_the_cpu(tmp_path):
