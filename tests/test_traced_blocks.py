@@ -16,22 +16,13 @@ from fused_cases import TOLERANCE, economies, on_device, two_populations
 from helpers import needs_compiler, rollout, scenario
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_compiled_round import close, compare_rounds, explain_round
+from test_compiled_round import close, compare_rounds, explain_round, fresh_compiler  # noqa: F401 (autouse)
 
 from econspin import traced_blocks
 from econspin.fused import BLOCK_ENTRIES, expected_blocks, round_terms
 from econspin.fused_sampled import sampled_blocks
 from econspin.round import step
 from econspin.traced_blocks import traced_expected_blocks, traced_sampled_blocks, traces
-
-
-@pytest.fixture(autouse=True)
-def fresh_compiler():
-    """Each test compiles from scratch (and no earlier test fills dynamo's cache)."""
-    torch._dynamo.reset()
-    torch._dynamo.utils.counters.clear()
-    yield
-    torch._dynamo.reset()
 
 
 def both_ways(state, economy, extra_seed: int, traced=None):
