@@ -70,11 +70,6 @@ def with_setting(module, name: str, value, function):
     return call
 
 
-def with_operator_devices(devices: tuple[str, ...], function):
-    """``function`` run with compiled.OPERATOR_DEVICES set to ``devices`` (a compiled round traces with them)."""
-    return with_switches({"OPERATOR_DEVICES": devices}, function)
-
-
 def with_switches(switches: dict[str, tuple[str, ...]], function):
     """``function`` run with each of econspin.compiled.SWITCHES named in ``switches`` set, restored after.
 

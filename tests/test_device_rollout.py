@@ -293,13 +293,18 @@ def test_the_gpu_checks_rollout_timing_runs_on_the_cpu(monkeypatch):
     assert not on_triton[0]["same bits as the first way"]  # bf16 products: other numbers
 
 
-def test_the_gpu_checks_operator_devices_hold_only_for_the_call():
-    """The way with the blocks inside CUDA's graph sets compiled.OPERATOR_DEVICES for its calls, then restores it."""
-    from econspin import compiled
+def test_the_gpu_checks_switches_hold_only_for_the_call():
+    """The rollout ways' switches (the blocks traced on CUDA, the operator's devices) set for a call, then restored.
+
+    Restored after a call that raises too (a failed graph capture).
+    """
+    from econspin import compiled, traced_blocks
     from experiments import gpu_measures
 
     seen = []
-    play = gpu_measures.with_operator_devices(("cpu", "cuda"), lambda: seen.append(compiled.OPERATOR_DEVICES))
+    play = gpu_measures.with_switches(
+        {"OPERATOR_DEVICES": ("cpu", "cuda")}, lambda: seen.append(compiled.OPERATOR_DEVICES)
+    )
     play()
     assert seen == [("cpu", "cuda")] and compiled.OPERATOR_DEVICES == ("cpu",)
 
@@ -307,16 +312,10 @@ def test_the_gpu_checks_operator_devices_hold_only_for_the_call():
         raise RuntimeError("capture failed")
 
     with pytest.raises(RuntimeError):
-        gpu_measures.with_operator_devices(("cuda",), failing)()
+        gpu_measures.with_switches({"OPERATOR_DEVICES": ("cuda",)}, failing)()
     assert compiled.OPERATOR_DEVICES == ("cpu",)
 
-
-def test_the_gpu_checks_switches_hold_only_for_the_call():
-    """The rollout ways' switches (the blocks traced on CUDA, the operator's devices) set for a call, then restored."""
-    from econspin import compiled, traced_blocks
-    from experiments import gpu_measures
-
-    seen = []
+    seen.clear()
     switches = {"TRACED_DEVICES": ("cpu", "cuda"), "OPERATOR_DEVICES": ("cuda",)}
     play = gpu_measures.with_switches(
         switches, lambda: seen.append((traced_blocks.TRACED_DEVICES, compiled.OPERATOR_DEVICES))
