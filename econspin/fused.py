@@ -127,6 +127,12 @@ def block_shape(groups: int, agents: int, rows: int | None = None, entries: int 
     return max(1, min(groups, together)), rows
 
 
+def round_block_shape(groups: int, agents: int, rows: int | None, device, memory_budget: float,
+                      itemsize: int) -> tuple[int, int]:
+    """:func:`block_shape` at :func:`block_entries` for ``device``: the blocks of a round (``rows`` None: sized)."""
+    return block_shape(groups, agents, rows, block_entries(device, memory_budget, itemsize))
+
+
 def uses_fused(state: State, economy: Economy) -> bool:
     """Whether a round takes a fused step: the economy says so and nothing asks for gradients.
 
@@ -265,8 +271,8 @@ def row_blocks(terms: BlockTerms, economy: Economy | BlockSettings, rows: int | 
     groups, agents = terms.groups, left.shape[1]
     dtype, device = terms.delivered.dtype, left.device
     big, floor = exp2_limits(dtype)
-    entries = block_entries(device, economy.memory_budget, dtype.itemsize)
-    group_size, block_rows = block_shape(groups, agents, rows if rows is not None else economy.chunk, entries)
+    rows = rows if rows is not None else economy.chunk
+    group_size, block_rows = round_block_shape(groups, agents, rows, device, economy.memory_budget, dtype.itemsize)
     buffer = workspace("blocks", 2 * group_size * block_rows * agents, dtype, device)
     low = None  # bf16 operands (run.utility_precision): their product lands in a buffer of their own first
     if left.dtype != dtype:

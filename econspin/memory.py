@@ -222,10 +222,9 @@ def estimate_memory(
         elif dense_kernel == "triton":  # tiles in registers: the per-agent tensors and the (d + 2) value columns
             device["round"] = batch * (model.agent_bytes() + heads * agents * (2 * d + 4) * itemsize)
         elif dense_kernel == "fused":  # the fused kernels (either mode): two blocks, reused
-            from econspin.fused import block_entries, block_shape  # fused builds on the economy, which reads this
+            from econspin.fused import round_block_shape  # fused builds on the economy, which reads this
 
-            entries = block_entries(machine, model.budget, itemsize)
-            groups, rows = block_shape(batch * heads, agents, run.chunk, entries)
+            groups, rows = round_block_shape(batch * heads, agents, run.chunk, machine, model.budget, itemsize)
             device["round"] = batch * model.agent_bytes() + 2 * (2 * groups * rows * agents * itemsize)
             if run.utility_precision == "bfloat16":  # two bf16 blocks beside them (econspin.precision)
                 device["round"] += 2 * groups * rows * agents * 2

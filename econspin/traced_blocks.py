@@ -46,7 +46,7 @@ import torch
 
 from econspin.block_pass import shifted_and_weights
 from econspin.economy import Economy
-from econspin.fused import BlockTerms, block_entries, block_shape, exp2_limits
+from econspin.fused import BlockTerms, exp2_limits, round_block_shape
 from econspin.fused_sampled import threshold_tiles, unrolled_positions
 from econspin.state import State
 
@@ -67,10 +67,10 @@ def traces(state: State, economy: Economy) -> bool:
     batch, agents, _ = states.shape
     if agents > MAX_SELLERS:
         return False
-    groups = batch * economy.heads
-    entries = block_entries(states.device, economy.memory_budget, states.dtype.itemsize)
-    group_size, rows = block_shape(groups, agents, economy.chunk, entries)
-    return group_size >= groups and rows >= agents
+    groups, itemsize = batch * economy.heads, states.dtype.itemsize
+    # the blocks fused.row_blocks would take: one, all the groups and rows
+    shape = round_block_shape(groups, agents, economy.chunk, states.device, economy.memory_budget, itemsize)
+    return shape == (groups, agents)
 
 
 def weighed_scores(terms: BlockTerms, by_columns: bool = False):
