@@ -17,7 +17,15 @@ from hypothesis import strategies as st
 
 import econspin.metrics as metrics_module
 from econspin.members import AgentSet
-from econspin.metrics import METRICS, measure, metric_functions, metric_names, revenue_shares, sorted_rows
+from econspin.metrics import (
+    METRICS,
+    measure,
+    metric_functions,
+    metric_names,
+    revenue_shares,
+    sorted_by_integer_keys,
+    sorted_rows,
+)
 from econspin.round import step
 
 MARKET_OF_FIVE = {  # 3 firms that only sell, 2 households that only buy
@@ -260,51 +268,86 @@ FLOATS = st.one_of(
 )
 
 
+# sorted_rows' CPU paths: numpy's sort (eager), the integer keys (compiled; RADIX_VALUES 1: from 256 a row)
+SORTS = {
+    "numpy": sorted_rows,
+    "integer keys": lambda values: _keys_from_256_a_row(values),
+}
+
+
+def _keys_from_256_a_row(values: torch.Tensor) -> torch.Tensor:
+    with mock.patch.object(metrics_module, "RADIX_VALUES", 1):  # the keys from 256 a row, however few rows
+        return sorted_by_integer_keys(values)
+
+
 @settings(max_examples=40, deadline=None)
 @given(
     st.sampled_from([torch.float32, torch.float64]),
     st.integers(1, 3),
     st.sampled_from([1, 255, 256, 3000]),
+    st.sampled_from(sorted(SORTS)),
     st.data(),
 )
-def test_sorted_rows_equal_torchs_sort_bit_for_bit(dtype, batch, count, data):
-    """sorted_rows (the long rows as one radix-sorted integer key on the CPU) gives sort(dim=1)'s values exactly."""
+def test_sorted_rows_equal_torchs_sort_bit_for_bit(dtype, batch, count, path, data):
+    """Both CPU paths of sorted_rows (numpy's sort; the rows as one radix-sorted key) give sort(dim=1)'s values."""
     drawn = data.draw(st.lists(FLOATS, min_size=8, max_size=8))
     generator = torch.Generator().manual_seed(data.draw(st.integers(0, 2**16)))
     values = torch.tensor(drawn, dtype=dtype)[torch.randint(0, 8, (batch, count), generator=generator)]
     values = values * torch.rand(batch, count, generator=generator, dtype=dtype).add(0.5)  # not only 8 values
-    with mock.patch.object(metrics_module, "RADIX_VALUES", 1):  # the keys from 256 a row, however few rows
-        got = sorted_rows(values)
+    got = SORTS[path](values)
     want = values.sort(dim=1).values
     assert got.dtype == dtype and torch.equal(want, got)  # -0.0 and 0.0 may trade places: equal values
 
 
+@pytest.mark.parametrize("path", sorted(SORTS))
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("batch", [1, 3])
-def test_sorted_rows_of_every_kind_of_value(dtype, batch):
+def test_sorted_rows_of_every_kind_of_value(path, dtype, batch):
     """Each path of sorted_rows against torch's sort, on negatives, both zeros, infinities, subnormals and ties.
 
-    The paths: the keys of float32 rows, the key of one float64 row, torch's sort for several float64 rows.
+    The paths: numpy's sort; the keys of float32 rows, the key of one float64 row, torch's sort for several
+    float64 rows. A view of every other column too: numpy sorts the tensor's memory where it lies. The keys
+    keep each zero's sign; numpy's vectorised sort may give -0.0 for 0.0 and back (equal values, as torch.equal
+    holds them), which no metric can tell apart.
     """
     kinds = [-math.inf, -3.5, -1e-40, -0.0, 0.0, 1e-45, 2.0, 2.0, 7e30, math.inf]
     generator = torch.Generator().manual_seed(batch)
-    values = torch.tensor(kinds, dtype=dtype)[torch.randint(0, len(kinds), (batch, 300), generator=generator)]
-    with mock.patch.object(metrics_module, "RADIX_VALUES", 1):
-        assert torch.equal(sorted_rows(values), values.sort(dim=1).values)
+    values = torch.tensor(kinds, dtype=dtype)[torch.randint(0, len(kinds), (batch, 600), generator=generator)]
+    for rows in (values[:, :300], values[:, ::2]):
+        got = SORTS[path](rows)
+        assert torch.equal(got, rows.sort(dim=1).values)
+        if path == "integer keys":  # both zeros come back, as many of each
+            signs = torch.signbit(got) & (got == 0)
+            assert int(signs.sum()) == int((torch.signbit(rows) & (rows == 0)).sum())
 
 
-def test_sorted_rows_take_the_integer_keys_for_long_rows_only(monkeypatch):
-    """The keys where the rows are long and many (the radix sort pays), torch's sort below either bound."""
+def test_sorted_rows_take_numpy_eagerly_and_the_integer_keys_compiled_for_long_rows_only(monkeypatch):
+    """Eagerly on the CPU numpy sorts float32 and float64; compiled, the keys where the rows are long and many.
+
+    Everything else (float16, bfloat16, short or few rows compiled) takes torch's sort.
+    """
     import econspin.metrics as metrics
 
     used = []
-    original = torch.Tensor.sort
+    original_sort, original_numpy = torch.Tensor.sort, np.sort
 
     def recording(tensor, *arguments, **keywords):
         used.append(tensor.dtype)
-        return original(tensor, *arguments, **keywords)
+        return original_sort(tensor, *arguments, **keywords)
+
+    def numpy_recording(array, *arguments, **keywords):
+        used.append("numpy")
+        return original_numpy(array, *arguments, **keywords)
 
     monkeypatch.setattr(torch.Tensor, "sort", recording)
+    monkeypatch.setattr(metrics.np, "sort", numpy_recording)
+    cases = (((64, 256), torch.float32, "numpy"), ((2, 5), torch.float64, "numpy"),
+             ((3, 7), torch.bfloat16, torch.bfloat16), ((3, 7), torch.float16, torch.float16))  # fmt: skip
+    for shape, dtype, want in cases:
+        used.clear()
+        got = metrics.sorted_rows(torch.rand(*shape).to(dtype))
+        assert used == [want] and got.dtype == dtype, shape
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
     for shape, want in (((64, 256), torch.int64), ((1, 20000), torch.int64), ((2, 300), torch.float32),
                         ((512, 64), torch.float32)):  # fmt: skip
         used.clear()
