@@ -70,11 +70,14 @@ def sorted_rows(values: torch.Tensor) -> torch.Tensor:
     4096 (docs/performance.md, "Gini's sort by numpy"). So an eager round's Gini sorts float32
     and float64 money on the CPU with numpy, on a view of the same memory (no copy in). Under
     torch.compile (the metrics compiled with ``run.compile``) the graph cannot call numpy, and
-    long rows take :func:`sorted_by_integer_keys`; other devices and dtypes take torch's sort.
+    long rows take :func:`sorted_by_integer_keys`; other devices and dtypes take torch's sort, and
+    so do values autograd follows (a susceptibility of Gini, econspin.susceptibilities): torch's
+    sort is differentiable, numpy's and the keys' are not.
     The values are torch's, bit for bit but for the zeros' signs: numpy's vectorised sort may give
     back -0.0 for 0.0 and 0.0 for -0.0 (equal values; Gini's sum cannot tell them apart).
     """
-    if values.device.type != "cpu" or values.dtype not in NUMPY_SORTED:
+    follows = values.requires_grad and torch.is_grad_enabled()
+    if values.device.type != "cpu" or values.dtype not in NUMPY_SORTED or follows:
         return values.sort(dim=1).values
     if not torch.compiler.is_compiling():
         return torch.from_numpy(np.sort(values.detach().numpy(), axis=1))

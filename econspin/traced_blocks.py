@@ -11,7 +11,8 @@ for that case as whole-tensor expressions, which TorchDynamo traces into the rou
 Inductor fuses into a few loops, with e stored once (econspin.block_pass.shifted_and_weights):
 
     score_ij = [beta_i q_i / sqrt(d_k), beta_i, 1] . [k_j, b_j, c_j]   (one batched product)
-               -BIG on the diagonal, plus the trade network's bias (0 on edges, -BIG elsewhere)
+               -BIG on the diagonal, plus the trade network's bias (0 on edges, -BIG elsewhere;
+               -BIG off the edges from its boolean mask where the bias has no room)
     m_i, y_ij, e_ij                                                       (econspin.block_pass)
 
 then, in expected mode (econspin.fused's module doc for each term),
@@ -73,9 +74,11 @@ def traces(state: State, economy: Economy) -> bool:
     return shape == (groups, agents)
 
 
-def weighed_scores(terms: BlockTerms, by_columns: bool = False):
+def weighed_scores(terms: BlockTerms, trade_mask: torch.Tensor | None, by_columns: bool = False):
     """(m_i (groups, N, 1), y, e (groups, N, N)) of the whole round's one block.
 
+    ``trade_mask``: the economy's network (N, N), read where its additive bias is None (it had no
+    room in run.memory_budget_mb, econspin.economy_terms.network_terms), as fused.row_blocks reads it.
     ``by_columns``: the block laid out seller by seller (strides (N^2, 1, N)), the same numbers.
     """
     big, floor = exp2_limits(terms.delivered.dtype)
@@ -88,6 +91,8 @@ def weighed_scores(terms: BlockTerms, by_columns: bool = False):
     scores.diagonal(dim1=1, dim2=2).fill_(-big)
     if terms.network_bias is not None:  # a trade network's mask, as 0 on edges and -BIG elsewhere (economy_terms)
         scores = scores + terms.network_bias
+    elif trade_mask is not None:
+        scores = scores.masked_fill(~trade_mask, -big)
     return shifted_and_weights(scores, terms.tie_width, big, floor)
 
 
@@ -96,7 +101,7 @@ def traced_expected_blocks(terms: BlockTerms, economy: Economy, moment_rows: tor
 
     Writes m_i, s_i and sum_j e_ij y_ij into ``terms``; revenue in float64, unnormalised as there.
     """
-    row_max, shifted, weights = weighed_scores(terms)
+    row_max, shifted, weights = weighed_scores(terms, economy.trade_mask)
     total = weights.sum(-1)
     norm = (weights * weights).sum(-1).sqrt()
     dot = (weights * shifted).sum(-1)  # sum_j e_ij z_ij / ln 2
@@ -121,7 +126,7 @@ def traced_sampled_blocks(terms: BlockTerms, economy: Economy, uniforms: torch.T
     # laid out by sellers, so that the count's loop over a row's sellers reads each seller's
     # weights for consecutive rows: Inductor vectorises it across rows (by rows it left the loop
     # scalar, 64 strided loads a row): 0.85-0.87 against 1.05-1.07 ms a round at B = 128, N = 64
-    row_max, shifted, weights = weighed_scores(terms, by_columns=True)
+    row_max, shifted, weights = weighed_scores(terms, economy.trade_mask, by_columns=True)
     tile, levels = threshold_tiles(weights, uniforms)
     choice, total, dot = unrolled_positions(weights, uniforms, tile, *levels, scores=shifted)
     terms.keep_rows(row_max.squeeze(-1), total, dot)

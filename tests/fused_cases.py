@@ -109,6 +109,8 @@ def economies(draw, mode="expected"):
         mask = torch.rand(agents, agents, generator=generator) < draw(st.floats(0.1, 0.9))
         mask[torch.rand(agents, generator=generator) < 0.2] = False
         economy = dataclasses.replace(economy, trade_mask=mask)
+        if draw(st.booleans()):  # no room for the network's additive bias: the kernels read the boolean mask
+            economy = dataclasses.replace(economy, memory_budget=float(agents))
     return state, economy
 
 

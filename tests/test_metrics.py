@@ -324,7 +324,7 @@ def test_sorted_rows_of_every_kind_of_value(path, dtype, batch):
 def test_sorted_rows_take_numpy_eagerly_and_the_integer_keys_compiled_for_long_rows_only(monkeypatch):
     """Eagerly on the CPU numpy sorts float32 and float64; compiled, the keys where the rows are long and many.
 
-    Everything else (float16, bfloat16, short or few rows compiled) takes torch's sort.
+    Everything else (float16, bfloat16, values autograd follows, short or few rows compiled) takes torch's sort.
     """
     import econspin.metrics as metrics
 
@@ -347,6 +347,14 @@ def test_sorted_rows_take_numpy_eagerly_and_the_integer_keys_compiled_for_long_r
         used.clear()
         got = metrics.sorted_rows(torch.rand(*shape).to(dtype))
         assert used == [want] and got.dtype == dtype, shape
+    followed = torch.rand(64, 256, requires_grad=True)  # autograd follows it (a susceptibility): torch's sort
+    used.clear()
+    metrics.sorted_rows(followed).sum().backward()
+    assert used == [torch.float32] and torch.equal(followed.grad, torch.ones(64, 256))
+    with torch.no_grad():
+        used.clear()
+        metrics.sorted_rows(followed)
+        assert used == ["numpy"]
     monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
     for shape, want in (((64, 256), torch.int64), ((1, 20000), torch.int64), ((2, 300), torch.float32),
                         ((512, 64), torch.float32)):  # fmt: skip

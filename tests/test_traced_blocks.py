@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from test_compiled_round import close, compare_rounds, explain_round, fresh_compiler  # noqa: F401 (autouse)
 
 from econspin import traced_blocks
+from econspin.economy_terms import network_terms
 from econspin.fused import BLOCK_ENTRIES, expected_blocks, round_terms
 from econspin.fused_sampled import sampled_blocks
 from econspin.round import step
@@ -144,6 +145,23 @@ def test_a_compiled_round_of_one_block_traces_its_blocks_and_several_blocks_call
         code = "\n".join(str(graph.graph) for graph in explained.graphs)
         assert (operator not in code) == traced, (chunk, code[:2000])
         compare_rounds(run, rounds=3)
+
+
+@needs_compiler
+@pytest.mark.parametrize("mode", ["expected", "sampled"])
+def test_a_compiled_round_of_one_block_reads_a_network_without_room_for_its_bias(mode):
+    """A network whose additive bias has no room in run.memory_budget_mb: the traced blocks read the boolean mask.
+
+    The compiled round (its blocks traced) equals the eager round over three rounds; before the traced blocks
+    read the mask, they traded across the whole market there.
+    """
+    network = {"generator": "gnp_random_graph", "params": {"p": 0.3}}
+    populations = {"human": {"count": 48, "temperature": 1.0}, "ai": {"count": 16, "temperature": 0.0}}
+    # 100 KiB: room for the round's blocks of one row (64 KiB), not for a 32 KiB bias in a quarter of it
+    settings = {"memory_budget_mb": 0.1}
+    run = rollout(scenario(mode=mode, heads=2, populations=populations, network=network, run=settings))
+    assert network_terms(run.economy, torch.float64, 1e300)[0] is None and not run.economy.trade_mask.all()
+    compare_rounds(run, rounds=3)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (gpu_check's tests step runs it)")
