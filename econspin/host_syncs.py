@@ -26,7 +26,11 @@ under a dispatch mode, so the compiled passes of a GPU are not watched, only tha
 
 On the CPU every tensor is already on the host, so nothing actually waits and device copies
 cannot occur; everything else is recorded all the same, which is what lets a CPU test suite
-prove that a GPU rollout would not stop (tests/test_device_rollout.py).
+prove that a GPU rollout would not stop (tests/test_device_rollout.py). For that the CPU's
+tensors stand in for a device's while a recorder runs: code that reads a CPU tensor's memory
+directly on the host where it can (numpy's sort in econspin.metrics.sorted_rows) asks
+:func:`reads_on_host` first, which says no while recording, so the recorder watches the path a
+GPU's tensors take.
 """
 
 from __future__ import annotations
@@ -56,6 +60,15 @@ HOST_READ_METHODS = {"tolist", "numpy", "cpu"}  # Tensor methods that return hos
 HOST_DATA_FUNCTIONS = {"tensor", "as_tensor"}  # tensors from Python data: made on the host, then copied
 
 FLEX_SWITCH = "_FLEX_ATTENTION_DISABLE_COMPILE_DEBUG"  # torch: FlexAttention without its compile wrapper
+
+# how many recorders are running (nested or not): while any is, the CPU's tensors stand in for a device's.
+# Module state, because the dispatch modes the recorders push are process state too.
+_recording = 0
+
+
+def reads_on_host(tensor: torch.Tensor) -> bool:
+    """Whether the host may read ``tensor``'s memory directly (numpy): a CPU tensor, and no recorder running."""
+    return tensor.device.type == "cpu" and _recording == 0
 
 
 def _packet(op) -> str:
@@ -158,9 +171,13 @@ class HostSyncRecorder:
         self._modes = (_HostReads(self.events), _DispatchedSyncs(self.events))
         for mode in self._modes:
             mode.__enter__()
+        global _recording
+        _recording += 1
         return self
 
     def __exit__(self, *failure) -> None:
+        global _recording
+        _recording -= 1
         for mode in reversed(self._modes):
             mode.__exit__(*failure)
         if self._flex_unwrapped is not None:

@@ -14,6 +14,7 @@ import torch
 
 from econspin.compiled import compiled_function, replays_cuda_graphs
 from econspin.economy import Economy
+from econspin.host_syncs import reads_on_host
 from econspin.state import State
 
 Metric = Callable[[State, Economy], torch.Tensor]
@@ -72,16 +73,19 @@ def sorted_rows(values: torch.Tensor) -> torch.Tensor:
     torch.compile (the metrics compiled with ``run.compile``) the graph cannot call numpy, and
     long rows take :func:`sorted_by_integer_keys`; other devices and dtypes take torch's sort, and
     so do values autograd follows (a susceptibility of Gini, econspin.susceptibilities): torch's
-    sort is differentiable, numpy's and the keys' are not.
+    sort is differentiable, numpy's and the keys' are not. While econspin.host_syncs records (its
+    CPU tensors standing in for a GPU's), torch's sort too: the path a GPU takes.
     The values are torch's, bit for bit but for the zeros' signs: numpy's vectorised sort may give
     back -0.0 for 0.0 and 0.0 for -0.0 (equal values; Gini's sum cannot tell them apart).
     """
     follows = values.requires_grad and torch.is_grad_enabled()
     if values.device.type != "cpu" or values.dtype not in NUMPY_SORTED or follows:
         return values.sort(dim=1).values
-    if not torch.compiler.is_compiling():
+    if torch.compiler.is_compiling():
+        return sorted_by_integer_keys(values)
+    if reads_on_host(values):  # (not while econspin.host_syncs records: there the CPU stands in for a GPU)
         return torch.from_numpy(np.sort(values.detach().numpy(), axis=1))
-    return sorted_by_integer_keys(values)
+    return values.sort(dim=1).values
 
 
 def sorted_by_integer_keys(values: torch.Tensor) -> torch.Tensor:

@@ -16,6 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import econspin.metrics as metrics_module
+from econspin.host_syncs import HostSyncRecorder
 from econspin.members import AgentSet
 from econspin.metrics import (
     METRICS,
@@ -354,6 +355,16 @@ def test_sorted_rows_take_numpy_eagerly_and_the_integer_keys_compiled_for_long_r
     with torch.no_grad():
         used.clear()
         metrics.sorted_rows(followed)
+        assert used == ["numpy"]
+    for _ in range(2):  # while the host's syncs are recorded the CPU stands in for a GPU: torch's sort, no host read
+        used.clear()
+        with HostSyncRecorder() as recorder:
+            metrics.sorted_rows(torch.rand(64, 256))
+        assert set(used) == {torch.float32} and recorder.events == []  # (the recorder's mode sees the sort too)
+        with pytest.raises(ZeroDivisionError), HostSyncRecorder():  # and after a recorder that raised, numpy again
+            1 / 0
+        used.clear()
+        metrics.sorted_rows(torch.rand(64, 256))
         assert used == ["numpy"]
     monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
     for shape, want in (((64, 256), torch.int64), ((1, 20000), torch.int64), ((2, 300), torch.float32),
