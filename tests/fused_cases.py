@@ -52,8 +52,12 @@ def assert_equals_oracle(outcome: MarketOutcome, state, economy, tolerance: floa
 
 
 @st.composite
-def economies(draw, mode="expected"):
+def economies(draw, mode="expected", round_kinds=False):
     """A random small economy and state in ``mode``: shapes, flags, budgets, masks, temperatures, ties.
+
+    ``round_kinds``: the round's other settings drawn too (the market's response, each
+    population's correction, none, tap or a random ffn, and its eta), for tests of a whole round;
+    without, the scenario's defaults (the market's tests draw the same examples as before).
 
     In half of the draws (``lattice``) states are integers and projections powers of two
     times the identity, with d = d_k in {1, 4}: every utility is then exact in floating
@@ -89,6 +93,13 @@ def economies(draw, mode="expected"):
         "unit": draw(st.floats(0.2, 2.0)),
         "mode": mode,
     }
+    if round_kinds:
+        market["response"] = draw(st.sampled_from(["large_d", "vmf", "sphere", "linear"]))
+        forms = ["none", "ffn", "tap"] if market["response"] in ("large_d", "vmf") else ["none", "ffn"]
+        for population in populations.values():
+            form = draw(st.sampled_from(forms))
+            population["correction"] = {"form": form, "hidden": 8, "scale": 0.5} if form == "ffn" else {"form": form}
+            population["eta"] = draw(st.sampled_from([0.0, 0.5, 1.0]))
     seed = draw(st.integers(0, 2**31))
     batch = draw(st.integers(1, 3))
     built = rollout([scenario(populations=populations, run={"seed": seed}, **market)] * batch, dtype=dtype)

@@ -3,7 +3,8 @@
 The fixed cases of tests/test_compiled_round.py take the compiled round's paths one at a time.
 Here hypothesis draws the economies that every kernel's equivalence tests read: shapes, heads,
 populations that only buy or only sell, budgets, networks with and without room for their
-additive bias, rows at T = 0 and T = inf, exact ties. One round compiled (``run.compile:
+additive bias, rows at T = 0 and T = inf, exact ties; and the round's other settings (the
+response, each population's correction and eta: ``round_kinds``). One round compiled (``run.compile:
 default``: the blocks traced into the graph where one block holds the round, the blocks'
 operator elsewhere) must give the eager round's states, money and trade.
 
@@ -34,7 +35,7 @@ from econspin.round import step
 FIELDS = (("states", 1e-5), ("money", 1e-6), ("revenue", 1e-6), ("spending", 1e-6), ("entropy", 1e-5),
           ("surplus", 1e-5))  # fmt: skip
 
-DRAWN = st.sampled_from(["expected", "sampled"]).flatmap(economies)
+DRAWN = st.sampled_from(["expected", "sampled"]).flatmap(lambda mode: economies(mode, round_kinds=True))
 
 
 def assert_compiled_round_equals_eager(drawn) -> None:
