@@ -124,11 +124,19 @@ def one_pass(scores: torch.Tensor, weights: torch.Tensor, tie_width: torch.Tenso
     """:func:`weigh_and_sum`'s equations for torch.compile: e to ``weights``, (m, s, |e|, sum e y, r) to ``outputs``."""
     row_max, shifted, powers = shifted_and_weights(scores, tie_width, big, floor)
     weights.copy_(powers)
-    moments = torch.stack([(powers * moment_rows[:, None, k]).sum(-1) for k in range(moment_rows.shape[1])], -1)
-    norm = (powers * powers).sum(-1).sqrt()
-    results = (row_max.squeeze(-1), powers.sum(-1), norm, (powers * shifted).sum(-1), moments)
-    for output, result in zip(outputs, results):
+    total, norm, dot, moments = row_sums(shifted, powers, moment_rows)
+    for output, result in zip(outputs, (row_max.squeeze(-1), total, norm, dot, moments)):
         output.copy_(result)
+
+
+def row_sums(shifted: torch.Tensor, powers: torch.Tensor, moment_rows: torch.Tensor):
+    """(s_i, |e_i.|, sum_j e_ij y_ij, (sum_j e_ij w_kj)_k) of a block's y and e, as whole-tensor sums for torch.compile.
+
+    The moment rows w_k (groups, K, N) as sums in Inductor's loops, not a batched K-row product.
+    Also the sums of econspin.traced_blocks' expected blocks.
+    """
+    moments = torch.stack([(powers * moment_rows[:, None, k]).sum(-1) for k in range(moment_rows.shape[1])], -1)
+    return powers.sum(-1), (powers * powers).sum(-1).sqrt(), (powers * shifted).sum(-1), moments
 
 
 def weigh_in_one_pass(scores: torch.Tensor, weights: torch.Tensor, row_max: torch.Tensor, tie_width: torch.Tensor,

@@ -45,7 +45,7 @@ from __future__ import annotations
 
 import torch
 
-from econspin.block_pass import shifted_and_weights
+from econspin.block_pass import row_sums, shifted_and_weights
 from econspin.economy import Economy
 from econspin.fused import BlockTerms, exp2_limits, round_block_shape
 from econspin.fused_sampled import threshold_tiles, unrolled_positions
@@ -102,14 +102,12 @@ def traced_expected_blocks(terms: BlockTerms, economy: Economy, moment_rows: tor
     Writes m_i, s_i and sum_j e_ij y_ij into ``terms``; revenue in float64, unnormalised as there.
     """
     row_max, shifted, weights = weighed_scores(terms, economy.trade_mask)
-    total = weights.sum(-1)
-    norm = (weights * weights).sum(-1).sqrt()
-    dot = (weights * shifted).sum(-1)  # sum_j e_ij z_ij / ln 2
+    # s_i, |e_i.|, sum_j e_ij z_ij / ln 2 and the two moment rows; the moments and revenue as sums in Inductor's
+    # loops, not batched 2- and 1-row products (MKL's small products): 0.72-0.73 against 0.76-0.77 ms a round at
+    # B = 128, N = 64 (2 threads, d = 16, the expected cases alone); in the ensemble benchmark's eight cases
+    # 0.76-0.78 ms either way
+    total, norm, dot, moments = row_sums(shifted, weights, moment_rows)
     received = torch.bmm(weights, terms.delivered)
-    # the two moment rows and revenue as sums in Inductor's loops, not batched 2- and 1-row products (MKL's
-    # small products): 0.72-0.73 against 0.76-0.77 ms a round at B = 128, N = 64 (2 threads, d = 16, the expected
-    # cases alone); in the ensemble benchmark's eight cases 0.76-0.78 ms either way
-    moments = torch.stack([(weights * moment_rows[:, None, k]).sum(-1) for k in range(moment_rows.shape[1])], -1)
     # total >= 1 on a row with partners, 0 on an empty row (its weights are all 0)
     per_unit = terms.share / total.clamp(min=1.0)
     revenue = (per_unit[..., None] * weights).sum(1).double()  # sum_i e_ij per_unit_i
