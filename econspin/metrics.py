@@ -79,12 +79,11 @@ def sorted_rows(values: torch.Tensor) -> torch.Tensor:
     back -0.0 for 0.0 and 0.0 for -0.0 (equal values; Gini's sum cannot tell them apart).
     """
     follows = values.requires_grad and torch.is_grad_enabled()
-    if values.device.type != "cpu" or values.dtype not in NUMPY_SORTED or follows:
-        return values.sort(dim=1).values
-    if torch.compiler.is_compiling():
-        return sorted_by_integer_keys(values)
-    if reads_on_host(values):  # (not while econspin.host_syncs records: there the CPU stands in for a GPU)
-        return torch.from_numpy(np.sort(values.detach().numpy(), axis=1))
+    if values.device.type == "cpu" and values.dtype in NUMPY_SORTED and not follows:
+        if torch.compiler.is_compiling():
+            return sorted_by_integer_keys(values)
+        if reads_on_host(values):  # (not while econspin.host_syncs records: there the CPU stands in for a GPU)
+            return torch.from_numpy(np.sort(values.detach().numpy(), axis=1))
     return values.sort(dim=1).values
 
 
