@@ -17,13 +17,13 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from unittest import mock
 
 import torch
 
-from econspin import Scenario, keep_freed_memory, traced_blocks
+from econspin import Scenario, keep_freed_memory
 from econspin.round import step
 from econspin.simulate import Rollout
+from experiments.gpu_measures import with_switches
 
 BLOCK = 6  # rounds of one case in a turn; the first of them is not counted
 
@@ -96,9 +96,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"keep_freed_memory: {keep_freed_memory()}")
     if arguments.operator_blocks:
         print("the blocks' operator in every compiled round (econspin.traced_blocks.TRACED_DEVICES = ())")
-    traced = () if arguments.operator_blocks else traced_blocks.TRACED_DEVICES
-    with mock.patch.object(traced_blocks, "TRACED_DEVICES", traced):  # as it was, after
-        timed(arguments)
+    switches = {"TRACED_DEVICES": ()} if arguments.operator_blocks else {}
+    with_switches(switches, lambda: timed(arguments))()  # as it was, after
 
 
 def timed(arguments: argparse.Namespace) -> None:
