@@ -8,7 +8,13 @@ import torch
 from scipy import special, stats
 
 from econspin.randomness import round_draws
-from econspin.response import _wood_component, bessel_ratio, make_response, sample_von_mises_fisher
+from econspin.response import (
+    _norm_and_unit,
+    _wood_component,
+    bessel_ratio,
+    make_response,
+    sample_von_mises_fisher,
+)
 
 
 @pytest.mark.parametrize("dimension", [2, 3, 8, 64, 512])
@@ -213,6 +219,28 @@ def test_spins_drawn_in_place_are_the_differentiable_draws_bit_for_bit(dimension
     assert torch.allclose(in_place.norm(dim=-1), torch.full((2, 40), 1.5, dtype=dtype), rtol=1e-5)
     (differentiable * torch.randn(differentiable.shape, generator=generator, dtype=dtype)).sum().backward()
     assert field.grad is not None and torch.isfinite(field.grad).all() and field.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+def test_the_eager_draws_unit_field_is_laid_out_contiguously(dtype):
+    """theta_hat (d, ...) is a tensor of its own, contiguous, in the draw's working precision.
+
+    The draw's three products read it; a strided view there cost 5x each (docs/performance.md,
+    "The spin draw's unit field, contiguous"). The moved view's .to(memory_format=contiguous) in
+    theta's own dtype returned the view itself, so this held only for a cast (bfloat16 states:
+    float64 Gaussians). With a gradient too, and the quotients are theta / |theta| either way.
+    """
+    theta = torch.randn(3, 7, 5, generator=torch.Generator().manual_seed(2)).to(dtype)
+    theta[0, 0] = 0.0
+    working = torch.float32 if dtype == torch.float32 else torch.float64
+    for requires_grad in (False, True):
+        field = theta.clone().requires_grad_(requires_grad)
+        norm, unit = _norm_and_unit(field, False, working)
+        assert unit.shape == (5, 3, 7) and unit.dtype == working and unit.is_contiguous()
+        assert torch.equal(norm.detach(), torch.linalg.vector_norm(theta, dim=-1))
+        expected = (theta / torch.where(norm.detach() > 0, norm.detach(), 1.0)[..., None]).to(working)
+        assert torch.equal(unit.detach(), expected.movedim(-1, 0))
+        assert unit.requires_grad == requires_grad
 
 
 @pytest.mark.parametrize("dimension", [2, 3, 16, 32])
