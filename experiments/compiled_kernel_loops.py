@@ -34,6 +34,7 @@ import torch
 import econspin.compiled as compiled
 from econspin import keep_freed_memory
 from experiments.benchmark_ensemble import ensemble
+from experiments.compiled_round_parts import compiled_modules, ensemble_arguments
 
 NEST_END = "    }"  # a top-level loop nest of a kernel's body closes at this indentation
 FIRST_LOOP = re.compile(r"for\(int64_t (x\d+)=static_cast<int64_t>\((\d+)L\); x\d+<static_cast<int64_t>\((\d+)L\)")
@@ -104,11 +105,7 @@ def nest_sums(reader: str, count: int) -> list[float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--mode", default="sampled")
-    parser.add_argument("--agents", type=int, default=64)
-    parser.add_argument("--batch", type=int, default=128)
-    parser.add_argument("--dimension", type=int, default=32)
-    parser.add_argument("--response", default="vmf")
+    ensemble_arguments(parser, response="vmf")
     parser.add_argument("--kernel", type=int, default=2, help="the number Inductor ends the kernel's name with")
     parser.add_argument("--rounds", type=int, default=200)
     arguments = parser.parse_args()
@@ -116,7 +113,6 @@ def main() -> None:
     keep_freed_memory()
     compiled.CPP_WRAPPER_DEVICES = ()  # the Python wrapper: its module calls each kernel by name
     from torch._inductor.async_compile import AsyncCompile
-    from torch._inductor.codecache import PyCodeCache
 
     from econspin.round import step
 
@@ -127,12 +123,10 @@ def main() -> None:
     with torch.no_grad():
         for _ in range(3):
             state = step(state, economy)
-    modules = PyCodeCache.modules
-    modules = list(modules.values()) if isinstance(modules, dict) else list(modules)
     suffix = f"_{arguments.kernel}"
     found = [
         (module, name)
-        for module in modules
+        for module in compiled_modules()
         for name in dir(module)
         if name.startswith("cpp_fused") and name.endswith(suffix)
     ]

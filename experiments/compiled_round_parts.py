@@ -66,13 +66,26 @@ def wrap_eager_islands() -> None:
     fused_sampled.compiled_draws = timed("compiled_draws and sum e y (inside econspin::sampled_blocks)", counted, False)
 
 
-def wrap_compiled_kernels() -> None:
-    """Every loaded Inductor module's C++ kernels and its extern bmm, timed."""
+def compiled_modules() -> list:
+    """The Python modules Inductor has loaded in this process (its compiled graphs' wrappers), oldest first."""
     from torch._inductor.codecache import PyCodeCache
 
     modules = PyCodeCache.modules
-    modules = list(modules.values()) if isinstance(modules, dict) else list(modules)
-    for module in modules:
+    return list(modules.values()) if isinstance(modules, dict) else list(modules)
+
+
+def ensemble_arguments(parser: argparse.ArgumentParser, response: str = "large_d") -> None:
+    """The options naming the ensemble (experiments/benchmark_ensemble.py's economies): mode, N, B, d, response."""
+    parser.add_argument("--mode", default="sampled")
+    parser.add_argument("--agents", type=int, default=64)
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--dimension", type=int, default=32)
+    parser.add_argument("--response", default=response)
+
+
+def wrap_compiled_kernels() -> None:
+    """Every loaded Inductor module's C++ kernels and its extern bmm, timed."""
+    for module in compiled_modules():
         for name in [name for name in dir(module) if name.startswith("cpp_fused")]:
             # the fused operations' names, cut, and the kernel's number: two kernels may share the first 70 characters
             label = f"kernel {name[len('cpp_fused_') :][:70]} ..._{name.rsplit('_', 1)[-1]}"
@@ -107,11 +120,7 @@ def operator_times(step, state, economy, rounds: int) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--mode", default="sampled")
-    parser.add_argument("--agents", type=int, default=64)
-    parser.add_argument("--batch", type=int, default=128)
-    parser.add_argument("--dimension", type=int, default=32)
-    parser.add_argument("--response", default="large_d")
+    ensemble_arguments(parser)
     parser.add_argument("--rounds", type=int, default=60)
     parser.add_argument("--compile", default="default")
     arguments = parser.parse_args()
