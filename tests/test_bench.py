@@ -171,3 +171,46 @@ def test_the_ensemble_benchmark_times_steady_rounds_of_each_case(capsys, monkeyp
     times = benchmark_ensemble.interleaved_times({"a": (state, "a"), "b": (state, "b")}, repeats=2, block=2)
     assert played == ["a", "a", "b", "b"] * 2
     assert times["a"][1] == times["b"][1] == 1.0  # counted, the 10 s would make the median 5.5
+
+
+def test_the_kernel_loop_timer_reads_each_nest_and_leaves_the_kernel_s_results():
+    """experiments.compiled_kernel_loops: a kernel in Inductor's form, a clock reading after each top-level nest.
+
+    The instrumented source is compiled by Inductor's own builder and run: it writes what the
+    kernel wrote, and its library hands back one sum a nest and the count of calls.
+    """
+    from torch._inductor.async_compile import AsyncCompile
+
+    from experiments import compiled_kernel_loops
+
+    source = "\n".join([
+        "#include <torch/csrc/inductor/cpp_prefix.h>",
+        'extern "C"  void  kernel(float* out_ptr0)',
+        "{",
+        "    {",
+        "        for(int64_t x0=static_cast<int64_t>(0L); x0<static_cast<int64_t>(4L); x0+=static_cast<int64_t>(1L))",
+        "        {",
+        "            for(int64_t x1=static_cast<int64_t>(0L); x1<static_cast<int64_t>(3L); "
+        "x1+=static_cast<int64_t>(1L))",
+        "            {",
+        "                out_ptr0[static_cast<int64_t>(x1 + 3L*x0)] = static_cast<float>(x0 + x1);",
+        "            }",
+        "        }",
+        "    }",
+        "    {",
+        "        out_ptr0[static_cast<int64_t>(12L)] = static_cast<float>(7.0);",
+        "    }",
+        "}",
+    ])  # fmt: skip
+    reader = "nest_seconds_test_kernel_loops"
+    instrumented, ranges = compiled_kernel_loops.instrumented(source, reader)
+    assert ranges == ["4 x 3", "(no loop)"]
+    assert instrumented.count("__nest_seconds[0] +=") == 1 and instrumented.count("__nest_seconds[1] +=") == 1
+    kernel = AsyncCompile().cpp_pybinding(["float*"], instrumented)
+    kernel = kernel.result() if hasattr(kernel, "result") else kernel
+    out = torch.zeros(13)
+    for _ in range(3):
+        kernel(out)
+    assert out.tolist() == [float(row + column) for row in range(4) for column in range(3)] + [7.0]
+    *seconds, calls = compiled_kernel_loops.nest_sums(reader, len(ranges))
+    assert calls == 3 and all(0.0 <= value < 1.0 for value in seconds)
