@@ -23,6 +23,7 @@ experiments/benchmark_ensemble.py.
 from __future__ import annotations
 
 import argparse
+import ast
 import ctypes
 import hashlib
 import re
@@ -83,6 +84,14 @@ def instrumented(source: str, reader: str) -> tuple[str, list[str]]:
     return prefix + "\n".join(lines), ranges
 
 
+def compiled_kernel(argument_types: list[str], source: str):
+    """The kernel of ``source`` compiled by Inductor's own C++ builder, called with arguments of ``argument_types``."""
+    from torch._inductor.async_compile import AsyncCompile
+
+    kernel = AsyncCompile().cpp_pybinding(argument_types, source)
+    return kernel.result() if hasattr(kernel, "result") else kernel  # (a future where Inductor compiles in workers)
+
+
 def nest_sums(reader: str, count: int) -> list[float]:
     """The seconds of each nest summed over the calls, then the number of calls, from the loaded library.
 
@@ -112,8 +121,6 @@ def main() -> None:
     torch.set_num_threads(1)
     keep_freed_memory()
     compiled.CPP_WRAPPER_DEVICES = ()  # the Python wrapper: its module calls each kernel by name
-    from torch._inductor.async_compile import AsyncCompile
-
     from econspin.round import step
 
     state, economy = ensemble(
@@ -135,14 +142,12 @@ def main() -> None:
     module, name = found[-1]  # the round's module: the last compiled
     text = open(module.__file__).read()
     start = text.index(f"{name} = async_compile.cpp_pybinding(")
-    argument_types = eval(text[text.index("[", start) : text.index("]", start) + 1])  # a list of C type names
+    argument_types = ast.literal_eval(text[text.index("[", start) : text.index("]", start) + 1])  # C type names
     source_start = text.index("r'''", start) + 4
     original = text[source_start : text.index("'''", source_start)]
     reader = f"nest_seconds_{hashlib.sha256(original.encode()).hexdigest()[:16]}"
     source, ranges = instrumented(original, reader)
-    kernel = AsyncCompile().cpp_pybinding(argument_types, source)
-    # (a future where Inductor compiles in worker processes)
-    setattr(module, name, kernel.result() if hasattr(kernel, "result") else kernel)
+    setattr(module, name, compiled_kernel(argument_types, source))
     with torch.no_grad():
         started = time.process_time()
         for _ in range(arguments.rounds):

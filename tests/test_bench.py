@@ -179,8 +179,6 @@ def test_the_kernel_loop_timer_reads_each_nest_and_leaves_the_kernel_s_results()
     The instrumented source is compiled by Inductor's own builder and run: it writes what the
     kernel wrote, and its library hands back one sum a nest and the count of calls.
     """
-    from torch._inductor.async_compile import AsyncCompile
-
     from experiments import compiled_kernel_loops
 
     source = "\n".join([
@@ -206,8 +204,7 @@ def test_the_kernel_loop_timer_reads_each_nest_and_leaves_the_kernel_s_results()
     instrumented, ranges = compiled_kernel_loops.instrumented(source, reader)
     assert ranges == ["4 x 3", "(no loop)"]
     assert instrumented.count("__nest_seconds[0] +=") == 1 and instrumented.count("__nest_seconds[1] +=") == 1
-    kernel = AsyncCompile().cpp_pybinding(["float*"], instrumented)
-    kernel = kernel.result() if hasattr(kernel, "result") else kernel
+    kernel = compiled_kernel_loops.compiled_kernel(["float*"], instrumented)
     out = torch.zeros(13)
     for _ in range(3):
         kernel(out)
