@@ -15,14 +15,17 @@ left.
    inside a chunk, where the recorder also sees copies of device tensors to the host;
    chunked rollouts equal to round-by-round ones bit for bit; a forced replay of Wood's
    sampler the same bits); the flex kernel's compiled passes against the fused kernel.
-2. ``blocks``: the fused round at N = 16384 and 65536, B = 1, with buyer rows per block from 32
+2. ``traced_tests``: tests/test_traced_blocks.py, whose CUDA test compiles the blocks traced into
+   a whole round (econspin.traced_blocks) in each mode and holds it to the eager blocks and round:
+   a step of its own, since those compilations alone outlast the ``tests`` step's other work.
+3. ``blocks``: the fused round at N = 16384 and 65536, B = 1, with buyer rows per block from 32
    (the CPU's cache-sized default at N = 65536) to 8192, against SDPA (``blocks_cuda.json``):
    on a GPU each block costs a dozen kernel launches, so the best block is not the CPU's.
-3. ``bench``: the fused round against SDPA at N = 1024 to 65536, B = 1, with the bf16
+4. ``bench``: the fused round against SDPA at N = 1024 to 65536, B = 1, with the bf16
    utilities beside it (``bench_cuda.json``).
-4. ``batched``: N = 256 and 1024 at B = 1, 16, 64, both modes, the reference kernel
+5. ``batched``: N = 256 and 1024 at B = 1, 16, 64, both modes, the reference kernel
    beside the fused one (their next states compared) (``batched_cuda.json``).
-5. ``rollout``: the time of a round at B = 64, N = 256 (d = 32, the benchmark economy, both
+6. ``rollout``: the time of a round at B = 64, N = 256 (d = 32, the benchmark economy, both
    modes) played round by round with Wood's loop, in sync-free chunks of 32 rounds eagerly,
    in sync-free chunks under ``run.compile: reduce-overhead`` (CUDA graphs), and so again with
    the blocks as operators inside the graph on CUDA too (compiled.OPERATOR_DEVICES, gpu_measures.WAYS),
@@ -30,44 +33,44 @@ left.
    and (expected mode) on the Triton kernel, whose programs the graph holds, at full precision
    and on bf16 products, against torch's scaled_dot_product_attention forward on the same
    shapes; ``rollout_cuda.json``.
-6. ``flex``: the FlexAttention kernel beside the fused one and SDPA at N = 16384 and 65536,
+7. ``flex``: the FlexAttention kernel beside the fused one and SDPA at N = 16384 and 65536,
    its first call (the compilation of its five passes) timed apart, each row printed as it
    is measured (``flex_cuda.json``).
-7. ``tf32``: the fused round with TF32 utilities at N = 16384 and 65536 (``tf32_cuda.json``).
-8. ``flex_batched``: the FlexAttention kernel at B = 64, N = 256 (``flex_batched_cuda.json``).
-9. ``triton_tests``: the Triton kernel's compiled programs against the fused kernel
+8. ``tf32``: the fused round with TF32 utilities at N = 16384 and 65536 (``tf32_cuda.json``).
+9. ``flex_batched``: the FlexAttention kernel at B = 64, N = 256 (``flex_batched_cuda.json``).
+10. ``triton_tests``: the Triton kernel's compiled programs against the fused kernel
    (tests/test_triton_compiled.py's CUDA tests: hypothesis economies, and a few hundred agents in
    several tile sizes, with and without a network), and rounds under ``run.compile`` (default
    and reduce-overhead: the registered operator traced) against the eager ones.
-10. ``triton``: the Triton kernel (``run.kernel: triton``) beside the fused one and SDPA at
+11. ``triton``: the Triton kernel (``run.kernel: triton``) beside the fused one and SDPA at
    N = 4096, 16384 and 65536 (B = 1) and B = 64, N = 256: its first round (compilation) timed
    apart, the round on each kernel, its next round against the fused one's, then the market
    step alone per tile size (gpu_measures.TRITON_TILES) against the fused market step, each with
    its largest difference from the fused outcome (``triton_cuda.json``).
-11. ``million``: one round of N = 10^6 fully connected agents on the fused and the Triton
+12. ``million``: one round of N = 10^6 fully connected agents on the fused and the Triton
    kernel, its time and peak memory against econspin.memory's estimate
    (experiments/gpu_million.py; ``million_cuda.json``).
-12. ``compiled``: the round under ``run.compile: default`` against SDPA at N = 4096 to 65536,
+13. ``compiled``: the round under ``run.compile: default`` against SDPA at N = 4096 to 65536,
    B = 1 (``compiled_cuda.json``): what compiling the rest of the round gains at large N, the
    blocks running eagerly between its graphs on CUDA (econspin.fused.expected_blocks).
-13. ``profile``: where a round's device time goes (experiments/gpu_profile.py): the kernels of
+14. ``profile``: where a round's device time goes (experiments/gpu_profile.py): the kernels of
    the fused and Triton rounds by device time at B = 1, N = 16384 and B = 64, N = 256, eager
    and compiled (``profile_cuda.json``).
-14. ``profile_graphs``: the same for the expected round under reduce-overhead (CUDA graphs) at
+15. ``profile_graphs``: the same for the expected round under reduce-overhead (CUDA graphs) at
    B = 64, N = 256, the rollout step's fastest way, with the blocks between the graphs, as one
    operator inside and traced into the graph (econspin.traced_blocks) (``profile_graphs_cuda.json``):
    kernels launched alone against graphs.
-15. ``block_pass``: the fused round, both modes, with its blocks' eager passes and with them compiled
+16. ``block_pass``: the fused round, both modes, with its blocks' eager passes and with them compiled
    into one kernel (econspin.block_pass) at N = 4096-65536 and B = 64, N = 256, in the default blocks and
    in blocks of 2048 rows, against SDPA (experiments/gpu_block_pass.py; ``block_pass_cuda.json``).
-16. ``profile_block_pass``: the profile (experiments/gpu_profile.py) of the fused round at N = 16384
+17. ``profile_block_pass``: the profile (experiments/gpu_profile.py) of the fused round at N = 16384
    and 65536 with the eager passes and the compiled one (``profile_block_pass_cuda.json``).
-17. ``triton_precision``: the ``triton`` step with the Triton kernel's products on the tensor
+18. ``triton_precision``: the ``triton`` step with the Triton kernel's products on the tensor
    cores (``run.utility_precision`` bfloat16, then tf32) at N = 16384 and 65536 and B = 64,
    N = 256, beside the full-precision fused round (the differences are the reduced precision's
    error) and SDPA forward in float32 and at that precision, with pairs per second against issue
    9's 4e11, and the market step per tile size (``triton_precision_cuda.json``).
-18. ``triton_sampled``: the ``triton`` step in sampled mode (the Triton draw, econspin.triton_draws)
+19. ``triton_sampled``: the ``triton`` step in sampled mode (the Triton draw, econspin.triton_draws)
    at N = 16384 and 65536 and B = 64, N = 256, against the fused sampled round (the same sellers)
    and SDPA forward, and the market step per tile size (``triton_sampled_cuda.json``).
 
@@ -95,6 +98,8 @@ ROOT = Path(__file__).resolve().parents[1]
 # modes), flex compiles five passes per shape, triton two programs per dtype, network kind and tile size
 STEPS = {
     "tests": 200,
+    # a whole round compiled on CUDA per mode: its first compilation took over 170 s on an H200 (two processes)
+    "traced_tests": 300,
     "blocks": 60,
     "bench": 80,
     "batched": 60,
@@ -124,10 +129,10 @@ def step_commands(out: Path) -> dict[str, list[str]]:
         "tests/test_cuda.py",
         "tests/test_device_rollout.py",
         "tests/test_flex.py::test_the_passes_on_a_gpu_equal_the_fused_kernel",
-        "tests/test_traced_blocks.py::test_the_traced_blocks_on_a_gpu_give_the_blocks_results_and_the_eager_round",
     ]
 
-    tests_command = [python, "-m", "pytest", "-q", "-n", "0", "-p", "no:cacheprovider"]
+    # four processes: the tests check values, not times, and most of their time is compiling Triton kernels
+    tests_command = [python, "-m", "pytest", "-q", "-n", "4", "-p", "no:cacheprovider"]
 
     def bench(json_name: str, *options: str) -> list[str]:
         return [python, "-m", "econspin", "bench", "--device", "cuda", "--baselines", "none", *options,
@@ -135,6 +140,7 @@ def step_commands(out: Path) -> dict[str, list[str]]:
 
     return {
         "tests": [*tests_command, *tests],
+        "traced_tests": [*tests_command, "tests/test_traced_blocks.py"],
         "blocks": [python, "-m", "experiments.gpu_check", "--measure", "blocks", "--out", str(out)],
         "bench": bench("bench_cuda.json", "--sizes", f"1024,4096,{LARGE}", "--batches", "1", "--kernels", "fused",
                        "--utilities", "bfloat16", "--repeats", "5"),  # fmt: skip

@@ -272,6 +272,24 @@ def test_the_gpu_check_packs_each_finished_step_and_skips_what_the_budget_cannot
     assert gpu_check.run_steps(tmp_path / "out", ("tests",), budget=9, archive=archive) == 1  # 9 < 20 / 2
 
 
+def test_the_gpu_checks_count_of_differing_agents():
+    """gpu_measures.differing_agents: the share of (economy, agent) whose state or money moved beyond the tolerance."""
+    from types import SimpleNamespace
+
+    from experiments.gpu_measures import differing_agents
+
+    generator = torch.Generator().manual_seed(3)
+    want = SimpleNamespace(states=torch.randn(2, 5, 3, generator=generator),
+                           money=torch.rand(2, 5, generator=generator, dtype=torch.float64))  # fmt: skip
+    got = SimpleNamespace(states=want.states.clone(), money=want.money.clone())
+    got.states[0, 0] += 1e-6  # within 1e-3 of the scale: not counted
+    assert differing_agents(want, got) == 0.0
+    got.states[0, 1, 2] += 1.0
+    got.money[1, 4] += 1.0
+    got.states[1, 4, 0] += 1.0  # the same agent as the money: counted once
+    assert differing_agents(want, got) == pytest.approx(2 / 10)
+
+
 def test_the_gpu_checks_rollout_timing_runs_on_the_cpu(monkeypatch):
     """Its code, at a tiny shape and without compiling, so that the GPU session does not find it broken.
 

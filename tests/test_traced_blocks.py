@@ -34,13 +34,13 @@ def both_ways(state, economy, extra_seed: int, traced=None):
     eager, other = round_terms(state, economy), round_terms(state, economy)
     generator = torch.Generator().manual_seed(extra_seed)
     groups, agents = eager.groups, eager.left.shape[1]
-    dtype = eager.delivered.dtype
+    dtype, device = eager.delivered.dtype, eager.delivered.device
     if economy.mode == "expected":
-        moment_rows = torch.rand(groups, 2, agents, generator=generator, dtype=torch.float64).to(dtype)
+        moment_rows = torch.rand(groups, 2, agents, generator=generator, dtype=torch.float64).to(device, dtype)
         want = expected_blocks(eager, economy, moment_rows)
         got = (traced or traced_expected_blocks)(other, economy, moment_rows)
     else:
-        uniforms = torch.rand(groups, agents, generator=generator, dtype=torch.float64).to(dtype)
+        uniforms = torch.rand(groups, agents, generator=generator, dtype=torch.float64).to(device, dtype)
         want = (sampled_blocks(eager, economy, uniforms),)
         got = ((traced or traced_sampled_blocks)(other, economy, uniforms),)
     return eager, want, other, got

@@ -431,10 +431,12 @@ def test_the_gpu_checks_triton_timing_runs_on_the_cpu():
     rounds = rows[0]
     errors, tiles = [row for row in rows if "error" in row], [row for row in rows if "market ms" in row]
     assert rounds["triton ms"] > 0 and rounds["triton difference from fused"] < 1e-5
+    assert rounds["agents differing from fused"] == 0
     assert [row["tiles"] for row in tiles] == [[16, 16, 1]] and tiles[0]["difference from fused"] < 1e-5
     assert [row["tiles"] for row in errors] == [[8, 16, 1]] and "power of two" in errors[0]["error"]
     sampled = gpu_measures.triton_timing(torch.device("cpu"), ((2, 20),), ((16, 16, 1),), repeats=1, mode="sampled")
     assert sampled[0]["mode"] == "sampled" and sampled[0]["triton difference from fused"] < 1e-5  # the same sellers
+    assert sampled[0]["agents differing from fused"] == 0
     assert sampled[1]["difference from fused"] < 1e-5
     assert "triton_sampled" in gpu_check.STEPS and "triton_sampled" in gpu_measures.MEASURES
 
