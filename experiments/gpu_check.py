@@ -26,51 +26,55 @@ left.
 5. ``batched``: N = 256 and 1024 at B = 1, 16, 64, both modes, the reference kernel
    beside the fused one (their next states compared) (``batched_cuda.json``).
 6. ``rollout``: the time of a round at B = 64, N = 256 (d = 32, the benchmark economy, both
-   modes) played round by round with Wood's loop, in sync-free chunks of 32 rounds eagerly,
-   in sync-free chunks under ``run.compile: reduce-overhead`` (CUDA graphs), and so again with
+   modes) played round by round with Wood's loop, in sync-free chunks of 32 rounds eagerly (on the
+   fused kernel, and on the Triton kernel in expected mode), in sync-free chunks under
+   ``run.compile: reduce-overhead`` (CUDA graphs), and so again with
    the blocks as operators inside the graph on CUDA too (compiled.OPERATOR_DEVICES, gpu_measures.WAYS),
    with the blocks traced into the graph (econspin.traced_blocks.TRACED_DEVICES: Inductor's kernels),
    and (expected mode) on the Triton kernel, whose programs the graph holds, at full precision
    and on bf16 products, against torch's scaled_dot_product_attention forward on the same
    shapes; ``rollout_cuda.json``.
-7. ``flex``: the FlexAttention kernel beside the fused one and SDPA at N = 16384 and 65536,
+7. ``large_rollout``: the same at B = 1, N = 16384 (gpu_measures.LARGE_ROLLOUT_WAYS): the fused and
+   Triton kernels in eager chunks and under CUDA graphs, where the host's dispatch, most of an eager
+   round at that size, is gone (``large_rollout_cuda.json``).
+8. ``flex``: the FlexAttention kernel beside the fused one and SDPA at N = 16384 and 65536,
    its first call (the compilation of its five passes) timed apart, each row printed as it
    is measured (``flex_cuda.json``).
-8. ``tf32``: the fused round with TF32 utilities at N = 16384 and 65536 (``tf32_cuda.json``).
-9. ``flex_batched``: the FlexAttention kernel at B = 64, N = 256 (``flex_batched_cuda.json``).
-10. ``triton_tests``: the Triton kernel's compiled programs against the fused kernel
+9. ``tf32``: the fused round with TF32 utilities at N = 16384 and 65536 (``tf32_cuda.json``).
+10. ``flex_batched``: the FlexAttention kernel at B = 64, N = 256 (``flex_batched_cuda.json``).
+11. ``triton_tests``: the Triton kernel's compiled programs against the fused kernel
    (tests/test_triton_compiled.py's CUDA tests: hypothesis economies, and a few hundred agents in
    several tile sizes, with and without a network), and rounds under ``run.compile`` (default
    and reduce-overhead: the registered operator traced) against the eager ones.
-11. ``triton``: the Triton kernel (``run.kernel: triton``) beside the fused one and SDPA at
+12. ``triton``: the Triton kernel (``run.kernel: triton``) beside the fused one and SDPA at
    N = 4096, 16384 and 65536 (B = 1) and B = 64, N = 256: its first round (compilation) timed
    apart, the round on each kernel, its next round against the fused one's, then the market
    step alone per tile size (gpu_measures.TRITON_TILES) against the fused market step, each with
    its largest difference from the fused outcome (``triton_cuda.json``).
-12. ``million``: one round of N = 10^6 fully connected agents on the fused and the Triton
+13. ``million``: one round of N = 10^6 fully connected agents on the fused and the Triton
    kernel, its time and peak memory against econspin.memory's estimate
    (experiments/gpu_million.py; ``million_cuda.json``).
-13. ``compiled``: the round under ``run.compile: default`` against SDPA at N = 4096 to 65536,
+14. ``compiled``: the round under ``run.compile: default`` against SDPA at N = 4096 to 65536,
    B = 1 (``compiled_cuda.json``): what compiling the rest of the round gains at large N, the
    blocks running eagerly between its graphs on CUDA (econspin.fused.expected_blocks).
-14. ``profile``: where a round's device time goes (experiments/gpu_profile.py): the kernels of
+15. ``profile``: where a round's device time goes (experiments/gpu_profile.py): the kernels of
    the fused and Triton rounds by device time at B = 1, N = 16384 and B = 64, N = 256, eager
    and compiled (``profile_cuda.json``).
-15. ``profile_graphs``: the same for the expected round under reduce-overhead (CUDA graphs) at
+16. ``profile_graphs``: the same for the expected round under reduce-overhead (CUDA graphs) at
    B = 64, N = 256, the rollout step's fastest way, with the blocks between the graphs, as one
    operator inside and traced into the graph (econspin.traced_blocks) (``profile_graphs_cuda.json``):
    kernels launched alone against graphs.
-16. ``block_pass``: the fused round, both modes, with its blocks' eager passes and with them compiled
+17. ``block_pass``: the fused round, both modes, with its blocks' eager passes and with them compiled
    into one kernel (econspin.block_pass) at N = 4096-65536 and B = 64, N = 256, in the default blocks and
    in blocks of 2048 rows, against SDPA (experiments/gpu_block_pass.py; ``block_pass_cuda.json``).
-17. ``profile_block_pass``: the profile (experiments/gpu_profile.py) of the fused round at N = 16384
+18. ``profile_block_pass``: the profile (experiments/gpu_profile.py) of the fused round at N = 16384
    and 65536 with the eager passes and the compiled one (``profile_block_pass_cuda.json``).
-18. ``triton_precision``: the ``triton`` step with the Triton kernel's products on the tensor
+19. ``triton_precision``: the ``triton`` step with the Triton kernel's products on the tensor
    cores (``run.utility_precision`` bfloat16, then tf32) at N = 16384 and 65536 and B = 64,
    N = 256, beside the full-precision fused round (the differences are the reduced precision's
    error) and SDPA forward in float32 and at that precision, with pairs per second against issue
    9's 4e11, and the market step per tile size (``triton_precision_cuda.json``).
-19. ``triton_sampled``: the ``triton`` step in sampled mode (the Triton draw, econspin.triton_draws)
+20. ``triton_sampled``: the ``triton`` step in sampled mode (the Triton draw, econspin.triton_draws)
    at N = 16384 and 65536 and B = 64, N = 256, against the fused sampled round (the same sellers)
    and SDPA forward, and the market step per tile size (``triton_sampled_cuda.json``).
 
@@ -104,6 +108,7 @@ STEPS = {
     "bench": 80,
     "batched": 60,
     "rollout": 220,
+    "large_rollout": 150,  # three reduce-overhead compilations at N = 16384
     "flex": 120,
     "tf32": 50,
     "flex_batched": 60,
@@ -147,6 +152,7 @@ def step_commands(out: Path) -> dict[str, list[str]]:
         "batched": bench("batched_cuda.json", "--sizes", "256,1024", "--batches", "1,16,64",
                          "--modes", "expected,sampled", "--repeats", "5"),  # fmt: skip
         "rollout": [python, "-m", "experiments.gpu_check", "--measure", "rollout", "--out", str(out)],
+        "large_rollout": [python, "-m", "experiments.gpu_check", "--measure", "large_rollout", "--out", str(out)],
         "flex": [python, "-m", "experiments.gpu_check", "--measure", "flex", "--out", str(out)],
         "tf32": bench("tf32_cuda.json", "--sizes", LARGE, "--batches", "1", "--kernels", "fused", "--utilities", "tf32",
                       "--repeats", "5"),  # fmt: skip

@@ -38,6 +38,7 @@ TRITON_SAMPLED_TILES = ((64, 64, 4), (64, 64, 4, False), (128, 64, 8))  # sample
 WAYS = {
     "round by round, Wood's loop": (1, False, "off", {}, {}),
     "sync-free chunks, eager": (None, True, "off", {}, {}),
+    "sync-free chunks, Triton kernel": (None, True, "off", {}, {"kernel": "triton"}),
     "sync-free chunks, reduce-overhead": (None, True, "reduce-overhead", {}, {}),
     # the blocks as one operator of the compiled graph on CUDA too: the whole expected round one CUDA graph
     "sync-free chunks, reduce-overhead, blocks inside the graph": (
@@ -132,6 +133,23 @@ def rollout_timing(
             rows.append(row)
         rows += [{"mode": mode, "way": name, "error": text} for name, text in errors.items()]
     return rows
+
+
+# large N under CUDA graphs: at N <= 16384 an eager round on either kernel is mostly its host's dispatch (an H200's
+# Triton market step took 3.2 ms at N = 4096 and 6.5 ms at N = 16384, SDPA forward 0.46 and 2.1 ms)
+LARGE_ROLLOUT_SHAPE = (1, 16384)
+LARGE_ROLLOUT_WAYS = (
+    "sync-free chunks, eager",
+    "sync-free chunks, Triton kernel",
+    "sync-free chunks, reduce-overhead",
+    "sync-free chunks, reduce-overhead, Triton kernel",
+    "sync-free chunks, reduce-overhead, Triton kernel, bf16 products",
+)
+
+
+def large_rollout_timing(device: torch.device, shape=LARGE_ROLLOUT_SHAPE, rounds: int = 8, repeats: int = 3):
+    """:func:`rollout_timing` at one large economy: the fused and Triton kernels, eager and in CUDA graphs."""
+    return rollout_timing(device, shape, rounds, LARGE_ROLLOUT_WAYS, repeats)
 
 
 def block_timing(
@@ -357,6 +375,7 @@ def triton_sampled_timing(
 MEASURES = {
     "blocks": block_timing,
     "rollout": rollout_timing,
+    "large_rollout": large_rollout_timing,
     "flex": flex_timing,
     "triton": triton_timing,
     "triton_precision": triton_precision_timing,

@@ -272,6 +272,17 @@ def test_the_gpu_check_packs_each_finished_step_and_skips_what_the_budget_cannot
     assert gpu_check.run_steps(tmp_path / "out", ("tests",), budget=9, archive=archive) == 1  # 9 < 20 / 2
 
 
+def test_the_gpu_checks_large_rollout_plays_known_ways():
+    """gpu_check's large_rollout step: ways of gpu_measures.WAYS, the Triton kernel's eager and in CUDA graphs."""
+    from experiments import gpu_check, gpu_measures
+
+    assert set(gpu_measures.LARGE_ROLLOUT_WAYS) <= set(gpu_measures.WAYS)
+    kernels = {gpu_measures.WAYS[name][4].get("kernel", "fused") for name in gpu_measures.LARGE_ROLLOUT_WAYS}
+    assert kernels == {"fused", "triton"}
+    assert gpu_measures.MEASURES["large_rollout"] is gpu_measures.large_rollout_timing
+    assert "large_rollout" in gpu_check.STEPS
+
+
 def test_the_gpu_checks_count_of_differing_agents():
     """gpu_measures.differing_agents: the share of (economy, agent) whose state or money moved beyond the tolerance."""
     from types import SimpleNamespace
