@@ -11,7 +11,8 @@ recording under reduce-overhead), ``--rounds`` rounds run under torch.profiler,
 and the table lists the device kernels by their time per round, with how often each runs a
 round. On a CPU the "kernels" are torch's operators by self CPU time. Beside them, per round:
 the number of kernels run, how many the host launched one by one and how many CUDA graphs it
-launched (a round under reduce-overhead replays its graphs: kernels run, few launched), the
+launched (a round under reduce-overhead replays its graphs: kernels run, few launched), and
+from where (the profiler's enclosing CPU events of each launch, :func:`launch_sources`), the
 device's busy time (the sum of kernel times) and the wall time of the same rounds unprofiled.
 ``--operator-devices`` sets ``econspin.compiled.OPERATOR_DEVICES`` for a compiled round: with
 ``cpu+cuda`` the blocks are one operator inside the compiled graph on CUDA too (gpu_check's
@@ -54,6 +55,30 @@ def host_launches(profiler) -> tuple[int, int]:
     names = [event.name for event in profiler.events() if event.device_type == DeviceType.CPU]
     kernels = sum(name in KERNEL_LAUNCHES for name in names)
     return kernels, sum(name == "cudaGraphLaunch" for name in names)
+
+
+def launch_sources(events, rounds: int, depth: int = 3) -> dict[str, dict[str, float]]:
+    """Where the host's launches come from, per round: {"kernels": {...}, "graphs": {...}}.
+
+    For each kernel launched alone and each CUDA graph launched, the names of the profiler's CPU
+    events that enclose the launch, innermost first, ``depth`` of them joined by " < " (the
+    operator or compiled function that launched it), counted and divided by ``rounds``. A round
+    under reduce-overhead that launches several graphs, or kernels beside them, shows here what
+    stays outside one graph.
+    """
+    sources = {"kernels": defaultdict(float), "graphs": defaultdict(float)}
+    for event in events:
+        if event.device_type != DeviceType.CPU:
+            continue
+        kind = "kernels" if event.name in KERNEL_LAUNCHES else "graphs" if event.name == "cudaGraphLaunch" else None
+        if kind is None:
+            continue
+        names, parent = [], event.cpu_parent
+        while parent is not None and len(names) < depth:
+            names.append(parent.name[:80])
+            parent = parent.cpu_parent
+        sources[kind][" < ".join(names) or "(no enclosing event)"] += 1 / rounds
+    return {kind: dict(sorted(counts.items(), key=lambda item: -item[1])) for kind, counts in sources.items()}
 
 
 def kernel_times(profiler, device: torch.device) -> dict[str, list[float]]:
@@ -104,6 +129,7 @@ def _profile_round(batch, agents, kernel, mode, device, rounds, top, compile_mod
     ranked = sorted(totals.items(), key=lambda item: -item[1][1])
     busy = sum(microseconds for _, microseconds in totals.values()) if device.type == "cuda" else None
     kernel_launches, graph_launches = host_launches(profiler)
+    sources = launch_sources(profiler.events(), rounds)
     return {
         "batch": batch,
         "agents": agents,
@@ -115,6 +141,8 @@ def _profile_round(batch, agents, kernel, mode, device, rounds, top, compile_mod
         "device busy ms per round": busy / rounds / 1e3 if busy is not None else None,
         "kernel launches per round": kernel_launches / rounds,
         "graph launches per round": graph_launches / rounds,
+        "kernels launched alone from": sources["kernels"],
+        "graphs launched from": sources["graphs"],
         "top": [
             {"name": name[:120], "per round": count / rounds, "ms per round": microseconds / rounds / 1e3}
             for name, (count, microseconds) in ranked[:top]
@@ -163,6 +191,9 @@ def main(arguments: list[str] | None = None) -> int:
         print(line)
         for entry in row["top"]:
             print(f"  {entry['ms per round']:9.3f} ms  x{entry['per round']:6.1f}  {entry['name']}")
+        for kind in ("kernels launched alone from", "graphs launched from"):
+            for source, count in row[kind].items():
+                print(f"  {kind}: x{count:5.1f}  {source}")
     if options.json:
         result = {"device": options.device, "torch": torch.__version__, "rows": rows}
         options.json.write_text(json.dumps(result, indent=1))

@@ -381,6 +381,31 @@ def test_the_gpu_profile_runs_on_the_cpu(tmp_path):
             assert (len(times) == 4 if top == 4 else 4 < len(times) < top) and times == sorted(times, reverse=True)
             assert times[3] > 0 and row["wall ms per round"] > 0
     assert any(entry["name"] == "aten::bmm" for entry in rows[0]["top"])  # the fused round's work: the blocks' products
+    assert rows[0]["kernels launched alone from"] == {} and rows[0]["graphs launched from"] == {}  # no CUDA here
+
+
+def test_the_gpu_profile_says_where_the_launches_come_from():
+    """gpu_profile.launch_sources: each kernel or graph launch by its enclosing events, innermost first, a round."""
+    from types import SimpleNamespace
+
+    from torch.autograd import DeviceType
+
+    from experiments.gpu_profile import launch_sources
+
+    def event(name, parent=None, device_type=DeviceType.CPU):
+        return SimpleNamespace(name=name, cpu_parent=parent, device_type=device_type)
+
+    frame = event("Torch-Compiled Region")
+    copy = event("aten::copy_", event("aten::to", frame))
+    graph = event("CUDAGraphNode.run", frame)
+    events = [
+        event("cudaLaunchKernel", copy), event("cudaLaunchKernel", copy), event("cuLaunchKernel", frame),
+        event("cudaGraphLaunch", graph), event("cudaGraphLaunch", graph), event("cudaGraphLaunch"),
+        event("void copy_kernel", device_type=DeviceType.CUDA), event("aten::mul", frame),
+    ]  # fmt: skip
+    sources = launch_sources(events, rounds=2, depth=2)
+    assert sources["kernels"] == {"aten::copy_ < aten::to": 1.0, "Torch-Compiled Region": 0.5}
+    assert sources["graphs"] == {"CUDAGraphNode.run < Torch-Compiled Region": 1.0, "(no enclosing event)": 0.5}
 
 
 def test_the_compiled_rounds_tag_is_made_on_the_device_with_the_same_value():
