@@ -420,10 +420,14 @@ def check(
         f"{', '.join(['step', 'replica', *metric_names(loaded.populations)])}",
         highlight=False,
     )
+    # run.chunk sets the blocks whatever the budget: say so where they take the round over it
+    budget_mb, chunk = loaded.run.memory_budget_mb, loaded.run.chunk
+    over = estimate.device.get("round", 0.0) > budget_mb * 2**20
+    within = f"over, in blocks of run.chunk = {chunk} rows," if over and chunk is not None else "within"
     console.print(
         f"memory: {estimate.describe()} for {loaded.run.replicas} replicas x {loaded.run.steps} rounds; "
-        f"a round within run.memory_budget_mb = {loaded.run.memory_budget_mb:g} "
-        f"({format_bytes(loaded.run.memory_budget_mb * 2**20)}); {available} available",
+        f"a round {within} run.memory_budget_mb = {budget_mb:g} "
+        f"({format_bytes(budget_mb * 2**20)}); {available} available",
         highlight=False,
         soft_wrap=True,
     )

@@ -200,6 +200,19 @@ def test_check_prints_the_resolved_scenario(tmp_path):
     assert "temperature: 0.05" in result.output and "memory_budget_mb" in result.output
 
 
+def test_check_says_when_run_chunk_takes_a_round_over_the_budget(tmp_path):
+    """run.chunk sets the blocks whatever run.memory_budget_mb: check says the round is over it, not within."""
+    path = write(tmp_path, TINY.replace("count: 12", "count: 2048"))
+    sized = runner.invoke(app, ["check", str(path), "--set", "run.memory_budget_mb=16"])
+    assert sized.exit_code == 0, sized.output
+    assert "a round within run.memory_budget_mb = 16 (16 MiB)" in sized.output
+    chunked = runner.invoke(app, ["check", str(path), "--set", "run.memory_budget_mb=16", "--set", "run.chunk=2048"])
+    assert chunked.exit_code == 0, chunked.output
+    assert "a round over, in blocks of run.chunk = 2048 rows, run.memory_budget_mb = 16 (16 MiB)" in chunked.output
+    small = runner.invoke(app, ["check", str(path), "--set", "run.memory_budget_mb=16", "--set", "run.chunk=8"])
+    assert "a round within run.memory_budget_mb = 16" in small.output
+
+
 def test_run_writes_the_whole_folder(tmp_path):
     path = write(tmp_path, TINY)
     out = tmp_path / "run"
