@@ -67,14 +67,17 @@ left.
 17. ``block_pass``: the fused round, both modes, with its blocks' eager passes and with them compiled
    into one kernel (econspin.block_pass) at N = 4096-65536 and B = 64, N = 256, in the default blocks and
    in blocks of 2048 rows, against SDPA (experiments/gpu_block_pass.py; ``block_pass_cuda.json``).
-18. ``profile_block_pass``: the profile (experiments/gpu_profile.py) of the fused round at N = 16384
+18. ``block_pass_order``: the ``block_pass`` step's default blocks in a process that compiles the pass first
+   at N = 65536, then 16384 and 4096 (``block_pass_order_cuda.json``): whether the shape the pass
+   first compiles for decides its speed at the others (docs/performance.md, the second H200 session).
+19. ``profile_block_pass``: the profile (experiments/gpu_profile.py) of the fused round at N = 16384
    and 65536 with the eager passes and the compiled one (``profile_block_pass_cuda.json``).
-19. ``triton_precision``: the ``triton`` step with the Triton kernel's products on the tensor
+20. ``triton_precision``: the ``triton`` step with the Triton kernel's products on the tensor
    cores (``run.utility_precision`` bfloat16, then tf32) at N = 16384 and 65536 and B = 64,
    N = 256, beside the full-precision fused round (the differences are the reduced precision's
    error) and SDPA forward in float32 and at that precision, with pairs per second against issue
    9's 4e11, and the market step per tile size (``triton_precision_cuda.json``).
-20. ``triton_sampled``: the ``triton`` step in sampled mode (the Triton draw, econspin.triton_draws)
+21. ``triton_sampled``: the ``triton`` step in sampled mode (the Triton draw, econspin.triton_draws)
    at N = 16384 and 65536 and B = 64, N = 256, against the fused sampled round (the same sellers)
    and SDPA forward, and the market step per tile size (``triton_sampled_cuda.json``).
 
@@ -119,6 +122,9 @@ STEPS = {
     "profile": 120,
     "profile_graphs": 100,  # four runs: the blocks between graphs, one operator inside, traced (twice: either operator)
     "block_pass": 200,
+    # the same passes compiled first at the largest shape: in the second H200 session the compiled pass at N = 65536
+    # took 0.92 of the eager round after compiling first at N = 4096, 0.45 after N = 16384 and 32768
+    "block_pass_order": 120,
     "profile_block_pass": 60,
     "triton_precision": 200,
     "triton_sampled": 120,
@@ -176,6 +182,9 @@ def step_commands(out: Path) -> dict[str, list[str]]:
         "block_pass": [python, "-m", "experiments.gpu_block_pass", "--device", "cuda",
                        "--shapes", "1x4096,1x16384,1x65536,64x256", "--rows", "default,2048",
                        "--modes", "expected,sampled", "--json", str(out / "block_pass_cuda.json")],  # fmt: skip
+        "block_pass_order": [python, "-m", "experiments.gpu_block_pass", "--device", "cuda",
+                             "--shapes", "1x65536,1x16384,1x4096", "--rows", "default", "--modes", "expected,sampled",
+                             "--json", str(out / "block_pass_order_cuda.json")],  # fmt: skip
         "profile_block_pass": [python, "-m", "experiments.gpu_profile", "--shapes", "1x16384,1x65536", "--kernels",
                                "fused", "--block-pass", "off,on", "--json", str(out / "profile_block_pass_cuda.json")],
     }
