@@ -35,12 +35,18 @@ mode (a function compiled under one breaks Dynamo for the process, econspin.flex
 outside a compiled round's tracing and outside a CUDA graph's capture (the blocks run eagerly
 there, econspin.compiled). The two forms agree to rounding (tests/test_block_pass.py): the
 sums are taken in another order; the sampled blocks draw the same sellers from either.
+
+How: torch.compile's default, which makes a size dynamic once it changes, so that a run's
+blocks (the full ones, the last one, their offsets in the round's tensors) share one graph; on
+the devices of :data:`STATIC_SELLERS` (none by default) the sellers' axis N stays static, one
+graph per N, its loops over N laid out for that N.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import types
 
 import torch
 import torch.fx.experimental._config as fx_config
@@ -50,6 +56,12 @@ from econspin.compiled import missing_compiler, stored
 
 # the devices whose blocks take the compiled passes; the CPU's cache-sized blocks gain nothing from them
 COMPILED_DEVICES: tuple[str, ...] = ()
+# the devices whose compiled passes keep the sellers' axis (the block's rows' length N) static: a kernel per N, its
+# reduction over N laid out for that N. Elsewhere N goes dynamic on its first change (torch's default) and the
+# kernel's launch configuration comes from the sizes it was compiled at: in the second H200 session the pass at
+# N = 65536 took 0.92 of the eager round after compiling first at N = 4096 and 0.45 after 16384 and 32768
+# (docs/performance.md); none until a GPU has timed both (experiments/gpu_block_pass.py's ways)
+STATIC_SELLERS: tuple[str, ...] = ()
 # graphs of each pass per process (two dtypes; sizes of 1, whole and partial blocks specialised apart; the test
 # suite's many economies make 20): above Dynamo's default of 8, past which a pass runs its Python eagerly,
 # operation by operation (the same numbers)
@@ -81,7 +93,9 @@ def weigh(scores: torch.Tensor, weights: torch.Tensor, row_max: torch.Tensor, ti
     """
     if compiles(scores):
         with compiling():
-            _compiled(weigh_in_one_pass)(scores, weights, row_max, tie_width, big, floor)
+            _compiled(weigh_in_one_pass, _sellers_static(scores, weights))(
+                scores, weights, row_max, tie_width, big, floor
+            )
         return
     zero = torch.zeros((), dtype=scores.dtype, device=scores.device)  # where(..., out=) takes no Python number
     torch.amax(scores, -1, keepdim=True, out=row_max)
@@ -102,7 +116,8 @@ def weigh_and_sum(scores: torch.Tensor, weights: torch.Tensor, tie_width: torch.
     (:func:`weigh`, then a pass per sum and a product for the moments).
     """
     with compiling():
-        _compiled(one_pass)(scores, weights, tie_width, moment_rows, big, floor, *outputs)
+        static = _sellers_static(scores, weights, moment_rows)
+        _compiled(one_pass, static)(scores, weights, tie_width, moment_rows, big, floor, *outputs)
 
 
 def shifted_and_weights(scores, tie_width, big, floor):
@@ -163,7 +178,24 @@ def compiling():
         yield
 
 
+def _sellers_static(*blocks: torch.Tensor) -> bool:
+    """Whether the pass over ``blocks`` (each (..., N)) keeps N static (:data:`STATIC_SELLERS`); if so, marked so."""
+    if blocks[0].device.type not in STATIC_SELLERS:
+        return False
+    for block in blocks:
+        torch._dynamo.mark_static(block, block.dim() - 1)
+    return True
+
+
 @functools.cache
-def _compiled(function):
-    """``function`` compiled, once per process; shapes go dynamic on their first change (torch's default)."""
+def _compiled(function, sellers_static: bool = False):
+    """``function`` compiled, once per process; shapes go dynamic on their first change (torch's default).
+
+    ``sellers_static``: a copy of ``function`` with code of its own (Dynamo keeps its compiled
+    graphs, and which sizes went dynamic, per code object), so that a pass with N static never
+    takes a graph in which an earlier call made N dynamic, nor the other way round.
+    """
+    if sellers_static:
+        code = function.__code__.replace(co_name=f"{function.__name__}_sellers_static")
+        function = types.FunctionType(code, function.__globals__, code.co_name, function.__defaults__)
     return torch.compile(function)

@@ -5,7 +5,8 @@ device memory each time: 57-72% of its device time on an H100 at N = 16384-65536
 (docs/performance.md). ``econspin.block_pass`` writes them as one compiled kernel. This script
 plays the benchmark economy (``econspin.bench``'s: d = 32, one head, float32) in each of
 ``--modes`` at each ``--shapes`` B x N on ``--device``, with the eager passes and with the compiled passes
-(``block_pass.COMPILED_DEVICES`` naming the device), at each ``--rows`` (buyer rows per
+(``block_pass.COMPILED_DEVICES`` naming the device), as they are and with the sellers' axis N
+static (``block_pass.STATIC_SELLERS`` naming it too: a kernel per N), at each ``--rows`` (buyer rows per
 block; ``default`` the device's own), beside torch's SDPA forward on the same shapes, and
 prints one JSON row per shape and way: ms a round (median of ``--repeats``, interleaved),
 the ratio to SDPA, the compiled pass's first round apart (its compilation) and its next state's
@@ -24,15 +25,17 @@ from pathlib import Path
 
 import torch
 
-WAYS = ("eager passes", "compiled pass")
+# the compiled pass as it is, and with the sellers' axis N static (block_pass.STATIC_SELLERS: a kernel per N)
+WAYS = ("eager passes", "compiled pass", "compiled pass, sellers static")
 
 
-def with_compiled_pass(devices: tuple[str, ...], function):
-    """``function`` run with econspin.block_pass.COMPILED_DEVICES set to ``devices``."""
+def with_compiled_pass(devices: tuple[str, ...], function, static_devices: tuple[str, ...] = ()):
+    """``function`` run with block_pass.COMPILED_DEVICES as ``devices``, STATIC_SELLERS as ``static_devices``."""
     from econspin import block_pass
     from experiments.gpu_measures import with_setting
 
-    return with_setting(block_pass, "COMPILED_DEVICES", devices, function)
+    return with_setting(block_pass, "STATIC_SELLERS", static_devices,
+                        with_setting(block_pass, "COMPILED_DEVICES", devices, function))  # fmt: skip
 
 
 def pass_timing(device: torch.device, shapes, rows_per_block=(None,), repeats: int = 5,
@@ -52,10 +55,12 @@ def pass_timing(device: torch.device, shapes, rows_per_block=(None,), repeats: i
         for rows_each in rows_per_block:
             economy = dataclasses.replace(rollout.economy, chunk=rows_each)
             for way in WAYS:
-                devices = (device.type,) if way == "compiled pass" else ()
-                first = with_compiled_pass(devices, lambda e=economy: compile_first(rollout.state, e, device))
+                devices = (device.type,) if way != "eager passes" else ()
+                static = (device.type,) if way == "compiled pass, sellers static" else ()
+                first = with_compiled_pass(devices, lambda e=economy: compile_first(rollout.state, e, device), static)
                 firsts[rows_each, way], first_seconds[rows_each, way] = first()
-                functions[rows_each, way] = with_compiled_pass(devices, lambda e=economy: step(rollout.state, e))
+                play = with_compiled_pass(devices, lambda e=economy: step(rollout.state, e), static)
+                functions[rows_each, way] = play
         with torch.no_grad():
             times = timed(functions, repeats=repeats, device=device)
         floor = times.pop("sdpa forward")
@@ -77,9 +82,10 @@ def summary(rows: list[dict]) -> str:
     """One line: the compiled pass's round over the eager passes' round, per mode, shape and rows per block."""
     eager = {(r["mode"], r["batch"], r["agents"], r["rows per block"]): r["ms"] for r in rows
              if r["way"] == "eager passes"}  # fmt: skip
-    ratios = [f"{mode} {batch}x{agents} rows {each}: {r['ms'] / eager[mode, batch, agents, each]:.2f}"
-              for r in rows if r["way"] == "compiled pass"
-              for mode, batch, agents, each in [(r["mode"], r["batch"], r["agents"], r["rows per block"])]]  # fmt: skip
+    ratios = [f"{mode} {batch}x{agents} rows {each}{static}: {r['ms'] / eager[mode, batch, agents, each]:.2f}"
+              for r in rows if r["way"].startswith("compiled pass")
+              for mode, batch, agents, each in [(r["mode"], r["batch"], r["agents"], r["rows per block"])]
+              for static in [" N static" if r["way"].endswith("sellers static") else ""]]  # fmt: skip
     return "compiled pass / eager passes, a round: " + "; ".join(ratios)
 
 

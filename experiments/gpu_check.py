@@ -65,7 +65,8 @@ left.
    operator inside and traced into the graph (econspin.traced_blocks) (``profile_graphs_cuda.json``):
    kernels launched alone against graphs.
 17. ``block_pass``: the fused round, both modes, with its blocks' eager passes and with them compiled
-   into one kernel (econspin.block_pass) at N = 4096-65536 and B = 64, N = 256, in the default blocks and
+   into one kernel (econspin.block_pass), as compiled by default and with the sellers' axis static
+   (block_pass.STATIC_SELLERS), at N = 4096-65536 and B = 64, N = 256, in the default blocks and
    in blocks of 2048 rows, against SDPA (experiments/gpu_block_pass.py; ``block_pass_cuda.json``).
 18. ``block_pass_order``: the ``block_pass`` step's default blocks in a process that compiles the pass first
    at N = 65536, then 16384 and 4096 (``block_pass_order_cuda.json``): whether the shape the pass
@@ -121,7 +122,7 @@ STEPS = {
     "compiled": 120,
     "profile": 120,
     "profile_graphs": 100,  # four runs: the blocks between graphs, one operator inside, traced (twice: either operator)
-    "block_pass": 200,
+    "block_pass": 240,  # three ways since the sellers' axis static is one
     # the same passes compiled first at the largest shape: in the second H200 session the compiled pass at N = 65536
     # took 0.92 of the eager round after compiling first at N = 4096, 0.45 after N = 16384 and 32768
     "block_pass_order": 120,

@@ -240,6 +240,47 @@ def test_a_compiled_round_takes_the_compiled_pass_in_its_blocks(monkeypatch, ope
     torch._dynamo.reset()
 
 
+def test_the_pass_with_the_sellers_static_compiles_for_each_n_and_gives_the_eager_numbers():
+    """block_pass.STATIC_SELLERS: a new N compiles anew (N stays static), a new row count does not; eager numbers.
+
+    Without it (the default) N goes dynamic on its first change and later sizes reuse that graph.
+    """
+    from torch._dynamo.utils import counters
+
+    def graphs_after(shapes, reset: bool = True) -> list[int]:
+        if reset:
+            torch._dynamo.reset()
+        counts, before = [], counters["stats"]["unique_graphs"]  # the counter runs on across resets
+        for groups, rows, agents in shapes:
+            generator = torch.Generator().manual_seed(agents + rows)
+            scores = 8 * torch.randn(groups, rows, agents, generator=generator)
+            moment_rows = torch.randn(groups, 2, agents, generator=generator)
+            tie_width = torch.zeros(groups, rows).index_fill_(1, torch.tensor([0]), 0.5)
+            outputs = [torch.empty(groups, rows) for _ in range(4)] + [torch.empty(groups, rows, 2)]
+            weights = torch.empty_like(scores)
+            block_pass.weigh_and_sum(scores.clone(), weights, tie_width, moment_rows, 1e30, -60.0, outputs)
+            eager_weights, row_max = torch.empty_like(scores), torch.empty(groups, rows, 1)
+            with compiled_on():
+                block_pass.weigh(scores.clone(), eager_weights, row_max, tie_width, 1e30, -60.0)
+            assert torch.allclose(weights, eager_weights, rtol=1e-6, atol=0)
+            assert torch.allclose(outputs[0], row_max.squeeze(-1)) and torch.allclose(outputs[1], eager_weights.sum(-1))
+            assert torch.allclose(outputs[4], torch.einsum("grn,gkn->grk", eager_weights, moment_rows), atol=1e-5)
+            counts.append(counters["stats"]["unique_graphs"] - before)
+        return counts
+
+    shapes = [(2, 8, 24), (2, 6, 24), (2, 8, 40), (2, 8, 56), (2, 5, 56), (2, 8, 24)]
+    with compiled_on("cpu"):
+        dynamic = graphs_after(shapes)
+        kept, block_pass.STATIC_SELLERS = block_pass.STATIC_SELLERS, ("cpu",)
+        try:
+            static = graphs_after(shapes, reset=False)  # the dynamic graphs still held: not taken
+        finally:
+            block_pass.STATIC_SELLERS = kept
+    torch._dynamo.reset()
+    assert dynamic == [1, 2, 3, 3, 3, 3]  # N = 56 takes the graph in which N = 40 made N dynamic
+    assert static == [1, 2, 3, 4, 4, 4]  # N = 56 a graph of its own; 5 rows and N = 24 again reuse theirs
+
+
 def test_the_gpu_experiment_runs_end_to_end_on_the_cpu(tmp_path):
     from experiments import gpu_block_pass
 
@@ -248,14 +289,15 @@ def test_the_gpu_experiment_runs_end_to_end_on_the_cpu(tmp_path):
                                 "--modes", "expected,sampled", "--json", str(out)]) == 0  # fmt: skip
     rows = json.loads(out.read_text())["rows"]
     ways = [(row.get("rows per block"), row["way"]) for row in rows]
-    assert ways == 2 * [(None, "sdpa forward"), ("default", "eager passes"), ("default", "compiled pass"),
-                        (16, "eager passes"), (16, "compiled pass")]  # fmt: skip
-    assert [row["mode"] for row in rows] == 5 * ["expected"] + 5 * ["sampled"]
+    each = ["eager passes", "compiled pass", "compiled pass, sellers static"]
+    assert ways == 2 * [(None, "sdpa forward"), *[("default", way) for way in each], *[(16, way) for way in each]]
+    assert [row["mode"] for row in rows] == 7 * ["expected"] + 7 * ["sampled"]
     timed = [row for row in rows if row["way"] != "sdpa forward"]
     assert all(row["difference from the eager passes"] < 1e-5 and row["ratio to sdpa"] > 0 for row in timed)
-    assert block_pass.COMPILED_DEVICES == ()  # restored
+    assert block_pass.COMPILED_DEVICES == () and block_pass.STATIC_SELLERS == ()  # restored
     line = gpu_block_pass.summary(rows)
-    assert line.startswith("compiled pass / eager passes") and line.count(":") == 5 and "sampled 2x48 rows 16" in line
+    assert line.startswith("compiled pass / eager passes") and line.count(":") == 9
+    assert "sampled 2x48 rows 16:" in line and "sampled 2x48 rows 16 N static:" in line
 
 
 def test_the_gpu_profile_lists_the_compiled_pass(tmp_path):
