@@ -35,8 +35,9 @@ left.
    and on bf16 products, against torch's scaled_dot_product_attention forward on the same
    shapes; ``rollout_cuda.json``.
 7. ``large_rollout``: the same at B = 1, N = 16384 (gpu_measures.LARGE_ROLLOUT_WAYS): the fused and
-   Triton kernels in eager chunks and under CUDA graphs, where the host's dispatch, most of an eager
-   round at that size, is gone (``large_rollout_cuda.json``).
+   Triton kernels in eager chunks and under CUDA graphs (the fused blocks between the graphs and as
+   one operator inside them), where the host's dispatch, most of an eager round at that size, is
+   gone (``large_rollout_cuda.json``).
 8. ``flex``: the FlexAttention kernel beside the fused one and SDPA at N = 16384 and 65536,
    its first call (the compilation of its five passes) timed apart, each row printed as it
    is measured (``flex_cuda.json``).
@@ -112,7 +113,7 @@ STEPS = {
     "bench": 80,
     "batched": 60,
     "rollout": 220,
-    "large_rollout": 150,  # three reduce-overhead compilations at N = 16384
+    "large_rollout": 180,  # four reduce-overhead compilations at N = 16384 (expected mode; two ways sampled)
     "flex": 120,
     "tf32": 50,
     "flex_batched": 60,

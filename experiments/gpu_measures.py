@@ -135,13 +135,15 @@ def rollout_timing(
     return rows
 
 
-# large N under CUDA graphs: at N <= 16384 an eager round on either kernel is mostly its host's dispatch (an H200's
-# Triton market step took 3.2 ms at N = 4096 and 6.5 ms at N = 16384, SDPA forward 0.46 and 2.1 ms)
+# large N under CUDA graphs: at N <= 16384 an eager round on either kernel is mostly a cost that does not grow with N
+# (an H200's Triton market step took 3.2 ms at N = 4096 and 6.5 ms at N = 16384, SDPA forward 0.46 and 2.1 ms). The
+# fused kernel's blocks between the graphs (its eager passes launched one by one) and as one operator inside them
 LARGE_ROLLOUT_SHAPE = (1, 16384)
 LARGE_ROLLOUT_WAYS = (
     "sync-free chunks, eager",
     "sync-free chunks, Triton kernel",
     "sync-free chunks, reduce-overhead",
+    "sync-free chunks, reduce-overhead, blocks inside the graph",
     "sync-free chunks, reduce-overhead, Triton kernel",
     "sync-free chunks, reduce-overhead, Triton kernel, bf16 products",
 )
