@@ -15,9 +15,9 @@ left.
    inside a chunk, where the recorder also sees copies of device tensors to the host;
    chunked rollouts equal to round-by-round ones bit for bit; a forced replay of Wood's
    sampler the same bits); the flex kernel's compiled passes against the fused kernel.
-2. ``traced_tests``: tests/test_traced_blocks.py, whose CUDA test compiles the blocks traced into
-   a whole round (econspin.traced_blocks) in each mode and holds it to the eager blocks and round:
-   a step of its own, since those compilations alone outlast the ``tests`` step's other work.
+2. ``traced_tests``: the CUDA test of tests/test_traced_blocks.py, which compiles the blocks traced
+   into a whole round (econspin.traced_blocks) in each mode and holds it to the eager blocks and
+   round: a step of its own, since those compilations alone outlast the ``tests`` step's other work.
 3. ``blocks``: the fused round at N = 16384 and 65536, B = 1, with buyer rows per block from 32
    (the CPU's cache-sized default at N = 65536) to 8192, against SDPA (``blocks_cuda.json``):
    on a GPU each block costs a dozen kernel launches, so the best block is not the CPU's.
@@ -153,7 +153,10 @@ def step_commands(out: Path) -> dict[str, list[str]]:
 
     return {
         "tests": [*tests_command, *tests],
-        "traced_tests": [*tests_command, "tests/test_traced_blocks.py"],
+        "traced_tests": [  # its CUDA test alone: the file's CPU tests compile C++ rounds, minutes on a cold cache
+            *tests_command,
+            "tests/test_traced_blocks.py::test_the_traced_blocks_on_a_gpu_give_the_blocks_results_and_the_eager_round",
+        ],
         "blocks": [python, "-m", "experiments.gpu_check", "--measure", "blocks", "--out", str(out)],
         "bench": bench("bench_cuda.json", "--sizes", f"1024,4096,{LARGE}", "--batches", "1", "--kernels", "fused",
                        "--utilities", "bfloat16", "--repeats", "5"),  # fmt: skip
