@@ -280,6 +280,20 @@ def test_the_pass_with_the_sellers_static_compiles_for_each_n_and_gives_the_eage
     assert dynamic == [1, 2, 3, 3, 3, 3]  # N = 56 takes the graph in which N = 40 made N dynamic
     assert static == [1, 2, 3, 4, 4, 4]  # N = 56 a graph of its own; 5 rows and N = 24 again reuse theirs
 
+    # a round of 2 x 2 x 4 blocks (elements, heads, rows) at their offsets in the round's tensors: one graph
+    run = rollout(two_populations(heads=2), dtype="float32")
+    eager = fused_trade(run.state, run.economy, rows=16)
+    before = counters["stats"]["unique_graphs"]
+    with compiled_on("cpu"):
+        kept, block_pass.STATIC_SELLERS = block_pass.STATIC_SELLERS, ("cpu",)
+        try:
+            static_round = fused_trade(run.state, run.economy, rows=16)
+        finally:
+            block_pass.STATIC_SELLERS = kept
+    assert counters["stats"]["unique_graphs"] - before == 1
+    assert_outcomes_close(eager, static_round, TOLERANCE[torch.float32])
+    torch._dynamo.reset()
+
 
 def test_the_gpu_experiment_runs_end_to_end_on_the_cpu(tmp_path):
     from experiments import gpu_block_pass
