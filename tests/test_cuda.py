@@ -75,6 +75,26 @@ def test_the_compiled_block_pass_on_the_gpu_equals_the_cpu_and_the_oracle(drawn,
         assert torch.allclose(spent, earned, rtol=1e-12 if state.money.dtype == torch.float64 else 1e-6)
 
 
+# fewer still: with the sellers' axis static every new N compiles its own kernels
+@given(economies(), st.integers(1, 12))
+@settings(max_examples=6, deadline=None, derandomize=True)
+def test_the_compiled_block_pass_with_the_sellers_static_on_the_gpu_equals_the_cpu(drawn, rows):
+    """econspin.block_pass.STATIC_SELLERS (a graph per N) on the GPU: the CPU's eager passes, money conserved."""
+    from econspin import block_pass
+
+    state, economy = drawn
+    device_type = torch.device(DEVICE).type
+    kept = block_pass.COMPILED_DEVICES, block_pass.STATIC_SELLERS
+    block_pass.COMPILED_DEVICES = block_pass.STATIC_SELLERS = (device_type,)
+    try:
+        gpu = on_host(fused_trade(on_device(state, DEVICE), on_device(economy, DEVICE), rows))
+    finally:
+        block_pass.COMPILED_DEVICES, block_pass.STATIC_SELLERS = kept
+    assert_outcomes_close(fused_trade(state, economy), gpu, TOLERANCE[state.states.dtype])
+    spent, earned = gpu.spending.sum(1), gpu.revenue.sum(1)
+    assert torch.allclose(spent, earned, rtol=1e-12 if state.money.dtype == torch.float64 else 1e-6)
+
+
 @given(economies(mode="sampled"))
 @settings(max_examples=12, deadline=None, derandomize=True)
 def test_the_compiled_weights_on_the_gpu_draw_the_cpu_sellers(drawn):
