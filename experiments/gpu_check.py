@@ -65,21 +65,23 @@ left.
    B = 64, N = 256, the rollout step's fastest way, with the blocks between the graphs, as one
    operator inside and traced into the graph (econspin.traced_blocks) (``profile_graphs_cuda.json``):
    kernels launched alone against graphs.
-17. ``block_pass``: the fused round, both modes, with its blocks' eager passes and with them compiled
+17. ``profile_graphs_sampled``: the same in sampled mode, the blocks between the graphs and as one
+   operator inside them (``profile_graphs_sampled_cuda.json``): its best rollout way was 48x SDPA.
+18. ``block_pass``: the fused round, both modes, with its blocks' eager passes and with them compiled
    into one kernel (econspin.block_pass), as compiled by default and with the sellers' axis static
    (block_pass.STATIC_SELLERS), at N = 4096-65536 and B = 64, N = 256, in the default blocks and
    in blocks of 2048 rows, against SDPA (experiments/gpu_block_pass.py; ``block_pass_cuda.json``).
-18. ``block_pass_order``: the ``block_pass`` step's default blocks in a process that compiles the pass first
+19. ``block_pass_order``: the ``block_pass`` step's default blocks in a process that compiles the pass first
    at N = 65536, then 16384 and 4096 (``block_pass_order_cuda.json``): whether the shape the pass
    first compiles for decides its speed at the others (docs/performance.md, the second H200 session).
-19. ``profile_block_pass``: the profile (experiments/gpu_profile.py) of the fused round at N = 16384
+20. ``profile_block_pass``: the profile (experiments/gpu_profile.py) of the fused round at N = 16384
    and 65536 with the eager passes and the compiled one (``profile_block_pass_cuda.json``).
-20. ``triton_precision``: the ``triton`` step with the Triton kernel's products on the tensor
+21. ``triton_precision``: the ``triton`` step with the Triton kernel's products on the tensor
    cores (``run.utility_precision`` bfloat16, then tf32) at N = 16384 and 65536 and B = 64,
    N = 256, beside the full-precision fused round (the differences are the reduced precision's
    error) and SDPA forward in float32 and at that precision, with pairs per second against issue
    9's 4e11, and the market step per tile size (``triton_precision_cuda.json``).
-21. ``triton_sampled``: the ``triton`` step in sampled mode (the Triton draw, econspin.triton_draws)
+22. ``triton_sampled``: the ``triton`` step in sampled mode (the Triton draw, econspin.triton_draws)
    at N = 16384 and 65536 and B = 64, N = 256, against the fused sampled round (the same sellers)
    and SDPA forward, and the market step per tile size (``triton_sampled_cuda.json``).
 
@@ -123,6 +125,7 @@ STEPS = {
     "compiled": 120,
     "profile": 120,
     "profile_graphs": 100,  # four runs: the blocks between graphs, one operator inside, traced (twice: either operator)
+    "profile_graphs_sampled": 100,  # the sampled rollout's best way on the H200 was 48x SDPA: where its time goes
     "block_pass": 240,  # three ways since the sellers' axis static is one
     # the same passes compiled first at the largest shape: in the second H200 session the compiled pass at N = 65536
     # took 0.92 of the eager round after compiling first at N = 4096, 0.45 after N = 16384 and 32768
@@ -184,6 +187,10 @@ def step_commands(out: Path) -> dict[str, list[str]]:
                            "--compile", "reduce-overhead", "--operator-devices", "cpu,cpu+cuda",
                            "--traced-devices", "cpu,cpu+cuda",
                            "--json", str(out / "profile_graphs_cuda.json")],  # fmt: skip
+        "profile_graphs_sampled": [python, "-m", "experiments.gpu_profile", "--shapes", "64x256", "--kernels", "fused",
+                                   "--mode", "sampled", "--compile", "reduce-overhead",
+                                   "--operator-devices", "cpu,cpu+cuda",
+                                   "--json", str(out / "profile_graphs_sampled_cuda.json")],  # fmt: skip
         "block_pass": [python, "-m", "experiments.gpu_block_pass", "--device", "cuda",
                        "--shapes", "1x4096,1x16384,1x65536,64x256", "--rows", "default,2048",
                        "--modes", "expected,sampled", "--json", str(out / "block_pass_cuda.json")],  # fmt: skip
