@@ -50,13 +50,6 @@ KERNEL_LAUNCHES = ("cudaLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernel", 
 WARM_UP = 3  # rounds before the measured ones: compilation, and reduce-overhead's recording of its graphs
 
 
-def host_launches(profiler) -> tuple[int, int]:
-    """(kernels the host launched one by one, CUDA graphs it launched) in a finished profiler's CUDA runtime calls."""
-    names = [event.name for event in profiler.events() if event.device_type == DeviceType.CPU]
-    kernels = sum(name in KERNEL_LAUNCHES for name in names)
-    return kernels, sum(name == "cudaGraphLaunch" for name in names)
-
-
 def launch_sources(events, rounds: int, depth: int = 3) -> dict[str, dict[str, float]]:
     """Where the host's launches come from, per round: {"kernels": {...}, "graphs": {...}}.
 
@@ -64,7 +57,8 @@ def launch_sources(events, rounds: int, depth: int = 3) -> dict[str, dict[str, f
     events that enclose the launch, innermost first, ``depth`` of them joined by " < " (the
     operator or compiled function that launched it), counted and divided by ``rounds``. A round
     under reduce-overhead that launches several graphs, or kernels beside them, shows here what
-    stays outside one graph.
+    stays outside one graph. Summed over their sources: the kernels the host launched one by one
+    and the CUDA graphs it launched, a round.
     """
     sources = {"kernels": defaultdict(float), "graphs": defaultdict(float)}
     for event in events:
@@ -128,7 +122,6 @@ def _profile_round(batch, agents, kernel, mode, device, rounds, top, compile_mod
     totals = kernel_times(profiler, device)
     ranked = sorted(totals.items(), key=lambda item: -item[1][1])
     busy = sum(microseconds for _, microseconds in totals.values()) if device.type == "cuda" else None
-    kernel_launches, graph_launches = host_launches(profiler)
     sources = launch_sources(profiler.events(), rounds)
     return {
         "batch": batch,
@@ -139,8 +132,8 @@ def _profile_round(batch, agents, kernel, mode, device, rounds, top, compile_mod
         "wall ms per round": wall * 1e3,
         "kernels per round": sum(count for count, _ in totals.values()) / rounds if device.type == "cuda" else None,
         "device busy ms per round": busy / rounds / 1e3 if busy is not None else None,
-        "kernel launches per round": kernel_launches / rounds,
-        "graph launches per round": graph_launches / rounds,
+        "kernel launches per round": sum(sources["kernels"].values()),
+        "graph launches per round": sum(sources["graphs"].values()),
         "kernels launched alone from": sources["kernels"],
         "graphs launched from": sources["graphs"],
         "top": [

@@ -382,6 +382,7 @@ def test_the_gpu_profile_runs_on_the_cpu(tmp_path):
             assert times[3] > 0 and row["wall ms per round"] > 0
     assert any(entry["name"] == "aten::bmm" for entry in rows[0]["top"])  # the fused round's work: the blocks' products
     assert rows[0]["kernels launched alone from"] == {} and rows[0]["graphs launched from"] == {}  # no CUDA here
+    assert rows[0]["kernel launches per round"] == rows[0]["graph launches per round"] == 0
 
 
 def test_the_gpu_profile_says_where_the_launches_come_from():
