@@ -28,20 +28,21 @@ from econspin.round import step
 
 
 @contextlib.contextmanager
-def compiled_on(*devices: str, calls: list | None = None):
-    """block_pass.COMPILED_DEVICES set to ``devices``; each compiled pass taken appended to ``calls``."""
-    kept_devices, kept_pass = block_pass.COMPILED_DEVICES, block_pass.weigh_and_sum
+def compiled_on(*devices: str, calls: list | None = None, static: tuple[str, ...] = ()):
+    """COMPILED_DEVICES set to ``devices``, STATIC_SELLERS to ``static``; each compiled pass appended to ``calls``."""
+    kept = block_pass.COMPILED_DEVICES, block_pass.STATIC_SELLERS, block_pass.weigh_and_sum
+    kept_pass = kept[2]
 
     def counted(*arguments):
         if calls is not None:
             calls.append(arguments[0].shape)
         return kept_pass(*arguments)
 
-    block_pass.COMPILED_DEVICES, block_pass.weigh_and_sum = devices, counted
+    block_pass.COMPILED_DEVICES, block_pass.STATIC_SELLERS, block_pass.weigh_and_sum = devices, static, counted
     try:
         yield
     finally:
-        block_pass.COMPILED_DEVICES, block_pass.weigh_and_sum = kept_devices, kept_pass
+        block_pass.COMPILED_DEVICES, block_pass.STATIC_SELLERS, block_pass.weigh_and_sum = kept
 
 
 def test_the_default_compiles_on_no_device():
@@ -271,11 +272,8 @@ def test_the_pass_with_the_sellers_static_compiles_for_each_n_and_gives_the_eage
     shapes = [(2, 8, 24), (2, 6, 24), (2, 8, 40), (2, 8, 56), (2, 5, 56), (2, 8, 24)]
     with compiled_on("cpu"):
         dynamic = graphs_after(shapes)
-        kept, block_pass.STATIC_SELLERS = block_pass.STATIC_SELLERS, ("cpu",)
-        try:
-            static = graphs_after(shapes, reset=False)  # the dynamic graphs still held: not taken
-        finally:
-            block_pass.STATIC_SELLERS = kept
+    with compiled_on("cpu", static=("cpu",)):
+        static = graphs_after(shapes, reset=False)  # the dynamic graphs still held: not taken
     torch._dynamo.reset()
     assert dynamic == [1, 2, 3, 3, 3, 3]  # N = 56 takes the graph in which N = 40 made N dynamic
     assert static == [1, 2, 3, 4, 4, 4]  # N = 56 a graph of its own; 5 rows and N = 24 again reuse theirs
@@ -284,12 +282,8 @@ def test_the_pass_with_the_sellers_static_compiles_for_each_n_and_gives_the_eage
     run = rollout(two_populations(heads=2), dtype="float32")
     eager = fused_trade(run.state, run.economy, rows=16)
     before = counters["stats"]["unique_graphs"]
-    with compiled_on("cpu"):
-        kept, block_pass.STATIC_SELLERS = block_pass.STATIC_SELLERS, ("cpu",)
-        try:
-            static_round = fused_trade(run.state, run.economy, rows=16)
-        finally:
-            block_pass.STATIC_SELLERS = kept
+    with compiled_on("cpu", static=("cpu",)):
+        static_round = fused_trade(run.state, run.economy, rows=16)
     assert counters["stats"]["unique_graphs"] - before == 1
     assert_outcomes_close(eager, static_round, TOLERANCE[torch.float32])
     torch._dynamo.reset()
