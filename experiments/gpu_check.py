@@ -83,7 +83,9 @@ left.
    9's 4e11, and the market step per tile size (``triton_precision_cuda.json``).
 22. ``triton_sampled``: the ``triton`` step in sampled mode (the Triton draw, econspin.triton_draws)
    at N = 16384 and 65536 and B = 64, N = 256, against the fused sampled round (the same sellers)
-   and SDPA forward, and the market step per tile size (``triton_sampled_cuda.json``).
+   and SDPA forward, and the market step per tile size (``triton_sampled_cuda.json``). Each round's
+   row counts the agents whose draw differs from the fused kernel's, and, as the rounding baseline,
+   those where the fused kernel on the GPU differs from itself on the CPU (gpu_measures.cpu_round).
 
 Without a CUDA device, or with ``--dry-run``, it prints the plan and exits 0 (the test suite
 runs it so, tests/test_device_rollout.py, so that it does not rot).

@@ -17,8 +17,12 @@ import dataclasses
 import functools
 import time
 import traceback
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from econspin.state import State
 
 ROLLOUT_SHAPE = (64, 256)  # B, N: the GPU target of issue 9 (<= 5x SDPA forward)
 ROLLOUT_ROUNDS = 32
@@ -335,6 +339,8 @@ def triton_timing(
             want = step(state, fused)
             row["triton difference from fused"] = round_difference(want, first)
             row["agents differing from fused"] = differing_agents(want, first)
+            if mode == "sampled":
+                row["agents differing, fused from the cpu"] = differing_agents(cpu_round(scenarios), want.to("cpu"))
             print(row, flush=True)
             rows.append(row)
 
@@ -342,6 +348,22 @@ def triton_timing(
         if device.type == "cuda":
             torch.cuda.empty_cache()  # the fused kernel's blocks at this size, before the next one's
     return rows
+
+
+def cpu_round(scenarios) -> State:
+    """One fused round of ``scenarios`` (replicas 0, 1, ...) on the CPU, float32: the same start as on any device.
+
+    The rounding baseline of :func:`triton_timing` in sampled mode: the fused kernel on the
+    device against itself on the CPU, where the draws differ only where the two devices' float32
+    sums round a uniform across a boundary. The Triton kernel's count of differing agents is
+    read against it: about as many is rounding; many more, a fault.
+    """
+    from econspin.round import step
+    from econspin.simulate import Rollout
+
+    rollout = Rollout.create(scenarios, list(range(len(scenarios))), "cpu", "float32")
+    with torch.no_grad():
+        return step(rollout.state, rollout.economy)
 
 
 def differing_agents(want, got, tolerance: float = 1e-3) -> float:

@@ -437,6 +437,7 @@ def test_the_gpu_checks_triton_timing_runs_on_the_cpu():
     sampled = gpu_measures.triton_timing(torch.device("cpu"), ((2, 20),), ((16, 16, 1),), repeats=1, mode="sampled")
     assert sampled[0]["mode"] == "sampled" and sampled[0]["triton difference from fused"] < 1e-5  # the same sellers
     assert sampled[0]["agents differing from fused"] == 0
+    assert sampled[0]["agents differing, fused from the cpu"] == 0  # the rounding baseline: here the cpu itself
     assert sampled[1]["difference from fused"] < 1e-5
     assert "triton_sampled" in gpu_check.STEPS and "triton_sampled" in gpu_measures.MEASURES
 
