@@ -36,7 +36,7 @@ test-all: install
 #   make mutation-score                    the score of every mutant run so far, nothing more
 MUTATE ?=
 MUTATION_CHILDREN ?= 2
-SAMPLE ?= response=0.3 market=0.15 choice=0.15 round=0.15
+SAMPLE ?= response=0.3 market=0.15 choice=0.15 round=0.15 fused=0.15 fused_sampled=0.3 wood=0.3
 MUTMUT := nice -n 19 $(VENV)/bin/mutmut run --max-children $(MUTATION_CHILDREN)
 
 mutation: $(VENV)/.mutation-installed

@@ -200,6 +200,9 @@ def running_positions(
     return torch.searchsorted(running, threshold, right=True)
 
 
+# pragma: no mutate start
+# (mutation testing, docs/testing.md: _compiled_unrolled_positions compiles a copy of this function's code
+# object, which a mutated module's trampoline in its place does not have)
 def unrolled_positions(
     weights: torch.Tensor, uniforms: torch.Tensor | None, tile: int, first_column: torch.Tensor | None,
     start: torch.Tensor | None, threshold: torch.Tensor | None, scores: torch.Tensor | None = None,
@@ -242,6 +245,7 @@ def unrolled_positions(
         return columns, None, None
     totals = weights.sum(-1) if first_column is not None else running[-1].squeeze(-1).to(weights.dtype)
     return columns, totals, (scores * weights).sum(-1)
+# pragma: no mutate end
 
 
 @functools.cache

@@ -134,7 +134,8 @@ def _wood_rest(result, pending, constants, dimension: int, draws: Draws, start: 
 # on the dispatcher directly (econspin.compiled.eager_operator), not by torch.library.custom_op, whose
 # wrappers cost 22 us a call; nothing differentiates through it: a traced draw whose w requires a
 # gradient takes the graph break instead (econspin.response._wood_rest_compiled)
-def _wood_rest_of_keys(
+@eager_operator("wood_rest", lambda marked, constants, keys, dimension: torch.empty_like(marked))
+def wood_rest_operator(
     marked: torch.Tensor, constants: torch.Tensor, keys: torch.Tensor, dimension: int
 ) -> torch.Tensor:
     """:func:`_wood_rest` after WOOD_FIRST_ATTEMPTS attempts, on the agents' keys (``Draws.keys``).
@@ -142,11 +143,6 @@ def _wood_rest_of_keys(
     ``marked``: w with NaN where the agent has no accepted attempt yet (:func:`_wood_first_marked`).
     """
     return _wood_rest_marked(marked, constants, dimension, Draws(keys))
-
-
-wood_rest_operator = eager_operator("wood_rest", lambda marked, constants, keys, dimension: torch.empty_like(marked))(
-    _wood_rest_of_keys
-)
 
 
 def _wood_first_marked(constants, finite, dimension: int, draws: Draws, attempts: int) -> torch.Tensor:
