@@ -478,8 +478,9 @@ def block_calls(state, economy, rows, compiled_inversion=False):
         extra = (moment_rows.to(eager.delivered.dtype),)
         want, operator = expected_blocks(eager, economy, *extra, rows), torch.ops.econspin.expected_blocks.default
     else:
+        # float64 whatever the working precision, as a round draws them (fused_sampled.sampled_choices)
         uniforms = torch.rand(eager.groups, eager.left.shape[1], generator=generator, dtype=torch.float64)
-        extra = (uniforms.to(eager.delivered.dtype), compiled_inversion)
+        extra = (uniforms, compiled_inversion)
         want, operator = (sampled_blocks(eager, economy, extra[0], rows),), torch.ops.econspin.sampled_blocks.default
     arguments = (*block_arguments(operated, economy, rows), *extra)
     return eager, want, operator(*arguments), operator, arguments
@@ -573,16 +574,17 @@ def test_rows_joined_under_compile_are_torch_cat_and_never_written_out():
 
 
 @pytest.mark.parametrize("mode", ["expected", "sampled"])
-@pytest.mark.parametrize("network", [False, True])
-def test_the_block_operators_are_well_formed(mode, network, monkeypatch):
+@pytest.mark.parametrize("network, dtype", [(False, "float64"), (True, "float64"), (False, "float32")])
+def test_the_block_operators_are_well_formed(mode, network, dtype, monkeypatch):
     """torch.library.opcheck: schema, fake tensors (the shapes a compiled graph plans for), no aliasing.
 
     The sampled operator with its compiled count of the running sums where a compiler is at hand
-    (as a compiled round calls it; here on blocks of any size).
+    (as a compiled round calls it; here on blocks of any size). In float32 too, where the sampled
+    operator's uniforms are float64 and its per-row results float32: the fake results must say so.
     """
     monkeypatch.setattr(fused_sampled, "COMPILED_COUNT_FROM", 0)
     options = {"network": {"generator": "gnp_random_graph", "params": {"p": 0.5}}} if network else {}
-    run = rollout(scenario(mode=mode, heads=2, **options))
+    run = rollout(scenario(mode=mode, heads=2, **options), dtype=dtype)
     with torch.no_grad():
         *_, operator, arguments = block_calls(run.state, run.economy, 5, compiled_inversion=MISSING_COMPILER is None)
     torch.library.opcheck(operator, arguments)

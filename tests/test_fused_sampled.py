@@ -92,8 +92,8 @@ def test_inverse_cdf_picks_what_whole_row_inversion_picks(seed, agents, tile, dt
     assert torch.all(weights.gather(-1, chosen).squeeze(-1)[want >= 0] > 0)  # never a seller of weight 0
 
 
-# (N, tile, dtype), one compilation each: one level; tiles of 8, the last of 5
-COMPILED_INVERSIONS = [(13, None, "float64"), (37, 8, "float32")]
+# (N, tile, dtype), one compilation each: one level; the default tiles of 16 above N = 64, the last of 6
+COMPILED_INVERSIONS = [(13, None, "float64"), (70, None, "float32")]
 # one level at the ensembles' N = 64; tiles of 16, the last of 4; tiles of 32, the last of 12
 LARGER_COMPILED_INVERSIONS = [(64, None, "float32"), (100, None, "float32"), (300, 32, "float64")]
 

@@ -112,3 +112,12 @@ def test_the_compiled_first_attempts_test_their_marks_with_vector_comparisons():
     attempts = (wood.WOOD_FIRST_ATTEMPTS, wood.WOOD_MORE_ATTEMPTS)
     got = wood._wood_rest(marked, torch.isnan(marked), constants, 16, draws, *attempts)
     assert torch.allclose(got, wood._wood_component(kappa, 16, draws), rtol=0, atol=1e-9)
+
+
+def test_a_rejection_budget_counts_on_its_device_in_integers_and_needs_an_attempt():
+    """RejectionBudget.on: an int64 zero on the device (a count of agents, exact however many), one attempt at least."""
+    budget = wood.RejectionBudget.on(torch.device("cpu"), 3)
+    assert budget.attempts == 3 and budget.unresolved.dtype == torch.int64 and budget.unresolved.shape == ()
+    assert int(budget.unresolved) == 0 and budget.unresolved.device.type == "cpu"
+    with pytest.raises(ValueError, match="at least one attempt, not 0"):
+        wood.RejectionBudget.on(torch.device("cpu"), 0)
