@@ -20,7 +20,9 @@ import torch
 def precision_limits(dtype: torch.dtype) -> tuple[int, int, int]:
     """(E, p, BIG exponent): scale exponent of the T = 0 rows, mantissa bits, mask exponent."""
     info = torch.finfo(dtype)
-    max_exponent = int(math.log2(info.max)) + 1  # 128 or 1024
+    # max < 2^max_exponent, from frexp: math.log2 of float64's max rounds to 1024.0, and int(...) + 1
+    # made E 997, so that a T = 0 row of a scale below 2^-27 got beta = 2^(997 + 27), infinite
+    max_exponent = math.frexp(info.max)[1]  # 128 or 1024
     mantissa = round(-math.log2(info.eps)) + 1  # 24 or 53
     return max_exponent - 28, mantissa, max_exponent - 8
 

@@ -324,3 +324,23 @@ def test_zero_temperature_ties_the_utilities_the_reference_kernel_ties(dtype):
     for outcome in (reference, fused):
         assert torch.allclose(outcome.revenue[0, 3:].double(), want, rtol=1e-6, atol=0)
     assert_outcomes_close(reference, fused, TOLERANCE[state.states.dtype])
+
+
+# (dtype, factor on the states): utilities of about 1e-24 and 1e-40, normal floats in both precisions
+@pytest.mark.parametrize("dtype, shrink", [("float64", 1e-12), ("float64", 1e-20), ("float32", 1e-12)])
+def test_decisive_agents_with_tiny_states_trade_as_on_the_reference(dtype, shrink):
+    """T = 0 rows whose utilities are all below 2^-27: beta at its upper limit, finite, and the reference's economy.
+
+    In float64 such rows once got beta = 2^1024 (precision_limits read float64's largest exponent
+    as 1025 through math.log2), and the round's revenue was NaN: money lost to every later round.
+    (In float32 the states times 1e-20 give subnormal utilities, which the reference rounds to a
+    few multiples of 2^-149: it then sees ties that the fused kernel's scaled products do not.)
+    """
+    populations = {"human": {"count": 7, "temperature": 0.0, "spend": 0.2},
+                   "ai": {"count": 5, "temperature": 0.0, "spend": 0.3}}  # fmt: skip
+    run = rollout(scenario(populations=populations), dtype=dtype)
+    state = dataclasses.replace(run.state, states=run.state.states * shrink)
+    want, got = trade(state, run.economy), fused_trade(state, run.economy)
+    assert bool(torch.isfinite(got.revenue).all()) and bool(torch.isfinite(got.received).all())
+    assert_outcomes_close(want, got, TOLERANCE[state.states.dtype])
+    assert_equals_oracle(got, state, run.economy)

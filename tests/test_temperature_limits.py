@@ -8,7 +8,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from econspin.temperature_limits import binary_exponents, inverse_temperatures_and_ties, precision_limits
+from econspin.market import row_sizes
+from econspin.temperature_limits import binary_exponents, inverse_temperatures_and_ties, precision_limits, row_scales
 
 
 def frexp_exponents(values: torch.Tensor) -> torch.Tensor:
@@ -64,3 +65,59 @@ def test_binary_exponents_survive_a_log2_off_by_one_unit(monkeypatch):
         rounded = lambda x, towards=towards: torch.nextafter(exact(x), torch.full_like(x, towards))  # noqa: E731
         monkeypatch.setattr(torch, "log2", rounded)
         assert torch.equal(binary_exponents(values), want), towards
+
+
+def test_precision_limits_are_the_constants_the_module_states():
+    """E = 100 (float32) or 996 (float64), p the mantissa bits, the mask 20 binary orders above E."""
+    assert precision_limits(torch.float32) == (100, 24, 120)
+    assert precision_limits(torch.float64) == (996, 53, 1016)
+
+
+def test_the_limits_stay_finite_and_normal_at_every_row_scale():
+    """The clamp of the row's exponent: T = 0 never overflows, T = inf never leaves the normal floats.
+
+    At the tiniest scales a T = 0 row's beta is the largest finite power of two, 2^(E + 27); at
+    the largest a T = inf row's is the smallest normal float, 2^(-p - 6 - e) with e at its cap.
+    Between them both are the powers of two of the module's formula, and beta times the scale
+    stays below the largest float.
+    """
+    for dtype in (torch.float32, torch.float64):
+        info = torch.finfo(dtype)
+        top, mantissa, _ = precision_limits(dtype)
+        largest_power = math.ldexp(1.0, math.frexp(info.max)[1] - 1)  # 2^127 or 2^1023
+        tiny = torch.tensor([info.tiny, 2.0**-40, 1e-30, 2.0**-29], dtype=dtype)
+        cap = -int(math.log2(info.tiny)) - mantissa - 6  # the largest e: 96 or 963
+        huge = torch.tensor([info.max, 2.0 ** (cap + 4), 2.0**cap], dtype=dtype)
+        cold, _ = inverse_temperatures_and_ties(torch.zeros_like(tiny), tiny, torch.zeros_like(tiny))
+        assert torch.equal(cold, torch.full_like(cold, largest_power)), dtype
+        hot, _ = inverse_temperatures_and_ties(torch.full_like(huge, math.inf), huge, torch.zeros_like(huge))
+        assert torch.equal(hot, torch.full_like(hot, info.tiny)), dtype
+        scales = torch.cat([tiny, huge, torch.tensor([0.5, 1.0, 7.0], dtype=dtype)])
+        for temperature in (0.0, 0.37, math.inf):
+            beta, _ = inverse_temperatures_and_ties(torch.full_like(scales, temperature), scales, scales)
+            assert bool(torch.isfinite(beta).all() and (beta >= info.tiny).all()), (dtype, temperature)
+        beta, _ = inverse_temperatures_and_ties(torch.zeros_like(scales), scales, scales)
+        ordinary = scales < 2.0**cap  # e below its cap
+        assert bool(torch.isfinite(beta.double() * scales.double())[ordinary].all()), dtype
+        assert bool((beta.double() * scales.double() < 2.0**top)[ordinary].all()), dtype
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.integers(0, 2**31),
+    st.floats(0.01, 100.0),
+    st.floats(0.0, 1e6),
+    st.sampled_from([torch.float32, torch.float64]),
+)
+def test_row_scales_bound_every_utility_and_query(seed, key_size, bias_size, dtype):
+    """|u_ij| = |q_i . k_j + b_j| and |q_i| below row_scales_i: keys shorter and longer than 1, large biases."""
+    generator = torch.Generator().manual_seed(seed)
+    query = torch.randn(2, 5, 4, generator=generator, dtype=torch.float64)
+    key = torch.randn(2, 7, 4, generator=generator, dtype=torch.float64) * key_size
+    bias = torch.randn(2, 7, generator=generator, dtype=torch.float64) * bias_size
+    query, key, bias = query.to(dtype), key.to(dtype), bias.to(dtype)
+    scale = row_scales(row_sizes(query, key, bias)).double()
+    utilities = (query.double() @ key.double().transpose(1, 2) + bias.double()[:, None, :]).abs()
+    slack = 1 + 8 * torch.finfo(dtype).eps  # the sizes are rounded in the working precision
+    assert bool((utilities.amax(-1) <= scale * slack).all())
+    assert bool((torch.linalg.vector_norm(query.double(), dim=-1) <= scale * slack).all())
