@@ -46,13 +46,12 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import types
 
 import torch
 import torch.fx.experimental._config as fx_config
 from torch.utils._python_dispatch import is_in_torch_dispatch_mode
 
-from econspin.compiled import missing_compiler, stored
+from econspin.compiled import missing_compiler, stored, with_own_code
 
 # the devices whose blocks take the compiled passes; the CPU's cache-sized blocks gain nothing from them
 COMPILED_DEVICES: tuple[str, ...] = ()
@@ -195,7 +194,4 @@ def _compiled(function, sellers_static: bool = False):
     graphs, and which sizes went dynamic, per code object), so that a pass with N static never
     takes a graph in which an earlier call made N dynamic, nor the other way round.
     """
-    if sellers_static:
-        code = function.__code__.replace(co_name=f"{function.__name__}_sellers_static")
-        function = types.FunctionType(code, function.__globals__, code.co_name, function.__defaults__)
-    return torch.compile(function)
+    return torch.compile(with_own_code(function, "sellers_static") if sellers_static else function)

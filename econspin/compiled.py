@@ -83,6 +83,7 @@ from __future__ import annotations
 import functools
 import os
 import sysconfig
+import types
 from typing import Callable
 
 import torch
@@ -127,6 +128,17 @@ def eager_operator(name: str, fake: Callable) -> Callable:
         return getattr(torch.ops.econspin, name).default
 
     return register
+
+
+def with_own_code(function: types.FunctionType, suffix: str) -> types.FunctionType:
+    """``function`` with a code object of its own, named ``<its name>_<suffix>``: the same body, globals and defaults.
+
+    TorchDynamo keeps per code object its compiled graphs, its count of recompilations (at most
+    torch._dynamo.config.recompile_limit) and which sizes went dynamic; a copy compiled apart
+    shares none of them with the original or with another copy.
+    """
+    code = function.__code__.replace(co_name=f"{function.__code__.co_name}_{suffix}")
+    return types.FunctionType(code, function.__globals__, code.co_name, function.__defaults__)
 
 
 def stored(tensor: torch.Tensor) -> torch.Tensor:
