@@ -38,6 +38,7 @@ from econspin.registry import class_registrar
 from econspin.response import SpinResponse
 
 NEWTON_ITERATIONS = 40
+HIDDEN_LAYER_BLOCK = 2**20  # entries of an ffn's hidden layer taken at once (4 MiB in float32), its buffers reused
 
 
 @dataclass(frozen=True)
@@ -150,9 +151,38 @@ class FeedForwardCorrection(SelfImpactCorrection):
         return {"w1": (dimension + 2, hidden), "b1": (hidden,), "w2": (hidden, dimension), "b2": (dimension,)}
 
     def network(self, features: torch.Tensor) -> torch.Tensor:
-        """W2 gelu(W1 z + b1) + b2 for every agent's features z, (B, N, F) -> (B, N, outputs)."""
-        hidden = torch.nn.functional.gelu(torch.einsum("bnf,bfh->bnh", features, self.w1) + self.b1[:, None])
-        return torch.einsum("bnh,bho->bno", hidden, self.w2) + self.b2[:, None]
+        """W2 gelu(W1 z + b1) + b2 for every agent's features z, (B, N, F) -> (B, N, outputs).
+
+        A wide layer (B N hidden entries over HIDDEN_LAYER_BLOCK) is taken in blocks of agents,
+        through two layer buffers written in place: fresh (B, N, hidden) tensors every round left
+        their freed space unusable to the next ones (the C allocator pads an aligned request
+        beyond a freed block of the same size), and a run kept 1.7x its memory estimate
+        (tests/test_memory.py). Where weights or features take gradients, or a round is
+        compiled, the layer is one expression, as autograd and Inductor want it.
+        """
+        batch, agents, _ = features.shape
+        width = self.w1.shape[-1]
+        agents_per_block = max(1, HIDDEN_LAYER_BLOCK // (batch * width))
+        differentiated = torch.is_grad_enabled() and any(
+            tensor.requires_grad for tensor in (features, self.w1, self.b1, self.w2, self.b2))
+        if agents <= agents_per_block or differentiated or torch.compiler.is_compiling():
+            hidden = torch.nn.functional.gelu(torch.baddbmm(self.b1[:, None], features, self.w1))
+            return torch.baddbmm(self.b2[:, None], hidden, self.w2)
+        return self._network_in_blocks(features, agents_per_block)
+
+    def _network_in_blocks(self, features: torch.Tensor, agents_per_block: int) -> torch.Tensor:
+        batch, agents, _ = features.shape
+        width, outputs = self.w1.shape[-1], self.w2.shape[-1]
+        layer = features.new_empty(2, batch * agents_per_block * width)
+        shift = features.new_empty(batch, agents, outputs)
+        for start in range(0, agents, agents_per_block):
+            block = features[:, start:start + agents_per_block]
+            pre, hidden = layer[:, :batch * block.shape[1] * width].view(2, batch, block.shape[1], width)
+            torch.baddbmm(self.b1[:, None], block, self.w1, out=pre)
+            # gelu(x) = x / 2 (1 + erf(x / sqrt 2)), as torch's gelu kernel forms it
+            torch.mul(pre, 0.5**0.5, out=hidden).erf_().add_(1.0).mul_(pre.mul_(0.5))
+            torch.baddbmm(self.b2[:, None], hidden, self.w2, out=shift[:, start:start + block.shape[1]])
+        return shift
 
     def shift(self, context: FieldContext) -> torch.Tensor:
         """The correction subtracted from the field, (B, N, d)."""

@@ -17,7 +17,8 @@ heads, the batch, the network's edges, the rounds recorded, a sweep's points):
 - ``trade network``: the networkx graph and the sparse kernel's compressed rows, by edges;
 - ``couplings``: fixed N x N couplings, with the float64 copy they are read through;
 - ``correction``: the ffn correction's weights, (d + 2) x hidden and hidden x d per population
-  and element, and the round's hidden layer, batch x N x hidden, three times (x W1, + b1, gelu);
+  and element, and the round's hidden layer, before and after its gelu, in blocks of agents of
+  at most ``corrections.HIDDEN_LAYER_BLOCK`` entries (batch x N x hidden where smaller);
 - ``metrics``, ``wealth``: the tables a run records; ``points``: a sweep's point scenarios.
 
 :func:`check_memory` refuses, in one line naming the estimate and the budget
@@ -35,6 +36,7 @@ from pathlib import Path
 
 import torch
 
+from econspin.corrections import HIDDEN_LAYER_BLOCK
 from econspin.scenario import Scenario, ScenarioError, resolved_kernel
 
 BYTES_PER_PAIR = 48  # working memory per (batch element, head, buyer, seller) entry of one block
@@ -261,10 +263,12 @@ def estimate_memory(
     if widths:
         weights = sum((d + 2) * width + width + width * d + d for width in widths)  # w1, b1, w2, b2
         host["correction"] = batch * weights * itemsize + weights * 8  # per element, one drawn in float64 at a time
-        # the economy's stacked weights; a round's hidden layer (populations one at a time, each over all N agents)
-        # three times, x W1, x W1 + b1 and its gelu (2.7 measured: tests/test_memory.py), and its input features
-        layer = batch * agents * (3 * max(widths) + d + 2) * itemsize
-        device["correction"] = batch * weights * itemsize + layer
+        # the economy's stacked weights; a round's hidden layer (populations one at a time, each over all N agents),
+        # before and after its gelu, in blocks of agents no larger than HIDDEN_LAYER_BLOCK entries (corrections),
+        # twice for what the allocator holds beside them; its input features and its shift
+        width = max(widths)
+        layer = min(batch * agents * width, max(HIDDEN_LAYER_BLOCK, batch * width))
+        device["correction"] = batch * weights * itemsize + (2 * 2 * layer + batch * agents * (2 * d + 2)) * itemsize
 
     from econspin.metrics import metric_names  # metrics reads the economy, which reads this module
 

@@ -10,6 +10,8 @@ import math
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from econspin.corrections import FeedForwardCorrection, FieldContext, NoCorrection, TapCorrection, feed_forward_weights
 from econspin.response import make_response
@@ -177,3 +179,53 @@ def test_tap_solver_finds_the_ising_root_for_weak_and_strong_reaction():
         root = brentq(lambda m: m - math.tanh((n - a * m) / t), 0.0, 1.0, xtol=1e-15, rtol=1e-15)
         assert mu == pytest.approx(root, abs=1e-12), (n, a, t)
         assert 0 < mu <= math.tanh(n / t)
+
+
+def test_ffn_shift_by_hand_also_one_agent_at_a_time(monkeypatch):
+    """The wide-layer path (blocks of agents through reused buffers) on the hand case, one agent a block."""
+    import econspin.corrections as corrections
+
+    monkeypatch.setattr(corrections, "HIDDEN_LAYER_BLOCK", 2)  # one agent of the batch of one: two hidden units
+    shift = _ffn().shift(_context("linear"))[0]
+    for agent in range(2):
+        assert shift[agent].tolist() == pytest.approx(_hand_shift(agent), abs=1e-14)
+
+
+@settings(max_examples=40, deadline=None)
+@given(batch=st.integers(1, 3), agents=st.integers(1, 40), features=st.integers(1, 6), width=st.integers(1, 24),
+       outputs=st.integers(1, 5), block=st.integers(1, 400), seed=st.integers(0, 2**31 - 1),
+       dtype=st.sampled_from([torch.float64, torch.float32]))
+def test_ffn_network_in_blocks_is_the_network_whole(batch, agents, features, width, outputs, block, seed, dtype):
+    """Blocks of agents of any size (the last one short) give the whole layer's shift; the weights untouched."""
+    import econspin.corrections as corrections
+
+    generator = torch.Generator().manual_seed(seed)
+    draw = lambda *shape: torch.randn(*shape, generator=generator, dtype=dtype)  # noqa: E731
+    ffn = FeedForwardCorrection(draw(batch, features, width), draw(batch, width), draw(batch, width, outputs),
+                                draw(batch, outputs))
+    inputs = draw(batch, agents, features)
+    kept = [tensor.clone() for tensor in (inputs, ffn.w1, ffn.b1, ffn.w2, ffn.b2)]
+    whole = ffn.network(inputs)
+    original = corrections.HIDDEN_LAYER_BLOCK
+    try:
+        corrections.HIDDEN_LAYER_BLOCK = block
+        blocked = ffn.network(inputs)
+    finally:
+        corrections.HIDDEN_LAYER_BLOCK = original
+    tolerance = 1e-12 if dtype == torch.float64 else 1e-5
+    assert blocked.shape == (batch, agents, outputs)
+    torch.testing.assert_close(blocked, whole, rtol=tolerance, atol=tolerance * float(whole.abs().max()))
+    for before, after in zip(kept, (inputs, ffn.w1, ffn.b1, ffn.w2, ffn.b2)):
+        assert torch.equal(before, after)
+
+
+def test_ffn_network_takes_gradients_whatever_its_width(monkeypatch):
+    """Where the weights take gradients the layer is one expression, however wide: float64 gradcheck."""
+    import econspin.corrections as corrections
+
+    monkeypatch.setattr(corrections, "HIDDEN_LAYER_BLOCK", 4)  # the wide-layer path for any larger layer
+    generator = torch.Generator().manual_seed(5)
+    weights = [torch.randn(*shape, generator=generator, dtype=torch.float64, requires_grad=True)
+               for shape in ((2, 3, 5), (2, 5), (2, 5, 2), (2, 2))]
+    features = torch.randn(2, 7, 3, generator=generator, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda z, *w: FeedForwardCorrection(*w).network(z), (features, *weights))

@@ -239,6 +239,9 @@ from econspin import Scenario, simulate
 from econspin.economy import DTYPES
 from econspin.memory import estimate_memory
 overrides, steps, replicas = json.loads(sys.argv[1]), 2, 2
+if sys.argv[2] == "kept":  # as the econspin command runs
+    from econspin import keep_freed_memory
+    keep_freed_memory()
 base = {"populations": {"a": {"count": 16}}, "run": {"device": "cpu", "steps": steps, "replicas": replicas}}
 scenario = Scenario.from_dict(base).with_overrides(overrides)
 simulate(Scenario.from_dict(base).with_overrides({**overrides, "populations.a.count": 16, "market.d": 4}))  # warm up
@@ -267,16 +270,22 @@ MEASURED = {
 }
 
 
-@pytest.mark.parametrize("case", [
-    pytest.param(case, marks=() if case == "fused blocks" else pytest.mark.slow) for case in MEASURED
+# the econspin command keeps freed memory (econspin.allocator): the C allocator then never returns it, and
+# what one round freed must serve the next; a wide ffn layer once took 1.7x its estimate so (136-198 MiB)
+KEPT = ("fused blocks", "ffn width")
+
+
+@pytest.mark.parametrize("case, freed", [
+    *(pytest.param(case, "returned", marks=() if case == "fused blocks" else pytest.mark.slow) for case in MEASURED),
+    *(pytest.param(case, "kept") for case in KEPT),
 ])
-def test_the_estimate_bounds_what_a_run_takes_and_is_not_far_above_it(case):
+def test_the_estimate_bounds_what_a_run_takes_and_is_not_far_above_it(case, freed):
     """Peak resident memory grown by a run (a fresh process, after a small run of the same kind; Linux)."""
     import json
     import subprocess
     import sys
 
-    result = subprocess.run([sys.executable, "-c", PROBE, json.dumps(MEASURED[case])],
+    result = subprocess.run([sys.executable, "-c", PROBE, json.dumps(MEASURED[case]), freed],
                             capture_output=True, text=True, timeout=300, check=True)
     grown, estimate = json.loads(result.stdout.strip().splitlines()[-1])
     assert grown <= estimate <= 4 * grown + 64 * 2**20, (case, grown / 2**20, estimate / 2**20)
