@@ -10,7 +10,9 @@ peak while timing (VmHWM after a reset through /proc/self/clear_refs) and at the
 Cases: ``ensemble16`` (B = 128 and B = 1 economies of N = 64, d = 16, vmf, both modes),
 ``ensemble32`` (the same at d = 32, large_d), ``single1024`` (one economy of N = 1024,
 expected mode), ``sweep`` (the 64-point temperature sweep of ``econspin bench`` at N = 128,
-batched and point by point, 5 rounds).
+batched and point by point, 5 rounds), ``sparse`` (scenarios/sparse_network.yaml: 10^5 agents
+on 2 x 10^6 edges, one element, expected mode), ``ffn`` (two elements of 2000 agents with an
+ffn correction of width 2048, the case of tests/test_memory.py).
 
     OMP_WAIT_POLICY=PASSIVE python -m experiments.benchmark_allocator --processes 3
 """
@@ -25,7 +27,7 @@ import subprocess
 import sys
 import time
 
-CASES = ("ensemble16", "ensemble32", "single1024", "sweep")
+CASES = ("ensemble16", "ensemble32", "single1024", "sweep", "sparse", "ffn")
 
 
 def resident_mib(field: str) -> float:
@@ -74,6 +76,8 @@ def case_functions(case: str) -> dict:
     if case == "single1024":
         state, economy = ensemble(1, "expected", 1024, 32, "cpu", "large_d", "auto")
         return {"B1 expected": lambda: step(state, economy)}
+    if case in ("sparse", "ffn"):
+        return {f"B{len(scenarios)} expected": warmed_round(scenarios) for scenarios in [scenarios_of(case)]}
     from econspin.bench_baselines import SWEEP_AGENTS, SWEEP_GRID, bench_scenario
     from econspin.sweep import parse_grid, run_sweep, sweep_points
 
@@ -86,6 +90,33 @@ def case_functions(case: str) -> dict:
         for function in functions.values():
             function()  # warm-up
     return functions
+
+
+def scenarios_of(case: str) -> list:
+    """The batch of scenarios of the ``sparse`` and ``ffn`` cases."""
+    from pathlib import Path
+
+    from econspin import Scenario
+
+    if case == "sparse":
+        return [Scenario.from_yaml(Path(__file__).resolve().parents[1] / "scenarios" / "sparse_network.yaml")]
+    correction = {"form": "ffn", "hidden": 2048}
+    return [Scenario.from_dict({"populations": {"a": {"count": 2000, "correction": correction}}})] * 2
+
+
+def warmed_round(scenarios: list):
+    """A function playing one round of ``scenarios`` batched, after two warm-up rounds."""
+    import torch
+
+    from econspin.round import step
+    from econspin.simulate import Rollout
+
+    rollout = Rollout.create(scenarios, list(range(len(scenarios))), "cpu", "float32")
+    state, economy = rollout.state, rollout.economy
+    with torch.no_grad():
+        for _ in range(2):
+            state = step(state, economy)
+    return lambda: step(state, economy)
 
 
 def child(case: str, keep: bool, repeats: int, threads: int) -> dict:
