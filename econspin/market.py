@@ -209,9 +209,16 @@ def trade(state: State, economy: Economy, draws: Draws | None = None) -> MarketO
     revenue = torch.zeros(batch, agents, dtype=torch.float64, device=x.device)
     if sampled:
         market_revenue = torch.zeros(batch, heads, agents, dtype=torch.float64, device=x.device)
-    pieces: dict[str, list[torch.Tensor]] = {
-        key: [] for key in ("received", "spending", "entropy", "surplus", "field_variance", "choice_variance", "impact")
-    }
+    # each block's rows written into the round's outputs: blocks' results kept as pieces until a final cat
+    # held small tensors inside the space a block's temporaries freed, and the C allocator (keeping freed
+    # memory, as the econspin command does) could then not serve the next block there (tests/test_memory.py)
+    outputs: dict[str, torch.Tensor] = {}
+
+    def write(name: str, rows: slice, values: torch.Tensor) -> None:  # (B, rows, ...) into (B, N, ...), its dtype
+        if name not in outputs:
+            outputs[name] = values.new_empty((batch, agents, *values.shape[2:]))
+        outputs[name][:, rows] = values
+
     block = rows_per_block(economy)
     for start in range(0, agents, block):
         rows = slice(start, min(start + block, agents))
@@ -247,18 +254,17 @@ def trade(state: State, economy: Economy, draws: Draws | None = None) -> MarketO
             weight = share / torch.where(total > 0, total, torch.ones_like(total))
             revenue = revenue + torch.einsum("bhcn,bhc->bn", flows, weight)
         buyer = economy.buyer[rows].to(x.dtype)
-        pieces["received"].append(received * buyer[None, :, None])
-        pieces["spending"].append(row_spend)
-        pieces["entropy"].append(choice_rows.entropy.mean(1))
-        pieces["surplus"].append(choice_rows.inclusive_value.mean(1))
-        pieces["field_variance"].append(field_variance * buyer)
-        pieces["choice_variance"].append(choice_variance * buyer)
-        pieces["impact"].append(impact * buyer)
+        write("received", rows, received * buyer[None, :, None])
+        write("spending", rows, row_spend)
+        write("entropy", rows, choice_rows.entropy.mean(1))
+        write("surplus", rows, choice_rows.inclusive_value.mean(1))
+        write("field_variance", rows, field_variance * buyer)
+        write("choice_variance", rows, choice_variance * buyer)
+        write("impact", rows, impact * buyer)
     if sampled:
         for head in range(heads):  # markets added in order (a reduction over heads may regroup them)
             revenue = revenue + market_revenue[:, head]
-    joined = {key: torch.cat(values, dim=1) for key, values in pieces.items()}
-    return MarketOutcome(revenue=revenue, **joined)
+    return MarketOutcome(revenue=revenue, **outputs)
 
 
 def _fixed_couplings(state: State, economy: Economy) -> MarketOutcome:
