@@ -179,8 +179,9 @@ class FeedForwardCorrection(SelfImpactCorrection):
             block = features[:, start:start + agents_per_block]
             pre, hidden = layer[:, :batch * block.shape[1] * width].view(2, batch, block.shape[1], width)
             torch.baddbmm(self.b1[:, None], block, self.w1, out=pre)
-            # gelu(x) = x / 2 (1 + erf(x / sqrt 2)), as torch's gelu kernel forms it
-            torch.mul(pre, 0.5**0.5, out=hidden).erf_().add_(1.0).mul_(pre.mul_(0.5))
+            # torch's gelu kernel, written where it is kept (functional.gelu has no out=; the same bits;
+            # formed from erf_ and products in place it took 1.4 against 0.28 ms a block of 2^20)
+            torch.ops.aten.gelu.out(pre, out=hidden)
             torch.baddbmm(self.b2[:, None], hidden, self.w2, out=shift[:, start:start + block.shape[1]])
         return shift
 
