@@ -7,6 +7,7 @@ import pytest
 import torch
 from scipy import special, stats
 
+from econspin import wood
 from econspin.randomness import round_draws
 from econspin.response import (
     _norm_and_unit,
@@ -176,7 +177,11 @@ def test_wood_result_does_not_depend_on_attempts_drawn_at_once(dimension):
     one = _wood_component(kappa, dimension, draws, attempts=1)  # mostly the loop over leftovers
     assert torch.equal(one, _wood_component(kappa, dimension, draws, attempts=4))
     assert torch.equal(one, _wood_component(kappa, dimension, draws, attempts=16))
+    assert torch.equal(one, _wood_component(kappa, dimension, draws))  # the default for many agents
     assert torch.all(one[0, :5] == 1)
+    few = kappa[:, :100]  # 300 agents: the default for few (wood.WOOD_FIRST_ATTEMPTS_FEW), the same draws
+    assert few.numel() <= wood.WOOD_FEW_AGENTS < kappa.numel()
+    assert torch.equal(_wood_component(few, dimension, draws[:, :100]), one[:, :100])
 
 
 @pytest.mark.parametrize("dimension", [1, 2, 7, 16])
