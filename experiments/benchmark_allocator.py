@@ -63,7 +63,7 @@ def case_functions(case: str) -> dict:
     import torch
 
     from econspin.round import step
-    from experiments.benchmark_ensemble import ensemble
+    from experiments.benchmark_ensemble import ensemble, warmed_up
 
     if case.startswith("ensemble"):
         dimension, response = (16, "vmf") if case == "ensemble16" else (32, "large_d")
@@ -77,7 +77,9 @@ def case_functions(case: str) -> dict:
         state, economy = ensemble(1, "expected", 1024, 32, "cpu", "large_d", "auto")
         return {"B1 expected": lambda: step(state, economy)}
     if case in ("sparse", "ffn"):
-        return {f"B{len(scenarios)} expected": warmed_round(scenarios) for scenarios in [scenarios_of(case)]}
+        scenarios = scenarios_of(case)
+        state, economy = warmed_up(scenarios, "cpu")
+        return {f"B{len(scenarios)} expected": lambda: step(state, economy)}
     from econspin.bench_baselines import SWEEP_AGENTS, SWEEP_GRID, bench_scenario
     from econspin.sweep import parse_grid, run_sweep, sweep_points
 
@@ -102,21 +104,6 @@ def scenarios_of(case: str) -> list:
         return [Scenario.from_yaml(Path(__file__).resolve().parents[1] / "scenarios" / "sparse_network.yaml")]
     correction = {"form": "ffn", "hidden": 2048}
     return [Scenario.from_dict({"populations": {"a": {"count": 2000, "correction": correction}}})] * 2
-
-
-def warmed_round(scenarios: list):
-    """A function playing one round of ``scenarios`` batched, after two warm-up rounds."""
-    import torch
-
-    from econspin.round import step
-    from econspin.simulate import Rollout
-
-    rollout = Rollout.create(scenarios, list(range(len(scenarios))), "cpu", "float32")
-    state, economy = rollout.state, rollout.economy
-    with torch.no_grad():
-        for _ in range(2):
-            state = step(state, economy)
-    return lambda: step(state, economy)
 
 
 def child(case: str, keep: bool, repeats: int, threads: int) -> dict:

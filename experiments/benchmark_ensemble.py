@@ -40,7 +40,12 @@ def ensemble(batch: int, mode: str, agents: int, dimension: int, device: str, re
         "market": {"d": dimension, "mode": mode, "response": response},
         "run": {"device": device, "kernel": kernel, "compile": compile_mode},
     })
-    rollout = Rollout.create([scenario] * batch, list(range(batch)), device, "float32")
+    return warmed_up([scenario] * batch, device)
+
+
+def warmed_up(scenarios: list[Scenario], device: str):
+    """(state after two warm-up rounds, economy) of ``scenarios`` batched, in float32 on ``device``."""
+    rollout = Rollout.create(scenarios, list(range(len(scenarios))), device, "float32")
     state, economy = rollout.state, rollout.economy
     with torch.no_grad():
         for _ in range(2):
