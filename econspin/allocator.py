@@ -4,8 +4,8 @@ A round of a small ensemble allocates and frees tensors of a few MiB (at B = 128
 the float64 temporaries of the spin draw, the (B, H, N, 2 d_k + d) projections). glibc serves
 a block that large with fresh pages from the system (``mmap``) or hands the top of its heap
 back (``trim``) once it is freed, so every round faults those pages in again, which on a
-virtual machine can cost more than the arithmetic on them (docs/performance.md, "Fresh
-pages" and "Keeping freed memory"). :func:`keep_freed_memory` raises both thresholds
+virtual machine can cost more than the arithmetic on them (docs/performance_log.md, "Fresh
+pages"; docs/performance.md, "Keeping freed memory"). :func:`keep_freed_memory` raises both thresholds
 (``mallopt(M_MMAP_THRESHOLD)`` and ``mallopt(M_TRIM_THRESHOLD)``, the calls behind the
 environment variables ``MALLOC_MMAP_THRESHOLD_`` and ``MALLOC_TRIM_THRESHOLD_``): freed blocks
 stay with the process and are served again without faults.

@@ -21,7 +21,7 @@ trace). The keys of (element, round, agent), their hashes into the round's rando
 traced and fuse into the round's loops, bit for bit the eager words (the traced hash takes its
 64-bit products in 32-bit halves, :func:`econspin.randomness.mix64_exact`: Inductor's C++ for an
 overflowing int64 product is undefined behaviour, which GCC folded into wrong words;
-docs/performance.md, "The hashes compiled"). Two parts run eagerly, each chosen by measurement
+docs/performance_log.md, "The hashes compiled"). Two parts run eagerly, each chosen by measurement
 (docs/performance.md, "The round compiled"):
 
 - the blocks of the N x N utilities (:func:`econspin.fused.expected_blocks`,
@@ -55,7 +55,7 @@ docs/performance.md, "The hashes compiled"). Two parts run eagerly, each chosen 
 Where Inductor would recompute an elementwise result inside every loop that reads it (its
 heuristics store a result only after a reduction, a heavy operation read twice or many reads),
 :func:`stored` makes it keep the result instead; the spin draw stores its per-agent coefficients,
-the field's layout and direction and its dot product this way (docs/performance.md, "The spin draw's
+the field's layout and direction and its dot product this way (docs/performance_log.md, "The spin draw's
 loops").
 
 The effective inverse temperatures (:mod:`econspin.temperature_limits`) are traced: their
@@ -149,7 +149,7 @@ def stored(tensor: torch.Tensor) -> torch.Tensor:
     inside every loop that reads it, in that loop's layout. Where that loop runs over another
     axis the recomputation can cost more than the stored values: the von Mises-Fisher draw's
     per-agent coefficients, inlined into the loop over each agent's d components, became
-    scalar code with three square roots per agent and component block (docs/performance.md,
+    scalar code with three square roots per agent and component block (docs/performance_log.md,
     "The spin draw's loops"). Inductor's lowering of ``as_strided`` stores its input, so the
     traced round gets such a view of the tensor onto its own sizes and strides: the same values.
     """
@@ -203,7 +203,7 @@ def require_compiler(mode: str, device: torch.device) -> None:
 
 # The devices whose compiled rounds call their kernels from Inductor's C++ wrapper (cpp_wrapper) instead of its
 # Python one: the graph's call, its buffers, size checks and views, is C++. On the CPU 0.03-0.08 ms less a round at
-# B = 1, N = 256, the same kernels and bits (docs/performance.md, "The compiled round's guards and wrapper");
+# B = 1, N = 256, the same kernels and bits (docs/performance_log.md, "The compiled round's guards and wrapper");
 # not run on CUDA.
 CPP_WRAPPER_DEVICES = ("cpu",)
 
@@ -217,7 +217,7 @@ def round_guards(guards) -> list[bool]:
     there recompiles. Left out: the guards that econspin's and torch's module globals (functions, constants,
     modules) are still what the trace read, which nothing changes while a rollout runs: 82 guards of the
     benchmark round's 213 remain. Each costs little, but the check runs at the start of every round on
-    caches the round has just filled: 0.07-0.2 ms for the 213, 0.04-0.1 ms for the 82 (docs/performance.md,
+    caches the round has just filled: 0.07-0.2 ms for the 213, 0.04-0.1 ms for the 82 (docs/performance_log.md,
     "The compiled round's guards and wrapper"). Whoever patches a module global that the round reads
     (tests) calls torch._dynamo.reset(). Kept: the guards on :data:`SWITCHES` (:data:`OPERATOR_DEVICES`,
     econspin.traced_blocks.TRACED_DEVICES), which experiments/gpu_check.py flips between ways of playing

@@ -2,7 +2,7 @@
 
 Eager torch pays a few microseconds to dispatch each tensor operation, whatever its size, and
 a GPU waits for the host to dispatch them: on an H200 the fused round took 2.6 ms for every
-shape from B N^2 = 6.6e4 to 1.7e7 pairs, most of it that dispatch (docs/performance.md, "On a
+shape from B N^2 = 6.6e4 to 1.7e7 pairs, most of it that dispatch (docs/performance_log.md, "On a
 GPU: NVIDIA H200"). A good part of a round's operations made the same tensors every round
 from the economy's parameters: the projections' weights side by side, W_V W_O and its norms,
 the seller column of the utilities, the number of partners of each buyer and what follows

@@ -51,7 +51,7 @@ form on a GPU too. Its ``tl.dot`` needs head dimensions of at least 16: queries,
 values are padded with zero columns to a power of two >= 16 on every device (zeros change
 no product). On an H200 the compiled path agreed with the fused kernel (tests/test_flex.py's CUDA
 test) and ran at 11-18x SDPA forward for N = 4096-65536, 2.6-2.8x the fused kernel's time
-(docs/performance.md, "On a GPU: NVIDIA H200"): the fused kernel is the faster path there.
+(docs/performance_log.md, "On a GPU: NVIDIA H200"): the fused kernel is the faster path there.
 
 Memory: the block masks are built once per economy and kept while its seller flags and
 network live. The eager form holds a few (B, H, N, N) score tensors per pass.

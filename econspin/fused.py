@@ -86,7 +86,7 @@ from econspin.workspace import workspace
 BLOCK_ENTRIES = 2**20  # entries of one (batch-heads, rows, N) block on a CPU: two blocks stay in the L2/L3 caches
 # On CUDA each block costs a dozen kernel launches whatever its size, so cache-sized blocks are
 # launch-bound there: on an H200 the round at N = 65536 took 703 ms in blocks of 32 rows (2^21
-# entries), 121 ms in blocks of 512 and 98 ms in blocks of 8192 (docs/performance.md, "On a GPU")
+# entries), 121 ms in blocks of 512 and 98 ms in blocks of 8192 (docs/performance_log.md, "Block size")
 GPU_BLOCK_ENTRIES = 2**27
 MIN_ROWS = 32  # thinner blocks cost more in overhead than the cache saves
 PIECE_ROWS = 256  # a block of more rows has its 1- and 2-row products cut into pieces of this many (block_products)

@@ -42,9 +42,9 @@ compiled round (run.compile, where the blocks are the operator econspin::sampled
 compiled loop over the rows does it instead (:func:`compiled_positions`): the same float64
 sums in the same order, the same thresholds and the count, written column by column so that
 Inductor vectorises across rows and keeps a row's sums in registers: the same sellers, bit for
-bit, in 0.31 ms against 0.6-0.8 ms for a 128 x 64 x 64 block (docs/performance.md, "The
+bit, in 0.31 ms against 0.6-0.8 ms for a 128 x 64 x 64 block (docs/performance_log.md, "The
 inversion's count compiled"); the same call sums s_i and sum_j e_ij y_ij, which the eager loop
-takes in passes of their own (docs/performance.md, "The sampled blocks' sums from the compiled
+takes in passes of their own (docs/performance_log.md, "The sampled blocks' sums from the compiled
 count"). The eager round compiles nothing, but on the devices of
 econspin.block_pass.COMPILED_DEVICES (none by default) the weights y and e of each block.
 

@@ -22,7 +22,7 @@ angle's (1e-6 radians at most) 1e-6 r: the float32 Gaussians are float64's withi
 
 Eagerly the angle is rounded to the precision and given to torch's cos and sin. Compiled,
 :func:`cos_sin_of_turns` reduces the angle exactly on its integer and evaluates polynomials,
-faster than the Sleef calls Inductor emits (docs/performance.md, "The sampled round at d = 32"
+faster than the Sleef calls Inductor emits (docs/performance_log.md, "The sampled round at d = 32"
 and "The spin's direction in float32").
 """
 
@@ -77,7 +77,7 @@ def cos_sin_of_turns(
 
     The angles of :func:`box_muller`, as the compiled round takes them: torch's cos and sin
     of the rounded angle compile to Sleef's, with which the float64 Gaussians of B = 128,
-    N = 64, d = 32 took 0.97 ms compiled, against 0.75 ms with these (docs/performance.md, "The
+    N = 64, d = 32 took 0.97 ms compiled, against 0.75 ms with these (docs/performance_log.md, "The
     sampled round at d = 32"). Here the reduction is exact on the integer: the eighth of the
     turn (low's top 3 bits) picks an axis q pi / 2 and the offset from it, |x| <= pi / 4, an
     integer plus 1/2 times 2 pi 2^-32; cos x and sin x are then polynomials (the Taylor series

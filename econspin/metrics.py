@@ -68,7 +68,7 @@ def sorted_rows(values: torch.Tensor) -> torch.Tensor:
     torch sorts rows on the CPU element by element: (64, 128) float32 in 0.17 ms, (64, 4096)
     float64 in 12.5 ms. numpy's sort is vectorised on x86 (x86-simd-sort): 0.007 and 0.63 ms,
     2-46x faster at every shape measured, one row of 128 to 10^5 values and 64 rows of 128 to
-    4096 (docs/performance.md, "Gini's sort by numpy"). So an eager round's Gini sorts float32
+    4096 (docs/performance_log.md, "Gini's sort by numpy"). So an eager round's Gini sorts float32
     and float64 money on the CPU with numpy, on a view of the same memory (no copy in). Under
     torch.compile (the metrics compiled with ``run.compile``) the graph cannot call numpy, and
     long rows take :func:`sorted_by_integer_keys`; other devices and dtypes take torch's sort, and
@@ -91,7 +91,7 @@ def sorted_by_integer_keys(values: torch.Tensor) -> torch.Tensor:
     """``values.sort(dim=1).values`` on the CPU, long rows sorted as integers: what a compiled round's Gini sorts by.
 
     torch sorts a one-dimensional integer tensor on the CPU by radix, several times faster than
-    floats or rows: 10^5 float32 in 1.8 against 7.9 ms (docs/performance.md, "The metrics
+    floats or rows: 10^5 float32 in 1.8 against 7.9 ms (docs/performance_log.md, "The metrics
     compiled"). So every row at once becomes one int64 key, the row in the high 32 bits and the
     float32's bits, made to order as integers, in the low ones (float64: a single row only,
     its bits the key). The values come back bit for bit, -0.0 before 0.0. Short rows and few
@@ -217,7 +217,7 @@ def measure_played(state: State, economy: Economy) -> torch.Tensor:
 
     Under ``run.compile`` the observables are compiled too (one graph, a CUDA graph under
     reduce-overhead): eagerly they are some 60 small operations a round, each a kernel launch on
-    a GPU, about as many as the compiled round's own (docs/performance.md, "The metrics
+    a GPU, about as many as the compiled round's own (docs/performance_log.md, "The metrics
     compiled"). Compiled, they agree with the eager ones to rounding.
     """
     if economy.compile == "off":

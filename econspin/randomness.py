@@ -152,7 +152,7 @@ def mix64_exact(x: torch.Tensor) -> torch.Tensor:
     Inductor writes an int64 product as a C++ signed multiplication, whose overflow is
     undefined behaviour; where the compiler knows the operands' range (the hash of a traced
     ``arange`` of tags, an index expression) GCC's -O3 folded the wrapped products into wrong
-    constants (docs/performance.md, "The hashes compiled"; experiments/hash_miscompiled.py).
+    constants (docs/performance_log.md, "The hashes compiled"; experiments/hash_miscompiled.py).
     Here each product is taken in 32-bit halves (:func:`_times_exact`), so every operation is
     defined in C++ and the words are :func:`mix64`'s, bit for bit (tests/test_randomness.py).
     """
@@ -173,7 +173,7 @@ def _times_exact(x: torch.Tensor, multiplier: int) -> torch.Tensor:
     the low word is b e's. For both SplitMix multipliers (|c| < 2^31, e < 2^29) neither b e
     (< 2^61) nor the sum (< 2^63, bounded from the halves' ranges) leaves int64: 3 products and
     8 other operations, where the form before (cross terms masked, the high word sign-extended
-    and multiplied by 2^32) took 4 and 12 (docs/performance.md, "The spin draw's loops").
+    and multiplied by 2^32) took 4 and 12 (docs/performance_log.md, "The spin draw's loops").
     """
     high_multiplier, low_multiplier = multiplier >> 32, multiplier & _LOW_32
     assert _cross_sum_bound(high_multiplier, low_multiplier) < 1 << 63, "a e + b c + (b e >> 32) must stay in int64"
@@ -262,7 +262,7 @@ class Draws:
         return Draws(self.keys[index])
 
     # traced under run.compile (econspin.compiled): the tags' arange and the hash fuse into one
-    # loop, in the defined arithmetic of mix64_exact (docs/performance.md, "The hashes compiled")
+    # loop, in the defined arithmetic of mix64_exact (docs/performance_log.md, "The hashes compiled")
     def words(self, stream: int, count: int, start: int = 0) -> torch.Tensor:
         """(count, ...) int64 hashes of (stream, index) for index in [start, start + count)."""
         tags = _mixed_tags(_LEVEL_DRAW + (stream << 32) + start, count, self.keys.device, self.keys.dim())
@@ -371,7 +371,7 @@ def agent_draws(keys: torch.Tensor, mixed_round: torch.Tensor | int, agents: int
     The compiled round (``run.compile``) is given the tag as a tensor, so that it traces the
     keying of its agents once for every round instead of once per round index. There the agents'
     keys are stored (econspin.compiled.stored): inlined, Inductor hashed them again in every loop
-    over a stream's words, one mix64 per word more (docs/performance.md, "The agents' keys stored").
+    over a stream's words, one mix64 per word more (docs/performance_log.md, "The agents' keys stored").
     """
     round_keys = _keyed(keys, mixed_round)
     return Draws(stored(_keyed(round_keys.unsqueeze(-1), _mixed_tags(_LEVEL_AGENT, agents, keys.device))))

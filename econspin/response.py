@@ -286,7 +286,7 @@ def sample_von_mises_fisher(
         return radius * spin.unsqueeze(-1)
     compiling = torch.compiler.is_compiling()
     # the Gaussians, theta_hat and the projection in the state's precision where it is float32
-    # (docs/performance.md, "The spin's direction in float32"); Wood's w and the coefficients in float64
+    # (docs/performance_log.md, "The spin's direction in float32"); Wood's w and the coefficients in float64
     working = torch.float32 if dtype == torch.float32 else torch.float64
     norm, unit = _norm_and_unit(theta, compiling, working)
     kappa = _concentration(norm, temperature, radius)

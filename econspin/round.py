@@ -143,7 +143,7 @@ def field_of(
     Wood's loop on CUDA, econspin.compiled.OPERATOR_DEVICES; on the CPU too until they became
     operators), TorchDynamo runs ``play`` eagerly and traces the functions it calls: written in
     ``play``, the field was four eager passes over (B, N, d) (0.26 ms of a sampled round at B = 128, N = 64,
-    d = 32) and the field weights a compiled graph of their own every round (docs/performance.md,
+    d = 32) and the field weights a compiled graph of their own every round (docs/performance_log.md,
     "The sampled round at d = 32"). Here, with the received signal an argument, one compiled loop.
     Eagerly the same operations in the same order.
     """

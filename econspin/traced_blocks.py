@@ -26,7 +26,7 @@ eager blocks wherever the weights are the same bits.
 
 The eager blocks and these expressions agree to rounding (sums taken in other orders;
 tests/test_traced_blocks.py). Measured against the operator in alternating runs
-(docs/performance.md, "The blocks traced into the compiled round"): at B = 128, N = 64, d = 16
+(docs/performance_log.md, "The blocks traced into the compiled round"): at B = 128, N = 64, d = 16
 (2 threads, wall time) a compiled round took 0.75-0.78 ms expected and 0.85-0.88 ms sampled
 against 0.98-1.00 and 1.12-1.18 ms; one such economy 0.08 and 0.10 ms against 0.22-0.27 ms. At
 B = 1, d = 32 (1 thread, CPU time, ``econspin bench --compile default``): N = 256 2.43-2.45x SDPA

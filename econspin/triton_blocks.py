@@ -10,7 +10,7 @@ normalisation and money's float64 rescaling after) is :func:`econspin.fused.fuse
 which takes this pass as its ``blocks``.
 
 Why: on a GPU the fused kernel's blocks run a dozen eager elementwise kernels over every
-block, each reading and writing it from memory (docs/performance.md, "On a GPU: NVIDIA
+block, each reading and writing it from memory (docs/performance_log.md, "On a GPU: NVIDIA
 H200"); here each tile is read once per pass and the elementwise work stays in registers.
 On CUDA tensors the programs are compiled by ``triton.jit``; on CPU tensors they run under
 Triton's interpreter (numpy, one program instance at a time: slow, for tests at small N),

@@ -196,7 +196,7 @@ def _wood_continued(marked, constants, dimension: int, draws: Draws, start: int,
     run.compile it runs eagerly (a graph break when this was measured; since then an operator of
     the graph on the CPU, :func:`wood_rest_operator`), a few dozen operations on a few hundred
     agents, and cost 0.6 ms of a sampled round at B = 128, N = 64 (about 300 agents left of 8192; 0.29 ms with 2 left at
-    B = 1; docs/performance.md, "The sampled round at d = 32"). Here, with shapes fixed in
+    B = 1; docs/performance_log.md, "The sampled round at d = 32"). Here, with shapes fixed in
     advance, so that it traces into the graph of the first attempts: the first ``capacity``
     pending agents in row order (max(WOOD_TRACED_MINIMUM, agents / WOOD_TRACED_SHARE)) make the
     loop's next attempts, gathered by their rank among the pending (a cumulative count), and

@@ -4,7 +4,7 @@
 
 torch.profiler names a compiled graph's kernels (with ``torch._inductor.config.cpp.enable_kernel_profile``)
 but its own bookkeeping inflated some of them several times over (a 0.24 ms kernel showed as
-1.2 ms; docs/performance.md, "The sampled round at d = 32"). This script times instead, with
+1.2 ms; docs/performance_log.md, "The sampled round at d = 32"). This script times instead, with
 the process's CPU clock and nothing else running in the process:
 
 - every C++ kernel Inductor generated for the round and every matrix product it hands to

@@ -11,7 +11,7 @@ word differs from the eager one. The same multiplication in 32-bit halves
     python -m experiments.hash_miscompiled
     TORCH_LOGS=output_code python -m experiments.hash_miscompiled   # the generated C++
 
-docs/performance.md ("The hashes compiled") shows the C++ and a 15-line reduction outside torch.
+docs/performance_log.md ("The hashes compiled") shows the C++ and a 15-line reduction outside torch.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ Tolerances as in tests/test_compiled_round.py: 1e-12 of each tensor's largest va
 in float32 1e-5 (states, choice statistics) and 1e-6 (money and revenue, float64 numbers that
 carry the working precision's rounding). Sampled mode is drawn in float64 only: in float32 a
 uniform within rounding of a boundary between two sellers may draw either of them, compiled or
-eager (docs/performance.md, "The blocks traced into the compiled round").
+eager (docs/performance_log.md, "The blocks traced into the compiled round").
 
 Each example compiles afresh (seconds on the CPU): a few run by default, more marked slow.
 """

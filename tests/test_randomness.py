@@ -408,7 +408,7 @@ def test_compiled_words_read_the_agents_keys_instead_of_hashing_them_again():
     """Compiled, the agents' keys are hashed once a round and stored: a stream's words hash their own level only.
 
     Left to Inductor, the keys of (element, round, agent) were recomputed in every loop over
-    the draws of a stream, one mix64 (two exact products) more per word (docs/performance.md,
+    the draws of a stream, one mix64 (two exact products) more per word (docs/performance_log.md,
     "The agents' keys stored"). The loop writing the (8, B, N) words holds two mix64s, its
     tag's and the word's: four exact products, each a left shift by 32. The words are the eager ones.
     """

@@ -230,7 +230,7 @@ def test_spins_drawn_in_place_are_the_differentiable_draws_bit_for_bit(dimension
 def test_the_eager_draws_unit_field_is_laid_out_contiguously(dtype):
     """theta_hat (d, ...) is a tensor of its own, contiguous, in the draw's working precision.
 
-    The draw's three products read it; a strided view there cost 5x each (docs/performance.md,
+    The draw's three products read it; a strided view there cost 5x each (docs/performance_log.md,
     "The spin draw's unit field, contiguous"). The moved view's .to(memory_format=contiguous) in
     theta's own dtype returned the view itself, so this held only for a cast (bfloat16 states:
     float64 Gaussians). With a gradient too, and the quotients are theta / |theta| either way.

@@ -94,7 +94,7 @@ def test_the_compiled_first_attempts_test_their_marks_with_vector_comparisons():
     batched attempts' masks, the eager form). Inductor's C++ took isnan of float64 a lane at a
     time (the vector stored, std::isnan on each double, a mask loaded back), and joined float64
     comparisons through int32 masks converted a lane at a time: about a quarter of the
-    instructions of the loop of the first attempts (docs/performance.md, "The spin draw's masks").
+    instructions of the loop of the first attempts (docs/performance_log.md, "The spin draw's masks").
     The step is still the loop's draw.
     """
     kappa = torch.logspace(-2, 4, 600, dtype=torch.float64).reshape(3, 200)
