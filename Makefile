@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: install demo test test-all mutation mutation-sample mutation-score lint clean
+.PHONY: install demo test test-all mutation mutation-sample mutation-triage mutation-score lint clean
 
 install: $(VENV)/.installed
 
@@ -34,6 +34,8 @@ test-all: install
 #   make mutation MUTATE='econspin.metrics.*'    only these mutant names (globs; always re-run)
 #   make mutation-sample                   a seeded sample of the large modules (SAMPLE)
 #   make mutation-score                    the score of every mutant run so far, nothing more
+#   make mutation-triage MODULE=fused_sampled TESTS='tests/test_fused_sampled.py tests/test_fused.py'
+#                                          every mutant of one module against those files only (leads)
 MUTATE ?=
 MUTATION_CHILDREN ?= 2
 SAMPLE ?= response=0.3 market=0.15 choice=0.15 round=0.15 fused=0.15 fused_sampled=0.3 wood=0.3
@@ -51,6 +53,13 @@ mutation-sample: $(VENV)/.mutation-installed
 	names="$$($(PY) tests/mutation_score.py sample $(SAMPLE))"; \
 	if [ -n "$$names" ]; then $(MUTMUT) $$names; fi
 	$(PY) tests/mutation_score.py score $(SAMPLE)
+
+# the module's mutants against its own test files, pytest -x, in children forked from one clean
+# process: minutes where `make mutation` takes hours; a survivor is a lead for `mutmut run NAME`
+MODULE ?= fused_sampled
+TESTS ?= tests/test_fused_sampled.py tests/test_fused.py
+mutation-triage: $(VENV)/.mutation-installed
+	nice -n 19 $(PY) tests/mutation_triage.py $(MODULE) $(TESTS) --children $(MUTATION_CHILDREN)
 
 mutation-score:
 	$(PY) tests/mutation_score.py score

@@ -64,6 +64,10 @@ def inversion_rows(seed, agents, dtype, rows=17):
     Integer weights (exact sums: exact ties), a block of random ones, and in every block a row
     of zeros (5), a row whose only seller is the last column (6), a T = 0 row (weights 0 or 1,
     7) and a T = inf row (every seller 1, 8); the first block's thresholds lie exactly on boundaries.
+    In float64 with rows > 9, row 9 is one seller of weight 1 beside sellers of 2^-30 each, its
+    threshold among the small ones: running sums in float32 (spacing 2^-23 at 1) would not tell
+    them apart. (float32 weights' tile sums are float32: there the draw is the whole row's only
+    up to rounding, by design, and such a row is a case of that rounding.)
     """
     generator = torch.Generator().manual_seed(seed)
     weights = torch.randint(0, 4, (3, rows, agents), generator=generator).double()
@@ -75,6 +79,12 @@ def inversion_rows(seed, agents, dtype, rows=17):
     weights[:, 8] = 1.0
     uniforms = torch.rand(3, rows, generator=generator, dtype=torch.float64)
     uniforms[0] = torch.randint(1, 16, (rows,), generator=generator) / 16
+    if rows > 9 and agents > 1 and dtype == "float64":
+        small = 2.0**-30
+        weights[:, 9] = small
+        weights[:, 9, 0] = 1.0
+        total = 1.0 + (agents - 1) * small
+        uniforms[:, 9] = (1.0 + (agents // 2 - 0.5) * small) / total  # the threshold halfway through the small ones
     return weights.to(getattr(torch, dtype)), uniforms
 
 
@@ -85,6 +95,8 @@ def test_inverse_cdf_picks_what_whole_row_inversion_picks(seed, agents, tile, dt
     weights, uniforms = inversion_rows(seed, agents, dtype)
     want = sample_choice(weights, uniforms)
     assert torch.equal(want[:, 5], torch.full((3,), -1)) and torch.equal(want[:, 6], torch.full((3,), agents - 1))
+    if agents > 1 and dtype == "float64":  # halfway through the sellers of weight 2^-30 beside one of weight 1
+        assert torch.equal(want[:, 9], torch.full((3,), agents // 2))
     for width in (None, tile, agents):
         got = inverse_cdf(weights, uniforms, width)
         assert torch.equal(got, want), width
@@ -141,6 +153,19 @@ def test_a_tile_sum_rounded_up_still_gives_a_seller_of_positive_weight():
     uniforms = torch.tensor([(1.0 + 1.75 * 2**-24) / total], dtype=torch.float64)
     for compiled in (False, True) if MISSING_COMPILER is None else (False,):
         assert inverse_cdf(weights, uniforms, tile=2, compiled=compiled).tolist() == [1]
+
+
+def test_a_rounded_up_last_tile_narrower_than_the_others_gives_a_seller_of_the_row():
+    """The same rounding in the last tile, of 2 sellers where the others have 4: the draw is column 5, the row's last.
+
+    The tile's running sums read past the row's end (columns 6 and 7) must add nothing: a
+    column there would be drawn, a seller the row does not have.
+    """
+    weights = torch.tensor([[1.0, 0.0, 0.0, 0.0, 1.0, 1.5 * 2**-24]], dtype=torch.float32)
+    total = 2.0 + 2**-23  # tile sums 1 and 1 + 2^-23 (rounded up), accumulated in float64
+    uniforms = torch.tensor([(2.0 + 1.75 * 2**-24) / total], dtype=torch.float64)
+    for compiled in (False, True) if MISSING_COMPILER is None else (False,):
+        assert inverse_cdf(weights, uniforms, tile=4, compiled=compiled).tolist() == [5]
 
 
 def test_tiles_split_rows_as_documented():
