@@ -64,7 +64,10 @@ def mutant_names(module: str, only: str | None, survivors_of: str | None) -> lis
     if survivors_of is not None:
         kept = set(survivors(results_file(module, survivors_of)))
         names = [name for name in names if name in kept]
-    return [name for name in names if only is None or fnmatch.fnmatch(name, only)]
+    if only is None:
+        return names
+    patterns = only.split(",")  # in the order given: the functions that matter most first
+    return list(dict.fromkeys(name for pattern in patterns for name in names if fnmatch.fnmatch(name, pattern)))
 
 
 def run_child(name: str, tests: list[str]) -> None:
@@ -181,7 +184,9 @@ def main() -> None:
     parser.add_argument("tests", nargs="+", help="the test files each mutant runs, fastest killers first")
     parser.add_argument("--children", type=int, default=2)
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds before a mutant counts as a timeout")
-    parser.add_argument("--only", help="a glob of mutant names (econspin.fused_sampled.x_inverse_cdf__mutmut_*)")
+    parser.add_argument(
+        "--only", help="globs of mutant names, comma-separated, run in that order (econspin.fused.x_fused_trade__*)"
+    )
     parser.add_argument("--stage", default="", help="a label for this run's results file (triage-MODULE-STAGE.jsonl)")
     parser.add_argument("--survivors-of", help="run only the survivors of this stage ('' for the first)")
     arguments = parser.parse_args()

@@ -21,7 +21,7 @@ from econspin.choice import logit_rows, sample_choice
 from econspin.fused import uses_fused
 from econspin.fused_sampled import compiled_draws, fused_sampled_trade, inverse_cdf, sampled_choices, tile_width
 from econspin.market import allowed_sellers, network_mask, project, seller_bias, trade
-from econspin.randomness import DRAW_CHOICE, dynamics_keys
+from econspin.randomness import DRAW_CHOICE, dynamics_keys, round_draws
 from econspin.round import step
 
 
@@ -185,6 +185,16 @@ def test_fused_sampled_equals_reference_draw_for_draw(drawn, rows):
             assert_outcomes_close(
                 reference, fused_sampled_trade(state, economy, rows=block), TOLERANCE[state.states.dtype]
             )
+
+
+def test_the_draws_given_are_the_draws_used():
+    """Draws of another round passed in: the reference's sellers at those draws, not the state's own round's."""
+    state, economy = three_hundred_agents("float64", batch=1)
+    later = round_draws(state.random_keys, state.round + 1, state.states.shape[1])
+    given_draws = fused_sampled_trade(state, economy, later)
+    assert_outcomes_close(trade(state, economy, later), given_draws, 1e-12)
+    own = fused_sampled_trade(state, economy)
+    assert not torch.allclose(own.revenue, given_draws.revenue)  # other sellers drawn: other revenue
 
 
 def three_hundred_agents(dtype: str, batch: int = 2):
