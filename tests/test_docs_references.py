@@ -105,7 +105,8 @@ def test_every_section_the_code_and_documents_cite_exists_in_that_document():
     broken = {
         str(path.relative_to(ROOT)): found
         for path in cited
-        if path.suffix in {".py", ".md", ".yaml", ""} and path.is_file() and (found := broken_citations(path))
+        if path.suffix in {".py", ".md", ".yaml", ""} and path.is_file() and path != Path(__file__).resolve()
+        and (found := broken_citations(path))  # (this file's own examples cite a document that is not there)
     }
     assert broken == {}
 
