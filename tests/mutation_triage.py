@@ -31,7 +31,10 @@ import shutil
 import signal
 import sys
 import time
+from collections import Counter
 from pathlib import Path
+
+from mutation_score import STATUS  # (beside this file: tests/ is the script's first path)
 
 ROOT = Path(__file__).resolve().parent.parent
 MUTANTS = ROOT / "mutants"
@@ -62,7 +65,7 @@ def mutant_names(module: str, only: str | None, survivors_of: str | None) -> lis
     meta = MUTANTS / "econspin" / f"{module}.py.meta"
     names = list(json.loads(meta.read_text())["exit_code_by_key"])
     if survivors_of is not None:
-        kept = set(survivors(results_file(module, survivors_of)))
+        kept = set(survivors(read_results(results_file(module, survivors_of))))
         names = [name for name in names if name in kept]
     if only is None:
         return names
@@ -92,17 +95,29 @@ def fork_child(name: str, tests: list[str]) -> int:
     return pid
 
 
-def wait_for(pid: int, timeout: float) -> int | str:
-    """The child's exit code, or "timeout" (the child killed) after ``timeout`` seconds."""
-    start = time.time()
-    while time.time() - start < timeout:
-        finished, status = os.waitpid(pid, os.WNOHANG)
-        if finished:
-            return os.waitstatus_to_exitcode(status)
-        time.sleep(0.05)
+def outcome(pid: int, start: float, timeout: float) -> int | str | None:
+    """The child's exit code; "timeout" (the child killed) once ``timeout`` seconds have passed; None while it runs."""
+    finished, status = os.waitpid(pid, os.WNOHANG)
+    if finished:
+        return os.waitstatus_to_exitcode(status)
+    if time.time() - start <= timeout:
+        return None
     os.kill(pid, signal.SIGKILL)
     os.waitpid(pid, 0)
     return "timeout"
+
+
+def wait_for(pid: int, timeout: float) -> int | str:
+    """The child's exit code, or "timeout" after ``timeout`` seconds."""
+    start = time.time()
+    while (code := outcome(pid, start, timeout)) is None:
+        time.sleep(0.05)
+    return code
+
+
+def read_results(results: Path) -> list[dict]:
+    """The lines of a results file (name, code, seconds); none where it does not exist yet."""
+    return [json.loads(line) for line in results.read_text().splitlines()] if results.exists() else []
 
 
 def triage(
@@ -114,7 +129,7 @@ def triage(
     # the tests as they are now (mutmut copied them when it made the mutants): a new test kills at once
     shutil.copytree(ROOT / "tests", MUTANTS / "tests", dirs_exist_ok=True)
     results = results_file(module, stage)
-    done = {json.loads(line)["name"] for line in results.read_text().splitlines()} if results.exists() else set()
+    done = {line["name"] for line in read_results(results)}
     waiting = [name for name in mutant_names(module, only, survivors_of) if name not in done]
     print(f"{module}: {len(waiting)} mutants to run ({len(done)} already in {results.name})", flush=True)
 
@@ -146,14 +161,8 @@ def triage(
                 running[fork_child(name, tests)] = (name, time.time())
             time.sleep(0.05)
             for pid, (name, start) in list(running.items()):
-                finished, status = os.waitpid(pid, os.WNOHANG)
-                if not finished and time.time() - start > timeout:
-                    os.kill(pid, signal.SIGKILL)
-                    os.waitpid(pid, 0)
-                    code: int | str = "timeout"
-                elif finished:
-                    code = os.waitstatus_to_exitcode(status)
-                else:
+                code = outcome(pid, start, timeout)
+                if code is None:
                     continue
                 del running[pid]
                 out.write(json.dumps({"name": name, "code": code, "seconds": round(time.time() - start, 1)}) + "\n")
@@ -161,21 +170,18 @@ def triage(
     return results
 
 
-def survivors(results: Path) -> list[str]:
-    """The mutants of a results file that passed its test files."""
-    return [line["name"] for line in map(json.loads, results.read_text().splitlines()) if line["code"] == 0]
+def survivors(lines: list[dict]) -> list[str]:
+    """The mutants of a results file's lines that passed its test files."""
+    return [line["name"] for line in lines if line["code"] == 0]
 
 
 def summary(results: Path) -> list[str]:
-    """Counts by outcome, and the names of the mutants that passed the test files."""
-    lines = [json.loads(line) for line in results.read_text().splitlines()]
-    outcome = {0: "survived", 1: "killed", 2: "error (pytest interrupted)", 5: "no tests", "timeout": "timeout"}
-    counts: dict[str, int] = {}
-    for line in lines:
-        key = outcome.get(line["code"], f"exit {line['code']}")
-        counts[key] = counts.get(key, 0) + 1
+    """Counts by outcome (pytest's exit codes, named as mutation_score names mutmut's), and the survivors' names."""
+    lines = read_results(results)
+    named = {**STATUS, "timeout": "timeout"}  # (a child this script killed for its time)
+    counts = Counter(named.get(line["code"], f"exit {line['code']}") for line in lines)
     print(", ".join(f"{count} {key}" for key, count in sorted(counts.items())))
-    return survivors(results)
+    return survivors(lines)
 
 
 def main() -> None:
