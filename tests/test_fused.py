@@ -344,3 +344,36 @@ def test_decisive_agents_with_tiny_states_trade_as_on_the_reference(dtype, shrin
     assert bool(torch.isfinite(got.revenue).all()) and bool(torch.isfinite(got.received).all())
     assert_outcomes_close(want, got, TOLERANCE[state.states.dtype])
     assert_equals_oracle(got, state, run.economy)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_the_tie_width_at_zero_temperature_counts_the_key_dimension(dtype):
+    """A T = 0 tie is (d_k + 4) eps of the row's size, d_k the utilities' dot product length, not d nor P.
+
+    d = 8 and d_k = 1: every utility is one exact product q_i k_j. Two sellers 6 eps apart are a
+    ranking for both kernels (tie width 5 eps); a width counted with d (12 eps) or with the
+    four populations (8 eps) would split the market between them.
+    """
+    eps = torch.finfo(getattr(torch, dtype)).eps
+    populations = {
+        "buyers": {"count": 3, "temperature": 0.0, "sells": False},
+        "best": {"count": 1, "buys": False},
+        "close": {"count": 1, "buys": False},
+        "far": {"count": 1, "buys": False},
+    }
+    run = rollout(scenario(populations=populations, d=8, d_k=1, output="random", visibility=0.0), dtype=dtype)
+    first = torch.zeros(8, 1, dtype=run.state.states.dtype)
+    first[0, 0] = 1.0  # q_i = k_j = the state's first component
+    economy = dataclasses.replace(
+        run.economy, query=first.expand_as(run.economy.query), key=first.expand_as(run.economy.key)
+    )
+    states = torch.zeros(1, 6, 8, dtype=torch.float64)
+    states[0, :3, 0] = torch.tensor([1.0, 0.5, 0.25])  # powers of two: exact products; max_j |k_j| = 1 (buyers too)
+    states[0, 3:, 0] = torch.tensor([1.0, 1.0 - 6 * eps, 0.5], dtype=torch.float64)
+    state = run.state.replace(states=states.to(run.state.states.dtype))
+    reference, fused = trade(state, economy), fused_trade(state, economy)
+    spent = fused.spending[0, :3].double().sum()
+    want = torch.tensor([1.0, 0.0, 0.0], dtype=torch.float64) * spent
+    for outcome in (reference, fused):
+        assert torch.equal(outcome.revenue[0, 3:].double(), want)
+    assert_outcomes_close(reference, fused, TOLERANCE[state.states.dtype])
