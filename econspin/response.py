@@ -403,8 +403,8 @@ def _wood_first_traced(kappa: torch.Tensor, dimension: int, draws: Draws):
     The same attempts, the same first accepted one: the loop's draw, to the rounding of the
     compiled log, cos and expm1 (as the compiled Gaussians, econspin.gaussians).
     """
-    constants, finite = _wood_constants(kappa, dimension)
-    marked = _wood_first_marked(constants, finite, dimension, draws, WOOD_FIRST_ATTEMPTS)
+    constants, drawn = _wood_constants(kappa, dimension)
+    marked = _wood_first_marked(constants, drawn, dimension, draws, WOOD_FIRST_ATTEMPTS)
     # the loop's next attempts for a fixed number of the agents left, still in the graph
     marked = _wood_continued(marked, constants, dimension, draws, WOOD_FIRST_ATTEMPTS, WOOD_MORE_ATTEMPTS)
     return marked, constants

@@ -54,6 +54,7 @@ WOOD_FIRST_ATTEMPTS = 2  # attempts every agent makes at once; Wood's acceptance
 WOOD_FIRST_ATTEMPTS_FEW = 4
 WOOD_FEW_AGENTS = 512
 WOOD_MORE_ATTEMPTS = 8  # attempts at once for the few agents (<= 12%) that still have none
+WOOD_MOST_ATTEMPTS = 1000  # attempts after which an agent with none accepted is an error (:func:`_wood_rest`)
 
 
 def _wood_component(
@@ -75,6 +76,12 @@ def _wood_component(
     since the first two coordinates have radius^2 = 1 - U1^(2/(d-2)) and a uniform angle.
     With z = (1 + t)/2, w = ((1 - b) - (1 + b) t) / ((1 + b) - (1 - b) t).
 
+    Computed without cancellation (:func:`_wood_constants`): with D = (1 - t) + b (1 + t),
+    1 - w = 2 b (1 + t) / D, 1 - x0 w = 4 b / ((1 + b) D) and 1 - x0^2 = 4 b / (1 + b)^2, so
+    the test is 2 b k / (1 + b) + m log(1 + b) - 2 b k (1 + t) / D - m log D >= log U. Written
+    with 1 - x0 w and c, its terms cancel to about kappa eps: the law of w was off by 1% at
+    kappa = 1e15 and no attempt was ever accepted at kappa ~ 1e16 (the loop never ended).
+
     Attempt a of an agent uses the uniforms 3a (U1), 3a + 1 (U) and 3a + 2 (U2) of its spin
     stream, and the result is its first accepted attempt: the law of the rejection sampler,
     and the same number however many attempts are evaluated at once. ``attempts`` of them
@@ -88,44 +95,58 @@ def _wood_component(
     agents left without an accepted one are added to ``budget.unresolved`` (their value is
     then not a draw of the law; the caller replays them with the loop).
     """
-    constants, finite = _wood_constants(kappa, dimension)
+    constants, drawn = _wood_constants(kappa, dimension)
     if budget is not None:
-        return _wood_budgeted(constants, finite, dimension, draws, budget, more_attempts)
+        return _wood_budgeted(constants, drawn, dimension, draws, budget, more_attempts)
     if attempts is None:
         attempts = WOOD_FIRST_ATTEMPTS_FEW if kappa.numel() <= WOOD_FEW_AGENTS else WOOD_FIRST_ATTEMPTS
-    result, pending = _wood_first(constants, finite, dimension, draws, attempts)
+    result, pending = _wood_first(constants, drawn, dimension, draws, attempts)
     return _wood_rest(result, pending, constants, dimension, draws, attempts, more_attempts)
 
 
 def _wood_constants(kappa: torch.Tensor, dimension: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """((5, ...) float64 constants 1 - b, 1 + b, x0, k, c of :func:`_wood_component`, where kappa is finite)."""
+    """((4, ...) float64 b, 2 b k, 2 b k / (1 + b) + m log(1 + b) and k of :func:`_wood_component`; who is drawn).
+
+    b = m / (2k + hypot(2k, m)), which neither overflows nor cancels, and 2 b k -> m / 2 as k ->
+    inf. w is drawn where b > 0; elsewhere the agent takes w = 1: kappa infinite (T = 0), or
+    beyond float64 (2k = inf, kappa > 9e307), where b is 0, or NaN, where b is NaN.
+    """
     m1 = dimension - 1.0
-    # |kappa| < inf is isfinite (false for NaN too); compiled, one vector comparison, where Inductor's
-    # isfinite joined two masks through int32 ones, converted a lane at a time
-    finite = kappa.abs() < math.inf
-    k = torch.where(finite, kappa, torch.zeros_like(kappa))
-    b = m1 / (2.0 * k + torch.sqrt(4.0 * k**2 + m1**2))
-    x0 = (1.0 - b) / (1.0 + b)
-    c = k * x0 + m1 * torch.log1p(-(x0**2).clamp(max=1 - 1e-16))
-    return torch.stack([1.0 - b, 1.0 + b, x0, k, c]), finite
+    # one comparison says who is drawn: compiled, isfinite(kappa) and'ed with it joined the masks
+    # through int32 ones, converted a lane at a time (docs/performance_log.md, "The spin draw's masks")
+    denominator = 2.0 * kappa + torch.hypot(2.0 * kappa, torch.full_like(kappa, m1))
+    b = m1 / denominator
+    pull = m1 * (2.0 * kappa / denominator)  # 2 b k, exact in the limit (m / 2) where b is subnormal
+    offset = pull / (1.0 + b) + m1 * torch.log1p(b)
+    return torch.stack([b, pull, offset, kappa]), b > 0
 
 
-def _wood_first(constants, finite, dimension: int, draws: Draws, attempts: int):
+def _wood_first(constants, drawn, dimension: int, draws: Draws, attempts: int):
     """(w, pending): each agent's first accepted of its first ``attempts``, and who has none.
 
-    w = 1 where kappa is infinite (T = 0); pending: the agents with a finite kappa and no
-    attempt accepted yet (their w is not a draw until :func:`_wood_rest`).
+    w = 1 where it is not ``drawn`` (kappa infinite, T = 0, or too large for float64: :func:`_wood_constants`);
+    pending: the drawn agents with no attempt accepted yet (their w is not a draw until :func:`_wood_rest`).
     """
     result, accepted = _wood_attempts(constants, dimension, draws, 0, attempts)
-    return torch.where(finite, result, torch.ones_like(result)), finite & ~accepted
+    return torch.where(drawn, result, torch.ones_like(result)), drawn & ~accepted
 
 
 def _wood_rest(result, pending, constants, dimension: int, draws: Draws, start: int, more_attempts: int):
     """Wood's component once the first ``start`` attempts are made (:func:`_wood_first`).
 
     The ``pending`` agents make ``more_attempts`` more at a time until each has one accepted.
+    An agent with none accepted in WOOD_MOST_ATTEMPTS is an error, not a longer loop: at an
+    acceptance rate of at least 0.65 an attempt that has probability 0.35^1000 = 1e-456, so the
+    arithmetic of the acceptance test has failed (as it once did for kappa near 1e16: the loop
+    never ended).
     """
     while bool(pending.any()):
+        if start >= WOOD_MOST_ATTEMPTS:
+            kappa = constants[3][pending]
+            raise FloatingPointError(
+                f"Wood's sampler accepted none of {start} attempts for {kappa.numel()} agents (d = {dimension}, "
+                f"kappa {kappa.min().item():.6g} to {kappa.max().item():.6g}): its acceptance test failed"
+            )
         index = pending.nonzero(as_tuple=True)
         more, more_accepted = _wood_attempts(
             constants[(slice(None), *index)], dimension, draws[index], start, more_attempts
@@ -153,28 +174,28 @@ def wood_rest_operator(
     return _wood_rest_marked(marked, constants, dimension, Draws(keys))
 
 
-def _wood_first_marked(constants, finite, dimension: int, draws: Draws, attempts: int) -> torch.Tensor:
+def _wood_first_marked(constants, drawn, dimension: int, draws: Draws, attempts: int) -> torch.Tensor:
     """:func:`_wood_first` with who is pending marked in w itself: NaN where no attempt is accepted yet.
 
     The form of the compiled round: Inductor's C++ stores and loads a bool tensor one byte at a
     time in loops over its 64-byte vectors (with the pending agents' masks, the continuation's
     kernel spent about half its time there); the mark travels in the float64 w, which it stores
     vectorised. An accepted w is never NaN (a NaN score is never accepted), and w = 1 where
-    kappa is infinite, so the mark means pending and nothing else.
+    it is not ``drawn``, so the mark means pending and nothing else.
     """
     if not torch.compiler.is_compiling():
-        result, pending = _wood_first(constants, finite, dimension, draws, attempts)
+        result, pending = _wood_first(constants, drawn, dimension, draws, attempts)
         return torch.where(pending, math.nan, result)
     # every agent's first attempts, one expression each (the continuation keeps the batched form:
     # unrolled there too, its kernel made the round at B = 1 slower by 0.1 ms)
-    return torch.where(finite, _wood_attempts_traced(constants, dimension, draws, 0, attempts), 1.0)
+    return torch.where(drawn, _wood_attempts_traced(constants, dimension, draws, 0, attempts), 1.0)
 
 
 def _wood_rest_marked(marked, constants, dimension: int, draws: Draws) -> torch.Tensor:
     """:func:`_wood_rest` of the agents marked NaN in w after the first attempts: a new tensor, ``marked`` untouched.
 
     Most rounds no agent is left: a NaN anywhere makes the sum NaN, and w is within [-1, 1] elsewhere
-    (1 where kappa is infinite), so the sum is finite exactly when none is marked. One pass and one
+    (1 where it is not drawn), so the sum is finite exactly when none is marked. One pass and one
     host read, where ``isnan(marked).any()`` took 22 us at B = 128, N = 64 (docs/performance.md).
     """
     if not math.isnan(float(marked.detach().sum())):
@@ -236,7 +257,7 @@ def _wood_continued(marked, constants, dimension: int, draws: Draws, start: int,
     return spare_result[:agents].view(shape)
 
 
-def _wood_budgeted(constants, finite, dimension: int, draws: Draws, budget: RejectionBudget, group: int):
+def _wood_budgeted(constants, drawn, dimension: int, draws: Draws, budget: RejectionBudget, group: int):
     """Wood's component with ``budget.attempts`` attempts for every agent, ``group`` at a time.
 
     In groups, so that memory stays that of ``group`` attempts (each holds three float64
@@ -248,8 +269,8 @@ def _wood_budgeted(constants, finite, dimension: int, draws: Draws, budget: Reje
         more, more_accepted = _wood_attempts(constants, dimension, draws, start, min(group, budget.attempts - start))
         result = torch.where(accepted, result, more)  # an earlier accepted attempt wins
         accepted = accepted | more_accepted
-    budget.unresolved.add_((finite & ~accepted).sum())
-    result = torch.where(finite, result, torch.ones_like(result))
+    budget.unresolved.add_((drawn & ~accepted).sum())
+    result = torch.where(drawn, result, torch.ones_like(result))
     return result.clamp_(-1.0, 1.0)
 
 
@@ -260,10 +281,13 @@ def _wood_attempts(constants: torch.Tensor, dimension: int, draws: Draws, start:
     t = torch.cos((2.0 * math.pi) * uniform[:, 2])
     if dimension > 2:
         t *= torch.sqrt(torch.expm1(logs[:, 0] * (2.0 / (dimension - 2))).neg_())
-    low, high, x0, k, c = constants
-    w = torch.addcmul(low, high, t, value=-1.0).div_(torch.addcmul(high, low, t, value=-1.0))
-    # k w + m log(1 - x0 w) - c >= log U
-    score = torch.log((1.0 - x0 * w).clamp_(min=1e-300)).mul_(dimension - 1.0).addcmul_(k, w).sub_(c)
+    b, pull, offset, _ = constants
+    ones_t = 1.0 + t
+    spread = torch.addcmul(1.0 - t, b, ones_t)  # D = (1 - t) + b (1 + t)
+    ratio = ones_t / spread  # (1 + t) / D (out of place: the draw's gradient reads 1 + t)
+    w = torch.addcmul(torch.ones_like(ratio), b, ratio, value=-2.0)  # 1 - 2 b (1 + t) / D
+    # 2 b k / (1 + b) + m log(1 + b) - 2 b k (1 + t) / D - m log D >= log U
+    score = torch.log(spread).mul_(-(dimension - 1.0)).add_(offset).addcmul_(pull, ratio, value=-1.0)
     accept = score >= logs[:, 1]
     result, accepted = w[-1], accept[-1]
     for attempt in range(count - 2, -1, -1):  # the first accepted one wins
@@ -283,7 +307,7 @@ def _wood_attempts_traced(constants: torch.Tensor, dimension: int, draws: Draws,
     one over it), not a bool or'ed attempt by attempt: Inductor joined those masks through int32
     ones, converted from the float64 comparisons a lane at a time.
     """
-    low, high, x0, k, c = constants
+    b, pull, offset, _ = constants
     result = None
     for attempt in range(start + count - 1, start - 1, -1):  # the first accepted one wins
         first = draws.uniform(DRAW_SPIN, 1, 3 * attempt)[0]
@@ -292,7 +316,9 @@ def _wood_attempts_traced(constants: torch.Tensor, dimension: int, draws: Draws,
         t = cos_sin_of_turns(angle, bits=UNIT_BITS)[0]
         if dimension > 2:
             t = t * torch.sqrt(-torch.expm1(torch.log(first) * (2.0 / (dimension - 2))))
-        w = (low - high * t) / (high - low * t)
-        score = torch.log((1.0 - x0 * w).clamp(min=1e-300)) * (dimension - 1.0) + k * w - c
+        spread = (1.0 - t) + b * (1.0 + t)  # the same terms as _wood_attempts
+        ratio = (1.0 + t) / spread
+        w = 1.0 - 2.0 * b * ratio
+        score = offset - torch.log(spread) * (dimension - 1.0) - pull * ratio
         result = torch.where(score >= threshold, w, math.nan if result is None else result)
     return result

@@ -168,6 +168,29 @@ def test_vmf_limits_no_field_is_uniform_and_zero_temperature_is_the_direction():
     assert torch.all(hot.mean(0).abs() < 5 / math.sqrt(dimension * count))
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_vmf_at_temperatures_just_above_zero_is_the_direction_to_sqrt_d_over_kappa(dtype):
+    """T from 1e-8 down to 1e-300 (kappa up to 1e300): the spin is R theta_hat, sideways by ~ sqrt(d / kappa).
+
+    Around kappa ~ 1e16 Wood's acceptance test once accepted nothing, and such a draw never
+    ended; with a budget too, every agent is resolved within it.
+    """
+    count, dimension, radius = 600, 5, 2.0
+    theta = torch.randn(1, count, dimension, dtype=torch.float64, generator=torch.Generator().manual_seed(8))
+    theta = (theta / theta.norm(dim=-1, keepdim=True)).to(dtype)  # |theta| = 1: kappa = R / T
+    temperature = torch.logspace(-8, -300, count, dtype=torch.float64)[None]
+    kappa = radius / temperature
+    draws = round_draws(torch.tensor([9]), 3, count)
+    budget = wood.RejectionBudget.on(torch.device("cpu"), 24)
+    for spins in (sample_von_mises_fisher(theta, temperature.to(dtype), radius, draws),
+                  sample_von_mises_fisher(theta, temperature.to(dtype), radius, draws, budget)):
+        unit = spins.double() / radius
+        sideways = (unit - theta.double()).norm(dim=-1)
+        slack = 1e-12 if dtype == torch.float64 else 1e-6
+        assert bool((sideways <= 10 * torch.sqrt(dimension / kappa) + slack).all())
+    assert int(budget.unresolved) == 0
+
+
 @pytest.mark.parametrize("dimension", [2, 3, 16])
 def test_wood_result_does_not_depend_on_attempts_drawn_at_once(dimension):
     """The first accepted attempt of each agent's sequence, whether 1, 4 or 16 are tried at once."""

@@ -1,4 +1,8 @@
-"""Wood's sampler continued inside the compiled graph for a fixed number of agents; its loop as an operator."""
+"""Wood's sampler: its compiled continuation and loop operator, its budget, and concentrations past float64.
+
+Continued inside the compiled graph for a fixed number of agents; the loop as an operator; and
+agents so concentrated that float64 cannot tell their w from 1.
+"""
 
 import math
 
@@ -121,3 +125,65 @@ def test_a_rejection_budget_counts_on_its_device_in_integers_and_needs_an_attemp
     assert int(budget.unresolved) == 0 and budget.unresolved.device.type == "cpu"
     with pytest.raises(ValueError, match="at least one attempt, not 0"):
         wood.RejectionBudget.on(torch.device("cpu"), 0)
+    assert wood.RejectionBudget.on(torch.device("cpu"), 1).attempts == 1
+
+
+@pytest.mark.parametrize("dimension", [2, 3, 32, 200])
+def test_every_path_ends_at_concentrations_float64_cannot_resolve(dimension):
+    """Kappa from 1e12 to float64's largest: w below 1 by ~ d / kappa, the same on loop, budget and split step.
+
+    Written with x0 and c, the acceptance test cancelled: around kappa ~ 1e16 no attempt was ever
+    accepted, and a round at T ~ 1e-17 never ended. Where b = m / (2k + hypot(2k, m)) underflows
+    (kappa ~ 1e308) the agent takes w = 1, as at T = 0.
+    """
+    wide, near = (torch.logspace(12, 300, 400, dtype=torch.float64), torch.logspace(14, 20, 400, dtype=torch.float64))
+    largest = torch.tensor([1e306, 1e307, 1e308, torch.finfo(torch.float64).max], dtype=torch.float64)
+    kappa = torch.cat([wide, near, largest])[None]  # near: where the old test stopped accepting, for each d here
+    draws = round_draws(torch.tensor([4]), 2, kappa.shape[1])
+    constants, drawn = wood._wood_constants(kappa, dimension)
+    assert bool(drawn[:, :800].all()) and not bool(drawn[:, -1])  # b = 0 only past 2k = inf
+    assert torch.equal(drawn, constants[0] > 0)
+    loop = wood._wood_component(kappa.clone(), dimension, draws)
+    budget = wood.RejectionBudget.on(torch.device("cpu"), 24)
+    budgeted = wood._wood_component(kappa.clone(), dimension, draws, budget=budget)
+    split, _ = split_step(kappa.clone(), dimension, draws)
+    assert int(budget.unresolved) == 0
+    assert torch.equal(budgeted, loop) and torch.equal(split, loop)
+    assert bool((loop[~drawn] == 1.0).all())
+    scaled = (1.0 - loop) * kappa  # Gamma((d - 1) / 2) at large kappa: 1 - w ~ (d - 1) / (2 kappa)
+    assert bool((loop <= 1.0).all()) and float(scaled.max()) < 2 * (dimension - 1) + 40
+
+
+def test_an_acceptance_test_that_accepts_nothing_is_an_error_not_an_endless_loop():
+    """With an offset of -inf no score reaches log U: the loop gives up after WOOD_MOST_ATTEMPTS, naming kappa."""
+    kappa = torch.tensor([[3.0, 40.0]], dtype=torch.float64)
+    constants, drawn = wood._wood_constants(kappa, 5)
+    constants[2] = -math.inf
+    draws = round_draws(torch.tensor([1]), 0, 2)
+    result, pending = wood._wood_first(constants, drawn, 5, draws, wood.WOOD_FIRST_ATTEMPTS)
+    assert bool(pending.all())
+    with pytest.raises(FloatingPointError, match=r"none of 100\d attempts for 2 agents \(d = 5, kappa 3 to 40\)"):
+        wood._wood_rest(result, pending, constants, 5, draws, wood.WOOD_FIRST_ATTEMPTS, wood.WOOD_MORE_ATTEMPTS)
+
+
+# the last two: where 1 - w is a few ulps of 1, and the old test (with x0 and c) was 13% and 2% off
+GAMMA_CASES = [(d, kappa) for d in (2, 3, 32) for kappa in (1e6, 1e12, 1e14)] + [(3, 3e15), (32, 1e16)]
+
+
+@pytest.mark.parametrize("dimension, kappa", GAMMA_CASES)
+def test_at_large_concentration_kappa_times_one_minus_w_is_gamma_distributed(dimension, kappa):
+    """The scaled component kappa (1 - w) -> Gamma((d - 1) / 2, 1) as kappa -> inf (the tangent plane's Gaussian limit).
+
+    Its mean and variance, both (d - 1) / 2, within 5 standard errors of 50 000 draws. At kappa =
+    1e14 float64 resolves 1 - w ~ 1e-14 to 1%, and the acceptance test still has the law right
+    (with x0 and c its cancellation made the mean 13% high at d = 3, kappa = 3e15, and 2% high,
+    16 standard errors, at d = 32, 1e16).
+    """
+    count, shape = 50_000, (dimension - 1) / 2
+    w = wood._wood_component(torch.full((1, count), kappa, dtype=torch.float64), dimension,
+                             round_draws(torch.tensor([5]), 0, count))
+    scaled = (1.0 - w[0]) * kappa
+    mean_error = 5 * math.sqrt(shape / count)
+    variance_error = 5 * math.sqrt((2 * shape**2 + 6 * shape) / count)  # Gamma(a): mu_4 = 3 a^2 + 6 a
+    assert abs(float(scaled.mean()) - shape) < mean_error
+    assert abs(float(scaled.var()) - shape) < variance_error
