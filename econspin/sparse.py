@@ -7,7 +7,8 @@ dense market. For every edge e = (i, j) and market h, with the notation of marke
 
     U_e = q_i . k_j / sqrt(d_k) + b_j,             m_i = max_{e in i} U_e,
     alpha_e = exp((U_e - m_i) / T_i) / sum_{e' in i} exp((U_e' - m_i) / T_i)
-              (T = 0: the maxima share equally; T = inf: uniform over i's edges),
+              (T = 0: the sellers within market.tie_widths of m_i, the dense kernels'
+              ties, share equally; T = inf: uniform over i's edges),
     a_i = sum_{e in i} alpha_e u_j,   R_j += sum_{e into j} (s_i / H) alpha_e   (expected),
     c_i = the edge at which i's cumulative alpha first exceeds U_i * total    (sampled),
 
@@ -25,7 +26,16 @@ import math
 import torch
 
 from econspin.economy import Economy
-from econspin.market import MarketOutcome, budgets, project, seller_bias, seller_moment_columns, through_output
+from econspin.market import (
+    MarketOutcome,
+    budgets,
+    project,
+    row_sizes,
+    seller_bias,
+    seller_moment_columns,
+    through_output,
+    tie_widths,
+)
 from econspin.randomness import DRAW_CHOICE, Draws
 from econspin.state import State
 
@@ -44,6 +54,8 @@ def sparse_trade(state: State, economy: Economy, draws: Draws | None = None) -> 
     value_output = torch.einsum("bphde,bhef->bphdf", economy.value, economy.output)
     moments = seller_moment_columns(state, economy, delivered, value_output)  # (B, H, N, 2)
     bias = seller_bias(state, economy)  # (B, N)
+    # how far below a row's best a seller still ties at T = 0: the dense kernels' widths, over every agent's key
+    ties = tie_widths(row_sizes(query, key, bias[:, None, :]), key_dimension)  # (B, H, N)
     degree = edges.degree
     spend = budgets(state, economy) * (degree > 0)
     share = spend / heads  # (B, N) what a buyer spends in each market
@@ -73,7 +85,8 @@ def sparse_trade(state: State, economy: Economy, draws: Draws | None = None) -> 
         edge_temperature = temperature[:, buyers][:, None, :]
         cold, hot = edge_temperature == 0, torch.isinf(edge_temperature)
         scaled = gap / torch.where(cold | hot, torch.ones_like(edge_temperature), edge_temperature)
-        scaled = torch.where(cold, torch.where(gap >= 0, 0.0, -math.inf), scaled)
+        best = gap >= -ties[:, :, buyers]
+        scaled = torch.where(cold, torch.where(best, 0.0, -math.inf), scaled)
         scaled = torch.where(hot, torch.zeros_like(scaled), scaled)
         weights = torch.exp(scaled)
         total = weights.new_zeros(batch, heads, rows).index_add_(2, local[0, 0], weights)

@@ -47,7 +47,40 @@ def check_zero_temperature_ties(outcome_of) -> MarketOutcome:
     assert torch.allclose(outcome.revenue[0], 0.1 * alpha.T @ state.money[0], rtol=1e-14, atol=0)
     assert torch.allclose(outcome.impact[0], 1 / ties.squeeze(1), rtol=1e-15, atol=0)
     assert torch.allclose(outcome.entropy[0], ties.squeeze(1).log() / math.log(39), rtol=1e-15, atol=0)
+    for gap, want in ((6, [1.0, 0.0, 0.0]), (2, [0.5, 0.5, 0.0])):  # within the tie width, or just beyond it
+        near_state, near_economy = near_tie("float64", gap)
+        near = outcome_of(near_state, near_economy)
+        spent = near.spending[0, :3].sum()
+        assert torch.equal(near.revenue[0, 3:], torch.tensor(want, dtype=torch.float64) * spent)
     return outcome
+
+
+def near_tie(dtype: str, gap: float, network: dict | None = None):
+    """(state, economy): three T = 0 buyers and sellers at utilities q_i, q_i (1 - gap eps), q_i / 2.
+
+    d = 8, d_k = 1 and four populations: each utility is one exact product of powers of two and
+    the row's tie width is (d_k + 4) eps |q_i| max_j |k_j| = 5 eps q_i (market.tie_widths). A gap
+    of 6 is a ranking (the best seller takes the market); 2 is a tie (the two split it); widths
+    counted with d (12 eps) or the populations (8 eps) would tie 6 too.
+    """
+    populations = {
+        "buyers": {"count": 3, "temperature": 0.0, "sells": False},
+        "best": {"count": 1, "buys": False},
+        "close": {"count": 1, "buys": False},
+        "far": {"count": 1, "buys": False},
+    }
+    market = {"populations": populations, "d": 8, "d_k": 1, "output": "random", "visibility": 0.0}
+    run = rollout(scenario(**market, **({"network": network} if network else {})), dtype=dtype)
+    first = torch.zeros(8, 1, dtype=run.state.states.dtype)
+    first[0, 0] = 1.0  # q_i = k_j = the state's first component
+    economy = dataclasses.replace(
+        run.economy, query=first.expand_as(run.economy.query), key=first.expand_as(run.economy.key)
+    )
+    eps = torch.finfo(run.state.states.dtype).eps
+    states = torch.zeros(1, 6, 8, dtype=torch.float64)
+    states[0, :3, 0] = torch.tensor([1.0, 0.5, 0.25], dtype=torch.float64)  # max_j |k_j| = 1 (buyers too)
+    states[0, 3:, 0] = torch.tensor([1.0, 1.0 - gap * eps, 0.5], dtype=torch.float64)
+    return run.state.replace(states=states.to(run.state.states.dtype)), economy
 
 
 def check_infinite_temperature_uniform(outcome_of) -> MarketOutcome:

@@ -12,6 +12,7 @@ from fused_cases import TOLERANCE, assert_equals_oracle, assert_outcomes_close, 
 from helpers import rollout, scenario
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from kernel_cases import near_tie
 
 from econspin import ScenarioError
 from econspin.fused import fused_trade, uses_fused
@@ -347,33 +348,17 @@ def test_decisive_agents_with_tiny_states_trade_as_on_the_reference(dtype, shrin
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_the_tie_width_at_zero_temperature_counts_the_key_dimension(dtype):
+@pytest.mark.parametrize("gap, want", [(6, [1.0, 0.0, 0.0]), (2, [0.5, 0.5, 0.0])])
+def test_the_tie_width_at_zero_temperature_counts_the_key_dimension(dtype, gap, want):
     """A T = 0 tie is (d_k + 4) eps of the row's size, d_k the utilities' dot product length, not d nor P.
 
-    d = 8 and d_k = 1: every utility is one exact product q_i k_j. Two sellers 6 eps apart are a
-    ranking for both kernels (tie width 5 eps); a width counted with d (12 eps) or with the
-    four populations (8 eps) would split the market between them.
+    kernel_cases.near_tie: two sellers 6 eps apart are a ranking for both kernels (width 5 eps),
+    2 eps apart a tie; a width counted with d (12 eps) or with the four populations (8 eps) would
+    split the market at 6 too.
     """
-    eps = torch.finfo(getattr(torch, dtype)).eps
-    populations = {
-        "buyers": {"count": 3, "temperature": 0.0, "sells": False},
-        "best": {"count": 1, "buys": False},
-        "close": {"count": 1, "buys": False},
-        "far": {"count": 1, "buys": False},
-    }
-    run = rollout(scenario(populations=populations, d=8, d_k=1, output="random", visibility=0.0), dtype=dtype)
-    first = torch.zeros(8, 1, dtype=run.state.states.dtype)
-    first[0, 0] = 1.0  # q_i = k_j = the state's first component
-    economy = dataclasses.replace(
-        run.economy, query=first.expand_as(run.economy.query), key=first.expand_as(run.economy.key)
-    )
-    states = torch.zeros(1, 6, 8, dtype=torch.float64)
-    states[0, :3, 0] = torch.tensor([1.0, 0.5, 0.25])  # powers of two: exact products; max_j |k_j| = 1 (buyers too)
-    states[0, 3:, 0] = torch.tensor([1.0, 1.0 - 6 * eps, 0.5], dtype=torch.float64)
-    state = run.state.replace(states=states.to(run.state.states.dtype))
+    state, economy = near_tie(dtype, gap)
     reference, fused = trade(state, economy), fused_trade(state, economy)
     spent = fused.spending[0, :3].double().sum()
-    want = torch.tensor([1.0, 0.0, 0.0], dtype=torch.float64) * spent
     for outcome in (reference, fused):
-        assert torch.equal(outcome.revenue[0, 3:].double(), want)
+        assert torch.equal(outcome.revenue[0, 3:].double(), torch.tensor(want, dtype=torch.float64) * spent)
     assert_outcomes_close(reference, fused, TOLERANCE[state.states.dtype])
