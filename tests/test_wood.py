@@ -72,6 +72,7 @@ def test_the_loops_operator_draws_what_the_loop_draws(monkeypatch, dimension):
     monkeypatch.setattr(wood, "WOOD_TRACED_SHARE", 10**9)
     kappa = torch.logspace(-2, 4, 600, dtype=torch.float64).reshape(3, 200)
     kappa[0, :5] = math.inf
+    kappa[1, :5] = torch.tensor([1e16, 5e16, 1e19, 1e300, 1e308], dtype=torch.float64)  # past float64's resolution
     draws = round_draws(torch.tensor([1, 2, 3]), 4, 200)
     marked, constants = _wood_first_traced(kappa, dimension, draws)
     pending = torch.isnan(marked)
@@ -103,6 +104,7 @@ def test_the_compiled_first_attempts_test_their_marks_with_vector_comparisons():
     """
     kappa = torch.logspace(-2, 4, 600, dtype=torch.float64).reshape(3, 200)
     kappa[0, :5] = math.inf
+    kappa[1, :5] = torch.tensor([1e16, 5e16, 1e19, 1e300, 1e308], dtype=torch.float64)  # past float64's resolution
     draws = round_draws(torch.tensor([1, 2, 3]), 4, 200)
     torch._dynamo.reset()
     (marked, constants), code = run_and_get_code(
