@@ -76,6 +76,8 @@ def test_blocks_in_pieces_give_the_whole_blocks_numbers_and_each_element_its_bit
     monkeypatch.setattr("econspin.fused.PIECE_ROWS", 8)  # blocks of 32 rows in 4 pieces, the last block of 32 too
     pieces = fused_trade(state, run.economy, rows=32)
     assert_outcomes_close(whole, pieces, 1e-13 if dtype == torch.float64 else TOLERANCE[dtype])
+    uneven = fused_trade(state, run.economy, rows=20)  # 20 rows are no whole number of pieces: one product
+    assert_outcomes_close(whole, uneven, 1e-13 if dtype == torch.float64 else TOLERANCE[dtype])
     assert torch.allclose(pieces.revenue.sum(1), pieces.spending.sum(1), rtol=1e-13, atol=0)
     alone = rollout(two_populations(heads=2, visibility=-0.7), dtype=name)
     first = alone.state.replace(temperature=state.temperature[:1])
