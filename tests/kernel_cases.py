@@ -47,12 +47,19 @@ def check_zero_temperature_ties(outcome_of) -> MarketOutcome:
     assert torch.allclose(outcome.revenue[0], 0.1 * alpha.T @ state.money[0], rtol=1e-14, atol=0)
     assert torch.allclose(outcome.impact[0], 1 / ties.squeeze(1), rtol=1e-15, atol=0)
     assert torch.allclose(outcome.entropy[0], ties.squeeze(1).log() / math.log(39), rtol=1e-15, atol=0)
-    for gap, want in ((6, [1.0, 0.0, 0.0]), (2, [0.5, 0.5, 0.0])):  # within the tie width, or just beyond it
-        near_state, near_economy = near_tie("float64", gap)
-        near = outcome_of(near_state, near_economy)
-        spent = near.spending[0, :3].sum()
-        assert torch.equal(near.revenue[0, 3:], torch.tensor(want, dtype=torch.float64) * spent)
+    for gap, shares in NEAR_TIES:
+        assert_near_tie_revenue(outcome_of(*near_tie("float64", gap)), shares)
     return outcome
+
+
+# (gap in eps, the three sellers' shares of the market) for near_tie: beyond the tie width, within it
+NEAR_TIES = [(6, (1.0, 0.0, 0.0)), (2, (0.5, 0.5, 0.0))]
+
+
+def assert_near_tie_revenue(outcome: MarketOutcome, shares) -> None:
+    """The sellers of :func:`near_tie` earn these shares of what its three buyers spend, exactly."""
+    spent = outcome.spending[0, :3].double().sum()
+    assert torch.equal(outcome.revenue[0, 3:].double(), torch.tensor(shares, dtype=torch.float64) * spent)
 
 
 def near_tie(dtype: str, gap: float, network: dict | None = None):
