@@ -285,7 +285,7 @@ def _wood_attempts(constants: torch.Tensor, dimension: int, draws: Draws, start:
     ones_t = 1.0 + t
     spread = torch.addcmul(1.0 - t, b, ones_t)  # D = (1 - t) + b (1 + t)
     ratio = ones_t / spread  # (1 + t) / D (out of place: the draw's gradient reads 1 + t)
-    w = torch.addcmul(torch.ones_like(ratio), b, ratio, value=-2.0)  # 1 - 2 b (1 + t) / D
+    w = torch.addcmul(ratio.new_ones(()), b, ratio, value=-2.0)  # 1 - 2 b (1 + t) / D (a 0-d one, broadcast)
     # 2 b k / (1 + b) + m log(1 + b) - 2 b k (1 + t) / D - m log D >= log U
     score = torch.log(spread).mul_(-(dimension - 1.0)).add_(offset).addcmul_(pull, ratio, value=-1.0)
     accept = score >= logs[:, 1]
