@@ -22,7 +22,11 @@ spin laws, the TAP state) is in :mod:`econspin.reference_spins`. For buyer i, ma
 
 Allowed: j's population sells, j != i, and the trade network (if any) has the edge i -> j.
 Conventions shared with the engine where MODEL.md leaves a choice open: the premium uses
-log(max(w_j / mean w, 1e-12)) so that a seller with no money stays finite; the TAP term is
+log(max(w_j / mean w, 1e-12)) so that a seller with no money stays finite; a T = 0 buyer ties
+the sellers within (d_k + 4) eps (|q_i| max_j |k_j| / sqrt(d_k) + max_j |b_j|) of its best
+utility (maxima over every agent, eps the unit roundoff of the precision the economy is played
+in: docs/model.md, section 2.2), since a tie is equality of the utilities, not of their
+rounding; the TAP term is
 dropped at T = 0 and T = inf; entropy is divided by log(number of allowed partners) and is 0
 with at most one partner; a buyer with no partner has alpha = 0, surplus 0, entropy 0.
 
@@ -72,6 +76,8 @@ class ReferenceEconomy:
         corrections: one of ``none``, ``tap``, ``ffn`` per population.
         ffn: per population, None or a dict of w1, b1, w2, b2 and ``features`` (state: w1 (d + 2,
             hidden), w2 (hidden, d); invariant: w1 (8, hidden), w2 (hidden, 2)).
+        epsilon: the unit roundoff of the precision the economy is played in (float64's by
+            default), which sets how near two utilities of a T = 0 buyer tie.
     """
 
     population: np.ndarray
@@ -91,6 +97,7 @@ class ReferenceEconomy:
     radius: float
     corrections: tuple[str, ...]
     ffn: tuple[dict | None, ...]
+    epsilon: float = float(np.finfo(np.float64).eps)
 
     @property
     def agent_count(self) -> int:
@@ -143,6 +150,7 @@ class Offers:
         goods: (H, N, d), u_j = v_j W_O^h, what seller j delivers, in state space.
         noise: (H, N), c_j |W_V^{p(j),h} W_O^h|_F^2, the spread a fluctuating spin adds to its good.
         premium: (N,), gamma log(max(w_j / mean w, 1e-12)).
+        key_sizes: (H,), max_j |k_j| per market; premium_size: max_j |premium_j| (the tie's width).
     """
 
     queries: np.ndarray
@@ -150,6 +158,8 @@ class Offers:
     goods: np.ndarray
     noise: np.ndarray
     premium: np.ndarray
+    key_sizes: np.ndarray
+    premium_size: float
 
 
 @dataclass(frozen=True)
@@ -185,7 +195,8 @@ def offers(economy: ReferenceEconomy, state: ReferenceState) -> Offers:
             noise[head, agent] = spin_variance(x, economy.radius) * float((gain**2).sum())
         if economy.visibility != 0.0:
             premium[agent] = economy.visibility * math.log(max(state.money[agent] / mean_money, PREMIUM_FLOOR))
-    return Offers(queries, keys, goods, noise, premium)
+    key_sizes = np.linalg.norm(keys, axis=-1).max(axis=-1)
+    return Offers(queries, keys, goods, noise, premium, key_sizes, float(np.abs(premium).max()))
 
 
 def allowed_sellers(economy: ReferenceEconomy, buyer: int) -> np.ndarray:
@@ -197,13 +208,16 @@ def allowed_sellers(economy: ReferenceEconomy, buyer: int) -> np.ndarray:
     return np.flatnonzero(allowed)
 
 
-def logit(utilities, temperature: float) -> np.ndarray:
-    """Logit choice probabilities over the given utilities at temperature T (exact limits)."""
+def logit(utilities, temperature: float, tie_width: float = 0.0) -> np.ndarray:
+    """Logit choice probabilities over the given utilities at temperature T (exact limits).
+
+    At T = 0 the utilities within ``tie_width`` of the best tie and share the choice equally.
+    """
     values = np.asarray(utilities, dtype=np.float64)
     if len(values) == 0:
         return values
     if temperature == 0.0:
-        best = values == values.max()
+        best = values >= values.max() - tie_width
         return best / best.sum()
     if math.isinf(temperature):
         return np.full(len(values), 1.0 / len(values))
@@ -222,6 +236,17 @@ def inclusive_value(utilities, temperature: float) -> float:
     if math.isinf(temperature):
         return math.inf
     return best + temperature * math.log(float(np.exp((values - best) / temperature).sum()))
+
+
+def tie_width(economy: ReferenceEconomy, market: Offers, head: int, buyer: int) -> float:
+    """How far below its best utility a T = 0 buyer's seller still ties (docs/model.md, section 2.2).
+
+    (d_k + 4) eps (|q_i| max_j |k_j| / sqrt(d_k) + max_j |b_j|), the maxima over every agent:
+    a bound on the rounding of any utility of the row, whatever order its sums are taken in.
+    """
+    key_dimension = market.keys.shape[-1]
+    query_size = float(np.linalg.norm(market.queries[head, buyer])) / math.sqrt(key_dimension)
+    return (key_dimension + 4) * economy.epsilon * (query_size * market.key_sizes[head] + market.premium_size)
 
 
 def normalised_entropy(probabilities: np.ndarray) -> float:
@@ -258,7 +283,8 @@ def buyer_choice(economy: ReferenceEconomy, state: ReferenceState, market: Offer
     for head in range(heads):
         utilities = market.keys[head, sellers] @ market.queries[head, buyer] / math.sqrt(key_dimension)
         utilities = utilities + market.premium[sellers]
-        probabilities = logit(utilities, temperature)
+        width = tie_width(economy, market, head, buyer) if temperature == 0.0 else 0.0
+        probabilities = logit(utilities, temperature, width)
         alpha[head] = probabilities
         goods = market.goods[head, sellers]
         mean_good = probabilities @ goods
@@ -415,6 +441,7 @@ def from_engine(economy, state, element: int = 0, network=None) -> tuple[Referen
     ``network`` (a networkx graph) gives the adjacency from the graph itself; without it the
     economy's trade mask is used.
     """
+    import torch  # the engine's tensors are read, never its code
 
     def array(tensor):
         return tensor.detach().cpu().double().numpy()
@@ -458,6 +485,7 @@ def from_engine(economy, state, element: int = 0, network=None) -> tuple[Referen
         radius=float(economy.radius),
         corrections=tuple(correction.name for correction in economy.corrections),
         ffn=tuple(ffn),
+        epsilon=float(torch.finfo(state.states.dtype).eps),
     )
     reference_state = ReferenceState(
         states=array(state.states[element]),

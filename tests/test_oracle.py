@@ -8,6 +8,7 @@ correction. Expected mode is compared number by number; sampled mode by its stat
 against the exact one-round law the oracle enumerates.
 """
 
+import dataclasses
 import math
 
 import numpy as np
@@ -16,6 +17,7 @@ import torch
 from helpers import rollout, shared_start_ensemble
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from kernel_cases import NEAR_TIES, near_tie
 
 from econspin import Scenario
 from econspin.market import trade
@@ -165,6 +167,8 @@ def test_oracle_covers_a_hand_made_economy():
 
 def test_oracle_choice_formulas_on_known_values():
     assert logit([1.0, 1.0, 0.0], 0.0).tolist() == [0.5, 0.5, 0.0]
+    assert logit([1.0, 1.0 - 1e-10, 0.0], 0.0).tolist() == [1.0, 0.0, 0.0]
+    assert logit([1.0, 1.0 - 1e-10, 0.0], 0.0, tie_width=1e-10).tolist() == [0.5, 0.5, 0.0]
     assert logit([3.0, -2.0], math.inf).tolist() == [0.5, 0.5]
     np.testing.assert_allclose(logit([math.log(3.0), 0.0], 1.0), [0.75, 0.25], rtol=1e-15)
     assert inclusive_value([2.0, 5.0], 0.0) == 5.0
@@ -173,6 +177,26 @@ def test_oracle_choice_formulas_on_known_values():
     assert inclusive_value([0.0, 0.0], 2.0) == pytest.approx(2.0 * math.log(2.0), rel=1e-15)
     assert normalised_entropy(np.array([0.25] * 4)) == pytest.approx(1.0, rel=1e-15)
     assert normalised_entropy(np.array([1.0, 0.0])) == 0.0
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("gap, shares", NEAR_TIES)
+def test_the_oracle_ties_what_the_kernels_tie_at_zero_temperature(dtype, gap, shares):
+    """kernel_cases.near_tie: sellers 6 eps apart rank, 2 eps apart tie, for the oracle as for the kernel.
+
+    The oracle takes the tie's width from docs/model.md's definition, in the precision the
+    economy is played in (its utilities are exact products here, in float64 or float32);
+    with a width of 0 (ties of equal utilities only) it would rank the two sellers 2 eps apart.
+    """
+    state, economy = near_tie(dtype, gap)
+    reference_economy, reference_state = from_engine(economy, state)
+    expected = reference_round(reference_economy, reference_state)
+    spent = expected.spending[:3].sum()
+    assert spent > 0
+    assert expected.revenue[3:].tolist() == (np.array(shares) * spent).tolist()
+    close(trade(state, economy).revenue[0], expected.revenue, 1e-12 if dtype == "float64" else 1e-6, "revenue")
+    exact_ties_only = reference_round(dataclasses.replace(reference_economy, epsilon=0.0), reference_state)
+    assert exact_ties_only.revenue[3:].tolist() == [spent, 0.0, 0.0]
 
 
 def test_oracle_tap_is_the_roudi_hertz_equation():
