@@ -1,5 +1,6 @@
 """The sparse market (econspin.sparse) against the dense one on the same networks."""
 
+import dataclasses
 import math
 
 import networkx as nx
@@ -14,8 +15,9 @@ from econspin import Scenario, ScenarioError, simulate
 from econspin.market import trade
 from econspin.network import trade_edges_from_graph
 from econspin.random_graphs import TORCH_GENERATORS
+from econspin.randomness import round_draws
 from econspin.round import step
-from econspin.sparse import sparse_trade
+from econspin.sparse import BYTES_PER_EDGE_ENTRY, _row_chunks, sparse_trade
 
 FIELDS = ("received", "revenue", "spending", "entropy", "surplus", "field_variance", "choice_variance", "impact")
 
@@ -159,3 +161,65 @@ def test_zero_temperature_ties_are_the_dense_kernels_ties(dtype, gap, shares):
         assert_near_tie_revenue(outcome, shares)
     for field in FIELDS:
         assert torch.allclose(getattr(sparse, field).double(), getattr(dense, field).double(), rtol=1e-6, atol=1e-12)
+
+
+def test_the_draws_given_are_the_draws_used():
+    """Sampled mode given another round's draws: the dense kernel's sellers at those draws, not the state's own round's.
+
+    One market (the other sampled tests have two or more).
+    """
+    spec = {
+        "populations": {"a": {"count": 40, "temperature": 0.5}, "b": {"count": 20, "temperature": 2.0}},
+        "market": {"d": 4, "heads": 1, "mode": "sampled",
+                   "network": {"generator": "watts_strogatz_graph", "params": {"k": 6, "p": 0.2}}},
+        "run": {"device": "cpu", "seed": 3},
+    }
+    sparse = rollout(Scenario.from_dict(with_layout(spec, "sparse")))
+    dense = rollout(Scenario.from_dict(with_layout(spec, "dense")))
+    later = round_draws(sparse.state.random_keys, sparse.state.round + 1, 60)
+    given_draws = sparse_trade(sparse.state, sparse.economy, later)
+    dense_draws = trade(dense.state, dense.economy, later)
+    torch.testing.assert_close(given_draws.revenue, dense_draws.revenue, rtol=1e-12, atol=0)
+    own = sparse_trade(sparse.state, sparse.economy)
+    assert not torch.allclose(own.revenue, given_draws.revenue)  # other sellers drawn: other revenue
+
+
+@pytest.mark.parametrize("mode", ["expected", "sampled"])
+def test_sparse_equals_dense_across_row_chunks(mode):
+    """A memory budget of five edges a chunk, buyers 14-19 and 44-46 with no seller: every chunk's rows in place.
+
+    Many chunks, among them chunks with no edge at all (skipped, not the end of the loop),
+    over three rounds of both modes, two economies, two markets, T = 0 and T = inf buyers:
+    the tests above run one chunk, where a row's place in its chunk is its place in the economy.
+    """
+    spec = {
+        "populations": {"a": {"count": 30, "temperature": 0.4}, "b": {"count": 25, "temperature": 1.5},
+                        "cold": {"count": 3, "temperature": 0.0}, "hot": {"count": 2, "temperature": math.inf}},
+        "market": {"d": 4, "heads": 2, "mode": mode,
+                   "network": {"generator": "watts_strogatz_graph", "params": {"k": 6, "p": 0.3}, "layout": "sparse"}},
+        "run": {"device": "cpu", "seed": 4},
+    }
+    run = rollout([Scenario.from_dict(spec)] * 2, replicas=[0, 1])
+    graph = nx.DiGraph()
+    graph.add_nodes_from(range(60))
+    edges = run.economy.trade_edges
+    idle = set(range(14, 20)) | set(range(44, 47))
+    graph.add_edges_from((b, s) for b, s in zip(edges.buyers.tolist(), edges.sellers.tolist()) if b not in idle)
+    edges = trade_edges_from_graph(graph, 60, run.economy.seller)
+    entry_width = 2 * 2 * (4 + run.economy.query.shape[-1])  # batch * heads * (d + d_k), sparse_trade's
+    # 5 edges a chunk, a buyer has 4-10: rows 13 and 43 (7 edges each) are chunks of their own, and
+    # the empty rows after each one too, since the row after them (6 and 7 edges) does not fit
+    budget = 4 * 5 * entry_width * BYTES_PER_EDGE_ENTRY // 16
+    chunks = list(_row_chunks(edges.host_offsets, entry_width, budget))
+    assert len(chunks) >= 30 and sum(start == stop for _, _, start, stop in chunks) == 2
+    sparse = dataclasses.replace(run.economy, trade_edges=edges, memory_budget=budget)
+    dense = dataclasses.replace(run.economy, trade_edges=None, trade_mask=edges.dense())
+    state = run.state
+    for _ in range(3):
+        one, other = sparse_trade(state, sparse), trade(state, dense)
+        for name in FIELDS:
+            torch.testing.assert_close(getattr(one, name), getattr(other, name), rtol=1e-12, atol=1e-12, msg=name)
+        assert torch.all(one.spending[:, sorted(idle)] == 0) and torch.all(one.revenue.sum(1) > 0)
+        after_sparse, state = step(state, sparse), step(state, dense)
+        torch.testing.assert_close(after_sparse.states, state.states, rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(after_sparse.money, state.money, rtol=1e-12, atol=1e-12)
