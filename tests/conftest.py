@@ -5,7 +5,7 @@ import sys
 from pathlib import Path
 
 import torch
-from hypothesis import settings
+from hypothesis import Phase, settings
 
 sys.path.insert(0, str(Path(__file__).parent))
 # pytest-xdist runs two workers on two cores: one thread each avoids oversubscription,
@@ -18,4 +18,9 @@ torch.set_num_threads(1)
 # HYPOTHESIS_PROFILE=explore make test (docs/testing.md). Settings a test names itself still apply.
 settings.register_profile("fixed", derandomize=True)
 settings.register_profile("explore", derandomize=False)
+# mutation triage (tests/mutation_triage.py): the fixed examples, but a failing one is not shrunk,
+# which took 20-70 s a killed mutant in test_sparse.py: a mutant only needs to fail
+settings.register_profile(
+    "mutation", derandomize=True, phases=[Phase.explicit, Phase.generate], report_multiple_bugs=False
+)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "fixed"))

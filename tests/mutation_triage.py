@@ -83,7 +83,9 @@ def run_child(name: str, tests: list[str]) -> None:
     try:
         import pytest
 
-        code = int(pytest.main(["-x", "-q", "-p", "no:cacheprovider", *tests]))
+        # no traceback: the output goes nowhere, and formatting one reads the mutated module's source
+        # (every mutant of the module), 10-30 s a failure in test_sparse.py
+        code = int(pytest.main(["-x", "-q", "--tb=no", "-p", "no:cacheprovider", *tests]))
     finally:
         os._exit(code)
 
@@ -141,6 +143,7 @@ def triage(
     import torch
 
     torch.set_num_threads(1)
+    os.environ.setdefault("HYPOTHESIS_PROFILE", "mutation")  # conftest's: a failing example is not shrunk
     for name in ["conftest", *(Path(test).stem for test in tests)]:
         importlib.import_module(name)
 
