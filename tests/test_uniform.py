@@ -16,7 +16,7 @@ from econspin.economy import utilities_vanish
 from econspin.fused import fused_trade
 from econspin.market import trade
 from econspin.network import trade_edges_from_graph
-from econspin.randomness import DRAW_CHOICE
+from econspin.randomness import DRAW_CHOICE, round_draws
 from econspin.round import market_step, step
 from econspin.simulate import Rollout
 from econspin.sparse import sparse_trade
@@ -166,3 +166,14 @@ def test_a_million_agents_in_one_round():
     assert float(after.money.sum()) == 10**6 and torch.equal(after.money, after.money.round())
     assert float(after.spending.sum()) == 10**6  # everyone held its unit and gave it
     assert int((after.revenue > 0).sum()) > 0.6 * 10**6  # Poisson(1) receipts: 1 - 1/e of agents get some
+
+
+def test_the_draws_given_are_the_draws_used():
+    """Sampled mode given another round's draws: the reference kernel's sellers at those draws, not its own round's."""
+    run = Rollout.create([boltzmann(200)], [0], "cpu", "float64")
+    state, economy = run.state, run.economy
+    assert economy.mode == "sampled" and uses_uniform(state, economy)
+    later = round_draws(state.random_keys, state.round + 1, 200)
+    given_draws = uniform_trade(state, economy, later)
+    assert torch.equal(given_draws.revenue, trade(state, economy, later).revenue)
+    assert not torch.equal(uniform_trade(state, economy).revenue, given_draws.revenue)  # other sellers drawn
