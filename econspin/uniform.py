@@ -76,12 +76,10 @@ class SellerLayout:
     round pays for its state only (each operation at N = 1000 is a fixed ~1.5 us).
 
     Attributes:
-        partners: n_i, long.
         partners_real: n_i in float64 (what the choice uniform scales).
         divisor: max(n_i, 1) in float64 (s_i / n_i).
         mean_divisor: max(n_i, 1) in the working precision, a column (N, 1) (the means over A_i).
         impact: kappa_i = [n_i > 0] / max(n_i, 1) of a buyer (0 for the others), the working precision.
-        has_partner: n_i > 0.
         lone: n_i <= 1 (an empty or one-seller row: no entropy, no surplus beyond the maximum).
         log_partners: ln n_i (0 where n_i <= 1), the working precision.
         entropy: 1 where n_i > 1, else 0: the normalised entropy of a uniform row, the working precision.
@@ -96,12 +94,10 @@ class SellerLayout:
         adjacency: the network as an (N, N) sparse matrix of ones (None without one).
     """
 
-    partners: torch.Tensor
     partners_real: torch.Tensor
     divisor: torch.Tensor
     mean_divisor: torch.Tensor
     impact: torch.Tensor
-    has_partner: torch.Tensor
     lone: torch.Tensor
     log_partners: torch.Tensor
     entropy: torch.Tensor
@@ -148,12 +144,10 @@ def seller_layout(economy: Economy, dtype: torch.dtype) -> SellerLayout:
     receiving = economy.buyer & has_partner
     at_least_one = partners.clamp(min=1)
     cache[dtype] = SellerLayout(
-        partners=partners,
         partners_real=partners.to(torch.float64),
         divisor=at_least_one.to(torch.float64),
         mean_divisor=at_least_one.to(dtype)[:, None],
         impact=has_partner.to(dtype) / at_least_one.to(dtype) * economy.buyer.to(dtype),
-        has_partner=has_partner,
         lone=lone,
         log_partners=torch.log(at_least_one.to(dtype)),
         entropy=(~lone).to(dtype),
