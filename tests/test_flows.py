@@ -1,14 +1,17 @@
 """The money flows of a round, recomputed from the state before it, and the trade network they form."""
 
+import dataclasses
 import math
 
 import networkx as nx
 import pytest
 import torch
 from helpers import rollout, scenario
+from kernel_cases import NEAR_TIES, near_tie
 
 from econspin import simulate
 from econspin.flows import MAX_DENSE_AGENTS, round_flows, trade_network
+from econspin.market import trade
 from econspin.network import trade_network as network_trade_network
 
 
@@ -103,6 +106,8 @@ def test_top_k_keeps_the_largest_flows_and_every_agent():
     assert sorted((weight for _, _, weight in top.edges(data="weight")), reverse=True) == largest
     assert top.graph["total_flow"] == full.graph["total_flow"]
     assert isinstance(top, nx.DiGraph)
+    (only,) = trade_network(run, top_k=1).edges(data="weight")  # one flow is a network too: the largest
+    assert only[2] == largest[0]
     with pytest.raises(ValueError, match="top_k"):
         trade_network(run, top_k=0)
 
@@ -130,3 +135,37 @@ def test_refuses_what_it_cannot_compute():
     big_run = rollout(big)
     with pytest.raises(ValueError, match=f"up to {MAX_DENSE_AGENTS} agents; this economy has {MAX_DENSE_AGENTS + 1}"):
         round_flows(big_run.state, big_run.economy)
+
+
+@pytest.mark.parametrize("gap, shares", NEAR_TIES)
+def test_zero_temperature_flows_tie_what_the_kernels_tie(gap, shares):
+    """kernel_cases.near_tie: sellers 2 eps apart split a T = 0 buyer's market, 6 eps apart do not."""
+    state, economy = near_tie("float64", gap)
+    flows = round_flows(state, economy)
+    spent = flows.spending[:3].sum()
+    assert spent > 0
+    torch.testing.assert_close(flows.revenue[3:], torch.tensor(shares, dtype=torch.float64) * spent, rtol=1e-15, atol=0)
+    torch.testing.assert_close(flows.revenue, trade(state, economy).revenue[0], rtol=1e-15, atol=0)
+
+
+@pytest.mark.parametrize("mode", ["expected", "sampled"])
+def test_buyers_with_nobody_to_buy_from_pay_nothing(mode):
+    """Buyers 0-4 with no seller on the network: no flow out of them; the others' flows are the round's."""
+    run = rollout(economy_with(mode))
+    mask = torch.ones(19, 19, dtype=torch.bool)
+    mask[:5] = False
+    economy = dataclasses.replace(run.economy, trade_mask=mask)
+    flows = round_flows(run.state, economy)
+    outcome = trade(run.state, economy)
+    assert torch.all(flows.flows[:5] == 0) and torch.all(flows.spending[:5] == 0)
+    torch.testing.assert_close(flows.spending, outcome.spending[0], rtol=1e-15, atol=0)
+    torch.testing.assert_close(flows.revenue, outcome.revenue[0], rtol=1e-12, atol=1e-15)
+
+
+def test_fixed_couplings_move_no_money():
+    """The kinetic Ising case: no choice, no flows, and the round they belong to is still the next one."""
+    run = rollout(scenario(couplings={"curie_weiss": 1.0}, response="sphere", d=1))
+    flows = round_flows(run.state, run.economy)
+    assert flows.round == run.state.round + 1
+    assert flows.per_head.shape == (1, 12, 12) and flows.per_head.dtype == torch.float64
+    assert not flows.per_head.any() and not flows.spending.any() and not flows.revenue.any()
