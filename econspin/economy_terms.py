@@ -55,7 +55,6 @@ class EconomyTerms:
     seller_column: torch.Tensor  # (B, H, N): c_j = 0 (j sells) or -BIG
     ones: torch.Tensor  # (B, H, N, 1): the utilities' last query column
     network_bias: torch.Tensor | None  # (N, N): 0 on edges, -BIG elsewhere, or None (:func:`network_terms`)
-    partners: torch.Tensor  # (groups, N) long: n_i, the allowed sellers of buyer i
     has_partner: torch.Tensor  # (N,) bool: n_i > 0 (the same for every element and head)
     several_partners: torch.Tensor  # (groups, N) bool: n_i > 1
     few_partners: torch.Tensor  # (groups, N) bool: n_i <= 1
@@ -118,7 +117,6 @@ def _build(economy: Economy, dtype: torch.dtype, batch: int, big: float) -> Econ
         seller_column=seller_column,
         ones=torch.ones(batch, heads, agents, 1, dtype=dtype, device=seller.device),
         network_bias=network_bias,
-        partners=partners,
         has_partner=partners[0] > 0,
         several_partners=partners > 1,
         few_partners=partners <= 1,

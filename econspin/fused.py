@@ -193,11 +193,6 @@ class RoundTerms(BlockTerms):
     beta: torch.Tensor  # (B, H, N) effective inverse temperatures (base 2)
     spend: torch.Tensor  # (B, N) float64 budgets s_i
 
-    @property
-    def partners(self) -> torch.Tensor:
-        """(groups, N) n_i, the allowed sellers."""
-        return self.fixed.partners
-
 
 @dataclass(frozen=True)
 class BlockSettings:
