@@ -6,7 +6,10 @@ import pytest
 import torch
 from fused_cases import two_populations
 from helpers import rollout
+from test_fused import assert_outcomes_close
 
+from econspin.fused import fused_trade
+from econspin.market import trade
 from econspin.round import step
 
 
@@ -42,3 +45,22 @@ def test_nothing_is_kept_where_a_parameter_requires_a_gradient():
     with torch.no_grad():
         step(run.state, run.economy)
     assert "_round_terms" in run.economy.__dict__
+
+
+def test_a_network_kept_for_one_economy_serves_another_with_other_sellers_its_own_partners():
+    """One trade mask, two economies whose sellers differ: the second counts its own allowed sellers.
+
+    The mask's terms are kept per mask tensor (economy_terms.network_terms), beside the sellers
+    they were counted with; another economy on the same mask with agents 0-9 no longer selling
+    gets the reference kernel's outcome, not the first economy's partners.
+    """
+    run = rollout(two_populations(heads=2, visibility=0.8))
+    mask = torch.rand(64, 64, generator=torch.Generator().manual_seed(2)) < 0.3
+    first = dataclasses.replace(run.economy, trade_mask=mask)
+    seller = first.seller.clone()
+    seller[:10] = False
+    second = dataclasses.replace(first, seller=seller)
+    for economy in (first, second):
+        fused = fused_trade(run.state, economy)
+        assert_outcomes_close(trade(run.state, economy), fused, 1e-12)
+    assert not torch.allclose(fused_trade(run.state, first).entropy, fused_trade(run.state, second).entropy)
