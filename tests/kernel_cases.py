@@ -54,6 +54,9 @@ def check_zero_temperature_ties(outcome_of) -> MarketOutcome:
 
 # (gap in eps, the three sellers' shares of the market) for near_tie: beyond the tie width, within it
 NEAR_TIES = [(6, (1.0, 0.0, 0.0)), (2, (0.5, 0.5, 0.0))]
+# the same for near_tie(..., key_dimension=4), width 8 eps u_i: 7 ties (a width with q_i not divided
+# by sqrt(d_k) would tie 10 too; one divided by sqrt(N) = sqrt(6), 6.5 eps, would rank 7)
+NEAR_TIES_WIDE = [(10, (1.0, 0.0, 0.0)), (7, (0.5, 0.5, 0.0))]
 
 
 def assert_near_tie_revenue(outcome: MarketOutcome, shares) -> None:
@@ -62,13 +65,15 @@ def assert_near_tie_revenue(outcome: MarketOutcome, shares) -> None:
     assert torch.equal(outcome.revenue[0, 3:].double(), torch.tensor(shares, dtype=torch.float64) * spent)
 
 
-def near_tie(dtype: str, gap: float, network: dict | None = None):
-    """(state, economy): three T = 0 buyers and sellers at utilities q_i, q_i (1 - gap eps), q_i / 2.
+def near_tie(dtype: str, gap: float, network: dict | None = None, key_dimension: int = 1):
+    """(state, economy): three T = 0 buyers and sellers at utilities u_i, u_i (1 - gap eps), u_i / 2.
 
     d = 8, d_k = 1 and four populations: each utility is one exact product of powers of two and
     the row's tie width is (d_k + 4) eps |q_i| max_j |k_j| = 5 eps q_i (market.tie_widths). A gap
     of 6 is a ranking (the best seller takes the market); 2 is a tie (the two split it); widths
-    counted with d (12 eps) or the populations (8 eps) would tie 6 too.
+    counted with d (12 eps) or the populations (8 eps) would tie 6 too. With ``key_dimension``
+    d_k > 1 the queries and keys are the state's first component padded with zeros: u_i =
+    q_i / sqrt(d_k) and the width (d_k + 4) eps u_i (NEAR_TIES_WIDE for d_k = 4).
     """
     populations = {
         "buyers": {"count": 3, "temperature": 0.0, "sells": False},
@@ -76,9 +81,9 @@ def near_tie(dtype: str, gap: float, network: dict | None = None):
         "close": {"count": 1, "buys": False},
         "far": {"count": 1, "buys": False},
     }
-    market = {"populations": populations, "d": 8, "d_k": 1, "output": "random", "visibility": 0.0}
+    market = {"populations": populations, "d": 8, "d_k": key_dimension, "output": "random", "visibility": 0.0}
     run = rollout(scenario(**market, **({"network": network} if network else {})), dtype=dtype)
-    first = torch.zeros(8, 1, dtype=run.state.states.dtype)
+    first = torch.zeros(8, key_dimension, dtype=run.state.states.dtype)
     first[0, 0] = 1.0  # q_i = k_j = the state's first component
     economy = dataclasses.replace(
         run.economy, query=first.expand_as(run.economy.query), key=first.expand_as(run.economy.key)

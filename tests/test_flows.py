@@ -7,7 +7,7 @@ import networkx as nx
 import pytest
 import torch
 from helpers import rollout, scenario
-from kernel_cases import NEAR_TIES, near_tie
+from kernel_cases import NEAR_TIES, NEAR_TIES_WIDE, near_tie
 
 from econspin import simulate
 from econspin.flows import MAX_DENSE_AGENTS, round_flows, trade_network
@@ -137,10 +137,15 @@ def test_refuses_what_it_cannot_compute():
         round_flows(big_run.state, big_run.economy)
 
 
-@pytest.mark.parametrize("gap, shares", NEAR_TIES)
-def test_zero_temperature_flows_tie_what_the_kernels_tie(gap, shares):
-    """kernel_cases.near_tie: sellers 2 eps apart split a T = 0 buyer's market, 6 eps apart do not."""
-    state, economy = near_tie("float64", gap)
+@pytest.mark.parametrize("key_dimension, gap, shares", [(1, *case) for case in NEAR_TIES] + [
+    (4, *case) for case in NEAR_TIES_WIDE])
+def test_zero_temperature_flows_tie_what_the_kernels_tie(key_dimension, gap, shares):
+    """kernel_cases.near_tie: sellers within the tie width split a T = 0 buyer's market, beyond it they do not.
+
+    d_k = 1: 2 eps apart tie, 6 do not; d_k = 4 (width 8 eps, the query scaled by 1 / sqrt(d_k)):
+    7 tie, 10 do not.
+    """
+    state, economy = near_tie("float64", gap, key_dimension=key_dimension)
     flows = round_flows(state, economy)
     spent = flows.spending[:3].sum()
     assert spent > 0
