@@ -18,8 +18,8 @@ torch.set_num_threads(1)
 # HYPOTHESIS_PROFILE=explore make test (docs/testing.md). Settings a test names itself still apply.
 settings.register_profile("fixed", derandomize=True)
 settings.register_profile("explore", derandomize=False)
-# mutation triage (tests/mutation_triage.py): the fixed examples, but a failing one is not shrunk,
-# which took 20-70 s a killed mutant in test_sparse.py: a mutant only needs to fail
+# mutation runs (tests/mutation_triage.py, make mutation): the fixed examples, but a failing one is
+# neither shrunk nor searched past: a mutant only needs to fail (docs/testing.md, "Mutation testing")
 settings.register_profile(
     "mutation", derandomize=True, phases=[Phase.explicit, Phase.generate], report_multiple_bugs=False
 )

@@ -57,6 +57,8 @@ NEAR_TIES = [(6, (1.0, 0.0, 0.0)), (2, (0.5, 0.5, 0.0))]
 # the same for near_tie(..., key_dimension=4), width 8 eps u_i: 7 ties (a width with q_i not divided
 # by sqrt(d_k) would tie 10 too; one divided by sqrt(N) = sqrt(6), 6.5 eps, would rank 7)
 NEAR_TIES_WIDE = [(10, (1.0, 0.0, 0.0)), (7, (0.5, 0.5, 0.0))]
+# both, as (key_dimension, gap, shares)
+NEAR_TIES_BY_KEY_DIMENSION = [(1, *case) for case in NEAR_TIES] + [(4, *case) for case in NEAR_TIES_WIDE]
 
 
 def assert_near_tie_revenue(outcome: MarketOutcome, shares) -> None:

@@ -7,7 +7,7 @@ import networkx as nx
 import pytest
 import torch
 from helpers import rollout, scenario
-from kernel_cases import NEAR_TIES, NEAR_TIES_WIDE, near_tie
+from kernel_cases import NEAR_TIES_BY_KEY_DIMENSION, near_tie
 
 from econspin import simulate
 from econspin.flows import MAX_DENSE_AGENTS, round_flows, trade_network
@@ -137,8 +137,7 @@ def test_refuses_what_it_cannot_compute():
         round_flows(big_run.state, big_run.economy)
 
 
-@pytest.mark.parametrize("key_dimension, gap, shares", [(1, *case) for case in NEAR_TIES] + [
-    (4, *case) for case in NEAR_TIES_WIDE])
+@pytest.mark.parametrize("key_dimension, gap, shares", NEAR_TIES_BY_KEY_DIMENSION)
 def test_zero_temperature_flows_tie_what_the_kernels_tie(key_dimension, gap, shares):
     """kernel_cases.near_tie: sellers within the tie width split a T = 0 buyer's market, beyond it they do not.
 

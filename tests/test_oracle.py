@@ -17,7 +17,7 @@ import torch
 from helpers import rollout, shared_start_ensemble
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from kernel_cases import NEAR_TIES, NEAR_TIES_WIDE, near_tie
+from kernel_cases import NEAR_TIES_BY_KEY_DIMENSION, near_tie
 
 from econspin import Scenario
 from econspin.market import trade
@@ -180,14 +180,14 @@ def test_oracle_choice_formulas_on_known_values():
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
-@pytest.mark.parametrize("key_dimension, gap, shares", [(1, *case) for case in NEAR_TIES] + [
-    (4, *case) for case in NEAR_TIES_WIDE])
+@pytest.mark.parametrize("key_dimension, gap, shares", NEAR_TIES_BY_KEY_DIMENSION)
 def test_the_oracle_ties_what_the_kernels_tie_at_zero_temperature(dtype, key_dimension, gap, shares):
-    """kernel_cases.near_tie: sellers 6 eps apart rank, 2 eps apart tie, for the oracle as for the kernel.
+    """kernel_cases.near_tie: sellers beyond the tie width rank, within it tie, for the oracle as for the kernel.
 
-    The oracle takes the tie's width from docs/model.md's definition, in the precision the
-    economy is played in (its utilities are exact products here, in float64 or float32);
-    with a width of 0 (ties of equal utilities only) it would rank the two sellers 2 eps apart.
+    d_k = 1: 6 eps apart rank, 2 eps apart tie; d_k = 4: 10 and 7. The oracle takes the tie's
+    width from docs/model.md's definition, in the precision the economy is played in (its
+    utilities are exact products here, in float64 or float32); with a width of 0 (ties of equal
+    utilities only) it would rank the two sellers of every case.
     """
     state, economy = near_tie(dtype, gap, key_dimension=key_dimension)
     reference_economy, reference_state = from_engine(economy, state)
