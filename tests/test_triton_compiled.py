@@ -14,6 +14,10 @@ from helpers import needs_triton, rollout, scenario
 from hypothesis import given, settings
 from kernel_cases import few_hundred_agents
 from test_compiled_round import compare_rounds
+
+# imported here, not in the test: a module imported inside a running @given test applies its own @given
+# decorators then, which hypothesis fails as nested (the H200's triton_tests step, third session)
+from test_fused_sampled import assert_the_same_draws, reference_rows
 from test_reduced_precision import assert_within_the_bf16_bound, triton_kernel
 from test_triton import assert_money_conserved, triton_economy
 
@@ -85,7 +89,11 @@ def test_the_rows_pass_in_one_loop_costs_a_few_instructions_more_a_tile_on_an_h1
         constants = program_constants("fp32", 0, tiles.rows, tiles.columns, one_pass=one_pass)
         loops[one_pass] = loop_instructions(compiled_for_sm90(program, "fp32", constants, tiles.warps).asm["ptx"])
     (maximum, one_loop), (same_maximum, sums) = loops[True], loops[False]
-    assert maximum == same_maximum and maximum["ex2"] == 0 and maximum["fma"] >= 2 * 1024
+    # the same FMAs, exp2s and tensor-core instructions; triton 3.6 (an H200's image) placed one instruction more
+    # in one of the two maximum's loops (3331 against 3330), triton 3.9 none
+    assert {**maximum, "instructions": 0} == {**same_maximum, "instructions": 0}
+    assert abs(maximum["instructions"] - same_maximum["instructions"]) <= 8
+    assert maximum["ex2"] == 0 and maximum["fma"] >= 2 * 1024
     assert 0 < one_loop["fma"] - sums["fma"] <= 16  # the rescaling
     assert 0 < one_loop["ex2"] - sums["ex2"] <= 16  # the rows' 2^(-delta), spread over the threads
 
@@ -151,8 +159,6 @@ def test_the_compiled_programs_at_a_few_hundred_agents(dtype):
 @settings(max_examples=20, deadline=None, derandomize=True)
 def test_the_compiled_programs_draw_the_fused_kernels_sellers_on_a_gpu(drawn):
     """Sampled mode (econspin.triton_draws) compiled, against the fused kernel's draws on the CPU."""
-    from test_fused_sampled import assert_the_same_draws, reference_rows
-
     from econspin.fused_sampled import sampled_choices
     from econspin.triton_blocks import triton_sampled_blocks
 
