@@ -13,7 +13,9 @@ round. On a CPU the "kernels" are torch's operators by self CPU time. Beside the
 the number of kernels run, how many the host launched one by one and how many CUDA graphs it
 launched (a round under reduce-overhead replays its graphs: kernels run, few launched), and
 from where (the profiler's enclosing CPU events of each launch, :func:`launch_sources`), the
-device's busy time (the sum of kernel times) and the wall time of the same rounds unprofiled.
+device's busy time (the sum of kernel times) and the wall time of the same rounds unprofiled;
+for a compiled round, Dynamo's graph breaks during the warm-up (their reasons, counted) and the
+graphs it compiled.
 ``--operator-devices`` sets ``econspin.compiled.OPERATOR_DEVICES`` for a compiled round: with
 ``cpu+cuda`` the blocks are one operator inside the compiled graph on CUDA too (gpu_check's
 rollout step, its fourth way), else on CUDA they run between the graphs. ``--traced-devices``
@@ -108,9 +110,15 @@ def profile_round(
 def _profile_round(batch, agents, kernel, mode, device, rounds, top, compile_mode) -> dict:
     rollout = Rollout.create([bench_scenario(agents, mode=mode)] * batch, list(range(batch)), str(device), "float32")
     state, economy = rollout.state, dataclasses.replace(rollout.economy, kernel=kernel, compile=compile_mode)
+    counters = torch._dynamo.utils.counters
+    counters.clear()
     with torch.no_grad():
         for _ in range(WARM_UP):
             synchronised(lambda: step(state, economy), device)
+        # why Dynamo split the round (the reason, as it words it, and how often): on CUDA the traced round launched
+        # four graphs from nested compiled regions in the third H200 session, on the CPU its graph was one
+        breaks = {reason[:200]: count for reason, count in counters["graph_break"].items()}
+        frames = counters["stats"]["unique_graphs"]
         started = time.perf_counter()
         for _ in range(rounds):
             synchronised(lambda: step(state, economy), device)
@@ -136,6 +144,8 @@ def _profile_round(batch, agents, kernel, mode, device, rounds, top, compile_mod
         "graph launches per round": sum(sources["graphs"].values()),
         "kernels launched alone from": sources["kernels"],
         "graphs launched from": sources["graphs"],
+        "graph breaks": breaks,
+        "graphs compiled": frames,
         "top": [
             {"name": name[:120], "per round": count / rounds, "ms per round": microseconds / rounds / 1e3}
             for name, (count, microseconds) in ranked[:top]
@@ -184,9 +194,11 @@ def main(arguments: list[str] | None = None) -> int:
         print(line)
         for entry in row["top"]:
             print(f"  {entry['ms per round']:9.3f} ms  x{entry['per round']:6.1f}  {entry['name']}")
-        for kind in ("kernels launched alone from", "graphs launched from"):
+        for kind in ("kernels launched alone from", "graphs launched from", "graph breaks"):
             for source, count in row[kind].items():
                 print(f"  {kind}: x{count:5.1f}  {source}")
+        if compile_mode != "off":
+            print(f"  graphs compiled: {row['graphs compiled']}")
     if options.json:
         result = {"device": options.device, "torch": torch.__version__, "rows": rows}
         options.json.write_text(json.dumps(result, indent=1))

@@ -351,7 +351,7 @@ def test_the_gpu_checks_switches_hold_only_for_the_call():
     )
     play()
     assert seen == [(("cpu", "cuda"), ("cuda",))]
-    assert (traced_blocks.TRACED_DEVICES, compiled.OPERATOR_DEVICES) == (("cpu",), ("cpu",))
+    assert (traced_blocks.TRACED_DEVICES, compiled.OPERATOR_DEVICES) == (("cpu", "cuda"), ("cpu",))
     assert "blocks traced" in " ".join(gpu_measures.WAYS)
 
 
@@ -364,6 +364,21 @@ def test_the_gpu_checks_million_step_runs_on_the_cpu(tmp_path):
     rows = json.loads((tmp_path / "rows.json").read_text())
     assert [row["kernel"] for row in rows] == ["fused", "reference"]
     assert all(row["round s"] > 0 and row["money drift"] < 1e-12 and row["estimated round bytes"] > 0 for row in rows)
+
+
+def test_the_million_step_asks_for_a_budget_that_holds_a_million_agents():
+    """run.memory_budget_mb's default (1 GiB) refuses N = 10^6 on a GPU: the million step sets the target's 80 GiB.
+
+    The third H200 session's step stopped at the default ("2.24 GiB even in one-row blocks").
+    """
+    from econspin.memory import estimate_memory
+    from experiments import gpu_million
+
+    for budget_mb, fits in ((1024, False), (gpu_million.TARGET_MEMORY_MB, True)):
+        scenario = gpu_million.million_scenario(10**6, budget_mb)
+        estimate = estimate_memory(scenario, 1, torch.float32, machine="cuda")
+        assert (estimate.smallest_round <= budget_mb * 2**20) is fits
+    assert gpu_million.million_scenario().run.memory_budget_mb == gpu_million.TARGET_MEMORY_MB
 
 
 def test_the_gpu_profile_runs_on_the_cpu(tmp_path):
@@ -383,6 +398,7 @@ def test_the_gpu_profile_runs_on_the_cpu(tmp_path):
     assert any(entry["name"] == "aten::bmm" for entry in rows[0]["top"])  # the fused round's work: the blocks' products
     assert rows[0]["kernels launched alone from"] == {} and rows[0]["graphs launched from"] == {}  # no CUDA here
     assert rows[0]["kernel launches per round"] == rows[0]["graph launches per round"] == 0
+    assert rows[0]["graph breaks"] == {} and rows[0]["graphs compiled"] == 0  # eager: Dynamo compiled nothing
 
 
 def test_the_gpu_profile_says_where_the_launches_come_from():
