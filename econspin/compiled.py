@@ -109,8 +109,13 @@ def eager_parts_as_operators(device: torch.device) -> bool:
 _OPERATORS = torch.library.Library("econspin", "FRAGMENT")
 
 
-def eager_operator(name: str, fake: Callable) -> Callable:
+def eager_operator(name: str, fake: Callable, reads_the_host: bool = False) -> Callable:
     """A decorator: ``function`` as the operator econspin::``name`` (schema from its annotations), ``fake`` its shapes.
+
+    ``reads_the_host``: the operator reads a tensor's value on the host, which a CUDA graph cannot
+    capture; tagged ``cudagraph_unsafe``, Inductor leaves it out of the graphs it records (under
+    ``run.compile: reduce-overhead`` with CUDA among :data:`OPERATOR_DEVICES`). Untagged, Wood's
+    loop failed that capture on an H200 ("operation not permitted when stream is capturing").
 
     Called through the dispatcher straight into ``function``, not through torch.library.custom_op's
     wrappers (autograd's, Dynamo's, the check of outputs for aliases): 4 against 11-15 us a call for an
@@ -122,7 +127,9 @@ def eager_operator(name: str, fake: Callable) -> Callable:
     """
 
     def register(function: Callable):
-        _OPERATORS.define(name + torch.library.infer_schema(function, mutates_args=()))
+        unsafe = getattr(torch.Tag, "cudagraph_unsafe", None)  # a tag of torch >= 2.9: none before
+        tags = (unsafe,) if reads_the_host and unsafe is not None else ()
+        _OPERATORS.define(name + torch.library.infer_schema(function, mutates_args=()), tags=tags)
         _OPERATORS.impl(name, function, "CompositeExplicitAutograd")
         torch.library.register_fake(f"econspin::{name}", fake, lib=_OPERATORS)
         return getattr(torch.ops.econspin, name).default

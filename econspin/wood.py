@@ -163,7 +163,7 @@ def _wood_rest(result, pending, constants, dimension: int, draws: Draws, start: 
 # on the dispatcher directly (econspin.compiled.eager_operator), not by torch.library.custom_op, whose
 # wrappers cost 22 us a call; nothing differentiates through it: a traced draw whose w requires a
 # gradient takes the graph break instead (econspin.response._wood_rest_compiled)
-@eager_operator("wood_rest", lambda marked, constants, keys, dimension: torch.empty_like(marked))
+@eager_operator("wood_rest", lambda marked, constants, keys, dimension: torch.empty_like(marked), reads_the_host=True)
 def wood_rest_operator(
     marked: torch.Tensor, constants: torch.Tensor, keys: torch.Tensor, dimension: int
 ) -> torch.Tensor:

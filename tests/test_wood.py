@@ -89,6 +89,9 @@ def test_the_loops_operator_draws_what_the_loop_draws(monkeypatch, dimension):
     done = wood.wood_rest_operator(got, constants, draws.keys, dimension)
     assert torch.equal(done, got) and done.data_ptr() != got.data_ptr()
     torch.library.opcheck(wood.wood_rest_operator, (got, constants, draws.keys, dimension))
+    # it reads the host (whether anyone is left): a CUDA graph must not capture it, the blocks' operators may
+    assert torch.Tag.cudagraph_unsafe in wood.wood_rest_operator.tags
+    assert not torch.ops.econspin.expected_blocks.default.tags and not torch.ops.econspin.sampled_blocks.default.tags
 
 
 @needs_compiler
