@@ -272,7 +272,7 @@ def build_economy(
             trade_edges = trade_edges_from_links(links, sells[population]).to(device)
         else:
             trade_mask = trade_mask_from_links(links).to(device)
-    kernel = resolved_kernel(first.run.kernel, market.mode, market.couplings is not None)
+    kernel = resolved_kernel(first.run.kernel, market.mode, market.couplings is not None, device.type)
     kind = "couplings" if market.couplings is not None else "sparse" if trade_edges is not None else "attention"
     conflict = precision_conflict(first.run.utility_precision, str(dtype).removeprefix("torch."), device, kernel, kind)
     if kernel == "triton" and kind == "attention":  # a sparse network takes its own kernel, which needs no triton

@@ -218,7 +218,7 @@ def estimate_memory(
     kernel = "couplings" if market.couplings is not None else ("sparse" if sparse else "dense")
     if kernel == "dense":
         smallest = batch * model.element_bytes(1)
-        dense_kernel = resolved_kernel(run.kernel, market.mode, couplings=False)
+        dense_kernel = resolved_kernel(run.kernel, market.mode, couplings=False, device_type=torch.device(machine).type)
         if dense_kernel == "flex":  # FlexAttention's eager form: whole score tensors
             device["round"] = batch * model.agent_bytes() + FLEX_BYTES_PER_PAIR * batch * heads * agents * agents
         elif dense_kernel == "triton":  # tiles in registers: the per-agent tensors and the (d + 2) value columns

@@ -8,6 +8,7 @@ whose message is one line naming the file and the key path.
 
 from __future__ import annotations
 
+import importlib.util
 import math
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -322,15 +323,28 @@ class Scenario(StrictModel):
         return type(self).from_dict(data, source="")
 
 
-def resolved_kernel(kernel: str, mode: str, couplings: bool) -> str:
+# the devices on which run.kernel: auto takes the Triton kernel in expected mode, where triton imports: on an H200 it
+# was faster than the fused kernel at every shape timed (N = 4096 to 65536, B = 64 x 256) and its compiled programs
+# passed their CUDA tests (docs/performance.md, "On a GPU: NVIDIA H200, third session"); sampled mode stays fused
+# until the Triton draw's CUDA test has run
+AUTO_TRITON_DEVICES = ("cuda",)
+
+
+def resolved_kernel(kernel: str, mode: str, couplings: bool, device_type: str | None = None) -> str:
     """run.kernel as the economy keeps it: reference, fused, flex (expected mode only) or triton.
 
-    Sampled mode on flex runs the fused kernel (its own sampled step).
+    Sampled mode on flex runs the fused kernel (its own sampled step). ``auto`` is the fused
+    kernel, or in expected mode on a device of :data:`AUTO_TRITON_DEVICES` with triton
+    installed, the Triton kernel; ``device_type`` None (a scenario read before it is built)
+    takes the fused kernel.
     """
     if kernel == "reference" or couplings:
         return "reference"
     if kernel == "triton" or (kernel == "flex" and mode == "expected"):
         return kernel
+    if kernel == "auto" and mode == "expected" and device_type in AUTO_TRITON_DEVICES:
+        if importlib.util.find_spec("triton") is not None:
+            return "triton"
     return "fused"
 
 

@@ -35,7 +35,7 @@ against 3.63-3.69x, N = 512 1.84-2.01x against 2.22-2.35x, but N = 1024 1.88-1.9
 one block, traced whole, were slower as well (N = 2048: 4.84 against 3.87 ms).
 
 Where (:func:`traces`): inside a compiled round, on the devices of :data:`TRACED_DEVICES` (the
-CPU; CUDA once a GPU has measured it, experiments/gpu_check.py), with full-precision utilities
+CPU and CUDA), with full-precision utilities
 (``run.utility_precision: full``), rows of at most :data:`MAX_SELLERS` sellers and no
 ``run.chunk`` that cuts the rows into several blocks.
 Everywhere else the operator, or the eager blocks, as before.
@@ -51,8 +51,10 @@ from econspin.fused import BlockTerms, exp2_limits, round_block_shape
 from econspin.fused_sampled import threshold_tiles, unrolled_positions
 from econspin.state import State
 
-# the devices whose compiled rounds trace a round of one block; CUDA's graphs are unmeasured
-TRACED_DEVICES: tuple[str, ...] = ("cpu",)
+# the devices whose compiled rounds trace a round of one block; on CUDA since the traced blocks' CUDA test passed on
+# an H200 (third session), where at B = 64, N = 256 under CUDA graphs they took 0.71 ms a round against 2.12 ms
+# with the blocks between the graphs (expected mode; sampled 6.72 against 6.98; docs/performance.md)
+TRACED_DEVICES: tuple[str, ...] = ("cpu", "cuda")
 # rows of more sellers keep the operator: at N = 1024, B = 1 (one block) the traced round took 1.88-1.93x SDPA
 # against 1.74-1.79x, at N = 512 1.84-2.01x against 2.22-2.35x (1 thread, CPU time, d = 32; module doc)
 MAX_SELLERS = 512

@@ -43,10 +43,11 @@ WAYS = {
     "round by round, Wood's loop": (1, False, "off", {}, {}),
     "sync-free chunks, eager": (None, True, "off", {}, {}),
     "sync-free chunks, Triton kernel": (None, True, "off", {}, {"kernel": "triton"}),
-    "sync-free chunks, reduce-overhead": (None, True, "reduce-overhead", {}, {}),
+    # the blocks eager between the graphs (traced on the CPU only, as before TRACED_DEVICES named CUDA)
+    "sync-free chunks, reduce-overhead": (None, True, "reduce-overhead", {"TRACED_DEVICES": ("cpu",)}, {}),
     # the blocks as one operator of the compiled graph on CUDA too: the whole expected round one CUDA graph
     "sync-free chunks, reduce-overhead, blocks inside the graph": (
-        None, True, "reduce-overhead", {"OPERATOR_DEVICES": ("cpu", "cuda")}, {},
+        None, True, "reduce-overhead", {"OPERATOR_DEVICES": ("cpu", "cuda"), "TRACED_DEVICES": ("cpu",)}, {},
     ),  # fmt: skip
     # the blocks traced into the compiled graph (econspin.traced_blocks; B = 64, N = 256 is one block on CUDA):
     # Inductor's kernels for them, inside the CUDA graph

@@ -152,7 +152,7 @@ def test_the_ensemble_benchmark_times_steady_rounds_of_each_case(capsys, monkeyp
     monkeypatch.setattr(benchmark_ensemble, "ensemble", lambda *_, **__: seen.append(traced_blocks.TRACED_DEVICES))
     monkeypatch.setattr(benchmark_ensemble, "interleaved_times", lambda cases, *_: dict.fromkeys(cases, (1.0, 1.0)))
     benchmark_ensemble.main([*arguments, "--operator-blocks"])
-    assert seen == [()] * 4 and traced_blocks.TRACED_DEVICES == ("cpu",)
+    assert seen == [()] * 4 and traced_blocks.TRACED_DEVICES == ("cpu", "cuda")
     monkeypatch.undo()
 
     played, durations, clock = [], iter([10.0, 1.0] * 4), {"now": 0.0, "round": None}

@@ -114,7 +114,7 @@ def test_the_machine_is_the_budget_where_it_has_less(monkeypatch):
 
 def test_a_gpu_is_compared_with_its_free_memory(monkeypatch):
     scenario = Scenario.from_dict(yaml.safe_load(TINY)).with_overrides({"market.d": 64})
-    estimate = estimate_memory(scenario, 2, torch.float32)
+    estimate = estimate_memory(scenario, 2, torch.float32, machine="cuda")  # the kernel auto takes there
     device_bytes = sum(estimate.device.values())
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (int(device_bytes) - 1, 80 * 2**30))
     with pytest.raises(MemoryBudgetError, match=r"the GPU \(cuda\) has available"):
@@ -329,7 +329,8 @@ def test_the_estimate_holds_the_ffn_weights_and_grows_with_the_hidden_width():
 
 def test_on_a_gpu_the_round_is_counted_with_the_larger_blocks_it_runs_in():
     """estimate_memory on CUDA counts fused.block_entries' blocks: more than the CPU's, within half the budget."""
-    scenario = Scenario.from_dict(yaml.safe_load(TINY)).with_overrides({"populations.human.count": 16380})
+    overrides = {"populations.human.count": 16380, "run.kernel": "fused"}  # auto is the Triton kernel on CUDA
+    scenario = Scenario.from_dict(yaml.safe_load(TINY)).with_overrides(overrides)
     cpu = estimate_memory(scenario, 1, torch.float32).device["round"]
     gpu = estimate_memory(scenario, 1, torch.float32, machine="cuda").device["round"]
     agents, budget = scenario.agent_count, scenario.run.memory_budget_mb * 2**20

@@ -342,6 +342,28 @@ def test_the_memory_estimate_holds_nothing_n_by_n():
 
 
 @needs_triton
+def test_auto_takes_the_triton_kernel_on_cuda_in_expected_mode_where_triton_imports(monkeypatch):
+    """run.kernel: auto on CUDA, expected mode: the Triton kernel; sampled mode, the CPU or no triton: the fused one."""
+    from econspin.memory import estimate_memory
+    from econspin.scenario import resolved_kernel
+
+    assert resolved_kernel("auto", "expected", False, "cuda") == "triton"
+    for mode, device in (("sampled", "cuda"), ("expected", "cpu"), ("expected", None)):
+        assert resolved_kernel("auto", mode, False, device) == "fused"
+    assert resolved_kernel("fused", "expected", False, "cuda") == "fused"  # asked for by name
+    assert resolved_kernel("auto", "expected", True, "cuda") == "reference"  # fixed couplings
+
+    def round_bytes(kernel: str, machine: str) -> float:
+        economy = scenario(populations={"a": {"count": 5000}}, run={"kernel": kernel})
+        return estimate_memory(economy, 2, torch.float32, machine=machine).device["round"]
+
+    assert round_bytes("auto", "cuda") == round_bytes("triton", "cuda") < round_bytes("fused", "cuda")
+    assert round_bytes("auto", "cpu") == round_bytes("fused", "cpu")
+    monkeypatch.setitem(sys.modules, "triton", None)  # importlib then finds no triton
+    assert resolved_kernel("auto", "expected", False, "cuda") == "fused"
+
+
+@needs_triton
 @needs_compiler
 @pytest.mark.parametrize("mode", ["expected", "sampled"])
 def test_the_compiled_round_on_the_triton_kernel_equals_the_eager_one(mode):
