@@ -12,7 +12,7 @@ from fused_cases import TOLERANCE, assert_equals_oracle, assert_outcomes_close, 
 from helpers import rollout, scenario
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from kernel_cases import NEAR_TIES, assert_near_tie_revenue, near_tie
+from kernel_cases import NEAR_TIES_BY_KEY_DIMENSION, assert_near_tie_revenue, near_tie
 
 from econspin import ScenarioError
 from econspin.fused import fused_trade, uses_fused
@@ -350,15 +350,15 @@ def test_decisive_agents_with_tiny_states_trade_as_on_the_reference(dtype, shrin
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-@pytest.mark.parametrize("gap, shares", NEAR_TIES)
-def test_the_tie_width_at_zero_temperature_counts_the_key_dimension(dtype, gap, shares):
+@pytest.mark.parametrize("key_dimension, gap, shares", NEAR_TIES_BY_KEY_DIMENSION)
+def test_the_tie_width_at_zero_temperature_counts_the_key_dimension(dtype, key_dimension, gap, shares):
     """A T = 0 tie is (d_k + 4) eps of the row's size, d_k the utilities' dot product length, not d nor P.
 
     kernel_cases.near_tie: two sellers 6 eps apart are a ranking for both kernels (width 5 eps),
     2 eps apart a tie; a width counted with d (12 eps) or with the four populations (8 eps) would
-    split the market at 6 too.
+    split the market at 6 too. With d_k = 4 (NEAR_TIES_WIDE) the row's size is q_i / sqrt(d_k).
     """
-    state, economy = near_tie(dtype, gap)
+    state, economy = near_tie(dtype, gap, key_dimension=key_dimension)
     reference, fused = trade(state, economy), fused_trade(state, economy)
     for outcome in (reference, fused):
         assert_near_tie_revenue(outcome, shares)

@@ -9,7 +9,7 @@ import torch
 from helpers import rollout
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from kernel_cases import NEAR_TIES, assert_near_tie_revenue, near_tie
+from kernel_cases import NEAR_TIES_BY_KEY_DIMENSION, assert_near_tie_revenue, near_tie
 
 from econspin import Scenario, ScenarioError, simulate
 from econspin.market import trade
@@ -147,15 +147,15 @@ def test_a_large_sparse_market_costs_its_edges_not_n_squared():
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-@pytest.mark.parametrize("gap, shares", NEAR_TIES)
-def test_zero_temperature_ties_are_the_dense_kernels_ties(dtype, gap, shares):
+@pytest.mark.parametrize("key_dimension, gap, shares", NEAR_TIES_BY_KEY_DIMENSION)
+def test_zero_temperature_ties_are_the_dense_kernels_ties(dtype, key_dimension, gap, shares):
     """At T = 0 sellers within market.tie_widths of the best tie on the sparse network as on the dense one.
 
     kernel_cases.near_tie on a complete network: utilities 2 eps apart are a tie (width 5 eps),
     6 eps apart a ranking. The sparse kernel once tied only exactly equal utilities, and gave
     the whole market to the best of two the dense kernels split it between.
     """
-    state, economy = near_tie(dtype, gap, {"generator": "complete_graph", "layout": "sparse"})
+    state, economy = near_tie(dtype, gap, {"generator": "complete_graph", "layout": "sparse"}, key_dimension)
     sparse, dense = sparse_trade(state, economy), trade(state, economy)
     for outcome in (sparse, dense):
         assert_near_tie_revenue(outcome, shares)
