@@ -37,13 +37,13 @@ Argmax rows. Where lambda_i times the row's utility bound reaches 2^(p - 4) (p t
 bits: T = 0, and T below about 2^-(p-4) of the utilities), z_ij is so large that L_i cannot
 hold ln(ties) beside it (at T = 0, |z| reaches 2^100 in float32, 2^996 in float64), and
 z_ij - L_i would carry its rounding. Such rows are the argmax: l_ij = 0 on the ties, the
-sellers with z_ij >= L_i - ln(n_i) - 2^(3-p) (|L_i| + ln n_i + 1), a margin above L_i's own
-rounding (a few units in the last place) that admits every seller within a few units in the
-last place of the largest z_ij, and -inf elsewhere; L'_i is then ln(ties), and passes 3-5
-give ln(ties), 1 / ties and s_i / (H ties) to each tie. The fused kernel resolves ties
-exactly; the two agree wherever utilities are not within a few units in the last place of
-each other (where a matrix product may round either way). Pass 1 takes such rows as softmax
-at the clamped lambda_i: the argmax, ties split equally.
+sellers with z_ij >= L_i - ln(n_i) - max(lambda_i t_i, 2^(3-p) (|L_i| + ln n_i + 1)), t_i the
+tie width of the other kernels (market.tie_widths, docs/model.md) and the second term a margin
+above L_i's own rounding (a few units in the last place), and -inf elsewhere; L'_i is then
+ln(ties), and passes 3-5 give ln(ties), 1 / ties and s_i / (H ties) to each tie. Where L_i
+rounds to the largest z_ij (|z| beyond about 2^p ln n_i) and lambda_i t_i is the larger term
+(t_i >= 5 eps of the row's size), these are the reference's and the fused kernel's ties.
+Pass 1 takes such rows as softmax at the clamped lambda_i: the argmax, ties split equally.
 
 CUDA: the passes run through ``torch.compile(flex_attention)`` (one compiled function per
 process) for float32; Triton's FlexAttention accumulates in float32, so float64 runs the eager
@@ -70,7 +70,7 @@ from torch.utils._python_dispatch import is_in_torch_dispatch_mode
 
 from econspin.economy import Economy
 from econspin.fused import asks_for_gradients
-from econspin.market import MarketOutcome, budgets, row_sizes, seller_bias, seller_moment_columns
+from econspin.market import MarketOutcome, budgets, row_sizes, seller_bias, seller_moment_columns, tie_widths
 from econspin.projections import projections
 from econspin.state import State
 from econspin.temperature_limits import inverse_temperatures, row_scales
@@ -193,7 +193,8 @@ def flex_trade(state: State, economy: Economy) -> MarketOutcome:
     spend = budgets(state, economy)
     row_mask, column_mask, partners = trade_masks(economy)
 
-    row_scale = row_scales(row_sizes(query, key, bias))
+    sizes = row_sizes(query, key, bias)
+    row_scale = row_scales(sizes)
     bias = bias[..., None]
     ones = torch.ones_like(bias)
     temperature = state.temperature[:, None, :].expand(batch, heads, agents)
@@ -209,7 +210,10 @@ def flex_trade(state: State, economy: Economy) -> MarketOutcome:
 
     # 2. the log-weights l_ij = z_ij - L_i (argmax rows: 0 on the ties, -inf elsewhere) and their LSE L'_i
     log_partners = torch.log(partners.clamp(min=1).to(dtype))
-    threshold = lse - log_partners - 2.0 ** (3 - mantissa) * (lse.abs() + log_partners + 1.0)
+    # at least docs/model.md's tie width, lambda_i t_i in z's units: the reference's and the fused kernel's ties
+    ties = inverse * tie_widths(sizes, economy.query.shape[-1])
+    margin = torch.maximum(2.0 ** (3 - mantissa) * (lse.abs() + log_partners + 1.0), ties)
+    threshold = lse - log_partners - margin
 
     def log_weight(score, b, h, i):
         z = score * inverse[b, h, i]

@@ -94,11 +94,11 @@ def test_money_is_conserved_whatever_the_precision(dtype):
 def test_zero_temperature_is_the_argmax_with_ties_split_equally():
     """Exact ties at T = 0, with utilities far from 0 (z ~ 2^996: ln(ties) is lost beside it) and at 0.
 
-    Near ties at d_k = 1 only: the flex kernel ties sellers within a margin of its row LSE's rounding
-    (about 4 eps of |z|, econspin/flex.py's "Argmax rows"), not docs/model.md's (d_k + 4) eps width;
-    at d_k = 4 it ranks sellers 7 eps apart that the other kernels and the oracle tie.
+    And near ties at d_k = 1 and 4: the flex kernel once tied only within a margin of its row LSE's
+    rounding (about 4 eps of |z|), and ranked sellers 7 eps apart at d_k = 4 that the other kernels
+    and the oracle tie (docs/model.md's width, (d_k + 4) eps of the row's size).
     """
-    check_zero_temperature_ties(flex_outcome, key_dimensions=(1,))
+    check_zero_temperature_ties(flex_outcome)
 
 
 @pytest.mark.parametrize(
