@@ -13,6 +13,7 @@ import math
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import torch
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
@@ -328,6 +329,21 @@ class Scenario(StrictModel):
 # passed their CUDA tests (docs/performance.md, "On a GPU: NVIDIA H200, third session"); sampled mode stays fused
 # until the Triton draw's CUDA test has run
 AUTO_TRITON_DEVICES = ("cuda",)
+# the oldest CUDA cards auto hands to Triton (Ampere): the kernel was built and timed on Hopper (H100, H200); on
+# older cards Triton's support thins out, and the fused kernel runs anywhere torch does
+AUTO_TRITON_CAPABILITY = (8, 0)
+
+
+def _triton_serves(device_type: str) -> bool:
+    """Whether triton imports and, where this machine has a CUDA card, it is at least AUTO_TRITON_CAPABILITY.
+
+    Without a card here (a memory estimate for another machine), the card is not checked.
+    """
+    if importlib.util.find_spec("triton") is None:
+        return False
+    if device_type == "cuda" and torch.cuda.is_available():
+        return torch.cuda.get_device_capability() >= AUTO_TRITON_CAPABILITY
+    return True
 
 
 def resolved_kernel(kernel: str, mode: str, couplings: bool, device_type: str | None = None) -> str:
@@ -335,16 +351,15 @@ def resolved_kernel(kernel: str, mode: str, couplings: bool, device_type: str | 
 
     Sampled mode on flex runs the fused kernel (its own sampled step). ``auto`` is the fused
     kernel, or in expected mode on a device of :data:`AUTO_TRITON_DEVICES` with triton
-    installed, the Triton kernel; ``device_type`` None (a scenario read before it is built)
-    takes the fused kernel.
+    installed (on a CUDA card of compute capability 8.0 or more), the Triton kernel;
+    ``device_type`` None (a scenario read before it is built) takes the fused kernel.
     """
     if kernel == "reference" or couplings:
         return "reference"
     if kernel == "triton" or (kernel == "flex" and mode == "expected"):
         return kernel
-    if kernel == "auto" and mode == "expected" and device_type in AUTO_TRITON_DEVICES:
-        if importlib.util.find_spec("triton") is not None:
-            return "triton"
+    if kernel == "auto" and mode == "expected" and device_type in AUTO_TRITON_DEVICES and _triton_serves(device_type):
+        return "triton"
     return "fused"
 
 

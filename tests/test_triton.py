@@ -343,7 +343,10 @@ def test_the_memory_estimate_holds_nothing_n_by_n():
 
 @needs_triton
 def test_auto_takes_the_triton_kernel_on_cuda_in_expected_mode_where_triton_imports(monkeypatch):
-    """run.kernel: auto on CUDA, expected mode: the Triton kernel; sampled mode, the CPU or no triton: the fused one."""
+    """run.kernel: auto on CUDA, expected mode: the Triton kernel; elsewhere the fused one.
+
+    Elsewhere: sampled mode, the CPU, a card older than Ampere (compute capability 8.0), no triton.
+    """
     from econspin.memory import estimate_memory
     from econspin.scenario import resolved_kernel
 
@@ -359,6 +362,10 @@ def test_auto_takes_the_triton_kernel_on_cuda_in_expected_mode_where_triton_impo
 
     assert round_bytes("auto", "cuda") == round_bytes("triton", "cuda") < round_bytes("fused", "cuda")
     assert round_bytes("auto", "cpu") == round_bytes("fused", "cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a card here: its compute capability decides
+    for capability, kernel in (((7, 5), "fused"), ((8, 0), "triton"), ((9, 0), "triton")):
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None, c=capability: c)
+        assert resolved_kernel("auto", "expected", False, "cuda") == kernel
     monkeypatch.setitem(sys.modules, "triton", None)  # importlib then finds no triton
     assert resolved_kernel("auto", "expected", False, "cuda") == "fused"
 
