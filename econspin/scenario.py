@@ -8,7 +8,6 @@ whose message is one line naming the file and the key path.
 
 from __future__ import annotations
 
-import importlib.util
 import math
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -339,7 +338,9 @@ def _triton_serves(device_type: str) -> bool:
 
     Without a card here (a memory estimate for another machine), the card is not checked.
     """
-    if importlib.util.find_spec("triton") is None:
+    from econspin.triton_blocks import triton_missing  # it builds on the economy, which reads this module
+
+    if triton_missing():
         return False
     if device_type == "cuda" and torch.cuda.is_available():
         return torch.cuda.get_device_capability() >= AUTO_TRITON_CAPABILITY

@@ -28,8 +28,7 @@ def million_scenario(agents: int = 10**6, memory_budget_mb: int = TARGET_MEMORY_
     """econspin.bench's benchmark scenario at ``agents``, with ``run.memory_budget_mb`` set."""
     from econspin.bench import bench_scenario
 
-    scenario = bench_scenario(agents)
-    return scenario.model_copy(update={"run": scenario.run.model_copy(update={"memory_budget_mb": memory_budget_mb})})
+    return bench_scenario(agents).with_overrides({"run.memory_budget_mb": memory_budget_mb})
 
 
 def million_round(
@@ -49,8 +48,7 @@ def million_round(
     rows = []
     for kernel in kernels:
         economy = dataclasses.replace(rollout.economy, kernel=kernel)
-        asked = scenario.model_copy(update={"run": scenario.run.model_copy(update={"kernel": kernel})})
-        estimate = estimate_memory(asked, 1, torch.float32, machine=device)  # each kernel's own
+        estimate = estimate_memory(scenario.with_overrides({"run.kernel": kernel}), 1, torch.float32, machine=device)
         row = {"agents": agents, "kernel": kernel, "estimated round bytes": sum(estimate.device.values())}
         try:
             if device.type == "cuda":

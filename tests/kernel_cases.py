@@ -23,11 +23,11 @@ from econspin.market import MarketOutcome
 runner = CliRunner()
 
 
-def check_zero_temperature_ties(outcome_of, key_dimensions=(1, 4)) -> MarketOutcome:
+def check_zero_temperature_ties(outcome_of) -> MarketOutcome:
     """Exact ties at T = 0 (integer states: every utility exact), with utilities far from 0 and at 0.
 
     The argmax, ties split equally: received signal, revenue, impact and entropy as alpha says.
-    Then :func:`near_tie`'s sellers within and beyond the tie width, at each of ``key_dimensions``.
+    Then :func:`near_tie`'s sellers within and beyond the tie width, at d_k = 1 and 4.
     """
     populations = {"a": {"count": 40, "temperature": 0.0, "projections": {"init": "identity"}}}
     run = rollout(scenario(populations=populations, output="identity"))  # d = d_k = 4: U = x_i . x_j / 2
@@ -48,7 +48,7 @@ def check_zero_temperature_ties(outcome_of, key_dimensions=(1, 4)) -> MarketOutc
     assert torch.allclose(outcome.revenue[0], 0.1 * alpha.T @ state.money[0], rtol=1e-14, atol=0)
     assert torch.allclose(outcome.impact[0], 1 / ties.squeeze(1), rtol=1e-15, atol=0)
     assert torch.allclose(outcome.entropy[0], ties.squeeze(1).log() / math.log(39), rtol=1e-15, atol=0)
-    for key_dimension, gap, shares in (case for case in NEAR_TIES_BY_KEY_DIMENSION if case[0] in key_dimensions):
+    for key_dimension, gap, shares in NEAR_TIES_BY_KEY_DIMENSION:
         assert_near_tie_revenue(outcome_of(*near_tie("float64", gap, key_dimension=key_dimension)), shares)
     return outcome
 
