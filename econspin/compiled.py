@@ -229,7 +229,8 @@ def round_guards(guards) -> list[bool]:
     (tests) calls torch._dynamo.reset(). Kept: the guards on :data:`SWITCHES` (:data:`OPERATOR_DEVICES`,
     econspin.traced_blocks.TRACED_DEVICES), which experiments/gpu_check.py flips between ways of playing
     the same rollout, timed in turn: each setting gets its own graph (without them, the graph traced
-    first served both).
+    first served both). The round reads them first (econspin.round.switches_on), so that its first
+    frame is guarded on them too, not only the frame where the blocks are.
     """
     return [not guard.is_global or any(name in guard.name for name in SWITCHES) for guard in guards]
 

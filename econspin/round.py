@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from econspin import compiled, traced_blocks
 from econspin.compiled import compiled_function, replays_cuda_graphs
 from econspin.corrections import FieldContext
 from econspin.economy import Economy
@@ -90,8 +91,23 @@ def play_tagged(
     What ``run.compile`` compiles: the tag is a 0-d tensor, so one trace serves every round, and
     the keying of the agents fuses into the round's first loops instead of running eagerly.
     """
+    switches_on(state.states.device)
     draws = None if mixed_round is None else agent_draws(state.random_keys, mixed_round, state.states.shape[1])
     return play(state, economy, draws, budget)
+
+
+def switches_on(device: torch.device) -> tuple[bool, bool]:
+    """Whether ``device`` is among the devices of each switch of econspin.compiled.SWITCHES.
+
+    Read first by the compiled round, so that its first frame is guarded on every switch. TorchDynamo
+    guards a frame on the globals its trace read, and the switches are read where the blocks are.
+    Where a switch sends the blocks through a graph break, the frame compiled up to that break does
+    not read the switch. That frame's code was then kept when the switch changed, break and all: the
+    next way played its blocks in the previous way's frames. gpu_check's traced round on the H200
+    ran as four graphs after the blocks-between-the-graphs way, where on its own it is one
+    (docs/performance.md, "The traced round, one graph: the four graphs were the previous way's frames").
+    """
+    return device.type in compiled.OPERATOR_DEVICES, device.type in traced_blocks.TRACED_DEVICES
 
 
 def play(

@@ -105,6 +105,9 @@ def rollout_timing(
     batch, agents = shape
     rows = []
     for mode in ("expected", "sampled"):
+        # each mode's ways compile afresh: a way's round is its own entry of the round's first frame (guarded on
+        # the switches, round.switches_on), and both modes' ways together would pass Dynamo's 8 a code object
+        torch._dynamo.reset()
         q, k, v = floor_inputs(batch, 1, agents, device)
         functions = {"sdpa forward": lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v)}
         rollouts, errors = {}, {}

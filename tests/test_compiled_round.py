@@ -265,6 +265,32 @@ def test_the_switches_are_guarded_among_module_globals(switch, monkeypatch):
 
 
 @needs_compiler
+def test_a_switch_flipped_after_a_graph_break_compiles_the_round_afresh(monkeypatch):
+    """The blocks between the graphs (graph breaks around them), then traced: the traced round is one frame.
+
+    round.switches_on guards the round's first frame on the switches. Read only where the blocks
+    are, the frame compiled up to the first break kept its code when TRACED_DEVICES changed, and
+    the traced way ran its blocks in the previous way's frames (gpu_check's ways on the H200).
+    """
+    from econspin import compiled, traced_blocks
+
+    monkeypatch.setattr(compiled, "OPERATOR_DEVICES", ())
+    monkeypatch.setattr(traced_blocks, "TRACED_DEVICES", ())
+    run = rollout(scenario(run={"compile": "default"}))
+
+    def frames_of_a_round() -> set[str]:
+        step(run.state, run.economy)  # compiles where the setting is new
+        with torch.profiler.profile() as profiler:
+            step(run.state, run.economy)
+        return {event.name for event in profiler.events() if event.name.startswith("Torch-Compiled Region")}
+
+    with torch.no_grad():
+        assert len(frames_of_a_round()) > 1  # the blocks between the graphs
+        monkeypatch.setattr(traced_blocks, "TRACED_DEVICES", ("cpu",))
+        assert len(frames_of_a_round()) == 1
+
+
+@needs_compiler
 def test_a_compiled_rollout_compiles_its_metrics_too():
     """Under run.compile the metrics after each round are a compiled graph beside the round's, equal to the eager ones.
 
