@@ -91,7 +91,7 @@ def play_tagged(
     What ``run.compile`` compiles: the tag is a 0-d tensor, so one trace serves every round, and
     the keying of the agents fuses into the round's first loops instead of running eagerly.
     """
-    switches_on(state.states.device)
+    switches_on(state.states.device)  # its value unused: read for the guards it gives this frame (its doc)
     draws = None if mixed_round is None else agent_draws(state.random_keys, mixed_round, state.states.shape[1])
     return play(state, economy, draws, budget)
 
