@@ -21,8 +21,14 @@ from econspin.randomness import (
     DRAW_SPIN,
     ROUND_BLOCK,
     ROUND_BLOCK_ENTRIES,
+    STREAM_DISORDER,
+    STREAM_FIELDS,
+    STREAM_FIT,
+    STREAM_INITIAL,
+    STREAM_NETWORK,
     Draws,
     agent_draws,
+    derive_seed,
     dynamics_key,
     dynamics_keys,
     mix64,
@@ -322,6 +328,22 @@ def test_state_keys_come_from_seed_and_replica():
     run = rollout([scenario(run={"seed": 4}), scenario(run={"seed": 4}), scenario(run={"seed": 5})], [0, 1, 0])
     assert run.state.random_keys.tolist() == [dynamics_key(4, 0), dynamics_key(4, 1), dynamics_key(5, 0)]
     assert isinstance(run.state.draws(), Draws) and run.state.draws().keys.shape == (3, 12)
+
+
+def test_each_seed_and_replica_has_its_own_rounds_key_apart_from_the_other_streams():
+    """Distinct (seed, replica) pairs give distinct keys, none of them a seed of another stream of the run.
+
+    The test above compares the state's keys with dynamics_key itself: a key that ignored the
+    seed would pass it, and give runs seeded apart the same sampled rounds. A key without its
+    stream would be the seed of replica r's path (r,): for r = 1 the shared disorder's.
+    """
+    seeds, replicas = (0, 4, 5, -3, 2**40), range(6)
+    keys = {dynamics_key(seed, replica) for seed in seeds for replica in replicas}
+    assert len(keys) == len(seeds) * len(replicas)
+    paths = [(stream,) for stream in (STREAM_DISORDER, STREAM_INITIAL, STREAM_FIELDS, STREAM_NETWORK, STREAM_FIT)]
+    paths += [(stream, replica) for stream in (STREAM_DISORDER, STREAM_INITIAL) for replica in replicas]
+    other_streams = {derive_seed(seed, *path) for seed in seeds for path in paths}
+    assert not keys & other_streams
 
 
 def _old_checkpoint(path):
