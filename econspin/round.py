@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import torch
 
-from econspin import compiled, traced_blocks
-from econspin.compiled import compiled_function, replays_cuda_graphs
+from econspin import traced_blocks
+from econspin.compiled import compiled_function, eager_parts_as_operators, replays_cuda_graphs
 from econspin.corrections import FieldContext
 from econspin.economy import Economy
 from econspin.economy_terms import field_weights
@@ -107,7 +107,7 @@ def switches_on(device: torch.device) -> tuple[bool, bool]:
     ran as four graphs after the blocks-between-the-graphs way, where on its own it is one
     (docs/performance.md, "The traced round, one graph: the four graphs were the previous way's frames").
     """
-    return device.type in compiled.OPERATOR_DEVICES, device.type in traced_blocks.TRACED_DEVICES
+    return eager_parts_as_operators(device), device.type in traced_blocks.TRACED_DEVICES
 
 
 def play(
