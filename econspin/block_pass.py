@@ -51,6 +51,7 @@ import torch
 import torch.fx.experimental._config as fx_config
 from torch.utils._python_dispatch import is_in_torch_dispatch_mode
 
+from econspin import same_bits
 from econspin.compiled import missing_compiler, stored, with_own_code
 
 # the devices whose blocks take the compiled passes; the CPU's cache-sized blocks gain nothing from them
@@ -101,7 +102,9 @@ def weigh(scores: torch.Tensor, weights: torch.Tensor, row_max: torch.Tensor, ti
     torch.where(row_max > -0.5 * big, row_max, zero, out=row_max)
     # y_ij = z_ij / ln 2; 0 on the ties of a row at the T = 0 limit (econspin.fused), where t_i > 0
     scores.sub_(row_max - tie_width[..., None]).clamp_(min=floor, max=0.0)
-    torch.nn.functional.threshold_(torch.exp2(scores, out=weights), 2.0 ** (floor + 1), 0.0)
+    # exp2 through torch's vector code for every entry: its scalar remainder rounds otherwise, and
+    # which entries fall in it depends on the block's size, so on the batch (econspin.same_bits)
+    torch.nn.functional.threshold_(same_bits.exp2(scores, weights), 2.0 ** (floor + 1), 0.0)
 
 
 def weigh_and_sum(scores: torch.Tensor, weights: torch.Tensor, tie_width: torch.Tensor, moment_rows: torch.Tensor,

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
+from econspin import same_bits
 from econspin.compiled import eager_operator
 from econspin.gaussians import cos_sin_of_turns
 from econspin.randomness import DRAW_SPIN, UNIT_BITS, Draws, unit_integers
@@ -114,7 +115,8 @@ def _wood_constants(kappa: torch.Tensor, dimension: int) -> tuple[torch.Tensor, 
     m1 = dimension - 1.0
     # one comparison says who is drawn: compiled, isfinite(kappa) and'ed with it joined the masks
     # through int32 ones, converted a lane at a time (docs/performance_log.md, "The spin draw's masks")
-    denominator = 2.0 * kappa + torch.hypot(2.0 * kappa, torch.full_like(kappa, m1))
+    # not torch.hypot, whose float64 gives an agent other bits in its tensor's scalar remainder (econspin.same_bits)
+    denominator = 2.0 * kappa + same_bits.hypot(2.0 * kappa, torch.full_like(kappa, m1))
     b = m1 / denominator
     pull = m1 * (2.0 * kappa / denominator)  # 2 b k, exact in the limit (m / 2) where b is subnormal
     offset = pull / (1.0 + b) + m1 * torch.log1p(b)
