@@ -9,8 +9,9 @@ ulp in the remainder, 532 in float64), ``torch.hypot`` (float64), ``sigmoid``, `
 tensor exponent, ``atan2`` and a few more. Which elements fall in a remainder depends on the
 tensor's size and the thread count, so an element's result then depends on what else is in
 its tensor: a batch element's round on the other elements of its batch, an agent's draw on
-the other agents drawn with it. Both are promised to be equal bit for bit
-(tests/test_same_bits.py): a batch element gets the bits it gets alone.
+the other agents drawn with it (tests/test_same_bits.py). Matrix products are another matter:
+MKL may sum a batch element's product in another order than the same product alone
+(docs/testing.md, "A batch element's bits alone: torch's scalar remainders, and MKL's products").
 
 :func:`exp2` runs every element through the vector code: the leading elements in one call
 whose every thread's share is a whole number of :data:`VECTOR_SPAN` elements, the rest, at most
