@@ -14,8 +14,8 @@ MKL may sum a batch element's product in another order than the same product alo
 (docs/testing.md, "A batch element's bits alone: torch's scalar remainders, and MKL's products").
 
 :func:`exp2` runs every element through the vector code: the leading elements in one call
-whose every thread's share is a whole number of :data:`VECTOR_SPAN` elements, the rest, at most
-``VECTOR_SPAN x threads`` of them, copied into a tensor of whole spans. :func:`hypot` is taken
+whose every thread's share is a whole number of :data:`VECTOR_SPAN` elements, the rest, fewer
+than ``VECTOR_SPAN x (threads + 1)`` of them, copied into a tensor of whole spans. :func:`hypot` is taken
 from operations that round exactly (max, min, division, multiplication, addition and square
 root give the same bits in vector and scalar code).
 """
@@ -37,8 +37,8 @@ def vector_body(count: int, threads: int) -> int:
 
     torch shares n elements among min(threads, ceil(n / PARALLEL_GRAIN)) threads (one where
     n <= PARALLEL_GRAIN), each taking ceil(n / shares) in turn: every share is whole spans
-    exactly when n is VECTOR_SPAN times a multiple of the number of shares. At most
-    ``threads`` spans less than ``count`` (the shares stay the same within a span's steps).
+    exactly when n is VECTOR_SPAN times a multiple of the number of shares. Fewer than
+    ``threads`` spans below ``count``'s whole spans (the shares stay the same within a span's steps).
     """
     spans = count // VECTOR_SPAN
     while spans > 0:
