@@ -85,6 +85,8 @@ def test_vector_body_makes_every_share_whole_spans():
             body = same_bits.vector_body(count, threads)
             assert 0 <= body <= count and body % span == 0
             assert count - body < span * (threads + 1)  # the padded remainder stays small
+            if threads == 1 or count <= grain:
+                assert body == count - count % span  # one share: every whole span
             if body > grain and threads > 1:
                 shares = min(threads, math.ceil(body / grain))
                 assert math.ceil(body / shares) % span == 0  # each share (the last one too) whole spans
