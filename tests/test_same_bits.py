@@ -142,10 +142,10 @@ def test_a_batch_elements_spins_are_the_spins_it_draws_alone(dtype, agents, dime
 def test_a_batch_elements_weights_are_the_weights_it_gets_alone(dtype, sizes):
     """Three economies batched and each alone: the rows' reductions of e = 2^y, bit for bit.
 
-    N = 5, 13, 17 and 21 agents: blocks whose size is no whole number of vectors, so that the
+    N = 5, 7, 13, 17 and 21 agents: blocks whose size is no whole number of vectors, so that the
     batch puts other entries in exp2's remainder than an element alone. (The products with e,
-    received, the moments and revenue, are MKL's, whose order can depend on where a group's
-    block starts in memory: not held here, docs/testing.md.)
+    received, the moments and revenue, are MKL's, which may sum a batch element's product in
+    another order than the same product alone: not held here, docs/testing.md.)
     """
     humans, ais = sizes
     populations = {
