@@ -266,7 +266,31 @@ def test_cos_sin_of_turns_in_float32_is_within_an_ulp_of_one():
     torch.testing.assert_close(sine.double(), want_sine, rtol=0, atol=1.2e-7)
     with pytest.raises(ValueError, match="float64 or float32"):
         cos_sin_of_turns(low, torch.float16)
+    with pytest.raises(ValueError, match="52-bit angles in float64 only"):  # the 52-bit turns are float64's
+        cos_sin_of_turns(low, torch.float32, bits=52)
 
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_cos_sin_of_turns_near_an_axis_has_the_small_value_to_relative_precision(dtype):
+    """Within 1000 units of each axis q pi / 2, on both sides, the vanishing one of (cos, sin) is sin of the offset.
+
+    The reduction is exact on the integer: the offset (k + 1/2) 2 pi 2^-32 from the axis is
+    rounded once or twice, so the small value keeps its relative precision (a few ulps), where
+    an absolute tolerance of 2 ulps of 1 could not tell an offset of k + 1/2 from k - 1/2.
+    """
+    import mpmath
+
+    mpmath.mp.dps = 40
+    offsets = torch.arange(1000, dtype=torch.int64)
+    # k units past each axis, and k + 1 units before it: offsets (k + 1/2) either way
+    low = torch.cat([(axis * 2**30 + side) % 2**32 for axis in range(4) for side in (offsets, -1 - offsets)])
+    cosine, sine = cos_sin_of_turns(low, dtype)
+    small = torch.where((low + 2**29) // 2**30 % 2 == 0, sine, cosine).double()  # near 0 and pi: sin, else cos
+    ulp = torch.finfo(dtype).eps
+    for index in range(0, low.numel(), 7):
+        exact = 2 * mpmath.pi * (mpmath.mpf(int(low[index])) + mpmath.mpf(1) / 2) / 2**32
+        want = mpmath.sin(exact) if (int(low[index]) + 2**29) // 2**30 % 2 == 0 else mpmath.cos(exact)
+        assert abs(float(small[index]) - want) <= 4 * ulp * abs(want), (int(low[index]), dtype)
 
 def test_cos_sin_of_turns_is_torch_cos_and_sin_to_rounding():
     """The compiled Box-Muller's angles: every eighth of the turn, its edges and random integers.
@@ -419,6 +443,62 @@ def test_a_block_of_rounds_gives_each_round_its_own_keys_and_uniforms():
     # the documented chain, one agent's word, through a kept block
     word = round_draws(keys[:1], ROUND_BLOCK + 3, 37).words(DRAW_CHOICE, 1)[0, 0, 36]
     assert int(word) % 2**64 == _reference_word(int(keys[0]), ROUND_BLOCK + 3, 36, DRAW_CHOICE, 0)
+
+
+def test_a_block_of_rounds_is_hashed_once_within_its_size_and_goes_with_its_keys():
+    """What the block is for, beyond its values (which the test above holds).
+
+    Its rounds share one block and one hash of each kept stream's uniforms; it holds at most
+    ROUND_BLOCK_ENTRIES keys and as many rounds as fit; and it goes when the keys it was made for go.
+    """
+    from econspin import randomness
+
+    keys = dynamics_keys([1, 2], [0, 0])
+    first, later = round_draws(keys, ROUND_BLOCK + 1, 37), round_draws(keys, ROUND_BLOCK + 5, 37)
+    assert first.block is not None and later.block is first.block, "the rounds of a block share it"
+    assert (first.place, later.place) == (1, 5)
+    assert round_draws(keys, 2 * ROUND_BLOCK, 37).block is not first.block  # the next block is another
+    uniforms = first.block.uniforms(DRAW_CHOICE, 1, 0)
+    assert uniforms.shape == (ROUND_BLOCK, 1, 2, 37)
+    assert later.block.uniforms(DRAW_CHOICE, 1, 0) is uniforms, "a kept stream is hashed once a block"
+    assert torch.equal(later.uniform(DRAW_CHOICE, 1), uniforms[5])
+    sizes = ((2, 37), (2, 5000), (1, 3000), (1, ROUND_BLOCK_ENTRIES // 3 + 1), (1, ROUND_BLOCK_ENTRIES // 2 + 1))
+    sizes += ((1, ROUND_BLOCK_ENTRIES + 3),)  # blocks of 64, 26, 64, 2 and 1 rounds, and a round past the bound
+    for batch, agents in sizes:
+        draws = round_draws(keys[:batch], 3, agents)
+        rounds = 1 if draws.block is None else draws.block.keys.shape[0]
+        per_round = batch * agents
+        assert rounds <= ROUND_BLOCK and (rounds == 1 or rounds * per_round <= ROUND_BLOCK_ENTRIES), (batch, agents)
+        # as many rounds as fit
+        assert rounds == ROUND_BLOCK or (rounds + 1) * per_round > ROUND_BLOCK_ENTRIES, (batch, agents)
+    transient = dynamics_keys([9], [0])
+    round_draws(transient, 0, 5)
+    kept_for = id(transient)
+    assert kept_for in randomness._ROUND_BLOCKS
+    del transient  # the last reference: the block goes with it
+    assert kept_for not in randomness._ROUND_BLOCKS
+
+
+def test_the_cross_sum_bound_bounds_the_cross_sum_and_nearly_reaches_it():
+    """_times_exact's guard: |a e + b c + (b e >> 32)| over a in [-2^31, 2^31), b in [0, 2^32) is at most the bound.
+
+    The sum is linear in a and monotone in b (where c != 0, |c| >= 1 outweighs e / 2^32 < 1), so its extremes are
+    at the box's corners; the bound exceeds them by at most 2 e (it takes each term's largest size).
+    """
+    from econspin.randomness import _MULTIPLIER_1, _MULTIPLIER_2, _cross_sum_bound
+
+    generator = np.random.default_rng(4)
+    pairs = [(multiplier >> 32, multiplier & (2**32 - 1)) for multiplier in (_MULTIPLIER_1, _MULTIPLIER_2)]
+    highs, lows = generator.integers(-(2**31), 2**31, 200), generator.integers(0, 2**32, 200)
+    pairs += [(int(high), int(low)) for high, low in zip(highs, lows)]
+    pairs += [(0, 2**32 - 1), (-(2**31), 0), (2**31 - 1, 1)]
+    for high, low in pairs:
+        largest = max(
+            abs(a * low + b * high + ((b * low) >> 32)) for a in (-(2**31), 2**31 - 1) for b in (0, 2**32 - 1)
+        )
+        bound = _cross_sum_bound(high, low)
+        assert largest <= bound <= largest + 2 * low, (high, low)
+    assert all(_cross_sum_bound(high, low) < 2**63 for high, low in pairs[:2])  # the SplitMix multipliers fit
 
 
 def _direction_words(keys: torch.Tensor, tag: torch.Tensor) -> torch.Tensor:
