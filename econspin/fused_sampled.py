@@ -381,7 +381,9 @@ def fused_sampled_trade(
     table_rows = (index + torch.arange(batch * heads, device=index.device).view(batch, heads, 1) * agents).view(-1)
     got = delivered.reshape(-1, d).index_select(0, table_rows).view(batch, heads, agents, d)
     buyer = economy.buyer.to(delivered.dtype)
-    received = got.mul_(chosen[..., None]).sum(1).mul_(buyer[None, :, None])  # in place: fewer fresh pages
+    got.mul_(chosen[..., None])
+    # in place: fewer fresh pages; one market's signal is its own (torch's sum over an axis of one copies it)
+    received = (got[:, 0] if heads == 1 else got.sum(1)).mul_(buyer[None, :, None])
     spending = terms.spend * terms.fixed.has_partner  # the mask is the same for every batch element and head
     market_revenue = torch.zeros(batch, heads, agents, dtype=torch.float64, device=choice.device)
     market_revenue.scatter_add_(2, index, (spending / heads)[:, None, :] * chosen)
