@@ -212,15 +212,32 @@ def _bessel_ratio_value(kappa: torch.Tensor, dimension: int) -> torch.Tensor:
     k in 1e-4..1e7: K = 128 steps (float64) within 2.2e-9 relative; K = 48 steps (float32)
     within 1.5e-6 in float32 arithmetic, below what float32 states resolve anyway. Written
     in 1/k so that k = 0 (A = 0) and k = inf (A = 1) are exact.
+
+    Each step is two or three operations on a round's agents, which at a few thousand agents
+    cost mostly their dispatch: ``reciprocal`` rather than ``1.0 / x`` (torch's number over a
+    tensor is reciprocal(x) * 1.0, two operations), and where the K terms 2 (mu' + j) / k fit in
+    BESSEL_TERMS_AT_ONCE entries, all of them as one outer product first (the same products:
+    each coefficient is an integer or a half below 2^24, exact in float32, times 1 / k rounded
+    once, as the number times the tensor rounds it). The same bits either way
+    (docs/performance.md, "Fewer operations a step of the Bessel ratio").
     """
     steps = 128 if kappa.dtype == torch.float64 else 48
     order = dimension / 2.0 - 1.0
-    inverse = 1.0 / kappa
+    inverse = kappa.reciprocal()
     top = order + steps
-    ratio = 1.0 / ((top + 0.5) * inverse + torch.sqrt(((top + 1.0) * inverse) ** 2 + 1.0))
-    for step in range(steps, 0, -1):
-        ratio = 1.0 / (2.0 * (order + step) * inverse + ratio)
+    ratio = ((top + 0.5) * inverse + torch.sqrt(((top + 1.0) * inverse) ** 2 + 1.0)).reciprocal_()
+    if steps * kappa.numel() <= BESSEL_TERMS_AT_ONCE:
+        coefficients = torch.arange(steps, 0, -1, dtype=kappa.dtype, device=kappa.device).add_(order).mul_(2.0)
+        terms = torch.outer(coefficients, inverse.reshape(-1)).view(steps, *inverse.shape)
+        for term in terms.unbind(0):
+            ratio = term.add_(ratio).reciprocal_()  # term + ratio, in the term's own memory
+    else:
+        for step in range(steps, 0, -1):
+            ratio = (2.0 * (order + step) * inverse + ratio).reciprocal_()  # in place on the step's own sum
     return torch.where(kappa == 0, torch.zeros_like(ratio), ratio)
+
+
+BESSEL_TERMS_AT_ONCE = 1 << 19  # the recurrence's terms made in one product up to this many (2-4 MiB)
 
 
 class _BesselRatio(torch.autograd.Function):
