@@ -217,8 +217,8 @@ def _bessel_ratio_value(kappa: torch.Tensor, dimension: int) -> torch.Tensor:
     cost mostly their dispatch: ``reciprocal`` rather than ``1.0 / x`` (torch's number over a
     tensor is reciprocal(x) * 1.0, two operations), and where the K terms 2 (mu' + j) / k fit in
     BESSEL_TERMS_AT_ONCE entries, all of them as one outer product first (the same products:
-    each coefficient is an integer or a half below 2^24, exact in float32, times 1 / k rounded
-    once, as the number times the tensor rounds it). The same bits either way
+    each coefficient 2 (mu' + j) = d - 2 + 2 j is an integer, exact in float32 (as is mu' + j on the
+    way), times 1 / k rounded once, as the number times the tensor rounds it). The same bits either way
     (docs/performance.md, "Fewer operations a step of the Bessel ratio").
     """
     steps = 128 if kappa.dtype == torch.float64 else 48
