@@ -215,10 +215,11 @@ def _bessel_ratio_value(kappa: torch.Tensor, dimension: int) -> torch.Tensor:
 
     Each step is two or three operations on a round's agents, which at a few thousand agents
     cost mostly their dispatch: ``reciprocal`` rather than ``1.0 / x`` (torch's number over a
-    tensor is reciprocal(x) * 1.0, two operations), and where the K terms 2 (mu' + j) / k fit in
-    BESSEL_TERMS_AT_ONCE entries, all of them as one outer product first (the same products:
-    each coefficient 2 (mu' + j) = d - 2 + 2 j is an integer, exact in float32 (as is mu' + j on the
-    way), times 1 / k rounded once, as the number times the tensor rounds it). The same bits either way
+    tensor is reciprocal(x) * 1.0, two operations), and the terms 2 (mu' + j) / k made by outer
+    products, as many steps' at once as fit in BESSEL_TERMS_AT_ONCE entries (all K for a few
+    thousand agents, one at a time for millions): the same products, each coefficient
+    2 (mu' + j) = d - 2 + 2 j an integer, exact in float32 (as is mu' + j on the way), times 1 / k
+    rounded once, as a number times the tensor rounds it. The same bits however many at once
     (docs/performance.md, "Fewer operations a step of the Bessel ratio").
     """
     steps = 128 if kappa.dtype == torch.float64 else 48
@@ -226,18 +227,15 @@ def _bessel_ratio_value(kappa: torch.Tensor, dimension: int) -> torch.Tensor:
     inverse = kappa.reciprocal()
     top = order + steps
     ratio = ((top + 0.5) * inverse + torch.sqrt(((top + 1.0) * inverse) ** 2 + 1.0)).reciprocal_()
-    if steps * kappa.numel() <= BESSEL_TERMS_AT_ONCE:
-        coefficients = torch.arange(steps, 0, -1, dtype=kappa.dtype, device=kappa.device).add_(order).mul_(2.0)
-        terms = torch.outer(coefficients, inverse.reshape(-1)).view(steps, *inverse.shape)
-        for term in terms.unbind(0):
+    coefficients = torch.arange(steps, 0, -1, dtype=kappa.dtype, device=kappa.device).add_(order).mul_(2.0)
+    at_once = max(1, BESSEL_TERMS_AT_ONCE // max(kappa.numel(), 1))
+    for chunk in coefficients.split(at_once):
+        for term in torch.outer(chunk, inverse.reshape(-1)).view(-1, *inverse.shape).unbind(0):
             ratio = term.add_(ratio).reciprocal_()  # term + ratio, in the term's own memory
-    else:
-        for step in range(steps, 0, -1):
-            ratio = (2.0 * (order + step) * inverse + ratio).reciprocal_()  # in place on the step's own sum
     return torch.where(kappa == 0, torch.zeros_like(ratio), ratio)
 
 
-BESSEL_TERMS_AT_ONCE = 1 << 19  # the recurrence's terms made in one product up to this many (2-4 MiB)
+BESSEL_TERMS_AT_ONCE = 1 << 19  # the recurrence's terms made by one outer product: at most this many (2-4 MiB)
 
 
 class _BesselRatio(torch.autograd.Function):
