@@ -46,13 +46,19 @@ _BELOW_ONE = {torch.float32: 1.0 - 2.0**-24}  # the largest float32 below 1
 _TERMS = {torch.float64: (9, 10), torch.float32: (5, 5)}  # (sine, cosine) terms kept in each precision
 
 
-def box_muller(words: torch.Tensor, count: int, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+def box_muller(words: torch.Tensor, count: int, dtype: torch.dtype = torch.float64, axis: int = 0) -> torch.Tensor:
     """(count, ...) standard Gaussians in ``dtype`` from (ceil(count / 2), ...) int64 ``words``, one pair a word.
 
     Gaussian k < pairs is the cosine of word k's pair, pairs + k its sine. Eagerly ``words``
-    is written into (the caller's fresh hashes).
+    is written into (the caller's fresh hashes). ``axis`` -1: the index last instead, words
+    (..., pairs) and Gaussians (..., count), the same numbers (each agent's contiguous, for the
+    eager spin draw, econspin.response).
     """
-    pairs = words.shape[0]
+    if axis not in (0, -1):
+        raise ValueError(f"axis must be 0 or -1, not {axis}")
+    if axis == -1 and torch.compiler.is_compiling():  # the compiled draw takes axis 0; here the same numbers
+        return box_muller(words.movedim(-1, 0), count, dtype).movedim(0, -1)
+    pairs = words.shape[axis]
     high = ((words >> 32) & _LOW_32).to(dtype).add_(0.5).mul_(2.0**-32)
     if dtype != torch.float64:  # the top 128 halves round to 1: kept below it, a radius of 3.5e-4, not 0
         high = high.clamp_(max=_BELOW_ONE[dtype])
@@ -63,6 +69,10 @@ def box_muller(words: torch.Tensor, count: int, dtype: torch.dtype = torch.float
         # Gaussians themselves, not the cosines, the sines and the radii for every reader to multiply
         return torch.stack([cosine * radius, sine * radius]).flatten(0, 1)[:count]
     angle = words.bitwise_and_(_LOW_32).to(dtype).add_(0.5).mul_(_TURN_UNIT)
+    if axis == -1:
+        # each half taken contiguously and joined by cat (a copy of rows): written by out= into the
+        # halves of each agent's row, cos and sin ran strided, without their vectorised loops
+        return torch.cat([torch.cos(angle).mul_(radius), torch.sin(angle).mul_(radius)[..., : count - pairs]], dim=-1)
     normals = torch.empty((2 * pairs, *words.shape[1:]), dtype=dtype, device=words.device)
     torch.cos(angle, out=normals[:pairs])
     torch.sin(angle, out=normals[pairs:])

@@ -275,15 +275,20 @@ class Draws:
             return self.block.uniforms(stream, count, start)[self.place].clone()
         return to_unit(self.words(stream, count, start))
 
-    def normal(self, stream: int, count: int, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    def normal(self, stream: int, count: int, dtype: torch.dtype = torch.float64, axis: int = 0) -> torch.Tensor:
         """(count, ...) standard Gaussians in ``dtype`` (float64 or float32), a Box-Muller pair a word.
 
         From ceil(count / 2) words (:func:`econspin.gaussians.box_muller`): a word's two 32-bit
         halves give the uniforms (h + 1/2) 2^-32 of the radius and the angle; the radius stops
         at 6.7, a tail of probability 1.2e-10. float32 takes the same words and gives the float64
-        pair to float32 rounding of its uniforms (a radius at least 3.5e-4).
+        pair to float32 rounding of its uniforms (a radius at least 3.5e-4). ``axis`` -1 puts
+        the index last, (..., count): the same numbers, each agent's contiguous.
         """
-        return box_muller(self.words(stream, (count + 1) // 2), count, dtype)
+        pairs = (count + 1) // 2
+        if axis == -1:  # the words hashed as (..., pairs): the same key ^ tag, broadcast the other way
+            tags = _mixed_tags(_LEVEL_DRAW + (stream << 32), pairs, self.keys.device)
+            return box_muller(_keyed(self.keys.unsqueeze(-1), tags), count, dtype, axis)
+        return box_muller(self.words(stream, pairs), count, dtype, axis)
 
 
 def round_draws(keys: torch.Tensor, round_index: int, agents: int) -> Draws:

@@ -310,44 +310,78 @@ def sample_von_mises_fisher(
     else:
         along = _wood_component_eagerly(kappa.double(), dimension, draws, budget)
     along = torch.where(norm > 0, along, torch.zeros_like(along))  # no field: all of it orthogonal
-    # the direction in (d, ...) layout: reductions over d run across contiguous rows of agents.
-    # Out of place where the field's gradient flows (a sampled round stays differentiable); in
-    # place otherwise, the same arithmetic: every (d, ...) float64 temporary is d / 16 MiB at
-    # B = 128, N = 64 (half that in float32), and fresh pages of that size cost more than the
-    # sums (docs/performance.md)
-    gaussian = draws.normal(DRAW_DIRECTION, dimension, working)  # (d, ...)
-    # compiled, the out-of-place form (the same arithmetic): Inductor fuses it and plans its own buffers
-    out_of_place = (torch.is_grad_enabled() and unit.requires_grad) or compiling
+    if compiling:
+        return _direction_by_components(theta, unit, along, radius, draws)
+    return _direction_by_agents(theta, unit, along, radius, draws)
+
+
+def _direction_by_agents(
+    theta: torch.Tensor, unit: torch.Tensor, along: torch.Tensor, radius: float, draws: Draws
+) -> torch.Tensor:
+    """The spin R (w theta_hat + sqrt(1 - w^2) g_perp / |g_perp|) eagerly, each agent's d components contiguous.
+
+    ``unit`` is theta_hat (..., d) in the working precision, ``along`` w (...). The sums over d
+    are torch's over the last axis: an agent's terms are added in an order that depends on d
+    alone, whatever batch it is drawn in. Laid out (d, ...) instead, as compiled, a transposing
+    division and a transposed copy back took about 1 ms of the draw at B = 128, N = 64,
+    d = 32 (docs/performance.md, "The direction drawn agent by agent").
+    Out of place where the field's gradient flows (a sampled round stays differentiable); in
+    place otherwise, the same arithmetic.
+    """
+    gaussian = draws.normal(DRAW_DIRECTION, theta.shape[-1], unit.dtype, axis=-1)  # (..., d)
+    out_of_place = torch.is_grad_enabled() and unit.requires_grad
     products = gaussian * unit
-    # stored compiled: inlined, the last halvings of the sum were redone for each of the d components
-    dot = stored(_sum_leading(products, in_place=not out_of_place))
+    dot = products.sum(-1, keepdim=True)
     if out_of_place:
         orthogonal = torch.addcmul(gaussian, unit, dot, value=-1.0)
         squares = orthogonal * orthogonal
     else:
         orthogonal = gaussian.addcmul_(unit, dot, value=-1.0)
         squares = torch.mul(orthogonal, orthogonal, out=products)
-    length = torch.sqrt(_sum_leading(squares, in_place=not out_of_place))
-    # s = R (w theta_hat + sqrt(1 - w^2) g_perp / |g_perp|), the radius folded into the coefficients,
-    # taken in float64 (1 - w ~ 1 / kappa: float32 would round sqrt(1 - w^2) away at large kappa)
-    # and cast once; compiled, each agent's two coefficients stored once (inlined into the loop
-    # over its components, they were scalar code, three square roots per agent and block of components)
+    sideways, along_scaled = _coefficients(along, torch.sqrt(squares.sum(-1)), radius, unit.dtype)
+    if out_of_place:
+        spin = torch.addcmul(orthogonal * sideways.unsqueeze(-1), unit, along_scaled.unsqueeze(-1))
+    else:
+        spin = orthogonal.mul_(sideways.unsqueeze(-1)).addcmul_(unit, along_scaled.unsqueeze(-1))
+    return spin.to(theta.dtype)
+
+
+def _direction_by_components(
+    theta: torch.Tensor, unit: torch.Tensor, along: torch.Tensor, radius: float, draws: Draws
+) -> torch.Tensor:
+    """:func:`_direction_by_agents` as torch.compile is given it: laid out (d, ...), sums over d by halving.
+
+    The reductions over d run across contiguous rows of agents, elementwise, in an order that
+    depends on d alone; the spins are the eager ones to rounding (the sums' order differs).
+    Out of place: Inductor fuses it and plans its own buffers.
+    """
+    gaussian = draws.normal(DRAW_DIRECTION, theta.shape[-1], unit.dtype)  # (d, ...)
+    # stored: inlined, the last halvings of the sum were redone for each of the d components
+    dot = stored(_sum_leading(gaussian * unit))
+    orthogonal = torch.addcmul(gaussian, unit, dot, value=-1.0)
+    length = torch.sqrt(_sum_leading(orthogonal * orthogonal))
+    sideways, along_scaled = _coefficients(along, length, radius, unit.dtype)
+    # each agent's two coefficients stored once (inlined into the loop over its components, they
+    # were scalar code, three square roots per agent and block of components)
+    spin = torch.addcmul(orthogonal * stored(sideways), unit, stored(along_scaled))
+    # cast in the (d, ...) layout and stored, so that the transposing copy moves the state's precision
+    spin_rows = torch.empty(theta.shape, dtype=theta.dtype, device=theta.device)
+    return spin_rows.copy_(stored(spin.to(theta.dtype)).movedim(0, -1))
+
+
+def _coefficients(
+    along: torch.Tensor, length: torch.Tensor, radius: float, working: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(R sqrt(1 - w^2) / |g_perp|, R w) in ``working`` precision, from w = ``along`` and |g_perp| = ``length``.
+
+    s = R (w theta_hat + sqrt(1 - w^2) g_perp / |g_perp|) with the radius folded into the
+    coefficients, taken in float64 (1 - w ~ 1 / kappa: float32 would round sqrt(1 - w^2) away
+    at large kappa) and cast once.
+    """
     sideways = torch.sqrt((1.0 - along * along).clamp(min=0.0)) * (radius / length.double().clamp(min=1e-300))
     if working != torch.float64:  # no Gaussian left orthogonal (g_perp = 0): 0 times the largest float, not inf
         sideways = sideways.clamp(max=torch.finfo(working).max).to(working)
-    sideways, along_scaled = stored(sideways), stored((radius * along).to(working))
-    if out_of_place:
-        spin = torch.addcmul(orthogonal * sideways, unit, along_scaled)
-    else:
-        spin = orthogonal.mul_(sideways).addcmul_(unit, along_scaled)
-    if compiling:  # cast in the (d, ...) layout and stored, so that the transposing copy moves float32
-        return torch.empty(theta.shape, dtype=dtype, device=theta.device).copy_(stored(spin.to(dtype)).movedim(0, -1))
-    # eagerly the (d, ...) spins copied back as one (d, agents) matrix transposed: torch's blocked copy
-    # for transposed matrices (0.17 against 0.31 ms with the sums before it, B = 128, N = 64, d = 32,
-    # one thread; 0.15 against 0.17 ms with two); the (..., d) view's copy took the elements one by one
-    spin_rows = torch.empty(theta.shape, dtype=dtype, device=theta.device)
-    spin_rows.view(-1, dimension).copy_(spin.reshape(dimension, -1).t())
-    return spin_rows
+    return sideways, (radius * along).to(working)
 
 
 def _concentration(norm: torch.Tensor, temperature: torch.Tensor, radius: float) -> torch.Tensor:
@@ -361,28 +395,20 @@ def _concentration(norm: torch.Tensor, temperature: torch.Tensor, radius: float)
 def _norm_and_unit(
     theta: torch.Tensor, compiling: bool, precision: torch.dtype = torch.float64
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(|theta|, theta_hat in ``precision`` laid out (d, ...)), theta_hat the zero vector where theta = 0.
+    """(|theta|, theta_hat in ``precision``), theta_hat the zero vector where theta = 0.
 
-    Eagerly theta_hat is divided straight into a contiguous (d, ...) tensor, then cast where
-    ``precision`` is not theta's. Compiled, theta is laid out
-    (d, ...) once in its own precision and stored (econspin.compiled.stored), |theta|^2 summed
-    over d by halving (elementwise over rows of agents, as the draw's other sums), and theta_hat
-    stored in theta's precision, read in ``precision`` (float64: the same values). Left to
-    Inductor, the norm was a horizontal sum per agent and theta_hat was transposed, with a
-    scalar square root per agent, in every loop that read it; the compiled norm may differ from torch's in its last
-    place (so did Inductor's own sum), as compiled arithmetic does (econspin.compiled).
+    Eagerly theta_hat has theta's shape, divided in theta's precision and cast where
+    ``precision`` is not theta's. Compiled, it is laid out (d, ...) as the compiled draw takes
+    it: theta laid out once in its own precision and stored (econspin.compiled.stored),
+    |theta|^2 summed over d by halving (elementwise over rows of agents, as the draw's other
+    sums), and theta_hat stored in theta's precision, read in ``precision`` (float64: the same
+    values). Left to Inductor, the norm was a horizontal sum per agent and theta_hat was
+    transposed, with a scalar square root per agent, in every loop that read it; the compiled
+    norm may differ from torch's in its last place (so did Inductor's own sum), as compiled
+    arithmetic does (econspin.compiled).
     """
     if not compiling:
-        norm, safe = _norm_and_divisor(theta)
-        # divided straight into the (d, ...) layout, a contiguous tensor (reading theta across its rows):
-        # the products with the Gaussians read theta_hat three times, each time strided if it were a
-        # view (0.13 against 0.03 ms at B = 128, N = 64, d = 32, one thread); the same quotients. (A
-        # .to(memory_format=torch.contiguous_format) of the moved view in theta's own dtype returns the
-        # view itself: torch takes a 3-d tensor's suggested format for contiguous)
-        if torch.is_grad_enabled() and theta.requires_grad:  # out= takes no part in autograd
-            return norm, (theta.movedim(-1, 0) / safe).to(precision).contiguous()
-        direction = torch.empty((theta.shape[-1], *theta.shape[:-1]), dtype=theta.dtype, device=theta.device)
-        torch.div(theta.movedim(-1, 0), safe, out=direction)
+        norm, direction = _norm_and_direction(theta)
         return norm, direction.to(precision)
     laid_out = stored(theta.movedim(-1, 0).contiguous())
     norm = torch.sqrt(_sum_leading(laid_out * laid_out))

@@ -214,6 +214,19 @@ def test_normals_by_box_muller(dtype):
     assert stats.kstest(z.numpy(), "norm").pvalue > 1e-4
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("count", [1, 2, 7, 32])
+def test_normals_with_their_index_last_are_the_same_numbers_each_agents_contiguous(dtype, count):
+    """Draws.normal(axis=-1) is (..., count), the (count, ...) Gaussians moved, bit for bit, for keys of any rank."""
+    draws = round_draws(dynamics_keys([3, 3, 4], [0, 1, 0]), 5, 9)
+    for chosen in (draws, draws[1], draws[2, 4]):
+        leading, last = chosen.normal(DRAW_SPIN, count, dtype), chosen.normal(DRAW_SPIN, count, dtype, axis=-1)
+        assert last.shape == (*chosen.keys.shape, count) and last.is_contiguous() and last.dtype == dtype
+        assert torch.equal(last, leading.movedim(0, -1))
+    with pytest.raises(ValueError, match="axis must be 0 or -1"):
+        box_muller(draws.words(DRAW_SPIN, 2), 3, axis=1)
+
+
 def test_float64_normals_are_box_muller_of_the_two_halves_bit_for_bit():
     """The float64 pair of a word: sqrt(-2 ln u) (cos a, sin a), u and a/2π the halves' (h + 1/2) 2^-32, as written."""
     draws = round_draws(dynamics_keys([3, 3], [0, 1]), 5, 40)

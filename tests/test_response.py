@@ -10,6 +10,8 @@ from scipy import special, stats
 from econspin import wood
 from econspin.randomness import round_draws
 from econspin.response import (
+    _direction_by_agents,
+    _direction_by_components,
     _norm_and_unit,
     _wood_component,
     bessel_ratio,
@@ -277,14 +279,38 @@ def test_spins_drawn_in_place_are_the_differentiable_draws_bit_for_bit(dimension
     assert field.grad is not None and torch.isfinite(field.grad).all() and field.grad.abs().sum() > 0
 
 
+@pytest.mark.parametrize("dimension", [2, 5, 16, 33])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_the_direction_drawn_agent_by_agent_is_the_compiled_layouts_to_rounding(dimension, dtype):
+    """The eager direction, each agent's components contiguous, is the (d, ...) form's (the compiled one) to rounding.
+
+    The same Gaussians and coefficients; only the sums over d add in another order. With no
+    field (theta_hat 0: all of the spin orthogonal) and w = -1, 0, 1 among the agents.
+    """
+    generator = torch.Generator().manual_seed(dimension)
+    theta = torch.randn(3, 30, dimension, generator=generator, dtype=dtype)
+    theta[0, :4] = 0.0
+    along = torch.rand(3, 30, generator=generator, dtype=torch.float64) * 2.0 - 1.0
+    along[1, :3] = torch.tensor([-1.0, 0.0, 1.0], dtype=torch.float64)
+    along[0, :4] = 0.0
+    draws = round_draws(torch.tensor([5, 6, 7]), 3, 30)
+    norm, unit = _norm_and_unit(theta, False, dtype)
+    by_agents = _direction_by_agents(theta, unit, along, 1.5, draws)
+    by_components = _direction_by_components(theta, unit.movedim(-1, 0).contiguous(), along, 1.5, draws)
+    assert by_agents.shape == theta.shape and by_agents.is_contiguous() and by_agents.dtype == dtype
+    assert torch.allclose(by_agents, by_components, rtol=0.0, atol=(1e-14 if dtype == torch.float64 else 2e-6) * 1.5)
+    assert torch.allclose(by_agents.norm(dim=-1), torch.full((3, 30), 1.5, dtype=dtype), rtol=1e-5)
+    cos = (by_agents * unit).sum(-1) / 1.5  # the component along theta_hat is w, where there is a field
+    assert torch.allclose(cos[norm > 0], along[norm > 0].to(dtype), atol=1e-5)
+
+
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
 def test_the_eager_draws_unit_field_is_laid_out_contiguously(dtype):
-    """theta_hat (d, ...) is a tensor of its own, contiguous, in the draw's working precision.
+    """theta_hat is a tensor of its own, theta's shape, contiguous, in the draw's working precision.
 
-    The draw's three products read it; a strided view there cost 5x each (docs/performance_log.md,
-    "The spin draw's unit field, contiguous"). The moved view's .to(memory_format=contiguous) in
-    theta's own dtype returned the view itself, so this held only for a cast (bfloat16 states:
-    float64 Gaussians). With a gradient too, and the quotients are theta / |theta| either way.
+    The eager draw's products read it in theta's layout, each agent's components contiguous
+    (docs/performance.md, "The direction drawn agent by agent"); compiled, it is laid out (d, ...).
+    With a gradient too, and the quotients are theta / |theta| either way.
     """
     theta = torch.randn(3, 7, 5, generator=torch.Generator().manual_seed(2)).to(dtype)
     theta[0, 0] = 0.0
@@ -292,10 +318,10 @@ def test_the_eager_draws_unit_field_is_laid_out_contiguously(dtype):
     for requires_grad in (False, True):
         field = theta.clone().requires_grad_(requires_grad)
         norm, unit = _norm_and_unit(field, False, working)
-        assert unit.shape == (5, 3, 7) and unit.dtype == working and unit.is_contiguous()
+        assert unit.shape == (3, 7, 5) and unit.dtype == working and unit.is_contiguous()
         assert torch.equal(norm.detach(), torch.linalg.vector_norm(theta, dim=-1))
         expected = (theta / torch.where(norm.detach() > 0, norm.detach(), 1.0)[..., None]).to(working)
-        assert torch.equal(unit.detach(), expected.movedim(-1, 0))
+        assert torch.equal(unit.detach(), expected)
         assert unit.requires_grad == requires_grad
 
 
@@ -334,8 +360,8 @@ def test_a_direction_with_no_gaussian_left_is_finite():
     """All Gaussians zero (so g_perp = 0): the spin is R w theta_hat, as in float64, not 0 times inf."""
 
     class NoGaussians(type(round_draws(torch.tensor([1]), 0, 1))):
-        def normal(self, stream, count, dtype=torch.float64):
-            return super().normal(stream, count, dtype).zero_()
+        def normal(self, stream, count, dtype=torch.float64, axis=0):
+            return super().normal(stream, count, dtype, axis).zero_()
 
     count, dimension = 100, 4
     for dtype in (torch.float64, torch.float32):
