@@ -92,6 +92,7 @@ def _every_draw(keys: torch.Tensor):
         draws.normal(DRAW_SPIN, 7),
         Draws(keys).words(DRAW_SPIN, 4),  # element keys used directly as agent keys
         draws.normal(DRAW_SPIN, 7, torch.float32),
+        draws.normal(DRAW_SPIN, 7, axis=-1),  # the index last (compiled: the axis-0 Gaussians moved)
     )
 
 
@@ -113,11 +114,13 @@ def test_compiled_draws_are_the_eager_draws(keys, extreme):
         COMPILED_DRAWS.append(torch.compile(_every_draw, dynamic=False))
     keys = torch.tensor([keys[0], extreme, keys[2]], dtype=torch.int64)
     compiled, eager = COMPILED_DRAWS[0](keys), _every_draw(keys)
-    normal, single = 4, 6  # the Gaussians' places in _every_draw's tuple
+    normal, single, last = 4, 6, 7  # the Gaussians' places in _every_draw's tuple
     for index, (want, got) in enumerate(zip(eager, compiled)):
-        if index not in (normal, single):
+        if index not in (normal, single, last):
             assert torch.equal(want, got), f"draw {index} differs"
     torch.testing.assert_close(compiled[normal], eager[normal], rtol=0, atol=4 * 8 * 2.0**-52)
+    assert compiled[last].shape == (3, 19, 7)
+    torch.testing.assert_close(compiled[last], eager[last], rtol=0, atol=4 * 8 * 2.0**-52)
     assert compiled[single].dtype == torch.float32
     torch.testing.assert_close(compiled[single], eager[single], rtol=0, atol=1e-6 * 6.7)
 

@@ -221,6 +221,42 @@ def test_vmf_at_temperatures_just_above_zero_is_the_direction_to_sqrt_d_over_kap
     assert int(budget.unresolved) == 0
 
 
+def test_a_budget_given_to_the_draw_reaches_woods_step_and_counts_whom_it_leaves():
+    """sample_von_mises_fisher(..., budget): one attempt each leaves the rejected agents unresolved, counted.
+
+    As many as Wood's step counts with the same budget at the same kappa, and the spins of the
+    agents it resolved are the unbudgeted draw's.
+    """
+    count, dimension, radius = 2000, 3, 1.5
+    theta = torch.randn(1, count, dimension, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    theta = theta / theta.norm(dim=-1, keepdim=True)  # kappa = R |theta| / T = 1.5
+    temperature = torch.ones(1, count, dtype=torch.float64)
+    draws = round_draws(torch.tensor([6]), 2, count)
+    budget, alone = (wood.RejectionBudget.on(torch.device("cpu"), 1) for _ in range(2))
+    budgeted = sample_von_mises_fisher(theta, temperature, radius, draws, budget)
+    _wood_component(torch.full((1, count), radius, dtype=torch.float64), dimension, draws, budget=alone)
+    assert 0 < int(budget.unresolved) == int(alone.unresolved) < count
+    unbudgeted = sample_von_mises_fisher(theta, temperature, radius, draws)
+    resolved = (budgeted == unbudgeted).all(-1)
+    assert int((~resolved).sum()) == int(budget.unresolved)
+
+
+@pytest.mark.parametrize("dimension", [1, 4])
+def test_spins_are_drawn_in_the_states_precision(dimension):
+    """float64, float32 and bfloat16 fields give spins of their own dtype (bfloat16: drawn in float64, cast once)."""
+    theta = torch.randn(2, 50, dimension, generator=torch.Generator().manual_seed(dimension))
+    draws = round_draws(torch.tensor([1, 2]), 0, 50)
+    wide = sample_von_mises_fisher(theta.double(), torch.ones(2, 50, dtype=torch.float64), 1.5, draws)
+    for dtype in (torch.float64, torch.float32, torch.bfloat16):
+        spins = sample_von_mises_fisher(theta.to(dtype), torch.ones(2, 50, dtype=dtype), 1.5, draws)
+        assert spins.dtype == dtype
+        tolerance = {torch.float64: 1e-12, torch.float32: 1e-5, torch.bfloat16: 3e-2}[dtype]
+        radii = spins.norm(dim=-1).double()
+        assert torch.allclose(radii, torch.full((2, 50), 1.5, dtype=torch.float64), rtol=tolerance)
+        if dtype != torch.bfloat16:  # a bfloat16 field is another field: its kappa moves Wood's draws
+            assert torch.allclose(spins.double(), wide, atol=tolerance * 1.5)
+
+
 @pytest.mark.parametrize("dimension", [2, 3, 16])
 def test_wood_result_does_not_depend_on_attempts_drawn_at_once(dimension):
     """The first accepted attempt of each agent's sequence, whether 1, 4 or 16 are tried at once."""
@@ -237,7 +273,7 @@ def test_wood_result_does_not_depend_on_attempts_drawn_at_once(dimension):
     assert torch.equal(_wood_component(few, dimension, draws[:, :100]), one[:, :100])
 
 
-@pytest.mark.parametrize("dimension", [1, 2, 7, 16])
+@pytest.mark.parametrize("dimension", [1, 2, 7, 16, 33])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_spins_of_an_element_do_not_depend_on_the_batch(dimension, dtype):
     """An element sampled alone gets the bits it gets inside a batch, and a subset of agents likewise."""
