@@ -169,6 +169,12 @@ def test_the_kernel_switch():
         two_populations(couplings={"curie_weiss": 1.0}, run={"kernel": "fused"})
     run = rollout(two_populations())
     assert uses_fused(run.state, run.economy)
+    # asked for, the reference kernel runs (the two agree to rounding: only the switch tells them apart)
+    reference = rollout(two_populations(run={"kernel": "reference"}))
+    assert not uses_fused(reference.state, reference.economy)
+    network = {"generator": "gnp_random_graph", "params": {"p": 0.2}, "layout": "sparse"}
+    sparse = rollout(two_populations(network=network))
+    assert sparse.economy.trade_edges is not None and not uses_fused(sparse.state, sparse.economy)  # its own kernel
     fields = run.state.fields.clone().requires_grad_(True)
     assert not uses_fused(run.state.replace(fields=fields), run.economy)  # gradients take the reference path
     with torch.no_grad():
