@@ -263,10 +263,14 @@ class Draws:
 
     # traced under run.compile (econspin.compiled): the tags' arange and the hash fuse into one
     # loop, in the defined arithmetic of mix64_exact (docs/performance_log.md, "The hashes compiled")
-    def words(self, stream: int, count: int, start: int = 0) -> torch.Tensor:
-        """(count, ...) int64 hashes of (stream, index) for index in [start, start + count)."""
-        tags = _mixed_tags(_LEVEL_DRAW + (stream << 32) + start, count, self.keys.device, self.keys.dim())
-        return _keyed(self.keys, tags)
+    def words(self, stream: int, count: int, start: int = 0, axis: int = 0) -> torch.Tensor:
+        """(count, ...) int64 hashes of (stream, index) for index in [start, start + count).
+
+        ``axis`` -1 puts the index last, (..., count): the same key ^ tag, broadcast the other way.
+        """
+        keys = self.keys.unsqueeze(-1) if axis == -1 else self.keys
+        trailing = 0 if axis == -1 else keys.dim()
+        return _keyed(keys, _mixed_tags(_LEVEL_DRAW + (stream << 32) + start, count, keys.device, trailing))
 
     def uniform(self, stream: int, count: int, start: int = 0) -> torch.Tensor:
         """(count, ...) float64 uniforms on (0, 1), indices [start, start + count) of ``stream``."""
@@ -284,11 +288,7 @@ class Draws:
         pair to float32 rounding of its uniforms (a radius at least 3.5e-4). ``axis`` -1 puts
         the index last, (..., count): the same numbers, each agent's contiguous.
         """
-        pairs = (count + 1) // 2
-        if axis == -1:  # the words hashed as (..., pairs): the same key ^ tag, broadcast the other way
-            tags = _mixed_tags(_LEVEL_DRAW + (stream << 32), pairs, self.keys.device)
-            return box_muller(_keyed(self.keys.unsqueeze(-1), tags), count, dtype, axis)
-        return box_muller(self.words(stream, pairs), count, dtype, axis)
+        return box_muller(self.words(stream, (count + 1) // 2, axis=axis), count, dtype, axis)
 
 
 def round_draws(keys: torch.Tensor, round_index: int, agents: int) -> Draws:

@@ -472,18 +472,17 @@ def _wood_rest_eagerly(marked, constants, dimension: int, draws: Draws) -> torch
     return _wood_rest_marked(marked, constants, dimension, draws)
 
 
-def _sum_leading(values: torch.Tensor, in_place: bool = False) -> torch.Tensor:
-    """Sum over the leading axis by halving it, elementwise additions only.
+def _sum_leading(values: torch.Tensor) -> torch.Tensor:
+    """Sum over the leading axis by halving it, elementwise additions only (the compiled draw's sums).
 
     torch's reductions over an outer axis may group the terms differently with the sizes of
     the other axes; this order depends on the leading axis alone, so an agent gets the same
-    bits whatever batch it is drawn in. ``in_place`` folds into ``values`` itself (the same
-    additions, no new memory; ``values`` is then spent).
+    bits whatever batch it is drawn in.
     """
     while values.shape[0] > 1:
         half = values.shape[0] // 2
         first, second = values[:half], values[half : 2 * half]
-        folded = first.add_(second) if in_place else first + second
+        folded = first + second
         if values.shape[0] % 2:
             folded[-1] += values[-1]
         values = folded

@@ -226,6 +226,7 @@ def test_normals_with_their_index_last_are_the_same_numbers_each_agents_contiguo
         leading, last = chosen.normal(DRAW_SPIN, count, dtype), chosen.normal(DRAW_SPIN, count, dtype, axis=-1)
         assert last.shape == (*chosen.keys.shape, count) and last.is_contiguous() and last.dtype == dtype
         assert torch.equal(last, leading.movedim(0, -1))
+        assert torch.equal(chosen.words(DRAW_SPIN, count, 3, axis=-1), chosen.words(DRAW_SPIN, count, 3).movedim(0, -1))
     with pytest.raises(ValueError, match="axis must be 0 or -1"):
         box_muller(draws.words(DRAW_SPIN, 2), 3, axis=1)
 
