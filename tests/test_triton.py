@@ -308,6 +308,40 @@ def test_the_programs_leave_the_environment_and_triton_as_they_were():
 
 
 @needs_triton
+def test_a_helper_patches_the_language_once_a_launch_whatever_the_tiles(monkeypatch):
+    """Helpers patch triton.language at their first call in a launch only: not once a call, as many as the tiles.
+
+    The library's call of an interpreted helper patches the language every time (1.2 ms); the
+    patches it leaves stay until the launch ends, so later calls in the launch find nothing to patch.
+    Four tilings of N = 64, each launch's patches counted: the same count, and the same outcome.
+    """
+    import triton.runtime.interpreter as interpreter
+
+    from econspin.triton_programs import InterpretedHelper
+
+    library_patch, patched = interpreter._patch_lang, []
+
+    def counted_patch(function):
+        patched.append(function)
+        return library_patch(function)
+
+    monkeypatch.setattr(interpreter, "_patch_lang", counted_patch)
+    run = rollout(two_populations(heads=2, visibility=0.5))
+    economy, counts, outcomes = triton_economy(run.economy), [], []
+    for tiles in (Tiles(64, 64), Tiles(32, 32), Tiles(16, 32), Tiles(16, 16)):
+        launches, before = InterpretedHelper.launch, len(patched)
+        outcomes.append(triton_trade(run.state, economy, tiles=tiles))
+        counts.append((InterpretedHelper.launch - launches, len(patched) - before))
+    launches = counts[0][0]
+    assert launches >= 2 and all(count == counts[0] for count in counts), counts
+    # each launch: the program's own patch and each helper's first call (17 in the two launches here);
+    # a patch at every helper call made 46 at tiles of 64 x 64 and 610 at 16 x 16
+    assert counts[0][1] <= launches * 16, counts
+    for outcome in outcomes[1:]:
+        assert_outcomes_close(outcomes[0], outcome, 1e-12)
+
+
+@needs_triton
 @pytest.mark.parametrize("network", [False, True])
 def test_the_triton_step_never_waits_on_the_host(network):
     """The launches size their grids from shapes alone: no value read, no data-dependent shape, in the whole step."""

@@ -1,0 +1,63 @@
+"""econspin.inductor_setup: Inductor's dtype rules built once per registered set, the same rules as the library's."""
+
+from types import SimpleNamespace
+
+import torch
+import torch._inductor.lowering  # noqa: F401 (registers the rules, as Inductor has before it generates code)
+import torch._inductor.utils as inductor_utils
+from torch._inductor.dtype_propagation import DtypePropagationOpsHandler
+
+from econspin.inductor_setup import ONCE_MARK, build_dtype_rules_once
+
+
+def rules(handler) -> dict:
+    """Each rule of a handler as (function, keywords): partials of the same rule are equal, not identical."""
+    return {name: (value.func, value.keywords) for name, value in vars(handler).items() if hasattr(value, "func")}
+
+
+def counted_builds(monkeypatch) -> list:
+    """A list that grows by one each time the library's __init__ runs (it asks for the boolean ops once a build)."""
+    builds, library_boolean_ops = [], inductor_utils.boolean_ops
+
+    def counted():
+        builds.append(1)
+        return library_boolean_ops()
+
+    monkeypatch.setattr(inductor_utils, "boolean_ops", counted)
+    return builds
+
+
+def test_the_handler_builds_its_rules_once_and_they_are_the_librarys(monkeypatch):
+    assert build_dtype_rules_once() and build_dtype_rules_once()  # installed, and a second call keeps it
+    assert getattr(DtypePropagationOpsHandler.__init__, ONCE_MARK)
+    assert not hasattr(DtypePropagationOpsHandler.__init__.__wrapped__, ONCE_MARK)  # wrapped once, not twice
+    DtypePropagationOpsHandler()
+    builds = counted_builds(monkeypatch)
+    handler = DtypePropagationOpsHandler()
+    for _ in range(5):
+        assert DtypePropagationOpsHandler() is handler
+    assert builds == []
+    fresh = object.__new__(DtypePropagationOpsHandler)  # the library's own build, on an instance of its own
+    DtypePropagationOpsHandler.__init__.__wrapped__(fresh)
+    assert builds == [1]
+    assert len(rules(fresh)) > 100 and rules(handler) == rules(fresh)
+    single, double = SimpleNamespace(dtype=torch.float32), SimpleNamespace(dtype=torch.float64)  # as CSE variables
+    assert handler.add(single, double) == fresh.add(single, double) == torch.float64
+    assert handler.isnan(double) == torch.bool and handler.to_dtype(single, torch.int64) == torch.int64
+
+
+def test_a_rule_registered_later_is_built_in(monkeypatch):
+    build_dtype_rules_once()
+    DtypePropagationOpsHandler()
+    builds = counted_builds(monkeypatch)
+    rule = inductor_utils.OpDtypeRule(type_promotion_kind=None, override_return_dtype=torch.int16)
+    monkeypatch.setitem(inductor_utils.op_dtype_propagation_rules, "econspin_test_rule", rule)
+    handler = DtypePropagationOpsHandler()
+    assert builds == [1] and handler.econspin_test_rule(torch.float32) == torch.int16
+    DtypePropagationOpsHandler()
+    assert builds == [1]
+    monkeypatch.undo()  # the registry as it was: the next construction builds again
+    builds = counted_builds(monkeypatch)
+    DtypePropagationOpsHandler()
+    assert builds == [1]
+    del handler.econspin_test_rule
