@@ -227,6 +227,13 @@ def _bessel_ratio_value(kappa: torch.Tensor, dimension: int) -> torch.Tensor:
     inverse = kappa.reciprocal()
     top = order + steps
     ratio = ((top + 0.5) * inverse + torch.sqrt(((top + 1.0) * inverse) ** 2 + 1.0)).reciprocal_()
+    if torch.compiler.is_compiling():
+        # traced: each step a pointwise expression of constants, all K fused into one loop. The eager form's
+        # steps, in place on views of the outer product, were traced as K writes of the whole product back
+        # (the compiled expected round at B = 128, N = 64, d = 32 took 9.1 ms against 4.8 ms before them)
+        for step in range(steps, 0, -1):
+            ratio = torch.reciprocal(2.0 * (order + step) * inverse + ratio)
+        return torch.where(kappa == 0, torch.zeros_like(ratio), ratio)
     coefficients = torch.arange(steps, 0, -1, dtype=kappa.dtype, device=kappa.device).add_(order).mul_(2.0)
     at_once = max(1, BESSEL_TERMS_AT_ONCE // max(kappa.numel(), 1))
     for chunk in coefficients.split(at_once):

@@ -1,11 +1,14 @@
 """Spin responses and their samplers."""
 
 import math
+import re
 
 import numpy as np
 import pytest
 import torch
+from helpers import needs_compiler
 from scipy import special, stats
+from torch._inductor.utils import run_and_get_code
 
 from econspin import wood
 from econspin.randomness import round_draws
@@ -58,6 +61,30 @@ def test_bessel_ratio_terms_at_once_are_the_step_by_step_recurrence_bit_for_bit(
         ok = np.isfinite(exact) & (exact > 0)
         error = np.abs(at_once[1].double().numpy()[ok] - exact[ok]) / exact[ok]
         assert error.max() < (1.5e-6 if dtype == torch.float32 else 1e-8), dimension
+
+
+@needs_compiler
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_the_compiled_bessel_ratio_keeps_no_buffer_of_the_recurrences_terms(dtype):
+    """Compiled (run.compile traces the vMF mean), the recurrence is one loop over the agents.
+
+    The eager form makes the K terms by outer products and steps in place on views of them;
+    traced, each step was a write of the whole (K, ...) product back, and the compiled expected
+    round at B = 128, N = 64, d = 32 ran at twice its time. The values: the eager ones within two
+    float32 ulps (1e-15 in float64), with k = 0, inf and 1e-30 among them.
+    """
+    generator = torch.Generator().manual_seed(8)
+    kappa = 10.0 ** (torch.rand(2, 500, generator=generator, dtype=torch.float64) * 8 - 3)
+    kappa[0, :3] = torch.tensor([0.0, math.inf, 1e-30], dtype=torch.float64)
+    kappa = kappa.to(dtype)
+    torch._dynamo.reset()
+    with torch.no_grad():
+        got, code = run_and_get_code(torch.compile(bessel_ratio, dynamic=False), kappa, 32)
+    buffers = set(re.findall(r"empty_strided_cpu\(\(([^)]*)\)", "\n".join(code)))
+    assert buffers == {"2, 500"}, buffers  # the result's alone, none of (K, 2, 500)
+    tolerance = 2 * torch.finfo(dtype).eps if dtype == torch.float32 else 1e-15
+    torch.testing.assert_close(got, bessel_ratio(kappa, 32), rtol=tolerance, atol=0)
+
 
 def test_bessel_ratio_limits_and_ising():
     kappa = torch.tensor([0.0, math.inf], dtype=torch.float64)
