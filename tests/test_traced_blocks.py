@@ -130,26 +130,45 @@ def test_the_traced_blocks_compiled_give_the_blocks_results(mode):
             assert_blocks_agree(*both_ways(run.state, run.economy, seed, compiled), TOLERANCE[torch.float32])
 
 
+# A sampled round at d >= 2 draws its spins by Wood's von Mises-Fisher sampler, whose traced draw takes
+# most of the ~100 s Inductor spends on such a round with an empty cache; at d = 1 (Glauber) the same
+# blocks compile in about a third of that. What the tests below are about, the blocks traced or called
+# as an operator, is the same at any d: the default run compiles the whole sampled round with its vMF
+# draw once (one block, its blocks traced: the compiled round's default at small N), the rest at d = 1,
+# and the slow set every way at d = 4 as well.
+ONE_BLOCK_ROUNDS = [  # (mode, d, run.chunk): chunk None, one block, its blocks traced; chunk 4, the operator
+    pytest.param(("expected", 4, None), id="expected-traced"),
+    pytest.param(("expected", 4, 4), id="expected-operator"),
+    pytest.param(("sampled", 4, None), id="sampled-traced"),
+    pytest.param(("sampled", 1, 4), id="sampled-d1-operator"),
+    pytest.param(("sampled", 4, 4), id="sampled-operator", marks=pytest.mark.slow),
+]
+NETWORK_ROUNDS = [
+    pytest.param(("expected", 4), id="expected"),
+    pytest.param(("sampled", 1), id="sampled-d1"),
+    pytest.param(("sampled", 4), id="sampled", marks=pytest.mark.slow),
+]
+
+
 @needs_compiler
-@pytest.mark.parametrize("mode", ["expected", "sampled"])
-def test_a_compiled_round_of_one_block_traces_its_blocks_and_several_blocks_call_the_operator(mode):
+@pytest.mark.parametrize("case", ONE_BLOCK_ROUNDS)
+def test_a_compiled_round_of_one_block_traces_its_blocks_and_several_blocks_call_the_operator(case):
     """No econspin:: block operator in the graph of a one-block round; with run.chunk cutting it, the operator.
 
-    Both rounds equal the eager round to 1e-12 (float64), three rounds, sampled draws included.
+    The round equals the eager round to 1e-12 (float64), three rounds, sampled draws included.
     """
+    mode, dimension, chunk = case
     operator = {"expected": "econspin.expected_blocks", "sampled": "econspin.sampled_blocks"}[mode]
-    for chunk, traced in ((None, True), (4, False)):
-        torch._dynamo.reset()
-        run = rollout(scenario(mode=mode, heads=2, run={"chunk": chunk} if chunk else {}))
-        explained = explain_round(run)
-        code = "\n".join(str(graph.graph) for graph in explained.graphs)
-        assert (operator not in code) == traced, (chunk, code[:2000])
-        compare_rounds(run, rounds=3)
+    run = rollout(scenario(mode=mode, heads=2, d=dimension, run={"chunk": chunk} if chunk else {}))
+    explained = explain_round(run)
+    code = "\n".join(str(graph.graph) for graph in explained.graphs)
+    assert (operator not in code) == (chunk is None), (chunk, code[:2000])
+    compare_rounds(run, rounds=3)
 
 
 @needs_compiler
-@pytest.mark.parametrize("mode", ["expected", "sampled"])
-def test_a_compiled_round_of_one_block_reads_a_network_without_room_for_its_bias(mode):
+@pytest.mark.parametrize("case", NETWORK_ROUNDS)
+def test_a_compiled_round_of_one_block_reads_a_network_without_room_for_its_bias(case):
     """A network whose additive bias has no room in run.memory_budget_mb: the traced blocks read the boolean mask.
 
     The compiled round (its blocks traced) equals the eager round over three rounds; before the traced blocks
@@ -159,7 +178,8 @@ def test_a_compiled_round_of_one_block_reads_a_network_without_room_for_its_bias
     populations = {"human": {"count": 48, "temperature": 1.0}, "ai": {"count": 16, "temperature": 0.0}}
     # 100 KiB: room for the round's blocks of one row (64 KiB), not for a 32 KiB bias in a quarter of it
     settings = {"memory_budget_mb": 0.1}
-    run = rollout(scenario(mode=mode, heads=2, populations=populations, network=network, run=settings))
+    mode, dimension = case
+    run = rollout(scenario(mode=mode, heads=2, d=dimension, populations=populations, network=network, run=settings))
     assert network_terms(run.economy, torch.float64, 1e300)[0] is None and not run.economy.trade_mask.all()
     compare_rounds(run, rounds=3)
 
