@@ -16,6 +16,18 @@ needs_compiler = pytest.mark.skipif(MISSING_COMPILER is not None, reason=MISSING
 # run.kernel: triton's programs, interpreted on a CPU (econspin.triton_blocks.triton_missing says why not)
 needs_triton = pytest.mark.skipif(triton_missing() is not None, reason="needs the triton package")
 
+# A sampled round at d >= 2 draws its spins by Wood's von Mises-Fisher sampler, whose traced draw takes
+# most of the ~100 s Inductor spends on such a round with an empty cache; at d = 1 (Glauber) the round
+# compiles in about a third of that. Compiled-round tests about something other than the spin draw (the
+# blocks traced or an operator, a network's mask, the Triton programs' break) take their sampled case at
+# d = 1 by default and at d = 4 in the slow set; the default run compiles one whole vMF round
+# (tests/test_traced_blocks.py, ONE_BLOCK_ROUNDS).
+COMPILED_ROUND_MODES = [  # (mode, d)
+    pytest.param(("expected", 4), id="expected"),
+    pytest.param(("sampled", 1), id="sampled-d1"),
+    pytest.param(("sampled", 4), id="sampled", marks=pytest.mark.slow),
+]
+
 
 def scenario(**market) -> Scenario:
     """Two populations of a few agents each, with market settings overridden."""

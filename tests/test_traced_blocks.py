@@ -13,7 +13,7 @@ import dataclasses
 import pytest
 import torch
 from fused_cases import TOLERANCE, economies, on_device, two_populations
-from helpers import needs_compiler, rollout, scenario
+from helpers import COMPILED_ROUND_MODES, needs_compiler, rollout, scenario
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_compiled_round import close, compare_rounds, explain_round, fresh_compiler  # noqa: F401 (autouse)
@@ -130,23 +130,15 @@ def test_the_traced_blocks_compiled_give_the_blocks_results(mode):
             assert_blocks_agree(*both_ways(run.state, run.economy, seed, compiled), TOLERANCE[torch.float32])
 
 
-# A sampled round at d >= 2 draws its spins by Wood's von Mises-Fisher sampler, whose traced draw takes
-# most of the ~100 s Inductor spends on such a round with an empty cache; at d = 1 (Glauber) the same
-# blocks compile in about a third of that. What the tests below are about, the blocks traced or called
-# as an operator, is the same at any d: the default run compiles the whole sampled round with its vMF
-# draw once (one block, its blocks traced: the compiled round's default at small N), the rest at d = 1,
-# and the slow set every way at d = 4 as well.
+# The sampled cases at d = 1 by default, d = 4 slow, except the one whole vMF round the default run
+# compiles: the one-block round, its blocks traced, as a compiled round takes them at small N
+# (tests/helpers.py, COMPILED_ROUND_MODES).
 ONE_BLOCK_ROUNDS = [  # (mode, d, run.chunk): chunk None, one block, its blocks traced; chunk 4, the operator
     pytest.param(("expected", 4, None), id="expected-traced"),
     pytest.param(("expected", 4, 4), id="expected-operator"),
     pytest.param(("sampled", 4, None), id="sampled-traced"),
     pytest.param(("sampled", 1, 4), id="sampled-d1-operator"),
     pytest.param(("sampled", 4, 4), id="sampled-operator", marks=pytest.mark.slow),
-]
-NETWORK_ROUNDS = [
-    pytest.param(("expected", 4), id="expected"),
-    pytest.param(("sampled", 1), id="sampled-d1"),
-    pytest.param(("sampled", 4), id="sampled", marks=pytest.mark.slow),
 ]
 
 
@@ -167,7 +159,7 @@ def test_a_compiled_round_of_one_block_traces_its_blocks_and_several_blocks_call
 
 
 @needs_compiler
-@pytest.mark.parametrize("case", NETWORK_ROUNDS)
+@pytest.mark.parametrize("case", COMPILED_ROUND_MODES)
 def test_a_compiled_round_of_one_block_reads_a_network_without_room_for_its_bias(case):
     """A network whose additive bias has no room in run.memory_budget_mb: the traced blocks read the boolean mask.
 

@@ -21,7 +21,7 @@ from fused_cases import (
     economies,
     two_populations,
 )
-from helpers import needs_triton, rollout, scenario
+from helpers import COMPILED_ROUND_MODES, needs_triton, rollout, scenario
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from kernel_cases import (
@@ -406,18 +406,10 @@ def test_auto_takes_the_triton_kernel_on_cuda_in_expected_mode_where_triton_impo
 
 @needs_triton
 @needs_compiler
-@pytest.mark.parametrize(
-    "mode, dimension",
-    [
-        ("expected", 4),
-        # the spins drawn by Glauber's rule: the break around the sampled programs is the same at any d, and a
-        # compiled vMF draw costs Inductor ~100 s with an empty cache (tests/test_traced_blocks.py, ONE_BLOCK_ROUNDS)
-        ("sampled", 1),
-        pytest.param("sampled", 4, marks=pytest.mark.slow),
-    ],
-)
-def test_the_compiled_round_on_the_triton_kernel_equals_the_eager_one(mode, dimension):
+@pytest.mark.parametrize("case", COMPILED_ROUND_MODES)
+def test_the_compiled_round_on_the_triton_kernel_equals_the_eager_one(case):
     """run.compile on a CPU: the round traced around the interpreted programs (an eager break), equal each round."""
+    mode, dimension = case
     torch._dynamo.reset()
     economy = two_populations(heads=2, mode=mode, d=dimension, run={"kernel": "triton"})
     compare_rounds(rollout(economy), rounds=2)
