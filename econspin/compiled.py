@@ -21,8 +21,9 @@ trace). The keys of (element, round, agent), their hashes into the round's rando
 traced and fuse into the round's loops, bit for bit the eager words (the traced hash takes its
 64-bit products in 32-bit halves, :func:`econspin.randomness.mix64_exact`: Inductor's C++ for an
 overflowing int64 product is undefined behaviour, which GCC folded into wrong words;
-docs/performance_log.md, "The hashes compiled"). Two parts run eagerly, each chosen by measurement
-(docs/performance.md, "The round compiled"):
+docs/performance_log.md, "The hashes compiled"; the Gaussians' words, read in loops of their
+own, take them in uint64 on the CPU, :func:`econspin.randomness.mix64_unsigned`). Two parts
+run eagerly, each chosen by measurement (docs/performance.md, "The round compiled"):
 
 - the blocks of the N x N utilities (:func:`econspin.fused.expected_blocks`,
   :func:`econspin.fused_sampled.sampled_blocks`), where the round needs several blocks or long

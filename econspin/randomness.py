@@ -133,9 +133,15 @@ def _constants_on(device: torch.device) -> tuple:
     return steps, unit
 
 
-def _mix64_(x: torch.Tensor) -> torch.Tensor:
-    """:func:`mix64` in place, with one scratch tensor; traced by torch.compile, :func:`mix64_exact`."""
+def _mix64_(x: torch.Tensor, own_loop: bool = False) -> torch.Tensor:
+    """:func:`mix64` in place, with one scratch tensor; traced by torch.compile, :func:`mix64_exact`.
+
+    ``own_loop``: the words are read by a loop of their own (the Gaussians' of :meth:`Draws.normal`):
+    traced on the devices of UNSIGNED_HASH_DEVICES, :func:`mix64_unsigned` instead, stored.
+    """
     if torch.compiler.is_compiling():
+        if own_loop and x.device.type in UNSIGNED_HASH_DEVICES:
+            return stored(mix64_unsigned(x))
         return mix64_exact(x)
     shifted = None  # the scratch: made by the first shift, written into by the others
     for shift, low, multiplier in _constants_on(x.device)[0]:
@@ -160,6 +166,32 @@ def mix64_exact(x: torch.Tensor) -> torch.Tensor:
         x = x ^ ((x >> shift) & low)
         if multiplier is not None:
             x = _times_exact(x, multiplier)
+    return x
+
+
+UNSIGNED_HASH_DEVICES = frozenset({"cpu"})  # where mix64_unsigned is traced: measured on the CPU, not yet on a GPU
+
+
+def mix64_unsigned(x: torch.Tensor) -> torch.Tensor:
+    """:func:`mix64` in uint64, for torch.compile on the CPU: int64 words in and out, the same bits.
+
+    A product of uint64 is defined in C++ as it stands, wrapping modulo 2^64, so the hash needs
+    no 32-bit halves: one product a step where :func:`mix64_exact` takes three. Inductor does
+    not vectorise a loop with uint64 in it; it writes scalar C++, which here ran faster than
+    mix64_exact's vectorised loop, whose int64 products ATen's AVX2 vectors emulate lane by
+    lane (AVX2 has no 64-bit multiply): the 131,072 words of a direction draw at B = 128,
+    N = 64, d = 32 (docs/performance.md, "The Gaussians' hash in uint64"). A float loop that
+    reads these words inline would turn scalar too (Wood's attempts did, 0.7 ms slower a
+    round), so only words read by a loop of their own take this form, and are stored
+    (:func:`_mix64_`).
+    Only the products are taken in uint64: eager torch has no right shift of a uint64 tensor on
+    the CPU, and a traced graph may run eagerly (torch._dynamo.explain does). The multipliers
+    are the int64 ones of _STEPS, which torch and Inductor convert to uint64 modulo 2^64.
+    """
+    for shift, low, multiplier in _STEPS:
+        x = x ^ ((x >> shift) & low)  # the shifts in int64: eager torch has none for uint64 on the CPU
+        if multiplier is not None:
+            x = (x.view(torch.uint64) * multiplier).view(torch.int64)
     return x
 
 
@@ -188,9 +220,9 @@ def _cross_sum_bound(high_multiplier: int, low_multiplier: int) -> int:
     return 2**31 * low_multiplier + (2**32 - 1) * abs(high_multiplier) + (((2**32 - 1) * low_multiplier) >> 32)
 
 
-def _keyed(keys: torch.Tensor, mixed_tags: torch.Tensor | int) -> torch.Tensor:
-    """One level of the hash: mix64(key ^ mixed_tags), broadcast, with mixed_tags = mix64(tag)."""
-    return _mix64_(keys ^ mixed_tags)
+def _keyed(keys: torch.Tensor, mixed_tags: torch.Tensor | int, own_loop: bool = False) -> torch.Tensor:
+    """One level of the hash: mix64(key ^ mixed_tags), broadcast, with mixed_tags = mix64(tag) (own_loop: _mix64_'s)."""
+    return _mix64_(keys ^ mixed_tags, own_loop)
 
 
 def _mixed_tags(start: int, count: int, device: torch.device, trailing: int = 0) -> torch.Tensor:
@@ -263,14 +295,17 @@ class Draws:
 
     # traced under run.compile (econspin.compiled): the tags' arange and the hash fuse into one
     # loop, in the defined arithmetic of mix64_exact (docs/performance_log.md, "The hashes compiled")
-    def words(self, stream: int, count: int, start: int = 0, axis: int = 0) -> torch.Tensor:
+    def words(self, stream: int, count: int, start: int = 0, axis: int = 0, own_loop: bool = False) -> torch.Tensor:
         """(count, ...) int64 hashes of (stream, index) for index in [start, start + count).
 
         ``axis`` -1 puts the index last, (..., count): the same key ^ tag, broadcast the other way.
+        ``own_loop``: the caller reads the words in a loop of their own (the same words; compiled,
+        another form of the hash: :func:`_mix64_`).
         """
         keys = self.keys.unsqueeze(-1) if axis == -1 else self.keys
         trailing = 0 if axis == -1 else keys.dim()
-        return _keyed(keys, _mixed_tags(_LEVEL_DRAW + (stream << 32) + start, count, keys.device, trailing))
+        tags = _mixed_tags(_LEVEL_DRAW + (stream << 32) + start, count, keys.device, trailing)
+        return _keyed(keys, tags, own_loop)
 
     def uniform(self, stream: int, count: int, start: int = 0) -> torch.Tensor:
         """(count, ...) float64 uniforms on (0, 1), indices [start, start + count) of ``stream``."""
@@ -288,7 +323,7 @@ class Draws:
         pair to float32 rounding of its uniforms (a radius at least 3.5e-4). ``axis`` -1 puts
         the index last, (..., count): the same numbers, each agent's contiguous.
         """
-        return box_muller(self.words(stream, (count + 1) // 2, axis=axis), count, dtype, axis)
+        return box_muller(self.words(stream, (count + 1) // 2, axis=axis, own_loop=True), count, dtype, axis)
 
 
 def round_draws(keys: torch.Tensor, round_index: int, agents: int) -> Draws:

@@ -33,6 +33,7 @@ from econspin.randomness import (
     dynamics_keys,
     mix64,
     mix64_exact,
+    mix64_unsigned,
     round_draws,
     round_tag,
     to_unit,
@@ -79,6 +80,31 @@ def test_the_exact_hash_is_mix64_bit_for_bit(values):
     assert [int(word) % 2**64 for word in mix64_exact(words)] == [
         _splitmix64_finaliser(value % 2**64) for value in EXTREMES + values
     ]
+
+
+COMPILED_UNSIGNED = []  # mix64_unsigned compiled once per test session, its sizes dynamic
+
+
+@given(values=st.lists(INT64, min_size=1, max_size=40))
+@settings(max_examples=60, deadline=None)
+def test_the_unsigned_hash_is_mix64_bit_for_bit(values):
+    """mix64_unsigned (uint64 products: the Gaussians' words, compiled on the CPU) gives mix64's words, extremes too."""
+    words = torch.tensor(EXTREMES + values, dtype=torch.int64)
+    assert torch.equal(mix64_unsigned(words), mix64(words))
+
+
+@needs_compiler
+@given(values=st.lists(INT64, min_size=1, max_size=40))
+@settings(max_examples=25, deadline=None)
+def test_the_unsigned_hash_compiled_is_mix64_bit_for_bit(values):
+    """Compiled (Inductor's C++ for uint64 products), mix64_unsigned still gives mix64's words."""
+    if not COMPILED_UNSIGNED:
+        COMPILED_UNSIGNED.append(torch.compile(mix64_unsigned, dynamic=True))
+    words = torch.tensor(EXTREMES + values, dtype=torch.int64)
+    mixed = COMPILED_UNSIGNED[0](words)
+    assert mixed.dtype == torch.int64
+    expected = [_splitmix64_finaliser(value % 2**64) for value in EXTREMES + values]
+    assert [int(word) % 2**64 for word in mixed] == expected
 
 
 def _every_draw(keys: torch.Tensor):
