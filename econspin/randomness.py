@@ -162,10 +162,18 @@ def mix64_exact(x: torch.Tensor) -> torch.Tensor:
     Here each product is taken in 32-bit halves (:func:`_times_exact`), so every operation is
     defined in C++ and the words are :func:`mix64`'s, bit for bit (tests/test_randomness.py).
     """
+    return _traced_mix64(x, _times_exact)
+
+
+def _traced_mix64(x: torch.Tensor, times) -> torch.Tensor:
+    """:func:`mix64`'s steps as traced, each product x * multiplier modulo 2^64 taken by ``times(x, multiplier)``.
+
+    A new tensor a step (Inductor fuses them); each logical shift is int64's arithmetic one masked.
+    """
     for shift, low, multiplier in _STEPS:
         x = x ^ ((x >> shift) & low)
         if multiplier is not None:
-            x = _times_exact(x, multiplier)
+            x = times(x, multiplier)
     return x
 
 
@@ -188,11 +196,12 @@ def mix64_unsigned(x: torch.Tensor) -> torch.Tensor:
     the CPU, and a traced graph may run eagerly (torch._dynamo.explain does). The multipliers
     are the int64 ones of _STEPS, which torch and Inductor convert to uint64 modulo 2^64.
     """
-    for shift, low, multiplier in _STEPS:
-        x = x ^ ((x >> shift) & low)  # the shifts in int64: eager torch has none for uint64 on the CPU
-        if multiplier is not None:
-            x = (x.view(torch.uint64) * multiplier).view(torch.int64)
-    return x
+    return _traced_mix64(x, _times_unsigned)
+
+
+def _times_unsigned(x: torch.Tensor, multiplier: int) -> torch.Tensor:
+    """The product x * multiplier modulo 2^64 as one uint64 product (defined in C++), int64 in and out."""
+    return (x.view(torch.uint64) * multiplier).view(torch.int64)
 
 
 def _times_exact(x: torch.Tensor, multiplier: int) -> torch.Tensor:

@@ -71,26 +71,22 @@ EXTREMES = [0, -1, 2**63 - 1, -(2**63), 1, 2**31 - 1, 2**31, 2**32 - 1, 2**32, -
 INT64 = st.integers(-(2**63), 2**63 - 1)
 
 
+@pytest.mark.parametrize("form", [mix64_exact, mix64_unsigned], ids=["exact", "unsigned"])
 @given(values=st.lists(INT64, min_size=1, max_size=40))
 @settings(max_examples=60, deadline=None)
-def test_the_exact_hash_is_mix64_bit_for_bit(values):
-    """mix64_exact (products in 32-bit halves, what torch.compile traces) gives mix64's words, extremes included."""
+def test_the_traced_forms_of_the_hash_are_mix64_bit_for_bit(form, values):
+    """What torch.compile traces gives mix64's words, extremes included, run eagerly.
+
+    mix64_exact: products in 32-bit halves; mix64_unsigned: uint64 products (the Gaussians' words, on the CPU).
+    """
     words = torch.tensor(EXTREMES + values, dtype=torch.int64)
-    assert torch.equal(mix64_exact(words), mix64(words))
-    assert [int(word) % 2**64 for word in mix64_exact(words)] == [
+    assert torch.equal(form(words), mix64(words))
+    assert [int(word) % 2**64 for word in form(words)] == [
         _splitmix64_finaliser(value % 2**64) for value in EXTREMES + values
     ]
 
 
 COMPILED_UNSIGNED = []  # mix64_unsigned compiled once per test session, its sizes dynamic
-
-
-@given(values=st.lists(INT64, min_size=1, max_size=40))
-@settings(max_examples=60, deadline=None)
-def test_the_unsigned_hash_is_mix64_bit_for_bit(values):
-    """mix64_unsigned (uint64 products: the Gaussians' words, compiled on the CPU) gives mix64's words, extremes too."""
-    words = torch.tensor(EXTREMES + values, dtype=torch.int64)
-    assert torch.equal(mix64_unsigned(words), mix64(words))
 
 
 @needs_compiler
