@@ -53,7 +53,7 @@ from torch.utils._python_dispatch import is_in_torch_dispatch_mode
 
 from econspin import same_bits
 from econspin.compiled import missing_compiler, stored, with_own_code
-from econspin.inductor_setup import build_dtype_rules_once
+from econspin.inductor_setup import prepare_code_generation
 
 # the devices whose blocks take the compiled passes; the CPU's cache-sized blocks gain nothing from them
 COMPILED_DEVICES: tuple[str, ...] = ()
@@ -198,5 +198,5 @@ def _compiled(function, sellers_static: bool = False):
     graphs, and which sizes went dynamic, per code object), so that a pass with N static never
     takes a graph in which an earlier call made N dynamic, nor the other way round.
     """
-    build_dtype_rules_once()
+    prepare_code_generation()
     return torch.compile(with_own_code(function, "sellers_static") if sellers_static else function)

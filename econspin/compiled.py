@@ -89,7 +89,7 @@ from typing import Callable
 
 import torch
 
-from econspin.inductor_setup import build_dtype_rules_once
+from econspin.inductor_setup import prepare_code_generation
 
 COMPILE_MODES = ("off", "default", "reduce-overhead")
 # The devices whose compiled rounds call their eager parts (the blocks, Wood's loop) as custom
@@ -252,7 +252,9 @@ def compiled_function(function: Callable, mode: str, device_type: str = "cpu") -
     """
     if mode not in COMPILE_MODES or mode == "off":
         raise ValueError(f"run.compile: {mode!r} is not a compiling mode; choose one of {COMPILE_MODES[1:]}")
-    build_dtype_rules_once()  # a fifth of compiling the sampled round, spared (econspin.inductor_setup)
+    # work Inductor repeats for each operation it generates, spared: over a third of a sampled round's
+    # build (econspin.inductor_setup)
+    prepare_code_generation()
     options = {**torch._inductor.list_mode_options(mode, False), "guard_filter_fn": round_guards}
     if device_type in CPP_WRAPPER_DEVICES:
         options["cpp_wrapper"] = True

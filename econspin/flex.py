@@ -70,7 +70,7 @@ from torch.utils._python_dispatch import is_in_torch_dispatch_mode
 
 from econspin.economy import Economy
 from econspin.fused import asks_for_gradients
-from econspin.inductor_setup import build_dtype_rules_once
+from econspin.inductor_setup import prepare_code_generation
 from econspin.market import MarketOutcome, budgets, row_sizes, seller_bias, seller_moment_columns, tie_widths
 from econspin.projections import projections
 from econspin.state import State
@@ -104,7 +104,7 @@ def padded(tensor: torch.Tensor) -> torch.Tensor:
 @functools.cache
 def _compiled_flex_attention():
     """FlexAttention compiled once per process (CUDA): its score_mods are arguments, not constants."""
-    build_dtype_rules_once()
+    prepare_code_generation()
     return torch.compile(flex_attention, dynamic=False)
 
 

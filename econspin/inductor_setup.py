@@ -1,4 +1,4 @@
-"""Inductor's code generation without a setup it repeats for every operation it writes (torch 2.13).
+"""Inductor's code generation without work it repeats for every operation it writes (torch 2.13).
 
 For each operation of a kernel it generates, Inductor asks a dtype-propagation handler for the
 result's dtype, constructing ``DtypePropagationOpsHandler()`` each time
@@ -11,9 +11,20 @@ each written as scalar and vector code); this setup took a fifth of compiling it
 
 :func:`build_dtype_rules_once` makes ``__init__`` run the library's own once per set of
 registered rules: again only when a rule has been registered since (the registries' sizes
-change). The handler's rules, and so the generated code, are the same. The compiled paths call
-it before building a compiled function (econspin.compiled, econspin.fused_sampled,
-econspin.block_pass, econspin.flex); it changes nothing where torch has no such handler.
+change). The handler's rules, and so the generated code, are the same.
+
+Each time a generated value is asked for again (its common subexpression found), Inductor
+intersects its bounds with the bounds asked for (``CSE.generate``: ``var.bounds.tighten(bounds)``),
+and ``ValueRanges.__and__`` builds ``sympy.Max`` of the lower and ``sympy.Min`` of the upper
+bounds. Nearly always the two ranges are equal (138,192 of 140,076 intersections in one
+compiled sampled round of 64 agents at d = 32, 11.9 s of its 61.5 s build), and sympy then
+works out that the maximum of a number and itself is that number.
+:func:`intersect_equal_ranges_at_once` returns the range itself when the two are equal, as
+the intersection is; other pairs go to the library's own.
+
+:func:`prepare_code_generation` installs both. The compiled paths call it before building a
+compiled function (econspin.compiled, econspin.fused_sampled, econspin.block_pass,
+econspin.flex); each part changes nothing where torch lacks what it replaces.
 """
 
 from __future__ import annotations
@@ -52,3 +63,43 @@ def build_dtype_rules_once() -> bool:
     setattr(init_once, ONCE_MARK, True)
     handler.__init__ = init_once
     return True
+
+
+def intersect_equal_ranges_at_once() -> bool:
+    """Make ``ValueRanges.__and__`` return a range intersected with an equal one unchanged; whether it is installed.
+
+    Equal means the same kind (bool, int or float) and bounds equal as sympy compares them, so
+    the library's own would build ``ValueRanges(Max(l, l), Min(u, u))`` (``Or`` and ``And`` for
+    booleans): a range equal to this one. Ranges are immutable, so returning this one is the same.
+    """
+    try:
+        from torch.utils._sympy.value_ranges import ValueRanges
+    except ImportError:
+        return False
+    library_and = ValueRanges.__and__
+    if getattr(library_and, ONCE_MARK, False):
+        return True
+
+    @functools.wraps(library_and)
+    def intersect(self, other):
+        if self is other or (
+            type(self) is type(other)
+            and self.is_bool == other.is_bool
+            and self.is_int == other.is_int
+            and self.is_float == other.is_float
+            and self.lower == other.lower
+            and self.upper == other.upper
+        ):
+            return self
+        return library_and(self, other)
+
+    setattr(intersect, ONCE_MARK, True)
+    ValueRanges.__and__ = intersect
+    return True
+
+
+def prepare_code_generation() -> bool:
+    """Install :func:`build_dtype_rules_once` and :func:`intersect_equal_ranges_at_once`; whether both took."""
+    rules = build_dtype_rules_once()
+    ranges = intersect_equal_ranges_at_once()
+    return rules and ranges

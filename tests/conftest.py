@@ -7,14 +7,14 @@ from pathlib import Path
 import torch
 from hypothesis import Phase, settings
 
-from econspin.inductor_setup import build_dtype_rules_once
+from econspin.inductor_setup import prepare_code_generation
 
 sys.path.insert(0, str(Path(__file__).parent))
 # pytest-xdist runs two workers on two cores: one thread each avoids oversubscription,
 # which on a loaded machine makes small tensor work ten times slower
 torch.set_num_threads(1)
 # the compiled paths do this before they compile; tests that call torch.compile themselves get it too
-build_dtype_rules_once()
+prepare_code_generation()
 
 # Property tests draw the same examples on every run by default ("fixed"), so that a run of the
 # suite says the same thing twice and CI cannot fail on an example no one has seen; the

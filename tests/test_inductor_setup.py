@@ -1,13 +1,24 @@
-"""econspin.inductor_setup: Inductor's dtype rules built once per registered set, the same rules as the library's."""
+"""econspin.inductor_setup: Inductor's code generation spared work it repeats, with the library's results.
+
+Its dtype rules built once per registered set, the same rules as the library's; a range
+intersected with an equal one returned as it is, any other pair by the library's intersection.
+"""
 
 from types import SimpleNamespace
 
+import sympy
 import torch
 import torch._inductor.lowering  # noqa: F401 (registers the rules, as Inductor has before it generates code)
 import torch._inductor.utils as inductor_utils
 from torch._inductor.dtype_propagation import DtypePropagationOpsHandler
+from torch.utils._sympy.value_ranges import ValueRanges
 
-from econspin.inductor_setup import ONCE_MARK, build_dtype_rules_once
+from econspin.inductor_setup import (
+    ONCE_MARK,
+    build_dtype_rules_once,
+    intersect_equal_ranges_at_once,
+    prepare_code_generation,
+)
 
 
 def rules(handler) -> dict:
@@ -61,3 +72,34 @@ def test_a_rule_registered_later_is_built_in(monkeypatch):
     DtypePropagationOpsHandler()
     assert builds == [1]
     del handler.econspin_test_rule
+
+
+def test_equal_ranges_intersect_to_themselves_and_other_pairs_as_the_library_intersects_them():
+    assert prepare_code_generation() and intersect_equal_ranges_at_once()  # installed, and a second call keeps it
+    intersect = ValueRanges.__and__
+    assert getattr(intersect, ONCE_MARK) and not hasattr(intersect.__wrapped__, ONCE_MARK)  # wrapped once
+    library = intersect.__wrapped__
+    ranges = [
+        ValueRanges(0, 2**63 - 1),
+        ValueRanges(-(2**63), 2**63 - 1),
+        ValueRanges(sympy.Float(-6.5), sympy.Float(7.25)),
+        ValueRanges(sympy.Float(0.0), sympy.oo),
+        ValueRanges(sympy.false, sympy.true),
+        ValueRanges(sympy.true, sympy.true),
+        ValueRanges(-3, 11),
+        ValueRanges(sympy.Float(-1.0), sympy.Float(2.5)),
+        ValueRanges.unknown(),
+        ValueRanges.unknown_int(),
+    ]
+    for first in ranges:
+        equal = ValueRanges(first.lower, first.upper)  # another object, the same range
+        assert (first & equal) is first and (first & first) is first
+        assert library(first, equal) == first  # what the library would have built
+        for second in ranges:
+            kinds = (first.is_bool, first.is_int, first.is_float) == (second.is_bool, second.is_int, second.is_float)
+            unknown = {ValueRanges.unknown(), ValueRanges.unknown_int()} & {first, second}
+            if kinds or unknown:
+                assert (first & second) == library(first, second), (first, second)
+    assert ValueRanges(0, 5) & ValueRanges(3, 9) == ValueRanges(3, 5)
+    certain = ValueRanges(sympy.true, sympy.true)
+    assert ValueRanges(sympy.false, sympy.true) & certain == certain
