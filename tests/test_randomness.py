@@ -12,6 +12,7 @@ from scipy import stats
 from torch._inductor.utils import run_and_get_code
 from typer.testing import CliRunner
 
+from econspin import randomness
 from econspin.cli import app
 from econspin.gaussians import box_muller, cos_sin_of_turns
 from econspin.output import CheckpointError, load_checkpoint, save_checkpoint
@@ -145,6 +146,35 @@ def test_compiled_draws_are_the_eager_draws(keys, extreme):
     torch.testing.assert_close(compiled[last], eager[last], rtol=0, atol=4 * 8 * 2.0**-52)
     assert compiled[single].dtype == torch.float32
     torch.testing.assert_close(compiled[single], eager[single], rtol=0, atol=1e-6 * 6.7)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (gpu_check's tests step runs it)")
+def test_the_traced_hashes_compiled_for_a_gpu_give_the_cpus_words_and_gaussians(monkeypatch):
+    """Inductor's Triton code for both traced forms of the hash gives mix64's words on CUDA, bit for bit.
+
+    And the Gaussians' words hashed in uint64 there (UNSIGNED_HASH_DEVICES with CUDA, which it
+    names once this passes on a GPU): the eager CPU Gaussians, to the tolerances of the CPU's
+    compiled draws (test_compiled_draws_are_the_eager_draws).
+    """
+    rng = np.random.default_rng(5)
+    values = EXTREMES + [int(value) for value in rng.integers(-(2**63), 2**63 - 1, 500, dtype=np.int64)]
+    words = torch.tensor(values, dtype=torch.int64)
+    want = [_splitmix64_finaliser(value % 2**64) for value in values]
+    for form in (mix64_exact, mix64_unsigned):
+        torch._dynamo.reset()
+        got = torch.compile(form, dynamic=False)(words.cuda()).cpu()
+        assert [int(word) % 2**64 for word in got] == want, form.__name__
+    monkeypatch.setattr(randomness, "UNSIGNED_HASH_DEVICES", frozenset({"cpu", "cuda"}))
+
+    def gaussians(keys: torch.Tensor):
+        draws = round_draws(keys, 7, 19)
+        return draws.normal(DRAW_SPIN, 7), draws.normal(DRAW_SPIN, 7, torch.float32)
+
+    torch._dynamo.reset()
+    keys = torch.tensor([3, -(2**63), 2**62 + 5], dtype=torch.int64)
+    compiled, eager = torch.compile(gaussians, dynamic=False)(keys.cuda()), gaussians(keys)
+    torch.testing.assert_close(compiled[0].cpu(), eager[0], rtol=0, atol=4 * 8 * 2.0**-52)
+    torch.testing.assert_close(compiled[1].cpu(), eager[1], rtol=0, atol=1e-6 * 6.7)
 
 
 def test_uniforms_are_in_the_open_interval_with_52_bits():
