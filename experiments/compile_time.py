@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 WAYS = ("full", "no-ranges", "no-rules", "library")
+ROOT = Path(__file__).resolve().parent.parent  # where `python -m experiments.compile_time` finds the package
 
 
 def build_once(way: str, mode: str, batch: int, agents: int, dimension: int) -> dict:
@@ -67,7 +68,7 @@ def build_in_fresh_process(way: str, arguments: argparse.Namespace) -> dict:
         sizes = ["--batch", str(arguments.batch), "--agents", str(arguments.agents)]
         shape = [*sizes, "--dimension", str(arguments.dimension), "--mode", arguments.mode]
         command = [sys.executable, "-m", "experiments.compile_time", "--child", way, *shape]
-        finished = subprocess.run(command, env=environment, capture_output=True, text=True, check=True)
+        finished = subprocess.run(command, env=environment, cwd=ROOT, capture_output=True, text=True, check=True)
         result = json.loads(finished.stdout.strip().splitlines()[-1])
         result["files"] = generated_files(Path(cache))
     return result

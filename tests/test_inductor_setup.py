@@ -4,8 +4,10 @@ Its dtype rules built once per registered set, the same rules as the library's; 
 intersected with an equal one returned as it is, any other pair by the library's intersection.
 """
 
+import sys
 from types import SimpleNamespace
 
+import pytest
 import sympy
 import torch
 import torch._inductor.lowering  # noqa: F401 (registers the rules, as Inductor has before it generates code)
@@ -103,3 +105,16 @@ def test_equal_ranges_intersect_to_themselves_and_other_pairs_as_the_library_int
     assert ValueRanges(0, 5) & ValueRanges(3, 9) == ValueRanges(3, 5)
     certain = ValueRanges(sympy.true, sympy.true)
     assert ValueRanges(sympy.false, sympy.true) & certain == certain
+
+
+@pytest.mark.slow
+def test_the_compile_time_experiment_builds_each_way_in_its_own_process_and_finds_the_same_code(capsys, monkeypatch):
+    """experiments.compile_time on a small expected economy: every way writes the files the full setup writes."""
+    from experiments import compile_time
+
+    arguments = ["--mode", "expected", "--agents", "8", "--dimension", "2", "--ways", "full,library"]
+    monkeypatch.setattr(sys, "argv", ["compile_time", *arguments])
+    compile_time.main()
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "expected round, B = 1, N = 8, d = 2" and len(lines) == 3
+    assert all("same files" in line and " 0 files" not in line for line in lines[1:]), lines
