@@ -28,7 +28,7 @@ import math
 
 import torch
 
-from econspin.compiled import eager_parts_as_operators, stored
+from econspin.compiled import eager_parts_as_operators, stored, stored_in_padded_rows
 from econspin.randomness import DRAW_DIRECTION, DRAW_SPIN, Draws
 from econspin.registry import class_registrar
 from econspin.wood import (
@@ -407,7 +407,8 @@ def _norm_and_unit(
 
     Eagerly theta_hat has theta's shape, divided in theta's precision and cast where
     ``precision`` is not theta's. Compiled, it is laid out (d, ...) as the compiled draw takes
-    it: theta laid out once in its own precision and stored (econspin.compiled.stored),
+    it: theta laid out once in its own precision and stored, in rows padded where they would
+    conflict in the cache (econspin.compiled.stored_in_padded_rows),
     |theta|^2 summed over d by halving (elementwise over rows of agents, as the draw's other
     sums), and theta_hat stored in theta's precision, read in ``precision`` (float64: the same
     values). Left to Inductor, the norm was a horizontal sum per agent and theta_hat was
@@ -418,7 +419,8 @@ def _norm_and_unit(
     if not compiling:
         norm, direction = _norm_and_direction(theta)
         return norm, direction.to(precision)
-    laid_out = stored(theta.movedim(-1, 0).contiguous())
+    # stored in rows padded where B N agents would lie a multiple of 1 KiB apart (econspin.compiled)
+    laid_out = stored_in_padded_rows(theta.reshape(-1, theta.shape[-1]).t()).unflatten(1, theta.shape[:-1])
     norm = torch.sqrt(_sum_leading(laid_out * laid_out))
     direction = stored(laid_out / torch.where(norm > 0, norm, 1.0))
     return norm, direction.to(precision)

@@ -30,14 +30,14 @@ from typer.testing import CliRunner
 import econspin.fused_sampled as fused_sampled
 from econspin.bench_baselines import boltzmann_scenario
 from econspin.cli import app
-from econspin.compiled import SWITCHES, stored
+from econspin.compiled import SWITCHES, padded_width, stored
 from econspin.fused import block_arguments, expected_blocks, round_terms
 from econspin.fused_sampled import sampled_blocks
 from econspin.metrics import measure, metric_functions
 from econspin.output import load_checkpoint, save_checkpoint
 from econspin.projections import rows_together
 from econspin.randomness import round_draws, round_tag
-from econspin.response import sample_von_mises_fisher
+from econspin.response import _norm_and_unit, sample_von_mises_fisher
 from econspin.round import play_tagged, round_tag_tensor, step
 from econspin.scenario import ScenarioError
 from econspin.uniform import uses_uniform
@@ -575,6 +575,31 @@ def test_a_stored_tensor_is_computed_once_in_the_compiled_code():
         for want, got in zip(_cosine_sums(x, keep), sums, strict=True):
             torch.testing.assert_close(got, want, rtol=1e-14, atol=1e-14)
     assert cosines == {False: 2, True: 1}
+
+
+def _unit_field(theta: torch.Tensor):
+    """|theta| and theta_hat laid out (d, ...) as the compiled draw makes them."""
+    return _norm_and_unit(theta, True, torch.float64)
+
+
+@needs_compiler
+def test_the_compiled_draws_field_is_stored_in_rows_padded_where_they_would_conflict_in_the_cache():
+    """compiled.stored_in_padded_rows: rows a multiple of 1 KiB long get a cache line more, with the same values.
+
+    The compiled draw lays the field out (d, ...), a row of B N agents per component: 2 x 128
+    float32 agents make rows of 1 KiB, stored as 256 + 16 floats; |theta| and theta_hat are the
+    eager ones to float32 rounding, with a row of zeros (theta_hat 0) among them.
+    """
+    widths = {(256, 4): 272, (128, 8): 136, (8192, 4): 8208, (300, 4): 300, (64, 4): 64}  # (width, bytes): padded
+    assert {key: padded_width(*key) for key in widths} == widths
+    theta = torch.randn(2, 128, 5, generator=torch.Generator().manual_seed(3))
+    theta[1, 7] = 0.0
+    norm, unit = _norm_and_unit(theta, False, torch.float64)
+    (got_norm, got_unit), code = run_and_get_code(torch.compile(_unit_field, dynamic=False), theta)
+    assert got_unit.shape == (5, 2, 128) and got_unit[:, 1, 7].eq(0).all()
+    torch.testing.assert_close(got_norm, norm, rtol=1e-6, atol=0)
+    torch.testing.assert_close(got_unit.movedim(0, -1), unit, rtol=0, atol=1e-6)
+    assert any("(5, 272)" in source for source in code), code
 
 
 def _joined_rows(*pieces: torch.Tensor) -> tuple[torch.Tensor, ...]:
