@@ -68,9 +68,10 @@ def build_dtype_rules_once() -> bool:
 def intersect_equal_ranges_at_once() -> bool:
     """Make ``ValueRanges.__and__`` return a range intersected with an equal one unchanged; whether it is installed.
 
-    Equal means the same kind (bool, int or float) and bounds equal as sympy compares them, so
-    the library's own would build ``ValueRanges(Max(l, l), Min(u, u))`` (``Or`` and ``And`` for
-    booleans): a range equal to this one. Ranges are immutable, so returning this one is the same.
+    Equal as the dataclass compares ranges: the same kind (bool, int or float) and bounds equal as
+    sympy compares them, so the library's own would build ``ValueRanges(Max(l, l), Min(u, u))``
+    (``Or`` and ``And`` for booleans): a range equal to this one. Ranges are immutable, so
+    returning this one is the same.
     """
     try:
         from torch.utils._sympy.value_ranges import ValueRanges
@@ -82,14 +83,8 @@ def intersect_equal_ranges_at_once() -> bool:
 
     @functools.wraps(library_and)
     def intersect(self, other):
-        if self is other or (
-            type(self) is type(other)
-            and self.is_bool == other.is_bool
-            and self.is_int == other.is_int
-            and self.is_float == other.is_float
-            and self.lower == other.lower
-            and self.upper == other.upper
-        ):
+        # the dataclass's own equality: the same class, bounds and kind
+        if self is other or self == other:
             return self
         return library_and(self, other)
 

@@ -54,6 +54,11 @@ def _splitmix64_finaliser(value: int) -> int:
     return value ^ (value >> 31)
 
 
+def _splitmix64_words(values: list[int]) -> list[int]:
+    """The reference's words of int64 ``values``, as unsigned integers."""
+    return [_splitmix64_finaliser(value % 2**64) for value in values]
+
+
 def _as_int64(value: int) -> int:
     return value - 2**64 if value >= 2**63 else value
 
@@ -82,9 +87,7 @@ def test_the_traced_forms_of_the_hash_are_mix64_bit_for_bit(form, values):
     """
     words = torch.tensor(EXTREMES + values, dtype=torch.int64)
     assert torch.equal(form(words), mix64(words))
-    assert [int(word) % 2**64 for word in form(words)] == [
-        _splitmix64_finaliser(value % 2**64) for value in EXTREMES + values
-    ]
+    assert [int(word) % 2**64 for word in form(words)] == _splitmix64_words(EXTREMES + values)
 
 
 COMPILED_UNSIGNED = []  # mix64_unsigned compiled once per test session, its sizes dynamic
@@ -100,7 +103,7 @@ def test_the_unsigned_hash_compiled_is_mix64_bit_for_bit(values):
     words = torch.tensor(EXTREMES + values, dtype=torch.int64)
     mixed = COMPILED_UNSIGNED[0](words)
     assert mixed.dtype == torch.int64
-    expected = [_splitmix64_finaliser(value % 2**64) for value in EXTREMES + values]
+    expected = _splitmix64_words(EXTREMES + values)
     assert [int(word) % 2**64 for word in mixed] == expected
 
 
@@ -159,7 +162,7 @@ def test_the_traced_hashes_compiled_for_a_gpu_give_the_cpus_words_and_gaussians(
     rng = np.random.default_rng(5)
     values = EXTREMES + [int(value) for value in rng.integers(-(2**63), 2**63 - 1, 500, dtype=np.int64)]
     words = torch.tensor(values, dtype=torch.int64)
-    want = [_splitmix64_finaliser(value % 2**64) for value in values]
+    want = _splitmix64_words(values)
     for form in (mix64_exact, mix64_unsigned):
         torch._dynamo.reset()
         got = torch.compile(form, dynamic=False)(words.cuda()).cpu()
