@@ -1,4 +1,4 @@
-"""Inductor's code generation without work it repeats for every operation it writes (torch 2.13).
+"""Inductor's code generation spared work it repeats, and its whole integer vectors loaded directly (torch 2.13).
 
 For each operation of a kernel it generates, Inductor asks a dtype-propagation handler for the
 result's dtype, constructing ``DtypePropagationOpsHandler()`` each time
@@ -22,16 +22,26 @@ works out that the maximum of a number and itself is that number.
 :func:`intersect_equal_ranges_at_once` returns the range itself when the two are equal, as
 the intersection is; other pairs go to the library's own.
 
-:func:`prepare_code_generation` installs both. The compiled paths call it before building a
+:func:`load_whole_integer_vectors` is about the code, not the time to write it. Inductor's C++
+loads a vector of int64 or int32 with a count of elements (``VectorizedN<int64_t,2>::loadu(p, 8)``)
+even where the count is the whole vector; on AVX2 ATen's integer ``loadu(p, count)`` copies the
+elements into a stack buffer first (the float and double ones test for a whole vector), and a
+32-byte load of a buffer just written as two 16-byte halves waits for the stores (a failed store
+forward). The Gaussians' words are loaded so in their Box-Muller loop, and the hashes' keys in
+Wood's attempts. Where the count is the whole vector, the loads are written without it, which
+loads the same elements.
+
+:func:`prepare_code_generation` installs all three. The compiled paths call it before building a
 compiled function (econspin.compiled, econspin.fused_sampled, econspin.block_pass,
-econspin.flex); each part changes nothing where torch lacks what it replaces.
+econspin.flex); each part changes nothing where torch lacks what it replaces. An Inductor cache
+filled before the loads changed keeps the code it holds (slower, the same values).
 """
 
 from __future__ import annotations
 
 import functools
 
-ONCE_MARK = "_econspin_rules_once"  # set on the wrapped __init__: installed once per process
+ONCE_MARK = "_econspin_rules_once"  # set on each wrapper this module installs: installed once per process
 
 
 def build_dtype_rules_once() -> bool:
@@ -93,8 +103,54 @@ def intersect_equal_ranges_at_once() -> bool:
     return True
 
 
+WHOLE_LOAD_DTYPES = ("int32", "int64")  # whose ATen AVX2 loadu(p, count) goes through a buffer
+
+
+def load_whole_integer_vectors() -> bool:
+    """Make Inductor's C++ load whole int32 and int64 vectors without a count; whether it is installed.
+
+    Only a plain load (no mask) of a kernel's whole vectors (not its tail loop's) changes, and only
+    where the vectors it names hold exactly the kernel's ``num_elems`` elements: ``loadu(p)`` then
+    reads what ``loadu(p, num_elems)`` reads.
+    """
+    try:
+        import torch
+        from torch._inductor.codegen import cpp
+    except ImportError:
+        return False
+    kernel = getattr(cpp, "CppVecKernel", None)
+    library_line = getattr(kernel, "_get_vec_load_line", None)
+    if library_line is None or not hasattr(cpp, "cexpr_index"):
+        return False
+    if getattr(library_line, ONCE_MARK, False):
+        return True
+    whole_dtypes = {getattr(torch, name) for name in WHOLE_LOAD_DTYPES}
+
+    @functools.wraps(library_line)
+    def load_line(self, var, index, dtype, load_mask=None):
+        line = library_line(self, var, index, dtype, load_mask)
+        if load_mask is not None or dtype not in whole_dtypes or self.num_elems != self.tiling_factor:
+            return line
+        lanes = self.vec_isa.bit_width() // (8 * dtype.itemsize)
+        if self._get_num_vectors(dtype) * lanes != self.num_elems:
+            return line
+        vector_type = self._get_vec_type(dtype)
+        count = f", {cpp.cexpr_index(self.num_elems)})"
+        if line.startswith(f"{vector_type}::loadu(") and line.endswith(count):
+            return line[: -len(count)] + ")"
+        return line
+
+    setattr(load_line, ONCE_MARK, True)
+    kernel._get_vec_load_line = load_line
+    return True
+
+
 def prepare_code_generation() -> bool:
-    """Install :func:`build_dtype_rules_once` and :func:`intersect_equal_ranges_at_once`; whether both took."""
+    """Install the three parts of this module; whether all took.
+
+    :func:`build_dtype_rules_once`, :func:`intersect_equal_ranges_at_once`, :func:`load_whole_integer_vectors`.
+    """
     rules = build_dtype_rules_once()
     ranges = intersect_equal_ranges_at_once()
-    return rules and ranges
+    loads = load_whole_integer_vectors()
+    return rules and ranges and loads

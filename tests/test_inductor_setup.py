@@ -1,17 +1,23 @@
 """econspin.inductor_setup: Inductor's code generation spared work it repeats, with the library's results.
 
 Its dtype rules built once per registered set, the same rules as the library's; a range
-intersected with an equal one returned as it is, any other pair by the library's intersection.
+intersected with an equal one returned as it is, any other pair by the library's intersection;
+whole int64 and int32 vectors loaded without a count, tails and other dtypes as the library loads
+them, the compiled values the eager ones.
 """
 
+import re
 import sys
 from types import SimpleNamespace
 
 import pytest
 import sympy
 import torch
+import torch._inductor.config as inductor_config
 import torch._inductor.lowering  # noqa: F401 (registers the rules, as Inductor has before it generates code)
 import torch._inductor.utils as inductor_utils
+from torch._inductor.codegen.cpp import CppVecKernel
+from torch._inductor.cpu_vec_isa import pick_vec_isa
 from torch._inductor.dtype_propagation import DtypePropagationOpsHandler
 from torch.utils._sympy.value_ranges import ValueRanges
 
@@ -19,6 +25,7 @@ from econspin.inductor_setup import (
     ONCE_MARK,
     build_dtype_rules_once,
     intersect_equal_ranges_at_once,
+    load_whole_integer_vectors,
     prepare_code_generation,
 )
 
@@ -105,6 +112,45 @@ def test_equal_ranges_intersect_to_themselves_and_other_pairs_as_the_library_int
     assert ValueRanges(0, 5) & ValueRanges(3, 9) == ValueRanges(3, 5)
     certain = ValueRanges(sympy.true, sympy.true)
     assert ValueRanges(sympy.false, sympy.true) & certain == certain
+
+
+def _words_to_floats(words: torch.Tensor, counts: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    """Integers of two widths and floats loaded contiguously, as the Gaussians' words are."""
+    return ((words >> 32) & 0xFFFFFFFF).to(torch.float32) * scales + counts.to(torch.float32)
+
+
+def test_whole_integer_vectors_are_loaded_without_a_count_and_give_the_eager_values():
+    isa = pick_vec_isa()
+    if not isa:
+        pytest.skip("Inductor writes no vector code on this CPU")
+    assert prepare_code_generation() and load_whole_integer_vectors()  # installed, and a second call keeps it
+    load_line = CppVecKernel._get_vec_load_line
+    assert getattr(load_line, ONCE_MARK) and not hasattr(load_line.__wrapped__, ONCE_MARK)  # wrapped once
+    lanes = isa.nelements(torch.float32)  # the kernel's whole vector: the tiling factor
+    agents = 125 * lanes + 3  # whole vectors and a tail of 3
+    generator = torch.Generator().manual_seed(11)
+    words = torch.randint(-(2**62), 2**62, (agents,), dtype=torch.int64, generator=generator)
+    counts = torch.randint(-(2**20), 2**20, (agents,), dtype=torch.int32, generator=generator)
+    scales = torch.rand(agents, generator=generator)
+    torch._dynamo.reset()
+    with inductor_config.patch(force_disable_caches=True):
+        compiled = torch.compile(_words_to_floats, dynamic=False)
+        got, code = inductor_utils.run_and_get_code(compiled, words, counts, scales)
+    assert torch.equal(got, _words_to_floats(words, counts, scales))
+    source = "\n".join(code)
+    loads = re.findall(r"(int64_t|int32_t|float)(?:,\d+)?>::loadu\(in_ptr\d \+ [^;]*?\)(, [^;]*?\))?;", source)
+    # whole vectors: the integers' without a count, a float's with the library's (its loadu tests for it)
+    assert {(dtype, count) for dtype, count in loads if not count.endswith("L))")} == {
+        ("int64_t", ""),
+        ("int32_t", ""),
+        ("float", f", static_cast<int64_t>({lanes}))"),
+    }, loads
+    tail = ", static_cast<int64_t>(3L))"  # the tail loop keeps its count
+    assert {(dtype, count) for dtype, count in loads if count.endswith("L))")} == {
+        ("int64_t", tail),
+        ("int32_t", tail),
+        ("float", tail),
+    }, loads
 
 
 @pytest.mark.slow
