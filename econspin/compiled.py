@@ -188,9 +188,11 @@ def stored_in_padded_rows(rows: torch.Tensor) -> torch.Tensor:
 
     For a round's values laid out by component, (d, agents): each row of B N agents, 32 KiB apart
     at B = 128, N = 64 in float32. The compiled draw's field, written transposed into such rows
-    (Inductor's transposing stores go through a scalar 8 x 8 tile copy on AVX2), took about 0.5 ms
-    more of its kernel's 3.3 ms unpadded (docs/performance.md, "The field laid out in padded
-    rows"). Eagerly, and where no padding is needed, ``rows`` stored contiguous.
+    (then by a scalar 8 x 8 tile copy on AVX2), took about 0.5 ms more of its kernel's 3.3 ms
+    unpadded; with the tiles transposed in registers (econspin.inductor_setup), padded rows still
+    measured about 0.1 ms shorter (docs/performance.md, "The field laid out in padded rows" and
+    "Float tiles transposed in registers"). Eagerly, and where no padding is needed, ``rows``
+    stored contiguous.
     """
     width = rows.shape[-1]
     padded = padded_width(width, rows.element_size())

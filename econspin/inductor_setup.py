@@ -31,7 +31,15 @@ forward). The Gaussians' words are loaded so in their Box-Muller loop, and the h
 Wood's attempts. Where the count is the whole vector, the loads are written without it, which
 loads the same elements.
 
-:func:`prepare_code_generation` installs all three. The compiled paths call it before building a
+:func:`transpose_float_tiles_by_vectors` is about the code too. Where a kernel reads or writes
+a tile of float32 across the layouts, Inductor's C++ calls its own
+``transpose_mxn<float, M, N, false>`` (torch/csrc/inductor/cpp_prefix.h), which passes M and N
+on as run-time sizes to ATen's scalar ``at::vec::transpose_mxn<float>(..., M, N)``: an element
+at a time, though ATen's ``transpose_mxn<float, 8, 8>`` is written for Inductor with AVX2
+shuffles. The kernels' code calls ``at::vec::transpose_mxn<float, M, N>`` instead, which is that
+specialisation where there is one and the same scalar loop where there is none.
+
+:func:`prepare_code_generation` installs all four. The compiled paths call it before building a
 compiled function (econspin.compiled, econspin.fused_sampled, econspin.block_pass,
 econspin.flex); each part changes nothing where torch lacks what it replaces. An Inductor cache
 filled before the loads changed keeps the code it holds (slower, the same values).
@@ -40,6 +48,7 @@ filled before the loads changed keeps the code it holds (slower, the same values
 from __future__ import annotations
 
 import functools
+import re
 
 ONCE_MARK = "_econspin_rules_once"  # set on each wrapper this module installs: installed once per process
 
@@ -145,12 +154,52 @@ def load_whole_integer_vectors() -> bool:
     return True
 
 
-def prepare_code_generation() -> bool:
-    """Install the three parts of this module; whether all took.
+# Inductor's call of its own non-atomic float transpose, with the tile's sizes as it writes them
+INDUCTOR_FLOAT_TRANSPOSE = re.compile(
+    r"(?<![:\w])transpose_mxn<float,static_cast<int64_t>\((\d+)L?\),static_cast<int64_t>\((\d+)L?\),false>\("
+)
 
-    :func:`build_dtype_rules_once`, :func:`intersect_equal_ranges_at_once`, :func:`load_whole_integer_vectors`.
+
+def with_vector_transposes(code: str) -> str:
+    """A kernel's C++ with each non-atomic float tile transpose calling ATen's sized template."""
+    return INDUCTOR_FLOAT_TRANSPOSE.sub(lambda found: f"at::vec::transpose_mxn<float,{found[1]},{found[2]}>(", code)
+
+
+def transpose_float_tiles_by_vectors() -> bool:
+    """Make Inductor's C++ kernels transpose float tiles by ATen's sized template; whether it is installed.
+
+    ``at::vec::transpose_mxn<float, M, N>`` is ATen's AVX2 (and AVX-512) register transpose where
+    it is specialised, 8 x 8 on AVX2, and otherwise the loop Inductor's own call reaches. Atomic
+    adds (``true``) and other dtypes are left as written.
+    """
+    try:
+        from torch._inductor.codegen import cpp
+    except ImportError:
+        return False
+    group = getattr(cpp, "KernelGroup", None)
+    library_group = getattr(group, "codegen_group", None)
+    if library_group is None:
+        return False
+    if getattr(library_group, ONCE_MARK, False):
+        return True
+
+    @functools.wraps(library_group)
+    def codegen_group(self, name=None) -> str:
+        return with_vector_transposes(library_group(self, name))
+
+    setattr(codegen_group, ONCE_MARK, True)
+    group.codegen_group = codegen_group
+    return True
+
+
+def prepare_code_generation() -> bool:
+    """Install the four parts of this module; whether all took.
+
+    :func:`build_dtype_rules_once`, :func:`intersect_equal_ranges_at_once`,
+    :func:`load_whole_integer_vectors`, :func:`transpose_float_tiles_by_vectors`.
     """
     rules = build_dtype_rules_once()
     ranges = intersect_equal_ranges_at_once()
     loads = load_whole_integer_vectors()
-    return rules and ranges and loads
+    transposes = transpose_float_tiles_by_vectors()
+    return rules and ranges and loads and transposes

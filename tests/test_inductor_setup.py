@@ -3,7 +3,7 @@
 Its dtype rules built once per registered set, the same rules as the library's; a range
 intersected with an equal one returned as it is, any other pair by the library's intersection;
 whole int64 and int32 vectors loaded without a count, tails and other dtypes as the library loads
-them, the compiled values the eager ones.
+them; float tiles transposed by ATen's sized template; the compiled values the eager ones.
 """
 
 import re
@@ -27,6 +27,8 @@ from econspin.inductor_setup import (
     intersect_equal_ranges_at_once,
     load_whole_integer_vectors,
     prepare_code_generation,
+    transpose_float_tiles_by_vectors,
+    with_vector_transposes,
 )
 
 
@@ -151,6 +153,45 @@ def test_whole_integer_vectors_are_loaded_without_a_count_and_give_the_eager_val
         ("int32_t", tail),
         ("float", tail),
     }, loads
+
+
+def test_float_tile_transposes_call_atens_sized_template_and_nothing_else_changes():
+    inductor_call = (
+        "transpose_mxn<float,static_cast<int64_t>(8),static_cast<int64_t>(8),false>(tmp18, 8, out_ptr2, 8208L);"
+    )
+    assert with_vector_transposes(inductor_call) == "at::vec::transpose_mxn<float,8,8>(tmp18, 8, out_ptr2, 8208L);"
+    tail = "transpose_mxn<float,static_cast<int64_t>(8),static_cast<int64_t>(3L),false>(a, 8, b, 3L);"
+    assert with_vector_transposes(tail) == "at::vec::transpose_mxn<float,8,3>(a, 8, b, 3L);"
+    unchanged = [
+        "transpose_mxn<float,static_cast<int64_t>(8),static_cast<int64_t>(8),true>(a, 8, b, 8);",  # atomic adds
+        "transpose_mxn<double,static_cast<int64_t>(8),static_cast<int64_t>(8),false>(a, 8, b, 8);",
+        "at::vec::transpose_mxn<float,8,8>(a, 8, b, 8);",  # already ATen's
+        "transpose_mxn<float,false>(a, 8, b, 8, M, N);",  # run-time sizes
+    ]
+    for line in unchanged:
+        assert with_vector_transposes(line) == line
+
+
+def _doubled_transposed(x: torch.Tensor) -> torch.Tensor:
+    """A float32 tile read across layouts: Inductor writes it through a transposed tile."""
+    return (x * 2.0 + 1.0).t().contiguous()
+
+
+def test_a_compiled_transpose_of_floats_uses_atens_sized_template_and_gives_the_eager_values():
+    isa = pick_vec_isa()
+    if not isa:
+        pytest.skip("Inductor writes no vector code on this CPU")
+    assert prepare_code_generation() and transpose_float_tiles_by_vectors()  # installed, and a second call keeps it
+    lanes = isa.nelements(torch.float32)
+    x = torch.randn(16 * lanes, 8 * lanes + 3, generator=torch.Generator().manual_seed(5))
+    torch._dynamo.reset()
+    with inductor_config.patch(force_disable_caches=True):
+        compiled = torch.compile(_doubled_transposed, dynamic=False)
+        got, code = inductor_utils.run_and_get_code(compiled, x)
+    assert torch.equal(got, _doubled_transposed(x))
+    source = "\n".join(code)
+    assert f"at::vec::transpose_mxn<float,{lanes},{lanes}>(" in source
+    assert "transpose_mxn<float,static_cast" not in source
 
 
 @pytest.mark.slow
