@@ -310,7 +310,8 @@ def sampled_choices(
     batch, agents, _ = state.states.shape
     heads = economy.heads
     draws = state.draws() if draws is None else draws
-    uniforms = draws.uniform(DRAW_CHOICE, heads).transpose(0, 1).reshape(batch * heads, agents)
+    # compiled on the CPU, hashed in uint64 in a loop of their own (in 32-bit halves inline: econspin.wood)
+    uniforms = draws.uniform(DRAW_CHOICE, heads, own_loop=True).transpose(0, 1).reshape(batch * heads, agents)
     terms = round_terms(state, economy)
     blocks = blocks or sampled_blocks
     return blocks(terms, economy, uniforms, rows).view(batch, heads, agents), terms

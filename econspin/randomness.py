@@ -316,12 +316,16 @@ class Draws:
         tags = _mixed_tags(_LEVEL_DRAW + (stream << 32) + start, count, keys.device, trailing)
         return _keyed(keys, tags, own_loop)
 
-    def uniform(self, stream: int, count: int, start: int = 0) -> torch.Tensor:
-        """(count, ...) float64 uniforms on (0, 1), indices [start, start + count) of ``stream``."""
+    def uniform(self, stream: int, count: int, start: int = 0, own_loop: bool = False) -> torch.Tensor:
+        """(count, ...) float64 uniforms on (0, 1), indices [start, start + count) of ``stream``.
+
+        ``own_loop``: their words hashed in a loop of their own (:meth:`words`), for a loop that
+        reads them with much else (the sampled market's inversion); the same numbers.
+        """
         if self.block is not None and count <= BLOCK_UNIFORMS:
             # a copy: a caller may write into what it is given, and a round may be played again
             return self.block.uniforms(stream, count, start)[self.place].clone()
-        return to_unit(self.words(stream, count, start))
+        return to_unit(self.words(stream, count, start, own_loop=own_loop))
 
     def normal(self, stream: int, count: int, dtype: torch.dtype = torch.float64, axis: int = 0) -> torch.Tensor:
         """(count, ...) standard Gaussians in ``dtype`` (float64 or float32), a Box-Muller pair a word.
