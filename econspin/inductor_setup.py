@@ -1,4 +1,4 @@
-"""Inductor's code generation spared work it repeats, and its whole integer vectors loaded directly (torch 2.13).
+"""Inductor's code generation spared work it repeats, and two of its CPU code patterns written faster (torch 2.13).
 
 For each operation of a kernel it generates, Inductor asks a dtype-propagation handler for the
 result's dtype, constructing ``DtypePropagationOpsHandler()`` each time

@@ -191,7 +191,8 @@ def mix64_unsigned(x: torch.Tensor) -> torch.Tensor:
     N = 64, d = 32 (docs/performance.md, "The Gaussians' hash in uint64"). A float loop that
     reads these words inline would turn scalar too (Wood's attempts did, 0.7 ms slower a
     round), so only words read by a loop of their own take this form, and are stored
-    (:func:`_mix64_`): the Gaussians' and, since, Wood's attempts' (econspin.wood).
+    (:func:`_mix64_`): the Gaussians', Wood's first attempts' (econspin.wood) and the sampled
+    market's choice uniforms (econspin.fused_sampled).
     Only the products are taken in uint64: eager torch has no right shift of a uint64 tensor on
     the CPU, and a traced graph may run eagerly (torch._dynamo.explain does). The multipliers
     are the int64 ones of _STEPS, which torch and Inductor convert to uint64 modulo 2^64.

@@ -306,11 +306,11 @@ def _wood_attempts_traced(constants: torch.Tensor, dimension: int, draws: Draws,
     loop took each in 32-bit halves, 0.2 ms more at B = 128, N = 64). Each attempt is then one
     expression of its three words: two uniforms and its cosine from the third's 52-bit integer
     (:func:`econspin.gaussians.cos_sin_of_turns`, within 1e-15 of torch's cos), so Inductor fuses
-    the attempts into one loop over the agents. Batched
-    as eagerly, it stored part of the hashes, the logs and t, and recomputed w. Who has an
-    accepted attempt is the mark itself (the last attempt's w, or NaN, then each earlier accepted
-    one over it), not a bool or'ed attempt by attempt: Inductor joined those masks through int32
-    ones, converted from the float64 comparisons a lane at a time.
+    the attempts into one loop over the agents. Batched as eagerly, it stored part of the hashes,
+    the logs and t, and recomputed w. Who has an accepted attempt is the mark itself (the last
+    attempt's w, or NaN, then each earlier accepted one over it), not a bool or'ed attempt by
+    attempt: Inductor joined those masks through int32 ones, converted from the float64
+    comparisons a lane at a time.
     """
     b, pull, offset, _ = constants
     # every attempt's words hashed in a loop of their own and stored (on the CPU in uint64, scalar):
