@@ -313,9 +313,7 @@ def _wood_attempts_traced(constants: torch.Tensor, dimension: int, draws: Draws,
     comparisons a lane at a time.
     """
     b, pull, offset, _ = constants
-    # every attempt's words hashed in a loop of their own and stored (on the CPU in uint64, scalar):
-    # hashed inline, the float64 loop of the attempts took each product in 32-bit halves
-    words = draws.words(DRAW_SPIN, 3 * count, 3 * start, own_loop=True)
+    words = draws.words(DRAW_SPIN, 3 * count, 3 * start, own_loop=True)  # hashed apart, stored
     result = None
     for attempt in range(count - 1, -1, -1):  # the first accepted one wins
         first = to_unit(words[3 * attempt])

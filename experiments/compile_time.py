@@ -4,7 +4,9 @@
 
 econspin.inductor_setup spares Inductor work it repeats for every operation it generates (its
 dtype rules built once; equal bounds intersected at once). For each way (``full``: both, as the
-compiled paths install them; ``no-ranges``, ``no-rules``, ``library``: neither), this script
+compiled paths install them; ``no-ranges``, ``no-rules``, ``library``: neither; its two parts
+that change the code written, the whole integer loads and the float transposes, stay installed
+in every way, so that every way writes the same files), this script
 starts a fresh process with an empty Inductor cache of its own, builds ``benchmark_ensemble``'s
 economy (N = ``--agents``, float32, one thread) with ``run.compile: default``, and times its first
 round, which compiles it. It then prints each way's build time, whether Inductor wrote the same

@@ -116,30 +116,39 @@ def test_equal_ranges_intersect_to_themselves_and_other_pairs_as_the_library_int
     assert ValueRanges(sympy.false, sympy.true) & certain == certain
 
 
+def _float_lanes() -> int:
+    """The float32 lanes of the vectors Inductor writes here (its tiling factor); the test skipped without any."""
+    isa = pick_vec_isa()
+    if not isa:
+        pytest.skip("Inductor writes no vector code on this CPU")
+    return isa.nelements(torch.float32)
+
+
+def _compiled_afresh(function, *arguments) -> tuple[torch.Tensor, str]:
+    """``function`` compiled with no cache to read from: its value and its generated code."""
+    torch._dynamo.reset()
+    with inductor_config.patch(force_disable_caches=True):
+        value, code = inductor_utils.run_and_get_code(torch.compile(function, dynamic=False), *arguments)
+    return value, "\n".join(code)
+
+
 def _words_to_floats(words: torch.Tensor, counts: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
     """Integers of two widths and floats loaded contiguously, as the Gaussians' words are."""
     return ((words >> 32) & 0xFFFFFFFF).to(torch.float32) * scales + counts.to(torch.float32)
 
 
 def test_whole_integer_vectors_are_loaded_without_a_count_and_give_the_eager_values():
-    isa = pick_vec_isa()
-    if not isa:
-        pytest.skip("Inductor writes no vector code on this CPU")
+    lanes = _float_lanes()  # the kernel's whole vector
     assert prepare_code_generation() and load_whole_integer_vectors()  # installed, and a second call keeps it
     load_line = CppVecKernel._get_vec_load_line
     assert getattr(load_line, ONCE_MARK) and not hasattr(load_line.__wrapped__, ONCE_MARK)  # wrapped once
-    lanes = isa.nelements(torch.float32)  # the kernel's whole vector: the tiling factor
     agents = 125 * lanes + 3  # whole vectors and a tail of 3
     generator = torch.Generator().manual_seed(11)
     words = torch.randint(-(2**62), 2**62, (agents,), dtype=torch.int64, generator=generator)
     counts = torch.randint(-(2**20), 2**20, (agents,), dtype=torch.int32, generator=generator)
     scales = torch.rand(agents, generator=generator)
-    torch._dynamo.reset()
-    with inductor_config.patch(force_disable_caches=True):
-        compiled = torch.compile(_words_to_floats, dynamic=False)
-        got, code = inductor_utils.run_and_get_code(compiled, words, counts, scales)
+    got, source = _compiled_afresh(_words_to_floats, words, counts, scales)
     assert torch.equal(got, _words_to_floats(words, counts, scales))
-    source = "\n".join(code)
     loads = re.findall(r"(int64_t|int32_t|float)(?:,\d+)?>::loadu\(in_ptr\d \+ [^;]*?\)(, [^;]*?\))?;", source)
     # whole vectors: the integers' without a count, a float's with the library's (its loadu tests for it)
     assert {(dtype, count) for dtype, count in loads if not count.endswith("L))")} == {
@@ -178,18 +187,11 @@ def _doubled_transposed(x: torch.Tensor) -> torch.Tensor:
 
 
 def test_a_compiled_transpose_of_floats_uses_atens_sized_template_and_gives_the_eager_values():
-    isa = pick_vec_isa()
-    if not isa:
-        pytest.skip("Inductor writes no vector code on this CPU")
+    lanes = _float_lanes()
     assert prepare_code_generation() and transpose_float_tiles_by_vectors()  # installed, and a second call keeps it
-    lanes = isa.nelements(torch.float32)
     x = torch.randn(16 * lanes, 8 * lanes + 3, generator=torch.Generator().manual_seed(5))
-    torch._dynamo.reset()
-    with inductor_config.patch(force_disable_caches=True):
-        compiled = torch.compile(_doubled_transposed, dynamic=False)
-        got, code = inductor_utils.run_and_get_code(compiled, x)
+    got, source = _compiled_afresh(_doubled_transposed, x)
     assert torch.equal(got, _doubled_transposed(x))
-    source = "\n".join(code)
     assert f"at::vec::transpose_mxn<float,{lanes},{lanes}>(" in source
     assert "transpose_mxn<float,static_cast" not in source
 
