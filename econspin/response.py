@@ -28,7 +28,7 @@ import math
 
 import torch
 
-from econspin.compiled import eager_parts_as_operators, stored, stored_in_padded_rows
+from econspin.compiled import eager_parts_as_operators, stored, stored_in_padded_rows, stored_on_cpu
 from econspin.randomness import DRAW_DIRECTION, DRAW_SPIN, Draws
 from econspin.registry import class_registrar
 from econspin.wood import (
@@ -421,7 +421,7 @@ def _norm_and_unit(
         return norm, direction.to(precision)
     # stored in rows padded where B N agents would lie a multiple of 1 KiB apart (econspin.compiled)
     laid_out = stored_in_padded_rows(theta.reshape(-1, theta.shape[-1]).t()).unflatten(1, theta.shape[:-1])
-    norm = torch.sqrt(_sum_leading(laid_out * laid_out))
+    norm = stored_on_cpu(torch.sqrt(_sum_leading(laid_out * laid_out)))  # inlined: a square root per component
     direction = stored(laid_out / torch.where(norm > 0, norm, 1.0))
     return norm, direction.to(precision)
 

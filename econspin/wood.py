@@ -278,7 +278,7 @@ def _wood_budgeted(constants, drawn, dimension: int, draws: Draws, budget: Rejec
 
 def _wood_attempts(constants: torch.Tensor, dimension: int, draws: Draws, start: int, count: int):
     """Attempts start .. start + count - 1 for every agent: (first accepted w, whether any)."""
-    uniform = draws.uniform(DRAW_SPIN, 3 * count, 3 * start).unflatten(0, (count, 3))  # (count, 3, ...)
+    uniform = draws.uniform(DRAW_SPIN, 3 * count, 3 * start, own_loop=True).unflatten(0, (count, 3))  # (count, 3, ...)
     logs = torch.log(uniform[:, :2])  # log U1, log U
     t = torch.cos((2.0 * math.pi) * uniform[:, 2])
     if dimension > 2:
