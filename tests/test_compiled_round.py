@@ -30,7 +30,7 @@ from typer.testing import CliRunner
 import econspin.fused_sampled as fused_sampled
 from econspin.bench_baselines import boltzmann_scenario
 from econspin.cli import app
-from econspin.compiled import SWITCHES, padded_width, stored
+from econspin.compiled import SWITCHES, padded_width, stored, stored_on_cpu
 from econspin.fused import block_arguments, expected_blocks, round_terms
 from econspin.fused_sampled import sampled_blocks
 from econspin.metrics import measure, metric_functions
@@ -575,6 +575,20 @@ def test_a_stored_tensor_is_computed_once_in_the_compiled_code():
         for want, got in zip(_cosine_sums(x, keep), sums, strict=True):
             torch.testing.assert_close(got, want, rtol=1e-14, atol=1e-14)
     assert cosines == {False: 2, True: 1}
+
+
+def test_stored_on_cpu_stores_a_cpu_tensor_only(monkeypatch):
+    """compiled.stored_on_cpu: stored (a view Inductor must write) for a CPU tensor under compile, else the tensor.
+
+    Eagerly every tensor is itself; while compiling, a CPU tensor becomes stored's view and a
+    tensor elsewhere (here on the meta device, standing for a GPU's) stays itself.
+    """
+    cpu, elsewhere = torch.zeros(4, 3), torch.zeros(4, 3, device="meta")
+    assert stored_on_cpu(cpu) is cpu and stored_on_cpu(elsewhere) is elsewhere
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    viewed = stored_on_cpu(cpu)
+    assert viewed is not cpu and viewed._base is cpu and viewed.stride() == cpu.stride()
+    assert stored_on_cpu(elsewhere) is elsewhere
 
 
 def _unit_field(theta: torch.Tensor):
