@@ -171,11 +171,11 @@ def stored(tensor: torch.Tensor) -> torch.Tensor:
 def stored_on_cpu(tensor: torch.Tensor) -> torch.Tensor:
     """:func:`stored` on the CPU, ``tensor`` itself elsewhere: for values Inductor's C++ was measured recomputing.
 
-    A value of a few agents' terms read by a loop over many elements per agent (the drawn
-    seller by the gather of its d values, |theta| by the d components of theta_hat) was
-    recomputed there from its own inputs in every vector step, as scalar code or square roots
-    (docs/performance.md, "Drawn sellers and |theta| stored"). A GPU's kernels were not measured
-    with these stores, so they keep Inductor's choice.
+    A value per agent read by a loop over many elements of each agent (the drawn seller by the
+    gather of its d values, |theta| by the d components of theta_hat) was recomputed there from
+    its own inputs in every vector step, as scalar code or square roots (docs/performance.md,
+    "Drawn sellers and |theta| stored"). A GPU's kernels were not measured with these stores,
+    so they keep Inductor's choice.
     """
     return stored(tensor) if tensor.device.type == "cpu" else tensor
 
