@@ -95,6 +95,38 @@ def test_the_loops_operator_draws_what_the_loop_draws(monkeypatch, dimension):
 
 
 @needs_compiler
+def test_a_compiled_draw_runs_the_loop_only_where_agents_are_left(monkeypatch):
+    """Compiled, the loop's operator runs inside torch.cond: where agents are left it draws the loop's w, else none.
+
+    With room for one agent in the continuation, a field of many concentrations leaves agents
+    to the loop: the compiled spins are the eager ones (1e-9, as in the slow test of
+    test_compiled_round) and the loop ran. At T = 0 nobody is drawn: the other branch, w = 1,
+    the spins R theta_hat, and no loop. One graph either way.
+    """
+    monkeypatch.setattr(wood, "WOOD_TRACED_MINIMUM", 1)
+    monkeypatch.setattr(wood, "WOOD_TRACED_SHARE", 10**9)
+    loops = []
+    loop = wood._wood_rest
+    monkeypatch.setattr(wood, "_wood_rest", lambda *arguments: loops.append(1) or loop(*arguments))
+    generator = torch.Generator().manual_seed(5)
+    theta = torch.randn(2, 300, 3, dtype=torch.float64, generator=generator)
+    theta = theta * torch.logspace(-2, 3, 300, dtype=torch.float64)[:, None] / theta.norm(dim=-1, keepdim=True)
+    draws = round_draws(torch.tensor([3, 4]), 7, 300)
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    compiled = torch.compile(response.sample_von_mises_fisher, dynamic=False)
+    for temperature, any_left in ((torch.ones(2, 300, dtype=torch.float64), True),
+                                  (torch.zeros(2, 300, dtype=torch.float64), False)):
+        with torch.no_grad():
+            eager = response.sample_von_mises_fisher(theta, temperature, 1.5, draws)
+            loops.clear()
+            got = compiled(theta, temperature, 1.5, draws)
+        assert bool(loops) == any_left
+        assert (got - eager).abs().max() <= 1e-9 * 1.5
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1
+
+
+@needs_compiler
 def test_the_compiled_first_attempts_test_their_marks_with_vector_comparisons():
     """Compiled, Wood's traced step tests NaN and finiteness with comparisons, and marks w without bool masks or'ed.
 
