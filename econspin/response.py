@@ -469,9 +469,9 @@ def _wood_rest_compiled(marked, constants, dimension: int, draws: Draws) -> torc
     the compiled round, elsewhere (CUDA) between graphs (:func:`_wood_rest_eagerly`). On the CPU
     the operator is one branch of a ``torch.cond`` on whether any w is marked NaN (the sum is NaN
     exactly then, as :func:`econspin.wood._wood_rest_marked` tests it); the other, taken in most
-    rounds, is w clamped in the graph: the operator's call took about 0.2 ms of a compiled sampled
-    round at B = 128, N = 64 where it found nobody (docs/performance.md, "Wood's loop called only
-    where agents are left"). The operator has no autograd kernel (econspin.compiled.eager_operator):
+    rounds, is w clamped in the graph. Called every round, where it mostly found nobody, the
+    operator made the compiled sampled round at B = 128, N = 64 take 5.28-5.71 ms, against
+    5.06-5.26 ms this way (docs/performance.md, "Wood's loop called only where agents are left"). The operator has no autograd kernel (econspin.compiled.eager_operator):
     where w requires a gradient (a sampled round differentiated through its draw) the loop is a
     graph break on every device, and the gradient flows through it as eagerly.
     """
