@@ -471,9 +471,10 @@ def _wood_rest_compiled(marked, constants, dimension: int, draws: Draws) -> torc
     exactly then, as :func:`econspin.wood._wood_rest_marked` tests it); the other, taken in most
     rounds, is w clamped in the graph. Called every round, where it mostly found nobody, the
     operator made the compiled sampled round at B = 128, N = 64 take 5.28-5.71 ms, against
-    5.06-5.26 ms this way (docs/performance.md, "Wood's loop called only where agents are left"). The operator has no autograd kernel (econspin.compiled.eager_operator):
-    where w requires a gradient (a sampled round differentiated through its draw) the loop is a
-    graph break on every device, and the gradient flows through it as eagerly.
+    5.06-5.26 ms this way (docs/performance.md, "Wood's loop called only where agents are
+    left"). The operator has no autograd kernel (econspin.compiled.eager_operator): where w
+    requires a gradient (a sampled round differentiated through its draw) the loop is a graph
+    break on every device, and the gradient flows through it as eagerly.
     """
     if eager_parts_as_operators(marked.device) and not (torch.is_grad_enabled() and marked.requires_grad):
 
