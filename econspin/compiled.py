@@ -46,9 +46,9 @@ run eagerly, each chosen by measurement (docs/performance.md, "The round compile
   still without one, which no graph can hold. It is one operator of the graph too
   (``econspin::wood_rest``, :func:`econspin.wood.wood_rest_operator`), so the compiled sampled
   round is one graph as well; on CUDA, and where w requires a gradient, a graph break
-  (:func:`econspin.response._wood_rest_eagerly`).
+  (:func:`econspin.wood._wood_rest_eagerly`).
   With a rejection budget (the sync-free rollout) there is no loop, and the whole of Wood's
-  step is a graph break on every device (:func:`econspin.response._wood_component_eagerly`).
+  step is a graph break on every device (:func:`econspin.wood._wood_component_eagerly`).
   The rest of the draw (the concentration, every agent's first attempts of Wood's step and the
   next ones of a fixed number of the agents left, the Gaussians of the direction and its
   projection orthogonal to the field) is traced.
@@ -125,7 +125,7 @@ def eager_operator(name: str, fake: Callable, reads_the_host: bool = False) -> C
     operator that does nothing, 0.19 against 0.20 ms for the expected blocks at B = 1, N = 64
     (docs/performance.md). Nothing differentiates through it: a round whose inputs require gradients
     takes no block operator (econspin.fused.uses_fused), nor Wood's loop's where w requires one
-    (econspin.response._wood_rest_compiled). torch.library.opcheck checks the schema and the fake
+    (econspin.wood._wood_rest_compiled). torch.library.opcheck checks the schema and the fake
     shapes (tests/test_compiled_round.py, tests/test_wood.py).
     """
 

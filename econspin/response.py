@@ -28,19 +28,14 @@ import math
 
 import torch
 
-from econspin.compiled import eager_parts_as_operators, stored, stored_in_padded_rows, stored_on_cpu
+from econspin.compiled import stored, stored_in_padded_rows, stored_on_cpu
 from econspin.randomness import DRAW_DIRECTION, DRAW_SPIN, Draws
 from econspin.registry import class_registrar
 from econspin.wood import (
-    WOOD_FIRST_ATTEMPTS,
-    WOOD_MORE_ATTEMPTS,
     RejectionBudget,
-    _wood_component,
-    _wood_constants,
-    _wood_continued,
-    _wood_first_marked,
-    _wood_rest_marked,
-    wood_rest_operator,
+    _wood_component_eagerly,
+    _wood_first_traced,
+    _wood_rest_compiled,
 )
 
 RESPONSES: dict[str, type["SpinResponse"]] = {}
@@ -268,8 +263,8 @@ def bessel_ratio(kappa: torch.Tensor, dimension: int) -> torch.Tensor:
 
 
 # traced under run.compile (econspin.compiled), all but the loop of Wood's step over the agents
-# left without an accepted attempt (_wood_rest_compiled: an operator of the graph on the CPU) and
-# the budgeted step (_wood_component_eagerly):
+# left without an accepted attempt (wood._wood_rest_compiled: an operator of the graph on the CPU) and
+# the budgeted step (wood._wood_component_eagerly):
 # the concentration, Wood's first attempts, the Box-Muller Gaussians with their hashes and the
 # direction fuse into the round
 def sample_von_mises_fisher(
@@ -283,7 +278,7 @@ def sample_von_mises_fisher(
 
     d = 1 is Glauber's rule, P(s = +R) = 1 / (1 + exp(-2 R theta / T)), with one uniform.
     For d >= 2, Wood's (1994) rejection sampler for the component w = s . theta_hat / R (see
-    :func:`_wood_component`), then a uniform direction orthogonal to theta_hat from d
+    :func:`econspin.wood._wood_component`), then a uniform direction orthogonal to theta_hat from d
     Box-Muller Gaussians. At theta = 0 the spin is uniform on the sphere; at T = 0 it is
     R theta_hat.
 
@@ -424,74 +419,6 @@ def _norm_and_unit(
     norm = stored_on_cpu(torch.sqrt(_sum_leading(laid_out * laid_out)))  # inlined: a square root per component
     direction = stored(laid_out / torch.where(norm > 0, norm, 1.0))
     return norm, direction.to(precision)
-
-
-@torch.compiler.disable
-def _wood_component_eagerly(
-    kappa: torch.Tensor, dimension: int, draws: Draws, budget: "RejectionBudget | None" = None
-) -> torch.Tensor:
-    """:func:`_wood_component`, kept eager under run.compile (eagerly, the whole step is this).
-
-    Compiled without a budget, the step is split instead: its first attempts traced
-    (:func:`_wood_first_traced`), its loop run eagerly (:func:`_wood_rest_compiled`), since the
-    loop asks the host whether any agent still lacks an accepted attempt: one custom operator of
-    the graph on the CPU, a graph break on CUDA. With a ``budget`` there is no loop, but the
-    count of unresolved agents is added to in place, and torch.compile does not replay a graph
-    that mutates an input as a CUDA graph (reduce-overhead skips it): it stays eager too.
-    """
-    return _wood_component(kappa, dimension, draws, budget=budget)
-
-
-def _wood_first_traced(kappa: torch.Tensor, dimension: int, draws: Draws):
-    """(w marked NaN where pending, constants): under run.compile, the traced part of Wood's step.
-
-    Every agent's first ``WOOD_FIRST_ATTEMPTS`` attempts (nearly all of the work: at most 12%
-    of the agents need more) fuse with their hashes into the compiled graph, and so do the next
-    ``WOOD_MORE_ATTEMPTS`` of a fixed number of the agents left (:func:`econspin.wood._wood_continued`);
-    whoever is still left (NaN in w, :func:`econspin.wood._wood_first_marked`) continues in the
-    loop (:func:`_wood_rest_compiled`: the operator econspin::wood_rest on the CPU, a graph break
-    on CUDA), which then most rounds only asks whether anyone is.
-    The same attempts, the same first accepted one: the loop's draw, to the rounding of the
-    compiled log, cos and expm1 (as the compiled Gaussians, econspin.gaussians).
-    """
-    constants, drawn = _wood_constants(kappa, dimension)
-    marked = _wood_first_marked(constants, drawn, dimension, draws, WOOD_FIRST_ATTEMPTS)
-    # the loop's next attempts for a fixed number of the agents left, still in the graph
-    marked = _wood_continued(marked, constants, dimension, draws, WOOD_FIRST_ATTEMPTS, WOOD_MORE_ATTEMPTS)
-    return marked, constants
-
-
-def _wood_rest_compiled(marked, constants, dimension: int, draws: Draws) -> torch.Tensor:
-    """:func:`_wood_rest` under run.compile: one operator of the graph (econspin::wood_rest), or a graph break.
-
-    The loop asks the host whether any agent is left, so it cannot be traced: on the devices of
-    econspin.compiled.OPERATOR_DEVICES (the CPU) it runs inside a custom operator, one node of
-    the compiled round, elsewhere (CUDA) between graphs (:func:`_wood_rest_eagerly`). On the CPU
-    the operator is one branch of a ``torch.cond`` on whether any w is marked NaN (the sum is NaN
-    exactly then, as :func:`econspin.wood._wood_rest_marked` tests it); the other, taken in most
-    rounds, is w clamped in the graph. Called every round, where it mostly found nobody, the
-    operator made the compiled sampled round at B = 128, N = 64 take 5.28-5.71 ms, against
-    5.06-5.26 ms this way (docs/performance.md, "Wood's loop called only where agents are
-    left"). The operator has no autograd kernel (econspin.compiled.eager_operator): where w
-    requires a gradient (a sampled round differentiated through its draw) the loop is a graph
-    break on every device, and the gradient flows through it as eagerly.
-    """
-    if eager_parts_as_operators(marked.device) and not (torch.is_grad_enabled() and marked.requires_grad):
-
-        def loop(marked, constants, keys):
-            return wood_rest_operator(marked, constants, keys, dimension)
-
-        def none_left(marked, constants, keys):
-            return marked.clamp(-1.0, 1.0)
-
-        return torch.cond(torch.isnan(marked.sum()), loop, none_left, (marked, constants, draws.keys))
-    return _wood_rest_eagerly(marked, constants, dimension, draws)
-
-
-@torch.compiler.disable
-def _wood_rest_eagerly(marked, constants, dimension: int, draws: Draws) -> torch.Tensor:
-    """:func:`_wood_rest`, kept eager under run.compile: it asks the host whether any agent is left."""
-    return _wood_rest_marked(marked, constants, dimension, draws)
 
 
 def _sum_leading(values: torch.Tensor) -> torch.Tensor:

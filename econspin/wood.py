@@ -8,7 +8,8 @@ same number: every agent's first attempts at once and a loop over the agents lef
 (:func:`_wood_component`); a fixed budget with no host synchronisation
 (:class:`RejectionBudget`); and, under ``run.compile``, the first attempts and the agents left
 continued for a fixed number of them inside the compiled graph (:func:`_wood_continued`),
-before the loop takes whoever remains.
+before the loop takes whoever remains. How a compiled round splits the step, traced and eager,
+is at the end (:func:`_wood_first_traced`, :func:`_wood_rest_compiled`, :func:`_wood_component_eagerly`).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from dataclasses import dataclass
 import torch
 
 from econspin import same_bits
-from econspin.compiled import eager_operator
+from econspin.compiled import eager_operator, eager_parts_as_operators
 from econspin.gaussians import cos_sin_of_turns
 from econspin.randomness import DRAW_SPIN, UNIT_BITS, Draws, to_unit, unit_integers
 
@@ -164,7 +165,7 @@ def _wood_rest(result, pending, constants, dimension: int, draws: Draws, start: 
 # per frame above the call); it asks the host whether anyone is left, inside the operator. Registered
 # on the dispatcher directly (econspin.compiled.eager_operator), not by torch.library.custom_op, whose
 # wrappers cost 22 us a call; nothing differentiates through it: a traced draw whose w requires a
-# gradient takes the graph break instead (econspin.response._wood_rest_compiled)
+# gradient takes the graph break instead (_wood_rest_compiled)
 @eager_operator("wood_rest", lambda marked, constants, keys, dimension: torch.empty_like(marked), reads_the_host=True)
 def wood_rest_operator(
     marked: torch.Tensor, constants: torch.Tensor, keys: torch.Tensor, dimension: int
@@ -330,3 +331,72 @@ def _wood_attempts_traced(constants: torch.Tensor, dimension: int, draws: Draws,
         score = offset - torch.log(spread) * (dimension - 1.0) - pull * ratio
         result = torch.where(score >= threshold, w, math.nan if result is None else result)
     return result
+
+
+# Wood's step as a compiled round takes it (econspin.response.sample_von_mises_fisher): traced but for the loop
+@torch.compiler.disable
+def _wood_component_eagerly(
+    kappa: torch.Tensor, dimension: int, draws: Draws, budget: "RejectionBudget | None" = None
+) -> torch.Tensor:
+    """:func:`_wood_component`, kept eager under run.compile (eagerly, the whole step is this).
+
+    Compiled without a budget, the step is split instead: its first attempts traced
+    (:func:`_wood_first_traced`), its loop run eagerly (:func:`_wood_rest_compiled`), since the
+    loop asks the host whether any agent still lacks an accepted attempt: one custom operator of
+    the graph on the CPU, a graph break on CUDA. With a ``budget`` there is no loop, but the
+    count of unresolved agents is added to in place, and torch.compile does not replay a graph
+    that mutates an input as a CUDA graph (reduce-overhead skips it): it stays eager too.
+    """
+    return _wood_component(kappa, dimension, draws, budget=budget)
+
+
+def _wood_first_traced(kappa: torch.Tensor, dimension: int, draws: Draws):
+    """(w marked NaN where pending, constants): under run.compile, the traced part of Wood's step.
+
+    Every agent's first ``WOOD_FIRST_ATTEMPTS`` attempts (nearly all of the work: at most 12%
+    of the agents need more) fuse with their hashes into the compiled graph, and so do the next
+    ``WOOD_MORE_ATTEMPTS`` of a fixed number of the agents left (:func:`_wood_continued`);
+    whoever is still left (NaN in w, :func:`_wood_first_marked`) continues in the
+    loop (:func:`_wood_rest_compiled`: the operator econspin::wood_rest on the CPU, a graph break
+    on CUDA), which then most rounds only asks whether anyone is.
+    The same attempts, the same first accepted one: the loop's draw, to the rounding of the
+    compiled log, cos and expm1 (as the compiled Gaussians, econspin.gaussians).
+    """
+    constants, drawn = _wood_constants(kappa, dimension)
+    marked = _wood_first_marked(constants, drawn, dimension, draws, WOOD_FIRST_ATTEMPTS)
+    # the loop's next attempts for a fixed number of the agents left, still in the graph
+    marked = _wood_continued(marked, constants, dimension, draws, WOOD_FIRST_ATTEMPTS, WOOD_MORE_ATTEMPTS)
+    return marked, constants
+
+
+def _wood_rest_compiled(marked, constants, dimension: int, draws: Draws) -> torch.Tensor:
+    """:func:`_wood_rest` under run.compile: one operator of the graph (econspin::wood_rest), or a graph break.
+
+    The loop asks the host whether any agent is left, so it cannot be traced: on the devices of
+    econspin.compiled.OPERATOR_DEVICES (the CPU) it runs inside a custom operator, one node of
+    the compiled round, elsewhere (CUDA) between graphs (:func:`_wood_rest_eagerly`). On the CPU
+    the operator is one branch of a ``torch.cond`` on whether any w is marked NaN (the sum is NaN
+    exactly then, as :func:`_wood_rest_marked` tests it); the other, taken in most
+    rounds, is w clamped in the graph. Called every round, where it mostly found nobody, the
+    operator made the compiled sampled round at B = 128, N = 64 take 5.28-5.71 ms, against
+    5.06-5.26 ms this way (docs/performance.md, "Wood's loop called only where agents are
+    left"). The operator has no autograd kernel (econspin.compiled.eager_operator): where w
+    requires a gradient (a sampled round differentiated through its draw) the loop is a graph
+    break on every device, and the gradient flows through it as eagerly.
+    """
+    if eager_parts_as_operators(marked.device) and not (torch.is_grad_enabled() and marked.requires_grad):
+
+        def loop(marked, constants, keys):
+            return wood_rest_operator(marked, constants, keys, dimension)
+
+        def none_left(marked, constants, keys):
+            return marked.clamp(-1.0, 1.0)
+
+        return torch.cond(torch.isnan(marked.sum()), loop, none_left, (marked, constants, draws.keys))
+    return _wood_rest_eagerly(marked, constants, dimension, draws)
+
+
+@torch.compiler.disable
+def _wood_rest_eagerly(marked, constants, dimension: int, draws: Draws) -> torch.Tensor:
+    """:func:`_wood_rest`, kept eager under run.compile: it asks the host whether any agent is left."""
+    return _wood_rest_marked(marked, constants, dimension, draws)

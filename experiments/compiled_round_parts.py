@@ -14,7 +14,7 @@ the process's CPU clock and nothing else running in the process:
 - the parts of the round that run eagerly: the inversion inside the sampled blocks (eager, or
   ``compiled_draws``: its compiled count of the running sums, which also sums e y), and the
   loop of Wood's step over the agents left where it is a graph break
-  (``response._wood_rest_eagerly``, ``torch.compiler.disable``: on a device outside
+  (``wood._wood_rest_eagerly``, ``torch.compiler.disable``: on a device outside
   ``compiled.OPERATOR_DEVICES``, so not on the CPU since Wood's loop became an operator),
   wrapped before the first round is compiled (the wrapper disabled as the function it replaces);
 - the custom operators the graph calls, the blocks (``econspin::expected_blocks``,
@@ -38,7 +38,7 @@ import torch
 
 import econspin.compiled as compiled
 import econspin.fused_sampled as fused_sampled
-import econspin.response as response
+import econspin.wood as wood
 from experiments.benchmark_ensemble import ensemble
 
 TIMES: collections.Counter = collections.Counter()
@@ -58,8 +58,8 @@ def timed(name: str, function, disabled: bool):
 
 def wrap_eager_islands() -> None:
     """The functions run eagerly between compiled graphs, timed (before anything is compiled)."""
-    loop = response._wood_rest_eagerly
-    response._wood_rest_eagerly = timed("eager _wood_rest_eagerly", getattr(loop, "__wrapped__", loop), True)
+    loop = wood._wood_rest_eagerly
+    wood._wood_rest_eagerly = timed("eager _wood_rest_eagerly", getattr(loop, "__wrapped__", loop), True)
     # called only inside the sampled blocks' operator: the eager inversion, or the compiled count with sum e y
     inversion, counted = fused_sampled.inverse_cdf, fused_sampled.compiled_draws
     fused_sampled.inverse_cdf = timed("inverse_cdf (inside econspin::sampled_blocks)", inversion, False)

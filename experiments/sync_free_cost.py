@@ -19,8 +19,9 @@ import torch
 
 from econspin import Scenario
 from econspin.randomness import round_draws
-from econspin.response import RejectionBudget, _wood_component
+from econspin.response import RejectionBudget
 from econspin.simulate import CHUNK_ROUNDS, REJECTION_ATTEMPTS, Rollout
+from econspin.wood import _wood_component
 
 ROUNDS = 4
 CASES = ((128, 64, 16), (1, 1024, 16), (16, 256, 32))  # (B, N, d)

@@ -28,8 +28,9 @@ from torch.nn.attention.flex_attention import flex_attention
 from econspin import Scenario
 from econspin.host_syncs import HostSyncRecorder
 from econspin.randomness import round_draws
-from econspin.response import RejectionBudget, _wood_component
+from econspin.response import RejectionBudget
 from econspin.simulate import Rollout
+from econspin.wood import _wood_component
 
 # experiments/gpu_check.py runs this file with ECONSPIN_TEST_DEVICE=cuda, where the recorder
 # also sees copies of device tensors to the host

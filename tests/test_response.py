@@ -16,7 +16,6 @@ from econspin.response import (
     _direction_by_agents,
     _direction_by_components,
     _norm_and_unit,
-    _wood_component,
     bessel_ratio,
     make_response,
     sample_von_mises_fisher,
@@ -261,7 +260,7 @@ def test_a_budget_given_to_the_draw_reaches_woods_step_and_counts_whom_it_leaves
     draws = round_draws(torch.tensor([6]), 2, count)
     budget, alone = (wood.RejectionBudget.on(torch.device("cpu"), 1) for _ in range(2))
     budgeted = sample_von_mises_fisher(theta, temperature, radius, draws, budget)
-    _wood_component(torch.full((1, count), radius, dtype=torch.float64), dimension, draws, budget=alone)
+    wood._wood_component(torch.full((1, count), radius, dtype=torch.float64), dimension, draws, budget=alone)
     assert 0 < int(budget.unresolved) == int(alone.unresolved) < count
     unbudgeted = sample_von_mises_fisher(theta, temperature, radius, draws)
     resolved = (budgeted == unbudgeted).all(-1)
@@ -290,14 +289,14 @@ def test_wood_result_does_not_depend_on_attempts_drawn_at_once(dimension):
     kappa = torch.logspace(-2, 4, 3000, dtype=torch.float64).reshape(3, 1000)
     kappa[0, :5] = math.inf
     draws = round_draws(torch.tensor([1, 2, 3]), 4, 1000)
-    one = _wood_component(kappa, dimension, draws, attempts=1)  # mostly the loop over leftovers
-    assert torch.equal(one, _wood_component(kappa, dimension, draws, attempts=4))
-    assert torch.equal(one, _wood_component(kappa, dimension, draws, attempts=16))
-    assert torch.equal(one, _wood_component(kappa, dimension, draws))  # the default for many agents
+    one = wood._wood_component(kappa, dimension, draws, attempts=1)  # mostly the loop over leftovers
+    assert torch.equal(one, wood._wood_component(kappa, dimension, draws, attempts=4))
+    assert torch.equal(one, wood._wood_component(kappa, dimension, draws, attempts=16))
+    assert torch.equal(one, wood._wood_component(kappa, dimension, draws))  # the default for many agents
     assert torch.all(one[0, :5] == 1)
     few = kappa[:, :100]  # 300 agents: the default for few (wood.WOOD_FIRST_ATTEMPTS_FEW), the same draws
     assert few.numel() <= wood.WOOD_FEW_AGENTS < kappa.numel()
-    assert torch.equal(_wood_component(few, dimension, draws[:, :100]), one[:, :100])
+    assert torch.equal(wood._wood_component(few, dimension, draws[:, :100]), one[:, :100])
 
 
 @pytest.mark.parametrize("dimension", [1, 2, 7, 16, 33])
@@ -483,7 +482,7 @@ def test_vmf_sampler_moments_in_64_dimensions():
     errors here, and by less than 3 at d <= 32 with 100 000 draws.
     """
     count, dimension, kappa = 400_000, 64, 20.0
-    w = _wood_component(torch.full((count,), kappa, dtype=torch.float64), dimension,
+    w = wood._wood_component(torch.full((count,), kappa, dtype=torch.float64), dimension,
                         round_draws(torch.tensor([1]), 0, count)[0])
     mean_length = float(bessel_ratio(torch.tensor(kappa, dtype=torch.float64), dimension))
     for moment, exact in ((w, mean_length), (w**2, 1 - (dimension - 1) * mean_length / kappa)):

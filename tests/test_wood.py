@@ -13,7 +13,7 @@ from torch._inductor.utils import run_and_get_code
 
 from econspin import response, wood
 from econspin.randomness import round_draws
-from econspin.response import _wood_first_traced
+from econspin.wood import _wood_first_traced
 
 
 def split_step(kappa: torch.Tensor, dimension: int, draws) -> tuple[torch.Tensor, int]:
@@ -42,7 +42,6 @@ def test_the_continued_step_draws_what_the_loop_draws(monkeypatch, dimension, ro
     monkeypatch.setattr(wood, "WOOD_TRACED_MINIMUM", minimum)
     monkeypatch.setattr(wood, "WOOD_TRACED_SHARE", share)
     monkeypatch.setattr(wood, "WOOD_MORE_ATTEMPTS", more)
-    monkeypatch.setattr(response, "WOOD_MORE_ATTEMPTS", more)  # the traced step's own binding of it
     kappa = torch.logspace(-2, 4, 3000, dtype=torch.float64).reshape(3, 1000)
     kappa[0, :5] = math.inf
     draws = round_draws(torch.tensor([1, 2, 3]), 4, 1000)
