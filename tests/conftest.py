@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import torch
+import torch._inductor.config
 from hypothesis import Phase, settings
 
 from econspin.inductor_setup import prepare_code_generation
@@ -15,6 +16,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 torch.set_num_threads(1)
 # the compiled paths do this before they compile; tests that call torch.compile themselves get it too
 prepare_code_generation()
+# Inductor compiles in-process: its default pool of compile workers (one a core) only competes
+# with the other pytest worker for the two cores, and each test process would start its own pool
+torch._inductor.config.compile_threads = 1
 
 # Property tests draw the same examples on every run by default ("fixed"), so that a run of the
 # suite says the same thing twice and CI cannot fail on an example no one has seen; the
