@@ -99,8 +99,12 @@ COMPILE_MODES = ("off", "default", "reduce-overhead")
 # econspin.workspace reuses memory on the CPU only; Wood's loop asks the host, and with a rejection
 # budget it is not called); experiments/gpu_check.py times both.
 OPERATOR_DEVICES = ("cpu",)
+# The devices whose compiled rounds store the values :func:`stored_where_measured` marks. Measured on the
+# CPU only (docs/performance.md, "Drawn sellers and |theta| stored"); experiments/gpu_check.py's rollout
+# times CUDA both ways.
+STORED_DEVICES = ("cpu",)
 # module globals that choose how a compiled round is built, flipped between ways of one rollout: guarded (round_guards)
-SWITCHES = (".OPERATOR_DEVICES", ".TRACED_DEVICES")
+SWITCHES = (".OPERATOR_DEVICES", ".TRACED_DEVICES", ".STORED_DEVICES")
 
 
 def eager_parts_as_operators(device: torch.device) -> bool:
@@ -168,16 +172,21 @@ def stored(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
-def stored_on_cpu(tensor: torch.Tensor) -> torch.Tensor:
-    """:func:`stored` on the CPU, ``tensor`` itself elsewhere: for values Inductor's C++ was measured recomputing.
+def stored_where_measured(tensor: torch.Tensor) -> torch.Tensor:
+    """:func:`stored` on the devices of :data:`STORED_DEVICES` (the CPU), ``tensor`` itself elsewhere.
 
-    A value per agent read by a loop over many elements of each agent (the drawn seller by the
-    gather of its d values, |theta| by the d components of theta_hat) was recomputed there from
-    its own inputs in every vector step, as scalar code or square roots (docs/performance.md,
-    "Drawn sellers and |theta| stored"). A GPU's kernels were not measured with these stores,
-    so they keep Inductor's choice.
+    For values Inductor's C++ was measured recomputing: a value per agent read by a loop over many
+    elements of each agent (the drawn seller by the gather of its d values, |theta| by the d
+    components of theta_hat) was recomputed there from its own inputs in every vector step, as
+    scalar code or square roots (docs/performance.md, "Drawn sellers and |theta| stored"). A GPU's
+    kernels were not measured with these stores, so they keep Inductor's choice until they are.
     """
-    return stored(tensor) if tensor.device.type == "cpu" else tensor
+    return stored(tensor) if stores_measured_values(tensor.device) else tensor
+
+
+def stores_measured_values(device: torch.device) -> bool:
+    """Whether a compiled round on ``device`` stores what :func:`stored_where_measured` marks."""
+    return device.type in STORED_DEVICES
 
 
 # Rows of a stored (components, agents) layout that lie a multiple of 1 KiB apart fall into a
@@ -275,10 +284,10 @@ def round_guards(guards) -> list[bool]:
     caches the round has just filled: 0.07-0.2 ms for the 213, 0.04-0.1 ms for the 82 (docs/performance_log.md,
     "The compiled round's guards and wrapper"). Whoever patches a module global that the round reads
     (tests) calls torch._dynamo.reset(). Kept: the guards on :data:`SWITCHES` (:data:`OPERATOR_DEVICES`,
-    econspin.traced_blocks.TRACED_DEVICES), which experiments/gpu_check.py flips between ways of playing
-    the same rollout, timed in turn: each setting gets its own graph (without them, the graph traced
-    first served both). The round reads them first (econspin.round.switches_on), so that its first
-    frame is guarded on them too, not only the frame where the blocks are.
+    econspin.traced_blocks.TRACED_DEVICES, :data:`STORED_DEVICES`), which experiments/gpu_check.py flips
+    between ways of playing the same rollout, timed in turn: each setting gets its own graph (without
+    them, the graph traced first served both). The round reads them first (econspin.round.switches_on),
+    so that its first frame is guarded on them too, not only the frame where the blocks are.
     """
     return [not guard.is_global or any(name in guard.name for name in SWITCHES) for guard in guards]
 

@@ -28,7 +28,7 @@ import math
 
 import torch
 
-from econspin.compiled import stored, stored_in_padded_rows, stored_on_cpu
+from econspin.compiled import stored, stored_in_padded_rows, stored_where_measured
 from econspin.randomness import DRAW_DIRECTION, DRAW_SPIN, Draws
 from econspin.registry import class_registrar
 from econspin.wood import (
@@ -416,7 +416,8 @@ def _norm_and_unit(
         return norm, direction.to(precision)
     # stored in rows padded where B N agents would lie a multiple of 1 KiB apart (econspin.compiled)
     laid_out = stored_in_padded_rows(theta.reshape(-1, theta.shape[-1]).t()).unflatten(1, theta.shape[:-1])
-    norm = stored_on_cpu(torch.sqrt(_sum_leading(laid_out * laid_out)))  # inlined: a square root per component
+    # inlined, a square root per component (on the devices where the store was measured)
+    norm = stored_where_measured(torch.sqrt(_sum_leading(laid_out * laid_out)))
     direction = stored(laid_out / torch.where(norm > 0, norm, 1.0))
     return norm, direction.to(precision)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from econspin import traced_blocks
-from econspin.compiled import compiled_function, eager_parts_as_operators, replays_cuda_graphs
+from econspin.compiled import compiled_function, eager_parts_as_operators, replays_cuda_graphs, stores_measured_values
 from econspin.corrections import FieldContext
 from econspin.economy import Economy
 from econspin.economy_terms import field_weights
@@ -96,7 +96,7 @@ def play_tagged(
     return play(state, economy, draws, budget)
 
 
-def switches_on(device: torch.device) -> tuple[bool, bool]:
+def switches_on(device: torch.device) -> tuple[bool, bool, bool]:
     """Whether ``device`` is among the devices of each switch of econspin.compiled.SWITCHES.
 
     Read first by the compiled round, so that its first frame is guarded on every switch. TorchDynamo
@@ -107,7 +107,8 @@ def switches_on(device: torch.device) -> tuple[bool, bool]:
     ran as four graphs after the blocks-between-the-graphs way, where on its own it is one
     (docs/performance.md, "The traced round, one graph: the four graphs were the previous way's frames").
     """
-    return eager_parts_as_operators(device), device.type in traced_blocks.TRACED_DEVICES
+    traced = device.type in traced_blocks.TRACED_DEVICES
+    return eager_parts_as_operators(device), traced, stores_measured_values(device)
 
 
 def play(

@@ -46,7 +46,7 @@ from __future__ import annotations
 import torch
 
 from econspin.block_pass import row_sums, shifted_and_weights
-from econspin.compiled import stored_on_cpu
+from econspin.compiled import stored_where_measured
 from econspin.economy import Economy
 from econspin.fused import BlockTerms, exp2_limits, round_block_shape
 from econspin.fused_sampled import threshold_tiles, unrolled_positions
@@ -132,4 +132,4 @@ def traced_sampled_blocks(terms: BlockTerms, economy: Economy, uniforms: torch.T
     choice, total, dot = unrolled_positions(weights, uniforms, tile, *levels, scores=shifted)
     terms.keep_rows(row_max.squeeze(-1), total, dot)
     # inlined, the gather of each seller's signal counted the seller again from the count's float64 partial sums
-    return stored_on_cpu(choice.squeeze(-1))
+    return stored_where_measured(choice.squeeze(-1))

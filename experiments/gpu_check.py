@@ -32,8 +32,9 @@ left.
    ``run.compile: reduce-overhead`` (CUDA graphs), and so again with
    the blocks as operators inside the graph on CUDA too (compiled.OPERATOR_DEVICES, gpu_measures.WAYS),
    with the blocks traced into the graph (econspin.traced_blocks.TRACED_DEVICES: Inductor's kernels),
-   and (expected mode) on the Triton kernel, whose programs the graph holds, at full precision
-   and on bf16 products, against torch's scaled_dot_product_attention forward on the same
+   so again (sampled mode) with the values the CPU's compiled round stores stored on CUDA too
+   (econspin.compiled.STORED_DEVICES), and (expected mode) on the Triton kernel, whose programs the
+   graph holds, at full precision and on bf16 products, against torch's scaled_dot_product_attention forward on the same
    shapes; ``rollout_cuda.json``.
 7. ``large_rollout``: the same at B = 1, N = 16384 (gpu_measures.LARGE_ROLLOUT_WAYS): the fused and
    Triton kernels in eager chunks and under CUDA graphs (the fused blocks between the graphs and as
@@ -117,7 +118,7 @@ STEPS = {
     "blocks": 60,
     "bench": 80,
     "batched": 60,
-    "rollout": 220,
+    "rollout": 280,  # since the stored values' way (sampled mode): one more reduce-overhead compilation
     "large_rollout": 180,  # four reduce-overhead compilations at N = 16384 (expected mode; two ways sampled)
     "flex": 120,
     "tf32": 50,

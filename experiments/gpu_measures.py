@@ -38,7 +38,9 @@ TRITON_SAMPLED_TILES = ((64, 64, 4), (64, 64, 4, False), (128, 64, 8))  # sample
 
 # name: (chunk_rounds, sync_free, run.compile, switches (with_switches; {}: as they are), changes to the economy);
 # chunk_rounds None: ROLLOUT_ROUNDS. A way that sets run.kernel triton plays expected mode only here (its sampled
-# mode, the Triton draw, would add two reduce-overhead compilations to the step's time)
+# mode, the Triton draw, would add two reduce-overhead compilations to the step's time); STORED_WAY plays sampled
+# mode only (the values it stores are the sampled round's: in expected mode it would compile the traced way again)
+STORED_WAY = "sync-free chunks, reduce-overhead, blocks traced, values stored"
 WAYS = {
     "round by round, Wood's loop": (1, False, "off", {}, {}),
     "sync-free chunks, eager": (None, True, "off", {}, {}),
@@ -53,6 +55,11 @@ WAYS = {
     # Inductor's kernels for them, inside the CUDA graph
     "sync-free chunks, reduce-overhead, blocks traced": (
         None, True, "reduce-overhead", {"TRACED_DEVICES": ("cpu", "cuda")}, {},
+    ),  # fmt: skip
+    # the same, with the values the CPU's compiled round stores (the drawn sellers, |theta|; econspin.compiled.
+    # stored_where_measured) stored on CUDA too: whether Triton's kernels gain from the stores as the C++ did
+    STORED_WAY: (
+        None, True, "reduce-overhead", {"TRACED_DEVICES": ("cpu", "cuda"), "STORED_DEVICES": ("cpu", "cuda")}, {},
     ),  # fmt: skip
     # the Triton kernel's programs inside the graph (econspin::triton_blocks), at full precision and on bf16 products
     "sync-free chunks, reduce-overhead, Triton kernel": (None, True, "reduce-overhead", {}, {"kernel": "triton"}),
@@ -81,11 +88,12 @@ def with_switches(switches: dict[str, tuple[str, ...]], function):
 
     OPERATOR_DEVICES (econspin.compiled): the devices whose compiled rounds call the blocks as an
     operator; TRACED_DEVICES (econspin.traced_blocks): those whose compiled rounds of one block
-    trace the blocks into the graph.
+    trace the blocks into the graph; STORED_DEVICES (econspin.compiled): those whose compiled
+    rounds store the values ``stored_where_measured`` marks.
     """
     from econspin import compiled, traced_blocks
 
-    modules = {"OPERATOR_DEVICES": compiled, "TRACED_DEVICES": traced_blocks}
+    modules = {"OPERATOR_DEVICES": compiled, "TRACED_DEVICES": traced_blocks, "STORED_DEVICES": compiled}
     for name, devices in switches.items():
         function = with_setting(modules[name], name, devices, function)
     return function
@@ -113,7 +121,7 @@ def rollout_timing(
         rollouts, errors = {}, {}
         for name in ways:
             chunk_rounds, sync_free, compile_mode, switches, changes = WAYS[name]
-            if changes.get("kernel") == "triton" and mode == "sampled":
+            if (changes.get("kernel") == "triton" and mode == "sampled") or (name == STORED_WAY and mode == "expected"):
                 continue
             try:
                 rollout = Rollout.create([bench_scenario(agents, mode=mode)] * batch, list(range(batch)), str(device))

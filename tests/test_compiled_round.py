@@ -30,7 +30,7 @@ from typer.testing import CliRunner
 import econspin.fused_sampled as fused_sampled
 from econspin.bench_baselines import boltzmann_scenario
 from econspin.cli import app
-from econspin.compiled import SWITCHES, padded_width, stored, stored_on_cpu
+from econspin.compiled import SWITCHES, padded_width, stored, stored_where_measured
 from econspin.fused import block_arguments, expected_blocks, round_terms
 from econspin.fused_sampled import sampled_blocks
 from econspin.metrics import measure, metric_functions
@@ -244,18 +244,19 @@ ROLLOUTS = {
 
 
 @needs_compiler
-@pytest.mark.parametrize("switch", ["OPERATOR_DEVICES", "TRACED_DEVICES"])
+@pytest.mark.parametrize("switch", ["OPERATOR_DEVICES", "TRACED_DEVICES", "STORED_DEVICES"])
 def test_the_switches_are_guarded_among_module_globals(switch, monkeypatch):
-    """compiled.OPERATOR_DEVICES or traced_blocks.TRACED_DEVICES flipped (gpu_check's ways) retraces the round.
+    """Any of the switches (compiled.SWITCHES) flipped, as gpu_check's ways flip them, retraces the round.
 
     Without their guards the graph traced first served the flipped setting too: on the H100
     gpu_check's "blocks inside the graph" way replayed the other way's graph. The operator's
-    switch is flipped with the blocks not traced (else the round never reads it).
+    switch is flipped with the blocks not traced (else the round never reads it). The stores'
+    switch changes nothing an expected round computes: what is asked is the retrace.
     """
     from econspin import compiled, traced_blocks
 
-    module = compiled if switch == "OPERATOR_DEVICES" else traced_blocks
-    if module is compiled:
+    module = traced_blocks if switch == "TRACED_DEVICES" else compiled
+    if switch == "OPERATOR_DEVICES":
         monkeypatch.setattr(traced_blocks, "TRACED_DEVICES", ())
     run = rollout(scenario(run={"compile": "default"}))
     with torch.no_grad():
@@ -577,18 +578,25 @@ def test_a_stored_tensor_is_computed_once_in_the_compiled_code():
     assert cosines == {False: 2, True: 1}
 
 
-def test_stored_on_cpu_stores_a_cpu_tensor_only(monkeypatch):
-    """compiled.stored_on_cpu: stored (a view Inductor must write) for a CPU tensor under compile, else the tensor.
+def test_stored_where_measured_stores_a_tensor_on_the_switchs_devices_only(monkeypatch):
+    """compiled.stored_where_measured: stored (a view Inductor must write) on STORED_DEVICES, compiling; else itself.
 
     Eagerly every tensor is itself; while compiling, a CPU tensor becomes stored's view and a
-    tensor elsewhere (here on the meta device, standing for a GPU's) stays itself.
+    tensor elsewhere (here on the meta device, standing for a GPU's) stays itself, until the
+    switch names its device (as gpu_check's way does for CUDA).
     """
+    from econspin import compiled
+
     cpu, elsewhere = torch.zeros(4, 3), torch.zeros(4, 3, device="meta")
-    assert stored_on_cpu(cpu) is cpu and stored_on_cpu(elsewhere) is elsewhere
+    assert stored_where_measured(cpu) is cpu and stored_where_measured(elsewhere) is elsewhere
     monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
-    viewed = stored_on_cpu(cpu)
+    viewed = stored_where_measured(cpu)
     assert viewed is not cpu and viewed.data_ptr() == cpu.data_ptr() and viewed.stride() == cpu.stride()
-    assert stored_on_cpu(elsewhere) is elsewhere
+    assert stored_where_measured(elsewhere) is elsewhere
+    monkeypatch.setattr(compiled, "STORED_DEVICES", ("cpu", "meta"))
+    assert stored_where_measured(elsewhere) is not elsewhere
+    monkeypatch.setattr(compiled, "STORED_DEVICES", ())
+    assert stored_where_measured(cpu) is cpu
 
 
 def _unit_field(theta: torch.Tensor):

@@ -323,6 +323,29 @@ def test_the_gpu_checks_rollout_timing_runs_on_the_cpu(monkeypatch):
     assert not on_triton[0]["same bits as the first way"]  # bf16 products: other numbers
 
 
+def test_the_gpu_checks_stored_values_way_plays_sampled_mode_only(monkeypatch):
+    """The way that stores the sampled round's values on CUDA too (gpu_measures.STORED_WAY): sampled rows alone.
+
+    Eagerly here (its switch set, nothing compiled): the stores change no number, so its rollout
+    has the first way's bits.
+    """
+    from econspin import compiled
+    from experiments import gpu_measures
+
+    switches = gpu_measures.WAYS[gpu_measures.STORED_WAY][3]
+    assert switches["STORED_DEVICES"] == ("cpu", "cuda")
+    seen = []
+    play = gpu_measures.with_switches(switches, lambda: seen.append(compiled.STORED_DEVICES))
+    play()
+    assert seen == [("cpu", "cuda")] and compiled.STORED_DEVICES == ("cpu",)
+    monkeypatch.setitem(gpu_measures.WAYS, gpu_measures.STORED_WAY, (None, True, "off", switches, {}))
+    ways = ("sync-free chunks, eager", gpu_measures.STORED_WAY)
+    rows = gpu_measures.rollout_timing(torch.device("cpu"), shape=(2, 16), rounds=3, ways=ways, repeats=1)
+    assert [row for row in rows if "error" in row] == []
+    stored = [row for row in rows if row["way"] == gpu_measures.STORED_WAY]
+    assert [row["mode"] for row in stored] == ["sampled"] and stored[0]["same bits as the first way"]
+
+
 def test_the_gpu_checks_switches_hold_only_for_the_call():
     """The rollout ways' switches (the blocks traced on CUDA, the operator's devices) set for a call, then restored.
 
