@@ -37,9 +37,7 @@ TRITON_SAMPLED_TILES = ((64, 64, 4), (64, 64, 4, False), (128, 64, 8))  # sample
 
 
 # name: (chunk_rounds, sync_free, run.compile, switches (with_switches; {}: as they are), changes to the economy);
-# chunk_rounds None: ROLLOUT_ROUNDS. A way that sets run.kernel triton plays expected mode only here (its sampled
-# mode, the Triton draw, would add two reduce-overhead compilations to the step's time); STORED_WAY plays sampled
-# mode only (the values it stores are the sampled round's: in expected mode it would compile the traced way again)
+# chunk_rounds None: ROLLOUT_ROUNDS. Some ways play one mode only (plays_mode)
 STORED_WAY = "sync-free chunks, reduce-overhead, blocks traced, values stored"
 WAYS = {
     "round by round, Wood's loop": (1, False, "off", {}, {}),
@@ -99,6 +97,21 @@ def with_switches(switches: dict[str, tuple[str, ...]], function):
     return function
 
 
+def plays_mode(switches: dict, changes: dict, mode: str) -> bool:
+    """Whether a way of :data:`WAYS` with these switches and changes plays ``mode`` in the rollout step.
+
+    A way on the Triton kernel plays expected mode only (its sampled mode, the Triton draw, would
+    add two reduce-overhead compilations to the step's time); a way that sets STORED_DEVICES plays
+    sampled mode only (the values it stores are the sampled round's: in expected mode it would
+    compile the way without the stores again).
+    """
+    if changes.get("kernel") == "triton":
+        return mode == "expected"
+    if "STORED_DEVICES" in switches:
+        return mode == "sampled"
+    return True
+
+
 def rollout_timing(
     device: torch.device, shape=ROLLOUT_SHAPE, rounds: int = ROLLOUT_ROUNDS, ways=tuple(WAYS), repeats: int = 5
 ) -> list[dict]:
@@ -121,7 +134,7 @@ def rollout_timing(
         rollouts, errors = {}, {}
         for name in ways:
             chunk_rounds, sync_free, compile_mode, switches, changes = WAYS[name]
-            if (changes.get("kernel") == "triton" and mode == "sampled") or (name == STORED_WAY and mode == "expected"):
+            if not plays_mode(switches, changes, mode):
                 continue
             try:
                 rollout = Rollout.create([bench_scenario(agents, mode=mode)] * batch, list(range(batch)), str(device))
